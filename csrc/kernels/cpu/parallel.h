@@ -1,0 +1,52 @@
+// Threading and scratch memory handed to the CPU kernels by the torch layer.
+//
+// The kernels stay free of ATen's runtime: the torch layer passes a
+// parallel-for (at::parallel_for underneath) and a preallocated buffer. The
+// per-ISA translation units use no std containers, so that no out-of-line
+// instantiation compiled for one instruction set can be picked by the linker for
+// code that runs on another.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace fusedrnn::cpu {
+
+struct Parallel {
+  using Body = void (*)(const void* ctx, int64_t begin, int64_t end);
+  // Runs body over [0, n) in chunks of at least `grain` items, possibly on
+  // several threads; returns when all chunks are done.
+  void (*run)(int64_t n, int64_t grain, const void* ctx, Body body);
+  int max_threads;
+
+  template <typename F>
+  void operator()(int64_t n, int64_t grain, const F& f) const {
+    if (n <= 0) return;
+    if (max_threads <= 1 || n <= grain) {
+      f(int64_t{0}, n);
+      return;
+    }
+    run(n, grain, &f, [](const void* ctx, int64_t b, int64_t e) {
+      (*static_cast<const F*>(ctx))(b, e);
+    });
+  }
+};
+
+// Bump allocator over one buffer. With base == nullptr it only counts, so a
+// kernel can be run once to size its workspace and once to do the work.
+struct Arena {
+  char* base = nullptr;
+  size_t used = 0;
+
+  template <typename S>
+  S* take(int64_t count) {
+    constexpr size_t kAlign = 64;
+    used = (used + kAlign - 1) / kAlign * kAlign;
+    S* p = base ? reinterpret_cast<S*>(base + used) : nullptr;
+    used += static_cast<size_t>(count > 0 ? count : 0) * sizeof(S);
+    return p;
+  }
+  bool sizing() const { return base == nullptr; }
+};
+
+}  // namespace fusedrnn::cpu

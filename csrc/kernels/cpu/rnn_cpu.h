@@ -1,0 +1,114 @@
+// The CPU sequence kernels: one layer, one direction, every cell family.
+//
+// Arguments are plain structs of pointers (mamba's habit); every array is dense
+// row-major with the shape given beside it. S is float or double; the kernels
+// compute in S.
+//
+// What a training forward saves (`gates`, `states`, `proj_in`), per cell:
+//   LSTM                gates [R, G*H]  i, f, g, o after activation (f, g, o coupled)
+//                       states [R, H]   c_t
+//                       proj_in [R, H]  o*tanh(c_t), only with a projection
+//   GRU reset_after     gates [R, 4H]   r, z, n, hn = W_hn h + b_hn
+//   GRU reset_before    gates [R, 3H]   r, z, n;   states [R, H]  r*h
+//   RNN                 nothing: the output is the activation
+// saved_gate_cols() and saves_states() say which; the torch layer sizes the
+// tensors from them.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "../common.h"
+#include "parallel.h"
+
+namespace fusedrnn::cpu {
+
+struct CellConfig {
+  CellKind kind;
+  bool coupled;      // LSTM: coupled input-forget gate, i = 1 - f
+  bool peephole;     // LSTM: diagonal peepholes w_ch
+  bool reset_after;  // GRU: true = PyTorch/cuDNN, false = Cho et al. 2014
+  bool projection;   // LSTM: h = W_hr (o*tanh(c)), P != H allowed
+};
+
+constexpr int64_t saved_gate_cols(const CellConfig& c, int64_t H) {
+  return c.kind == CellKind::kLstm ? num_gates(c.kind, c.coupled) * H
+         : c.kind == CellKind::kGru ? (c.reset_after ? 4 : 3) * H
+                                    : 0;
+}
+
+constexpr bool saves_states(const CellConfig& c) {
+  return c.kind == CellKind::kLstm || (c.kind == CellKind::kGru && !c.reset_after);
+}
+
+template <typename S>
+struct SeqForwardArgs {
+  CellConfig cell;
+  bool training;  // save what backward needs
+  SeqLayout seq;
+  int64_t C, H, P;  // P = H without projection
+  const S* x;       // [R, C]
+  const S* h0;      // [N, P]
+  const S* c0;      // [N, H]      LSTM only
+  const S* w_ih;    // [G*H, C]
+  const S* w_hh;    // [G*H, P]
+  const S* b_ih;    // [G*H] or null
+  const S* b_hh;    // [G*H] or null
+  const S* w_ch;    // [(G-1)*H] peepholes i, f, o (f, o coupled) or null
+  const S* w_hr;    // [P, H] projection or null
+  S* y;             // [R, P]
+  S* h_n;           // [N, P]
+  S* c_n;           // [N, H]      LSTM only
+  S* gates;         // training only, see above
+  S* states;        // training only, see above
+  S* proj_in;       // training only, see above
+};
+
+template <typename S>
+struct SeqBackwardArgs {
+  CellConfig cell;
+  SeqLayout seq;
+  int64_t C, H, P;
+  // What the forward read and saved.
+  const S* x;
+  const S* h0;
+  const S* c0;
+  const S* w_ih;
+  const S* w_hh;
+  const S* b_hh;  // GRU reset_after reads b_hn through the saved hn; kept for symmetry
+  const S* w_ch;
+  const S* w_hr;
+  const S* y;
+  const S* gates;
+  const S* states;
+  const S* proj_in;
+  // Incoming gradients; null means zero.
+  const S* dy;    // [R, P]
+  const S* dh_n;  // [N, P]
+  const S* dc_n;  // [N, H]
+  // Outgoing gradients; null means not wanted (dh0 and dc0 are always written).
+  S* dx;     // [R, C]
+  S* dh0;    // [N, P]
+  S* dc0;    // [N, H]  LSTM only
+  S* dw_ih;  // [G*H, C]
+  S* dw_hh;  // [G*H, P]
+  S* db_ih;  // [G*H]
+  S* db_hh;  // [G*H]
+  S* dw_ch;  // [(G-1)*H]
+  S* dw_hr;  // [P, H]
+};
+
+// Each runs once with arena.base == nullptr to size its scratch (returned in
+// arena.used, nothing else touched), then again with a buffer of that size.
+template <typename S>
+void seq_forward(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& par);
+template <typename S>
+void seq_backward(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel& par);
+
+// The instruction set the kernels run with: the best of those compiled in that
+// ATen also uses (ATen honours ATEN_CPU_CAPABILITY).
+const char* active_isa();
+// Instruction sets compiled into this build, comma-separated.
+const char* compiled_isas();
+
+}  // namespace fusedrnn::cpu

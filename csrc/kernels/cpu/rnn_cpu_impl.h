@@ -1,0 +1,892 @@
+// The CPU sequence drivers, compiled once per instruction set (see isa_*.cpp).
+//
+// Forward, per layer and direction (DESIGN.md, standard path, fused):
+//   1. Gx = X W_ih^T + biases for a chunk of steps: one GEMM (chunks keep Gx in
+//      cache and bound the scratch to a few MB whatever T is).
+//   2. Per step, one pass over tiles of (rows x hidden units): the recurrent
+//      product h W_hh^T is accumulated in registers for all gates of the tile's
+//      units, then the cell math of cells.h runs on those registers and writes
+//      h, c and (training) the activated gates. No Gh buffer, no second pass.
+// Backward (BPTT): per step a pointwise pass (cells.h) gives dGates, one GEMM
+// gives the recurrent part of dh; after the loop the weight gradients, dX and
+// the biases are large GEMMs and reductions over all rows.
+//
+// Packed sequences: step t touches only its batch_sizes[t] rows (see SeqLayout).
+#pragma once
+
+#include <cstring>
+
+#include "gemm.h"
+#include "rnn_cpu.h"
+
+namespace fusedrnn::cpu {
+inline namespace CPU_CAPABILITY {
+
+// Target size of the Gx chunk: large enough for an efficient GEMM, small enough
+// to stay in L2/L3 until the steps consume it.
+constexpr int64_t kChunkBytes = int64_t{2} << 20;
+
+inline int64_t total_rows(const SeqLayout& seq) { return seq.offsets[seq.T]; }
+
+inline int64_t max_of(int64_t a, int64_t b) { return a > b ? a : b; }
+template <typename... Rest>
+inline int64_t max_of(int64_t a, int64_t b, Rest... rest) {
+  return max_of(max_of(a, b), rest...);
+}
+
+// ---------------------------------------------------------------- packing
+
+// Recurrent weight W [G*H, K] (gate g, unit u at row g*H + u) packed for the
+// fused step: panel p covers units [p*U*L, (p+1)*U*L) and holds, for each k,
+// the G*U vectors (g, u) contiguously; units >= H are zero.
+template <typename S, int G, int U>
+constexpr int64_t recurrent_packed_size(int64_t H, int64_t K) {
+  constexpr int L = Vec<S>::size();
+  return ceil_div<int64_t>(H, U * L) * K * G * U * L;
+}
+
+template <typename S, int G, int U>
+void pack_recurrent(const S* w, int64_t H, int64_t K, S* dst, const Parallel& par) {
+  constexpr int L = Vec<S>::size();
+  constexpr int NV = G * U;
+  const int64_t npanel = ceil_div<int64_t>(H, U * L);
+  par(npanel, grain_for(K * NV * L), [&](int64_t pb, int64_t pe) {
+    for (int64_t p = pb; p < pe; ++p) {
+      S* d = dst + p * K * NV * L;
+      for (int g = 0; g < G; ++g) {
+        for (int u = 0; u < U; ++u) {
+          for (int l = 0; l < L; ++l) {
+            const int64_t unit = (p * U + u) * L + l;
+            const int64_t col = (g * U + u) * L + l;
+            const S* src = unit < H ? w + (g * H + unit) * K : nullptr;
+            for (int64_t k = 0; k < K; ++k) d[k * NV * L + col] = src ? src[k] : S(0);
+          }
+        }
+      }
+    }
+  });
+}
+
+// ------------------------------------------------------------ fused step
+
+// acc[v] = sum_k a[k] * wp[k*NV + v] for MR rows, then epi(row, panel, acc[row]).
+template <typename S, int MR, int NV, typename Epi>
+inline void recurrent_tile(int64_t K, const S* a, int64_t lda, const S* wp, int64_t row0,
+                           int64_t panel, const Epi& epi) {
+  using V = Vec<S>;
+  constexpr int L = V::size();
+  V acc[MR][NV];
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) acc[i][v] = V(S(0));
+  for (int64_t k = 0; k < K; ++k) {
+    V b[NV];
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) b[v] = V::loadu(wp + v * L);
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      const V ai(a[i * lda + k]);
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) acc[i][v] = at::vec::fmadd(ai, b[v], acc[i][v]);
+    }
+    wp += NV * L;
+  }
+  for (int i = 0; i < MR; ++i) epi(row0 + i, panel, acc[i]);
+}
+
+// One step of the fused recurrence for rows [0, rows): the recurrent input is
+// a [rows, K] (row stride lda), the packed weight wp (pack_recurrent<G, U>).
+template <typename S, int G, int U, typename Epi>
+void fused_step(int64_t rows, int64_t K, const S* a, int64_t lda, const S* wp, int64_t H,
+                const Epi& epi, const Parallel& par) {
+  constexpr int L = Vec<S>::size();
+  constexpr int NV = G * U;
+  constexpr int MR = tile_rows(NV);
+  constexpr int64_t kRowBlock = 8 * MR;
+  const int64_t npanel = ceil_div<int64_t>(H, U * L);
+  const int64_t nrb = ceil_div<int64_t>(rows, kRowBlock);
+  const int64_t panel_stride = K * NV * L;
+  const int64_t fma_per_task = std::min<int64_t>(rows, kRowBlock) * K * NV * L;
+  par(npanel * nrb, grain_for(fma_per_task), [&](int64_t tb, int64_t te) {
+    for (int64_t task = tb; task < te; ++task) {
+      const int64_t p = task / nrb;
+      const int64_t r0 = (task % nrb) * kRowBlock;
+      const int64_t r1 = std::min<int64_t>(rows, r0 + kRowBlock);
+      const S* wpp = wp + p * panel_stride;
+      for_row_tiles<MR>(r1 - r0, [&](auto R, int64_t i) {
+        recurrent_tile<S, decltype(R)::value, NV>(K, a + (r0 + i) * lda, lda, wpp, r0 + i, p,
+                                                  epi);
+      });
+    }
+  });
+}
+
+// Runs f(u0, cnt) over the vectors of a row of H units, in parallel over
+// vectors: each task owns its units for all rows, so per-unit reductions
+// (peephole gradients) need no atomics and stay deterministic.
+template <typename S, typename F>
+void for_unit_vectors(int64_t H, int64_t work_per_vector, const Parallel& par, const F& f) {
+  constexpr int L = Vec<S>::size();
+  const int64_t nvec = ceil_div<int64_t>(H, L);
+  par(nvec, grain_for(work_per_vector), [&](int64_t vb, int64_t ve) {
+    for (int64_t v = vb; v < ve; ++v) {
+      const int64_t u0 = v * L;
+      f(u0, std::min<int64_t>(L, H - u0));
+    }
+  });
+}
+
+// ------------------------------------------------------- shared pieces
+
+template <typename S>
+inline void copy_rows(int64_t rows, int64_t n, const S* src, int64_t lds, S* dst,
+                      int64_t ldd) {
+  for (int64_t i = 0; i < rows; ++i) std::memcpy(dst + i * ldd, src + i * lds, n * sizeof(S));
+}
+
+template <typename S>
+inline void fill_zero(int64_t n, S* dst) {
+  std::memset(dst, 0, n * sizeof(S));
+}
+
+// h_n[b] = y at the last step that row b is active (t = 0 in reverse).
+template <typename S>
+void gather_final(const SeqLayout& seq, const S* y, int64_t P, S* h_n) {
+  for (int64_t b = 0; b < seq.N; ++b) {
+    int64_t t_last = 0;
+    if (!seq.reverse) {
+      // batch_sizes is non-increasing: find the last t with batch_sizes[t] > b.
+      int64_t lo = 0, hi = seq.T;  // invariant: bs[lo] > b, answer in [lo, hi)
+      while (hi - lo > 1) {
+        const int64_t mid = (lo + hi) / 2;
+        if (seq.batch_sizes[mid] > b) lo = mid; else hi = mid;
+      }
+      t_last = lo;
+    }
+    std::memcpy(h_n + b * P, y + (seq.offsets[t_last] + b) * P, P * sizeof(S));
+  }
+}
+
+// Row table of the recurrent input of every row (the previous step's output or
+// h0), so that dW_hh = dG^T Hprev is one GEMM over all rows.
+template <typename S>
+void previous_rows(const SeqLayout& seq, const S* y, const S* h0, int64_t P,
+                   const S** rows) {
+  for (int64_t s = 0; s < seq.T; ++s) {
+    const StepInfo st = seq.step(s);
+    for (int64_t i = 0; i < st.rows; ++i)
+      rows[st.offset + i] = i < st.split ? y + (st.prev_offset + i) * P : h0 + i * P;
+  }
+}
+
+// Steps [s0, s1) of the processing order cover rows [row0, row0 + rows): one
+// contiguous range in either direction.
+struct Chunk {
+  int64_t s0, s1, row0, rows;
+};
+
+inline Chunk next_chunk(const SeqLayout& seq, int64_t s0, int64_t max_rows) {
+  int64_t s1 = s0, rows = 0;
+  while (s1 < seq.T) {
+    const int64_t t = seq.reverse ? seq.T - 1 - s1 : s1;
+    if (rows > 0 && rows + seq.batch_sizes[t] > max_rows) break;
+    rows += seq.batch_sizes[t];
+    ++s1;
+  }
+  const int64_t row0 = seq.reverse ? seq.offsets[seq.T - s1] : seq.offsets[s0];
+  return Chunk{s0, s1, row0, rows};
+}
+
+// Gx = X W_ih^T + bias, chunk by chunk. Owns the packed W_ih^T and the buffer.
+template <typename S>
+struct InputProjection {
+  int64_t C = 0, GH = 0, max_rows = 0;
+  const S* x = nullptr;
+  S* wp = nullptr;    // packed W_ih^T
+  S* bias = nullptr;  // [GH], folded biases
+  S* gx = nullptr;    // [max_rows, GH]
+  Chunk chunk{};
+
+  void plan(Arena& arena, const SeqLayout& seq, const S* x_, int64_t C_, int64_t GH_) {
+    x = x_;
+    C = C_;
+    GH = GH_;
+    max_rows = std::max<int64_t>(seq.N, kChunkBytes / static_cast<int64_t>(GH * sizeof(S)));
+    max_rows = std::max<int64_t>(1, std::min<int64_t>(max_rows, total_rows(seq)));
+    wp = arena.take<S>(packed_b_size<S>(C, GH));
+    bias = arena.take<S>(GH);
+    gx = arena.take<S>(max_rows * GH);
+  }
+  void pack(const S* w_ih, const Parallel& par) { pack_weight_t<S>(w_ih, GH, C, wp, par); }
+  void run(const Chunk& c, const Parallel& par) {
+    chunk = c;
+    gemm_weight<S>(c.rows, GH, C, MatA<S>{x + c.row0 * C, C, 1}, wp, gx, GH, false, par, bias);
+  }
+  // Pre-activations of the row `row` (global row index) of the current chunk.
+  const S* row(int64_t r) const { return gx + (r - chunk.row0) * GH; }
+};
+
+// bias[j] = b_ih[j] + b_hh[j] for j in [j0, j1) (either may be null).
+template <typename S>
+void fold_bias(S* bias, const S* b_ih, const S* b_hh, int64_t j0, int64_t j1) {
+  for (int64_t j = j0; j < j1; ++j) bias[j] = (b_ih ? b_ih[j] : S(0)) + (b_hh ? b_hh[j] : S(0));
+}
+
+// The recurrent state, double-buffered: step s reads buffer s%2 and writes the
+// other. Rows never active before a step (reverse direction, packed) read h0,
+// which both buffers hold until first written.
+template <typename S>
+struct HiddenState {
+  S* buf = nullptr;
+  int64_t N = 0, P = 0;
+  void plan(Arena& arena, int64_t N_, int64_t P_) {
+    N = N_;
+    P = P_;
+    buf = arena.take<S>(2 * N * P);
+  }
+  void init(const S* h0) {
+    std::memcpy(buf, h0, N * P * sizeof(S));
+    std::memcpy(buf + N * P, h0, N * P * sizeof(S));
+  }
+  const S* prev(int64_t s) const { return buf + (s & 1) * N * P; }
+  S* next(int64_t s) const { return buf + ((s + 1) & 1) * N * P; }
+};
+
+// The loop every forward driver shares: chunks of Gx, then step(s, st) per step.
+template <typename S, typename StepFn>
+void run_forward(const SeqLayout& seq, InputProjection<S>& proj, const Parallel& par,
+                 const StepFn& step) {
+  for (int64_t s0 = 0; s0 < seq.T;) {
+    const Chunk c = next_chunk(seq, s0, proj.max_rows);
+    proj.run(c, par);
+    for (int64_t s = c.s0; s < c.s1; ++s) step(s, seq.step(s));
+    s0 = c.s1;
+  }
+}
+
+// dX, dW_ih and db_ih from dG. Columns [col, col+n) of dG belong to rows
+// [wrow, wrow+n) of W_ih; GRU reset_after stores its input-side n gradient
+// apart from the recurrent one, so it passes two blocks.
+struct GateBlock {
+  int64_t col, wrow, n;
+};
+
+template <typename S>
+void input_side_grads(const SeqBackwardArgs<S>& a, const S* dG, int64_t ldg,
+                      const GateBlock* blocks, int nblocks, S* scratch,
+                      const Parallel& par) {
+  const int64_t R = total_rows(a.seq);
+  for (int b = 0; b < nblocks; ++b) {
+    const GateBlock& g = blocks[b];
+    if (a.dx)
+      gemm<S>(R, a.C, g.n, MatA<S>{dG + g.col, ldg, 1}, MatB<S>{a.w_ih + g.wrow * a.C, a.C, 1},
+              a.dx, a.C, b > 0, scratch, par);
+    if (a.dw_ih)
+      gemm<S>(g.n, a.C, R, MatA<S>{dG + g.col, 1, ldg}, MatB<S>{a.x, a.C, 1},
+              a.dw_ih + g.wrow * a.C, a.C, false, scratch, par);
+    if (a.db_ih) column_sum<S>(R, g.n, dG + g.col, ldg, a.db_ih + g.wrow, false, par);
+  }
+}
+
+// dW_hh[wrow : wrow+n] = dG[:, col : col+n]^T B, B [R, K] (the recurrent inputs).
+template <typename S>
+void recurrent_weight_grad(const SeqBackwardArgs<S>& a, const S* dG, int64_t ldg,
+                           int64_t col, int64_t wrow, int64_t n, const MatB<S>& B, int64_t K,
+                           S* scratch, const Parallel& par) {
+  if (!a.dw_hh) return;
+  gemm<S>(n, K, total_rows(a.seq), MatA<S>{dG + col, 1, ldg}, B, a.dw_hh + wrow * K, K,
+          false, scratch, par);
+}
+
+template <typename S>
+inline const S* prev_state_row(const SeqBackwardArgs<S>& a, const StepInfo& st, int64_t i,
+                               const S* saved, const S* init, int64_t width) {
+  return i < st.split ? saved + (st.prev_offset + i) * width : init + i * width;
+}
+
+// ------------------------------------------------------------------- LSTM
+
+template <typename S, bool kPeephole, bool kCoupled>
+void lstm_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& par) {
+  using V = Vec<S>;
+  constexpr int G = kCoupled ? 3 : 4;
+  constexpr int U = 1;
+  constexpr int L = V::size();
+  const SeqLayout& seq = a.seq;
+  const int64_t N = seq.N, H = a.H, P = a.P, GH = G * H;
+  const bool proj = a.w_hr != nullptr;
+
+  InputProjection<S> xproj;
+  xproj.plan(arena, seq, a.x, a.C, GH);
+  S* whh_p = arena.take<S>(recurrent_packed_size<S, G, U>(H, P));
+  S* whr_p = proj ? arena.take<S>(packed_b_size<S>(H, P)) : nullptr;
+  HiddenState<S> hs;
+  hs.plan(arena, N, P);
+  S* c_state = arena.take<S>(N * H);
+  S* r_scratch = proj && !a.training ? arena.take<S>(N * H) : nullptr;
+  if (arena.sizing()) return;
+
+  xproj.pack(a.w_ih, par);
+  fold_bias(xproj.bias, a.b_ih, a.b_hh, 0, GH);
+  pack_recurrent<S, G, U>(a.w_hh, H, P, whh_p, par);
+  if (proj) pack_weight_t<S>(a.w_hr, P, H, whr_p, par);
+  hs.init(a.h0);
+  std::memcpy(c_state, a.c0, N * H * sizeof(S));
+
+  // Peephole vector blocks: i, f, o (f, o when coupled).
+  const S* wci = kPeephole && !kCoupled ? a.w_ch : nullptr;
+  const S* wcf = kPeephole ? a.w_ch + (kCoupled ? 0 : H) : nullptr;
+  const S* wco = kPeephole ? a.w_ch + (kCoupled ? H : 2 * H) : nullptr;
+  constexpr int gi = 0, gf = kCoupled ? 0 : 1, gg = kCoupled ? 1 : 2, go = kCoupled ? 2 : 3;
+
+  run_forward<S>(seq, xproj, par, [&](int64_t s, const StepInfo& st) {
+    const S* hp = hs.prev(s);
+    S* hn = hs.next(s);
+    S* gates = a.training ? a.gates + st.offset * GH : nullptr;
+    S* cells = a.training ? a.states + st.offset * H : nullptr;
+    // Where h' = o*tanh(c') goes: the output, or the projection's input.
+    S* hout = proj ? (a.training ? a.proj_in + st.offset * H : r_scratch) : a.y + st.offset * P;
+    const int64_t ldo = proj ? H : P;
+    auto epi = [&](int64_t i, int64_t p, const V* acc) {
+      const int64_t u0 = p * L;
+      const int64_t cnt = std::min<int64_t>(L, H - u0);
+      const S* gx = xproj.row(st.offset + i) + u0;
+      const V pi = kCoupled ? V(S(0)) : acc[gi] + V::loadu(gx + gi * H, cnt);
+      const V pf = acc[gf] + V::loadu(gx + gf * H, cnt);
+      const V pg = acc[gg] + V::loadu(gx + gg * H, cnt);
+      const V po = acc[go] + V::loadu(gx + go * H, cnt);
+      S* cp = c_state + i * H + u0;
+      const V c = V::loadu(cp, cnt);
+      const V zero(S(0));
+      const V vci = kPeephole && !kCoupled ? V::loadu(wci + u0, cnt) : zero;
+      const V vcf = kPeephole ? V::loadu(wcf + u0, cnt) : zero;
+      const V vco = kPeephole ? V::loadu(wco + u0, cnt) : zero;
+      V ig, fg, gg_, og, c_new, h_new;
+      fusedrnn::lstm_forward<kPeephole, kCoupled>(pi, pf, pg, po, c, vci, vcf, vco, ig, fg, gg_, og,
+                                        c_new, h_new);
+      c_new.store(cp, cnt);
+      h_new.store(hout + i * ldo + u0, cnt);
+      if (!proj) h_new.store(hn + i * P + u0, cnt);
+      if (gates) {
+        S* gr = gates + i * GH + u0;
+        if (!kCoupled) ig.store(gr + gi * H, cnt);
+        fg.store(gr + gf * H, cnt);
+        gg_.store(gr + gg * H, cnt);
+        og.store(gr + go * H, cnt);
+        c_new.store(cells + i * H + u0, cnt);
+      }
+    };
+    fused_step<S, G, U>(st.rows, P, hp, P, whh_p, H, epi, par);
+    if (proj) {
+      S* y = a.y + st.offset * P;
+      gemm_weight<S>(st.rows, P, H, MatA<S>{hout, H, 1}, whr_p, y, P, false, par);
+      copy_rows(st.rows, P, y, P, hn, P);
+    }
+  });
+  gather_final(seq, a.y, P, a.h_n);
+  std::memcpy(a.c_n, c_state, N * H * sizeof(S));
+}
+
+template <typename S, bool kPeephole, bool kCoupled>
+void lstm_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel& par) {
+  using V = Vec<S>;
+  constexpr int G = kCoupled ? 3 : 4;
+  const SeqLayout& seq = a.seq;
+  const int64_t N = seq.N, H = a.H, P = a.P, GH = G * H, R = total_rows(seq);
+  const bool proj = a.w_hr != nullptr;
+
+  S* dG = arena.take<S>(R * GH);
+  S* whh_p = arena.take<S>(packed_b_size<S>(GH, P));
+  S* whr_p = proj ? arena.take<S>(packed_b_size<S>(P, H)) : nullptr;
+  S* dh_state = arena.take<S>(N * P);
+  S* dc_state = arena.take<S>(N * H);
+  S* dht = proj ? arena.take<S>(R * P) : nullptr;
+  S* dr = proj ? arena.take<S>(N * H) : nullptr;
+  const S** hrows = a.dw_hh ? arena.take<const S*>(R) : nullptr;
+  S* scratch = arena.take<S>(gemm_scratch_size<S>(max_of(a.C, P, H, GH)));
+  if (arena.sizing()) return;
+
+  pack_weight<S>(a.w_hh, GH, P, whh_p, par);
+  if (proj) pack_weight<S>(a.w_hr, P, H, whr_p, par);
+  if (a.dh_n) std::memcpy(dh_state, a.dh_n, N * P * sizeof(S)); else fill_zero(N * P, dh_state);
+  if (a.dc_n) std::memcpy(dc_state, a.dc_n, N * H * sizeof(S)); else fill_zero(N * H, dc_state);
+  if (a.dw_ch) fill_zero((G - 1) * H, a.dw_ch);
+
+  const S* wci = kPeephole && !kCoupled ? a.w_ch : nullptr;
+  const S* wcf = kPeephole ? a.w_ch + (kCoupled ? 0 : H) : nullptr;
+  const S* wco = kPeephole ? a.w_ch + (kCoupled ? H : 2 * H) : nullptr;
+  S* dwci = a.dw_ch && !kCoupled ? a.dw_ch : nullptr;
+  S* dwcf = a.dw_ch ? a.dw_ch + (kCoupled ? 0 : H) : nullptr;
+  S* dwco = a.dw_ch ? a.dw_ch + (kCoupled ? H : 2 * H) : nullptr;
+  constexpr int gi = 0, gf = kCoupled ? 0 : 1, gg = kCoupled ? 1 : 2, go = kCoupled ? 2 : 3;
+
+  for (int64_t s = seq.T - 1; s >= 0; --s) {
+    const StepInfo st = seq.step(s);
+    const int64_t rows = st.rows;
+    const S* dy = a.dy + st.offset * P;
+    if (proj) {
+      S* d = dht + st.offset * P;
+      for (int64_t i = 0; i < rows; ++i)
+        for (int64_t j = 0; j < P; ++j) d[i * P + j] = dy[i * P + j] + dh_state[i * P + j];
+      gemm_weight<S>(rows, H, P, MatA<S>{d, P, 1}, whr_p, dr, H, false, par);
+    }
+    for_unit_vectors<S>(H, rows * 64, par, [&](int64_t u0, int64_t cnt) {
+      const V zero(S(0));
+      const V vci = kPeephole && !kCoupled ? V::loadu(wci + u0, cnt) : zero;
+      const V vcf = kPeephole ? V::loadu(wcf + u0, cnt) : zero;
+      const V vco = kPeephole ? V::loadu(wco + u0, cnt) : zero;
+      V sci = zero, scf = zero, sco = zero;
+      for (int64_t i = 0; i < rows; ++i) {
+        const int64_t r = st.offset + i;
+        const V dh = proj ? V::loadu(dr + i * H + u0, cnt)
+                          : V::loadu(dy + i * P + u0, cnt) + V::loadu(dh_state + i * P + u0, cnt);
+        const S* g = a.gates + r * GH + u0;
+        const V ig = kCoupled ? zero : V::loadu(g + gi * H, cnt);
+        const V fg = V::loadu(g + gf * H, cnt);
+        const V gg_ = V::loadu(g + gg * H, cnt);
+        const V og = V::loadu(g + go * H, cnt);
+        const V c_new = V::loadu(a.states + r * H + u0, cnt);
+        const V c = V::loadu(prev_state_row(a, st, i, a.states, a.c0, H) + u0, cnt);
+        S* dcp = dc_state + i * H + u0;
+        const V dc = V::loadu(dcp, cnt);
+        V dpi, dpf, dpg, dpo, dc_prev, dwi = zero, dwf = zero, dwo = zero;
+        fusedrnn::lstm_backward<kPeephole, kCoupled>(dh, dc, kCoupled ? V(S(1)) - fg : ig, fg, gg_, og, c,
+                                           c_new, vci, vcf, vco, dpi, dpf, dpg, dpo, dc_prev,
+                                           dwi, dwf, dwo);
+        S* d = dG + r * GH + u0;
+        if (!kCoupled) dpi.store(d + gi * H, cnt);
+        dpf.store(d + gf * H, cnt);
+        dpg.store(d + gg * H, cnt);
+        dpo.store(d + go * H, cnt);
+        dc_prev.store(dcp, cnt);
+        if (kPeephole) {
+          sci = sci + dwi;
+          scf = scf + dwf;
+          sco = sco + dwo;
+        }
+      }
+      if (kPeephole && a.dw_ch) {
+        if (!kCoupled) (V::loadu(dwci + u0, cnt) + sci).store(dwci + u0, cnt);
+        (V::loadu(dwcf + u0, cnt) + scf).store(dwcf + u0, cnt);
+        (V::loadu(dwco + u0, cnt) + sco).store(dwco + u0, cnt);
+      }
+    });
+    gemm_weight<S>(rows, P, GH, MatA<S>{dG + st.offset * GH, GH, 1}, whh_p, dh_state, P, false,
+                   par);
+  }
+  std::memcpy(a.dh0, dh_state, N * P * sizeof(S));
+  std::memcpy(a.dc0, dc_state, N * H * sizeof(S));
+
+  const GateBlock all{0, 0, GH};
+  input_side_grads(a, dG, GH, &all, 1, scratch, par);
+  if (a.db_hh) column_sum<S>(R, GH, dG, GH, a.db_hh, false, par);
+  if (hrows) {
+    previous_rows(seq, a.y, a.h0, P, hrows);
+    recurrent_weight_grad(a, dG, GH, 0, 0, GH, MatB<S>{nullptr, 0, 1, hrows}, P, scratch, par);
+  }
+  if (proj && a.dw_hr)
+    gemm<S>(P, H, R, MatA<S>{dht, 1, P}, MatB<S>{a.proj_in, H, 1}, a.dw_hr, H, false, scratch,
+            par);
+}
+
+// -------------------------------------------------------------------- GRU
+
+// reset_after=True: one fused pass per step over the gates r, z, n.
+template <typename S>
+void gru_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& par) {
+  using V = Vec<S>;
+  constexpr int G = 3, U = 1;
+  constexpr int L = V::size();
+  const SeqLayout& seq = a.seq;
+  const int64_t N = seq.N, H = a.H, GH = G * H;
+
+  InputProjection<S> xproj;
+  xproj.plan(arena, seq, a.x, a.C, GH);
+  S* whh_p = arena.take<S>(recurrent_packed_size<S, G, U>(H, H));
+  S* b_hn = arena.take<S>(H);
+  HiddenState<S> hs;
+  hs.plan(arena, N, H);
+  if (arena.sizing()) return;
+
+  xproj.pack(a.w_ih, par);
+  // r and z take both biases in Gx; n takes b_in there and b_hn inside r*(...).
+  fold_bias(xproj.bias, a.b_ih, a.b_hh, 0, 2 * H);
+  fold_bias(xproj.bias, a.b_ih, static_cast<const S*>(nullptr), 2 * H, 3 * H);
+  fold_bias(b_hn, a.b_hh ? a.b_hh + 2 * H : nullptr, static_cast<const S*>(nullptr), 0, H);
+  pack_recurrent<S, G, U>(a.w_hh, H, H, whh_p, par);
+  hs.init(a.h0);
+
+  run_forward<S>(seq, xproj, par, [&](int64_t s, const StepInfo& st) {
+    const S* hp = hs.prev(s);
+    S* hn_state = hs.next(s);
+    S* y = a.y + st.offset * H;
+    S* gates = a.training ? a.gates + st.offset * 4 * H : nullptr;
+    auto epi = [&](int64_t i, int64_t p, const V* acc) {
+      const int64_t u0 = p * L;
+      const int64_t cnt = std::min<int64_t>(L, H - u0);
+      const S* gx = xproj.row(st.offset + i) + u0;
+      const V h = V::loadu(hp + i * H + u0, cnt);
+      const V hn = acc[2] + V::loadu(b_hn + u0, cnt);
+      V r, z, n, h_new;
+      fusedrnn::gru_forward(acc[0] + V::loadu(gx, cnt), acc[1] + V::loadu(gx + H, cnt),
+                  V::loadu(gx + 2 * H, cnt), hn, h, r, z, n, h_new);
+      h_new.store(y + i * H + u0, cnt);
+      h_new.store(hn_state + i * H + u0, cnt);
+      if (gates) {
+        S* gr = gates + i * 4 * H + u0;
+        r.store(gr, cnt);
+        z.store(gr + H, cnt);
+        n.store(gr + 2 * H, cnt);
+        hn.store(gr + 3 * H, cnt);
+      }
+    };
+    fused_step<S, G, U>(st.rows, H, hp, H, whh_p, H, epi, par);
+  });
+  gather_final(seq, a.y, H, a.h_n);
+}
+
+// reset_after=False: r and z first (fused with their recurrent product), then
+// n from W_hn (r*h), a second product that needs every unit's r.
+template <typename S>
+void gru_reset_before_forward_seq(const SeqForwardArgs<S>& a, Arena& arena,
+                              const Parallel& par) {
+  using V = Vec<S>;
+  constexpr int L = V::size();
+  constexpr int U1 = 2, U2 = 4;
+  const SeqLayout& seq = a.seq;
+  const int64_t N = seq.N, H = a.H, GH = 3 * H;
+
+  InputProjection<S> xproj;
+  xproj.plan(arena, seq, a.x, a.C, GH);
+  S* wrz_p = arena.take<S>(recurrent_packed_size<S, 2, U1>(H, H));
+  S* wn_p = arena.take<S>(recurrent_packed_size<S, 1, U2>(H, H));
+  HiddenState<S> hs;
+  hs.plan(arena, N, H);
+  S* z_scratch = a.training ? nullptr : arena.take<S>(N * H);
+  S* rh_scratch = a.training ? nullptr : arena.take<S>(N * H);
+  if (arena.sizing()) return;
+
+  xproj.pack(a.w_ih, par);
+  fold_bias(xproj.bias, a.b_ih, a.b_hh, 0, GH);  // b_hn is outside r*(.) here
+  pack_recurrent<S, 2, U1>(a.w_hh, H, H, wrz_p, par);
+  pack_recurrent<S, 1, U2>(a.w_hh + 2 * H * H, H, H, wn_p, par);
+  hs.init(a.h0);
+
+  run_forward<S>(seq, xproj, par, [&](int64_t s, const StepInfo& st) {
+    const S* hp = hs.prev(s);
+    S* hn_state = hs.next(s);
+    S* y = a.y + st.offset * H;
+    S* gates = a.training ? a.gates + st.offset * GH : nullptr;
+    // z and r*h live in the saved tensors when training, in scratch otherwise.
+    S* zd = gates ? gates + H : z_scratch;
+    const int64_t ldz = gates ? GH : H;
+    S* rh = a.training ? a.states + st.offset * H : rh_scratch;
+    auto epi_rz = [&](int64_t i, int64_t p, const V* acc) {
+      const S* gx = xproj.row(st.offset + i);
+      for (int u = 0; u < U1; ++u) {
+        const int64_t u0 = (p * U1 + u) * L;
+        if (u0 >= H) break;
+        const int64_t cnt = std::min<int64_t>(L, H - u0);
+        const V r = fusedrnn::gru_gate(acc[u] + V::loadu(gx + u0, cnt));
+        const V z = fusedrnn::gru_gate(acc[U1 + u] + V::loadu(gx + H + u0, cnt));
+        (r * V::loadu(hp + i * H + u0, cnt)).store(rh + i * H + u0, cnt);
+        z.store(zd + i * ldz + u0, cnt);
+        if (gates) r.store(gates + i * GH + u0, cnt);
+      }
+    };
+    fused_step<S, 2, U1>(st.rows, H, hp, H, wrz_p, H, epi_rz, par);
+    auto epi_n = [&](int64_t i, int64_t p, const V* acc) {
+      const S* gx = xproj.row(st.offset + i);
+      for (int u = 0; u < U2; ++u) {
+        const int64_t u0 = (p * U2 + u) * L;
+        if (u0 >= H) break;
+        const int64_t cnt = std::min<int64_t>(L, H - u0);
+        V n, h_new;
+        fusedrnn::gru_reset_before_output(acc[u] + V::loadu(gx + 2 * H + u0, cnt),
+                                V::loadu(zd + i * ldz + u0, cnt),
+                                V::loadu(hp + i * H + u0, cnt), n, h_new);
+        h_new.store(y + i * H + u0, cnt);
+        h_new.store(hn_state + i * H + u0, cnt);
+        if (gates) n.store(gates + i * GH + 2 * H + u0, cnt);
+      }
+    };
+    fused_step<S, 1, U2>(st.rows, H, rh, H, wn_p, H, epi_n, par);
+  });
+  gather_final(seq, a.y, H, a.h_n);
+}
+
+// dG layout [R, 4H]: (r, z, hn, xn). The first three match W_hh's rows, so the
+// recurrent product is one GEMM; xn is the input-side gradient of n.
+template <typename S>
+void gru_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel& par) {
+  using V = Vec<S>;
+  const SeqLayout& seq = a.seq;
+  const int64_t N = seq.N, H = a.H, R = total_rows(seq), ldg = 4 * H;
+
+  S* dG = arena.take<S>(R * ldg);
+  S* whh_p = arena.take<S>(packed_b_size<S>(3 * H, H));
+  S* dh_state = arena.take<S>(N * H);
+  const S** hrows = a.dw_hh ? arena.take<const S*>(R) : nullptr;
+  S* scratch = arena.take<S>(gemm_scratch_size<S>(max_of(a.C, H, 4 * H)));
+  if (arena.sizing()) return;
+
+  pack_weight<S>(a.w_hh, 3 * H, H, whh_p, par);
+  if (a.dh_n) std::memcpy(dh_state, a.dh_n, N * H * sizeof(S)); else fill_zero(N * H, dh_state);
+
+  for (int64_t s = seq.T - 1; s >= 0; --s) {
+    const StepInfo st = seq.step(s);
+    const int64_t rows = st.rows;
+    const S* dy = a.dy + st.offset * H;
+    for_unit_vectors<S>(H, rows * 32, par, [&](int64_t u0, int64_t cnt) {
+      for (int64_t i = 0; i < rows; ++i) {
+        const int64_t r = st.offset + i;
+        S* dhp = dh_state + i * H + u0;
+        const V dh = V::loadu(dy + i * H + u0, cnt) + V::loadu(dhp, cnt);
+        const S* g = a.gates + r * 4 * H + u0;
+        const V h = V::loadu(prev_state_row(a, st, i, a.y, a.h0, H) + u0, cnt);
+        V dpn, dpz, dh_prev, dpr, dhn;
+        fusedrnn::gru_update_backward(dh, V::loadu(g + H, cnt), V::loadu(g + 2 * H, cnt), h, dpn, dpz,
+                            dh_prev);
+        fusedrnn::gru_reset_after_backward(dpn, V::loadu(g, cnt), V::loadu(g + 3 * H, cnt), dpr, dhn);
+        S* d = dG + r * ldg + u0;
+        dpr.store(d, cnt);
+        dpz.store(d + H, cnt);
+        dhn.store(d + 2 * H, cnt);
+        dpn.store(d + 3 * H, cnt);
+        dh_prev.store(dhp, cnt);
+      }
+    });
+    gemm_weight<S>(rows, H, 3 * H, MatA<S>{dG + st.offset * ldg, ldg, 1}, whh_p, dh_state, H,
+                   true, par);
+  }
+  std::memcpy(a.dh0, dh_state, N * H * sizeof(S));
+
+  const GateBlock blocks[2] = {{0, 0, 2 * H}, {3 * H, 2 * H, H}};
+  input_side_grads(a, dG, ldg, blocks, 2, scratch, par);
+  if (a.db_hh) column_sum<S>(R, 3 * H, dG, ldg, a.db_hh, false, par);
+  if (hrows) {
+    previous_rows(seq, a.y, a.h0, H, hrows);
+    recurrent_weight_grad(a, dG, ldg, 0, 0, 3 * H, MatB<S>{nullptr, 0, 1, hrows}, H, scratch,
+                          par);
+  }
+}
+
+// dG layout [R, 3H]: (r, z, n), the same for the input and the recurrent side.
+template <typename S>
+void gru_reset_before_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena,
+                               const Parallel& par) {
+  using V = Vec<S>;
+  const SeqLayout& seq = a.seq;
+  const int64_t N = seq.N, H = a.H, R = total_rows(seq), GH = 3 * H;
+
+  S* dG = arena.take<S>(R * GH);
+  S* wrz_p = arena.take<S>(packed_b_size<S>(2 * H, H));
+  S* wn_p = arena.take<S>(packed_b_size<S>(H, H));
+  S* dh_state = arena.take<S>(N * H);
+  S* drh = arena.take<S>(N * H);
+  const S** hrows = a.dw_hh ? arena.take<const S*>(R) : nullptr;
+  S* scratch = arena.take<S>(gemm_scratch_size<S>(max_of(a.C, H, GH)));
+  if (arena.sizing()) return;
+
+  pack_weight<S>(a.w_hh, 2 * H, H, wrz_p, par);
+  pack_weight<S>(a.w_hh + 2 * H * H, H, H, wn_p, par);
+  if (a.dh_n) std::memcpy(dh_state, a.dh_n, N * H * sizeof(S)); else fill_zero(N * H, dh_state);
+
+  for (int64_t s = seq.T - 1; s >= 0; --s) {
+    const StepInfo st = seq.step(s);
+    const int64_t rows = st.rows;
+    const S* dy = a.dy + st.offset * H;
+    for_unit_vectors<S>(H, rows * 32, par, [&](int64_t u0, int64_t cnt) {
+      for (int64_t i = 0; i < rows; ++i) {
+        const int64_t r = st.offset + i;
+        S* dhp = dh_state + i * H + u0;
+        const V dh = V::loadu(dy + i * H + u0, cnt) + V::loadu(dhp, cnt);
+        const S* g = a.gates + r * GH + u0;
+        const V h = V::loadu(prev_state_row(a, st, i, a.y, a.h0, H) + u0, cnt);
+        V dpn, dpz, dh_prev;
+        fusedrnn::gru_update_backward(dh, V::loadu(g + H, cnt), V::loadu(g + 2 * H, cnt), h, dpn, dpz,
+                            dh_prev);
+        S* d = dG + r * GH + u0;
+        dpz.store(d + H, cnt);
+        dpn.store(d + 2 * H, cnt);
+        dh_prev.store(dhp, cnt);
+      }
+    });
+    // d(r*h) = dpn W_hn
+    gemm_weight<S>(rows, H, H, MatA<S>{dG + st.offset * GH + 2 * H, GH, 1}, wn_p, drh, H, false,
+                   par);
+    for_unit_vectors<S>(H, rows * 16, par, [&](int64_t u0, int64_t cnt) {
+      for (int64_t i = 0; i < rows; ++i) {
+        const int64_t r = st.offset + i;
+        S* dhp = dh_state + i * H + u0;
+        const V h = V::loadu(prev_state_row(a, st, i, a.y, a.h0, H) + u0, cnt);
+        V dpr, dh_prev;
+        fusedrnn::gru_reset_before_backward(V::loadu(drh + i * H + u0, cnt),
+                                  V::loadu(a.gates + r * GH + u0, cnt), h, dpr, dh_prev);
+        dpr.store(dG + r * GH + u0, cnt);
+        (V::loadu(dhp, cnt) + dh_prev).store(dhp, cnt);
+      }
+    });
+    gemm_weight<S>(rows, H, 2 * H, MatA<S>{dG + st.offset * GH, GH, 1}, wrz_p, dh_state, H,
+                   true, par);
+  }
+  std::memcpy(a.dh0, dh_state, N * H * sizeof(S));
+
+  const GateBlock all{0, 0, GH};
+  input_side_grads(a, dG, GH, &all, 1, scratch, par);
+  if (a.db_hh) column_sum<S>(R, GH, dG, GH, a.db_hh, false, par);
+  if (hrows) {
+    previous_rows(seq, a.y, a.h0, H, hrows);
+    recurrent_weight_grad(a, dG, GH, 0, 0, 2 * H, MatB<S>{nullptr, 0, 1, hrows}, H, scratch,
+                          par);
+  }
+  recurrent_weight_grad(a, dG, GH, 2 * H, 2 * H, H, MatB<S>{a.states, H, 1}, H, scratch, par);
+}
+
+// -------------------------------------------------------------------- RNN
+
+template <typename S, bool kRelu>
+void rnn_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& par) {
+  using V = Vec<S>;
+  constexpr int U = 4;
+  constexpr int L = V::size();
+  const SeqLayout& seq = a.seq;
+  const int64_t N = seq.N, H = a.H;
+
+  InputProjection<S> xproj;
+  xproj.plan(arena, seq, a.x, a.C, H);
+  S* whh_p = arena.take<S>(recurrent_packed_size<S, 1, U>(H, H));
+  HiddenState<S> hs;
+  hs.plan(arena, N, H);
+  if (arena.sizing()) return;
+
+  xproj.pack(a.w_ih, par);
+  fold_bias(xproj.bias, a.b_ih, a.b_hh, 0, H);
+  pack_recurrent<S, 1, U>(a.w_hh, H, H, whh_p, par);
+  hs.init(a.h0);
+
+  run_forward<S>(seq, xproj, par, [&](int64_t s, const StepInfo& st) {
+    S* hn_state = hs.next(s);
+    S* y = a.y + st.offset * H;
+    auto epi = [&](int64_t i, int64_t p, const V* acc) {
+      const S* gx = xproj.row(st.offset + i);
+      for (int u = 0; u < U; ++u) {
+        const int64_t u0 = (p * U + u) * L;
+        if (u0 >= H) break;
+        const int64_t cnt = std::min<int64_t>(L, H - u0);
+        const V h_new = fusedrnn::rnn_forward<kRelu>(acc[u] + V::loadu(gx + u0, cnt));
+        h_new.store(y + i * H + u0, cnt);
+        h_new.store(hn_state + i * H + u0, cnt);
+      }
+    };
+    fused_step<S, 1, U>(st.rows, H, hs.prev(s), H, whh_p, H, epi, par);
+  });
+  gather_final(seq, a.y, H, a.h_n);
+}
+
+template <typename S, bool kRelu>
+void rnn_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel& par) {
+  using V = Vec<S>;
+  const SeqLayout& seq = a.seq;
+  const int64_t N = seq.N, H = a.H, R = total_rows(seq);
+
+  S* dG = arena.take<S>(R * H);
+  S* whh_p = arena.take<S>(packed_b_size<S>(H, H));
+  S* dh_state = arena.take<S>(N * H);
+  const S** hrows = a.dw_hh ? arena.take<const S*>(R) : nullptr;
+  S* scratch = arena.take<S>(gemm_scratch_size<S>(std::max(a.C, H)));
+  if (arena.sizing()) return;
+
+  pack_weight<S>(a.w_hh, H, H, whh_p, par);
+  if (a.dh_n) std::memcpy(dh_state, a.dh_n, N * H * sizeof(S)); else fill_zero(N * H, dh_state);
+
+  for (int64_t s = seq.T - 1; s >= 0; --s) {
+    const StepInfo st = seq.step(s);
+    const int64_t rows = st.rows;
+    for_unit_vectors<S>(H, rows * 8, par, [&](int64_t u0, int64_t cnt) {
+      for (int64_t i = 0; i < rows; ++i) {
+        const int64_t r = st.offset + i;
+        const V dh = V::loadu(a.dy + r * H + u0, cnt) + V::loadu(dh_state + i * H + u0, cnt);
+        fusedrnn::rnn_backward<kRelu>(dh, V::loadu(a.y + r * H + u0, cnt)).store(dG + r * H + u0, cnt);
+      }
+    });
+    gemm_weight<S>(rows, H, H, MatA<S>{dG + st.offset * H, H, 1}, whh_p, dh_state, H, false,
+                   par);
+  }
+  std::memcpy(a.dh0, dh_state, N * H * sizeof(S));
+
+  const GateBlock all{0, 0, H};
+  input_side_grads(a, dG, H, &all, 1, scratch, par);
+  if (a.db_hh) column_sum<S>(R, H, dG, H, a.db_hh, false, par);
+  if (hrows) {
+    previous_rows(seq, a.y, a.h0, H, hrows);
+    recurrent_weight_grad(a, dG, H, 0, 0, H, MatB<S>{nullptr, 0, 1, hrows}, H, scratch, par);
+  }
+}
+
+// ------------------------------------------------------------- dispatch
+
+template <typename F>
+inline void bool_switch(bool b, const F& f) {
+  if (b) f(std::true_type{}); else f(std::false_type{});
+}
+
+template <typename S>
+void seq_forward_isa(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& par) {
+  const CellConfig& c = a.cell;
+  switch (c.kind) {
+    case CellKind::kLstm:
+      bool_switch(c.peephole, [&](auto kPeep) {
+        bool_switch(c.coupled, [&](auto kCoupled) {
+          lstm_forward_seq<S, decltype(kPeep)::value, decltype(kCoupled)::value>(a, arena, par);
+        });
+      });
+      break;
+    case CellKind::kGru:
+      if (c.reset_after) gru_forward_seq<S>(a, arena, par);
+      else gru_reset_before_forward_seq<S>(a, arena, par);
+      break;
+    case CellKind::kRnnTanh:
+      rnn_forward_seq<S, false>(a, arena, par);
+      break;
+    case CellKind::kRnnRelu:
+      rnn_forward_seq<S, true>(a, arena, par);
+      break;
+  }
+}
+
+template <typename S>
+void seq_backward_isa(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel& par) {
+  const CellConfig& c = a.cell;
+  switch (c.kind) {
+    case CellKind::kLstm:
+      bool_switch(c.peephole, [&](auto kPeep) {
+        bool_switch(c.coupled, [&](auto kCoupled) {
+          lstm_backward_seq<S, decltype(kPeep)::value, decltype(kCoupled)::value>(a, arena, par);
+        });
+      });
+      break;
+    case CellKind::kGru:
+      if (c.reset_after) gru_backward_seq<S>(a, arena, par);
+      else gru_reset_before_backward_seq<S>(a, arena, par);
+      break;
+    case CellKind::kRnnTanh:
+      rnn_backward_seq<S, false>(a, arena, par);
+      break;
+    case CellKind::kRnnRelu:
+      rnn_backward_seq<S, true>(a, arena, par);
+      break;
+  }
+}
+
+}  // namespace CPU_CAPABILITY
+}  // namespace fusedrnn::cpu
+
+#define FUSEDRNN_INSTANTIATE_CPU_ISA(S)                                                   \
+  template void fusedrnn::cpu::CPU_CAPABILITY::seq_forward_isa<S>(                         \
+      const fusedrnn::cpu::SeqForwardArgs<S>&, fusedrnn::cpu::Arena&,                      \
+      const fusedrnn::cpu::Parallel&);                                                     \
+  template void fusedrnn::cpu::CPU_CAPABILITY::seq_backward_isa<S>(                        \
+      const fusedrnn::cpu::SeqBackwardArgs<S>&, fusedrnn::cpu::Arena&,                     \
+      const fusedrnn::cpu::Parallel&);

@@ -1,0 +1,190 @@
+// CPU implementation of the layer operators: fills the kernels' argument
+// structs, sizes and allocates their scratch, and runs them on ATen's threads.
+// float16 and bfloat16 compute in float32 (DESIGN.md, precision): inputs are
+// converted on the way in and results on the way out.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include "rnn_layer.h"
+
+namespace fusedrnn {
+namespace {
+
+void run_parallel(int64_t n, int64_t grain, const void* ctx, cpu::Parallel::Body body) {
+  at::parallel_for(0, n, grain, [&](int64_t b, int64_t e) { body(ctx, b, e); });
+}
+
+cpu::Parallel cpu_parallel() { return cpu::Parallel{&run_parallel, at::get_num_threads()}; }
+
+template <typename S>
+const S* ptr(const OptTensor& t) {
+  return t.has_value() && t->numel() > 0 ? t->data_ptr<S>() : nullptr;
+}
+template <typename S>
+const S* ptr(const Tensor& t) {
+  return t.numel() > 0 ? t.data_ptr<S>() : nullptr;
+}
+template <typename S>
+S* mut(const Tensor& t) {
+  return t.numel() > 0 ? t.data_ptr<S>() : nullptr;
+}
+
+// Runs a kernel twice: once to size its scratch, once with it.
+template <typename Args, typename Fn>
+void with_scratch(const Args& args, const Fn& fn) {
+  cpu::Arena sizing;
+  fn(args, sizing);
+  Tensor buf = at::empty({static_cast<int64_t>(sizing.used) + 64}, at::TensorOptions().dtype(at::kByte));
+  cpu::Arena arena;
+  arena.base = reinterpret_cast<char*>(buf.data_ptr<uint8_t>());
+  arena.base += (64 - reinterpret_cast<uintptr_t>(arena.base) % 64) % 64;
+  fn(args, arena);
+}
+
+template <typename S>
+void forward_typed(const LayerInputs& in, const LayerGeometry& g, bool training,
+                   ForwardResult& out) {
+  cpu::SeqForwardArgs<S> a{};
+  a.cell = in.cell;
+  a.training = training;
+  a.seq = g.layout(in.reverse);
+  a.C = g.C;
+  a.H = g.H;
+  a.P = g.P;
+  a.x = ptr<S>(in.input);
+  a.h0 = ptr<S>(in.h0);
+  a.c0 = ptr<S>(in.c0);
+  a.w_ih = ptr<S>(in.w_ih);
+  a.w_hh = ptr<S>(in.w_hh);
+  a.b_ih = ptr<S>(in.b_ih);
+  a.b_hh = ptr<S>(in.b_hh);
+  a.w_ch = ptr<S>(in.w_ch);
+  a.w_hr = ptr<S>(in.w_hr);
+  a.y = mut<S>(out.output);
+  a.h_n = mut<S>(out.h_n);
+  a.c_n = mut<S>(out.c_n);
+  a.gates = mut<S>(out.saved.gates);
+  a.states = mut<S>(out.saved.states);
+  a.proj_in = mut<S>(out.saved.proj_in);
+  const cpu::Parallel par = cpu_parallel();
+  with_scratch(a, [&](const cpu::SeqForwardArgs<S>& args, cpu::Arena& arena) {
+    cpu::seq_forward<S>(args, arena, par);
+  });
+}
+
+template <typename S>
+void backward_typed(const LayerInputs& in, const LayerGeometry& g, const GradInputs& gi,
+                    GradResult& out) {
+  cpu::SeqBackwardArgs<S> a{};
+  a.cell = in.cell;
+  a.seq = g.layout(in.reverse);
+  a.C = g.C;
+  a.H = g.H;
+  a.P = g.P;
+  a.x = ptr<S>(in.input);
+  a.h0 = ptr<S>(in.h0);
+  a.c0 = ptr<S>(in.c0);
+  a.w_ih = ptr<S>(in.w_ih);
+  a.w_hh = ptr<S>(in.w_hh);
+  a.b_hh = ptr<S>(in.b_hh);
+  a.w_ch = ptr<S>(in.w_ch);
+  a.w_hr = ptr<S>(in.w_hr);
+  a.y = ptr<S>(gi.output);
+  a.gates = ptr<S>(gi.saved.gates);
+  a.states = ptr<S>(gi.saved.states);
+  a.proj_in = ptr<S>(gi.saved.proj_in);
+  a.dy = ptr<S>(gi.grad_output);
+  a.dh_n = ptr<S>(gi.grad_h_n);
+  a.dc_n = ptr<S>(gi.grad_c_n);
+  a.dx = mut<S>(out.grad_input);
+  a.dh0 = mut<S>(out.grad_h0);
+  a.dc0 = mut<S>(out.grad_c0);
+  a.dw_ih = mut<S>(out.grad_w_ih);
+  a.dw_hh = mut<S>(out.grad_w_hh);
+  a.db_ih = mut<S>(out.grad_b_ih);
+  a.db_hh = mut<S>(out.grad_b_hh);
+  a.dw_ch = mut<S>(out.grad_w_ch);
+  a.dw_hr = mut<S>(out.grad_w_hr);
+  const cpu::Parallel par = cpu_parallel();
+  with_scratch(a, [&](const cpu::SeqBackwardArgs<S>& args, cpu::Arena& arena) {
+    cpu::seq_backward<S>(args, arena, par);
+  });
+}
+
+bool is_16bit(const Tensor& t) {
+  return t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16;
+}
+
+Tensor to_float(const Tensor& t) { return t.to(at::kFloat); }
+OptTensor to_float(const OptTensor& t) {
+  return t.has_value() ? OptTensor(t->to(at::kFloat)) : std::nullopt;
+}
+
+LayerInputs float_inputs(const LayerInputs& in) {
+  LayerInputs f = in;
+  f.input = to_float(in.input);
+  f.h0 = to_float(in.h0);
+  f.c0 = to_float(in.c0);
+  f.w_ih = to_float(in.w_ih);
+  f.w_hh = to_float(in.w_hh);
+  f.b_ih = to_float(in.b_ih);
+  f.b_hh = to_float(in.b_hh);
+  f.w_ch = to_float(in.w_ch);
+  f.w_hr = to_float(in.w_hr);
+  return f;
+}
+
+// Calls fn on float copies of `results`, then writes them back in place.
+template <typename Fn>
+void through_float(std::initializer_list<Tensor*> results, const Fn& fn) {
+  std::vector<Tensor> f;
+  for (Tensor* t : results) f.push_back(at::empty(t->sizes(), t->options().dtype(at::kFloat)));
+  fn(f);
+  size_t i = 0;
+  for (Tensor* t : results) {
+    if (t->numel() > 0) t->copy_(f[i]);
+    ++i;
+  }
+}
+
+}  // namespace
+
+void cpu_layer_forward(const LayerInputs& in, const LayerGeometry& g, bool training,
+                       ForwardResult& out) {
+  if (is_16bit(in.input)) {
+    const LayerInputs f = float_inputs(in);
+    through_float({&out.output, &out.h_n, &out.c_n, &out.saved.gates, &out.saved.proj_in},
+                  [&](std::vector<Tensor>& t) {
+                    ForwardResult fo{t[0], t[1], t[2], Saved{t[3], out.saved.states, t[4]}};
+                    forward_typed<float>(f, g, training, fo);
+                  });
+    return;
+  }
+  AT_DISPATCH_FLOATING_TYPES(in.input.scalar_type(), "fusedrnn_cpu_forward",
+                             [&] { forward_typed<scalar_t>(in, g, training, out); });
+}
+
+void cpu_layer_backward(const LayerInputs& in, const LayerGeometry& g, const GradInputs& gi,
+                        GradResult& out) {
+  if (is_16bit(in.input)) {
+    const LayerInputs f = float_inputs(in);
+    GradInputs gf = gi;
+    gf.grad_output = to_float(gi.grad_output);
+    gf.grad_h_n = to_float(gi.grad_h_n);
+    gf.grad_c_n = to_float(gi.grad_c_n);
+    gf.output = to_float(gi.output);
+    gf.saved.gates = to_float(gi.saved.gates);
+    gf.saved.proj_in = to_float(gi.saved.proj_in);
+    through_float({&out.grad_input, &out.grad_h0, &out.grad_c0, &out.grad_w_ih, &out.grad_w_hh,
+                   &out.grad_b_ih, &out.grad_b_hh, &out.grad_w_ch, &out.grad_w_hr},
+                  [&](std::vector<Tensor>& t) {
+                    GradResult go{t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8]};
+                    backward_typed<float>(f, g, gf, go);
+                  });
+    return;
+  }
+  AT_DISPATCH_FLOATING_TYPES(in.input.scalar_type(), "fusedrnn_cpu_backward",
+                             [&] { backward_typed<scalar_t>(in, g, gi, out); });
+}
+
+}  // namespace fusedrnn

@@ -1,0 +1,40 @@
+// The Python extension module fusedrnn._C. Loading it registers the operators
+// (ops.cpp); it also says what this build contains.
+#include <torch/extension.h>
+
+#include <string>
+
+#include "../kernels/cpu/rnn_cpu.h"
+
+#ifdef FUSEDRNN_WITH_CUDA
+namespace fusedrnn::cuda {
+// The sm_XY targets the CUDA kernels were compiled for (kernels/cuda).
+std::string compiled_archs();
+}  // namespace fusedrnn::cuda
+#endif
+
+namespace {
+
+pybind11::dict build_info() {
+  pybind11::dict d;
+  d["cpu_isas_compiled"] = fusedrnn::cpu::compiled_isas();
+  d["cpu_isa"] = fusedrnn::cpu::active_isa();
+#ifdef FUSEDRNN_WITH_CUDA
+  d["cuda"] = true;
+  d["cuda_archs"] = fusedrnn::cuda::compiled_archs();
+#else
+  d["cuda"] = false;
+  d["cuda_archs"] = "";
+#endif
+  d["torch_version"] = std::to_string(TORCH_VERSION_MAJOR) + "." +
+                       std::to_string(TORCH_VERSION_MINOR) + "." +
+                       std::to_string(TORCH_VERSION_PATCH);
+  return d;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "fusedrnn: fused recurrent-network kernels (operators under torch.ops.fusedrnn)";
+  m.def("build_info", &build_info, "What this build of fusedrnn._C was compiled with.");
+}

@@ -1,0 +1,293 @@
+// The operators: schemas (TORCH_LIBRARY) and their kernels, registered for the
+// CPU and CUDA dispatch keys. Each works on a whole sequence (one layer, one
+// direction); the *_cell_* operators are one step of the same kernels.
+//
+// Conventions shared by every operator:
+//   input [T, N, C] padded, or [R, C] packed with batch_sizes (int64, CPU, [T]).
+//   Forward with training=true also returns what backward needs (gates, states,
+//   proj_in; see csrc/kernels/cpu/rnn_cpu.h), [0]-sized tensors otherwise.
+//   Backward returns [0]-sized tensors for gradients not wanted
+//   (need_input_grad, need_weight_grads) or for parameters that are absent.
+#include <torch/library.h>
+
+#include "rnn_layer.h"
+
+namespace fusedrnn {
+namespace {
+
+cpu::CellConfig lstm_config(const OptTensor& w_ch, const OptTensor& w_hr, bool coupled) {
+  return cpu::CellConfig{CellKind::kLstm, coupled, w_ch.has_value(), true, w_hr.has_value()};
+}
+cpu::CellConfig gru_config(bool reset_after) {
+  return cpu::CellConfig{CellKind::kGru, false, false, reset_after, false};
+}
+cpu::CellConfig rnn_config(bool relu) {
+  return cpu::CellConfig{relu ? CellKind::kRnnRelu : CellKind::kRnnTanh, false, false, true,
+                         false};
+}
+
+LayerInputs inputs(cpu::CellConfig cell, const Tensor& input, const OptTensor& batch_sizes,
+                   const Tensor& h0, const OptTensor& c0, const Tensor& w_ih,
+                   const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
+                   const OptTensor& w_ch, const OptTensor& w_hr, bool reverse) {
+  return LayerInputs{cell, input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr,
+                     reverse};
+}
+
+GradInputs grads(const Tensor& grad_output, const OptTensor& grad_h_n, const OptTensor& grad_c_n,
+                 const Tensor& output, const Tensor& gates, const Tensor& states,
+                 const Tensor& proj_in, bool need_input_grad, bool need_weight_grads) {
+  return GradInputs{grad_output, grad_h_n,   grad_c_n, output, Saved{gates, states, proj_in},
+                    need_input_grad, need_weight_grads};
+}
+
+// A cell step is a sequence of one step: [N, C] is seen as [1, N, C].
+Tensor step_view(const Tensor& x) { return x.unsqueeze(0); }
+
+// ------------------------------------------------------------------- LSTM
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
+    const Tensor& input, const OptTensor& batch_sizes, const Tensor& h0, const Tensor& c0,
+    const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
+    const OptTensor& w_ch, const OptTensor& w_hr, bool coupled, bool reverse, bool training) {
+  const auto r = layer_forward(inputs(lstm_config(w_ch, w_hr, coupled), input, batch_sizes, h0,
+                                      c0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, reverse),
+                               training, "fusedrnn::lstm_forward");
+  return {r.output, r.h_n, r.c_n, r.saved.gates, r.saved.states, r.saved.proj_in};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
+    const Tensor& grad_output, const OptTensor& grad_h_n, const OptTensor& grad_c_n,
+    const Tensor& input, const OptTensor& batch_sizes, const Tensor& h0, const Tensor& c0,
+    const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
+    const OptTensor& w_ch, const OptTensor& w_hr, const Tensor& output, const Tensor& gates,
+    const Tensor& states, const Tensor& proj_in, bool coupled, bool reverse,
+    bool need_input_grad, bool need_weight_grads) {
+  const auto r = layer_backward(
+      inputs(lstm_config(w_ch, w_hr, coupled), input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh,
+             w_ch, w_hr, reverse),
+      grads(grad_output, grad_h_n, grad_c_n, output, gates, states, proj_in, need_input_grad,
+            need_weight_grads),
+      "fusedrnn::lstm_backward");
+  return {r.grad_input, r.grad_h0,   r.grad_c0,   r.grad_w_ih, r.grad_w_hh,
+          r.grad_b_ih,  r.grad_b_hh, r.grad_w_ch, r.grad_w_hr};
+}
+
+std::tuple<Tensor, Tensor, Tensor> lstm_cell_forward(const Tensor& input, const Tensor& hx,
+                                                     const Tensor& cx, const Tensor& w_ih,
+                                                     const Tensor& w_hh, const OptTensor& b_ih,
+                                                     const OptTensor& b_hh,
+                                                     const OptTensor& w_ch, bool coupled,
+                                                     bool training) {
+  const auto r = layer_forward(inputs(lstm_config(w_ch, std::nullopt, coupled), step_view(input),
+                                      std::nullopt, hx, cx, w_ih, w_hh, b_ih, b_hh, w_ch,
+                                      std::nullopt, false),
+                               training, "fusedrnn::lstm_cell_forward");
+  return {r.h_n, r.c_n, r.saved.gates};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_cell_backward(
+    const Tensor& grad_h, const OptTensor& grad_c, const Tensor& input, const Tensor& hx,
+    const Tensor& cx, const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih,
+    const OptTensor& b_hh, const OptTensor& w_ch, const Tensor& h, const Tensor& c,
+    const Tensor& gates, bool coupled, bool need_input_grad, bool need_weight_grads) {
+  const auto r = layer_backward(
+      inputs(lstm_config(w_ch, std::nullopt, coupled), step_view(input), std::nullopt, hx, cx,
+             w_ih, w_hh, b_ih, b_hh, w_ch, std::nullopt, false),
+      grads(step_view(grad_h), std::nullopt, grad_c, step_view(h), gates,
+            c.to(compute_dtype(c.scalar_type())), at::empty({0}, input.options()),
+            need_input_grad, need_weight_grads),
+      "fusedrnn::lstm_cell_backward");
+  return {r.grad_input.numel() > 0 ? r.grad_input.squeeze(0) : r.grad_input,
+          r.grad_h0, r.grad_c0, r.grad_w_ih, r.grad_w_hh, r.grad_b_ih, r.grad_b_hh, r.grad_w_ch};
+}
+
+// -------------------------------------------------------------------- GRU
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(
+    const Tensor& input, const OptTensor& batch_sizes, const Tensor& h0, const Tensor& w_ih,
+    const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh, bool reset_after,
+    bool reverse, bool training) {
+  const auto r = layer_forward(inputs(gru_config(reset_after), input, batch_sizes, h0,
+                                      std::nullopt, w_ih, w_hh, b_ih, b_hh, std::nullopt,
+                                      std::nullopt, reverse),
+                               training, "fusedrnn::gru_forward");
+  return {r.output, r.h_n, r.saved.gates, r.saved.states};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
+    const Tensor& grad_output, const OptTensor& grad_h_n, const Tensor& input,
+    const OptTensor& batch_sizes, const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh,
+    const OptTensor& b_ih, const OptTensor& b_hh, const Tensor& output, const Tensor& gates,
+    const Tensor& states, bool reset_after, bool reverse, bool need_input_grad,
+    bool need_weight_grads) {
+  const auto r = layer_backward(
+      inputs(gru_config(reset_after), input, batch_sizes, h0, std::nullopt, w_ih, w_hh, b_ih,
+             b_hh, std::nullopt, std::nullopt, reverse),
+      grads(grad_output, grad_h_n, std::nullopt, output, gates, states,
+            at::empty({0}, input.options()), need_input_grad, need_weight_grads),
+      "fusedrnn::gru_backward");
+  return {r.grad_input, r.grad_h0, r.grad_w_ih, r.grad_w_hh, r.grad_b_ih, r.grad_b_hh};
+}
+
+std::tuple<Tensor, Tensor, Tensor> gru_cell_forward(const Tensor& input, const Tensor& hx,
+                                                    const Tensor& w_ih, const Tensor& w_hh,
+                                                    const OptTensor& b_ih, const OptTensor& b_hh,
+                                                    bool reset_after, bool training) {
+  const auto r = layer_forward(inputs(gru_config(reset_after), step_view(input), std::nullopt,
+                                      hx, std::nullopt, w_ih, w_hh, b_ih, b_hh, std::nullopt,
+                                      std::nullopt, false),
+                               training, "fusedrnn::gru_cell_forward");
+  return {r.h_n, r.saved.gates, r.saved.states};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_cell_backward(
+    const Tensor& grad_h, const Tensor& input, const Tensor& hx, const Tensor& w_ih,
+    const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh, const Tensor& h,
+    const Tensor& gates, const Tensor& states, bool reset_after, bool need_input_grad,
+    bool need_weight_grads) {
+  const auto r = layer_backward(
+      inputs(gru_config(reset_after), step_view(input), std::nullopt, hx, std::nullopt, w_ih,
+             w_hh, b_ih, b_hh, std::nullopt, std::nullopt, false),
+      grads(step_view(grad_h), std::nullopt, std::nullopt, step_view(h), gates, states,
+            at::empty({0}, input.options()), need_input_grad, need_weight_grads),
+      "fusedrnn::gru_cell_backward");
+  return {r.grad_input.numel() > 0 ? r.grad_input.squeeze(0) : r.grad_input,
+          r.grad_h0, r.grad_w_ih, r.grad_w_hh, r.grad_b_ih, r.grad_b_hh};
+}
+
+// -------------------------------------------------------------------- RNN
+
+std::tuple<Tensor, Tensor> rnn_forward(const Tensor& input, const OptTensor& batch_sizes,
+                                       const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh,
+                                       const OptTensor& b_ih, const OptTensor& b_hh, bool relu,
+                                       bool reverse) {
+  const auto r = layer_forward(inputs(rnn_config(relu), input, batch_sizes, h0, std::nullopt,
+                                      w_ih, w_hh, b_ih, b_hh, std::nullopt, std::nullopt,
+                                      reverse),
+                               false, "fusedrnn::rnn_forward");
+  return {r.output, r.h_n};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward(
+    const Tensor& grad_output, const OptTensor& grad_h_n, const Tensor& input,
+    const OptTensor& batch_sizes, const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh,
+    const OptTensor& b_ih, const OptTensor& b_hh, const Tensor& output, bool relu, bool reverse,
+    bool need_input_grad, bool need_weight_grads) {
+  const Tensor none = at::empty({0}, input.options());
+  const auto r = layer_backward(
+      inputs(rnn_config(relu), input, batch_sizes, h0, std::nullopt, w_ih, w_hh, b_ih, b_hh,
+             std::nullopt, std::nullopt, reverse),
+      grads(grad_output, grad_h_n, std::nullopt, output, none, none, none, need_input_grad,
+            need_weight_grads),
+      "fusedrnn::rnn_backward");
+  return {r.grad_input, r.grad_h0, r.grad_w_ih, r.grad_w_hh, r.grad_b_ih, r.grad_b_hh};
+}
+
+Tensor rnn_cell_forward(const Tensor& input, const Tensor& hx, const Tensor& w_ih,
+                        const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
+                        bool relu) {
+  return layer_forward(inputs(rnn_config(relu), step_view(input), std::nullopt, hx,
+                              std::nullopt, w_ih, w_hh, b_ih, b_hh, std::nullopt, std::nullopt,
+                              false),
+                       false, "fusedrnn::rnn_cell_forward")
+      .h_n;
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_cell_backward(
+    const Tensor& grad_h, const Tensor& input, const Tensor& hx, const Tensor& w_ih,
+    const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh, const Tensor& h, bool relu,
+    bool need_input_grad, bool need_weight_grads) {
+  const Tensor none = at::empty({0}, input.options());
+  const auto r = layer_backward(
+      inputs(rnn_config(relu), step_view(input), std::nullopt, hx, std::nullopt, w_ih, w_hh,
+             b_ih, b_hh, std::nullopt, std::nullopt, false),
+      grads(step_view(grad_h), std::nullopt, std::nullopt, step_view(h), none, none, none,
+            need_input_grad, need_weight_grads),
+      "fusedrnn::rnn_cell_backward");
+  return {r.grad_input.numel() > 0 ? r.grad_input.squeeze(0) : r.grad_input,
+          r.grad_h0, r.grad_w_ih, r.grad_w_hh, r.grad_b_ih, r.grad_b_hh};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(fusedrnn, m) {
+  m.def(
+      "lstm_forward(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor c0, Tensor w_ih, "
+      "Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_ch, Tensor? w_hr, bool coupled, "
+      "bool reverse, bool training) -> (Tensor output, Tensor h_n, Tensor c_n, Tensor gates, "
+      "Tensor states, Tensor proj_in)");
+  m.def(
+      "lstm_backward(Tensor grad_output, Tensor? grad_h_n, Tensor? grad_c_n, Tensor input, "
+      "Tensor? batch_sizes, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
+      "Tensor? b_hh, Tensor? w_ch, Tensor? w_hr, Tensor output, Tensor gates, Tensor states, "
+      "Tensor proj_in, bool coupled, bool reverse, bool need_input_grad, bool need_weight_grads) "
+      "-> (Tensor grad_input, Tensor grad_h0, Tensor grad_c0, Tensor grad_w_ih, Tensor grad_w_hh, "
+      "Tensor grad_b_ih, Tensor grad_b_hh, Tensor grad_w_ch, Tensor grad_w_hr)");
+  m.def(
+      "lstm_cell_forward(Tensor input, Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, "
+      "Tensor? b_ih, Tensor? b_hh, Tensor? w_ch, bool coupled, bool training) -> (Tensor h, "
+      "Tensor c, Tensor gates)");
+  m.def(
+      "lstm_cell_backward(Tensor grad_h, Tensor? grad_c, Tensor input, Tensor hx, Tensor cx, "
+      "Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_ch, Tensor h, Tensor c, "
+      "Tensor gates, bool coupled, bool need_input_grad, bool need_weight_grads) -> (Tensor "
+      "grad_input, Tensor grad_hx, Tensor grad_cx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor "
+      "grad_b_ih, Tensor grad_b_hh, Tensor grad_w_ch)");
+  m.def(
+      "gru_forward(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor w_ih, Tensor w_hh, "
+      "Tensor? b_ih, Tensor? b_hh, bool reset_after, bool reverse, bool training) -> (Tensor "
+      "output, Tensor h_n, Tensor gates, Tensor states)");
+  m.def(
+      "gru_backward(Tensor grad_output, Tensor? grad_h_n, Tensor input, Tensor? batch_sizes, "
+      "Tensor h0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor output, Tensor "
+      "gates, Tensor states, bool reset_after, bool reverse, bool need_input_grad, bool "
+      "need_weight_grads) -> (Tensor grad_input, Tensor grad_h0, Tensor grad_w_ih, Tensor "
+      "grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh)");
+  m.def(
+      "gru_cell_forward(Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
+      "Tensor? b_hh, bool reset_after, bool training) -> (Tensor h, Tensor gates, Tensor "
+      "states)");
+  m.def(
+      "gru_cell_backward(Tensor grad_h, Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, "
+      "Tensor? b_ih, Tensor? b_hh, Tensor h, Tensor gates, Tensor states, bool reset_after, "
+      "bool need_input_grad, bool need_weight_grads) -> (Tensor grad_input, Tensor grad_hx, "
+      "Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh)");
+  m.def(
+      "rnn_forward(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor w_ih, Tensor w_hh, "
+      "Tensor? b_ih, Tensor? b_hh, bool relu, bool reverse) -> (Tensor output, Tensor h_n)");
+  m.def(
+      "rnn_backward(Tensor grad_output, Tensor? grad_h_n, Tensor input, Tensor? batch_sizes, "
+      "Tensor h0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor output, bool "
+      "relu, bool reverse, bool need_input_grad, bool need_weight_grads) -> (Tensor grad_input, "
+      "Tensor grad_h0, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh)");
+  m.def(
+      "rnn_cell_forward(Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
+      "Tensor? b_hh, bool relu) -> Tensor h");
+  m.def(
+      "rnn_cell_backward(Tensor grad_h, Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, "
+      "Tensor? b_ih, Tensor? b_hh, Tensor h, bool relu, bool need_input_grad, bool "
+      "need_weight_grads) -> (Tensor grad_input, Tensor grad_hx, Tensor grad_w_ih, Tensor "
+      "grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh)");
+}
+
+// The same kernels serve both keys: layer_forward/backward pick the device code
+// (and say clearly when a build has no CUDA).
+#define FUSEDRNN_REGISTER_KERNELS(m)                  \
+  m.impl("lstm_forward", &lstm_forward);             \
+  m.impl("lstm_backward", &lstm_backward);           \
+  m.impl("lstm_cell_forward", &lstm_cell_forward);   \
+  m.impl("lstm_cell_backward", &lstm_cell_backward); \
+  m.impl("gru_forward", &gru_forward);               \
+  m.impl("gru_backward", &gru_backward);             \
+  m.impl("gru_cell_forward", &gru_cell_forward);     \
+  m.impl("gru_cell_backward", &gru_cell_backward);   \
+  m.impl("rnn_forward", &rnn_forward);               \
+  m.impl("rnn_backward", &rnn_backward);             \
+  m.impl("rnn_cell_forward", &rnn_cell_forward);     \
+  m.impl("rnn_cell_backward", &rnn_cell_backward);
+
+TORCH_LIBRARY_IMPL(fusedrnn, CPU, m) { FUSEDRNN_REGISTER_KERNELS(m) }
+TORCH_LIBRARY_IMPL(fusedrnn, CUDA, m) { FUSEDRNN_REGISTER_KERNELS(m) }
+
+}  // namespace fusedrnn

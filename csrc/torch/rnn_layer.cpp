@@ -1,0 +1,299 @@
+#include "rnn_layer.h"
+
+#include <c10/util/irange.h>
+
+#include <string>
+
+namespace fusedrnn {
+
+namespace {
+
+std::string shape_str(const Tensor& t) { return c10::str(t.sizes()); }
+
+// Every check names the operator and gives the value it got.
+#define FRNN_CHECK(cond, ...) TORCH_CHECK((cond), op, ": ", __VA_ARGS__)
+
+void check_same(const Tensor& t, const char* name, const Tensor& input, const char* op) {
+  FRNN_CHECK(t.scalar_type() == input.scalar_type(), name, " must have the dtype of input (",
+             input.scalar_type(), "), got ", t.scalar_type());
+  FRNN_CHECK(t.device() == input.device(), name, " is on ", t.device(), " but input is on ",
+             input.device());
+}
+
+void check_shape(const Tensor& t, const char* name, at::IntArrayRef expected, const char* op) {
+  FRNN_CHECK(t.sizes() == expected, name, " must have shape ", expected, ", got ",
+             shape_str(t));
+}
+
+int64_t checked_mul(int64_t a, int64_t b, const char* op) {
+  int64_t r = 0;
+  FRNN_CHECK(!__builtin_mul_overflow(a, b, &r), "sizes ", a, " x ", b, " overflow int64");
+  return r;
+}
+
+}  // namespace
+
+SeqLayout LayerGeometry::layout(bool reverse) const {
+  return SeqLayout{T, N, batch_sizes.data_ptr<int64_t>(), offsets.data_ptr<int64_t>(), reverse};
+}
+
+at::ScalarType compute_dtype(at::ScalarType t) {
+  return (t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t;
+}
+
+LayerGeometry check_layer(const LayerInputs& in, const char* op) {
+  LayerGeometry g;
+  const Tensor& x = in.input;
+  const auto dt = x.scalar_type();
+  FRNN_CHECK(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16,
+             "input must be float32, float64, float16 or bfloat16, got ", dt);
+  g.packed = in.batch_sizes.has_value();
+  if (g.packed) {
+    FRNN_CHECK(x.dim() == 2, "input must have 2 dimensions [R, C] when batch_sizes is given, got ",
+               x.dim(), " (shape ", shape_str(x), ")");
+  } else {
+    FRNN_CHECK(x.dim() == 3, "input must have 3 dimensions [T, N, C], got ", x.dim(),
+               " (shape ", shape_str(x), ")");
+  }
+  g.C = x.size(-1);
+
+  const cpu::CellConfig& cell = in.cell;
+  const bool lstm = cell.kind == CellKind::kLstm;
+  g.G = num_gates(cell.kind, cell.coupled);
+
+  check_same(in.w_ih, "w_ih", x, op);
+  check_same(in.w_hh, "w_hh", x, op);
+  FRNN_CHECK(in.w_ih.dim() == 2, "w_ih must be 2-D [G*H, C], got shape ", shape_str(in.w_ih));
+  FRNN_CHECK(in.w_hh.dim() == 2, "w_hh must be 2-D [G*H, P], got shape ", shape_str(in.w_hh));
+  const int64_t GH = in.w_ih.size(0);
+  FRNN_CHECK(GH > 0 && GH % g.G == 0, "w_ih must have a positive multiple of ", g.G,
+             " rows (", g.G, " gate blocks), got shape ", shape_str(in.w_ih));
+  g.H = GH / g.G;
+  check_shape(in.w_ih, "w_ih", {GH, g.C}, op);
+  if (in.w_hr.has_value()) {
+    FRNN_CHECK(lstm, "w_hr (projection) is only defined for LSTM");
+    check_same(*in.w_hr, "w_hr", x, op);
+    FRNN_CHECK(in.w_hr->dim() == 2 && in.w_hr->size(0) > 0,
+               "w_hr must be 2-D [P, H] with P > 0, got shape ", shape_str(*in.w_hr));
+    g.P = in.w_hr->size(0);
+    check_shape(*in.w_hr, "w_hr", {g.P, g.H}, op);
+  } else {
+    g.P = g.H;
+  }
+  check_shape(in.w_hh, "w_hh", {GH, g.P}, op);
+  if (in.b_ih.has_value()) {
+    check_same(*in.b_ih, "b_ih", x, op);
+    check_shape(*in.b_ih, "b_ih", {GH}, op);
+  }
+  if (in.b_hh.has_value()) {
+    check_same(*in.b_hh, "b_hh", x, op);
+    check_shape(*in.b_hh, "b_hh", {GH}, op);
+  }
+  if (in.w_ch.has_value()) {
+    FRNN_CHECK(lstm, "w_ch (peepholes) is only defined for LSTM");
+    check_same(*in.w_ch, "w_ch", x, op);
+    check_shape(*in.w_ch, "w_ch", {(g.G - 1) * g.H}, op);
+  }
+
+  if (g.packed) {
+    const Tensor& bs = *in.batch_sizes;
+    FRNN_CHECK(bs.device().is_cpu(), "batch_sizes must be on the CPU, got ", bs.device());
+    FRNN_CHECK(bs.scalar_type() == at::kLong, "batch_sizes must be int64, got ",
+               bs.scalar_type());
+    FRNN_CHECK(bs.dim() == 1 && bs.size(0) > 0, "batch_sizes must be 1-D and non-empty, got shape ",
+               shape_str(bs));
+    g.batch_sizes = bs.contiguous();
+    g.T = bs.size(0);
+    const int64_t* b = g.batch_sizes.data_ptr<int64_t>();
+    g.N = b[0];
+    FRNN_CHECK(g.N > 0, "batch_sizes[0] must be positive, got ", g.N);
+    int64_t sum = 0;
+    for (const auto t : c10::irange(g.T)) {
+      FRNN_CHECK(b[t] > 0, "batch_sizes must be positive, got ", b[t], " at step ", t);
+      FRNN_CHECK(t == 0 || b[t] <= b[t - 1],
+                 "batch_sizes must be non-increasing (sorted sequences), got ", b[t - 1],
+                 " then ", b[t], " at step ", t);
+      sum += b[t];
+    }
+    FRNN_CHECK(sum == x.size(0), "batch_sizes sum to ", sum, " but input has ", x.size(0),
+               " rows");
+    g.R = sum;
+  } else {
+    g.T = x.size(0);
+    g.N = x.size(1);
+    g.R = checked_mul(g.T, g.N, op);
+    g.batch_sizes = at::empty({g.T}, at::TensorOptions().dtype(at::kLong));
+    int64_t* b = g.batch_sizes.data_ptr<int64_t>();
+    for (const auto t : c10::irange(g.T)) b[t] = g.N;
+  }
+  g.offsets = at::empty({g.T + 1}, at::TensorOptions().dtype(at::kLong));
+  {
+    const int64_t* b = g.batch_sizes.data_ptr<int64_t>();
+    int64_t* o = g.offsets.data_ptr<int64_t>();
+    o[0] = 0;
+    for (const auto t : c10::irange(g.T)) o[t + 1] = o[t] + b[t];
+  }
+
+  check_same(in.h0, "h0", x, op);
+  check_shape(in.h0, "h0", {g.N, g.P}, op);
+  if (lstm) {
+    FRNN_CHECK(in.c0.has_value(), "c0 is required for LSTM");
+    check_same(*in.c0, "c0", x, op);
+    check_shape(*in.c0, "c0", {g.N, g.H}, op);
+  }
+  // Every [R, .] array the kernels index: the widest is 4H (GRU's dG).
+  checked_mul(g.R, std::max({g.C, g.P, 4 * g.H}), op);
+  return g;
+}
+
+void check_grads(const LayerInputs& in, const LayerGeometry& g, const GradInputs& gi,
+                 const char* op) {
+  const Tensor& x = in.input;
+  const std::vector<int64_t> out_shape =
+      g.packed ? std::vector<int64_t>{g.R, g.P} : std::vector<int64_t>{g.T, g.N, g.P};
+  check_same(gi.grad_output, "grad_output", x, op);
+  check_shape(gi.grad_output, "grad_output", out_shape, op);
+  check_same(gi.output, "output", x, op);
+  check_shape(gi.output, "output", out_shape, op);
+  if (gi.grad_h_n.has_value()) {
+    check_same(*gi.grad_h_n, "grad_h_n", x, op);
+    check_shape(*gi.grad_h_n, "grad_h_n", {g.N, g.P}, op);
+  }
+  if (gi.grad_c_n.has_value()) {
+    check_same(*gi.grad_c_n, "grad_c_n", x, op);
+    check_shape(*gi.grad_c_n, "grad_c_n", {g.N, g.H}, op);
+  }
+  const int64_t gate_cols = cpu::saved_gate_cols(in.cell, g.H);
+  if (gate_cols > 0) {
+    check_same(gi.saved.gates, "gates", x, op);
+    check_shape(gi.saved.gates, "gates", {g.R, gate_cols}, op);
+  }
+  if (cpu::saves_states(in.cell)) {
+    const Tensor& s = gi.saved.states;
+    FRNN_CHECK(s.scalar_type() == compute_dtype(x.scalar_type()), "states must be ",
+               compute_dtype(x.scalar_type()), ", got ", s.scalar_type());
+    FRNN_CHECK(s.device() == x.device(), "states is on ", s.device(), " but input is on ",
+               x.device());
+    check_shape(s, "states", {g.R, g.H}, op);
+  }
+  if (in.w_hr.has_value()) {
+    check_same(gi.saved.proj_in, "proj_in", x, op);
+    check_shape(gi.saved.proj_in, "proj_in", {g.R, g.H}, op);
+  }
+}
+
+namespace {
+
+Tensor contig(const Tensor& t) { return t.contiguous(); }
+OptTensor contig(const OptTensor& t) {
+  return t.has_value() ? OptTensor(t->contiguous()) : std::nullopt;
+}
+
+LayerInputs contiguous_inputs(const LayerInputs& in) {
+  LayerInputs c = in;
+  c.input = contig(in.input);
+  c.h0 = contig(in.h0);
+  c.c0 = contig(in.c0);
+  c.w_ih = contig(in.w_ih);
+  c.w_hh = contig(in.w_hh);
+  c.b_ih = contig(in.b_ih);
+  c.b_hh = contig(in.b_hh);
+  c.w_ch = contig(in.w_ch);
+  c.w_hr = contig(in.w_hr);
+  return c;
+}
+
+Tensor empty0(const Tensor& like) { return at::empty({0}, like.options()); }
+
+void dispatch_forward(const LayerInputs& in, const LayerGeometry& g, bool training,
+                      ForwardResult& out, const char* op) {
+  if (in.input.is_cpu()) return cpu_layer_forward(in, g, training, out);
+#ifdef FUSEDRNN_WITH_CUDA
+  if (in.input.is_cuda()) return cuda_layer_forward(in, g, training, out);
+#endif
+  TORCH_CHECK(false, op, ": no kernel for device ", in.input.device(),
+              in.input.is_cuda() ? " (fusedrnn was built without CUDA; see backend_info())" : "");
+}
+
+void dispatch_backward(const LayerInputs& in, const LayerGeometry& g, const GradInputs& gi,
+                       GradResult& out, const char* op) {
+  if (in.input.is_cpu()) return cpu_layer_backward(in, g, gi, out);
+#ifdef FUSEDRNN_WITH_CUDA
+  if (in.input.is_cuda()) return cuda_layer_backward(in, g, gi, out);
+#endif
+  TORCH_CHECK(false, op, ": no kernel for device ", in.input.device(),
+              in.input.is_cuda() ? " (fusedrnn was built without CUDA; see backend_info())" : "");
+}
+
+}  // namespace
+
+ForwardResult layer_forward(const LayerInputs& in0, bool training, const char* op) {
+  const LayerGeometry g = check_layer(in0, op);
+  const LayerInputs in = contiguous_inputs(in0);
+  const auto opts = in.input.options();
+  const auto acc_opts = opts.dtype(compute_dtype(in.input.scalar_type()));
+  const bool lstm = in.cell.kind == CellKind::kLstm;
+
+  ForwardResult out;
+  out.output = g.packed ? at::empty({g.R, g.P}, opts) : at::empty({g.T, g.N, g.P}, opts);
+  out.h_n = at::empty({g.N, g.P}, opts);
+  out.c_n = lstm ? at::empty({g.N, g.H}, opts) : empty0(in.input);
+  const int64_t gate_cols = cpu::saved_gate_cols(in.cell, g.H);
+  out.saved.gates = training && gate_cols > 0 ? at::empty({g.R, gate_cols}, opts) : empty0(in.input);
+  out.saved.states = training && cpu::saves_states(in.cell) ? at::empty({g.R, g.H}, acc_opts)
+                                                             : at::empty({0}, acc_opts);
+  out.saved.proj_in =
+      training && in.w_hr.has_value() ? at::empty({g.R, g.H}, opts) : empty0(in.input);
+  if (g.R == 0) {  // no step or no row: the state passes through
+    out.h_n.copy_(in.h0);
+    if (lstm) out.c_n.copy_(*in.c0);
+    return out;
+  }
+  dispatch_forward(in, g, training, out, op);
+  return out;
+}
+
+GradResult layer_backward(const LayerInputs& in0, const GradInputs& gi0, const char* op) {
+  const LayerGeometry g = check_layer(in0, op);
+  check_grads(in0, g, gi0, op);
+  const LayerInputs in = contiguous_inputs(in0);
+  GradInputs gi = gi0;
+  gi.grad_output = contig(gi0.grad_output);
+  gi.grad_h_n = contig(gi0.grad_h_n);
+  gi.grad_c_n = contig(gi0.grad_c_n);
+  gi.output = contig(gi0.output);
+  gi.saved.gates = contig(gi0.saved.gates);
+  gi.saved.states = contig(gi0.saved.states);
+  gi.saved.proj_in = contig(gi0.saved.proj_in);
+
+  const bool lstm = in.cell.kind == CellKind::kLstm;
+  const auto like = [&](const OptTensor& t, bool want) {
+    return want && t.has_value() ? at::empty_like(*t, at::MemoryFormat::Contiguous)
+                                 : empty0(in.input);
+  };
+  GradResult out;
+  out.grad_input = like(in.input, gi.need_input_grad);
+  out.grad_h0 = at::empty_like(in.h0);
+  out.grad_c0 = lstm ? at::empty_like(*in.c0) : empty0(in.input);
+  const bool w = gi.need_weight_grads;
+  out.grad_w_ih = like(in.w_ih, w);
+  out.grad_w_hh = like(in.w_hh, w);
+  out.grad_b_ih = like(in.b_ih, w);
+  out.grad_b_hh = like(in.b_hh, w);
+  out.grad_w_ch = like(in.w_ch, w);
+  out.grad_w_hr = like(in.w_hr, w);
+  if (g.R == 0) {
+    // Nothing ran: the states passed through, the parameters had no effect.
+    out.grad_h0 = gi.grad_h_n.has_value() ? gi.grad_h_n->clone() : at::zeros_like(in.h0);
+    if (lstm)
+      out.grad_c0 = gi.grad_c_n.has_value() ? gi.grad_c_n->clone() : at::zeros_like(*in.c0);
+    for (Tensor* t : {&out.grad_input, &out.grad_w_ih, &out.grad_w_hh, &out.grad_b_ih,
+                      &out.grad_b_hh, &out.grad_w_ch, &out.grad_w_hr})
+      t->zero_();
+    return out;
+  }
+  dispatch_backward(in, g, gi, out, op);
+  return out;
+}
+
+}  // namespace fusedrnn

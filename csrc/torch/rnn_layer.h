@@ -1,0 +1,88 @@
+// The torch side of one recurrent layer in one direction: argument checks,
+// output allocation and the device-independent contract of every operator.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <tuple>
+
+#include "../kernels/cpu/rnn_cpu.h"
+
+namespace fusedrnn {
+
+using at::Tensor;
+using OptTensor = std::optional<Tensor>;
+
+// The tensors and flags a forward operator receives, after the checks.
+struct LayerInputs {
+  cpu::CellConfig cell;
+  Tensor input;  // [T, N, C] padded, [R, C] packed
+  OptTensor batch_sizes;
+  Tensor h0;     // [N, P]
+  OptTensor c0;  // [N, H]
+  Tensor w_ih, w_hh;
+  OptTensor b_ih, b_hh, w_ch, w_hr;
+  bool reverse = false;
+};
+
+// Sizes derived once from the inputs.
+struct LayerGeometry {
+  int64_t T = 0, N = 0, R = 0, C = 0, H = 0, P = 0, G = 0;
+  bool packed = false;
+  Tensor batch_sizes;  // int64 [T] on CPU, contiguous (all N when padded)
+  Tensor offsets;      // int64 [T + 1] on CPU
+  SeqLayout layout(bool reverse) const;
+};
+
+// The saved tensors of a training forward (see kernels/cpu/rnn_cpu.h); empty
+// ([0]) when the forward ran for inference or the cell saves no such tensor.
+struct Saved {
+  Tensor gates, states, proj_in;
+};
+
+struct ForwardResult {
+  Tensor output, h_n, c_n;
+  Saved saved;
+};
+
+struct GradInputs {
+  Tensor grad_output;
+  OptTensor grad_h_n, grad_c_n;
+  Tensor output;
+  Saved saved;
+  bool need_input_grad = true;
+  bool need_weight_grads = true;
+};
+
+// Empty ([0]) where not wanted or where the parameter does not exist.
+struct GradResult {
+  Tensor grad_input, grad_h0, grad_c0;
+  Tensor grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh, grad_w_ch, grad_w_hr;
+};
+
+// Validates everything a caller of torch.ops.fusedrnn.* can get wrong, with the
+// actual values in the message. `op` names the operator in messages.
+LayerGeometry check_layer(const LayerInputs& in, const char* op);
+void check_grads(const LayerInputs& in, const LayerGeometry& g, const GradInputs& gi,
+                 const char* op);
+
+// The dtype the kernels compute in (float for the 16-bit types).
+at::ScalarType compute_dtype(at::ScalarType t);
+
+ForwardResult layer_forward(const LayerInputs& in, bool training, const char* op);
+GradResult layer_backward(const LayerInputs& in, const GradInputs& gi, const char* op);
+
+// Device implementations: inputs contiguous and checked, outputs allocated.
+void cpu_layer_forward(const LayerInputs& in, const LayerGeometry& g, bool training,
+                       ForwardResult& out);
+void cpu_layer_backward(const LayerInputs& in, const LayerGeometry& g, const GradInputs& gi,
+                        GradResult& out);
+#ifdef FUSEDRNN_WITH_CUDA
+void cuda_layer_forward(const LayerInputs& in, const LayerGeometry& g, bool training,
+                        ForwardResult& out);
+void cuda_layer_backward(const LayerInputs& in, const LayerGeometry& g, const GradInputs& gi,
+                         GradResult& out);
+#endif
+
+}  // namespace fusedrnn

@@ -1,0 +1,148 @@
+"""Builds fusedrnn._C with torch.utils.cpp_extension (ninja).
+
+C++ sources always. The CPU kernels (csrc/kernels/cpu/isa_*.cpp) are compiled
+once per instruction set with that set's flags only, and the best one the
+machine supports is picked at run time, so a wheel runs on any x86-64 and uses
+AVX-512 where it exists. CUDA sources are added when torch was built with CUDA
+and nvcc is found; FUSEDRNN_CUDA=0/1 overrides the detection.
+"""
+
+import os
+import platform
+import re
+import shutil
+import sys
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+ROOT = Path(__file__).parent.resolve()
+
+
+def read_version():
+    text = (ROOT / "fusedrnn" / "_version.py").read_text()
+    return re.search(r'__version__ = "([^"]+)"', text).group(1)
+
+
+def want_cuda(torch):
+    env = os.environ.get("FUSEDRNN_CUDA")
+    if env is not None:
+        if env not in ("0", "1"):
+            sys.exit(f"FUSEDRNN_CUDA must be 0 or 1, got {env!r}")
+        if env == "1" and torch.version.cuda is None:
+            sys.exit("FUSEDRNN_CUDA=1 but this torch was built without CUDA")
+        return env == "1"
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    return torch.version.cuda is not None and CUDA_HOME is not None
+
+
+# Flags per instruction set, as ATen uses them for its own CPU kernels.
+ISA_FLAGS = {
+    "default": ["-DCPU_CAPABILITY=DEFAULT", "-DCPU_CAPABILITY_DEFAULT"],
+    "avx2": ["-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2", "-mavx2", "-mfma", "-mf16c"],
+    "avx512": [
+        "-DCPU_CAPABILITY=AVX512",
+        "-DCPU_CAPABILITY_AVX512",
+        "-mavx512f",
+        "-mavx512bw",
+        "-mavx512vl",
+        "-mavx512dq",
+        "-mavx2",
+        "-mfma",
+        "-mf16c",
+    ],
+}
+
+
+def isa_of(source):
+    m = re.search(r"isa_(\w+)\.cpp$", str(source))
+    return m.group(1) if m else None
+
+
+def make_extension():
+    import torch
+    from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    isas = ["default"] + (["avx2", "avx512"] if x86 and os.name != "nt" else [])
+    sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "torch").glob("*.cpp"))
+    sources = [s for s in sources if not s.endswith("_cuda.cpp")]
+    sources += [f"csrc/kernels/cpu/isa_{isa}.cpp" for isa in isas]
+
+    cxx = ["-O3", "-fopenmp", "-Wall", "-Wno-unknown-pragmas"]
+    if os.environ.get("FUSEDRNN_SANITIZE"):
+        san = os.environ["FUSEDRNN_SANITIZE"]
+        cxx += [f"-fsanitize={san}", "-fno-omit-frame-pointer", "-g", "-O1"]
+    macros = [(f"FUSEDRNN_CPU_{isa.upper()}", None) for isa in isas if isa != "default"]
+    link = ["-fopenmp"]
+    if os.environ.get("FUSEDRNN_SANITIZE"):
+        link += [f"-fsanitize={os.environ['FUSEDRNN_SANITIZE']}"]
+
+    use_cuda = want_cuda(torch)
+    if use_cuda:
+        if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+            os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
+        sources += sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "torch").glob("*_cuda.cpp"))
+        sources += sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "kernels" / "cuda").glob("*.cu"))
+        macros += [("FUSEDRNN_WITH_CUDA", None)]
+        nvcc = ["-O3", "--use_fast_math" if os.environ.get("FUSEDRNN_FAST_MATH") else "-DFUSEDRNN_PRECISE",
+                "-lineinfo", "--expt-relaxed-constexpr"]
+        ext = CUDAExtension(
+            "fusedrnn._C",
+            sources,
+            define_macros=macros,
+            extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+            extra_link_args=link,
+        )
+    else:
+        ext = CppExtension(
+            "fusedrnn._C", sources, define_macros=macros, extra_compile_args={"cxx": cxx},
+            extra_link_args=link,
+        )
+
+    class Build(BuildExtension):
+        """Compiles each isa_<name>.cpp with that instruction set's flags only."""
+
+        def build_extension(self, ext):
+            compile_fn = self.compiler.compile
+
+            def compile_by_isa(sources, *args, extra_postargs=None, **kwargs):
+                groups = {}
+                for s in sources:
+                    groups.setdefault(isa_of(s), []).append(s)
+                objects = []
+                for isa, group in groups.items():
+                    post = extra_postargs
+                    if isa is not None:
+                        flags = ISA_FLAGS[isa]
+                        if isinstance(post, dict):
+                            post = dict(post, cxx=list(post.get("cxx", [])) + flags)
+                        else:
+                            post = list(post or []) + flags
+                    objects += compile_fn(group, *args, extra_postargs=post, **kwargs)
+                return objects
+
+            self.compiler.compile = compile_by_isa
+            try:
+                super().build_extension(ext)
+            finally:
+                self.compiler.compile = compile_fn
+
+    return ext, Build
+
+
+def main():
+    ext, build = make_extension()
+    setup(
+        name="fusedrnn",
+        version=read_version(),
+        packages=find_packages(include=["fusedrnn", "fusedrnn.*"]),
+        ext_modules=[ext],
+        cmdclass={"build_ext": build.with_options(use_ninja=shutil.which("ninja") is not None)},
+        zip_safe=False,
+    )
+
+
+if __name__ == "__main__":
+    main()
