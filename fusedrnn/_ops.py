@@ -1,0 +1,205 @@
+"""Loads the compiled operators (fusedrnn._C) and registers their fake kernels.
+
+Importing this module makes ``torch.ops.fusedrnn.*`` available. The fake
+(meta) kernels give output shapes and dtypes without computing, for
+torch.compile, torch.export and torch.library.opcheck.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._version import __version__
+
+
+def _load():
+    try:
+        from . import _C
+    except ImportError as e:
+        msg = str(e)
+        hint = ""
+        if "undefined symbol" in msg or "version" in msg.lower():
+            hint = (
+                f" fusedrnn._C does not match the installed torch {torch.__version__}: it was "
+                "built against another torch. Rebuild it: "
+                "pip install --no-build-isolation --no-deps --force-reinstall -e ."
+            )
+        raise ImportError(f"could not load fusedrnn's compiled operators (fusedrnn._C): {msg}.{hint}") from e
+    info = _C.build_info()
+    built = info["torch_version"]
+    running = torch.__version__.split("+")[0]
+    if built.split(".")[:2] != running.split(".")[:2]:
+        raise ImportError(
+            f"fusedrnn._C was built against torch {built} but torch {running} is installed; "
+            "rebuild it: pip install --no-build-isolation --no-deps --force-reinstall -e ."
+        )
+    return _C
+
+
+_C = _load()
+ops = torch.ops.fusedrnn
+
+
+def _acc_dtype(dtype):
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _empty(like, dtype=None):
+    return like.new_empty((0,), dtype=dtype)
+
+
+def _seq_shapes(input, batch_sizes, h0, w_hh, G):
+    packed = batch_sizes is not None
+    R = input.shape[0] if packed else input.shape[0] * input.shape[1]
+    N, P = h0.shape
+    H = w_hh.shape[0] // G
+    out_shape = (R, P) if packed else (input.shape[0], input.shape[1], P)
+    return R, N, H, P, out_shape
+
+
+def _grad_like(t, want):
+    return t.new_empty(t.shape) if (want and t is not None) else None
+
+
+def _or_empty(t, like):
+    return t if t is not None else _empty(like)
+
+
+@torch.library.register_fake("fusedrnn::lstm_forward")
+def _(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, coupled, reverse, training):
+    G = 3 if coupled else 4
+    R, N, H, P, out_shape = _seq_shapes(input, batch_sizes, h0, w_hh, G)
+    acc = _acc_dtype(input.dtype)
+    return (
+        input.new_empty(out_shape),
+        input.new_empty((N, P)),
+        input.new_empty((N, H)),
+        input.new_empty((R, G * H)) if training else _empty(input),
+        input.new_empty((R, H), dtype=acc) if training else _empty(input, acc),
+        input.new_empty((R, H)) if training and w_hr is not None else _empty(input),
+    )
+
+
+@torch.library.register_fake("fusedrnn::lstm_backward")
+def _(grad_output, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr,
+      output, gates, states, proj_in, coupled, reverse, need_input_grad, need_weight_grads):
+    w = need_weight_grads
+    return tuple(
+        _or_empty(t, input)
+        for t in (
+            _grad_like(input, need_input_grad), h0.new_empty(h0.shape), c0.new_empty(c0.shape),
+            _grad_like(w_ih, w), _grad_like(w_hh, w), _grad_like(b_ih, w), _grad_like(b_hh, w),
+            _grad_like(w_ch, w), _grad_like(w_hr, w),
+        )
+    )
+
+
+@torch.library.register_fake("fusedrnn::lstm_cell_forward")
+def _(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_ch, coupled, training):
+    G = 3 if coupled else 4
+    N, H = hx.shape
+    return (
+        input.new_empty((N, H)),
+        input.new_empty((N, H)),
+        input.new_empty((N, G * H)) if training else _empty(input),
+    )
+
+
+@torch.library.register_fake("fusedrnn::lstm_cell_backward")
+def _(grad_h, grad_c, input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_ch, h, c, gates, coupled,
+      need_input_grad, need_weight_grads):
+    w = need_weight_grads
+    return tuple(
+        _or_empty(t, input)
+        for t in (
+            _grad_like(input, need_input_grad), hx.new_empty(hx.shape), cx.new_empty(cx.shape),
+            _grad_like(w_ih, w), _grad_like(w_hh, w), _grad_like(b_ih, w), _grad_like(b_hh, w),
+            _grad_like(w_ch, w),
+        )
+    )
+
+
+def _gru_saved(input, R, H, reset_after, training):
+    acc = _acc_dtype(input.dtype)
+    gates = input.new_empty((R, (4 if reset_after else 3) * H)) if training else _empty(input)
+    states = input.new_empty((R, H), dtype=acc) if training and not reset_after else _empty(input, acc)
+    return gates, states
+
+
+@torch.library.register_fake("fusedrnn::gru_forward")
+def _(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reset_after, reverse, training):
+    R, N, H, P, out_shape = _seq_shapes(input, batch_sizes, h0, w_hh, 3)
+    return (input.new_empty(out_shape), input.new_empty((N, H)), *_gru_saved(input, R, H, reset_after, training))
+
+
+def _simple_backward_fake(input, h0, w_ih, w_hh, b_ih, b_hh, need_input_grad, need_weight_grads):
+    w = need_weight_grads
+    return tuple(
+        _or_empty(t, input)
+        for t in (
+            _grad_like(input, need_input_grad), h0.new_empty(h0.shape), _grad_like(w_ih, w),
+            _grad_like(w_hh, w), _grad_like(b_ih, w), _grad_like(b_hh, w),
+        )
+    )
+
+
+@torch.library.register_fake("fusedrnn::gru_backward")
+def _(grad_output, grad_h_n, input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, output, gates, states,
+      reset_after, reverse, need_input_grad, need_weight_grads):
+    return _simple_backward_fake(input, h0, w_ih, w_hh, b_ih, b_hh, need_input_grad, need_weight_grads)
+
+
+@torch.library.register_fake("fusedrnn::gru_cell_forward")
+def _(input, hx, w_ih, w_hh, b_ih, b_hh, reset_after, training):
+    N, H = hx.shape
+    return (input.new_empty((N, H)), *_gru_saved(input, N, H, reset_after, training))
+
+
+@torch.library.register_fake("fusedrnn::gru_cell_backward")
+def _(grad_h, input, hx, w_ih, w_hh, b_ih, b_hh, h, gates, states, reset_after, need_input_grad,
+      need_weight_grads):
+    return _simple_backward_fake(input, hx, w_ih, w_hh, b_ih, b_hh, need_input_grad, need_weight_grads)
+
+
+@torch.library.register_fake("fusedrnn::rnn_forward")
+def _(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse):
+    R, N, H, P, out_shape = _seq_shapes(input, batch_sizes, h0, w_hh, 1)
+    return input.new_empty(out_shape), input.new_empty((N, H))
+
+
+@torch.library.register_fake("fusedrnn::rnn_backward")
+def _(grad_output, grad_h_n, input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, output, relu, reverse,
+      need_input_grad, need_weight_grads):
+    return _simple_backward_fake(input, h0, w_ih, w_hh, b_ih, b_hh, need_input_grad, need_weight_grads)
+
+
+@torch.library.register_fake("fusedrnn::rnn_cell_forward")
+def _(input, hx, w_ih, w_hh, b_ih, b_hh, relu):
+    return input.new_empty(hx.shape)
+
+
+@torch.library.register_fake("fusedrnn::rnn_cell_backward")
+def _(grad_h, input, hx, w_ih, w_hh, b_ih, b_hh, h, relu, need_input_grad, need_weight_grads):
+    return _simple_backward_fake(input, hx, w_ih, w_hh, b_ih, b_hh, need_input_grad, need_weight_grads)
+
+
+def backend_info() -> dict:
+    """What this build contains and what the machine offers at run time.
+
+    Keys: version, torch (built against / running), cpu_isas_compiled, cpu_isa
+    (the one in use), cuda_compiled, cuda_archs, cuda_available, cuda_devices.
+    """
+    info = _C.build_info()
+    return {
+        "version": __version__,
+        "torch_built": info["torch_version"],
+        "torch_running": torch.__version__,
+        "cpu_isas_compiled": info["cpu_isas_compiled"].split(","),
+        "cpu_isa": info["cpu_isa"],
+        "cuda_compiled": info["cuda"],
+        "cuda_archs": [a for a in info["cuda_archs"].split(",") if a],
+        "cuda_available": torch.cuda.is_available(),
+        "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        if torch.cuda.is_available()
+        else [],
+    }

@@ -1,0 +1,657 @@
+"""Modules that drop in for torch.nn.LSTM, GRU, RNN and their cells.
+
+They copy the ``torch.nn`` contracts: constructor arguments, parameter names,
+registration order, shapes and initialisation, forward signatures and return
+structure, unbatched inputs, PackedSequence, dropout between layers, and the
+error messages. Keyword-only arguments select the variants ``torch.nn`` lacks:
+``peephole`` and ``coupled_gates`` (LSTM, LSTMCell), ``reset_after`` (GRU,
+GRUCell). Parameters are read at every forward and nothing is cached, so
+``functional_call``, DDP and FSDP see the module as they see ``torch.nn``'s.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+from torch.nn.parameter import Parameter
+from torch.nn.utils.rnn import PackedSequence
+
+from . import functional as F
+
+__all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "convert"]
+
+_GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+_NAME = {"LSTM": "LSTM", "GRU": "GRU", "RNN_TANH": "RNN", "RNN_RELU": "RNN"}
+
+
+def _permute(hx, permutation):
+    if permutation is None:
+        return hx
+    if isinstance(hx, tuple):
+        return tuple(h.index_select(1, permutation) for h in hx)
+    return hx.index_select(1, permutation)
+
+
+class _RNNBase(nn.Module):
+    """Shared parts of LSTM, GRU and RNN, following torch.nn.RNNBase."""
+
+    def __init__(
+        self,
+        mode: str,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        device=None,
+        dtype=None,
+        *,
+        peephole: bool = False,
+        coupled_gates: bool = False,
+        reset_after: bool = True,
+    ) -> None:
+        factory_kwargs = {"device": device, "dtype": dtype}
+        super().__init__()
+        self.mode = mode
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.bias = bias
+        self.batch_first = batch_first
+        self.dropout = float(dropout)
+        self.bidirectional = bidirectional
+        self.proj_size = proj_size
+        self.peephole = bool(peephole)
+        self.coupled_gates = bool(coupled_gates)
+        self.reset_after = bool(reset_after)
+        num_directions = 2 if bidirectional else 1
+
+        if not isinstance(dropout, numbers.Number) or not 0 <= dropout <= 1 or isinstance(dropout, bool):
+            raise ValueError(
+                "dropout should be a number in range [0, 1] "
+                "representing the probability of an element being "
+                "zeroed"
+            )
+        if dropout > 0 and num_layers == 1:
+            warnings.warn(
+                "dropout option adds dropout after all but last "
+                "recurrent layer, so non-zero dropout expects "
+                f"num_layers greater than 1, but got dropout={dropout} and "
+                f"num_layers={num_layers}",
+                stacklevel=3,
+            )
+        if not isinstance(bias, bool):
+            raise TypeError(f"bias should be of type bool, got: {type(bias).__name__}")
+        if not isinstance(batch_first, bool):
+            raise TypeError(f"batch_first should be of type bool, got: {type(batch_first).__name__}")
+        if not isinstance(input_size, int):
+            raise TypeError(f"input_size should be of type int, got: {type(input_size).__name__}")
+        if input_size <= 0:
+            raise ValueError("input_size must be greater than zero")
+        if not isinstance(hidden_size, int):
+            raise TypeError(f"hidden_size should be of type int, got: {type(hidden_size).__name__}")
+        if hidden_size <= 0:
+            raise ValueError("hidden_size must be greater than zero")
+        if num_layers <= 0:
+            raise ValueError("num_layers must be greater than zero")
+        if proj_size < 0:
+            raise ValueError("proj_size should be a positive integer or zero to disable projections")
+        if proj_size >= hidden_size:
+            raise ValueError("proj_size has to be smaller than hidden_size")
+        if mode not in _GATES:
+            raise ValueError("Unrecognized RNN mode: " + mode)
+        if (peephole or coupled_gates) and mode != "LSTM":
+            raise ValueError("peephole and coupled_gates are only supported for LSTM")
+        if not reset_after and mode != "GRU":
+            raise ValueError("reset_after is only supported for GRU")
+
+        gate_size = _GATES[mode] * hidden_size
+        if self.coupled_gates:
+            gate_size = 3 * hidden_size
+        real_hidden_size = proj_size if proj_size > 0 else hidden_size
+        self._flat_weights_names: List[str] = []
+        self._all_weights: List[List[str]] = []
+        for layer in range(num_layers):
+            for direction in range(num_directions):
+                layer_input_size = input_size if layer == 0 else real_hidden_size * num_directions
+                suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
+                params = [
+                    ("weight_ih", (gate_size, layer_input_size)),
+                    ("weight_hh", (gate_size, real_hidden_size)),
+                ]
+                if bias:
+                    params += [("bias_ih", (gate_size,)), ("bias_hh", (gate_size,))]
+                if proj_size > 0:
+                    params += [("weight_hr", (proj_size, hidden_size))]
+                if self.peephole:
+                    params += [("weight_ch", ((2 if self.coupled_gates else 3) * hidden_size,))]
+                names = []
+                for base, shape in params:
+                    setattr(self, base + suffix, Parameter(torch.empty(shape, **factory_kwargs)))
+                    names.append(base + suffix)
+                self._flat_weights_names.extend(names)
+                self._all_weights.append(names)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
+        for weight in self.parameters():
+            nn.init.uniform_(weight, -stdv, stdv)
+
+    def flatten_parameters(self) -> None:
+        """No-op, for compatibility: fusedrnn's kernels read the parameters as they are."""
+
+    @property
+    def all_weights(self) -> List[List[Parameter]]:
+        return [[getattr(self, name) for name in names] for names in self._all_weights]
+
+    @property
+    def _flat_weights(self) -> List[Optional[Tensor]]:
+        return [getattr(self, name, None) for name in self._flat_weights_names]
+
+    def _layer_weights(self):
+        """Per layer and direction: (w_ih, w_hh, b_ih, b_hh[, w_ch, w_hr])."""
+        D = 2 if self.bidirectional else 1
+        out = []
+        for layer in range(self.num_layers):
+            for d in range(D):
+                sfx = f"_l{layer}" + ("_reverse" if d == 1 else "")
+                w = (
+                    getattr(self, "weight_ih" + sfx),
+                    getattr(self, "weight_hh" + sfx),
+                    getattr(self, "bias_ih" + sfx, None),
+                    getattr(self, "bias_hh" + sfx, None),
+                )
+                if self.mode == "LSTM":
+                    w = w + (getattr(self, "weight_ch" + sfx, None), getattr(self, "weight_hr" + sfx, None))
+                out.append(w)
+        return out
+
+    # -- the checks of torch.nn.RNNBase, same words --------------------------
+
+    def check_input(self, input: Tensor, batch_sizes: Optional[Tensor]) -> None:
+        w = self.weight_ih_l0
+        if input.dtype != w.dtype and not torch.is_autocast_enabled(input.device.type):
+            raise ValueError(
+                f"RNN input dtype ({input.dtype}) does not match weight dtype ({w.dtype}). "
+                f"Convert input: input.to({w.dtype}), or convert model: model.to({input.dtype})"
+            )
+        expected_input_dim = 2 if batch_sizes is not None else 3
+        if input.dim() != expected_input_dim:
+            raise RuntimeError(f"input must have {expected_input_dim} dimensions, got {input.dim()}")
+        if self.input_size != input.size(-1):
+            raise RuntimeError(
+                f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {input.size(-1)}"
+            )
+
+    def get_expected_hidden_size(self, input: Tensor, batch_sizes: Optional[Tensor]) -> Tuple[int, int, int]:
+        if batch_sizes is not None:
+            mini_batch = int(batch_sizes[0])
+        else:
+            mini_batch = input.size(0) if self.batch_first else input.size(1)
+        num_directions = 2 if self.bidirectional else 1
+        size = self.proj_size if self.proj_size > 0 else self.hidden_size
+        return (self.num_layers * num_directions, mini_batch, size)
+
+    def check_hidden_size(self, hx: Tensor, expected, msg: str = "Expected hidden size {}, got {}") -> None:
+        if hx.size() != expected:
+            raise RuntimeError(msg.format(expected, list(hx.size())))
+
+    def check_forward_args(self, input: Tensor, hidden: Tensor, batch_sizes: Optional[Tensor]) -> None:
+        self.check_input(input, batch_sizes)
+        self.check_hidden_size(hidden, self.get_expected_hidden_size(input, batch_sizes))
+
+    def extra_repr(self) -> str:
+        s = "{input_size}, {hidden_size}"
+        if self.proj_size != 0:
+            s += ", proj_size={proj_size}"
+        if self.num_layers != 1:
+            s += ", num_layers={num_layers}"
+        if self.bias is not True:
+            s += ", bias={bias}"
+        if self.batch_first is not False:
+            s += ", batch_first={batch_first}"
+        if self.dropout != 0:
+            s += ", dropout={dropout}"
+        if self.bidirectional is not False:
+            s += ", bidirectional={bidirectional}"
+        if self.peephole:
+            s += ", peephole=True"
+        if self.coupled_gates:
+            s += ", coupled_gates=True"
+        if not self.reset_after:
+            s += ", reset_after=False"
+        return s.format(**self.__dict__)
+
+    # -- forward, shared by the three families -------------------------------
+
+    def _zeros(self, input: Tensor, max_batch: int, size: int) -> Tensor:
+        D = 2 if self.bidirectional else 1
+        return torch.zeros(self.num_layers * D, max_batch, size, dtype=input.dtype, device=input.device)
+
+    def _forward(self, input, hx, run):
+        """Input handling of torch.nn's forward; run(x, hx, batch_sizes) does the
+        time-major work and returns (output, hidden)."""
+        lstm = self.mode == "LSTM"
+        name = _NAME[self.mode]
+        real_hidden_size = self.proj_size if self.proj_size > 0 else self.hidden_size
+        orig_input = input
+        if isinstance(orig_input, PackedSequence):
+            input, batch_sizes, sorted_indices, unsorted_indices = input
+            max_batch_size = int(batch_sizes[0])
+            if hx is None:
+                hx = self._zeros(input, max_batch_size, real_hidden_size)
+                if lstm:
+                    hx = (hx, self._zeros(input, max_batch_size, self.hidden_size))
+            else:
+                hx = _permute(hx, sorted_indices)
+            is_batched = True
+        else:
+            batch_sizes = None
+            if input.dim() not in (2, 3):
+                tensor = " tensor" if name == "RNN" else ""
+                raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D{tensor} instead")
+            is_batched = input.dim() == 3
+            batch_dim = 0 if self.batch_first else 1
+            if not is_batched:
+                input = input.unsqueeze(batch_dim)
+            if hx is not None:
+                if lstm:
+                    want = 3 if is_batched else 2
+                    if hx[0].dim() != want or hx[1].dim() != want:
+                        kind = "batched 3-D" if is_batched else "unbatched 2-D"
+                        raise RuntimeError(
+                            f"For {kind} input, hx and cx should also be {want}-D but got "
+                            f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors"
+                        )
+                    if not is_batched:
+                        hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
+                else:
+                    if not is_batched and hx.dim() != 2:
+                        raise RuntimeError(
+                            f"For unbatched 2-D input, hx should also be 2-D but got {hx.dim()}-D tensor"
+                        )
+                    if is_batched and hx.dim() != 3:
+                        raise RuntimeError(
+                            f"For batched 3-D input, hx should also be 3-D but got {hx.dim()}-D tensor"
+                        )
+                    if not is_batched:
+                        hx = hx.unsqueeze(1)
+            max_batch_size = input.size(0) if self.batch_first else input.size(1)
+            sorted_indices = unsorted_indices = None
+            if hx is None:
+                hx = self._zeros(input, max_batch_size, real_hidden_size)
+                if lstm:
+                    hx = (hx, self._zeros(input, max_batch_size, self.hidden_size))
+        self.check_forward_args(input, hx, batch_sizes)
+        if batch_sizes is None and input.size(0 if not self.batch_first else 1) == 0:
+            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+
+        x = input.transpose(0, 1) if (batch_sizes is None and self.batch_first) else input
+        output, hidden = run(x, hx, batch_sizes)
+        if batch_sizes is None and self.batch_first:
+            output = output.transpose(0, 1)
+
+        if isinstance(orig_input, PackedSequence):
+            return PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices), _permute(
+                hidden, unsorted_indices
+            )
+        if not is_batched:
+            output = output.squeeze(0 if self.batch_first else 1)
+            hidden = tuple(h.squeeze(1) for h in hidden) if lstm else hidden.squeeze(1)
+        return output, hidden
+
+    # -- conversion ----------------------------------------------------------
+
+    @classmethod
+    def from_torch(cls, module: nn.Module):
+        """The fusedrnn twin of a torch.nn module, sharing its Parameter objects
+        (so weights, device, dtype, requires_grad and optimizer state carry over)."""
+        if type(module) is not cls._torch_class:
+            raise TypeError(f"{cls.__name__}.from_torch expects torch.nn.{cls._torch_class.__name__}, got {type(module).__name__}")
+        kwargs = dict(
+            num_layers=module.num_layers, bias=module.bias, batch_first=module.batch_first,
+            dropout=module.dropout, bidirectional=module.bidirectional, device="meta",
+        )
+        if cls is LSTM:
+            kwargs["proj_size"] = module.proj_size
+        if cls is RNN:
+            kwargs["nonlinearity"] = module.nonlinearity
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            new = cls(module.input_size, module.hidden_size, **kwargs)
+        for name in new._flat_weights_names:
+            setattr(new, name, getattr(module, name))
+        new.train(module.training)
+        return new
+
+    def to_torch(self) -> nn.Module:
+        """The torch.nn twin, sharing this module's Parameter objects."""
+        if self.peephole or self.coupled_gates or not self.reset_after:
+            raise ValueError(f"torch.nn.{self._torch_class.__name__} has no equivalent of {self.extra_repr()}")
+        kwargs = dict(
+            num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first, dropout=self.dropout,
+            bidirectional=self.bidirectional, device="meta",
+        )
+        if isinstance(self, LSTM):
+            kwargs["proj_size"] = self.proj_size
+        if isinstance(self, RNN):
+            kwargs["nonlinearity"] = self.nonlinearity
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            m = self._torch_class(self.input_size, self.hidden_size, **kwargs)
+        for name in m._flat_weights_names:
+            setattr(m, name, getattr(self, name))
+        m.train(self.training)
+        return m
+
+
+class LSTM(_RNNBase):
+    """Drop-in for torch.nn.LSTM, with ``peephole`` and ``coupled_gates`` variants.
+
+    ``LSTM(input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+    dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None, *,
+    peephole=False, coupled_gates=False)``. Peepholes add ``weight_ch_l{k}``
+    (``_reverse``): the diagonal vectors of i, f, o (f, o when coupled), shape
+    ``(3*hidden_size,)`` or ``(2*hidden_size,)``. Coupled gates use i = 1 - f
+    with gate blocks f, g, o (``3*hidden_size`` rows).
+    """
+
+    _torch_class = nn.LSTM
+
+    def __init__(self, *args, peephole: bool = False, coupled_gates: bool = False, **kwargs):
+        super().__init__("LSTM", *args, peephole=peephole, coupled_gates=coupled_gates, **kwargs)
+
+    def get_expected_cell_size(self, input: Tensor, batch_sizes: Optional[Tensor]) -> Tuple[int, int, int]:
+        if batch_sizes is not None:
+            mini_batch = int(batch_sizes[0])
+        else:
+            mini_batch = input.size(0) if self.batch_first else input.size(1)
+        num_directions = 2 if self.bidirectional else 1
+        return (self.num_layers * num_directions, mini_batch, self.hidden_size)
+
+    def check_forward_args(self, input, hidden, batch_sizes):  # type: ignore[override]
+        self.check_input(input, batch_sizes)
+        self.check_hidden_size(
+            hidden[0], self.get_expected_hidden_size(input, batch_sizes), "Expected hidden[0] size {}, got {}"
+        )
+        self.check_hidden_size(
+            hidden[1], self.get_expected_cell_size(input, batch_sizes), "Expected hidden[1] size {}, got {}"
+        )
+
+    def forward(self, input, hx=None):
+        def run(x, hx, batch_sizes):
+            out, h, c = F.lstm(
+                x, hx, self._layer_weights(), self.num_layers, self.bidirectional, batch_sizes,
+                self.dropout, self.training, self.coupled_gates,
+            )
+            return out, (h, c)
+
+        return self._forward(input, hx, run)
+
+
+class GRU(_RNNBase):
+    """Drop-in for torch.nn.GRU; ``reset_after=False`` selects Cho et al. 2014's
+    placement of the reset gate (before the recurrent product)."""
+
+    _torch_class = nn.GRU
+
+    def __init__(self, *args, reset_after: bool = True, **kwargs):
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        super().__init__("GRU", *args, reset_after=reset_after, **kwargs)
+
+    def forward(self, input, hx=None):
+        def run(x, hx, batch_sizes):
+            return F.gru(
+                x, hx, self._layer_weights(), self.num_layers, self.bidirectional, batch_sizes,
+                self.dropout, self.training, self.reset_after,
+            )
+
+        return self._forward(input, hx, run)
+
+
+class RNN(_RNNBase):
+    """Drop-in for torch.nn.RNN (``nonlinearity='tanh'`` or ``'relu'``)."""
+
+    _torch_class = nn.RNN
+
+    def __init__(self, *args, **kwargs):
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        if len(args) > 3:
+            self.nonlinearity = args[3]
+            args = args[:3] + args[4:]
+        else:
+            self.nonlinearity = kwargs.pop("nonlinearity", "tanh")
+        if self.nonlinearity == "tanh":
+            mode = "RNN_TANH"
+        elif self.nonlinearity == "relu":
+            mode = "RNN_RELU"
+        else:
+            raise ValueError(f"Unknown nonlinearity '{self.nonlinearity}'. Select from 'tanh' or 'relu'.")
+        super().__init__(mode, *args, **kwargs)
+
+    def forward(self, input, hx=None):
+        def run(x, hx, batch_sizes):
+            return F.rnn(
+                x, hx, self._layer_weights(), self.num_layers, self.bidirectional, batch_sizes,
+                self.dropout, self.training, self.nonlinearity,
+            )
+
+        return self._forward(input, hx, run)
+
+
+# ------------------------------------------------------------------ cells
+
+class _CellBase(nn.Module):
+    """Shared parts of the cells, following torch.nn.RNNCellBase."""
+
+    def __init__(self, input_size, hidden_size, bias, num_chunks, device=None, dtype=None, peephole_chunks=0):
+        factory_kwargs = {"device": device, "dtype": dtype}
+        super().__init__()
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.bias = bias
+        self.weight_ih = Parameter(torch.empty((num_chunks * hidden_size, input_size), **factory_kwargs))
+        self.weight_hh = Parameter(torch.empty((num_chunks * hidden_size, hidden_size), **factory_kwargs))
+        if bias:
+            self.bias_ih = Parameter(torch.empty(num_chunks * hidden_size, **factory_kwargs))
+            self.bias_hh = Parameter(torch.empty(num_chunks * hidden_size, **factory_kwargs))
+        else:
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
+        if peephole_chunks:
+            self.weight_ch = Parameter(torch.empty(peephole_chunks * hidden_size, **factory_kwargs))
+        self.reset_parameters()
+
+    def extra_repr(self) -> str:
+        s = "{input_size}, {hidden_size}"
+        if "bias" in self.__dict__ and self.bias is not True:
+            s += ", bias={bias}"
+        if "nonlinearity" in self.__dict__ and self.nonlinearity != "tanh":
+            s += ", nonlinearity={nonlinearity}"
+        if getattr(self, "peephole", False):
+            s += ", peephole=True"
+        if getattr(self, "coupled_gates", False):
+            s += ", coupled_gates=True"
+        if not getattr(self, "reset_after", True):
+            s += ", reset_after=False"
+        return s.format(**self.__dict__)
+
+    def reset_parameters(self) -> None:
+        stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
+        for weight in self.parameters():
+            nn.init.uniform_(weight, -stdv, stdv)
+
+    def _check(self, input: Tensor, hx: Tuple[Tensor, ...]) -> None:
+        """The checks of ATen's cell functions, same words."""
+        if input.size(1) != self.input_size:
+            raise RuntimeError(f"input has inconsistent input_size: got {input.size(1)} expected {self.input_size}")
+        if input.dtype != self.weight_ih.dtype and not torch.is_autocast_enabled(input.device.type):
+            raise RuntimeError(
+                f"mat1 and mat2 must have the same dtype, but got {_dtype_name(input.dtype)} "
+                f"and {_dtype_name(self.weight_ih.dtype)}"
+            )
+        for i, h in enumerate(hx):
+            if input.size(0) != h.size(0):
+                raise RuntimeError(f"Input batch size {input.size(0)} doesn't match hidden{i} batch size {h.size(0)}")
+            if h.size(1) != self.hidden_size:
+                raise RuntimeError(
+                    f"hidden{i} has inconsistent hidden_size: got {h.size(1)}, expected {self.hidden_size}"
+                )
+
+    @classmethod
+    def from_torch(cls, module: nn.Module):
+        """The fusedrnn twin of a torch.nn cell, sharing its Parameter objects."""
+        if type(module) is not cls._torch_class:
+            raise TypeError(f"{cls.__name__}.from_torch expects torch.nn.{cls._torch_class.__name__}, got {type(module).__name__}")
+        kwargs = {"nonlinearity": module.nonlinearity} if cls is RNNCell else {}
+        new = cls(module.input_size, module.hidden_size, module.bias, device="meta", **kwargs)
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            p = getattr(module, name)
+            if p is None:
+                new.register_parameter(name, None)
+            else:
+                setattr(new, name, p)
+        new.train(module.training)
+        return new
+
+    def to_torch(self) -> nn.Module:
+        """The torch.nn twin, sharing this module's Parameter objects."""
+        if getattr(self, "peephole", False) or getattr(self, "coupled_gates", False) or not getattr(self, "reset_after", True):
+            raise ValueError(f"torch.nn.{self._torch_class.__name__} has no equivalent of {self.extra_repr()}")
+        kwargs = {"nonlinearity": self.nonlinearity} if isinstance(self, RNNCell) else {}
+        m = self._torch_class(self.input_size, self.hidden_size, self.bias, device="meta", **kwargs)
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            p = getattr(self, name)
+            if p is None:
+                m.register_parameter(name, None)
+            else:
+                setattr(m, name, p)
+        m.train(self.training)
+        return m
+
+
+def _dtype_name(dtype) -> str:
+    return {
+        torch.float32: "Float", torch.float64: "Double", torch.float16: "Half", torch.bfloat16: "BFloat16",
+    }.get(dtype, str(dtype).replace("torch.", ""))
+
+
+class LSTMCell(_CellBase):
+    """Drop-in for torch.nn.LSTMCell, with ``peephole`` and ``coupled_gates``."""
+
+    _torch_class = nn.LSTMCell
+
+    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *, peephole=False, coupled_gates=False):
+        self.peephole = bool(peephole)
+        self.coupled_gates = bool(coupled_gates)
+        super().__init__(
+            input_size, hidden_size, bias, 3 if coupled_gates else 4, device, dtype,
+            peephole_chunks=(2 if coupled_gates else 3) if peephole else 0,
+        )
+
+    def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tensor]:
+        if input.dim() not in (1, 2):
+            raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        if hx is not None:
+            for idx, value in enumerate(hx):
+                if value.dim() not in (1, 2):
+                    raise ValueError(f"LSTMCell: Expected hx[{idx}] to be 1D or 2D, got {value.dim()}D instead")
+        is_batched = input.dim() == 2
+        if not is_batched:
+            input = input.unsqueeze(0)
+        if hx is None:
+            zeros = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype, device=input.device)
+            hx = (zeros, zeros)
+        else:
+            hx = (hx[0].unsqueeze(0), hx[1].unsqueeze(0)) if not is_batched else hx
+        self._check(input, hx)
+        h, c = F.lstm_cell(
+            input, hx[0], hx[1], self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh,
+            getattr(self, "weight_ch", None), self.coupled_gates,
+        )
+        if not is_batched:
+            return h.squeeze(0), c.squeeze(0)
+        return h, c
+
+
+class GRUCell(_CellBase):
+    """Drop-in for torch.nn.GRUCell; ``reset_after=False`` is Cho et al. 2014."""
+
+    _torch_class = nn.GRUCell
+
+    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *, reset_after=True):
+        self.reset_after = bool(reset_after)
+        super().__init__(input_size, hidden_size, bias, 3, device, dtype)
+
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
+        return _single_state_cell(self, "GRUCell", input, hx, lambda x, h: F.gru_cell(
+            x, h, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, self.reset_after))
+
+
+class RNNCell(_CellBase):
+    """Drop-in for torch.nn.RNNCell (``nonlinearity='tanh'`` or ``'relu'``)."""
+
+    _torch_class = nn.RNNCell
+
+    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", device=None, dtype=None):
+        super().__init__(input_size, hidden_size, bias, 1, device, dtype)
+        self.nonlinearity = nonlinearity
+
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
+        if self.nonlinearity not in ("tanh", "relu"):
+            raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
+        return _single_state_cell(self, "RNNCell", input, hx, lambda x, h: F.rnn_cell(
+            x, h, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, self.nonlinearity))
+
+
+def _single_state_cell(cell, name, input, hx, step):
+    if input.dim() not in (1, 2):
+        raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
+    if hx is not None and hx.dim() not in (1, 2):
+        raise ValueError(f"{name}: Expected hidden to be 1D or 2D, got {hx.dim()}D instead")
+    is_batched = input.dim() == 2
+    if not is_batched:
+        input = input.unsqueeze(0)
+    if hx is None:
+        hx = torch.zeros(input.size(0), cell.hidden_size, dtype=input.dtype, device=input.device)
+    else:
+        hx = hx.unsqueeze(0) if not is_batched else hx
+    cell._check(input, (hx,))
+    h = step(input, hx)
+    return h if is_batched else h.squeeze(0)
+
+
+# ---------------------------------------------------------------- convert
+
+_TWINS = {nn.LSTM: LSTM, nn.GRU: GRU, nn.RNN: RNN, nn.LSTMCell: LSTMCell, nn.GRUCell: GRUCell, nn.RNNCell: RNNCell}
+
+
+def convert(model: nn.Module) -> nn.Module:
+    """Replaces, recursively and in place, every torch.nn LSTM, GRU, RNN,
+    LSTMCell, GRUCell and RNNCell in ``model`` with its fusedrnn twin and
+    returns the model.
+
+    The twins share the original Parameter objects, so weights, device,
+    dtype, requires_grad and an optimizer built before the conversion all keep
+    working; training mode is kept. A model that is itself one of those
+    modules is returned as its twin.
+    """
+    twin = _TWINS.get(type(model))
+    if twin is not None:
+        return twin.from_torch(model)
+    for name, child in model.named_children():
+        new = convert(child)
+        if new is not child:
+            setattr(model, name, new)
+    return model

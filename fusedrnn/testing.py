@@ -1,0 +1,206 @@
+"""Checks for your own test suite: gradients and agreement with the reference.
+
+``gradcheck(module, input, hx=None)`` runs ``torch.autograd.gradcheck`` in
+float64 on a copy of a recurrent module (fusedrnn or torch.nn), with respect to
+the input, the initial state and every parameter.
+
+``assert_matches_reference(module, input, hx=None, rtol=None, atol=None)`` runs
+the module forward and backward and compares every output and every gradient
+with ``fusedrnn.reference`` computed in float64. Without tolerances it uses the
+error-ratio oracle: the module's error against float64 may be at most twice the
+error of the reference computed in the module's own dtype, plus a floor of a
+few units in the last place. With ``rtol``/``atol`` it uses
+``|a - ref| <= atol + rtol * |ref|`` elementwise.
+
+Both raise ``AssertionError`` naming the tensor and the error.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
+
+from . import reference
+
+__all__ = ["gradcheck", "assert_matches_reference"]
+
+# Error floor, in units of the dtype's epsilon times the magnitude of the
+# reference: a difference this small is rounding, whatever the reference's own
+# error happens to be.
+_FLOOR_ULPS = 8.0
+_RATIO = 2.0
+
+_CELLS = ("LSTMCell", "GRUCell", "RNNCell")
+
+
+def _is_cell(module) -> bool:
+    return type(module).__name__ in _CELLS
+
+
+def _lstm_like(module) -> bool:
+    return "LSTM" in type(module).__name__
+
+
+def _param_items(module) -> List[Tuple[str, Tensor]]:
+    return [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+
+
+def _split_input(input):
+    """(tensor to differentiate, rebuild(tensor) -> module input)."""
+    if isinstance(input, PackedSequence):
+        data, bs, si, ui = input
+
+        def rebuild(t):
+            return PackedSequence(t, bs, si, ui)
+
+        return data, rebuild
+    return input, (lambda t: t)
+
+
+def _hx_list(hx, module) -> List[Tensor]:
+    if hx is None:
+        return []
+    return list(hx) if _lstm_like(module) else [hx]
+
+
+def _hx_rebuild(hx_list, module):
+    if not hx_list:
+        return None
+    return tuple(hx_list) if _lstm_like(module) else hx_list[0]
+
+
+def _outputs(module, out) -> List[Tuple[str, Tensor]]:
+    if _is_cell(module):
+        if isinstance(out, tuple):
+            return [("h", out[0]), ("c", out[1])]
+        return [("h", out)]
+    y, hidden = out
+    if isinstance(y, PackedSequence):
+        y = y.data
+    if isinstance(hidden, tuple):
+        return [("output", y), ("h_n", hidden[0]), ("c_n", hidden[1])]
+    return [("output", y), ("h_n", hidden)]
+
+
+def gradcheck(module: nn.Module, input, hx=None, **kwargs) -> bool:
+    """torch.autograd.gradcheck of a recurrent module in float64.
+
+    Works on a float64 copy in eval mode (no dropout), with respect to the
+    input, hx and every parameter that requires grad. Extra keyword arguments
+    go to torch.autograd.gradcheck. Returns True or raises AssertionError that
+    names the output and the tensor whose gradient is wrong.
+    """
+    m = copy.deepcopy(module).double().eval()
+    x, rebuild = _split_input(input)
+    x = x.detach().double().requires_grad_(x.is_floating_point())
+    hx_list = [h.detach().double().requires_grad_() for h in _hx_list(hx, module)]
+    params = _param_items(m)
+    names = (["input"] if x.requires_grad else []) + [f"hx[{i}]" for i in range(len(hx_list))]
+    names += [n for n, _ in params]
+
+    def fn(*args):
+        i = 0
+        xi = x
+        if x.requires_grad:
+            xi = args[0]
+            i = 1
+        hs = list(args[i : i + len(hx_list)])
+        ps = args[i + len(hx_list) :]
+        state = {n: p for (n, _), p in zip(params, ps)}
+        out = torch.func.functional_call(m, state, (rebuild(xi), _hx_rebuild(hs, m)))
+        return tuple(t for _, t in _outputs(m, out))
+
+    inputs = ([x] if x.requires_grad else []) + hx_list + [p for _, p in params]
+    out_names = [n for n, _ in _outputs(m, fn(*inputs))]
+    kwargs.setdefault("atol", 1e-6)
+    kwargs.setdefault("rtol", 1e-4)
+    try:
+        return torch.autograd.gradcheck(fn, tuple(inputs), **kwargs)
+    except torch.autograd.gradcheck.GradcheckError as e:
+        msg = str(e)
+        m_out = re.search(r"output (\d+)", msg)
+        m_in = re.search(r"input (\d+)", msg)
+        out_name = out_names[int(m_out.group(1))] if m_out else "an output"
+        in_name = names[int(m_in.group(1))] if m_in else "an input"
+        raise AssertionError(f"gradcheck: gradient of {out_name} with respect to {in_name} is wrong: {msg}") from None
+
+
+def _forward_backward(fn, module, x, rebuild, hx_list, params, cotangents=None, dtype=None):
+    """Runs fn (module or reference), returns {name: tensor} for outputs and grads."""
+    xs = x.detach().clone().requires_grad_(x.is_floating_point())
+    hs = [h.detach().clone().requires_grad_() for h in hx_list]
+    out = fn(rebuild(xs), _hx_rebuild(hs, module))
+    outs = _outputs(module, out)
+    if cotangents is None:
+        gen = torch.Generator().manual_seed(0)
+        cotangents = [torch.randn(t.shape, generator=gen, dtype=torch.float64) for _, t in outs]
+    loss = sum((t * c.to(device=t.device, dtype=t.dtype)).sum() for (_, t), c in zip(outs, cotangents))
+    wrt = ([xs] if xs.requires_grad else []) + hs + [p for _, p in params]
+    grads = torch.autograd.grad(loss, wrt, allow_unused=True)
+    result: Dict[str, Tensor] = {n: t.detach() for n, t in outs}
+    names = (["grad input"] if xs.requires_grad else []) + [f"grad hx[{i}]" for i in range(len(hs))]
+    names += [f"grad {n}" for n, _ in params]
+    for n, g in zip(names, grads):
+        result[n] = g.detach() if g is not None else None
+    return result, cotangents
+
+
+def assert_matches_reference(module: nn.Module, input, hx=None, rtol: Optional[float] = None,
+                             atol: Optional[float] = None) -> None:
+    """Compares a module's outputs and gradients with fusedrnn.reference.
+
+    The module runs in eval mode (no dropout) and is restored afterwards.
+    Raises AssertionError naming the first tensor that disagrees, with its
+    maximum error and the bound it broke.
+    """
+    was_training = module.training
+    module.eval()
+    try:
+        x, rebuild = _split_input(input)
+        hx_list = _hx_list(hx, module)
+        params = _param_items(module)
+        ref_fn = reference.cell_forward if _is_cell(module) else reference.forward
+        got, cot = _forward_backward(lambda i, h: module(i, h), module, x, rebuild, hx_list, params)
+        ref64, _ = _forward_backward(lambda i, h: ref_fn(module, i, h, upcast=True), module, x, rebuild,
+                                     hx_list, params, cot)
+        use_ratio = rtol is None and atol is None
+        ref_same = None
+        if use_ratio:
+            ref_same, _ = _forward_backward(lambda i, h: ref_fn(module, i, h, upcast=False), module, x,
+                                            rebuild, hx_list, params, cot)
+        for name, a in got.items():
+            r = ref64[name]
+            if a is None and r is None:
+                continue
+            if a is None or r is None:
+                raise AssertionError(f"{name}: {'missing' if a is None else 'unexpected'} gradient")
+            a64, r64 = a.double(), r.double().to(a.device)
+            diff = (a64 - r64).abs()
+            err = diff.max().item() if diff.numel() else 0.0
+            if use_ratio:
+                eps = torch.finfo(a.dtype).eps
+                scale = max(1.0, r64.abs().max().item() if r64.numel() else 0.0)
+                base = (ref_same[name].double().to(a.device) - r64).abs()
+                base = base.max().item() if base.numel() else 0.0
+                bound = _RATIO * base + _FLOOR_ULPS * eps * scale
+                if not err <= bound:
+                    raise AssertionError(
+                        f"{name}: max error {err:.3e} against the float64 reference exceeds {bound:.3e} "
+                        f"({_RATIO:g} x the {a.dtype} reference's own error {base:.3e} + rounding floor); "
+                        f"mean error {diff.mean().item():.3e}"
+                    )
+            else:
+                tol = (atol or 0.0) + (rtol or 0.0) * r64.abs()
+                bad = diff > tol
+                if bad.any():
+                    raise AssertionError(
+                        f"{name}: max error {err:.3e} exceeds atol={atol} rtol={rtol} at "
+                        f"{int(bad.sum())} of {diff.numel()} elements; mean error {diff.mean().item():.3e}"
+                    )
+    finally:
+        module.train(was_training)
