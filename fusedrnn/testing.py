@@ -113,14 +113,18 @@ def gradcheck(module: nn.Module, input, hx=None, **kwargs) -> bool:
         ps = args[i + len(hx_list) :]
         state = {n: p for (n, _), p in zip(params, ps)}
         out = torch.func.functional_call(m, state, (rebuild(xi), _hx_rebuild(hs, m)))
-        return tuple(t for _, t in _outputs(m, out))
+        return _outputs(m, out)
 
     inputs = ([x] if x.requires_grad else []) + hx_list + [p for _, p in params]
-    out_names = [n for n, _ in _outputs(m, fn(*inputs))]
+    out_names = [n for n, _ in fn(*inputs)]
+
+    def fn_tensors(*args):
+        return tuple(t for _, t in fn(*args))
+
     kwargs.setdefault("atol", 1e-6)
     kwargs.setdefault("rtol", 1e-4)
     try:
-        return torch.autograd.gradcheck(fn, tuple(inputs), **kwargs)
+        return torch.autograd.gradcheck(fn_tensors, tuple(inputs), **kwargs)
     except torch.autograd.gradcheck.GradcheckError as e:
         msg = str(e)
         m_out = re.search(r"output (\d+)", msg)
