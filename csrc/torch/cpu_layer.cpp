@@ -5,6 +5,9 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
+#include <cstdlib>
+#include <cstring>
+
 #include "rnn_layer.h"
 
 namespace fusedrnn {
@@ -29,6 +32,16 @@ S* mut(const Tensor& t) {
   return t.numel() > 0 ? t.data_ptr<S>() : nullptr;
 }
 
+// FUSEDRNN_CPU_PACK=always|never forces one GEMM path (for tests and benchmarks);
+// unset or auto lets the kernels decide by reuse.
+cpu::PackPolicy pack_policy() {
+  const char* v = std::getenv("FUSEDRNN_CPU_PACK");
+  if (v == nullptr || std::strcmp(v, "auto") == 0 || v[0] == '\0') return cpu::PackPolicy::kAuto;
+  if (std::strcmp(v, "always") == 0) return cpu::PackPolicy::kAlways;
+  if (std::strcmp(v, "never") == 0) return cpu::PackPolicy::kNever;
+  TORCH_CHECK(false, "FUSEDRNN_CPU_PACK must be auto, always or never, got '", v, "'");
+}
+
 // Runs a kernel twice: once to size its scratch, once with it.
 template <typename Args, typename Fn>
 void with_scratch(const Args& args, const Fn& fn) {
@@ -46,6 +59,7 @@ void forward_typed(const LayerInputs& in, const LayerGeometry& g, bool training,
                    ForwardResult& out) {
   cpu::SeqForwardArgs<S> a{};
   a.cell = in.cell;
+  a.pack = pack_policy();
   a.training = training;
   a.seq = g.layout(in.reverse);
   a.C = g.C;
@@ -77,6 +91,7 @@ void backward_typed(const LayerInputs& in, const LayerGeometry& g, const GradInp
                     GradResult& out) {
   cpu::SeqBackwardArgs<S> a{};
   a.cell = in.cell;
+  a.pack = pack_policy();
   a.seq = g.layout(in.reverse);
   a.C = g.C;
   a.H = g.H;

@@ -14,6 +14,8 @@
 #include <algorithm>
 #include <type_traits>
 
+#include <ATen/cpu/vec/functional.h>
+
 #include "../common.h"
 #include "parallel.h"
 #include "vec_math.h"
@@ -130,11 +132,14 @@ void pack_b(const MatB<S>& B, int64_t k0, int64_t kc, int64_t N, S* dst,
   });
 }
 
-// C[0:MR, 0:n_valid] (+)= A[0:MR, 0:kc] * Bpanel[0:kc, 0:NR].
+// C[0:MR, 0:n_valid] (+)= A[0:MR, 0:kc] * B[0:kc, 0:NR], row k of B at
+// bp + k*bstride: a packed panel (bstride = NR, zero-padded) or a row-major B read
+// in place (bstride = its row stride; kMaskB for a last panel narrower than NR).
 // bias (per column, may be null) is added at the store.
-template <typename S, int MR, int NV>
-inline void gemm_tile(int64_t kc, const S* a, int64_t ars, int64_t acs, const S* bp, S* c,
-                      int64_t ldc, int64_t n_valid, bool accumulate, const S* bias) {
+template <typename S, int MR, int NV, bool kMaskB>
+inline void gemm_tile(int64_t kc, const S* a, int64_t ars, int64_t acs, const S* bp,
+                      int64_t bstride, S* c, int64_t ldc, int64_t n_valid, bool accumulate,
+                      const S* bias) {
   using V = Vec<S>;
   constexpr int L = V::size();
   V acc[MR][NV];
@@ -148,7 +153,12 @@ inline void gemm_tile(int64_t kc, const S* a, int64_t ars, int64_t acs, const S*
   for (int64_t k = 0; k < kc; ++k) {
     V b[NV];
 #pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) b[v] = V::loadu(bp + v * L);
+    for (int v = 0; v < NV; ++v) {
+      if constexpr (kMaskB)
+        b[v] = V::loadu(bp + v * L, std::min<int64_t>(L, std::max<int64_t>(0, n_valid - v * L)));
+      else
+        b[v] = V::loadu(bp + v * L);
+    }
     const int64_t ko = k * acs;
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) {
@@ -156,7 +166,7 @@ inline void gemm_tile(int64_t kc, const S* a, int64_t ars, int64_t acs, const S*
 #pragma GCC unroll 8
       for (int v = 0; v < NV; ++v) acc[i][v] = at::vec::fmadd(ai, b[v], acc[i][v]);
     }
-    bp += NV * L;
+    bp += bstride;
   }
 #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i) {
@@ -174,19 +184,22 @@ inline void gemm_tile(int64_t kc, const S* a, int64_t ars, int64_t acs, const S*
   }
 }
 
-// C (+)= A * Bp (+ bias[col]) with B already packed by pack_b (panel p at
-// bp + p*panel_stride).
+// C (+)= A * B (+ bias[col]) over panels of NR columns of B: panel p starts at
+// bp + p*panel_stride and its row k at + k*bstride (see gemm_tile). Packed B:
+// panel_stride = kc*NR, bstride = NR. Row-major B in place: panel_stride = NR,
+// bstride = row stride, direct = true (the last panel is read with a mask).
 template <typename S, int NV = kGemmNV>
-void gemm_packed(int64_t M, int64_t N, int64_t kc, const MatA<S>& A, const S* bp,
-                 int64_t panel_stride, S* c, int64_t ldc, bool accumulate,
-                 const Parallel& par, const S* bias = nullptr) {
+void gemm_panels(int64_t M, int64_t N, int64_t kc, const MatA<S>& A, const S* bp,
+                 int64_t panel_stride, int64_t bstride, bool direct, S* c, int64_t ldc,
+                 bool accumulate, const Parallel& par, const S* bias = nullptr) {
   constexpr int L = Vec<S>::size();
   constexpr int NR = NV * L;
   constexpr int MR = tile_rows(NV);
   if (M <= 0 || N <= 0) return;
   const int64_t npanel = ceil_div<int64_t>(N, NR);
   // Rows per block: the block of A (MC x kc) stays in L2 while the panels of B pass.
-  const int64_t mc_cap = std::max<int64_t>(MR, (int64_t{192} << 10) / (sizeof(S) * std::max<int64_t>(kc, 1)) / MR * MR);
+  const int64_t mc_cap = std::max<int64_t>(
+      MR, (int64_t{192} << 10) / (sizeof(S) * std::max<int64_t>(kc, 1)) / MR * MR);
   const int64_t mc = std::min<int64_t>(round_up<int64_t>(M, MR), mc_cap);
   const int64_t nmb = ceil_div<int64_t>(M, mc);
   par(nmb * npanel, grain_for(mc * kc * NR), [&](int64_t tb, int64_t te) {
@@ -197,11 +210,18 @@ void gemm_packed(int64_t M, int64_t N, int64_t kc, const MatA<S>& A, const S* bp
       const int64_t m1 = std::min<int64_t>(M, m0 + mc);
       const int64_t n_valid = std::min<int64_t>(NR, N - p * NR);
       const S* bpp = bp + p * panel_stride;
+      const S* bias_p = bias ? bias + p * NR : nullptr;
+      const bool masked = direct && n_valid < NR;
       for_row_tiles<MR>(m1 - m0, [&](auto R, int64_t i) {
+        constexpr int kR = decltype(R)::value;
         const int64_t m = m0 + i;
-        gemm_tile<S, decltype(R)::value, NV>(kc, A.ptr + m * A.rs, A.rs, A.cs, bpp,
-                                             c + m * ldc + p * NR, ldc, n_valid, accumulate,
-                                             bias ? bias + p * NR : nullptr);
+        S* cm = c + m * ldc + p * NR;
+        if (masked)
+          gemm_tile<S, kR, NV, true>(kc, A.ptr + m * A.rs, A.rs, A.cs, bpp, bstride, cm, ldc,
+                                     n_valid, accumulate, bias_p);
+        else
+          gemm_tile<S, kR, NV, false>(kc, A.ptr + m * A.rs, A.rs, A.cs, bpp, bstride, cm, ldc,
+                                      n_valid, accumulate, bias_p);
       });
     }
   });
@@ -219,7 +239,12 @@ constexpr int64_t gemm_scratch_size(int64_t N) {
   return packed_b_size<S>(kKC, N);
 }
 
-// C[M, N] (+)= A[M, K] * B[K, N], packing B in blocks of kKC rows into scratch.
+// Below this many rows of A, a row-major B is read in place rather than packed:
+// packing costs K*N moves, which only pay off when reused over many rows.
+constexpr int64_t kDirectRows = 64;
+
+// C[M, N] (+)= A[M, K] * B[K, N]. A row-major B with few rows of A is read in
+// place; otherwise B is packed in blocks of kKC rows into scratch.
 template <typename S>
 void gemm(int64_t M, int64_t N, int64_t K, const MatA<S>& A, const MatB<S>& B, S* c,
           int64_t ldc, bool accumulate, S* scratch, const Parallel& par) {
@@ -232,11 +257,15 @@ void gemm(int64_t M, int64_t N, int64_t K, const MatA<S>& A, const MatB<S>& B, S
     }
     return;
   }
+  if (B.rows == nullptr && B.cs == 1 && M < kDirectRows) {
+    gemm_panels<S>(M, N, K, A, B.ptr, NR, B.rs, true, c, ldc, accumulate, par);
+    return;
+  }
   for (int64_t k0 = 0; k0 < K; k0 += kKC) {
     const int64_t kc = std::min<int64_t>(kKC, K - k0);
     pack_b<S, kGemmNV>(B, k0, kc, N, scratch, par);
     const MatA<S> Ak{A.ptr + k0 * A.cs, A.rs, A.cs};
-    gemm_packed<S>(M, N, kc, Ak, scratch, kc * NR, c, ldc, accumulate || k0 > 0, par);
+    gemm_panels<S>(M, N, kc, Ak, scratch, kc * NR, NR, false, c, ldc, accumulate || k0 > 0, par);
   }
 }
 
@@ -258,7 +287,75 @@ void gemm_weight(int64_t M, int64_t N, int64_t K, const MatA<S>& A, const S* pac
                  S* c, int64_t ldc, bool accumulate, const Parallel& par,
                  const S* bias = nullptr) {
   constexpr int NR = kGemmNV * Vec<S>::size();
-  gemm_packed<S>(M, N, K, A, packed, K * NR, c, ldc, accumulate, par, bias);
+  gemm_panels<S>(M, N, K, A, packed, K * NR, NR, false, c, ldc, accumulate, par, bias);
+}
+
+// C[M, N] (+)= A[M, K] * W[N, K]^T (+ bias) with A and W read in place (both
+// contiguous along K): dot products along K, no packing. For products that are
+// used once (a single step), where packing W would cost as much as the product.
+template <typename S, int MR, int NW>
+inline void gemm_nt_tile(int64_t K, const S* a, int64_t lda, const S* w, int64_t ldw, S* c,
+                         int64_t ldc, int64_t nw_valid, bool accumulate, const S* bias) {
+  using V = Vec<S>;
+  constexpr int L = V::size();
+  V acc[MR][NW];
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+    for (int j = 0; j < NW; ++j) acc[i][j] = V(S(0));
+  // Rows of W beyond nw_valid re-read the last valid row; their sums are not stored.
+  const S* wr[NW];
+#pragma GCC unroll 8
+  for (int j = 0; j < NW; ++j) wr[j] = w + std::min<int64_t>(j, nw_valid - 1) * ldw;
+  for (int64_t k = 0; k < K; k += L) {
+    const int64_t cnt = std::min<int64_t>(L, K - k);
+    V wv[NW];
+#pragma GCC unroll 8
+    for (int j = 0; j < NW; ++j) wv[j] = V::loadu(wr[j] + k, cnt);
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      const V av = V::loadu(a + i * lda + k, cnt);
+#pragma GCC unroll 8
+      for (int j = 0; j < NW; ++j) acc[i][j] = at::vec::fmadd(av, wv[j], acc[i][j]);
+    }
+  }
+  for (int i = 0; i < MR; ++i) {
+    for (int j = 0; j < NW && j < nw_valid; ++j) {
+      S r = at::vec::vec_reduce_all<S>([](V& x, V& y) { return x + y; }, acc[i][j]);
+      if (bias) r += bias[j];
+      if (accumulate) r += c[i * ldc + j];
+      c[i * ldc + j] = r;
+    }
+  }
+}
+
+template <typename S>
+void gemm_nt(int64_t M, int64_t N, int64_t K, const S* a, int64_t lda, const S* w,
+             int64_t ldw, S* c, int64_t ldc, bool accumulate, const Parallel& par,
+             const S* bias = nullptr) {
+  // 4 x 4 tiles (16 accumulators); one row of A with 8 rows of W keeps 8 chains
+  // of FMAs in flight when M = 1.
+  constexpr int NW = kVecRegs >= 32 ? 4 : 2;
+  constexpr int MR = kVecRegs >= 32 ? 4 : 2;
+  if (M <= 0 || N <= 0) return;
+  const int64_t nw = M == 1 ? 2 * NW : NW;
+  const int64_t ncol = ceil_div<int64_t>(N, nw);
+  par(ncol, grain_for(M * K * nw), [&](int64_t cb, int64_t ce) {
+    for (int64_t jb = cb; jb < ce; ++jb) {
+      const int64_t j0 = jb * nw;
+      const int64_t valid = std::min<int64_t>(nw, N - j0);
+      const S* bj = bias ? bias + j0 : nullptr;
+      if (M == 1) {
+        gemm_nt_tile<S, 1, 2 * NW>(K, a, lda, w + j0 * ldw, ldw, c + j0, ldc, valid, accumulate,
+                                   bj);
+        continue;
+      }
+      for_row_tiles<MR>(M, [&](auto R, int64_t i) {
+        gemm_nt_tile<S, decltype(R)::value, NW>(K, a + i * lda, lda, w + j0 * ldw, ldw,
+                                                c + i * ldc + j0, ldc, valid, accumulate, bj);
+      });
+    }
+  });
 }
 
 // dst[j] (+)= sum_i src[i*ld + j] for j < n: a bias gradient.

@@ -31,6 +31,10 @@ struct CellConfig {
   bool projection;   // LSTM: h = W_hr (o*tanh(c)), P != H allowed
 };
 
+// When weights are packed for the register-blocked GEMM (kAuto: when they are
+// reused enough to pay for it). The others exist so tests cover both paths.
+enum class PackPolicy : int { kAuto = 0, kAlways = 1, kNever = 2 };
+
 constexpr int64_t saved_gate_cols(const CellConfig& c, int64_t H) {
   return c.kind == CellKind::kLstm ? num_gates(c.kind, c.coupled) * H
          : c.kind == CellKind::kGru ? (c.reset_after ? 4 : 3) * H
@@ -44,6 +48,7 @@ constexpr bool saves_states(const CellConfig& c) {
 template <typename S>
 struct SeqForwardArgs {
   CellConfig cell;
+  PackPolicy pack;
   bool training;  // save what backward needs
   SeqLayout seq;
   int64_t C, H, P;  // P = H without projection
@@ -67,6 +72,7 @@ struct SeqForwardArgs {
 template <typename S>
 struct SeqBackwardArgs {
   CellConfig cell;
+  PackPolicy pack;
   SeqLayout seq;
   int64_t C, H, P;
   // What the forward read and saved.

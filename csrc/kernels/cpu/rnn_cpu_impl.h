@@ -122,6 +122,119 @@ void fused_step(int64_t rows, int64_t K, const S* a, int64_t lda, const S* wp, i
   });
 }
 
+// Packing a weight costs about one move per element; a product that reads the
+// weight in place pays instead a horizontal sum per output (transposed weight)
+// or nothing (row-major weight). So weights are packed when they serve enough
+// rows: `uses` rows of A times this factor must exceed the K of the product.
+constexpr int64_t kPackReuse = 4;
+
+inline bool worth_packing(PackPolicy policy, int64_t uses, int64_t K) {
+  return policy == PackPolicy::kAlways || (policy == PackPolicy::kAuto && uses * kPackReuse > K);
+}
+
+// C = A * W^T for a Linear-style weight W [N, K]: packed once, or dot products
+// in place (gemm_nt).
+template <typename S>
+struct WeightT {
+  const S* w = nullptr;
+  int64_t N = 0, K = 0;
+  S* packed = nullptr;
+
+  void plan(Arena& arena, PackPolicy policy, const S* w_, int64_t N_, int64_t K_, int64_t uses) {
+    w = w_;
+    N = N_;
+    K = K_;
+    if (worth_packing(policy, uses, K)) packed = arena.take<S>(packed_b_size<S>(K, N));
+  }
+  void prepare(const Parallel& par) const {
+    if (packed) pack_weight_t<S>(w, N, K, packed, par);
+  }
+  void gemm(int64_t M, const S* a, int64_t lda, S* c, int64_t ldc, bool accumulate,
+            const Parallel& par, const S* bias = nullptr) const {
+    if (packed)
+      gemm_weight<S>(M, N, K, MatA<S>{a, lda, 1}, packed, c, ldc, accumulate, par, bias);
+    else
+      gemm_nt<S>(M, N, K, a, lda, w, K, c, ldc, accumulate, par, bias);
+  }
+};
+
+// C = A * W for W [K, N] row-major (backward through a weight): packed once when
+// used over many steps, read in place otherwise.
+template <typename S>
+struct WeightN {
+  const S* w = nullptr;
+  int64_t K = 0, N = 0;
+  S* packed = nullptr;
+
+  void plan(Arena& arena, PackPolicy policy, const S* w_, int64_t K_, int64_t N_, int64_t steps) {
+    w = w_;
+    K = K_;
+    N = N_;
+    if (policy == PackPolicy::kAlways || (policy == PackPolicy::kAuto && steps > kPackReuse))
+      packed = arena.take<S>(packed_b_size<S>(K, N));
+  }
+  void prepare(const Parallel& par) const {
+    if (packed) pack_weight<S>(w, K, N, packed, par);
+  }
+  void gemm(int64_t M, const MatA<S>& A, S* c, int64_t ldc, bool accumulate,
+            const Parallel& par) const {
+    constexpr int NR = kGemmNV * Vec<S>::size();
+    if (packed)
+      gemm_weight<S>(M, N, K, A, packed, c, ldc, accumulate, par);
+    else
+      gemm_panels<S>(M, N, K, A, w, NR, N, true, c, ldc, accumulate, par);
+  }
+};
+
+// The recurrent product of the forward step, h W^T for the G gate blocks of
+// W [G*H, K], handed to the cell's epilogue in registers: fused with the packed
+// weight (fused_step), or for a single step, dot products in place into a
+// scratch [N, G*H] that the epilogue then reads.
+template <typename S, int G, int U>
+struct Recurrent {
+  const S* w = nullptr;
+  int64_t H = 0, K = 0;
+  S* packed = nullptr;
+  S* gh = nullptr;
+
+  void plan(Arena& arena, PackPolicy policy, const S* w_, int64_t H_, int64_t K_, int64_t N,
+            int64_t uses) {
+    w = w_;
+    H = H_;
+    K = K_;
+    if (worth_packing(policy, uses, K))
+      packed = arena.take<S>(recurrent_packed_size<S, G, U>(H, K));
+    else
+      gh = arena.take<S>(N * G * H);
+  }
+  void prepare(const Parallel& par) const {
+    if (packed) pack_recurrent<S, G, U>(w, H, K, packed, par);
+  }
+  template <typename Epi>
+  void step(int64_t rows, const S* a, int64_t lda, const Epi& epi, const Parallel& par) const {
+    using V = Vec<S>;
+    constexpr int L = V::size();
+    if (packed) return fused_step<S, G, U>(rows, K, a, lda, packed, H, epi, par);
+    const int64_t GH = G * H;
+    gemm_nt<S>(rows, GH, K, a, lda, w, K, gh, GH, false, par);
+    const int64_t npanel = ceil_div<int64_t>(H, U * L);
+    par(rows, grain_for(npanel * G * U * L * 8), [&](int64_t rb, int64_t re) {
+      for (int64_t i = rb; i < re; ++i) {
+        for (int64_t p = 0; p < npanel; ++p) {
+          V acc[G * U];
+          for (int g = 0; g < G; ++g)
+            for (int u = 0; u < U; ++u) {
+              const int64_t u0 = (p * U + u) * L;
+              const int64_t cnt = std::min<int64_t>(L, std::max<int64_t>(0, H - u0));
+              acc[g * U + u] = cnt > 0 ? V::loadu(gh + i * GH + g * H + u0, cnt) : V(S(0));
+            }
+          epi(i, p, acc);
+        }
+      }
+    });
+  }
+};
+
 // Runs f(u0, cnt) over the vectors of a row of H units, in parallel over
 // vectors: each task owns its units for all rows, so per-unit reductions
 // (peephole gradients) need no atomics and stay deterministic.
@@ -198,30 +311,30 @@ inline Chunk next_chunk(const SeqLayout& seq, int64_t s0, int64_t max_rows) {
   return Chunk{s0, s1, row0, rows};
 }
 
-// Gx = X W_ih^T + bias, chunk by chunk. Owns the packed W_ih^T and the buffer.
+// Gx = X W_ih^T + bias, chunk by chunk. Owns the weight and the buffer.
 template <typename S>
 struct InputProjection {
   int64_t C = 0, GH = 0, max_rows = 0;
   const S* x = nullptr;
-  S* wp = nullptr;    // packed W_ih^T
+  WeightT<S> w;
   S* bias = nullptr;  // [GH], folded biases
   S* gx = nullptr;    // [max_rows, GH]
   Chunk chunk{};
 
-  void plan(Arena& arena, const SeqLayout& seq, const S* x_, int64_t C_, int64_t GH_) {
+  void plan(Arena& arena, PackPolicy policy, const SeqLayout& seq, const S* x_, const S* w_ih,
+            int64_t C_, int64_t GH_) {
     x = x_;
     C = C_;
     GH = GH_;
     max_rows = std::max<int64_t>(seq.N, kChunkBytes / static_cast<int64_t>(GH * sizeof(S)));
     max_rows = std::max<int64_t>(1, std::min<int64_t>(max_rows, total_rows(seq)));
-    wp = arena.take<S>(packed_b_size<S>(C, GH));
+    w.plan(arena, policy, w_ih, GH, C, total_rows(seq));
     bias = arena.take<S>(GH);
     gx = arena.take<S>(max_rows * GH);
   }
-  void pack(const S* w_ih, const Parallel& par) { pack_weight_t<S>(w_ih, GH, C, wp, par); }
   void run(const Chunk& c, const Parallel& par) {
     chunk = c;
-    gemm_weight<S>(c.rows, GH, C, MatA<S>{x + c.row0 * C, C, 1}, wp, gx, GH, false, par, bias);
+    w.gemm(c.rows, x + c.row0 * C, C, gx, GH, false, par, bias);
   }
   // Pre-activations of the row `row` (global row index) of the current chunk.
   const S* row(int64_t r) const { return gx + (r - chunk.row0) * GH; }
@@ -317,20 +430,23 @@ void lstm_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& 
   const int64_t N = seq.N, H = a.H, P = a.P, GH = G * H;
   const bool proj = a.w_hr != nullptr;
 
+  const int64_t R = total_rows(seq);
   InputProjection<S> xproj;
-  xproj.plan(arena, seq, a.x, a.C, GH);
-  S* whh_p = arena.take<S>(recurrent_packed_size<S, G, U>(H, P));
-  S* whr_p = proj ? arena.take<S>(packed_b_size<S>(H, P)) : nullptr;
+  xproj.plan(arena, a.pack, seq, a.x, a.w_ih, a.C, GH);
+  Recurrent<S, G, U> rec;
+  rec.plan(arena, a.pack, a.w_hh, H, P, N, R);
+  WeightT<S> whr;
+  if (proj) whr.plan(arena, a.pack, a.w_hr, P, H, R);
   HiddenState<S> hs;
   hs.plan(arena, N, P);
   S* c_state = arena.take<S>(N * H);
   S* r_scratch = proj && !a.training ? arena.take<S>(N * H) : nullptr;
   if (arena.sizing()) return;
 
-  xproj.pack(a.w_ih, par);
+  xproj.w.prepare(par);
   fold_bias(xproj.bias, a.b_ih, a.b_hh, 0, GH);
-  pack_recurrent<S, G, U>(a.w_hh, H, P, whh_p, par);
-  if (proj) pack_weight_t<S>(a.w_hr, P, H, whr_p, par);
+  rec.prepare(par);
+  if (proj) whr.prepare(par);
   hs.init(a.h0);
   std::memcpy(c_state, a.c0, N * H * sizeof(S));
 
@@ -377,10 +493,10 @@ void lstm_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& 
         c_new.store(cells + i * H + u0, cnt);
       }
     };
-    fused_step<S, G, U>(st.rows, P, hp, P, whh_p, H, epi, par);
+    rec.step(st.rows, hp, P, epi, par);
     if (proj) {
       S* y = a.y + st.offset * P;
-      gemm_weight<S>(st.rows, P, H, MatA<S>{hout, H, 1}, whr_p, y, P, false, par);
+      whr.gemm(st.rows, hout, H, y, P, false, par);
       copy_rows(st.rows, P, y, P, hn, P);
     }
   });
@@ -397,8 +513,10 @@ void lstm_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel
   const bool proj = a.w_hr != nullptr;
 
   S* dG = arena.take<S>(R * GH);
-  S* whh_p = arena.take<S>(packed_b_size<S>(GH, P));
-  S* whr_p = proj ? arena.take<S>(packed_b_size<S>(P, H)) : nullptr;
+  WeightN<S> whh;
+  whh.plan(arena, a.pack, a.w_hh, GH, P, seq.T);
+  WeightN<S> whr;
+  if (proj) whr.plan(arena, a.pack, a.w_hr, P, H, seq.T);
   S* dh_state = arena.take<S>(N * P);
   S* dc_state = arena.take<S>(N * H);
   S* dht = proj ? arena.take<S>(R * P) : nullptr;
@@ -407,8 +525,8 @@ void lstm_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel
   S* scratch = arena.take<S>(gemm_scratch_size<S>(max_of(a.C, P, H, GH)));
   if (arena.sizing()) return;
 
-  pack_weight<S>(a.w_hh, GH, P, whh_p, par);
-  if (proj) pack_weight<S>(a.w_hr, P, H, whr_p, par);
+  whh.prepare(par);
+  if (proj) whr.prepare(par);
   if (a.dh_n) std::memcpy(dh_state, a.dh_n, N * P * sizeof(S)); else fill_zero(N * P, dh_state);
   if (a.dc_n) std::memcpy(dc_state, a.dc_n, N * H * sizeof(S)); else fill_zero(N * H, dc_state);
   if (a.dw_ch) fill_zero((G - 1) * H, a.dw_ch);
@@ -429,7 +547,7 @@ void lstm_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel
       S* d = dht + st.offset * P;
       for (int64_t i = 0; i < rows; ++i)
         for (int64_t j = 0; j < P; ++j) d[i * P + j] = dy[i * P + j] + dh_state[i * P + j];
-      gemm_weight<S>(rows, H, P, MatA<S>{d, P, 1}, whr_p, dr, H, false, par);
+      whr.gemm(rows, MatA<S>{d, P, 1}, dr, H, false, par);
     }
     for_unit_vectors<S>(H, rows * 64, par, [&](int64_t u0, int64_t cnt) {
       const V zero(S(0));
@@ -472,8 +590,7 @@ void lstm_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel
         (V::loadu(dwco + u0, cnt) + sco).store(dwco + u0, cnt);
       }
     });
-    gemm_weight<S>(rows, P, GH, MatA<S>{dG + st.offset * GH, GH, 1}, whh_p, dh_state, P, false,
-                   par);
+    whh.gemm(rows, MatA<S>{dG + st.offset * GH, GH, 1}, dh_state, P, false, par);
   }
   std::memcpy(a.dh0, dh_state, N * P * sizeof(S));
   std::memcpy(a.dc0, dc_state, N * H * sizeof(S));
@@ -502,19 +619,20 @@ void gru_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& p
   const int64_t N = seq.N, H = a.H, GH = G * H;
 
   InputProjection<S> xproj;
-  xproj.plan(arena, seq, a.x, a.C, GH);
-  S* whh_p = arena.take<S>(recurrent_packed_size<S, G, U>(H, H));
+  xproj.plan(arena, a.pack, seq, a.x, a.w_ih, a.C, GH);
+  Recurrent<S, G, U> rec;
+  rec.plan(arena, a.pack, a.w_hh, H, H, N, total_rows(seq));
   S* b_hn = arena.take<S>(H);
   HiddenState<S> hs;
   hs.plan(arena, N, H);
   if (arena.sizing()) return;
 
-  xproj.pack(a.w_ih, par);
+  xproj.w.prepare(par);
   // r and z take both biases in Gx; n takes b_in there and b_hn inside r*(...).
   fold_bias(xproj.bias, a.b_ih, a.b_hh, 0, 2 * H);
   fold_bias(xproj.bias, a.b_ih, static_cast<const S*>(nullptr), 2 * H, 3 * H);
   fold_bias(b_hn, a.b_hh ? a.b_hh + 2 * H : nullptr, static_cast<const S*>(nullptr), 0, H);
-  pack_recurrent<S, G, U>(a.w_hh, H, H, whh_p, par);
+  rec.prepare(par);
   hs.init(a.h0);
 
   run_forward<S>(seq, xproj, par, [&](int64_t s, const StepInfo& st) {
@@ -541,7 +659,7 @@ void gru_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& p
         hn.store(gr + 3 * H, cnt);
       }
     };
-    fused_step<S, G, U>(st.rows, H, hp, H, whh_p, H, epi, par);
+    rec.step(st.rows, hp, H, epi, par);
   });
   gather_final(seq, a.y, H, a.h_n);
 }
@@ -558,19 +676,21 @@ void gru_reset_before_forward_seq(const SeqForwardArgs<S>& a, Arena& arena,
   const int64_t N = seq.N, H = a.H, GH = 3 * H;
 
   InputProjection<S> xproj;
-  xproj.plan(arena, seq, a.x, a.C, GH);
-  S* wrz_p = arena.take<S>(recurrent_packed_size<S, 2, U1>(H, H));
-  S* wn_p = arena.take<S>(recurrent_packed_size<S, 1, U2>(H, H));
+  xproj.plan(arena, a.pack, seq, a.x, a.w_ih, a.C, GH);
+  Recurrent<S, 2, U1> rec_rz;
+  rec_rz.plan(arena, a.pack, a.w_hh, H, H, N, total_rows(seq));
+  Recurrent<S, 1, U2> rec_n;
+  rec_n.plan(arena, a.pack, a.w_hh + 2 * H * H, H, H, N, total_rows(seq));
   HiddenState<S> hs;
   hs.plan(arena, N, H);
   S* z_scratch = a.training ? nullptr : arena.take<S>(N * H);
   S* rh_scratch = a.training ? nullptr : arena.take<S>(N * H);
   if (arena.sizing()) return;
 
-  xproj.pack(a.w_ih, par);
+  xproj.w.prepare(par);
   fold_bias(xproj.bias, a.b_ih, a.b_hh, 0, GH);  // b_hn is outside r*(.) here
-  pack_recurrent<S, 2, U1>(a.w_hh, H, H, wrz_p, par);
-  pack_recurrent<S, 1, U2>(a.w_hh + 2 * H * H, H, H, wn_p, par);
+  rec_rz.prepare(par);
+  rec_n.prepare(par);
   hs.init(a.h0);
 
   run_forward<S>(seq, xproj, par, [&](int64_t s, const StepInfo& st) {
@@ -595,7 +715,7 @@ void gru_reset_before_forward_seq(const SeqForwardArgs<S>& a, Arena& arena,
         if (gates) r.store(gates + i * GH + u0, cnt);
       }
     };
-    fused_step<S, 2, U1>(st.rows, H, hp, H, wrz_p, H, epi_rz, par);
+    rec_rz.step(st.rows, hp, H, epi_rz, par);
     auto epi_n = [&](int64_t i, int64_t p, const V* acc) {
       const S* gx = xproj.row(st.offset + i);
       for (int u = 0; u < U2; ++u) {
@@ -611,7 +731,7 @@ void gru_reset_before_forward_seq(const SeqForwardArgs<S>& a, Arena& arena,
         if (gates) n.store(gates + i * GH + 2 * H + u0, cnt);
       }
     };
-    fused_step<S, 1, U2>(st.rows, H, rh, H, wn_p, H, epi_n, par);
+    rec_n.step(st.rows, rh, H, epi_n, par);
   });
   gather_final(seq, a.y, H, a.h_n);
 }
@@ -625,13 +745,14 @@ void gru_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel&
   const int64_t N = seq.N, H = a.H, R = total_rows(seq), ldg = 4 * H;
 
   S* dG = arena.take<S>(R * ldg);
-  S* whh_p = arena.take<S>(packed_b_size<S>(3 * H, H));
+  WeightN<S> whh;
+  whh.plan(arena, a.pack, a.w_hh, 3 * H, H, seq.T);
   S* dh_state = arena.take<S>(N * H);
   const S** hrows = a.dw_hh ? arena.take<const S*>(R) : nullptr;
   S* scratch = arena.take<S>(gemm_scratch_size<S>(max_of(a.C, H, 4 * H)));
   if (arena.sizing()) return;
 
-  pack_weight<S>(a.w_hh, 3 * H, H, whh_p, par);
+  whh.prepare(par);
   if (a.dh_n) std::memcpy(dh_state, a.dh_n, N * H * sizeof(S)); else fill_zero(N * H, dh_state);
 
   for (int64_t s = seq.T - 1; s >= 0; --s) {
@@ -657,8 +778,7 @@ void gru_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel&
         dh_prev.store(dhp, cnt);
       }
     });
-    gemm_weight<S>(rows, H, 3 * H, MatA<S>{dG + st.offset * ldg, ldg, 1}, whh_p, dh_state, H,
-                   true, par);
+    whh.gemm(rows, MatA<S>{dG + st.offset * ldg, ldg, 1}, dh_state, H, true, par);
   }
   std::memcpy(a.dh0, dh_state, N * H * sizeof(S));
 
@@ -681,16 +801,17 @@ void gru_reset_before_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena,
   const int64_t N = seq.N, H = a.H, R = total_rows(seq), GH = 3 * H;
 
   S* dG = arena.take<S>(R * GH);
-  S* wrz_p = arena.take<S>(packed_b_size<S>(2 * H, H));
-  S* wn_p = arena.take<S>(packed_b_size<S>(H, H));
+  WeightN<S> wrz, wn;
+  wrz.plan(arena, a.pack, a.w_hh, 2 * H, H, seq.T);
+  wn.plan(arena, a.pack, a.w_hh + 2 * H * H, H, H, seq.T);
   S* dh_state = arena.take<S>(N * H);
   S* drh = arena.take<S>(N * H);
   const S** hrows = a.dw_hh ? arena.take<const S*>(R) : nullptr;
   S* scratch = arena.take<S>(gemm_scratch_size<S>(max_of(a.C, H, GH)));
   if (arena.sizing()) return;
 
-  pack_weight<S>(a.w_hh, 2 * H, H, wrz_p, par);
-  pack_weight<S>(a.w_hh + 2 * H * H, H, H, wn_p, par);
+  wrz.prepare(par);
+  wn.prepare(par);
   if (a.dh_n) std::memcpy(dh_state, a.dh_n, N * H * sizeof(S)); else fill_zero(N * H, dh_state);
 
   for (int64_t s = seq.T - 1; s >= 0; --s) {
@@ -714,8 +835,7 @@ void gru_reset_before_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena,
       }
     });
     // d(r*h) = dpn W_hn
-    gemm_weight<S>(rows, H, H, MatA<S>{dG + st.offset * GH + 2 * H, GH, 1}, wn_p, drh, H, false,
-                   par);
+    wn.gemm(rows, MatA<S>{dG + st.offset * GH + 2 * H, GH, 1}, drh, H, false, par);
     for_unit_vectors<S>(H, rows * 16, par, [&](int64_t u0, int64_t cnt) {
       for (int64_t i = 0; i < rows; ++i) {
         const int64_t r = st.offset + i;
@@ -728,8 +848,7 @@ void gru_reset_before_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena,
         (V::loadu(dhp, cnt) + dh_prev).store(dhp, cnt);
       }
     });
-    gemm_weight<S>(rows, H, 2 * H, MatA<S>{dG + st.offset * GH, GH, 1}, wrz_p, dh_state, H,
-                   true, par);
+    wrz.gemm(rows, MatA<S>{dG + st.offset * GH, GH, 1}, dh_state, H, true, par);
   }
   std::memcpy(a.dh0, dh_state, N * H * sizeof(S));
 
@@ -755,15 +874,16 @@ void rnn_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& p
   const int64_t N = seq.N, H = a.H;
 
   InputProjection<S> xproj;
-  xproj.plan(arena, seq, a.x, a.C, H);
-  S* whh_p = arena.take<S>(recurrent_packed_size<S, 1, U>(H, H));
+  xproj.plan(arena, a.pack, seq, a.x, a.w_ih, a.C, H);
+  Recurrent<S, 1, U> rec;
+  rec.plan(arena, a.pack, a.w_hh, H, H, N, total_rows(seq));
   HiddenState<S> hs;
   hs.plan(arena, N, H);
   if (arena.sizing()) return;
 
-  xproj.pack(a.w_ih, par);
+  xproj.w.prepare(par);
   fold_bias(xproj.bias, a.b_ih, a.b_hh, 0, H);
-  pack_recurrent<S, 1, U>(a.w_hh, H, H, whh_p, par);
+  rec.prepare(par);
   hs.init(a.h0);
 
   run_forward<S>(seq, xproj, par, [&](int64_t s, const StepInfo& st) {
@@ -780,7 +900,7 @@ void rnn_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& p
         h_new.store(hn_state + i * H + u0, cnt);
       }
     };
-    fused_step<S, 1, U>(st.rows, H, hs.prev(s), H, whh_p, H, epi, par);
+    rec.step(st.rows, hs.prev(s), H, epi, par);
   });
   gather_final(seq, a.y, H, a.h_n);
 }
@@ -792,13 +912,14 @@ void rnn_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel&
   const int64_t N = seq.N, H = a.H, R = total_rows(seq);
 
   S* dG = arena.take<S>(R * H);
-  S* whh_p = arena.take<S>(packed_b_size<S>(H, H));
+  WeightN<S> whh;
+  whh.plan(arena, a.pack, a.w_hh, H, H, seq.T);
   S* dh_state = arena.take<S>(N * H);
   const S** hrows = a.dw_hh ? arena.take<const S*>(R) : nullptr;
   S* scratch = arena.take<S>(gemm_scratch_size<S>(std::max(a.C, H)));
   if (arena.sizing()) return;
 
-  pack_weight<S>(a.w_hh, H, H, whh_p, par);
+  whh.prepare(par);
   if (a.dh_n) std::memcpy(dh_state, a.dh_n, N * H * sizeof(S)); else fill_zero(N * H, dh_state);
 
   for (int64_t s = seq.T - 1; s >= 0; --s) {
@@ -811,8 +932,7 @@ void rnn_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel&
         fusedrnn::rnn_backward<kRelu>(dh, V::loadu(a.y + r * H + u0, cnt)).store(dG + r * H + u0, cnt);
       }
     });
-    gemm_weight<S>(rows, H, H, MatA<S>{dG + st.offset * H, H, 1}, whh_p, dh_state, H, false,
-                   par);
+    whh.gemm(rows, MatA<S>{dG + st.offset * H, H, 1}, dh_state, H, false, par);
   }
   std::memcpy(a.dh0, dh_state, N * H * sizeof(S));
 

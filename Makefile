@@ -1,0 +1,49 @@
+# make bench   the main job: set-up if needed, build, run the default (quick) benchmark suite
+# make test    set-up if needed, build, run every test (pytest, ctest, CUDA compile check)
+PYTHON ?= python3
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
+export MAX_JOBS ?= $(JOBS)
+
+SOURCES := $(shell find csrc -name '*.h' -o -name '*.cpp' -o -name '*.cu' -o -name '*.cuh') setup.py
+STAMP := build/.fusedrnn-built
+
+.PHONY: all deps build bench test pytest ctest cuda-check gpu-check clean
+
+all: build
+
+deps: build/.deps
+build/.deps: tools/ensure_deps.py
+	@mkdir -p build
+	$(PYTHON) tools/ensure_deps.py
+	@touch $@
+
+build: $(STAMP)
+$(STAMP): build/.deps $(SOURCES)
+	$(PYTHON) setup.py -q build_ext --inplace
+	@touch $@
+
+bench: build
+	$(PYTHON) bench/run.py --suite quick $(BENCH_ARGS)
+
+test: pytest ctest cuda-check
+
+pytest: build
+	$(PYTHON) -m pytest -q $(PYTEST_ARGS)
+
+ctest: build/.deps
+	@if command -v cmake >/dev/null 2>&1 && [ -f CMakeLists.txt ]; then \
+	  cmake -S . -B build/cmake -DCMAKE_BUILD_TYPE=Release >/dev/null && \
+	  cmake --build build/cmake -j $(JOBS) && \
+	  ctest --test-dir build/cmake --output-on-failure; \
+	else echo "ctest: cmake not found, skipped"; fi
+
+cuda-check:
+	@if [ -x tools/cuda_compile_check.sh ]; then tools/cuda_compile_check.sh; \
+	else echo "cuda-check: no CUDA sources yet"; fi
+
+gpu-check: build
+	tools/gpu_check.sh
+
+clean:
+	rm -rf build fusedrnn/_C*.so
