@@ -8,6 +8,7 @@
 //   proj_in; see csrc/kernels/cpu/rnn_cpu.h), [0]-sized tensors otherwise.
 //   Backward returns [0]-sized tensors for gradients not wanted
 //   (need_input_grad, need_weight_grads) or for parameters that are absent.
+#include <ATen/autocast_mode.h>
 #include <torch/library.h>
 
 #include "rnn_layer.h"
@@ -209,6 +210,25 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_cell_backward(
           r.grad_h0, r.grad_w_ih, r.grad_w_hh, r.grad_b_ih, r.grad_b_hh};
 }
 
+// Autocast: like torch.nn's recurrent layers, the forward operators run in the
+// autocast dtype (the kernels still accumulate in float32 and keep the cell
+// state in float32). Casts every eligible floating input (autocast's own rule:
+// float32 on the autocast device; float64 is left alone), then calls the
+// operator again with autocast off.
+template <c10::DeviceType kDevice>
+void autocast_forward(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
+  constexpr auto key =
+      kDevice == c10::DeviceType::CUDA ? c10::DispatchKey::AutocastCUDA : c10::DispatchKey::AutocastCPU;
+  const at::ScalarType to = at::autocast::get_autocast_dtype(kDevice);
+  const size_t n = op.schema().arguments().size();
+  for (size_t i = stack->size() - n; i < stack->size(); ++i) {
+    c10::IValue& v = (*stack)[i];
+    if (v.isTensor()) v = at::autocast::cached_cast(to, v.toTensor(), kDevice);
+  }
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(key);
+  op.callBoxed(stack);
+}
+
 }  // namespace
 
 TORCH_LIBRARY(fusedrnn, m) {
@@ -289,5 +309,13 @@ TORCH_LIBRARY(fusedrnn, m) {
 
 TORCH_LIBRARY_IMPL(fusedrnn, CPU, m) { FUSEDRNN_REGISTER_KERNELS(m) }
 TORCH_LIBRARY_IMPL(fusedrnn, CUDA, m) { FUSEDRNN_REGISTER_KERNELS(m) }
+
+#define FUSEDRNN_REGISTER_AUTOCAST(m, device)                                          \
+  for (const char* name : {"lstm_forward", "lstm_cell_forward", "gru_forward",         \
+                           "gru_cell_forward", "rnn_forward", "rnn_cell_forward"})     \
+    m.impl(name, torch::CppFunction::makeFromBoxedFunction<&autocast_forward<device>>());
+
+TORCH_LIBRARY_IMPL(fusedrnn, AutocastCPU, m) { FUSEDRNN_REGISTER_AUTOCAST(m, c10::DeviceType::CPU) }
+TORCH_LIBRARY_IMPL(fusedrnn, AutocastCUDA, m) { FUSEDRNN_REGISTER_AUTOCAST(m, c10::DeviceType::CUDA) }
 
 }  // namespace fusedrnn
