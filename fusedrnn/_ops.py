@@ -65,6 +65,11 @@ def _or_empty(t, like):
     return t if t is not None else _empty(like)
 
 
+@torch.library.register_fake("fusedrnn::packed_batch_size")
+def _(batch_sizes):
+    return torch.library.get_ctx().new_dynamic_size()
+
+
 @torch.library.register_fake("fusedrnn::lstm_forward")
 def _(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, coupled, reverse, training):
     G = 3 if coupled else 4

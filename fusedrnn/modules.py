@@ -22,11 +22,20 @@ from torch.nn.parameter import Parameter
 from torch.nn.utils.rnn import PackedSequence
 
 from . import functional as F
+from ._ops import ops
 
 __all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "convert"]
 
 _GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
 _NAME = {"LSTM": "LSTM", "GRU": "GRU", "RNN_TANH": "RNN", "RNN_RELU": "RNN"}
+
+
+def _packed_batch(batch_sizes: Tensor):
+    """batch_sizes[0]; under torch.compile an operator, so the graph does not
+    break on a data-dependent value."""
+    if torch.compiler.is_compiling():
+        return ops.packed_batch_size(batch_sizes)
+    return int(batch_sizes[0])
 
 
 def _permute(hx, permutation):
@@ -194,7 +203,7 @@ class _RNNBase(nn.Module):
 
     def get_expected_hidden_size(self, input: Tensor, batch_sizes: Optional[Tensor]) -> Tuple[int, int, int]:
         if batch_sizes is not None:
-            mini_batch = int(batch_sizes[0])
+            mini_batch = _packed_batch(batch_sizes)
         else:
             mini_batch = input.size(0) if self.batch_first else input.size(1)
         num_directions = 2 if self.bidirectional else 1
@@ -202,6 +211,13 @@ class _RNNBase(nn.Module):
         return (self.num_layers * num_directions, mini_batch, size)
 
     def check_hidden_size(self, hx: Tensor, expected, msg: str = "Expected hidden size {}, got {}") -> None:
+        if torch.compiler.is_compiling():
+            # Sizes may be data-dependent (packed input): the checks become runtime
+            # asserts in the graph (the operators check again with the sizes).
+            torch._check(hx.dim() == len(expected))
+            for got, want in zip(hx.size(), expected):
+                torch._check(got == want)
+            return
         if hx.size() != expected:
             raise RuntimeError(msg.format(expected, list(hx.size())))
 
@@ -246,7 +262,7 @@ class _RNNBase(nn.Module):
         orig_input = input
         if isinstance(orig_input, PackedSequence):
             input, batch_sizes, sorted_indices, unsorted_indices = input
-            max_batch_size = int(batch_sizes[0])
+            max_batch_size = _packed_batch(batch_sizes)
             if hx is None:
                 hx = self._zeros(input, max_batch_size, real_hidden_size)
                 if lstm:
@@ -372,7 +388,7 @@ class LSTM(_RNNBase):
 
     def get_expected_cell_size(self, input: Tensor, batch_sizes: Optional[Tensor]) -> Tuple[int, int, int]:
         if batch_sizes is not None:
-            mini_batch = int(batch_sizes[0])
+            mini_batch = _packed_batch(batch_sizes)
         else:
             mini_batch = input.size(0) if self.batch_first else input.size(1)
         num_directions = 2 if self.bidirectional else 1

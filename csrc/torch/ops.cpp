@@ -229,9 +229,21 @@ void autocast_forward(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
   op.callBoxed(stack);
 }
 
+// The batch size of a packed sequence (batch_sizes[0]) as an operator, so that
+// torch.compile sees one data-dependent size instead of breaking the graph.
+c10::SymInt packed_batch_size(const Tensor& batch_sizes) {
+  TORCH_CHECK(batch_sizes.dim() == 1 && batch_sizes.numel() > 0 && batch_sizes.is_cpu() &&
+                  batch_sizes.scalar_type() == at::kLong,
+              "fusedrnn::packed_batch_size: batch_sizes must be a non-empty 1-D int64 CPU tensor, "
+              "got shape ", batch_sizes.sizes(), " dtype ", batch_sizes.scalar_type(), " on ",
+              batch_sizes.device());
+  return c10::SymInt(batch_sizes.contiguous().data_ptr<int64_t>()[0]);
+}
+
 }  // namespace
 
 TORCH_LIBRARY(fusedrnn, m) {
+  m.def("packed_batch_size(Tensor batch_sizes) -> SymInt");
   m.def(
       "lstm_forward(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor c0, Tensor w_ih, "
       "Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_ch, Tensor? w_hr, bool coupled, "
@@ -294,6 +306,7 @@ TORCH_LIBRARY(fusedrnn, m) {
 // The same kernels serve both keys: layer_forward/backward pick the device code
 // (and say clearly when a build has no CUDA).
 #define FUSEDRNN_REGISTER_KERNELS(m)                  \
+  m.impl("packed_batch_size", &packed_batch_size);   \
   m.impl("lstm_forward", &lstm_forward);             \
   m.impl("lstm_backward", &lstm_backward);           \
   m.impl("lstm_cell_forward", &lstm_cell_forward);   \
