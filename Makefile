@@ -8,7 +8,7 @@ export MAX_JOBS ?= $(JOBS)
 SOURCES := $(shell find csrc -name '*.h' -o -name '*.cpp' -o -name '*.cu' -o -name '*.cuh') setup.py
 STAMP := build/.fusedrnn-built
 
-.PHONY: all deps build bench test pytest ctest cuda-check gpu-check clean
+.PHONY: all deps build bench test pytest ctest cuda-check gpu-check sanitize clean
 
 all: build
 
@@ -47,3 +47,7 @@ gpu-check: build
 
 clean:
 	rm -rf build fusedrnn/_C*.so
+
+# AddressSanitizer + UndefinedBehaviorSanitizer build of the CPU extension, CPU tests under it.
+sanitize: build/.deps
+	tools/sanitize.sh $(SANITIZE_ARGS)

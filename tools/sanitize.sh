@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Builds the CPU extension with AddressSanitizer and UndefinedBehaviorSanitizer
+# into build/sanitize/ (the normal in-place build is untouched) and runs the CPU
+# tests against it. Extra arguments go to pytest (e.g. -k lstm).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+out=build/sanitize
+pkg=$out/pkg
+rm -rf "$pkg"
+mkdir -p "$pkg"
+cp -r fusedrnn "$pkg/"
+rm -rf "$pkg"/fusedrnn/_C*.so "$pkg"/fusedrnn/__pycache__
+FUSEDRNN_CUDA=0 FUSEDRNN_SANITIZE=address,undefined "$PYTHON" setup.py -q build_ext \
+  --build-temp "$out/tmp" --build-lib "$pkg"
+runtime="$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=libubsan.so)"
+# Leak detection is off: the Python interpreter itself does not free everything
+# at exit; leaks of fusedrnn's own memory are covered by tests/test_reliability.py.
+export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:strict_init_order=1:check_initialization_order=1
+export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+LD_PRELOAD="$runtime" PYTHONPATH="$PWD/$pkg" "$PYTHON" -m pytest -q -p no:cacheprovider \
+  -m "not cuda and not slow" "${@:-tests}"
