@@ -70,7 +70,7 @@ def make_extension():
     sources = [s for s in sources if not s.endswith("_cuda.cpp")]
     sources += [f"csrc/kernels/cpu/isa_{isa}.cpp" for isa in isas]
 
-    cxx = ["-O3", "-fopenmp", "-fvisibility=hidden", "-Wall", "-Wno-unknown-pragmas"]
+    cxx = ["-O3", "-fopenmp", "-fvisibility=hidden", "-Wall", "-Wno-unknown-pragmas", "-Wno-maybe-uninitialized"]
     if os.environ.get("FUSEDRNN_SANITIZE"):
         san = os.environ["FUSEDRNN_SANITIZE"]
         cxx += [f"-fsanitize={san}", "-fno-omit-frame-pointer", "-g", "-O1"]

@@ -12,6 +12,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cstring>
 #include <type_traits>
 
 #include <ATen/cpu/vec/functional.h>
@@ -120,6 +121,11 @@ void pack_b(const MatB<S>& B, int64_t k0, int64_t kc, int64_t N, S* dst,
             (cnt > 0 ? V::loadu(src + v * L, cnt) : V(S(0))).store(d + v * L);
           }
         }
+      } else if (B.rows == nullptr && B.rs == 1) {
+        // B = W^T with W [N, K] row-major: a transpose of the block of W.
+        if (nj < NR) std::memset(d, 0, kc * NR * sizeof(S));
+        at::vec::transpose_mxn<S>(B.ptr + j0 * B.cs + k0, B.cs, d, NR, static_cast<int>(nj),
+                                  static_cast<int>(kc));
       } else {
         for (int64_t k = 0; k < kc; ++k) {
           const S* src = B.row(k0 + k);

@@ -10,6 +10,14 @@
 #include <cstddef>
 #include <cstdint>
 
+// For the epilogue lambdas of the fused step: inlined, their accumulators stay
+// in registers instead of being passed through memory.
+#if defined(__GNUC__)
+#define FRNN_ALWAYS_INLINE __attribute__((always_inline))
+#else
+#define FRNN_ALWAYS_INLINE
+#endif
+
 namespace fusedrnn::cpu {
 
 struct Parallel {

@@ -53,13 +53,19 @@ void pack_recurrent(const S* w, int64_t H, int64_t K, S* dst, const Parallel& pa
   par(npanel, grain_for(K * NV * L), [&](int64_t pb, int64_t pe) {
     for (int64_t p = pb; p < pe; ++p) {
       S* d = dst + p * K * NV * L;
+      if ((p + 1) * U * L > H) std::memset(d, 0, K * NV * L * sizeof(S));
       for (int g = 0; g < G; ++g) {
         for (int u = 0; u < U; ++u) {
-          for (int l = 0; l < L; ++l) {
-            const int64_t unit = (p * U + u) * L + l;
-            const int64_t col = (g * U + u) * L + l;
-            const S* src = unit < H ? w + (g * H + unit) * K : nullptr;
-            for (int64_t k = 0; k < K; ++k) d[k * NV * L + col] = src ? src[k] : S(0);
+          // Units base..base+L-1 of gate g: L rows of W, transposed into the
+          // panel's columns (g*U + u)*L + l, row stride NV*L.
+          const int64_t base = (p * U + u) * L;
+          const int64_t rows = std::min<int64_t>(L, H - base);
+          if (rows <= 0) continue;
+          const S* src = w + (g * H + base) * K;
+          for (int64_t k0 = 0; k0 < K; k0 += 256) {
+            const int64_t kc = std::min<int64_t>(256, K - k0);
+            at::vec::transpose_mxn<S>(src + k0, K, d + k0 * NV * L + (g * U + u) * L, NV * L,
+                                      static_cast<int>(rows), static_cast<int>(kc));
           }
         }
       }
@@ -464,7 +470,7 @@ void lstm_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& 
     // Where h' = o*tanh(c') goes: the output, or the projection's input.
     S* hout = proj ? (a.training ? a.proj_in + st.offset * H : r_scratch) : a.y + st.offset * P;
     const int64_t ldo = proj ? H : P;
-    auto epi = [&](int64_t i, int64_t p, const V* acc) {
+    auto epi = [&](int64_t i, int64_t p, const V* acc) FRNN_ALWAYS_INLINE {
       const int64_t u0 = p * L;
       const int64_t cnt = std::min<int64_t>(L, H - u0);
       const S* gx = xproj.row(st.offset + i) + u0;
@@ -640,7 +646,7 @@ void gru_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& p
     S* hn_state = hs.next(s);
     S* y = a.y + st.offset * H;
     S* gates = a.training ? a.gates + st.offset * 4 * H : nullptr;
-    auto epi = [&](int64_t i, int64_t p, const V* acc) {
+    auto epi = [&](int64_t i, int64_t p, const V* acc) FRNN_ALWAYS_INLINE {
       const int64_t u0 = p * L;
       const int64_t cnt = std::min<int64_t>(L, H - u0);
       const S* gx = xproj.row(st.offset + i) + u0;
@@ -702,7 +708,7 @@ void gru_reset_before_forward_seq(const SeqForwardArgs<S>& a, Arena& arena,
     S* zd = gates ? gates + H : z_scratch;
     const int64_t ldz = gates ? GH : H;
     S* rh = a.training ? a.states + st.offset * H : rh_scratch;
-    auto epi_rz = [&](int64_t i, int64_t p, const V* acc) {
+    auto epi_rz = [&](int64_t i, int64_t p, const V* acc) FRNN_ALWAYS_INLINE {
       const S* gx = xproj.row(st.offset + i);
       for (int u = 0; u < U1; ++u) {
         const int64_t u0 = (p * U1 + u) * L;
@@ -716,7 +722,7 @@ void gru_reset_before_forward_seq(const SeqForwardArgs<S>& a, Arena& arena,
       }
     };
     rec_rz.step(st.rows, hp, H, epi_rz, par);
-    auto epi_n = [&](int64_t i, int64_t p, const V* acc) {
+    auto epi_n = [&](int64_t i, int64_t p, const V* acc) FRNN_ALWAYS_INLINE {
       const S* gx = xproj.row(st.offset + i);
       for (int u = 0; u < U2; ++u) {
         const int64_t u0 = (p * U2 + u) * L;
@@ -889,7 +895,7 @@ void rnn_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& p
   run_forward<S>(seq, xproj, par, [&](int64_t s, const StepInfo& st) {
     S* hn_state = hs.next(s);
     S* y = a.y + st.offset * H;
-    auto epi = [&](int64_t i, int64_t p, const V* acc) {
+    auto epi = [&](int64_t i, int64_t p, const V* acc) FRNN_ALWAYS_INLINE {
       const S* gx = xproj.row(st.offset + i);
       for (int u = 0; u < U; ++u) {
         const int64_t u0 = (p * U + u) * L;
