@@ -433,23 +433,5 @@ void gemm_nt(int64_t M, int64_t N, int64_t K, const S* a, int64_t lda, const S* 
   });
 }
 
-// dst[j] (+)= sum_i src[i*ld + j] for j < n: a bias gradient.
-template <typename S>
-void column_sum(int64_t rows, int64_t n, const S* src, int64_t ld, S* dst, bool accumulate,
-                const Parallel& par) {
-  using V = Vec<S>;
-  constexpr int L = V::size();
-  const int64_t nvec = ceil_div<int64_t>(n, L);
-  par(nvec, grain_for(rows * L), [&](int64_t vb, int64_t ve) {
-    for (int64_t v = vb; v < ve; ++v) {
-      const int64_t j = v * L;
-      const int64_t cnt = std::min<int64_t>(L, n - j);
-      V s = accumulate ? V::loadu(dst + j, cnt) : V(S(0));
-      for (int64_t i = 0; i < rows; ++i) s = s + V::loadu(src + i * ld + j, cnt);
-      s.store(dst + j, cnt);
-    }
-  });
-}
-
 }  // namespace CPU_CAPABILITY
 }  // namespace fusedrnn::cpu

@@ -391,8 +391,9 @@ struct GateBlock {
   int64_t col, wrow, n;
 };
 
+// dsum: the column sums of dG (accumulated by the pointwise passes).
 template <typename S>
-void input_side_grads(const SeqBackwardArgs<S>& a, const S* dG, int64_t ldg,
+void input_side_grads(const SeqBackwardArgs<S>& a, const S* dG, int64_t ldg, const S* dsum,
                       const GateBlock* blocks, int nblocks, S* scratch,
                       const Parallel& par) {
   const int64_t R = total_rows(a.seq);
@@ -404,7 +405,7 @@ void input_side_grads(const SeqBackwardArgs<S>& a, const S* dG, int64_t ldg,
     if (a.dw_ih)
       gemm<S>(g.n, a.C, R, MatA<S>{dG + g.col, 1, ldg}, MatB<S>{a.x, a.C, 1},
               a.dw_ih + g.wrow * a.C, a.C, false, scratch, par);
-    if (a.db_ih) column_sum<S>(R, g.n, dG + g.col, ldg, a.db_ih + g.wrow, false, par);
+    if (a.db_ih) std::memcpy(a.db_ih + g.wrow, dsum + g.col, g.n * sizeof(S));
   }
 }
 
@@ -416,6 +417,13 @@ void recurrent_weight_grad(const SeqBackwardArgs<S>& a, const S* dG, int64_t ldg
   if (!a.dw_hh) return;
   gemm<S>(n, K, total_rows(a.seq), MatA<S>{dG + col, 1, ldg}, B, a.dw_hh + wrow * K, K,
           false, scratch, par);
+}
+
+// dst[0:cnt] += v: the per-unit sums (bias and peephole gradients) that the
+// task owning those units adds once per step.
+template <typename S>
+inline void add_into(S* dst, const Vec<S>& v, int64_t cnt) {
+  (Vec<S>::loadu(dst, cnt) + v).store(dst, cnt);
 }
 
 template <typename S>
@@ -519,6 +527,7 @@ void lstm_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel
   const bool proj = a.w_hr != nullptr;
 
   S* dG = arena.take<S>(R * GH);
+  S* dsum = arena.take<S>(GH);
   WeightN<S> whh;
   whh.plan(arena, a.pack, a.w_hh, GH, P, seq.T);
   WeightN<S> whr;
@@ -536,6 +545,7 @@ void lstm_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel
   if (a.dh_n) std::memcpy(dh_state, a.dh_n, N * P * sizeof(S)); else fill_zero(N * P, dh_state);
   if (a.dc_n) std::memcpy(dc_state, a.dc_n, N * H * sizeof(S)); else fill_zero(N * H, dc_state);
   if (a.dw_ch) fill_zero((G - 1) * H, a.dw_ch);
+  fill_zero(GH, dsum);
 
   const S* wci = kPeephole && !kCoupled ? a.w_ch : nullptr;
   const S* wcf = kPeephole ? a.w_ch + (kCoupled ? 0 : H) : nullptr;
@@ -560,7 +570,7 @@ void lstm_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel
       const V vci = kPeephole && !kCoupled ? V::loadu(wci + u0, cnt) : zero;
       const V vcf = kPeephole ? V::loadu(wcf + u0, cnt) : zero;
       const V vco = kPeephole ? V::loadu(wco + u0, cnt) : zero;
-      V sci = zero, scf = zero, sco = zero;
+      V sci = zero, scf = zero, sco = zero, sdi = zero, sdf = zero, sdg = zero, sdo = zero;
       for (int64_t i = 0; i < rows; ++i) {
         const int64_t r = st.offset + i;
         const V dh = proj ? V::loadu(dr + i * H + u0, cnt)
@@ -584,16 +594,24 @@ void lstm_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel
         dpg.store(d + gg * H, cnt);
         dpo.store(d + go * H, cnt);
         dc_prev.store(dcp, cnt);
+        sdi = sdi + dpi;
+        sdf = sdf + dpf;
+        sdg = sdg + dpg;
+        sdo = sdo + dpo;
         if (kPeephole) {
           sci = sci + dwi;
           scf = scf + dwf;
           sco = sco + dwo;
         }
       }
+      if (!kCoupled) add_into(dsum + gi * H + u0, sdi, cnt);
+      add_into(dsum + gf * H + u0, sdf, cnt);
+      add_into(dsum + gg * H + u0, sdg, cnt);
+      add_into(dsum + go * H + u0, sdo, cnt);
       if (kPeephole && a.dw_ch) {
-        if (!kCoupled) (V::loadu(dwci + u0, cnt) + sci).store(dwci + u0, cnt);
-        (V::loadu(dwcf + u0, cnt) + scf).store(dwcf + u0, cnt);
-        (V::loadu(dwco + u0, cnt) + sco).store(dwco + u0, cnt);
+        if (!kCoupled) add_into(dwci + u0, sci, cnt);
+        add_into(dwcf + u0, scf, cnt);
+        add_into(dwco + u0, sco, cnt);
       }
     });
     whh.gemm(rows, MatA<S>{dG + st.offset * GH, GH, 1}, dh_state, P, false, par);
@@ -602,8 +620,8 @@ void lstm_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel
   std::memcpy(a.dc0, dc_state, N * H * sizeof(S));
 
   const GateBlock all{0, 0, GH};
-  input_side_grads(a, dG, GH, &all, 1, scratch, par);
-  if (a.db_hh) column_sum<S>(R, GH, dG, GH, a.db_hh, false, par);
+  input_side_grads(a, dG, GH, dsum, &all, 1, scratch, par);
+  if (a.db_hh) std::memcpy(a.db_hh, dsum, GH * sizeof(S));
   if (hrows) {
     previous_rows(seq, a.y, a.h0, P, hrows);
     recurrent_weight_grad(a, dG, GH, 0, 0, GH, MatB<S>{nullptr, 0, 1, hrows}, P, scratch, par);
@@ -751,6 +769,7 @@ void gru_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel&
   const int64_t N = seq.N, H = a.H, R = total_rows(seq), ldg = 4 * H;
 
   S* dG = arena.take<S>(R * ldg);
+  S* dsum = arena.take<S>(ldg);
   WeightN<S> whh;
   whh.plan(arena, a.pack, a.w_hh, 3 * H, H, seq.T);
   S* dh_state = arena.take<S>(N * H);
@@ -760,12 +779,14 @@ void gru_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel&
 
   whh.prepare(par);
   if (a.dh_n) std::memcpy(dh_state, a.dh_n, N * H * sizeof(S)); else fill_zero(N * H, dh_state);
+  fill_zero(ldg, dsum);
 
   for (int64_t s = seq.T - 1; s >= 0; --s) {
     const StepInfo st = seq.step(s);
     const int64_t rows = st.rows;
     const S* dy = a.dy + st.offset * H;
     for_unit_vectors<S>(H, rows * 32, par, [&](int64_t u0, int64_t cnt) {
+      V sr(S(0)), sz(S(0)), shn(S(0)), sxn(S(0));
       for (int64_t i = 0; i < rows; ++i) {
         const int64_t r = st.offset + i;
         S* dhp = dh_state + i * H + u0;
@@ -782,15 +803,23 @@ void gru_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel&
         dhn.store(d + 2 * H, cnt);
         dpn.store(d + 3 * H, cnt);
         dh_prev.store(dhp, cnt);
+        sr = sr + dpr;
+        sz = sz + dpz;
+        shn = shn + dhn;
+        sxn = sxn + dpn;
       }
+      add_into(dsum + u0, sr, cnt);
+      add_into(dsum + H + u0, sz, cnt);
+      add_into(dsum + 2 * H + u0, shn, cnt);
+      add_into(dsum + 3 * H + u0, sxn, cnt);
     });
     whh.gemm(rows, MatA<S>{dG + st.offset * ldg, ldg, 1}, dh_state, H, true, par);
   }
   std::memcpy(a.dh0, dh_state, N * H * sizeof(S));
 
   const GateBlock blocks[2] = {{0, 0, 2 * H}, {3 * H, 2 * H, H}};
-  input_side_grads(a, dG, ldg, blocks, 2, scratch, par);
-  if (a.db_hh) column_sum<S>(R, 3 * H, dG, ldg, a.db_hh, false, par);
+  input_side_grads(a, dG, ldg, dsum, blocks, 2, scratch, par);
+  if (a.db_hh) std::memcpy(a.db_hh, dsum, 3 * H * sizeof(S));
   if (hrows) {
     previous_rows(seq, a.y, a.h0, H, hrows);
     recurrent_weight_grad(a, dG, ldg, 0, 0, 3 * H, MatB<S>{nullptr, 0, 1, hrows}, H, scratch,
@@ -807,6 +836,7 @@ void gru_reset_before_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena,
   const int64_t N = seq.N, H = a.H, R = total_rows(seq), GH = 3 * H;
 
   S* dG = arena.take<S>(R * GH);
+  S* dsum = arena.take<S>(GH);
   WeightN<S> wrz, wn;
   wrz.plan(arena, a.pack, a.w_hh, 2 * H, H, seq.T);
   wn.plan(arena, a.pack, a.w_hh + 2 * H * H, H, H, seq.T);
@@ -819,12 +849,14 @@ void gru_reset_before_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena,
   wrz.prepare(par);
   wn.prepare(par);
   if (a.dh_n) std::memcpy(dh_state, a.dh_n, N * H * sizeof(S)); else fill_zero(N * H, dh_state);
+  fill_zero(GH, dsum);
 
   for (int64_t s = seq.T - 1; s >= 0; --s) {
     const StepInfo st = seq.step(s);
     const int64_t rows = st.rows;
     const S* dy = a.dy + st.offset * H;
     for_unit_vectors<S>(H, rows * 32, par, [&](int64_t u0, int64_t cnt) {
+      V sz(S(0)), sn(S(0));
       for (int64_t i = 0; i < rows; ++i) {
         const int64_t r = st.offset + i;
         S* dhp = dh_state + i * H + u0;
@@ -838,11 +870,16 @@ void gru_reset_before_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena,
         dpz.store(d + H, cnt);
         dpn.store(d + 2 * H, cnt);
         dh_prev.store(dhp, cnt);
+        sz = sz + dpz;
+        sn = sn + dpn;
       }
+      add_into(dsum + H + u0, sz, cnt);
+      add_into(dsum + 2 * H + u0, sn, cnt);
     });
     // d(r*h) = dpn W_hn
     wn.gemm(rows, MatA<S>{dG + st.offset * GH + 2 * H, GH, 1}, drh, H, false, par);
     for_unit_vectors<S>(H, rows * 16, par, [&](int64_t u0, int64_t cnt) {
+      V sr(S(0));
       for (int64_t i = 0; i < rows; ++i) {
         const int64_t r = st.offset + i;
         S* dhp = dh_state + i * H + u0;
@@ -852,15 +889,17 @@ void gru_reset_before_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena,
                                   V::loadu(a.gates + r * GH + u0, cnt), h, dpr, dh_prev);
         dpr.store(dG + r * GH + u0, cnt);
         (V::loadu(dhp, cnt) + dh_prev).store(dhp, cnt);
+        sr = sr + dpr;
       }
+      add_into(dsum + u0, sr, cnt);
     });
     wrz.gemm(rows, MatA<S>{dG + st.offset * GH, GH, 1}, dh_state, H, true, par);
   }
   std::memcpy(a.dh0, dh_state, N * H * sizeof(S));
 
   const GateBlock all{0, 0, GH};
-  input_side_grads(a, dG, GH, &all, 1, scratch, par);
-  if (a.db_hh) column_sum<S>(R, GH, dG, GH, a.db_hh, false, par);
+  input_side_grads(a, dG, GH, dsum, &all, 1, scratch, par);
+  if (a.db_hh) std::memcpy(a.db_hh, dsum, GH * sizeof(S));
   if (hrows) {
     previous_rows(seq, a.y, a.h0, H, hrows);
     recurrent_weight_grad(a, dG, GH, 0, 0, 2 * H, MatB<S>{nullptr, 0, 1, hrows}, H, scratch,
@@ -918,33 +957,39 @@ void rnn_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel&
   const int64_t N = seq.N, H = a.H, R = total_rows(seq);
 
   S* dG = arena.take<S>(R * H);
+  S* dsum = arena.take<S>(H);
   WeightN<S> whh;
   whh.plan(arena, a.pack, a.w_hh, H, H, seq.T);
   S* dh_state = arena.take<S>(N * H);
   const S** hrows = a.dw_hh ? arena.take<const S*>(R) : nullptr;
-  S* scratch = arena.take<S>(gemm_scratch_size<S>(std::max(a.C, H)));
+  S* scratch = arena.take<S>(gemm_scratch_size<S>(max_of(a.C, H)));
   if (arena.sizing()) return;
 
   whh.prepare(par);
   if (a.dh_n) std::memcpy(dh_state, a.dh_n, N * H * sizeof(S)); else fill_zero(N * H, dh_state);
+  fill_zero(H, dsum);
 
   for (int64_t s = seq.T - 1; s >= 0; --s) {
     const StepInfo st = seq.step(s);
     const int64_t rows = st.rows;
     for_unit_vectors<S>(H, rows * 8, par, [&](int64_t u0, int64_t cnt) {
+      V sp(S(0));
       for (int64_t i = 0; i < rows; ++i) {
         const int64_t r = st.offset + i;
         const V dh = V::loadu(a.dy + r * H + u0, cnt) + V::loadu(dh_state + i * H + u0, cnt);
-        fusedrnn::rnn_backward<kRelu>(dh, V::loadu(a.y + r * H + u0, cnt)).store(dG + r * H + u0, cnt);
+        const V dp = fusedrnn::rnn_backward<kRelu>(dh, V::loadu(a.y + r * H + u0, cnt));
+        dp.store(dG + r * H + u0, cnt);
+        sp = sp + dp;
       }
+      add_into(dsum + u0, sp, cnt);
     });
     whh.gemm(rows, MatA<S>{dG + st.offset * H, H, 1}, dh_state, H, false, par);
   }
   std::memcpy(a.dh0, dh_state, N * H * sizeof(S));
 
   const GateBlock all{0, 0, H};
-  input_side_grads(a, dG, H, &all, 1, scratch, par);
-  if (a.db_hh) column_sum<S>(R, H, dG, H, a.db_hh, false, par);
+  input_side_grads(a, dG, H, dsum, &all, 1, scratch, par);
+  if (a.db_hh) std::memcpy(a.db_hh, dsum, H * sizeof(S));
   if (hrows) {
     previous_rows(seq, a.y, a.h0, H, hrows);
     recurrent_weight_grad(a, dG, H, 0, 0, H, MatB<S>{nullptr, 0, 1, hrows}, H, scratch, par);
