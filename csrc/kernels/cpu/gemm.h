@@ -194,43 +194,74 @@ inline void gemm_tile(int64_t kc, const S* a, int64_t ars, int64_t acs, const S*
 // bp + p*panel_stride and its row k at + k*bstride (see gemm_tile). Packed B:
 // panel_stride = kc*NR, bstride = NR. Row-major B in place: panel_stride = NR,
 // bstride = row stride, direct = true (the last panel is read with a mask).
+// The work is split into tasks (a block of rows x one panel) that run(task)
+// does independently, so that callers can schedule them (see phases.h).
+template <typename S, int NV = kGemmNV>
+struct PanelGemm {
+  static constexpr int L = Vec<S>::size();
+  static constexpr int NR = NV * L;
+  static constexpr int MR = tile_rows(NV);
+  int64_t M, N, kc;
+  MatA<S> A;
+  const S* bp;
+  int64_t panel_stride, bstride;
+  bool direct;
+  S* c;
+  int64_t ldc;
+  bool accumulate;
+  const S* bias;
+  int64_t npanel = 0, mc = 0, nmb = 0;
+
+  PanelGemm(int64_t M_, int64_t N_, int64_t kc_, const MatA<S>& A_, const S* bp_,
+            int64_t panel_stride_, int64_t bstride_, bool direct_, S* c_, int64_t ldc_,
+            bool accumulate_, const S* bias_ = nullptr)
+      : M(M_), N(N_), kc(kc_), A(A_), bp(bp_), panel_stride(panel_stride_), bstride(bstride_),
+        direct(direct_), c(c_), ldc(ldc_), accumulate(accumulate_), bias(bias_) {
+    if (M <= 0 || N <= 0) return;
+    npanel = ceil_div<int64_t>(N, NR);
+    // Rows per block: the block of A (MC x kc) stays in L2 while the panels of B pass.
+    const int64_t mc_cap = std::max<int64_t>(
+        MR, (int64_t{192} << 10) / (sizeof(S) * std::max<int64_t>(kc, 1)) / MR * MR);
+    mc = std::min<int64_t>(round_up<int64_t>(M, MR), mc_cap);
+    nmb = ceil_div<int64_t>(M, mc);
+  }
+  int64_t tasks() const { return nmb * npanel; }
+  int64_t fma_per_task() const { return mc * kc * NR; }
+
+  void run(int64_t task) const {
+    const int64_t mb = task / npanel;
+    const int64_t p = task % npanel;
+    const int64_t m0 = mb * mc;
+    const int64_t m1 = std::min<int64_t>(M, m0 + mc);
+    const int64_t n_valid = std::min<int64_t>(NR, N - p * NR);
+    const S* bpp = bp + p * panel_stride;
+    const S* bias_p = bias ? bias + p * NR : nullptr;
+    const bool masked = direct && n_valid < NR;
+    for_row_tiles<MR>(m1 - m0, [&](auto R, int64_t i) {
+      constexpr int kR = decltype(R)::value;
+      const int64_t m = m0 + i;
+      S* cm = c + m * ldc + p * NR;
+      if (masked)
+        gemm_tile<S, kR, NV, true>(kc, A.ptr + m * A.rs, A.rs, A.cs, bpp, bstride, cm, ldc,
+                                   n_valid, accumulate, bias_p);
+      else
+        gemm_tile<S, kR, NV, false>(kc, A.ptr + m * A.rs, A.rs, A.cs, bpp, bstride, cm, ldc,
+                                    n_valid, accumulate, bias_p);
+    });
+  }
+  void run_all(const Parallel& par) const {
+    par(tasks(), grain_for(fma_per_task()), [&](int64_t tb, int64_t te) {
+      for (int64_t t = tb; t < te; ++t) run(t);
+    });
+  }
+};
+
 template <typename S, int NV = kGemmNV>
 void gemm_panels(int64_t M, int64_t N, int64_t kc, const MatA<S>& A, const S* bp,
                  int64_t panel_stride, int64_t bstride, bool direct, S* c, int64_t ldc,
                  bool accumulate, const Parallel& par, const S* bias = nullptr) {
-  constexpr int L = Vec<S>::size();
-  constexpr int NR = NV * L;
-  constexpr int MR = tile_rows(NV);
-  if (M <= 0 || N <= 0) return;
-  const int64_t npanel = ceil_div<int64_t>(N, NR);
-  // Rows per block: the block of A (MC x kc) stays in L2 while the panels of B pass.
-  const int64_t mc_cap = std::max<int64_t>(
-      MR, (int64_t{192} << 10) / (sizeof(S) * std::max<int64_t>(kc, 1)) / MR * MR);
-  const int64_t mc = std::min<int64_t>(round_up<int64_t>(M, MR), mc_cap);
-  const int64_t nmb = ceil_div<int64_t>(M, mc);
-  par(nmb * npanel, grain_for(mc * kc * NR), [&](int64_t tb, int64_t te) {
-    for (int64_t task = tb; task < te; ++task) {
-      const int64_t mb = task / npanel;
-      const int64_t p = task % npanel;
-      const int64_t m0 = mb * mc;
-      const int64_t m1 = std::min<int64_t>(M, m0 + mc);
-      const int64_t n_valid = std::min<int64_t>(NR, N - p * NR);
-      const S* bpp = bp + p * panel_stride;
-      const S* bias_p = bias ? bias + p * NR : nullptr;
-      const bool masked = direct && n_valid < NR;
-      for_row_tiles<MR>(m1 - m0, [&](auto R, int64_t i) {
-        constexpr int kR = decltype(R)::value;
-        const int64_t m = m0 + i;
-        S* cm = c + m * ldc + p * NR;
-        if (masked)
-          gemm_tile<S, kR, NV, true>(kc, A.ptr + m * A.rs, A.rs, A.cs, bpp, bstride, cm, ldc,
-                                     n_valid, accumulate, bias_p);
-        else
-          gemm_tile<S, kR, NV, false>(kc, A.ptr + m * A.rs, A.rs, A.cs, bpp, bstride, cm, ldc,
-                                      n_valid, accumulate, bias_p);
-      });
-    }
-  });
+  PanelGemm<S, NV>(M, N, kc, A, bp, panel_stride, bstride, direct, c, ldc, accumulate, bias)
+      .run_all(par);
 }
 
 // Elements of packed B for a K x N matrix (the whole K, for weights packed once).

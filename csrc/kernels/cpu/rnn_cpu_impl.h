@@ -17,14 +17,17 @@
 #include <cstring>
 
 #include "gemm.h"
+#include "phases.h"
 #include "rnn_cpu.h"
 
 namespace fusedrnn::cpu {
 inline namespace CPU_CAPABILITY {
 
-// Target size of the Gx chunk: large enough for an efficient GEMM, small enough
-// to stay in L2/L3 until the steps consume it.
-constexpr int64_t kChunkBytes = int64_t{2} << 20;
+// The Gx chunk: at least kChunkMinRows rows, so that the packed W_ih streamed
+// once per chunk serves many rows, and otherwise about kChunkBytes, so that it
+// stays in L2 (1 MB per core on Zen 5) until the steps consume it.
+constexpr int64_t kChunkBytes = int64_t{512} << 10;
+constexpr int64_t kChunkMinRows = 256;
 
 inline int64_t total_rows(const SeqLayout& seq) { return seq.offsets[seq.T]; }
 
@@ -101,33 +104,6 @@ inline void recurrent_tile(int64_t K, const S* a, int64_t lda, const S* wp, int6
   for (int i = 0; i < MR; ++i) epi(row0 + i, panel, acc[i]);
 }
 
-// One step of the fused recurrence for rows [0, rows): the recurrent input is
-// a [rows, K] (row stride lda), the packed weight wp (pack_recurrent<G, U>).
-template <typename S, int G, int U, typename Epi>
-void fused_step(int64_t rows, int64_t K, const S* a, int64_t lda, const S* wp, int64_t H,
-                const Epi& epi, const Parallel& par) {
-  constexpr int L = Vec<S>::size();
-  constexpr int NV = G * U;
-  constexpr int MR = tile_rows(NV);
-  constexpr int64_t kRowBlock = 8 * MR;
-  const int64_t npanel = ceil_div<int64_t>(H, U * L);
-  const int64_t nrb = ceil_div<int64_t>(rows, kRowBlock);
-  const int64_t panel_stride = K * NV * L;
-  const int64_t fma_per_task = std::min<int64_t>(rows, kRowBlock) * K * NV * L;
-  par(npanel * nrb, grain_for(fma_per_task), [&](int64_t tb, int64_t te) {
-    for (int64_t task = tb; task < te; ++task) {
-      const int64_t p = task / nrb;
-      const int64_t r0 = (task % nrb) * kRowBlock;
-      const int64_t r1 = std::min<int64_t>(rows, r0 + kRowBlock);
-      const S* wpp = wp + p * panel_stride;
-      for_row_tiles<MR>(r1 - r0, [&](auto R, int64_t i) {
-        recurrent_tile<S, decltype(R)::value, NV>(K, a + (r0 + i) * lda, lda, wpp, r0 + i, p,
-                                                  epi);
-      });
-    }
-  });
-}
-
 // Packing a weight costs about one move per element; a product that reads the
 // weight in place pays instead a horizontal sum per output (transposed weight)
 // or nothing (row-major weight). So weights are packed when they serve enough
@@ -138,8 +114,19 @@ inline bool worth_packing(PackPolicy policy, int64_t uses, int64_t K) {
   return policy == PackPolicy::kAlways || (policy == PackPolicy::kAuto && uses * kPackReuse > K);
 }
 
+// A Parallel that runs everything on the calling thread: for work done inside a
+// task (a product in place, which is one task).
+inline const Parallel& serial() {
+  static const Parallel p{nullptr, 1};
+  return p;
+}
+
+// Every product below is a set of independent tasks (tasks(), run(task)), so
+// that a whole pass can be scheduled as ordered phases in one parallel region
+// (phases.h).
+
 // C = A * W^T for a Linear-style weight W [N, K]: packed once, or dot products
-// in place (gemm_nt).
+// in place (gemm_nt, one task).
 template <typename S>
 struct WeightT {
   const S* w = nullptr;
@@ -155,10 +142,26 @@ struct WeightT {
   void prepare(const Parallel& par) const {
     if (packed) pack_weight_t<S>(w, N, K, packed, par);
   }
+  PanelGemm<S> product(int64_t M, const S* a, int64_t lda, S* c, int64_t ldc, bool accumulate,
+                       const S* bias) const {
+    constexpr int NR = kGemmNV * Vec<S>::size();
+    return PanelGemm<S>(M, N, K, MatA<S>{a, lda, 1}, packed, K * NR, NR, false, c, ldc,
+                        accumulate, bias);
+  }
+  int64_t tasks(int64_t M) const {
+    return packed ? product(M, nullptr, 0, nullptr, 0, false, nullptr).tasks() : (M > 0 ? 1 : 0);
+  }
+  void run(int64_t M, const S* a, int64_t lda, S* c, int64_t ldc, bool accumulate,
+           const S* bias, int64_t task) const {
+    if (packed)
+      product(M, a, lda, c, ldc, accumulate, bias).run(task);
+    else
+      gemm_nt<S>(M, N, K, a, lda, w, K, c, ldc, accumulate, serial(), bias);
+  }
   void gemm(int64_t M, const S* a, int64_t lda, S* c, int64_t ldc, bool accumulate,
             const Parallel& par, const S* bias = nullptr) const {
     if (packed)
-      gemm_weight<S>(M, N, K, MatA<S>{a, lda, 1}, packed, c, ldc, accumulate, par, bias);
+      product(M, a, lda, c, ldc, accumulate, bias).run_all(par);
     else
       gemm_nt<S>(M, N, K, a, lda, w, K, c, ldc, accumulate, par, bias);
   }
@@ -182,22 +185,24 @@ struct WeightN {
   void prepare(const Parallel& par) const {
     if (packed) pack_weight<S>(w, K, N, packed, par);
   }
-  void gemm(int64_t M, const MatA<S>& A, S* c, int64_t ldc, bool accumulate,
-            const Parallel& par) const {
+  PanelGemm<S> product(int64_t M, const MatA<S>& A, S* c, int64_t ldc, bool accumulate) const {
     constexpr int NR = kGemmNV * Vec<S>::size();
-    if (packed)
-      gemm_weight<S>(M, N, K, A, packed, c, ldc, accumulate, par);
-    else
-      gemm_panels<S>(M, N, K, A, w, NR, N, true, c, ldc, accumulate, par);
+    return packed ? PanelGemm<S>(M, N, K, A, packed, K * NR, NR, false, c, ldc, accumulate)
+                  : PanelGemm<S>(M, N, K, A, w, NR, N, true, c, ldc, accumulate);
   }
+  int64_t tasks(int64_t M) const { return product(M, MatA<S>{}, nullptr, 0, false).tasks(); }
 };
 
 // The recurrent product of the forward step, h W^T for the G gate blocks of
 // W [G*H, K], handed to the cell's epilogue in registers: fused with the packed
-// weight (fused_step), or for a single step, dot products in place into a
-// scratch [N, G*H] that the epilogue then reads.
+// weight (tasks: panels x blocks of rows), or for a single step, dot products in
+// place into a scratch [N, G*H] that the epilogue then reads (one task).
 template <typename S, int G, int U>
 struct Recurrent {
+  static constexpr int L = Vec<S>::size();
+  static constexpr int NV = G * U;
+  static constexpr int MR = tile_rows(NV);
+  static constexpr int64_t kRowBlock = 8 * MR;
   const S* w = nullptr;
   int64_t H = 0, K = 0;
   S* packed = nullptr;
@@ -216,44 +221,65 @@ struct Recurrent {
   void prepare(const Parallel& par) const {
     if (packed) pack_recurrent<S, G, U>(w, H, K, packed, par);
   }
+  int64_t panels() const { return ceil_div<int64_t>(H, U * L); }
+  int64_t tasks(int64_t rows) const {
+    return packed ? panels() * ceil_div<int64_t>(rows, kRowBlock) : 1;
+  }
+  // Multiply-adds of one task, to decide whether threads pay off.
+  int64_t fma_per_step(int64_t rows) const { return rows * K * G * H; }
+
   template <typename Epi>
-  void step(int64_t rows, const S* a, int64_t lda, const Epi& epi, const Parallel& par) const {
+  void run(int64_t rows, const S* a, int64_t lda, const Epi& epi, int64_t task) const {
     using V = Vec<S>;
-    constexpr int L = V::size();
-    if (packed) return fused_step<S, G, U>(rows, K, a, lda, packed, H, epi, par);
+    if (packed) {
+      const int64_t nrb = ceil_div<int64_t>(rows, kRowBlock);
+      const int64_t p = task / nrb;
+      const int64_t r0 = (task % nrb) * kRowBlock;
+      const int64_t r1 = std::min<int64_t>(rows, r0 + kRowBlock);
+      const S* wpp = packed + p * K * NV * L;
+      for_row_tiles<MR>(r1 - r0, [&](auto R, int64_t i) {
+        recurrent_tile<S, decltype(R)::value, NV>(K, a + (r0 + i) * lda, lda, wpp, r0 + i, p, epi);
+      });
+      return;
+    }
     const int64_t GH = G * H;
-    gemm_nt<S>(rows, GH, K, a, lda, w, K, gh, GH, false, par);
-    const int64_t npanel = ceil_div<int64_t>(H, U * L);
-    par(rows, grain_for(npanel * G * U * L * 8), [&](int64_t rb, int64_t re) {
-      for (int64_t i = rb; i < re; ++i) {
-        for (int64_t p = 0; p < npanel; ++p) {
-          V acc[G * U];
-          for (int g = 0; g < G; ++g)
-            for (int u = 0; u < U; ++u) {
-              const int64_t u0 = (p * U + u) * L;
-              const int64_t cnt = std::min<int64_t>(L, std::max<int64_t>(0, H - u0));
-              acc[g * U + u] = cnt > 0 ? V::loadu(gh + i * GH + g * H + u0, cnt) : V(S(0));
-            }
-          epi(i, p, acc);
-        }
+    gemm_nt<S>(rows, GH, K, a, lda, w, K, gh, GH, false, serial());
+    for (int64_t i = 0; i < rows; ++i) {
+      for (int64_t p = 0; p < panels(); ++p) {
+        V acc[NV];
+        for (int g = 0; g < G; ++g)
+          for (int u = 0; u < U; ++u) {
+            const int64_t u0 = (p * U + u) * L;
+            const int64_t cnt = std::min<int64_t>(L, std::max<int64_t>(0, H - u0));
+            acc[g * U + u] = cnt > 0 ? V::loadu(gh + i * GH + g * H + u0, cnt) : V(S(0));
+          }
+        epi(i, p, acc);
       }
-    });
+    }
   }
 };
 
-// Runs f(u0, cnt) over the vectors of a row of H units, in parallel over
-// vectors: each task owns its units for all rows, so per-unit reductions
-// (peephole gradients) need no atomics and stay deterministic.
+// The vectors of a row of H units as tasks: a task owns its units for all
+// rows, so per-unit sums (bias and peephole gradients) need no atomics and stay
+// deterministic. f(u0, cnt) handles units [u0, u0 + cnt).
+template <typename S>
+int64_t unit_tasks(int64_t H) {
+  return ceil_div<int64_t>(H, Vec<S>::size());
+}
 template <typename S, typename F>
-void for_unit_vectors(int64_t H, int64_t work_per_vector, const Parallel& par, const F& f) {
+inline void run_unit_task(int64_t H, int64_t task, const F& f) {
   constexpr int L = Vec<S>::size();
-  const int64_t nvec = ceil_div<int64_t>(H, L);
-  par(nvec, grain_for(work_per_vector), [&](int64_t vb, int64_t ve) {
-    for (int64_t v = vb; v < ve; ++v) {
-      const int64_t u0 = v * L;
-      f(u0, std::min<int64_t>(L, H - u0));
-    }
-  });
+  const int64_t u0 = task * L;
+  f(u0, std::min<int64_t>(L, H - u0));
+}
+
+// Below this many multiply-adds of recurrent product per step, one thread runs
+// the whole pass: the per-phase synchronisation (about 0.3 us) would cost more
+// than a second thread gives.
+constexpr int64_t kMinStepFmaForThreads = int64_t{1} << 18;
+
+inline int threads_for(const Parallel& par, int64_t step_fma) {
+  return step_fma >= kMinStepFmaForThreads ? par.max_threads : 1;
 }
 
 // ------------------------------------------------------- shared pieces
@@ -325,25 +351,24 @@ struct InputProjection {
   WeightT<S> w;
   S* bias = nullptr;  // [GH], folded biases
   S* gx = nullptr;    // [max_rows, GH]
-  Chunk chunk{};
 
   void plan(Arena& arena, PackPolicy policy, const SeqLayout& seq, const S* x_, const S* w_ih,
             int64_t C_, int64_t GH_) {
     x = x_;
     C = C_;
     GH = GH_;
-    max_rows = std::max<int64_t>(seq.N, kChunkBytes / static_cast<int64_t>(GH * sizeof(S)));
+    max_rows = max_of(seq.N, kChunkMinRows, kChunkBytes / static_cast<int64_t>(GH * sizeof(S)));
     max_rows = std::max<int64_t>(1, std::min<int64_t>(max_rows, total_rows(seq)));
     w.plan(arena, policy, w_ih, GH, C, total_rows(seq));
     bias = arena.take<S>(GH);
     gx = arena.take<S>(max_rows * GH);
   }
-  void run(const Chunk& c, const Parallel& par) {
-    chunk = c;
-    w.gemm(c.rows, x + c.row0 * C, C, gx, GH, false, par, bias);
+  int64_t tasks(int64_t rows) const { return w.tasks(rows); }
+  void run(int64_t row0, int64_t rows, int64_t task) const {
+    w.run(rows, x + row0 * C, C, gx, GH, false, bias, task);
   }
-  // Pre-activations of the row `row` (global row index) of the current chunk.
-  const S* row(int64_t r) const { return gx + (r - chunk.row0) * GH; }
+  // Pre-activations of global row r, in the chunk that starts at row0.
+  const S* row(int64_t r, int64_t row0) const { return gx + (r - row0) * GH; }
 };
 
 // bias[j] = b_ih[j] + b_hh[j] for j in [j0, j1) (either may be null).
@@ -372,17 +397,51 @@ struct HiddenState {
   S* next(int64_t s) const { return buf + ((s + 1) & 1) * N * P; }
 };
 
-// The loop every forward driver shares: chunks of Gx, then step(s, st) per step.
-template <typename S, typename StepFn>
-void run_forward(const SeqLayout& seq, InputProjection<S>& proj, const Parallel& par,
-                 const StepFn& step) {
-  for (int64_t s0 = 0; s0 < seq.T;) {
-    const Chunk c = next_chunk(seq, s0, proj.max_rows);
-    proj.run(c, par);
-    for (int64_t s = c.s0; s < c.s1; ++s) step(s, seq.step(s));
-    s0 = c.s1;
+// A phase of a pass: the input projection of a chunk of steps (k < 0) or the
+// k-th part of step s. row0/rows: the chunk's rows (forward).
+struct PhaseRef {
+  int64_t s, row0, rows;
+  int k;
+};
+
+// The phases of a pass, laid out in the arena, and their runner.
+struct Schedule {
+  PhaseRef* refs = nullptr;
+  int64_t* starts = nullptr;
+  int64_t n = 0;
+
+  void plan(Arena& arena, int64_t max_phases) {
+    refs = arena.take<PhaseRef>(max_phases);
+    starts = arena.take<int64_t>(max_phases + 1);
   }
-}
+  void push(int64_t s, int k, int64_t row0 = 0, int64_t rows = 0) { refs[n++] = PhaseRef{s, row0, rows, k}; }
+
+  // Forward: for each chunk of Gx, its projection then `parts` phases per step.
+  void forward(const SeqLayout& seq, int64_t chunk_rows, int parts) {
+    for (int64_t s0 = 0; s0 < seq.T;) {
+      const Chunk c = next_chunk(seq, s0, chunk_rows);
+      push(c.s0, -1, c.row0, c.rows);
+      for (int64_t s = c.s0; s < c.s1; ++s)
+        for (int k = 0; k < parts; ++k) push(s, k, c.row0, c.rows);
+      s0 = c.s1;
+    }
+  }
+  // Backward: `parts` phases per step, steps in reverse processing order.
+  void backward(const SeqLayout& seq, int parts) {
+    for (int64_t s = seq.T - 1; s >= 0; --s)
+      for (int k = 0; k < parts; ++k) push(s, k);
+  }
+  static int64_t max_forward(const SeqLayout& seq, int parts) { return seq.T * (parts + 1); }
+  static int64_t max_backward(const SeqLayout& seq, int parts) { return seq.T * parts; }
+
+  // count(ref) tasks per phase, run(ref, task).
+  template <typename Count, typename Run>
+  void run(const Count& count, const Run& run_task, int threads, const Parallel& par) const {
+    run_phases(
+        n, [&](int64_t p) { return count(refs[p]); },
+        [&](int64_t p, int64_t t) { run_task(refs[p], t); }, threads, starts, par);
+  }
+};
 
 // dX, dW_ih and db_ih from dG. Columns [col, col+n) of dG belong to rows
 // [wrow, wrow+n) of W_ih; GRU reset_after stores its input-side n gradient
@@ -443,6 +502,10 @@ void lstm_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& 
   const SeqLayout& seq = a.seq;
   const int64_t N = seq.N, H = a.H, P = a.P, GH = G * H;
   const bool proj = a.w_hr != nullptr;
+  // Phases per step: the fused recurrent pass; with a projection also
+  // y = r W_hr^T and the copy of y into the recurrent state.
+  enum { kRec, kProj, kCopy };
+  const int parts = proj ? 3 : 1;
 
   const int64_t R = total_rows(seq);
   InputProjection<S> xproj;
@@ -455,6 +518,8 @@ void lstm_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& 
   hs.plan(arena, N, P);
   S* c_state = arena.take<S>(N * H);
   S* r_scratch = proj && !a.training ? arena.take<S>(N * H) : nullptr;
+  Schedule sched;
+  sched.plan(arena, Schedule::max_forward(seq, parts));
   if (arena.sizing()) return;
 
   xproj.w.prepare(par);
@@ -470,50 +535,61 @@ void lstm_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& 
   const S* wco = kPeephole ? a.w_ch + (kCoupled ? H : 2 * H) : nullptr;
   constexpr int gi = 0, gf = kCoupled ? 0 : 1, gg = kCoupled ? 1 : 2, go = kCoupled ? 2 : 3;
 
-  run_forward<S>(seq, xproj, par, [&](int64_t s, const StepInfo& st) {
-    const S* hp = hs.prev(s);
-    S* hn = hs.next(s);
-    S* gates = a.training ? a.gates + st.offset * GH : nullptr;
-    S* cells = a.training ? a.states + st.offset * H : nullptr;
-    // Where h' = o*tanh(c') goes: the output, or the projection's input.
-    S* hout = proj ? (a.training ? a.proj_in + st.offset * H : r_scratch) : a.y + st.offset * P;
-    const int64_t ldo = proj ? H : P;
-    auto epi = [&](int64_t i, int64_t p, const V* acc) FRNN_ALWAYS_INLINE {
-      const int64_t u0 = p * L;
-      const int64_t cnt = std::min<int64_t>(L, H - u0);
-      const S* gx = xproj.row(st.offset + i) + u0;
-      const V pi = kCoupled ? V(S(0)) : acc[gi] + V::loadu(gx + gi * H, cnt);
-      const V pf = acc[gf] + V::loadu(gx + gf * H, cnt);
-      const V pg = acc[gg] + V::loadu(gx + gg * H, cnt);
-      const V po = acc[go] + V::loadu(gx + go * H, cnt);
-      S* cp = c_state + i * H + u0;
-      const V c = V::loadu(cp, cnt);
-      const V zero(S(0));
-      const V vci = kPeephole && !kCoupled ? V::loadu(wci + u0, cnt) : zero;
-      const V vcf = kPeephole ? V::loadu(wcf + u0, cnt) : zero;
-      const V vco = kPeephole ? V::loadu(wco + u0, cnt) : zero;
-      V ig, fg, gg_, og, c_new, h_new;
-      fusedrnn::lstm_forward<kPeephole, kCoupled>(pi, pf, pg, po, c, vci, vcf, vco, ig, fg, gg_, og,
-                                        c_new, h_new);
-      c_new.store(cp, cnt);
-      h_new.store(hout + i * ldo + u0, cnt);
-      if (!proj) h_new.store(hn + i * P + u0, cnt);
-      if (gates) {
-        S* gr = gates + i * GH + u0;
-        if (!kCoupled) ig.store(gr + gi * H, cnt);
-        fg.store(gr + gf * H, cnt);
-        gg_.store(gr + gg * H, cnt);
-        og.store(gr + go * H, cnt);
-        c_new.store(cells + i * H + u0, cnt);
-      }
-    };
-    rec.step(st.rows, hp, P, epi, par);
-    if (proj) {
-      S* y = a.y + st.offset * P;
-      whr.gemm(st.rows, hout, H, y, P, false, par);
-      copy_rows(st.rows, P, y, P, hn, P);
-    }
-  });
+  // Where h' = o*tanh(c') of step st goes: the output, or the projection's input.
+  auto hout_of = [&](const StepInfo& st) {
+    return proj ? (a.training ? a.proj_in + st.offset * H : r_scratch) : a.y + st.offset * P;
+  };
+  const int64_t ldo = proj ? H : P;
+
+  sched.forward(seq, xproj.max_rows, parts);
+  sched.run(
+      [&](const PhaseRef& ph) -> int64_t {
+        if (ph.k < 0) return xproj.tasks(ph.rows);
+        const int64_t rows = seq.step(ph.s).rows;
+        return ph.k == kRec ? rec.tasks(rows) : ph.k == kProj ? whr.tasks(rows) : 1;
+      },
+      [&](const PhaseRef& ph, int64_t task) {
+        if (ph.k < 0) return xproj.run(ph.row0, ph.rows, task);
+        const int64_t s = ph.s;
+        const StepInfo st = seq.step(s);
+        S* hn = hs.next(s);
+        S* hout = hout_of(st);
+        if (ph.k == kProj) return whr.run(st.rows, hout, H, a.y + st.offset * P, P, false, nullptr, task);
+        if (ph.k == kCopy) return copy_rows(st.rows, P, a.y + st.offset * P, P, hn, P);
+        S* gates = a.training ? a.gates + st.offset * GH : nullptr;
+        S* cells = a.training ? a.states + st.offset * H : nullptr;
+        auto epi = [&](int64_t i, int64_t p, const V* acc) FRNN_ALWAYS_INLINE {
+          const int64_t u0 = p * L;
+          const int64_t cnt = std::min<int64_t>(L, H - u0);
+          const S* gx = xproj.row(st.offset + i, ph.row0) + u0;
+          const V pi = kCoupled ? V(S(0)) : acc[gi] + V::loadu(gx + gi * H, cnt);
+          const V pf = acc[gf] + V::loadu(gx + gf * H, cnt);
+          const V pg = acc[gg] + V::loadu(gx + gg * H, cnt);
+          const V po = acc[go] + V::loadu(gx + go * H, cnt);
+          S* cp = c_state + i * H + u0;
+          const V c = V::loadu(cp, cnt);
+          const V zero(S(0));
+          const V vci = kPeephole && !kCoupled ? V::loadu(wci + u0, cnt) : zero;
+          const V vcf = kPeephole ? V::loadu(wcf + u0, cnt) : zero;
+          const V vco = kPeephole ? V::loadu(wco + u0, cnt) : zero;
+          V ig, fg, gg_, og, c_new, h_new;
+          fusedrnn::lstm_forward<kPeephole, kCoupled>(pi, pf, pg, po, c, vci, vcf, vco, ig, fg,
+                                                      gg_, og, c_new, h_new);
+          c_new.store(cp, cnt);
+          h_new.store(hout + i * ldo + u0, cnt);
+          if (!proj) h_new.store(hn + i * P + u0, cnt);
+          if (gates) {
+            S* gr = gates + i * GH + u0;
+            if (!kCoupled) ig.store(gr + gi * H, cnt);
+            fg.store(gr + gf * H, cnt);
+            gg_.store(gr + gg * H, cnt);
+            og.store(gr + go * H, cnt);
+            c_new.store(cells + i * H + u0, cnt);
+          }
+        };
+        rec.run(st.rows, hs.prev(s), P, epi, task);
+      },
+      threads_for(par, rec.fma_per_step(N)), par);
   gather_final(seq, a.y, P, a.h_n);
   std::memcpy(a.c_n, c_state, N * H * sizeof(S));
 }
@@ -525,6 +601,11 @@ void lstm_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel
   const SeqLayout& seq = a.seq;
   const int64_t N = seq.N, H = a.H, P = a.P, GH = G * H, R = total_rows(seq);
   const bool proj = a.w_hr != nullptr;
+  // Phases per step: [dht = dy + dh, dr = dht W_hr] (projection only), the
+  // pointwise pass, dh = dG W_hh.
+  enum { kDht, kDr, kPointwise, kRec };
+  const int parts = proj ? 4 : 2;
+  const int first = proj ? kDht : kPointwise;
 
   S* dG = arena.take<S>(R * GH);
   S* dsum = arena.take<S>(GH);
@@ -538,6 +619,8 @@ void lstm_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel
   S* dr = proj ? arena.take<S>(N * H) : nullptr;
   const S** hrows = a.dw_hh ? arena.take<const S*>(R) : nullptr;
   S* scratch = arena.take<S>(gemm_scratch_size<S>(max_of(a.C, P, H, GH)));
+  Schedule sched;
+  sched.plan(arena, Schedule::max_backward(seq, parts));
   if (arena.sizing()) return;
 
   whh.prepare(par);
@@ -555,67 +638,87 @@ void lstm_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel
   S* dwco = a.dw_ch ? a.dw_ch + (kCoupled ? H : 2 * H) : nullptr;
   constexpr int gi = 0, gf = kCoupled ? 0 : 1, gg = kCoupled ? 1 : 2, go = kCoupled ? 2 : 3;
 
-  for (int64_t s = seq.T - 1; s >= 0; --s) {
-    const StepInfo st = seq.step(s);
-    const int64_t rows = st.rows;
-    const S* dy = a.dy + st.offset * P;
-    if (proj) {
-      S* d = dht + st.offset * P;
-      for (int64_t i = 0; i < rows; ++i)
-        for (int64_t j = 0; j < P; ++j) d[i * P + j] = dy[i * P + j] + dh_state[i * P + j];
-      whr.gemm(rows, MatA<S>{d, P, 1}, dr, H, false, par);
-    }
-    for_unit_vectors<S>(H, rows * 64, par, [&](int64_t u0, int64_t cnt) {
-      const V zero(S(0));
-      const V vci = kPeephole && !kCoupled ? V::loadu(wci + u0, cnt) : zero;
-      const V vcf = kPeephole ? V::loadu(wcf + u0, cnt) : zero;
-      const V vco = kPeephole ? V::loadu(wco + u0, cnt) : zero;
-      V sci = zero, scf = zero, sco = zero, sdi = zero, sdf = zero, sdg = zero, sdo = zero;
-      for (int64_t i = 0; i < rows; ++i) {
-        const int64_t r = st.offset + i;
-        const V dh = proj ? V::loadu(dr + i * H + u0, cnt)
-                          : V::loadu(dy + i * P + u0, cnt) + V::loadu(dh_state + i * P + u0, cnt);
-        const S* g = a.gates + r * GH + u0;
-        const V ig = kCoupled ? zero : V::loadu(g + gi * H, cnt);
-        const V fg = V::loadu(g + gf * H, cnt);
-        const V gg_ = V::loadu(g + gg * H, cnt);
-        const V og = V::loadu(g + go * H, cnt);
-        const V c_new = V::loadu(a.states + r * H + u0, cnt);
-        const V c = V::loadu(prev_state_row(a, st, i, a.states, a.c0, H) + u0, cnt);
-        S* dcp = dc_state + i * H + u0;
-        const V dc = V::loadu(dcp, cnt);
-        V dpi, dpf, dpg, dpo, dc_prev, dwi = zero, dwf = zero, dwo = zero;
-        fusedrnn::lstm_backward<kPeephole, kCoupled>(dh, dc, kCoupled ? V(S(1)) - fg : ig, fg, gg_, og, c,
-                                           c_new, vci, vcf, vco, dpi, dpf, dpg, dpo, dc_prev,
-                                           dwi, dwf, dwo);
-        S* d = dG + r * GH + u0;
-        if (!kCoupled) dpi.store(d + gi * H, cnt);
-        dpf.store(d + gf * H, cnt);
-        dpg.store(d + gg * H, cnt);
-        dpo.store(d + go * H, cnt);
-        dc_prev.store(dcp, cnt);
-        sdi = sdi + dpi;
-        sdf = sdf + dpf;
-        sdg = sdg + dpg;
-        sdo = sdo + dpo;
-        if (kPeephole) {
-          sci = sci + dwi;
-          scf = scf + dwf;
-          sco = sco + dwo;
+  sched.backward(seq, parts);
+  sched.run(
+      [&](const PhaseRef& ph) -> int64_t {
+        const int64_t rows = seq.step(ph.s).rows;
+        switch (first + ph.k) {
+          case kDr: return whr.tasks(rows);
+          case kPointwise: return unit_tasks<S>(H);
+          case kRec: return whh.tasks(rows);
+          default: return 1;
         }
-      }
-      if (!kCoupled) add_into(dsum + gi * H + u0, sdi, cnt);
-      add_into(dsum + gf * H + u0, sdf, cnt);
-      add_into(dsum + gg * H + u0, sdg, cnt);
-      add_into(dsum + go * H + u0, sdo, cnt);
-      if (kPeephole && a.dw_ch) {
-        if (!kCoupled) add_into(dwci + u0, sci, cnt);
-        add_into(dwcf + u0, scf, cnt);
-        add_into(dwco + u0, sco, cnt);
-      }
-    });
-    whh.gemm(rows, MatA<S>{dG + st.offset * GH, GH, 1}, dh_state, P, false, par);
-  }
+      },
+      [&](const PhaseRef& ph, int64_t task) {
+        const StepInfo st = seq.step(ph.s);
+        const int64_t rows = st.rows;
+        const S* dy = a.dy + st.offset * P;
+        switch (first + ph.k) {
+          case kDht: {
+            S* d = dht + st.offset * P;
+            for (int64_t i = 0; i < rows; ++i)
+              for (int64_t j = 0; j < P; ++j) d[i * P + j] = dy[i * P + j] + dh_state[i * P + j];
+            return;
+          }
+          case kDr:
+            return whr.product(rows, MatA<S>{dht + st.offset * P, P, 1}, dr, H, false).run(task);
+          case kRec:
+            return whh.product(rows, MatA<S>{dG + st.offset * GH, GH, 1}, dh_state, P, false)
+                .run(task);
+          default:
+            break;
+        }
+        run_unit_task<S>(H, task, [&](int64_t u0, int64_t cnt) {
+          const V zero(S(0));
+          const V vci = kPeephole && !kCoupled ? V::loadu(wci + u0, cnt) : zero;
+          const V vcf = kPeephole ? V::loadu(wcf + u0, cnt) : zero;
+          const V vco = kPeephole ? V::loadu(wco + u0, cnt) : zero;
+          V sci = zero, scf = zero, sco = zero, sdi = zero, sdf = zero, sdg = zero, sdo = zero;
+          for (int64_t i = 0; i < rows; ++i) {
+            const int64_t r = st.offset + i;
+            const V dh = proj ? V::loadu(dr + i * H + u0, cnt)
+                              : V::loadu(dy + i * P + u0, cnt) + V::loadu(dh_state + i * P + u0, cnt);
+            const S* g = a.gates + r * GH + u0;
+            const V ig = kCoupled ? zero : V::loadu(g + gi * H, cnt);
+            const V fg = V::loadu(g + gf * H, cnt);
+            const V gg_ = V::loadu(g + gg * H, cnt);
+            const V og = V::loadu(g + go * H, cnt);
+            const V c_new = V::loadu(a.states + r * H + u0, cnt);
+            const V c = V::loadu(prev_state_row(a, st, i, a.states, a.c0, H) + u0, cnt);
+            S* dcp = dc_state + i * H + u0;
+            const V dc = V::loadu(dcp, cnt);
+            V dpi, dpf, dpg, dpo, dc_prev, dwi = zero, dwf = zero, dwo = zero;
+            fusedrnn::lstm_backward<kPeephole, kCoupled>(dh, dc, kCoupled ? V(S(1)) - fg : ig, fg,
+                                                         gg_, og, c, c_new, vci, vcf, vco, dpi,
+                                                         dpf, dpg, dpo, dc_prev, dwi, dwf, dwo);
+            S* d = dG + r * GH + u0;
+            if (!kCoupled) dpi.store(d + gi * H, cnt);
+            dpf.store(d + gf * H, cnt);
+            dpg.store(d + gg * H, cnt);
+            dpo.store(d + go * H, cnt);
+            dc_prev.store(dcp, cnt);
+            sdi = sdi + dpi;
+            sdf = sdf + dpf;
+            sdg = sdg + dpg;
+            sdo = sdo + dpo;
+            if (kPeephole) {
+              sci = sci + dwi;
+              scf = scf + dwf;
+              sco = sco + dwo;
+            }
+          }
+          if (!kCoupled) add_into(dsum + gi * H + u0, sdi, cnt);
+          add_into(dsum + gf * H + u0, sdf, cnt);
+          add_into(dsum + gg * H + u0, sdg, cnt);
+          add_into(dsum + go * H + u0, sdo, cnt);
+          if (kPeephole && a.dw_ch) {
+            if (!kCoupled) add_into(dwci + u0, sci, cnt);
+            add_into(dwcf + u0, scf, cnt);
+            add_into(dwco + u0, sco, cnt);
+          }
+        });
+      },
+      threads_for(par, N * GH * P), par);
   std::memcpy(a.dh0, dh_state, N * P * sizeof(S));
   std::memcpy(a.dc0, dc_state, N * H * sizeof(S));
 
@@ -649,6 +752,8 @@ void gru_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& p
   S* b_hn = arena.take<S>(H);
   HiddenState<S> hs;
   hs.plan(arena, N, H);
+  Schedule sched;
+  sched.plan(arena, Schedule::max_forward(seq, 1));
   if (arena.sizing()) return;
 
   xproj.w.prepare(par);
@@ -659,32 +764,41 @@ void gru_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& p
   rec.prepare(par);
   hs.init(a.h0);
 
-  run_forward<S>(seq, xproj, par, [&](int64_t s, const StepInfo& st) {
-    const S* hp = hs.prev(s);
-    S* hn_state = hs.next(s);
-    S* y = a.y + st.offset * H;
-    S* gates = a.training ? a.gates + st.offset * 4 * H : nullptr;
-    auto epi = [&](int64_t i, int64_t p, const V* acc) FRNN_ALWAYS_INLINE {
-      const int64_t u0 = p * L;
-      const int64_t cnt = std::min<int64_t>(L, H - u0);
-      const S* gx = xproj.row(st.offset + i) + u0;
-      const V h = V::loadu(hp + i * H + u0, cnt);
-      const V hn = acc[2] + V::loadu(b_hn + u0, cnt);
-      V r, z, n, h_new;
-      fusedrnn::gru_forward(acc[0] + V::loadu(gx, cnt), acc[1] + V::loadu(gx + H, cnt),
-                  V::loadu(gx + 2 * H, cnt), hn, h, r, z, n, h_new);
-      h_new.store(y + i * H + u0, cnt);
-      h_new.store(hn_state + i * H + u0, cnt);
-      if (gates) {
-        S* gr = gates + i * 4 * H + u0;
-        r.store(gr, cnt);
-        z.store(gr + H, cnt);
-        n.store(gr + 2 * H, cnt);
-        hn.store(gr + 3 * H, cnt);
-      }
-    };
-    rec.step(st.rows, hp, H, epi, par);
-  });
+  sched.forward(seq, xproj.max_rows, 1);
+  sched.run(
+      [&](const PhaseRef& ph) -> int64_t {
+        return ph.k < 0 ? xproj.tasks(ph.rows) : rec.tasks(seq.step(ph.s).rows);
+      },
+      [&](const PhaseRef& ph, int64_t task) {
+        if (ph.k < 0) return xproj.run(ph.row0, ph.rows, task);
+        const int64_t s = ph.s;
+        const StepInfo st = seq.step(s);
+        const S* hp = hs.prev(s);
+        S* hn_state = hs.next(s);
+        S* y = a.y + st.offset * H;
+        S* gates = a.training ? a.gates + st.offset * 4 * H : nullptr;
+        auto epi = [&](int64_t i, int64_t p, const V* acc) FRNN_ALWAYS_INLINE {
+          const int64_t u0 = p * L;
+          const int64_t cnt = std::min<int64_t>(L, H - u0);
+          const S* gx = xproj.row(st.offset + i, ph.row0) + u0;
+          const V h = V::loadu(hp + i * H + u0, cnt);
+          const V hn = acc[2] + V::loadu(b_hn + u0, cnt);
+          V r, z, n, h_new;
+          fusedrnn::gru_forward(acc[0] + V::loadu(gx, cnt), acc[1] + V::loadu(gx + H, cnt),
+                                V::loadu(gx + 2 * H, cnt), hn, h, r, z, n, h_new);
+          h_new.store(y + i * H + u0, cnt);
+          h_new.store(hn_state + i * H + u0, cnt);
+          if (gates) {
+            S* gr = gates + i * 4 * H + u0;
+            r.store(gr, cnt);
+            z.store(gr + H, cnt);
+            n.store(gr + 2 * H, cnt);
+            hn.store(gr + 3 * H, cnt);
+          }
+        };
+        rec.run(st.rows, hp, H, epi, task);
+      },
+      threads_for(par, rec.fma_per_step(N)), par);
   gather_final(seq, a.y, H, a.h_n);
 }
 
@@ -692,12 +806,13 @@ void gru_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& p
 // n from W_hn (r*h), a second product that needs every unit's r.
 template <typename S>
 void gru_reset_before_forward_seq(const SeqForwardArgs<S>& a, Arena& arena,
-                              const Parallel& par) {
+                                  const Parallel& par) {
   using V = Vec<S>;
   constexpr int L = V::size();
   constexpr int U1 = 2, U2 = 4;
   const SeqLayout& seq = a.seq;
   const int64_t N = seq.N, H = a.H, GH = 3 * H;
+  enum { kRz, kN };
 
   InputProjection<S> xproj;
   xproj.plan(arena, a.pack, seq, a.x, a.w_ih, a.C, GH);
@@ -709,6 +824,8 @@ void gru_reset_before_forward_seq(const SeqForwardArgs<S>& a, Arena& arena,
   hs.plan(arena, N, H);
   S* z_scratch = a.training ? nullptr : arena.take<S>(N * H);
   S* rh_scratch = a.training ? nullptr : arena.take<S>(N * H);
+  Schedule sched;
+  sched.plan(arena, Schedule::max_forward(seq, 2));
   if (arena.sizing()) return;
 
   xproj.w.prepare(par);
@@ -717,46 +834,59 @@ void gru_reset_before_forward_seq(const SeqForwardArgs<S>& a, Arena& arena,
   rec_n.prepare(par);
   hs.init(a.h0);
 
-  run_forward<S>(seq, xproj, par, [&](int64_t s, const StepInfo& st) {
-    const S* hp = hs.prev(s);
-    S* hn_state = hs.next(s);
-    S* y = a.y + st.offset * H;
-    S* gates = a.training ? a.gates + st.offset * GH : nullptr;
-    // z and r*h live in the saved tensors when training, in scratch otherwise.
-    S* zd = gates ? gates + H : z_scratch;
-    const int64_t ldz = gates ? GH : H;
-    S* rh = a.training ? a.states + st.offset * H : rh_scratch;
-    auto epi_rz = [&](int64_t i, int64_t p, const V* acc) FRNN_ALWAYS_INLINE {
-      const S* gx = xproj.row(st.offset + i);
-      for (int u = 0; u < U1; ++u) {
-        const int64_t u0 = (p * U1 + u) * L;
-        if (u0 >= H) break;
-        const int64_t cnt = std::min<int64_t>(L, H - u0);
-        const V r = fusedrnn::gru_gate(acc[u] + V::loadu(gx + u0, cnt));
-        const V z = fusedrnn::gru_gate(acc[U1 + u] + V::loadu(gx + H + u0, cnt));
-        (r * V::loadu(hp + i * H + u0, cnt)).store(rh + i * H + u0, cnt);
-        z.store(zd + i * ldz + u0, cnt);
-        if (gates) r.store(gates + i * GH + u0, cnt);
-      }
-    };
-    rec_rz.step(st.rows, hp, H, epi_rz, par);
-    auto epi_n = [&](int64_t i, int64_t p, const V* acc) FRNN_ALWAYS_INLINE {
-      const S* gx = xproj.row(st.offset + i);
-      for (int u = 0; u < U2; ++u) {
-        const int64_t u0 = (p * U2 + u) * L;
-        if (u0 >= H) break;
-        const int64_t cnt = std::min<int64_t>(L, H - u0);
-        V n, h_new;
-        fusedrnn::gru_reset_before_output(acc[u] + V::loadu(gx + 2 * H + u0, cnt),
-                                V::loadu(zd + i * ldz + u0, cnt),
-                                V::loadu(hp + i * H + u0, cnt), n, h_new);
-        h_new.store(y + i * H + u0, cnt);
-        h_new.store(hn_state + i * H + u0, cnt);
-        if (gates) n.store(gates + i * GH + 2 * H + u0, cnt);
-      }
-    };
-    rec_n.step(st.rows, rh, H, epi_n, par);
-  });
+  sched.forward(seq, xproj.max_rows, 2);
+  sched.run(
+      [&](const PhaseRef& ph) -> int64_t {
+        if (ph.k < 0) return xproj.tasks(ph.rows);
+        const int64_t rows = seq.step(ph.s).rows;
+        return ph.k == kRz ? rec_rz.tasks(rows) : rec_n.tasks(rows);
+      },
+      [&](const PhaseRef& ph, int64_t task) {
+        if (ph.k < 0) return xproj.run(ph.row0, ph.rows, task);
+        const int64_t s = ph.s;
+        const StepInfo st = seq.step(s);
+        const S* hp = hs.prev(s);
+        S* gates = a.training ? a.gates + st.offset * GH : nullptr;
+        // z and r*h live in the saved tensors when training, in scratch otherwise.
+        S* zd = gates ? gates + H : z_scratch;
+        const int64_t ldz = gates ? GH : H;
+        S* rh = a.training ? a.states + st.offset * H : rh_scratch;
+        if (ph.k == kRz) {
+          auto epi_rz = [&](int64_t i, int64_t p, const V* acc) FRNN_ALWAYS_INLINE {
+            const S* gx = xproj.row(st.offset + i, ph.row0);
+            for (int u = 0; u < U1; ++u) {
+              const int64_t u0 = (p * U1 + u) * L;
+              if (u0 >= H) break;
+              const int64_t cnt = std::min<int64_t>(L, H - u0);
+              const V r = fusedrnn::gru_gate(acc[u] + V::loadu(gx + u0, cnt));
+              const V z = fusedrnn::gru_gate(acc[U1 + u] + V::loadu(gx + H + u0, cnt));
+              (r * V::loadu(hp + i * H + u0, cnt)).store(rh + i * H + u0, cnt);
+              z.store(zd + i * ldz + u0, cnt);
+              if (gates) r.store(gates + i * GH + u0, cnt);
+            }
+          };
+          return rec_rz.run(st.rows, hp, H, epi_rz, task);
+        }
+        S* hn_state = hs.next(s);
+        S* y = a.y + st.offset * H;
+        auto epi_n = [&](int64_t i, int64_t p, const V* acc) FRNN_ALWAYS_INLINE {
+          const S* gx = xproj.row(st.offset + i, ph.row0);
+          for (int u = 0; u < U2; ++u) {
+            const int64_t u0 = (p * U2 + u) * L;
+            if (u0 >= H) break;
+            const int64_t cnt = std::min<int64_t>(L, H - u0);
+            V n, h_new;
+            fusedrnn::gru_reset_before_output(acc[u] + V::loadu(gx + 2 * H + u0, cnt),
+                                              V::loadu(zd + i * ldz + u0, cnt),
+                                              V::loadu(hp + i * H + u0, cnt), n, h_new);
+            h_new.store(y + i * H + u0, cnt);
+            h_new.store(hn_state + i * H + u0, cnt);
+            if (gates) n.store(gates + i * GH + 2 * H + u0, cnt);
+          }
+        };
+        rec_n.run(st.rows, rh, H, epi_n, task);
+      },
+      threads_for(par, rec_rz.fma_per_step(N) + rec_n.fma_per_step(N)), par);
   gather_final(seq, a.y, H, a.h_n);
 }
 
@@ -767,6 +897,7 @@ void gru_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel&
   using V = Vec<S>;
   const SeqLayout& seq = a.seq;
   const int64_t N = seq.N, H = a.H, R = total_rows(seq), ldg = 4 * H;
+  enum { kPointwise, kRec };
 
   S* dG = arena.take<S>(R * ldg);
   S* dsum = arena.take<S>(ldg);
@@ -775,46 +906,57 @@ void gru_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel&
   S* dh_state = arena.take<S>(N * H);
   const S** hrows = a.dw_hh ? arena.take<const S*>(R) : nullptr;
   S* scratch = arena.take<S>(gemm_scratch_size<S>(max_of(a.C, H, 4 * H)));
+  Schedule sched;
+  sched.plan(arena, Schedule::max_backward(seq, 2));
   if (arena.sizing()) return;
 
   whh.prepare(par);
   if (a.dh_n) std::memcpy(dh_state, a.dh_n, N * H * sizeof(S)); else fill_zero(N * H, dh_state);
   fill_zero(ldg, dsum);
 
-  for (int64_t s = seq.T - 1; s >= 0; --s) {
-    const StepInfo st = seq.step(s);
-    const int64_t rows = st.rows;
-    const S* dy = a.dy + st.offset * H;
-    for_unit_vectors<S>(H, rows * 32, par, [&](int64_t u0, int64_t cnt) {
-      V sr(S(0)), sz(S(0)), shn(S(0)), sxn(S(0));
-      for (int64_t i = 0; i < rows; ++i) {
-        const int64_t r = st.offset + i;
-        S* dhp = dh_state + i * H + u0;
-        const V dh = V::loadu(dy + i * H + u0, cnt) + V::loadu(dhp, cnt);
-        const S* g = a.gates + r * 4 * H + u0;
-        const V h = V::loadu(prev_state_row(a, st, i, a.y, a.h0, H) + u0, cnt);
-        V dpn, dpz, dh_prev, dpr, dhn;
-        fusedrnn::gru_update_backward(dh, V::loadu(g + H, cnt), V::loadu(g + 2 * H, cnt), h, dpn, dpz,
-                            dh_prev);
-        fusedrnn::gru_reset_after_backward(dpn, V::loadu(g, cnt), V::loadu(g + 3 * H, cnt), dpr, dhn);
-        S* d = dG + r * ldg + u0;
-        dpr.store(d, cnt);
-        dpz.store(d + H, cnt);
-        dhn.store(d + 2 * H, cnt);
-        dpn.store(d + 3 * H, cnt);
-        dh_prev.store(dhp, cnt);
-        sr = sr + dpr;
-        sz = sz + dpz;
-        shn = shn + dhn;
-        sxn = sxn + dpn;
-      }
-      add_into(dsum + u0, sr, cnt);
-      add_into(dsum + H + u0, sz, cnt);
-      add_into(dsum + 2 * H + u0, shn, cnt);
-      add_into(dsum + 3 * H + u0, sxn, cnt);
-    });
-    whh.gemm(rows, MatA<S>{dG + st.offset * ldg, ldg, 1}, dh_state, H, true, par);
-  }
+  sched.backward(seq, 2);
+  sched.run(
+      [&](const PhaseRef& ph) -> int64_t {
+        return ph.k == kPointwise ? unit_tasks<S>(H) : whh.tasks(seq.step(ph.s).rows);
+      },
+      [&](const PhaseRef& ph, int64_t task) {
+        const StepInfo st = seq.step(ph.s);
+        const int64_t rows = st.rows;
+        if (ph.k == kRec)
+          return whh.product(rows, MatA<S>{dG + st.offset * ldg, ldg, 1}, dh_state, H, true)
+              .run(task);
+        const S* dy = a.dy + st.offset * H;
+        run_unit_task<S>(H, task, [&](int64_t u0, int64_t cnt) {
+          V sr(S(0)), sz(S(0)), shn(S(0)), sxn(S(0));
+          for (int64_t i = 0; i < rows; ++i) {
+            const int64_t r = st.offset + i;
+            S* dhp = dh_state + i * H + u0;
+            const V dh = V::loadu(dy + i * H + u0, cnt) + V::loadu(dhp, cnt);
+            const S* g = a.gates + r * 4 * H + u0;
+            const V h = V::loadu(prev_state_row(a, st, i, a.y, a.h0, H) + u0, cnt);
+            V dpn, dpz, dh_prev, dpr, dhn;
+            fusedrnn::gru_update_backward(dh, V::loadu(g + H, cnt), V::loadu(g + 2 * H, cnt), h,
+                                          dpn, dpz, dh_prev);
+            fusedrnn::gru_reset_after_backward(dpn, V::loadu(g, cnt), V::loadu(g + 3 * H, cnt),
+                                               dpr, dhn);
+            S* d = dG + r * ldg + u0;
+            dpr.store(d, cnt);
+            dpz.store(d + H, cnt);
+            dhn.store(d + 2 * H, cnt);
+            dpn.store(d + 3 * H, cnt);
+            dh_prev.store(dhp, cnt);
+            sr = sr + dpr;
+            sz = sz + dpz;
+            shn = shn + dhn;
+            sxn = sxn + dpn;
+          }
+          add_into(dsum + u0, sr, cnt);
+          add_into(dsum + H + u0, sz, cnt);
+          add_into(dsum + 2 * H + u0, shn, cnt);
+          add_into(dsum + 3 * H + u0, sxn, cnt);
+        });
+      },
+      threads_for(par, N * 3 * H * H), par);
   std::memcpy(a.dh0, dh_state, N * H * sizeof(S));
 
   const GateBlock blocks[2] = {{0, 0, 2 * H}, {3 * H, 2 * H, H}};
@@ -830,10 +972,13 @@ void gru_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel&
 // dG layout [R, 3H]: (r, z, n), the same for the input and the recurrent side.
 template <typename S>
 void gru_reset_before_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena,
-                               const Parallel& par) {
+                                   const Parallel& par) {
   using V = Vec<S>;
   const SeqLayout& seq = a.seq;
   const int64_t N = seq.N, H = a.H, R = total_rows(seq), GH = 3 * H;
+  // Phases per step: z and n, d(r*h) = dpn W_hn, r and the rest of dh,
+  // dh += [dpr dpz] W_h(rz).
+  enum { kUpdate, kDrh, kReset, kRec };
 
   S* dG = arena.take<S>(R * GH);
   S* dsum = arena.take<S>(GH);
@@ -844,6 +989,8 @@ void gru_reset_before_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena,
   S* drh = arena.take<S>(N * H);
   const S** hrows = a.dw_hh ? arena.take<const S*>(R) : nullptr;
   S* scratch = arena.take<S>(gemm_scratch_size<S>(max_of(a.C, H, GH)));
+  Schedule sched;
+  sched.plan(arena, Schedule::max_backward(seq, 4));
   if (arena.sizing()) return;
 
   wrz.prepare(par);
@@ -851,50 +998,69 @@ void gru_reset_before_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena,
   if (a.dh_n) std::memcpy(dh_state, a.dh_n, N * H * sizeof(S)); else fill_zero(N * H, dh_state);
   fill_zero(GH, dsum);
 
-  for (int64_t s = seq.T - 1; s >= 0; --s) {
-    const StepInfo st = seq.step(s);
-    const int64_t rows = st.rows;
-    const S* dy = a.dy + st.offset * H;
-    for_unit_vectors<S>(H, rows * 32, par, [&](int64_t u0, int64_t cnt) {
-      V sz(S(0)), sn(S(0));
-      for (int64_t i = 0; i < rows; ++i) {
-        const int64_t r = st.offset + i;
-        S* dhp = dh_state + i * H + u0;
-        const V dh = V::loadu(dy + i * H + u0, cnt) + V::loadu(dhp, cnt);
-        const S* g = a.gates + r * GH + u0;
-        const V h = V::loadu(prev_state_row(a, st, i, a.y, a.h0, H) + u0, cnt);
-        V dpn, dpz, dh_prev;
-        fusedrnn::gru_update_backward(dh, V::loadu(g + H, cnt), V::loadu(g + 2 * H, cnt), h, dpn, dpz,
-                            dh_prev);
-        S* d = dG + r * GH + u0;
-        dpz.store(d + H, cnt);
-        dpn.store(d + 2 * H, cnt);
-        dh_prev.store(dhp, cnt);
-        sz = sz + dpz;
-        sn = sn + dpn;
-      }
-      add_into(dsum + H + u0, sz, cnt);
-      add_into(dsum + 2 * H + u0, sn, cnt);
-    });
-    // d(r*h) = dpn W_hn
-    wn.gemm(rows, MatA<S>{dG + st.offset * GH + 2 * H, GH, 1}, drh, H, false, par);
-    for_unit_vectors<S>(H, rows * 16, par, [&](int64_t u0, int64_t cnt) {
-      V sr(S(0));
-      for (int64_t i = 0; i < rows; ++i) {
-        const int64_t r = st.offset + i;
-        S* dhp = dh_state + i * H + u0;
-        const V h = V::loadu(prev_state_row(a, st, i, a.y, a.h0, H) + u0, cnt);
-        V dpr, dh_prev;
-        fusedrnn::gru_reset_before_backward(V::loadu(drh + i * H + u0, cnt),
-                                  V::loadu(a.gates + r * GH + u0, cnt), h, dpr, dh_prev);
-        dpr.store(dG + r * GH + u0, cnt);
-        (V::loadu(dhp, cnt) + dh_prev).store(dhp, cnt);
-        sr = sr + dpr;
-      }
-      add_into(dsum + u0, sr, cnt);
-    });
-    wrz.gemm(rows, MatA<S>{dG + st.offset * GH, GH, 1}, dh_state, H, true, par);
-  }
+  sched.backward(seq, 4);
+  sched.run(
+      [&](const PhaseRef& ph) -> int64_t {
+        const int64_t rows = seq.step(ph.s).rows;
+        switch (ph.k) {
+          case kDrh: return wn.tasks(rows);
+          case kRec: return wrz.tasks(rows);
+          default: return unit_tasks<S>(H);
+        }
+      },
+      [&](const PhaseRef& ph, int64_t task) {
+        const StepInfo st = seq.step(ph.s);
+        const int64_t rows = st.rows;
+        const S* dy = a.dy + st.offset * H;
+        switch (ph.k) {
+          case kUpdate:
+            return run_unit_task<S>(H, task, [&](int64_t u0, int64_t cnt) {
+              V sz(S(0)), sn(S(0));
+              for (int64_t i = 0; i < rows; ++i) {
+                const int64_t r = st.offset + i;
+                S* dhp = dh_state + i * H + u0;
+                const V dh = V::loadu(dy + i * H + u0, cnt) + V::loadu(dhp, cnt);
+                const S* g = a.gates + r * GH + u0;
+                const V h = V::loadu(prev_state_row(a, st, i, a.y, a.h0, H) + u0, cnt);
+                V dpn, dpz, dh_prev;
+                fusedrnn::gru_update_backward(dh, V::loadu(g + H, cnt), V::loadu(g + 2 * H, cnt),
+                                              h, dpn, dpz, dh_prev);
+                S* d = dG + r * GH + u0;
+                dpz.store(d + H, cnt);
+                dpn.store(d + 2 * H, cnt);
+                dh_prev.store(dhp, cnt);
+                sz = sz + dpz;
+                sn = sn + dpn;
+              }
+              add_into(dsum + H + u0, sz, cnt);
+              add_into(dsum + 2 * H + u0, sn, cnt);
+            });
+          case kDrh:
+            return wn.product(rows, MatA<S>{dG + st.offset * GH + 2 * H, GH, 1}, drh, H, false)
+                .run(task);
+          case kReset:
+            return run_unit_task<S>(H, task, [&](int64_t u0, int64_t cnt) {
+              V sr(S(0));
+              for (int64_t i = 0; i < rows; ++i) {
+                const int64_t r = st.offset + i;
+                S* dhp = dh_state + i * H + u0;
+                const V h = V::loadu(prev_state_row(a, st, i, a.y, a.h0, H) + u0, cnt);
+                V dpr, dh_prev;
+                fusedrnn::gru_reset_before_backward(V::loadu(drh + i * H + u0, cnt),
+                                                    V::loadu(a.gates + r * GH + u0, cnt), h, dpr,
+                                                    dh_prev);
+                dpr.store(dG + r * GH + u0, cnt);
+                (V::loadu(dhp, cnt) + dh_prev).store(dhp, cnt);
+                sr = sr + dpr;
+              }
+              add_into(dsum + u0, sr, cnt);
+            });
+          default:
+            return wrz.product(rows, MatA<S>{dG + st.offset * GH, GH, 1}, dh_state, H, true)
+                .run(task);
+        }
+      },
+      threads_for(par, N * GH * H), par);
   std::memcpy(a.dh0, dh_state, N * H * sizeof(S));
 
   const GateBlock all{0, 0, GH};
@@ -924,6 +1090,8 @@ void rnn_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& p
   rec.plan(arena, a.pack, a.w_hh, H, H, N, total_rows(seq));
   HiddenState<S> hs;
   hs.plan(arena, N, H);
+  Schedule sched;
+  sched.plan(arena, Schedule::max_forward(seq, 1));
   if (arena.sizing()) return;
 
   xproj.w.prepare(par);
@@ -931,22 +1099,31 @@ void rnn_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& p
   rec.prepare(par);
   hs.init(a.h0);
 
-  run_forward<S>(seq, xproj, par, [&](int64_t s, const StepInfo& st) {
-    S* hn_state = hs.next(s);
-    S* y = a.y + st.offset * H;
-    auto epi = [&](int64_t i, int64_t p, const V* acc) FRNN_ALWAYS_INLINE {
-      const S* gx = xproj.row(st.offset + i);
-      for (int u = 0; u < U; ++u) {
-        const int64_t u0 = (p * U + u) * L;
-        if (u0 >= H) break;
-        const int64_t cnt = std::min<int64_t>(L, H - u0);
-        const V h_new = fusedrnn::rnn_forward<kRelu>(acc[u] + V::loadu(gx + u0, cnt));
-        h_new.store(y + i * H + u0, cnt);
-        h_new.store(hn_state + i * H + u0, cnt);
-      }
-    };
-    rec.step(st.rows, hs.prev(s), H, epi, par);
-  });
+  sched.forward(seq, xproj.max_rows, 1);
+  sched.run(
+      [&](const PhaseRef& ph) -> int64_t {
+        return ph.k < 0 ? xproj.tasks(ph.rows) : rec.tasks(seq.step(ph.s).rows);
+      },
+      [&](const PhaseRef& ph, int64_t task) {
+        if (ph.k < 0) return xproj.run(ph.row0, ph.rows, task);
+        const int64_t s = ph.s;
+        const StepInfo st = seq.step(s);
+        S* hn_state = hs.next(s);
+        S* y = a.y + st.offset * H;
+        auto epi = [&](int64_t i, int64_t p, const V* acc) FRNN_ALWAYS_INLINE {
+          const S* gx = xproj.row(st.offset + i, ph.row0);
+          for (int u = 0; u < U; ++u) {
+            const int64_t u0 = (p * U + u) * L;
+            if (u0 >= H) break;
+            const int64_t cnt = std::min<int64_t>(L, H - u0);
+            const V h_new = fusedrnn::rnn_forward<kRelu>(acc[u] + V::loadu(gx + u0, cnt));
+            h_new.store(y + i * H + u0, cnt);
+            h_new.store(hn_state + i * H + u0, cnt);
+          }
+        };
+        rec.run(st.rows, hs.prev(s), H, epi, task);
+      },
+      threads_for(par, rec.fma_per_step(N)), par);
   gather_final(seq, a.y, H, a.h_n);
 }
 
@@ -955,6 +1132,7 @@ void rnn_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel&
   using V = Vec<S>;
   const SeqLayout& seq = a.seq;
   const int64_t N = seq.N, H = a.H, R = total_rows(seq);
+  enum { kPointwise, kRec };
 
   S* dG = arena.take<S>(R * H);
   S* dsum = arena.take<S>(H);
@@ -963,28 +1141,38 @@ void rnn_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel&
   S* dh_state = arena.take<S>(N * H);
   const S** hrows = a.dw_hh ? arena.take<const S*>(R) : nullptr;
   S* scratch = arena.take<S>(gemm_scratch_size<S>(max_of(a.C, H)));
+  Schedule sched;
+  sched.plan(arena, Schedule::max_backward(seq, 2));
   if (arena.sizing()) return;
 
   whh.prepare(par);
   if (a.dh_n) std::memcpy(dh_state, a.dh_n, N * H * sizeof(S)); else fill_zero(N * H, dh_state);
   fill_zero(H, dsum);
 
-  for (int64_t s = seq.T - 1; s >= 0; --s) {
-    const StepInfo st = seq.step(s);
-    const int64_t rows = st.rows;
-    for_unit_vectors<S>(H, rows * 8, par, [&](int64_t u0, int64_t cnt) {
-      V sp(S(0));
-      for (int64_t i = 0; i < rows; ++i) {
-        const int64_t r = st.offset + i;
-        const V dh = V::loadu(a.dy + r * H + u0, cnt) + V::loadu(dh_state + i * H + u0, cnt);
-        const V dp = fusedrnn::rnn_backward<kRelu>(dh, V::loadu(a.y + r * H + u0, cnt));
-        dp.store(dG + r * H + u0, cnt);
-        sp = sp + dp;
-      }
-      add_into(dsum + u0, sp, cnt);
-    });
-    whh.gemm(rows, MatA<S>{dG + st.offset * H, H, 1}, dh_state, H, false, par);
-  }
+  sched.backward(seq, 2);
+  sched.run(
+      [&](const PhaseRef& ph) -> int64_t {
+        return ph.k == kPointwise ? unit_tasks<S>(H) : whh.tasks(seq.step(ph.s).rows);
+      },
+      [&](const PhaseRef& ph, int64_t task) {
+        const StepInfo st = seq.step(ph.s);
+        const int64_t rows = st.rows;
+        if (ph.k == kRec)
+          return whh.product(rows, MatA<S>{dG + st.offset * H, H, 1}, dh_state, H, false)
+              .run(task);
+        run_unit_task<S>(H, task, [&](int64_t u0, int64_t cnt) {
+          V sp(S(0));
+          for (int64_t i = 0; i < rows; ++i) {
+            const int64_t r = st.offset + i;
+            const V dh = V::loadu(a.dy + r * H + u0, cnt) + V::loadu(dh_state + i * H + u0, cnt);
+            const V dp = fusedrnn::rnn_backward<kRelu>(dh, V::loadu(a.y + r * H + u0, cnt));
+            dp.store(dG + r * H + u0, cnt);
+            sp = sp + dp;
+          }
+          add_into(dsum + u0, sp, cnt);
+        });
+      },
+      threads_for(par, N * H * H), par);
   std::memcpy(a.dh0, dh_state, N * H * sizeof(S));
 
   const GateBlock all{0, 0, H};
