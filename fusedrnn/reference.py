@@ -158,16 +158,17 @@ def _module_config(module):
     return mode
 
 
-def forward(module, input, hx=None, upcast: bool = True):
+def forward(module, input, hx=None, upcast: bool = True, dtype: Optional[torch.dtype] = None):
     """Runs the reference on the parameters of a recurrent module.
 
     Accepts a fusedrnn or torch.nn LSTM/GRU/RNN (with fusedrnn's variant flags)
-    and its forward arguments; returns what the module's forward returns.
-    Computes in float64 when upcast (the default). Dropout is not applied:
-    the reference is the module in eval mode.
+    and its forward arguments; returns what the module's forward returns, in
+    the input's dtype. Computes in float64 when upcast (the default), in the
+    input's own dtype otherwise, or in `dtype` when given. Dropout is not
+    applied: the reference is the module in eval mode.
     """
     mode = _module_config(module)
-    dtype = torch.float64 if upcast else None
+    dtype = dtype or (torch.float64 if upcast else None)
 
     def cast(t):
         return None if t is None else (t.to(dtype) if dtype is not None else t)
@@ -261,10 +262,11 @@ def forward(module, input, hx=None, upcast: bool = True):
     return (out, (h_n, c_n)) if lstm else (out, h_n)
 
 
-def cell_forward(module, input, hx=None, upcast: bool = True):
-    """The reference for a single-step cell module (LSTMCell, GRUCell, RNNCell)."""
+def cell_forward(module, input, hx=None, upcast: bool = True, dtype: Optional[torch.dtype] = None):
+    """The reference for a single-step cell module (LSTMCell, GRUCell, RNNCell);
+    upcast and dtype as for forward()."""
     mode = _module_config(module).replace("CELL", "")
-    dtype = torch.float64 if upcast else input.dtype
+    dtype = dtype or (torch.float64 if upcast else input.dtype)
     out_dtype = input.dtype
     unbatched = input.dim() == 1
     x = (input.unsqueeze(0) if unbatched else input).to(dtype)
