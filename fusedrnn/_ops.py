@@ -12,6 +12,17 @@ import torch
 from ._version import __version__
 
 
+def _check_build(info: dict, running: str) -> None:
+    """Raises a clear ImportError when _C was built against another torch."""
+    built = info["torch_version"]
+    running = running.split("+")[0]
+    if built.split(".")[:2] != running.split(".")[:2]:
+        raise ImportError(
+            f"fusedrnn._C was built against torch {built} but torch {running} is installed; "
+            "rebuild it: pip install --no-build-isolation --no-deps --force-reinstall -e ."
+        )
+
+
 def _load():
     try:
         from . import _C
@@ -25,14 +36,7 @@ def _load():
                 "pip install --no-build-isolation --no-deps --force-reinstall -e ."
             )
         raise ImportError(f"could not load fusedrnn's compiled operators (fusedrnn._C): {msg}.{hint}") from e
-    info = _C.build_info()
-    built = info["torch_version"]
-    running = torch.__version__.split("+")[0]
-    if built.split(".")[:2] != running.split(".")[:2]:
-        raise ImportError(
-            f"fusedrnn._C was built against torch {built} but torch {running} is installed; "
-            "rebuild it: pip install --no-build-isolation --no-deps --force-reinstall -e ."
-        )
+    _check_build(_C.build_info(), torch.__version__)
     return _C
 
 

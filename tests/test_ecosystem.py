@@ -1,0 +1,298 @@
+"""fusedrnn where PyTorch users work: torch.compile, torch.export, autocast,
+DDP and FSDP2, packaging, and the examples."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+from torch.nn.utils.rnn import pack_sequence
+
+import fusedrnn
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class AllModules(nn.Module):
+    """Every fusedrnn module in one model, so one compilation covers them all."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm = fusedrnn.LSTM(6, 8, num_layers=2, bidirectional=True, proj_size=5, peephole=True)
+        self.gru = fusedrnn.GRU(10, 7, reset_after=False, batch_first=False)
+        self.rnn = fusedrnn.RNN(7, 6, nonlinearity="relu")
+        self.lstm_cell = fusedrnn.LSTMCell(6, 5, coupled_gates=True)
+        self.gru_cell = fusedrnn.GRUCell(5, 4)
+        self.rnn_cell = fusedrnn.RNNCell(4, 3)
+
+    def forward(self, x):
+        packed = isinstance(x, torch.nn.utils.rnn.PackedSequence)
+        y, (h, c) = self.lstm(x)
+        y, h2 = self.gru(y)
+        y, h3 = self.rnn(y)
+        data = y.data if packed else y[-1]
+        h_cell, c_cell = self.lstm_cell(x.data[: data.shape[0]] if packed else x[-1])
+        g = self.gru_cell(h_cell)
+        r = self.rnn_cell(g)
+        return data.sum() + h.sum() + c.sum() + h2.sum() + h3.sum() + r.sum() + c_cell.sum()
+
+
+def _inputs(packed):
+    if packed:
+        return pack_sequence([torch.randn(n, 6) for n in (4, 6, 3)], enforce_sorted=False)
+    return torch.randn(5, 3, 6)
+
+
+def _grads(model, x):
+    model.zero_grad()
+    loss = model(x)
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_compile_fullgraph_training_matches_eager(packed):
+    torch.manual_seed(0)
+    torch._dynamo.reset()
+    model = AllModules()
+    x = _inputs(packed)
+    compiled = torch.compile(model, fullgraph=True)
+    loss_c, grads_c = _grads(compiled, x)
+    loss_e, grads_e = _grads(model, x)
+    print("loss", loss_c.item(), loss_e.item())
+    torch.testing.assert_close(loss_c, loss_e)
+    for a, b in zip(grads_c, grads_e):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_compile_fullgraph_inference_matches_eager(packed):
+    torch.manual_seed(0)
+    torch._dynamo.reset()
+    model = AllModules().eval()
+    x = _inputs(packed)
+    with torch.no_grad():
+        out_c = torch.compile(model, fullgraph=True)(x)
+        out_e = model(x)
+    torch.testing.assert_close(out_c, out_e)
+
+
+def test_export_shows_fusedrnn_operators():
+    class Tagger(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = fusedrnn.LSTM(6, 8, batch_first=True)
+            self.gru = fusedrnn.GRU(8, 8, batch_first=True)
+
+        def forward(self, x):
+            return self.gru(self.lstm(x)[0])[0]
+
+    model = Tagger().eval()
+    x = torch.randn(2, 5, 6)
+    ep = torch.export.export(model, (x,))
+    targets = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
+    print(sorted(targets))
+    assert any("fusedrnn.lstm_forward" in t for t in targets)
+    assert any("fusedrnn.gru_forward" in t for t in targets)
+    torch.testing.assert_close(ep.module()(x), model(x))
+
+
+@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"])
+def test_autocast_cpu_bfloat16(name):
+    torch.manual_seed(0)
+    cell = name.endswith("Cell")
+    m = getattr(fusedrnn, name)(6, 8)
+    x = torch.randn(4, 6) if cell else torch.randn(5, 4, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(x)
+    y = out[0] if isinstance(out, tuple) else out
+    assert y.dtype == torch.bfloat16
+    # the same as running the module converted to bfloat16
+    ref = getattr(fusedrnn, name)(6, 8).to(torch.bfloat16)
+    ref.load_state_dict(m.state_dict())
+    out_ref = ref(x.bfloat16())
+    y_ref = out_ref[0] if isinstance(out_ref, tuple) else out_ref
+    torch.testing.assert_close(y, y_ref)
+    y.float().sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in m.parameters())
+
+
+def test_autocast_training_with_grad_scaler():
+    torch.manual_seed(0)
+    model = nn.Sequential()
+    rnn = fusedrnn.LSTM(6, 16, num_layers=2)
+    head = nn.Linear(16, 3)
+    opt = torch.optim.SGD(list(rnn.parameters()) + list(head.parameters()), lr=0.5)
+    scaler = torch.amp.GradScaler("cpu")
+    x = torch.randn(10, 8, 6)
+    target = torch.randint(0, 3, (8,))
+    losses = []
+    for _ in range(15):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y, _ = rnn(x)
+            loss = nn.functional.cross_entropy(head(y[-1]).float(), target)
+        opt.zero_grad()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        losses.append(loss.item())
+    print(losses)
+    assert losses[-1] < losses[0]
+
+
+# -------------------------------------------------------------- distributed
+
+def _dist_worker(rank, world, port, kind, result_path):
+    import torch.distributed as dist
+
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = _dist_model()
+    x, y = _dist_data()
+    lo, hi = rank * x.shape[1] // world, (rank + 1) * x.shape[1] // world
+    if kind == "ddp":
+        wrapped = nn.parallel.DistributedDataParallel(model)
+    else:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = init_device_mesh("cpu", (world,))
+        for sub in (model.rnn, model.cell):
+            fully_shard(sub, mesh=mesh)
+        wrapped = fully_shard(model, mesh=mesh)
+    opt = torch.optim.SGD(wrapped.parameters(), lr=0.1)
+    loss = _dist_loss(wrapped, x[:, lo:hi], y[lo:hi])
+    loss.backward()
+    opt.step()
+    state = {}
+    for name, p in wrapped.named_parameters():
+        full = p.full_tensor() if hasattr(p, "full_tensor") else p
+        state[name.replace("module.", "")] = full.detach().clone()
+    if rank == 0:
+        torch.save(state, result_path)
+    dist.destroy_process_group()
+
+
+class _DistModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn = fusedrnn.LSTM(5, 12, num_layers=2, bidirectional=True)
+        self.cell = fusedrnn.GRUCell(24, 6)
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, x):
+        y, _ = self.rnn(x)
+        return self.head(self.cell(y[-1]))
+
+
+def _dist_model():
+    return _DistModel()
+
+
+def _dist_data():
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(7, 8, 5, generator=g), torch.randint(0, 2, (8,), generator=g)
+
+
+def _dist_loss(model, x, y):
+    return nn.functional.cross_entropy(model(x), y)
+
+
+@pytest.mark.parametrize("kind", ["ddp", "fsdp2"])
+def test_distributed_training_equals_single_process(kind, tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = tmp_path / "state.pt"
+    mp.spawn(_dist_worker, args=(2, port, kind, str(result)), nprocs=2, join=True)
+    got = torch.load(result)
+
+    torch.manual_seed(0)
+    model = _dist_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = _dist_data()
+    _dist_loss(model, x, y).backward()
+    opt.step()
+    for name, p in model.named_parameters():
+        diff = (got[name] - p.detach()).abs().max().item()
+        print(name, diff)
+        torch.testing.assert_close(got[name], p.detach(), rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- packaging
+
+def test_version_and_backend_info():
+    assert isinstance(fusedrnn.__version__, str) and fusedrnn.__version__.count(".") >= 2
+    info = fusedrnn.backend_info()
+    print(info)
+    assert info["cpu_isa"] in info["cpu_isas_compiled"]
+    assert "DEFAULT" in info["cpu_isas_compiled"]
+    assert info["cuda_available"] == torch.cuda.is_available()
+    assert info["torch_built"].split(".")[:2] == torch.__version__.split("+")[0].split(".")[:2]
+
+
+def test_build_against_another_torch_is_a_clear_error():
+    from fusedrnn import _ops
+
+    _ops._check_build({"torch_version": torch.__version__.split("+")[0]}, torch.__version__)
+    with pytest.raises(ImportError, match="built against torch 1.0.0 but torch .* is installed; rebuild"):
+        _ops._check_build({"torch_version": "1.0.0"}, torch.__version__)
+
+
+@pytest.mark.parametrize("isa", ["DEFAULT", "AVX2"])
+def test_every_compiled_instruction_set_matches(isa):
+    if isa not in fusedrnn.backend_info()["cpu_isas_compiled"]:
+        pytest.skip(f"{isa} kernels not compiled on this machine")
+    code = (
+        "import torch, fusedrnn\n"
+        f"assert fusedrnn.backend_info()['cpu_isa'] == '{isa}', fusedrnn.backend_info()\n"
+        "for cls in (fusedrnn.LSTM, fusedrnn.GRU, fusedrnn.RNN):\n"
+        "    m = cls(5, 21, num_layers=2, bidirectional=True).double()\n"
+        "    fusedrnn.testing.assert_matches_reference(m, torch.randn(6, 4, 5, dtype=torch.float64))\n"
+        "    fusedrnn.testing.assert_matches_reference(m.float(), torch.randn(6, 40, 5))\n"
+        "print('ok')\n"
+    )
+    env = dict(os.environ, ATEN_CPU_CAPABILITY=isa.lower(), PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    print(r.stdout, r.stderr[-2000:])
+    assert r.returncode == 0 and "ok" in r.stdout
+
+
+@pytest.mark.slow
+def test_pip_wheel_builds(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "-w", str(tmp_path), str(ROOT)],
+        capture_output=True, text=True, timeout=1800,
+    )
+    print(r.stdout[-3000:], r.stderr[-3000:])
+    assert r.returncode == 0
+    assert list(tmp_path.glob("fusedrnn-*.whl"))
+
+
+# ----------------------------------------------------------------- examples
+
+@pytest.mark.parametrize(
+    "script,args",
+    [
+        ("char_lm.py", ["--steps", "30", "--hidden", "32", "--sample-len", "20"]),
+        ("char_lm.py", ["--cell", "gru", "--steps", "30", "--hidden", "32", "--sample-len", "20"]),
+        ("classify_packed.py", ["--steps", "30", "--hidden", "16"]),
+        ("convert_existing.py", ["--steps", "2", "--timed", "1"]),
+    ],
+)
+def test_examples_run(script, args):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, str(ROOT / "examples" / script), *args], env=env,
+                       capture_output=True, text=True, timeout=300)
+    print(r.stdout[-2000:], r.stderr[-2000:])
+    assert r.returncode == 0
