@@ -8,7 +8,7 @@ export MAX_JOBS ?= $(JOBS)
 SOURCES := $(shell find csrc -name '*.h' -o -name '*.cpp' -o -name '*.cu' -o -name '*.cuh') setup.py
 STAMP := build/.fusedrnn-built
 
-.PHONY: all deps build bench test pytest ctest cuda-check gpu-check sanitize clean
+.PHONY: all deps build bench test pytest ctest cuda-check cuda-emulate gpu-check sanitize clean
 
 all: build
 
@@ -33,20 +33,26 @@ pytest: build
 
 ctest: build/.deps
 	@if command -v cmake >/dev/null 2>&1 && [ -f CMakeLists.txt ]; then \
-	  cmake -S . -B build/cmake -DCMAKE_BUILD_TYPE=Release >/dev/null && \
+	  cmake -S . -B build/cmake -DCMAKE_BUILD_TYPE=Release -DFUSEDRNN_CUDA_CHECK=OFF >/dev/null && \
 	  cmake --build build/cmake -j $(JOBS) && \
 	  ctest --test-dir build/cmake --output-on-failure; \
 	else echo "ctest: cmake not found, skipped"; fi
 
-cuda-check:
-	@if [ -x tools/cuda_compile_check.sh ]; then tools/cuda_compile_check.sh; \
-	else echo "cuda-check: no CUDA sources yet"; fi
+# Every CUDA kernel compiled for sm_80 and sm_90 with nvcc (no GPU needed), the
+# register and spill report, and a syntax check of the CUDA host code.
+cuda-check: build/.deps
+	tools/cuda_compile_check.sh
+
+# The CUDA host code and kernels built for the CPU and run by tests/test_cuda.py
+# (every block and thread in turn): the logic and indexing, without a GPU.
+cuda-emulate: build/.deps
+	tools/cuda_emulate.sh $(PYTEST_ARGS)
 
 gpu-check: build
 	tools/gpu_check.sh
 
 clean:
-	rm -rf build fusedrnn/_C*.so
+	rm -rf build cmake-build fusedrnn/_C*.so
 
 # AddressSanitizer + UndefinedBehaviorSanitizer build of the CPU extension, CPU tests under it.
 sanitize: build/.deps

@@ -1,0 +1,210 @@
+// The CUDA pointwise kernels of the standard path (DESIGN.md): one launch per
+// time step (two for GRU reset_before) between the GEMMs, which the torch layer
+// (csrc/torch/rnn_cuda.cpp) runs through ATen into preallocated buffers.
+//
+// Torch-free: this header is included by host C++ (the torch layer, compiled by
+// the host compiler) and by the .cu files; it needs only the CUDA runtime and the
+// fp16/bf16 headers.
+//
+// Legend: T steps, N batch, C input size, H hidden size, P projection size
+// (P = H without projection), G gate blocks, R rows of a time-major sequence
+// (R = T*N padded, R = sum(batch_sizes) packed).
+//
+// One call works on the `rows` active rows of one step (rows <= N):
+//   - [N, .] arrays (states carried from step to step) are indexed by row 0..rows-1;
+//     rows >= `rows` are not touched, so a row that is not active yet (reverse
+//     direction of a packed sequence) keeps its initial state.
+//   - [rows, .] arrays point at the step's first row of an [R, .] array (or at a
+//     scratch buffer); every one is dense with the row stride its comment gives.
+//   - "split" (backward): rows below it continue the previously processed step,
+//     the others start from h0/c0 (see SeqLayout in ../common.h).
+// Element type S is float, double, __half or __nv_bfloat16 (storage); the math
+// runs in A = acc_t<S> (float for the 16-bit types) through cells.h. Cell states
+// and their gradients (c, dc, saved c and r*h) are stored in A.
+//
+// Launchers turn runtime flags (null pointers, cell variants) into template
+// constants, launch on `stream`, and return cudaGetLastError(); they launch
+// nothing when rows or H is 0. Instantiated for the four element types only.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <string>
+
+#include "../common.h"
+
+namespace fusedrnn {
+
+// float16 and bfloat16 compute and accumulate in float (DESIGN.md, precision).
+template <>
+struct AccType<__half> {
+  using type = float;
+};
+template <>
+struct AccType<__nv_bfloat16> {
+  using type = float;
+};
+
+namespace cuda {
+
+// The sm_XY targets this build's kernels were compiled for, from
+// __CUDA_ARCH_LIST__: comma-separated numbers, e.g. "80,90".
+std::string compiled_archs();
+
+// The recurrent input of each row, gathered for dW_hh = dG^T Hprev when the rows'
+// previous states are not one contiguous block (packed sequences):
+// out[i] = i < split ? prev[i] : init[i], each row `width` wide. out null: skip.
+template <typename S>
+struct PrevRows {
+  const S* prev = nullptr;  // [split, width]  the previous step's outputs
+  const S* init = nullptr;  // [N, width]      h0
+  S* out = nullptr;         // [rows, width]
+  int64_t width = 0;
+};
+
+// ------------------------------------------------------------------- LSTM
+
+template <typename S>
+struct LstmForwardParams {
+  using A = acc_t<S>;
+  int64_t rows = 0, H = 0;
+  bool coupled = false;      // gate blocks f, g, o (i = 1 - f)
+  const S* gx = nullptr;     // [rows, G*H]  X W_ih^T (no bias)
+  const S* gh = nullptr;     // [rows, G*H]  h W_hh^T (no bias)
+  const S* b_ih = nullptr;   // [G*H] or null
+  const S* b_hh = nullptr;   // [G*H] or null
+  const S* w_ch = nullptr;   // [(G-1)*H] peepholes i, f, o (f, o coupled) or null
+  A* c = nullptr;            // [N, H]  in: c, out: c' (same element, same thread)
+  S* h = nullptr;            // [rows, ld_h]  o*tanh(c'): the output rows, or the
+  int64_t ld_h = 0;          //   projection's input (proj_in or a scratch)
+  S* h_state = nullptr;      // [N, H] second copy of h' (no projection) or null
+  S* gates = nullptr;        // [rows, G*H] activated gates (training) or null
+  A* states = nullptr;       // [rows, H]   c' (training); set iff gates is
+};
+
+template <typename S>
+struct LstmBackwardParams {
+  using A = acc_t<S>;
+  int64_t rows = 0, H = 0;
+  bool coupled = false;
+  // dL/dh' = dh[i] + dh_rec[i] (dh_rec null: dh alone, as with a projection,
+  // where the torch layer has already folded both into dh = (dy + dh_rec) W_hr).
+  const S* dh = nullptr;      // [rows, ld_dh]
+  int64_t ld_dh = 0;
+  const S* dh_rec = nullptr;  // [N, H] recurrent part (no projection) or null
+  const S* gates = nullptr;   // [rows, G*H] saved activated gates
+  const A* c_new = nullptr;   // [rows, H]   saved c' of this step
+  const A* c_prev = nullptr;  // [split, H]  saved c' of the previously processed step
+  const S* c0 = nullptr;      // [N, H]      initial cell state (rows >= split)
+  int64_t split = 0;
+  const S* w_ch = nullptr;    // [(G-1)*H] or null
+  A* dc = nullptr;            // [N, H] in: dL/dc', out: dL/dc
+  S* dG = nullptr;            // [rows, G*H] pre-activation gradients (di is 0 coupled)
+  A* dw_ch_rows = nullptr;    // [N, (G-1)*H] per-row sums of the peephole gradients
+                              //   (added to; the torch layer sums the rows) or null
+  PrevRows<S> hprev;          // width P
+};
+
+template <typename S>
+cudaError_t lstm_forward_launch(const LstmForwardParams<S>& p, cudaStream_t stream);
+template <typename S>
+cudaError_t lstm_backward_launch(const LstmBackwardParams<S>& p, cudaStream_t stream);
+
+// -------------------------------------------------------------------- GRU
+
+// reset_after=True (PyTorch, cuDNN): one kernel per step.
+//   gx [rows, 3H] (r, z, n of X W_ih^T), gh [rows, 3H] (of h W_hh^T), no biases.
+// reset_before (Cho et al. 2014): the rz kernel (r, z, r*h), the product
+//   W_hn (r*h), then the n kernel (n, h').
+template <typename S>
+struct GruForwardParams {
+  using A = acc_t<S>;
+  int64_t rows = 0, H = 0;
+  const S* gx = nullptr;     // [rows, 3H]
+  const S* gh = nullptr;     // [rows, ld_gh]: 3H reset_after, 2H (r, z) rz kernel,
+  int64_t ld_gh = 0;         //   H ((r*h) W_hn^T) n kernel
+  const S* b_ih = nullptr;   // [3H] or null
+  const S* b_hh = nullptr;   // [3H] or null
+  S* h = nullptr;            // [N, H] in: h (the state), out: h' (n kernel / reset_after)
+  S* y = nullptr;            // [rows, H] output rows: h'
+  S* gates = nullptr;        // [rows, 4H] r, z, n, hn (reset_after) or [rows, 3H] r, z, n
+                             //   (reset_before), training; or null
+  // reset_before only
+  S* z = nullptr;            // [rows, ld_z] z from the rz kernel to the n kernel
+  int64_t ld_z = 0;          //   (inside gates when training)
+  S* rh = nullptr;           // [rows, H] r*h, the input of the W_hn product
+  A* rh_saved = nullptr;     // [rows, H] r*h saved in A (training, when S != A) or null
+};
+
+template <typename S>
+struct GruBackwardParams {
+  int64_t rows = 0, H = 0;
+  const S* dy = nullptr;      // [rows, H] incoming output gradient
+  S* dh = nullptr;            // [N, H] in: recurrent dL/dh', out: the part of dL/dh that
+                              //   does not go through W_hh (the torch layer adds the rest)
+  const S* gates = nullptr;   // [rows, 4H] (reset_after) or [rows, 3H]
+  const S* h_prev = nullptr;  // [split, H] the previous step's outputs
+  const S* h0 = nullptr;      // [N, H]
+  int64_t split = 0;
+  S* dG = nullptr;            // [rows, 4H] r, z, hn, xn (reset_after) or [rows, 3H] r, z, n
+  const S* drh = nullptr;     // [rows, H] dL/d(r*h) = dpn W_hn (reset_before r kernel)
+  PrevRows<S> hprev;          // width H
+};
+
+template <typename S>
+cudaError_t gru_forward_launch(const GruForwardParams<S>& p, cudaStream_t stream);
+template <typename S>
+cudaError_t gru_reset_before_forward_rz_launch(const GruForwardParams<S>& p, cudaStream_t stream);
+template <typename S>
+cudaError_t gru_reset_before_forward_n_launch(const GruForwardParams<S>& p, cudaStream_t stream);
+
+// reset_after: dG (r, z, hn, xn), dh = direct part; the torch layer then adds
+// dG[:, :3H] W_hh into dh.
+template <typename S>
+cudaError_t gru_backward_launch(const GruBackwardParams<S>& p, cudaStream_t stream);
+// reset_before, first kernel: dG z and n, dh = direct part (and hprev).
+template <typename S>
+cudaError_t gru_reset_before_backward_zn_launch(const GruBackwardParams<S>& p,
+                                                cudaStream_t stream);
+// reset_before, after drh = dG_n W_hn: dG r, dh += drh*r; then the torch layer
+// adds dG[:, :2H] W_hh[:2H] into dh.
+template <typename S>
+cudaError_t gru_reset_before_backward_r_launch(const GruBackwardParams<S>& p,
+                                               cudaStream_t stream);
+
+// -------------------------------------------------------------------- RNN
+
+template <typename S>
+struct RnnForwardParams {
+  int64_t rows = 0, H = 0;
+  bool relu = false;
+  const S* gx = nullptr;    // [rows, H]
+  const S* gh = nullptr;    // [rows, H]
+  const S* b_ih = nullptr;  // [H] or null
+  const S* b_hh = nullptr;  // [H] or null
+  S* h = nullptr;           // [N, H] state, out: h'
+  S* y = nullptr;           // [rows, H] output rows: h'
+};
+
+template <typename S>
+struct RnnBackwardParams {
+  int64_t rows = 0, H = 0;
+  bool relu = false;
+  int64_t split = 0;
+  const S* dy = nullptr;   // [rows, H]
+  const S* dh = nullptr;   // [N, H] recurrent dL/dh' (the torch layer overwrites it after)
+  const S* y = nullptr;    // [rows, H] this step's outputs h' = act(p)
+  S* dG = nullptr;         // [rows, H] dL/dp
+  PrevRows<S> hprev;       // width H
+};
+
+template <typename S>
+cudaError_t rnn_forward_launch(const RnnForwardParams<S>& p, cudaStream_t stream);
+template <typename S>
+cudaError_t rnn_backward_launch(const RnnBackwardParams<S>& p, cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace fusedrnn

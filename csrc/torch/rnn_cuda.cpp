@@ -1,0 +1,614 @@
+// CUDA implementation of the layer operators (DESIGN.md, standard path): the
+// time loop, with the GEMMs through ATen into buffers allocated before the loop
+// and the pointwise kernels of csrc/kernels/cuda between them.
+//
+// Forward, per step s (rows = batch_sizes[t] active rows):
+//   Gh = h W_hh^T                 at::mm_out into gh [N, G*H]
+//   <cell>_forward kernel         Gx + Gh + biases -> h', c', saved gates
+//   (projection) y = r W_hr^T     at::mm_out, then y copied into the state
+// with Gx = X W_ih^T computed for a chunk of steps at once (one GEMM over up to
+// kGxChunkBytes of rows). Backward, per step in reverse: the pointwise kernel
+// gives dG, one GEMM gives the recurrent part of dh; after the loop dX, dW_ih,
+// dW_hh (and dW_hr) are single GEMMs over all R rows, the biases column sums of
+// dG, the peepholes a sum of per-row accumulators (deterministic, no atomics).
+//
+// Compiled by the host compiler and includes no cuBLAS header (never
+// ATen/cuda/CUDAContext.h), so tools/check_cuda_host.sh can check it against a
+// CPU-only torch; every GEMM is an ATen op, so TF32 and the other matmul
+// settings of torch.backends apply as they do to nn.*.
+//
+// Properties the tests rely on:
+//   - current stream of the input's device, under a device guard (any stream,
+//     any device index);
+//   - inside the time loop no device allocation and no host synchronisation:
+//     batch_sizes lives on the CPU, buffers are allocated before the loop, so a
+//     call can be captured in a CUDA graph (static shapes);
+//   - every kernel launch checked, the error naming the kernel.
+//
+// States: h lives in h_n itself (every row's last write is its final state, so
+// h_n needs no gather), c in c_n or, for 16-bit inputs, in a float buffer.
+// 16-bit GEMMs take and give the input dtype (cuBLAS accumulates in float, as
+// torch.backends.cuda.matmul allows); the pointwise math, the cell state and its
+// gradient are float, and the biases are added in float by the kernels.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <initializer_list>
+#include <type_traits>
+
+#include "../kernels/cuda/rnn_cuda.h"
+#include "rnn_layer.h"
+
+namespace fusedrnn {
+namespace {
+
+namespace fc = fusedrnn::cuda;
+
+// Gx of at most this many bytes per chunk of steps: a GEMM of thousands of rows
+// is already efficient, and inference memory stays bounded whatever T is.
+// FUSEDRNN_CUDA_GX_CHUNK_BYTES overrides it (the tests cut sequences into many
+// chunks with it; a chunk always holds at least one step).
+constexpr int64_t kGxChunkBytes = int64_t{64} << 20;
+
+int64_t gx_chunk_bytes() {
+  const char* v = std::getenv("FUSEDRNN_CUDA_GX_CHUNK_BYTES");
+  if (v == nullptr || v[0] == '\0') return kGxChunkBytes;
+  char* end = nullptr;
+  const long long n = std::strtoll(v, &end, 10);
+  TORCH_CHECK(end != v && *end == '\0' && n > 0,
+              "FUSEDRNN_CUDA_GX_CHUNK_BYTES must be a positive integer, got '", v, "'");
+  return static_cast<int64_t>(n);
+}
+
+template <typename S>
+struct Tag {
+  using type = S;
+};
+
+// The one dtype dispatch: ATen's scalar type to the CUDA element type of the
+// same bits (at::Half ~ __half, at::BFloat16 ~ __nv_bfloat16).
+template <typename Fn>
+void dispatch_dtype(at::ScalarType t, const Fn& fn) {
+  switch (t) {
+    case at::kFloat: return fn(Tag<float>{});
+    case at::kDouble: return fn(Tag<double>{});
+    case at::kHalf: return fn(Tag<__half>{});
+    case at::kBFloat16: return fn(Tag<__nv_bfloat16>{});
+    default: TORCH_CHECK(false, "fusedrnn (CUDA): unsupported dtype ", t);
+  }
+}
+
+bool wanted(const Tensor& t) { return t.defined() && t.numel() > 0; }
+
+template <typename S>
+const S* cptr(const Tensor& t) {
+  return wanted(t) ? static_cast<const S*>(t.data_ptr()) : nullptr;
+}
+template <typename S>
+const S* cptr(const OptTensor& t) {
+  return t.has_value() ? cptr<S>(*t) : nullptr;
+}
+template <typename S>
+S* mptr(const Tensor& t) {
+  return wanted(t) ? static_cast<S*>(t.data_ptr()) : nullptr;
+}
+
+// Launchers return cudaGetLastError(); this turns an error into a c10::Error
+// through C10_CUDA_CHECK (with its device-assertion notes) and names the kernel.
+void check_launch(cudaError_t err, const char* kernel) {
+  if (C10_LIKELY(err == cudaSuccess)) return;
+  try {
+    C10_CUDA_CHECK(err);
+  } catch (const c10::Error& e) {
+    TORCH_CHECK(false, "fusedrnn: launch of ", kernel, " failed: ", e.what_without_backtrace());
+  }
+}
+
+// Steps [s0, s1) of the processing order cover rows [row0, row0 + rows): one
+// contiguous range in either direction.
+struct Chunk {
+  int64_t s0, s1, row0, rows;
+};
+
+Chunk next_chunk(const SeqLayout& seq, int64_t s0, int64_t max_rows) {
+  int64_t s1 = s0, rows = 0;
+  while (s1 < seq.T) {
+    const int64_t t = seq.reverse ? seq.T - 1 - s1 : s1;
+    if (rows > 0 && rows + seq.batch_sizes[t] > max_rows) break;
+    rows += seq.batch_sizes[t];
+    ++s1;
+  }
+  const int64_t row0 = seq.reverse ? seq.offsets[seq.T - s1] : seq.offsets[s0];
+  return Chunk{s0, s1, row0, rows};
+}
+
+// The forward time loop every cell shares: Gx = X W_ih^T (no bias: the kernels
+// add both biases in the compute type) chunk by chunk, then step(st, gx) for
+// each step with gx pointing at the step's rows of Gx [rows, GH].
+template <typename S, typename StepFn>
+void forward_steps(const LayerInputs& in, const LayerGeometry& g, int64_t GH, const StepFn& step) {
+  const SeqLayout seq = g.layout(in.reverse);
+  const Tensor x = in.input.reshape({g.R, g.C});
+  const int64_t row_bytes = GH * static_cast<int64_t>(in.input.element_size());
+  const int64_t max_rows = std::min(g.R, std::max(g.N, gx_chunk_bytes() / row_bytes));
+  const Tensor gx = at::empty({max_rows, GH}, in.input.options());
+  const Tensor w_ih_t = in.w_ih.t();
+  const S* gx_base = static_cast<const S*>(gx.data_ptr());
+  for (int64_t s0 = 0; s0 < g.T;) {
+    const Chunk c = next_chunk(seq, s0, max_rows);
+    Tensor gx_rows = gx.narrow(0, 0, c.rows);
+    at::mm_out(gx_rows, x.narrow(0, c.row0, c.rows), w_ih_t);
+    for (int64_t s = c.s0; s < c.s1; ++s) {
+      const StepInfo st = seq.step(s);
+      step(st, gx_base + (st.offset - c.row0) * GH);
+    }
+    s0 = c.s1;
+  }
+}
+
+// The gradient buffer that the backward loop starts from: dL/dh_n (or dL/dc_n)
+// or zeros.
+void init_grad_state(Tensor& state, const OptTensor& grad) {
+  if (grad.has_value())
+    state.copy_(*grad);
+  else
+    state.zero_();
+}
+
+// Columns [col, col + n) of dG belong to rows [wrow, wrow + n) of W_ih and b_ih.
+struct Block {
+  int64_t col, wrow, n;
+};
+
+// dX = dG W_ih and dW_ih = dG^T X over all rows, block by block.
+void input_side_grads(const LayerInputs& in, const LayerGeometry& g, const Tensor& dG,
+                      std::initializer_list<Block> blocks, GradResult& out) {
+  const Tensor x = in.input.reshape({g.R, g.C});
+  if (wanted(out.grad_input)) {
+    Tensor dx = out.grad_input.view({g.R, g.C});
+    bool first = true;
+    for (const Block& b : blocks) {
+      const Tensor dGb = dG.narrow(1, b.col, b.n);
+      const Tensor w = in.w_ih.narrow(0, b.wrow, b.n);
+      if (first)
+        at::mm_out(dx, dGb, w);
+      else
+        dx.addmm_(dGb, w);
+      first = false;
+    }
+  }
+  if (wanted(out.grad_w_ih)) {
+    for (const Block& b : blocks) {
+      Tensor dw = out.grad_w_ih.narrow(0, b.wrow, b.n);
+      at::mm_out(dw, dG.narrow(1, b.col, b.n).t(), x);
+    }
+  }
+}
+
+// db_ih (blocks as for W_ih) and db_hh (the first hh_cols columns of dG): column
+// sums of dG, accumulated in the compute type.
+void bias_grads(const Tensor& dG, std::initializer_list<Block> ih_blocks, int64_t hh_cols,
+                GradResult& out) {
+  if (!wanted(out.grad_b_ih) && !wanted(out.grad_b_hh)) return;
+  const Tensor dsum = at::sum(dG, at::IntArrayRef{0}, false, compute_dtype(dG.scalar_type()));
+  if (wanted(out.grad_b_ih))
+    for (const Block& b : ih_blocks)
+      out.grad_b_ih.narrow(0, b.wrow, b.n).copy_(dsum.narrow(0, b.col, b.n));
+  if (wanted(out.grad_b_hh)) out.grad_b_hh.copy_(dsum.narrow(0, 0, hh_cols));
+}
+
+// dw = dGb^T Hprev, Hprev [R, K] the recurrent input of every row: the rows the
+// backward kernels gathered (packed sequences), or for padded sequences the
+// output shifted by one step (N rows), with h0 for the first processed step.
+void recurrent_weight_grad(Tensor dw, const Tensor& dGb, const Tensor& hprev, const Tensor& y,
+                           const Tensor& h0, const LayerGeometry& g, bool reverse) {
+  if (hprev.defined()) {
+    at::mm_out(dw, dGb.t(), hprev);
+    return;
+  }
+  const int64_t N = g.N, R = g.R;
+  at::mm_out(dw, dGb.narrow(0, reverse ? R - N : 0, N).t(), h0);
+  if (R > N)
+    dw.addmm_(dGb.narrow(0, reverse ? 0 : N, R - N).t(), y.narrow(0, reverse ? N : 0, R - N));
+}
+
+// Where the backward kernels gather Hprev: only packed sequences need it, and
+// only for dW_hh.
+template <typename S>
+fc::PrevRows<S> prev_rows(const Tensor& hprev, const Tensor& y, const Tensor& h0,
+                          const StepInfo& st, int64_t width) {
+  fc::PrevRows<S> pr;
+  if (!hprev.defined()) return pr;
+  pr.prev = st.split > 0 ? cptr<S>(y) + st.prev_offset * width : nullptr;
+  pr.init = cptr<S>(h0);
+  pr.out = mptr<S>(hprev) + st.offset * width;
+  pr.width = width;
+  return pr;
+}
+
+// ------------------------------------------------------------------- LSTM
+
+template <typename S>
+void lstm_forward_cuda(const LayerInputs& in, const LayerGeometry& g, bool training,
+                       ForwardResult& out, cudaStream_t stream) {
+  using A = acc_t<S>;
+  constexpr bool kSameAcc = std::is_same<S, A>::value;
+  const int64_t N = g.N, H = g.H, P = g.P, GH = g.G * H;
+  const bool proj = in.w_hr.has_value();
+  const auto opts = in.input.options();
+
+  Tensor h_state = out.h_n;  // [N, P]
+  h_state.copy_(in.h0);
+  Tensor c_state = kSameAcc ? out.c_n : at::empty({N, H}, opts.dtype(at::kFloat));
+  c_state.copy_(*in.c0);
+  const Tensor gh = at::empty({N, GH}, opts);
+  const Tensor r_scratch = proj && !training ? at::empty({N, H}, opts) : Tensor();
+  const Tensor y = out.output.view({g.R, P});
+  const Tensor w_hh_t = in.w_hh.t();
+  const Tensor w_hr_t = proj ? in.w_hr->t() : Tensor();
+
+  fc::LstmForwardParams<S> base;
+  base.H = H;
+  base.coupled = in.cell.coupled;
+  base.b_ih = cptr<S>(in.b_ih);
+  base.b_hh = cptr<S>(in.b_hh);
+  base.w_ch = cptr<S>(in.w_ch);
+  base.c = mptr<A>(c_state);
+  base.gh = mptr<S>(gh);
+  base.h_state = proj ? nullptr : mptr<S>(h_state);
+
+  forward_steps<S>(in, g, GH, [&](const StepInfo& st, const S* gx) {
+    const int64_t rows = st.rows;
+    Tensor gh_rows = gh.narrow(0, 0, rows);
+    at::mm_out(gh_rows, h_state.narrow(0, 0, rows), w_hh_t);
+    // h' = o*tanh(c') goes to the output, or to the projection's input.
+    const Tensor h_rows = !proj    ? y.narrow(0, st.offset, rows)
+                          : training ? out.saved.proj_in.narrow(0, st.offset, rows)
+                                     : r_scratch.narrow(0, 0, rows);
+    fc::LstmForwardParams<S> p = base;
+    p.rows = rows;
+    p.gx = gx;
+    p.h = mptr<S>(h_rows);
+    p.ld_h = proj ? H : P;
+    if (training) {
+      p.gates = mptr<S>(out.saved.gates) + st.offset * GH;
+      p.states = mptr<A>(out.saved.states) + st.offset * H;
+    }
+    check_launch(fc::lstm_forward_launch<S>(p, stream), "lstm_forward_kernel");
+    if (proj) {
+      Tensor y_rows = y.narrow(0, st.offset, rows);
+      at::mm_out(y_rows, h_rows, w_hr_t);
+      h_state.narrow(0, 0, rows).copy_(y_rows);
+    }
+  });
+  if (!kSameAcc) out.c_n.copy_(c_state);
+}
+
+template <typename S>
+void lstm_backward_cuda(const LayerInputs& in, const LayerGeometry& g, const GradInputs& gi,
+                        GradResult& out, cudaStream_t stream) {
+  using A = acc_t<S>;
+  constexpr bool kSameAcc = std::is_same<S, A>::value;
+  const int64_t N = g.N, H = g.H, P = g.P, G = g.G, GH = G * H, R = g.R;
+  const bool proj = in.w_hr.has_value();
+  const auto opts = in.input.options();
+  const auto acc_opts = opts.dtype(compute_dtype(in.input.scalar_type()));
+  const SeqLayout seq = g.layout(in.reverse);
+  const Tensor dy = gi.grad_output.view({R, P});
+  const Tensor y = gi.output.view({R, P});
+
+  const Tensor dG = at::empty({R, GH}, opts);
+  Tensor dh_state = out.grad_h0;  // [N, P]: the recurrent dL/dh, at the end dL/dh0
+  init_grad_state(dh_state, gi.grad_h_n);
+  Tensor dc_state = kSameAcc ? out.grad_c0 : at::empty({N, H}, acc_opts);
+  init_grad_state(dc_state, gi.grad_c_n);
+  const bool want_wch = wanted(out.grad_w_ch);
+  const Tensor dwch_rows = want_wch ? at::zeros({N, (G - 1) * H}, acc_opts) : Tensor();
+  // With a projection: dht = dy + dh (kept for dW_hr = dht^T proj_in), dr = dht W_hr.
+  const bool want_whr = proj && wanted(out.grad_w_hr);
+  const Tensor dht = proj ? at::empty({want_whr ? R : N, P}, opts) : Tensor();
+  const Tensor dr = proj ? at::empty({N, H}, opts) : Tensor();
+  const bool want_whh = wanted(out.grad_w_hh);
+  const Tensor hprev = want_whh && g.packed ? at::empty({R, P}, opts) : Tensor();
+
+  fc::LstmBackwardParams<S> base;
+  base.H = H;
+  base.coupled = in.cell.coupled;
+  base.c0 = cptr<S>(*in.c0);
+  base.w_ch = cptr<S>(in.w_ch);
+  base.dc = mptr<A>(dc_state);
+  base.dw_ch_rows = mptr<A>(dwch_rows);
+  const S* gates = cptr<S>(gi.saved.gates);
+  const A* states = cptr<A>(gi.saved.states);
+
+  for (int64_t s = g.T - 1; s >= 0; --s) {
+    const StepInfo st = seq.step(s);
+    const int64_t rows = st.rows;
+    Tensor dh_rows = dh_state.narrow(0, 0, rows);
+    fc::LstmBackwardParams<S> p = base;
+    p.rows = rows;
+    p.split = st.split;
+    if (proj) {
+      Tensor d = dht.narrow(0, want_whr ? st.offset : 0, rows);
+      at::add_out(d, dy.narrow(0, st.offset, rows), dh_rows);
+      Tensor dr_rows = dr.narrow(0, 0, rows);
+      at::mm_out(dr_rows, d, *in.w_hr);
+      p.dh = mptr<S>(dr);
+      p.ld_dh = H;
+    } else {
+      p.dh = cptr<S>(dy) + st.offset * P;
+      p.ld_dh = P;
+      p.dh_rec = mptr<S>(dh_state);
+    }
+    p.gates = gates + st.offset * GH;
+    p.c_new = states + st.offset * H;
+    p.c_prev = st.split > 0 ? states + st.prev_offset * H : nullptr;
+    p.dG = mptr<S>(dG) + st.offset * GH;
+    p.hprev = prev_rows<S>(hprev, y, in.h0, st, P);
+    check_launch(fc::lstm_backward_launch<S>(p, stream), "lstm_backward_kernel");
+    at::mm_out(dh_rows, dG.narrow(0, st.offset, rows), in.w_hh);
+  }
+  if (!kSameAcc) out.grad_c0.copy_(dc_state);
+
+  input_side_grads(in, g, dG, {{0, 0, GH}}, out);
+  bias_grads(dG, {{0, 0, GH}}, GH, out);
+  if (want_whh) recurrent_weight_grad(out.grad_w_hh, dG, hprev, y, in.h0, g, in.reverse);
+  if (want_wch) out.grad_w_ch.copy_(dwch_rows.sum(0));
+  if (want_whr) at::mm_out(out.grad_w_hr, dht.t(), gi.saved.proj_in);
+}
+
+// -------------------------------------------------------------------- GRU
+
+template <typename S>
+void gru_forward_cuda(const LayerInputs& in, const LayerGeometry& g, bool training,
+                      ForwardResult& out, cudaStream_t stream) {
+  using A = acc_t<S>;
+  constexpr bool kSameAcc = std::is_same<S, A>::value;
+  const int64_t N = g.N, H = g.H;
+  const auto opts = in.input.options();
+  Tensor h_state = out.h_n;  // [N, H]
+  h_state.copy_(in.h0);
+  const Tensor y = out.output.view({g.R, H});
+
+  fc::GruForwardParams<S> base;
+  base.H = H;
+  base.b_ih = cptr<S>(in.b_ih);
+  base.b_hh = cptr<S>(in.b_hh);
+  base.h = mptr<S>(h_state);
+
+  if (in.cell.reset_after) {
+    const Tensor gh = at::empty({N, 3 * H}, opts);
+    const Tensor w_hh_t = in.w_hh.t();
+    forward_steps<S>(in, g, 3 * H, [&](const StepInfo& st, const S* gx) {
+      Tensor gh_rows = gh.narrow(0, 0, st.rows);
+      at::mm_out(gh_rows, h_state.narrow(0, 0, st.rows), w_hh_t);
+      fc::GruForwardParams<S> p = base;
+      p.rows = st.rows;
+      p.gx = gx;
+      p.gh = mptr<S>(gh);
+      p.ld_gh = 3 * H;
+      p.y = mptr<S>(y) + st.offset * H;
+      p.gates = training ? mptr<S>(out.saved.gates) + st.offset * 4 * H : nullptr;
+      check_launch(fc::gru_forward_launch<S>(p, stream), "gru_forward_kernel");
+    });
+    return;
+  }
+
+  // reset_before: r*h feeds the W_hn product in the input dtype. When training
+  // in float/double it is the saved states tensor itself; otherwise a scratch,
+  // and the kernel also saves it in float (16-bit training).
+  const Tensor gh_rz = at::empty({N, 2 * H}, opts);
+  const Tensor gh_n = at::empty({N, H}, opts);
+  const bool rh_in_states = training && kSameAcc;
+  const Tensor rh = rh_in_states ? Tensor() : at::empty({N, H}, opts);
+  const Tensor z_scratch = training ? Tensor() : at::empty({N, H}, opts);
+  const Tensor w_rz_t = in.w_hh.narrow(0, 0, 2 * H).t();
+  const Tensor w_n_t = in.w_hh.narrow(0, 2 * H, H).t();
+  forward_steps<S>(in, g, 3 * H, [&](const StepInfo& st, const S* gx) {
+    const int64_t rows = st.rows;
+    Tensor gh_rz_rows = gh_rz.narrow(0, 0, rows);
+    at::mm_out(gh_rz_rows, h_state.narrow(0, 0, rows), w_rz_t);
+    const Tensor rh_rows =
+        rh_in_states ? out.saved.states.narrow(0, st.offset, rows) : rh.narrow(0, 0, rows);
+    fc::GruForwardParams<S> p = base;
+    p.rows = rows;
+    p.gx = gx;
+    p.gh = mptr<S>(gh_rz);
+    p.ld_gh = 2 * H;
+    p.y = mptr<S>(y) + st.offset * H;
+    if (training) {
+      p.gates = mptr<S>(out.saved.gates) + st.offset * 3 * H;
+      p.z = p.gates + H;
+      p.ld_z = 3 * H;
+      if (!kSameAcc) p.rh_saved = mptr<A>(out.saved.states) + st.offset * H;
+    } else {
+      p.z = mptr<S>(z_scratch);
+      p.ld_z = H;
+    }
+    p.rh = mptr<S>(rh_rows);
+    check_launch(fc::gru_reset_before_forward_rz_launch<S>(p, stream),
+                 "gru_reset_before_forward_rz_kernel");
+    Tensor gh_n_rows = gh_n.narrow(0, 0, rows);
+    at::mm_out(gh_n_rows, rh_rows, w_n_t);
+    p.gh = mptr<S>(gh_n);
+    p.ld_gh = H;
+    check_launch(fc::gru_reset_before_forward_n_launch<S>(p, stream),
+                 "gru_reset_before_forward_n_kernel");
+  });
+}
+
+template <typename S>
+void gru_backward_cuda(const LayerInputs& in, const LayerGeometry& g, const GradInputs& gi,
+                       GradResult& out, cudaStream_t stream) {
+  const int64_t N = g.N, H = g.H, R = g.R;
+  const bool reset_after = in.cell.reset_after;
+  // dG: (r, z, hn, xn) reset_after, (r, z, n) reset_before (as on the CPU).
+  const int64_t ldg = reset_after ? 4 * H : 3 * H;
+  const auto opts = in.input.options();
+  const SeqLayout seq = g.layout(in.reverse);
+  const Tensor dy = gi.grad_output.view({R, H});
+  const Tensor y = gi.output.view({R, H});
+  const Tensor dG = at::empty({R, ldg}, opts);
+  Tensor dh_state = out.grad_h0;
+  init_grad_state(dh_state, gi.grad_h_n);
+  const bool want_whh = wanted(out.grad_w_hh);
+  const Tensor hprev = want_whh && g.packed ? at::empty({R, H}, opts) : Tensor();
+  const Tensor drh = reset_after ? Tensor() : at::empty({N, H}, opts);
+  const Tensor w_rz = in.w_hh.narrow(0, 0, 2 * H);
+  const Tensor w_n = in.w_hh.narrow(0, 2 * H, H);
+
+  fc::GruBackwardParams<S> base;
+  base.H = H;
+  base.dh = mptr<S>(dh_state);
+  base.h0 = cptr<S>(in.h0);
+  base.drh = cptr<S>(drh);
+  const S* gates = cptr<S>(gi.saved.gates);
+
+  for (int64_t s = g.T - 1; s >= 0; --s) {
+    const StepInfo st = seq.step(s);
+    const int64_t rows = st.rows;
+    Tensor dh_rows = dh_state.narrow(0, 0, rows);
+    const Tensor dG_rows = dG.narrow(0, st.offset, rows);
+    fc::GruBackwardParams<S> p = base;
+    p.rows = rows;
+    p.split = st.split;
+    p.dy = cptr<S>(dy) + st.offset * H;
+    p.gates = gates + st.offset * ldg;
+    p.h_prev = st.split > 0 ? cptr<S>(y) + st.prev_offset * H : nullptr;
+    p.dG = mptr<S>(dG) + st.offset * ldg;
+    p.hprev = prev_rows<S>(hprev, y, in.h0, st, H);
+    if (reset_after) {
+      check_launch(fc::gru_backward_launch<S>(p, stream), "gru_backward_kernel");
+      dh_rows.addmm_(dG_rows.narrow(1, 0, 3 * H), in.w_hh);
+    } else {
+      check_launch(fc::gru_reset_before_backward_zn_launch<S>(p, stream),
+                   "gru_reset_before_backward_zn_kernel");
+      Tensor drh_rows = drh.narrow(0, 0, rows);
+      at::mm_out(drh_rows, dG_rows.narrow(1, 2 * H, H), w_n);
+      check_launch(fc::gru_reset_before_backward_r_launch<S>(p, stream),
+                   "gru_reset_before_backward_r_kernel");
+      dh_rows.addmm_(dG_rows.narrow(1, 0, 2 * H), w_rz);
+    }
+  }
+
+  if (reset_after) {
+    // W_ih's n rows take the input-side gradient xn, W_hh's the recurrent hn.
+    input_side_grads(in, g, dG, {{0, 0, 2 * H}, {3 * H, 2 * H, H}}, out);
+    bias_grads(dG, {{0, 0, 2 * H}, {3 * H, 2 * H, H}}, 3 * H, out);
+    if (want_whh)
+      recurrent_weight_grad(out.grad_w_hh, dG.narrow(1, 0, 3 * H), hprev, y, in.h0, g,
+                            in.reverse);
+  } else {
+    input_side_grads(in, g, dG, {{0, 0, 3 * H}}, out);
+    bias_grads(dG, {{0, 0, 3 * H}}, 3 * H, out);
+    if (want_whh) {
+      recurrent_weight_grad(out.grad_w_hh.narrow(0, 0, 2 * H), dG.narrow(1, 0, 2 * H), hprev, y,
+                            in.h0, g, in.reverse);
+      // W_hn multiplies r*h, saved in the compute dtype: the GEMM wants the input dtype.
+      Tensor dw_n = out.grad_w_hh.narrow(0, 2 * H, H);
+      at::mm_out(dw_n, dG.narrow(1, 2 * H, H).t(), gi.saved.states.to(in.input.scalar_type()));
+    }
+  }
+}
+
+// -------------------------------------------------------------------- RNN
+
+template <typename S>
+void rnn_forward_cuda(const LayerInputs& in, const LayerGeometry& g, ForwardResult& out,
+                      cudaStream_t stream) {
+  const int64_t N = g.N, H = g.H;
+  Tensor h_state = out.h_n;
+  h_state.copy_(in.h0);
+  const Tensor y = out.output.view({g.R, H});
+  const Tensor gh = at::empty({N, H}, in.input.options());
+  const Tensor w_hh_t = in.w_hh.t();
+  fc::RnnForwardParams<S> base;
+  base.H = H;
+  base.relu = in.cell.kind == CellKind::kRnnRelu;
+  base.b_ih = cptr<S>(in.b_ih);
+  base.b_hh = cptr<S>(in.b_hh);
+  base.gh = mptr<S>(gh);
+  base.h = mptr<S>(h_state);
+  forward_steps<S>(in, g, H, [&](const StepInfo& st, const S* gx) {
+    Tensor gh_rows = gh.narrow(0, 0, st.rows);
+    at::mm_out(gh_rows, h_state.narrow(0, 0, st.rows), w_hh_t);
+    fc::RnnForwardParams<S> p = base;
+    p.rows = st.rows;
+    p.gx = gx;
+    p.y = mptr<S>(y) + st.offset * H;
+    check_launch(fc::rnn_forward_launch<S>(p, stream), "rnn_forward_kernel");
+  });
+}
+
+template <typename S>
+void rnn_backward_cuda(const LayerInputs& in, const LayerGeometry& g, const GradInputs& gi,
+                       GradResult& out, cudaStream_t stream) {
+  const int64_t H = g.H, R = g.R;
+  const SeqLayout seq = g.layout(in.reverse);
+  const Tensor dy = gi.grad_output.view({R, H});
+  const Tensor y = gi.output.view({R, H});
+  const Tensor dG = at::empty({R, H}, in.input.options());
+  Tensor dh_state = out.grad_h0;
+  init_grad_state(dh_state, gi.grad_h_n);
+  const bool want_whh = wanted(out.grad_w_hh);
+  const Tensor hprev = want_whh && g.packed ? at::empty({R, H}, in.input.options()) : Tensor();
+
+  fc::RnnBackwardParams<S> base;
+  base.H = H;
+  base.relu = in.cell.kind == CellKind::kRnnRelu;
+  base.dh = cptr<S>(dh_state);
+  for (int64_t s = g.T - 1; s >= 0; --s) {
+    const StepInfo st = seq.step(s);
+    fc::RnnBackwardParams<S> p = base;
+    p.rows = st.rows;
+    p.split = st.split;
+    p.dy = cptr<S>(dy) + st.offset * H;
+    p.y = cptr<S>(y) + st.offset * H;
+    p.dG = mptr<S>(dG) + st.offset * H;
+    p.hprev = prev_rows<S>(hprev, y, in.h0, st, H);
+    check_launch(fc::rnn_backward_launch<S>(p, stream), "rnn_backward_kernel");
+    Tensor dh_rows = dh_state.narrow(0, 0, st.rows);
+    at::mm_out(dh_rows, dG.narrow(0, st.offset, st.rows), in.w_hh);
+  }
+  input_side_grads(in, g, dG, {{0, 0, H}}, out);
+  bias_grads(dG, {{0, 0, H}}, H, out);
+  if (want_whh) recurrent_weight_grad(out.grad_w_hh, dG, hprev, y, in.h0, g, in.reverse);
+}
+
+}  // namespace
+
+void cuda_layer_forward(const LayerInputs& in, const LayerGeometry& g, bool training,
+                        ForwardResult& out) {
+  const c10::cuda::CUDAGuard guard(in.input.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  dispatch_dtype(in.input.scalar_type(), [&](auto tag) {
+    using S = typename decltype(tag)::type;
+    switch (in.cell.kind) {
+      case CellKind::kLstm: return lstm_forward_cuda<S>(in, g, training, out, stream);
+      case CellKind::kGru: return gru_forward_cuda<S>(in, g, training, out, stream);
+      case CellKind::kRnnTanh:
+      case CellKind::kRnnRelu: return rnn_forward_cuda<S>(in, g, out, stream);
+    }
+  });
+}
+
+void cuda_layer_backward(const LayerInputs& in, const LayerGeometry& g, const GradInputs& gi,
+                         GradResult& out) {
+  const c10::cuda::CUDAGuard guard(in.input.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  dispatch_dtype(in.input.scalar_type(), [&](auto tag) {
+    using S = typename decltype(tag)::type;
+    switch (in.cell.kind) {
+      case CellKind::kLstm: return lstm_backward_cuda<S>(in, g, gi, out, stream);
+      case CellKind::kGru: return gru_backward_cuda<S>(in, g, gi, out, stream);
+      case CellKind::kRnnTanh:
+      case CellKind::kRnnRelu: return rnn_backward_cuda<S>(in, g, gi, out, stream);
+    }
+  });
+}
+
+}  // namespace fusedrnn

@@ -1,0 +1,671 @@
+"""The CUDA standard path: every cell, variant and dtype against the float64
+reference (error-ratio oracle), against torch.nn (cuDNN, TF32 off), the saved
+tensors against the CPU path, and what a GPU adds: streams, CUDA graphs, device
+indices. Marked ``cuda``; skipped where there is no GPU.
+
+``FUSEDRNN_CUDA_EMULATION=1`` (set by tools/cuda_emulate.sh) runs the same tests
+on the CPU against a build in which CPU tensors take the CUDA path (the torch
+layer and the kernels compiled for the host); the tests that need a real device
+skip there.
+
+Legend: T steps, N batch, C input size, H hidden size, P projection size.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Dict, List
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+
+import fusedrnn
+from fusedrnn.testing import assert_matches_reference
+
+EMULATION = os.environ.get("FUSEDRNN_CUDA_EMULATION") == "1"
+DEVICE = torch.device("cpu") if EMULATION else torch.device("cuda")
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not EMULATION and not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+real_gpu = pytest.mark.skipif(EMULATION, reason="needs a real CUDA device")
+
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+T, N, C, H, P = 7, 5, 6, 10, 4  # odd sizes on purpose
+
+SEQ_VARIANTS = {
+    "lstm": (fusedrnn.LSTM, {}),
+    "lstm_nobias": (fusedrnn.LSTM, {"bias": False}),
+    "lstm_peephole": (fusedrnn.LSTM, {"peephole": True}),
+    "lstm_coupled": (fusedrnn.LSTM, {"coupled_gates": True}),
+    "lstm_peephole_coupled": (fusedrnn.LSTM, {"peephole": True, "coupled_gates": True}),
+    "lstm_proj": (fusedrnn.LSTM, {"proj_size": P}),
+    "lstm_peephole_coupled_proj": (fusedrnn.LSTM, {"peephole": True, "coupled_gates": True, "proj_size": P}),
+    "gru": (fusedrnn.GRU, {}),
+    "gru_nobias": (fusedrnn.GRU, {"bias": False}),
+    "gru_reset_before": (fusedrnn.GRU, {"reset_after": False}),
+    "rnn_tanh": (fusedrnn.RNN, {"nonlinearity": "tanh"}),
+    "rnn_relu": (fusedrnn.RNN, {"nonlinearity": "relu"}),
+}
+
+CELL_VARIANTS = {
+    "lstm_cell": (fusedrnn.LSTMCell, {}),
+    "lstm_cell_peephole": (fusedrnn.LSTMCell, {"peephole": True}),
+    "lstm_cell_coupled": (fusedrnn.LSTMCell, {"coupled_gates": True}),
+    "lstm_cell_peephole_coupled": (fusedrnn.LSTMCell, {"peephole": True, "coupled_gates": True}),
+    "gru_cell": (fusedrnn.GRUCell, {}),
+    "gru_cell_reset_before": (fusedrnn.GRUCell, {"reset_after": False}),
+    "rnn_cell_tanh": (fusedrnn.RNNCell, {"nonlinearity": "tanh"}),
+    "rnn_cell_relu": (fusedrnn.RNNCell, {"nonlinearity": "relu"}),
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cuda_build():
+    info = fusedrnn.backend_info()
+    if EMULATION:
+        assert info["cpu_isa"] == "CUDA-EMULATION", "FUSEDRNN_CUDA_EMULATION=1 needs the build of tools/cuda_emulate.sh"
+    else:
+        assert info["cuda_compiled"], (
+            "a GPU is present but fusedrnn._C was built without CUDA; rebuild with a CUDA torch and nvcc"
+        )
+
+
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    """float32 means float32 here: the oracle and torch.nn comparisons assume it."""
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _seeded(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _randn(*shape, gen, dtype=torch.float32, device=DEVICE, scale=1.0) -> torch.Tensor:
+    """Drawn on the CPU (the same numbers on every device), then moved."""
+    return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(device=device, dtype=dtype)
+
+
+def _make(cls, kwargs, dtype, device=DEVICE, seed=0, **extra):
+    torch.manual_seed(seed)
+    return cls(C, H, **kwargs, **extra).to(device=device, dtype=dtype)
+
+
+def _is_lstm(module) -> bool:
+    return "LSTM" in type(module).__name__
+
+
+def _random_hx(module, batch, gen, dtype, device=DEVICE):
+    if isinstance(module, (fusedrnn.LSTMCell, fusedrnn.GRUCell, fusedrnn.RNNCell, nn.RNNCellBase)):
+        h = _randn(batch, module.hidden_size, gen=gen, dtype=dtype, device=device, scale=0.5)
+        if _is_lstm(module):
+            return h, _randn(batch, module.hidden_size, gen=gen, dtype=dtype, device=device, scale=0.5)
+        return h
+    layers = module.num_layers * (2 if module.bidirectional else 1)
+    out = getattr(module, "proj_size", 0) or module.hidden_size
+    h = _randn(layers, batch, out, gen=gen, dtype=dtype, device=device, scale=0.5)
+    if _is_lstm(module):
+        return h, _randn(layers, batch, module.hidden_size, gen=gen, dtype=dtype, device=device, scale=0.5)
+    return h
+
+
+def _packed(lengths: List[int], gen, dtype, device=DEVICE, batch_first=False) -> PackedSequence:
+    """Lengths deliberately unsorted (enforce_sorted=False exercises the permutation)."""
+    x = _randn(max(lengths), len(lengths), C, gen=gen, dtype=dtype, device=device)
+    if batch_first:
+        x = x.transpose(0, 1)
+    return pack_padded_sequence(x, torch.tensor(lengths), batch_first=batch_first, enforce_sorted=False)
+
+
+def _report(name: str, got: torch.Tensor, want: torch.Tensor) -> tuple:
+    diff = (got.double() - want.double()).abs()
+    err = diff.max().item() if diff.numel() else 0.0
+    mean = diff.mean().item() if diff.numel() else 0.0
+    scale = max(1.0, want.double().abs().max().item() if want.numel() else 0.0)
+    print(f"{name}: max error {err:.3e}, mean error {mean:.3e}, scale {scale:.3e}")
+    return err, scale
+
+
+def _assert_close(name: str, got: torch.Tensor, want: torch.Tensor, rel: float) -> None:
+    """max |got - want| <= rel * max(1, max |want|), reported before asserting."""
+    assert got.shape == want.shape, f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+    assert got.dtype == want.dtype, f"{name}: dtype {got.dtype} != {want.dtype}"
+    err, scale = _report(name, got.to(want.device), want)
+    assert err <= rel * scale, f"{name}: max error {err:.3e} exceeds {rel:.1e} x {scale:.3e}"
+
+
+def _flatten_out(out) -> List[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, PackedSequence):
+        return [out.data]
+    res = []
+    for o in out:
+        res += _flatten_out(o)
+    return res
+
+
+def _run(module, x, hx, cotangent_seed: int = 1) -> Dict[str, torch.Tensor]:
+    """Forward and backward with fixed random cotangents; returns the outputs and
+    the gradients of the input data, hx and every parameter, by name."""
+    packed = isinstance(x, PackedSequence)
+    data = (x.data if packed else x).detach().clone().requires_grad_()
+    xin = PackedSequence(data, x.batch_sizes, x.sorted_indices, x.unsorted_indices) if packed else data
+    hs = None
+    if hx is not None:
+        if isinstance(hx, tuple):
+            hs = tuple(h.detach().clone().requires_grad_() for h in hx)
+        else:
+            hs = hx.detach().clone().requires_grad_()
+    module.zero_grad(set_to_none=True)
+    outs = _flatten_out(module(xin, hs))
+    gen = _seeded(cotangent_seed)
+    loss = sum((o.double() * torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o.device)).sum() for o in outs)
+    loss.backward()
+    res = {f"out{i}": o.detach() for i, o in enumerate(outs)}
+    res["grad input"] = data.grad
+    if hs is not None:
+        for i, h in enumerate(hs if isinstance(hs, tuple) else (hs,)):
+            res[f"grad hx{i}"] = h.grad
+    for n, p in module.named_parameters():
+        res[f"grad {n}"] = p.grad
+    return res
+
+
+# ------------------------------------------------- against the reference
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("variant", list(SEQ_VARIANTS))
+def test_sequence_matches_reference(variant, dtype):
+    cls, kwargs = SEQ_VARIANTS[variant]
+    m = _make(cls, kwargs, dtype)
+    gen = _seeded()
+    x = _randn(T, N, C, gen=gen, dtype=dtype)
+    assert_matches_reference(m, x, _random_hx(m, N, gen, dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("variant", list(CELL_VARIANTS))
+def test_cell_matches_reference(variant, dtype):
+    cls, kwargs = CELL_VARIANTS[variant]
+    m = _make(cls, kwargs, dtype)
+    gen = _seeded()
+    x = _randn(N, C, gen=gen, dtype=dtype)
+    assert_matches_reference(m, x, _random_hx(m, N, gen, dtype))
+    assert_matches_reference(m, x)  # hx=None: zeros
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize(
+    "variant", ["lstm", "lstm_peephole_coupled_proj", "gru", "gru_reset_before", "rnn_tanh", "rnn_relu"]
+)
+def test_multilayer_bidirectional_matches_reference(variant, dtype):
+    cls, kwargs = SEQ_VARIANTS[variant]
+    m = _make(cls, kwargs, dtype, num_layers=3, bidirectional=True, batch_first=True)
+    gen = _seeded()
+    x = _randn(N, T, C, gen=gen, dtype=dtype)
+    assert_matches_reference(m, x, _random_hx(m, N, gen, dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize(
+    "variant", ["lstm", "lstm_peephole_coupled_proj", "gru", "gru_reset_before", "rnn_tanh"]
+)
+def test_packed_sequence_matches_reference(variant, bidirectional, dtype):
+    cls, kwargs = SEQ_VARIANTS[variant]
+    m = _make(cls, kwargs, dtype, num_layers=2, bidirectional=bidirectional)
+    gen = _seeded()
+    x = _packed([3, 7, 1, 5, 7, 2], gen, dtype)
+    assert_matches_reference(m, x, _random_hx(m, 6, gen, dtype))
+    assert_matches_reference(m, x)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_wide_hidden_and_long_sequence(dtype):
+    """H above one block of units (grid.x > 1, H not a multiple of 32) and T
+    long enough that the input GEMM runs over several steps at once."""
+    torch.manual_seed(0)
+    m = fusedrnn.LSTM(C, 300, proj_size=37, peephole=True).to(DEVICE, dtype)
+    gen = _seeded()
+    x = _randn(40, 3, C, gen=gen, dtype=dtype)
+    assert_matches_reference(m, x)
+
+
+@pytest.mark.parametrize("chunk_bytes", ["1", "3000"])
+@pytest.mark.parametrize("variant", ["lstm_peephole_coupled_proj", "gru_reset_before", "rnn_tanh"])
+def test_input_gemm_in_chunks(variant, chunk_bytes, monkeypatch):
+    """Gx = X W_ih^T computed a few steps at a time (one step per chunk with 1
+    byte): every chunk boundary, both directions, packed."""
+    cls, kwargs = SEQ_VARIANTS[variant]
+    m = _make(cls, kwargs, torch.float32, num_layers=2, bidirectional=True)
+    x = _packed([3, 7, 6, 1, 7], _seeded(), torch.float32)
+    want = _run(m, x, None)
+    monkeypatch.setenv("FUSEDRNN_CUDA_GX_CHUNK_BYTES", chunk_bytes)
+    got = _run(m, x, None)
+    _compare_runs(got, want, 1e-6)
+    assert_matches_reference(m, x)
+
+
+def test_rows_beyond_one_grid():
+    """More rows than one grid covers (gridDim.y is capped at 65535 blocks of 8
+    rows for H <= 32): the row loop must stride."""
+    torch.manual_seed(0)
+    m = fusedrnn.LSTMCell(3, 5).to(DEVICE)
+    gen = _seeded()
+    x = _randn(600_000, 3, gen=gen)
+    assert_matches_reference(m, x, _random_hx(m, 600_000, gen, torch.float32))
+
+
+# -------------------------------------------------- against torch.nn (cuDNN)
+
+NN_MODULES = {
+    "lstm": lambda: nn.LSTM(C, H, num_layers=2, bidirectional=True),
+    "lstm_proj": lambda: nn.LSTM(C, H, num_layers=2, proj_size=P, bidirectional=True, batch_first=True),
+    "gru": lambda: nn.GRU(C, H, num_layers=2, bidirectional=True),
+    "rnn_tanh": lambda: nn.RNN(C, H, num_layers=2),
+    "rnn_relu": lambda: nn.RNN(C, H, nonlinearity="relu", bidirectional=True),
+}
+NN_CELLS = {
+    "lstm_cell": lambda: nn.LSTMCell(C, H),
+    "gru_cell": lambda: nn.GRUCell(C, H),
+    "rnn_cell_tanh": lambda: nn.RNNCell(C, H),
+    "rnn_cell_relu": lambda: nn.RNNCell(C, H, nonlinearity="relu"),
+}
+NN_REL = {torch.float32: 2e-5, torch.float64: 1e-11}
+
+
+def _compare_runs(got: Dict[str, torch.Tensor], want: Dict[str, torch.Tensor], rel: float) -> None:
+    assert got.keys() == want.keys()
+    for name in want:
+        if want[name] is None:
+            assert got[name] is None, f"{name}: unexpected gradient"
+            continue
+        assert got[name] is not None, f"{name}: missing gradient"
+        _assert_close(name, got[name], want[name], rel)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("name", list(NN_MODULES))
+def test_sequence_matches_torch_nn(name, packed, dtype):
+    torch.manual_seed(0)
+    ref = NN_MODULES[name]().to(DEVICE, dtype)
+    ours = fusedrnn.convert(copy.deepcopy(ref))
+    assert type(ours).__module__.startswith("fusedrnn")
+    gen = _seeded()
+    if packed:
+        x = _packed([4, 7, 2, 7, 1], gen, dtype, batch_first=ref.batch_first)
+        batch = 5
+    else:
+        x = _randn(N, T, C, gen=gen, dtype=dtype) if ref.batch_first else _randn(T, N, C, gen=gen, dtype=dtype)
+        batch = N
+    hx = _random_hx(ref, batch, gen, dtype)
+    _compare_runs(_run(ours, x, hx), _run(ref, x, hx), NN_REL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("name", list(NN_CELLS))
+def test_cell_matches_torch_nn(name, dtype):
+    torch.manual_seed(0)
+    ref = NN_CELLS[name]().to(DEVICE, dtype)
+    ours = fusedrnn.convert(copy.deepcopy(ref))
+    gen = _seeded()
+    x = _randn(N, C, gen=gen, dtype=dtype)
+    hx = _random_hx(ref, N, gen, dtype)
+    _compare_runs(_run(ours, x, hx), _run(ref, x, hx), NN_REL[dtype])
+
+
+# ------------------------------------- the operators: saved tensors, layouts
+
+# Tolerance of CUDA against CPU, relative to the largest value: 16-bit GEMMs run
+# in the input dtype on CUDA and in float32 on the CPU, so they differ by
+# rounding of that dtype, compounded over the steps.
+CPU_REL = {torch.float32: 2e-5, torch.float64: 1e-11, torch.float16: 2e-2, torch.bfloat16: 8e-2}
+
+
+def _op_args(op: str, packed: bool, reverse: bool, dtype, gen):
+    """Arguments of torch.ops.fusedrnn.<family>_forward (on the CPU) and the
+    cotangents of its outputs for the matching backward."""
+    lengths = [6, 6, 4, 3, 1]
+    steps, batch = 6, len(lengths)
+    if packed:
+        bs = torch.tensor([sum(l > t for l in lengths) for t in range(steps)], dtype=torch.int64)
+        x = _randn(int(bs.sum()), C, gen=gen, dtype=dtype, device="cpu")
+    else:
+        bs = None
+        x = _randn(steps, batch, C, gen=gen, dtype=dtype, device="cpu")
+
+    def w(*shape):
+        return _randn(*shape, gen=gen, dtype=dtype, device="cpu", scale=0.4)
+
+    if op.startswith("lstm"):
+        coupled = "coupled" in op
+        G = 3 if coupled else 4
+        out = P if "proj" in op else H
+        w_ch = w((G - 1) * H) if "peephole" in op else None
+        w_hr = w(P, H) if "proj" in op else None
+        return [x, bs, w(batch, out), w(batch, H), w(G * H, C), w(G * H, out), w(G * H), w(G * H), w_ch, w_hr,
+                coupled, reverse, True]
+    if op.startswith("gru"):
+        return [x, bs, w(batch, H), w(3 * H, C), w(3 * H, H), w(3 * H), w(3 * H), op == "gru", reverse, True]
+    return [x, bs, w(batch, H), w(H, C), w(H, H), w(H), w(H), op == "rnn_relu", reverse]
+
+
+def _to(args, device):
+    # batch_sizes stays on the CPU, whatever the device of the data.
+    return [a.to(device) if isinstance(a, torch.Tensor) and i != 1 else a for i, a in enumerate(args)]
+
+
+def _forward_op(op: str, args) -> List[torch.Tensor]:
+    fwd = getattr(torch.ops.fusedrnn, f"{op.split('_')[0]}_forward")(*args)
+    return list(fwd) if isinstance(fwd, (tuple, list)) else [fwd]
+
+
+def _backward_op(op: str, args, fwd: List[torch.Tensor], gen_seed: int) -> List[torch.Tensor]:
+    """The matching backward operator on `fwd` (output and saved tensors), with
+    random cotangents drawn the same on every device."""
+    ops = torch.ops.fusedrnn
+    family = op.split("_")[0]
+    gen = _seeded(gen_seed)
+    dy = _randn(*fwd[0].shape, gen=gen, dtype=fwd[0].dtype, device="cpu").to(fwd[0].device)
+    dh = _randn(*fwd[1].shape, gen=gen, dtype=fwd[1].dtype, device="cpu").to(fwd[1].device)
+    x, bs = args[0], args[1]
+    if family == "lstm":
+        dc = _randn(*fwd[2].shape, gen=gen, dtype=fwd[2].dtype, device="cpu").to(fwd[2].device)
+        bwd = ops.lstm_backward(dy, dh, dc, x, bs, *args[2:10], fwd[0], fwd[3], fwd[4], fwd[5], args[10], args[11],
+                                True, True)
+    elif family == "gru":
+        bwd = ops.gru_backward(dy, dh, x, bs, *args[2:7], fwd[0], fwd[2], fwd[3], args[7], args[8], True, True)
+    else:
+        bwd = ops.rnn_backward(dy, dh, x, bs, *args[2:7], fwd[0], args[7], args[8], True, True)
+    return list(bwd)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize(
+    "op", ["lstm", "lstm_peephole_coupled_proj", "lstm_peephole_proj", "gru", "gru_reset_before", "rnn_tanh",
+           "rnn_relu"]
+)
+def test_operators_match_cpu(op, packed, reverse, dtype):
+    """The CUDA operators return what the CPU ones return, saved tensors
+    included (same layout, same dtypes): the autograd code and the fake kernels
+    are shared, so a CUDA forward must be able to feed a CPU backward and back."""
+    args = _op_args(op, packed, reverse, dtype, _seeded(3))
+    dev_args = _to(args, DEVICE)
+    cpu_fwd = _forward_op(op, args)
+    cpu_bwd = _backward_op(op, args, cpu_fwd, 4)
+    dev_fwd = _forward_op(op, dev_args)
+    dev_bwd = _backward_op(op, dev_args, dev_fwd, 4)
+    acc = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    names = {"lstm": ["output", "h_n", "c_n", "gates", "states", "proj_in"],
+             "gru": ["output", "h_n", "gates", "states"], "rnn": ["output", "h_n"]}[op.split("_")[0]]
+    for name, got, want in zip(names, dev_fwd, cpu_fwd):
+        assert got.device.type == DEVICE.type
+        assert got.dtype == (acc if name == "states" else dtype), f"{name}: dtype {got.dtype}"
+        _assert_close(name, got.cpu(), want, CPU_REL[dtype])
+    for i, (got, want) in enumerate(zip(dev_bwd, cpu_bwd)):
+        _assert_close(f"grad {i}", got.cpu(), want, CPU_REL[dtype])
+    # The CPU backward runs on what the device forward saved, and the other way.
+    crossed = _backward_op(op, args, [t.cpu() for t in dev_fwd], 4)
+    for i, (got, want) in enumerate(zip(crossed, cpu_bwd)):
+        _assert_close(f"grad {i}, CPU backward of the device forward", got, want, CPU_REL[dtype])
+    crossed = _backward_op(op, dev_args, [t.to(DEVICE) for t in cpu_fwd], 4)
+    for i, (got, want) in enumerate(zip(crossed, cpu_bwd)):
+        _assert_close(f"grad {i}, device backward of the CPU forward", got.cpu(), want, CPU_REL[dtype])
+
+
+@pytest.mark.parametrize("op", ["lstm_cell", "gru_cell", "gru_cell_reset_before", "rnn_cell"])
+def test_cell_operators_match_cpu(op):
+    gen = _seeded(5)
+    dtype = torch.float64
+    x, h, c = (_randn(N, C, gen=gen, dtype=dtype, device="cpu"), _randn(N, H, gen=gen, dtype=dtype, device="cpu"),
+               _randn(N, H, gen=gen, dtype=dtype, device="cpu"))
+    G = {"lstm_cell": 4, "rnn_cell": 1}.get(op, 3)
+    w_ih, w_hh, b_ih, b_hh = (_randn(G * H, C, gen=gen, dtype=dtype, device="cpu"),
+                              _randn(G * H, H, gen=gen, dtype=dtype, device="cpu"),
+                              _randn(G * H, gen=gen, dtype=dtype, device="cpu"),
+                              _randn(G * H, gen=gen, dtype=dtype, device="cpu"))
+    ops = torch.ops.fusedrnn
+    results = []
+    for dev in ("cpu", DEVICE):
+        a = [t.to(dev) for t in (x, h, c, w_ih, w_hh, b_ih, b_hh)]
+        if op == "lstm_cell":
+            hn, cn, gates = ops.lstm_cell_forward(a[0], a[1], a[2], *a[3:], None, False, True)
+            grads = ops.lstm_cell_backward(hn, cn, a[0], a[1], a[2], *a[3:], None, hn, cn, gates, False, True, True)
+            results.append([hn, cn, gates, *grads])
+        elif op.startswith("gru"):
+            ra = op == "gru_cell"
+            hn, gates, states = ops.gru_cell_forward(a[0], a[1], *a[3:], ra, True)
+            grads = ops.gru_cell_backward(hn, a[0], a[1], *a[3:], hn, gates, states, ra, True, True)
+            results.append([hn, gates, states, *grads])
+        else:
+            hn = ops.rnn_cell_forward(a[0], a[1], *a[3:], False)
+            grads = ops.rnn_cell_backward(hn, a[0], a[1], *a[3:], hn, False, True, True)
+            results.append([hn, *grads])
+    for i, (want, got) in enumerate(zip(*results)):
+        _assert_close(f"{op} result {i}", got.cpu(), want, CPU_REL[dtype])
+
+
+@pytest.mark.parametrize("op", ["lstm", "gru", "rnn"])
+def test_opcheck(op):
+    """Schema, fake kernel and autograd registration agree with the CUDA kernels."""
+    args = _to(_op_args(op if op != "rnn" else "rnn_tanh", True, True, torch.float32, _seeded(6)), DEVICE)
+    for i in (0, 2, 3, 4, 5):  # input, h0, (c0 or weights)
+        if isinstance(args[i], torch.Tensor) and args[i].dtype.is_floating_point:
+            args[i] = args[i].requires_grad_()
+    torch.library.opcheck(getattr(torch.ops.fusedrnn, f"{op}_forward").default, tuple(args))
+
+
+# ------------------------------------------------- inputs and environment
+
+
+def test_non_contiguous_inputs():
+    """Strided input, hidden state and weights give what their contiguous
+    copies give."""
+    gen = _seeded()
+    L, D = 2, 2
+    x = _randn(N, T, C, gen=gen).transpose(0, 1)  # [T, N, C] batch-major in memory
+    h0 = _randn(N, L * D, P, gen=gen).transpose(0, 1)
+    c0 = _randn(N, L * D, H, gen=gen).transpose(0, 1)
+    assert not (x.is_contiguous() or h0.is_contiguous() or c0.is_contiguous())
+    torch.manual_seed(0)
+    m = fusedrnn.LSTM(C, H, num_layers=L, bidirectional=D == 2, proj_size=P, peephole=True).to(DEVICE)
+    got = _run(m, x, (h0, c0))
+    want = _run(m, x.contiguous(), (h0.contiguous(), c0.contiguous()))
+    _compare_runs(got, want, 1e-6)
+
+    # Non-contiguous weights through the operator itself.
+    args = _to(_op_args("gru", False, False, torch.float32, _seeded(7)), DEVICE)
+    strided = list(args)
+    strided[3] = args[3].t().contiguous().t()
+    strided[4] = args[4].t().contiguous().t()
+    wide = torch.zeros(*args[0].shape[:-1], 2 * C, dtype=args[0].dtype, device=DEVICE)
+    wide[..., ::2] = args[0]
+    strided[0] = wide[..., ::2]  # gaps between elements
+    assert not strided[3].is_contiguous() and not strided[0].is_contiguous()
+    for name, got, want in zip(["output", "h_n", "gates", "states"], torch.ops.fusedrnn.gru_forward(*strided),
+                               torch.ops.fusedrnn.gru_forward(*args)):
+        _assert_close(name, got, want, 1e-6)
+
+
+@pytest.mark.parametrize("variant", ["lstm_peephole_coupled_proj", "gru_reset_before", "rnn_relu"])
+def test_inference_equals_training_forward(variant):
+    """The forward without autograd (saves nothing) computes the same outputs."""
+    cls, kwargs = SEQ_VARIANTS[variant]
+    for dtype in (torch.float32, torch.bfloat16):
+        m = _make(cls, kwargs, dtype, num_layers=2)
+        x = _randn(T, N, C, gen=_seeded(), dtype=dtype)
+        with torch.no_grad():
+            inf = _flatten_out(m(x))
+        train = _flatten_out(m(x.clone().requires_grad_()))
+        for i, (a, b) in enumerate(zip(inf, train)):
+            _assert_close(f"{dtype} out{i}", a, b.detach(), 1e-6 if dtype == torch.float32 else 1e-2)
+
+
+@pytest.mark.parametrize("variant", ["lstm_peephole_coupled_proj", "gru_reset_before", "rnn_tanh"])
+def test_autocast(variant):
+    """Under autocast the layers run in the low precision, as torch.nn's do, and
+    the float32 parameters get float32 gradients."""
+    low = torch.bfloat16 if EMULATION else torch.float16  # the CPU autocasts to bfloat16
+    cls, kwargs = SEQ_VARIANTS[variant]
+    m = _make(cls, kwargs, torch.float32, num_layers=2)
+    x = _randn(T, N, C, gen=_seeded())
+    with torch.autocast(DEVICE.type, dtype=low):
+        got = _flatten_out(m(x))
+    assert all(t.dtype == low for t in got), [t.dtype for t in got]
+    want = _flatten_out(copy.deepcopy(m).to(low)(x.to(low)))
+    for i, (a, b) in enumerate(zip(got, want)):
+        _assert_close(f"out{i}", a.detach(), b.detach(), 1e-2)
+    sum(t.float().sum() for t in got).backward()
+    for n, p in m.named_parameters():
+        assert p.grad is not None and p.grad.dtype == torch.float32, n
+        assert torch.isfinite(p.grad).all(), n
+
+
+def test_backward_is_deterministic():
+    """No floating-point atomics: two backward passes agree bit for bit."""
+    torch.manual_seed(0)
+    m = fusedrnn.LSTM(C, H, num_layers=2, bidirectional=True, peephole=True).to(DEVICE)
+    x = _packed([5, 7, 7, 2, 3], _seeded(), torch.float32)
+    a, b = _run(m, x, None), _run(m, x, None)
+    for name in a:
+        assert torch.equal(a[name], b[name]), f"{name} differs between two identical runs"
+
+
+@real_gpu
+@pytest.mark.parametrize("variant", ["lstm_peephole_coupled_proj", "gru_reset_before", "rnn_tanh"])
+def test_non_default_stream(variant):
+    """Everything runs on the current stream: with the side stream busy (a sleep
+    queued first), a kernel launched on another stream would read unfinished
+    GEMM results."""
+    cls, kwargs = SEQ_VARIANTS[variant]
+    m = _make(cls, kwargs, torch.float32, num_layers=2, bidirectional=True)
+    x = _packed([3, 7, 6, 1], _seeded(), torch.float32)
+    want = _run(m, x, None)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        torch.cuda._sleep(50_000_000)
+        got = _run(m, x, None)
+    torch.cuda.current_stream().wait_stream(s)
+    torch.cuda.synchronize()
+    _compare_runs(got, want, 1e-6)
+
+
+@real_gpu
+@pytest.mark.parametrize(
+    "variant,packed",
+    [("lstm_peephole_coupled_proj", False), ("lstm", True), ("gru", False), ("gru_reset_before", True),
+     ("rnn_relu", False)],
+)
+def test_cuda_graph_capture_and_replay(variant, packed):
+    """Forward and backward captured in a CUDA graph (static shapes), replayed on
+    new data, match an eager run on that data."""
+    cls, kwargs = SEQ_VARIANTS[variant]
+    model = _make(cls, kwargs, torch.float32, num_layers=2, bidirectional=True)
+    gen = _seeded()
+    lengths = [7, 4, 6, 2]
+    static = _packed(lengths, gen, torch.float32) if packed else _randn(T, N, C, gen=gen)
+    static_data = static.data if packed else static
+
+    def loss_of(out):
+        y = out[0].data if packed else out[0]
+        return (y * y).sum()
+
+    # Warm up on a side stream (cuBLAS workspaces, the caching allocator), as
+    # torch.cuda.graph's documentation asks.
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            model.zero_grad(set_to_none=True)
+            loss_of(model(static)).backward()
+    torch.cuda.current_stream().wait_stream(s)
+
+    graph = torch.cuda.CUDAGraph()
+    model.zero_grad(set_to_none=True)
+    with torch.cuda.graph(graph):
+        static_out = model(static)
+        loss_of(static_out).backward()
+
+    eager = copy.deepcopy(model)
+    for seed in (11, 12):
+        new = _randn(*static_data.shape, gen=_seeded(seed))
+        static_data.copy_(new)
+        graph.replay()
+        torch.cuda.synchronize()
+        eager.zero_grad(set_to_none=True)
+        x = PackedSequence(new, static.batch_sizes, static.sorted_indices, static.unsorted_indices) if packed else new
+        eager_out = eager(x)
+        loss_of(eager_out).backward()
+        for i, (a, b) in enumerate(zip(_flatten_out(static_out), _flatten_out(eager_out))):
+            _assert_close(f"replay {seed} out{i}", a, b.detach(), 1e-6)
+        for (n, p), (_, q) in zip(model.named_parameters(), eager.named_parameters()):
+            _assert_close(f"replay {seed} grad {n}", p.grad, q.grad, 1e-6)
+
+
+@real_gpu
+def test_cell_loop_in_cuda_graph():
+    """A user loop of cells, captured whole."""
+    torch.manual_seed(0)
+    cell = fusedrnn.GRUCell(C, H, reset_after=False).to(DEVICE)
+    xs = _randn(T, N, C, gen=_seeded())
+    h0 = torch.zeros(N, H, device=DEVICE)
+
+    def run(inp):
+        h = h0
+        for t in range(T):
+            h = cell(inp[t], h)
+        return h
+
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s), torch.no_grad():
+        for _ in range(2):
+            run(xs)
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), torch.no_grad():
+        out = run(xs)
+    new = _randn(T, N, C, gen=_seeded(9))
+    xs.copy_(new)
+    graph.replay()
+    torch.cuda.synchronize()
+    with torch.no_grad():
+        _assert_close("h", out, run(new), 1e-6)
+
+
+@real_gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+@pytest.mark.parametrize("variant", ["lstm_peephole_coupled_proj", "gru", "rnn_relu"])
+def test_non_zero_device_index(variant):
+    """On cuda:1 while cuda:0 is current: the device guard puts every kernel and
+    buffer on the input's device."""
+    cls, kwargs = SEQ_VARIANTS[variant]
+    torch.cuda.set_device(0)
+    m0 = _make(cls, kwargs, torch.float32, num_layers=2, bidirectional=True)
+    m1 = copy.deepcopy(m0).to("cuda:1")
+    x = _packed([4, 7, 3], _seeded(), torch.float32)
+    x1 = PackedSequence(x.data.to("cuda:1"), x.batch_sizes, x.sorted_indices.to("cuda:1"),
+                        x.unsorted_indices.to("cuda:1"))
+    want = _run(m0, x, None)
+    got = _run(m1, x1, None)
+    for name in want:
+        assert got[name].device == torch.device("cuda:1"), f"{name} is on {got[name].device}"
+    _compare_runs({k: v.to("cuda:0") for k, v in got.items()}, want, 1e-6)
+    assert_matches_reference(m1, x1)

@@ -1,0 +1,78 @@
+"""Builds the host emulation of the CUDA path (see tools/cuda_emulate.sh).
+
+Copies csrc/ to <out>/src, turns every csrc/kernels/cuda/*.cu into a C++ file
+that includes shim.h, replaces the one kernel launch (launch_step in
+cuda_utils.cuh) by a loop over the grid, and builds fusedrnn._C from the torch
+layer (autograd, ops, rnn_layer, module, rnn_cuda) plus glue.cpp, which sends
+CPU tensors down the CUDA path. Usage: build.py <out dir> <package dir>.
+"""
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from setuptools import setup
+from torch.utils.cpp_extension import BuildExtension, CppExtension
+
+HERE = Path(__file__).parent.resolve()
+ROOT = HERE.parents[1]
+LAUNCH = "kernel<<<shape.grid, shape.block, 0, stream>>>(p);"
+EMULATED = "::frnn_emul::launch(shape.grid, shape.block, [&] { kernel(p); });"
+
+
+def write(path: Path, text: str) -> None:
+    """Writes only what changed, so that ninja rebuilds only that."""
+    if not path.exists() or path.read_text() != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+def prepare(out: Path) -> list:
+    src = out / "src"
+    for f in (ROOT / "csrc").rglob("*"):
+        if f.is_file() and f.suffix in (".h", ".cuh", ".cpp"):
+            write(src / f.relative_to(ROOT), f.read_text())
+    cuda = src / "csrc" / "kernels" / "cuda"
+    utils = cuda / "cuda_utils.cuh"
+    text = utils.read_text()
+    if text.count(LAUNCH) != 1:
+        sys.exit(f"cuda_emulation: expected exactly one '{LAUNCH}' in cuda_utils.cuh")
+    write(utils, text.replace(LAUNCH, EMULATED))
+    write(cuda / "shim.h", (HERE / "shim.h").read_text())
+    sources = []
+    for cu in sorted((ROOT / "csrc" / "kernels" / "cuda").glob("*.cu")):
+        cpp = cuda / (cu.stem + "_emul.cpp")
+        write(cpp, '#include "shim.h"\n' + cu.read_text())
+        sources.append(cpp)
+    torch_dir = src / "csrc" / "torch"
+    write(torch_dir / "emulation_glue.cpp", (HERE / "glue.cpp").read_text())
+    for name in ("autograd.cpp", "ops.cpp", "rnn_layer.cpp", "module.cpp", "rnn_cuda.cpp",
+                 "emulation_glue.cpp"):
+        sources.append(torch_dir / name)
+    return [str(s) for s in sources]
+
+
+def main():
+    out, pkg = Path(sys.argv[1]).resolve(), Path(sys.argv[2]).resolve()
+    sources = prepare(out)
+    os.chdir(out)  # away from the project's pyproject.toml and its package discovery
+    ext = CppExtension(
+        "fusedrnn._C",
+        sources,
+        include_dirs=[str(HERE), os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "include")],
+        define_macros=[("FUSEDRNN_WITH_CUDA", None)],
+        extra_compile_args=["-O2", "-fvisibility=hidden", "-Wall", "-Wno-unknown-pragmas"],
+    )
+    setup(
+        name="fusedrnn_cuda_emulation",
+        packages=[],
+        py_modules=[],
+        ext_modules=[ext],
+        cmdclass={"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)},
+        script_args=["-q", "build_ext", "--build-temp", str(out / "tmp"), "--build-lib", str(pkg)],
+    )
+
+
+if __name__ == "__main__":
+    main()
