@@ -15,6 +15,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <thread>
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
@@ -31,6 +32,19 @@ inline void cpu_relax() {
 #elif defined(__aarch64__)
   asm volatile("yield");
 #endif
+}
+
+// Waits until done >= target: spins briefly (a phase usually ends within
+// microseconds), then yields, so that a waiting thread does not take the core
+// from the thread it waits for when the machine is oversubscribed.
+inline void wait_for(const std::atomic<int64_t>& done, int64_t target) {
+  constexpr int kSpins = 4096;
+  for (int i = 0; done.load(std::memory_order_acquire) < target; ++i) {
+    if (i < kSpins)
+      cpu_relax();
+    else
+      std::this_thread::yield();
+  }
 }
 
 // Runs phases 0..P-1 in order, phase p being count(p) tasks run(p, i). With
@@ -56,7 +70,7 @@ void run_phases(int64_t P, const Count& count, const Run& run, int threads, int6
       const int64_t g = next.fetch_add(1, std::memory_order_relaxed);
       if (g >= total) break;
       while (starts[p + 1] <= g) ++p;
-      while (done.load(std::memory_order_acquire) < starts[p]) cpu_relax();
+      wait_for(done, starts[p]);
       run(p, g - starts[p]);
       done.fetch_add(1, std::memory_order_acq_rel);
     }

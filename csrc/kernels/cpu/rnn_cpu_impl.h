@@ -202,7 +202,7 @@ struct Recurrent {
   static constexpr int L = Vec<S>::size();
   static constexpr int NV = G * U;
   static constexpr int MR = tile_rows(NV);
-  static constexpr int64_t kRowBlock = 8 * MR;
+  static constexpr int64_t kRowBlock = 16 * MR;
   const S* w = nullptr;
   int64_t H = 0, K = 0;
   S* packed = nullptr;
