@@ -48,8 +48,10 @@ cuda-check: build/.deps
 cuda-emulate: build/.deps
 	tools/cuda_emulate.sh $(PYTEST_ARGS)
 
-gpu-check: build
-	tools/gpu_check.sh
+# On a GPU machine (offline is fine): CUDA build, CUDA tests, compute-sanitizer
+# (memcheck, racecheck, initcheck, synccheck), the GPU benchmark, and a report.
+gpu-check:
+	tools/gpu_check.sh $(PYTEST_ARGS)
 
 clean:
 	rm -rf build cmake-build fusedrnn/_C*.so

@@ -12,8 +12,10 @@ import shutil
 import subprocess
 import sys
 
-PACKAGES = {"ninja": "ninja", "numpy": "numpy", "pytest": "pytest", "hypothesis": "hypothesis",
-            "matplotlib": "matplotlib", "setuptools": "setuptools", "wheel": "wheel"}
+REQUIRED = {"ninja": "ninja", "numpy": "numpy", "pytest": "pytest", "hypothesis": "hypothesis",
+            "setuptools": "setuptools", "wheel": "wheel"}
+# Without these, only the benchmark's plots are missing.
+OPTIONAL = {"matplotlib": "matplotlib"}
 
 
 def pip(*args):
@@ -29,11 +31,17 @@ def main():
             pip("torch")
         else:
             pip(f"torch=={os.environ.get('FUSEDRNN_TORCH_VERSION', '2.13.0')}")
-    missing = [pkg for mod, pkg in PACKAGES.items() if importlib.util.find_spec(mod) is None]
+    missing = [pkg for mod, pkg in REQUIRED.items() if importlib.util.find_spec(mod) is None]
     if shutil.which("ninja") is None and "ninja" not in missing:
         missing.append("ninja")
     if missing:
         pip(*missing)
+    for mod, pkg in OPTIONAL.items():
+        if importlib.util.find_spec(mod) is None:
+            try:
+                pip(pkg)
+            except subprocess.CalledProcessError:
+                print(f"ensure_deps: could not install {pkg}; the benchmark will skip its plots", flush=True)
 
 
 if __name__ == "__main__":
