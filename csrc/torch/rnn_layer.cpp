@@ -34,7 +34,7 @@ int64_t checked_mul(int64_t a, int64_t b, const char* op) {
 }  // namespace
 
 SeqLayout LayerGeometry::layout(bool reverse) const {
-  return SeqLayout{T, N, batch_sizes.data_ptr<int64_t>(), offsets.data_ptr<int64_t>(), reverse};
+  return SeqLayout{T, N, batch_sizes.data(), offsets.data(), reverse};
 }
 
 at::ScalarType compute_dtype(at::ScalarType t) {
@@ -102,9 +102,10 @@ LayerGeometry check_layer(const LayerInputs& in, const char* op) {
                bs.scalar_type());
     FRNN_CHECK(bs.dim() == 1 && bs.size(0) > 0, "batch_sizes must be 1-D and non-empty, got shape ",
                shape_str(bs));
-    g.batch_sizes = bs.contiguous();
+    const Tensor bsc = bs.contiguous();
     g.T = bs.size(0);
-    const int64_t* b = g.batch_sizes.data_ptr<int64_t>();
+    const int64_t* b = bsc.data_ptr<int64_t>();
+    g.batch_sizes.assign(b, b + g.T);
     g.N = b[0];
     FRNN_CHECK(g.N > 0, "batch_sizes[0] must be positive, got ", g.N);
     int64_t sum = 0;
@@ -122,17 +123,11 @@ LayerGeometry check_layer(const LayerInputs& in, const char* op) {
     g.T = x.size(0);
     g.N = x.size(1);
     g.R = checked_mul(g.T, g.N, op);
-    g.batch_sizes = at::empty({g.T}, at::TensorOptions().dtype(at::kLong));
-    int64_t* b = g.batch_sizes.data_ptr<int64_t>();
-    for (const auto t : c10::irange(g.T)) b[t] = g.N;
+    g.batch_sizes.assign(g.T, g.N);
   }
-  g.offsets = at::empty({g.T + 1}, at::TensorOptions().dtype(at::kLong));
-  {
-    const int64_t* b = g.batch_sizes.data_ptr<int64_t>();
-    int64_t* o = g.offsets.data_ptr<int64_t>();
-    o[0] = 0;
-    for (const auto t : c10::irange(g.T)) o[t + 1] = o[t] + b[t];
-  }
+  g.offsets.resize(g.T + 1);
+  g.offsets[0] = 0;
+  for (const auto t : c10::irange(g.T)) g.offsets[t + 1] = g.offsets[t] + g.batch_sizes[t];
 
   check_same(in.h0, "h0", x, op);
   check_shape(in.h0, "h0", {g.N, g.P}, op);

@@ -6,6 +6,7 @@
 
 #include <optional>
 #include <tuple>
+#include <vector>
 
 #include "../kernels/cpu/rnn_cpu.h"
 
@@ -30,8 +31,8 @@ struct LayerInputs {
 struct LayerGeometry {
   int64_t T = 0, N = 0, R = 0, C = 0, H = 0, P = 0, G = 0;
   bool packed = false;
-  Tensor batch_sizes;  // int64 [T] on CPU, contiguous (all N when padded)
-  Tensor offsets;      // int64 [T + 1] on CPU
+  std::vector<int64_t> batch_sizes;  // [T] (all N when padded)
+  std::vector<int64_t> offsets;      // [T + 1]
   SeqLayout layout(bool reverse) const;
 };
 
