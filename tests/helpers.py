@@ -1,0 +1,188 @@
+"""Helpers shared by the test files: running a module forward and backward with
+fixed cotangents, and comparisons that print their max and mean error before
+asserting.
+
+Legend: T steps, N batch, C input size, H hidden size, P projection size.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+
+import fusedrnn
+
+F64 = torch.float64
+# float64 comparisons of two exact-in-spirit implementations: the only
+# differences are the order of floating-point sums.
+TIGHT = dict(atol=1e-12, rtol=1e-10)
+
+
+def errors(got: torch.Tensor, want: torch.Tensor):
+    """(max, mean) absolute difference, computed in float64."""
+    if got.numel() == 0:
+        return 0.0, 0.0
+    d = (got.detach().double() - want.detach().double().to(got.device)).abs()
+    return d.max().item(), d.mean().item()
+
+
+def assert_close(name: str, got, want, atol: float = 0.0, rtol: float = 0.0) -> None:
+    """|got - want| <= atol + rtol * max|want|, with the errors printed first."""
+    assert got is not None and want is not None, f"{name}: got {got is not None}, want {want is not None}"
+    assert tuple(got.shape) == tuple(want.shape), f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+    mx, mean = errors(got, want)
+    scale = want.detach().double().abs().max().item() if want.numel() else 0.0
+    bound = atol + rtol * scale
+    print(f"{name}: max error {mx:.3e}, mean error {mean:.3e} (bound {bound:.3e}, scale {scale:.3e})")
+    assert mx <= bound, f"{name}: max error {mx:.3e} (mean {mean:.3e}) exceeds {bound:.3e}"
+
+
+def assert_all_close(got: Dict[str, torch.Tensor], want: Dict[str, torch.Tensor], atol=0.0, rtol=0.0) -> None:
+    assert list(got) == list(want), f"different results: {list(got)} vs {list(want)}"
+    for name in got:
+        if got[name] is None and want[name] is None:
+            continue
+        assert_close(name, got[name], want[name], atol, rtol)
+
+
+def assert_within_ratio(got: Dict[str, torch.Tensor], ref64: Dict[str, torch.Tensor],
+                        ref_low: Dict[str, torch.Tensor], factor: float, floor_ulps: float = 8.0) -> None:
+    """Error-ratio oracle: err(got vs ref64) <= factor * err(ref_low vs ref64) +
+    floor_ulps * eps(dtype of got) * max(1, max|ref64|), for every tensor."""
+    assert list(got) == list(ref64) == list(ref_low)
+    for name in got:
+        g, r, low = got[name], ref64[name], ref_low[name]
+        if g is None and r is None:
+            continue
+        assert tuple(g.shape) == tuple(r.shape), f"{name}: shape {tuple(g.shape)} != {tuple(r.shape)}"
+        err, mean = errors(g, r)
+        base, _ = errors(low, r)
+        scale = max(1.0, r.detach().double().abs().max().item() if r.numel() else 0.0)
+        bound = factor * base + floor_ulps * torch.finfo(g.dtype).eps * scale
+        print(f"{name}: max error {err:.3e}, mean error {mean:.3e}; low-precision baseline {base:.3e}; "
+              f"bound {bound:.3e}")
+        assert err <= bound, (
+            f"{name}: max error {err:.3e} (mean {mean:.3e}) exceeds {bound:.3e} = {factor} x baseline "
+            f"{base:.3e} + floor"
+        )
+
+
+def param_dtype(module: nn.Module) -> torch.dtype:
+    return next(module.parameters()).dtype
+
+
+def cotangents_for(outs: Dict[str, torch.Tensor], seed: int) -> Dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return {k: torch.randn(v.shape, generator=gen, dtype=F64) for k, v in outs.items()}
+
+
+def named_outputs(out, cell: bool = False) -> Dict[str, torch.Tensor]:
+    """Flattens the return value of a recurrent module (or cell) into named tensors."""
+    if cell:
+        if isinstance(out, tuple):
+            return {"h": out[0], "c": out[1]}
+        return {"h": out}
+    y, hidden = out
+    if isinstance(y, PackedSequence):
+        y = y.data
+    if isinstance(hidden, tuple):
+        return {"output": y, "h_n": hidden[0], "c_n": hidden[1]}
+    return {"output": y, "h_n": hidden}
+
+
+def run(module: nn.Module, build: Callable, leaves: Dict[str, Optional[torch.Tensor]], cell: bool = False,
+        seed: int = 1, dtype: Optional[torch.dtype] = None, fn: Optional[Callable] = None) -> Dict[str, torch.Tensor]:
+    """Runs module(*build(**leaves)) (or fn(*...) on the module's parameters, e.g.
+    the reference) and backward with seeded random cotangents on every output.
+
+    leaves: named float64 tensors (None allowed) copied, cast to `dtype` (the
+    module's parameter dtype by default) and made to require grad;
+    build(**copies) returns the module's forward arguments (a place to pack,
+    slice or transpose). Returns the outputs, then 'grad <leaf>' and
+    'grad <parameter name>' for every leaf and parameter.
+    """
+    dtype = dtype or param_dtype(module)
+    copies = {k: (None if v is None else v.detach().to(dtype).requires_grad_()) for k, v in leaves.items()}
+    outs = named_outputs((fn or module)(*build(**copies)), cell)
+    cots = cotangents_for(outs, seed)
+    loss = sum((outs[k] * cots[k].to(outs[k].dtype)).sum() for k in outs)
+    wrt_names = [k for k, v in copies.items() if v is not None]
+    wrt = [copies[k] for k in wrt_names]
+    named_params = list(module.named_parameters())
+    wrt += [p for _, p in named_params]
+    grads = torch.autograd.grad(loss, wrt, allow_unused=True)
+    result = {k: v.detach() for k, v in outs.items()}
+    names = [f"grad {k}" for k in wrt_names] + [f"grad {n}" for n, _ in named_params]
+    for n, g in zip(names, grads):
+        result[n] = g
+    return result
+
+
+def rebuild_as(module: nn.Module, dtype: torch.dtype) -> nn.Module:
+    return copy.deepcopy(module).to(dtype)
+
+
+def lstm_like(module: nn.Module) -> bool:
+    return "LSTM" in type(module).__name__
+
+
+def seq_leaves(module: nn.Module, T: int, N: int, C: int, hx: bool = True, non_contiguous: bool = False,
+               seed: int = 1234) -> Dict[str, Optional[torch.Tensor]]:
+    """Random float64 leaves for a sequence module, for seq_builder: x, and h0
+    and c0 when hx.
+
+    x is in the module's layout ([T, N, C], or [N, T, C] when batch_first); with
+    non_contiguous, it is in the other layout with C + 3 columns, and
+    seq_builder transposes and slices it: a view strided in two dimensions.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    batch_first = getattr(module, "batch_first", False)
+    D = 2 if module.bidirectional else 1
+    H = module.hidden_size
+    P = getattr(module, "proj_size", 0) or H
+    if non_contiguous:
+        shape = (T, N, C + 3) if batch_first else (N, T, C + 3)
+    else:
+        shape = (N, T, C) if batch_first else (T, N, C)
+    leaves = {"x": torch.randn(*shape, generator=gen, dtype=F64)}
+    if hx:
+        leaves["h0"] = torch.randn(module.num_layers * D, N, P, generator=gen, dtype=F64)
+        if lstm_like(module):
+            leaves["c0"] = torch.randn(module.num_layers * D, N, H, generator=gen, dtype=F64)
+    return leaves
+
+
+def seq_builder(module: nn.Module, C: int, lengths: Optional[Sequence[int]] = None,
+                non_contiguous: bool = False, enforce_sorted: bool = False) -> Callable:
+    """A build function for run() over the leaves of seq_leaves (same
+    non_contiguous); lengths: the input is packed with pack_padded_sequence."""
+    batch_first = getattr(module, "batch_first", False)
+
+    def build(x, h0=None, c0=None):
+        xin = x.transpose(0, 1)[..., 1 : C + 1] if non_contiguous else x
+        if non_contiguous:
+            assert not xin.is_contiguous()
+        if lengths is not None:
+            xin = pack_padded_sequence(xin, torch.tensor(lengths), batch_first=batch_first,
+                                       enforce_sorted=enforce_sorted)
+        if h0 is None:
+            hx = None
+        elif c0 is not None:
+            hx = (h0, c0)
+        else:
+            hx = h0
+        return xin, hx
+
+    return build
+
+
+def nn_twin(cls_name: str) -> type:
+    return getattr(nn, cls_name)
+
+
+def fused_twin(cls_name: str) -> type:
+    return getattr(fusedrnn, cls_name)

@@ -1,0 +1,440 @@
+"""The fused modules against torch.nn and against fusedrnn.reference: outputs,
+final states and the gradients of the input, the initial states and every
+parameter, over the product of the module flags, packed and strided inputs,
+float64 (tight), float32 (error-ratio oracle, and directly against torch.nn in
+float64) and the 16-bit types (error-ratio oracle).
+
+Legend: T steps, N batch, C input size, H hidden size, P projection size.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import warnings
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import fusedrnn
+from fusedrnn import reference
+from fusedrnn.testing import assert_matches_reference
+from helpers import (
+    F64,
+    TIGHT,
+    assert_all_close,
+    assert_close,
+    assert_within_ratio,
+    run,
+    seq_builder,
+    seq_leaves,
+)
+
+T, N, C, H, P = 9, 5, 7, 13, 4  # odd sizes on purpose
+LENGTHS = [6, 9, 2, 9, 4]  # unsorted, with ties; the longest is T
+
+# float32 against torch.nn in float64: torch.nn's own float32 error is the
+# baseline. torch.nn is not our oracle (its float32 error varies with its BLAS
+# path), so it gets a wider factor than fusedrnn.testing's 2.
+NN_RATIO = 4.0
+
+
+def _mode_kwargs(mode):
+    return {"RNN_TANH": {"nonlinearity": "tanh"}, "RNN_RELU": {"nonlinearity": "relu"}}.get(mode, {})
+
+
+def _cls_name(mode):
+    return "RNN" if mode.startswith("RNN") else mode
+
+
+def _product_ids():
+    """(mode, layers, bidirectional, batch_first, bias, proj, packed) over the
+    full product; proj only for LSTM."""
+    cases = []
+    for mode in ["LSTM", "GRU", "RNN_TANH", "RNN_RELU"]:
+        projs = [0, P] if mode == "LSTM" else [0]
+        for layers, bi, bf, bias, proj, packed in itertools.product(
+            [1, 2], [False, True], [False, True], [True, False], projs, [False, True]
+        ):
+            case = (mode, layers, bi, bf, bias, proj, packed)
+            name = "-".join(
+                [mode.lower(), f"L{layers}", "bi" if bi else "uni", "bfirst" if bf else "tmajor",
+                 "bias" if bias else "nobias", f"proj{proj}", "packed" if packed else "strided"]
+            )
+            cases.append(pytest.param(*case, id=name))
+    return cases
+
+
+def _config(mode, layers, bi, bf, bias, proj):
+    kw = dict(num_layers=layers, bidirectional=bi, batch_first=bf, bias=bias, **_mode_kwargs(mode))
+    if proj:
+        kw["proj_size"] = proj
+    return kw
+
+
+def _pair(mode, kw, dtype, seed=0):
+    """(torch.nn module, fused module) with equal, separate parameters."""
+    name = _cls_name(mode)
+    torch.manual_seed(seed)
+    ref = getattr(nn, name)(C, H, **kw).to(dtype)
+    fused = getattr(fusedrnn, name)(C, H, **kw).to(dtype)
+    fused.load_state_dict(ref.state_dict(), strict=True)
+    return ref, fused
+
+
+def _module_input(module, leaves, build):
+    """The module's forward arguments as one call would see them (for
+    fusedrnn.testing, which differentiates with respect to them itself)."""
+    return build(**leaves)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("mode,layers,bi,bf,bias,proj,packed", _product_ids())
+def test_module_matches_torch_nn(mode, layers, bi, bf, bias, proj, packed, dtype):
+    kw = _config(mode, layers, bi, bf, bias, proj)
+    print(mode, kw, "packed" if packed else "strided", dtype)
+    if dtype == torch.float64:
+        ref, fused = _pair(mode, kw, F64)
+        leaves = seq_leaves(fused, T, N, C, non_contiguous=not packed)
+        build = seq_builder(fused, C, lengths=LENGTHS if packed else None, non_contiguous=not packed)
+        assert_all_close(run(fused, build, leaves), run(ref, build, leaves), **TIGHT)
+        return
+
+    ref32, fused32 = _pair(mode, kw, torch.float32)
+    ref64 = copy.deepcopy(ref32).double()
+    leaves = {k: v.float().double() for k, v in seq_leaves(fused32, T, N, C, non_contiguous=not packed).items()}
+    build = seq_builder(fused32, C, lengths=LENGTHS if packed else None, non_contiguous=not packed)
+    # Directly against torch.nn in float64, torch.nn's float32 error as the baseline.
+    got = run(fused32, build, leaves)
+    assert_within_ratio(got, run(ref64, build, leaves), run(ref32, build, leaves), NN_RATIO)
+    # And the project's oracle: against the float64 reference, within twice the
+    # float32 reference's error.
+    x, hx = build(**{k: v.float() for k, v in leaves.items()})
+    assert_matches_reference(fused32, x, hx)
+
+
+VARIANTS = {
+    "lstm_peephole": ("LSTM", {"peephole": True}),
+    "lstm_coupled": ("LSTM", {"coupled_gates": True}),
+    "lstm_peephole_coupled": ("LSTM", {"peephole": True, "coupled_gates": True}),
+    "lstm_peephole_proj": ("LSTM", {"peephole": True, "proj_size": P}),
+    "lstm_coupled_proj": ("LSTM", {"coupled_gates": True, "proj_size": P}),
+    "lstm_peephole_coupled_proj": ("LSTM", {"peephole": True, "coupled_gates": True, "proj_size": P}),
+    "gru_reset_before": ("GRU", {"reset_after": False}),
+}
+SHAPES = {
+    "L1": {},
+    "L2bi_bfirst_nobias": {"num_layers": 2, "bidirectional": True, "batch_first": True, "bias": False},
+    "L2bi": {"num_layers": 2, "bidirectional": True},
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("packed", [False, True], ids=["strided", "packed"])
+@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_variant_matches_reference(variant, shape, packed, dtype):
+    mode, vkw = VARIANTS[variant]
+    torch.manual_seed(0)
+    m = getattr(fusedrnn, mode)(C, H, **vkw, **SHAPES[shape]).to(dtype)
+    print(m, "packed" if packed else "strided")
+    leaves = seq_leaves(m, T, N, C, non_contiguous=not packed)
+    build = seq_builder(m, C, lengths=LENGTHS if packed else None, non_contiguous=not packed)
+    if dtype == torch.float64:
+        got = run(m, build, leaves)
+        want = run(m, build, leaves, fn=lambda x, hx: reference.forward(m, x, hx))
+        assert_all_close(got, want, **TIGHT)
+    else:
+        x, hx = build(**{k: v.to(dtype) for k, v in leaves.items()})
+        assert_matches_reference(m, x, hx)
+
+
+SEQ_ALL = {
+    "lstm": ("LSTM", {}),
+    "lstm_proj": ("LSTM", {"proj_size": P}),
+    "lstm_peephole": ("LSTM", {"peephole": True}),
+    "lstm_coupled": ("LSTM", {"coupled_gates": True}),
+    "lstm_peephole_coupled_proj": ("LSTM", {"peephole": True, "coupled_gates": True, "proj_size": P}),
+    "gru": ("GRU", {}),
+    "gru_reset_before": ("GRU", {"reset_after": False}),
+    "rnn_tanh": ("RNN", {"nonlinearity": "tanh"}),
+    "rnn_relu": ("RNN", {"nonlinearity": "relu"}),
+}
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["strided", "packed"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+@pytest.mark.parametrize("variant", list(SEQ_ALL))
+def test_low_precision_module_matches_reference(variant, dtype, packed):
+    mode, vkw = SEQ_ALL[variant]
+    torch.manual_seed(0)
+    m = getattr(fusedrnn, mode)(C, H, num_layers=2, bidirectional=True, **vkw).to(dtype)
+    leaves = seq_leaves(m, T, N, C, non_contiguous=not packed)
+    x, hx = seq_builder(m, C, lengths=LENGTHS if packed else None, non_contiguous=not packed)(
+        **{k: v.to(dtype) for k, v in leaves.items()}
+    )
+    out, _ = m(x, hx)
+    assert (out.data if packed else out).dtype == dtype
+    assert_matches_reference(m, x, hx)
+
+
+# ------------------------------------------------------------------ cells
+
+NN_CELLS = {
+    "lstm_cell": ("LSTMCell", {}),
+    "gru_cell": ("GRUCell", {}),
+    "rnn_cell_tanh": ("RNNCell", {"nonlinearity": "tanh"}),
+    "rnn_cell_relu": ("RNNCell", {"nonlinearity": "relu"}),
+}
+
+
+def _cell_leaves(lstm, batch, with_hx, seed=5):
+    gen = torch.Generator().manual_seed(seed)
+    lead = () if batch is None else (batch,)
+    leaves = {"x": torch.randn(*lead, C, generator=gen, dtype=F64)}
+    if with_hx:
+        leaves["h"] = torch.randn(*lead, H, generator=gen, dtype=F64)
+        if lstm:
+            leaves["c"] = torch.randn(*lead, H, generator=gen, dtype=F64)
+    return leaves
+
+
+def _cell_build(x, h=None, c=None):
+    if h is None:
+        return (x,)
+    return (x, (h, c)) if c is not None else (x, h)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("shape", ["batched", "unbatched", "hx_none"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("kind", list(NN_CELLS))
+def test_cell_matches_torch_nn(kind, bias, shape, dtype):
+    name, kw = NN_CELLS[kind]
+    torch.manual_seed(0)
+    ref = getattr(nn, name)(C, H, bias=bias, **kw).to(dtype)
+    fused = getattr(fusedrnn, name)(C, H, bias=bias, **kw).to(dtype)
+    fused.load_state_dict(ref.state_dict(), strict=True)
+    leaves = _cell_leaves(name == "LSTMCell", None if shape == "unbatched" else N, shape != "hx_none")
+    if dtype == torch.float64:
+        assert_all_close(run(fused, _cell_build, leaves, cell=True), run(ref, _cell_build, leaves, cell=True), **TIGHT)
+        return
+    leaves = {k: v.float().double() for k, v in leaves.items()}
+    ref64 = copy.deepcopy(ref).double()
+    got = run(fused, _cell_build, leaves, cell=True)
+    assert_within_ratio(got, run(ref64, _cell_build, leaves, cell=True), run(ref, _cell_build, leaves, cell=True),
+                        NN_RATIO)
+    assert_matches_reference(fused, *_cell_build(**{k: v.float() for k, v in leaves.items()}))
+
+
+CELL_VARIANTS = {
+    "lstm_cell_peephole": ("LSTMCell", {"peephole": True}),
+    "lstm_cell_coupled": ("LSTMCell", {"coupled_gates": True}),
+    "lstm_cell_peephole_coupled": ("LSTMCell", {"peephole": True, "coupled_gates": True}),
+    "gru_cell_reset_before": ("GRUCell", {"reset_after": False}),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("shape", ["batched", "unbatched", "hx_none"])
+@pytest.mark.parametrize("variant", list(CELL_VARIANTS))
+def test_cell_variant_matches_reference(variant, shape, dtype):
+    name, kw = CELL_VARIANTS[variant]
+    torch.manual_seed(0)
+    cell = getattr(fusedrnn, name)(C, H, **kw).to(dtype)
+    leaves = _cell_leaves(name == "LSTMCell", None if shape == "unbatched" else N, shape != "hx_none")
+    if dtype == torch.float64:
+        got = run(cell, _cell_build, leaves, cell=True)
+        want = run(cell, _cell_build, leaves, cell=True, fn=lambda *a: reference.cell_forward(cell, *a))
+        assert_all_close(got, want, **TIGHT)
+    else:
+        assert_matches_reference(cell, *_cell_build(**{k: v.to(dtype) for k, v in leaves.items()}))
+
+
+ALL_CELLS = {**NN_CELLS, **CELL_VARIANTS}
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+@pytest.mark.parametrize("kind", list(ALL_CELLS))
+def test_low_precision_cell_matches_reference(kind, dtype):
+    name, kw = ALL_CELLS[kind]
+    torch.manual_seed(0)
+    cell = getattr(fusedrnn, name)(C, H, **kw).to(dtype)
+    args = _cell_build(**{k: v.to(dtype) for k, v in _cell_leaves(name == "LSTMCell", N, True).items()})
+    out = cell(*args)
+    assert (out[0] if isinstance(out, tuple) else out).dtype == dtype
+    assert_matches_reference(cell, *args)
+
+
+# --------------------------------------------------- more forward contracts
+
+
+MODES = ["LSTM", "LSTM_PROJ", "GRU", "RNN_TANH", "RNN_RELU"]
+
+
+def _mode_pair(mode, dtype=F64, **kw):
+    if mode == "LSTM_PROJ":
+        return _pair("LSTM", {"proj_size": P, **kw}, dtype)
+    return _pair(mode, {**_mode_kwargs(mode), **kw}, dtype)
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("mode", MODES)
+def test_without_hx_matches_torch_nn(mode, packed):
+    ref, fused = _mode_pair(mode, num_layers=2, bidirectional=True)
+    leaves = seq_leaves(fused, T, N, C, hx=False)
+    build = seq_builder(fused, C, lengths=LENGTHS if packed else None)
+    assert_all_close(run(fused, build, leaves), run(ref, build, leaves), **TIGHT)
+
+
+@pytest.mark.parametrize("batch_first", [False, True], ids=["tmajor", "bfirst"])
+@pytest.mark.parametrize("with_hx", [True, False], ids=["hx", "no_hx"])
+@pytest.mark.parametrize("mode", MODES)
+def test_unbatched_matches_torch_nn(mode, with_hx, batch_first):
+    ref, fused = _mode_pair(mode, num_layers=2, bidirectional=True, batch_first=batch_first)
+    leaves = seq_leaves(fused, T, 1, C, hx=with_hx)
+    leaves["x"] = leaves["x"].squeeze(0 if batch_first else 1)
+    for k in ("h0", "c0"):
+        if k in leaves:
+            leaves[k] = leaves[k].squeeze(1)
+    build = seq_builder(fused, C)
+    got = run(fused, build, leaves)
+    assert got["output"].dim() == 2 and got["h_n"].dim() == 2
+    assert_all_close(got, run(ref, build, leaves), **TIGHT)
+
+
+@pytest.mark.parametrize("enforce_sorted", [True, False], ids=["sorted", "unsorted"])
+@pytest.mark.parametrize("mode", MODES)
+def test_packed_output_structure_matches_torch_nn(mode, enforce_sorted):
+    """The returned PackedSequence carries the input's batch_sizes and indices."""
+    ref, fused = _mode_pair(mode, bidirectional=True)
+    lengths = sorted(LENGTHS, reverse=True) if enforce_sorted else LENGTHS
+    x = torch.randn(T, N, C, dtype=F64)
+    packed = pack_padded_sequence(x, torch.tensor(lengths), enforce_sorted=enforce_sorted)
+    (out_f, _), (out_r, _) = fused(packed), ref(packed)
+    assert torch.equal(out_f.batch_sizes, out_r.batch_sizes)
+    for name in ("sorted_indices", "unsorted_indices"):
+        a, b = getattr(out_f, name), getattr(out_r, name)
+        assert (a is None and b is None) or torch.equal(a, b), name
+    assert_close("output", out_f.data, out_r.data, **TIGHT)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_strided_input_gives_the_contiguous_result(mode):
+    _, fused = _mode_pair(mode, num_layers=2, bidirectional=True)
+    leaves = seq_leaves(fused, T, N, C, non_contiguous=True)
+    strided = run(fused, seq_builder(fused, C, non_contiguous=True), leaves)
+    contiguous_x = leaves["x"].transpose(0, 1)[..., 1 : C + 1].contiguous()
+    got = run(fused, seq_builder(fused, C), {**leaves, "x": contiguous_x})
+    strided["grad x"] = strided["grad x"].transpose(0, 1)[..., 1 : C + 1]
+    assert_all_close(strided, got, atol=0.0)
+
+
+@pytest.mark.parametrize("T_,N_,H_,C_", [(1, N, H, C), (T, 1, H, C), (T, N, 1, C), (1, 1, 1, 1)],
+                         ids=["T1", "N1", "H1", "all1"])
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH", "RNN_RELU"])
+def test_edge_sizes_match_torch_nn(mode, T_, N_, H_, C_):
+    name = _cls_name(mode)
+    kw = dict(num_layers=2, bidirectional=True, **_mode_kwargs(mode))
+    torch.manual_seed(0)
+    ref = getattr(nn, name)(C_, H_, **kw).double()
+    fused = getattr(fusedrnn, name)(C_, H_, **kw).double()
+    fused.load_state_dict(ref.state_dict(), strict=True)
+    leaves = seq_leaves(fused, T_, N_, C_)
+    build = seq_builder(fused, C_)
+    assert_all_close(run(fused, build, leaves), run(ref, build, leaves), **TIGHT)
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "LSTM_PROJ", "GRU", "RNN_TANH"])
+def test_long_sequence_matches_torch_nn(mode):
+    ref, fused = _mode_pair(mode, bidirectional=True)
+    leaves = seq_leaves(fused, 200, 3, C)
+    build = seq_builder(fused, C)
+    assert_all_close(run(fused, build, leaves), run(ref, build, leaves), **TIGHT)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_inference_matches_training_forward(mode):
+    """Without autograd the forward saves nothing (training=False in the op);
+    the result must be the same."""
+    _, fused = _mode_pair(mode, num_layers=2, bidirectional=True)
+    x = torch.randn(T, N, C, dtype=F64)
+    with torch.no_grad():
+        y0, h0 = fused(x)
+    y1, h1 = fused(x)
+    assert_close("output", y0, y1, atol=0.0)
+    for a, b in zip(h0 if isinstance(h0, tuple) else (h0,), h1 if isinstance(h1, tuple) else (h1,)):
+        assert_close("hidden", a, b, atol=0.0)
+
+
+# ---------------------------------------------------------------- dropout
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH"])
+def test_dropout_training_is_random_and_eval_matches_torch_nn(mode):
+    ref, fused = _mode_pair(mode, num_layers=3, dropout=0.5)
+    x = torch.randn(T, N, C, dtype=F64)
+    fused.train()
+    a, b = fused(x)[0], fused(x)[0]
+    diff = (a - b).abs().max().item()
+    print(f"two training calls differ by {diff:.3e}")
+    assert diff > 1e-3
+    fused.eval()
+    ref.eval()
+    leaves = seq_leaves(fused, T, N, C)
+    build = seq_builder(fused, C)
+    assert_all_close(run(fused, build, leaves), run(ref, build, leaves), **TIGHT)
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH"])
+def test_dropout_one_zeroes_the_input_of_the_upper_layers(mode):
+    """With p=1 in training the second layer sees zeros: the output is that of
+    layer 2 alone on a zero input, and the first layer's final state is
+    untouched. An oracle for where the dropout sits."""
+    name = _cls_name(mode)
+    kw = _mode_kwargs(mode)
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        two = getattr(fusedrnn, name)(C, H, num_layers=2, dropout=1.0, **kw).double().train()
+    layer1 = getattr(fusedrnn, name)(C, H, **kw).double()
+    layer2 = getattr(fusedrnn, name)(H, H, **kw).double()
+    for p in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+        getattr(layer1, f"{p}_l0").data.copy_(getattr(two, f"{p}_l0"))
+        getattr(layer2, f"{p}_l0").data.copy_(getattr(two, f"{p}_l1"))
+    x = torch.randn(T, N, C, dtype=F64)
+    out, hidden = two(x)
+    out2, hidden2 = layer2(torch.zeros(T, N, H, dtype=F64))
+    _, hidden1 = layer1(x)
+    assert_close("output", out, out2, **TIGHT)
+    h = hidden[0] if isinstance(hidden, tuple) else hidden
+    h1 = hidden1[0] if isinstance(hidden1, tuple) else hidden1
+    h2 = hidden2[0] if isinstance(hidden2, tuple) else hidden2
+    assert_close("h_n of layer 1", h[0], h1[0], **TIGHT)
+    assert_close("h_n of layer 2", h[1], h2[0], **TIGHT)
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH"])
+def test_dropout_gradients_flow_and_are_correct(mode):
+    """Gradients through the dropout between layers, against finite differences
+    (the mask is fixed by re-seeding before every call)."""
+    name = _cls_name(mode)
+    torch.manual_seed(0)
+    m = getattr(fusedrnn, name)(3, 2, num_layers=2, dropout=0.5, **_mode_kwargs(mode)).double().train()
+    x = torch.randn(3, 2, 3, dtype=F64, requires_grad=True)
+    params = list(m.parameters())
+    names = [n for n, _ in m.named_parameters()]
+
+    def f(x, *ps):
+        torch.manual_seed(123)
+        out, _ = torch.func.functional_call(m, dict(zip(names, ps)), (x,))
+        return out
+
+    assert torch.autograd.gradcheck(f, (x, *params))
+    grads = torch.autograd.grad(f(x, *params).sum(), [x] + params)
+    for n, g in zip(["x"] + names, grads):
+        print(n, g.abs().max().item())
+        assert torch.isfinite(g).all(), n
+    assert grads[0].abs().max() > 0 and grads[names.index("weight_ih_l0") + 1].abs().max() > 0
