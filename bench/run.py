@@ -1,0 +1,406 @@
+#!/usr/bin/env python3
+"""fusedrnn's benchmark harness: fusedrnn against the baselines a user would pick instead,
+interleaved in one process. See bench/README.md for the method.
+
+  python bench/run.py                        # the quick suite (about two minutes)
+  python bench/run.py --suite cpu            # or gpu, full; --list describes them
+  python bench/run.py --cell gru -T 50,200 -N 32 -H 512 --mode training --threads 1
+  python bench/run.py --suite quick --cell lstm --mode training     # a suite's rows, filtered
+  python bench/run.py --check bench/results/<machine>/quick.json    # rerun a baseline, flag regressions
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import traceback
+import warnings
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+try:
+    import fusedrnn  # noqa: F401
+except ImportError:  # running from a clone without PYTHONPATH: use the in-place build
+    sys.path.insert(1, str(HERE.parent))
+    import fusedrnn  # noqa: F401
+
+import torch
+
+import cases as cases_mod
+import envinfo
+import plots
+import report
+import suites
+from measure import Runner, Timing, TOLERANCE, activation_bytes, cuda_peak_bytes, measure, output_errors
+
+# Per-suite timing defaults: quick has to finish in about two minutes on a 2-core machine.
+TIMING = {
+    "quick": Timing(budget_s=0.3, min_rounds=5, warmup_s=0.03, block_s=0.01, cap_s=4.0, secondary_rounds=3),
+    "default": Timing(budget_s=1.0, min_rounds=7, warmup_s=0.1, block_s=0.02, cap_s=20.0, secondary_rounds=3),
+}
+
+
+def _ints(s):
+    return [int(v) for v in s.split(",") if v]
+
+
+def _strs(s):
+    return [v.strip() for v in s.split(",") if v.strip()]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        prog="bench/run.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("what to run")
+    g.add_argument("--suite", help="quick (default), cpu, gpu, full; with axis options below, the suite's rows "
+                                   "are filtered by them. Without --suite, axis options give their cross product")
+    g.add_argument("--list", action="store_true", help="describe the suites and the axes, then exit")
+    g.add_argument("--dry-run", action="store_true", help="print the rows that would run, then exit")
+    g.add_argument("--cell", type=_strs, help=f"comma list of {', '.join(suites.CELLS)}")
+    g.add_argument("--variant", type=_strs, help="comma list: plain, peephole, coupled, peephole+coupled (LSTM), "
+                                                 "reset_before (GRU), relu (RNN)")
+    g.add_argument("-T", type=_ints, help="steps, comma list")
+    g.add_argument("-N", type=_ints, help="batch, comma list")
+    g.add_argument("-C", type=_ints, help="input size, comma list (default: = H)")
+    g.add_argument("-H", type=_ints, help="hidden size, comma list")
+    g.add_argument("--layers", type=_ints, help="comma list")
+    g.add_argument("--dirs", type=_ints, help="directions, comma list of 1, 2")
+    g.add_argument("--dtype", type=_strs, help=f"comma list of {', '.join(suites.DTYPES)}")
+    g.add_argument("--device", type=_strs, help="cpu, cuda")
+    g.add_argument("--mode", type=_strs, help="comma list of inference, training, forward, backward")
+    g.add_argument("--threads", type=_ints, help="CPU threads, comma list (default 1 and all cores)")
+    g.add_argument("--baselines", type=_strs,
+                   help="comma list of nn, nn-onednn, nn-native, nn-cudnn, cell-loop, reference, fused-plain "
+                        "(default: all that apply)")
+    g.add_argument("--limit", type=int, help="run only the first LIMIT rows")
+    t = p.add_argument_group("timing")
+    t.add_argument("--budget", type=float, help="seconds of timed rounds per row (quick 0.3, others 1.0)")
+    t.add_argument("--min-rounds", type=int, help="rounds per candidate at least (quick 5, others 7)")
+    t.add_argument("--warmup", type=float, help="warm-up seconds per candidate")
+    t.add_argument("--block", type=float, help="target seconds of one timed block")
+    t.add_argument("--secondary-rounds", type=int,
+                   help="rounds for the slow context baselines cell-loop and reference (default 3; 0: every "
+                        "round)")
+    t.add_argument("--cuda-graphs", action="store_true", help="time CUDA candidates as CUDA-graph replays "
+                                                              "(removes launch overhead; not for --mode backward)")
+    t.add_argument("--tf32", action="store_true", help="allow TF32 for fp32 matmuls and cuDNN (default off)")
+    t.add_argument("--no-memory", action="store_true", help="skip the memory measurements")
+    t.add_argument("--steady-malloc", action="store_true",
+                   help="CPU: make glibc malloc keep freed memory (mallopt: mmap threshold 32 MiB, no trimming), "
+                        "so no candidate pays page faults for buffers it reallocates every call, whatever ran "
+                        "before it (as with jemalloc/tcmalloc or a long-running process)")
+    o = p.add_argument_group("output")
+    o.add_argument("--out", type=Path, help="results folder (default bench/results/<machine>)")
+    o.add_argument("--name", help="file name stem (default: the suite; 'custom' for custom or filtered runs)")
+    o.add_argument("--no-save", action="store_true", help="print the table only")
+    o.add_argument("--no-plots", action="store_true")
+    o.add_argument("--update-readme", nargs="?", const=HERE / "README.md", type=Path, metavar="README",
+                   help="write this run's table and plots into README (default bench/README.md) between "
+                        "<!-- bench:cpu|gpu:start/end --> markers")
+    o.add_argument("--quiet", action="store_true", help="no progress bar")
+    c = p.add_argument_group("regression check")
+    c.add_argument("--check", type=Path, metavar="BASELINE.json",
+                   help="compare with a stored run; flags rows whose fused median is worse by more than "
+                        "max(spread, --tolerance); exit status 1 if any. Without --suite or axes, reruns the "
+                        "baseline's rows")
+    c.add_argument("--against", type=Path, metavar="RUN.json",
+                   help="with --check: compare two stored runs, run nothing")
+    c.add_argument("--check-metric", choices=("time", "speedup"), default="time",
+                   help="time: fused medians; speedup: fused / fastest-nn ratio (robust to a slower machine)")
+    c.add_argument("--check-candidates", type=_strs, default=["fused"],
+                   help="candidates to compare (default fused)")
+    c.add_argument("--tolerance", type=float, default=0.05, help="minimum relative tolerance (default 0.05)")
+    return p.parse_args(argv)
+
+
+AXES = ("cell", "variant", "T", "N", "C", "H", "layers", "dirs", "dtype", "device", "mode", "threads")
+
+
+def list_suites() -> str:
+    cuda = torch.cuda.is_available()
+    lines = ["suites:"]
+    for name, desc in suites.SUITES.items():
+        counts = []
+        for dev in (("cpu", "cuda") if name == "quick" else (None,)):
+            try:
+                n = len(suites.suite(name, dev, True))
+                counts.append(f"{n} rows" + (f" on {dev}" if dev else ""))
+            except SystemExit:
+                pass
+        lines.append(f"  {name:<6} {', '.join(counts)}: {desc}")
+    lines.append("")
+    lines.append("axes (comma lists): --cell " + ",".join(suites.CELLS))
+    for fam, vs in suites.VARIANTS.items():
+        lines.append(f"  --variant for {fam}: {','.join(vs)}")
+    lines.append("  -T -N -C -H --layers --dirs --dtype " + ",".join(suites.DTYPES) + " --device cpu,cuda "
+                 "--mode " + ",".join(suites.MODES) + " --threads")
+    lines.append(f"this machine: CUDA {'available' if cuda else 'not available'}; "
+                 f"results go to bench/results/{envinfo.machine_name('cuda' if cuda else 'cpu')}/")
+    return "\n".join(lines)
+
+
+class Progress:
+    """A plain-text progress bar on stderr (redrawn in place on a terminal, one line per row
+    otherwise)."""
+
+    def __init__(self, total: int, quiet: bool):
+        self.total, self.quiet = total, quiet
+        self.tty = sys.stderr.isatty()
+        self.t0 = time.perf_counter()
+
+    def update(self, done: int, label: str, result: str = ""):
+        if self.quiet:
+            return
+        el = time.perf_counter() - self.t0
+        eta = el / done * (self.total - done) if done else 0
+        width = 28
+        fill = int(width * done / max(1, self.total))
+        bar = "#" * fill + "." * (width - fill)
+        msg = f"[{bar}] {done}/{self.total} {_mmss(el)} elapsed, ~{_mmss(eta)} left  {label}"
+        if self.tty:
+            cols = os.get_terminal_size(sys.stderr.fileno()).columns
+            sys.stderr.write("\r" + msg[: cols - 1].ljust(cols - 1))
+            sys.stderr.flush()
+        elif result:
+            sys.stderr.write(msg + "  " + result + "\n")
+
+    def close(self):
+        if not self.quiet and self.tty:
+            sys.stderr.write("\n")
+
+
+def _mmss(s):
+    return f"{int(s // 60):02d}:{int(s % 60):02d}"
+
+
+SECONDARY = ("cell-loop", "reference")
+
+
+def run_row(case: suites.Case, timing: Timing, args) -> dict:
+    """Builds, checks, measures and times one row."""
+    t0 = time.perf_counter()
+    torch.set_num_threads(case.threads)
+    out = {"key": case.key(), "case": case.to_dict(), "candidates": {}, "notes": [],
+           "load_average": envinfo.load_average()}
+    try:
+        row = cases_mod.build(case, set(args.baselines) if args.baselines else None)
+        out["notes"] += row.notes
+        errs = output_errors(row)
+        tol = TOLERANCE[case.dtype]
+        bad = {n: e for n, e in errs.items() if not e <= tol}
+        if bad:
+            out["mismatch"] = True
+            out["notes"].append("output mismatch against fused: " + ", ".join(f"{n} {e:.2e}" for n, e in bad.items()))
+        runners = {c.name: Runner(c, row, case.mode, case.device) for c in row.candidates}
+        mem = {}
+        if not args.no_memory:
+            for c in row.candidates:
+                if c.name in SECONDARY:  # context baselines: their memory is not the question
+                    continue
+                m = {}
+                if case.mode != "inference":
+                    m["act_bytes"] = activation_bytes(c, row)
+                if case.device == "cuda":
+                    m["peak_bytes"] = cuda_peak_bytes(runners[c.name])
+                mem[c.name] = m
+        if args.cuda_graphs and case.device == "cuda":
+            for r in runners.values():
+                why = r.capture_graph()
+                if why:
+                    out["notes"].append(why)
+            out["cuda_graphs"] = True
+        stats = measure(runners, timing, secondary=SECONDARY)
+        for name, s in stats.items():
+            d = s.to_dict()
+            d.update(mem.get(name, {}))
+            if name in errs:
+                d["max_err"] = errs[name]
+            out["candidates"][name] = d
+    except Exception as e:  # one broken row must not lose a long suite
+        out["error"] = f"{type(e).__name__}: {e}"
+        out["traceback"] = traceback.format_exc(limit=6)
+    out["wall_s"] = round(time.perf_counter() - t0, 3)
+    return out
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    warnings.filterwarnings("ignore", message=".*TF32.*")
+    if args.list:
+        print(list_suites())
+        return 0
+    if args.against:
+        if not args.check:
+            raise SystemExit("--against needs --check BASELINE.json")
+        cmp = report.compare(report.load(args.check), report.load(args.against), args.check_metric,
+                             args.tolerance, args.check_candidates)
+        print(check_header(args.check, args.against))
+        print(report.check_text(cmp))
+        return 1 if cmp["regressions"] else 0
+
+    cuda = torch.cuda.is_available()
+    axes = {a: getattr(args, a) for a in AXES if getattr(args, a)}
+    baseline = report.load(args.check) if args.check else None
+    if args.suite:
+        case_list = suites.filter_cases(suites.suite(args.suite, (axes.get("device") or [None])[0], cuda), axes)
+        name = args.suite if not axes else "custom"
+        suite_name = args.suite
+    elif axes:
+        case_list = suites.custom(axes, cuda)
+        name = suite_name = "custom"
+    elif baseline:
+        case_list = suites.dedupe(suites.Case.from_dict(r["case"]) for r in baseline["rows"])
+        suite_name = baseline["suite"]
+        name = f"{suite_name}-check"
+    else:
+        case_list = suites.suite("quick", None, cuda)
+        name = suite_name = "quick"
+    if args.limit:
+        case_list = case_list[: args.limit]
+        name = "custom" if name == suite_name else name
+    if baseline and not name.endswith("-check"):
+        name += "-check"  # never overwrite the stored run being checked against
+    name = args.name or name
+    if not case_list:
+        raise SystemExit("no rows to run (check the axis options against --list)")
+    if args.dry_run:
+        for c in case_list:
+            print(c.key())
+        print(f"{len(case_list)} rows")
+        return 0
+    if any(c.device == "cuda" for c in case_list) and not cuda:
+        raise SystemExit(f"{sum(c.device == 'cuda' for c in case_list)} rows need CUDA, which this torch "
+                         f"({torch.__version__}) does not see. Use --suite cpu or --device cpu.")
+
+    timing = TIMING["quick" if suite_name == "quick" else "default"]
+    timing = Timing(**{**timing.__dict__, **{k: v for k, v in (
+        ("budget_s", args.budget), ("min_rounds", args.min_rounds), ("warmup_s", args.warmup),
+        ("block_s", args.block), ("secondary_rounds", args.secondary_rounds)) if v is not None}})
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = args.tf32
+        torch.backends.cudnn.allow_tf32 = args.tf32
+        torch.backends.cudnn.benchmark = False
+    torch.set_float32_matmul_precision("high" if args.tf32 else "highest")
+
+    if args.steady_malloc:
+        why = steady_malloc()
+        if why:
+            raise SystemExit(f"--steady-malloc: {why}")
+    env = envinfo.environment(args.tf32)
+    env["steady_malloc"] = bool(args.steady_malloc)
+    device = "cuda" if any(c.device == "cuda" for c in case_list) else "cpu"
+    machine = envinfo.machine_name(device)
+    stamp = envinfo.stamp(env, machine)
+    print(f"fusedrnn bench: suite {suite_name}, {len(case_list)} rows | {stamp}", file=sys.stderr)
+    la = env["load_average_start"]
+    if la and la[0] > 0.5 and device == "cpu":
+        print(f"note: load average {la[0]} on {env['cpu']['cores']} cores before starting: other work shares "
+              f"this machine, multi-threaded rows will be noisy", file=sys.stderr)
+
+    threads0 = torch.get_num_threads()
+    progress = Progress(len(case_list), args.quiet)
+    rows = []
+    t_start = time.perf_counter()
+    for i, case in enumerate(case_list):
+        progress.update(i, _label(case))
+        r = run_row(case, timing, args)
+        rows.append(r)
+        progress.update(i + 1, _label(case), _row_result(r))
+    progress.close()
+    torch.set_num_threads(threads0)
+    env["load_average_end"] = envinfo.load_average()
+
+    record = {
+        "schema": report.SCHEMA, "suite": suite_name, "name": name, "machine": machine, "stamp": stamp, "env": env,
+        "options": {**timing.__dict__, "cuda_graphs": args.cuda_graphs, "tf32": args.tf32,
+                    "steady_malloc": args.steady_malloc,
+                    "baselines": args.baselines, "argv": sys.argv[1:]},
+        "wall_s": round(time.perf_counter() - t_start, 1), "rows": rows,
+    }
+    record["summary"] = report.summary(rows)
+
+    print()
+    print(f"fusedrnn bench | suite {suite_name} | {stamp}")
+    print(report.terminal_table(rows))
+    print("  xB: speed-up of fused over baseline B (B's median / fused's median; > 1: fused faster). IQR: fused's "
+          "(q3-q1)/median.\n  act MB: memory held by autograd after forward. vs nn: fused's IQR against the "
+          "fastest torch.nn path's. Method: bench/README.md")
+    print()
+    print(report.summary_text(record["summary"]))
+    for r in rows:
+        if r.get("error"):
+            print(f"\nerror in {r['key']}:\n{r.get('traceback', r['error'])}", file=sys.stderr)
+    print(f"  wall time {record['wall_s']:.0f} s; load average {env['load_average_start']} -> "
+          f"{env['load_average_end']}")
+
+    if not args.no_save:
+        out_dir = args.out or HERE / "results" / machine
+        out_dir.mkdir(parents=True, exist_ok=True)
+        json_path = out_dir / f"{name}.json"
+        md_path = out_dir / f"{name}.md"
+        made = [] if args.no_plots else plots.make_all(rows, out_dir, name, stamp)
+        record["plots"] = [Path(p).name for p in made]
+        report.write_json(json_path, record)
+        md_path.write_text(report.markdown_report(record, stamp, made) + "\n")
+        print(f"  wrote {_rel(json_path)}, {_rel(md_path)}" + "".join(f", {_rel(Path(p))}" for p in made))
+        if args.update_readme:
+            report.update_readme(args.update_readme, record, stamp, md_path, made)
+            print(f"  updated {_rel(args.update_readme)}")
+
+    if baseline:
+        cmp = report.compare(baseline, record, args.check_metric, args.tolerance, args.check_candidates)
+        print()
+        print(check_header(args.check, None))
+        print(report.check_text(cmp))
+        return 1 if cmp["regressions"] else 0
+    return 0
+
+
+def steady_malloc():
+    """glibc only: fixed thresholds (this also turns off glibc's dynamic mmap threshold)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+        ok = libc.mallopt(M_MMAP_THRESHOLD, 32 << 20) and libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
+        return None if ok else "mallopt refused"
+    except (OSError, AttributeError) as e:
+        return f"not glibc ({e})"
+
+
+def check_header(base: Path, new) -> str:
+    return f"--check against {base}" + (f" (run: {new})" if new else " (run: this one)")
+
+
+def _label(c: suites.Case) -> str:
+    return (f"{c.cell}/{c.variant} {c.shape()} {suites.DTYPE_SHORT[c.dtype]} {c.device} "
+            f"{suites.MODE_SHORT[c.mode]} t{c.threads}")
+
+
+def _row_result(r: dict) -> str:
+    if r.get("error"):
+        return "ERROR " + r["error"][:80]
+    f = r["candidates"].get("fused")
+    if not f:
+        return ""
+    s = f"fused {f['median_ms']:.3g} ms"
+    best = report.nn_best(r)
+    if best:
+        s += f", x{report.speedup(r, best):.2f} vs {best}"
+    return s
+
+
+def _rel(p: Path) -> str:
+    try:
+        return str(p.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(p)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
