@@ -55,97 +55,119 @@ using Tuple9 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor
 // Tensor arguments, in this order, of every call (undefined where absent):
 enum Arg { kInput, kBatchSizes, kH0, kC0, kWih, kWhh, kBih, kBhh, kWch, kWhr, kNumArgs };
 
+// The outputs of a forward call, and what backward reads besides the inputs:
+// the output y and the tensors the kernel saved (undefined where absent).
+struct Forward {
+  variable_list out;
+  Tensor y, gates, states, proj_in;
+  std::vector<Tensor> non_differentiable;
+};
+
+// Calls the forward operator below the Autograd key.
+Forward run_forward(Call call, const Tensor& input, const Tensor& batch_sizes, const Tensor& h0,
+                    const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh, const Tensor& b_ih,
+                    const Tensor& b_hh, const Tensor& w_ch, const Tensor& w_hr) {
+  at::AutoDispatchBelowADInplaceOrView guard;
+  Forward fw;
+  variable_list& out = fw.out;
+  Tensor &y = fw.y, &gates = fw.gates, &states = fw.states, &proj_in = fw.proj_in;
+  switch (call.op) {
+    case Op::kLstm: {
+      static auto f = handle<Tuple6(const Tensor&, const OptTensor&, const Tensor&, const Tensor&,
+                                    const Tensor&, const Tensor&, const OptTensor&, const OptTensor&,
+                                    const OptTensor&, const OptTensor&, bool, bool, bool)>(
+          "fusedrnn::lstm_forward");
+      auto r = f.call(input, opt(batch_sizes), h0, c0, w_ih, w_hh, opt(b_ih), opt(b_hh), opt(w_ch),
+                      opt(w_hr), call.flag, call.reverse, call.training);
+      out = {std::get<0>(r), std::get<1>(r), std::get<2>(r), std::get<3>(r), std::get<4>(r),
+             std::get<5>(r)};
+      y = out[0], gates = out[3], states = out[4], proj_in = out[5];
+      fw.non_differentiable = {out[3], out[4], out[5]};
+      break;
+    }
+    case Op::kGru: {
+      static auto f = handle<Tuple4(const Tensor&, const OptTensor&, const Tensor&, const Tensor&,
+                                    const Tensor&, const OptTensor&, const OptTensor&, bool, bool,
+                                    bool)>("fusedrnn::gru_forward");
+      auto r = f.call(input, opt(batch_sizes), h0, w_ih, w_hh, opt(b_ih), opt(b_hh), call.flag,
+                      call.reverse, call.training);
+      out = {std::get<0>(r), std::get<1>(r), std::get<2>(r), std::get<3>(r)};
+      y = out[0], gates = out[2], states = out[3];
+      fw.non_differentiable = {out[2], out[3]};
+      break;
+    }
+    case Op::kRnn: {
+      static auto f = handle<Tuple2(const Tensor&, const OptTensor&, const Tensor&, const Tensor&,
+                                    const Tensor&, const OptTensor&, const OptTensor&, bool, bool)>(
+          "fusedrnn::rnn_forward");
+      auto r = f.call(input, opt(batch_sizes), h0, w_ih, w_hh, opt(b_ih), opt(b_hh), call.flag,
+                      call.reverse);
+      out = {std::get<0>(r), std::get<1>(r)};
+      y = out[0];
+      break;
+    }
+    case Op::kLstmCell: {
+      static auto f = handle<Tuple3(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                    const Tensor&, const OptTensor&, const OptTensor&,
+                                    const OptTensor&, bool, bool)>("fusedrnn::lstm_cell_forward");
+      auto r = f.call(input, h0, c0, w_ih, w_hh, opt(b_ih), opt(b_hh), opt(w_ch), call.flag,
+                      call.training);
+      out = {std::get<0>(r), std::get<1>(r), std::get<2>(r)};
+      y = out[0], states = out[1], gates = out[2];
+      fw.non_differentiable = {out[2]};
+      break;
+    }
+    case Op::kGruCell: {
+      static auto f = handle<Tuple3(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                    const OptTensor&, const OptTensor&, bool, bool)>(
+          "fusedrnn::gru_cell_forward");
+      auto r = f.call(input, h0, w_ih, w_hh, opt(b_ih), opt(b_hh), call.flag, call.training);
+      out = {std::get<0>(r), std::get<1>(r), std::get<2>(r)};
+      y = out[0], gates = out[1], states = out[2];
+      fw.non_differentiable = {out[1], out[2]};
+      break;
+    }
+    case Op::kRnnCell: {
+      static auto f = handle<Tensor(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                    const OptTensor&, const OptTensor&, bool)>(
+          "fusedrnn::rnn_cell_forward");
+      out = {f.call(input, h0, w_ih, w_hh, opt(b_ih), opt(b_hh), call.flag)};
+      y = out[0];
+      break;
+    }
+  }
+  return fw;
+}
+
+int64_t encode(Call c) {
+  return static_cast<int64_t>(c.op) << 3 | int64_t{c.flag} << 2 | int64_t{c.reverse} << 1 |
+         int64_t{c.training};
+}
+
+Call decode(int64_t v) {
+  return Call{static_cast<Op>(v >> 3), (v >> 2 & 1) != 0, (v >> 1 & 1) != 0, (v & 1) != 0};
+}
+
 struct LayerFunction : public torch::autograd::Function<LayerFunction> {
   // Absent arguments are passed as nullopt: not autograd inputs, no edge.
   static variable_list forward(AutogradContext* ctx, Call call, Tensor input,
                                OptTensor batch_sizes_, Tensor h0, OptTensor c0_, Tensor w_ih,
                                Tensor w_hh, OptTensor b_ih_, OptTensor b_hh_, OptTensor w_ch_,
                                OptTensor w_hr_) {
-    at::AutoDispatchBelowADInplaceOrView guard;
     const Tensor batch_sizes = def(batch_sizes_), c0 = def(c0_), b_ih = def(b_ih_),
                  b_hh = def(b_hh_), w_ch = def(w_ch_), w_hr = def(w_hr_);
-    variable_list out;
-    // What backward reads besides the inputs: the output and the saved tensors.
-    Tensor y, gates, states, proj_in;
-    switch (call.op) {
-      case Op::kLstm: {
-        static auto f = handle<Tuple6(const Tensor&, const OptTensor&, const Tensor&, const Tensor&,
-                                      const Tensor&, const Tensor&, const OptTensor&, const OptTensor&,
-                                      const OptTensor&, const OptTensor&, bool, bool, bool)>(
-            "fusedrnn::lstm_forward");
-        auto r = f.call(input, opt(batch_sizes), h0, c0, w_ih, w_hh, opt(b_ih), opt(b_hh), opt(w_ch),
-                        opt(w_hr), call.flag, call.reverse, call.training);
-        out = {std::get<0>(r), std::get<1>(r), std::get<2>(r), std::get<3>(r), std::get<4>(r),
-               std::get<5>(r)};
-        y = out[0], gates = out[3], states = out[4], proj_in = out[5];
-        ctx->mark_non_differentiable({out[3], out[4], out[5]});
-        break;
-      }
-      case Op::kGru: {
-        static auto f = handle<Tuple4(const Tensor&, const OptTensor&, const Tensor&, const Tensor&,
-                                      const Tensor&, const OptTensor&, const OptTensor&, bool, bool,
-                                      bool)>("fusedrnn::gru_forward");
-        auto r = f.call(input, opt(batch_sizes), h0, w_ih, w_hh, opt(b_ih), opt(b_hh), call.flag,
-                        call.reverse, call.training);
-        out = {std::get<0>(r), std::get<1>(r), std::get<2>(r), std::get<3>(r)};
-        y = out[0], gates = out[2], states = out[3];
-        ctx->mark_non_differentiable({out[2], out[3]});
-        break;
-      }
-      case Op::kRnn: {
-        static auto f = handle<Tuple2(const Tensor&, const OptTensor&, const Tensor&, const Tensor&,
-                                      const Tensor&, const OptTensor&, const OptTensor&, bool, bool)>(
-            "fusedrnn::rnn_forward");
-        auto r = f.call(input, opt(batch_sizes), h0, w_ih, w_hh, opt(b_ih), opt(b_hh), call.flag,
-                        call.reverse);
-        out = {std::get<0>(r), std::get<1>(r)};
-        y = out[0];
-        break;
-      }
-      case Op::kLstmCell: {
-        static auto f = handle<Tuple3(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                      const Tensor&, const OptTensor&, const OptTensor&,
-                                      const OptTensor&, bool, bool)>("fusedrnn::lstm_cell_forward");
-        auto r = f.call(input, h0, c0, w_ih, w_hh, opt(b_ih), opt(b_hh), opt(w_ch), call.flag,
-                        call.training);
-        out = {std::get<0>(r), std::get<1>(r), std::get<2>(r)};
-        y = out[0], states = out[1], gates = out[2];
-        ctx->mark_non_differentiable({out[2]});
-        break;
-      }
-      case Op::kGruCell: {
-        static auto f = handle<Tuple3(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                      const OptTensor&, const OptTensor&, bool, bool)>(
-            "fusedrnn::gru_cell_forward");
-        auto r = f.call(input, h0, w_ih, w_hh, opt(b_ih), opt(b_hh), call.flag, call.training);
-        out = {std::get<0>(r), std::get<1>(r), std::get<2>(r)};
-        y = out[0], gates = out[1], states = out[2];
-        ctx->mark_non_differentiable({out[1], out[2]});
-        break;
-      }
-      case Op::kRnnCell: {
-        static auto f = handle<Tensor(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                      const OptTensor&, const OptTensor&, bool)>(
-            "fusedrnn::rnn_cell_forward");
-        out = {f.call(input, h0, w_ih, w_hh, opt(b_ih), opt(b_hh), call.flag)};
-        y = out[0];
-        break;
-      }
-    }
-    ctx->saved_data["op"] = static_cast<int64_t>(call.op);
-    ctx->saved_data["flag"] = call.flag;
-    ctx->saved_data["reverse"] = call.reverse;
-    ctx->saved_data["training"] = call.training;
-    ctx->save_for_backward(
-        {input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, y, gates, states, proj_in});
-    return out;
+    Forward fw = run_forward(call, input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr);
+    if (!fw.non_differentiable.empty()) ctx->mark_non_differentiable(fw.non_differentiable);
+    ctx->saved_data["call"] = encode(call);
+    ctx->save_for_backward({input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, fw.y,
+                            fw.gates, fw.states, fw.proj_in});
+    return std::move(fw.out);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const auto op = static_cast<Op>(ctx->saved_data["op"].toInt());
-    const bool flag = ctx->saved_data["flag"].toBool();
-    const bool reverse = ctx->saved_data["reverse"].toBool();
-    const bool training = ctx->saved_data["training"].toBool();
+    const Call call = decode(ctx->saved_data["call"].toInt());
+    const Op op = call.op;
+    const bool flag = call.flag, reverse = call.reverse, training = call.training;
     const bool saves = op != Op::kRnn && op != Op::kRnnCell;
     TORCH_CHECK(!saves || training,
                 "fusedrnn: the forward ran with training=False, so it saved nothing for backward; "
@@ -243,6 +265,17 @@ variable_list apply(Call call, const Tensor& input, const OptTensor& batch_sizes
                     const OptTensor& c0, const Tensor& w_ih, const Tensor& w_hh,
                     const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_ch,
                     const OptTensor& w_hr) {
+  // Without a graph to record (no_grad, or no input requires grad) the call
+  // goes straight to the operator: a cell step in a user loop pays no
+  // autograd bookkeeping.
+  const auto needs = [](const OptTensor& t) { return t.has_value() && t->requires_grad(); };
+  if (!at::GradMode::is_enabled() ||
+      !(input.requires_grad() || h0.requires_grad() || w_ih.requires_grad() ||
+        w_hh.requires_grad() || needs(c0) || needs(b_ih) || needs(b_hh) || needs(w_ch) ||
+        needs(w_hr)))
+    return run_forward(call, input, def(batch_sizes), h0, def(c0), w_ih, w_hh, def(b_ih),
+                       def(b_hh), def(w_ch), def(w_hr))
+        .out;
   return LayerFunction::apply(call, input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr);
 }
 
