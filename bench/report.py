@@ -344,8 +344,10 @@ def update_readme(readme: Path, record: dict, stamp_line: str, md_path: Path, pl
             body += [f"**{mode}**", "", markdown_table(sel), ""]
     body += [f"![{Path(p).stem}]({rel(p)})" for p in plots] + ["", end]
     block = "\n".join(body)
-    if start in text and end in text:
-        text = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
+    # Only markers alone on their line count: prose may quote them.
+    pattern = re.compile("^" + re.escape(start) + "$.*?^" + re.escape(end) + "$", flags=re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: block, text, count=1)
     else:
         text = text.rstrip("\n") + f"\n\n## Latest {kind.upper()} results\n\n" + block + "\n"
     readme.write_text(text)

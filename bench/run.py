@@ -97,8 +97,8 @@ def parse_args(argv=None):
     o.add_argument("--name", help="file name stem (default: the suite; 'custom' for custom or filtered runs)")
     o.add_argument("--no-save", action="store_true", help="print the table only")
     o.add_argument("--no-plots", action="store_true")
-    o.add_argument("--update-readme", nargs="?", const=HERE / "README.md", type=Path, metavar="README",
-                   help="write this run's table and plots into README (default bench/README.md) between "
+    o.add_argument("--update-readme", nargs="?", const=HERE.parent / "README.md", type=Path, metavar="README",
+                   help="write this run's table and plots into README (default: the top-level README.md) between "
                         "<!-- bench:cpu|gpu:start/end --> markers")
     o.add_argument("--quiet", action="store_true", help="no progress bar")
     c = p.add_argument_group("regression check")

@@ -70,7 +70,7 @@ else
 fi
 
 if [ -f bench/run.py ]; then
-  step "GPU benchmark suite" "$logdir/bench.log" "$PYTHON" bench/run.py --suite gpu
+  step "GPU benchmark suite" "$logdir/bench.log" "$PYTHON" bench/run.py --suite gpu --update-readme
 else
   results+=("| GPU benchmark suite | bench/run.py missing | | |")
   status=1
