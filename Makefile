@@ -1,5 +1,6 @@
 # make bench   the main job: set-up if needed, build, run the default (quick) benchmark suite
-# make test    set-up if needed, build, run every test (pytest, ctest, CUDA compile check)
+# make test    set-up if needed, build, run every test (pytest, ctest, CUDA compile check,
+#              the sanitizer run of the reliability and gradcheck tests)
 PYTHON ?= python3
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
@@ -8,7 +9,7 @@ export MAX_JOBS ?= $(JOBS)
 SOURCES := $(shell find csrc -name '*.h' -o -name '*.cpp' -o -name '*.cu' -o -name '*.cuh') setup.py
 STAMP := build/.fusedrnn-built
 
-.PHONY: all deps build bench test pytest ctest cuda-check cuda-emulate gpu-check sanitize clean
+.PHONY: all deps build bench test pytest ctest cuda-check cuda-emulate gpu-check sanitize sanitize-ci clean
 
 all: build
 
@@ -26,7 +27,7 @@ $(STAMP): build/.deps $(SOURCES)
 bench: build
 	$(PYTHON) bench/run.py --suite quick $(BENCH_ARGS)
 
-test: pytest ctest cuda-check
+test: pytest ctest cuda-check sanitize-ci
 
 pytest: build
 	$(PYTHON) -m pytest -q $(PYTEST_ARGS)
@@ -59,3 +60,8 @@ clean:
 # AddressSanitizer + UndefinedBehaviorSanitizer build of the CPU extension, CPU tests under it.
 sanitize: build/.deps
 	tools/sanitize.sh $(SANITIZE_ARGS)
+
+# The part of the sanitizer run that fits CI: the fuzz, numerics, concurrency and
+# gradcheck tests under ASan + UBSan (about 5 minutes on 2 cores, build included).
+sanitize-ci: build/.deps
+	tools/sanitize.sh tests/test_reliability.py tests/test_gradcheck.py
