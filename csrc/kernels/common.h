@@ -65,23 +65,29 @@ struct StepInfo {
 struct SeqLayout {
   int64_t T;
   int64_t N;
-  const int64_t* batch_sizes;  // [T]
-  const int64_t* offsets;      // [T + 1]
+  // Per-step active rows [T] and first rows [T + 1] of a packed sequence;
+  // both null for a padded one (N rows at every step), which then needs no
+  // per-step arrays however long it is.
+  const int64_t* batch_sizes;
+  const int64_t* offsets;
   bool reverse;
+
+  FRNN_HD int64_t rows(int64_t t) const { return batch_sizes ? batch_sizes[t] : N; }
+  FRNN_HD int64_t offset(int64_t t) const { return offsets ? offsets[t] : t * N; }
 
   // The s-th processed step, s = 0..T-1.
   FRNN_HD StepInfo step(int64_t s) const {
     StepInfo st;
     st.t = reverse ? T - 1 - s : s;
-    st.rows = batch_sizes[st.t];
-    st.offset = offsets[st.t];
+    st.rows = rows(st.t);
+    st.offset = offset(st.t);
     if (s == 0) {
       st.prev_offset = -1;
       st.split = 0;
     } else {
       const int64_t tp = reverse ? st.t + 1 : st.t - 1;
-      st.prev_offset = offsets[tp];
-      st.split = reverse ? batch_sizes[tp] : st.rows;
+      st.prev_offset = offset(tp);
+      st.split = reverse ? rows(tp) : st.rows;
     }
     return st;
   }

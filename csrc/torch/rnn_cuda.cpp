@@ -118,11 +118,11 @@ Chunk next_chunk(const SeqLayout& seq, int64_t s0, int64_t max_rows) {
   int64_t s1 = s0, rows = 0;
   while (s1 < seq.T) {
     const int64_t t = seq.reverse ? seq.T - 1 - s1 : s1;
-    if (rows > 0 && rows + seq.batch_sizes[t] > max_rows) break;
-    rows += seq.batch_sizes[t];
+    if (rows > 0 && rows + seq.rows(t) > max_rows) break;
+    rows += seq.rows(t);
     ++s1;
   }
-  const int64_t row0 = seq.reverse ? seq.offsets[seq.T - s1] : seq.offsets[s0];
+  const int64_t row0 = seq.reverse ? seq.offset(seq.T - s1) : seq.offset(s0);
   return Chunk{s0, s1, row0, rows};
 }
 

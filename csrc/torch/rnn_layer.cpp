@@ -34,6 +34,7 @@ int64_t checked_mul(int64_t a, int64_t b, const char* op) {
 }  // namespace
 
 SeqLayout LayerGeometry::layout(bool reverse) const {
+  if (!packed) return SeqLayout{T, N, nullptr, nullptr, reverse};
   return SeqLayout{T, N, batch_sizes.data(), offsets.data(), reverse};
 }
 
@@ -119,15 +120,14 @@ LayerGeometry check_layer(const LayerInputs& in, const char* op) {
     FRNN_CHECK(sum == x.size(0), "batch_sizes sum to ", sum, " but input has ", x.size(0),
                " rows");
     g.R = sum;
+    g.offsets.resize(g.T + 1);
+    g.offsets[0] = 0;
+    for (const auto t : c10::irange(g.T)) g.offsets[t + 1] = g.offsets[t] + g.batch_sizes[t];
   } else {
     g.T = x.size(0);
     g.N = x.size(1);
     g.R = checked_mul(g.T, g.N, op);
-    g.batch_sizes.assign(g.T, g.N);
   }
-  g.offsets.resize(g.T + 1);
-  g.offsets[0] = 0;
-  for (const auto t : c10::irange(g.T)) g.offsets[t + 1] = g.offsets[t] + g.batch_sizes[t];
 
   check_same(in.h0, "h0", x, op);
   check_shape(in.h0, "h0", {g.N, g.P}, op);
@@ -163,14 +163,16 @@ void check_grads(const LayerInputs& in, const LayerGeometry& g, const GradInputs
     check_same(gi.saved.gates, "gates", x, op);
     check_shape(gi.saved.gates, "gates", {g.R, gate_cols}, op);
   }
-  if (cpu::saves_states(in.cell)) {
-    const Tensor& s = gi.saved.states;
+  // LSTM and GRU take a states argument and read it typed, [0]-sized when the
+  // cell saves none.
+  const Tensor& s = gi.saved.states;
+  if (in.cell.kind == CellKind::kLstm || in.cell.kind == CellKind::kGru) {
     FRNN_CHECK(s.scalar_type() == compute_dtype(x.scalar_type()), "states must be ",
                compute_dtype(x.scalar_type()), ", got ", s.scalar_type());
     FRNN_CHECK(s.device() == x.device(), "states is on ", s.device(), " but input is on ",
                x.device());
-    check_shape(s, "states", {g.R, g.H}, op);
   }
+  if (cpu::saves_states(in.cell)) check_shape(s, "states", {g.R, g.H}, op);
   if (in.w_hr.has_value()) {
     check_same(gi.saved.proj_in, "proj_in", x, op);
     check_shape(gi.saved.proj_in, "proj_in", {g.R, g.H}, op);

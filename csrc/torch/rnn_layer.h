@@ -31,8 +31,8 @@ struct LayerInputs {
 struct LayerGeometry {
   int64_t T = 0, N = 0, R = 0, C = 0, H = 0, P = 0, G = 0;
   bool packed = false;
-  std::vector<int64_t> batch_sizes;  // [T] (all N when padded)
-  std::vector<int64_t> offsets;      // [T + 1]
+  std::vector<int64_t> batch_sizes;  // [T] when packed, empty when padded
+  std::vector<int64_t> offsets;      // [T + 1] when packed, empty when padded
   SeqLayout layout(bool reverse) const;
 };
 

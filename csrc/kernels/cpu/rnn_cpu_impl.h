@@ -29,7 +29,7 @@ inline namespace CPU_CAPABILITY {
 constexpr int64_t kChunkBytes = int64_t{512} << 10;
 constexpr int64_t kChunkMinRows = 256;
 
-inline int64_t total_rows(const SeqLayout& seq) { return seq.offsets[seq.T]; }
+inline int64_t total_rows(const SeqLayout& seq) { return seq.offset(seq.T); }
 
 inline int64_t max_of(int64_t a, int64_t b) { return a > b ? a : b; }
 template <typename... Rest>
@@ -305,11 +305,11 @@ void gather_final(const SeqLayout& seq, const S* y, int64_t P, S* h_n) {
       int64_t lo = 0, hi = seq.T;  // invariant: bs[lo] > b, answer in [lo, hi)
       while (hi - lo > 1) {
         const int64_t mid = (lo + hi) / 2;
-        if (seq.batch_sizes[mid] > b) lo = mid; else hi = mid;
+        if (seq.rows(mid) > b) lo = mid; else hi = mid;
       }
       t_last = lo;
     }
-    std::memcpy(h_n + b * P, y + (seq.offsets[t_last] + b) * P, P * sizeof(S));
+    std::memcpy(h_n + b * P, y + (seq.offset(t_last) + b) * P, P * sizeof(S));
   }
 }
 
@@ -335,11 +335,11 @@ inline Chunk next_chunk(const SeqLayout& seq, int64_t s0, int64_t max_rows) {
   int64_t s1 = s0, rows = 0;
   while (s1 < seq.T) {
     const int64_t t = seq.reverse ? seq.T - 1 - s1 : s1;
-    if (rows > 0 && rows + seq.batch_sizes[t] > max_rows) break;
-    rows += seq.batch_sizes[t];
+    if (rows > 0 && rows + seq.rows(t) > max_rows) break;
+    rows += seq.rows(t);
     ++s1;
   }
-  const int64_t row0 = seq.reverse ? seq.offsets[seq.T - s1] : seq.offsets[s0];
+  const int64_t row0 = seq.reverse ? seq.offset(seq.T - s1) : seq.offset(s0);
   return Chunk{s0, s1, row0, rows};
 }
 
