@@ -24,6 +24,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.gradcheck import GradcheckError
 from torch.nn.utils.rnn import PackedSequence
 
 from . import reference
@@ -126,7 +127,7 @@ def gradcheck(module: nn.Module, input, hx=None, **kwargs) -> bool:
     kwargs.setdefault("rtol", 1e-4)
     try:
         return torch.autograd.gradcheck(fn_tensors, tuple(inputs), **kwargs)
-    except torch.autograd.gradcheck.GradcheckError as e:
+    except GradcheckError as e:
         msg = str(e)
         m_out = re.search(r"output (\d+)", msg)
         m_in = re.search(r"input (\d+)", msg)

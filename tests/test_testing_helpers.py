@@ -1,0 +1,103 @@
+"""fusedrnn.testing must fail on wrong modules, not only pass on right ones.
+
+Each wrong module is a fused module with one deliberate defect of the kind a
+kernel bug produces: a gradient off by a small factor, an output nudged, a
+bias gradient dropped, the state of one sequence leaking into another.
+"""
+
+import pytest
+import torch
+
+import fusedrnn
+from fusedrnn.testing import assert_matches_reference, gradcheck
+
+
+class _ScaleGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, t, factor):
+        ctx.factor = factor
+        return t.view_as(t)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * ctx.factor, None
+
+
+class _DropGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, t):
+        return t.view_as(t)
+
+    @staticmethod
+    def backward(ctx, g):
+        return torch.zeros_like(g)
+
+
+def _wrong(base, defect):
+    class Wrong(base):
+        def forward(self, input, hx=None):
+            if defect == "grad of input x1.001":
+                input = _ScaleGrad.apply(input, 1.001)
+            if defect == "grad of bias dropped":
+                saved = self.bias_hh_l0
+                self._parameters["bias_hh_l0"] = _DropGrad.apply(saved)
+                try:
+                    return super().forward(input, hx)
+                finally:
+                    self._parameters["bias_hh_l0"] = saved
+            out, h = super().forward(input, hx)
+            if defect == "output nudged by 1e-3":
+                out = out + 1e-3 * out.detach().sign()
+            if defect == "sequences mixed":
+                out = out + 1e-2 * out.roll(1, dims=1)
+            return out, h
+
+    return Wrong
+
+
+DEFECTS = ["grad of input x1.001", "grad of bias dropped", "output nudged by 1e-3", "sequences mixed"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("defect", DEFECTS)
+@pytest.mark.parametrize("base", [fusedrnn.LSTM, fusedrnn.GRU], ids=["LSTM", "GRU"])
+def test_assert_matches_reference_catches_a_wrong_module(base, defect, dtype):
+    torch.manual_seed(0)
+    x = torch.randn(6, 3, 5, dtype=dtype)
+    right = base(5, 7, num_layers=2).to(dtype)
+    assert_matches_reference(right, x)
+    wrong = _wrong(base, defect)(5, 7, num_layers=2).to(dtype)
+    wrong.load_state_dict(right.state_dict())
+    with pytest.raises(AssertionError) as info:
+        assert_matches_reference(wrong, x)
+    print(info.value)
+    assert "max error" in str(info.value)
+
+
+@pytest.mark.parametrize("defect", ["grad of input x1.001", "grad of bias dropped"])
+def test_gradcheck_catches_a_wrong_gradient(defect):
+    torch.manual_seed(0)
+    x = torch.randn(3, 2, 4, dtype=torch.float64)
+    right = fusedrnn.GRU(4, 3)
+    assert gradcheck(right, x)
+    wrong = _wrong(fusedrnn.GRU, defect)(4, 3)
+    wrong.load_state_dict(right.state_dict())
+    with pytest.raises(AssertionError, match=r"gradcheck: gradient of .* with respect to (input|bias_hh_l0) is wrong"):
+        gradcheck(wrong, x)
+
+
+def test_helpers_work_on_torch_nn_modules_and_cells():
+    torch.manual_seed(0)
+    assert gradcheck(torch.nn.LSTM(3, 4, bidirectional=True), torch.randn(3, 2, 3, dtype=torch.float64))
+    assert_matches_reference(torch.nn.GRU(3, 4, num_layers=2), torch.randn(5, 2, 3))
+    assert_matches_reference(fusedrnn.LSTMCell(3, 4, peephole=True), torch.randn(2, 3))
+    assert gradcheck(fusedrnn.RNNCell(3, 4), torch.randn(2, 3, dtype=torch.float64))
+
+
+def test_explicit_tolerances_are_applied():
+    torch.manual_seed(0)
+    x = torch.randn(6, 3, 5)
+    m = _wrong(fusedrnn.LSTM, "output nudged by 1e-3")(5, 7)
+    assert_matches_reference(m, x, rtol=0.0, atol=2e-3)
+    with pytest.raises(AssertionError):
+        assert_matches_reference(m, x, rtol=0.0, atol=5e-4)
