@@ -1,0 +1,173 @@
+"""The drop-in contract with torch.nn: state dicts, parameter order and
+initialisation, sharing with from_torch/to_torch, convert() on nested models
+with an optimizer built before, serialisation, and the variants' extra
+parameters. The oracle is torch.nn."""
+
+import copy
+import io
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import fusedrnn
+
+CONFIGS = [
+    ("LSTM", dict(num_layers=2, bidirectional=True, bias=True)),
+    ("LSTM", dict(num_layers=3, bias=False, proj_size=3)),
+    ("LSTM", dict(num_layers=2, bidirectional=True, proj_size=2, batch_first=True)),
+    ("GRU", dict(num_layers=2, bidirectional=True)),
+    ("GRU", dict(num_layers=1, bias=False)),
+    ("RNN", dict(num_layers=2, nonlinearity="relu", bidirectional=True)),
+    ("RNN", dict(num_layers=1, bias=False)),
+]
+IDS = [f"{n}-{'-'.join(f'{k}={v}' for k, v in kw.items())}" for n, kw in CONFIGS]
+
+
+@pytest.mark.parametrize("name,kw", CONFIGS, ids=IDS)
+def test_parameters_match_torch_nn_in_name_shape_and_order(name, kw):
+    ref = getattr(nn, name)(5, 4, **kw)
+    fused = getattr(fusedrnn, name)(5, 4, **kw)
+    assert [(n, tuple(p.shape)) for n, p in fused.named_parameters()] == \
+        [(n, tuple(p.shape)) for n, p in ref.named_parameters()]
+    assert list(fused.state_dict()) == list(ref.state_dict())
+    assert repr(fused).split("(", 1)[1] == repr(ref).split("(", 1)[1]
+
+
+@pytest.mark.parametrize("name,kw", CONFIGS, ids=IDS)
+def test_state_dict_round_trips_both_ways_strict(name, kw):
+    torch.manual_seed(0)
+    ref = getattr(nn, name)(5, 4, **kw)
+    fused = getattr(fusedrnn, name)(5, 4, **kw)
+    fused.load_state_dict(ref.state_dict(), strict=True)
+    x = torch.randn(3, 6, 5) if kw.get("batch_first") else torch.randn(6, 3, 5)
+    torch.testing.assert_close(fused(x)[0], ref(x)[0], rtol=1e-5, atol=1e-6)
+    back = getattr(nn, name)(5, 4, **kw)
+    back.load_state_dict(fused.state_dict(), strict=True)
+    for (n, a), (_, b) in zip(back.state_dict().items(), ref.state_dict().items()):
+        assert torch.equal(a, b), n
+
+
+@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"])
+def test_initialisation_is_uniform_in_plus_minus_one_over_sqrt_hidden(name):
+    torch.manual_seed(0)
+    H = 64
+    m = getattr(fusedrnn, name)(32, H)
+    bound = 1.0 / math.sqrt(H)
+    for n, p in m.named_parameters():
+        p = p.detach().double()
+        k = p.numel()
+        assert p.abs().max() <= bound, n
+        # uniform(-b, b): mean 0 and variance b^2 / 3; the sample mean and
+        # variance must lie within 5 standard errors (variance of the sample
+        # variance: (b^4 / 5 - b^4 / 9) / k).
+        assert abs(p.mean().item()) < 5 * bound / math.sqrt(3 * k), n
+        assert abs(p.var().item() - bound**2 / 3) < 5 * bound**2 * math.sqrt(1 / 5 - 1 / 9) / math.sqrt(k), n
+        assert p.unique().numel() > k // 2, n
+
+
+def test_variant_parameters_are_registered_after_each_layer():
+    m = fusedrnn.LSTM(5, 4, num_layers=2, bidirectional=True, peephole=True, coupled_gates=True, proj_size=2)
+    names = [n for n, _ in m.named_parameters()]
+    per_dir = ["weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr", "weight_ch"]
+    want = [f"{p}_l{k}{s}" for k in range(2) for s in ("", "_reverse") for p in per_dir]
+    assert sorted(names) == sorted(want)
+    # every layer's parameters stay together, peepholes right after the others
+    for k in range(2):
+        for s in ("", "_reverse"):
+            block = [n for n in names if n.endswith(f"_l{k}{s}")]
+            i = names.index(block[0])
+            assert names[i : i + len(block)] == block
+            assert block[-1] == f"weight_ch_l{k}{s}"
+    assert m.weight_ih_l0.shape == (3 * 4, 5)  # coupled: gate blocks f, g, o
+    assert m.weight_ch_l0.shape == (2 * 4,)  # peepholes of f and o
+    gru = fusedrnn.GRU(5, 4, reset_after=False)
+    assert [n for n, _ in gru.named_parameters()] == [n for n, _ in nn.GRU(5, 4).named_parameters()]
+    assert "reset_after=False" in repr(gru)
+
+
+def test_from_torch_and_to_torch_share_parameters():
+    ref = nn.LSTM(5, 4, num_layers=2)
+    fused = fusedrnn.LSTM.from_torch(ref)
+    assert all(a is b for a, b in zip(fused.parameters(), ref.parameters()))
+    with torch.no_grad():
+        fused.weight_hh_l1.add_(1.0)
+    assert torch.equal(ref.weight_hh_l1, fused.weight_hh_l1)
+    back = fused.to_torch()
+    assert type(back) is nn.LSTM and all(a is b for a, b in zip(back.parameters(), ref.parameters()))
+    with pytest.raises(ValueError, match="no equivalent"):
+        fusedrnn.LSTM(5, 4, peephole=True).to_torch()
+
+
+class Nested(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Linear(3, 5), nn.ModuleList([nn.GRU(5, 6, batch_first=True)]))
+        self.blocks = nn.ModuleDict({"lstm": nn.LSTM(6, 4, num_layers=2, bidirectional=True, batch_first=True)})
+        self.cell = nn.RNNCell(8, 3)
+        self.head = nn.Linear(3, 2)
+
+    def forward(self, x):
+        h = self.encoder[0](x)
+        h, _ = self.encoder[1][0](h)
+        h, _ = self.blocks["lstm"](h)
+        s = None
+        for t in range(h.shape[1]):
+            s = self.cell(h[:, t], s)
+        return self.head(s)
+
+
+def test_convert_swaps_nested_modules_and_keeps_the_optimizer_working():
+    torch.manual_seed(0)
+    ref = Nested()
+    model = copy.deepcopy(ref)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.1)
+    before = list(model.parameters())
+    model.train(False)
+    out = fusedrnn.convert(model)
+    assert out is model and not model.training
+    assert type(model.encoder[1][0]) is fusedrnn.GRU
+    assert type(model.blocks["lstm"]) is fusedrnn.LSTM
+    assert type(model.cell) is fusedrnn.RNNCell
+    assert all(a is b for a, b in zip(model.parameters(), before))
+    model.train()
+    x = torch.randn(2, 7, 3)
+    for _ in range(3):
+        for m, o in ((model, opt), (ref, ref_opt)):
+            o.zero_grad()
+            m(x).square().sum().backward()
+            o.step()
+    for (n, a), (_, b) in zip(model.named_parameters(), ref.named_parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=n)
+    assert fusedrnn.convert(nn.GRUCell(3, 4)).__class__ is fusedrnn.GRUCell
+
+
+@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"])
+def test_serialisation_copy_and_dtype_conversion(name):
+    torch.manual_seed(0)
+    kw = {"peephole": True} if name in ("LSTM", "LSTMCell") else {}
+    m = getattr(fusedrnn, name)(3, 4, **kw)
+    x = torch.randn(5, 2, 3) if "Cell" not in name else torch.randn(2, 3)
+    want = m(x)
+    want = want[0] if isinstance(want, tuple) else want
+    buf = io.BytesIO()
+    torch.save(m, buf)
+    buf.seek(0)
+    for other in (torch.load(buf, weights_only=False), copy.deepcopy(m)):
+        got = other(x)
+        got = got[0] if isinstance(got, tuple) else got
+        assert torch.equal(got, want)
+    d = copy.deepcopy(m).double()
+    assert all(p.dtype == torch.float64 for p in d.parameters())
+    got = d(x.double())
+    got = got[0] if isinstance(got, tuple) else got
+    torch.testing.assert_close(got.float(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_flatten_parameters_is_a_no_op():
+    m = fusedrnn.LSTM(3, 4)
+    before = [p.data_ptr() for p in m.parameters()]
+    assert m.flatten_parameters() is None
+    assert [p.data_ptr() for p in m.parameters()] == before

@@ -1,0 +1,339 @@
+"""Bad input at both doors.
+
+Modules: the oracle is torch.nn itself. Each case builds the nn module and its
+fused twin with the same arguments, calls both with the same bad input, and
+requires the same exception type and the same message.
+
+Operators: a table of bad calls to every torch.ops.fusedrnn operator; each must
+raise RuntimeError with a message that names the operator, the argument and
+the values it got. None may crash the process.
+"""
+
+import re
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import fusedrnn
+
+ops = torch.ops.fusedrnn
+
+
+def _raised(fn):
+    try:
+        fn()
+    except Exception as e:  # noqa: BLE001 - the type is what is compared
+        return type(e), str(e)
+    return None, None
+
+
+def assert_same_error(nn_call, fused_call):
+    want_type, want_msg = _raised(nn_call)
+    assert want_type is not None, "the oracle (torch.nn) accepted the input: not a bad-input case"
+    got_type, got_msg = _raised(fused_call)
+    print(f"nn: {want_type.__name__}: {want_msg}\nfused: {got_type and got_type.__name__}: {got_msg}")
+    assert got_type is want_type, f"fused raised {got_type}, torch.nn raised {want_type}"
+    assert got_msg == want_msg
+
+
+# ------------------------------------------------------------ module construction
+
+CTOR_CASES = [
+    ("LSTM", (4, 8), dict(proj_size=8)),
+    ("LSTM", (4, 8), dict(proj_size=9)),
+    ("LSTM", (4, 8), dict(proj_size=-1)),
+    ("LSTM", (4, 8), dict(dropout=1.5)),
+    ("LSTM", (4, 8), dict(dropout=-0.1)),
+    ("LSTM", (4, 8), dict(num_layers=0)),
+    ("LSTM", (4, 0), {}),
+    ("LSTM", (4, -2), {}),
+    ("LSTM", (4, 8), dict(num_layers=1.5)),
+    ("GRU", (4, 8), dict(proj_size=2)),
+    ("GRU", (4, 8), dict(dropout=2.0)),
+    ("GRU", (4, 8), dict(num_layers=-1)),
+    ("RNN", (4, 8), dict(nonlinearity="sigmoid")),
+    ("RNN", (4, 8), dict(proj_size=2)),
+]
+
+
+@pytest.mark.parametrize("name,args,kwargs", CTOR_CASES, ids=[f"{c[0]}-{c[2]}-{c[1][1]}" for c in CTOR_CASES])
+def test_constructor_errors_match_torch_nn(name, args, kwargs):
+    assert_same_error(lambda: getattr(nn, name)(*args, **kwargs), lambda: getattr(fusedrnn, name)(*args, **kwargs))
+
+
+# ------------------------------------------------------------------ module forward
+
+def _pair(name, *args, **kwargs):
+    torch.manual_seed(0)
+    ref = getattr(nn, name)(*args, **kwargs)
+    return ref, getattr(fusedrnn, name).from_torch(ref)
+
+
+def _hx(name, layers, N, H, P=None):
+    h = torch.zeros(layers, N, P or H)
+    return (h, torch.zeros(layers, N, H)) if name == "LSTM" else h
+
+
+SEQ = ["LSTM", "GRU", "RNN"]
+FORWARD_CASES = {
+    "4-D input": lambda name: (torch.randn(2, 3, 4, 5), None),
+    "1-D input": lambda name: (torch.randn(5), None),
+    "wrong input size": lambda name: (torch.randn(6, 3, 5), None),
+    "hx batch mismatch": lambda name: (torch.randn(6, 3, 4), _hx(name, 1, 2, 8)),
+    "hx hidden size": lambda name: (torch.randn(6, 3, 4), _hx(name, 1, 3, 7)),
+    "hx layers": lambda name: (torch.randn(6, 3, 4), _hx(name, 2, 3, 8)),
+    "unbatched input, batched hx": lambda name: (torch.randn(6, 4), _hx(name, 1, 3, 8)),
+    "batched input, unbatched hx": lambda name: (
+        torch.randn(6, 3, 4), (torch.zeros(1, 8), torch.zeros(1, 8)) if name == "LSTM" else torch.zeros(1, 8)),
+    "input dtype": lambda name: (torch.randn(6, 3, 4, dtype=torch.float64), None),
+    "integer input": lambda name: (torch.ones(6, 3, 4, dtype=torch.int64), None),
+}
+
+
+@pytest.mark.parametrize("case", list(FORWARD_CASES))
+@pytest.mark.parametrize("name", SEQ)
+def test_forward_errors_match_torch_nn(name, case):
+    ref, fused = _pair(name, 4, 8)
+    x, hx = FORWARD_CASES[case](name)
+    assert_same_error(lambda: ref(x, hx), lambda: fused(x, hx))
+
+
+@pytest.mark.parametrize("name", SEQ)
+def test_hx_dtype_mismatch_is_a_clear_error(name):
+    # torch.nn raises too, but with words from deep inside its kernels
+    # ("get_mkldnn_dtype: unsupported data type", "mat1 and mat2 must have the
+    # same dtype"); fused names the state and both dtypes.
+    ref, fused = _pair(name, 4, 8)
+    x = torch.randn(6, 3, 4)
+    h = torch.zeros(1, 3, 8, dtype=torch.float64)
+    hx = (h, torch.zeros(1, 3, 8)) if name == "LSTM" else h
+    assert _raised(lambda: ref(x, hx))[0] is RuntimeError
+    with pytest.raises(RuntimeError, match=r"h0 must have the dtype of input \(Float\), got Double"):
+        fused(x, hx)
+
+
+def test_lstm_projection_hx_errors_match_torch_nn():
+    ref, fused = _pair("LSTM", 4, 8, proj_size=3)
+    x = torch.randn(5, 2, 4)
+    for hx in [(torch.zeros(1, 2, 8), torch.zeros(1, 2, 8)), (torch.zeros(1, 2, 3), torch.zeros(1, 2, 3))]:
+        assert_same_error(lambda: ref(x, hx), lambda: fused(x, hx))
+
+
+def test_packed_hx_batch_mismatch_matches_torch_nn():
+    ref, fused = _pair("GRU", 4, 8)
+    x = pack_padded_sequence(torch.randn(5, 3, 4), torch.tensor([5, 3, 2]))
+    hx = torch.zeros(1, 2, 8)
+    assert_same_error(lambda: ref(x, hx), lambda: fused(x, hx))
+
+
+CELL_CASES = {
+    "3-D input": lambda name: (torch.randn(2, 3, 4), None),
+    "wrong input size": lambda name: (torch.randn(3, 5), None),
+    "hx batch mismatch": lambda name: (
+        torch.randn(3, 4), (torch.zeros(2, 8), torch.zeros(2, 8)) if name == "LSTMCell" else torch.zeros(2, 8)),
+    "hx hidden size": lambda name: (
+        torch.randn(3, 4), (torch.zeros(3, 7), torch.zeros(3, 7)) if name == "LSTMCell" else torch.zeros(3, 7)),
+    "3-D hx": lambda name: (
+        torch.randn(3, 4), (torch.zeros(1, 3, 8), torch.zeros(1, 3, 8)) if name == "LSTMCell"
+        else torch.zeros(1, 3, 8)),
+    "input dtype": lambda name: (torch.randn(3, 4, dtype=torch.float64), None),
+}
+
+
+@pytest.mark.parametrize("case", list(CELL_CASES))
+@pytest.mark.parametrize("name", ["LSTMCell", "GRUCell", "RNNCell"])
+def test_cell_errors_match_torch_nn(name, case):
+    ref, fused = _pair(name, 4, 8)
+    x, hx = CELL_CASES[case](name)
+    assert_same_error(lambda: ref(x, hx), lambda: fused(x, hx))
+
+
+def test_rnn_cell_bad_nonlinearity_matches_torch_nn():
+    ref, fused = _pair("RNNCell", 4, 8)
+    ref.nonlinearity = fused.nonlinearity = "gelu"
+    x = torch.randn(3, 4)
+    assert_same_error(lambda: ref(x), lambda: fused(x))
+
+
+# ----------------------------------------------------------------- operators
+
+H, C, N, T = 4, 3, 2, 5
+
+
+def _lstm(x=None, bs=None, h0=None, c0=None, w_ih=None, w_hh=None, b_ih=None, b_hh=None, w_ch=None,
+          w_hr=None, coupled=False):
+    G = 3 if coupled else 4
+    x = torch.randn(T, N, C) if x is None else x
+    h0 = torch.zeros(N, H) if h0 is None else h0
+    c0 = torch.zeros(N, H) if c0 is None else c0
+    w_ih = torch.randn(G * H, C) if w_ih is None else w_ih
+    w_hh = torch.randn(G * H, H) if w_hh is None else w_hh
+    return lambda: ops.lstm_forward(x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, coupled, False, True)
+
+
+def _gru(x=None, bs=None, h0=None, w_ih=None, w_hh=None, b_ih=None):
+    x = torch.randn(T, N, C) if x is None else x
+    h0 = torch.zeros(N, H) if h0 is None else h0
+    w_ih = torch.randn(3 * H, C) if w_ih is None else w_ih
+    w_hh = torch.randn(3 * H, H) if w_hh is None else w_hh
+    return lambda: ops.gru_forward(x, bs, h0, w_ih, w_hh, b_ih, None, True, False, True)
+
+
+def _rnn(x=None, bs=None, h0=None, w_ih=None, w_hh=None):
+    x = torch.randn(T, N, C) if x is None else x
+    h0 = torch.zeros(N, H) if h0 is None else h0
+    w_ih = torch.randn(H, C) if w_ih is None else w_ih
+    w_hh = torch.randn(H, H) if w_hh is None else w_hh
+    return lambda: ops.rnn_forward(x, bs, h0, w_ih, w_hh, None, None, False, False)
+
+
+def _cells():
+    x, h = torch.randn(N, C), torch.zeros(N, H)
+    return {
+        "lstm_cell": lambda **k: (lambda: ops.lstm_cell_forward(
+            k.get("x", x), k.get("h", h), k.get("c", h), k.get("w_ih", torch.randn(4 * H, C)),
+            torch.randn(4 * H, H), None, None, None, False, True)),
+        "gru_cell": lambda **k: (lambda: ops.gru_cell_forward(
+            k.get("x", x), k.get("h", h), k.get("w_ih", torch.randn(3 * H, C)), torch.randn(3 * H, H),
+            None, None, True, True)),
+        "rnn_cell": lambda **k: (lambda: ops.rnn_cell_forward(
+            k.get("x", x), k.get("h", h), k.get("w_ih", torch.randn(H, C)), torch.randn(H, H), None, None,
+            False)),
+    }
+
+
+def _backward_call(op, **bad):
+    """A valid backward call of `op` (from a real forward), with `bad` replacing arguments."""
+    x, h0 = torch.randn(T, N, C), torch.zeros(N, H)
+    if op == "lstm":
+        w_ih, w_hh = torch.randn(4 * H, C), torch.randn(4 * H, H)
+        c0 = torch.zeros(N, H)
+        y, hn, cn, gates, states, proj_in = ops.lstm_forward(x, None, h0, c0, w_ih, w_hh, None, None, None, None,
+                                                             False, False, True)
+        a = dict(grad_output=torch.ones_like(y), grad_h_n=None, grad_c_n=None, input=x, batch_sizes=None, h0=h0,
+                 c0=c0, w_ih=w_ih, w_hh=w_hh, b_ih=None, b_hh=None, w_ch=None, w_hr=None, output=y, gates=gates,
+                 states=states, proj_in=proj_in, coupled=False, reverse=False, need_input_grad=True,
+                 need_weight_grads=True)
+        a.update(bad)
+        return lambda: ops.lstm_backward(*a.values())
+    if op == "gru":
+        w_ih, w_hh = torch.randn(3 * H, C), torch.randn(3 * H, H)
+        y, hn, gates, states = ops.gru_forward(x, None, h0, w_ih, w_hh, None, None, True, False, True)
+        a = dict(grad_output=torch.ones_like(y), grad_h_n=None, input=x, batch_sizes=None, h0=h0, w_ih=w_ih,
+                 w_hh=w_hh, b_ih=None, b_hh=None, output=y, gates=gates, states=states, reset_after=True,
+                 reverse=False, need_input_grad=True, need_weight_grads=True)
+        a.update(bad)
+        return lambda: ops.gru_backward(*a.values())
+    w_ih, w_hh = torch.randn(H, C), torch.randn(H, H)
+    y, hn = ops.rnn_forward(x, None, h0, w_ih, w_hh, None, None, False, False)
+    a = dict(grad_output=torch.ones_like(y), grad_h_n=None, input=x, batch_sizes=None, h0=h0, w_ih=w_ih, w_hh=w_hh,
+             b_ih=None, b_hh=None, output=y, relu=False, reverse=False, need_input_grad=True, need_weight_grads=True)
+    a.update(bad)
+    return lambda: ops.rnn_backward(*a.values())
+
+
+cells = _cells()
+BAD_CALLS = [
+    # (id, call, words the message must contain)
+    ("lstm int input", _lstm(x=torch.ones(T, N, C, dtype=torch.int64)), ["input", "float32", "Long"]),
+    ("lstm 2-D input without batch_sizes", _lstm(x=torch.randn(T, C)), ["input", "3 dimensions", "[5, 3]"]),
+    ("lstm 3-D input with batch_sizes", _lstm(bs=torch.tensor([2, 2, 1])), ["input", "2 dimensions", "[5, 2, 3]"]),
+    ("lstm float batch_sizes", _lstm(x=torch.randn(5, C), bs=torch.tensor([3.0, 2.0]), h0=torch.zeros(3, H),
+                                     c0=torch.zeros(3, H)), ["batch_sizes", "int64", "Float"]),
+    ("lstm increasing batch_sizes", _lstm(x=torch.randn(5, C), bs=torch.tensor([2, 3])),
+     ["batch_sizes", "non-increasing", "2 then 3"]),
+    ("lstm batch_sizes sum", _lstm(x=torch.randn(6, C), bs=torch.tensor([3, 2]), h0=torch.zeros(3, H),
+                                   c0=torch.zeros(3, H)), ["batch_sizes sum to 5", "6 rows"]),
+    ("lstm zero batch size", _lstm(x=torch.randn(3, C), bs=torch.tensor([3, 0]), h0=torch.zeros(3, H),
+                                   c0=torch.zeros(3, H)), ["batch_sizes", "positive", "got 0"]),
+    ("lstm empty batch_sizes", _lstm(x=torch.randn(0, C), bs=torch.tensor([], dtype=torch.int64)),
+     ["batch_sizes", "non-empty", "[0]"]),
+    ("lstm 2-D batch_sizes", _lstm(x=torch.randn(2, C), bs=torch.tensor([[2]])), ["batch_sizes", "1-D", "[1, 1]"]),
+    ("lstm w_ih rows", _lstm(w_ih=torch.randn(4 * H + 1, C)), ["w_ih", "multiple of 4", "[17, 3]"]),
+    ("lstm w_ih columns", _lstm(w_ih=torch.randn(4 * H, C + 1)), ["w_ih", "[16, 3]", "[16, 4]"]),
+    ("lstm w_ih 3-D", _lstm(w_ih=torch.randn(1, 4 * H, C)), ["w_ih", "2-D", "[1, 16, 3]"]),
+    ("lstm w_hh shape", _lstm(w_hh=torch.randn(4 * H, H + 1)), ["w_hh", "[16, 4]", "[16, 5]"]),
+    ("lstm h0 shape", _lstm(h0=torch.zeros(N + 1, H)), ["h0", "[2, 4]", "[3, 4]"]),
+    ("lstm c0 shape", _lstm(c0=torch.zeros(N, H + 1)), ["c0", "[2, 4]", "[2, 5]"]),
+    ("lstm bias shape", _lstm(b_ih=torch.zeros(4 * H + 1)), ["b_ih", "[16]", "[17]"]),
+    ("lstm dtype mismatch", _lstm(w_hh=torch.randn(4 * H, H, dtype=torch.float64)), ["w_hh", "Float", "Double"]),
+    ("lstm h0 dtype", _lstm(h0=torch.zeros(N, H, dtype=torch.float64)), ["h0", "Float", "Double"]),
+    ("lstm peephole shape", _lstm(w_ch=torch.zeros(3 * H + 1)), ["w_ch", "[12]", "[13]"]),
+    ("lstm coupled peephole shape", _lstm(w_ch=torch.zeros(3 * H), coupled=True), ["w_ch", "[8]", "[12]"]),
+    ("lstm projection shape", _lstm(w_hr=torch.zeros(2, H + 1)), ["w_hr", "[2, 4]", "[2, 5]"]),
+    ("lstm projection h0", _lstm(w_hr=torch.zeros(2, H)), ["w_hh", "[16, 2]", "[16, 4]"]),
+    ("lstm sizes overflow", _lstm(x=torch.randn(1, 1, C).expand(2**31, 2**30, C), h0=torch.zeros(1, H).expand(2**30, H),
+                                  c0=torch.zeros(1, H).expand(2**30, H)), ["overflow"]),
+    ("gru w_ih rows", _gru(w_ih=torch.randn(4 * H, C)), ["gru_forward", "w_ih", "[16, 3]"]),
+    ("gru bias shape", _gru(b_ih=torch.zeros(3 * H - 1)), ["gru_forward", "b_ih", "[12]", "[11]"]),
+    ("gru h0 shape", _gru(h0=torch.zeros(N, H + 2)), ["gru_forward", "h0", "[2, 4]", "[2, 6]"]),
+    ("gru increasing batch_sizes", _gru(x=torch.randn(4, C), bs=torch.tensor([1, 3])),
+     ["gru_forward", "non-increasing", "1 then 3"]),
+    ("rnn half-empty w_ih", _rnn(w_ih=torch.randn(0, C)), ["rnn_forward", "w_ih", "[0, 3]"]),
+    ("rnn w_hh shape", _rnn(w_hh=torch.randn(H, H + 1)), ["rnn_forward", "w_hh", "[4, 5]"]),
+    ("rnn input 4-D", _rnn(x=torch.randn(T, N, C, 1)), ["rnn_forward", "3 dimensions", "[5, 2, 3, 1]"]),
+    ("lstm_cell wrong input size", cells["lstm_cell"](x=torch.randn(N, C + 1)),
+     ["lstm_cell_forward", "w_ih", "[16, 4]", "[16, 3]"]),
+    ("lstm_cell hx shape", cells["lstm_cell"](h=torch.zeros(N + 1, H)), ["lstm_cell_forward", "[3, 4]"]),
+    ("gru_cell w_ih shape", cells["gru_cell"](w_ih=torch.randn(3 * H, C + 2)), ["gru_cell_forward", "w_ih", "[12, 5]"]),
+    ("rnn_cell int input", cells["rnn_cell"](x=torch.ones(N, C, dtype=torch.int32)), ["rnn_cell_forward", "Int"]),
+    ("lstm_backward grad_output shape", _backward_call("lstm", grad_output=torch.ones(T, N, H + 1)),
+     ["lstm_backward", "grad_output", "[5, 2, 4]", "[5, 2, 5]"]),
+    ("lstm_backward gates shape", _backward_call("lstm", gates=torch.zeros(3, 3)),
+     ["lstm_backward", "gates", "[3, 3]"]),
+    ("lstm_backward grad_c_n shape", _backward_call("lstm", grad_c_n=torch.zeros(N, H + 3)),
+     ["lstm_backward", "grad_c_n", "[2, 7]"]),
+    ("gru_backward states dtype", _backward_call("gru", states=torch.zeros(T * N, H, dtype=torch.float64)),
+     ["gru_backward", "states", "Double"]),
+    ("gru_backward output shape", _backward_call("gru", output=torch.zeros(T, N + 1, H)),
+     ["gru_backward", "output", "[5, 3, 4]"]),
+    ("rnn_backward grad_h_n shape", _backward_call("rnn", grad_h_n=torch.zeros(N + 1, H)),
+     ["rnn_backward", "grad_h_n", "[3, 4]"]),
+    ("packed_batch_size float", lambda: ops.packed_batch_size(torch.tensor([2.0])), ["batch_sizes"]),
+]
+
+
+@pytest.mark.parametrize("call,words", [c[1:] for c in BAD_CALLS], ids=[c[0] for c in BAD_CALLS])
+def test_operator_rejects_bad_call_with_the_values(call, words):
+    with pytest.raises(RuntimeError) as info:
+        call()
+    msg = str(info.value).splitlines()[0]
+    print(msg)
+    assert msg.startswith("fusedrnn::"), f"the message must name the operator: {msg}"
+    for w in words:
+        assert w in msg, f"{w!r} missing from: {msg}"
+
+
+def test_operators_accept_empty_sequences_like_torch_nn():
+    # Zero steps or zero sequences are valid: the final state is the initial state.
+    for x, N_ in [(torch.randn(0, 2, C), 2), (torch.randn(4, 0, C), 0)]:
+        h0, c0 = torch.randn(N_, H), torch.randn(N_, H)
+        y, hn, cn, *_ = ops.lstm_forward(x, None, h0, c0, torch.randn(4 * H, C), torch.randn(4 * H, H), None, None,
+                                         None, None, False, False, False)
+        assert y.shape == (x.shape[0], N_, H)
+        if x.shape[0] == 0:
+            assert torch.equal(hn, h0) and torch.equal(cn, c0)
+
+
+def test_strided_operands_give_the_contiguous_result():
+    torch.manual_seed(0)
+    x = torch.randn(T, N, 2 * C)[:, :, ::2]
+    w_ih = torch.randn(C, 4 * H).t()
+    w_hh = torch.randn(4 * H, H)
+    h0, c0 = torch.randn(N, H), torch.randn(N, H)
+    assert not x.is_contiguous() and not w_ih.is_contiguous()
+    got = ops.lstm_forward(x, None, h0, c0, w_ih, w_hh, None, None, None, None, False, False, False)
+    want = ops.lstm_forward(x.contiguous(), None, h0, c0, w_ih.contiguous(), w_hh, None, None, None, None, False,
+                            False, False)
+    for g, w in zip(got[:3], want[:3]):
+        assert torch.equal(g, w)
+
+
+def test_error_messages_name_values_not_placeholders():
+    for _, call, _ in BAD_CALLS:
+        try:
+            call()
+        except RuntimeError as e:
+            assert not re.search(r"%[sd]|\{\}", str(e)), str(e)
