@@ -186,3 +186,37 @@ def nn_twin(cls_name: str) -> type:
 
 def fused_twin(cls_name: str) -> type:
     return getattr(fusedrnn, cls_name)
+
+
+# Every single-step cell and variant, by test id.
+CELL_VARIANTS = {
+    "lstm_cell": (fusedrnn.LSTMCell, {}),
+    "lstm_cell_peephole": (fusedrnn.LSTMCell, {"peephole": True}),
+    "lstm_cell_coupled": (fusedrnn.LSTMCell, {"coupled_gates": True}),
+    "lstm_cell_peephole_coupled": (fusedrnn.LSTMCell, {"peephole": True, "coupled_gates": True}),
+    "gru_cell": (fusedrnn.GRUCell, {}),
+    "gru_cell_reset_before": (fusedrnn.GRUCell, {"reset_after": False}),
+    "rnn_cell_tanh": (fusedrnn.RNNCell, {"nonlinearity": "tanh"}),
+    "rnn_cell_relu": (fusedrnn.RNNCell, {"nonlinearity": "relu"}),
+}
+
+
+def cell_leaves(lstm: bool, batch: Optional[int], with_hx: bool, C: int, H: int,
+                seed: int = 5) -> Dict[str, torch.Tensor]:
+    """Random float64 leaves for a cell, for cell_build: x [batch, C] (or [C]
+    when batch is None), and h (and c for an LSTM cell) when with_hx."""
+    gen = torch.Generator().manual_seed(seed)
+    lead = () if batch is None else (batch,)
+    leaves = {"x": torch.randn(*lead, C, generator=gen, dtype=F64)}
+    if with_hx:
+        leaves["h"] = torch.randn(*lead, H, generator=gen, dtype=F64)
+        if lstm:
+            leaves["c"] = torch.randn(*lead, H, generator=gen, dtype=F64)
+    return leaves
+
+
+def cell_build(x, h=None, c=None):
+    """A build function for run() over the leaves of cell_leaves."""
+    if h is None:
+        return (x,)
+    return (x, (h, c)) if c is not None else (x, h)

@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import fusedrnn
+from helpers import CELL_VARIANTS
 from fusedrnn.testing import assert_matches_reference
 
 EMULATION = os.environ.get("FUSEDRNN_CUDA_EMULATION") == "1"
@@ -52,16 +53,6 @@ SEQ_VARIANTS = {
     "rnn_relu": (fusedrnn.RNN, {"nonlinearity": "relu"}),
 }
 
-CELL_VARIANTS = {
-    "lstm_cell": (fusedrnn.LSTMCell, {}),
-    "lstm_cell_peephole": (fusedrnn.LSTMCell, {"peephole": True}),
-    "lstm_cell_coupled": (fusedrnn.LSTMCell, {"coupled_gates": True}),
-    "lstm_cell_peephole_coupled": (fusedrnn.LSTMCell, {"peephole": True, "coupled_gates": True}),
-    "gru_cell": (fusedrnn.GRUCell, {}),
-    "gru_cell_reset_before": (fusedrnn.GRUCell, {"reset_after": False}),
-    "rnn_cell_tanh": (fusedrnn.RNNCell, {"nonlinearity": "tanh"}),
-    "rnn_cell_relu": (fusedrnn.RNNCell, {"nonlinearity": "relu"}),
-}
 
 
 @pytest.fixture(scope="module", autouse=True)

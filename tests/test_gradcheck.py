@@ -17,6 +17,7 @@ from torch.autograd import gradcheck
 from torch.nn.utils.rnn import pack_sequence
 
 import fusedrnn
+from helpers import CELL_VARIANTS
 from fusedrnn import testing
 
 ops = torch.ops.fusedrnn
@@ -88,16 +89,6 @@ def test_module_gradcheck_without_hx():
     assert testing.gradcheck(m, torch.randn(T, N, C, dtype=F64))
 
 
-CELL_VARIANTS = {
-    "lstm_cell": (fusedrnn.LSTMCell, {}),
-    "lstm_cell_peephole": (fusedrnn.LSTMCell, {"peephole": True}),
-    "lstm_cell_coupled": (fusedrnn.LSTMCell, {"coupled_gates": True}),
-    "lstm_cell_peephole_coupled": (fusedrnn.LSTMCell, {"peephole": True, "coupled_gates": True}),
-    "gru_cell": (fusedrnn.GRUCell, {}),
-    "gru_cell_reset_before": (fusedrnn.GRUCell, {"reset_after": False}),
-    "rnn_cell_tanh": (fusedrnn.RNNCell, {"nonlinearity": "tanh"}),
-    "rnn_cell_relu": (fusedrnn.RNNCell, {"nonlinearity": "relu"}),
-}
 
 
 @pytest.mark.parametrize("shape", ["batched", "unbatched", "hx_none"])

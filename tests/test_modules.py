@@ -24,6 +24,8 @@ from fusedrnn.testing import assert_matches_reference
 from helpers import (
     F64,
     TIGHT,
+    cell_build,
+    cell_leaves,
     assert_all_close,
     assert_close,
     assert_within_ratio,
@@ -191,20 +193,7 @@ NN_CELLS = {
 
 
 def _cell_leaves(lstm, batch, with_hx, seed=5):
-    gen = torch.Generator().manual_seed(seed)
-    lead = () if batch is None else (batch,)
-    leaves = {"x": torch.randn(*lead, C, generator=gen, dtype=F64)}
-    if with_hx:
-        leaves["h"] = torch.randn(*lead, H, generator=gen, dtype=F64)
-        if lstm:
-            leaves["c"] = torch.randn(*lead, H, generator=gen, dtype=F64)
-    return leaves
-
-
-def _cell_build(x, h=None, c=None):
-    if h is None:
-        return (x,)
-    return (x, (h, c)) if c is not None else (x, h)
+    return cell_leaves(lstm, batch, with_hx, C, H, seed)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
@@ -219,14 +208,14 @@ def test_cell_matches_torch_nn(kind, bias, shape, dtype):
     fused.load_state_dict(ref.state_dict(), strict=True)
     leaves = _cell_leaves(name == "LSTMCell", None if shape == "unbatched" else N, shape != "hx_none")
     if dtype == torch.float64:
-        assert_all_close(run(fused, _cell_build, leaves, cell=True), run(ref, _cell_build, leaves, cell=True), **TIGHT)
+        assert_all_close(run(fused, cell_build, leaves, cell=True), run(ref, cell_build, leaves, cell=True), **TIGHT)
         return
     leaves = {k: v.float().double() for k, v in leaves.items()}
     ref64 = copy.deepcopy(ref).double()
-    got = run(fused, _cell_build, leaves, cell=True)
-    assert_within_ratio(got, run(ref64, _cell_build, leaves, cell=True), run(ref, _cell_build, leaves, cell=True),
+    got = run(fused, cell_build, leaves, cell=True)
+    assert_within_ratio(got, run(ref64, cell_build, leaves, cell=True), run(ref, cell_build, leaves, cell=True),
                         NN_RATIO)
-    assert_matches_reference(fused, *_cell_build(**{k: v.float() for k, v in leaves.items()}))
+    assert_matches_reference(fused, *cell_build(**{k: v.float() for k, v in leaves.items()}))
 
 
 CELL_VARIANTS = {
@@ -246,11 +235,11 @@ def test_cell_variant_matches_reference(variant, shape, dtype):
     cell = getattr(fusedrnn, name)(C, H, **kw).to(dtype)
     leaves = _cell_leaves(name == "LSTMCell", None if shape == "unbatched" else N, shape != "hx_none")
     if dtype == torch.float64:
-        got = run(cell, _cell_build, leaves, cell=True)
-        want = run(cell, _cell_build, leaves, cell=True, fn=lambda *a: reference.cell_forward(cell, *a))
+        got = run(cell, cell_build, leaves, cell=True)
+        want = run(cell, cell_build, leaves, cell=True, fn=lambda *a: reference.cell_forward(cell, *a))
         assert_all_close(got, want, **TIGHT)
     else:
-        assert_matches_reference(cell, *_cell_build(**{k: v.to(dtype) for k, v in leaves.items()}))
+        assert_matches_reference(cell, *cell_build(**{k: v.to(dtype) for k, v in leaves.items()}))
 
 
 ALL_CELLS = {**NN_CELLS, **CELL_VARIANTS}
@@ -262,7 +251,7 @@ def test_low_precision_cell_matches_reference(kind, dtype):
     name, kw = ALL_CELLS[kind]
     torch.manual_seed(0)
     cell = getattr(fusedrnn, name)(C, H, **kw).to(dtype)
-    args = _cell_build(**{k: v.to(dtype) for k, v in _cell_leaves(name == "LSTMCell", N, True).items()})
+    args = cell_build(**{k: v.to(dtype) for k, v in _cell_leaves(name == "LSTMCell", N, True).items()})
     out = cell(*args)
     assert (out[0] if isinstance(out, tuple) else out).dtype == dtype
     assert_matches_reference(cell, *args)

@@ -16,7 +16,7 @@ from torch.nn.utils.rnn import pack_sequence, pad_packed_sequence
 
 import fusedrnn
 from fusedrnn import reference
-from helpers import F64, TIGHT, assert_all_close, assert_close, run, seq_builder, seq_leaves
+from helpers import F64, TIGHT, cell_build, cell_leaves, assert_all_close, assert_close, run, seq_builder, seq_leaves
 
 T, N, C, H, P = 5, 4, 3, 5, 2
 LENGTHS = [3, 5, 1, 4]  # unsorted on purpose; the longest is T
@@ -97,20 +97,7 @@ NN_CELLS = {
 
 
 def _cell_leaves(cell, batch, with_hx, seed=5):
-    gen = torch.Generator().manual_seed(seed)
-    lead = () if batch is None else (batch,)
-    leaves = {"x": torch.randn(*lead, C, generator=gen, dtype=F64)}
-    if with_hx:
-        leaves["h"] = torch.randn(*lead, H, generator=gen, dtype=F64)
-        if isinstance(cell, (nn.LSTMCell, fusedrnn.LSTMCell)):
-            leaves["c"] = torch.randn(*lead, H, generator=gen, dtype=F64)
-    return leaves
-
-
-def _cell_build(x, h=None, c=None):
-    if h is None:
-        return (x,)
-    return (x, (h, c)) if c is not None else (x, h)
+    return cell_leaves(isinstance(cell, (nn.LSTMCell, fusedrnn.LSTMCell)), batch, with_hx, C, H, seed)
 
 
 @pytest.mark.parametrize("shape", ["batched", "unbatched", "hx_none"])
@@ -124,8 +111,8 @@ def test_cell_reference_matches_torch_nn(kind, bias, shape):
     def ref(*args):
         return reference.cell_forward(cell, *args)
 
-    got = run(cell, _cell_build, leaves, cell=True, fn=ref)
-    want = run(cell, _cell_build, leaves, cell=True)
+    got = run(cell, cell_build, leaves, cell=True, fn=ref)
+    want = run(cell, cell_build, leaves, cell=True)
     assert_all_close(got, want, **TIGHT)
 
 
