@@ -137,7 +137,6 @@ def _rss_bytes():
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs /proc to read the resident set")
 def test_long_sequence_matches_reference_in_memory_proportional_to_T():
     torch.manual_seed(0)
     T = 10_000

@@ -93,4 +93,23 @@ struct SeqLayout {
   }
 };
 
+// Steps [s0, s1) of the processing order cover rows [row0, row0 + rows): one
+// contiguous range in either direction.
+struct Chunk {
+  int64_t s0, s1, row0, rows;
+};
+
+// The longest run of steps from s0 whose rows fit in max_rows (at least one step).
+inline Chunk next_chunk(const SeqLayout& seq, int64_t s0, int64_t max_rows) {
+  int64_t s1 = s0, rows = 0;
+  while (s1 < seq.T) {
+    const int64_t t = seq.reverse ? seq.T - 1 - s1 : s1;
+    if (rows > 0 && rows + seq.rows(t) > max_rows) break;
+    rows += seq.rows(t);
+    ++s1;
+  }
+  const int64_t row0 = seq.reverse ? seq.offset(seq.T - s1) : seq.offset(s0);
+  return Chunk{s0, s1, row0, rows};
+}
+
 }  // namespace fusedrnn

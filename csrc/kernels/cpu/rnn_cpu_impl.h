@@ -330,23 +330,6 @@ void previous_rows(const SeqLayout& seq, const S* y, const S* h0, int64_t P,
   }
 }
 
-// Steps [s0, s1) of the processing order cover rows [row0, row0 + rows): one
-// contiguous range in either direction.
-struct Chunk {
-  int64_t s0, s1, row0, rows;
-};
-
-inline Chunk next_chunk(const SeqLayout& seq, int64_t s0, int64_t max_rows) {
-  int64_t s1 = s0, rows = 0;
-  while (s1 < seq.T) {
-    const int64_t t = seq.reverse ? seq.T - 1 - s1 : s1;
-    if (rows > 0 && rows + seq.rows(t) > max_rows) break;
-    rows += seq.rows(t);
-    ++s1;
-  }
-  const int64_t row0 = seq.reverse ? seq.offset(seq.T - s1) : seq.offset(s0);
-  return Chunk{s0, s1, row0, rows};
-}
 
 // Gx = X W_ih^T + bias, chunk by chunk. Owns the weight and the buffer.
 template <typename S>
