@@ -1,6 +1,7 @@
 # make bench   the main job: set-up if needed, build, run the default (quick) benchmark suite
 # make test    set-up if needed, build, run every test (pytest, ctest, CUDA compile check,
-#              the sanitizer run of the reliability and gradcheck tests)
+#              the CUDA tests on the host emulation of the CUDA path, the sanitizer run
+#              of the reliability and gradcheck tests)
 PYTHON ?= python3
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
@@ -27,7 +28,7 @@ $(STAMP): build/.deps $(SOURCES)
 bench: build
 	$(PYTHON) bench/run.py --suite quick $(BENCH_ARGS)
 
-test: pytest ctest cuda-check sanitize-ci
+test: pytest ctest cuda-check cuda-emulate sanitize-ci
 
 pytest: build
 	$(PYTHON) -m pytest -q $(PYTEST_ARGS)
@@ -45,7 +46,8 @@ cuda-check: build/.deps
 	tools/cuda_compile_check.sh
 
 # The CUDA host code and kernels built for the CPU and run by tests/test_cuda.py
-# (every block and thread in turn): the logic and indexing, without a GPU.
+# (step kernels: every block and thread in turn; persistent kernels: every
+# thread a fiber, with real barriers): the logic and indexing, without a GPU.
 cuda-emulate: build/.deps
 	tools/cuda_emulate.sh $(PYTEST_ARGS)
 

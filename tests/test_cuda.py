@@ -396,6 +396,10 @@ def test_operators_match_cpu(op, packed, reverse, dtype):
     """The CUDA operators return what the CPU ones return, saved tensors
     included (same layout, same dtypes): the autograd code and the fake kernels
     are shared, so a CUDA forward must be able to feed a CPU backward and back."""
+    _check_operators_match_cpu(op, packed, reverse, dtype)
+
+
+def _check_operators_match_cpu(op, packed, reverse, dtype):
     args = _op_args(op, packed, reverse, dtype, _seeded(3))
     dev_args = _to(args, DEVICE)
     cpu_fwd = _forward_op(op, args)
@@ -660,3 +664,170 @@ def test_non_zero_device_index(variant):
         assert got[name].device == torch.device("cuda:1"), f"{name} is on {got[name].device}"
     _compare_runs({k: v.to("cuda:0") for k, v in got.items()}, want, 1e-6)
     assert_matches_reference(m1, x1)
+
+
+# ------------------------------------------------------ the persistent path
+#
+# FUSEDRNN_CUDA_PATH=persistent runs every layer through the persistent kernels
+# (one cooperative launch per layer, direction and chunk of steps) or raises
+# with the reason; under tools/cuda_emulate.sh every thread of those launches
+# runs as a fiber with real block and grid barriers.
+
+PERSISTENT_VARIANTS = [v for v, (_, kw) in SEQ_VARIANTS.items() if "proj_size" not in kw]
+PERSISTENT_OPS = ["lstm", "lstm_peephole_coupled", "lstm_peephole", "gru", "gru_reset_before", "rnn_tanh",
+                  "rnn_relu"]
+
+
+@pytest.fixture
+def persistent(monkeypatch):
+    monkeypatch.setenv("FUSEDRNN_CUDA_PATH", "persistent")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("variant", PERSISTENT_VARIANTS)
+def test_persistent_matches_reference(variant, dtype, persistent):
+    cls, kwargs = SEQ_VARIANTS[variant]
+    m = _make(cls, kwargs, dtype)
+    gen = _seeded()
+    x = _randn(T, N, C, gen=gen, dtype=dtype)
+    assert_matches_reference(m, x, _random_hx(m, N, gen, dtype))
+    assert_matches_reference(m, x)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("variant", PERSISTENT_VARIANTS)
+def test_persistent_packed_multilayer_bidirectional(variant, dtype, persistent):
+    """Rows that end early (forward direction) and start late (reverse)."""
+    cls, kwargs = SEQ_VARIANTS[variant]
+    m = _make(cls, kwargs, dtype, num_layers=2, bidirectional=True)
+    gen = _seeded()
+    x = _packed([3, 7, 1, 5, 7, 2], gen, dtype)
+    assert_matches_reference(m, x, _random_hx(m, 6, gen, dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("variant", ["lstm_peephole_coupled", "gru", "gru_reset_before", "rnn_relu"])
+@pytest.mark.parametrize("batch,hidden", [(1, 1), (1, 33), (3, 70), (16, 200)], ids=lambda v: str(v))
+def test_persistent_hidden_and_batch_sizes(batch, hidden, variant, dtype, persistent):
+    """Hidden sizes that fill no block evenly (units per block 1 to 16, the last
+    block partly empty), batch 1 and odd, and (16, 200) where the product runs
+    over its operand in several staged passes."""
+    cls, kwargs = SEQ_VARIANTS[variant]
+    torch.manual_seed(0)
+    m = cls(C, hidden, **kwargs).to(DEVICE, dtype)
+    gen = _seeded()
+    x = _randn(5, batch, C, gen=gen, dtype=dtype)
+    assert_matches_reference(m, x, _random_hx(m, batch, gen, dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("op", PERSISTENT_OPS)
+def test_persistent_operators_match_cpu(op, packed, reverse, dtype, persistent):
+    """Outputs, saved tensors and gradients as the CPU operators give them, and
+    either path's backward on the other's forward."""
+    _check_operators_match_cpu(op, packed, reverse, dtype)
+
+
+@pytest.mark.parametrize("chunk_bytes", ["1", "3000"])
+@pytest.mark.parametrize("variant", ["lstm_peephole_coupled", "gru_reset_before", "rnn_tanh"])
+def test_persistent_steps_across_launches(variant, chunk_bytes, persistent, monkeypatch):
+    """One launch per chunk of steps of the input GEMM: the state carries over."""
+    monkeypatch.setenv("FUSEDRNN_CUDA_GX_CHUNK_BYTES", chunk_bytes)
+    cls, kwargs = SEQ_VARIANTS[variant]
+    m = _make(cls, kwargs, torch.float32, num_layers=2, bidirectional=True)
+    gen = _seeded()
+    x = _packed([9, 4, 8, 1, 6], gen, torch.float32)
+    assert_matches_reference(m, x, _random_hx(m, 5, gen, torch.float32))
+
+
+def test_persistent_is_deterministic(persistent):
+    torch.manual_seed(0)
+    m = fusedrnn.GRU(C, H, num_layers=2, bidirectional=True, reset_after=False).to(DEVICE)
+    x = _packed([5, 7, 7, 2, 3], _seeded(), torch.float32)
+    a, b = _run(m, x, None), _run(m, x, None)
+    for name in a:
+        assert torch.equal(a[name], b[name]), f"{name} differs between two identical runs"
+
+
+def test_persistent_refusal_names_the_reason(persistent):
+    m = fusedrnn.LSTM(C, H, proj_size=P).to(DEVICE)
+    with pytest.raises(RuntimeError, match=r"FUSEDRNN_CUDA_PATH=persistent, but the persistent path does not run "
+                                           r"a projection \(proj_size > 0\)"):
+        m(_randn(T, N, C, gen=_seeded()))
+
+
+def test_path_variable_is_checked(monkeypatch):
+    monkeypatch.setenv("FUSEDRNN_CUDA_PATH", "fast")
+    m = fusedrnn.GRU(C, H).to(DEVICE)
+    with pytest.raises(RuntimeError, match="FUSEDRNN_CUDA_PATH must be 'auto', 'standard' or 'persistent', "
+                                           "got 'fast'"):
+        m(_randn(T, N, C, gen=_seeded()))
+
+
+@pytest.mark.parametrize("path", ["auto", "standard"])
+def test_standard_paths_run_what_persistent_refuses(path, monkeypatch):
+    monkeypatch.setenv("FUSEDRNN_CUDA_PATH", path)
+    m = _make(fusedrnn.LSTM, {"proj_size": P}, torch.float32)
+    assert_matches_reference(m, _randn(T, N, C, gen=_seeded()))
+
+
+@real_gpu
+@pytest.mark.parametrize("variant", ["lstm_peephole_coupled", "gru_reset_before", "rnn_tanh"])
+def test_persistent_non_default_stream(variant, persistent):
+    cls, kwargs = SEQ_VARIANTS[variant]
+    m = _make(cls, kwargs, torch.float32, num_layers=2, bidirectional=True)
+    x = _packed([3, 7, 6, 1], _seeded(), torch.float32)
+    want = _run(m, x, None)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        torch.cuda._sleep(50_000_000)
+        got = _run(m, x, None)
+    torch.cuda.current_stream().wait_stream(s)
+    torch.cuda.synchronize()
+    _compare_runs(got, want, 0.0)
+
+
+@real_gpu
+@pytest.mark.parametrize("variant", ["lstm", "gru_reset_before", "rnn_relu"])
+def test_persistent_cuda_graph_capture_and_replay(variant, persistent):
+    cls, kwargs = SEQ_VARIANTS[variant]
+    model = _make(cls, kwargs, torch.float32, num_layers=2, bidirectional=True)
+    static = _randn(T, N, C, gen=_seeded())
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            model.zero_grad(set_to_none=True)
+            (model(static)[0] ** 2).sum().backward()
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    model.zero_grad(set_to_none=True)
+    with torch.cuda.graph(graph):
+        static_out = model(static)[0]
+        (static_out ** 2).sum().backward()
+    eager = copy.deepcopy(model)
+    new = _randn(T, N, C, gen=_seeded(11))
+    static.copy_(new)
+    graph.replay()
+    torch.cuda.synchronize()
+    eager.zero_grad(set_to_none=True)
+    eager_out = eager(new)[0]
+    (eager_out ** 2).sum().backward()
+    _assert_close("replay out", static_out, eager_out.detach(), 1e-6)
+    for (n, p), (_, q) in zip(model.named_parameters(), eager.named_parameters()):
+        _assert_close(f"replay grad {n}", p.grad, q.grad, 1e-6)
+
+
+@real_gpu
+def test_persistent_refuses_packed_capture(persistent):
+    m = fusedrnn.GRU(C, H).to(DEVICE)
+    x = _packed([3, 7, 6, 1], _seeded(), torch.float32)
+    m(x)
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(RuntimeError, match="a packed sequence inside CUDA graph capture"):
+        with torch.cuda.graph(graph):
+            m(x)
+

@@ -37,6 +37,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
 #include <initializer_list>
 #include <type_traits>
 
@@ -109,28 +110,144 @@ void check_launch(cudaError_t err, const char* kernel) {
 }
 
 
-// The forward time loop every cell shares: Gx = X W_ih^T (no bias: the kernels
-// add both biases in the compute type) chunk by chunk, then step(st, gx) for
-// each step with gx pointing at the step's rows of Gx [rows, GH].
-template <typename S, typename StepFn>
-void forward_steps(const LayerInputs& in, const LayerGeometry& g, int64_t GH, const StepFn& step) {
+// Gx = X W_ih^T (no bias: the kernels add both biases in the compute type)
+// chunk by chunk of steps; chunk(c, gx) for each, gx pointing at the chunk's
+// first row of Gx [c.rows, GH].
+template <typename S, typename ChunkFn>
+void forward_chunks(const LayerInputs& in, const LayerGeometry& g, int64_t GH,
+                    const ChunkFn& chunk) {
   const SeqLayout seq = g.layout(in.reverse);
   const Tensor x = in.input.reshape({g.R, g.C});
   const int64_t row_bytes = GH * static_cast<int64_t>(in.input.element_size());
   const int64_t max_rows = std::min(g.R, std::max(g.N, gx_chunk_bytes() / row_bytes));
   const Tensor gx = at::empty({max_rows, GH}, in.input.options());
   const Tensor w_ih_t = in.w_ih.t();
-  const S* gx_base = static_cast<const S*>(gx.data_ptr());
   for (int64_t s0 = 0; s0 < g.T;) {
     const Chunk c = next_chunk(seq, s0, max_rows);
     Tensor gx_rows = gx.narrow(0, 0, c.rows);
     at::mm_out(gx_rows, x.narrow(0, c.row0, c.rows), w_ih_t);
-    for (int64_t s = c.s0; s < c.s1; ++s) {
-      const StepInfo st = seq.step(s);
-      step(st, gx_base + (st.offset - c.row0) * GH);
-    }
+    chunk(c, static_cast<const S*>(gx.data_ptr()));
     s0 = c.s1;
   }
+}
+
+// The standard forward time loop every cell shares: step(st, gx) for each step,
+// gx pointing at the step's rows of Gx [rows, GH].
+template <typename S, typename StepFn>
+void forward_steps(const LayerInputs& in, const LayerGeometry& g, int64_t GH, const StepFn& step) {
+  const SeqLayout seq = g.layout(in.reverse);
+  forward_chunks<S>(in, g, GH, [&](const Chunk& c, const S* gx) {
+    for (int64_t s = c.s0; s < c.s1; ++s) {
+      const StepInfo st = seq.step(s);
+      step(st, gx + (st.offset - c.row0) * GH);
+    }
+  });
+}
+
+// ------------------------------------------------------- persistent path
+//
+// FUSEDRNN_CUDA_PATH selects the path of every layer: "standard", "persistent"
+// (an error when the persistent path cannot run the layer, with the reason), or
+// "auto" (the default). auto runs the standard path: the shape thresholds for
+// choosing the persistent path are to come from measurements on a GPU
+// (bench/PERSISTENT.md), and until they exist no shape is sent to a kernel
+// that has not been timed against the standard path there.
+
+enum class PathChoice { kAuto, kStandard, kPersistent };
+
+PathChoice requested_path() {
+  const char* v = std::getenv("FUSEDRNN_CUDA_PATH");
+  if (v == nullptr || v[0] == '\0' || std::strcmp(v, "auto") == 0) return PathChoice::kAuto;
+  if (std::strcmp(v, "standard") == 0) return PathChoice::kStandard;
+  if (std::strcmp(v, "persistent") == 0) return PathChoice::kPersistent;
+  TORCH_CHECK(false, "FUSEDRNN_CUDA_PATH must be 'auto', 'standard' or 'persistent', got '", v,
+              "'");
+}
+
+// Whether this layer takes the persistent path; raises when it is forced and
+// cannot (`unsupported`: the layer's reason, or null).
+bool take_persistent(const LayerGeometry& g, const char* unsupported, cudaStream_t stream) {
+  if (requested_path() != PathChoice::kPersistent) return false;
+  bool capturing = false;
+  if (unsupported == nullptr && g.packed) {
+    check_launch(fc::stream_is_capturing(stream, capturing), "stream_is_capturing");
+    if (capturing) unsupported = "a packed sequence inside CUDA graph capture (its layout is copied to the device)";
+  }
+  TORCH_CHECK(unsupported == nullptr,
+              "fusedrnn: FUSEDRNN_CUDA_PATH=persistent, but the persistent path does not run ",
+              unsupported);
+  return true;
+}
+
+// The sequence layout with its per-step arrays in device memory (padded: none).
+struct DeviceSeq {
+  Tensor sizes, offsets;
+  SeqLayout seq;
+  DeviceSeq(const LayerGeometry& g, bool reverse, const at::Device& device) : seq(g.layout(reverse)) {
+    if (seq.batch_sizes == nullptr) return;
+    const auto host = at::TensorOptions().dtype(at::kLong);
+    sizes = at::from_blob(const_cast<int64_t*>(seq.batch_sizes), {g.T}, host).to(device);
+    offsets = at::from_blob(const_cast<int64_t*>(seq.offsets), {g.T + 1}, host).to(device);
+    seq.batch_sizes = sizes.data_ptr<int64_t>();
+    seq.offsets = offsets.data_ptr<int64_t>();
+  }
+};
+
+template <typename S, typename Args, typename PlanFn>
+fc::PersistentPlan persistent_plan(const Args& a, const PlanFn& plan_fn, const char* kernel) {
+  fc::PersistentPlan plan;
+  check_launch(plan_fn(a, plan), kernel);
+  TORCH_CHECK(plan.why == nullptr,
+              "fusedrnn: FUSEDRNN_CUDA_PATH=persistent, but the persistent path does not run "
+              "this layer: ", plan.why);
+  return plan;
+}
+
+// The persistent forward of a layer: a.base set up by the caller (row-0
+// pointers); runs one launch per chunk of steps of Gx. h_n [N, H] gets each
+// row's last h'.
+template <typename S, typename P, typename PlanFn, typename LaunchFn>
+void persistent_forward(const LayerInputs& in, const LayerGeometry& g, int64_t GH,
+                        fc::PersistentArgs<S, P>& a, const Tensor& h_n, const PlanFn& plan_fn,
+                        const LaunchFn& launch_fn, const char* kernel, cudaStream_t stream) {
+  const int64_t N = g.N, H = g.H;
+  const DeviceSeq ds(g, in.reverse, in.input.device());
+  const auto opts = in.input.options();
+  const Tensor hbuf = at::empty({2, N, H}, opts);
+  hbuf.select(0, 0).copy_(in.h0);
+  hbuf.select(0, 1).copy_(in.h0);
+  const Tensor gh = at::empty({N, GH}, opts);
+  a.seq = ds.seq;
+  a.w_hh = cptr<S>(in.w_hh);
+  a.hbuf = mptr<S>(hbuf);
+  a.h_n = mptr<S>(h_n);
+  a.gh = mptr<S>(gh);
+  const fc::PersistentPlan plan = persistent_plan<S>(a, plan_fn, kernel);
+  forward_chunks<S>(in, g, GH, [&](const Chunk& c, const S* gx) {
+    a.s0 = c.s0;
+    a.s1 = c.s1;
+    a.gx = gx;
+    a.gx_row0 = c.row0;
+    check_launch(launch_fn(a, plan, stream), kernel);
+  });
+}
+
+// The persistent backward time loop of a layer: one launch over all steps;
+// dh_state [N, H] holds dL/dh_n on entry and dL/dh0 (the recurrent part, and the
+// direct part for GRU) on exit.
+template <typename S, typename P, typename PlanFn, typename LaunchFn>
+void persistent_backward(const LayerInputs& in, const LayerGeometry& g,
+                         fc::PersistentArgs<S, P>& a, const Tensor& dh_state,
+                         const PlanFn& plan_fn, const LaunchFn& launch_fn, const char* kernel,
+                         cudaStream_t stream) {
+  const DeviceSeq ds(g, in.reverse, in.input.device());
+  a.seq = ds.seq;
+  a.s0 = 0;
+  a.s1 = g.T;
+  a.w_hh = cptr<S>(in.w_hh);
+  a.dh = mptr<S>(dh_state);
+  const fc::PersistentPlan plan = persistent_plan<S>(a, plan_fn, kernel);
+  check_launch(launch_fn(a, plan, stream), kernel);
 }
 
 // The gradient buffer that the backward loop starts from: dL/dh_n (or dL/dc_n)
@@ -200,17 +317,23 @@ void recurrent_weight_grad(Tensor dw, const Tensor& dGb, const Tensor& hprev, co
 }
 
 // Where the backward kernels gather Hprev: only packed sequences need it, and
-// only for dW_hh.
+// only for dW_hh. all: the row-0 pointers (persistent path), at(st): one step.
+template <typename S>
+fc::PrevRows<S> prev_rows_all(const Tensor& hprev, const Tensor& y, const Tensor& h0,
+                              int64_t width) {
+  fc::PrevRows<S> pr;
+  if (!hprev.defined()) return pr;
+  pr.prev = cptr<S>(y);
+  pr.init = cptr<S>(h0);
+  pr.out = mptr<S>(hprev);
+  pr.width = width;
+  return pr;
+}
+
 template <typename S>
 fc::PrevRows<S> prev_rows(const Tensor& hprev, const Tensor& y, const Tensor& h0,
                           const StepInfo& st, int64_t width) {
-  fc::PrevRows<S> pr;
-  if (!hprev.defined()) return pr;
-  pr.prev = st.split > 0 ? cptr<S>(y) + st.prev_offset * width : nullptr;
-  pr.init = cptr<S>(h0);
-  pr.out = mptr<S>(hprev) + st.offset * width;
-  pr.width = width;
-  return pr;
+  return fc::prev_rows_at(prev_rows_all<S>(hprev, y, h0, width), st);
 }
 
 // ------------------------------------------------------------------- LSTM
@@ -243,6 +366,22 @@ void lstm_forward_cuda(const LayerInputs& in, const LayerGeometry& g, bool train
   base.c = mptr<A>(c_state);
   base.gh = mptr<S>(gh);
   base.h_state = proj ? nullptr : mptr<S>(h_state);
+
+  if (take_persistent(g, proj ? "a projection (proj_size > 0)" : nullptr, stream)) {
+    fc::LstmPersistentForward<S> a;
+    a.base = base;
+    a.base.h = mptr<S>(y);
+    a.base.ld_h = H;
+    if (training) {
+      a.base.gates = mptr<S>(out.saved.gates);
+      a.base.states = mptr<A>(out.saved.states);
+    }
+    persistent_forward(in, g, GH, a, out.h_n, fc::lstm_persistent_forward_plan<S>,
+                       fc::lstm_persistent_forward_launch<S>, "lstm_persistent_forward_kernel",
+                       stream);
+    if (!kSameAcc) out.c_n.copy_(c_state);
+    return;
+  }
 
   forward_steps<S>(in, g, GH, [&](const StepInfo& st, const S* gx) {
     const int64_t rows = st.rows;
@@ -308,32 +447,46 @@ void lstm_backward_cuda(const LayerInputs& in, const LayerGeometry& g, const Gra
   const S* gates = cptr<S>(gi.saved.gates);
   const A* states = cptr<A>(gi.saved.states);
 
-  for (int64_t s = g.T - 1; s >= 0; --s) {
-    const StepInfo st = seq.step(s);
-    const int64_t rows = st.rows;
-    Tensor dh_rows = dh_state.narrow(0, 0, rows);
-    fc::LstmBackwardParams<S> p = base;
-    p.rows = rows;
-    p.split = st.split;
-    if (proj) {
-      Tensor d = dht.narrow(0, want_whr ? st.offset : 0, rows);
-      at::add_out(d, dy.narrow(0, st.offset, rows), dh_rows);
-      Tensor dr_rows = dr.narrow(0, 0, rows);
-      at::mm_out(dr_rows, d, *in.w_hr);
-      p.dh = mptr<S>(dr);
-      p.ld_dh = H;
-    } else {
-      p.dh = cptr<S>(dy) + st.offset * P;
-      p.ld_dh = P;
-      p.dh_rec = mptr<S>(dh_state);
+  if (take_persistent(g, proj ? "a projection (proj_size > 0)" : nullptr, stream)) {
+    fc::LstmPersistentBackward<S> a;
+    a.base = base;
+    a.base.dh = cptr<S>(dy);
+    a.base.ld_dh = P;
+    a.base.gates = gates;
+    a.base.c_new = states;
+    a.base.dG = mptr<S>(dG);
+    a.base.hprev = prev_rows_all<S>(hprev, y, in.h0, P);
+    persistent_backward(in, g, a, dh_state, fc::lstm_persistent_backward_plan<S>,
+                        fc::lstm_persistent_backward_launch<S>, "lstm_persistent_backward_kernel",
+                        stream);
+  } else {
+    for (int64_t s = g.T - 1; s >= 0; --s) {
+      const StepInfo st = seq.step(s);
+      const int64_t rows = st.rows;
+      Tensor dh_rows = dh_state.narrow(0, 0, rows);
+      fc::LstmBackwardParams<S> p = base;
+      p.rows = rows;
+      p.split = st.split;
+      if (proj) {
+        Tensor d = dht.narrow(0, want_whr ? st.offset : 0, rows);
+        at::add_out(d, dy.narrow(0, st.offset, rows), dh_rows);
+        Tensor dr_rows = dr.narrow(0, 0, rows);
+        at::mm_out(dr_rows, d, *in.w_hr);
+        p.dh = mptr<S>(dr);
+        p.ld_dh = H;
+      } else {
+        p.dh = cptr<S>(dy) + st.offset * P;
+        p.ld_dh = P;
+        p.dh_rec = mptr<S>(dh_state);
+      }
+      p.gates = gates + st.offset * GH;
+      p.c_new = states + st.offset * H;
+      p.c_prev = st.split > 0 ? states + st.prev_offset * H : nullptr;
+      p.dG = mptr<S>(dG) + st.offset * GH;
+      p.hprev = prev_rows<S>(hprev, y, in.h0, st, P);
+      check_launch(fc::lstm_backward_launch<S>(p, stream), "lstm_backward_kernel");
+      at::mm_out(dh_rows, dG.narrow(0, st.offset, rows), in.w_hh);
     }
-    p.gates = gates + st.offset * GH;
-    p.c_new = states + st.offset * H;
-    p.c_prev = st.split > 0 ? states + st.prev_offset * H : nullptr;
-    p.dG = mptr<S>(dG) + st.offset * GH;
-    p.hprev = prev_rows<S>(hprev, y, in.h0, st, P);
-    check_launch(fc::lstm_backward_launch<S>(p, stream), "lstm_backward_kernel");
-    at::mm_out(dh_rows, dG.narrow(0, st.offset, rows), in.w_hh);
   }
   if (!kSameAcc) out.grad_c0.copy_(dc_state);
 
@@ -361,7 +514,35 @@ void gru_forward_cuda(const LayerInputs& in, const LayerGeometry& g, bool traini
   base.H = H;
   base.b_ih = cptr<S>(in.b_ih);
   base.b_hh = cptr<S>(in.b_hh);
+  base.h_in = mptr<S>(h_state);
   base.h = mptr<S>(h_state);
+
+  // reset_before: r*h feeds the W_hn product in the input dtype. When training
+  // in float/double it is the saved states tensor itself; otherwise a scratch,
+  // and the kernel also saves it in float (16-bit training).
+  const bool rh_in_states = training && kSameAcc;
+  if (take_persistent(g, nullptr, stream)) {
+    fc::GruPersistentForward<S> a;
+    a.base = base;
+    a.reset_after = in.cell.reset_after;
+    a.base.y = mptr<S>(y);
+    if (training) {
+      a.base.gates = mptr<S>(out.saved.gates);
+      a.base.ld_z = 3 * H;
+      if (!in.cell.reset_after && !kSameAcc) a.base.rh_saved = mptr<A>(out.saved.states);
+    }
+    const bool rb = !in.cell.reset_after;
+    const Tensor z_scratch = rb && !training ? at::empty({N, H}, opts) : Tensor();
+    const Tensor rh = rb && !rh_in_states ? at::empty({N, H}, opts) : Tensor();
+    a.base.z = mptr<S>(z_scratch);
+    if (!training) a.base.ld_z = H;
+    a.rh = mptr<S>(rh);
+    a.rh_rows = rb && rh_in_states ? mptr<S>(out.saved.states) : nullptr;
+    persistent_forward(in, g, 3 * H, a, out.h_n, fc::gru_persistent_forward_plan<S>,
+                       fc::gru_persistent_forward_launch<S>, "gru_persistent_forward_kernel",
+                       stream);
+    return;
+  }
 
   if (in.cell.reset_after) {
     const Tensor gh = at::empty({N, 3 * H}, opts);
@@ -381,12 +562,8 @@ void gru_forward_cuda(const LayerInputs& in, const LayerGeometry& g, bool traini
     return;
   }
 
-  // reset_before: r*h feeds the W_hn product in the input dtype. When training
-  // in float/double it is the saved states tensor itself; otherwise a scratch,
-  // and the kernel also saves it in float (16-bit training).
   const Tensor gh_rz = at::empty({N, 2 * H}, opts);
   const Tensor gh_n = at::empty({N, H}, opts);
-  const bool rh_in_states = training && kSameAcc;
   const Tensor rh = rh_in_states ? Tensor() : at::empty({N, H}, opts);
   const Tensor z_scratch = training ? Tensor() : at::empty({N, H}, opts);
   const Tensor w_rz_t = in.w_hh.narrow(0, 0, 2 * H).t();
@@ -451,30 +628,45 @@ void gru_backward_cuda(const LayerInputs& in, const LayerGeometry& g, const Grad
   base.drh = cptr<S>(drh);
   const S* gates = cptr<S>(gi.saved.gates);
 
-  for (int64_t s = g.T - 1; s >= 0; --s) {
-    const StepInfo st = seq.step(s);
-    const int64_t rows = st.rows;
-    Tensor dh_rows = dh_state.narrow(0, 0, rows);
-    const Tensor dG_rows = dG.narrow(0, st.offset, rows);
-    fc::GruBackwardParams<S> p = base;
-    p.rows = rows;
-    p.split = st.split;
-    p.dy = cptr<S>(dy) + st.offset * H;
-    p.gates = gates + st.offset * ldg;
-    p.h_prev = st.split > 0 ? cptr<S>(y) + st.prev_offset * H : nullptr;
-    p.dG = mptr<S>(dG) + st.offset * ldg;
-    p.hprev = prev_rows<S>(hprev, y, in.h0, st, H);
-    if (reset_after) {
-      check_launch(fc::gru_backward_launch<S>(p, stream), "gru_backward_kernel");
-      dh_rows.addmm_(dG_rows.narrow(1, 0, 3 * H), in.w_hh);
-    } else {
-      check_launch(fc::gru_reset_before_backward_zn_launch<S>(p, stream),
-                   "gru_reset_before_backward_zn_kernel");
-      Tensor drh_rows = drh.narrow(0, 0, rows);
-      at::mm_out(drh_rows, dG_rows.narrow(1, 2 * H, H), w_n);
-      check_launch(fc::gru_reset_before_backward_r_launch<S>(p, stream),
-                   "gru_reset_before_backward_r_kernel");
-      dh_rows.addmm_(dG_rows.narrow(1, 0, 2 * H), w_rz);
+  if (take_persistent(g, nullptr, stream)) {
+    fc::GruPersistentBackward<S> a;
+    a.base = base;
+    a.reset_after = reset_after;
+    a.base.dy = cptr<S>(dy);
+    a.base.gates = gates;
+    a.base.h_prev = cptr<S>(y);
+    a.base.dG = mptr<S>(dG);
+    a.base.hprev = prev_rows_all<S>(hprev, y, in.h0, H);
+    a.rh = mptr<S>(drh);
+    persistent_backward(in, g, a, dh_state, fc::gru_persistent_backward_plan<S>,
+                        fc::gru_persistent_backward_launch<S>, "gru_persistent_backward_kernel",
+                        stream);
+  } else {
+    for (int64_t s = g.T - 1; s >= 0; --s) {
+      const StepInfo st = seq.step(s);
+      const int64_t rows = st.rows;
+      Tensor dh_rows = dh_state.narrow(0, 0, rows);
+      const Tensor dG_rows = dG.narrow(0, st.offset, rows);
+      fc::GruBackwardParams<S> p = base;
+      p.rows = rows;
+      p.split = st.split;
+      p.dy = cptr<S>(dy) + st.offset * H;
+      p.gates = gates + st.offset * ldg;
+      p.h_prev = st.split > 0 ? cptr<S>(y) + st.prev_offset * H : nullptr;
+      p.dG = mptr<S>(dG) + st.offset * ldg;
+      p.hprev = prev_rows<S>(hprev, y, in.h0, st, H);
+      if (reset_after) {
+        check_launch(fc::gru_backward_launch<S>(p, stream), "gru_backward_kernel");
+        dh_rows.addmm_(dG_rows.narrow(1, 0, 3 * H), in.w_hh);
+      } else {
+        check_launch(fc::gru_reset_before_backward_zn_launch<S>(p, stream),
+                     "gru_reset_before_backward_zn_kernel");
+        Tensor drh_rows = drh.narrow(0, 0, rows);
+        at::mm_out(drh_rows, dG_rows.narrow(1, 2 * H, H), w_n);
+        check_launch(fc::gru_reset_before_backward_r_launch<S>(p, stream),
+                     "gru_reset_before_backward_r_kernel");
+        dh_rows.addmm_(dG_rows.narrow(1, 0, 2 * H), w_rz);
+      }
     }
   }
 
@@ -516,6 +708,15 @@ void rnn_forward_cuda(const LayerInputs& in, const LayerGeometry& g, ForwardResu
   base.b_hh = cptr<S>(in.b_hh);
   base.gh = mptr<S>(gh);
   base.h = mptr<S>(h_state);
+  if (take_persistent(g, nullptr, stream)) {
+    fc::RnnPersistentForward<S> a;
+    a.base = base;
+    a.base.y = mptr<S>(y);
+    persistent_forward(in, g, H, a, out.h_n, fc::rnn_persistent_forward_plan<S>,
+                       fc::rnn_persistent_forward_launch<S>, "rnn_persistent_forward_kernel",
+                       stream);
+    return;
+  }
   forward_steps<S>(in, g, H, [&](const StepInfo& st, const S* gx) {
     Tensor gh_rows = gh.narrow(0, 0, st.rows);
     at::mm_out(gh_rows, h_state.narrow(0, 0, st.rows), w_hh_t);
@@ -544,18 +745,30 @@ void rnn_backward_cuda(const LayerInputs& in, const LayerGeometry& g, const Grad
   base.H = H;
   base.relu = in.cell.kind == CellKind::kRnnRelu;
   base.dh = cptr<S>(dh_state);
-  for (int64_t s = g.T - 1; s >= 0; --s) {
-    const StepInfo st = seq.step(s);
-    fc::RnnBackwardParams<S> p = base;
-    p.rows = st.rows;
-    p.split = st.split;
-    p.dy = cptr<S>(dy) + st.offset * H;
-    p.y = cptr<S>(y) + st.offset * H;
-    p.dG = mptr<S>(dG) + st.offset * H;
-    p.hprev = prev_rows<S>(hprev, y, in.h0, st, H);
-    check_launch(fc::rnn_backward_launch<S>(p, stream), "rnn_backward_kernel");
-    Tensor dh_rows = dh_state.narrow(0, 0, st.rows);
-    at::mm_out(dh_rows, dG.narrow(0, st.offset, st.rows), in.w_hh);
+  if (take_persistent(g, nullptr, stream)) {
+    fc::RnnPersistentBackward<S> a;
+    a.base = base;
+    a.base.dy = cptr<S>(dy);
+    a.base.y = cptr<S>(y);
+    a.base.dG = mptr<S>(dG);
+    a.base.hprev = prev_rows_all<S>(hprev, y, in.h0, H);
+    persistent_backward(in, g, a, dh_state, fc::rnn_persistent_backward_plan<S>,
+                        fc::rnn_persistent_backward_launch<S>, "rnn_persistent_backward_kernel",
+                        stream);
+  } else {
+    for (int64_t s = g.T - 1; s >= 0; --s) {
+      const StepInfo st = seq.step(s);
+      fc::RnnBackwardParams<S> p = base;
+      p.rows = st.rows;
+      p.split = st.split;
+      p.dy = cptr<S>(dy) + st.offset * H;
+      p.y = cptr<S>(y) + st.offset * H;
+      p.dG = mptr<S>(dG) + st.offset * H;
+      p.hprev = prev_rows<S>(hprev, y, in.h0, st, H);
+      check_launch(fc::rnn_backward_launch<S>(p, stream), "rnn_backward_kernel");
+      Tensor dh_rows = dh_state.narrow(0, 0, st.rows);
+      at::mm_out(dh_rows, dG.narrow(0, st.offset, st.rows), in.w_hh);
+    }
   }
   input_side_grads(in, g, dG, {{0, 0, H}}, out);
   bias_grads(dG, {{0, 0, H}}, H, out);

@@ -1,8 +1,9 @@
 """Builds the host emulation of the CUDA path (see tools/cuda_emulate.sh).
 
 Copies csrc/ to <out>/src, turns every csrc/kernels/cuda/*.cu into a C++ file
-that includes shim.h, replaces the one kernel launch (launch_step in
-cuda_utils.cuh) by a loop over the grid, and builds fusedrnn._C from the torch
+that includes shim.h, replaces the one step-kernel launch (launch_step in
+cuda_utils.cuh) by a loop over the grid and the one cooperative launch
+(launch_persistent in persistent.cuh) by a run of fibers, and builds fusedrnn._C from the torch
 layer (autograd, ops, rnn_layer, module, rnn_cuda) plus glue.cpp, which sends
 CPU tensors down the CUDA path. Usage: build.py <out dir> <package dir>.
 """
@@ -19,6 +20,10 @@ HERE = Path(__file__).parent.resolve()
 ROOT = HERE.parents[1]
 LAUNCH = "kernel<<<shape.grid, shape.block, 0, stream>>>(p);"
 EMULATED = "::frnn_emul::launch(shape.grid, shape.block, [&] { kernel(p); });"
+COOP_LAUNCH = ("return cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), "
+               "dim3(plan.blocks), dim3(kPersistentThreads), params, plan.smem, stream);")
+COOP_EMULATED = ("(void)params; ::frnn_emul::launch_cooperative(dim3(plan.blocks), "
+                 "dim3(kPersistentThreads), plan.smem, [&] { kernel(a); }); return cudaSuccess;")
 
 
 def write(path: Path, text: str) -> None:
@@ -39,6 +44,11 @@ def prepare(out: Path) -> list:
     if text.count(LAUNCH) != 1:
         sys.exit(f"cuda_emulation: expected exactly one '{LAUNCH}' in cuda_utils.cuh")
     write(utils, text.replace(LAUNCH, EMULATED))
+    persistent = cuda / "persistent.cuh"
+    text = persistent.read_text()
+    if text.count(COOP_LAUNCH) != 1:
+        sys.exit(f"cuda_emulation: expected exactly one '{COOP_LAUNCH}' in persistent.cuh")
+    write(persistent, text.replace(COOP_LAUNCH, COOP_EMULATED))
     write(cuda / "shim.h", (HERE / "shim.h").read_text())
     sources = []
     for cu in sorted((ROOT / "csrc" / "kernels" / "cuda").glob("*.cu")):

@@ -32,4 +32,11 @@ std::string compiled_archs() {
 #endif
 }
 
+cudaError_t stream_is_capturing(cudaStream_t stream, bool& capturing) {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  const cudaError_t err = cudaStreamIsCapturing(stream, &status);
+  capturing = status != cudaStreamCaptureStatusNone;
+  return err;
+}
+
 }  // namespace fusedrnn::cuda

@@ -98,6 +98,17 @@ inline cudaError_t launch_step(void (*kernel)(Params), int64_t rows, int64_t H, 
   return cudaGetLastError();
 }
 
+// The step kernel of every pointwise pass: Unit(p, u) loads what unit u keeps
+// for all rows (biases, peepholes), unit(p, i) does row i. The persistent
+// kernels call the same units for their block's units.
+template <class Unit, typename Params>
+__global__ void __launch_bounds__(kThreads, kMinBlocks) step_kernel(const Params p) {
+  const int64_t u = thread_unit();
+  if (u >= p.H) return;
+  const Unit unit(p, u);
+  for (int64_t i = first_row(); i < p.rows; i += row_stride()) unit(p, i);
+}
+
 // f(std::true_type{}) or f(std::false_type{}): a runtime flag as a template constant.
 template <typename F>
 inline cudaError_t bool_switch(bool b, const F& f) {
@@ -116,3 +127,16 @@ inline cudaError_t bool_switch(bool b, const F& f) {
                                                       cudaStream_t);                        \
   template cudaError_t fusedrnn::cuda::launch<__nv_bfloat16>(                               \
       const fusedrnn::cuda::Params<__nv_bfloat16>&, cudaStream_t);
+
+// Explicit instantiations of a persistent plan/launch pair (name##_plan,
+// name##_launch) for the four element types.
+#define FRNN_INSTANTIATE_PERSISTENT_TYPE(name, Args, S)                                   \
+  template cudaError_t fusedrnn::cuda::name##_plan<S>(const fusedrnn::cuda::Args<S>&,      \
+                                                      fusedrnn::cuda::PersistentPlan&);    \
+  template cudaError_t fusedrnn::cuda::name##_launch<S>(                                  \
+      const fusedrnn::cuda::Args<S>&, const fusedrnn::cuda::PersistentPlan&, cudaStream_t);
+#define FRNN_INSTANTIATE_PERSISTENT(name, Args)                  \
+  FRNN_INSTANTIATE_PERSISTENT_TYPE(name, Args, float)            \
+  FRNN_INSTANTIATE_PERSISTENT_TYPE(name, Args, double)           \
+  FRNN_INSTANTIATE_PERSISTENT_TYPE(name, Args, __half)           \
+  FRNN_INSTANTIATE_PERSISTENT_TYPE(name, Args, __nv_bfloat16)

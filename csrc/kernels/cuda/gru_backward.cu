@@ -1,10 +1,10 @@
 // GRU backward steps (BPTT), one thread per (row, hidden unit), cell math from
-// cells.h. dh holds the recurrent dL/dh' on entry; these kernels replace it by
+// cells.h. dh holds the recurrent dL/dh' on entry; these passes replace it by
 // the part of dL/dh that does not pass through W_hh (z*dh', and for
 // reset_before r*dL/d(r*h)); the torch layer then adds the GEMM part.
 //
 // The previous state h of row i is the previous step's output (i < split) or h0.
-#include "cuda_utils.cuh"
+#include "persistent.cuh"
 
 namespace fusedrnn::cuda {
 namespace {
@@ -17,13 +17,13 @@ __device__ __forceinline__ acc_t<S> prev_h(const GruBackwardParams<S>& p, int64_
 // reset_after: dG (r, z, hn, xn) [rows, 4H]. The first three line up with W_hh's
 // rows, so the recurrent product is one GEMM; xn is the input side of n.
 template <typename S>
-__global__ void __launch_bounds__(kThreads, kMinBlocks)
-    gru_backward_kernel(const GruBackwardParams<S> p) {
+struct GruBackwardUnit {
   using A = acc_t<S>;
-  const int64_t H = p.H;
-  const int64_t u = thread_unit();
-  if (u >= H) return;
-  for (int64_t i = first_row(); i < p.rows; i += row_stride()) {
+  int64_t u;
+  __device__ GruBackwardUnit(const GruBackwardParams<S>&, int64_t unit) : u(unit) {}
+
+  __device__ void operator()(const GruBackwardParams<S>& p, int64_t i) const {
+    const int64_t H = p.H;
     S* dhp = p.dh + i * H + u;
     const A dh = to_acc(p.dy[i * H + u]) + to_acc(*dhp);
     const S* g = p.gates + i * 4 * H + u;
@@ -38,17 +38,17 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
     *dhp = from_acc<S>(dh_prev);
     copy_prev_row(p.hprev, p.split, i, u, H);
   }
-}
+};
 
 // reset_before, part 1: dG z and n [rows, 3H] (r, z, n), dh = z*dh'.
 template <typename S>
-__global__ void __launch_bounds__(kThreads, kMinBlocks)
-    gru_reset_before_backward_zn_kernel(const GruBackwardParams<S> p) {
+struct GruZnBackwardUnit {
   using A = acc_t<S>;
-  const int64_t H = p.H;
-  const int64_t u = thread_unit();
-  if (u >= H) return;
-  for (int64_t i = first_row(); i < p.rows; i += row_stride()) {
+  int64_t u;
+  __device__ GruZnBackwardUnit(const GruBackwardParams<S>&, int64_t unit) : u(unit) {}
+
+  __device__ void operator()(const GruBackwardParams<S>& p, int64_t i) const {
+    const int64_t H = p.H;
     S* dhp = p.dh + i * H + u;
     const A dh = to_acc(p.dy[i * H + u]) + to_acc(*dhp);
     const S* g = p.gates + i * 3 * H + u;
@@ -60,17 +60,17 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
     *dhp = from_acc<S>(dh_prev);
     copy_prev_row(p.hprev, p.split, i, u, H);
   }
-}
+};
 
 // reset_before, part 2, after drh = dG_n W_hn: dG r, dh += r*drh.
 template <typename S>
-__global__ void __launch_bounds__(kThreads, kMinBlocks)
-    gru_reset_before_backward_r_kernel(const GruBackwardParams<S> p) {
+struct GruRBackwardUnit {
   using A = acc_t<S>;
-  const int64_t H = p.H;
-  const int64_t u = thread_unit();
-  if (u >= H) return;
-  for (int64_t i = first_row(); i < p.rows; i += row_stride()) {
+  int64_t u;
+  __device__ GruRBackwardUnit(const GruBackwardParams<S>&, int64_t unit) : u(unit) {}
+
+  __device__ void operator()(const GruBackwardParams<S>& p, int64_t i) const {
+    const int64_t H = p.H;
     S* dhp = p.dh + i * H + u;
     A dpr, dh_r;
     gru_reset_before_backward(to_acc(p.drh[i * H + u]), to_acc(p.gates[i * 3 * H + u]),
@@ -78,25 +78,114 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
     p.dG[i * 3 * H + u] = from_acc<S>(dpr);
     *dhp = from_acc<S>(to_acc(*dhp) + dh_r);
   }
+};
+
+// Persistent backward (persistent.cuh). The block holds the columns of its
+// units of all 3H rows of W_hh. Each step: dh += dG[s+1] (r, z, hn columns; r, z
+// for reset_before) times those columns, then the unit pass; reset_before also
+// a barrier, drh = dG_n[s] W_hn for its units, part 2. After the last step,
+// the same product gives dL/dh0.
+template <typename S, bool kResetAfter>
+__global__ void __launch_bounds__(kPersistentThreads, 1)
+    gru_persistent_backward_kernel(const GruPersistentBackward<S> a) {
+  const int64_t H = a.base.H, ldg = kResetAfter ? 4 * H : 3 * H;
+  const int64_t K = kResetAfter ? 3 * H : 2 * H;  // dG columns through W_hh in one product
+  const int U = a.lay.units;
+  const UnitSlot sl = unit_slot(U);
+  const bool has_unit = sl.u < H;
+  const int64_t uu = has_unit ? sl.u : 0;
+  const BlockSmem<S> sm(a.lay);
+  load_unit_columns(sm.ws, a.lay.ldw, a.w_hh, H, 3 * H, U, sl.u0);
+  const GruBackwardUnit<S> unit_after(a.base, uu);
+  const GruZnBackwardUnit<S> unit_zn(a.base, uu);
+  const GruRBackwardUnit<S> unit_r(a.base, uu);
+  __syncthreads();
+  // out[:rows, block's units] (+)= dG[step rows, k0 : k0 + k] W_hh[k0 : k0 + k, block's units]
+  const auto product = [&](const StepInfo& st, int64_t k0, int64_t k, S* out, bool add) {
+    block_product(sm.ws, a.lay.ldw, 0, U, k0, a.base.dG + st.offset * ldg + k0, ldg, st.rows, k,
+                  sm.xs, a.lay.kc, a.lay.ldx, [&](int64_t n, int m, acc_t<S> v) {
+                    const int64_t u = sl.u0 + m;
+                    if (u < H) {
+                      S* o = out + n * H + u;
+                      *o = from_acc<S>(add ? to_acc(*o) + v : v);
+                    }
+                  });
+  };
+  for (int64_t s = a.s1 - 1; s >= a.s0; --s) {
+    if (has_step(a.seq, s + 1)) product(a.seq.step(s + 1), 0, K, a.dh, true);
+    __syncthreads();
+    const StepInfo st = a.seq.step(s);
+    GruBackwardParams<S> p = a.base;
+    p.rows = st.rows;
+    p.split = st.split;
+    p.dy = a.base.dy + st.offset * H;
+    p.dh = a.dh;
+    p.gates = a.base.gates + st.offset * ldg;
+    p.h_prev = st.split > 0 ? a.base.h_prev + st.prev_offset * H : nullptr;
+    p.dG = a.base.dG + st.offset * ldg;
+    p.hprev = prev_rows_at(a.base.hprev, st);
+    if (kResetAfter) {
+      if (has_unit)
+        for (int64_t i = sl.row0; i < st.rows; i += sl.row_step) unit_after(p, i);
+    } else {
+      if (has_unit)
+        for (int64_t i = sl.row0; i < st.rows; i += sl.row_step) unit_zn(p, i);
+      grid_sync();
+      product(st, 2 * H, H, a.rh, false);
+      __syncthreads();
+      p.drh = a.rh;
+      if (has_unit)
+        for (int64_t i = sl.row0; i < st.rows; i += sl.row_step) unit_r(p, i);
+    }
+    grid_sync();
+  }
+  if (a.s0 == 0) product(a.seq.step(0), 0, K, a.dh, true);
+}
+
+template <typename S, typename F>
+cudaError_t with_persistent_backward_kernel(const GruPersistentBackward<S>& a, const F& f) {
+  return bool_switch(a.reset_after, [&](auto kResetAfter) {
+    return f(gru_persistent_backward_kernel<S, decltype(kResetAfter)::value>);
+  });
 }
 
 }  // namespace
 
 template <typename S>
 cudaError_t gru_backward_launch(const GruBackwardParams<S>& p, cudaStream_t stream) {
-  return launch_step(gru_backward_kernel<S>, p.rows, p.H, p, stream);
+  return launch_step(step_kernel<GruBackwardUnit<S>, GruBackwardParams<S>>, p.rows, p.H, p,
+                     stream);
 }
 
 template <typename S>
 cudaError_t gru_reset_before_backward_zn_launch(const GruBackwardParams<S>& p,
                                                 cudaStream_t stream) {
-  return launch_step(gru_reset_before_backward_zn_kernel<S>, p.rows, p.H, p, stream);
+  return launch_step(step_kernel<GruZnBackwardUnit<S>, GruBackwardParams<S>>, p.rows, p.H, p,
+                     stream);
 }
 
 template <typename S>
 cudaError_t gru_reset_before_backward_r_launch(const GruBackwardParams<S>& p,
                                                cudaStream_t stream) {
-  return launch_step(gru_reset_before_backward_r_kernel<S>, p.rows, p.H, p, stream);
+  return launch_step(step_kernel<GruRBackwardUnit<S>, GruBackwardParams<S>>, p.rows, p.H, p,
+                     stream);
+}
+
+template <typename S>
+cudaError_t gru_persistent_backward_plan(const GruPersistentBackward<S>& a, PersistentPlan& plan) {
+  return with_persistent_backward_kernel(a, [&](auto kernel) {
+    return plan_persistent<S>(kernel, a.seq.N, a.base.H, 1, 3 * a.base.H, 1, plan);
+  });
+}
+
+template <typename S>
+cudaError_t gru_persistent_backward_launch(const GruPersistentBackward<S>& a,
+                                           const PersistentPlan& plan, cudaStream_t stream) {
+  return with_persistent_backward_kernel(a, [&](auto kernel) {
+    GruPersistentBackward<S> b = a;
+    b.lay = plan.lay;
+    return launch_persistent(kernel, plan, b, stream);
+  });
 }
 
 }  // namespace fusedrnn::cuda
@@ -104,3 +193,4 @@ cudaError_t gru_reset_before_backward_r_launch(const GruBackwardParams<S>& p,
 FRNN_INSTANTIATE_LAUNCH(gru_backward_launch, GruBackwardParams)
 FRNN_INSTANTIATE_LAUNCH(gru_reset_before_backward_zn_launch, GruBackwardParams)
 FRNN_INSTANTIATE_LAUNCH(gru_reset_before_backward_r_launch, GruBackwardParams)
+FRNN_INSTANTIATE_PERSISTENT(gru_persistent_backward, GruPersistentBackward)

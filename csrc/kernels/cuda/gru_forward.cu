@@ -1,38 +1,40 @@
 // GRU forward steps, one thread per (row, hidden unit), cell math from cells.h.
 //
-// reset_after=True (gru_forward_kernel): r and z take both biases, n takes b_in
+// reset_after=True (GruForwardUnit): r and z take both biases, n takes b_in
 // outside and b_hn inside r*(.): n = tanh(xn + b_in + r*(hn + b_hn)). Saves
 // r, z, n and hn = W_hn h + b_hn (the backward needs hn for dr).
 // reset_after=False: the product W_hn (r*h) needs r of every unit, so a step is
-// two kernels around that GEMM: rz (r, z and r*h), then n (n and h').
-#include "cuda_utils.cuh"
+// two passes around that product: rz (r, z and r*h), then n (n and h').
+#include "persistent.cuh"
 
 namespace fusedrnn::cuda {
 namespace {
 
 template <typename S, bool kTraining>
-__global__ void __launch_bounds__(kThreads, kMinBlocks)
-    gru_forward_kernel(const GruForwardParams<S> p) {
+struct GruForwardUnit {
   using A = acc_t<S>;
-  const int64_t H = p.H;
-  const int64_t u = thread_unit();
-  if (u >= H) return;
-  const A br = load_or_zero(p.b_ih, u) + load_or_zero(p.b_hh, u);
-  const A bz = load_or_zero(p.b_ih, H + u) + load_or_zero(p.b_hh, H + u);
-  const A b_in = load_or_zero(p.b_ih, 2 * H + u);
-  const A b_hn = load_or_zero(p.b_hh, 2 * H + u);
+  int64_t u;
+  A br, bz, b_in, b_hn;
 
-  for (int64_t i = first_row(); i < p.rows; i += row_stride()) {
+  __device__ GruForwardUnit(const GruForwardParams<S>& p, int64_t unit) : u(unit) {
+    const int64_t H = p.H;
+    br = load_or_zero(p.b_ih, u) + load_or_zero(p.b_hh, u);
+    bz = load_or_zero(p.b_ih, H + u) + load_or_zero(p.b_hh, H + u);
+    b_in = load_or_zero(p.b_ih, 2 * H + u);
+    b_hn = load_or_zero(p.b_hh, 2 * H + u);
+  }
+
+  __device__ void operator()(const GruForwardParams<S>& p, int64_t i) const {
+    const int64_t H = p.H;
     const S* gx = p.gx + i * 3 * H + u;
     const S* gh = p.gh + i * p.ld_gh + u;
-    S* hp = p.h + i * H + u;
-    const A h = to_acc(*hp);
+    const A h = to_acc(p.h_in[i * H + u]);
     const A hn = to_acc(gh[2 * H]) + b_hn;
     A r, z, n, h_new;
     gru_forward(to_acc(gx[0]) + to_acc(gh[0]) + br, to_acc(gx[H]) + to_acc(gh[H]) + bz,
                 to_acc(gx[2 * H]) + b_in, hn, h, r, z, n, h_new);
     const S hs = from_acc<S>(h_new);
-    *hp = hs;
+    p.h[i * H + u] = hs;
     p.y[i * H + u] = hs;
     if (kTraining) {
       S* gr = p.gates + i * 4 * H + u;
@@ -42,53 +44,136 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
       gr[3 * H] = from_acc<S>(hn);
     }
   }
-}
+};
 
-// reset_before, part 1: r = sigmoid(.), z = sigmoid(.), r*h. Reads the state h,
-// does not write it (the n kernel does, after the W_hn product).
+// reset_before, part 1: r = sigmoid(.), z = sigmoid(.), r*h. Reads the state,
+// does not write it (part 2 does, after the W_hn product).
 template <typename S>
-__global__ void __launch_bounds__(kThreads, kMinBlocks)
-    gru_reset_before_forward_rz_kernel(const GruForwardParams<S> p) {
+struct GruRzUnit {
   using A = acc_t<S>;
-  const int64_t H = p.H;
-  const int64_t u = thread_unit();
-  if (u >= H) return;
-  const A br = load_or_zero(p.b_ih, u) + load_or_zero(p.b_hh, u);
-  const A bz = load_or_zero(p.b_ih, H + u) + load_or_zero(p.b_hh, H + u);
+  int64_t u;
+  A br, bz;
 
-  for (int64_t i = first_row(); i < p.rows; i += row_stride()) {
+  __device__ GruRzUnit(const GruForwardParams<S>& p, int64_t unit) : u(unit) {
+    const int64_t H = p.H;
+    br = load_or_zero(p.b_ih, u) + load_or_zero(p.b_hh, u);
+    bz = load_or_zero(p.b_ih, H + u) + load_or_zero(p.b_hh, H + u);
+  }
+
+  __device__ void operator()(const GruForwardParams<S>& p, int64_t i) const {
+    const int64_t H = p.H;
     const S* gx = p.gx + i * 3 * H + u;
     const S* gh = p.gh + i * p.ld_gh + u;
     const A r = gru_gate(to_acc(gx[0]) + to_acc(gh[0]) + br);
     const A z = gru_gate(to_acc(gx[H]) + to_acc(gh[H]) + bz);
-    const A rh = r * to_acc(p.h[i * H + u]);
+    const A rh = r * to_acc(p.h_in[i * H + u]);
     p.rh[i * H + u] = from_acc<S>(rh);
     if (p.rh_saved != nullptr) p.rh_saved[i * H + u] = rh;
     p.z[i * p.ld_z + u] = from_acc<S>(z);
     if (p.gates != nullptr) p.gates[i * 3 * H + u] = from_acc<S>(r);
   }
-}
+};
 
 // reset_before, part 2: n = tanh(xn + b_in + W_hn (r*h) + b_hn), h' = n + z*(h - n).
 template <typename S>
-__global__ void __launch_bounds__(kThreads, kMinBlocks)
-    gru_reset_before_forward_n_kernel(const GruForwardParams<S> p) {
+struct GruNUnit {
   using A = acc_t<S>;
-  const int64_t H = p.H;
-  const int64_t u = thread_unit();
-  if (u >= H) return;
-  const A bn = load_or_zero(p.b_ih, 2 * H + u) + load_or_zero(p.b_hh, 2 * H + u);
+  int64_t u;
+  A bn;
 
-  for (int64_t i = first_row(); i < p.rows; i += row_stride()) {
-    S* hp = p.h + i * H + u;
+  __device__ GruNUnit(const GruForwardParams<S>& p, int64_t unit) : u(unit) {
+    bn = load_or_zero(p.b_ih, 2 * p.H + u) + load_or_zero(p.b_hh, 2 * p.H + u);
+  }
+
+  __device__ void operator()(const GruForwardParams<S>& p, int64_t i) const {
+    const int64_t H = p.H;
     const A pn = to_acc(p.gx[i * 3 * H + 2 * H + u]) + to_acc(p.gh[i * p.ld_gh + u]) + bn;
     A n, h_new;
-    gru_reset_before_output(pn, to_acc(p.z[i * p.ld_z + u]), to_acc(*hp), n, h_new);
+    gru_reset_before_output(pn, to_acc(p.z[i * p.ld_z + u]), to_acc(p.h_in[i * H + u]), n,
+                            h_new);
     const S hs = from_acc<S>(h_new);
-    *hp = hs;
+    p.h[i * H + u] = hs;
     p.y[i * H + u] = hs;
     if (p.gates != nullptr) p.gates[i * 3 * H + 2 * H + u] = from_acc<S>(n);
   }
+};
+
+// Persistent forward (persistent.cuh). reset_after: one product (r, z, hn rows)
+// and one barrier per step. reset_before: the r, z product, part 1, a barrier
+// (r*h of every unit is then in global memory), the W_hn product, part 2, a
+// barrier.
+template <typename S, bool kResetAfter, bool kTraining>
+__global__ void __launch_bounds__(kPersistentThreads, 1)
+    gru_persistent_forward_kernel(const GruPersistentForward<S> a) {
+  const int64_t H = a.base.H, N = a.seq.N, ld_gh = 3 * H;
+  const int U = a.lay.units;
+  const UnitSlot sl = unit_slot(U);
+  const bool has_unit = sl.u < H;
+  const int64_t uu = has_unit ? sl.u : 0;
+  const BlockSmem<S> sm(a.lay);
+  load_gate_rows(sm.ws, a.lay.ldw, a.w_hh, H, 3, U, sl.u0);
+  const GruForwardUnit<S, kTraining> unit_after(a.base, uu);
+  const GruRzUnit<S> unit_rz(a.base, uu);
+  const GruNUnit<S> unit_n(a.base, uu);
+  __syncthreads();
+  // gh[:rows, g*H + block's units] = x W_hh[gate rows g0.. of the block's units]^T
+  const auto product = [&](int g0, int gates, const S* x, int64_t rows) {
+    block_product(sm.ws, a.lay.ldw, g0 * U, gates * U, 0, x, H, rows, H, sm.xs, a.lay.kc,
+                  a.lay.ldx, [&](int64_t n, int m, acc_t<S> v) {
+                    const int64_t u = sl.u0 + m % U;
+                    if (u < H) a.gh[n * ld_gh + (g0 + m / U) * H + u] = from_acc<S>(v);
+                  });
+    __syncthreads();
+  };
+  for (int64_t s = a.s0; s < a.s1; ++s) {
+    const StepInfo st = a.seq.step(s);
+    const S* h = a.hbuf + (s & 1) * N * H;
+    S* h_next = a.hbuf + ((s + 1) & 1) * N * H;
+    GruForwardParams<S> p = a.base;
+    p.rows = st.rows;
+    p.gx = a.gx + (st.offset - a.gx_row0) * 3 * H;
+    p.gh = a.gh;
+    p.ld_gh = ld_gh;
+    p.h_in = h;
+    p.h = h_next;
+    p.y = a.base.y + st.offset * H;
+    if (kResetAfter) {
+      product(0, 3, h, st.rows);
+      if (kTraining) p.gates = a.base.gates + st.offset * 4 * H;
+      if (has_unit)
+        for (int64_t i = sl.row0; i < st.rows; i += sl.row_step) unit_after(p, i);
+    } else {
+      product(0, 2, h, st.rows);
+      S* rh = a.rh_rows != nullptr ? a.rh_rows + st.offset * H : a.rh;
+      p.rh = rh;
+      if (kTraining) {
+        p.gates = a.base.gates + st.offset * 3 * H;
+        p.z = p.gates + H;
+        if (a.base.rh_saved != nullptr) p.rh_saved = a.base.rh_saved + st.offset * H;
+      }
+      if (has_unit)
+        for (int64_t i = sl.row0; i < st.rows; i += sl.row_step) unit_rz(p, i);
+      grid_sync();
+      product(2, 1, rh, st.rows);
+      p.gh = a.gh + 2 * H;
+      if (has_unit)
+        for (int64_t i = sl.row0; i < st.rows; i += sl.row_step) unit_n(p, i);
+    }
+    if (has_unit)
+      for (int64_t i = sl.row0; i < st.rows; i += sl.row_step)
+        if (last_step_of_row(a.seq, s, i)) a.h_n[i * H + sl.u] = h_next[i * H + sl.u];
+    grid_sync();
+  }
+}
+
+template <typename S, typename F>
+cudaError_t with_persistent_forward_kernel(const GruPersistentForward<S>& a, const F& f) {
+  return bool_switch(a.reset_after, [&](auto kResetAfter) {
+    return bool_switch(a.base.gates != nullptr, [&](auto kTraining) {
+      return f(gru_persistent_forward_kernel<S, decltype(kResetAfter)::value,
+                                             decltype(kTraining)::value>);
+    });
+  });
 }
 
 }  // namespace
@@ -96,20 +181,38 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
 template <typename S>
 cudaError_t gru_forward_launch(const GruForwardParams<S>& p, cudaStream_t stream) {
   return bool_switch(p.gates != nullptr, [&](auto kTraining) {
-    return launch_step(gru_forward_kernel<S, decltype(kTraining)::value>, p.rows, p.H, p, stream);
+    using Unit = GruForwardUnit<S, decltype(kTraining)::value>;
+    return launch_step(step_kernel<Unit, GruForwardParams<S>>, p.rows, p.H, p, stream);
   });
 }
 
 template <typename S>
 cudaError_t gru_reset_before_forward_rz_launch(const GruForwardParams<S>& p,
                                                cudaStream_t stream) {
-  return launch_step(gru_reset_before_forward_rz_kernel<S>, p.rows, p.H, p, stream);
+  return launch_step(step_kernel<GruRzUnit<S>, GruForwardParams<S>>, p.rows, p.H, p, stream);
 }
 
 template <typename S>
 cudaError_t gru_reset_before_forward_n_launch(const GruForwardParams<S>& p,
                                               cudaStream_t stream) {
-  return launch_step(gru_reset_before_forward_n_kernel<S>, p.rows, p.H, p, stream);
+  return launch_step(step_kernel<GruNUnit<S>, GruForwardParams<S>>, p.rows, p.H, p, stream);
+}
+
+template <typename S>
+cudaError_t gru_persistent_forward_plan(const GruPersistentForward<S>& a, PersistentPlan& plan) {
+  return with_persistent_forward_kernel(a, [&](auto kernel) {
+    return plan_persistent<S>(kernel, a.seq.N, a.base.H, 3, a.base.H, 3, plan);
+  });
+}
+
+template <typename S>
+cudaError_t gru_persistent_forward_launch(const GruPersistentForward<S>& a,
+                                          const PersistentPlan& plan, cudaStream_t stream) {
+  return with_persistent_forward_kernel(a, [&](auto kernel) {
+    GruPersistentForward<S> b = a;
+    b.lay = plan.lay;
+    return launch_persistent(kernel, plan, b, stream);
+  });
 }
 
 }  // namespace fusedrnn::cuda
@@ -117,3 +220,4 @@ cudaError_t gru_reset_before_forward_n_launch(const GruForwardParams<S>& p,
 FRNN_INSTANTIATE_LAUNCH(gru_forward_launch, GruForwardParams)
 FRNN_INSTANTIATE_LAUNCH(gru_reset_before_forward_rz_launch, GruForwardParams)
 FRNN_INSTANTIATE_LAUNCH(gru_reset_before_forward_n_launch, GruForwardParams)
+FRNN_INSTANTIATE_PERSISTENT(gru_persistent_forward, GruPersistentForward)

@@ -7,27 +7,30 @@
 // within a launch each (row, unit) belongs to one thread and launches are
 // ordered on the stream, so the sums need no atomics and are deterministic;
 // the torch layer reduces the rows once after the loop.
-#include "cuda_utils.cuh"
+#include "persistent.cuh"
 
 namespace fusedrnn::cuda {
 namespace {
 
 template <typename S, bool kPeephole, bool kCoupled>
-__global__ void __launch_bounds__(kThreads, kMinBlocks)
-    lstm_backward_kernel(const LstmBackwardParams<S> p) {
+struct LstmBackwardUnit {
   using A = acc_t<S>;
-  constexpr int G = kCoupled ? 3 : 4;
-  constexpr int gi = 0, gf = kCoupled ? 0 : 1, gg = kCoupled ? 1 : 2, go = kCoupled ? 2 : 3;
-  const int64_t H = p.H, GH = G * H;
-  const int64_t u = thread_unit();
-  if (u >= H) return;
+  static constexpr int G = kCoupled ? 3 : 4;
+  static constexpr int gi = 0, gf = kCoupled ? 0 : 1, gg = kCoupled ? 1 : 2, go = kCoupled ? 2 : 3;
+  int64_t u;
+  A wci, wcf, wco;
 
-  const A zero(0), one(1);
-  const A wci = kPeephole && !kCoupled ? to_acc(p.w_ch[u]) : zero;
-  const A wcf = kPeephole ? to_acc(p.w_ch[(kCoupled ? 0 : H) + u]) : zero;
-  const A wco = kPeephole ? to_acc(p.w_ch[(kCoupled ? H : 2 * H) + u]) : zero;
+  __device__ LstmBackwardUnit(const LstmBackwardParams<S>& p, int64_t unit) : u(unit) {
+    const int64_t H = p.H;
+    const A zero(0);
+    wci = kPeephole && !kCoupled ? to_acc(p.w_ch[u]) : zero;
+    wcf = kPeephole ? to_acc(p.w_ch[(kCoupled ? 0 : H) + u]) : zero;
+    wco = kPeephole ? to_acc(p.w_ch[(kCoupled ? H : 2 * H) + u]) : zero;
+  }
 
-  for (int64_t i = first_row(); i < p.rows; i += row_stride()) {
+  __device__ void operator()(const LstmBackwardParams<S>& p, int64_t i) const {
+    const int64_t H = p.H, GH = G * H;
+    const A zero(0), one(1);
     A dh = to_acc(p.dh[i * p.ld_dh + u]);
     if (p.dh_rec != nullptr) dh += to_acc(p.dh_rec[i * H + u]);
     const S* gr = p.gates + i * GH + u;
@@ -57,6 +60,62 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
     }
     copy_prev_row(p.hprev, p.split, i, u, H);
   }
+};
+
+// Persistent backward (persistent.cuh), without projection: each step, the
+// recurrent dL/dh of the block's units from the dG of the step processed just
+// before, then the unit functor; after the last step, dL/dh0.
+template <typename S, bool kPeephole, bool kCoupled>
+__global__ void __launch_bounds__(kPersistentThreads, 1)
+    lstm_persistent_backward_kernel(const LstmPersistentBackward<S> a) {
+  using Unit = LstmBackwardUnit<S, kPeephole, kCoupled>;
+  constexpr int G = Unit::G;
+  const int64_t H = a.base.H, GH = G * H;
+  const int U = a.lay.units;
+  const UnitSlot sl = unit_slot(U);
+  const bool has_unit = sl.u < H;
+  const BlockSmem<S> sm(a.lay);
+  load_unit_columns(sm.ws, a.lay.ldw, a.w_hh, H, GH, U, sl.u0);
+  const Unit unit(a.base, has_unit ? sl.u : 0);
+  __syncthreads();
+  // dh[:rows(s), block's units] = dG[s] W_hh[:, block's units]
+  const auto recurrent = [&](int64_t s) {
+    const StepInfo st = a.seq.step(s);
+    block_product(sm.ws, a.lay.ldw, 0, U, 0, a.base.dG + st.offset * GH, GH, st.rows, GH, sm.xs,
+                  a.lay.kc, a.lay.ldx, [&](int64_t n, int m, acc_t<S> v) {
+                    const int64_t u = sl.u0 + m;
+                    if (u < H) a.dh[n * H + u] = from_acc<S>(v);
+                  });
+  };
+  for (int64_t s = a.s1 - 1; s >= a.s0; --s) {
+    if (has_step(a.seq, s + 1)) recurrent(s + 1);
+    __syncthreads();
+    const StepInfo st = a.seq.step(s);
+    LstmBackwardParams<S> p = a.base;
+    p.rows = st.rows;
+    p.split = st.split;
+    p.dh = a.base.dh + st.offset * a.base.ld_dh;
+    p.dh_rec = a.dh;
+    p.gates = a.base.gates + st.offset * GH;
+    p.c_new = a.base.c_new + st.offset * H;
+    p.c_prev = st.split > 0 ? a.base.c_new + st.prev_offset * H : nullptr;
+    p.dG = a.base.dG + st.offset * GH;
+    p.hprev = prev_rows_at(a.base.hprev, st);
+    if (has_unit)
+      for (int64_t i = sl.row0; i < st.rows; i += sl.row_step) unit(p, i);
+    grid_sync();
+  }
+  if (a.s0 == 0) recurrent(0);
+}
+
+template <typename S, typename F>
+cudaError_t with_persistent_backward_kernel(const LstmBackwardParams<S>& p, const F& f) {
+  return bool_switch(p.w_ch != nullptr, [&](auto kPeephole) {
+    return bool_switch(p.coupled, [&](auto kCoupled) {
+      return f(lstm_persistent_backward_kernel<S, decltype(kPeephole)::value,
+                                               decltype(kCoupled)::value>);
+    });
+  });
 }
 
 }  // namespace
@@ -65,13 +124,32 @@ template <typename S>
 cudaError_t lstm_backward_launch(const LstmBackwardParams<S>& p, cudaStream_t stream) {
   return bool_switch(p.w_ch != nullptr, [&](auto kPeephole) {
     return bool_switch(p.coupled, [&](auto kCoupled) {
-      return launch_step(
-          lstm_backward_kernel<S, decltype(kPeephole)::value, decltype(kCoupled)::value>, p.rows,
-          p.H, p, stream);
+      using Unit = LstmBackwardUnit<S, decltype(kPeephole)::value, decltype(kCoupled)::value>;
+      return launch_step(step_kernel<Unit, LstmBackwardParams<S>>, p.rows, p.H, p, stream);
     });
+  });
+}
+
+template <typename S>
+cudaError_t lstm_persistent_backward_plan(const LstmPersistentBackward<S>& a,
+                                          PersistentPlan& plan) {
+  const int G = a.base.coupled ? 3 : 4;
+  return with_persistent_backward_kernel(a.base, [&](auto kernel) {
+    return plan_persistent<S>(kernel, a.seq.N, a.base.H, 1, G * a.base.H, 1, plan);
+  });
+}
+
+template <typename S>
+cudaError_t lstm_persistent_backward_launch(const LstmPersistentBackward<S>& a,
+                                            const PersistentPlan& plan, cudaStream_t stream) {
+  return with_persistent_backward_kernel(a.base, [&](auto kernel) {
+    LstmPersistentBackward<S> b = a;
+    b.lay = plan.lay;
+    return launch_persistent(kernel, plan, b, stream);
   });
 }
 
 }  // namespace fusedrnn::cuda
 
 FRNN_INSTANTIATE_LAUNCH(lstm_backward_launch, LstmBackwardParams)
+FRNN_INSTANTIATE_PERSISTENT(lstm_persistent_backward, LstmPersistentBackward)

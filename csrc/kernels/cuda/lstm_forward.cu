@@ -4,32 +4,34 @@
 // Writes h' to the output rows (or the projection's input), c' in place in the
 // A state, and in training the activated gates and c' (layouts in
 // csrc/kernels/cpu/rnn_cpu.h, shared with the CPU path).
-#include "cuda_utils.cuh"
+#include "persistent.cuh"
 
 namespace fusedrnn::cuda {
 namespace {
 
 template <typename S, bool kPeephole, bool kCoupled, bool kTraining>
-__global__ void __launch_bounds__(kThreads, kMinBlocks)
-    lstm_forward_kernel(const LstmForwardParams<S> p) {
+struct LstmForwardUnit {
   using A = acc_t<S>;
-  constexpr int G = kCoupled ? 3 : 4;
-  constexpr int gi = 0, gf = kCoupled ? 0 : 1, gg = kCoupled ? 1 : 2, go = kCoupled ? 2 : 3;
-  const int64_t H = p.H, GH = G * H;
-  const int64_t u = thread_unit();
-  if (u >= H) return;
-
-  // Per-unit constants, loaded once for all of this thread's rows.
+  static constexpr int G = kCoupled ? 3 : 4;
+  static constexpr int gi = 0, gf = kCoupled ? 0 : 1, gg = kCoupled ? 1 : 2, go = kCoupled ? 2 : 3;
+  int64_t u;
   A bias[G];
-#pragma unroll
-  for (int g = 0; g < G; ++g)
-    bias[g] = load_or_zero(p.b_ih, g * H + u) + load_or_zero(p.b_hh, g * H + u);
-  const A zero(0);
-  const A wci = kPeephole && !kCoupled ? to_acc(p.w_ch[u]) : zero;
-  const A wcf = kPeephole ? to_acc(p.w_ch[(kCoupled ? 0 : H) + u]) : zero;
-  const A wco = kPeephole ? to_acc(p.w_ch[(kCoupled ? H : 2 * H) + u]) : zero;
+  A wci, wcf, wco;
 
-  for (int64_t i = first_row(); i < p.rows; i += row_stride()) {
+  __device__ LstmForwardUnit(const LstmForwardParams<S>& p, int64_t unit) : u(unit) {
+    const int64_t H = p.H;
+#pragma unroll
+    for (int g = 0; g < G; ++g)
+      bias[g] = load_or_zero(p.b_ih, g * H + u) + load_or_zero(p.b_hh, g * H + u);
+    const A zero(0);
+    wci = kPeephole && !kCoupled ? to_acc(p.w_ch[u]) : zero;
+    wcf = kPeephole ? to_acc(p.w_ch[(kCoupled ? 0 : H) + u]) : zero;
+    wco = kPeephole ? to_acc(p.w_ch[(kCoupled ? H : 2 * H) + u]) : zero;
+  }
+
+  __device__ void operator()(const LstmForwardParams<S>& p, int64_t i) const {
+    const int64_t H = p.H, GH = G * H;
+    const A zero(0);
     const S* gx = p.gx + i * GH + u;
     const S* gh = p.gh + i * GH + u;
     const A pi = kCoupled ? zero : to_acc(gx[gi * H]) + to_acc(gh[gi * H]) + bias[gi];
@@ -54,18 +56,95 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
       p.states[i * H + u] = c_new;
     }
   }
+};
+
+// Persistent forward (persistent.cuh), without projection: each step, Gh of
+// the block's units from the previous h of all units, then the unit functor.
+template <typename S, bool kPeephole, bool kCoupled, bool kTraining>
+__global__ void __launch_bounds__(kPersistentThreads, 1)
+    lstm_persistent_forward_kernel(const LstmPersistentForward<S> a) {
+  using Unit = LstmForwardUnit<S, kPeephole, kCoupled, kTraining>;
+  constexpr int G = Unit::G;
+  const int64_t H = a.base.H, GH = G * H, N = a.seq.N;
+  const int U = a.lay.units;
+  const UnitSlot sl = unit_slot(U);
+  const bool has_unit = sl.u < H;
+  const BlockSmem<S> sm(a.lay);
+  load_gate_rows(sm.ws, a.lay.ldw, a.w_hh, H, G, U, sl.u0);
+  const Unit unit(a.base, has_unit ? sl.u : 0);
+  __syncthreads();
+  for (int64_t s = a.s0; s < a.s1; ++s) {
+    const StepInfo st = a.seq.step(s);
+    const S* h = a.hbuf + (s & 1) * N * H;
+    S* h_next = a.hbuf + ((s + 1) & 1) * N * H;
+    block_product(sm.ws, a.lay.ldw, 0, G * U, 0, h, H, st.rows, H, sm.xs, a.lay.kc, a.lay.ldx,
+                  [&](int64_t n, int m, acc_t<S> v) {
+                    const int64_t u = sl.u0 + m % U;
+                    if (u < H) a.gh[n * GH + (m / U) * H + u] = from_acc<S>(v);
+                  });
+    __syncthreads();
+    LstmForwardParams<S> p = a.base;
+    p.rows = st.rows;
+    p.gx = a.gx + (st.offset - a.gx_row0) * GH;
+    p.gh = a.gh;
+    p.h = a.base.h + st.offset * a.base.ld_h;
+    p.h_state = h_next;
+    if (kTraining) {
+      p.gates = a.base.gates + st.offset * GH;
+      p.states = a.base.states + st.offset * H;
+    }
+    if (has_unit) {
+      for (int64_t i = sl.row0; i < st.rows; i += sl.row_step) {
+        unit(p, i);
+        if (last_step_of_row(a.seq, s, i)) a.h_n[i * H + sl.u] = h_next[i * H + sl.u];
+      }
+    }
+    grid_sync();
+  }
+}
+
+// f(kernel) with the persistent kernel of p's variant.
+template <typename S, typename F>
+cudaError_t with_persistent_forward_kernel(const LstmForwardParams<S>& p, const F& f) {
+  return bool_switch(p.w_ch != nullptr, [&](auto kPeephole) {
+    return bool_switch(p.coupled, [&](auto kCoupled) {
+      return bool_switch(p.gates != nullptr, [&](auto kTraining) {
+        return f(lstm_persistent_forward_kernel<S, decltype(kPeephole)::value,
+                                                decltype(kCoupled)::value,
+                                                decltype(kTraining)::value>);
+      });
+    });
+  });
 }
 
 }  // namespace
+
+template <typename S>
+cudaError_t lstm_persistent_forward_plan(const LstmPersistentForward<S>& a, PersistentPlan& plan) {
+  const int G = a.base.coupled ? 3 : 4;
+  return with_persistent_forward_kernel(a.base, [&](auto kernel) {
+    return plan_persistent<S>(kernel, a.seq.N, a.base.H, G, a.base.H, G, plan);
+  });
+}
+
+template <typename S>
+cudaError_t lstm_persistent_forward_launch(const LstmPersistentForward<S>& a,
+                                           const PersistentPlan& plan, cudaStream_t stream) {
+  return with_persistent_forward_kernel(a.base, [&](auto kernel) {
+    LstmPersistentForward<S> b = a;
+    b.lay = plan.lay;
+    return launch_persistent(kernel, plan, b, stream);
+  });
+}
 
 template <typename S>
 cudaError_t lstm_forward_launch(const LstmForwardParams<S>& p, cudaStream_t stream) {
   return bool_switch(p.w_ch != nullptr, [&](auto kPeephole) {
     return bool_switch(p.coupled, [&](auto kCoupled) {
       return bool_switch(p.gates != nullptr, [&](auto kTraining) {
-        constexpr bool kP = decltype(kPeephole)::value, kC = decltype(kCoupled)::value,
-                       kT = decltype(kTraining)::value;
-        return launch_step(lstm_forward_kernel<S, kP, kC, kT>, p.rows, p.H, p, stream);
+        using Unit = LstmForwardUnit<S, decltype(kPeephole)::value, decltype(kCoupled)::value,
+                                     decltype(kTraining)::value>;
+        return launch_step(step_kernel<Unit, LstmForwardParams<S>>, p.rows, p.H, p, stream);
       });
     });
   });
@@ -74,3 +153,4 @@ cudaError_t lstm_forward_launch(const LstmForwardParams<S>& p, cudaStream_t stre
 }  // namespace fusedrnn::cuda
 
 FRNN_INSTANTIATE_LAUNCH(lstm_forward_launch, LstmForwardParams)
+FRNN_INSTANTIATE_PERSISTENT(lstm_persistent_forward, LstmPersistentForward)

@@ -1,23 +1,69 @@
 // Elman RNN backward step: dp = (dy + dh) * act'(p), written with the saved
 // output h' = act(p) (cells.h rnn_backward), one thread per (row, hidden unit).
 // The torch layer then overwrites dh with dG W_hh for the previous step.
-#include "cuda_utils.cuh"
+#include "persistent.cuh"
 
 namespace fusedrnn::cuda {
 namespace {
 
 template <typename S, bool kRelu>
-__global__ void __launch_bounds__(kThreads, kMinBlocks)
-    rnn_backward_kernel(const RnnBackwardParams<S> p) {
-  const int64_t H = p.H;
-  const int64_t u = thread_unit();
-  if (u >= H) return;
-  for (int64_t i = first_row(); i < p.rows; i += row_stride()) {
-    const int64_t k = i * H + u;
+struct RnnBackwardUnit {
+  int64_t u;
+  __device__ RnnBackwardUnit(const RnnBackwardParams<S>&, int64_t unit) : u(unit) {}
+
+  __device__ void operator()(const RnnBackwardParams<S>& p, int64_t i) const {
+    const int64_t k = i * p.H + u;
     const auto dh = to_acc(p.dy[k]) + to_acc(p.dh[k]);
     p.dG[k] = from_acc<S>(rnn_backward<kRelu>(dh, to_acc(p.y[k])));
-    copy_prev_row(p.hprev, p.split, i, u, H);
+    copy_prev_row(p.hprev, p.split, i, u, p.H);
   }
+};
+
+// Persistent backward (persistent.cuh): dh of the block's units = dG[s+1] W_hh,
+// the unit pass, one barrier per step; after the last step dL/dh0.
+template <typename S, bool kRelu>
+__global__ void __launch_bounds__(kPersistentThreads, 1)
+    rnn_persistent_backward_kernel(const RnnPersistentBackward<S> a) {
+  const int64_t H = a.base.H;
+  const int U = a.lay.units;
+  const UnitSlot sl = unit_slot(U);
+  const bool has_unit = sl.u < H;
+  const BlockSmem<S> sm(a.lay);
+  load_unit_columns(sm.ws, a.lay.ldw, a.w_hh, H, H, U, sl.u0);
+  const RnnBackwardUnit<S, kRelu> unit(a.base, has_unit ? sl.u : 0);
+  __syncthreads();
+  const auto recurrent = [&](int64_t s) {
+    const StepInfo st = a.seq.step(s);
+    block_product(sm.ws, a.lay.ldw, 0, U, 0, a.base.dG + st.offset * H, H, st.rows, H, sm.xs,
+                  a.lay.kc, a.lay.ldx, [&](int64_t n, int m, acc_t<S> v) {
+                    const int64_t u = sl.u0 + m;
+                    if (u < H) a.dh[n * H + u] = from_acc<S>(v);
+                  });
+  };
+  for (int64_t s = a.s1 - 1; s >= a.s0; --s) {
+    if (has_step(a.seq, s + 1)) recurrent(s + 1);
+    __syncthreads();
+    const StepInfo st = a.seq.step(s);
+    RnnBackwardParams<S> p = a.base;
+    p.rows = st.rows;
+    p.split = st.split;
+    p.dy = a.base.dy + st.offset * H;
+    p.dh = a.dh;
+    p.y = a.base.y + st.offset * H;
+    p.dG = a.base.dG + st.offset * H;
+    p.hprev = prev_rows_at(a.base.hprev, st);
+    if (has_unit)
+      for (int64_t i = sl.row0; i < st.rows; i += sl.row_step) unit(p, i);
+    grid_sync();
+  }
+  if (a.s0 == 0) recurrent(0);
+}
+
+template <typename S, typename F>
+cudaError_t with_persistent_backward_kernel(const RnnBackwardParams<S>& p, const F& f) {
+  return bool_switch(p.relu, [&](auto kRelu) {
+    return f(rnn_persistent_backward_kernel<S, decltype(kRelu)::value>);
+  });
 }
 
 }  // namespace
@@ -25,10 +71,30 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
 template <typename S>
 cudaError_t rnn_backward_launch(const RnnBackwardParams<S>& p, cudaStream_t stream) {
   return bool_switch(p.relu, [&](auto kRelu) {
-    return launch_step(rnn_backward_kernel<S, decltype(kRelu)::value>, p.rows, p.H, p, stream);
+    using Unit = RnnBackwardUnit<S, decltype(kRelu)::value>;
+    return launch_step(step_kernel<Unit, RnnBackwardParams<S>>, p.rows, p.H, p, stream);
+  });
+}
+
+template <typename S>
+cudaError_t rnn_persistent_backward_plan(const RnnPersistentBackward<S>& a,
+                                         PersistentPlan& plan) {
+  return with_persistent_backward_kernel(a.base, [&](auto kernel) {
+    return plan_persistent<S>(kernel, a.seq.N, a.base.H, 1, a.base.H, 1, plan);
+  });
+}
+
+template <typename S>
+cudaError_t rnn_persistent_backward_launch(const RnnPersistentBackward<S>& a,
+                                           const PersistentPlan& plan, cudaStream_t stream) {
+  return with_persistent_backward_kernel(a.base, [&](auto kernel) {
+    RnnPersistentBackward<S> b = a;
+    b.lay = plan.lay;
+    return launch_persistent(kernel, plan, b, stream);
   });
 }
 
 }  // namespace fusedrnn::cuda
 
 FRNN_INSTANTIATE_LAUNCH(rnn_backward_launch, RnnBackwardParams)
+FRNN_INSTANTIATE_PERSISTENT(rnn_persistent_backward, RnnPersistentBackward)

@@ -65,6 +65,19 @@ struct PrevRows {
   int64_t width = 0;
 };
 
+// The gather of step st, from `all` whose prev and out point at row 0 of the
+// output and of the [R, width] gather buffer.
+template <typename S>
+FRNN_HD PrevRows<S> prev_rows_at(const PrevRows<S>& all, const StepInfo& st) {
+  PrevRows<S> pr;
+  if (all.out == nullptr) return pr;
+  pr.prev = st.split > 0 ? all.prev + st.prev_offset * all.width : nullptr;
+  pr.init = all.init;
+  pr.out = all.out + st.offset * all.width;
+  pr.width = all.width;
+  return pr;
+}
+
 // ------------------------------------------------------------------- LSTM
 
 template <typename S>
@@ -128,7 +141,9 @@ struct GruForwardParams {
   int64_t ld_gh = 0;         //   H ((r*h) W_hn^T) n kernel
   const S* b_ih = nullptr;   // [3H] or null
   const S* b_hh = nullptr;   // [3H] or null
-  S* h = nullptr;            // [N, H] in: h (the state), out: h' (n kernel / reset_after)
+  const S* h_in = nullptr;   // [N, H] the state h
+  S* h = nullptr;            // [N, H] out: h' (n kernel / reset_after); h_in itself on the
+                             //   standard path (each element read and written by one thread)
   S* y = nullptr;            // [rows, H] output rows: h'
   S* gates = nullptr;        // [rows, 4H] r, z, n, hn (reset_after) or [rows, 3H] r, z, n
                              //   (reset_before), training; or null
@@ -205,6 +220,105 @@ template <typename S>
 cudaError_t rnn_forward_launch(const RnnForwardParams<S>& p, cudaStream_t stream);
 template <typename S>
 cudaError_t rnn_backward_launch(const RnnBackwardParams<S>& p, cudaStream_t stream);
+
+// ------------------------------------------------------- persistent path
+
+// One cooperative launch runs the steps [s0, s1) of a layer and direction
+// (persistent.cuh has the algorithm). The torch layer asks for a plan first
+// (which says why, when the persistent path cannot run the layer on this device)
+// and launches with it.
+struct PersistentLayout {
+  int units = 0;   // U: hidden units per block
+  int w_rows = 0;  // rows of the block's resident weight slice
+  int ldw = 0;     // their stride in shared memory (elements)
+  int kc = 0;      // columns of the other operand staged per pass
+  int ldx = 0;     // stride of the staged rows
+};
+
+struct PersistentPlan {
+  int blocks = 0;
+  size_t smem = 0;  // dynamic shared memory per block (bytes)
+  PersistentLayout lay;
+  const char* why = nullptr;  // set when the persistent path cannot run the layer
+};
+
+// P is the family's step parameter struct: `base` holds what every step shares
+// (H, flags, biases, peepholes, the state buffers) and the row-0 pointers of the
+// [R, .] arrays (outputs, saved tensors, dG, the hprev gather), which the kernel
+// moves to each step's rows as the standard path's host loop does.
+template <typename S, typename P>
+struct PersistentArgs {
+  P base;
+  SeqLayout seq;            // batch_sizes and offsets in device memory (null: padded)
+  int64_t s0 = 0, s1 = 0;   // the processed steps of this launch
+  PersistentLayout lay;
+  const S* w_hh = nullptr;  // [G*H, H]
+  // forward
+  const S* gx = nullptr;    // X W_ih^T of the rows from gx_row0 on, [., G*H]
+  int64_t gx_row0 = 0;
+  S* hbuf = nullptr;        // [2, N, H]: step s reads half s%2, writes the other;
+                            //   both halves start as h0
+  S* h_n = nullptr;         // [N, H] each row's last h'
+  S* gh = nullptr;          // [N, G*H] the recurrent product of a step
+  // backward
+  S* dh = nullptr;          // [N, H] the recurrent dL/dh (at the end dL/dh0)
+  // GRU reset_before: r*h [N, H] for the W_hn product (forward; in training the
+  // saved states rows, whose base is then `rh_rows` with rh null), and
+  // dL/d(r*h) [N, H] (backward)
+  S* rh = nullptr;
+  S* rh_rows = nullptr;
+  bool reset_after = true;  // GRU: which kernels
+};
+
+template <typename S>
+using LstmPersistentForward = PersistentArgs<S, LstmForwardParams<S>>;
+template <typename S>
+using LstmPersistentBackward = PersistentArgs<S, LstmBackwardParams<S>>;
+template <typename S>
+using GruPersistentForward = PersistentArgs<S, GruForwardParams<S>>;
+template <typename S>
+using GruPersistentBackward = PersistentArgs<S, GruBackwardParams<S>>;
+template <typename S>
+using RnnPersistentForward = PersistentArgs<S, RnnForwardParams<S>>;
+template <typename S>
+using RnnPersistentBackward = PersistentArgs<S, RnnBackwardParams<S>>;
+
+// plan: for a.seq.N rows and the cell flags on the current device; launch with
+// that plan (it sets a.lay).
+template <typename S>
+cudaError_t lstm_persistent_forward_plan(const LstmPersistentForward<S>& a, PersistentPlan& plan);
+template <typename S>
+cudaError_t lstm_persistent_forward_launch(const LstmPersistentForward<S>& a,
+                                           const PersistentPlan& plan, cudaStream_t stream);
+template <typename S>
+cudaError_t lstm_persistent_backward_plan(const LstmPersistentBackward<S>& a, PersistentPlan& plan);
+template <typename S>
+cudaError_t lstm_persistent_backward_launch(const LstmPersistentBackward<S>& a,
+                                            const PersistentPlan& plan, cudaStream_t stream);
+template <typename S>
+cudaError_t gru_persistent_forward_plan(const GruPersistentForward<S>& a, PersistentPlan& plan);
+template <typename S>
+cudaError_t gru_persistent_forward_launch(const GruPersistentForward<S>& a,
+                                          const PersistentPlan& plan, cudaStream_t stream);
+template <typename S>
+cudaError_t gru_persistent_backward_plan(const GruPersistentBackward<S>& a, PersistentPlan& plan);
+template <typename S>
+cudaError_t gru_persistent_backward_launch(const GruPersistentBackward<S>& a,
+                                           const PersistentPlan& plan, cudaStream_t stream);
+template <typename S>
+cudaError_t rnn_persistent_forward_plan(const RnnPersistentForward<S>& a, PersistentPlan& plan);
+template <typename S>
+cudaError_t rnn_persistent_forward_launch(const RnnPersistentForward<S>& a,
+                                          const PersistentPlan& plan, cudaStream_t stream);
+template <typename S>
+cudaError_t rnn_persistent_backward_plan(const RnnPersistentBackward<S>& a, PersistentPlan& plan);
+template <typename S>
+cudaError_t rnn_persistent_backward_launch(const RnnPersistentBackward<S>& a,
+                                           const PersistentPlan& plan, cudaStream_t stream);
+
+// Whether `stream` is capturing a CUDA graph (the persistent path copies the
+// packed layout to the device, which a capture cannot hold).
+cudaError_t stream_is_capturing(cudaStream_t stream, bool& capturing);
 
 }  // namespace cuda
 }  // namespace fusedrnn

@@ -1,25 +1,71 @@
 // Elman RNN forward step: h' = act(Gx + Gh + b_ih + b_hh), act = tanh or relu
 // (cells.h rnn_forward), one thread per (row, hidden unit). Saves nothing: the
 // backward reads the activation from the output.
-#include "cuda_utils.cuh"
+#include "persistent.cuh"
 
 namespace fusedrnn::cuda {
 namespace {
 
 template <typename S, bool kRelu>
-__global__ void __launch_bounds__(kThreads, kMinBlocks)
-    rnn_forward_kernel(const RnnForwardParams<S> p) {
+struct RnnForwardUnit {
   using A = acc_t<S>;
-  const int64_t H = p.H;
-  const int64_t u = thread_unit();
-  if (u >= H) return;
-  const A bias = load_or_zero(p.b_ih, u) + load_or_zero(p.b_hh, u);
-  for (int64_t i = first_row(); i < p.rows; i += row_stride()) {
-    const int64_t k = i * H + u;
+  int64_t u;
+  A bias;
+  __device__ RnnForwardUnit(const RnnForwardParams<S>& p, int64_t unit)
+      : u(unit), bias(load_or_zero(p.b_ih, unit) + load_or_zero(p.b_hh, unit)) {}
+
+  __device__ void operator()(const RnnForwardParams<S>& p, int64_t i) const {
+    const int64_t k = i * p.H + u;
     const S h = from_acc<S>(rnn_forward<kRelu>(to_acc(p.gx[k]) + to_acc(p.gh[k]) + bias));
     p.h[k] = h;
     p.y[k] = h;
   }
+};
+
+// Persistent forward (persistent.cuh): Gh of the block's units, the unit pass,
+// one barrier per step.
+template <typename S, bool kRelu>
+__global__ void __launch_bounds__(kPersistentThreads, 1)
+    rnn_persistent_forward_kernel(const RnnPersistentForward<S> a) {
+  const int64_t H = a.base.H, N = a.seq.N;
+  const int U = a.lay.units;
+  const UnitSlot sl = unit_slot(U);
+  const bool has_unit = sl.u < H;
+  const BlockSmem<S> sm(a.lay);
+  load_gate_rows(sm.ws, a.lay.ldw, a.w_hh, H, 1, U, sl.u0);
+  const RnnForwardUnit<S, kRelu> unit(a.base, has_unit ? sl.u : 0);
+  __syncthreads();
+  for (int64_t s = a.s0; s < a.s1; ++s) {
+    const StepInfo st = a.seq.step(s);
+    const S* h = a.hbuf + (s & 1) * N * H;
+    S* h_next = a.hbuf + ((s + 1) & 1) * N * H;
+    block_product(sm.ws, a.lay.ldw, 0, U, 0, h, H, st.rows, H, sm.xs, a.lay.kc, a.lay.ldx,
+                  [&](int64_t n, int m, acc_t<S> v) {
+                    const int64_t u = sl.u0 + m;
+                    if (u < H) a.gh[n * H + u] = from_acc<S>(v);
+                  });
+    __syncthreads();
+    RnnForwardParams<S> p = a.base;
+    p.rows = st.rows;
+    p.gx = a.gx + (st.offset - a.gx_row0) * H;
+    p.gh = a.gh;
+    p.h = h_next;
+    p.y = a.base.y + st.offset * H;
+    if (has_unit) {
+      for (int64_t i = sl.row0; i < st.rows; i += sl.row_step) {
+        unit(p, i);
+        if (last_step_of_row(a.seq, s, i)) a.h_n[i * H + sl.u] = h_next[i * H + sl.u];
+      }
+    }
+    grid_sync();
+  }
+}
+
+template <typename S, typename F>
+cudaError_t with_persistent_forward_kernel(const RnnForwardParams<S>& p, const F& f) {
+  return bool_switch(p.relu, [&](auto kRelu) {
+    return f(rnn_persistent_forward_kernel<S, decltype(kRelu)::value>);
+  });
 }
 
 }  // namespace
@@ -27,10 +73,29 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
 template <typename S>
 cudaError_t rnn_forward_launch(const RnnForwardParams<S>& p, cudaStream_t stream) {
   return bool_switch(p.relu, [&](auto kRelu) {
-    return launch_step(rnn_forward_kernel<S, decltype(kRelu)::value>, p.rows, p.H, p, stream);
+    using Unit = RnnForwardUnit<S, decltype(kRelu)::value>;
+    return launch_step(step_kernel<Unit, RnnForwardParams<S>>, p.rows, p.H, p, stream);
+  });
+}
+
+template <typename S>
+cudaError_t rnn_persistent_forward_plan(const RnnPersistentForward<S>& a, PersistentPlan& plan) {
+  return with_persistent_forward_kernel(a.base, [&](auto kernel) {
+    return plan_persistent<S>(kernel, a.seq.N, a.base.H, 1, a.base.H, 1, plan);
+  });
+}
+
+template <typename S>
+cudaError_t rnn_persistent_forward_launch(const RnnPersistentForward<S>& a,
+                                          const PersistentPlan& plan, cudaStream_t stream) {
+  return with_persistent_forward_kernel(a.base, [&](auto kernel) {
+    RnnPersistentForward<S> b = a;
+    b.lay = plan.lay;
+    return launch_persistent(kernel, plan, b, stream);
   });
 }
 
 }  // namespace fusedrnn::cuda
 
 FRNN_INSTANTIATE_LAUNCH(rnn_forward_launch, RnnForwardParams)
+FRNN_INSTANTIATE_PERSISTENT(rnn_persistent_forward, RnnPersistentForward)
