@@ -11,6 +11,9 @@ re-pointed at the module's weights, the reference run on the fused module).
   cell-loop    a Python loop of torch.nn.*Cell steps over layers, directions and time
   reference    fusedrnn.reference on the fused module's parameters, in the input dtype
   fused-plain  variants only: the plain fused cell of the same size (variant/plain ratio)
+  fused-persistent  CUDA sequence rows: fusedrnn's module forced onto the persistent path
+               (FUSEDRNN_CUDA_PATH=persistent); left out, with the reason in the notes, where
+               that path does not run the row
 
 For ``*_cell`` rows the nn baseline is itself a loop of nn cells, so there is no separate
 cell-loop candidate.
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional
@@ -37,7 +41,8 @@ NN_CELLS = {"lstm": nn.LSTMCell, "gru": nn.GRUCell, "rnn": nn.RNNCell}
 FUSED_CLASSES = {"lstm": fusedrnn.LSTM, "gru": fusedrnn.GRU, "rnn": fusedrnn.RNN}
 FUSED_CELLS = {"lstm": fusedrnn.LSTMCell, "gru": fusedrnn.GRUCell, "rnn": fusedrnn.RNNCell}
 
-BASELINE_ORDER = ("nn-onednn", "nn-native", "nn-cudnn", "cell-loop", "reference", "fused-plain")
+BASELINE_ORDER = ("fused-persistent", "nn-onednn", "nn-native", "nn-cudnn", "cell-loop", "reference",
+                  "fused-plain")
 NN_NAMES = ("nn-onednn", "nn-native", "nn-cudnn")
 
 
@@ -164,6 +169,20 @@ def _step_loop(step, x, lstm: bool) -> torch.Tensor:
     return torch.stack(ys)
 
 
+@contextlib.contextmanager
+def _cuda_path(path: str):
+    """FUSEDRNN_CUDA_PATH set to `path` for the calls inside."""
+    old = os.environ.get("FUSEDRNN_CUDA_PATH")
+    os.environ["FUSEDRNN_CUDA_PATH"] = path
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["FUSEDRNN_CUDA_PATH"]
+        else:
+            os.environ["FUSEDRNN_CUDA_PATH"] = old
+
+
 def build(case: Case, baselines: Optional[set] = None, seed: int = 0) -> Row:
     """The candidates of a row, on shared parameters and one input."""
     fam = family(case.cell)
@@ -232,6 +251,16 @@ def build(case: Case, baselines: Optional[set] = None, seed: int = 0) -> Row:
                 cands.append(Candidate("cell-loop", lambda: _cell_loop_seq(cells, x, case, lstm), nn_params))
     else:
         notes.append(f"{case.variant}: torch.nn has no twin; compared with the plain fused cell")
+
+    if dev == "cuda" and not step_cell and want("fused-persistent"):
+        try:
+            with _cuda_path("persistent"), torch.no_grad():
+                fused(x)
+        except RuntimeError as e:
+            notes.append("persistent path: " + str(e).split("\n")[0])
+        else:
+            cands.append(Candidate("fused-persistent", lambda: fused(x)[0], params,
+                                   functools.partial(_cuda_path, "persistent")))
 
     if want("reference"):
         if step_cell:

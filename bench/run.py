@@ -73,7 +73,8 @@ def parse_args(argv=None):
     g.add_argument("--mode", type=_strs, help="comma list of inference, training, forward, backward")
     g.add_argument("--threads", type=_ints, help="CPU threads, comma list (default 1 and all cores)")
     g.add_argument("--baselines", type=_strs,
-                   help="comma list of nn, nn-onednn, nn-native, nn-cudnn, cell-loop, reference, fused-plain "
+                   help="comma list of nn, nn-onednn, nn-native, nn-cudnn, cell-loop, reference, fused-plain, "
+                        "fused-persistent "
                         "(default: all that apply)")
     g.add_argument("--limit", type=int, help="run only the first LIMIT rows")
     t = p.add_argument_group("timing")
