@@ -720,6 +720,21 @@ def test_persistent_hidden_and_batch_sizes(batch, hidden, variant, dtype, persis
     assert_matches_reference(m, x, _random_hx(m, batch, gen, dtype))
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("variant", ["lstm", "gru", "gru_reset_before", "rnn_tanh"])
+@pytest.mark.parametrize("batch,hidden", [(33, 71), (65, 200)], ids=lambda v: str(v))
+def test_persistent_tensor_core_tiles(batch, hidden, variant, dtype, persistent):
+    """The tensor-core product over several 16-row tiles of the batch and 8-row
+    tiles of the weights: warps that split K, warps with no task, warps with two
+    tasks (65 rows), and an odd hidden size (rows of dG not 4-byte aligned)."""
+    cls, kwargs = SEQ_VARIANTS[variant]
+    torch.manual_seed(0)
+    m = cls(C, hidden, **kwargs).to(DEVICE, dtype)
+    gen = _seeded()
+    x = _randn(4, batch, C, gen=gen, dtype=dtype)
+    assert_matches_reference(m, x, _random_hx(m, batch, gen, dtype))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])

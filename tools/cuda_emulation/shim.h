@@ -13,8 +13,12 @@
 // grid does. A barrier that can never open (threads of one block waiting at
 // different barriers, or some returned) aborts with a message: on a GPU that
 // kernel would hang or be undefined. Dynamic shared memory is a buffer per block.
-// The emulated device: 16 multiprocessors, 227 KiB of shared memory per block,
-// one resident block per multiprocessor for every persistent kernel.
+// A warp-wide tensor-core operation (mma_16816) is a rendezvous of the warp's 32
+// fibers: each lane leaves its fragments, waits until the whole warp has, computes
+// its part of D from the full tiles, and waits again before the next one.
+// The emulated device: compute capability 9.0, 16 multiprocessors, 227 KiB of
+// shared memory per block, one resident block per multiprocessor for every
+// persistent kernel.
 #pragma once
 
 #define __global__
@@ -29,10 +33,13 @@
 #include <ucontext.h>
 #include <vector_types.h>
 
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 inline thread_local uint3 blockIdx, threadIdx;
@@ -59,7 +66,7 @@ void launch(dim3 grid, dim3 block, const F& body) {
 
 inline cudaError_t last_error() { return cudaSuccess; }
 
-enum Wait { kRunnable, kBlockBarrier, kGridBarrier, kDone };
+enum Wait { kRunnable, kWarpBarrier, kBlockBarrier, kGridBarrier, kDone };
 
 struct Fiber {
   ucontext_t ctx;
@@ -67,8 +74,14 @@ struct Fiber {
   Wait wait = kRunnable;
 };
 
+// What a lane brings to a warp-wide mma.
+struct Lane {
+  uint32_t a[4], b[2];
+};
+
 struct Cooperative {
   std::vector<Fiber> fibers;
+  std::vector<Lane> lanes;
   ucontext_t scheduler;
   Fiber* current = nullptr;
   unsigned threads = 0;  // per block
@@ -109,6 +122,7 @@ void launch_cooperative(dim3 grid, dim3 block, size_t smem_bytes, const F& body)
   const std::function<void()> fn = [&] { body(); };
   c.body = &fn;
   c.fibers.resize(static_cast<size_t>(nb) * nt);
+  c.lanes.resize(c.fibers.size());
   std::vector<std::unique_ptr<char[]>> stacks(c.fibers.size());
   for (size_t k = 0; k < c.fibers.size(); ++k) {
     Fiber& f = c.fibers[k];
@@ -145,6 +159,15 @@ void launch_cooperative(dim3 grid, dim3 block, size_t smem_bytes, const F& body)
         at_grid += w == kGridBarrier;
       }
       done += block_done;
+      for (unsigned w = 0; w + 32 <= nt; w += 32) {
+        Fiber* lanes = &c.fibers[static_cast<size_t>(b) * nt + w];
+        unsigned at_warp = 0;
+        for (unsigned l = 0; l < 32; ++l) at_warp += lanes[l].wait == kWarpBarrier;
+        if (at_warp == 32) {
+          for (unsigned l = 0; l < 32; ++l) lanes[l].wait = kRunnable;
+          opened = true;
+        }
+      }
       if (at_block == nt) {
         for (unsigned t = 0; t < nt; ++t) c.fibers[static_cast<size_t>(b) * nt + t].wait = kRunnable;
         opened = true;
@@ -159,6 +182,53 @@ void launch_cooperative(dim3 grid, dim3 block, size_t smem_bytes, const F& body)
     for (Fiber& f : c.fibers) f.wait = kRunnable;
   }
   coop = outer;
+}
+
+template <typename S>
+float element(uint32_t pair, int i) {
+  const uint16_t v = static_cast<uint16_t>(pair >> (16 * i));
+  S x;
+  std::memcpy(&x, &v, sizeof(v));
+  if constexpr (std::is_same_v<S, __half>)
+    return __half2float(x);
+  else
+    return __bfloat162float(x);
+}
+
+// mma.sync.aligned.m16n8k16.row.col.f32.{f16,bf16} for the calling lane, in the
+// fragment layouts of the PTX ISA (see mma_16816 in persistent.cuh); the products
+// summed in float in increasing k.
+template <typename S>
+void mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  if (coop == nullptr) fail("mma outside a cooperative launch");
+  if (coop->threads % 32 != 0) fail("mma in a block that is not whole warps");
+  const size_t me = static_cast<size_t>(coop->current - coop->fibers.data());
+  const unsigned lane = static_cast<unsigned>(me % coop->threads) % 32;
+  Lane& mine = coop->lanes[me];
+  std::memcpy(mine.a, a, sizeof(mine.a));
+  std::memcpy(mine.b, b, sizeof(mine.b));
+  wait_at(kWarpBarrier);
+  const Lane* warp = &coop->lanes[me - lane];
+  float A[16][16], B[16][8];
+  for (unsigned l = 0; l < 32; ++l) {
+    const unsigned g = l / 4, t = l % 4;
+    for (int i = 0; i < 2; ++i) {
+      A[g][2 * t + i] = element<S>(warp[l].a[0], i);
+      A[g + 8][2 * t + i] = element<S>(warp[l].a[1], i);
+      A[g][2 * t + 8 + i] = element<S>(warp[l].a[2], i);
+      A[g + 8][2 * t + 8 + i] = element<S>(warp[l].a[3], i);
+      B[2 * t + i][g] = element<S>(warp[l].b[0], i);
+      B[2 * t + 8 + i][g] = element<S>(warp[l].b[1], i);
+    }
+  }
+  const unsigned g = lane / 4, t = lane % 4;
+  for (int i = 0; i < 4; ++i) {
+    const unsigned row = g + (i >= 2 ? 8 : 0), col = 2 * t + (i & 1);
+    float s = d[i];
+    for (int k = 0; k < 16; ++k) s += A[row][k] * B[k][col];
+    d[i] = s;
+  }
+  wait_at(kWarpBarrier);
 }
 
 inline unsigned char* block_smem() {
@@ -177,6 +247,7 @@ inline cudaError_t device_attribute(int* v, cudaDeviceAttr a, int) {
     case cudaDevAttrMultiProcessorCount: *v = 16; return cudaSuccess;
     case cudaDevAttrMaxSharedMemoryPerBlockOptin: *v = 227 * 1024; return cudaSuccess;
     case cudaDevAttrCooperativeLaunch: *v = 1; return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMajor: *v = 9; return cudaSuccess;
     default: return cudaErrorInvalidValue;
   }
 }

@@ -102,8 +102,8 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
   __syncthreads();
   // out[:rows, block's units] (+)= dG[step rows, k0 : k0 + k] W_hh[k0 : k0 + k, block's units]
   const auto product = [&](const StepInfo& st, int64_t k0, int64_t k, S* out, bool add) {
-    block_product(sm.ws, a.lay.ldw, 0, U, k0, a.base.dG + st.offset * ldg + k0, ldg, st.rows, k,
-                  sm.xs, a.lay.kc, a.lay.ldx, [&](int64_t n, int m, acc_t<S> v) {
+    block_product(sm, a.lay, 0, U, k0, a.base.dG + st.offset * ldg + k0, ldg, st.rows, k,
+                  [&](int64_t n, int m, acc_t<S> v) {
                     const int64_t u = sl.u0 + m;
                     if (u < H) {
                       S* o = out + n * H + u;

@@ -118,8 +118,8 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
   __syncthreads();
   // gh[:rows, g*H + block's units] = x W_hh[gate rows g0.. of the block's units]^T
   const auto product = [&](int g0, int gates, const S* x, int64_t rows) {
-    block_product(sm.ws, a.lay.ldw, g0 * U, gates * U, 0, x, H, rows, H, sm.xs, a.lay.kc,
-                  a.lay.ldx, [&](int64_t n, int m, acc_t<S> v) {
+    block_product(sm, a.lay, g0 * U, gates * U, 0, x, H, rows, H,
+                  [&](int64_t n, int m, acc_t<S> v) {
                     const int64_t u = sl.u0 + m % U;
                     if (u < H) a.gh[n * ld_gh + (g0 + m / U) * H + u] = from_acc<S>(v);
                   });

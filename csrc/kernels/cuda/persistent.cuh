@@ -14,16 +14,22 @@
 // work of a step is then the standard path's own (row, unit) functor, called for
 // the block's units, so both paths share every line of cell math and layout.
 //
-// The product is exact in the compute type (FMA on CUDA cores, float for the
-// 16-bit types, no TF32), in a fixed order: results are deterministic. Its
-// result is rounded to the storage type before the pointwise step reads it, as
-// the standard path's GEMM output is.
+// The product: for float16 and bfloat16 on sm_80 and later, on tensor cores
+// (mma.sync m16n8k16, float accumulation, as cuBLAS does for the standard
+// path's GEMMs); for float32 and float64, FMA on CUDA cores in the compute type
+// (no TF32). Both sum in a fixed order: results are deterministic. The result
+// is rounded to the storage type before the pointwise step reads it, as the
+// standard path's GEMM output is.
 //
-// Geometry of a block: kPersistentThreads threads; thread t serves unit
-// j = t % U and rows t / U, t / U + 256 / U, ... of every step.
+// Geometry of a block: kPersistentThreads threads; for the pointwise work,
+// thread t serves unit j = t % U and rows t / U, t / U + 256 / U, ... of every
+// step.
 #pragma once
 
 #include "cuda_utils.cuh"
+
+#include <cstdint>
+#include <cstring>
 
 #ifndef FRNN_HOST_EMULATION
 #include <cooperative_groups.h>
@@ -39,6 +45,13 @@ constexpr int kMaxAcc = 8;
 // Bytes of the staged operand (the previous h, or the previous dG) per pass:
 // N rows of kc columns.
 constexpr int64_t kStageBytes = int64_t{8} << 10;
+// Tensor-core product: warps per block, and the 8-row weight tiles one warp
+// multiplies with each fragment of the other operand.
+constexpr int kWarps = kPersistentThreads / 32;
+constexpr int kTileGroup = 4;
+
+template <typename S>
+constexpr bool kMmaType = std::is_same_v<S, __half> || std::is_same_v<S, __nv_bfloat16>;
 
 #ifndef FRNN_HOST_EMULATION
 template <typename T>
@@ -92,15 +105,14 @@ __device__ void load_unit_columns(S* ws, int ldw, const S* w, int64_t H, int64_t
   }
 }
 
-// out(n, m) = sum_{k < K} x[n*ldx + k] * ws[(m0 + m)*ldw + kw0 + k] for n < rows,
-// m < M, accumulated in the compute type in increasing k; emit(n, m, out) is
-// called once per output by the thread that computed it. x (global) is staged
-// through xs (shared, rows x ldxs) kc columns at a time. Called by every thread
-// of the block (it synchronises the block); rows * M <= kMaxAcc * blockDim.x.
+// The CUDA-core product (block_product): accumulated in the compute type in
+// increasing k; emit is called by the thread that computed the output. x
+// (global) is staged through xs (shared, rows x ldxs) kc columns at a time;
+// rows * M <= kMaxAcc * blockDim.x.
 template <typename S, typename Emit>
-__device__ void block_product(const S* ws, int ldw, int m0, int M, int64_t kw0, const S* x,
-                              int64_t ldx, int64_t rows, int64_t K, S* xs, int kc, int ldxs,
-                              const Emit& emit) {
+__device__ void block_product_fma(const S* ws, int ldw, int m0, int M, int64_t kw0, const S* x,
+                                  int64_t ldx, int64_t rows, int64_t K, S* xs, int kc, int ldxs,
+                                  const Emit& emit) {
   using A = acc_t<S>;
   const int64_t nout = rows * M;
   const int tid = static_cast<int>(threadIdx.x), nth = static_cast<int>(blockDim.x);
@@ -134,16 +146,162 @@ __device__ void block_product(const S* ws, int ldw, int m0, int M, int64_t kw0, 
   }
 }
 
-// The shared-memory layout of a block: the weight slice, then the staging area.
+// The 16 bits of a 16-bit value.
+template <typename S>
+__device__ __forceinline__ uint32_t bits16(S v) {
+  uint16_t r;
+  memcpy(&r, &v, sizeof(r));
+  return r;
+}
+
+// p[0], p[1] packed low to high, each replaced by 0 at or past `avail` elements;
+// one 32-bit load where `aligned` (p 4-byte aligned) and both are there.
+template <typename S>
+__device__ __forceinline__ uint32_t load_pair(const S* p, int64_t avail, bool aligned) {
+  if (aligned && avail >= 2) return *reinterpret_cast<const uint32_t*>(p);
+  const uint32_t lo = avail > 0 ? bits16(p[0]) : 0u;
+  const uint32_t hi = avail > 1 ? bits16(p[1]) : 0u;
+  return lo | (hi << 16);
+}
+
+// d += a b for one warp: a 16x16 tile of A (row-major), b a 16x8 tile of B
+// (column-major), d 16x8 in float, in the fragment layouts of the PTX ISA
+// ("Matrix Fragments for mma.m16n8k16 with floating point type"): with
+// g = lane / 4 and t = lane % 4, a = {A[g][2t..], A[g+8][2t..], A[g][2t+8..],
+// A[g+8][2t+8..]}, b = {B[2t..][g], B[2t+8..][g]} (pairs low to high),
+// d = {D[g][2t], D[g][2t+1], D[g+8][2t], D[g+8][2t+1]}. Every lane of the warp
+// calls it together.
+template <typename S>
+__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4],
+                                          const uint32_t (&b)[2]) {
+#if defined(FRNN_HOST_EMULATION)
+  ::frnn_emul::mma_16816<S>(d, a, b);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  if constexpr (std::is_same_v<S, __half>) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  }
+#elif defined(__CUDA_ARCH__)
+  __trap();  // plan_persistent never chooses tensor cores below sm_80
+#endif
+}
+
+// Floats of the tensor-core product's reduction buffer for `rows` rows and M
+// outputs per row: a slice per warp that shares a task (see block_product_mma).
+inline int64_t mma_reduction_floats(int64_t rows, int64_t M) {
+  const int64_t tasks = ceil_div<int64_t>(rows, 16) * ceil_div<int64_t>(M, 8 * kTileGroup);
+  return std::max<int64_t>(tasks, kWarps) * 16 * 8 * kTileGroup;
+}
+
+// The tensor-core product (block_product): D = X W^T with X (rows x K, global)
+// as the A operand in 16-row tiles, straight from global memory into
+// fragments, and the weight rows (shared) as the B operand in 8-row tiles. A
+// warp's task is one 16-row tile of X against kTileGroup weight tiles; with
+// fewer tasks than warps, the warps of a task split K into slices. Each warp
+// writes its float partial sums to red ([slice][row][output]); after a block
+// barrier, the outputs are summed over the slices in order and emitted. Reads
+// weight rows up to 7 past m0 + M (their outputs are dropped) and masks every
+// column at or past K in both operands. Called by every thread of the block.
+template <typename S, typename Emit>
+__device__ void block_product_mma(const S* ws, int ldw, int m0, int M, int64_t kw0, const S* x,
+                                  int64_t ldx, int64_t rows, int64_t K, float* red,
+                                  const Emit& emit) {
+  const int tid = static_cast<int>(threadIdx.x), nth = static_cast<int>(blockDim.x);
+  const int warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+  const int row_tiles = static_cast<int>(ceil_div<int64_t>(rows, 16));
+  const int col_tiles = ceil_div(M, 8);
+  const int groups = ceil_div(col_tiles, kTileGroup);
+  const int tasks = row_tiles * groups;
+  const int slices = tasks >= kWarps ? 1 : kWarps / tasks;
+  const int64_t ksteps = ceil_div<int64_t>(K, 16);
+  const int ldr = groups * kTileGroup * 8;
+  const int64_t slice_floats = int64_t{row_tiles} * 16 * ldr;
+  const bool x_aligned = (ldx % 2 == 0) && (reinterpret_cast<uintptr_t>(x) % 4 == 0);
+  const bool w_aligned = kw0 % 2 == 0 && ldw % 2 == 0;
+  for (int w = warp; w < tasks * slices; w += kWarps) {
+    const int task = w % tasks, slice = w / tasks;
+    const int rt = task / groups, ct0 = (task % groups) * kTileGroup;
+    const int64_t n_lo = int64_t{rt} * 16 + g, n_hi = n_lo + 8;
+    const S* x_lo = x + (n_lo < rows ? n_lo : 0) * ldx;
+    const S* x_hi = x + (n_hi < rows ? n_hi : 0) * ldx;
+    float acc[kTileGroup][4] = {};
+    for (int64_t ks = slice * ksteps / slices; ks < (slice + 1) * ksteps / slices; ++ks) {
+      const int64_t k = ks * 16 + 2 * t;
+      const uint32_t a[4] = {n_lo < rows ? load_pair(x_lo + k, K - k, x_aligned) : 0u,
+                             n_hi < rows ? load_pair(x_hi + k, K - k, x_aligned) : 0u,
+                             n_lo < rows ? load_pair(x_lo + k + 8, K - k - 8, x_aligned) : 0u,
+                             n_hi < rows ? load_pair(x_hi + k + 8, K - k - 8, x_aligned) : 0u};
+#pragma unroll
+      for (int c = 0; c < kTileGroup; ++c) {
+        if (ct0 + c < col_tiles) {
+          const S* wr = ws + static_cast<int64_t>(m0 + (ct0 + c) * 8 + g) * ldw + kw0 + k;
+          const uint32_t b[2] = {load_pair(wr, K - k, w_aligned),
+                                 load_pair(wr + 8, K - k - 8, w_aligned)};
+          mma_16816<S>(acc[c], a, b);
+        }
+      }
+    }
+    float* r = red + slice * slice_floats;
+#pragma unroll
+    for (int c = 0; c < kTileGroup; ++c) {
+      const int m = (ct0 + c) * 8 + 2 * t;
+      if (ct0 + c < col_tiles) {
+        r[n_lo * ldr + m] = acc[c][0];
+        r[n_lo * ldr + m + 1] = acc[c][1];
+        r[n_hi * ldr + m] = acc[c][2];
+        r[n_hi * ldr + m + 1] = acc[c][3];
+      }
+    }
+  }
+  __syncthreads();
+  for (int64_t o = tid; o < rows * M; o += nth) {
+    const int64_t n = o / M;
+    const int m = static_cast<int>(o % M);
+    float v = red[n * ldr + m];
+    for (int s = 1; s < slices; ++s) v += red[s * slice_floats + n * ldr + m];
+    emit(n, m, v);
+  }
+  __syncthreads();
+}
+
+// The shared-memory layout of a block: the weight slice, then the staging area
+// (CUDA-core product) or the reduction buffer (tensor-core product).
 template <typename S>
 struct BlockSmem {
   S* ws;
   S* xs;
+  float* red;
   __device__ explicit BlockSmem(const PersistentLayout& lay) {
     ws = dynamic_smem<S>();
     xs = ws + static_cast<int64_t>(lay.w_rows) * lay.ldw;
+    red = reinterpret_cast<float*>(xs);
   }
 };
+
+// out(n, m) = sum_{k < K} x[n*ldx + k] * ws[(m0 + m)*ldw + kw0 + k] for n < rows,
+// m < M; emit(n, m, out) is called once per output, by some thread of the
+// block. Called by every thread of the block (it synchronises the block).
+template <typename S, typename Emit>
+__device__ void block_product(const BlockSmem<S>& sm, const PersistentLayout& lay, int m0, int M,
+                              int64_t kw0, const S* x, int64_t ldx, int64_t rows, int64_t K,
+                              const Emit& emit) {
+  if constexpr (kMmaType<S>) {
+    if (lay.mma) {
+      block_product_mma(sm.ws, lay.ldw, m0, M, kw0, x, ldx, rows, K, sm.red, emit);
+      return;
+    }
+  }
+  block_product_fma(sm.ws, lay.ldw, m0, M, kw0, x, ldx, rows, K, sm.xs, lay.kc, lay.ldx, emit);
+}
 
 // The previously processed step, when there is one.
 __device__ __forceinline__ bool has_step(const SeqLayout& seq, int64_t s) {
@@ -166,27 +324,38 @@ template <typename S, typename Kernel>
 cudaError_t plan_persistent(Kernel kernel, int64_t N, int64_t H, int w_rows_per_unit, int64_t K,
                             int out_per_unit, PersistentPlan& plan) {
   plan = PersistentPlan{};
-  int dev = 0, sms = 0, smem_max = 0, coop = 0;
+  int dev = 0, sms = 0, smem_max = 0, coop = 0, major = 0;
   cudaError_t err = cudaGetDevice(&dev);
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
   if (err == cudaSuccess)
     err = cudaDeviceGetAttribute(&smem_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev);
+  if (err == cudaSuccess)
+    err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
   if (err != cudaSuccess) return err;
   if (coop == 0) {
     plan.why = "the device does not support cooperative launches";
     return cudaSuccess;
   }
   constexpr int64_t elem = sizeof(S);
-  const int64_t pad = elem >= 4 ? 1 : 2;  // rows one bank apart
-  const int64_t ldw = K + pad;
-  const int64_t kc = std::max<int64_t>(16, std::min<int64_t>(K, kStageBytes / (N * elem)));
-  const int64_t ldx = std::min(kc, K) + pad;
+  const bool mma = kMmaType<S> && major >= 8;
+  // Tensor cores: K rounded to the k-tile plus 8 elements, so that the 8 rows x
+  // 4 pairs of a B fragment fall in 32 different banks (a row stride of 4 mod 8
+  // words). CUDA cores: rows one bank apart.
+  const int64_t pad = elem >= 4 ? 1 : 2;
+  const int64_t ldw = mma ? round_up<int64_t>(K, 16) + 8 : K + pad;
+  const int64_t kc =
+      mma ? 0 : std::max<int64_t>(16, std::min<int64_t>(K, kStageBytes / (N * elem)));
+  const int64_t ldx = mma ? 0 : std::min(kc, K) + pad;
   PersistentPlan spare;
   for (int U = 1; U <= 32; U *= 2) {
-    if (N * out_per_unit * U > int64_t{kMaxAcc} * kPersistentThreads) break;
-    const int64_t w_rows = int64_t{w_rows_per_unit} * U;
-    const int64_t smem = (w_rows * ldw + N * ldx) * elem;
+    if (!mma && N * out_per_unit * U > int64_t{kMaxAcc} * kPersistentThreads) break;
+    // The tensor-core product reads up to 7 weight rows past a product's last.
+    const int64_t w_rows = int64_t{w_rows_per_unit} * U + (mma ? 8 : 0);
+    const int64_t smem =
+        w_rows * ldw * elem +
+        (mma ? mma_reduction_floats(N, int64_t{out_per_unit} * U) * int64_t{sizeof(float)}
+             : N * ldx * elem);
     if (smem > smem_max) break;
     const int64_t blocks = ceil_div<int64_t>(H, U);
     err = cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
@@ -204,6 +373,7 @@ cudaError_t plan_persistent(Kernel kernel, int64_t N, int64_t H, int w_rows_per_
     p.lay.ldw = static_cast<int>(ldw);
     p.lay.kc = static_cast<int>(kc);
     p.lay.ldx = static_cast<int>(ldx);
+    p.lay.mma = mma ? 1 : 0;
     if (blocks <= sms && blocks <= int64_t{per_sm} * sms) {
       plan = p;
       return cudaSuccess;

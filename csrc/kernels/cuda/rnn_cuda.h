@@ -229,10 +229,11 @@ cudaError_t rnn_backward_launch(const RnnBackwardParams<S>& p, cudaStream_t stre
 // and launches with it.
 struct PersistentLayout {
   int units = 0;   // U: hidden units per block
-  int w_rows = 0;  // rows of the block's resident weight slice
+  int w_rows = 0;  // rows of the block's resident weight slice (allocated)
   int ldw = 0;     // their stride in shared memory (elements)
-  int kc = 0;      // columns of the other operand staged per pass
+  int kc = 0;      // columns of the other operand staged per pass (CUDA-core product)
   int ldx = 0;     // stride of the staged rows
+  int mma = 0;     // 1: the product runs on tensor cores (16-bit types, sm_80+)
 };
 
 struct PersistentPlan {
