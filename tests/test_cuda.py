@@ -735,6 +735,44 @@ def test_persistent_tensor_core_tiles(batch, hidden, variant, dtype, persistent)
     assert_matches_reference(m, x, _random_hx(m, batch, gen, dtype))
 
 
+class _Reference(torch.nn.Module):
+    """fusedrnn.reference in `dtype` on the parameters of `module`."""
+
+    def __init__(self, module, dtype):
+        super().__init__()
+        self.module, self.dtype = module, dtype
+
+    def forward(self, x, hx):
+        return fusedrnn.reference.forward(self.module, x, hx, dtype=self.dtype)
+
+
+@pytest.mark.parametrize("variant", ["lstm_peephole", "gru", "gru_reset_before", "rnn_tanh"])
+def test_persistent_tf32_where_allowed(variant, persistent, monkeypatch):
+    """float32 with torch.backends.cuda.matmul.allow_tf32: the product in TF32 on
+    tensor cores, so the result changes, and stays within twice the error of the
+    reference computed wholly in float16 (TF32's 10-bit mantissa, here only in
+    the products) for outputs and every gradient."""
+    cls, kwargs = SEQ_VARIANTS[variant]
+    torch.manual_seed(0)
+    m = cls(C, 40, **kwargs).to(DEVICE)
+    gen = _seeded()
+    x = _randn(T, 17, C, gen=gen)
+    hx = _random_hx(m, 17, gen, torch.float32)
+    exact = _run(m, x, hx)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    got = _run(m, x, hx)
+    monkeypatch.undo()
+    monkeypatch.setenv("FUSEDRNN_CUDA_PATH", "persistent")
+    ref64 = _run(_Reference(m, torch.float64), x, hx)
+    ref16 = _run(_Reference(m, torch.float16), x, hx)
+    assert any(not torch.equal(got[k], exact[k]) for k in exact), "allow_tf32 changed nothing"
+    for name, want in ref64.items():
+        key = name.replace("grad module.", "grad ")
+        err = (got[key].double() - want.double()).abs().max().item()
+        bound = 2 * (ref16[name].double() - want.double()).abs().max().item()
+        assert err <= bound, f"{key}: TF32 error {err:.3e} exceeds twice the float16 reference's {bound / 2:.3e}"
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])

@@ -193,8 +193,11 @@ struct DeviceSeq {
   }
 };
 
+// The launch plan of a persistent kernel; float32 products may use TF32 where
+// torch.backends.cuda.matmul allows it, as the standard path's GEMMs do.
 template <typename S, typename Args, typename PlanFn>
-fc::PersistentPlan persistent_plan(const Args& a, const PlanFn& plan_fn, const char* kernel) {
+fc::PersistentPlan persistent_plan(Args& a, const PlanFn& plan_fn, const char* kernel) {
+  a.tf32 = at::globalContext().allowTF32CuBLAS();
   fc::PersistentPlan plan;
   check_launch(plan_fn(a, plan), kernel);
   TORCH_CHECK(plan.why == nullptr,

@@ -195,11 +195,11 @@ float element(uint32_t pair, int i) {
     return __bfloat162float(x);
 }
 
-// mma.sync.aligned.m16n8k16.row.col.f32.{f16,bf16} for the calling lane, in the
-// fragment layouts of the PTX ISA (see mma_16816 in persistent.cuh); the products
-// summed in float in increasing k.
-template <typename S>
-void mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+// The warp-wide rendezvous of an mma: leaves this lane's fragments, waits until
+// every lane of the warp has, calls f(the warp's 32 lanes, this lane), and waits
+// again, so that no lane overwrites its fragments before all have read them.
+template <typename F>
+void warp_rendezvous(const uint32_t (&a)[4], const uint32_t (&b)[2], const F& f) {
   if (coop == nullptr) fail("mma outside a cooperative launch");
   if (coop->threads % 32 != 0) fail("mma in a block that is not whole warps");
   const size_t me = static_cast<size_t>(coop->current - coop->fibers.data());
@@ -208,27 +208,76 @@ void mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
   std::memcpy(mine.a, a, sizeof(mine.a));
   std::memcpy(mine.b, b, sizeof(mine.b));
   wait_at(kWarpBarrier);
-  const Lane* warp = &coop->lanes[me - lane];
-  float A[16][16], B[16][8];
-  for (unsigned l = 0; l < 32; ++l) {
-    const unsigned g = l / 4, t = l % 4;
-    for (int i = 0; i < 2; ++i) {
-      A[g][2 * t + i] = element<S>(warp[l].a[0], i);
-      A[g + 8][2 * t + i] = element<S>(warp[l].a[1], i);
-      A[g][2 * t + 8 + i] = element<S>(warp[l].a[2], i);
-      A[g + 8][2 * t + 8 + i] = element<S>(warp[l].a[3], i);
-      B[2 * t + i][g] = element<S>(warp[l].b[0], i);
-      B[2 * t + 8 + i][g] = element<S>(warp[l].b[1], i);
-    }
-  }
+  f(&coop->lanes[me - lane], lane);
+  wait_at(kWarpBarrier);
+}
+
+// d[i] += sum_k A[row_i][k] B[k][col_i] over the calling lane's accumulator
+// fragment (rows g, g, g+8, g+8 and columns 2t, 2t+1, 2t, 2t+1), summed in float
+// in increasing k.
+template <int K>
+void accumulate(float (&d)[4], const float (&A)[16][K], const float (&B)[K][8], unsigned lane) {
   const unsigned g = lane / 4, t = lane % 4;
   for (int i = 0; i < 4; ++i) {
     const unsigned row = g + (i >= 2 ? 8 : 0), col = 2 * t + (i & 1);
     float s = d[i];
-    for (int k = 0; k < 16; ++k) s += A[row][k] * B[k][col];
+    for (int k = 0; k < K; ++k) s += A[row][k] * B[k][col];
     d[i] = s;
   }
-  wait_at(kWarpBarrier);
+}
+
+// mma.sync.aligned.m16n8k16.row.col.f32.{f16,bf16} for the calling lane, in the
+// fragment layouts of the PTX ISA (see mma_16816 in persistent.cuh).
+template <typename S>
+void mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  warp_rendezvous(a, b, [&](const Lane* warp, unsigned lane) {
+    float A[16][16], B[16][8];
+    for (unsigned l = 0; l < 32; ++l) {
+      const unsigned g = l / 4, t = l % 4;
+      for (int i = 0; i < 2; ++i) {
+        A[g][2 * t + i] = element<S>(warp[l].a[0], i);
+        A[g + 8][2 * t + i] = element<S>(warp[l].a[1], i);
+        A[g][2 * t + 8 + i] = element<S>(warp[l].a[2], i);
+        A[g + 8][2 * t + 8 + i] = element<S>(warp[l].a[3], i);
+        B[2 * t + i][g] = element<S>(warp[l].b[0], i);
+        B[2 * t + 8 + i][g] = element<S>(warp[l].b[1], i);
+      }
+    }
+    accumulate<16>(d, A, B, lane);
+  });
+}
+
+inline float bits_float(uint32_t v) {
+  float x;
+  std::memcpy(&x, &v, sizeof(x));
+  return x;
+}
+
+// cvt.rna.tf32.f32: the 13 low mantissa bits rounded off, to nearest with ties
+// away from zero (NaN and infinity kept).
+inline uint32_t to_tf32(float x) {
+  uint32_t v;
+  std::memcpy(&v, &x, sizeof(v));
+  if ((v & 0x7f800000u) == 0x7f800000u) return v;
+  return (v + 0x1000u) & ~0x1fffu;
+}
+
+// mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 for the calling lane (see
+// mma_1688_tf32 in persistent.cuh).
+inline void mma_1688_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  warp_rendezvous(a, b, [&](const Lane* warp, unsigned lane) {
+    float A[16][8], B[8][8];
+    for (unsigned l = 0; l < 32; ++l) {
+      const unsigned g = l / 4, t = l % 4;
+      A[g][t] = bits_float(warp[l].a[0]);
+      A[g + 8][t] = bits_float(warp[l].a[1]);
+      A[g][t + 4] = bits_float(warp[l].a[2]);
+      A[g + 8][t + 4] = bits_float(warp[l].a[3]);
+      B[t][g] = bits_float(warp[l].b[0]);
+      B[t + 4][g] = bits_float(warp[l].b[1]);
+    }
+    accumulate<8>(d, A, B, lane);
+  });
 }
 
 inline unsigned char* block_smem() {

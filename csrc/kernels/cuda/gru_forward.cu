@@ -201,7 +201,7 @@ cudaError_t gru_reset_before_forward_n_launch(const GruForwardParams<S>& p,
 template <typename S>
 cudaError_t gru_persistent_forward_plan(const GruPersistentForward<S>& a, PersistentPlan& plan) {
   return with_persistent_forward_kernel(a, [&](auto kernel) {
-    return plan_persistent<S>(kernel, a.seq.N, a.base.H, 3, a.base.H, 3, plan);
+    return plan_persistent<S>(kernel, a.seq.N, a.base.H, 3, a.base.H, 3, a.tf32, plan);
   });
 }
 

@@ -135,7 +135,7 @@ cudaError_t lstm_persistent_backward_plan(const LstmPersistentBackward<S>& a,
                                           PersistentPlan& plan) {
   const int G = a.base.coupled ? 3 : 4;
   return with_persistent_backward_kernel(a.base, [&](auto kernel) {
-    return plan_persistent<S>(kernel, a.seq.N, a.base.H, 1, G * a.base.H, 1, plan);
+    return plan_persistent<S>(kernel, a.seq.N, a.base.H, 1, G * a.base.H, 1, a.tf32, plan);
   });
 }
 

@@ -123,7 +123,7 @@ template <typename S>
 cudaError_t lstm_persistent_forward_plan(const LstmPersistentForward<S>& a, PersistentPlan& plan) {
   const int G = a.base.coupled ? 3 : 4;
   return with_persistent_forward_kernel(a.base, [&](auto kernel) {
-    return plan_persistent<S>(kernel, a.seq.N, a.base.H, G, a.base.H, G, plan);
+    return plan_persistent<S>(kernel, a.seq.N, a.base.H, G, a.base.H, G, a.tf32, plan);
   });
 }
 

@@ -16,8 +16,10 @@
 //
 // The product: for float16 and bfloat16 on sm_80 and later, on tensor cores
 // (mma.sync m16n8k16, float accumulation, as cuBLAS does for the standard
-// path's GEMMs); for float32 and float64, FMA on CUDA cores in the compute type
-// (no TF32). Both sum in a fixed order: results are deterministic. The result
+// path's GEMMs); for float32, on tensor cores in TF32 (m16n8k8) where the user
+// allows TF32 for matmuls (torch.backends.cuda.matmul.allow_tf32, as the
+// standard path's cuBLAS GEMMs do), else FMA on CUDA cores; for float64, FMA on
+// CUDA cores. Both sum in a fixed order: results are deterministic. The result
 // is rounded to the storage type before the pointwise step reads it, as the
 // standard path's GEMM output is.
 //
@@ -52,6 +54,11 @@ constexpr int kTileGroup = 4;
 
 template <typename S>
 constexpr bool kMmaType = std::is_same_v<S, __half> || std::is_same_v<S, __nv_bfloat16>;
+// Storage types with a tensor-core product, and the k extent of their mma.
+template <typename S>
+constexpr bool kMmaCapable = kMmaType<S> || std::is_same_v<S, float>;
+template <typename S>
+constexpr int kMmaK = sizeof(S) == 2 ? 16 : 8;
 
 #ifndef FRNN_HOST_EMULATION
 template <typename T>
@@ -195,6 +202,69 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4],
 #endif
 }
 
+// x rounded to TF32 (to nearest, ties away from zero), as a .b32 operand.
+__device__ __forceinline__ uint32_t to_tf32(float x) {
+#if defined(FRNN_HOST_EMULATION)
+  return ::frnn_emul::to_tf32(x);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  uint32_t r;
+  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(x));
+  return r;
+#else
+  uint32_t r;
+  memcpy(&r, &x, sizeof(r));
+  return r;
+#endif
+}
+
+// d += a b for one warp in TF32: a 16x8 tile of A, b an 8x8 tile of B, in the
+// PTX ISA layouts ("Matrix Fragments for mma.m16n8k8", .tf32): a = {A[g][t],
+// A[g+8][t], A[g][t+4], A[g+8][t+4]}, b = {B[t][g], B[t+4][g]}, d as for
+// mma_16816.
+__device__ __forceinline__ void mma_1688_tf32(float (&d)[4], const uint32_t (&a)[4],
+                                              const uint32_t (&b)[2]) {
+#if defined(FRNN_HOST_EMULATION)
+  ::frnn_emul::mma_1688_tf32(d, a, b);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#elif defined(__CUDA_ARCH__)
+  __trap();
+#endif
+}
+
+// The tensor-core operation of a storage type. A lane's A fragment is
+// {X[g][c], X[g+8][c], X[g][c+kHalf], X[g+8][c+kHalf]} and its B fragment
+// {W[g][c], W[g][c+kHalf]} with c = col(t), elements of the 16-bit types in
+// pairs (c, c+1): both layouts above in one form.
+template <typename S>
+struct MmaOp {
+  static constexpr int kHalf = 8;
+  static __device__ __forceinline__ int col(int t) { return 2 * t; }
+  static __device__ __forceinline__ uint32_t load(const S* p, int64_t avail, bool aligned) {
+    return load_pair(p, avail, aligned);
+  }
+  static __device__ __forceinline__ void run(float (&d)[4], const uint32_t (&a)[4],
+                                             const uint32_t (&b)[2]) {
+    mma_16816<S>(d, a, b);
+  }
+};
+template <>
+struct MmaOp<float> {
+  static constexpr int kHalf = 4;
+  static __device__ __forceinline__ int col(int t) { return t; }
+  static __device__ __forceinline__ uint32_t load(const float* p, int64_t avail, bool) {
+    return avail > 0 ? to_tf32(*p) : 0u;
+  }
+  static __device__ __forceinline__ void run(float (&d)[4], const uint32_t (&a)[4],
+                                             const uint32_t (&b)[2]) {
+    mma_1688_tf32(d, a, b);
+  }
+};
+
 // Floats of the tensor-core product's reduction buffer for `rows` rows and M
 // outputs per row: a slice per warp that shares a task (see block_product_mma).
 inline int64_t mma_reduction_floats(int64_t rows, int64_t M) {
@@ -204,7 +274,8 @@ inline int64_t mma_reduction_floats(int64_t rows, int64_t M) {
 
 // The tensor-core product (block_product): D = X W^T with X (rows x K, global)
 // as the A operand in 16-row tiles, straight from global memory into
-// fragments, and the weight rows (shared) as the B operand in 8-row tiles. A
+// fragments, and the weight rows (shared) as the B operand in 8-row tiles
+// (MmaOp<S>: k tiles of kMmaK<S>). A
 // warp's task is one 16-row tile of X against kTileGroup weight tiles; with
 // fewer tasks than warps, the warps of a task split K into slices. Each warp
 // writes its float partial sums to red ([slice][row][output]); after a block
@@ -222,7 +293,9 @@ __device__ void block_product_mma(const S* ws, int ldw, int m0, int M, int64_t k
   const int groups = ceil_div(col_tiles, kTileGroup);
   const int tasks = row_tiles * groups;
   const int slices = tasks >= kWarps ? 1 : kWarps / tasks;
-  const int64_t ksteps = ceil_div<int64_t>(K, 16);
+  using Op = MmaOp<S>;
+  constexpr int kK = kMmaK<S>, kHalf = Op::kHalf;
+  const int64_t ksteps = ceil_div<int64_t>(K, kK);
   const int ldr = groups * kTileGroup * 8;
   const int64_t slice_floats = int64_t{row_tiles} * 16 * ldr;
   const bool x_aligned = (ldx % 2 == 0) && (reinterpret_cast<uintptr_t>(x) % 4 == 0);
@@ -235,18 +308,18 @@ __device__ void block_product_mma(const S* ws, int ldw, int m0, int M, int64_t k
     const S* x_hi = x + (n_hi < rows ? n_hi : 0) * ldx;
     float acc[kTileGroup][4] = {};
     for (int64_t ks = slice * ksteps / slices; ks < (slice + 1) * ksteps / slices; ++ks) {
-      const int64_t k = ks * 16 + 2 * t;
-      const uint32_t a[4] = {n_lo < rows ? load_pair(x_lo + k, K - k, x_aligned) : 0u,
-                             n_hi < rows ? load_pair(x_hi + k, K - k, x_aligned) : 0u,
-                             n_lo < rows ? load_pair(x_lo + k + 8, K - k - 8, x_aligned) : 0u,
-                             n_hi < rows ? load_pair(x_hi + k + 8, K - k - 8, x_aligned) : 0u};
+      const int64_t k = ks * kK + Op::col(t), k2 = k + kHalf;
+      const uint32_t a[4] = {n_lo < rows ? Op::load(x_lo + k, K - k, x_aligned) : 0u,
+                             n_hi < rows ? Op::load(x_hi + k, K - k, x_aligned) : 0u,
+                             n_lo < rows ? Op::load(x_lo + k2, K - k2, x_aligned) : 0u,
+                             n_hi < rows ? Op::load(x_hi + k2, K - k2, x_aligned) : 0u};
 #pragma unroll
       for (int c = 0; c < kTileGroup; ++c) {
         if (ct0 + c < col_tiles) {
           const S* wr = ws + static_cast<int64_t>(m0 + (ct0 + c) * 8 + g) * ldw + kw0 + k;
-          const uint32_t b[2] = {load_pair(wr, K - k, w_aligned),
-                                 load_pair(wr + 8, K - k - 8, w_aligned)};
-          mma_16816<S>(acc[c], a, b);
+          const uint32_t b[2] = {Op::load(wr, K - k, w_aligned),
+                                 Op::load(wr + kHalf, K - k2, w_aligned)};
+          Op::run(acc[c], a, b);
         }
       }
     }
@@ -294,7 +367,7 @@ template <typename S, typename Emit>
 __device__ void block_product(const BlockSmem<S>& sm, const PersistentLayout& lay, int m0, int M,
                               int64_t kw0, const S* x, int64_t ldx, int64_t rows, int64_t K,
                               const Emit& emit) {
-  if constexpr (kMmaType<S>) {
+  if constexpr (kMmaCapable<S>) {
     if (lay.mma) {
       block_product_mma(sm.ws, lay.ldw, m0, M, kw0, x, ldx, rows, K, sm.red, emit);
       return;
@@ -319,10 +392,11 @@ __device__ __forceinline__ bool last_step_of_row(const SeqLayout& seq, int64_t s
 // Chooses U and the shared-memory layout for `kernel` on the current device, or
 // says why the persistent path cannot run it (plan.why). w_rows_per_unit: rows
 // of the weight slice per unit (forward G, backward 1); K: their length;
-// out_per_unit: the largest product's outputs per unit and row.
+// out_per_unit: the largest product's outputs per unit and row; tf32: float32
+// may multiply in TF32.
 template <typename S, typename Kernel>
 cudaError_t plan_persistent(Kernel kernel, int64_t N, int64_t H, int w_rows_per_unit, int64_t K,
-                            int out_per_unit, PersistentPlan& plan) {
+                            int out_per_unit, bool tf32, PersistentPlan& plan) {
   plan = PersistentPlan{};
   int dev = 0, sms = 0, smem_max = 0, coop = 0, major = 0;
   cudaError_t err = cudaGetDevice(&dev);
@@ -338,12 +412,12 @@ cudaError_t plan_persistent(Kernel kernel, int64_t N, int64_t H, int w_rows_per_
     return cudaSuccess;
   }
   constexpr int64_t elem = sizeof(S);
-  const bool mma = kMmaType<S> && major >= 8;
-  // Tensor cores: K rounded to the k-tile plus 8 elements, so that the 8 rows x
-  // 4 pairs of a B fragment fall in 32 different banks (a row stride of 4 mod 8
+  const bool mma = (kMmaType<S> || (std::is_same_v<S, float> && tf32)) && major >= 8;
+  // Tensor cores: K rounded to the k tile plus half a tile, so that the 8 rows x
+  // 4 words of a B fragment fall in 32 different banks (a row stride of 4 mod 8
   // words). CUDA cores: rows one bank apart.
   const int64_t pad = elem >= 4 ? 1 : 2;
-  const int64_t ldw = mma ? round_up<int64_t>(K, 16) + 8 : K + pad;
+  const int64_t ldw = mma ? round_up<int64_t>(K, kMmaK<S>) + kMmaK<S> / 2 : K + pad;
   const int64_t kc =
       mma ? 0 : std::max<int64_t>(16, std::min<int64_t>(K, kStageBytes / (N * elem)));
   const int64_t ldx = mma ? 0 : std::min(kc, K) + pad;

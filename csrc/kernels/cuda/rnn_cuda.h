@@ -269,6 +269,7 @@ struct PersistentArgs {
   S* rh = nullptr;
   S* rh_rows = nullptr;
   bool reset_after = true;  // GRU: which kernels
+  bool tf32 = false;        // float32 products may run in TF32
 };
 
 template <typename S>

@@ -81,7 +81,7 @@ cudaError_t rnn_forward_launch(const RnnForwardParams<S>& p, cudaStream_t stream
 template <typename S>
 cudaError_t rnn_persistent_forward_plan(const RnnPersistentForward<S>& a, PersistentPlan& plan) {
   return with_persistent_forward_kernel(a.base, [&](auto kernel) {
-    return plan_persistent<S>(kernel, a.seq.N, a.base.H, 1, a.base.H, 1, plan);
+    return plan_persistent<S>(kernel, a.seq.N, a.base.H, 1, a.base.H, 1, a.tf32, plan);
   });
 }
 
