@@ -735,6 +735,20 @@ def test_persistent_tensor_core_tiles(batch, hidden, variant, dtype, persistent)
     assert_matches_reference(m, x, _random_hx(m, batch, gen, dtype))
 
 
+def test_grid_barrier_probe():
+    """The barrier-latency probe of bench/persistent_floor.py runs, and refuses
+    what it cannot launch with a clear error."""
+    from fusedrnn import _C
+    _C._grid_barrier_probe(4, 3)
+    _C._grid_barrier_probe(1, 0)
+    with pytest.raises(RuntimeError, match="grid_barrier_probe: blocks must be between 1 and"):
+        _C._grid_barrier_probe(0, 1)
+    with pytest.raises(RuntimeError, match="grid_barrier_probe: blocks must be between 1 and"):
+        _C._grid_barrier_probe(100000, 1)
+    with pytest.raises(RuntimeError, match="grid_barrier_probe: steps must be >= 0"):
+        _C._grid_barrier_probe(1, -1)
+
+
 class _Reference(torch.nn.Module):
     """fusedrnn.reference in `dtype` on the parameters of `module`."""
 

@@ -6,7 +6,8 @@
 #   3. runs compute-sanitizer's memcheck, racecheck, initcheck and synccheck over
 #      a subset of them that reaches every kernel and indexing path, with the
 #      caching allocator off,
-#   4. runs the GPU benchmark suite,
+#   4. measures the grid barrier latency of the persistent kernels,
+#   5. runs the GPU benchmark suite,
 # and writes a short report to bench/results/<machine>/gpu-check-<date>.md with
 # the device, the versions, the date and the outcome of each step. Exits non-zero
 # if any step failed. Extra arguments go to the CUDA test run.
@@ -55,9 +56,10 @@ step "CUDA tests" "$logdir/tests.log" "$PYTHON" -m pytest -q -m cuda tests "$@"
 sanitizer=$(command -v compute-sanitizer || true)
 [ -z "$sanitizer" ] && [ -x "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer" ] && \
   sanitizer=${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer
-# One dtype per family, packed and padded, cells, chunks and the grid-stride
-# case: every kernel and every indexing path, at a size the sanitizer can afford.
-subset="(matches_reference and (float32 or float16) and not bidirectional) or packed_sequence or chunks or operators_match_cpu"
+# One dtype per family, packed and padded, cells, chunks, the grid-stride case
+# and the tensor-core products: every kernel and every indexing path, at a size
+# the sanitizer can afford.
+subset="(matches_reference and (float32 or float16) and not bidirectional) or packed_sequence or chunks or operators_match_cpu or tensor_core_tiles or tf32_where_allowed or grid_barrier_probe"
 if [ -n "$sanitizer" ]; then
   for tool in memcheck racecheck initcheck synccheck; do
     step "compute-sanitizer $tool" "$logdir/sanitizer-$tool.log" \
@@ -68,6 +70,9 @@ else
   results+=("| compute-sanitizer | not found | | |")
   status=1
 fi
+
+step "grid barrier latency (bench/persistent_floor.py)" "$logdir/persistent-floor.log" \
+  "$PYTHON" bench/persistent_floor.py
 
 if [ -f bench/run.py ]; then
   step "GPU benchmark suite" "$logdir/bench.log" "$PYTHON" bench/run.py --suite gpu --update-readme

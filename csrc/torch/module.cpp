@@ -7,10 +7,15 @@
 #include "../kernels/cpu/rnn_cpu.h"
 
 #ifdef FUSEDRNN_WITH_CUDA
-namespace fusedrnn::cuda {
+namespace fusedrnn {
+namespace cuda {
 // The sm_XY targets the CUDA kernels were compiled for (kernels/cuda).
 std::string compiled_archs();
-}  // namespace fusedrnn::cuda
+}  // namespace cuda
+// `steps` grid barriers of the persistent kernels in one cooperative launch of
+// `blocks` blocks on the current device and stream (rnn_cuda.cpp).
+void grid_barrier_probe(int64_t blocks, int64_t steps);
+}  // namespace fusedrnn
 #endif
 
 namespace {
@@ -37,4 +42,10 @@ pybind11::dict build_info() {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fusedrnn: fused recurrent-network kernels (operators under torch.ops.fusedrnn)";
   m.def("build_info", &build_info, "What this build of fusedrnn._C was compiled with.");
+#ifdef FUSEDRNN_WITH_CUDA
+  m.def("_grid_barrier_probe", &fusedrnn::grid_barrier_probe, pybind11::arg("blocks"),
+        pybind11::arg("steps"),
+        "Launches `steps` grid barriers of the persistent kernels in one cooperative launch of "
+        "`blocks` blocks on the current CUDA stream (bench/persistent_floor.py).");
+#endif
 }

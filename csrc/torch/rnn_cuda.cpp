@@ -780,6 +780,18 @@ void rnn_backward_cuda(const LayerInputs& in, const LayerGeometry& g, const Grad
 
 }  // namespace
 
+void grid_barrier_probe(int64_t blocks, int64_t steps) {
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  int max_blocks = 0;
+  check_launch(fc::grid_barrier_probe_max_blocks(max_blocks), "grid_barrier_probe");
+  TORCH_CHECK(blocks >= 1 && blocks <= max_blocks,
+              "fusedrnn: grid_barrier_probe: blocks must be between 1 and ", max_blocks,
+              " on this device, got ", blocks);
+  TORCH_CHECK(steps >= 0, "fusedrnn: grid_barrier_probe: steps must be >= 0, got ", steps);
+  check_launch(fc::grid_barrier_probe_launch(static_cast<int>(blocks), steps, stream),
+               "grid_barrier_probe_kernel");
+}
+
 void cuda_layer_forward(const LayerInputs& in, const LayerGeometry& g, bool training,
                         ForwardResult& out) {
   const c10::cuda::CUDAGuard guard(in.input.device());

@@ -51,6 +51,8 @@ constexpr int64_t kStageBytes = int64_t{8} << 10;
 // multiplies with each fragment of the other operand.
 constexpr int kWarps = kPersistentThreads / 32;
 constexpr int kTileGroup = 4;
+// k tiles whose A fragments a warp loads before multiplying any of them.
+constexpr int kMmaBatch = 4;
 
 template <typename S>
 constexpr bool kMmaType = std::is_same_v<S, __half> || std::is_same_v<S, __nv_bfloat16>;
@@ -307,19 +309,31 @@ __device__ void block_product_mma(const S* ws, int ldw, int m0, int M, int64_t k
     const S* x_lo = x + (n_lo < rows ? n_lo : 0) * ldx;
     const S* x_hi = x + (n_hi < rows ? n_hi : 0) * ldx;
     float acc[kTileGroup][4] = {};
-    for (int64_t ks = slice * ksteps / slices; ks < (slice + 1) * ksteps / slices; ++ks) {
-      const int64_t k = ks * kK + Op::col(t), k2 = k + kHalf;
-      const uint32_t a[4] = {n_lo < rows ? Op::load(x_lo + k, K - k, x_aligned) : 0u,
-                             n_hi < rows ? Op::load(x_hi + k, K - k, x_aligned) : 0u,
-                             n_lo < rows ? Op::load(x_lo + k2, K - k2, x_aligned) : 0u,
-                             n_hi < rows ? Op::load(x_hi + k2, K - k2, x_aligned) : 0u};
+    const int64_t k_begin = slice * ksteps / slices, k_end = (slice + 1) * ksteps / slices;
+    for (int64_t kb = k_begin; kb < k_end; kb += kMmaBatch) {
+      // The A fragments of kMmaBatch k tiles first: their global loads in flight together.
+      uint32_t a[kMmaBatch][4];
 #pragma unroll
-      for (int c = 0; c < kTileGroup; ++c) {
-        if (ct0 + c < col_tiles) {
-          const S* wr = ws + static_cast<int64_t>(m0 + (ct0 + c) * 8 + g) * ldw + kw0 + k;
-          const uint32_t b[2] = {Op::load(wr, K - k, w_aligned),
-                                 Op::load(wr + kHalf, K - k2, w_aligned)};
-          Op::run(acc[c], a, b);
+      for (int j = 0; j < kMmaBatch; ++j) {
+        const int64_t k = (kb + j) * kK + Op::col(t), k2 = k + kHalf;
+        const bool lo = kb + j < k_end && n_lo < rows, hi = kb + j < k_end && n_hi < rows;
+        a[j][0] = lo ? Op::load(x_lo + k, K - k, x_aligned) : 0u;
+        a[j][1] = hi ? Op::load(x_hi + k, K - k, x_aligned) : 0u;
+        a[j][2] = lo ? Op::load(x_lo + k2, K - k2, x_aligned) : 0u;
+        a[j][3] = hi ? Op::load(x_hi + k2, K - k2, x_aligned) : 0u;
+      }
+#pragma unroll
+      for (int j = 0; j < kMmaBatch; ++j) {
+        if (kb + j >= k_end) break;
+        const int64_t k = (kb + j) * kK + Op::col(t), k2 = k + kHalf;
+#pragma unroll
+        for (int c = 0; c < kTileGroup; ++c) {
+          if (ct0 + c < col_tiles) {
+            const S* wr = ws + static_cast<int64_t>(m0 + (ct0 + c) * 8 + g) * ldw + kw0 + k;
+            const uint32_t b[2] = {Op::load(wr, K - k, w_aligned),
+                                   Op::load(wr + kHalf, K - k2, w_aligned)};
+            Op::run(acc[c], a[j], b);
+          }
         }
       }
     }

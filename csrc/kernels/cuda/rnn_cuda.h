@@ -322,5 +322,10 @@ cudaError_t rnn_persistent_backward_launch(const RnnPersistentBackward<S>& a,
 // packed layout to the device, which a capture cannot hold).
 cudaError_t stream_is_capturing(cudaStream_t stream, bool& capturing);
 
+// `steps` grid barriers of the persistent kernels in one cooperative launch of
+// `blocks` blocks (barrier_probe.cu), and the most blocks such a launch can have.
+cudaError_t grid_barrier_probe_launch(int blocks, int64_t steps, cudaStream_t stream);
+cudaError_t grid_barrier_probe_max_blocks(int& blocks);
+
 }  // namespace cuda
 }  // namespace fusedrnn
