@@ -673,9 +673,9 @@ def test_non_zero_device_index(variant):
 # with the reason; under tools/cuda_emulate.sh every thread of those launches
 # runs as a fiber with real block and grid barriers.
 
-PERSISTENT_VARIANTS = [v for v, (_, kw) in SEQ_VARIANTS.items() if "proj_size" not in kw]
-PERSISTENT_OPS = ["lstm", "lstm_peephole_coupled", "lstm_peephole", "gru", "gru_reset_before", "rnn_tanh",
-                  "rnn_relu"]
+PERSISTENT_VARIANTS = list(SEQ_VARIANTS)
+PERSISTENT_OPS = ["lstm", "lstm_peephole_coupled", "lstm_peephole_proj", "lstm_peephole_coupled_proj", "gru",
+                  "gru_reset_before", "rnn_tanh", "rnn_relu"]
 
 
 @pytest.fixture
@@ -721,7 +721,7 @@ def test_persistent_hidden_and_batch_sizes(batch, hidden, variant, dtype, persis
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("variant", ["lstm", "gru", "gru_reset_before", "rnn_tanh"])
+@pytest.mark.parametrize("variant", ["lstm", "lstm_proj", "gru", "gru_reset_before", "rnn_tanh"])
 @pytest.mark.parametrize("batch,hidden", [(33, 71), (65, 200)], ids=lambda v: str(v))
 def test_persistent_tensor_core_tiles(batch, hidden, variant, dtype, persistent):
     """The tensor-core product over several 16-row tiles of the batch and 8-row
@@ -819,10 +819,13 @@ def test_persistent_is_deterministic(persistent):
 
 
 def test_persistent_refusal_names_the_reason(persistent):
-    m = fusedrnn.LSTM(C, H, proj_size=P).to(DEVICE)
+    """float32 products on CUDA cores hold at most 2048 outputs per block: 600 rows
+    of 4 gates do not fit."""
+    m = fusedrnn.LSTM(C, H).to(DEVICE)
     with pytest.raises(RuntimeError, match=r"FUSEDRNN_CUDA_PATH=persistent, but the persistent path does not run "
-                                           r"a projection \(proj_size > 0\)"):
-        m(_randn(T, N, C, gen=_seeded()))
+                                           r"this layer \(a batch of 600 rows, hidden size 10\): a batch of this many rows on "
+                                           r"CUDA cores"):
+        m(_randn(2, 600, C, gen=_seeded()))
 
 
 def test_path_variable_is_checked(monkeypatch):

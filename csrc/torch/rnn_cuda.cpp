@@ -165,17 +165,16 @@ PathChoice requested_path() {
 }
 
 // Whether this layer takes the persistent path; raises when it is forced and
-// cannot (`unsupported`: the layer's reason, or null).
-bool take_persistent(const LayerGeometry& g, const char* unsupported, cudaStream_t stream) {
+// cannot (the kernel's plan says why for sizes it cannot hold).
+bool take_persistent(const LayerGeometry& g, cudaStream_t stream) {
   if (requested_path() != PathChoice::kPersistent) return false;
-  bool capturing = false;
-  if (unsupported == nullptr && g.packed) {
+  if (g.packed) {
+    bool capturing = false;
     check_launch(fc::stream_is_capturing(stream, capturing), "stream_is_capturing");
-    if (capturing) unsupported = "a packed sequence inside CUDA graph capture (its layout is copied to the device)";
+    TORCH_CHECK(!capturing,
+                "fusedrnn: FUSEDRNN_CUDA_PATH=persistent, but the persistent path does not run "
+                "a packed sequence inside CUDA graph capture (its layout is copied to the device)");
   }
-  TORCH_CHECK(unsupported == nullptr,
-              "fusedrnn: FUSEDRNN_CUDA_PATH=persistent, but the persistent path does not run ",
-              unsupported);
   return true;
 }
 
@@ -202,7 +201,8 @@ fc::PersistentPlan persistent_plan(Args& a, const PlanFn& plan_fn, const char* k
   check_launch(plan_fn(a, plan), kernel);
   TORCH_CHECK(plan.why == nullptr,
               "fusedrnn: FUSEDRNN_CUDA_PATH=persistent, but the persistent path does not run "
-              "this layer: ", plan.why);
+              "this layer (a batch of ", a.seq.N, " rows, hidden size ", a.base.H, "): ",
+              plan.why);
   return plan;
 }
 
@@ -216,7 +216,7 @@ void persistent_forward(const LayerInputs& in, const LayerGeometry& g, int64_t G
   const int64_t N = g.N, H = g.H;
   const DeviceSeq ds(g, in.reverse, in.input.device());
   const auto opts = in.input.options();
-  const Tensor hbuf = at::empty({2, N, H}, opts);
+  const Tensor hbuf = at::empty({2, N, g.P}, opts);
   hbuf.select(0, 0).copy_(in.h0);
   hbuf.select(0, 1).copy_(in.h0);
   const Tensor gh = at::empty({N, GH}, opts);
@@ -370,11 +370,20 @@ void lstm_forward_cuda(const LayerInputs& in, const LayerGeometry& g, bool train
   base.gh = mptr<S>(gh);
   base.h_state = proj ? nullptr : mptr<S>(h_state);
 
-  if (take_persistent(g, proj ? "a projection (proj_size > 0)" : nullptr, stream)) {
+  if (take_persistent(g, stream)) {
     fc::LstmPersistentForward<S> a;
     a.base = base;
     a.base.h = mptr<S>(y);
     a.base.ld_h = H;
+    if (proj) {
+      a.w_hr = cptr<S>(in.w_hr);
+      a.proj_size = P;
+      a.y = mptr<S>(y);
+      if (training)
+        a.hr_rows = mptr<S>(out.saved.proj_in);
+      else
+        a.hr = mptr<S>(r_scratch);
+    }
     if (training) {
       a.base.gates = mptr<S>(out.saved.gates);
       a.base.states = mptr<A>(out.saved.states);
@@ -450,11 +459,19 @@ void lstm_backward_cuda(const LayerInputs& in, const LayerGeometry& g, const Gra
   const S* gates = cptr<S>(gi.saved.gates);
   const A* states = cptr<A>(gi.saved.states);
 
-  if (take_persistent(g, proj ? "a projection (proj_size > 0)" : nullptr, stream)) {
+  if (take_persistent(g, stream)) {
     fc::LstmPersistentBackward<S> a;
     a.base = base;
     a.base.dh = cptr<S>(dy);
     a.base.ld_dh = P;
+    if (proj) {
+      a.w_hr = cptr<S>(in.w_hr);
+      a.proj_size = P;
+      a.dy = cptr<S>(dy);
+      a.dht = mptr<S>(dht);
+      a.dht_rows = want_whr;
+      a.dr = mptr<S>(dr);
+    }
     a.base.gates = gates;
     a.base.c_new = states;
     a.base.dG = mptr<S>(dG);
@@ -524,7 +541,7 @@ void gru_forward_cuda(const LayerInputs& in, const LayerGeometry& g, bool traini
   // in float/double it is the saved states tensor itself; otherwise a scratch,
   // and the kernel also saves it in float (16-bit training).
   const bool rh_in_states = training && kSameAcc;
-  if (take_persistent(g, nullptr, stream)) {
+  if (take_persistent(g, stream)) {
     fc::GruPersistentForward<S> a;
     a.base = base;
     a.reset_after = in.cell.reset_after;
@@ -631,7 +648,7 @@ void gru_backward_cuda(const LayerInputs& in, const LayerGeometry& g, const Grad
   base.drh = cptr<S>(drh);
   const S* gates = cptr<S>(gi.saved.gates);
 
-  if (take_persistent(g, nullptr, stream)) {
+  if (take_persistent(g, stream)) {
     fc::GruPersistentBackward<S> a;
     a.base = base;
     a.reset_after = reset_after;
@@ -711,7 +728,7 @@ void rnn_forward_cuda(const LayerInputs& in, const LayerGeometry& g, ForwardResu
   base.b_hh = cptr<S>(in.b_hh);
   base.gh = mptr<S>(gh);
   base.h = mptr<S>(h_state);
-  if (take_persistent(g, nullptr, stream)) {
+  if (take_persistent(g, stream)) {
     fc::RnnPersistentForward<S> a;
     a.base = base;
     a.base.y = mptr<S>(y);
@@ -748,7 +765,7 @@ void rnn_backward_cuda(const LayerInputs& in, const LayerGeometry& g, const Grad
   base.H = H;
   base.relu = in.cell.kind == CellKind::kRnnRelu;
   base.dh = cptr<S>(dh_state);
-  if (take_persistent(g, nullptr, stream)) {
+  if (take_persistent(g, stream)) {
     fc::RnnPersistentBackward<S> a;
     a.base = base;
     a.base.dy = cptr<S>(dy);

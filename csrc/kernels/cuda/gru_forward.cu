@@ -111,7 +111,7 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
   const bool has_unit = sl.u < H;
   const int64_t uu = has_unit ? sl.u : 0;
   const BlockSmem<S> sm(a.lay);
-  load_gate_rows(sm.ws, a.lay.ldw, a.w_hh, H, 3, U, sl.u0);
+  load_gate_rows(sm.ws, a.lay.ldw, a.w_hh, H, H, 3, U, sl.u0);
   const GruForwardUnit<S, kTraining> unit_after(a.base, uu);
   const GruRzUnit<S> unit_rz(a.base, uu);
   const GruNUnit<S> unit_n(a.base, uu);
@@ -201,7 +201,7 @@ cudaError_t gru_reset_before_forward_n_launch(const GruForwardParams<S>& p,
 template <typename S>
 cudaError_t gru_persistent_forward_plan(const GruPersistentForward<S>& a, PersistentPlan& plan) {
   return with_persistent_forward_kernel(a, [&](auto kernel) {
-    return plan_persistent<S>(kernel, a.seq.N, a.base.H, 3, a.base.H, 3, a.tf32, plan);
+    return plan_persistent<S>(kernel, a.seq.N, a.base.H, 3, a.base.H, 3, 0, a.tf32, plan);
   });
 }
 

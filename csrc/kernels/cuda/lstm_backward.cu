@@ -108,12 +108,79 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
   if (a.s0 == 0) recurrent(0);
 }
 
+// Persistent backward with a projection: two products and two grid barriers per
+// step. Block b holds the V columns of W_hh of its projection outputs [bV, bV + V)
+// (length G*H) and, after them, the U columns of W_hr of its units (length P).
+// Each step: the recurrent dL/dh of its projection outputs from the dG of the
+// step processed just before, dL/dh = dy + that for them (dht), a barrier, then
+// dL/dh' = dL/dh W_hr for its units (dr), the unit functor, a barrier; after the
+// last step, dL/dh0.
+template <typename S, bool kPeephole, bool kCoupled>
+__global__ void __launch_bounds__(kPersistentThreads, 1)
+    lstm_persistent_proj_backward_kernel(const LstmPersistentBackward<S> a) {
+  using Unit = LstmBackwardUnit<S, kPeephole, kCoupled>;
+  constexpr int G = Unit::G;
+  const int64_t H = a.base.H, P = a.proj_size, GH = G * H;
+  const int U = a.lay.units, V = a.lay.proj;
+  const UnitSlot sl = unit_slot(U);
+  const bool has_unit = sl.u < H;
+  const int64_t p0 = static_cast<int64_t>(blockIdx.x) * V;
+  const BlockSmem<S> sm(a.lay);
+  load_unit_columns(sm.ws, a.lay.ldw, a.w_hh, P, GH, V, p0);
+  load_unit_columns(sm.ws + static_cast<int64_t>(V) * a.lay.ldw, a.lay.ldw, a.w_hr, H, P, U,
+                    sl.u0);
+  const Unit unit(a.base, has_unit ? sl.u : 0);
+  __syncthreads();
+  // dh[:rows(s), block's projection outputs] = dG[s] W_hh[:, those]
+  const auto recurrent = [&](int64_t s) {
+    const StepInfo st = a.seq.step(s);
+    block_product(sm, a.lay, 0, V, 0, a.base.dG + st.offset * GH, GH, st.rows, GH,
+                  [&](int64_t n, int m, acc_t<S> v) {
+                    const int64_t q = p0 + m;
+                    if (q < P) a.dh[n * P + q] = from_acc<S>(v);
+                  });
+  };
+  for (int64_t s = a.s1 - 1; s >= a.s0; --s) {
+    if (has_step(a.seq, s + 1)) recurrent(s + 1);
+    __syncthreads();
+    const StepInfo st = a.seq.step(s);
+    S* dht = a.dht + (a.dht_rows ? st.offset * P : 0);
+    const S* dy = a.dy + st.offset * P;
+    for (int64_t o = threadIdx.x; o < st.rows * V; o += blockDim.x) {
+      const int64_t n = o / V, q = p0 + o % V;
+      if (q < P) dht[n * P + q] = from_acc<S>(to_acc(dy[n * P + q]) + to_acc(a.dh[n * P + q]));
+    }
+    grid_sync();
+    block_product(sm, a.lay, V, U, 0, dht, P, st.rows, P, [&](int64_t n, int m, acc_t<S> v) {
+      const int64_t u = sl.u0 + m;
+      if (u < H) a.dr[n * H + u] = from_acc<S>(v);
+    });
+    __syncthreads();
+    LstmBackwardParams<S> p = a.base;
+    p.rows = st.rows;
+    p.split = st.split;
+    p.dh = a.dr;
+    p.ld_dh = H;
+    p.dh_rec = nullptr;
+    p.gates = a.base.gates + st.offset * GH;
+    p.c_new = a.base.c_new + st.offset * H;
+    p.c_prev = st.split > 0 ? a.base.c_new + st.prev_offset * H : nullptr;
+    p.dG = a.base.dG + st.offset * GH;
+    p.hprev = prev_rows_at(a.base.hprev, st);
+    if (has_unit)
+      for (int64_t i = sl.row0; i < st.rows; i += sl.row_step) unit(p, i);
+    grid_sync();
+  }
+  if (a.s0 == 0) recurrent(0);
+}
+
 template <typename S, typename F>
-cudaError_t with_persistent_backward_kernel(const LstmBackwardParams<S>& p, const F& f) {
-  return bool_switch(p.w_ch != nullptr, [&](auto kPeephole) {
-    return bool_switch(p.coupled, [&](auto kCoupled) {
-      return f(lstm_persistent_backward_kernel<S, decltype(kPeephole)::value,
-                                               decltype(kCoupled)::value>);
+cudaError_t with_persistent_backward_kernel(const LstmPersistentBackward<S>& a, const F& f) {
+  return bool_switch(a.base.w_ch != nullptr, [&](auto kPeephole) {
+    return bool_switch(a.base.coupled, [&](auto kCoupled) {
+      constexpr bool kP = decltype(kPeephole)::value, kC = decltype(kCoupled)::value;
+      return a.w_hr != nullptr ? f(lstm_persistent_proj_backward_kernel<S, kP, kC>)
+                               : f(lstm_persistent_backward_kernel<S, kP, kC>);
     });
   });
 }
@@ -134,15 +201,17 @@ template <typename S>
 cudaError_t lstm_persistent_backward_plan(const LstmPersistentBackward<S>& a,
                                           PersistentPlan& plan) {
   const int G = a.base.coupled ? 3 : 4;
-  return with_persistent_backward_kernel(a.base, [&](auto kernel) {
-    return plan_persistent<S>(kernel, a.seq.N, a.base.H, 1, G * a.base.H, 1, a.tf32, plan);
+  const bool proj = a.w_hr != nullptr;
+  return with_persistent_backward_kernel(a, [&](auto kernel) {
+    return plan_persistent<S>(kernel, a.seq.N, a.base.H, 1, G * a.base.H, 1,
+                              proj ? a.proj_size : 0, a.tf32, plan);
   });
 }
 
 template <typename S>
 cudaError_t lstm_persistent_backward_launch(const LstmPersistentBackward<S>& a,
                                             const PersistentPlan& plan, cudaStream_t stream) {
-  return with_persistent_backward_kernel(a.base, [&](auto kernel) {
+  return with_persistent_backward_kernel(a, [&](auto kernel) {
     LstmPersistentBackward<S> b = a;
     b.lay = plan.lay;
     return launch_persistent(kernel, plan, b, stream);

@@ -70,7 +70,7 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
   const UnitSlot sl = unit_slot(U);
   const bool has_unit = sl.u < H;
   const BlockSmem<S> sm(a.lay);
-  load_gate_rows(sm.ws, a.lay.ldw, a.w_hh, H, G, U, sl.u0);
+  load_gate_rows(sm.ws, a.lay.ldw, a.w_hh, H, H, G, U, sl.u0);
   const Unit unit(a.base, has_unit ? sl.u : 0);
   __syncthreads();
   for (int64_t s = a.s0; s < a.s1; ++s) {
@@ -103,15 +103,77 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
   }
 }
 
-// f(kernel) with the persistent kernel of p's variant.
+// Persistent forward with a projection: two products and two grid barriers per
+// step. Block b holds the G*U gate rows of W_hh of its units (length P) and V
+// rows of W_hr, projection outputs [bV, bV + V) (length H), after them. Each
+// step: Gh of its units from the previous h (P wide), the unit functor writes
+// h' of its units (hr), a barrier, then h = h' W_hr^T for its projection
+// outputs, to the output rows, the next h and h_n, and a barrier.
+template <typename S, bool kPeephole, bool kCoupled, bool kTraining>
+__global__ void __launch_bounds__(kPersistentThreads, 1)
+    lstm_persistent_proj_forward_kernel(const LstmPersistentForward<S> a) {
+  using Unit = LstmForwardUnit<S, kPeephole, kCoupled, kTraining>;
+  constexpr int G = Unit::G;
+  const int64_t H = a.base.H, P = a.proj_size, GH = G * H, N = a.seq.N;
+  const int U = a.lay.units, V = a.lay.proj;
+  const UnitSlot sl = unit_slot(U);
+  const bool has_unit = sl.u < H;
+  const int64_t p0 = static_cast<int64_t>(blockIdx.x) * V;
+  const BlockSmem<S> sm(a.lay);
+  load_gate_rows(sm.ws, a.lay.ldw, a.w_hh, H, P, G, U, sl.u0);
+  load_gate_rows(sm.ws + static_cast<int64_t>(G) * U * a.lay.ldw, a.lay.ldw, a.w_hr, P, H, 1, V,
+                 p0);
+  const Unit unit(a.base, has_unit ? sl.u : 0);
+  __syncthreads();
+  for (int64_t s = a.s0; s < a.s1; ++s) {
+    const StepInfo st = a.seq.step(s);
+    const S* h = a.hbuf + (s & 1) * N * P;
+    S* h_next = a.hbuf + ((s + 1) & 1) * N * P;
+    S* hr = a.hr != nullptr ? a.hr : a.hr_rows + st.offset * H;
+    S* y = a.y + st.offset * P;
+    block_product(sm, a.lay, 0, G * U, 0, h, P, st.rows, P,
+                  [&](int64_t n, int m, acc_t<S> v) {
+                    const int64_t u = sl.u0 + m % U;
+                    if (u < H) a.gh[n * GH + (m / U) * H + u] = from_acc<S>(v);
+                  });
+    __syncthreads();
+    LstmForwardParams<S> p = a.base;
+    p.rows = st.rows;
+    p.gx = a.gx + (st.offset - a.gx_row0) * GH;
+    p.gh = a.gh;
+    p.h = hr;
+    p.ld_h = H;
+    p.h_state = nullptr;
+    if (kTraining) {
+      p.gates = a.base.gates + st.offset * GH;
+      p.states = a.base.states + st.offset * H;
+    }
+    if (has_unit)
+      for (int64_t i = sl.row0; i < st.rows; i += sl.row_step) unit(p, i);
+    grid_sync();
+    block_product(sm, a.lay, G * U, V, 0, hr, H, st.rows, H, [&](int64_t n, int m, acc_t<S> v) {
+      const int64_t q = p0 + m;
+      if (q < P) {
+        const S hv = from_acc<S>(v);
+        y[n * P + q] = hv;
+        h_next[n * P + q] = hv;
+        if (last_step_of_row(a.seq, s, n)) a.h_n[n * P + q] = hv;
+      }
+    });
+    grid_sync();
+  }
+}
+
+// f(kernel) with the persistent kernel of a's variant.
 template <typename S, typename F>
-cudaError_t with_persistent_forward_kernel(const LstmForwardParams<S>& p, const F& f) {
-  return bool_switch(p.w_ch != nullptr, [&](auto kPeephole) {
-    return bool_switch(p.coupled, [&](auto kCoupled) {
-      return bool_switch(p.gates != nullptr, [&](auto kTraining) {
-        return f(lstm_persistent_forward_kernel<S, decltype(kPeephole)::value,
-                                                decltype(kCoupled)::value,
-                                                decltype(kTraining)::value>);
+cudaError_t with_persistent_forward_kernel(const LstmPersistentForward<S>& a, const F& f) {
+  return bool_switch(a.base.w_ch != nullptr, [&](auto kPeephole) {
+    return bool_switch(a.base.coupled, [&](auto kCoupled) {
+      return bool_switch(a.base.gates != nullptr, [&](auto kTraining) {
+        constexpr bool kP = decltype(kPeephole)::value, kC = decltype(kCoupled)::value,
+                       kT = decltype(kTraining)::value;
+        return a.w_hr != nullptr ? f(lstm_persistent_proj_forward_kernel<S, kP, kC, kT>)
+                                 : f(lstm_persistent_forward_kernel<S, kP, kC, kT>);
       });
     });
   });
@@ -122,15 +184,17 @@ cudaError_t with_persistent_forward_kernel(const LstmForwardParams<S>& p, const 
 template <typename S>
 cudaError_t lstm_persistent_forward_plan(const LstmPersistentForward<S>& a, PersistentPlan& plan) {
   const int G = a.base.coupled ? 3 : 4;
-  return with_persistent_forward_kernel(a.base, [&](auto kernel) {
-    return plan_persistent<S>(kernel, a.seq.N, a.base.H, G, a.base.H, G, a.tf32, plan);
+  const bool proj = a.w_hr != nullptr;
+  return with_persistent_forward_kernel(a, [&](auto kernel) {
+    return plan_persistent<S>(kernel, a.seq.N, a.base.H, G, a.base.H, G, proj ? a.proj_size : 0,
+                              a.tf32, plan);
   });
 }
 
 template <typename S>
 cudaError_t lstm_persistent_forward_launch(const LstmPersistentForward<S>& a,
                                            const PersistentPlan& plan, cudaStream_t stream) {
-  return with_persistent_forward_kernel(a.base, [&](auto kernel) {
+  return with_persistent_forward_kernel(a, [&](auto kernel) {
     LstmPersistentForward<S> b = a;
     b.lay = plan.lay;
     return launch_persistent(kernel, plan, b, stream);

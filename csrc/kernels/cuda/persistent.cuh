@@ -89,16 +89,16 @@ __device__ __forceinline__ UnitSlot unit_slot(int U) {
   return s;
 }
 
-// Forward slice: ws[(g*U + j)*ldw + k] = w[(g*H + u0 + j)*H + k] for gate blocks
-// g < gates, k < H; zero rows for units past H.
+// Forward slice: ws[(g*U + j)*ldw + k] = w[(g*H + u0 + j)*K + k] for gate blocks
+// g < gates, k < K (w is [gates*H, K]); zero rows for units past H.
 template <typename S>
-__device__ void load_gate_rows(S* ws, int ldw, const S* w, int64_t H, int gates, int U,
-                               int64_t u0) {
-  const int64_t n = static_cast<int64_t>(gates) * U * H;
+__device__ void load_gate_rows(S* ws, int ldw, const S* w, int64_t H, int64_t K, int gates,
+                               int U, int64_t u0) {
+  const int64_t n = static_cast<int64_t>(gates) * U * K;
   for (int64_t e = threadIdx.x; e < n; e += blockDim.x) {
-    const int64_t mb = e / H, k = e % H;
+    const int64_t mb = e / K, k = e % K;
     const int64_t g = mb / U, u = u0 + mb % U;
-    ws[mb * ldw + k] = u < H ? w[(g * H + u) * H + k] : from_acc<S>(acc_t<S>(0));
+    ws[mb * ldw + k] = u < H ? w[(g * H + u) * K + k] : from_acc<S>(acc_t<S>(0));
   }
 }
 
@@ -406,11 +406,13 @@ __device__ __forceinline__ bool last_step_of_row(const SeqLayout& seq, int64_t s
 // Chooses U and the shared-memory layout for `kernel` on the current device, or
 // says why the persistent path cannot run it (plan.why). w_rows_per_unit: rows
 // of the weight slice per unit (forward G, backward 1); K: their length;
-// out_per_unit: the largest product's outputs per unit and row; tf32: float32
-// may multiply in TF32.
+// out_per_unit: the largest product's outputs per unit and row; proj_rows: the
+// rows of a second weight, shared out among the blocks (the LSTM projection's
+// P; 0 without one); tf32: float32 may multiply in TF32.
 template <typename S, typename Kernel>
 cudaError_t plan_persistent(Kernel kernel, int64_t N, int64_t H, int w_rows_per_unit, int64_t K,
-                            int out_per_unit, bool tf32, PersistentPlan& plan) {
+                            int out_per_unit, int64_t proj_rows, bool tf32,
+                            PersistentPlan& plan) {
   plan = PersistentPlan{};
   int dev = 0, sms = 0, smem_max = 0, coop = 0, major = 0;
   cudaError_t err = cudaGetDevice(&dev);
@@ -436,16 +438,26 @@ cudaError_t plan_persistent(Kernel kernel, int64_t N, int64_t H, int w_rows_per_
       mma ? 0 : std::max<int64_t>(16, std::min<int64_t>(K, kStageBytes / (N * elem)));
   const int64_t ldx = mma ? 0 : std::min(kc, K) + pad;
   PersistentPlan spare;
+  const char* why = "more blocks than the device holds at once at this hidden size";
   for (int U = 1; U <= 32; U *= 2) {
-    if (!mma && N * out_per_unit * U > int64_t{kMaxAcc} * kPersistentThreads) break;
+    if (!mma && N * out_per_unit * U > int64_t{kMaxAcc} * kPersistentThreads) {
+      if (U == 1)
+        why = "a batch of this many rows on CUDA cores (the product of a block holds at most "
+              "2048 outputs: rows x gates)";
+      break;
+    }
+    const int64_t blocks = ceil_div<int64_t>(H, U);
+    const int64_t V = ceil_div<int64_t>(proj_rows, blocks);
     // The tensor-core product reads up to 7 weight rows past a product's last.
-    const int64_t w_rows = int64_t{w_rows_per_unit} * U + (mma ? 8 : 0);
+    const int64_t w_rows = int64_t{w_rows_per_unit} * U + V + (mma ? 8 : 0);
     const int64_t smem =
         w_rows * ldw * elem +
         (mma ? mma_reduction_floats(N, int64_t{out_per_unit} * U) * int64_t{sizeof(float)}
              : N * ldx * elem);
-    if (smem > smem_max) break;
-    const int64_t blocks = ceil_div<int64_t>(H, U);
+    if (smem > smem_max) {
+      if (U == 1) why = "the weight slice of one hidden unit does not fit in a block's shared memory";
+      break;
+    }
     err = cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
                                cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
     int per_sm = 0;
@@ -462,6 +474,7 @@ cudaError_t plan_persistent(Kernel kernel, int64_t N, int64_t H, int w_rows_per_
     p.lay.kc = static_cast<int>(kc);
     p.lay.ldx = static_cast<int>(ldx);
     p.lay.mma = mma ? 1 : 0;
+    p.lay.proj = static_cast<int>(V);
     if (blocks <= sms && blocks <= int64_t{per_sm} * sms) {
       plan = p;
       return cudaSuccess;
@@ -472,7 +485,7 @@ cudaError_t plan_persistent(Kernel kernel, int64_t N, int64_t H, int w_rows_per_
     plan = spare;
     return cudaSuccess;
   }
-  plan.why = "the weight slices do not fit on the device's multiprocessors at this size";
+  plan.why = why;
   return cudaSuccess;
 }
 

@@ -234,6 +234,7 @@ struct PersistentLayout {
   int kc = 0;      // columns of the other operand staged per pass (CUDA-core product)
   int ldx = 0;     // stride of the staged rows
   int mma = 0;     // 1: the product runs on tensor cores (16-bit types, sm_80+)
+  int proj = 0;    // V: projection outputs per block (LSTM with a projection)
 };
 
 struct PersistentPlan {
@@ -270,6 +271,17 @@ struct PersistentArgs {
   S* rh_rows = nullptr;
   bool reset_after = true;  // GRU: which kernels
   bool tf32 = false;        // float32 products may run in TF32
+  // LSTM with a projection (w_hr set): the state is h = h' W_hr^T, P wide
+  // (hbuf [2, N, P], h_n and dh [N, P]).
+  const S* w_hr = nullptr;  // [P, H]
+  int64_t proj_size = 0;    // P
+  S* y = nullptr;           // forward: [R, P] the outputs
+  S* hr = nullptr;          // forward: [N, H] h' of a step (inference), or with hr null
+  S* hr_rows = nullptr;     //   the saved proj_in rows [R, H] (training)
+  const S* dy = nullptr;    // backward: [R, P] dL/dy
+  S* dht = nullptr;         // backward: dL/dh = dy + the recurrent part, [N, P], or the
+  bool dht_rows = false;    //   rows [R, P] (dht_rows; dW_hr needs them)
+  S* dr = nullptr;          // backward: [N, H] dL/dh' = dL/dh W_hr
 };
 
 template <typename S>

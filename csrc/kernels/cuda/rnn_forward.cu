@@ -32,7 +32,7 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
   const UnitSlot sl = unit_slot(U);
   const bool has_unit = sl.u < H;
   const BlockSmem<S> sm(a.lay);
-  load_gate_rows(sm.ws, a.lay.ldw, a.w_hh, H, 1, U, sl.u0);
+  load_gate_rows(sm.ws, a.lay.ldw, a.w_hh, H, H, 1, U, sl.u0);
   const RnnForwardUnit<S, kRelu> unit(a.base, has_unit ? sl.u : 0);
   __syncthreads();
   for (int64_t s = a.s0; s < a.s1; ++s) {
@@ -81,7 +81,7 @@ cudaError_t rnn_forward_launch(const RnnForwardParams<S>& p, cudaStream_t stream
 template <typename S>
 cudaError_t rnn_persistent_forward_plan(const RnnPersistentForward<S>& a, PersistentPlan& plan) {
   return with_persistent_forward_kernel(a.base, [&](auto kernel) {
-    return plan_persistent<S>(kernel, a.seq.N, a.base.H, 1, a.base.H, 1, a.tf32, plan);
+    return plan_persistent<S>(kernel, a.seq.N, a.base.H, 1, a.base.H, 1, 0, a.tf32, plan);
   });
 }
 
