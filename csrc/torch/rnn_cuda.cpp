@@ -213,7 +213,7 @@ template <typename S, typename P, typename PlanFn, typename LaunchFn>
 void persistent_forward(const LayerInputs& in, const LayerGeometry& g, int64_t GH,
                         fc::PersistentArgs<S, P>& a, const Tensor& h_n, const PlanFn& plan_fn,
                         const LaunchFn& launch_fn, const char* kernel, cudaStream_t stream) {
-  const int64_t N = g.N, H = g.H;
+  const int64_t N = g.N;
   const DeviceSeq ds(g, in.reverse, in.input.device());
   const auto opts = in.input.options();
   const Tensor hbuf = at::empty({2, N, g.P}, opts);
