@@ -327,9 +327,10 @@ def test_cell_matches_torch_nn(name, dtype):
 CPU_REL = {torch.float32: 2e-5, torch.float64: 1e-11, torch.float16: 2e-2, torch.bfloat16: 8e-2}
 
 
-def _op_args(op: str, packed: bool, reverse: bool, dtype, gen):
+def _op_args(op: str, packed: bool, reverse: bool, dtype, gen, proj: int = P):
     """Arguments of torch.ops.fusedrnn.<family>_forward (on the CPU) and the
-    cotangents of its outputs for the matching backward."""
+    cotangents of its outputs for the matching backward; `proj` is the
+    projection size of the *_proj LSTM ops."""
     lengths = [6, 6, 4, 3, 1]
     steps, batch = 6, len(lengths)
     if packed:
@@ -345,9 +346,9 @@ def _op_args(op: str, packed: bool, reverse: bool, dtype, gen):
     if op.startswith("lstm"):
         coupled = "coupled" in op
         G = 3 if coupled else 4
-        out = P if "proj" in op else H
+        out = proj if "proj" in op else H
         w_ch = w((G - 1) * H) if "peephole" in op else None
-        w_hr = w(P, H) if "proj" in op else None
+        w_hr = w(proj, H) if "proj" in op else None
         return [x, bs, w(batch, out), w(batch, H), w(G * H, C), w(G * H, out), w(G * H), w(G * H), w_ch, w_hr,
                 coupled, reverse, True]
     if op.startswith("gru"):
@@ -399,8 +400,8 @@ def test_operators_match_cpu(op, packed, reverse, dtype):
     _check_operators_match_cpu(op, packed, reverse, dtype)
 
 
-def _check_operators_match_cpu(op, packed, reverse, dtype):
-    args = _op_args(op, packed, reverse, dtype, _seeded(3))
+def _check_operators_match_cpu(op, packed, reverse, dtype, proj=P):
+    args = _op_args(op, packed, reverse, dtype, _seeded(3), proj)
     dev_args = _to(args, DEVICE)
     cpu_fwd = _forward_op(op, args)
     cpu_bwd = _backward_op(op, args, cpu_fwd, 4)
@@ -795,6 +796,14 @@ def test_persistent_operators_match_cpu(op, packed, reverse, dtype, persistent):
     """Outputs, saved tensors and gradients as the CPU operators give them, and
     either path's backward on the other's forward."""
     _check_operators_match_cpu(op, packed, reverse, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_persistent_projection_wider_than_hidden(packed, dtype, persistent):
+    """The operators take a projection wider than the hidden size (torch.nn does
+    not): W_hh rows and the projection's outputs per block exceed H."""
+    _check_operators_match_cpu("lstm_peephole_proj", packed, False, dtype, proj=3 * H + 1)
 
 
 @pytest.mark.parametrize("chunk_bytes", ["1", "3000"])

@@ -303,6 +303,13 @@ inline cudaError_t device_attribute(int* v, cudaDeviceAttr a, int) {
 
 inline cudaError_t func_set_attribute(const void*, cudaFuncAttribute, int) { return cudaSuccess; }
 
+inline cudaError_t func_get_attributes(cudaFuncAttributes* a, const void*) {
+  *a = cudaFuncAttributes{};
+  a->ptxVersion = 90;
+  a->binaryVersion = 90;
+  return cudaSuccess;
+}
+
 inline cudaError_t occupancy(int* blocks, const void*, int, size_t) {
   *blocks = 1;
   return cudaSuccess;
@@ -326,5 +333,6 @@ T* dynamic_smem() {
 #define cudaGetDevice(...) ::frnn_emul::get_device(__VA_ARGS__)
 #define cudaDeviceGetAttribute(...) ::frnn_emul::device_attribute(__VA_ARGS__)
 #define cudaFuncSetAttribute(...) ::frnn_emul::func_set_attribute(__VA_ARGS__)
+#define cudaFuncGetAttributes(...) ::frnn_emul::func_get_attributes(__VA_ARGS__)
 #define cudaOccupancyMaxActiveBlocksPerMultiprocessor(...) ::frnn_emul::occupancy(__VA_ARGS__)
 #define cudaStreamIsCapturing(...) ::frnn_emul::stream_is_capturing(__VA_ARGS__)

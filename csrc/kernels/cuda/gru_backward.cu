@@ -102,14 +102,8 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
   __syncthreads();
   // out[:rows, block's units] (+)= dG[step rows, k0 : k0 + k] W_hh[k0 : k0 + k, block's units]
   const auto product = [&](const StepInfo& st, int64_t k0, int64_t k, S* out, bool add) {
-    block_product(sm, a.lay, 0, U, k0, a.base.dG + st.offset * ldg + k0, ldg, st.rows, k,
-                  [&](int64_t n, int m, acc_t<S> v) {
-                    const int64_t u = sl.u0 + m;
-                    if (u < H) {
-                      S* o = out + n * H + u;
-                      *o = from_acc<S>(add ? to_acc(*o) + v : v);
-                    }
-                  });
+    column_product(sm, a.lay, 0, U, sl.u0, H, k0, a.base.dG + st.offset * ldg + k0, ldg, st.rows,
+                   k, out, H, add);
   };
   for (int64_t s = a.s1 - 1; s >= a.s0; --s) {
     if (has_step(a.seq, s + 1)) product(a.seq.step(s + 1), 0, K, a.dh, true);

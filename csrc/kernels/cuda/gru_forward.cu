@@ -118,11 +118,7 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
   __syncthreads();
   // gh[:rows, g*H + block's units] = x W_hh[gate rows g0.. of the block's units]^T
   const auto product = [&](int g0, int gates, const S* x, int64_t rows) {
-    block_product(sm, a.lay, g0 * U, gates * U, 0, x, H, rows, H,
-                  [&](int64_t n, int m, acc_t<S> v) {
-                    const int64_t u = sl.u0 + m % U;
-                    if (u < H) a.gh[n * ld_gh + (g0 + m / U) * H + u] = from_acc<S>(v);
-                  });
+    gate_product(sm, a.lay, sl, g0, gates, x, H, rows, H, a.gh, ld_gh, H);
     __syncthreads();
   };
   for (int64_t s = a.s0; s < a.s1; ++s) {

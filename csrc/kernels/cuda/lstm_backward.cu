@@ -62,106 +62,61 @@ struct LstmBackwardUnit {
   }
 };
 
-// Persistent backward (persistent.cuh), without projection: each step, the
-// recurrent dL/dh of the block's units from the dG of the step processed just
-// before, then the unit functor; after the last step, dL/dh0.
-template <typename S, bool kPeephole, bool kCoupled>
+// Persistent backward (persistent.cuh): each step, the recurrent dL/dh of the
+// block's units from the dG of the step processed just before, then the unit
+// functor and a grid barrier; after the last step, dL/dh0. With a projection
+// (kProj), dL/dh is P wide and block b owns its projection outputs
+// [bV, bV + V): it holds their V columns of W_hh (length G*H) and, after them,
+// the U columns of W_hr of its units (length P). The recurrent product gives
+// dL/dh of its outputs, dL/dh = dy + that goes to dht, a barrier, then
+// dL/dh' = dL/dh W_hr for its units (dr) feeds the unit functor.
+template <typename S, bool kPeephole, bool kCoupled, bool kProj>
 __global__ void __launch_bounds__(kPersistentThreads, 1)
     lstm_persistent_backward_kernel(const LstmPersistentBackward<S> a) {
   using Unit = LstmBackwardUnit<S, kPeephole, kCoupled>;
   constexpr int G = Unit::G;
-  const int64_t H = a.base.H, GH = G * H;
+  const int64_t H = a.base.H, P = kProj ? a.proj_size : H, GH = G * H;
   const int U = a.lay.units;
   const UnitSlot sl = unit_slot(U);
   const bool has_unit = sl.u < H;
+  // The outputs of the recurrent product: the block's projection outputs, or units.
+  const int V = kProj ? a.lay.proj : U;
+  const int64_t q0 = kProj ? static_cast<int64_t>(blockIdx.x) * V : sl.u0;
   const BlockSmem<S> sm(a.lay);
-  load_unit_columns(sm.ws, a.lay.ldw, a.w_hh, H, GH, U, sl.u0);
+  load_unit_columns(sm.ws, a.lay.ldw, a.w_hh, P, GH, V, q0);
+  if (kProj)
+    load_unit_columns(sm.ws + static_cast<int64_t>(V) * a.lay.ldw, a.lay.ldw, a.w_hr, H, P, U,
+                      sl.u0);
   const Unit unit(a.base, has_unit ? sl.u : 0);
   __syncthreads();
-  // dh[:rows(s), block's units] = dG[s] W_hh[:, block's units]
+  // dh[:rows(s), block's outputs] = dG[s] W_hh[:, those]
   const auto recurrent = [&](int64_t s) {
     const StepInfo st = a.seq.step(s);
-    block_product(sm, a.lay, 0, U, 0, a.base.dG + st.offset * GH, GH, st.rows, GH,
-                  [&](int64_t n, int m, acc_t<S> v) {
-                    const int64_t u = sl.u0 + m;
-                    if (u < H) a.dh[n * H + u] = from_acc<S>(v);
-                  });
+    column_product(sm, a.lay, 0, V, q0, P, 0, a.base.dG + st.offset * GH, GH, st.rows, GH, a.dh,
+                   P, false);
   };
   for (int64_t s = a.s1 - 1; s >= a.s0; --s) {
     if (has_step(a.seq, s + 1)) recurrent(s + 1);
     __syncthreads();
     const StepInfo st = a.seq.step(s);
-    LstmBackwardParams<S> p = a.base;
-    p.rows = st.rows;
-    p.split = st.split;
-    p.dh = a.base.dh + st.offset * a.base.ld_dh;
-    p.dh_rec = a.dh;
-    p.gates = a.base.gates + st.offset * GH;
-    p.c_new = a.base.c_new + st.offset * H;
-    p.c_prev = st.split > 0 ? a.base.c_new + st.prev_offset * H : nullptr;
-    p.dG = a.base.dG + st.offset * GH;
-    p.hprev = prev_rows_at(a.base.hprev, st);
-    if (has_unit)
-      for (int64_t i = sl.row0; i < st.rows; i += sl.row_step) unit(p, i);
-    grid_sync();
-  }
-  if (a.s0 == 0) recurrent(0);
-}
-
-// Persistent backward with a projection: two products and two grid barriers per
-// step. Block b holds the V columns of W_hh of its projection outputs [bV, bV + V)
-// (length G*H) and, after them, the U columns of W_hr of its units (length P).
-// Each step: the recurrent dL/dh of its projection outputs from the dG of the
-// step processed just before, dL/dh = dy + that for them (dht), a barrier, then
-// dL/dh' = dL/dh W_hr for its units (dr), the unit functor, a barrier; after the
-// last step, dL/dh0.
-template <typename S, bool kPeephole, bool kCoupled>
-__global__ void __launch_bounds__(kPersistentThreads, 1)
-    lstm_persistent_proj_backward_kernel(const LstmPersistentBackward<S> a) {
-  using Unit = LstmBackwardUnit<S, kPeephole, kCoupled>;
-  constexpr int G = Unit::G;
-  const int64_t H = a.base.H, P = a.proj_size, GH = G * H;
-  const int U = a.lay.units, V = a.lay.proj;
-  const UnitSlot sl = unit_slot(U);
-  const bool has_unit = sl.u < H;
-  const int64_t p0 = static_cast<int64_t>(blockIdx.x) * V;
-  const BlockSmem<S> sm(a.lay);
-  load_unit_columns(sm.ws, a.lay.ldw, a.w_hh, P, GH, V, p0);
-  load_unit_columns(sm.ws + static_cast<int64_t>(V) * a.lay.ldw, a.lay.ldw, a.w_hr, H, P, U,
-                    sl.u0);
-  const Unit unit(a.base, has_unit ? sl.u : 0);
-  __syncthreads();
-  // dh[:rows(s), block's projection outputs] = dG[s] W_hh[:, those]
-  const auto recurrent = [&](int64_t s) {
-    const StepInfo st = a.seq.step(s);
-    block_product(sm, a.lay, 0, V, 0, a.base.dG + st.offset * GH, GH, st.rows, GH,
-                  [&](int64_t n, int m, acc_t<S> v) {
-                    const int64_t q = p0 + m;
-                    if (q < P) a.dh[n * P + q] = from_acc<S>(v);
-                  });
-  };
-  for (int64_t s = a.s1 - 1; s >= a.s0; --s) {
-    if (has_step(a.seq, s + 1)) recurrent(s + 1);
-    __syncthreads();
-    const StepInfo st = a.seq.step(s);
-    S* dht = a.dht + (a.dht_rows ? st.offset * P : 0);
-    const S* dy = a.dy + st.offset * P;
-    for (int64_t o = threadIdx.x; o < st.rows * V; o += blockDim.x) {
-      const int64_t n = o / V, q = p0 + o % V;
-      if (q < P) dht[n * P + q] = from_acc<S>(to_acc(dy[n * P + q]) + to_acc(a.dh[n * P + q]));
+    if (kProj) {
+      S* dht = a.dht + (a.dht_rows ? st.offset * P : 0);
+      const S* dy = a.dy + st.offset * P;
+      for (int64_t o = threadIdx.x; o < st.rows * V; o += blockDim.x) {
+        const int64_t n = o / V, q = q0 + o % V;
+        if (q < P)
+          dht[n * P + q] = from_acc<S>(to_acc(dy[n * P + q]) + to_acc(a.dh[n * P + q]));
+      }
+      grid_sync();
+      column_product(sm, a.lay, V, U, sl.u0, H, 0, dht, P, st.rows, P, a.dr, H, false);
+      __syncthreads();
     }
-    grid_sync();
-    block_product(sm, a.lay, V, U, 0, dht, P, st.rows, P, [&](int64_t n, int m, acc_t<S> v) {
-      const int64_t u = sl.u0 + m;
-      if (u < H) a.dr[n * H + u] = from_acc<S>(v);
-    });
-    __syncthreads();
     LstmBackwardParams<S> p = a.base;
     p.rows = st.rows;
     p.split = st.split;
-    p.dh = a.dr;
-    p.ld_dh = H;
-    p.dh_rec = nullptr;
+    p.dh = kProj ? a.dr : a.base.dh + st.offset * a.base.ld_dh;
+    p.ld_dh = kProj ? H : a.base.ld_dh;
+    p.dh_rec = kProj ? nullptr : a.dh;
     p.gates = a.base.gates + st.offset * GH;
     p.c_new = a.base.c_new + st.offset * H;
     p.c_prev = st.split > 0 ? a.base.c_new + st.prev_offset * H : nullptr;
@@ -178,9 +133,11 @@ template <typename S, typename F>
 cudaError_t with_persistent_backward_kernel(const LstmPersistentBackward<S>& a, const F& f) {
   return bool_switch(a.base.w_ch != nullptr, [&](auto kPeephole) {
     return bool_switch(a.base.coupled, [&](auto kCoupled) {
-      constexpr bool kP = decltype(kPeephole)::value, kC = decltype(kCoupled)::value;
-      return a.w_hr != nullptr ? f(lstm_persistent_proj_backward_kernel<S, kP, kC>)
-                               : f(lstm_persistent_backward_kernel<S, kP, kC>);
+      return bool_switch(a.w_hr != nullptr, [&](auto kProj) {
+        return f(lstm_persistent_backward_kernel<S, decltype(kPeephole)::value,
+                                                 decltype(kCoupled)::value,
+                                                 decltype(kProj)::value>);
+      });
     });
   });
 }
@@ -203,8 +160,9 @@ cudaError_t lstm_persistent_backward_plan(const LstmPersistentBackward<S>& a,
   const int G = a.base.coupled ? 3 : 4;
   const bool proj = a.w_hr != nullptr;
   return with_persistent_backward_kernel(a, [&](auto kernel) {
-    return plan_persistent<S>(kernel, a.seq.N, a.base.H, 1, G * a.base.H, 1,
-                              proj ? a.proj_size : 0, a.tf32, plan);
+    const int64_t P = proj ? a.proj_size : 0;
+    return plan_persistent<S>(kernel, a.seq.N, a.base.H, 1, std::max(G * a.base.H, P), 1, P,
+                              a.tf32, plan);
   });
 }
 

@@ -58,37 +58,44 @@ struct LstmForwardUnit {
   }
 };
 
-// Persistent forward (persistent.cuh), without projection: each step, Gh of
-// the block's units from the previous h of all units, then the unit functor.
-template <typename S, bool kPeephole, bool kCoupled, bool kTraining>
+// Persistent forward (persistent.cuh): each step, Gh of the block's units from
+// the previous h of all units, then the unit functor, and a grid barrier.
+// With a projection (kProj), h is P wide and each step takes a second product
+// and barrier: block b also holds V rows of W_hr, projection outputs
+// [bV, bV + V) (length H), after its G*U gate rows of W_hh (length P); the unit
+// functor writes h' of its units (hr), and after the barrier h = h' W_hr^T for
+// its projection outputs goes to the output rows, the next h and h_n.
+template <typename S, bool kPeephole, bool kCoupled, bool kTraining, bool kProj>
 __global__ void __launch_bounds__(kPersistentThreads, 1)
     lstm_persistent_forward_kernel(const LstmPersistentForward<S> a) {
   using Unit = LstmForwardUnit<S, kPeephole, kCoupled, kTraining>;
   constexpr int G = Unit::G;
-  const int64_t H = a.base.H, GH = G * H, N = a.seq.N;
-  const int U = a.lay.units;
+  const int64_t H = a.base.H, P = kProj ? a.proj_size : H, GH = G * H, N = a.seq.N;
+  const int U = a.lay.units, V = a.lay.proj;
   const UnitSlot sl = unit_slot(U);
   const bool has_unit = sl.u < H;
+  const int64_t p0 = static_cast<int64_t>(blockIdx.x) * V;
   const BlockSmem<S> sm(a.lay);
-  load_gate_rows(sm.ws, a.lay.ldw, a.w_hh, H, H, G, U, sl.u0);
+  load_gate_rows(sm.ws, a.lay.ldw, a.w_hh, H, P, G, U, sl.u0);
+  if (kProj)
+    load_gate_rows(sm.ws + static_cast<int64_t>(G) * U * a.lay.ldw, a.lay.ldw, a.w_hr, P, H, 1,
+                   V, p0);
   const Unit unit(a.base, has_unit ? sl.u : 0);
   __syncthreads();
   for (int64_t s = a.s0; s < a.s1; ++s) {
     const StepInfo st = a.seq.step(s);
-    const S* h = a.hbuf + (s & 1) * N * H;
-    S* h_next = a.hbuf + ((s + 1) & 1) * N * H;
-    block_product(sm, a.lay, 0, G * U, 0, h, H, st.rows, H,
-                  [&](int64_t n, int m, acc_t<S> v) {
-                    const int64_t u = sl.u0 + m % U;
-                    if (u < H) a.gh[n * GH + (m / U) * H + u] = from_acc<S>(v);
-                  });
+    const S* h = a.hbuf + (s & 1) * N * P;
+    S* h_next = a.hbuf + ((s + 1) & 1) * N * P;
+    gate_product(sm, a.lay, sl, 0, G, h, P, st.rows, P, a.gh, GH, H);
     __syncthreads();
+    S* hr = !kProj ? nullptr : a.hr != nullptr ? a.hr : a.hr_rows + st.offset * H;
     LstmForwardParams<S> p = a.base;
     p.rows = st.rows;
     p.gx = a.gx + (st.offset - a.gx_row0) * GH;
     p.gh = a.gh;
-    p.h = a.base.h + st.offset * a.base.ld_h;
-    p.h_state = h_next;
+    p.h = kProj ? hr : a.base.h + st.offset * a.base.ld_h;
+    p.ld_h = kProj ? H : a.base.ld_h;
+    p.h_state = kProj ? nullptr : h_next;
     if (kTraining) {
       p.gates = a.base.gates + st.offset * GH;
       p.states = a.base.states + st.offset * H;
@@ -96,71 +103,24 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
     if (has_unit) {
       for (int64_t i = sl.row0; i < st.rows; i += sl.row_step) {
         unit(p, i);
-        if (last_step_of_row(a.seq, s, i)) a.h_n[i * H + sl.u] = h_next[i * H + sl.u];
+        if (!kProj && last_step_of_row(a.seq, s, i)) a.h_n[i * H + sl.u] = h_next[i * H + sl.u];
       }
     }
     grid_sync();
-  }
-}
-
-// Persistent forward with a projection: two products and two grid barriers per
-// step. Block b holds the G*U gate rows of W_hh of its units (length P) and V
-// rows of W_hr, projection outputs [bV, bV + V) (length H), after them. Each
-// step: Gh of its units from the previous h (P wide), the unit functor writes
-// h' of its units (hr), a barrier, then h = h' W_hr^T for its projection
-// outputs, to the output rows, the next h and h_n, and a barrier.
-template <typename S, bool kPeephole, bool kCoupled, bool kTraining>
-__global__ void __launch_bounds__(kPersistentThreads, 1)
-    lstm_persistent_proj_forward_kernel(const LstmPersistentForward<S> a) {
-  using Unit = LstmForwardUnit<S, kPeephole, kCoupled, kTraining>;
-  constexpr int G = Unit::G;
-  const int64_t H = a.base.H, P = a.proj_size, GH = G * H, N = a.seq.N;
-  const int U = a.lay.units, V = a.lay.proj;
-  const UnitSlot sl = unit_slot(U);
-  const bool has_unit = sl.u < H;
-  const int64_t p0 = static_cast<int64_t>(blockIdx.x) * V;
-  const BlockSmem<S> sm(a.lay);
-  load_gate_rows(sm.ws, a.lay.ldw, a.w_hh, H, P, G, U, sl.u0);
-  load_gate_rows(sm.ws + static_cast<int64_t>(G) * U * a.lay.ldw, a.lay.ldw, a.w_hr, P, H, 1, V,
-                 p0);
-  const Unit unit(a.base, has_unit ? sl.u : 0);
-  __syncthreads();
-  for (int64_t s = a.s0; s < a.s1; ++s) {
-    const StepInfo st = a.seq.step(s);
-    const S* h = a.hbuf + (s & 1) * N * P;
-    S* h_next = a.hbuf + ((s + 1) & 1) * N * P;
-    S* hr = a.hr != nullptr ? a.hr : a.hr_rows + st.offset * H;
-    S* y = a.y + st.offset * P;
-    block_product(sm, a.lay, 0, G * U, 0, h, P, st.rows, P,
-                  [&](int64_t n, int m, acc_t<S> v) {
-                    const int64_t u = sl.u0 + m % U;
-                    if (u < H) a.gh[n * GH + (m / U) * H + u] = from_acc<S>(v);
-                  });
-    __syncthreads();
-    LstmForwardParams<S> p = a.base;
-    p.rows = st.rows;
-    p.gx = a.gx + (st.offset - a.gx_row0) * GH;
-    p.gh = a.gh;
-    p.h = hr;
-    p.ld_h = H;
-    p.h_state = nullptr;
-    if (kTraining) {
-      p.gates = a.base.gates + st.offset * GH;
-      p.states = a.base.states + st.offset * H;
+    if (kProj) {
+      S* y = a.y + st.offset * P;
+      block_product(sm, a.lay, G * U, V, 0, hr, H, st.rows, H,
+                    [&](int64_t n, int m, acc_t<S> v) {
+                      const int64_t q = p0 + m;
+                      if (q < P) {
+                        const S hv = from_acc<S>(v);
+                        y[n * P + q] = hv;
+                        h_next[n * P + q] = hv;
+                        if (last_step_of_row(a.seq, s, n)) a.h_n[n * P + q] = hv;
+                      }
+                    });
+      grid_sync();
     }
-    if (has_unit)
-      for (int64_t i = sl.row0; i < st.rows; i += sl.row_step) unit(p, i);
-    grid_sync();
-    block_product(sm, a.lay, G * U, V, 0, hr, H, st.rows, H, [&](int64_t n, int m, acc_t<S> v) {
-      const int64_t q = p0 + m;
-      if (q < P) {
-        const S hv = from_acc<S>(v);
-        y[n * P + q] = hv;
-        h_next[n * P + q] = hv;
-        if (last_step_of_row(a.seq, s, n)) a.h_n[n * P + q] = hv;
-      }
-    });
-    grid_sync();
   }
 }
 
@@ -170,10 +130,12 @@ cudaError_t with_persistent_forward_kernel(const LstmPersistentForward<S>& a, co
   return bool_switch(a.base.w_ch != nullptr, [&](auto kPeephole) {
     return bool_switch(a.base.coupled, [&](auto kCoupled) {
       return bool_switch(a.base.gates != nullptr, [&](auto kTraining) {
-        constexpr bool kP = decltype(kPeephole)::value, kC = decltype(kCoupled)::value,
-                       kT = decltype(kTraining)::value;
-        return a.w_hr != nullptr ? f(lstm_persistent_proj_forward_kernel<S, kP, kC, kT>)
-                                 : f(lstm_persistent_forward_kernel<S, kP, kC, kT>);
+        return bool_switch(a.w_hr != nullptr, [&](auto kProj) {
+          return f(lstm_persistent_forward_kernel<S, decltype(kPeephole)::value,
+                                                  decltype(kCoupled)::value,
+                                                  decltype(kTraining)::value,
+                                                  decltype(kProj)::value>);
+        });
       });
     });
   });
@@ -186,8 +148,9 @@ cudaError_t lstm_persistent_forward_plan(const LstmPersistentForward<S>& a, Pers
   const int G = a.base.coupled ? 3 : 4;
   const bool proj = a.w_hr != nullptr;
   return with_persistent_forward_kernel(a, [&](auto kernel) {
-    return plan_persistent<S>(kernel, a.seq.N, a.base.H, G, a.base.H, G, proj ? a.proj_size : 0,
-                              a.tf32, plan);
+    const int64_t P = proj ? a.proj_size : 0;
+    return plan_persistent<S>(kernel, a.seq.N, a.base.H, G, std::max(a.base.H, P), G, P, a.tf32,
+                              plan);
   });
 }
 

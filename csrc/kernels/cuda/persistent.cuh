@@ -390,6 +390,37 @@ __device__ void block_product(const BlockSmem<S>& sm, const PersistentLayout& la
   block_product_fma(sm.ws, lay.ldw, m0, M, kw0, x, ldx, rows, K, sm.xs, lay.kc, lay.ldx, emit);
 }
 
+// gh[n*ld_gh + (g0 + g)*H + u] = the product of x (rows x K) with the weight rows
+// of gate blocks g0 <= g < g0 + gates of the block's units u (forward slice).
+template <typename S>
+__device__ void gate_product(const BlockSmem<S>& sm, const PersistentLayout& lay,
+                             const UnitSlot& sl, int g0, int gates, const S* x, int64_t ldx,
+                             int64_t rows, int64_t K, S* gh, int64_t ld_gh, int64_t H) {
+  const int U = lay.units;
+  block_product(sm, lay, g0 * U, gates * U, 0, x, ldx, rows, K,
+                [&](int64_t n, int m, acc_t<S> v) {
+                  const int64_t u = sl.u0 + m % U;
+                  if (u < H) gh[n * ld_gh + (g0 + m / U) * H + u] = from_acc<S>(v);
+                });
+}
+
+// out[n*ld_out + q0 + m] = (out +) the product of x (rows x K) with the weight
+// rows m0 <= m0 + m < m0 + M of the block (columns of a weight: backward slice),
+// for outputs q0 + m < Q.
+template <typename S>
+__device__ void column_product(const BlockSmem<S>& sm, const PersistentLayout& lay, int m0,
+                               int M, int64_t q0, int64_t Q, int64_t kw0, const S* x,
+                               int64_t ldx, int64_t rows, int64_t K, S* out, int64_t ld_out,
+                               bool add) {
+  block_product(sm, lay, m0, M, kw0, x, ldx, rows, K, [&](int64_t n, int m, acc_t<S> v) {
+    const int64_t q = q0 + m;
+    if (q < Q) {
+      S* o = out + n * ld_out + q;
+      *o = from_acc<S>(add ? to_acc(*o) + v : v);
+    }
+  });
+}
+
 // The previously processed step, when there is one.
 __device__ __forceinline__ bool has_step(const SeqLayout& seq, int64_t s) {
   return s >= 0 && s < seq.T;
@@ -405,10 +436,11 @@ __device__ __forceinline__ bool last_step_of_row(const SeqLayout& seq, int64_t s
 
 // Chooses U and the shared-memory layout for `kernel` on the current device, or
 // says why the persistent path cannot run it (plan.why). w_rows_per_unit: rows
-// of the weight slice per unit (forward G, backward 1); K: their length;
-// out_per_unit: the largest product's outputs per unit and row; proj_rows: the
-// rows of a second weight, shared out among the blocks (the LSTM projection's
-// P; 0 without one); tf32: float32 may multiply in TF32.
+// of the weight slice per unit (forward G, backward 1); K: the longest row the
+// block holds; out_per_unit: the largest product's outputs per unit and row;
+// proj_rows: the rows of a second weight, shared out among the blocks (the LSTM
+// projection's P, whose products have ceil(P / blocks) outputs per row; 0
+// without one); tf32: float32 may multiply in TF32.
 template <typename S, typename Kernel>
 cudaError_t plan_persistent(Kernel kernel, int64_t N, int64_t H, int w_rows_per_unit, int64_t K,
                             int out_per_unit, int64_t proj_rows, bool tf32,
@@ -422,13 +454,18 @@ cudaError_t plan_persistent(Kernel kernel, int64_t N, int64_t H, int w_rows_per_
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev);
   if (err == cudaSuccess)
     err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+  // The code that runs: compiled (or JIT-compiled from PTX) for sm_80 or later
+  // holds the tensor-core product.
+  cudaFuncAttributes fa{};
+  if (err == cudaSuccess) err = cudaFuncGetAttributes(&fa, reinterpret_cast<const void*>(kernel));
   if (err != cudaSuccess) return err;
   if (coop == 0) {
     plan.why = "the device does not support cooperative launches";
     return cudaSuccess;
   }
   constexpr int64_t elem = sizeof(S);
-  const bool mma = (kMmaType<S> || (std::is_same_v<S, float> && tf32)) && major >= 8;
+  const bool mma =
+      (kMmaType<S> || (std::is_same_v<S, float> && tf32)) && major >= 8 && fa.ptxVersion >= 80;
   // Tensor cores: K rounded to the k tile plus half a tile, so that the 8 rows x
   // 4 words of a B fragment fall in 32 different banks (a row stride of 4 mod 8
   // words). CUDA cores: rows one bank apart.
@@ -440,19 +477,20 @@ cudaError_t plan_persistent(Kernel kernel, int64_t N, int64_t H, int w_rows_per_
   PersistentPlan spare;
   const char* why = "more blocks than the device holds at once at this hidden size";
   for (int U = 1; U <= 32; U *= 2) {
-    if (!mma && N * out_per_unit * U > int64_t{kMaxAcc} * kPersistentThreads) {
+    const int64_t blocks = ceil_div<int64_t>(H, U);
+    const int64_t V = ceil_div<int64_t>(proj_rows, blocks);
+    const int64_t max_m = std::max<int64_t>(int64_t{out_per_unit} * U, V);  // a product's outputs
+    if (!mma && N * max_m > int64_t{kMaxAcc} * kPersistentThreads) {
       if (U == 1)
         why = "a batch of this many rows on CUDA cores (the product of a block holds at most "
               "2048 outputs: rows x gates)";
       break;
     }
-    const int64_t blocks = ceil_div<int64_t>(H, U);
-    const int64_t V = ceil_div<int64_t>(proj_rows, blocks);
     // The tensor-core product reads up to 7 weight rows past a product's last.
     const int64_t w_rows = int64_t{w_rows_per_unit} * U + V + (mma ? 8 : 0);
     const int64_t smem =
         w_rows * ldw * elem +
-        (mma ? mma_reduction_floats(N, int64_t{out_per_unit} * U) * int64_t{sizeof(float)}
+        (mma ? mma_reduction_floats(N, max_m) * int64_t{sizeof(float)}
              : N * ldx * elem);
     if (smem > smem_max) {
       if (U == 1) why = "the weight slice of one hidden unit does not fit in a block's shared memory";

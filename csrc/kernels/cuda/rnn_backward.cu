@@ -34,11 +34,8 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
   __syncthreads();
   const auto recurrent = [&](int64_t s) {
     const StepInfo st = a.seq.step(s);
-    block_product(sm, a.lay, 0, U, 0, a.base.dG + st.offset * H, H, st.rows, H,
-                  [&](int64_t n, int m, acc_t<S> v) {
-                    const int64_t u = sl.u0 + m;
-                    if (u < H) a.dh[n * H + u] = from_acc<S>(v);
-                  });
+    column_product(sm, a.lay, 0, U, sl.u0, H, 0, a.base.dG + st.offset * H, H, st.rows, H, a.dh,
+                   H, false);
   };
   for (int64_t s = a.s1 - 1; s >= a.s0; --s) {
     if (has_step(a.seq, s + 1)) recurrent(s + 1);

@@ -39,11 +39,7 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
     const StepInfo st = a.seq.step(s);
     const S* h = a.hbuf + (s & 1) * N * H;
     S* h_next = a.hbuf + ((s + 1) & 1) * N * H;
-    block_product(sm, a.lay, 0, U, 0, h, H, st.rows, H,
-                  [&](int64_t n, int m, acc_t<S> v) {
-                    const int64_t u = sl.u0 + m;
-                    if (u < H) a.gh[n * H + u] = from_acc<S>(v);
-                  });
+    gate_product(sm, a.lay, sl, 0, 1, h, H, st.rows, H, a.gh, H, H);
     __syncthreads();
     RnnForwardParams<S> p = a.base;
     p.rows = st.rows;
