@@ -10,7 +10,7 @@ export MAX_JOBS ?= $(JOBS)
 SOURCES := $(shell find csrc -name '*.h' -o -name '*.cpp' -o -name '*.cu' -o -name '*.cuh') setup.py
 STAMP := build/.fusedrnn-built
 
-.PHONY: all deps build bench test pytest ctest cuda-check cuda-emulate gpu-check sanitize sanitize-ci clean
+.PHONY: all deps build bench test pytest ctest cuda-check cuda-emulate gpu-check gpu-session sanitize sanitize-ci clean
 
 all: build
 
@@ -55,6 +55,12 @@ cuda-emulate: build/.deps
 # (memcheck, racecheck, initcheck, synccheck), the GPU benchmark, and a report.
 gpu-check:
 	tools/gpu_check.sh $(PYTEST_ARGS)
+
+# A short GPU loan (minutes of device time): build, CUDA tests, racecheck and synccheck
+# of the persistent kernels, the barrier latency, issue 6's goal rows and the quick
+# suite against cuDNN, all under $$OUT (tools/gpu_session.sh).
+gpu-session:
+	tools/gpu_session.sh
 
 clean:
 	rm -rf build cmake-build fusedrnn/_C*.so
