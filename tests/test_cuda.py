@@ -544,11 +544,13 @@ def test_backward_is_deterministic():
 
 
 @real_gpu
+@pytest.mark.parametrize("path", ["standard", "persistent"])
 @pytest.mark.parametrize("variant", ["lstm_peephole_coupled_proj", "gru_reset_before", "rnn_tanh"])
-def test_non_default_stream(variant):
+def test_non_default_stream(variant, path, monkeypatch):
     """Everything runs on the current stream: with the side stream busy (a sleep
     queued first), a kernel launched on another stream would read unfinished
-    GEMM results."""
+    GEMM results. The persistent path is deterministic: the same bits."""
+    monkeypatch.setenv("FUSEDRNN_CUDA_PATH", path)
     cls, kwargs = SEQ_VARIANTS[variant]
     m = _make(cls, kwargs, torch.float32, num_layers=2, bidirectional=True)
     x = _packed([3, 7, 6, 1], _seeded(), torch.float32)
@@ -560,18 +562,23 @@ def test_non_default_stream(variant):
         got = _run(m, x, None)
     torch.cuda.current_stream().wait_stream(s)
     torch.cuda.synchronize()
-    _compare_runs(got, want, 1e-6)
+    _compare_runs(got, want, 0.0 if path == "persistent" else 1e-6)
+
+
+GRAPH_CASES = [("lstm_peephole_coupled_proj", False), ("lstm", True), ("gru", False), ("gru_reset_before", True),
+               ("rnn_relu", False)]
 
 
 @real_gpu
 @pytest.mark.parametrize(
-    "variant,packed",
-    [("lstm_peephole_coupled_proj", False), ("lstm", True), ("gru", False), ("gru_reset_before", True),
-     ("rnn_relu", False)],
+    "variant,packed,path",
+    [(v, p, "standard") for v, p in GRAPH_CASES] + [(v, p, "persistent") for v, p in GRAPH_CASES if not p],
 )
-def test_cuda_graph_capture_and_replay(variant, packed):
+def test_cuda_graph_capture_and_replay(variant, packed, path, monkeypatch):
     """Forward and backward captured in a CUDA graph (static shapes), replayed on
-    new data, match an eager run on that data."""
+    new data, match an eager run on that data (the persistent path: padded
+    input; it refuses a packed one inside capture, see below)."""
+    monkeypatch.setenv("FUSEDRNN_CUDA_PATH", path)
     cls, kwargs = SEQ_VARIANTS[variant]
     model = _make(cls, kwargs, torch.float32, num_layers=2, bidirectional=True)
     gen = _seeded()
@@ -850,54 +857,6 @@ def test_standard_paths_run_what_persistent_refuses(path, monkeypatch):
     monkeypatch.setenv("FUSEDRNN_CUDA_PATH", path)
     m = _make(fusedrnn.LSTM, {"proj_size": P}, torch.float32)
     assert_matches_reference(m, _randn(T, N, C, gen=_seeded()))
-
-
-@real_gpu
-@pytest.mark.parametrize("variant", ["lstm_peephole_coupled", "gru_reset_before", "rnn_tanh"])
-def test_persistent_non_default_stream(variant, persistent):
-    cls, kwargs = SEQ_VARIANTS[variant]
-    m = _make(cls, kwargs, torch.float32, num_layers=2, bidirectional=True)
-    x = _packed([3, 7, 6, 1], _seeded(), torch.float32)
-    want = _run(m, x, None)
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        torch.cuda._sleep(50_000_000)
-        got = _run(m, x, None)
-    torch.cuda.current_stream().wait_stream(s)
-    torch.cuda.synchronize()
-    _compare_runs(got, want, 0.0)
-
-
-@real_gpu
-@pytest.mark.parametrize("variant", ["lstm", "gru_reset_before", "rnn_relu"])
-def test_persistent_cuda_graph_capture_and_replay(variant, persistent):
-    cls, kwargs = SEQ_VARIANTS[variant]
-    model = _make(cls, kwargs, torch.float32, num_layers=2, bidirectional=True)
-    static = _randn(T, N, C, gen=_seeded())
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            model.zero_grad(set_to_none=True)
-            (model(static)[0] ** 2).sum().backward()
-    torch.cuda.current_stream().wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
-    model.zero_grad(set_to_none=True)
-    with torch.cuda.graph(graph):
-        static_out = model(static)[0]
-        (static_out ** 2).sum().backward()
-    eager = copy.deepcopy(model)
-    new = _randn(T, N, C, gen=_seeded(11))
-    static.copy_(new)
-    graph.replay()
-    torch.cuda.synchronize()
-    eager.zero_grad(set_to_none=True)
-    eager_out = eager(new)[0]
-    (eager_out ** 2).sum().backward()
-    _assert_close("replay out", static_out, eager_out.detach(), 1e-6)
-    for (n, p), (_, q) in zip(model.named_parameters(), eager.named_parameters()):
-        _assert_close(f"replay grad {n}", p.grad, q.grad, 1e-6)
 
 
 @real_gpu
