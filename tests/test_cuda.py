@@ -728,13 +728,19 @@ def test_persistent_hidden_and_batch_sizes(batch, hidden, variant, dtype, persis
     assert_matches_reference(m, x, _random_hx(m, batch, gen, dtype))
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("variant", ["lstm", "lstm_proj", "gru", "gru_reset_before", "rnn_tanh"])
-@pytest.mark.parametrize("batch,hidden", [(33, 71), (65, 200)], ids=lambda v: str(v))
+TENSOR_CORE_CASES = (
+    [(33, 71, v, d) for d in (torch.float16, torch.bfloat16)
+     for v in ("lstm", "lstm_proj", "gru", "gru_reset_before", "rnn_tanh")]
+    + [(65, 136, v, torch.float16) for v in ("lstm", "lstm_proj", "gru")]
+)
+
+
+@pytest.mark.parametrize("batch,hidden,variant,dtype", TENSOR_CORE_CASES, ids=str)
 def test_persistent_tensor_core_tiles(batch, hidden, variant, dtype, persistent):
     """The tensor-core product over several 16-row tiles of the batch and 8-row
-    tiles of the weights: warps that split K, warps with no task, warps with two
-    tasks (65 rows), and an odd hidden size (rows of dG not 4-byte aligned)."""
+    tiles of the weights: warps that split K, warps with no task, an odd hidden
+    size (rows of dG not 4-byte aligned), and (65 rows, 16 units a block: five row
+    tiles by two groups of weight tiles) warps with two tasks."""
     cls, kwargs = SEQ_VARIANTS[variant]
     torch.manual_seed(0)
     m = cls(C, hidden, **kwargs).to(DEVICE, dtype)

@@ -43,9 +43,10 @@ HOT_SPILL_OK = {}
 
 entries = []  # (file, arch, mangled, regs, stack, spill_stores, spill_loads)
 for log in sorted(glob.glob(os.path.join(logdir, "*.log"))):
-    stem, arch_tag = os.path.basename(log).split(".")[:2]
-    # Only the logs of this build's sources and targets (a removed .cu leaves its log).
-    if stem not in sources or arch_tag[3:] not in archs or not os.path.exists(log[:-4] + ".o"):
+    parts = os.path.basename(log).split(".")
+    stem = parts[0]
+    # Only the logs of this build's sources (a removed .cu leaves its log) and targets.
+    if len(parts) != 2 or stem not in sources or not os.path.exists(log[:-4] + ".o"):
         continue
     src = stem + ".cu"
     cur = None
@@ -65,7 +66,8 @@ for log in sorted(glob.glob(os.path.join(logdir, "*.log"))):
         if m:
             props[cur]["regs"] = int(m.group(1))
     for (mangled, arch), p in props.items():
-        entries.append((src, arch, mangled, p["regs"], p["stack"], p["st"], p["ld"]))
+        if arch[3:] in archs:
+            entries.append((src, arch, mangled, p["regs"], p["stack"], p["st"], p["ld"]))
 
 if not entries:
     sys.exit(f"cuda-check: no ptxas report found in {logdir}")
