@@ -1,8 +1,7 @@
 # make bench   the main job: set-up if needed, build, run the default (quick) benchmark suite
 # make test    set-up if needed, build, run every test (pytest, ctest, CUDA compile check,
 #              the CUDA tests on the host emulation of the CUDA path, the sanitizer run
-#              of the reliability and gradcheck tests; tools/run_tests.sh runs the
-#              compile-bound steps beside the test runs)
+#              of the reliability and gradcheck tests)
 PYTHON ?= python3
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
@@ -29,8 +28,7 @@ $(STAMP): build/.deps $(SOURCES)
 bench: build
 	$(PYTHON) bench/run.py --suite quick $(BENCH_ARGS)
 
-test:
-	tools/run_tests.sh
+test: pytest ctest cuda-check cuda-emulate sanitize-ci
 
 pytest: build
 	$(PYTHON) -m pytest -q $(PYTEST_ARGS)
