@@ -720,11 +720,16 @@ def test_persistent_hidden_and_batch_sizes(batch, hidden, variant, dtype, persis
     """Hidden sizes that fill no block evenly (units per block 1 to 16, the last
     block partly empty), batch 1 and odd, and (16, 200) where the product runs
     over its operand in several staged passes."""
+    _check_size(variant, 5, batch, hidden, dtype)
+
+
+def _check_size(variant, steps, batch, hidden, dtype):
+    """A one-layer module of `variant` with this hidden size against the reference."""
     cls, kwargs = SEQ_VARIANTS[variant]
     torch.manual_seed(0)
     m = cls(C, hidden, **kwargs).to(DEVICE, dtype)
     gen = _seeded()
-    x = _randn(5, batch, C, gen=gen, dtype=dtype)
+    x = _randn(steps, batch, C, gen=gen, dtype=dtype)
     assert_matches_reference(m, x, _random_hx(m, batch, gen, dtype))
 
 
@@ -741,12 +746,7 @@ def test_persistent_tensor_core_tiles(batch, hidden, variant, dtype, persistent)
     tiles of the weights: warps that split K, warps with no task, an odd hidden
     size (rows of dG not 4-byte aligned), and (65 rows, 16 units a block: five row
     tiles by two groups of weight tiles) warps with two tasks."""
-    cls, kwargs = SEQ_VARIANTS[variant]
-    torch.manual_seed(0)
-    m = cls(C, hidden, **kwargs).to(DEVICE, dtype)
-    gen = _seeded()
-    x = _randn(4, batch, C, gen=gen, dtype=dtype)
-    assert_matches_reference(m, x, _random_hx(m, batch, gen, dtype))
+    _check_size(variant, 4, batch, hidden, dtype)
 
 
 def test_grid_barrier_probe():
