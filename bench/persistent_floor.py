@@ -20,6 +20,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(1, str(HERE.parent))  # a clone without PYTHONPATH: the in-place build
 
 import torch  # noqa: E402
 
@@ -47,7 +48,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=4096, help="barriers per timed launch")
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--blocks", default=None,
-                    help="comma-separated block counts (default: 1, 8, 32, 64, 96, the SM count, the most co-resident)")
+                    help="comma-separated block counts (default: 1, 8, 32, 64, 96, the SM count and twice it, "
+                         "each where it fits on the device at once)")
     ap.add_argument("--out", default=None, help="results folder (default bench/results/<machine>)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -60,7 +62,7 @@ def main(argv=None) -> int:
     if args.blocks:
         counts = [int(b) for b in args.blocks.split(",")]
     else:
-        counts = sorted({1, 8, 32, 64, 96, sms, 2 * sms} - {0})
+        counts = sorted({1, 8, 32, 64, 96, sms, 2 * sms})
     rows = []
     print(f"{'blocks':>7} {'launch, 0 barriers (us)':>24} {'per barrier (us)':>17}")
     for b in counts:
@@ -79,7 +81,7 @@ def main(argv=None) -> int:
     out = Path(args.out) if args.out else HERE / "results" / machine
     out.mkdir(parents=True, exist_ok=True)
     (out / "persistent-floor.json").write_text(json.dumps({"env": env, "rows": rows}, indent=1) + "\n")
-    lines = [f"# Grid barrier latency of the persistent kernels", "", envinfo.stamp(env, machine), "",
+    lines = ["# Grid barrier latency of the persistent kernels", "", envinfo.stamp(env, machine), "",
              f"One cooperative launch of {args.steps} grid syncs minus one of none, per sync; "
              f"median of {args.repeats} launches (bench/persistent_floor.py).", "",
              "| blocks | launch with no barrier (us) | per barrier (us) |", "|---|---|---|"]
