@@ -12,6 +12,7 @@ import platform
 import re
 import shutil
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from setuptools import find_packages, setup
@@ -111,21 +112,28 @@ def make_extension():
         def build_extension(self, ext):
             compile_fn = self.compiler.compile
 
-            def compile_by_isa(sources, *args, extra_postargs=None, **kwargs):
+            def compile_by_isa(sources, output_dir=None, *args, extra_postargs=None, **kwargs):
                 groups = {}
                 for s in sources:
                     groups.setdefault(isa_of(s), []).append(s)
-                objects = []
-                for isa, group in groups.items():
-                    post = extra_postargs
+
+                def compile_group(isa, group):
+                    post, out = extra_postargs, output_dir
                     if isa is not None:
                         flags = ISA_FLAGS[isa]
                         if isinstance(post, dict):
                             post = dict(post, cxx=list(post.get("cxx", [])) + flags)
                         else:
                             post = list(post or []) + flags
-                    objects += compile_fn(group, *args, extra_postargs=post, **kwargs)
-                return objects
+                        # A build directory per group: its own build.ninja.
+                        out = os.path.join(output_dir or ".", f"isa_{isa}")
+                    return compile_fn(group, out, *args, extra_postargs=post, **kwargs)
+
+                # The groups build side by side: one after the other, each single
+                # instruction-set file would compile alone on one core.
+                with ThreadPoolExecutor(len(groups)) as pool:
+                    futures = [pool.submit(compile_group, isa, g) for isa, g in groups.items()]
+                    return [o for f in futures for o in f.result()]
 
             self.compiler.compile = compile_by_isa
             try:

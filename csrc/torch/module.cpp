@@ -1,6 +1,9 @@
 // The Python extension module fusedrnn._C. Loading it registers the operators
 // (ops.cpp); it also says what this build contains.
-#include <torch/extension.h>
+// pybind11 alone, not torch/extension.h: nothing here crosses the binding as a
+// tensor, and the whole torch API would triple this file's compile time.
+#include <pybind11/pybind11.h>
+#include <torch/version.h>
 
 #include <string>
 
