@@ -381,13 +381,25 @@ template <typename S, typename Emit>
 __device__ void block_product(const BlockSmem<S>& sm, const PersistentLayout& lay, int m0, int M,
                               int64_t kw0, const S* x, int64_t ldx, int64_t rows, int64_t K,
                               const Emit& emit) {
-  if constexpr (kMmaCapable<S>) {
-    if (lay.mma) {
-      block_product_mma(sm.ws, lay.ldw, m0, M, kw0, x, ldx, rows, K, sm.red, emit);
-      return;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800 && !defined(FRNN_HOST_EMULATION)
+  // Code for sm_80 or later: plan_persistent always picks tensor cores for the
+  // 16-bit types there, so their CUDA-core product is not compiled.
+  constexpr bool kMmaOnly = kMmaType<S>;
+#else
+  constexpr bool kMmaOnly = false;
+#endif
+  if constexpr (kMmaOnly) {
+    block_product_mma(sm.ws, lay.ldw, m0, M, kw0, x, ldx, rows, K, sm.red, emit);
+  } else {
+    if constexpr (kMmaCapable<S>) {
+      if (lay.mma) {
+        block_product_mma(sm.ws, lay.ldw, m0, M, kw0, x, ldx, rows, K, sm.red, emit);
+        return;
+      }
     }
+    block_product_fma(sm.ws, lay.ldw, m0, M, kw0, x, ldx, rows, K, sm.xs, lay.kc, lay.ldx,
+                      emit);
   }
-  block_product_fma(sm.ws, lay.ldw, m0, M, kw0, x, ldx, rows, K, sm.xs, lay.kc, lay.ldx, emit);
 }
 
 // gh[n*ld_gh + (g0 + g)*H + u] = the product of x (rows x K) with the weight rows
