@@ -245,6 +245,34 @@ def test_cell_variant_matches_reference(variant, shape, dtype):
 ALL_CELLS = {**NN_CELLS, **CELL_VARIANTS}
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("kind", list(ALL_CELLS))
+def test_cell_call_split_over_two_threads(kind, dtype):
+    # Large enough that one call is split into tasks over blocks of gate columns
+    # on two threads (several millions of multiply-adds); odd sizes, so that the
+    # last task and the last tile of each are partial. The split changes no sum:
+    # the result is the one-thread result bit for bit, and the reference's.
+    name, kw = ALL_CELLS[kind]
+    n, c, h = 37, 150, 200
+    torch.manual_seed(0)
+    cell = getattr(fusedrnn, name)(c, h, **kw).to(dtype)
+    leaves = cell_leaves(name == "LSTMCell", n, True, c, h)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run(cell, cell_build, leaves, cell=True)
+        torch.set_num_threads(2)
+        two = run(cell, cell_build, leaves, cell=True)
+    finally:
+        torch.set_num_threads(threads)
+    assert_all_close(two, one)
+    if dtype == torch.float64:
+        want = run(cell, cell_build, leaves, cell=True, fn=lambda *a: reference.cell_forward(cell, *a))
+        assert_all_close(two, want, **TIGHT)
+    else:
+        assert_matches_reference(cell, *cell_build(**{k: v.to(dtype) for k, v in leaves.items()}))
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
 @pytest.mark.parametrize("kind", list(ALL_CELLS))
 def test_low_precision_cell_matches_reference(kind, dtype):

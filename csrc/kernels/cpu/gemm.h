@@ -426,19 +426,45 @@ inline void gemm_nt_tile(int64_t K, const S* a, int64_t lda, const S* w, int64_t
   }
 }
 
+// C[M, N] (+)= A[M, K] * W[N, K]^T as independent tasks over blocks of columns
+// (rows of W), so that a single step's products can be spread over threads.
 template <typename S>
-void gemm_nt(int64_t M, int64_t N, int64_t K, const S* a, int64_t lda, const S* w,
-             int64_t ldw, S* c, int64_t ldc, bool accumulate, const Parallel& par,
-             const S* bias = nullptr) {
-  constexpr int L = Vec<S>::size();
-  if (M <= 0 || N <= 0) return;
-  // Columns per task: L rows of W for one row of A (a GEMV), L/4 otherwise.
-  const int64_t nw = M == 1 ? L : (M < 4 ? L / 2 : L / 4);
-  const int64_t ncol = ceil_div<int64_t>(N, nw);
-  par(ncol, grain_for(M * K * nw), [&](int64_t cb, int64_t ce) {
-    for (int64_t jb = cb; jb < ce; ++jb) {
-      const int64_t j0 = jb * nw;
-      const int64_t valid = std::min<int64_t>(nw, N - j0);
+struct GemmNT {
+  static constexpr int L = Vec<S>::size();
+  int64_t M, N, K;
+  const S* a;
+  int64_t lda;
+  const S* w;
+  int64_t ldw;
+  S* c;
+  int64_t ldc;
+  bool accumulate;
+  const S* bias;
+  // Columns per tile: L rows of W for one row of A (a GEMV), L/4 otherwise;
+  // columns per task: whole tiles, enough multiply-adds to pay for a thread.
+  int64_t nw = 0, cols = 0;
+
+  GemmNT(int64_t M_, int64_t N_, int64_t K_, const S* a_, int64_t lda_, const S* w_,
+         int64_t ldw_, S* c_, int64_t ldc_, bool accumulate_, const S* bias_ = nullptr)
+      : M(M_), N(N_), K(K_), a(a_), lda(lda_), w(w_), ldw(ldw_), c(c_), ldc(ldc_),
+        accumulate(accumulate_), bias(bias_) {
+    nw = M == 1 ? L : (M < 4 ? L / 2 : L / 4);
+    const int64_t fma_per_col = std::max<int64_t>(1, M * K);
+    cols = round_up<int64_t>(std::max<int64_t>(nw, kMinParallelFma / fma_per_col), nw);
+  }
+  int64_t tasks() const { return M > 0 && N > 0 ? ceil_div<int64_t>(N, cols) : 0; }
+  void run(int64_t task) const { run_cols(task * cols, std::min<int64_t>(N, (task + 1) * cols)); }
+  void run_all(const Parallel& par) const {
+    if (M <= 0 || N <= 0) return;
+    par(ceil_div<int64_t>(N, nw), grain_for(M * K * nw), [&](int64_t cb, int64_t ce) {
+      run_cols(cb * nw, std::min<int64_t>(N, ce * nw));
+    });
+  }
+
+  // Columns [c0, c1), c0 a multiple of nw.
+  void run_cols(int64_t c0, int64_t c1) const {
+    for (int64_t j0 = c0; j0 < c1; j0 += nw) {
+      const int64_t valid = std::min<int64_t>(nw, c1 - j0);
       const S* bj = bias ? bias + j0 : nullptr;
       const S* wj = w + j0 * ldw;
       int64_t i = 0;
@@ -461,7 +487,14 @@ void gemm_nt(int64_t M, int64_t N, int64_t K, const S* a, int64_t lda, const S* 
         gemm_nt_tile<S, 1, L>(K, a + i * lda, lda, wj, ldw, c + i * ldc + j0, ldc, valid,
                               accumulate, bj);
     }
-  });
+  }
+};
+
+template <typename S>
+void gemm_nt(int64_t M, int64_t N, int64_t K, const S* a, int64_t lda, const S* w,
+             int64_t ldw, S* c, int64_t ldc, bool accumulate, const Parallel& par,
+             const S* bias = nullptr) {
+  GemmNT<S>(M, N, K, a, lda, w, ldw, c, ldc, accumulate, bias).run_all(par);
 }
 
 }  // namespace CPU_CAPABILITY

@@ -126,7 +126,7 @@ inline const Parallel& serial() {
 // (phases.h).
 
 // C = A * W^T for a Linear-style weight W [N, K]: packed once, or dot products
-// in place (gemm_nt, one task).
+// in place (gemm_nt, tasks over blocks of columns).
 template <typename S>
 struct WeightT {
   const S* w = nullptr;
@@ -148,15 +148,20 @@ struct WeightT {
     return PanelGemm<S>(M, N, K, MatA<S>{a, lda, 1}, packed, K * NR, NR, false, c, ldc,
                         accumulate, bias);
   }
+  GemmNT<S> in_place(int64_t M, const S* a, int64_t lda, S* c, int64_t ldc, bool accumulate,
+                     const S* bias) const {
+    return GemmNT<S>(M, N, K, a, lda, w, K, c, ldc, accumulate, bias);
+  }
   int64_t tasks(int64_t M) const {
-    return packed ? product(M, nullptr, 0, nullptr, 0, false, nullptr).tasks() : (M > 0 ? 1 : 0);
+    return packed ? product(M, nullptr, 0, nullptr, 0, false, nullptr).tasks()
+                  : in_place(M, nullptr, 0, nullptr, 0, false, nullptr).tasks();
   }
   void run(int64_t M, const S* a, int64_t lda, S* c, int64_t ldc, bool accumulate,
            const S* bias, int64_t task) const {
     if (packed)
       product(M, a, lda, c, ldc, accumulate, bias).run(task);
     else
-      gemm_nt<S>(M, N, K, a, lda, w, K, c, ldc, accumulate, serial(), bias);
+      in_place(M, a, lda, c, ldc, accumulate, bias).run(task);
   }
   void gemm(int64_t M, const S* a, int64_t lda, S* c, int64_t ldc, bool accumulate,
             const Parallel& par, const S* bias = nullptr) const {
@@ -196,7 +201,8 @@ struct WeightN {
 // The recurrent product of the forward step, h W^T for the G gate blocks of
 // W [G*H, K], handed to the cell's epilogue in registers: fused with the packed
 // weight (tasks: panels x blocks of rows), or for a single step, dot products in
-// place into a scratch [N, G*H] that the epilogue then reads (one task).
+// place into a scratch [N, G*H] that the epilogue then reads (tasks: groups of
+// panels, each the gate columns of its units and then their epilogue).
 template <typename S, int G, int U>
 struct Recurrent {
   static constexpr int L = Vec<S>::size();
@@ -222,8 +228,14 @@ struct Recurrent {
     if (packed) pack_recurrent<S, G, U>(w, H, K, packed, par);
   }
   int64_t panels() const { return ceil_div<int64_t>(H, U * L); }
+  // In place: panels per task, enough multiply-adds to pay for a thread.
+  int64_t panels_per_task(int64_t rows) const {
+    return std::max<int64_t>(1, kMinParallelFma / std::max<int64_t>(1, rows * K * NV * L));
+  }
   int64_t tasks(int64_t rows) const {
-    return packed ? panels() * ceil_div<int64_t>(rows, kRowBlock) : 1;
+    if (rows <= 0) return 0;
+    return packed ? panels() * ceil_div<int64_t>(rows, kRowBlock)
+                  : ceil_div<int64_t>(panels(), panels_per_task(rows));
   }
   // Multiply-adds of one task, to decide whether threads pay off.
   int64_t fma_per_step(int64_t rows) const { return rows * K * G * H; }
@@ -243,9 +255,14 @@ struct Recurrent {
       return;
     }
     const int64_t GH = G * H;
-    gemm_nt<S>(rows, GH, K, a, lda, w, K, gh, GH, false, serial());
+    const int64_t pp = panels_per_task(rows);
+    const int64_t p0 = task * pp, p1 = std::min<int64_t>(panels(), p0 + pp);
+    const int64_t u0 = p0 * U * L, u1 = std::min<int64_t>(H, p1 * U * L);
+    for (int g = 0; g < G; ++g)
+      GemmNT<S>(rows, u1 - u0, K, a, lda, w + (g * H + u0) * K, K, gh + g * H + u0, GH, false)
+          .run_cols(0, u1 - u0);
     for (int64_t i = 0; i < rows; ++i) {
-      for (int64_t p = 0; p < panels(); ++p) {
+      for (int64_t p = p0; p < p1; ++p) {
         V acc[NV];
         for (int g = 0; g < G; ++g)
           for (int u = 0; u < U; ++u) {
@@ -278,9 +295,12 @@ inline void run_unit_task(int64_t H, int64_t task, const F& f) {
 // than a second thread gives.
 constexpr int64_t kMinStepFmaForThreads = int64_t{1} << 18;
 // A single step (a cell call) opens a parallel region for that step alone, and
-// the region's start and end must pay off within it: measured on 2 cores, an
-// RNNCell step of 1M multiply-adds took 44 us on one thread and 57 us on two.
-constexpr int64_t kMinCallFmaForThreads = int64_t{1} << 22;
+// the region's start and end (about 7-10 us on 2 cores) must pay off within it.
+// Measured on 2 cores (Intel Xeon, AVX-512), one thread against two per call:
+// RNNCell N=16 H=128 (0.5M) 39 us / 53 us, N=32 H=128 (1M) 90 / 77, LSTMCell
+// N=16 H=128 (2M) 145 / 132, N=16 H=256 (8M) 425 / 298; only small weights with
+// many rows (LSTMCell N=64 H=64, 2M: 126 / 136) lose a little above 1M.
+constexpr int64_t kMinCallFmaForThreads = int64_t{1} << 20;
 
 inline int threads_for(const Parallel& par, int64_t step_fma, int64_t steps) {
   const int64_t min_fma = steps == 1 ? kMinCallFmaForThreads : kMinStepFmaForThreads;
