@@ -70,6 +70,9 @@ sanitize: build/.deps
 	tools/sanitize.sh $(SANITIZE_ARGS)
 
 # The part of the sanitizer run that fits CI: the fuzz, numerics, concurrency and
-# gradcheck tests under ASan + UBSan (about 5 minutes on 2 cores, build included).
+# gradcheck tests under ASan + UBSan (about 4 minutes on 2 cores, build included).
+# The 10,000-step sequence is left to `make sanitize`: under ASan it took 50 of
+# the 124 s, nearly all in the Python reference it is checked against.
 sanitize-ci: build/.deps
-	tools/sanitize.sh tests/test_reliability.py tests/test_gradcheck.py
+	tools/sanitize.sh tests/test_reliability.py tests/test_gradcheck.py \
+	  --deselect tests/test_reliability.py::test_long_sequence_matches_reference_in_memory_proportional_to_T
