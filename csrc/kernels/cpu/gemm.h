@@ -210,6 +210,8 @@ struct PanelGemm {
   int64_t ldc;
   bool accumulate;
   const S* bias;
+  // A packed by pack_a (its row tiles contiguous), or null: A read in place.
+  const S* apack = nullptr;
   int64_t npanel = 0, mc = 0, nmb = 0;
 
   PanelGemm(int64_t M_, int64_t N_, int64_t kc_, const MatA<S>& A_, const S* bp_,
@@ -241,7 +243,10 @@ struct PanelGemm {
       constexpr int kR = decltype(R)::value;
       const int64_t m = m0 + i;
       S* cm = c + m * ldc + p * NR;
-      if (masked)
+      if (apack)
+        gemm_tile<S, kR, NV, false>(kc, apack + m * kc, 1, kR, bpp, bstride, cm, ldc, n_valid,
+                                    accumulate, bias_p);
+      else if (masked)
         gemm_tile<S, kR, NV, true>(kc, A.ptr + m * A.rs, A.rs, A.cs, bpp, bstride, cm, ldc,
                                    n_valid, accumulate, bias_p);
       else
@@ -255,6 +260,30 @@ struct PanelGemm {
     });
   }
 };
+
+// Packs A[0:M, 0:kc] for PanelGemm: the row tile of R rows at row i (the tiles
+// of for_row_tiles) goes to dst + i*kc as [kc][R], so that a tile reads its R
+// values of each k from one place. For an A read along a large stride (A = dG^T
+// in the weight gradients: a cache line per k, 4 KiB apart, which all fall in
+// the same few sets of L1) this costs M*kc moves against M*kc*N multiply-adds.
+template <typename S, int MR>
+void pack_a(const MatA<S>& A, int64_t M, int64_t kc, S* dst, const Parallel& par) {
+  const int64_t ntiles = ceil_div<int64_t>(M, MR);
+  par(ntiles, grain_for(kc * MR * 8), [&](int64_t tb, int64_t te) {
+    const int64_t m0 = tb * MR, m1 = std::min<int64_t>(M, te * MR);
+    for_row_tiles<MR>(m1 - m0, [&](auto Rc, int64_t i) {
+      constexpr int R = decltype(Rc)::value;
+      const int64_t row = m0 + i;
+      S* d = dst + row * kc;
+      const S* a = A.ptr + row * A.rs;
+      for (int64_t k = 0; k < kc; ++k, d += R) {
+        const S* ak = a + k * A.cs;
+#pragma GCC unroll 8
+        for (int r = 0; r < R; ++r) d[r] = ak[r * A.rs];
+      }
+    });
+  });
+}
 
 template <typename S, int NV = kGemmNV>
 void gemm_panels(int64_t M, int64_t N, int64_t kc, const MatA<S>& A, const S* bp,
@@ -270,10 +299,11 @@ constexpr int64_t packed_b_size(int64_t K, int64_t N) {
   return K * round_up<int64_t>(N, NV * Vec<S>::size());
 }
 
-// Scratch elements gemm() needs for a given N.
+// Scratch elements gemm() needs for M and N up to n: a block of packed B and
+// one of packed A.
 template <typename S>
-constexpr int64_t gemm_scratch_size(int64_t N) {
-  return packed_b_size<S>(kKC, N);
+constexpr int64_t gemm_scratch_size(int64_t n) {
+  return packed_b_size<S>(kKC, n) + round_up<int64_t>(n, 8) * kKC;
 }
 
 // Below this many rows of A, a row-major B is read in place rather than packed:
@@ -298,11 +328,18 @@ void gemm(int64_t M, int64_t N, int64_t K, const MatA<S>& A, const MatB<S>& B, S
     gemm_panels<S>(M, N, K, A, B.ptr, NR, B.rs, true, c, ldc, accumulate, par);
     return;
   }
+  // A read across rows (A.cs > 1: a transposed matrix) is packed, see pack_a.
+  S* apack = A.cs != 1 ? scratch + packed_b_size<S>(kKC, N) : nullptr;
   for (int64_t k0 = 0; k0 < K; k0 += kKC) {
     const int64_t kc = std::min<int64_t>(kKC, K - k0);
     pack_b<S, kGemmNV>(B, k0, kc, N, scratch, par);
     const MatA<S> Ak{A.ptr + k0 * A.cs, A.rs, A.cs};
-    gemm_panels<S>(M, N, kc, Ak, scratch, kc * NR, NR, false, c, ldc, accumulate || k0 > 0, par);
+    PanelGemm<S> g(M, N, kc, Ak, scratch, kc * NR, NR, false, c, ldc, accumulate || k0 > 0);
+    if (apack) {
+      pack_a<S, PanelGemm<S>::MR>(Ak, M, kc, apack, par);
+      g.apack = apack;
+    }
+    g.run_all(par);
   }
 }
 
