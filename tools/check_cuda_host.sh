@@ -32,23 +32,38 @@ fi
 sources=(csrc/torch/rnn_cuda.cpp csrc/torch/rnn_layer.cpp csrc/torch/module.cpp)
 [ "${1:-}" = "--quick" ] && sources=(csrc/torch/rnn_cuda.cpp)
 
-status=0
+# One check per standard and source, side by side (each is a single-threaded
+# compile of the torch headers); the reports in order.
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+checks=()
+i=0
 for std in c++17 c++20; do
   for src in "${sources[@]}"; do
     cmd=("$CXX" "-std=$std" -fsyntax-only -Wall -Wextra -Wno-unused-parameter "${defines[@]}"
          "${torch_inc[@]}" "-I$py_inc" "-I$cuda/include" "$src")
-    if ! out=$("${cmd[@]}" 2>&1); then
-      echo "$out"
-      echo "check_cuda_host: $src ($std): errors" >&2
-      status=1
-    elif grep -q "^csrc/.*warning:" <<<"$out"; then
-      grep -A3 "^csrc/.*warning:" <<<"$out"
-      echo "check_cuda_host: $src ($std): warnings in our code" >&2
-      status=1
-    else
-      echo "check_cuda_host: $src ($std) ok"
-    fi
+    ( "${cmd[@]}" >"$tmp/$i.out" 2>&1; echo $? >"$tmp/$i.rc" ) &
+    checks+=("$std $src")
+    i=$((i + 1))
   done
+done
+wait
+
+status=0
+for i in "${!checks[@]}"; do
+  read -r std src <<<"${checks[$i]}"
+  out=$(cat "$tmp/$i.out")
+  if [ "$(cat "$tmp/$i.rc")" != 0 ]; then
+    echo "$out"
+    echo "check_cuda_host: $src ($std): errors" >&2
+    status=1
+  elif grep -q "^csrc/.*warning:" <<<"$out"; then
+    grep -A3 "^csrc/.*warning:" <<<"$out"
+    echo "check_cuda_host: $src ($std): warnings in our code" >&2
+    status=1
+  else
+    echo "check_cuda_host: $src ($std) ok"
+  fi
 done
 [ $status -eq 0 ] && echo "check_cuda_host: command: ${cmd[*]}"
 exit $status
