@@ -1,7 +1,7 @@
 // The Python extension module fusedrnn._C. Loading it registers the operators
 // (ops.cpp); it also says what this build contains.
 // pybind11 alone, not torch/extension.h: nothing here crosses the binding as a
-// tensor, and the whole torch API would triple this file's compile time.
+// tensor, and the whole torch API took this file from 16 s to 67 s to compile.
 #include <pybind11/pybind11.h>
 #include <torch/version.h>
 

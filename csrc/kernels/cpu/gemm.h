@@ -269,7 +269,7 @@ struct PanelGemm {
 template <typename S, int MR>
 void pack_a(const MatA<S>& A, int64_t M, int64_t kc, S* dst, const Parallel& par) {
   const int64_t ntiles = ceil_div<int64_t>(M, MR);
-  par(ntiles, grain_for(kc * MR * 8), [&](int64_t tb, int64_t te) {
+  par(ntiles, grain_for(kc * MR), [&](int64_t tb, int64_t te) {
     const int64_t m0 = tb * MR, m1 = std::min<int64_t>(M, te * MR);
     for_row_tiles<MR>(m1 - m0, [&](auto Rc, int64_t i) {
       constexpr int R = decltype(Rc)::value;
@@ -303,7 +303,7 @@ constexpr int64_t packed_b_size(int64_t K, int64_t N) {
 // one of packed A.
 template <typename S>
 constexpr int64_t gemm_scratch_size(int64_t n) {
-  return packed_b_size<S>(kKC, n) + round_up<int64_t>(n, 8) * kKC;
+  return packed_b_size<S>(kKC, n) + n * kKC;
 }
 
 // Below this many rows of A, a row-major B is read in place rather than packed:
@@ -492,9 +492,8 @@ struct GemmNT {
   int64_t tasks() const { return M > 0 && N > 0 ? ceil_div<int64_t>(N, cols) : 0; }
   void run(int64_t task) const { run_cols(task * cols, std::min<int64_t>(N, (task + 1) * cols)); }
   void run_all(const Parallel& par) const {
-    if (M <= 0 || N <= 0) return;
-    par(ceil_div<int64_t>(N, nw), grain_for(M * K * nw), [&](int64_t cb, int64_t ce) {
-      run_cols(cb * nw, std::min<int64_t>(N, ce * nw));
+    par(tasks(), 1, [&](int64_t tb, int64_t te) {
+      run_cols(tb * cols, std::min<int64_t>(N, te * cols));
     });
   }
 

@@ -388,18 +388,15 @@ __device__ void block_product(const BlockSmem<S>& sm, const PersistentLayout& la
 #else
   constexpr bool kMmaOnly = false;
 #endif
-  if constexpr (kMmaOnly) {
-    block_product_mma(sm.ws, lay.ldw, m0, M, kw0, x, ldx, rows, K, sm.red, emit);
-  } else {
-    if constexpr (kMmaCapable<S>) {
-      if (lay.mma) {
-        block_product_mma(sm.ws, lay.ldw, m0, M, kw0, x, ldx, rows, K, sm.red, emit);
-        return;
-      }
+  if constexpr (kMmaCapable<S>) {
+    if (kMmaOnly || lay.mma) {
+      block_product_mma(sm.ws, lay.ldw, m0, M, kw0, x, ldx, rows, K, sm.red, emit);
+      return;
     }
+  }
+  if constexpr (!kMmaOnly)
     block_product_fma(sm.ws, lay.ldw, m0, M, kw0, x, ldx, rows, K, sm.xs, lay.kc, lay.ldx,
                       emit);
-  }
 }
 
 // gh[n*ld_gh + (g0 + g)*H + u] = the product of x (rows x K) with the weight rows
