@@ -79,16 +79,20 @@ void pack_recurrent(const S* w, int64_t H, int64_t K, S* dst, const Parallel& pa
 // ------------------------------------------------------------ fused step
 
 // acc[v] = sum_k a[k] * wp[k*NV + v] for MR rows, then epi(row, panel, acc[row]).
+// Over a chunk of K: the sums start from part (unless first) and, unless last, are
+// stored back there instead of going to the epilogue, so that chunking K does not
+// change them.
 template <typename S, int MR, int NV, typename Epi>
 inline void recurrent_tile(int64_t K, const S* a, int64_t lda, const S* wp, int64_t row0,
-                           int64_t panel, const Epi& epi) {
+                           int64_t panel, const Epi& epi, S* part = nullptr, bool first = true,
+                           bool last = true) {
   using V = Vec<S>;
   constexpr int L = V::size();
   V acc[MR][NV];
 #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) acc[i][v] = V(S(0));
+    for (int v = 0; v < NV; ++v) acc[i][v] = first ? V(S(0)) : V::loadu(part + (i * NV + v) * L);
   for (int64_t k = 0; k < K; ++k) {
     V b[NV];
 #pragma GCC unroll 8
@@ -100,6 +104,13 @@ inline void recurrent_tile(int64_t K, const S* a, int64_t lda, const S* wp, int6
       for (int v = 0; v < NV; ++v) acc[i][v] = at::vec::fmadd(ai, b[v], acc[i][v]);
     }
     wp += NV * L;
+  }
+  if (!last) {
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) acc[i][v].store(part + (i * NV + v) * L);
+    return;
   }
   for (int i = 0; i < MR; ++i) epi(row0 + i, panel, acc[i]);
 }
@@ -249,9 +260,24 @@ struct Recurrent {
       const int64_t r0 = (task % nrb) * kRowBlock;
       const int64_t r1 = std::min<int64_t>(rows, r0 + kRowBlock);
       const S* wpp = packed + p * K * NV * L;
-      for_row_tiles<MR>(r1 - r0, [&](auto R, int64_t i) {
-        recurrent_tile<S, decltype(R)::value, NV>(K, a + (r0 + i) * lda, lda, wpp, r0 + i, p, epi);
-      });
+      const int64_t kstep = k_chunk<S, MR>(K, NV * L, r1 - r0);
+      if (kstep >= K) {
+        for_row_tiles<MR>(r1 - r0, [&](auto R, int64_t i) {
+          recurrent_tile<S, decltype(R)::value, NV>(K, a + (r0 + i) * lda, lda, wpp, r0 + i, p,
+                                                    epi);
+        });
+        return;
+      }
+      // The block's sums between chunks of K (kRowBlock rows of NV vectors).
+      alignas(64) S part[kRowBlock * NV * L];
+      for (int64_t k0 = 0; k0 < K; k0 += kstep) {
+        const int64_t kk = std::min<int64_t>(kstep, K - k0);
+        for_row_tiles<MR>(r1 - r0, [&](auto R, int64_t i) {
+          recurrent_tile<S, decltype(R)::value, NV>(kk, a + (r0 + i) * lda + k0, lda,
+                                                    wpp + k0 * NV * L, r0 + i, p, epi,
+                                                    part + i * NV * L, k0 == 0, k0 + kk >= K);
+        });
+      }
       return;
     }
     const int64_t GH = G * H;
