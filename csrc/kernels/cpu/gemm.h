@@ -292,17 +292,6 @@ void pack_a(const MatA<S>& A, int64_t M, int64_t kc, S* dst, const Parallel& par
   const int64_t ntiles = ceil_div<int64_t>(M, MR);
   par(ntiles, grain_for(kc * MR), [&](int64_t tb, int64_t te) {
     const int64_t m0 = tb * MR, m1 = std::min<int64_t>(M, te * MR);
-    if (A.rs == 1 && MR <= Vec<S>::size()) {
-      for (int64_t k = 0; k < kc; ++k) {
-        const S* ak = A.ptr + k * A.cs;
-        for_row_tiles<MR>(m1 - m0, [&](auto Rc, int64_t i) {
-          constexpr int R = decltype(Rc)::value;
-          const int64_t row = m0 + i;
-          Vec<S>::loadu(ak + row, R).store(dst + row * kc + k * R, R);
-        });
-      }
-      return;
-    }
     for_row_tiles<MR>(m1 - m0, [&](auto Rc, int64_t i) {
       constexpr int R = decltype(Rc)::value;
       const int64_t row = m0 + i;
@@ -342,37 +331,70 @@ constexpr int64_t gemm_scratch_size(int64_t n) {
 // packing costs K*N moves, which only pay off when reused over many rows.
 constexpr int64_t kDirectRows = 64;
 
-// C[M, N] (+)= A[M, K] * B[K, N]. A row-major B with few rows of A is read in
-// place; otherwise B is packed in blocks of kKC rows into scratch.
+// One product of gemm_multi: C[M, N] (+)= A[M, K] * B[K, N].
+template <typename S>
+struct Product {
+  MatB<S> B;
+  int64_t N;
+  S* c;
+  int64_t ldc;
+};
+
+// The products of one A with several B (the weight gradients dG^T X and dG^T Hprev).
+// A row-major B with few rows of A is read in place; otherwise B is packed in
+// blocks of kKC rows into scratch, and an A read across rows (A.cs > 1, a
+// transposed matrix) is packed once per block for all the products (see pack_a).
+template <typename S>
+void gemm_multi(int64_t M, int64_t K, const MatA<S>& A, const Product<S>* prods, int nprods,
+                bool accumulate, S* scratch, const Parallel& par) {
+  constexpr int NR = kGemmNV * Vec<S>::size();
+  if (M <= 0) return;
+  int64_t max_n = 0;
+  for (int j = 0; j < nprods; ++j) {
+    const Product<S>& q = prods[j];
+    max_n = std::max(max_n, q.N);
+    if (K <= 0 && !accumulate) {
+      for (int64_t i = 0; i < M; ++i)
+        for (int64_t col = 0; col < q.N; ++col) q.c[i * q.ldc + col] = S(0);
+    }
+  }
+  if (K <= 0 || max_n <= 0) return;
+  const auto direct = [&](const Product<S>& q) {
+    return q.B.rows == nullptr && q.B.cs == 1 && M < kDirectRows;
+  };
+  bool packs = false;
+  for (int j = 0; j < nprods; ++j) {
+    if (prods[j].N <= 0) continue;
+    if (direct(prods[j]))
+      gemm_panels<S>(M, prods[j].N, K, A, prods[j].B.ptr, NR, prods[j].B.rs, true, prods[j].c,
+                     prods[j].ldc, accumulate, par);
+    else
+      packs = true;
+  }
+  if (!packs) return;
+  S* apack = A.cs != 1 ? scratch + packed_b_size<S>(kKC, max_n) : nullptr;
+  for (int64_t k0 = 0; k0 < K; k0 += kKC) {
+    const int64_t kc = std::min<int64_t>(kKC, K - k0);
+    const MatA<S> Ak{A.ptr + k0 * A.cs, A.rs, A.cs};
+    if (apack) pack_a<S, PanelGemm<S>::MR>(Ak, M, kc, apack, par);
+    for (int j = 0; j < nprods; ++j) {
+      const Product<S>& q = prods[j];
+      if (q.N <= 0 || direct(q)) continue;
+      pack_b<S, kGemmNV>(q.B, k0, kc, q.N, scratch, par);
+      PanelGemm<S> g(M, q.N, kc, Ak, scratch, kc * NR, NR, false, q.c, q.ldc,
+                     accumulate || k0 > 0);
+      g.apack = apack;
+      g.run_all(par);
+    }
+  }
+}
+
+// C[M, N] (+)= A[M, K] * B[K, N] (gemm_multi with one product).
 template <typename S>
 void gemm(int64_t M, int64_t N, int64_t K, const MatA<S>& A, const MatB<S>& B, S* c,
           int64_t ldc, bool accumulate, S* scratch, const Parallel& par) {
-  constexpr int NR = kGemmNV * Vec<S>::size();
-  if (M <= 0 || N <= 0) return;
-  if (K <= 0) {
-    if (!accumulate) {
-      for (int64_t i = 0; i < M; ++i)
-        for (int64_t j = 0; j < N; ++j) c[i * ldc + j] = S(0);
-    }
-    return;
-  }
-  if (B.rows == nullptr && B.cs == 1 && M < kDirectRows) {
-    gemm_panels<S>(M, N, K, A, B.ptr, NR, B.rs, true, c, ldc, accumulate, par);
-    return;
-  }
-  // A read across rows (A.cs > 1: a transposed matrix) is packed, see pack_a.
-  S* apack = A.cs != 1 ? scratch + packed_b_size<S>(kKC, N) : nullptr;
-  for (int64_t k0 = 0; k0 < K; k0 += kKC) {
-    const int64_t kc = std::min<int64_t>(kKC, K - k0);
-    pack_b<S, kGemmNV>(B, k0, kc, N, scratch, par);
-    const MatA<S> Ak{A.ptr + k0 * A.cs, A.rs, A.cs};
-    PanelGemm<S> g(M, N, kc, Ak, scratch, kc * NR, NR, false, c, ldc, accumulate || k0 > 0);
-    if (apack) {
-      pack_a<S, PanelGemm<S>::MR>(Ak, M, kc, apack, par);
-      g.apack = apack;
-    }
-    g.run_all(par);
-  }
+  const Product<S> q{B, N, c, ldc};
+  gemm_multi<S>(M, K, A, &q, 1, accumulate, scratch, par);
 }
 
 // Packs W^T for C = A * W^T, W [N, K] row-major (a Linear weight), whole K.

@@ -477,9 +477,9 @@ struct Schedule {
   }
 };
 
-// dX, dW_ih and db_ih from dG. Columns [col, col+n) of dG belong to rows
-// [wrow, wrow+n) of W_ih; GRU reset_after stores its input-side n gradient
-// apart from the recurrent one, so it passes two blocks.
+// dX and db_ih from dG. Columns [col, col+n) of dG belong to rows [wrow, wrow+n)
+// of W_ih; GRU reset_after stores its input-side n gradient apart from the
+// recurrent one, so it passes two blocks.
 struct GateBlock {
   int64_t col, wrow, n;
 };
@@ -495,21 +495,35 @@ void input_side_grads(const SeqBackwardArgs<S>& a, const S* dG, int64_t ldg, con
     if (a.dx)
       gemm<S>(R, a.C, g.n, MatA<S>{dG + g.col, ldg, 1}, MatB<S>{a.w_ih + g.wrow * a.C, a.C, 1},
               a.dx, a.C, b > 0, scratch, par);
-    if (a.dw_ih)
-      gemm<S>(g.n, a.C, R, MatA<S>{dG + g.col, 1, ldg}, MatB<S>{a.x, a.C, 1},
-              a.dw_ih + g.wrow * a.C, a.C, false, scratch, par);
     if (a.db_ih) std::memcpy(a.db_ih + g.wrow, dsum + g.col, g.n * sizeof(S));
   }
 }
 
-// dW_hh[wrow : wrow+n] = dG[:, col : col+n]^T B, B [R, K] (the recurrent inputs).
+// Columns [col, col+n) of dG and the weight gradients they give: dG^T X, rows
+// [ih_row, ih_row+n) of dW_ih (ih_row < 0: none), and dG^T hh for hh [R, K] (the
+// recurrent inputs), rows [hh_row, hh_row+n) of dW_hh (hh_row < 0: none). Both
+// are one gemm_multi, which packs the block's dG^T once for the two.
 template <typename S>
-void recurrent_weight_grad(const SeqBackwardArgs<S>& a, const S* dG, int64_t ldg,
-                           int64_t col, int64_t wrow, int64_t n, const MatB<S>& B, int64_t K,
-                           S* scratch, const Parallel& par) {
-  if (!a.dw_hh) return;
-  gemm<S>(n, K, total_rows(a.seq), MatA<S>{dG + col, 1, ldg}, B, a.dw_hh + wrow * K, K,
-          false, scratch, par);
+struct WeightGradBlock {
+  int64_t col, n, ih_row, hh_row;
+  MatB<S> hh;
+  int64_t K;
+};
+
+template <typename S>
+void weight_grads(const SeqBackwardArgs<S>& a, const S* dG, int64_t ldg,
+                  const WeightGradBlock<S>* blocks, int nblocks, S* scratch,
+                  const Parallel& par) {
+  const int64_t R = total_rows(a.seq);
+  for (int b = 0; b < nblocks; ++b) {
+    const WeightGradBlock<S>& g = blocks[b];
+    Product<S> prods[2];
+    int n = 0;
+    if (a.dw_ih && g.ih_row >= 0)
+      prods[n++] = Product<S>{MatB<S>{a.x, a.C, 1}, a.C, a.dw_ih + g.ih_row * a.C, a.C};
+    if (a.dw_hh && g.hh_row >= 0) prods[n++] = Product<S>{g.hh, g.K, a.dw_hh + g.hh_row * g.K, g.K};
+    if (n > 0) gemm_multi<S>(g.n, R, MatA<S>{dG + g.col, 1, ldg}, prods, n, false, scratch, par);
+  }
 }
 
 // dst[0:cnt] += v: the per-unit sums (bias and peephole gradients) that the
@@ -759,10 +773,9 @@ void lstm_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel
   const GateBlock all{0, 0, GH};
   input_side_grads(a, dG, GH, dsum, &all, 1, scratch, par);
   if (a.db_hh) std::memcpy(a.db_hh, dsum, GH * sizeof(S));
-  if (hrows) {
-    previous_rows(seq, a.y, a.h0, P, hrows);
-    recurrent_weight_grad(a, dG, GH, 0, 0, GH, MatB<S>{nullptr, 0, 1, hrows}, P, scratch, par);
-  }
+  if (hrows) previous_rows(seq, a.y, a.h0, P, hrows);
+  const WeightGradBlock<S> wg{0, GH, 0, 0, MatB<S>{nullptr, 0, 1, hrows}, P};
+  weight_grads(a, dG, GH, &wg, 1, scratch, par);
   if (proj && a.dw_hr)
     gemm<S>(P, H, R, MatA<S>{dht, 1, P}, MatB<S>{a.proj_in, H, 1}, a.dw_hr, H, false, scratch,
             par);
@@ -996,11 +1009,14 @@ void gru_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel&
   const GateBlock blocks[2] = {{0, 0, 2 * H}, {3 * H, 2 * H, H}};
   input_side_grads(a, dG, ldg, dsum, blocks, 2, scratch, par);
   if (a.db_hh) std::memcpy(a.db_hh, dsum, 3 * H * sizeof(S));
-  if (hrows) {
-    previous_rows(seq, a.y, a.h0, H, hrows);
-    recurrent_weight_grad(a, dG, ldg, 0, 0, 3 * H, MatB<S>{nullptr, 0, 1, hrows}, H, scratch,
-                          par);
-  }
+  if (hrows) previous_rows(seq, a.y, a.h0, H, hrows);
+  // r and z: one dG for both sides; n: the recurrent (col 2H) and the input
+  // (col 3H) gradients apart.
+  const MatB<S> hprev{nullptr, 0, 1, hrows};
+  const WeightGradBlock<S> wg[3] = {{0, 2 * H, 0, 0, hprev, H},
+                                    {2 * H, H, -1, 2 * H, hprev, H},
+                                    {3 * H, H, 2 * H, -1, hprev, H}};
+  weight_grads(a, dG, ldg, wg, 3, scratch, par);
 }
 
 // dG layout [R, 3H]: (r, z, n), the same for the input and the recurrent side.
@@ -1100,12 +1116,11 @@ void gru_reset_before_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena,
   const GateBlock all{0, 0, GH};
   input_side_grads(a, dG, GH, dsum, &all, 1, scratch, par);
   if (a.db_hh) std::memcpy(a.db_hh, dsum, GH * sizeof(S));
-  if (hrows) {
-    previous_rows(seq, a.y, a.h0, H, hrows);
-    recurrent_weight_grad(a, dG, GH, 0, 0, 2 * H, MatB<S>{nullptr, 0, 1, hrows}, H, scratch,
-                          par);
-  }
-  recurrent_weight_grad(a, dG, GH, 2 * H, 2 * H, H, MatB<S>{a.states, H, 1}, H, scratch, par);
+  if (hrows) previous_rows(seq, a.y, a.h0, H, hrows);
+  // r and z read the previous state, n the reset state r*h (saved as states).
+  const WeightGradBlock<S> wg[2] = {{0, 2 * H, 0, 0, MatB<S>{nullptr, 0, 1, hrows}, H},
+                                    {2 * H, H, 2 * H, 2 * H, MatB<S>{a.states, H, 1}, H}};
+  weight_grads(a, dG, GH, wg, 2, scratch, par);
 }
 
 // -------------------------------------------------------------------- RNN
@@ -1212,10 +1227,9 @@ void rnn_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel&
   const GateBlock all{0, 0, H};
   input_side_grads(a, dG, H, dsum, &all, 1, scratch, par);
   if (a.db_hh) std::memcpy(a.db_hh, dsum, H * sizeof(S));
-  if (hrows) {
-    previous_rows(seq, a.y, a.h0, H, hrows);
-    recurrent_weight_grad(a, dG, H, 0, 0, H, MatB<S>{nullptr, 0, 1, hrows}, H, scratch, par);
-  }
+  if (hrows) previous_rows(seq, a.y, a.h0, H, hrows);
+  const WeightGradBlock<S> wg{0, H, 0, 0, MatB<S>{nullptr, 0, 1, hrows}, H};
+  weight_grads(a, dG, H, &wg, 1, scratch, par);
 }
 
 // ------------------------------------------------------------- dispatch
