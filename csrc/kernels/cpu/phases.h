@@ -62,8 +62,10 @@ void run_phases(int64_t P, const Count& count, const Run& run, int threads, int6
   starts[0] = 0;
   for (int64_t p = 0; p < P; ++p) starts[p + 1] = starts[p] + count(p);
   const int64_t total = starts[P];
-  std::atomic<int64_t> next{0};
-  std::atomic<int64_t> done{0};
+  // On lines of their own: every claim would otherwise take from the waiting
+  // threads the line they spin on.
+  alignas(64) std::atomic<int64_t> next{0};
+  alignas(64) std::atomic<int64_t> done{0};
   par(threads, 1, [&](int64_t, int64_t) {
     int64_t p = 0;
     for (;;) {

@@ -18,9 +18,9 @@ namespace fusedrnn {
 // gives NaN out; -inf gives 0, +inf gives +inf (AVX-512) or FLT_MAX (AVX2).
 template <typename V>
 inline V exp_float(const V& x) {
-  constexpr float kLog2e = 1.44269504088896341f;
-  constexpr float kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
-  constexpr float c2 = 1.f / 2, c3 = 1.f / 6, c4 = 1.f / 24, c5 = 1.f / 120, c6 = 1.f / 720;
+  [[maybe_unused]] constexpr float kLog2e = 1.44269504088896341f;
+  [[maybe_unused]] constexpr float kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
+  [[maybe_unused]] constexpr float c2 = 1.f / 2, c3 = 1.f / 6, c4 = 1.f / 24, c5 = 1.f / 120, c6 = 1.f / 720;
 #if defined(CPU_CAPABILITY_AVX512)
   const __m512 xv = x;
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(xv, _mm512_set1_ps(kLog2e)),
