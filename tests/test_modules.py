@@ -273,6 +273,33 @@ def test_cell_call_split_over_two_threads(kind, dtype):
         assert_matches_reference(cell, *cell_build(**{k: v.to(dtype) for k, v in leaves.items()}))
 
 
+@pytest.mark.parametrize("pack", ["auto", "always", "never"])
+@pytest.mark.parametrize("n", [3, 9, 40])
+@pytest.mark.parametrize("kind", list(NN_CELLS))
+def test_cell_with_input_size_zero_matches_torch_nn(kind, n, pack, monkeypatch):
+    # nn's cells accept input_size=0 (the gates are then the bias and the
+    # recurrent product): an input projection with an empty K still writes its
+    # bias, for batches of one row tile and of several.
+    monkeypatch.setenv("FUSEDRNN_CPU_PACK", pack)
+    name, kw = NN_CELLS[kind]
+    torch.manual_seed(0)
+    ref = getattr(nn, name)(0, H, **kw).double()
+    fused = getattr(fusedrnn, name)(0, H, **kw).double()
+    fused.load_state_dict(ref.state_dict(), strict=True)
+    lstm = name == "LSTMCell"
+    x = torch.randn(n, 0, dtype=torch.float64)
+    h = torch.randn(n, H, dtype=torch.float64)
+    hx = (h, torch.randn(n, H, dtype=torch.float64)) if lstm else h
+    results = []
+    for m in (fused, ref):
+        out = m(x, hx)
+        out = out if lstm else (out,)
+        grads = torch.autograd.grad(sum(t.sum() for t in out), list(m.parameters()))
+        names = [f"out{i}" for i in range(len(out))] + [f"grad_{p}" for p, _ in m.named_parameters()]
+        results.append(dict(zip(names, [*out, *grads])))
+    assert_all_close(results[0], results[1], **TIGHT)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
 @pytest.mark.parametrize("kind", list(ALL_CELLS))
 def test_low_precision_cell_matches_reference(kind, dtype):

@@ -55,7 +55,7 @@ constexpr int64_t kL1PanelBytes = int64_t{32} << 10;
 // all of K when a single row tile reads the panel.
 template <typename S, int MR>
 constexpr int64_t k_chunk(int64_t K, int64_t width, int64_t rows) {
-  if (rows <= MR) return K;
+  if (rows <= MR || K <= 0) return K;
   const int64_t kc = std::max<int64_t>(16, kL1PanelBytes / (width * static_cast<int64_t>(sizeof(S))));
   return ceil_div<int64_t>(K, ceil_div<int64_t>(K, kc));
 }
@@ -254,7 +254,9 @@ struct PanelGemm {
     const S* bias_p = bias ? bias + p * NR : nullptr;
     const bool masked = direct && n_valid < NR;
     const int64_t kstep = k_chunk<S, MR>(kc, NR, m1 - m0);
-    for (int64_t k0 = 0; k0 < kc; k0 += kstep) {
+    // At least one pass, so that kc = 0 (an input of size 0) still writes C = bias.
+    int64_t k0 = 0;
+    do {
       const int64_t kk = std::min<int64_t>(kstep, kc - k0);
       const bool acc_k = accumulate || k0 > 0;
       const S* bias_k = k0 == 0 ? bias_p : nullptr;
@@ -273,7 +275,8 @@ struct PanelGemm {
           gemm_tile<S, kR, NV, false>(kk, A.ptr + m * A.rs + k0 * A.cs, A.rs, A.cs, bk, bstride,
                                       cm, ldc, n_valid, acc_k, bias_k);
       });
-    }
+      k0 += kk;
+    } while (k0 < kc);
   }
   void run_all(const Parallel& par) const {
     par(tasks(), grain_for(fma_per_task()), [&](int64_t tb, int64_t te) {
