@@ -84,8 +84,7 @@ void pack_recurrent(const S* w, int64_t H, int64_t K, S* dst, const Parallel& pa
 // change them.
 template <typename S, int MR, int NV, typename Epi>
 inline void recurrent_tile(int64_t K, const S* a, int64_t lda, const S* wp, int64_t row0,
-                           int64_t panel, const Epi& epi, S* part = nullptr, bool first = true,
-                           bool last = true) {
+                           int64_t panel, const Epi& epi, S* part, bool first, bool last) {
   using V = Vec<S>;
   constexpr int L = V::size();
   V acc[MR][NV];
@@ -269,14 +268,8 @@ struct Recurrent {
       const int64_t r1 = std::min<int64_t>(rows, r0 + kRowBlock);
       const S* wpp = packed + p * K * NV * L;
       const int64_t kstep = k_chunk<S, MR>(K, NV * L, r1 - r0);
-      if (kstep >= K) {
-        for_row_tiles<MR>(r1 - r0, [&](auto R, int64_t i) {
-          recurrent_tile<S, decltype(R)::value, NV>(K, a + (r0 + i) * lda, lda, wpp, r0 + i, p,
-                                                    epi);
-        });
-        return;
-      }
-      // The block's sums between chunks of K (kRowBlock rows of NV vectors).
+      // The block's sums between chunks of K (kRowBlock rows of NV vectors); with a
+      // single chunk (one row tile) it is not touched.
       alignas(64) S part[kRowBlock * NV * L];
       for (int64_t k0 = 0; k0 < K; k0 += kstep) {
         const int64_t kk = std::min<int64_t>(kstep, K - k0);
