@@ -182,6 +182,40 @@ def test_low_precision_module_matches_reference(variant, dtype, packed):
     assert_matches_reference(m, x, hx)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("packed", [False, True], ids=["strided", "packed"])
+@pytest.mark.parametrize("variant", list(SEQ_ALL))
+def test_sequence_split_over_two_threads(variant, packed, dtype):
+    # Large enough per step (millions of multiply-adds) that the passes run as
+    # phases of tasks on two threads: the recurrent product by panels of units,
+    # several blocks of rows (70 rows), a partial last panel (H = 200), steps of
+    # 70 down to 1 rows when packed, both directions. Which thread runs a task
+    # changes no sum: two threads give the one-thread result bit for bit, and
+    # the reference's.
+    mode, vkw = SEQ_ALL[variant]
+    vkw = {**vkw, "proj_size": 100} if "proj_size" in vkw else vkw
+    t, n, c, h = 6, 70, 30, 200
+    lengths = [1 + (7 * i) % t for i in range(n)] if packed else None
+    torch.manual_seed(0)
+    m = getattr(fusedrnn, mode)(c, h, bidirectional=True, **vkw).to(dtype)
+    leaves = seq_leaves(m, t, n, c)
+    build = seq_builder(m, c, lengths=lengths)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run(m, build, leaves)
+        torch.set_num_threads(2)
+        two = run(m, build, leaves)
+    finally:
+        torch.set_num_threads(threads)
+    assert_all_close(two, one)
+    if dtype == torch.float64:
+        want = run(m, build, leaves, fn=lambda x, hx: reference.forward(m, x, hx))
+        assert_all_close(two, want, **TIGHT)
+    else:
+        assert_matches_reference(m, *build(**{k: v.to(dtype) for k, v in leaves.items()}))
+
+
 # ------------------------------------------------------------------ cells
 
 NN_CELLS = {

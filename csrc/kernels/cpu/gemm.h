@@ -243,6 +243,10 @@ struct PanelGemm {
   }
   int64_t tasks() const { return nmb * npanel; }
   int64_t fma_per_task() const { return mc * kc * NR; }
+  // Every block of rows of panel p: columns [p*NR, p*NR + NR) of C.
+  void run_panel(int64_t p) const {
+    for (int64_t mb = 0; mb < nmb; ++mb) run(mb * npanel + p);
+  }
 
   void run(int64_t task) const {
     const int64_t mb = task / npanel;

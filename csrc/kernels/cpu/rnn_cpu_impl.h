@@ -194,6 +194,8 @@ struct WeightT {
 // used over many steps, read in place otherwise.
 template <typename S>
 struct WeightN {
+  // Columns of C per task of product() (one panel of B).
+  static constexpr int64_t kPanel = kGemmNV * Vec<S>::size();
   const S* w = nullptr;
   int64_t K = 0, N = 0;
   S* packed = nullptr;
@@ -214,6 +216,7 @@ struct WeightN {
                   : PanelGemm<S>(M, N, K, A, w, NR, N, true, c, ldc, accumulate);
   }
   int64_t tasks(int64_t M) const { return product(M, MatA<S>{}, nullptr, 0, false).tasks(); }
+  int64_t panels() const { return ceil_div<int64_t>(N, kPanel); }
 };
 
 // The recurrent product of the forward step, h W^T for the G gate blocks of
@@ -466,8 +469,13 @@ struct Schedule {
     for (int64_t s = seq.T - 1; s >= 0; --s)
       for (int k = 0; k < parts; ++k) push(s, k);
   }
+  // Backward, one phase per step, then one (s = -1) after the last.
+  void backward_steps(const SeqLayout& seq) {
+    for (int64_t s = seq.T - 1; s >= -1; --s) push(s, 0);
+  }
   static int64_t max_forward(const SeqLayout& seq, int parts) { return seq.T * (parts + 1); }
   static int64_t max_backward(const SeqLayout& seq, int parts) { return seq.T * parts; }
+  static int64_t max_backward_steps(const SeqLayout& seq) { return seq.T + 1; }
 
   // count(ref) tasks per phase, run(ref, task).
   template <typename Count, typename Run>
@@ -477,6 +485,41 @@ struct Schedule {
         [&](int64_t p, int64_t t) { run_task(refs[p], t); }, threads, starts, par);
   }
 };
+
+// Backpropagation through time for a cell whose recurrent input is its output
+// (P = H: RNN, GRU reset_after, LSTM without projection), one phase per step.
+// The task of a panel of units first takes their dh from the dG of the step
+// processed before, dh = dG W_hh into dh_state (dh_state += with `accumulate`,
+// for a cell whose pointwise pass left its own part of dh there), then runs the
+// pointwise pass of those units at this step, pointwise(st, u0, cnt) for each
+// vector of them. That pass reads the dh of its own units only, so the team
+// meets once per step, not twice (a product phase and a pointwise phase), and
+// the dh it reads was written by the same task. The phase after the last step
+// leaves dh0 in dh_state.
+template <typename S, typename Pointwise>
+void bptt_by_panels(const SeqLayout& seq, const WeightN<S>& whh, const S* dG, int64_t ldg,
+                    S* dh_state, bool accumulate, Schedule& sched, const Pointwise& pointwise,
+                    int threads, const Parallel& par) {
+  constexpr int64_t L = Vec<S>::size();
+  constexpr int64_t NR = WeightN<S>::kPanel;
+  const int64_t H = whh.N;
+  sched.backward_steps(seq);
+  sched.run(
+      [&](const PhaseRef&) -> int64_t { return whh.panels(); },
+      [&](const PhaseRef& ph, int64_t p) {
+        if (ph.s + 1 < seq.T) {
+          const StepInfo before = seq.step(ph.s + 1);
+          whh.product(before.rows, MatA<S>{dG + before.offset * ldg, ldg, 1}, dh_state, H,
+                      accumulate)
+              .run_panel(p);
+        }
+        if (ph.s < 0) return;
+        const StepInfo st = seq.step(ph.s);
+        const int64_t u1 = std::min<int64_t>(H, (p + 1) * NR);
+        for (int64_t u0 = p * NR; u0 < u1; u0 += L) pointwise(st, u0, std::min<int64_t>(L, u1 - u0));
+      },
+      threads, par);
+}
 
 // dX and db_ih from dG. Columns [col, col+n) of dG belong to rows [wrow, wrow+n)
 // of W_ih; GRU reset_after stores its input-side n gradient apart from the
@@ -650,11 +693,9 @@ void lstm_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel
   const SeqLayout& seq = a.seq;
   const int64_t N = seq.N, H = a.H, P = a.P, GH = G * H, R = total_rows(seq);
   const bool proj = a.w_hr != nullptr;
-  // Phases per step: [dht = dy + dh, dr = dht W_hr] (projection only), the
-  // pointwise pass, dh = dG W_hh.
+  // Phases per step with a projection: dht = dy + dh, dr = dht W_hr, the
+  // pointwise pass, dh = dG W_hh. Without, one (bptt_by_panels).
   enum { kDht, kDr, kPointwise, kRec };
-  const int parts = proj ? 4 : 2;
-  const int first = proj ? kDht : kPointwise;
 
   S* dG = arena.take<S>(R * GH);
   S* dsum = arena.take<S>(GH);
@@ -669,7 +710,7 @@ void lstm_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel
   const S** hrows = a.dw_hh ? arena.take<const S*>(R) : nullptr;
   S* scratch = arena.take<S>(gemm_scratch_size<S>(max_of(a.C, P, H, GH)));
   Schedule sched;
-  sched.plan(arena, Schedule::max_backward(seq, parts));
+  sched.plan(arena, proj ? Schedule::max_backward(seq, 4) : Schedule::max_backward_steps(seq));
   if (arena.sizing()) return;
 
   whh.prepare(par);
@@ -687,87 +728,95 @@ void lstm_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel
   S* dwco = a.dw_ch ? a.dw_ch + (kCoupled ? H : 2 * H) : nullptr;
   constexpr int gi = 0, gf = kCoupled ? 0 : 1, gg = kCoupled ? 1 : 2, go = kCoupled ? 2 : 3;
 
-  sched.backward(seq, parts);
-  sched.run(
-      [&](const PhaseRef& ph) -> int64_t {
-        const int64_t rows = seq.step(ph.s).rows;
-        switch (first + ph.k) {
-          case kDr: return whr.tasks(rows);
-          case kPointwise: return unit_tasks<S>(H);
-          case kRec: return whh.tasks(rows);
-          default: return 1;
-        }
-      },
-      [&](const PhaseRef& ph, int64_t task) {
-        const StepInfo st = seq.step(ph.s);
-        const int64_t rows = st.rows;
-        const S* dy = a.dy + st.offset * P;
-        switch (first + ph.k) {
-          case kDht: {
-            S* d = dht + st.offset * P;
-            for (int64_t i = 0; i < rows; ++i)
-              for (int64_t j = 0; j < P; ++j) d[i * P + j] = dy[i * P + j] + dh_state[i * P + j];
-            return;
+  // The pointwise pass of units [u0, u0 + cnt) at step st: dG and dc from dh
+  // (dy + dh_state, or dr with a projection) and dc_state.
+  auto pointwise = [&](const StepInfo& st, int64_t u0, int64_t cnt) {
+    const S* dy = a.dy + st.offset * P;
+    const V zero(S(0));
+    const V vci = kPeephole && !kCoupled ? V::loadu(wci + u0, cnt) : zero;
+    const V vcf = kPeephole ? V::loadu(wcf + u0, cnt) : zero;
+    const V vco = kPeephole ? V::loadu(wco + u0, cnt) : zero;
+    V sci = zero, scf = zero, sco = zero, sdi = zero, sdf = zero, sdg = zero, sdo = zero;
+    for (int64_t i = 0; i < st.rows; ++i) {
+      const int64_t r = st.offset + i;
+      const V dh = proj ? V::loadu(dr + i * H + u0, cnt)
+                        : V::loadu(dy + i * P + u0, cnt) + V::loadu(dh_state + i * P + u0, cnt);
+      const S* g = a.gates + r * GH + u0;
+      const V ig = kCoupled ? zero : V::loadu(g + gi * H, cnt);
+      const V fg = V::loadu(g + gf * H, cnt);
+      const V gg_ = V::loadu(g + gg * H, cnt);
+      const V og = V::loadu(g + go * H, cnt);
+      const V c_new = V::loadu(a.states + r * H + u0, cnt);
+      const V c = V::loadu(prev_state_row(a, st, i, a.states, a.c0, H) + u0, cnt);
+      S* dcp = dc_state + i * H + u0;
+      const V dc = V::loadu(dcp, cnt);
+      V dpi, dpf, dpg, dpo, dc_prev, dwi = zero, dwf = zero, dwo = zero;
+      fusedrnn::lstm_backward<kPeephole, kCoupled>(dh, dc, kCoupled ? V(S(1)) - fg : ig, fg, gg_,
+                                                   og, c, c_new, vci, vcf, vco, dpi, dpf, dpg, dpo,
+                                                   dc_prev, dwi, dwf, dwo);
+      S* d = dG + r * GH + u0;
+      if (!kCoupled) dpi.store(d + gi * H, cnt);
+      dpf.store(d + gf * H, cnt);
+      dpg.store(d + gg * H, cnt);
+      dpo.store(d + go * H, cnt);
+      dc_prev.store(dcp, cnt);
+      sdi = sdi + dpi;
+      sdf = sdf + dpf;
+      sdg = sdg + dpg;
+      sdo = sdo + dpo;
+      if (kPeephole) {
+        sci = sci + dwi;
+        scf = scf + dwf;
+        sco = sco + dwo;
+      }
+    }
+    if (!kCoupled) add_into(dsum + gi * H + u0, sdi, cnt);
+    add_into(dsum + gf * H + u0, sdf, cnt);
+    add_into(dsum + gg * H + u0, sdg, cnt);
+    add_into(dsum + go * H + u0, sdo, cnt);
+    if (kPeephole && a.dw_ch) {
+      if (!kCoupled) add_into(dwci + u0, sci, cnt);
+      add_into(dwcf + u0, scf, cnt);
+      add_into(dwco + u0, sco, cnt);
+    }
+  };
+  const int threads = threads_for(par, N * GH * P, seq.T);
+  if (proj) {
+    sched.backward(seq, 4);
+    sched.run(
+        [&](const PhaseRef& ph) -> int64_t {
+          const int64_t rows = seq.step(ph.s).rows;
+          switch (ph.k) {
+            case kDr: return whr.tasks(rows);
+            case kPointwise: return unit_tasks<S>(H);
+            case kRec: return whh.tasks(rows);
+            default: return 1;
           }
-          case kDr:
-            return whr.product(rows, MatA<S>{dht + st.offset * P, P, 1}, dr, H, false).run(task);
-          case kRec:
-            return whh.product(rows, MatA<S>{dG + st.offset * GH, GH, 1}, dh_state, P, false)
-                .run(task);
-          default:
-            break;
-        }
-        run_unit_task<S>(H, task, [&](int64_t u0, int64_t cnt) {
-          const V zero(S(0));
-          const V vci = kPeephole && !kCoupled ? V::loadu(wci + u0, cnt) : zero;
-          const V vcf = kPeephole ? V::loadu(wcf + u0, cnt) : zero;
-          const V vco = kPeephole ? V::loadu(wco + u0, cnt) : zero;
-          V sci = zero, scf = zero, sco = zero, sdi = zero, sdf = zero, sdg = zero, sdo = zero;
-          for (int64_t i = 0; i < rows; ++i) {
-            const int64_t r = st.offset + i;
-            const V dh = proj ? V::loadu(dr + i * H + u0, cnt)
-                              : V::loadu(dy + i * P + u0, cnt) + V::loadu(dh_state + i * P + u0, cnt);
-            const S* g = a.gates + r * GH + u0;
-            const V ig = kCoupled ? zero : V::loadu(g + gi * H, cnt);
-            const V fg = V::loadu(g + gf * H, cnt);
-            const V gg_ = V::loadu(g + gg * H, cnt);
-            const V og = V::loadu(g + go * H, cnt);
-            const V c_new = V::loadu(a.states + r * H + u0, cnt);
-            const V c = V::loadu(prev_state_row(a, st, i, a.states, a.c0, H) + u0, cnt);
-            S* dcp = dc_state + i * H + u0;
-            const V dc = V::loadu(dcp, cnt);
-            V dpi, dpf, dpg, dpo, dc_prev, dwi = zero, dwf = zero, dwo = zero;
-            fusedrnn::lstm_backward<kPeephole, kCoupled>(dh, dc, kCoupled ? V(S(1)) - fg : ig, fg,
-                                                         gg_, og, c, c_new, vci, vcf, vco, dpi,
-                                                         dpf, dpg, dpo, dc_prev, dwi, dwf, dwo);
-            S* d = dG + r * GH + u0;
-            if (!kCoupled) dpi.store(d + gi * H, cnt);
-            dpf.store(d + gf * H, cnt);
-            dpg.store(d + gg * H, cnt);
-            dpo.store(d + go * H, cnt);
-            dc_prev.store(dcp, cnt);
-            sdi = sdi + dpi;
-            sdf = sdf + dpf;
-            sdg = sdg + dpg;
-            sdo = sdo + dpo;
-            if (kPeephole) {
-              sci = sci + dwi;
-              scf = scf + dwf;
-              sco = sco + dwo;
+        },
+        [&](const PhaseRef& ph, int64_t task) {
+          const StepInfo st = seq.step(ph.s);
+          const int64_t rows = st.rows;
+          switch (ph.k) {
+            case kDht: {
+              const S* dy = a.dy + st.offset * P;
+              S* d = dht + st.offset * P;
+              for (int64_t i = 0; i < rows; ++i)
+                for (int64_t j = 0; j < P; ++j) d[i * P + j] = dy[i * P + j] + dh_state[i * P + j];
+              return;
             }
+            case kDr:
+              return whr.product(rows, MatA<S>{dht + st.offset * P, P, 1}, dr, H, false).run(task);
+            case kPointwise:
+              return run_unit_task<S>(H, task, [&](int64_t u0, int64_t cnt) { pointwise(st, u0, cnt); });
+            default:
+              return whh.product(rows, MatA<S>{dG + st.offset * GH, GH, 1}, dh_state, P, false)
+                  .run(task);
           }
-          if (!kCoupled) add_into(dsum + gi * H + u0, sdi, cnt);
-          add_into(dsum + gf * H + u0, sdf, cnt);
-          add_into(dsum + gg * H + u0, sdg, cnt);
-          add_into(dsum + go * H + u0, sdo, cnt);
-          if (kPeephole && a.dw_ch) {
-            if (!kCoupled) add_into(dwci + u0, sci, cnt);
-            add_into(dwcf + u0, scf, cnt);
-            add_into(dwco + u0, sco, cnt);
-          }
-        });
-      },
-      threads_for(par, N * GH * P, seq.T), par);
+        },
+        threads, par);
+  } else {
+    bptt_by_panels(seq, whh, dG, GH, dh_state, false, sched, pointwise, threads, par);
+  }
   std::memcpy(a.dh0, dh_state, N * P * sizeof(S));
   std::memcpy(a.dc0, dc_state, N * H * sizeof(S));
 
@@ -945,7 +994,6 @@ void gru_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel&
   using V = Vec<S>;
   const SeqLayout& seq = a.seq;
   const int64_t N = seq.N, H = a.H, R = total_rows(seq), ldg = 4 * H;
-  enum { kPointwise, kRec };
 
   S* dG = arena.take<S>(R * ldg);
   S* dsum = arena.take<S>(ldg);
@@ -955,56 +1003,46 @@ void gru_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel&
   const S** hrows = a.dw_hh ? arena.take<const S*>(R) : nullptr;
   S* scratch = arena.take<S>(gemm_scratch_size<S>(max_of(a.C, H, 4 * H)));
   Schedule sched;
-  sched.plan(arena, Schedule::max_backward(seq, 2));
+  sched.plan(arena, Schedule::max_backward_steps(seq));
   if (arena.sizing()) return;
 
   whh.prepare(par);
   if (a.dh_n) std::memcpy(dh_state, a.dh_n, N * H * sizeof(S)); else fill_zero(N * H, dh_state);
   fill_zero(ldg, dsum);
 
-  sched.backward(seq, 2);
-  sched.run(
-      [&](const PhaseRef& ph) -> int64_t {
-        return ph.k == kPointwise ? unit_tasks<S>(H) : whh.tasks(seq.step(ph.s).rows);
-      },
-      [&](const PhaseRef& ph, int64_t task) {
-        const StepInfo st = seq.step(ph.s);
-        const int64_t rows = st.rows;
-        if (ph.k == kRec)
-          return whh.product(rows, MatA<S>{dG + st.offset * ldg, ldg, 1}, dh_state, H, true)
-              .run(task);
-        const S* dy = a.dy + st.offset * H;
-        run_unit_task<S>(H, task, [&](int64_t u0, int64_t cnt) {
-          V sr(S(0)), sz(S(0)), shn(S(0)), sxn(S(0));
-          for (int64_t i = 0; i < rows; ++i) {
-            const int64_t r = st.offset + i;
-            S* dhp = dh_state + i * H + u0;
-            const V dh = V::loadu(dy + i * H + u0, cnt) + V::loadu(dhp, cnt);
-            const S* g = a.gates + r * 4 * H + u0;
-            const V h = V::loadu(prev_state_row(a, st, i, a.y, a.h0, H) + u0, cnt);
-            V dpn, dpz, dh_prev, dpr, dhn;
-            fusedrnn::gru_update_backward(dh, V::loadu(g + H, cnt), V::loadu(g + 2 * H, cnt), h,
-                                          dpn, dpz, dh_prev);
-            fusedrnn::gru_reset_after_backward(dpn, V::loadu(g, cnt), V::loadu(g + 3 * H, cnt),
-                                               dpr, dhn);
-            S* d = dG + r * ldg + u0;
-            dpr.store(d, cnt);
-            dpz.store(d + H, cnt);
-            dhn.store(d + 2 * H, cnt);
-            dpn.store(d + 3 * H, cnt);
-            dh_prev.store(dhp, cnt);
-            sr = sr + dpr;
-            sz = sz + dpz;
-            shn = shn + dhn;
-            sxn = sxn + dpn;
-          }
-          add_into(dsum + u0, sr, cnt);
-          add_into(dsum + H + u0, sz, cnt);
-          add_into(dsum + 2 * H + u0, shn, cnt);
-          add_into(dsum + 3 * H + u0, sxn, cnt);
-        });
-      },
-      threads_for(par, N * 3 * H * H, seq.T), par);
+  // dh_prev's direct part (through z) stays in dh_state; the product adds the rest.
+  auto pointwise = [&](const StepInfo& st, int64_t u0, int64_t cnt) {
+    const S* dy = a.dy + st.offset * H;
+    V sr(S(0)), sz(S(0)), shn(S(0)), sxn(S(0));
+    for (int64_t i = 0; i < st.rows; ++i) {
+      const int64_t r = st.offset + i;
+      S* dhp = dh_state + i * H + u0;
+      const V dh = V::loadu(dy + i * H + u0, cnt) + V::loadu(dhp, cnt);
+      const S* g = a.gates + r * 4 * H + u0;
+      const V h = V::loadu(prev_state_row(a, st, i, a.y, a.h0, H) + u0, cnt);
+      V dpn, dpz, dh_prev, dpr, dhn;
+      fusedrnn::gru_update_backward(dh, V::loadu(g + H, cnt), V::loadu(g + 2 * H, cnt), h, dpn,
+                                    dpz, dh_prev);
+      fusedrnn::gru_reset_after_backward(dpn, V::loadu(g, cnt), V::loadu(g + 3 * H, cnt), dpr,
+                                         dhn);
+      S* d = dG + r * ldg + u0;
+      dpr.store(d, cnt);
+      dpz.store(d + H, cnt);
+      dhn.store(d + 2 * H, cnt);
+      dpn.store(d + 3 * H, cnt);
+      dh_prev.store(dhp, cnt);
+      sr = sr + dpr;
+      sz = sz + dpz;
+      shn = shn + dhn;
+      sxn = sxn + dpn;
+    }
+    add_into(dsum + u0, sr, cnt);
+    add_into(dsum + H + u0, sz, cnt);
+    add_into(dsum + 2 * H + u0, shn, cnt);
+    add_into(dsum + 3 * H + u0, sxn, cnt);
+  };
+  bptt_by_panels(seq, whh, dG, ldg, dh_state, true, sched, pointwise,
+                 threads_for(par, N * 3 * H * H, seq.T), par);
   std::memcpy(a.dh0, dh_state, N * H * sizeof(S));
 
   const GateBlock blocks[2] = {{0, 0, 2 * H}, {3 * H, 2 * H, H}};
@@ -1182,7 +1220,6 @@ void rnn_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel&
   using V = Vec<S>;
   const SeqLayout& seq = a.seq;
   const int64_t N = seq.N, H = a.H, R = total_rows(seq);
-  enum { kPointwise, kRec };
 
   S* dG = arena.take<S>(R * H);
   S* dsum = arena.take<S>(H);
@@ -1192,37 +1229,26 @@ void rnn_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel&
   const S** hrows = a.dw_hh ? arena.take<const S*>(R) : nullptr;
   S* scratch = arena.take<S>(gemm_scratch_size<S>(max_of(a.C, H)));
   Schedule sched;
-  sched.plan(arena, Schedule::max_backward(seq, 2));
+  sched.plan(arena, Schedule::max_backward_steps(seq));
   if (arena.sizing()) return;
 
   whh.prepare(par);
   if (a.dh_n) std::memcpy(dh_state, a.dh_n, N * H * sizeof(S)); else fill_zero(N * H, dh_state);
   fill_zero(H, dsum);
 
-  sched.backward(seq, 2);
-  sched.run(
-      [&](const PhaseRef& ph) -> int64_t {
-        return ph.k == kPointwise ? unit_tasks<S>(H) : whh.tasks(seq.step(ph.s).rows);
-      },
-      [&](const PhaseRef& ph, int64_t task) {
-        const StepInfo st = seq.step(ph.s);
-        const int64_t rows = st.rows;
-        if (ph.k == kRec)
-          return whh.product(rows, MatA<S>{dG + st.offset * H, H, 1}, dh_state, H, false)
-              .run(task);
-        run_unit_task<S>(H, task, [&](int64_t u0, int64_t cnt) {
-          V sp(S(0));
-          for (int64_t i = 0; i < rows; ++i) {
-            const int64_t r = st.offset + i;
-            const V dh = V::loadu(a.dy + r * H + u0, cnt) + V::loadu(dh_state + i * H + u0, cnt);
-            const V dp = fusedrnn::rnn_backward<kRelu>(dh, V::loadu(a.y + r * H + u0, cnt));
-            dp.store(dG + r * H + u0, cnt);
-            sp = sp + dp;
-          }
-          add_into(dsum + u0, sp, cnt);
-        });
-      },
-      threads_for(par, N * H * H, seq.T), par);
+  auto pointwise = [&](const StepInfo& st, int64_t u0, int64_t cnt) {
+    V sp(S(0));
+    for (int64_t i = 0; i < st.rows; ++i) {
+      const int64_t r = st.offset + i;
+      const V dh = V::loadu(a.dy + r * H + u0, cnt) + V::loadu(dh_state + i * H + u0, cnt);
+      const V dp = fusedrnn::rnn_backward<kRelu>(dh, V::loadu(a.y + r * H + u0, cnt));
+      dp.store(dG + r * H + u0, cnt);
+      sp = sp + dp;
+    }
+    add_into(dsum + u0, sp, cnt);
+  };
+  bptt_by_panels(seq, whh, dG, H, dh_state, false, sched, pointwise,
+                 threads_for(par, N * H * H, seq.T), par);
   std::memcpy(a.dh0, dh_state, N * H * sizeof(S));
 
   const GateBlock all{0, 0, H};
