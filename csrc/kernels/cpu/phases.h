@@ -4,17 +4,20 @@
 // chunk of steps, then for each step the recurrent product, its projection,
 // ...). Forking and joining the thread team for every phase cost 13% of the
 // samples at 2 threads on the reference machine (libgomp's barriers, LSTM
-// T=100 N=16 H=256). Here the team is forked once: tasks are claimed from a
-// shared counter, and a task of phase p starts once every task of the phases
-// before it has finished. Completed tasks are counted; while a task of phase p
-// waits, only tasks of earlier phases can complete, so reaching the count of
-// those tasks means all of them are done. Any number of participating threads,
-// one included, finishes the work: a team smaller than asked for (nested
-// parallelism, a busy pool) cannot deadlock it.
+// T=100 N=16 H=256). Here the team is forked once: each thread goes through
+// the phases in order, claims tasks of a phase until none is left (see
+// run_phases for the order), and starts a task of phase p once every task of
+// the phases before it has finished. Completed tasks are counted; while a task
+// of phase p waits, only tasks of earlier phases can complete (every one of them
+// was claimed before), so reaching the count of those tasks means all of them
+// are done. Any number of participating threads, one included, finishes the
+// work: a team smaller than asked for (nested parallelism, a busy pool running
+// the chunks in turn) cannot deadlock it (tests/cpp/test_phases.cpp).
 #pragma once
 
 #include <atomic>
 #include <cstdint>
+#include <new>
 #include <thread>
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -48,10 +51,23 @@ inline void wait_for(const std::atomic<int64_t>& done, int64_t target) {
 }
 
 // Runs phases 0..P-1 in order, phase p being count(p) tasks run(p, i). With
-// threads <= 1 it is a plain loop. `starts` is scratch for P + 1 offsets.
+// threads <= 1 it is a plain loop. `starts` is scratch for P + 1 offsets,
+// `claims` for P.
+//
+// A phase's tasks are claimed from both ends: the participant that starts at
+// thread index 1 takes them from the last down, every other one from the first
+// up, one fetch_add each (the word counts claims from the front in its low half
+// and from the back in its high half; a claim is valid when the counts before
+// it did not yet cover the phase). In a pass whose steps have the same tasks
+// (the panels of a weight, the units of a state), each of two threads so keeps
+// its end of the weight and of the state in its own cache from step to step,
+// and only the tasks where they meet change hands; a single shared counter
+// handed the panels out in whatever order the threads arrived. Paired A/B in
+// random order (Intel Xeon, 2 cores): 2-thread forward 5-8% faster (LSTM, GRU,
+// RNN at N=16 H=256, LSTM N=128 H=256, RNN N=64 H=512), backward about 1%.
 template <typename Count, typename Run>
 void run_phases(int64_t P, const Count& count, const Run& run, int threads, int64_t* starts,
-                const Parallel& par) {
+                std::atomic<int64_t>* claims, const Parallel& par) {
   if (threads <= 1 || par.max_threads <= 1) {
     for (int64_t p = 0; p < P; ++p) {
       const int64_t n = count(p);
@@ -60,21 +76,26 @@ void run_phases(int64_t P, const Count& count, const Run& run, int threads, int6
     return;
   }
   starts[0] = 0;
-  for (int64_t p = 0; p < P; ++p) starts[p + 1] = starts[p] + count(p);
-  const int64_t total = starts[P];
-  // On lines of their own: every claim would otherwise take from the waiting
+  for (int64_t p = 0; p < P; ++p) {
+    starts[p + 1] = starts[p] + count(p);
+    new (&claims[p]) std::atomic<int64_t>(0);
+  }
+  constexpr int64_t kBack = int64_t{1} << 32;
+  // On a line of its own: the claims would otherwise take from the waiting
   // threads the line they spin on.
-  alignas(64) std::atomic<int64_t> next{0};
   alignas(64) std::atomic<int64_t> done{0};
-  par(threads, 1, [&](int64_t, int64_t) {
-    int64_t p = 0;
-    for (;;) {
-      const int64_t g = next.fetch_add(1, std::memory_order_relaxed);
-      if (g >= total) break;
-      while (starts[p + 1] <= g) ++p;
-      wait_for(done, starts[p]);
-      run(p, g - starts[p]);
-      done.fetch_add(1, std::memory_order_acq_rel);
+  par(threads, 1, [&](int64_t first, int64_t) {
+    const bool back = first == 1;
+    for (int64_t p = 0; p < P; ++p) {
+      const int64_t n = starts[p + 1] - starts[p];
+      for (;;) {
+        const int64_t before = claims[p].fetch_add(back ? kBack : 1, std::memory_order_relaxed);
+        const int64_t from_front = before & (kBack - 1), from_back = before >> 32;
+        if (from_front + from_back >= n) break;
+        wait_for(done, starts[p]);
+        run(p, back ? n - 1 - from_back : from_front);
+        done.fetch_add(1, std::memory_order_acq_rel);
+      }
     }
   });
 }

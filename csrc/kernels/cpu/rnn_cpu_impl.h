@@ -446,11 +446,13 @@ struct PhaseRef {
 struct Schedule {
   PhaseRef* refs = nullptr;
   int64_t* starts = nullptr;
+  std::atomic<int64_t>* claims = nullptr;
   int64_t n = 0;
 
   void plan(Arena& arena, int64_t max_phases) {
     refs = arena.take<PhaseRef>(max_phases);
     starts = arena.take<int64_t>(max_phases + 1);
+    claims = arena.take<std::atomic<int64_t>>(max_phases);
   }
   void push(int64_t s, int k, int64_t row0 = 0, int64_t rows = 0) { refs[n++] = PhaseRef{s, row0, rows, k}; }
 
@@ -482,7 +484,7 @@ struct Schedule {
   void run(const Count& count, const Run& run_task, int threads, const Parallel& par) const {
     run_phases(
         n, [&](int64_t p) { return count(refs[p]); },
-        [&](int64_t p, int64_t t) { run_task(refs[p], t); }, threads, starts, par);
+        [&](int64_t p, int64_t t) { run_task(refs[p], t); }, threads, starts, claims, par);
   }
 };
 
