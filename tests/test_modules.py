@@ -307,6 +307,30 @@ def test_cell_call_split_over_two_threads(kind, dtype):
         assert_matches_reference(cell, *cell_build(**{k: v.to(dtype) for k, v in leaves.items()}))
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("n", list(range(1, 21)))
+@pytest.mark.parametrize("kind", list(NN_CELLS))
+def test_cell_with_weights_read_in_place_every_batch_size(kind, n, dtype, monkeypatch):
+    # Products with the weights read in place (dot products along K) take the
+    # rows in tiles of 4 and the last 5 to 7 as tiles of 3 to 6 (fewer than 4 rows:
+    # 2 and 1): every batch size from 1 to 20 meets each tiling, in float64 (8
+    # lanes) and float32 (16), with K = 37 and 23 (full vectors and a tail).
+    monkeypatch.setenv("FUSEDRNN_CPU_PACK", "never")
+    name, kw = NN_CELLS[kind]
+    c, h = 37, 23
+    torch.manual_seed(0)
+    ref = getattr(nn, name)(c, h, **kw).double()
+    fused = getattr(fusedrnn, name)(c, h, **kw).double()
+    fused.load_state_dict(ref.state_dict(), strict=True)
+    leaves = cell_leaves(name == "LSTMCell", n, True, c, h)
+    if dtype == torch.float64:
+        assert_all_close(run(fused, cell_build, leaves, cell=True), run(ref, cell_build, leaves, cell=True),
+                         **TIGHT)
+    else:
+        fused = fused.float()
+        assert_matches_reference(fused, *cell_build(**{k: v.float() for k, v in leaves.items()}))
+
+
 @pytest.mark.parametrize("pack", ["auto", "always", "never"])
 @pytest.mark.parametrize("n", [3, 9, 40])
 @pytest.mark.parametrize("kind", list(NN_CELLS))

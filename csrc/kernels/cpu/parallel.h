@@ -14,8 +14,10 @@
 // in registers instead of being passed through memory.
 #if defined(__GNUC__)
 #define FRNN_ALWAYS_INLINE __attribute__((always_inline))
+#define FRNN_NOINLINE __attribute__((noinline))
 #else
 #define FRNN_ALWAYS_INLINE
+#define FRNN_NOINLINE
 #endif
 
 namespace fusedrnn::cpu {
