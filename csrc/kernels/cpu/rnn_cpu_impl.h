@@ -194,8 +194,8 @@ struct WeightT {
 // used over many steps, read in place otherwise.
 template <typename S>
 struct WeightN {
-  // Columns of C per task of product() (one panel of B).
-  static constexpr int64_t kPanel = kGemmNV * Vec<S>::size();
+  // Columns of C per panel of product().
+  static constexpr int64_t kPanel = PanelGemm<S>::NR;
   const S* w = nullptr;
   int64_t K = 0, N = 0;
   S* packed = nullptr;
@@ -211,9 +211,8 @@ struct WeightN {
     if (packed) pack_weight<S>(w, K, N, packed, par);
   }
   PanelGemm<S> product(int64_t M, const MatA<S>& A, S* c, int64_t ldc, bool accumulate) const {
-    constexpr int NR = kGemmNV * Vec<S>::size();
-    return packed ? PanelGemm<S>(M, N, K, A, packed, K * NR, NR, false, c, ldc, accumulate)
-                  : PanelGemm<S>(M, N, K, A, w, NR, N, true, c, ldc, accumulate);
+    return packed ? PanelGemm<S>(M, N, K, A, packed, K * kPanel, kPanel, false, c, ldc, accumulate)
+                  : PanelGemm<S>(M, N, K, A, w, kPanel, N, true, c, ldc, accumulate);
   }
   int64_t tasks(int64_t M) const { return product(M, MatA<S>{}, nullptr, 0, false).tasks(); }
   int64_t panels() const { return ceil_div<int64_t>(N, kPanel); }
