@@ -281,11 +281,13 @@ ALL_CELLS = {**NN_CELLS, **CELL_VARIANTS}
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("kind", list(ALL_CELLS))
-def test_cell_call_split_over_two_threads(kind, dtype):
+def test_cell_call_split_over_two_threads(kind, dtype, monkeypatch):
     # Large enough that one call is split into tasks over blocks of gate columns
     # on two threads (several millions of multiply-adds); odd sizes, so that the
     # last task and the last tile of each are partial. The split changes no sum:
-    # the result is the one-thread result bit for bit, and the reference's.
+    # the result is the one-thread result bit for bit, and the reference's. The
+    # kernels' own products: torch's BLAS makes no such promise across threads.
+    monkeypatch.setenv("FUSEDRNN_CPU_BLAS", "never")
     name, kw = ALL_CELLS[kind]
     n, c, h = 37, 150, 200
     torch.manual_seed(0)
@@ -329,6 +331,51 @@ def test_cell_with_weights_read_in_place_every_batch_size(kind, n, dtype, monkey
     else:
         fused = fused.float()
         assert_matches_reference(fused, *cell_build(**{k: v.float() for k, v in leaves.items()}))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("policy,n,h", [("always", 5, 23), ("always", 1, 23), ("auto", 50, 130)])
+@pytest.mark.parametrize("kind", list(ALL_CELLS))
+def test_cell_with_products_from_blas(kind, policy, n, h, dtype, monkeypatch):
+    # A single step may take its products (x W_ih^T + b, h W_hh^T, and in
+    # backward dG W_ih, dG W_hh, dG^T x, dG^T h) from torch's BLAS and run only
+    # the cell math itself: forced at small batches (every cell, odd sizes, a
+    # partial last vector), and by shape (auto: where the machine's BLAS is MKL
+    # on Intel, 50 rows and H = 130 take it), against the reference.
+    monkeypatch.setenv("FUSEDRNN_CPU_BLAS", policy)
+    name, kw = ALL_CELLS[kind]
+    c = 37
+    torch.manual_seed(0)
+    cell = getattr(fusedrnn, name)(c, h, **kw).to(dtype)
+    leaves = cell_leaves(name == "LSTMCell", n, True, c, h)
+    if dtype == torch.float64:
+        got = run(cell, cell_build, leaves, cell=True)
+        want = run(cell, cell_build, leaves, cell=True, fn=lambda *a: reference.cell_forward(cell, *a))
+        assert_all_close(got, want, **TIGHT)
+    else:
+        assert_matches_reference(cell, *cell_build(**{k: v.to(dtype) for k, v in leaves.items()}))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("packed", [False, True], ids=["strided", "packed"])
+@pytest.mark.parametrize("variant", list(SEQ_ALL))
+def test_one_step_sequence_with_products_from_blas(variant, packed, dtype, monkeypatch):
+    # A sequence of one step is a single step too: both directions, two layers,
+    # the projection (its product from the BLAS as well), packed and padded.
+    monkeypatch.setenv("FUSEDRNN_CPU_BLAS", "always")
+    mode, vkw = SEQ_ALL[variant]
+    t, n, c, h = 1, 5, 30, 21
+    vkw = {**vkw, "proj_size": 11} if "proj_size" in vkw else vkw
+    torch.manual_seed(0)
+    m = getattr(fusedrnn, mode)(c, h, num_layers=2, bidirectional=True, **vkw).to(dtype)
+    leaves = seq_leaves(m, t, n, c)
+    build = seq_builder(m, c, lengths=[1] * n if packed else None)
+    if dtype == torch.float64:
+        got = run(m, build, leaves)
+        want = run(m, build, leaves, fn=lambda x, hx: reference.forward(m, x, hx))
+        assert_all_close(got, want, **TIGHT)
+    else:
+        assert_matches_reference(m, *build(**{k: v.to(dtype) for k, v in leaves.items()}))
 
 
 @pytest.mark.parametrize("pack", ["auto", "always", "never"])

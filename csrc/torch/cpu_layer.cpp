@@ -2,13 +2,20 @@
 // structs, sizes and allocates their scratch, and runs them on ATen's threads.
 // float16 and bfloat16 compute in float32 (DESIGN.md, precision): inputs are
 // converted on the way in and results on the way out.
+#include <ATen/Context.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/mm.h>
 
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
 
 #include "rnn_layer.h"
 
@@ -42,6 +49,60 @@ cpu::PackPolicy pack_policy() {
   if (std::strcmp(v, "always") == 0) return cpu::PackPolicy::kAlways;
   if (std::strcmp(v, "never") == 0) return cpu::PackPolicy::kNever;
   TORCH_CHECK(false, "FUSEDRNN_CPU_PACK must be auto, always or never, got '", v, "'");
+}
+
+bool cpu_is_intel() {
+#if defined(__x86_64__)
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (__get_cpuid(0, &eax, &ebx, &ecx, &edx) == 0) return false;
+  char vendor[13];
+  std::memcpy(vendor, &ebx, 4);
+  std::memcpy(vendor + 4, &edx, 4);
+  std::memcpy(vendor + 8, &ecx, 4);
+  vendor[12] = '\0';
+  return std::strcmp(vendor, "GenuineIntel") == 0;
+#else
+  return false;
+#endif
+}
+
+// When a single step takes its products from torch's BLAS (the kernels decide
+// by shape under kAuto, see kBlasMinRows). Only MKL on an Intel CPU is known to
+// beat the kernels' own GEMMs there: on AMD (Zen 5) MKL takes its AVX2 path, at
+// about half the speed of the kernels' AVX-512 micro-kernel (ARCHITECTURE.md).
+// FUSEDRNN_CPU_BLAS=always|never forces either (tests, benchmarks).
+cpu::BlasPolicy blas_policy() {
+  const char* v = std::getenv("FUSEDRNN_CPU_BLAS");
+  if (v == nullptr || std::strcmp(v, "auto") == 0 || v[0] == '\0') {
+    static const bool fast = at::hasMKL() && cpu_is_intel();
+    return fast ? cpu::BlasPolicy::kAuto : cpu::BlasPolicy::kNever;
+  }
+  if (std::strcmp(v, "always") == 0) return cpu::BlasPolicy::kAlways;
+  if (std::strcmp(v, "never") == 0) return cpu::BlasPolicy::kNever;
+  TORCH_CHECK(false, "FUSEDRNN_CPU_BLAS must be auto, always or never, got '", v, "'");
+}
+
+// cpu::BlasGemm through ATen (at::mm_out / at::addmm_out on views of the
+// kernels' buffers).
+template <typename S>
+void aten_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const S* a, int64_t lda,
+               const S* b, int64_t ldb, S* c, int64_t ldc, bool accumulate, const S* bias) {
+  const auto opt = at::TensorOptions().dtype(c10::CppTypeToScalarType<S>::value);
+  // op(X) of `rows` x `cols`, X row-major with leading dimension ld.
+  const auto view = [&](const S* p, bool t, int64_t rows, int64_t cols, int64_t ld) {
+    S* q = const_cast<S*>(p);
+    return t ? at::from_blob(q, {cols, rows}, {ld, 1}, opt).t()
+             : at::from_blob(q, {rows, cols}, {ld, 1}, opt);
+  };
+  const Tensor A = view(a, ta, M, K, lda);
+  const Tensor B = view(b, tb, K, N, ldb);
+  Tensor C = at::from_blob(c, {M, N}, {ldc, 1}, opt);
+  if (accumulate)
+    C.addmm_(A, B);
+  else if (bias != nullptr)
+    at::addmm_out(C, at::from_blob(const_cast<S*>(bias), {N}, opt), A, B);
+  else
+    at::mm_out(C, A, B);
 }
 
 // The kernels' scratch, kept per thread between calls. Allocated afresh on every
@@ -107,6 +168,8 @@ void forward_typed(const LayerInputs& in, const LayerGeometry& g, bool training,
   cpu::SeqForwardArgs<S> a{};
   a.cell = in.cell;
   a.pack = pack_policy();
+  a.blas_policy = blas_policy();
+  a.blas = &aten_gemm<S>;
   a.training = training;
   a.seq = g.layout(in.reverse);
   a.C = g.C;
@@ -139,6 +202,8 @@ void backward_typed(const LayerInputs& in, const LayerGeometry& g, const GradInp
   cpu::SeqBackwardArgs<S> a{};
   a.cell = in.cell;
   a.pack = pack_policy();
+  a.blas_policy = blas_policy();
+  a.blas = &aten_gemm<S>;
   a.seq = g.layout(in.reverse);
   a.C = g.C;
   a.H = g.H;

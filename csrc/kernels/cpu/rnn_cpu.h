@@ -35,6 +35,21 @@ struct CellConfig {
 // reused enough to pay for it). The others exist so tests cover both paths.
 enum class PackPolicy : int { kAuto = 0, kAlways = 1, kNever = 2 };
 
+// A GEMM of the BLAS that torch itself uses, offered by the torch layer:
+// C[M, N] = op(A) op(B) (+ C when accumulate; + bias[N] when bias is given and
+// accumulate is not), every matrix row-major with the given leading dimension,
+// op(X) = X^T when its flag is set. Called only from the thread that called the
+// kernel, outside any parallel region, so that the BLAS may use its own threads.
+template <typename S>
+using BlasGemm = void (*)(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const S* a,
+                          int64_t lda, const S* b, int64_t ldb, S* c, int64_t ldc,
+                          bool accumulate, const S* bias);
+
+// When a single step (T = 1, a cell call) takes its products from `blas`:
+// kAuto by its shape (rnn_cpu_impl.h, kBlasMinRows), kAlways whenever it is
+// given (tests), kNever not at all.
+enum class BlasPolicy : int { kNever = 0, kAuto = 1, kAlways = 2 };
+
 constexpr int64_t saved_gate_cols(const CellConfig& c, int64_t H) {
   return c.kind == CellKind::kLstm ? num_gates(c.kind, c.coupled) * H
          : c.kind == CellKind::kGru ? (c.reset_after ? 4 : 3) * H
@@ -49,6 +64,8 @@ template <typename S>
 struct SeqForwardArgs {
   CellConfig cell;
   PackPolicy pack;
+  BlasPolicy blas_policy;
+  BlasGemm<S> blas;
   bool training;  // save what backward needs
   SeqLayout seq;
   int64_t C, H, P;  // P = H without projection
@@ -73,6 +90,8 @@ template <typename S>
 struct SeqBackwardArgs {
   CellConfig cell;
   PackPolicy pack;
+  BlasPolicy blas_policy;
+  BlasGemm<S> blas;
   SeqLayout seq;
   int64_t C, H, P;
   // What the forward read and saved.

@@ -132,6 +132,38 @@ inline bool worth_packing(PackPolicy policy, int64_t uses, int64_t K) {
 // packed once for the pass when the pass has more steps than this.
 constexpr int64_t kPackSteps = 4;
 
+// A single step (a cell call, T = 1) takes its products from the BLAS that
+// torch uses, where the torch layer offers it (cpu_layer.cpp: MKL on an Intel
+// CPU), when it has at least kBlasMinRows rows (kBlasMinRowsThreaded with more
+// than one thread) and a recurrent K of at least kBlasMinK. A single step cannot
+// reuse a packed weight, and read in place (dot products along K) the products
+// run at about 55 G multiply-adds/s, against 70-90 for MKL at these shapes. Per
+// product A W^T (A: N x K, W: H x K), 1 thread, Intel Xeon (AVX-512), the faster
+// of the kernels' packed and in-place paths against at::mm, in us: N=16 K=256
+// H=1024 79 / 75, N=16 K=H=512 71 / 88; N=32 K=H=256 40 / 30, K=256 H=1024 159 /
+// 116, K=H=512 141 / 131; N=48 K=H=256 54 / 41; N=64 K=H=256 67 / 52, K=H=512
+// 251 / 198; N=128 K=H=256 108 / 93. Whole cell calls, BLAS over own time,
+// paired in random order: 1 thread, N=32 0.88-0.93 (RNN, LSTM, GRU at H=256,
+// LSTM H=512), N=48-128 0.82-0.97; 2 threads, N=32 1.07-1.20 (the kernels' own
+// tasks split a call better than MKL at 32 rows), N=48-128 0.69-0.94; K=64
+// (LSTM N=64 and 128, H=64) 1.04-1.13, and RNN N=64 H=128 1.07 at 1 thread.
+constexpr int64_t kBlasMinRows = 32;
+constexpr int64_t kBlasMinRowsThreaded = 48;
+constexpr int64_t kBlasMinK = 128;
+
+// The BLAS a pass uses for its products, or null: its own GEMMs. The BLAS runs
+// on the calling thread (with its own threads), so a pass that uses it runs its
+// phases on that thread alone (threads_for).
+template <typename Args>
+auto blas_for(const Args& a, const Parallel& par) -> decltype(a.blas) {
+  if (a.blas == nullptr || a.seq.T != 1) return nullptr;
+  const int64_t min_rows = par.max_threads > 1 ? kBlasMinRowsThreaded : kBlasMinRows;
+  const bool use = a.blas_policy == BlasPolicy::kAlways ||
+                   (a.blas_policy == BlasPolicy::kAuto && a.pack == PackPolicy::kAuto &&
+                    a.seq.N >= min_rows && a.P >= kBlasMinK);
+  return use ? a.blas : nullptr;
+}
+
 // A Parallel that runs everything on the calling thread: for work done inside a
 // task (a product in place, which is one task).
 inline const Parallel& serial() {
@@ -150,12 +182,15 @@ struct WeightT {
   const S* w = nullptr;
   int64_t N = 0, K = 0;
   S* packed = nullptr;
+  BlasGemm<S> blas = nullptr;
 
-  void plan(Arena& arena, PackPolicy policy, const S* w_, int64_t N_, int64_t K_, int64_t uses) {
+  void plan(Arena& arena, PackPolicy policy, const S* w_, int64_t N_, int64_t K_, int64_t uses,
+            BlasGemm<S> blas_ = nullptr) {
     w = w_;
     N = N_;
     K = K_;
-    if (worth_packing(policy, uses, K)) packed = arena.take<S>(packed_b_size<S>(K, N));
+    blas = blas_;
+    if (!blas && worth_packing(policy, uses, K)) packed = arena.take<S>(packed_b_size<S>(K, N));
   }
   void prepare(const Parallel& par) const {
     if (packed) pack_weight_t<S>(w, N, K, packed, par);
@@ -171,19 +206,24 @@ struct WeightT {
     return GemmNT<S>(M, N, K, a, lda, w, K, c, ldc, accumulate, bias);
   }
   int64_t tasks(int64_t M) const {
+    if (blas) return M > 0 ? 1 : 0;
     return packed ? product(M, nullptr, 0, nullptr, 0, false, nullptr).tasks()
                   : in_place(M, nullptr, 0, nullptr, 0, false, nullptr).tasks();
   }
   void run(int64_t M, const S* a, int64_t lda, S* c, int64_t ldc, bool accumulate,
            const S* bias, int64_t task) const {
-    if (packed)
+    if (blas)
+      blas(false, true, M, N, K, a, lda, w, K, c, ldc, accumulate, bias);
+    else if (packed)
       product(M, a, lda, c, ldc, accumulate, bias).run(task);
     else
       in_place(M, a, lda, c, ldc, accumulate, bias).run(task);
   }
   void gemm(int64_t M, const S* a, int64_t lda, S* c, int64_t ldc, bool accumulate,
             const Parallel& par, const S* bias = nullptr) const {
-    if (packed)
+    if (blas)
+      blas(false, true, M, N, K, a, lda, w, K, c, ldc, accumulate, bias);
+    else if (packed)
       product(M, a, lda, c, ldc, accumulate, bias).run_all(par);
     else
       gemm_nt<S>(M, N, K, a, lda, w, K, c, ldc, accumulate, par, bias);
@@ -199,12 +239,16 @@ struct WeightN {
   const S* w = nullptr;
   int64_t K = 0, N = 0;
   S* packed = nullptr;
+  BlasGemm<S> blas = nullptr;
 
-  void plan(Arena& arena, PackPolicy policy, const S* w_, int64_t K_, int64_t N_, int64_t steps) {
+  void plan(Arena& arena, PackPolicy policy, const S* w_, int64_t K_, int64_t N_, int64_t steps,
+            BlasGemm<S> blas_ = nullptr) {
     w = w_;
     K = K_;
     N = N_;
-    if (policy == PackPolicy::kAlways || (policy == PackPolicy::kAuto && steps > kPackSteps))
+    blas = blas_;
+    if (!blas &&
+        (policy == PackPolicy::kAlways || (policy == PackPolicy::kAuto && steps > kPackSteps)))
       packed = arena.take<S>(packed_b_size<S>(K, N));
   }
   void prepare(const Parallel& par) const {
@@ -214,7 +258,24 @@ struct WeightN {
     return packed ? PanelGemm<S>(M, N, K, A, packed, K * kPanel, kPanel, false, c, ldc, accumulate)
                   : PanelGemm<S>(M, N, K, A, w, kPanel, N, true, c, ldc, accumulate);
   }
-  int64_t tasks(int64_t M) const { return product(M, MatA<S>{}, nullptr, 0, false).tasks(); }
+  int64_t tasks(int64_t M) const {
+    if (blas) return M > 0 ? 1 : 0;
+    return product(M, MatA<S>{}, nullptr, 0, false).tasks();
+  }
+  // C (+)= A W, task of tasks(M); A with unit column stride.
+  void run(int64_t M, const MatA<S>& A, S* c, int64_t ldc, bool accumulate, int64_t task) const {
+    if (blas)
+      blas(false, false, M, N, K, A.ptr, A.rs, w, N, c, ldc, accumulate, nullptr);
+    else
+      product(M, A, c, ldc, accumulate).run(task);
+  }
+  // All of C (+)= A W from one task (with the BLAS) or the panels [p0, p1).
+  void run_panels(int64_t M, const MatA<S>& A, S* c, int64_t ldc, bool accumulate, int64_t p0,
+                  int64_t p1) const {
+    if (blas) return blas(false, false, M, N, K, A.ptr, A.rs, w, N, c, ldc, accumulate, nullptr);
+    const PanelGemm<S> g = product(M, A, c, ldc, accumulate);
+    for (int64_t p = p0; p < p1; ++p) g.run_panel(p);
+  }
   int64_t panels() const { return ceil_div<int64_t>(N, kPanel); }
 };
 
@@ -222,7 +283,8 @@ struct WeightN {
 // W [G*H, K], handed to the cell's epilogue in registers: fused with the packed
 // weight (tasks: panels x blocks of rows), or for a single step, dot products in
 // place into a scratch [N, G*H] that the epilogue then reads (tasks: groups of
-// panels, each the gate columns of its units and then their epilogue).
+// panels, each the gate columns of its units and then their epilogue), or the
+// BLAS into that scratch (one task: the whole product, then every epilogue).
 template <typename S, int G, int U>
 struct Recurrent {
   static constexpr int L = Vec<S>::size();
@@ -233,13 +295,15 @@ struct Recurrent {
   int64_t H = 0, K = 0;
   S* packed = nullptr;
   S* gh = nullptr;
+  BlasGemm<S> blas = nullptr;
 
   void plan(Arena& arena, PackPolicy policy, const S* w_, int64_t H_, int64_t K_, int64_t N,
-            int64_t uses) {
+            int64_t uses, BlasGemm<S> blas_ = nullptr) {
     w = w_;
     H = H_;
     K = K_;
-    if (worth_packing(policy, uses, K))
+    blas = blas_;
+    if (!blas && worth_packing(policy, uses, K))
       packed = arena.take<S>(recurrent_packed_size<S, G, U>(H, K));
     else
       gh = arena.take<S>(N * G * H);
@@ -254,6 +318,7 @@ struct Recurrent {
   }
   int64_t tasks(int64_t rows) const {
     if (rows <= 0) return 0;
+    if (blas) return 1;
     return packed ? panels() * ceil_div<int64_t>(rows, kRowBlock)
                   : ceil_div<int64_t>(panels(), panels_per_task(rows));
   }
@@ -284,12 +349,18 @@ struct Recurrent {
       return;
     }
     const int64_t GH = G * H;
-    const int64_t pp = panels_per_task(rows);
-    const int64_t p0 = task * pp, p1 = std::min<int64_t>(panels(), p0 + pp);
-    const int64_t u0 = p0 * U * L, u1 = std::min<int64_t>(H, p1 * U * L);
-    for (int g = 0; g < G; ++g)
-      GemmNT<S>(rows, u1 - u0, K, a, lda, w + (g * H + u0) * K, K, gh + g * H + u0, GH, false)
-          .run_cols(0, u1 - u0);
+    int64_t p0 = 0, p1 = panels();
+    if (blas) {
+      blas(false, true, rows, GH, K, a, lda, w, K, gh, GH, false, nullptr);
+    } else {
+      const int64_t pp = panels_per_task(rows);
+      p0 = task * pp;
+      p1 = std::min<int64_t>(panels(), p0 + pp);
+      const int64_t u0 = p0 * U * L, u1 = std::min<int64_t>(H, p1 * U * L);
+      for (int g = 0; g < G; ++g)
+        GemmNT<S>(rows, u1 - u0, K, a, lda, w + (g * H + u0) * K, K, gh + g * H + u0, GH, false)
+            .run_cols(0, u1 - u0);
+    }
     for (int64_t i = 0; i < rows; ++i) {
       for (int64_t p = p0; p < p1; ++p) {
         V acc[NV];
@@ -331,7 +402,11 @@ constexpr int64_t kMinStepFmaForThreads = int64_t{1} << 18;
 // many rows (LSTMCell N=64 H=64, 2M: 126 / 136) lose a little above 1M.
 constexpr int64_t kMinCallFmaForThreads = int64_t{1} << 20;
 
-inline int threads_for(const Parallel& par, int64_t step_fma, int64_t steps) {
+// A pass that takes its products from the BLAS (`blas` not null) runs on the
+// calling thread: the BLAS brings its own threads.
+template <typename S>
+inline int threads_for(const Parallel& par, BlasGemm<S> blas, int64_t step_fma, int64_t steps) {
+  if (blas) return 1;
   const int64_t min_fma = steps == 1 ? kMinCallFmaForThreads : kMinStepFmaForThreads;
   return step_fma >= min_fma ? par.max_threads : 1;
 }
@@ -390,13 +465,13 @@ struct InputProjection {
   S* gx = nullptr;    // [max_rows, GH]
 
   void plan(Arena& arena, PackPolicy policy, const SeqLayout& seq, const S* x_, const S* w_ih,
-            int64_t C_, int64_t GH_) {
+            int64_t C_, int64_t GH_, BlasGemm<S> blas) {
     x = x_;
     C = C_;
     GH = GH_;
     max_rows = max_of(seq.N, kChunkMinRows, kChunkBytes / static_cast<int64_t>(GH * sizeof(S)));
     max_rows = std::max<int64_t>(1, std::min<int64_t>(max_rows, total_rows(seq)));
-    w.plan(arena, policy, w_ih, GH, C, total_rows(seq));
+    w.plan(arena, policy, w_ih, GH, C, total_rows(seq), blas);
     bias = arena.take<S>(GH);
     gx = arena.take<S>(max_rows * GH);
   }
@@ -416,22 +491,34 @@ void fold_bias(S* bias, const S* b_ih, const S* b_hh, int64_t j0, int64_t j1) {
 
 // The recurrent state, double-buffered: step s reads buffer s%2 and writes the
 // other. Rows never active before a step (reverse direction, packed) read h0,
-// which both buffers hold until first written.
+// which both buffers hold until first written. A single step (every row active)
+// reads h0 and writes h_n in place.
 template <typename S>
 struct HiddenState {
   S* buf = nullptr;
+  const S* h0 = nullptr;
+  S* h_n = nullptr;
   int64_t N = 0, P = 0;
-  void plan(Arena& arena, int64_t N_, int64_t P_) {
-    N = N_;
+  bool single = false;
+  void plan(Arena& arena, const SeqLayout& seq, int64_t P_) {
+    N = seq.N;
     P = P_;
-    buf = arena.take<S>(2 * N * P);
+    single = seq.T == 1;
+    if (!single) buf = arena.take<S>(2 * N * P);
   }
-  void init(const S* h0) {
+  void init(const S* h0_, S* h_n_) {
+    h0 = h0_;
+    h_n = h_n_;
+    if (single) return;
     std::memcpy(buf, h0, N * P * sizeof(S));
     std::memcpy(buf + N * P, h0, N * P * sizeof(S));
   }
-  const S* prev(int64_t s) const { return buf + (s & 1) * N * P; }
-  S* next(int64_t s) const { return buf + ((s + 1) & 1) * N * P; }
+  const S* prev(int64_t s) const { return single ? h0 : buf + (s & 1) * N * P; }
+  S* next(int64_t s) const { return single ? h_n : buf + ((s + 1) & 1) * N * P; }
+  // h_n from the output y [R, P] (a single step has written it already).
+  void finish(const SeqLayout& seq, const S* y) const {
+    if (!single) gather_final(seq, y, P, h_n);
+  }
 };
 
 // A phase of a pass: the input projection of a chunk of steps (k < 0) or the
@@ -496,7 +583,7 @@ struct Schedule {
 // vector of them. That pass reads the dh of its own units only, so the team
 // meets once per step, not twice (a product phase and a pointwise phase), and
 // the dh it reads was written by the same task. The phase after the last step
-// leaves dh0 in dh_state.
+// leaves dh0 in dh_state. With the BLAS a phase is one task, every panel.
 template <typename S, typename Pointwise>
 void bptt_by_panels(const SeqLayout& seq, const WeightN<S>& whh, const S* dG, int64_t ldg,
                     S* dh_state, bool accumulate, Schedule& sched, const Pointwise& pointwise,
@@ -506,18 +593,18 @@ void bptt_by_panels(const SeqLayout& seq, const WeightN<S>& whh, const S* dG, in
   const int64_t H = whh.N;
   sched.backward_steps(seq);
   sched.run(
-      [&](const PhaseRef&) -> int64_t { return whh.panels(); },
-      [&](const PhaseRef& ph, int64_t p) {
+      [&](const PhaseRef&) -> int64_t { return whh.blas ? 1 : whh.panels(); },
+      [&](const PhaseRef& ph, int64_t task) {
+        const int64_t p0 = whh.blas ? 0 : task, p1 = whh.blas ? whh.panels() : task + 1;
         if (ph.s + 1 < seq.T) {
           const StepInfo before = seq.step(ph.s + 1);
-          whh.product(before.rows, MatA<S>{dG + before.offset * ldg, ldg, 1}, dh_state, H,
-                      accumulate)
-              .run_panel(p);
+          whh.run_panels(before.rows, MatA<S>{dG + before.offset * ldg, ldg, 1}, dh_state, H,
+                         accumulate, p0, p1);
         }
         if (ph.s < 0) return;
         const StepInfo st = seq.step(ph.s);
-        const int64_t u1 = std::min<int64_t>(H, (p + 1) * NR);
-        for (int64_t u0 = p * NR; u0 < u1; u0 += L) pointwise(st, u0, std::min<int64_t>(L, u1 - u0));
+        const int64_t u1 = std::min<int64_t>(H, p1 * NR);
+        for (int64_t u0 = p0 * NR; u0 < u1; u0 += L) pointwise(st, u0, std::min<int64_t>(L, u1 - u0));
       },
       threads, par);
 }
@@ -532,12 +619,15 @@ struct GateBlock {
 // dsum: the column sums of dG (accumulated by the pointwise passes).
 template <typename S>
 void input_side_grads(const SeqBackwardArgs<S>& a, const S* dG, int64_t ldg, const S* dsum,
-                      const GateBlock* blocks, int nblocks, S* scratch,
+                      const GateBlock* blocks, int nblocks, S* scratch, BlasGemm<S> blas,
                       const Parallel& par) {
   const int64_t R = total_rows(a.seq);
   for (int b = 0; b < nblocks; ++b) {
     const GateBlock& g = blocks[b];
-    if (a.dx)
+    if (a.dx && blas)
+      blas(false, false, R, a.C, g.n, dG + g.col, ldg, a.w_ih + g.wrow * a.C, a.C, a.dx, a.C,
+           b > 0, nullptr);
+    else if (a.dx)
       gemm<S>(R, a.C, g.n, MatA<S>{dG + g.col, ldg, 1}, MatB<S>{a.w_ih + g.wrow * a.C, a.C, 1},
               a.dx, a.C, b > 0, scratch, par);
     if (a.db_ih) std::memcpy(a.db_ih + g.wrow, dsum + g.col, g.n * sizeof(S));
@@ -547,7 +637,8 @@ void input_side_grads(const SeqBackwardArgs<S>& a, const S* dG, int64_t ldg, con
 // Columns [col, col+n) of dG and the weight gradients they give: dG^T X, rows
 // [ih_row, ih_row+n) of dW_ih (ih_row < 0: none), and dG^T hh for hh [R, K] (the
 // recurrent inputs), rows [hh_row, hh_row+n) of dW_hh (hh_row < 0: none). Both
-// are one gemm_multi, which packs the block's dG^T once for the two.
+// are one gemm_multi, which packs the block's dG^T once for the two; or two
+// products of the BLAS (hh then a plain matrix, not a row table).
 template <typename S>
 struct WeightGradBlock {
   int64_t col, n, ih_row, hh_row;
@@ -557,11 +648,20 @@ struct WeightGradBlock {
 
 template <typename S>
 void weight_grads(const SeqBackwardArgs<S>& a, const S* dG, int64_t ldg,
-                  const WeightGradBlock<S>* blocks, int nblocks, S* scratch,
+                  const WeightGradBlock<S>* blocks, int nblocks, S* scratch, BlasGemm<S> blas,
                   const Parallel& par) {
   const int64_t R = total_rows(a.seq);
   for (int b = 0; b < nblocks; ++b) {
     const WeightGradBlock<S>& g = blocks[b];
+    if (blas) {
+      if (a.dw_ih && g.ih_row >= 0)
+        blas(true, false, g.n, a.C, R, dG + g.col, ldg, a.x, a.C, a.dw_ih + g.ih_row * a.C, a.C,
+             false, nullptr);
+      if (a.dw_hh && g.hh_row >= 0)
+        blas(true, false, g.n, g.K, R, dG + g.col, ldg, g.hh.ptr, g.hh.rs,
+             a.dw_hh + g.hh_row * g.K, g.K, false, nullptr);
+      continue;
+    }
     Product<S> prods[2];
     int n = 0;
     if (a.dw_ih && g.ih_row >= 0)
@@ -584,6 +684,13 @@ inline const S* prev_state_row(const SeqBackwardArgs<S>& a, const StepInfo& st, 
   return i < st.split ? saved + (st.prev_offset + i) * width : init + i * width;
 }
 
+// The recurrent input of every row, for dW_hh = dG^T Hprev: h0 itself for a
+// single step, otherwise the row table filled by previous_rows.
+template <typename S>
+inline MatB<S> recurrent_inputs(const SeqBackwardArgs<S>& a, const S* const* hrows, int64_t P) {
+  return a.seq.T == 1 ? MatB<S>{a.h0, P, 1} : MatB<S>{nullptr, 0, 1, hrows};
+}
+
 // ------------------------------------------------------------------- LSTM
 
 template <typename S, bool kPeephole, bool kCoupled>
@@ -593,6 +700,7 @@ void lstm_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& 
   constexpr int U = 1;
   constexpr int L = V::size();
   const SeqLayout& seq = a.seq;
+  const auto blas = blas_for(a, par);
   const int64_t N = seq.N, H = a.H, P = a.P, GH = G * H;
   const bool proj = a.w_hr != nullptr;
   // Phases per step: the fused recurrent pass; with a projection also
@@ -602,14 +710,14 @@ void lstm_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& 
 
   const int64_t R = total_rows(seq);
   InputProjection<S> xproj;
-  xproj.plan(arena, a.pack, seq, a.x, a.w_ih, a.C, GH);
+  xproj.plan(arena, a.pack, seq, a.x, a.w_ih, a.C, GH, blas);
   Recurrent<S, G, U> rec;
-  rec.plan(arena, a.pack, a.w_hh, H, P, N, R);
+  rec.plan(arena, a.pack, a.w_hh, H, P, N, R, blas);
   WeightT<S> whr;
-  if (proj) whr.plan(arena, a.pack, a.w_hr, P, H, R);
+  if (proj) whr.plan(arena, a.pack, a.w_hr, P, H, R, blas);
   HiddenState<S> hs;
-  hs.plan(arena, N, P);
-  S* c_state = arena.take<S>(N * H);
+  hs.plan(arena, seq, P);
+  S* c_state = a.c_n;  // updated in place from c0
   S* r_scratch = proj && !a.training ? arena.take<S>(N * H) : nullptr;
   Schedule sched;
   sched.plan(arena, Schedule::max_forward(seq, parts));
@@ -619,7 +727,7 @@ void lstm_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& 
   fold_bias(xproj.bias, a.b_ih, a.b_hh, 0, GH);
   rec.prepare(par);
   if (proj) whr.prepare(par);
-  hs.init(a.h0);
+  hs.init(a.h0, a.h_n);
   std::memcpy(c_state, a.c0, N * H * sizeof(S));
 
   // Peephole vector blocks: i, f, o (f, o when coupled).
@@ -682,9 +790,8 @@ void lstm_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& 
         };
         rec.run(st.rows, hs.prev(s), P, epi, task);
       },
-      threads_for(par, rec.fma_per_step(N), seq.T), par);
-  gather_final(seq, a.y, P, a.h_n);
-  std::memcpy(a.c_n, c_state, N * H * sizeof(S));
+      threads_for(par, blas, rec.fma_per_step(N), seq.T), par);
+  hs.finish(seq, a.y);
 }
 
 template <typename S, bool kPeephole, bool kCoupled>
@@ -692,6 +799,7 @@ void lstm_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel
   using V = Vec<S>;
   constexpr int G = kCoupled ? 3 : 4;
   const SeqLayout& seq = a.seq;
+  const auto blas = blas_for(a, par);
   const int64_t N = seq.N, H = a.H, P = a.P, GH = G * H, R = total_rows(seq);
   const bool proj = a.w_hr != nullptr;
   // Phases per step with a projection: dht = dy + dh, dr = dht W_hr, the
@@ -701,14 +809,14 @@ void lstm_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel
   S* dG = arena.take<S>(R * GH);
   S* dsum = arena.take<S>(GH);
   WeightN<S> whh;
-  whh.plan(arena, a.pack, a.w_hh, GH, P, seq.T);
+  whh.plan(arena, a.pack, a.w_hh, GH, P, seq.T, blas);
   WeightN<S> whr;
-  if (proj) whr.plan(arena, a.pack, a.w_hr, P, H, seq.T);
-  S* dh_state = arena.take<S>(N * P);
-  S* dc_state = arena.take<S>(N * H);
+  if (proj) whr.plan(arena, a.pack, a.w_hr, P, H, seq.T, blas);
+  S* dh_state = a.dh0;  // dh and dc flow back in place, from dh_n and dc_n
+  S* dc_state = a.dc0;
   S* dht = proj ? arena.take<S>(R * P) : nullptr;
   S* dr = proj ? arena.take<S>(N * H) : nullptr;
-  const S** hrows = a.dw_hh ? arena.take<const S*>(R) : nullptr;
+  const S** hrows = a.dw_hh && seq.T > 1 ? arena.take<const S*>(R) : nullptr;
   S* scratch = arena.take<S>(gemm_scratch_size<S>(max_of(a.C, P, H, GH)));
   Schedule sched;
   sched.plan(arena, proj ? Schedule::max_backward(seq, 4) : Schedule::max_backward_steps(seq));
@@ -781,7 +889,7 @@ void lstm_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel
       add_into(dwco + u0, sco, cnt);
     }
   };
-  const int threads = threads_for(par, N * GH * P, seq.T);
+  const int threads = threads_for(par, blas, N * GH * P, seq.T);
   if (proj) {
     sched.backward(seq, 4);
     sched.run(
@@ -806,27 +914,24 @@ void lstm_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel
               return;
             }
             case kDr:
-              return whr.product(rows, MatA<S>{dht + st.offset * P, P, 1}, dr, H, false).run(task);
+              return whr.run(rows, MatA<S>{dht + st.offset * P, P, 1}, dr, H, false, task);
             case kPointwise:
               return run_unit_task<S>(H, task, [&](int64_t u0, int64_t cnt) { pointwise(st, u0, cnt); });
             default:
-              return whh.product(rows, MatA<S>{dG + st.offset * GH, GH, 1}, dh_state, P, false)
-                  .run(task);
+              return whh.run(rows, MatA<S>{dG + st.offset * GH, GH, 1}, dh_state, P, false, task);
           }
         },
         threads, par);
   } else {
     bptt_by_panels(seq, whh, dG, GH, dh_state, false, sched, pointwise, threads, par);
   }
-  std::memcpy(a.dh0, dh_state, N * P * sizeof(S));
-  std::memcpy(a.dc0, dc_state, N * H * sizeof(S));
 
   const GateBlock all{0, 0, GH};
-  input_side_grads(a, dG, GH, dsum, &all, 1, scratch, par);
+  input_side_grads(a, dG, GH, dsum, &all, 1, scratch, blas, par);
   if (a.db_hh) std::memcpy(a.db_hh, dsum, GH * sizeof(S));
   if (hrows) previous_rows(seq, a.y, a.h0, P, hrows);
-  const WeightGradBlock<S> wg{0, GH, 0, 0, MatB<S>{nullptr, 0, 1, hrows}, P};
-  weight_grads(a, dG, GH, &wg, 1, scratch, par);
+  const WeightGradBlock<S> wg{0, GH, 0, 0, recurrent_inputs(a, hrows, P), P};
+  weight_grads(a, dG, GH, &wg, 1, scratch, blas, par);
   if (proj && a.dw_hr)
     gemm<S>(P, H, R, MatA<S>{dht, 1, P}, MatB<S>{a.proj_in, H, 1}, a.dw_hr, H, false, scratch,
             par);
@@ -841,15 +946,16 @@ void gru_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& p
   constexpr int G = 3, U = 1;
   constexpr int L = V::size();
   const SeqLayout& seq = a.seq;
+  const auto blas = blas_for(a, par);
   const int64_t N = seq.N, H = a.H, GH = G * H;
 
   InputProjection<S> xproj;
-  xproj.plan(arena, a.pack, seq, a.x, a.w_ih, a.C, GH);
+  xproj.plan(arena, a.pack, seq, a.x, a.w_ih, a.C, GH, blas);
   Recurrent<S, G, U> rec;
-  rec.plan(arena, a.pack, a.w_hh, H, H, N, total_rows(seq));
+  rec.plan(arena, a.pack, a.w_hh, H, H, N, total_rows(seq), blas);
   S* b_hn = arena.take<S>(H);
   HiddenState<S> hs;
-  hs.plan(arena, N, H);
+  hs.plan(arena, seq, H);
   Schedule sched;
   sched.plan(arena, Schedule::max_forward(seq, 1));
   if (arena.sizing()) return;
@@ -860,7 +966,7 @@ void gru_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& p
   fold_bias(xproj.bias, a.b_ih, static_cast<const S*>(nullptr), 2 * H, 3 * H);
   fold_bias(b_hn, a.b_hh ? a.b_hh + 2 * H : nullptr, static_cast<const S*>(nullptr), 0, H);
   rec.prepare(par);
-  hs.init(a.h0);
+  hs.init(a.h0, a.h_n);
 
   sched.forward(seq, xproj.max_rows, 1);
   sched.run(
@@ -896,8 +1002,8 @@ void gru_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& p
         };
         rec.run(st.rows, hp, H, epi, task);
       },
-      threads_for(par, rec.fma_per_step(N), seq.T), par);
-  gather_final(seq, a.y, H, a.h_n);
+      threads_for(par, blas, rec.fma_per_step(N), seq.T), par);
+  hs.finish(seq, a.y);
 }
 
 // reset_after=False: r and z first (fused with their recurrent product), then
@@ -909,17 +1015,18 @@ void gru_reset_before_forward_seq(const SeqForwardArgs<S>& a, Arena& arena,
   constexpr int L = V::size();
   constexpr int U1 = 2, U2 = 4;
   const SeqLayout& seq = a.seq;
+  const auto blas = blas_for(a, par);
   const int64_t N = seq.N, H = a.H, GH = 3 * H;
   enum { kRz, kN };
 
   InputProjection<S> xproj;
-  xproj.plan(arena, a.pack, seq, a.x, a.w_ih, a.C, GH);
+  xproj.plan(arena, a.pack, seq, a.x, a.w_ih, a.C, GH, blas);
   Recurrent<S, 2, U1> rec_rz;
-  rec_rz.plan(arena, a.pack, a.w_hh, H, H, N, total_rows(seq));
+  rec_rz.plan(arena, a.pack, a.w_hh, H, H, N, total_rows(seq), blas);
   Recurrent<S, 1, U2> rec_n;
-  rec_n.plan(arena, a.pack, a.w_hh + 2 * H * H, H, H, N, total_rows(seq));
+  rec_n.plan(arena, a.pack, a.w_hh + 2 * H * H, H, H, N, total_rows(seq), blas);
   HiddenState<S> hs;
-  hs.plan(arena, N, H);
+  hs.plan(arena, seq, H);
   S* z_scratch = a.training ? nullptr : arena.take<S>(N * H);
   S* rh_scratch = a.training ? nullptr : arena.take<S>(N * H);
   Schedule sched;
@@ -930,7 +1037,7 @@ void gru_reset_before_forward_seq(const SeqForwardArgs<S>& a, Arena& arena,
   fold_bias(xproj.bias, a.b_ih, a.b_hh, 0, GH);  // b_hn is outside r*(.) here
   rec_rz.prepare(par);
   rec_n.prepare(par);
-  hs.init(a.h0);
+  hs.init(a.h0, a.h_n);
 
   sched.forward(seq, xproj.max_rows, 2);
   sched.run(
@@ -984,8 +1091,8 @@ void gru_reset_before_forward_seq(const SeqForwardArgs<S>& a, Arena& arena,
         };
         rec_n.run(st.rows, rh, H, epi_n, task);
       },
-      threads_for(par, rec_rz.fma_per_step(N) + rec_n.fma_per_step(N), seq.T), par);
-  gather_final(seq, a.y, H, a.h_n);
+      threads_for(par, blas, rec_rz.fma_per_step(N) + rec_n.fma_per_step(N), seq.T), par);
+  hs.finish(seq, a.y);
 }
 
 // dG layout [R, 4H]: (r, z, hn, xn). The first three match W_hh's rows, so the
@@ -994,14 +1101,15 @@ template <typename S>
 void gru_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel& par) {
   using V = Vec<S>;
   const SeqLayout& seq = a.seq;
+  const auto blas = blas_for(a, par);
   const int64_t N = seq.N, H = a.H, R = total_rows(seq), ldg = 4 * H;
 
   S* dG = arena.take<S>(R * ldg);
   S* dsum = arena.take<S>(ldg);
   WeightN<S> whh;
-  whh.plan(arena, a.pack, a.w_hh, 3 * H, H, seq.T);
-  S* dh_state = arena.take<S>(N * H);
-  const S** hrows = a.dw_hh ? arena.take<const S*>(R) : nullptr;
+  whh.plan(arena, a.pack, a.w_hh, 3 * H, H, seq.T, blas);
+  S* dh_state = a.dh0;  // dh flows back in place, from dh_n
+  const S** hrows = a.dw_hh && seq.T > 1 ? arena.take<const S*>(R) : nullptr;
   S* scratch = arena.take<S>(gemm_scratch_size<S>(max_of(a.C, H, 4 * H)));
   Schedule sched;
   sched.plan(arena, Schedule::max_backward_steps(seq));
@@ -1043,20 +1151,19 @@ void gru_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel&
     add_into(dsum + 3 * H + u0, sxn, cnt);
   };
   bptt_by_panels(seq, whh, dG, ldg, dh_state, true, sched, pointwise,
-                 threads_for(par, N * 3 * H * H, seq.T), par);
-  std::memcpy(a.dh0, dh_state, N * H * sizeof(S));
+                 threads_for(par, blas, N * 3 * H * H, seq.T), par);
 
   const GateBlock blocks[2] = {{0, 0, 2 * H}, {3 * H, 2 * H, H}};
-  input_side_grads(a, dG, ldg, dsum, blocks, 2, scratch, par);
+  input_side_grads(a, dG, ldg, dsum, blocks, 2, scratch, blas, par);
   if (a.db_hh) std::memcpy(a.db_hh, dsum, 3 * H * sizeof(S));
   if (hrows) previous_rows(seq, a.y, a.h0, H, hrows);
   // r and z: one dG for both sides; n: the recurrent (col 2H) and the input
   // (col 3H) gradients apart.
-  const MatB<S> hprev{nullptr, 0, 1, hrows};
+  const MatB<S> hprev = recurrent_inputs(a, hrows, H);
   const WeightGradBlock<S> wg[3] = {{0, 2 * H, 0, 0, hprev, H},
                                     {2 * H, H, -1, 2 * H, hprev, H},
                                     {3 * H, H, 2 * H, -1, hprev, H}};
-  weight_grads(a, dG, ldg, wg, 3, scratch, par);
+  weight_grads(a, dG, ldg, wg, 3, scratch, blas, par);
 }
 
 // dG layout [R, 3H]: (r, z, n), the same for the input and the recurrent side.
@@ -1065,6 +1172,7 @@ void gru_reset_before_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena,
                                    const Parallel& par) {
   using V = Vec<S>;
   const SeqLayout& seq = a.seq;
+  const auto blas = blas_for(a, par);
   const int64_t N = seq.N, H = a.H, R = total_rows(seq), GH = 3 * H;
   // Phases per step: z and n, d(r*h) = dpn W_hn, r and the rest of dh,
   // dh += [dpr dpz] W_h(rz).
@@ -1073,11 +1181,11 @@ void gru_reset_before_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena,
   S* dG = arena.take<S>(R * GH);
   S* dsum = arena.take<S>(GH);
   WeightN<S> wrz, wn;
-  wrz.plan(arena, a.pack, a.w_hh, 2 * H, H, seq.T);
-  wn.plan(arena, a.pack, a.w_hh + 2 * H * H, H, H, seq.T);
-  S* dh_state = arena.take<S>(N * H);
+  wrz.plan(arena, a.pack, a.w_hh, 2 * H, H, seq.T, blas);
+  wn.plan(arena, a.pack, a.w_hh + 2 * H * H, H, H, seq.T, blas);
+  S* dh_state = a.dh0;  // dh flows back in place, from dh_n
   S* drh = arena.take<S>(N * H);
-  const S** hrows = a.dw_hh ? arena.take<const S*>(R) : nullptr;
+  const S** hrows = a.dw_hh && seq.T > 1 ? arena.take<const S*>(R) : nullptr;
   S* scratch = arena.take<S>(gemm_scratch_size<S>(max_of(a.C, H, GH)));
   Schedule sched;
   sched.plan(arena, Schedule::max_backward(seq, 4));
@@ -1126,8 +1234,7 @@ void gru_reset_before_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena,
               add_into(dsum + 2 * H + u0, sn, cnt);
             });
           case kDrh:
-            return wn.product(rows, MatA<S>{dG + st.offset * GH + 2 * H, GH, 1}, drh, H, false)
-                .run(task);
+            return wn.run(rows, MatA<S>{dG + st.offset * GH + 2 * H, GH, 1}, drh, H, false, task);
           case kReset:
             return run_unit_task<S>(H, task, [&](int64_t u0, int64_t cnt) {
               V sr(S(0));
@@ -1146,21 +1253,19 @@ void gru_reset_before_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena,
               add_into(dsum + u0, sr, cnt);
             });
           default:
-            return wrz.product(rows, MatA<S>{dG + st.offset * GH, GH, 1}, dh_state, H, true)
-                .run(task);
+            return wrz.run(rows, MatA<S>{dG + st.offset * GH, GH, 1}, dh_state, H, true, task);
         }
       },
-      threads_for(par, N * GH * H, seq.T), par);
-  std::memcpy(a.dh0, dh_state, N * H * sizeof(S));
+      threads_for(par, blas, N * GH * H, seq.T), par);
 
   const GateBlock all{0, 0, GH};
-  input_side_grads(a, dG, GH, dsum, &all, 1, scratch, par);
+  input_side_grads(a, dG, GH, dsum, &all, 1, scratch, blas, par);
   if (a.db_hh) std::memcpy(a.db_hh, dsum, GH * sizeof(S));
   if (hrows) previous_rows(seq, a.y, a.h0, H, hrows);
   // r and z read the previous state, n the reset state r*h (saved as states).
-  const WeightGradBlock<S> wg[2] = {{0, 2 * H, 0, 0, MatB<S>{nullptr, 0, 1, hrows}, H},
+  const WeightGradBlock<S> wg[2] = {{0, 2 * H, 0, 0, recurrent_inputs(a, hrows, H), H},
                                     {2 * H, H, 2 * H, 2 * H, MatB<S>{a.states, H, 1}, H}};
-  weight_grads(a, dG, GH, wg, 2, scratch, par);
+  weight_grads(a, dG, GH, wg, 2, scratch, blas, par);
 }
 
 // -------------------------------------------------------------------- RNN
@@ -1171,14 +1276,15 @@ void rnn_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& p
   constexpr int U = 4;
   constexpr int L = V::size();
   const SeqLayout& seq = a.seq;
+  const auto blas = blas_for(a, par);
   const int64_t N = seq.N, H = a.H;
 
   InputProjection<S> xproj;
-  xproj.plan(arena, a.pack, seq, a.x, a.w_ih, a.C, H);
+  xproj.plan(arena, a.pack, seq, a.x, a.w_ih, a.C, H, blas);
   Recurrent<S, 1, U> rec;
-  rec.plan(arena, a.pack, a.w_hh, H, H, N, total_rows(seq));
+  rec.plan(arena, a.pack, a.w_hh, H, H, N, total_rows(seq), blas);
   HiddenState<S> hs;
-  hs.plan(arena, N, H);
+  hs.plan(arena, seq, H);
   Schedule sched;
   sched.plan(arena, Schedule::max_forward(seq, 1));
   if (arena.sizing()) return;
@@ -1186,7 +1292,7 @@ void rnn_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& p
   xproj.w.prepare(par);
   fold_bias(xproj.bias, a.b_ih, a.b_hh, 0, H);
   rec.prepare(par);
-  hs.init(a.h0);
+  hs.init(a.h0, a.h_n);
 
   sched.forward(seq, xproj.max_rows, 1);
   sched.run(
@@ -1212,22 +1318,23 @@ void rnn_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& p
         };
         rec.run(st.rows, hs.prev(s), H, epi, task);
       },
-      threads_for(par, rec.fma_per_step(N), seq.T), par);
-  gather_final(seq, a.y, H, a.h_n);
+      threads_for(par, blas, rec.fma_per_step(N), seq.T), par);
+  hs.finish(seq, a.y);
 }
 
 template <typename S, bool kRelu>
 void rnn_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel& par) {
   using V = Vec<S>;
   const SeqLayout& seq = a.seq;
+  const auto blas = blas_for(a, par);
   const int64_t N = seq.N, H = a.H, R = total_rows(seq);
 
   S* dG = arena.take<S>(R * H);
   S* dsum = arena.take<S>(H);
   WeightN<S> whh;
-  whh.plan(arena, a.pack, a.w_hh, H, H, seq.T);
-  S* dh_state = arena.take<S>(N * H);
-  const S** hrows = a.dw_hh ? arena.take<const S*>(R) : nullptr;
+  whh.plan(arena, a.pack, a.w_hh, H, H, seq.T, blas);
+  S* dh_state = a.dh0;  // dh flows back in place, from dh_n
+  const S** hrows = a.dw_hh && seq.T > 1 ? arena.take<const S*>(R) : nullptr;
   S* scratch = arena.take<S>(gemm_scratch_size<S>(max_of(a.C, H)));
   Schedule sched;
   sched.plan(arena, Schedule::max_backward_steps(seq));
@@ -1249,15 +1356,14 @@ void rnn_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel&
     add_into(dsum + u0, sp, cnt);
   };
   bptt_by_panels(seq, whh, dG, H, dh_state, false, sched, pointwise,
-                 threads_for(par, N * H * H, seq.T), par);
-  std::memcpy(a.dh0, dh_state, N * H * sizeof(S));
+                 threads_for(par, blas, N * H * H, seq.T), par);
 
   const GateBlock all{0, 0, H};
-  input_side_grads(a, dG, H, dsum, &all, 1, scratch, par);
+  input_side_grads(a, dG, H, dsum, &all, 1, scratch, blas, par);
   if (a.db_hh) std::memcpy(a.db_hh, dsum, H * sizeof(S));
   if (hrows) previous_rows(seq, a.y, a.h0, H, hrows);
-  const WeightGradBlock<S> wg{0, H, 0, 0, MatB<S>{nullptr, 0, 1, hrows}, H};
-  weight_grads(a, dG, H, &wg, 1, scratch, par);
+  const WeightGradBlock<S> wg{0, H, 0, 0, recurrent_inputs(a, hrows, H), H};
+  weight_grads(a, dG, H, &wg, 1, scratch, blas, par);
 }
 
 // ------------------------------------------------------------- dispatch

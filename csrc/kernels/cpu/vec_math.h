@@ -64,7 +64,9 @@ template <typename V>
 inline V tanh_float(const V& x) {
   using S = typename V::value_type;
   const V a = x.abs();
-  const V big = (V(S(1)) - V(S(2)) / (exp_float(a + a) + V(S(1)))).copysign(x);
+  // The sign of x set on 1 - 2/(e^2|x| + 1) >= 0 by a bitwise or (copysign is
+  // an out-of-line Sleef call).
+  const V big = (V(S(1)) - V(S(2)) / (exp_float(a + a) + V(S(1)))) | (x & V(S(-0.0)));
   const V x2 = x * x;
   V p = at::vec::fmadd(x2, V(S(21844.0 / 6081075.0)), V(S(-1382.0 / 155925.0)));
   p = at::vec::fmadd(x2, p, V(S(62.0 / 2835.0)));
