@@ -133,6 +133,17 @@ SHAPES = {
 }
 
 
+def _assert_matches_reference(m, build, leaves, dtype, cell=False, got=None):
+    """float64: outputs and gradients against the float64 reference within TIGHT
+    (got: those outputs already computed); other dtypes: the error-ratio oracle."""
+    if dtype == torch.float64:
+        fn = (lambda *a: reference.cell_forward(m, *a)) if cell else (lambda x, hx: reference.forward(m, x, hx))
+        got = got if got is not None else run(m, build, leaves, cell=cell)
+        assert_all_close(got, run(m, build, leaves, cell=cell, fn=fn), **TIGHT)
+    else:
+        assert_matches_reference(m, *build(**{k: v.to(dtype) for k, v in leaves.items()}))
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("packed", [False, True], ids=["strided", "packed"])
 @pytest.mark.parametrize("shape", list(SHAPES))
@@ -144,13 +155,7 @@ def test_variant_matches_reference(variant, shape, packed, dtype):
     print(m, "packed" if packed else "strided")
     leaves = seq_leaves(m, T, N, C, non_contiguous=not packed)
     build = seq_builder(m, C, lengths=LENGTHS if packed else None, non_contiguous=not packed)
-    if dtype == torch.float64:
-        got = run(m, build, leaves)
-        want = run(m, build, leaves, fn=lambda x, hx: reference.forward(m, x, hx))
-        assert_all_close(got, want, **TIGHT)
-    else:
-        x, hx = build(**{k: v.to(dtype) for k, v in leaves.items()})
-        assert_matches_reference(m, x, hx)
+    _assert_matches_reference(m, build, leaves, dtype)
 
 
 SEQ_ALL = {
@@ -209,11 +214,7 @@ def test_sequence_split_over_two_threads(variant, packed, dtype):
     finally:
         torch.set_num_threads(threads)
     assert_all_close(two, one)
-    if dtype == torch.float64:
-        want = run(m, build, leaves, fn=lambda x, hx: reference.forward(m, x, hx))
-        assert_all_close(two, want, **TIGHT)
-    else:
-        assert_matches_reference(m, *build(**{k: v.to(dtype) for k, v in leaves.items()}))
+    _assert_matches_reference(m, build, leaves, dtype, got=two)
 
 
 # ------------------------------------------------------------------ cells
@@ -268,12 +269,7 @@ def test_cell_variant_matches_reference(variant, shape, dtype):
     torch.manual_seed(0)
     cell = getattr(fusedrnn, name)(C, H, **kw).to(dtype)
     leaves = _cell_leaves(name == "LSTMCell", None if shape == "unbatched" else N, shape != "hx_none")
-    if dtype == torch.float64:
-        got = run(cell, cell_build, leaves, cell=True)
-        want = run(cell, cell_build, leaves, cell=True, fn=lambda *a: reference.cell_forward(cell, *a))
-        assert_all_close(got, want, **TIGHT)
-    else:
-        assert_matches_reference(cell, *cell_build(**{k: v.to(dtype) for k, v in leaves.items()}))
+    _assert_matches_reference(cell, cell_build, leaves, dtype, cell=True)
 
 
 ALL_CELLS = {**NN_CELLS, **CELL_VARIANTS}
@@ -302,11 +298,7 @@ def test_cell_call_split_over_two_threads(kind, dtype, monkeypatch):
     finally:
         torch.set_num_threads(threads)
     assert_all_close(two, one)
-    if dtype == torch.float64:
-        want = run(cell, cell_build, leaves, cell=True, fn=lambda *a: reference.cell_forward(cell, *a))
-        assert_all_close(two, want, **TIGHT)
-    else:
-        assert_matches_reference(cell, *cell_build(**{k: v.to(dtype) for k, v in leaves.items()}))
+    _assert_matches_reference(cell, cell_build, leaves, dtype, cell=True, got=two)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
@@ -348,12 +340,7 @@ def test_cell_with_products_from_blas(kind, policy, n, h, dtype, monkeypatch):
     torch.manual_seed(0)
     cell = getattr(fusedrnn, name)(c, h, **kw).to(dtype)
     leaves = cell_leaves(name == "LSTMCell", n, True, c, h)
-    if dtype == torch.float64:
-        got = run(cell, cell_build, leaves, cell=True)
-        want = run(cell, cell_build, leaves, cell=True, fn=lambda *a: reference.cell_forward(cell, *a))
-        assert_all_close(got, want, **TIGHT)
-    else:
-        assert_matches_reference(cell, *cell_build(**{k: v.to(dtype) for k, v in leaves.items()}))
+    _assert_matches_reference(cell, cell_build, leaves, dtype, cell=True)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
@@ -370,12 +357,7 @@ def test_one_step_sequence_with_products_from_blas(variant, packed, dtype, monke
     m = getattr(fusedrnn, mode)(c, h, num_layers=2, bidirectional=True, **vkw).to(dtype)
     leaves = seq_leaves(m, t, n, c)
     build = seq_builder(m, c, lengths=[1] * n if packed else None)
-    if dtype == torch.float64:
-        got = run(m, build, leaves)
-        want = run(m, build, leaves, fn=lambda x, hx: reference.forward(m, x, hx))
-        assert_all_close(got, want, **TIGHT)
-    else:
-        assert_matches_reference(m, *build(**{k: v.to(dtype) for k, v in leaves.items()}))
+    _assert_matches_reference(m, build, leaves, dtype)
 
 
 @pytest.mark.parametrize("pack", ["auto", "always", "never"])
