@@ -302,7 +302,9 @@ def markdown_report(record: dict, stamp_line: str, plots: Sequence[str]) -> str:
     cpu = env["cpu"]
     out.append(f"- CPU: {cpu['name']}" + (f" ({cpu['microarch']})" if cpu["microarch"] else "")
                + f", {cpu['cores']} cores usable, flags {' '.join(cpu['flags'])}; fusedrnn kernel ISA "
-               f"{env['backend_info'].get('cpu_isa')}, ATen capability {env['torch_cpu_capability']}")
+               f"{env['backend_info'].get('cpu_isa')}, ATen capability {env['torch_cpu_capability']}"
+               + (f"; cell calls take their products from: {env['backend_info']['cpu_single_step_products']}"
+                  if "cpu_single_step_products" in env["backend_info"] else ""))
     out.append(f"- torch {env['torch']}, oneDNN {env['onednn']['version']}, Python {env['python']}; "
                f"CPU threads per row as in the `thr` column (or above); load average at start "
                f"{env['load_average_start']}, at end {env.get('load_average_end')}")

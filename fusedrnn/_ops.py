@@ -196,7 +196,10 @@ def backend_info() -> dict:
     """What this build contains and what the machine offers at run time.
 
     Keys: version, torch (built against / running), cpu_isas_compiled, cpu_isa
-    (the one in use), cuda_compiled, cuda_archs, cuda_available, cuda_devices.
+    (the one in use), cpu_single_step_products (where cell calls on CPU take their
+    products: "own" GEMMs, torch's BLAS "blas by shape" where it is MKL on an Intel
+    CPU, or "blas" when FUSEDRNN_CPU_BLAS=always), cuda_compiled, cuda_archs,
+    cuda_available, cuda_devices.
     """
     info = _C.build_info()
     return {
@@ -205,6 +208,7 @@ def backend_info() -> dict:
         "torch_running": torch.__version__,
         "cpu_isas_compiled": info["cpu_isas_compiled"].split(","),
         "cpu_isa": info["cpu_isa"],
+        "cpu_single_step_products": _C.cpu_single_step_products(),
         "cuda_compiled": info["cuda"],
         "cuda_archs": [a for a in info["cuda_archs"].split(",") if a],
         "cuda_available": torch.cuda.is_available(),

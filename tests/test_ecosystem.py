@@ -247,6 +247,31 @@ def test_version_and_backend_info():
     assert info["torch_built"].split(".")[:2] == torch.__version__.split("+")[0].split(".")[:2]
 
 
+def _cpu_vendor():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def test_single_step_products_follow_the_switch_and_the_machine(monkeypatch):
+    monkeypatch.setenv("FUSEDRNN_CPU_BLAS", "always")
+    assert fusedrnn.backend_info()["cpu_single_step_products"] == "blas"
+    monkeypatch.setenv("FUSEDRNN_CPU_BLAS", "never")
+    assert fusedrnn.backend_info()["cpu_single_step_products"] == "own"
+    monkeypatch.delenv("FUSEDRNN_CPU_BLAS")
+    mkl_on_intel = torch.backends.mkl.is_available() and _cpu_vendor() == "GenuineIntel"
+    assert fusedrnn.backend_info()["cpu_single_step_products"] == ("blas by shape" if mkl_on_intel else "own")
+    monkeypatch.setenv("FUSEDRNN_CPU_BLAS", "sometimes")
+    cell = fusedrnn.RNNCell(3, 4)
+    with pytest.raises(RuntimeError, match="FUSEDRNN_CPU_BLAS must be auto, always or never, got 'sometimes'"):
+        cell(torch.randn(2, 3))
+
+
 def test_build_against_another_torch_is_a_clear_error():
     from fusedrnn import _ops
 

@@ -276,6 +276,14 @@ void through_float(std::initializer_list<Tensor*> results, const Fn& fn) {
 
 }  // namespace
 
+const char* cpu_single_step_products() {
+  switch (blas_policy()) {
+    case cpu::BlasPolicy::kAlways: return "blas";
+    case cpu::BlasPolicy::kAuto: return "blas by shape";
+    default: return "own";
+  }
+}
+
 void cpu_layer_forward(const LayerInputs& in, const LayerGeometry& g, bool training,
                        ForwardResult& out) {
   if (is_16bit(in.input)) {

@@ -21,6 +21,12 @@ void grid_barrier_probe(int64_t blocks, int64_t steps);
 }  // namespace fusedrnn
 #endif
 
+namespace fusedrnn {
+// Where single steps on CPU take their products: "own", "blas by shape" or
+// "blas" (cpu_layer.cpp, FUSEDRNN_CPU_BLAS).
+const char* cpu_single_step_products();
+}  // namespace fusedrnn
+
 namespace {
 
 pybind11::dict build_info() {
@@ -45,6 +51,8 @@ pybind11::dict build_info() {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fusedrnn: fused recurrent-network kernels (operators under torch.ops.fusedrnn)";
   m.def("build_info", &build_info, "What this build of fusedrnn._C was compiled with.");
+  m.def("cpu_single_step_products", &fusedrnn::cpu_single_step_products,
+        "Where single steps on CPU take their products now: own, blas by shape, or blas.");
 #ifdef FUSEDRNN_WITH_CUDA
   m.def("_grid_barrier_probe", &fusedrnn::grid_barrier_probe, pybind11::arg("blocks"),
         pybind11::arg("steps"),
