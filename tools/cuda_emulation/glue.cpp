@@ -14,6 +14,8 @@ void cpu_layer_backward(const LayerInputs& in, const LayerGeometry& g, const Gra
   cuda_layer_backward(in, g, gi, out);
 }
 
+const char* cpu_single_step_products() { return "CUDA-EMULATION"; }
+
 namespace cpu {
 const char* active_isa() { return "CUDA-EMULATION"; }
 const char* compiled_isas() { return "CUDA-EMULATION"; }
