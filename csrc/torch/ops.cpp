@@ -83,7 +83,7 @@ std::tuple<Tensor, Tensor, Tensor> lstm_cell_forward(const Tensor& input, const 
   const auto r = layer_forward(inputs(lstm_config(w_ch, std::nullopt, coupled), step_view(input),
                                       std::nullopt, hx, cx, w_ih, w_hh, b_ih, b_hh, w_ch,
                                       std::nullopt, false),
-                               training, "fusedrnn::lstm_cell_forward");
+                               training, "fusedrnn::lstm_cell_forward", true);
   return {r.h_n, r.c_n, r.saved.gates};
 }
 
@@ -138,7 +138,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_cell_forward(const Tensor& input, const T
   const auto r = layer_forward(inputs(gru_config(reset_after), step_view(input), std::nullopt,
                                       hx, std::nullopt, w_ih, w_hh, b_ih, b_hh, std::nullopt,
                                       std::nullopt, false),
-                               training, "fusedrnn::gru_cell_forward");
+                               training, "fusedrnn::gru_cell_forward", true);
   return {r.h_n, r.saved.gates, r.saved.states};
 }
 
@@ -191,7 +191,7 @@ Tensor rnn_cell_forward(const Tensor& input, const Tensor& hx, const Tensor& w_i
   return layer_forward(inputs(rnn_config(relu), step_view(input), std::nullopt, hx,
                               std::nullopt, w_ih, w_hh, b_ih, b_hh, std::nullopt, std::nullopt,
                               false),
-                       false, "fusedrnn::rnn_cell_forward")
+                       false, "fusedrnn::rnn_cell_forward", true)
       .h_n;
 }
 

@@ -224,7 +224,7 @@ void dispatch_backward(const LayerInputs& in, const LayerGeometry& g, const Grad
 
 }  // namespace
 
-ForwardResult layer_forward(const LayerInputs& in0, bool training, const char* op) {
+ForwardResult layer_forward(const LayerInputs& in0, bool training, const char* op, bool cell) {
   const LayerGeometry g = check_layer(in0, op);
   const LayerInputs in = contiguous_inputs(in0);
   const auto opts = in.input.options();
@@ -232,8 +232,10 @@ ForwardResult layer_forward(const LayerInputs& in0, bool training, const char* o
   const bool lstm = in.cell.kind == CellKind::kLstm;
 
   ForwardResult out;
-  out.output = g.packed ? at::empty({g.R, g.P}, opts) : at::empty({g.T, g.N, g.P}, opts);
   out.h_n = at::empty({g.N, g.P}, opts);
+  out.output = cell ? out.h_n.view({1, g.N, g.P})
+               : g.packed ? at::empty({g.R, g.P}, opts)
+                          : at::empty({g.T, g.N, g.P}, opts);
   out.c_n = lstm ? at::empty({g.N, g.H}, opts) : empty0(in.input);
   const int64_t gate_cols = cpu::saved_gate_cols(in.cell, g.H);
   out.saved.gates = training && gate_cols > 0 ? at::empty({g.R, gate_cols}, opts) : empty0(in.input);

@@ -71,7 +71,10 @@ void check_grads(const LayerInputs& in, const LayerGeometry& g, const GradInputs
 // The dtype the kernels compute in (float for the 16-bit types).
 at::ScalarType compute_dtype(at::ScalarType t);
 
-ForwardResult layer_forward(const LayerInputs& in, bool training, const char* op);
+// cell: a single step whose caller keeps only the new state (the *_cell ops):
+// `output` is h_n itself, seen as [1, N, P], instead of a second tensor.
+ForwardResult layer_forward(const LayerInputs& in, bool training, const char* op,
+                            bool cell = false);
 GradResult layer_backward(const LayerInputs& in, const GradInputs& gi, const char* op);
 
 // Device implementations: inputs contiguous and checked, outputs allocated.
