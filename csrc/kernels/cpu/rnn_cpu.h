@@ -2,7 +2,9 @@
 //
 // Arguments are plain structs of pointers (mamba's habit); every array is dense
 // row-major with the shape given beside it. S is float or double; the kernels
-// compute in S.
+// compute in S. Outputs share no memory with inputs: the kernels carry the
+// states in them (c in c_n from c0, dh and dc in dh0 and dc0 from dh_n and dc_n,
+// and for a single step h in h_n, read from h0).
 //
 // What a training forward saves (`gates`, `states`, `proj_in`), per cell:
 //   LSTM                gates [R, G*H]  i, f, g, o after activation (f, g, o coupled)
