@@ -563,11 +563,6 @@ struct GemmNT {
   }
   int64_t tasks() const { return M > 0 && N > 0 ? ceil_div<int64_t>(N, cols) : 0; }
   void run(int64_t task) const { run_cols(task * cols, std::min<int64_t>(N, (task + 1) * cols)); }
-  void run_all(const Parallel& par) const {
-    par(tasks(), 1, [&](int64_t tb, int64_t te) {
-      run_cols(tb * cols, std::min<int64_t>(N, te * cols));
-    });
-  }
 
   // The last 5 to 7 rows over nw columns: one or two tiles of 3 to 6 rows. Out
   // of line: inlined, the extra tiles cost the loop over 4-row tiles 5-18% (LSTM,
@@ -622,13 +617,6 @@ struct GemmNT {
     }
   }
 };
-
-template <typename S>
-void gemm_nt(int64_t M, int64_t N, int64_t K, const S* a, int64_t lda, const S* w,
-             int64_t ldw, S* c, int64_t ldc, bool accumulate, const Parallel& par,
-             const S* bias = nullptr) {
-  GemmNT<S>(M, N, K, a, lda, w, ldw, c, ldc, accumulate, bias).run_all(par);
-}
 
 }  // namespace CPU_CAPABILITY
 }  // namespace fusedrnn::cpu

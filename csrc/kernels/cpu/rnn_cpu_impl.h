@@ -164,19 +164,12 @@ auto blas_for(const Args& a, const Parallel& par) -> decltype(a.blas) {
   return use ? a.blas : nullptr;
 }
 
-// A Parallel that runs everything on the calling thread: for work done inside a
-// task (a product in place, which is one task).
-inline const Parallel& serial() {
-  static const Parallel p{nullptr, 1};
-  return p;
-}
-
 // Every product below is a set of independent tasks (tasks(), run(task)), so
 // that a whole pass can be scheduled as ordered phases in one parallel region
 // (phases.h).
 
 // C = A * W^T for a Linear-style weight W [N, K]: packed once, or dot products
-// in place (gemm_nt, tasks over blocks of columns).
+// in place (GemmNT, tasks over blocks of columns), or by the BLAS (one task).
 template <typename S>
 struct WeightT {
   const S* w = nullptr;
@@ -218,15 +211,6 @@ struct WeightT {
       product(M, a, lda, c, ldc, accumulate, bias).run(task);
     else
       in_place(M, a, lda, c, ldc, accumulate, bias).run(task);
-  }
-  void gemm(int64_t M, const S* a, int64_t lda, S* c, int64_t ldc, bool accumulate,
-            const Parallel& par, const S* bias = nullptr) const {
-    if (blas)
-      blas(false, true, M, N, K, a, lda, w, K, c, ldc, accumulate, bias);
-    else if (packed)
-      product(M, a, lda, c, ldc, accumulate, bias).run_all(par);
-    else
-      gemm_nt<S>(M, N, K, a, lda, w, K, c, ldc, accumulate, par, bias);
   }
 };
 
@@ -272,7 +256,7 @@ struct WeightN {
   // All of C (+)= A W from one task (with the BLAS) or the panels [p0, p1).
   void run_panels(int64_t M, const MatA<S>& A, S* c, int64_t ldc, bool accumulate, int64_t p0,
                   int64_t p1) const {
-    if (blas) return blas(false, false, M, N, K, A.ptr, A.rs, w, N, c, ldc, accumulate, nullptr);
+    if (blas) return run(M, A, c, ldc, accumulate, 0);
     const PanelGemm<S> g = product(M, A, c, ldc, accumulate);
     for (int64_t p = p0; p < p1; ++p) g.run_panel(p);
   }
