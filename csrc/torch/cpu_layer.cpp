@@ -41,14 +41,25 @@ S* mut(const Tensor& t) {
   return t.numel() > 0 ? t.data_ptr<S>() : nullptr;
 }
 
+enum class Switch { kAuto, kAlways, kNever };
+
+// An auto|always|never switch from the environment (unset or empty: auto).
+Switch env_switch(const char* name) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || v[0] == '\0' || std::strcmp(v, "auto") == 0) return Switch::kAuto;
+  if (std::strcmp(v, "always") == 0) return Switch::kAlways;
+  if (std::strcmp(v, "never") == 0) return Switch::kNever;
+  TORCH_CHECK(false, name, " must be auto, always or never, got '", v, "'");
+}
+
 // FUSEDRNN_CPU_PACK=always|never forces one GEMM path (for tests and benchmarks);
 // unset or auto lets the kernels decide by reuse.
 cpu::PackPolicy pack_policy() {
-  const char* v = std::getenv("FUSEDRNN_CPU_PACK");
-  if (v == nullptr || std::strcmp(v, "auto") == 0 || v[0] == '\0') return cpu::PackPolicy::kAuto;
-  if (std::strcmp(v, "always") == 0) return cpu::PackPolicy::kAlways;
-  if (std::strcmp(v, "never") == 0) return cpu::PackPolicy::kNever;
-  TORCH_CHECK(false, "FUSEDRNN_CPU_PACK must be auto, always or never, got '", v, "'");
+  switch (env_switch("FUSEDRNN_CPU_PACK")) {
+    case Switch::kAlways: return cpu::PackPolicy::kAlways;
+    case Switch::kNever: return cpu::PackPolicy::kNever;
+    default: return cpu::PackPolicy::kAuto;
+  }
 }
 
 bool cpu_is_intel() {
@@ -72,14 +83,12 @@ bool cpu_is_intel() {
 // about half the speed of the kernels' AVX-512 micro-kernel (ARCHITECTURE.md).
 // FUSEDRNN_CPU_BLAS=always|never forces either (tests, benchmarks).
 cpu::BlasPolicy blas_policy() {
-  const char* v = std::getenv("FUSEDRNN_CPU_BLAS");
-  if (v == nullptr || std::strcmp(v, "auto") == 0 || v[0] == '\0') {
-    static const bool fast = at::hasMKL() && cpu_is_intel();
-    return fast ? cpu::BlasPolicy::kAuto : cpu::BlasPolicy::kNever;
+  static const bool fast = at::hasMKL() && cpu_is_intel();
+  switch (env_switch("FUSEDRNN_CPU_BLAS")) {
+    case Switch::kAlways: return cpu::BlasPolicy::kAlways;
+    case Switch::kNever: return cpu::BlasPolicy::kNever;
+    default: return fast ? cpu::BlasPolicy::kAuto : cpu::BlasPolicy::kNever;
   }
-  if (std::strcmp(v, "always") == 0) return cpu::BlasPolicy::kAlways;
-  if (std::strcmp(v, "never") == 0) return cpu::BlasPolicy::kNever;
-  TORCH_CHECK(false, "FUSEDRNN_CPU_BLAS must be auto, always or never, got '", v, "'");
 }
 
 // cpu::BlasGemm through ATen (at::mm_out / at::addmm_out on views of the
