@@ -123,6 +123,11 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
   };
   for (int64_t s = a.s0; s < a.s1; ++s) {
     const StepInfo st = a.seq.step(s);
+    if (s + 1 < a.s1) {
+      const StepInfo nx = a.seq.step(s + 1);
+      prefetch_unit_slices(a.gx + (nx.offset - a.gx_row0) * 3 * H, nx.rows, 3 * H, 3, H, sl.u0,
+                           U, H);
+    }
     const S* h = a.hbuf + (s & 1) * N * H;
     S* h_next = a.hbuf + ((s + 1) & 1) * N * H;
     GruForwardParams<S> p = a.base;

@@ -96,6 +96,16 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
                    P, false);
   };
   for (int64_t s = a.s1 - 1; s >= a.s0; --s) {
+    if (s - 1 >= a.s0) {
+      const StepInfo nx = a.seq.step(s - 1);
+      prefetch_unit_slices(a.base.gates + nx.offset * GH, nx.rows, GH, G, H, sl.u0, U, H);
+      prefetch_unit_slices(a.base.c_new + nx.offset * H, nx.rows, H, 1, 0, sl.u0, U, H);
+      if (kProj)
+        prefetch_unit_slices(a.dy + nx.offset * P, nx.rows, P, 1, 0, q0, V, P);
+      else
+        prefetch_unit_slices(a.base.dh + nx.offset * a.base.ld_dh, nx.rows, a.base.ld_dh, 1, 0,
+                             sl.u0, U, H);
+    }
     if (has_step(a.seq, s + 1)) recurrent(s + 1);
     __syncthreads();
     const StepInfo st = a.seq.step(s);

@@ -84,6 +84,10 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
   __syncthreads();
   for (int64_t s = a.s0; s < a.s1; ++s) {
     const StepInfo st = a.seq.step(s);
+    if (s + 1 < a.s1) {
+      const StepInfo nx = a.seq.step(s + 1);
+      prefetch_unit_slices(a.gx + (nx.offset - a.gx_row0) * GH, nx.rows, GH, G, H, sl.u0, U, H);
+    }
     const S* h = a.hbuf + (s & 1) * N * P;
     S* h_next = a.hbuf + ((s + 1) & 1) * N * P;
     gate_product(sm, a.lay, sl, 0, G, h, P, st.rows, P, a.gh, GH, H);

@@ -430,6 +430,38 @@ __device__ void column_product(const BlockSmem<S>& sm, const PersistentLayout& l
   });
 }
 
+// Asks L2 for a line (a hint: nothing changes if it is not taken). Under the
+// host emulation it reads one byte, so that an address out of bounds faults there.
+__device__ __forceinline__ void prefetch_l2(const void* p) {
+#if defined(FRNN_HOST_EMULATION)
+  (void)*static_cast<const volatile unsigned char*>(p);
+#elif defined(__CUDA_ARCH__)
+  asm volatile("prefetch.L2 [%0];\n" ::"l"(p));
+#endif
+}
+
+// Prefetches into L2 the block's slice of rows [0, rows) of a [rows, ld] array:
+// in each row, `gates` blocks of columns gate_stride apart, of each the U units
+// from u0 (those below H). For the next step's inputs that no step of the launch
+// writes (forward: Gx; backward: the saved gates and states, dL/dy): issued
+// before this step's product, they come from memory while the product, the cell
+// math and the barrier run, instead of after the barrier. Only addresses of the
+// slice's elements are touched.
+template <typename S>
+__device__ void prefetch_unit_slices(const S* base, int64_t rows, int64_t ld, int gates,
+                                     int64_t gate_stride, int64_t u0, int U, int64_t H) {
+  constexpr uintptr_t kLine = 128;
+  const int64_t cnt = H - u0 < U ? H - u0 : U;
+  if (cnt <= 0) return;
+  const int64_t n = rows * gates;
+  for (int64_t e = threadIdx.x; e < n; e += blockDim.x) {
+    const S* p = base + (e / gates) * ld + (e % gates) * gate_stride + u0;
+    const uintptr_t last = reinterpret_cast<uintptr_t>(p + cnt - 1);
+    for (uintptr_t a = reinterpret_cast<uintptr_t>(p); a <= last; a = (a | (kLine - 1)) + 1)
+      prefetch_l2(reinterpret_cast<const void*>(a));
+  }
+}
+
 // The previously processed step, when there is one.
 __device__ __forceinline__ bool has_step(const SeqLayout& seq, int64_t s) {
   return s >= 0 && s < seq.T;

@@ -38,6 +38,11 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
                    H, false);
   };
   for (int64_t s = a.s1 - 1; s >= a.s0; --s) {
+    if (s - 1 >= a.s0) {
+      const StepInfo nx = a.seq.step(s - 1);
+      prefetch_unit_slices(a.base.y + nx.offset * H, nx.rows, H, 1, 0, sl.u0, U, H);
+      prefetch_unit_slices(a.base.dy + nx.offset * H, nx.rows, H, 1, 0, sl.u0, U, H);
+    }
     if (has_step(a.seq, s + 1)) recurrent(s + 1);
     __syncthreads();
     const StepInfo st = a.seq.step(s);

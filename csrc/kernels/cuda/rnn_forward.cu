@@ -37,6 +37,10 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
   __syncthreads();
   for (int64_t s = a.s0; s < a.s1; ++s) {
     const StepInfo st = a.seq.step(s);
+    if (s + 1 < a.s1) {
+      const StepInfo nx = a.seq.step(s + 1);
+      prefetch_unit_slices(a.gx + (nx.offset - a.gx_row0) * H, nx.rows, H, 1, 0, sl.u0, U, H);
+    }
     const S* h = a.hbuf + (s & 1) * N * H;
     S* h_next = a.hbuf + ((s + 1) & 1) * N * H;
     gate_product(sm, a.lay, sl, 0, 1, h, H, st.rows, H, a.gh, H, H);
