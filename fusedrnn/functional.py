@@ -27,6 +27,10 @@ __all__ = ["lstm", "gru", "rnn", "lstm_cell", "gru_cell", "rnn_cell"]
 # ------------------------------------------------------- multi-layer
 
 def _needs_grad(*tensors) -> bool:
+    # A trace keeps the flag as a constant: it is taken saving, so that the
+    # traced module trains and its check run (under no_grad) gives the same graph.
+    if torch.jit.is_tracing():
+        return True
     if not torch.is_grad_enabled():
         return False
     return any(t is not None and t.requires_grad for t in tensors)

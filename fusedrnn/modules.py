@@ -166,6 +166,28 @@ class _RNNBase(nn.Module):
     def _flat_weights(self) -> List[Optional[Tensor]]:
         return [getattr(self, name, None) for name in self._flat_weights_names]
 
+    @_flat_weights.setter
+    def _flat_weights(self, weights: List[Optional[Tensor]]) -> None:
+        # torch.nn keeps this list and runs on it; here each item is set as the
+        # attribute it names, which the next forward reads (weight-drop wrappers
+        # assign the list after replacing a parameter by a plain tensor).
+        weights = list(weights)
+        if len(weights) != len(self._flat_weights_names):
+            raise ValueError(
+                f"_flat_weights: expected {len(self._flat_weights_names)} tensors, got {len(weights)}"
+            )
+        for name, w in zip(self._flat_weights_names, weights):
+            if getattr(self, name, None) is not w:
+                setattr(self, name, w)
+
+    def _update_flat_weights(self) -> None:
+        """No-op, for compatibility: the weights are read by name at every forward."""
+
+    def permute_hidden(self, hx, permutation: Optional[Tensor]):
+        """hx (a tensor, or LSTM's (h, c)) with its batch dimension reordered by
+        ``permutation``, as torch.nn's ``permute_hidden``."""
+        return _permute(hx, permutation)
+
     def _layer_weights(self):
         """Per layer and direction: (w_ih, w_hh, b_ih, b_hh[, w_ch, w_hr])."""
         D = 2 if self.bidirectional else 1
@@ -307,6 +329,8 @@ class _RNNBase(nn.Module):
                 hx = self._zeros(input, max_batch_size, real_hidden_size)
                 if lstm:
                     hx = (hx, self._zeros(input, max_batch_size, self.hidden_size))
+        if lstm:
+            _check_two_states(hx, "lstm")
         self.check_forward_args(input, hx, batch_sizes)
         if batch_sizes is None and input.size(0 if not self.batch_first else 1) == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
@@ -340,7 +364,7 @@ class _RNNBase(nn.Module):
         if cls is LSTM:
             kwargs["proj_size"] = module.proj_size
         if cls is RNN:
-            kwargs["nonlinearity"] = module.nonlinearity
+            kwargs["nonlinearity"] = _rnn_nonlinearity(module.mode)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             new = cls(module.input_size, module.hidden_size, **kwargs)
@@ -360,7 +384,7 @@ class _RNNBase(nn.Module):
         if isinstance(self, LSTM):
             kwargs["proj_size"] = self.proj_size
         if isinstance(self, RNN):
-            kwargs["nonlinearity"] = self.nonlinearity
+            kwargs["nonlinearity"] = _rnn_nonlinearity(self.mode)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             m = self._torch_class(self.input_size, self.hidden_size, **kwargs)
@@ -435,6 +459,20 @@ class GRU(_RNNBase):
         return self._forward(input, hx, run)
 
 
+def _rnn_nonlinearity(mode: str) -> str:
+    """What torch.nn.RNN's forward runs: ``mode`` (set from ``nonlinearity`` at
+    construction) decides, tanh for RNN_TANH and relu otherwise."""
+    return "tanh" if mode == "RNN_TANH" else "relu"
+
+
+def _check_two_states(hx, op: str) -> None:
+    """ATen's check of LSTM's hidden state: a tuple of two tensors."""
+    if isinstance(hx, Tensor):
+        raise TypeError(f"{op}(): argument 'hx' (position 2) must be tuple of Tensors, not Tensor")
+    if len(hx) != 2:
+        raise RuntimeError(f"{op} expects two hidden states")
+
+
 class RNN(_RNNBase):
     """Drop-in for torch.nn.RNN (``nonlinearity='tanh'`` or ``'relu'``)."""
 
@@ -460,7 +498,7 @@ class RNN(_RNNBase):
         def run(x, hx, batch_sizes):
             return F.rnn(
                 x, hx, self._layer_weights(), self.num_layers, self.bidirectional, batch_sizes,
-                self.dropout, self.training, self.nonlinearity,
+                self.dropout, self.training, _rnn_nonlinearity(self.mode),
             )
 
         return self._forward(input, hx, run)
@@ -560,6 +598,9 @@ class _CellBase(nn.Module):
 def _dtype_name(dtype) -> str:
     return {
         torch.float32: "Float", torch.float64: "Double", torch.float16: "Half", torch.bfloat16: "BFloat16",
+        torch.int64: "Long", torch.int32: "Int", torch.int16: "Short", torch.int8: "Char",
+        torch.uint8: "Byte", torch.bool: "Bool", torch.complex64: "ComplexFloat",
+        torch.complex128: "ComplexDouble",
     }.get(dtype, str(dtype).replace("torch.", ""))
 
 
@@ -591,6 +632,7 @@ class LSTMCell(_CellBase):
             hx = (zeros, zeros)
         else:
             hx = (hx[0].unsqueeze(0), hx[1].unsqueeze(0)) if not is_batched else hx
+        _check_two_states(hx, "lstm_cell")
         self._check(input, hx)
         h, c = F.lstm_cell(
             input, hx[0], hx[1], self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh,

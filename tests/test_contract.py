@@ -171,3 +171,64 @@ def test_flatten_parameters_is_a_no_op():
     before = [p.data_ptr() for p in m.parameters()]
     assert m.flatten_parameters() is None
     assert [p.data_ptr() for p in m.parameters()] == before
+
+
+@pytest.mark.parametrize("name,kw", CONFIGS, ids=IDS)
+def test_permute_hidden_matches_torch_nn(name, kw):
+    ref = getattr(nn, name)(5, 4, **kw)
+    fused = getattr(fusedrnn, name).from_torch(ref)
+    D = 2 if kw.get("bidirectional") else 1
+    h = torch.randn(kw.get("num_layers", 1) * D, 3, kw.get("proj_size") or 4)
+    hx = (h, torch.randn(h.size(0), 3, 4)) if name == "LSTM" else h
+    perm = torch.tensor([2, 0, 1])
+    for want, got in zip(ref.permute_hidden(hx, perm), fused.permute_hidden(hx, perm)):
+        assert torch.equal(got, want)
+    assert fused.permute_hidden(hx, None) is hx
+
+
+def _weight_drop(module, name, scale):
+    """What weight-drop wrappers (AWD-LSTM and its descendants) do: the
+    parameter becomes `<name>_raw`, the module gets a plain tensor computed from
+    it under the original name, and the flat list is assigned."""
+    raw = module._parameters.pop(name)
+    module.register_parameter(name + "_raw", raw)
+    setattr(module, name, raw * scale)
+    module._flat_weights = [getattr(module, n) for n in module._flat_weights_names]
+    module._update_flat_weights()
+
+
+@pytest.mark.parametrize("name,kw", CONFIGS, ids=IDS)
+def test_weight_drop_style_reassignment_matches_torch_nn(name, kw):
+    torch.manual_seed(0)
+    ref = getattr(nn, name)(5, 4, **kw)
+    fused = getattr(fusedrnn, name)(5, 4, **kw)
+    fused.load_state_dict(ref.state_dict())
+    for m in (ref, fused):
+        _weight_drop(m, "weight_hh_l0", 0.5)
+    x = torch.randn(6, 3, 5).transpose(0, 1) if kw.get("batch_first") else torch.randn(6, 3, 5)
+    want, got = ref(x)[0], fused(x)[0]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    want.sum().backward()
+    got.sum().backward()
+    torch.testing.assert_close(fused.weight_hh_l0_raw.grad, ref.weight_hh_l0_raw.grad, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="expected"):
+        fused._flat_weights = fused._flat_weights[:-1]
+
+
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+def test_rnn_runs_its_mode_like_torch_nn(nonlinearity):
+    # torch.nn.RNN's forward reads `mode` (set from `nonlinearity` at
+    # construction); changing either attribute afterwards acts as it does there.
+    torch.manual_seed(0)
+    ref = nn.RNN(5, 4, nonlinearity=nonlinearity)
+    fused = fusedrnn.RNN.from_torch(ref)
+    other = "relu" if nonlinearity == "tanh" else "tanh"
+    x = torch.randn(6, 3, 5)
+    for m in (ref, fused):
+        m.nonlinearity = other
+    torch.testing.assert_close(fused(x)[0], ref(x)[0], rtol=1e-5, atol=1e-6)
+    for m in (ref, fused):
+        m.mode = "RNN_RELU" if nonlinearity == "tanh" else "RNN_TANH"
+    torch.testing.assert_close(fused(x)[0], ref(x)[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fusedrnn.RNN.from_torch(ref)(x)[0], ref(x)[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fused.to_torch()(x)[0], ref(x)[0], rtol=1e-5, atol=1e-6)

@@ -4,6 +4,7 @@ DDP and FSDP2, packaging, and the examples."""
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -98,6 +99,31 @@ def test_export_shows_fusedrnn_operators():
     assert any("fusedrnn.lstm_forward" in t for t in targets)
     assert any("fusedrnn.gru_forward" in t for t in targets)
     torch.testing.assert_close(ep.module()(x), model(x))
+
+
+@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"])
+def test_jit_trace_matches_eager_and_trains(name):
+    # torch.jit.trace checks its trace by running it again; a trace taken under
+    # no_grad must still train. The oracle is the eager module.
+    torch.manual_seed(0)
+    cell = name.endswith("Cell")
+    m = getattr(fusedrnn, name)(6, 8)
+    x = torch.randn(4, 6) if cell else torch.randn(5, 4, 6)
+    first = lambda out: out[0] if isinstance(out, tuple) else out  # noqa: E731
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TracerWarning, and trace is deprecated in torch 2.13
+        checked = torch.jit.trace(m, (x,))
+        with torch.no_grad():
+            traced = torch.jit.trace(m, (x,), check_trace=False)
+    torch.testing.assert_close(first(checked(x)), first(m(x)), rtol=0, atol=0)
+    xt, xe = x.clone().requires_grad_(), x.clone().requires_grad_()
+    first(traced(xt)).sum().backward()
+    want = [p.grad.clone() for p in m.parameters()]
+    m.zero_grad()
+    first(m(xe)).sum().backward()
+    torch.testing.assert_close(xt.grad, xe.grad, rtol=0, atol=0)
+    for p, g in zip(m.parameters(), want):
+        torch.testing.assert_close(g, p.grad, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"])

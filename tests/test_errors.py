@@ -150,6 +150,46 @@ def test_cell_errors_match_torch_nn(name, case):
     assert_same_error(lambda: ref(x, hx), lambda: fused(x, hx))
 
 
+LSTM_STATE_CASES = {
+    "three states": lambda N: (torch.zeros(1, N, 8),) * 3,
+    "one state": lambda N: (torch.zeros(1, N, 8),),
+    "stacked tensor": lambda N: torch.zeros(2, 1, N, 8),
+}
+
+
+@pytest.mark.parametrize("case", list(LSTM_STATE_CASES))
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_lstm_hidden_state_count_matches_torch_nn(case, packed):
+    ref, fused = _pair("LSTM", 4, 8)
+    x = torch.randn(5, 3, 4)
+    if packed:
+        x = pack_padded_sequence(x, torch.tensor([5, 3, 2]))
+    hx = LSTM_STATE_CASES[case](3)
+    want_type, want_msg = _raised(lambda: ref(x, hx))
+    if want_type is TypeError:
+        # torch.nn's words list every overload of _VF.lstm; fused names the argument.
+        with pytest.raises(TypeError, match=r"lstm\(\): argument 'hx' \(position 2\) must be tuple of Tensors, not Tensor"):
+            fused(x, hx)
+    else:
+        assert_same_error(lambda: ref(x, hx), lambda: fused(x, hx))
+
+
+@pytest.mark.parametrize("hx", [
+    (torch.zeros(3, 8),) * 3, (torch.zeros(3, 8),), torch.zeros(2, 3, 8),
+], ids=["three states", "one state", "stacked tensor"])
+def test_lstm_cell_hidden_state_count_matches_torch_nn(hx):
+    ref, fused = _pair("LSTMCell", 4, 8)
+    x = torch.randn(3, 4)
+    assert_same_error(lambda: ref(x, hx), lambda: fused(x, hx))
+
+
+@pytest.mark.parametrize("name", ["GRUCell", "RNNCell"])
+def test_cell_integer_input_matches_torch_nn(name):
+    ref, fused = _pair(name, 4, 8)
+    x = torch.ones(3, 4, dtype=torch.int64)
+    assert_same_error(lambda: ref(x), lambda: fused(x))
+
+
 def test_rnn_cell_bad_nonlinearity_matches_torch_nn():
     ref, fused = _pair("RNNCell", 4, 8)
     ref.nonlinearity = fused.nonlinearity = "gelu"

@@ -210,9 +210,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_cell_backward(
           r.grad_h0, r.grad_w_ih, r.grad_w_hh, r.grad_b_ih, r.grad_b_hh};
 }
 
-// Autocast: like torch.nn's recurrent layers, the forward operators run in the
-// autocast dtype (the kernels still accumulate in float32 and keep the cell
-// state in float32). Casts every eligible floating input (autocast's own rule:
+// Autocast: the forward operators run in the autocast dtype on CPU and CUDA (the
+// kernels still accumulate in float32 and keep the cell state in float32), as
+// torch.nn's LSTM and RNN do on CPU (README: where nn.GRU and the GRU and LSTM
+// cells differ there). Casts every eligible floating input (autocast's own rule:
 // float32 on the autocast device; float64 is left alone), then calls the
 // operator again with autocast off.
 template <c10::DeviceType kDevice>
