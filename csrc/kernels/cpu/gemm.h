@@ -437,20 +437,23 @@ inline Vec<S> hsum_lanes(const Vec<S>* acc) {
     __m512 s[8];
     for (int i = 0; i < 8; ++i) {
       const __m512 a = acc[2 * i], b = acc[2 * i + 1];
-      s[i] = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+      s[i] = _mm512_add_ps(_mm512_maskz_unpacklo_ps(kAllLanes, a, b),
+                           _mm512_maskz_unpackhi_ps(kAllLanes, a, b));
     }
     __m512 w[4];
     for (int q = 0; q < 4; ++q) {
-      const __m512 t = _mm512_shuffle_ps(s[2 * q], s[2 * q + 1], _MM_SHUFFLE(1, 0, 1, 0));
-      const __m512 u = _mm512_shuffle_ps(s[2 * q], s[2 * q + 1], _MM_SHUFFLE(3, 2, 3, 2));
+      const __m512 a = s[2 * q], b = s[2 * q + 1];
+      const __m512 t = _mm512_maskz_shuffle_ps(kAllLanes, a, b, _MM_SHUFFLE(1, 0, 1, 0));
+      const __m512 u = _mm512_maskz_shuffle_ps(kAllLanes, a, b, _MM_SHUFFLE(3, 2, 3, 2));
       w[q] = _mm512_add_ps(t, u);
     }
-    const __m512 y01 = _mm512_add_ps(_mm512_shuffle_f32x4(w[0], w[1], _MM_SHUFFLE(2, 0, 2, 0)),
-                                     _mm512_shuffle_f32x4(w[0], w[1], _MM_SHUFFLE(3, 1, 3, 1)));
-    const __m512 y23 = _mm512_add_ps(_mm512_shuffle_f32x4(w[2], w[3], _MM_SHUFFLE(2, 0, 2, 0)),
-                                     _mm512_shuffle_f32x4(w[2], w[3], _MM_SHUFFLE(3, 1, 3, 1)));
-    return V(_mm512_add_ps(_mm512_shuffle_f32x4(y01, y23, _MM_SHUFFLE(2, 0, 2, 0)),
-                           _mm512_shuffle_f32x4(y01, y23, _MM_SHUFFLE(3, 1, 3, 1))));
+    constexpr int kLo = _MM_SHUFFLE(2, 0, 2, 0), kHi = _MM_SHUFFLE(3, 1, 3, 1);
+    const __m512 y01 = _mm512_add_ps(_mm512_maskz_shuffle_f32x4(kAllLanes, w[0], w[1], kLo),
+                                     _mm512_maskz_shuffle_f32x4(kAllLanes, w[0], w[1], kHi));
+    const __m512 y23 = _mm512_add_ps(_mm512_maskz_shuffle_f32x4(kAllLanes, w[2], w[3], kLo),
+                                     _mm512_maskz_shuffle_f32x4(kAllLanes, w[2], w[3], kHi));
+    return V(_mm512_add_ps(_mm512_maskz_shuffle_f32x4(kAllLanes, y01, y23, kLo),
+                           _mm512_maskz_shuffle_f32x4(kAllLanes, y01, y23, kHi)));
   }
 #elif defined(CPU_CAPABILITY_AVX2)
   if constexpr (std::is_same_v<S, float>) {

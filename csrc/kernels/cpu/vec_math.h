@@ -10,6 +10,14 @@
 
 namespace fusedrnn {
 
+#if defined(CPU_CAPABILITY_AVX512)
+// Every lane of a float vector. With it, the zero-masking forms of the AVX-512
+// intrinsics compile to the unmasked instructions, without the undefined
+// pass-through operand of the plain forms, through which GCC 12's own headers
+// warn (-Wuninitialized) once inlined.
+constexpr __mmask16 kAllLanes = 0xFFFF;
+#endif
+
 // exp for float vectors, inline: Cody-Waite range reduction x = n ln2 + r,
 // |r| <= ln2/2, then the degree-6 Taylor polynomial of e^r (truncation error
 // 1.2e-7 relative) and a scaling by 2^n. 2.2 ns per 16 lanes on Zen 5 against
@@ -23,8 +31,8 @@ inline V exp_float(const V& x) {
   [[maybe_unused]] constexpr float c2 = 1.f / 2, c3 = 1.f / 6, c4 = 1.f / 24, c5 = 1.f / 120, c6 = 1.f / 720;
 #if defined(CPU_CAPABILITY_AVX512)
   const __m512 xv = x;
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(xv, _mm512_set1_ps(kLog2e)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 n = _mm512_maskz_roundscale_ps(kAllLanes, _mm512_mul_ps(xv, _mm512_set1_ps(kLog2e)),
+                                              _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Hi), xv);
   r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Lo), r);
   __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(c6), r, _mm512_set1_ps(c5));
@@ -33,7 +41,7 @@ inline V exp_float(const V& x) {
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c2));
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
-  return V(_mm512_scalef_ps(p, n));
+  return V(_mm512_maskz_scalef_ps(kAllLanes, p, n));
 #elif defined(CPU_CAPABILITY_AVX2)
   // Clamp (constant first, so a NaN x is returned) to where 2^n is a normal float.
   __m256 xv = _mm256_min_ps(_mm256_set1_ps(88.3762626647949f), x);
