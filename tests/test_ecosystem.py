@@ -101,47 +101,51 @@ def test_export_shows_fusedrnn_operators():
     torch.testing.assert_close(ep.module()(x), model(x))
 
 
-@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"])
+ALL_MODULES = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"]
+
+
+def _module_and_input(name):
+    """A seeded module of each kind, 6 -> 8, and an input for it."""
+    torch.manual_seed(0)
+    m = getattr(fusedrnn, name)(6, 8)
+    return m, torch.randn(4, 6) if name.endswith("Cell") else torch.randn(5, 4, 6)
+
+
+def _first(out):
+    return out[0] if isinstance(out, tuple) else out
+
+
+@pytest.mark.parametrize("name", ALL_MODULES)
 def test_jit_trace_matches_eager_and_trains(name):
     # torch.jit.trace checks its trace by running it again; a trace taken under
     # no_grad must still train. The oracle is the eager module.
-    torch.manual_seed(0)
-    cell = name.endswith("Cell")
-    m = getattr(fusedrnn, name)(6, 8)
-    x = torch.randn(4, 6) if cell else torch.randn(5, 4, 6)
-    first = lambda out: out[0] if isinstance(out, tuple) else out  # noqa: E731
+    m, x = _module_and_input(name)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TracerWarning, and trace is deprecated in torch 2.13
         checked = torch.jit.trace(m, (x,))
         with torch.no_grad():
             traced = torch.jit.trace(m, (x,), check_trace=False)
-    torch.testing.assert_close(first(checked(x)), first(m(x)), rtol=0, atol=0)
+    torch.testing.assert_close(_first(checked(x)), _first(m(x)), rtol=0, atol=0)
     xt, xe = x.clone().requires_grad_(), x.clone().requires_grad_()
-    first(traced(xt)).sum().backward()
+    _first(traced(xt)).sum().backward()
     want = [p.grad.clone() for p in m.parameters()]
     m.zero_grad()
-    first(m(xe)).sum().backward()
+    _first(m(xe)).sum().backward()
     torch.testing.assert_close(xt.grad, xe.grad, rtol=0, atol=0)
     for p, g in zip(m.parameters(), want):
         torch.testing.assert_close(g, p.grad, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"])
+@pytest.mark.parametrize("name", ALL_MODULES)
 def test_autocast_cpu_bfloat16(name):
-    torch.manual_seed(0)
-    cell = name.endswith("Cell")
-    m = getattr(fusedrnn, name)(6, 8)
-    x = torch.randn(4, 6) if cell else torch.randn(5, 4, 6)
+    m, x = _module_and_input(name)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = m(x)
-    y = out[0] if isinstance(out, tuple) else out
+        y = _first(m(x))
     assert y.dtype == torch.bfloat16
     # the same as running the module converted to bfloat16
     ref = getattr(fusedrnn, name)(6, 8).to(torch.bfloat16)
     ref.load_state_dict(m.state_dict())
-    out_ref = ref(x.bfloat16())
-    y_ref = out_ref[0] if isinstance(out_ref, tuple) else out_ref
-    torch.testing.assert_close(y, y_ref)
+    torch.testing.assert_close(y, _first(ref(x.bfloat16())))
     y.float().sum().backward()
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in m.parameters())
 
