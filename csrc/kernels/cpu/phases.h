@@ -42,11 +42,14 @@ inline void cpu_relax() {
 // from the thread it waits for when the machine is oversubscribed.
 inline void wait_for(const std::atomic<int64_t>& done, int64_t target) {
   constexpr int kSpins = 4096;
-  for (int i = 0; done.load(std::memory_order_acquire) < target; ++i) {
-    if (i < kSpins)
+  int spins = 0;
+  while (done.load(std::memory_order_acquire) < target) {
+    if (spins < kSpins) {
       cpu_relax();
-    else
+      ++spins;
+    } else {
       std::this_thread::yield();
+    }
   }
 }
 
