@@ -569,3 +569,34 @@ def test_dropout_gradients_flow_and_are_correct(mode):
         print(n, g.abs().max().item())
         assert torch.isfinite(g).all(), n
     assert grads[0].abs().max() > 0 and grads[names.index("weight_ih_l0") + 1].abs().max() > 0
+
+
+def test_kernel_tanh_is_within_3_ulp_of_double():
+    # One RNN step with W_ih = I and nothing else is tanh(x) as the kernels compute
+    # it (the product adds only exact zeros); the oracle is tanh in float64.
+    H = 16
+    m = fusedrnn.RNN(H, H, bias=False)
+    with torch.no_grad():
+        m.weight_ih_l0.copy_(torch.eye(H))
+        m.weight_hh_l0.zero_()
+    torch.manual_seed(0)
+    x = torch.cat([
+        torch.linspace(-12, 12, 2**20), torch.randn(2**18) * 0.5,
+        torch.logspace(-30, 1.2, 8192), -torch.logspace(-30, 1.2, 8192),
+    ])
+    x = x[: x.numel() // H * H].reshape(1, -1, H)
+    with torch.no_grad():
+        got = m(x)[0].double()
+    want = torch.tanh(x.double())
+    w32 = want.float().abs()
+    ulp = (torch.nextafter(w32, torch.tensor(float("inf"))) - w32).double()
+    err = (got - want).abs() / ulp
+    print(f"max error {err.max().item():.2f} ulp at x = {x.flatten()[err.flatten().argmax()].item()}")
+    assert err.max().item() <= 3.0
+    m1 = fusedrnn.RNN(1, 1, bias=False)
+    with torch.no_grad():
+        m1.weight_ih_l0.fill_(1.0)
+        m1.weight_hh_l0.zero_()
+        special = torch.tensor([float("inf"), -float("inf"), float("nan"), 100.0, -100.0, 9.5, -9.5, 1e-45])
+        got = m1(special.reshape(1, -1, 1))[0].flatten()
+    torch.testing.assert_close(got, torch.tanh(special), rtol=0, atol=0, equal_nan=True)
