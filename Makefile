@@ -56,9 +56,10 @@ cuda-emulate: build/.deps
 gpu-check:
 	tools/gpu_check.sh $(PYTEST_ARGS)
 
-# A short GPU loan (minutes of device time): build, CUDA tests, racecheck and synccheck
-# of the persistent kernels, the barrier latency, issue 6's goal rows and the quick
-# suite against cuDNN, all under $$OUT (tools/gpu_session.sh).
+# A short GPU loan (one call of at most 10 minutes): build, CUDA tests, the barrier
+# latency, issue 6's goal rows and the quick suite against cuDNN, racecheck and synccheck
+# of the persistent kernels, within SESSION_BUDGET_S; $$OUT gets summary.md and a
+# tarball of every log and result (tools/gpu_session.sh).
 gpu-session:
 	tools/gpu_session.sh
 

@@ -723,6 +723,15 @@ def test_persistent_hidden_and_batch_sizes(batch, hidden, variant, dtype, persis
     _check_size(variant, 5, batch, hidden, dtype)
 
 
+def test_persistent_shared_memory_beyond_the_default_limit(persistent):
+    """A weight slice above the 48 KiB of dynamic shared memory a kernel may use
+    until it is raised (under the emulation, 16 blocks: LSTM float32 at H=256 is
+    16 units a block, 64 weight rows of 257 floats): the plan raises the kernel's
+    limit before the launch, and keeps it raised for a smaller plan after it."""
+    for hidden in (256, 8, 256):
+        _check_size("lstm", 3, 2, hidden, torch.float32)
+
+
 def _check_size(variant, steps, batch, hidden, dtype):
     """A one-layer module of `variant` with this hidden size against the reference."""
     cls, kwargs = SEQ_VARIANTS[variant]

@@ -1,23 +1,34 @@
 #!/usr/bin/env bash
-# The checks of a short GPU loan in one command (make gpu-session; about 8 minutes on an
-# H100/H200 with 16 cores), for a session with minutes of device time where `make gpu-check`
-# (the whole CUDA suite, four sanitizer passes, the full GPU benchmark suite) does not fit:
-#   1. build with CUDA for this GPU, in place (no network),
-#   2. the CUDA tests (tests/test_cuda.py),
-#   3. compute-sanitizer racecheck and synccheck over the persistent kernels (tensor-core
-#      and TF32 products, projection, packed sequences, the barrier probe),
-#   4. the grid barrier latency (bench/persistent_floor.py),
-#   5. the rows of issue 6's goals (and its variants at the goal shape), fused (standard and
-#      persistent) against cuDNN,
-#   6. the quick benchmark suite on the GPU.
-# Everything goes to $OUT (default build/gpu-session): logs, JSON, markdown; a summary at
-# the end. Each step has its own time limit, so one slow step cannot eat the session.
+# The checks of a short GPU loan (make gpu-session), for a session with minutes of device
+# time where `make gpu-check` (the whole CUDA suite, four sanitizer passes, the full GPU
+# benchmark suite) does not fit one call. Steps, most valuable first:
+#   build      build with CUDA for this GPU, in place (no network),
+#   tests      the CUDA tests (tests/test_cuda.py),
+#   floor      the grid barrier latency (bench/persistent_floor.py),
+#   goals      the rows of issue 6's goals, fused (standard and persistent) against cuDNN,
+#   variants   issue 6's variant rows at the goal shape,
+#   quick      the quick benchmark suite on the GPU,
+#   racecheck  compute-sanitizer racecheck over the persistent kernels (tensor-core and TF32
+#   synccheck  products, projection, packed sequences, the barrier probe), and synccheck.
+# GPU_SESSION_STEPS (comma list) picks steps; a later call on the same (still warm) machine
+# finds the build in place, e.g. GPU_SESSION_STEPS=racecheck,synccheck.
+#
+# The whole run keeps to SESSION_BUDGET_S seconds (default 540, for a 600-second call): each
+# step's time limit is cut to what is left, and a step that cannot start in time is skipped.
+# The device tool returns at most 8 files from $OUT, so everything (logs, JSON, markdown,
+# plots) is written under build/gpu-session and, after every step, $OUT receives just two
+# files: summary.md and gpu-session.tar.gz (all of build/gpu-session). A run killed at its
+# limit still returns what the finished steps wrote.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-out=${OUT:-build/gpu-session}
-mkdir -p "$out"
+work=build/gpu-session
+out=${OUT:-build/gpu-session-out}
+budget=${SESSION_BUDGET_S:-540}
+steps=${GPU_SESSION_STEPS:-build,tests,floor,goals,variants,quick,racecheck,synccheck}
+mkdir -p "$work" "$out"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
 export MAX_JOBS=${MAX_JOBS:-$(nproc 2>/dev/null || echo 8)}
 if [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then
   TORCH_CUDA_ARCH_LIST=$("$PYTHON" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())" \
@@ -27,44 +38,63 @@ if [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then
   }
   export TORCH_CUDA_ARCH_LIST
 fi
-summary=$out/summary.md
-echo "# gpu-session $(date -u +%Y-%m-%dT%H:%MZ), TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST" >"$summary"
+summary=$work/summary.md
+echo "# gpu-session $(date -u +%Y-%m-%dT%H:%MZ), TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST, steps $steps, budget ${budget} s" >"$summary"
+"$PYTHON" -c "import torch; print('- torch', torch.__version__, 'CUDA', torch.version.cuda, 'cuDNN', \
+torch.backends.cudnn.version(), 'device', torch.cuda.get_device_name())" >>"$summary" 2>&1
 status=0
 
-step() {  # step NAME SECONDS LOG COMMAND...
-  local name=$1 limit=$2 log=$3
-  shift 3
+publish() {  # summary.md and the tarball of everything into $OUT
+  cp "$summary" "$out/summary.md"
+  tar -czf "$out/gpu-session.tar.gz.part" -C "$(dirname "$work")" "$(basename "$work")" &&
+    mv "$out/gpu-session.tar.gz.part" "$out/gpu-session.tar.gz"
+}
+
+wanted() { [[ ",$steps," == *",$1,"* ]]; }
+
+step() {  # step KEY NAME SECONDS LOG COMMAND...
+  local key=$1 name=$2 limit=$3 log=$4
+  shift 4
+  wanted "$key" || return 0
+  local left=$((budget - SECONDS - 10))
+  if [ "$left" -lt 20 ]; then
+    echo "- $name: skipped (${left} s of the budget left)" >>"$summary"
+    publish
+    return 0
+  fi
+  [ "$limit" -gt "$left" ] && limit=$left
   local t0=$SECONDS rc=0
   echo "== gpu-session: $name (limit ${limit} s)"
-  timeout "$limit" "$@" >"$out/$log" 2>&1 || rc=$?
-  tail -n 4 "$out/$log"
-  echo "- $name: $([ $rc -eq 0 ] && echo passed || echo "FAILED (exit $rc)") in $((SECONDS - t0)) s, log $log" >>"$summary"
+  timeout -k 5 "$limit" "$@" >"$work/$log" 2>&1 || rc=$?
+  tail -n 4 "$work/$log"
+  echo "- $name: $([ $rc -eq 0 ] && echo passed || echo "FAILED (exit $rc$([ $rc -eq 124 ] && echo ', time limit'))") in $((SECONDS - t0)) s, log $log" >>"$summary"
   [ $rc -eq 0 ] || status=1
+  publish
   return $rc
 }
 
-step "build" 420 build.log env FUSEDRNN_CUDA=1 "$PYTHON" setup.py build_ext --inplace || {
+step build "build" 420 build.log env FUSEDRNN_CUDA=1 "$PYTHON" setup.py build_ext --inplace || {
   cat "$summary"
   exit 1
 }
-step "CUDA tests" 300 tests.log "$PYTHON" -m pytest -q -m cuda tests/test_cuda.py
+step tests "CUDA tests" 300 tests.log "$PYTHON" -m pytest -q -m cuda tests/test_cuda.py
+step floor "grid barrier latency" 120 persistent-floor.log "$PYTHON" bench/persistent_floor.py --out "$work"
+step goals "issue 6 goal rows vs cuDNN" 300 goals.log "$PYTHON" bench/run.py --device cuda --cell lstm,gru \
+  --dtype float16,bfloat16 -T 1024 -N 16 -H 768 --mode inference,training --layers 1,2 --dirs 1,2 \
+  --baselines nn-cudnn,fused-persistent --budget 0.2 --out "$work" --name goals --no-plots
+step variants "issue 6 variant rows" 150 variants.log "$PYTHON" bench/run.py --device cuda --cell lstm,gru \
+  --variant plain,peephole,coupled,peephole+coupled,reset_before --dtype float16 -T 1024 -N 16 -H 768 \
+  --mode inference,training --layers 1 --dirs 1 --baselines nn-cudnn,fused-persistent --budget 0.2 \
+  --out "$work" --name goal-variants --no-plots
+step quick "quick suite on the GPU" 300 quick.log "$PYTHON" bench/run.py --suite quick --device cuda \
+  --out "$work" --name quick-gpu
 sanitizer=$(command -v compute-sanitizer || echo "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer")
 subset="persistent and (tensor_core_tiles or tf32_where_allowed or projection_wider or (packed_multilayer and float16)) or grid_barrier_probe"
 for tool in racecheck synccheck; do
-  step "compute-sanitizer $tool (persistent kernels)" 240 "sanitizer-$tool.log" \
+  step "$tool" "compute-sanitizer $tool (persistent kernels)" 240 "sanitizer-$tool.log" \
     env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$sanitizer" --tool "$tool" --error-exitcode 1 \
     --target-processes all "$PYTHON" -m pytest -q -x -m cuda tests/test_cuda.py -k "$subset"
 done
-step "grid barrier latency" 120 persistent-floor.log "$PYTHON" bench/persistent_floor.py --out "$out"
-step "issue 6 goal rows vs cuDNN" 300 goals.log "$PYTHON" bench/run.py --device cuda --cell lstm,gru \
-  --dtype float16,bfloat16 -T 1024 -N 16 -H 768 --mode inference,training --layers 1,2 --dirs 1,2 \
-  --baselines nn-cudnn,fused-persistent --budget 0.2 --out "$out" --name goals --no-plots
-step "issue 6 variant rows" 150 variants.log "$PYTHON" bench/run.py --device cuda --cell lstm,gru \
-  --variant plain,peephole,coupled,peephole+coupled,reset_before --dtype float16 -T 1024 -N 16 -H 768 \
-  --mode inference,training --layers 1 --dirs 1 --baselines nn-cudnn,fused-persistent --budget 0.2 \
-  --out "$out" --name goal-variants --no-plots
-step "quick suite on the GPU" 300 quick.log "$PYTHON" bench/run.py --suite quick --device cuda --out "$out" \
-  --name quick-gpu
-echo "gpu-session: summary ($summary)"
+echo "gpu-session: summary ($summary; in \$OUT: summary.md, gpu-session.tar.gz)"
 cat "$summary"
 exit $status

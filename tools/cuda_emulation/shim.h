@@ -38,6 +38,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <map>
 #include <memory>
 #include <type_traits>
 #include <vector>
@@ -301,12 +302,32 @@ inline cudaError_t device_attribute(int* v, cudaDeviceAttr a, int) {
   }
 }
 
-inline cudaError_t func_set_attribute(const void*, cudaFuncAttribute, int) { return cudaSuccess; }
+// The dynamic shared memory each kernel may launch with (cudaFuncAttribute
+// MaxDynamicSharedMemorySize), 48 KiB until raised, as on a device; a cooperative
+// launch above it fails like one.
+inline std::map<const void*, int>& dynamic_smem_limits() {
+  static std::map<const void*, int> limits;
+  return limits;
+}
 
-inline cudaError_t func_get_attributes(cudaFuncAttributes* a, const void*) {
+inline int dynamic_smem_limit(const void* f) {
+  const auto it = dynamic_smem_limits().find(f);
+  return it == dynamic_smem_limits().end() ? 48 * 1024 : it->second;
+}
+
+inline cudaError_t func_set_attribute(const void* f, cudaFuncAttribute a, int v) {
+  if (a == cudaFuncAttributeMaxDynamicSharedMemorySize) {
+    if (v < 0 || v > 227 * 1024) return cudaErrorInvalidValue;
+    dynamic_smem_limits()[f] = v;
+  }
+  return cudaSuccess;
+}
+
+inline cudaError_t func_get_attributes(cudaFuncAttributes* a, const void* f) {
   *a = cudaFuncAttributes{};
   a->ptxVersion = 90;
   a->binaryVersion = 90;
+  a->maxDynamicSharedSizeBytes = dynamic_smem_limit(f);
   return cudaSuccess;
 }
 

@@ -32,6 +32,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <mutex>
 
 #ifndef FRNN_HOST_EMULATION
 #include <cooperative_groups.h>
@@ -475,6 +476,21 @@ __device__ __forceinline__ bool last_step_of_row(const SeqLayout& seq, int64_t s
 
 // ------------------------------------------------------------------ host side
 
+// Raises, never lowers, the dynamic shared memory `kernel` may launch with on the
+// current device to at least `smem`. The limit belongs to the kernel, not to a
+// launch: a smaller plan must not take back what a larger one, planned before and
+// launched after it (another host thread, a captured CUDA graph replayed later),
+// relies on. Serialised, so that two raises cannot interleave into a lower value.
+inline cudaError_t raise_dynamic_smem(const void* kernel, int64_t smem) {
+  static std::mutex lock;
+  const std::lock_guard<std::mutex> guard(lock);
+  cudaFuncAttributes fa{};
+  const cudaError_t err = cudaFuncGetAttributes(&fa, kernel);
+  if (err != cudaSuccess || fa.maxDynamicSharedSizeBytes >= smem) return err;
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                              static_cast<int>(smem));
+}
+
 // Chooses U and the shared-memory layout for `kernel` on the current device, or
 // says why the persistent path cannot run it (plan.why). w_rows_per_unit: rows
 // of the weight slice per unit (forward G, backward 1); K: the longest row the
@@ -537,8 +553,7 @@ cudaError_t plan_persistent(Kernel kernel, int64_t N, int64_t H, int w_rows_per_
       if (U == 1) why = "the weight slice of one hidden unit does not fit in a block's shared memory";
       break;
     }
-    err = cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
-                               cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    err = raise_dynamic_smem(reinterpret_cast<const void*>(kernel), smem);
     int per_sm = 0;
     if (err == cudaSuccess)
       err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, reinterpret_cast<const void*>(kernel),
