@@ -16,6 +16,66 @@ namespace fusedrnn {
 // pass-through operand of the plain forms, through which GCC 12's own headers
 // warn (-Wuninitialized) once inlined.
 constexpr __mmask16 kAllLanes = 0xFFFF;
+
+// The float vector operations exp_float and tanh_float are written in, for this
+// instruction set. min and max return b where either is NaN.
+struct FloatOps {
+  using R = __m512;
+  // scale(a, n) = a * 2^n for any integral n (scalef saturates to 0 and inf).
+  static constexpr bool kScalesAnyExponent = true;
+  static R set1(float v) { return _mm512_set1_ps(v); }
+  static R add(R a, R b) { return _mm512_add_ps(a, b); }
+  static R sub(R a, R b) { return _mm512_sub_ps(a, b); }
+  static R mul(R a, R b) { return _mm512_mul_ps(a, b); }
+  static R div(R a, R b) { return _mm512_div_ps(a, b); }
+  static R fmadd(R a, R b, R c) { return _mm512_fmadd_ps(a, b, c); }
+  static R fnmadd(R a, R b, R c) { return _mm512_fnmadd_ps(a, b, c); }
+  static R min(R a, R b) { return _mm512_maskz_min_ps(kAllLanes, a, b); }
+  static R max(R a, R b) { return _mm512_maskz_max_ps(kAllLanes, a, b); }
+  static R bit_or(R a, R b) { return _mm512_or_ps(a, b); }
+  static R bit_and(R a, R b) { return _mm512_and_ps(a, b); }
+  static R round(R a) {
+    return _mm512_maskz_roundscale_ps(kAllLanes, a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  }
+  static R scale(R a, R n) { return _mm512_maskz_scalef_ps(kAllLanes, a, n); }
+};
+#elif defined(CPU_CAPABILITY_AVX2)
+struct FloatOps {
+  using R = __m256;
+  // scale(a, n) = a * 2^n for integral n with 2^n a normal float (built in the
+  // exponent field).
+  static constexpr bool kScalesAnyExponent = false;
+  static R set1(float v) { return _mm256_set1_ps(v); }
+  static R add(R a, R b) { return _mm256_add_ps(a, b); }
+  static R sub(R a, R b) { return _mm256_sub_ps(a, b); }
+  static R mul(R a, R b) { return _mm256_mul_ps(a, b); }
+  static R div(R a, R b) { return _mm256_div_ps(a, b); }
+  static R fmadd(R a, R b, R c) { return _mm256_fmadd_ps(a, b, c); }
+  static R fnmadd(R a, R b, R c) { return _mm256_fnmadd_ps(a, b, c); }
+  static R min(R a, R b) { return _mm256_min_ps(a, b); }
+  static R max(R a, R b) { return _mm256_max_ps(a, b); }
+  static R bit_or(R a, R b) { return _mm256_or_ps(a, b); }
+  static R bit_and(R a, R b) { return _mm256_and_ps(a, b); }
+  static R round(R a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static R scale(R a, R n) {
+    const __m256i e =
+        _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(a, _mm256_castsi256_ps(e));
+  }
+};
+#endif
+
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+// Cody-Waite reduction t = n ln2 + r, |r| <= ln2/2, of t = x * k (k a power of two
+// or one): n = round(t log2e) and r, both from x.
+inline void reduce_ln2(FloatOps::R x, float k, FloatOps::R& n, FloatOps::R& r) {
+  using O = FloatOps;
+  constexpr float kLog2e = 1.44269504088896341f;
+  constexpr float kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
+  n = O::round(O::mul(x, O::set1(k * kLog2e)));
+  r = O::fnmadd(n, O::set1(kLn2Hi), k == 1.f ? x : O::mul(x, O::set1(k)));
+  r = O::fnmadd(n, O::set1(kLn2Lo), r);
+}
 #endif
 
 // exp for float vectors, inline: Cody-Waite range reduction x = n ln2 + r,
@@ -26,38 +86,22 @@ constexpr __mmask16 kAllLanes = 0xFFFF;
 // gives NaN out; -inf gives 0, +inf gives +inf (AVX-512) or FLT_MAX (AVX2).
 template <typename V>
 inline V exp_float(const V& x) {
-  [[maybe_unused]] constexpr float kLog2e = 1.44269504088896341f;
-  [[maybe_unused]] constexpr float kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
-  [[maybe_unused]] constexpr float c2 = 1.f / 2, c3 = 1.f / 6, c4 = 1.f / 24, c5 = 1.f / 120, c6 = 1.f / 720;
-#if defined(CPU_CAPABILITY_AVX512)
-  const __m512 xv = x;
-  const __m512 n = _mm512_maskz_roundscale_ps(kAllLanes, _mm512_mul_ps(xv, _mm512_set1_ps(kLog2e)),
-                                              _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Hi), xv);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Lo), r);
-  __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(c6), r, _mm512_set1_ps(c5));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c4));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c3));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c2));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
-  return V(_mm512_maskz_scalef_ps(kAllLanes, p, n));
-#elif defined(CPU_CAPABILITY_AVX2)
-  // Clamp (constant first, so a NaN x is returned) to where 2^n is a normal float.
-  __m256 xv = _mm256_min_ps(_mm256_set1_ps(88.3762626647949f), x);
-  xv = _mm256_max_ps(_mm256_set1_ps(-87.3365447505531f), xv);
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(xv, _mm256_set1_ps(kLog2e)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Hi), xv);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Lo), r);
-  __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(c6), r, _mm256_set1_ps(c5));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c4));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c3));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c2));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
-  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return V(_mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+  using O = FloatOps;
+  O::R xv = x;
+  if constexpr (!O::kScalesAnyExponent) {
+    // Clamp (constant first, so a NaN x is returned) to where 2^n is a normal float.
+    xv = O::max(O::set1(-87.3365447505531f), O::min(O::set1(88.3762626647949f), xv));
+  }
+  O::R n, r;
+  reduce_ln2(xv, 1.f, n, r);
+  O::R p = O::fmadd(O::set1(1.f / 720), r, O::set1(1.f / 120));
+  p = O::fmadd(p, r, O::set1(1.f / 24));
+  p = O::fmadd(p, r, O::set1(1.f / 6));
+  p = O::fmadd(p, r, O::set1(1.f / 2));
+  p = O::fmadd(p, r, O::set1(1.f));
+  p = O::fmadd(p, r, O::set1(1.f));
+  return V(O::scale(p, n));
 #else
   return x.exp();
 #endif
@@ -73,47 +117,22 @@ inline V exp_float(const V& x) {
 // in, so tanh(-0) = -0; NaN gives NaN (the clamps return it), +-inf gives +-1.
 template <typename V>
 inline V tanh_float(const V& x) {
-  [[maybe_unused]] constexpr float kTwoLog2e = 2.88539008177792682f;
-  [[maybe_unused]] constexpr float kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
-  [[maybe_unused]] constexpr float c3 = 1.f / 6, c4 = 1.f / 24, c5 = 1.f / 120, c6 = 1.f / 720,
-                                   c7 = 1.f / 5040;
-#if defined(CPU_CAPABILITY_AVX512)
-  const __m512 xv = x;
-  const __m512 xc = _mm512_maskz_max_ps(
-      kAllLanes, _mm512_set1_ps(-9.1f), _mm512_maskz_min_ps(kAllLanes, _mm512_set1_ps(9.1f), xv));
-  const __m512 n = _mm512_maskz_roundscale_ps(
-      kAllLanes, _mm512_mul_ps(xc, _mm512_set1_ps(kTwoLog2e)),
-      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Hi), _mm512_add_ps(xc, xc));
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Lo), r);
-  __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(c7), r, _mm512_set1_ps(c6));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c5));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c4));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c3));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r);
-  const __m512 two_n = _mm512_maskz_scalef_ps(kAllLanes, _mm512_set1_ps(1.f), n);
-  const __m512 m = _mm512_fmadd_ps(two_n, p, _mm512_sub_ps(two_n, _mm512_set1_ps(1.f)));
-  const __m512 y = _mm512_div_ps(m, _mm512_add_ps(m, _mm512_set1_ps(2.f)));
-  return V(_mm512_or_ps(y, _mm512_and_ps(xv, _mm512_set1_ps(-0.f))));
-#elif defined(CPU_CAPABILITY_AVX2)
-  const __m256 xv = x;
-  const __m256 xc = _mm256_max_ps(_mm256_set1_ps(-9.1f), _mm256_min_ps(_mm256_set1_ps(9.1f), xv));
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(xc, _mm256_set1_ps(kTwoLog2e)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Hi), _mm256_add_ps(xc, xc));
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Lo), r);
-  __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(c7), r, _mm256_set1_ps(c6));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c5));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c4));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c3));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
-  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r);
-  const __m256 two_n = _mm256_castsi256_ps(
-      _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
-  const __m256 m = _mm256_fmadd_ps(two_n, p, _mm256_sub_ps(two_n, _mm256_set1_ps(1.f)));
-  const __m256 y = _mm256_div_ps(m, _mm256_add_ps(m, _mm256_set1_ps(2.f)));
-  return V(_mm256_or_ps(y, _mm256_and_ps(xv, _mm256_set1_ps(-0.f))));
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+  using O = FloatOps;
+  const O::R xv = x;
+  const O::R xc = O::max(O::set1(-9.1f), O::min(O::set1(9.1f), xv));
+  O::R n, r;
+  reduce_ln2(xc, 2.f, n, r);
+  O::R p = O::fmadd(O::set1(1.f / 5040), r, O::set1(1.f / 720));
+  p = O::fmadd(p, r, O::set1(1.f / 120));
+  p = O::fmadd(p, r, O::set1(1.f / 24));
+  p = O::fmadd(p, r, O::set1(1.f / 6));
+  p = O::fmadd(p, r, O::set1(0.5f));
+  p = O::fmadd(p, O::mul(r, r), r);
+  const O::R two_n = O::scale(O::set1(1.f), n);
+  const O::R m = O::fmadd(two_n, p, O::sub(two_n, O::set1(1.f)));
+  const O::R y = O::div(m, O::add(m, O::set1(2.f)));
+  return V(O::bit_or(y, O::bit_and(xv, O::set1(-0.f))));
 #else
   return x.tanh();
 #endif
