@@ -6,6 +6,7 @@ raises it for a long run).
 """
 
 import gc
+import io
 import os
 import threading
 
@@ -223,6 +224,82 @@ def test_autograd_graph_freed_without_garbage_collection(make):
         assert ref() is None, "the input outlived its graph: a reference cycle"
     finally:
         gc.enable()
+
+
+def _thp_mode():
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            return f.read().split("[")[1].split("]")[0]
+    except (OSError, IndexError):
+        return None
+
+
+def _thp_eligible(address):
+    """THPeligible of the mapping of /proc/self/smaps that holds address."""
+    inside = False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                lo, hi = (int(v, 16) for v in head.split("-"))
+                inside = lo <= address < hi
+            elif inside and head == "THPeligible:":
+                return line.split()[1] == "1"
+    return None
+
+
+@pytest.mark.parametrize("mode", ["GRU", "LSTM"])
+def test_large_cpu_tensors_are_ordinary_tensors_in_huge_pages(mode):
+    # Output, input gradient and saved tensors of a long sequence of more than
+    # 32 MiB each come from fusedrnn's allocator for large blocks, in memory
+    # that the kernel may back by 2 MiB pages, and behave as any CPU tensor.
+    torch.manual_seed(0)
+    T, N, H = 2100, 256, 16  # output and input gradient 34 MB, saved gates 138 MB
+    m = getattr(fusedrnn, mode)(H, H)
+    ref = getattr(torch.nn, mode)(H, H)
+    ref.load_state_dict(m.state_dict())
+    x = torch.randn(T, N, H, requires_grad=True)
+    xr = x.detach().clone().requires_grad_()
+    y, _ = m(x)
+    yr, _ = ref(xr)
+    dy = torch.randn_like(y)
+    y.backward(dy)
+    yr.backward(dy)
+    torch.testing.assert_close(y, yr, rtol=2e-5, atol=2e-5)
+    torch.testing.assert_close(x.grad, xr.grad, rtol=2e-5, atol=2e-5)
+
+    if _thp_mode() in ("always", "madvise"):
+        for name, t in (("output", y), ("input gradient", x.grad)):
+            assert _thp_eligible(t.data_ptr()) is True, f"the {name} is not offered huge pages"
+
+    expected = y.detach().clone()
+    buf = io.BytesIO()
+    torch.save(y.detach(), buf)
+    buf.seek(0)
+    assert torch.equal(torch.load(buf), expected)
+    z = y.detach()
+    assert z.untyped_storage().resizable()
+    z.resize_(T + 1, N, H)  # grows the storage: the allocator's own reallocation
+    assert torch.equal(z[:T], expected)
+    s = x.grad.clone()
+    x.grad.share_memory_()
+    assert x.grad.is_shared() and torch.equal(x.grad, s)
+    del y, yr, z, expected, s
+
+    def step():
+        out, _ = m(x)
+        out.backward(dy)
+
+    for _ in range(4):
+        step()
+    gc.collect()
+    before = _rss_bytes()
+    for _ in range(12):
+        step()
+    gc.collect()
+    grown = _rss_bytes() - before
+    print(f"resident set grew by {grown / 2**20:.2f} MiB over 12 steps of about 250 MB")
+    assert grown < 8 * 2**20
 
 
 # -------------------------------------------------------------- concurrency

@@ -181,9 +181,11 @@ void check_grads(const LayerInputs& in, const LayerGeometry& g, const GradInputs
 
 namespace {
 
-Tensor contig(const Tensor& t) { return t.contiguous(); }
+Tensor contig(const Tensor& t) {
+  return t.is_contiguous() ? t : layer_empty(t.sizes(), t.options()).copy_(t);
+}
 OptTensor contig(const OptTensor& t) {
-  return t.has_value() ? OptTensor(t->contiguous()) : std::nullopt;
+  return t.has_value() ? OptTensor(contig(*t)) : std::nullopt;
 }
 
 LayerInputs contiguous_inputs(const LayerInputs& in) {
@@ -234,15 +236,16 @@ ForwardResult layer_forward(const LayerInputs& in0, bool training, const char* o
   ForwardResult out;
   out.h_n = at::empty({g.N, g.P}, opts);
   out.output = cell ? out.h_n.view({1, g.N, g.P})
-               : g.packed ? at::empty({g.R, g.P}, opts)
-                          : at::empty({g.T, g.N, g.P}, opts);
+               : g.packed ? layer_empty({g.R, g.P}, opts)
+                          : layer_empty({g.T, g.N, g.P}, opts);
   out.c_n = lstm ? at::empty({g.N, g.H}, opts) : empty0(in.input);
   const int64_t gate_cols = cpu::saved_gate_cols(in.cell, g.H);
-  out.saved.gates = training && gate_cols > 0 ? at::empty({g.R, gate_cols}, opts) : empty0(in.input);
-  out.saved.states = training && cpu::saves_states(in.cell) ? at::empty({g.R, g.H}, acc_opts)
+  out.saved.gates =
+      training && gate_cols > 0 ? layer_empty({g.R, gate_cols}, opts) : empty0(in.input);
+  out.saved.states = training && cpu::saves_states(in.cell) ? layer_empty({g.R, g.H}, acc_opts)
                                                              : at::empty({0}, acc_opts);
   out.saved.proj_in =
-      training && in.w_hr.has_value() ? at::empty({g.R, g.H}, opts) : empty0(in.input);
+      training && in.w_hr.has_value() ? layer_empty({g.R, g.H}, opts) : empty0(in.input);
   if (g.R == 0) {  // no step or no row: the state passes through
     out.h_n.copy_(in.h0);
     if (lstm) out.c_n.copy_(*in.c0);
@@ -267,8 +270,7 @@ GradResult layer_backward(const LayerInputs& in0, const GradInputs& gi0, const c
 
   const bool lstm = in.cell.kind == CellKind::kLstm;
   const auto like = [&](const OptTensor& t, bool want) {
-    return want && t.has_value() ? at::empty_like(*t, at::MemoryFormat::Contiguous)
-                                 : empty0(in.input);
+    return want && t.has_value() ? layer_empty(t->sizes(), t->options()) : empty0(in.input);
   };
   GradResult out;
   out.grad_input = like(in.input, gi.need_input_grad);

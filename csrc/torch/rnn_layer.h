@@ -77,6 +77,11 @@ ForwardResult layer_forward(const LayerInputs& in, bool training, const char* op
                             bool cell = false);
 GradResult layer_backward(const LayerInputs& in, const GradInputs& gi, const char* op);
 
+// An uninitialised contiguous tensor for a layer's outputs, saved tensors and
+// gradients: on CPU, large ones come in 2 MiB pages where the system offers them
+// (cpu_layer.cpp, large_cpu_allocator); elsewhere at::empty.
+Tensor layer_empty(at::IntArrayRef sizes, const at::TensorOptions& opts);
+
 // Device implementations: inputs contiguous and checked, outputs allocated.
 void cpu_layer_forward(const LayerInputs& in, const LayerGeometry& g, bool training,
                        ForwardResult& out);
