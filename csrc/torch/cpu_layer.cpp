@@ -7,6 +7,7 @@
 #include <ATen/EmptyTensor.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/addmm.h>
+#include <ATen/native/TensorFactories.h>
 #include <ATen/ops/mm.h>
 
 #include <algorithm>
@@ -339,11 +340,15 @@ void through_float(std::initializer_list<Tensor*> results, const Fn& fn) {
 }  // namespace
 
 Tensor layer_empty(at::IntArrayRef sizes, const at::TensorOptions& opts) {
-  if (opts.device().is_cpu())
-    return at::detail::empty_generic(sizes, large_cpu_allocator(),
-                                     c10::DispatchKeySet(c10::DispatchKey::CPU),
-                                     c10::typeMetaToScalarType(opts.dtype()), std::nullopt);
-  return at::empty(sizes, opts);
+  if (!opts.device().is_cpu()) return at::empty(sizes, opts);
+  Tensor t = at::detail::empty_generic(sizes, large_cpu_allocator(),
+                                       c10::DispatchKeySet(c10::DispatchKey::CPU),
+                                       c10::typeMetaToScalarType(opts.dtype()), std::nullopt);
+  // As at::empty under torch.use_deterministic_algorithms(True).
+  const auto& ctx = at::globalContext();
+  if (ctx.deterministicAlgorithms() && ctx.deterministicFillUninitializedMemory())
+    at::native::fill_empty_deterministic_(t);
+  return t;
 }
 
 const char* cpu_single_step_products() {
