@@ -79,7 +79,7 @@ GradResult layer_backward(const LayerInputs& in, const GradInputs& gi, const cha
 
 // An uninitialised contiguous tensor for a layer's outputs, saved tensors and
 // gradients: on CPU, large ones come in 2 MiB pages where the system offers them
-// (cpu_layer.cpp, large_cpu_allocator); elsewhere at::empty.
+// (cpu_memory.cpp); elsewhere at::empty.
 Tensor layer_empty(at::IntArrayRef sizes, const at::TensorOptions& opts);
 
 // Device implementations: inputs contiguous and checked, outputs allocated.

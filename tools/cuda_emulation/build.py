@@ -4,7 +4,7 @@ Copies csrc/ to <out>/src, turns every csrc/kernels/cuda/*.cu into a C++ file
 that includes shim.h, replaces the one step-kernel launch (launch_step in
 cuda_utils.cuh) by a loop over the grid and the one cooperative launch
 (launch_persistent in persistent.cuh) by a run of fibers, and builds fusedrnn._C from the torch
-layer (autograd, ops, rnn_layer, module, rnn_cuda) plus glue.cpp, which sends
+layer (autograd, ops, rnn_layer, module, cpu_memory, rnn_cuda) plus glue.cpp, which sends
 CPU tensors down the CUDA path. Usage: build.py <out dir> <package dir>.
 """
 
@@ -59,8 +59,8 @@ def prepare(out: Path) -> list:
         sources.append(cpp)
     torch_dir = src / "csrc" / "torch"
     write(torch_dir / "emulation_glue.cpp", (HERE / "glue.cpp").read_text())
-    for name in ("autograd.cpp", "ops.cpp", "rnn_layer.cpp", "module.cpp", "rnn_cuda.cpp",
-                 "emulation_glue.cpp"):
+    for name in ("autograd.cpp", "ops.cpp", "rnn_layer.cpp", "module.cpp", "cpu_memory.cpp",
+                 "rnn_cuda.cpp", "emulation_glue.cpp"):
         sources.append(torch_dir / name)
     return [str(s) for s in sources]
 
