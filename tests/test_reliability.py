@@ -138,6 +138,18 @@ def _rss_bytes():
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _rss_growth(step, warmup, steps):
+    """Bytes the resident set grew by over `steps` calls of step, after `warmup` calls."""
+    for _ in range(warmup):
+        step()
+    gc.collect()
+    before = _rss_bytes()
+    for _ in range(steps):
+        step()
+    gc.collect()
+    return _rss_bytes() - before
+
+
 def test_long_sequence_matches_reference_in_memory_proportional_to_T():
     torch.manual_seed(0)
     T = 10_000
@@ -191,14 +203,7 @@ def test_no_leak_over_2000_iterations(make):
         y = out[0] if isinstance(out, tuple) else out
         y.sum().backward()
 
-    for _ in range(200):
-        step()
-    gc.collect()
-    before = _rss_bytes()
-    for _ in range(2000):
-        step()
-    gc.collect()
-    grown = _rss_bytes() - before
+    grown = _rss_growth(step, warmup=200, steps=2000)
     print(f"resident set grew by {grown / 2**20:.2f} MiB over 2000 iterations")
     assert grown < 4 * 2**20
 
@@ -305,14 +310,7 @@ def test_large_cpu_tensors_are_ordinary_tensors_in_huge_pages(mode):
         out, _ = m(x)
         out.backward(dy)
 
-    for _ in range(4):
-        step()
-    gc.collect()
-    before = _rss_bytes()
-    for _ in range(12):
-        step()
-    gc.collect()
-    grown = _rss_bytes() - before
+    grown = _rss_growth(step, warmup=4, steps=12)
     print(f"resident set grew by {grown / 2**20:.2f} MiB over 12 steps of about 250 MB")
     assert grown < 8 * 2**20
 
