@@ -4,7 +4,9 @@ The operators are differentiable: their autograd (csrc/torch/autograd.cpp)
 saves the inputs and the tensors the kernel saved, and the backward calls the
 matching ``*_backward`` operator, asking only for the gradients that
 ``needs_input_grad`` wants. A forward runs with ``training=True`` (saving what
-backward needs) exactly when autograd will need it.
+backward needs) exactly when autograd will need it. Under a functorch transform
+or with forward-mode tangents, the functions compute through the compositions of
+fusedrnn._composite instead, which those differentiate.
 
 Legend: T steps, N batch, C input size, H hidden size, P projection size,
 L layers, D directions. Sequences are time-major; ``batch_first`` is handled by
@@ -19,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import _composite
 from ._ops import ops
 
 __all__ = ["lstm", "gru", "rnn", "lstm_cell", "gru_cell", "rnn_cell"]
@@ -72,6 +75,7 @@ def lstm(
     """
     h0, c0 = hx
     training = _needs_grad(input, h0, c0, *_flat(weights))
+    composite = _composite.wanted(input, h0, c0, *_flat(weights))
     D = 2 if bidirectional else 1
     h_n: List[Tensor] = []
     c_n: List[Tensor] = []
@@ -79,9 +83,12 @@ def lstm(
     def run(x, layer, d):
         k = layer * D + d
         w_ih, w_hh, b_ih, b_hh, w_ch, w_hr = weights[k]
-        y, h, c, *_ = ops.lstm_forward(
-            x, batch_sizes, h0[k], c0[k], w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, coupled, d == 1, training
-        )
+        if composite:
+            y, h, c = _composite.lstm(x, batch_sizes, h0[k], c0[k], w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, coupled, d == 1)
+        else:
+            y, h, c, *_ = ops.lstm_forward(
+                x, batch_sizes, h0[k], c0[k], w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, coupled, d == 1, training
+            )
         h_n.append(h)
         c_n.append(c)
         return y
@@ -103,12 +110,16 @@ def gru(
 ) -> Tuple[Tensor, Tensor]:
     """Multi-layer GRU, time-major; weights[l*D + d] = (w_ih, w_hh, b_ih, b_hh)."""
     training = _needs_grad(input, hx, *_flat(weights))
+    composite = _composite.wanted(input, hx, *_flat(weights))
     D = 2 if bidirectional else 1
     h_n: List[Tensor] = []
 
     def run(x, layer, d):
         k = layer * D + d
-        y, h, *_ = ops.gru_forward(x, batch_sizes, hx[k], *weights[k], reset_after, d == 1, training)
+        if composite:
+            y, h = _composite.gru(x, batch_sizes, hx[k], *weights[k], reset_after, d == 1)
+        else:
+            y, h, *_ = ops.gru_forward(x, batch_sizes, hx[k], *weights[k], reset_after, d == 1, training)
         h_n.append(h)
         return y
 
@@ -130,11 +141,12 @@ def rnn(
     """Multi-layer Elman RNN, time-major; weights[l*D + d] = (w_ih, w_hh, b_ih, b_hh)."""
     D = 2 if bidirectional else 1
     relu = nonlinearity == "relu"
+    forward = _composite.rnn if _composite.wanted(input, hx, *_flat(weights)) else ops.rnn_forward
     h_n: List[Tensor] = []
 
     def run(x, layer, d):
         k = layer * D + d
-        y, h = ops.rnn_forward(x, batch_sizes, hx[k], *weights[k], relu, d == 1)
+        y, h = forward(x, batch_sizes, hx[k], *weights[k], relu, d == 1)
         h_n.append(h)
         return y
 
@@ -144,6 +156,8 @@ def rnn(
 
 def lstm_cell(input, hx, cx, w_ih, w_hh, b_ih=None, b_hh=None, w_ch=None, coupled=False):
     """One LSTM step: input [N, C], hx [N, H], cx [N, H] -> (h', c')."""
+    if _composite.wanted(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_ch):
+        return _composite.lstm_cell(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_ch, coupled)
     training = _needs_grad(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_ch)
     h, c, _ = ops.lstm_cell_forward(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_ch, coupled, training)
     return h, c
@@ -151,10 +165,14 @@ def lstm_cell(input, hx, cx, w_ih, w_hh, b_ih=None, b_hh=None, w_ch=None, couple
 
 def gru_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, reset_after=True):
     """One GRU step: input [N, C], hx [N, H] -> h'."""
+    if _composite.wanted(input, hx, w_ih, w_hh, b_ih, b_hh):
+        return _composite.gru_cell(input, hx, w_ih, w_hh, b_ih, b_hh, reset_after)
     training = _needs_grad(input, hx, w_ih, w_hh, b_ih, b_hh)
     return ops.gru_cell_forward(input, hx, w_ih, w_hh, b_ih, b_hh, reset_after, training)[0]
 
 
 def rnn_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh"):
     """One Elman step: input [N, C], hx [N, H] -> h'."""
+    if _composite.wanted(input, hx, w_ih, w_hh, b_ih, b_hh):
+        return _composite.rnn_cell(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity == "relu")
     return ops.rnn_cell_forward(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity == "relu")

@@ -2,7 +2,8 @@
 
 ``gradcheck(module, input, hx=None)`` runs ``torch.autograd.gradcheck`` in
 float64 on a copy of a recurrent module (fusedrnn or torch.nn), with respect to
-the input, the initial state and every parameter.
+the input, the initial state and every parameter; ``gradgradcheck`` runs
+``torch.autograd.gradgradcheck`` (second derivatives) the same way.
 
 ``assert_matches_reference(module, input, hx=None, rtol=None, atol=None)`` runs
 the module forward and backward and compares every output and every gradient
@@ -13,7 +14,7 @@ runs: at the given values, and at inputs and parameters moved by one rounding
 step), plus a floor of a few units in the last place. With ``rtol``/``atol`` it uses
 ``|a - ref| <= atol + rtol * |ref|`` elementwise.
 
-Both raise ``AssertionError`` naming the tensor and the error.
+All raise ``AssertionError`` naming the tensor and the error.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from . import reference
 
-__all__ = ["gradcheck", "assert_matches_reference"]
+__all__ = ["gradcheck", "gradgradcheck", "assert_matches_reference"]
 
 # Error floor, in units of the dtype's epsilon times the magnitude of the
 # reference: a difference this small is rounding, whatever the reference's own
@@ -97,6 +98,20 @@ def gradcheck(module: nn.Module, input, hx=None, **kwargs) -> bool:
     go to torch.autograd.gradcheck. Returns True or raises AssertionError that
     names the output and the tensor whose gradient is wrong.
     """
+    return _check(torch.autograd.gradcheck, module, input, hx, kwargs)
+
+
+def gradgradcheck(module: nn.Module, input, hx=None, **kwargs) -> bool:
+    """torch.autograd.gradgradcheck of a recurrent module in float64: the second
+    derivatives (a backward with create_graph=True, differentiated again)
+    against finite differences of the first ones. As gradcheck otherwise; the
+    AssertionError names the gradient whose derivative is wrong, and the
+    tensor it is taken with respect to.
+    """
+    return _check(torch.autograd.gradgradcheck, module, input, hx, kwargs)
+
+
+def _check(checker, module: nn.Module, input, hx, kwargs) -> bool:
     m = copy.deepcopy(module).double().eval()
     x, rebuild = _split_input(input)
     x = x.detach().double().requires_grad_(x.is_floating_point())
@@ -119,6 +134,12 @@ def gradcheck(module: nn.Module, input, hx=None, **kwargs) -> bool:
 
     inputs = ([x] if x.requires_grad else []) + hx_list + [p for _, p in params]
     out_names = [n for n, _ in fn(*inputs)]
+    what = "gradient"
+    if checker is torch.autograd.gradgradcheck:
+        # What gradgradcheck differentiates: the gradients of the inputs, as
+        # functions of the inputs and of the gradients of the outputs.
+        out_names, names = [f"the gradient of {n}" for n in names], names + [f"the gradient of {n}" for n in out_names]
+        what = "derivative"
 
     def fn_tensors(*args):
         return tuple(t for _, t in fn(*args))
@@ -126,14 +147,14 @@ def gradcheck(module: nn.Module, input, hx=None, **kwargs) -> bool:
     kwargs.setdefault("atol", 1e-6)
     kwargs.setdefault("rtol", 1e-4)
     try:
-        return torch.autograd.gradcheck(fn_tensors, tuple(inputs), **kwargs)
+        return checker(fn_tensors, tuple(inputs), **kwargs)
     except GradcheckError as e:
         msg = str(e)
         m_out = re.search(r"output (\d+)", msg)
         m_in = re.search(r"input (\d+)", msg)
         out_name = out_names[int(m_out.group(1))] if m_out else "an output"
         in_name = names[int(m_in.group(1))] if m_in else "an input"
-        raise AssertionError(f"gradcheck: gradient of {out_name} with respect to {in_name} is wrong: {msg}") from None
+        raise AssertionError(f"{checker.__name__}: {what} of {out_name} with respect to {in_name} is wrong: {msg}") from None
 
 
 def _forward_backward(fn, module, x, rebuild, hx_list, params, cotangents=None, dtype=None):

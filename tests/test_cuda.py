@@ -319,6 +319,55 @@ def test_cell_matches_torch_nn(name, dtype):
     _compare_runs(_run(ours, x, hx), _run(ref, x, hx), NN_REL[dtype])
 
 
+def _penalty_grads(module, x, hx):
+    """Gradients of the input, hx and the parameters of a gradient penalty (the
+    squared gradient of the outputs with respect to the input and hx): a
+    double backward."""
+    data = (x.data if isinstance(x, PackedSequence) else x).detach().clone().requires_grad_()
+    xin = PackedSequence(data, x.batch_sizes, x.sorted_indices, x.unsorted_indices) if isinstance(x, PackedSequence) else data
+    hs = [h.detach().clone().requires_grad_() for h in (hx if isinstance(hx, tuple) else (hx,))]
+    outs = _flatten_out(module(xin, tuple(hs) if isinstance(hx, tuple) else hs[0]))
+    weighted = sum((o * o.detach().sin()).sum() for o in outs)
+    gs = torch.autograd.grad(weighted, [data, *hs], create_graph=True)
+    loss = sum(g.pow(2).sum() for g in gs) + sum(o.pow(2).mean() for o in outs)
+    grads = torch.autograd.grad(loss, [data, *hs, *module.parameters()])
+    names = ["input"] + [f"hx{i}" for i in range(len(hs))] + [n for n, _ in module.named_parameters()]
+    return dict(zip(names, grads))
+
+
+@pytest.mark.parametrize(
+    "name,packed",
+    [("lstm_proj", False), ("lstm_proj", True), ("gru", False), ("gru", True), ("rnn_relu", False),
+     ("rnn_relu", True), ("lstm_cell", False), ("gru_cell", False)],
+    ids=lambda v: {False: "padded", True: "packed"}.get(v, v) if isinstance(v, bool) else v,
+)
+def test_double_backward_matches_torch_nn_on_cpu(name, packed):
+    """A gradient penalty through the modules on the device (the fused forward,
+    then the composition of fusedrnn/_composite.py); torch.nn's native CPU path
+    is the oracle, as cuDNN has no double backward."""
+    torch.manual_seed(0)
+    factory = NN_CELLS.get(name) or NN_MODULES[name]
+    ref = factory().double()
+    ours = fusedrnn.convert(copy.deepcopy(ref)).to(DEVICE)
+    gen = _seeded()
+    if name.endswith("_cell"):
+        x, batch = _randn(N, C, gen=gen, dtype=torch.float64, device="cpu"), N
+    elif packed:
+        x, batch = _packed([4, 7, 2], gen, torch.float64, device="cpu", batch_first=ref.batch_first), 3
+    else:
+        x, batch = _randn(T, N, C, gen=gen, dtype=torch.float64, device="cpu"), N
+        if ref.batch_first:
+            x = x.transpose(0, 1)
+    hx = _random_hx(ref, batch, gen, torch.float64, device="cpu")
+    with torch.backends.mkldnn.flags(enabled=False):
+        want = _penalty_grads(ref, x, hx)
+    x_dev = x.to(DEVICE)
+    hx_dev = tuple(h.to(DEVICE) for h in hx) if isinstance(hx, tuple) else hx.to(DEVICE)
+    got = _penalty_grads(ours, x_dev, hx_dev)
+    for k in want:
+        _assert_close(k, got[k], want[k], NN_REL[torch.float64])
+
+
 # ------------------------------------- the operators: saved tensors, layouts
 
 # Tolerance of CUDA against CPU, relative to the largest value: 16-bit GEMMs run

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import fusedrnn
-from fusedrnn.testing import assert_matches_reference, gradcheck
+from fusedrnn.testing import assert_matches_reference, gradcheck, gradgradcheck
 
 
 class _ScaleGrad(torch.autograd.Function):
@@ -86,12 +86,46 @@ def test_gradcheck_catches_a_wrong_gradient(defect):
         gradcheck(wrong, x)
 
 
+class _CubicNoSecond(torch.autograd.Function):
+    """y + y^3 / 30 with the right first derivative, computed from a detached y:
+    its second derivative is lost."""
+
+    @staticmethod
+    def forward(ctx, y):
+        ctx.save_for_backward(y)
+        return y + y.pow(3) / 30
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        return g * (1 + y.detach().pow(2) / 10)
+
+
+def test_gradgradcheck_catches_a_wrong_second_derivative():
+    torch.manual_seed(0)
+    x = torch.randn(3, 2, 4, dtype=torch.float64)
+
+    class Wrong(fusedrnn.GRU):
+        def forward(self, input, hx=None):
+            out, h = super().forward(input, hx)
+            return _CubicNoSecond.apply(out), h
+
+    right = fusedrnn.GRU(4, 3)
+    assert gradgradcheck(right, x)
+    wrong = Wrong(4, 3)
+    wrong.load_state_dict(right.state_dict())
+    assert gradcheck(wrong, x)
+    with pytest.raises(AssertionError, match=r"gradgradcheck: derivative of the gradient of \S+ with respect to \S+ is wrong"):
+        gradgradcheck(wrong, x)
+
+
 def test_helpers_work_on_torch_nn_modules_and_cells():
     torch.manual_seed(0)
     assert gradcheck(torch.nn.LSTM(3, 4, bidirectional=True), torch.randn(3, 2, 3, dtype=torch.float64))
     assert_matches_reference(torch.nn.GRU(3, 4, num_layers=2), torch.randn(5, 2, 3))
     assert_matches_reference(fusedrnn.LSTMCell(3, 4, peephole=True), torch.randn(2, 3))
     assert gradcheck(fusedrnn.RNNCell(3, 4), torch.randn(2, 3, dtype=torch.float64))
+    assert gradgradcheck(torch.nn.GRUCell(3, 2), torch.randn(2, 3, dtype=torch.float64))
 
 
 def test_explicit_tolerances_are_applied():

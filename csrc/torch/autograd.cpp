@@ -8,11 +8,14 @@
 //
 // The forward saves its inputs and the tensors the kernel saved; the backward
 // calls the matching *_backward operator and asks only for the gradients that
-// needs_input_grad wants. The backward operators themselves get the
-// "not implemented" autograd fallback: a double backward raises instead of
-// returning wrong second derivatives.
+// needs_input_grad wants. Under create_graph=True it takes its gradients from
+// fusedrnn::differentiable_backward instead, whose result autograd can
+// differentiate again (second and higher derivatives). The backward operators
+// themselves get the "not implemented" autograd fallback: called on their own,
+// they are not differentiable.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/forward_grad.h>
 #include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>
 
@@ -148,6 +151,42 @@ Call decode(int64_t v) {
   return Call{static_cast<Op>(v >> 3), (v >> 2 & 1) != 0, (v >> 1 & 1) != 0, (v & 1) != 0};
 }
 
+// The forward's outputs that have gradients: output, h_n and c_n (LSTM), output
+// and h_n (GRU, RNN), h and c (LSTM cell), h (GRU and RNN cells).
+int differentiable_outputs(Op op) {
+  switch (op) {
+    case Op::kLstm: return 3;
+    case Op::kLstmCell: case Op::kGru: case Op::kRnn: return 2;
+    default: return 1;
+  }
+}
+
+// The backward under create_graph=True (grad mode on inside backward): the
+// gradients from fusedrnn::differentiable_backward, a composition of torch
+// operations recorded by autograd, so that they can be differentiated again.
+// The backward kernels would give the same values, but nothing to
+// differentiate.
+variable_list differentiable_backward(Call call, const variable_list& s,
+                                      const variable_list& grads,
+                                      const std::array<bool, kNumArgs>& need) {
+  static auto f = handle<std::vector<Tensor>(
+      int64_t, int64_t, const OptTensor&, const OptTensor&, const OptTensor&, const Tensor&,
+      const OptTensor&, const Tensor&, const OptTensor&, const Tensor&, const Tensor&,
+      const OptTensor&, const OptTensor&, const OptTensor&, const OptTensor&)>(
+      "fusedrnn::differentiable_backward");
+  std::array<OptTensor, 3> g;
+  for (int i = 0; i < differentiable_outputs(call.op); ++i) g[i] = opt(grads[i]);
+  int64_t mask = 0;
+  for (int i = 0; i < kNumArgs; ++i) mask |= int64_t{need[i]} << i;
+  const std::vector<Tensor> r =
+      f.call(encode(call), mask, g[0], g[1], g[2], s[kInput], opt(s[kBatchSizes]), s[kH0],
+             opt(s[kC0]), s[kWih], s[kWhh], opt(s[kBih]), opt(s[kBhh]), opt(s[kWch]), opt(s[kWhr]));
+  variable_list result(1 + kNumArgs);
+  for (int i = 0, k = 0; i < kNumArgs; ++i)
+    if (need[i]) result[1 + i] = r.at(k++);
+  return result;
+}
+
 struct LayerFunction : public torch::autograd::Function<LayerFunction> {
   // Absent arguments are passed as nullopt: not autograd inputs, no edge.
   static variable_list forward(AutogradContext* ctx, Call call, Tensor input,
@@ -186,6 +225,7 @@ struct LayerFunction : public torch::autograd::Function<LayerFunction> {
     std::array<bool, kNumArgs> need{};
     for (int i = 0, edge = 0; i < kNumArgs; ++i)
       if (s[i].defined()) need[i] = ctx->needs_input_grad(edge++);
+    if (at::GradMode::is_enabled()) return differentiable_backward(call, s, grads, need);
     const bool need_x = need[kInput];
     const bool need_w = need[kWih] || need[kWhh] || need[kBih] || need[kBhh] || need[kWch] || need[kWhr];
     const Tensor dy = grads[0].defined() ? grads[0] : at::zeros_like(y);
@@ -265,10 +305,28 @@ struct LayerFunction : public torch::autograd::Function<LayerFunction> {
   }
 };
 
+// Whether a tensor carries a forward-mode tangent at some open dual level (the
+// levels are numbered from 0 and open and close as a stack).
+bool has_tangent(std::initializer_list<const Tensor*> tensors) {
+  for (uint64_t level = 0; torch::autograd::ForwardADLevel::try_get_by_idx(level); ++level)
+    for (const Tensor* t : tensors)
+      if (t->defined() && t->_fw_grad(level).defined()) return true;
+  return false;
+}
+
 variable_list apply(Call call, const Tensor& input, const OptTensor& batch_sizes, const Tensor& h0,
                     const OptTensor& c0, const Tensor& w_ih, const Tensor& w_hh,
                     const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_ch,
                     const OptTensor& w_hr) {
+  // A tangent would otherwise be dropped without a word where no input requires
+  // grad (under no_grad, or in torch.func.jvp): the Function below has no
+  // forward-mode derivative.
+  const Tensor none;
+  const auto p = [&](const OptTensor& t) { return t.has_value() ? &*t : &none; };
+  TORCH_CHECK(!has_tangent({&input, &h0, p(c0), &w_ih, &w_hh, p(b_ih), p(b_hh), p(w_ch), p(w_hr)}),
+              "fusedrnn: the operators have no forward-mode derivative (torch.func.jvp, "
+              "torch.autograd.forward_ad); the modules and fusedrnn.functional compute it through "
+              "a composition of torch operations");
   // Without a graph to record (no_grad, or no input requires grad) the call
   // goes straight to the operator: a cell step in a user loop pays no
   // autograd bookkeeping.

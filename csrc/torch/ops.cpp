@@ -302,6 +302,14 @@ TORCH_LIBRARY(fusedrnn, m) {
       "Tensor? b_ih, Tensor? b_hh, Tensor h, bool relu, bool need_input_grad, bool "
       "need_weight_grads) -> (Tensor grad_input, Tensor grad_hx, Tensor grad_w_ih, Tensor "
       "grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh)");
+  // The backward of a forward operator with create_graph=True (autograd.cpp):
+  // the gradients of the arguments in the bit mask `need`, differentiable
+  // themselves. Implemented in Python (fusedrnn/_composite.py) as a
+  // composition of torch operations.
+  m.def(
+      "differentiable_backward(int call, int need, Tensor? grad_output, Tensor? grad_h_n, "
+      "Tensor? grad_c_n, Tensor input, Tensor? batch_sizes, Tensor h0, Tensor? c0, Tensor w_ih, "
+      "Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_ch, Tensor? w_hr) -> Tensor[]");
 }
 
 // The same kernels serve both keys: layer_forward/backward pick the device code

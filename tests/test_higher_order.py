@@ -1,0 +1,339 @@
+"""Derivatives beyond the first reverse-mode gradient: double backward
+(create_graph=True) and higher orders, functorch transforms (torch.func.grad,
+vjp, jvp, jacrev, hessian, vmap) and forward-mode AD.
+
+The oracles: torch.nn's native CPU path (oneDNN off), whose recurrences are
+compositions of differentiable operations; finite differences of the first
+derivatives (gradgradcheck) for the variants torch.nn lacks; and the fused
+first-order gradients themselves.
+
+Legend: T steps, N batch, C input size, H hidden size, P projection size.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.autograd.forward_ad as fwAD
+from torch.func import functional_call
+from torch.nn.utils.rnn import PackedSequence, pack_sequence
+
+import fusedrnn
+from fusedrnn import testing
+from helpers import CELL_VARIANTS, TIGHT, assert_close
+
+F64 = torch.float64
+T, N, C, H, P = 4, 3, 3, 4, 2
+
+# (torch.nn class, constructor keywords) with an nn counterpart, and the input kind.
+NN_CASES = {
+    "lstm_L2_bi": (torch.nn.LSTM, dict(num_layers=2, bidirectional=True), "padded"),
+    "lstm_proj_packed": (torch.nn.LSTM, dict(proj_size=P, bidirectional=True), "packed"),
+    "gru_L2_bi": (torch.nn.GRU, dict(num_layers=2, bidirectional=True), "padded"),
+    "gru_packed_nobias": (torch.nn.GRU, dict(bias=False), "packed"),
+    "rnn_tanh_bi": (torch.nn.RNN, dict(bidirectional=True), "padded"),
+    "rnn_relu_packed": (torch.nn.RNN, dict(nonlinearity="relu"), "packed"),
+    "lstm_cell": (torch.nn.LSTMCell, {}, "cell"),
+    "gru_cell": (torch.nn.GRUCell, {}, "cell"),
+    "rnn_cell_tanh": (torch.nn.RNNCell, {}, "cell"),
+    "rnn_cell_relu": (torch.nn.RNNCell, dict(nonlinearity="relu"), "cell"),
+}
+
+
+def _pair(name, dtype=F64):
+    """A torch.nn module and the fusedrnn module with the same parameters."""
+    cls, kw, _ = NN_CASES[name]
+    ref = cls(C, H, **kw).to(dtype)
+    return ref, getattr(fusedrnn, cls.__name__).from_torch(ref)
+
+
+def _input(kind, gen, dtype=F64):
+    if kind == "cell":
+        return torch.randn(N, C, generator=gen, dtype=dtype)
+    if kind == "packed":
+        return pack_sequence([torch.randn(L, C, generator=gen, dtype=dtype) for L in (2, T, 1)], enforce_sorted=False)
+    return torch.randn(T, N, C, generator=gen, dtype=dtype)
+
+
+def _leaf(x):
+    """x as a leaf that requires grad (for a PackedSequence, its data), and a
+    function rebuilding the module input from such a tensor."""
+    if isinstance(x, PackedSequence):
+        return x.data.clone().requires_grad_(), lambda d: PackedSequence(d, x.batch_sizes, x.sorted_indices, x.unsorted_indices)
+    return x.clone().requires_grad_(), lambda d: d
+
+
+def _first(out):
+    """The output sequence (its data when packed), or a cell's h."""
+    y = out[0] if isinstance(out, tuple) else out
+    return y.data if isinstance(y, PackedSequence) else y
+
+
+def _all_outputs(out):
+    """Every differentiable output: the sequence (a PackedSequence where packed)
+    and the final states, or a cell's h (and c)."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    y, hidden = out
+    return [y] + (list(hidden) if isinstance(hidden, tuple) else [hidden])
+
+
+def _penalty_grads(module, x, hx=None):
+    """Gradients of the input, hx and every parameter of a loss holding the
+    squared gradients of the outputs with respect to the input and hx (a
+    gradient penalty): a double backward through the whole module."""
+    d, rebuild = _leaf(x)
+    out = module(rebuild(d)) if hx is None else module(rebuild(d), hx)
+    outs = [o.data if isinstance(o, PackedSequence) else o for o in _all_outputs(out)]
+    weighted = sum((o * o.detach().sin()).sum() for o in outs)
+    states = [] if hx is None else list(dict.fromkeys(hx if isinstance(hx, tuple) else [hx]))
+    gs = torch.autograd.grad(weighted, [d, *states], create_graph=True)
+    loss = sum(g.pow(2).sum() for g in gs) + sum(o.pow(2).mean() for o in outs)
+    return torch.autograd.grad(loss, [d, *states, *module.parameters()])
+
+
+@pytest.mark.parametrize("name", list(NN_CASES))
+def test_double_backward_matches_nn(name):
+    gen = torch.Generator().manual_seed(1)
+    ref, fused = _pair(name)
+    x = _input(NN_CASES[name][2], gen)
+    with torch.backends.mkldnn.flags(enabled=False):
+        want = _penalty_grads(ref, x)
+    got = _penalty_grads(fused, x)
+    names = ["input"] + [n for n, _ in ref.named_parameters()]
+    for n, g, w in zip(names, got, want):
+        assert_close(n, g, w, **TIGHT)
+
+
+@pytest.mark.parametrize("name", ["lstm_L2_bi", "lstm_cell"])
+def test_double_backward_with_h0_is_c0(name):
+    """hx given and requiring grad, the same tensor as h0 and as c0 (a cell
+    passes it to the operator twice as it is): each place gets its own
+    gradient, and autograd sums them, as for torch.nn."""
+    gen = torch.Generator().manual_seed(2)
+    ref, fused = _pair(name)
+    kind = NN_CASES[name][2]
+    x = _input(kind, gen)
+    h = torch.randn(*(() if kind == "cell" else (4,)), N, H, generator=gen, dtype=F64)
+    hr, hf = h.clone().requires_grad_(), h.clone().requires_grad_()
+    with torch.backends.mkldnn.flags(enabled=False):
+        want = _penalty_grads(ref, x, (hr, hr))
+    got = _penalty_grads(fused, x, (hf, hf))
+    for n, g, w in zip(["input", "hx"] + [n for n, _ in ref.named_parameters()], got, want):
+        assert_close(n, g, w, **TIGHT)
+
+
+def _third_derivative(module, x):
+    """d^3/dx^3 of sum(sin(output)), contracted with ones at each order."""
+    d = x.clone().requires_grad_()
+    loss = _first(module(d)).sin().sum()
+    (g1,) = torch.autograd.grad(loss, d, create_graph=True)
+    (g2,) = torch.autograd.grad(g1.sum(), d, create_graph=True)
+    (g3,) = torch.autograd.grad(g2.sum(), d)
+    return g3
+
+
+@pytest.mark.parametrize("name", ["lstm_L2_bi", "gru_cell"])
+def test_third_derivative_matches_nn(name):
+    gen = torch.Generator().manual_seed(3)
+    ref, fused = _pair(name)
+    x = _input(NN_CASES[name][2], gen)
+    with torch.backends.mkldnn.flags(enabled=False):
+        want = _third_derivative(ref, x)
+    assert_close("d3/dx3", _third_derivative(fused, x), want, **TIGHT)
+
+
+SEQ_VARIANTS = {
+    "lstm_peephole_coupled_proj": (fusedrnn.LSTM, {"peephole": True, "coupled_gates": True, "proj_size": 1}),
+    "lstm_peephole": (fusedrnn.LSTM, {"peephole": True}),
+    "gru_reset_before": (fusedrnn.GRU, {"reset_after": False}),
+}
+
+
+@pytest.mark.parametrize("kind", ["packed_bi", "padded_L2"])
+@pytest.mark.parametrize("variant", list(SEQ_VARIANTS))
+def test_gradgradcheck_variants(variant, kind):
+    """The variants torch.nn lacks: second derivatives against finite
+    differences of the first."""
+    cls, kw = SEQ_VARIANTS[variant]
+    gen = torch.Generator().manual_seed(4)
+    if kind == "packed_bi":
+        m = cls(2, 2, bidirectional=True, **kw)
+        x = pack_sequence([torch.randn(L, 2, generator=gen, dtype=F64) for L in (3, 1)], enforce_sorted=False)
+    else:
+        m = cls(2, 2, num_layers=2, **kw)
+        x = torch.randn(3, 2, 2, generator=gen, dtype=F64)
+    assert testing.gradgradcheck(m, x)
+
+
+@pytest.mark.parametrize("variant", list(CELL_VARIANTS))
+def test_gradgradcheck_cells(variant):
+    cls, kw = CELL_VARIANTS[variant]
+    gen = torch.Generator().manual_seed(5)
+    cell = cls(3, 2, **kw)
+    x = torch.randn(2, 3, generator=gen, dtype=F64)
+    h = torch.randn(2, 2, generator=gen, dtype=F64)
+    hx = (h, torch.randn(2, 2, generator=gen, dtype=F64)) if cls is fusedrnn.LSTMCell else h
+    assert testing.gradgradcheck(cell, x, hx)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64], ids=["f32", "f64"])
+@pytest.mark.parametrize("name", ["lstm_proj_packed", "gru_L2_bi", "rnn_tanh_bi", "lstm_cell"])
+def test_create_graph_gradients_equal_the_fused_ones(name, dtype):
+    """Under create_graph=True the gradients come from the composition; they
+    are the fused backward's, up to the order of floating-point sums."""
+    gen = torch.Generator().manual_seed(6)
+    _, fused = _pair(name, dtype)
+    x = _input(NN_CASES[name][2], gen, dtype)
+    grads = []
+    for create_graph in (False, True):
+        d, rebuild = _leaf(x)
+        outs = _all_outputs(fused(rebuild(d)))
+        loss = sum((o.data if isinstance(o, PackedSequence) else o).cos().sum() for o in outs)
+        grads.append(torch.autograd.grad(loss, [d, *fused.parameters()], create_graph=create_graph))
+    eps = torch.finfo(dtype).eps
+    for n, g, w in zip(["input"] + [n for n, _ in fused.named_parameters()], grads[1], grads[0]):
+        assert g.requires_grad and not w.requires_grad
+        assert_close(n, g, w, atol=64 * eps, rtol=64 * eps)
+
+
+def test_half_precision_double_backward_computes_in_float32():
+    """bfloat16: the composition computes in float32, as the kernels do, and
+    returns gradients in bfloat16."""
+    gen = torch.Generator().manual_seed(7)
+    _, fused32 = _pair("gru_L2_bi", torch.float32)
+    with torch.no_grad():
+        for p in fused32.parameters():
+            p.copy_(p.bfloat16())
+    fused16 = copy.deepcopy(fused32).to(torch.bfloat16)
+    x = _input("padded", gen, torch.bfloat16)
+    got = _penalty_grads(fused16, x)
+    want = _penalty_grads(fused32, x.float())
+    for n, g, w in zip(["input"] + [n for n, _ in fused16.named_parameters()], got, want):
+        assert g.dtype == torch.bfloat16
+        # The bfloat16 result is the float32 one rounded at the boundaries: the
+        # outputs and the gradients, each to bfloat16.
+        assert_close(n, g, w, atol=0.0, rtol=4 * 2.0**-8)
+
+
+# ------------------------------------------------------------------ functorch
+
+
+def _loss_of(module):
+    def loss(params, x):
+        return _first(functional_call(module, params, (x,))).sin().sum()
+
+    return loss
+
+
+def _params(module):
+    return {k: v.detach() for k, v in module.named_parameters()}
+
+
+@pytest.mark.parametrize("name", [n for n, (_, _, kind) in NN_CASES.items() if kind != "packed"])
+def test_torch_func_transforms_match_nn(name):
+    gen = torch.Generator().manual_seed(8)
+    ref, fused = _pair(name)
+    x = _input(NN_CASES[name][2], gen)
+    t = torch.randn(x.shape, generator=gen, dtype=F64)
+    results = []
+    for m in (ref, fused):
+        loss, p = _loss_of(m), _params(m)
+        with torch.backends.mkldnn.flags(enabled=False):
+            g_p, g_x = torch.func.grad(loss, argnums=(0, 1))(p, x)
+            _, tangent = torch.func.jvp(lambda x: loss(p, x), (x,), (t,))
+            jac = torch.func.jacrev(lambda x: _first(functional_call(m, p, (x,))))(x)
+            hess = torch.func.hessian(lambda x: loss(p, x))(x)
+        results.append({"grad x": g_x, **{f"grad {k}": v for k, v in g_p.items()}, "jvp": tangent,
+                        "jacrev": jac, "hessian": hess})
+    for k in results[0]:
+        assert_close(k, results[1][k], results[0][k], **TIGHT)
+
+
+@pytest.mark.parametrize("name", [n for n, (_, _, kind) in NN_CASES.items() if kind != "cell"])
+def test_vmap_equals_a_loop(name):
+    """torch.nn.LSTM/GRU/RNN have no batching rule; fusedrnn's modules run
+    under vmap, and give what one call per batch element gives."""
+    gen = torch.Generator().manual_seed(9)
+    _, fused = _pair(name)
+    loss, p = _loss_of(fused), _params(fused)
+    if NN_CASES[name][2] == "packed":
+        xs = torch.stack([_input("packed", torch.Generator().manual_seed(s)).data for s in range(3)])
+        sizes = _input("packed", gen)
+
+        def f(d):
+            return loss(p, PackedSequence(d, sizes.batch_sizes, sizes.sorted_indices, sizes.unsorted_indices))
+    else:
+        xs = torch.randn(3, T, N, C, generator=gen, dtype=F64)
+
+        def f(d):
+            return loss(p, d)
+
+    got = torch.func.vmap(f)(xs)
+    want = torch.stack([f(xi) for xi in xs])
+    assert_close("vmap", got, want, **TIGHT)
+
+
+@pytest.mark.parametrize("name", ["lstm_L2_bi", "gru_cell"])
+def test_per_sample_gradients(name):
+    """vmap(grad(loss)) over a batch of single samples, as for per-sample
+    gradients (differential privacy), against one fused backward per sample."""
+    gen = torch.Generator().manual_seed(12)
+    _, fused = _pair(name)
+    loss, p = _loss_of(fused), _params(fused)
+    cell = NN_CASES[name][2] == "cell"
+    xs = torch.randn(5, *((1, C) if cell else (T, 1, C)), generator=gen, dtype=F64)
+    got = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0))(p, xs)
+    for i, xi in enumerate(xs):
+        fused.zero_grad(set_to_none=True)
+        _first(fused(xi)).sin().sum().backward()
+        for k, prm in fused.named_parameters():
+            assert_close(f"sample {i} {k}", got[k][i], prm.grad, **TIGHT)
+
+
+@pytest.mark.parametrize("no_grad", [False, True], ids=["grad", "no_grad"])
+@pytest.mark.parametrize("name", ["lstm_proj_packed", "gru_L2_bi", "rnn_relu_packed", "lstm_cell", "gru_cell", "rnn_cell_tanh"])
+def test_forward_ad_matches_nn(name, no_grad):
+    """Dual tensors (torch.autograd.forward_ad), also under no_grad, where the
+    fused operators would otherwise run without a tangent."""
+    gen = torch.Generator().manual_seed(10)
+    ref, fused = _pair(name)
+    x = _input(NN_CASES[name][2], gen)
+    data = x.data if isinstance(x, PackedSequence) else x
+    t = torch.randn(data.shape, generator=gen, dtype=F64)
+    tangents = []
+    for m in (ref, fused):
+        with torch.backends.mkldnn.flags(enabled=False), fwAD.dual_level(), torch.set_grad_enabled(not no_grad):
+            d = fwAD.make_dual(data, t)
+            if isinstance(x, PackedSequence):
+                d = PackedSequence(d, x.batch_sizes, x.sorted_indices, x.unsorted_indices)
+            outs = _all_outputs(m(d))
+            tangents.append([fwAD.unpack_dual(o.data if isinstance(o, PackedSequence) else o).tangent for o in outs])
+    for i, (g, w) in enumerate(zip(tangents[1], tangents[0])):
+        assert g is not None, f"output {i} has no tangent"
+        assert_close(f"tangent of output {i}", g, w, **TIGHT)
+
+
+@pytest.mark.parametrize("how", ["jvp", "forward_ad_no_grad", "forward_ad_weight_tangent"])
+def test_operators_called_directly_refuse_tangents(how):
+    """The operators have no forward-mode derivative: called directly with a
+    tangent they say so, instead of returning an output without one (a zero
+    tangent)."""
+    gen = torch.Generator().manual_seed(11)
+    x, h = torch.randn(N, C, generator=gen), torch.randn(N, H, generator=gen)
+    w_ih, w_hh = torch.randn(H, C, generator=gen), torch.randn(H, H, generator=gen)
+
+    def step(x, w_hh=w_hh):
+        return torch.ops.fusedrnn.rnn_cell_forward(x, h, w_ih, w_hh, None, None, False)
+
+    with pytest.raises(RuntimeError, match="the operators have no forward-mode derivative"):
+        if how == "jvp":
+            torch.func.jvp(step, (x,), (torch.ones_like(x),))
+        else:
+            with fwAD.dual_level(), torch.set_grad_enabled(how != "forward_ad_no_grad"):
+                if how == "forward_ad_no_grad":
+                    step(fwAD.make_dual(x, torch.ones_like(x)))
+                else:
+                    step(x, fwAD.make_dual(w_hh, torch.ones_like(w_hh)))
