@@ -22,6 +22,7 @@ kernels do.
 
 from __future__ import annotations
 
+import functools
 from typing import Optional, Tuple
 
 import torch
@@ -30,80 +31,99 @@ from torch.autograd import forward_ad
 
 from . import reference
 
+_FUNCTIONALIZE = torch._C._functorch.TransformType.Functionalize
+
 
 def wanted(*tensors: Optional[Tensor]) -> bool:
-    """Whether a call must take the composition: under a functorch transform, or
-    with a forward-mode tangent on one of `tensors`."""
+    """Whether a call must take the composition: inside a functorch transform that
+    differentiates or batches (grad, jvp, vmap and what is built on them; not
+    inside functionalize, which takes the operators as they are), or with a
+    forward-mode tangent on one of `tensors`."""
     if torch._C._are_functorch_transforms_active():
-        return True
+        top = torch._C._functorch.peek_interpreter_stack()
+        if top is not None and top.key() != _FUNCTIONALIZE:
+            return True
     if getattr(forward_ad, "_current_level", 0) < 0:  # no dual level is open
         return False
     return any(t is not None and forward_ad.unpack_dual(t).tangent is not None for t in tensors)
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+def _dtypes(input: Tensor) -> Tuple[torch.dtype, torch.dtype]:
+    """(dtype of the outputs, dtype of the computation). Under autocast the
+    outputs are in the autocast dtype, as the operators' autocast kernels give
+    them; float16 and bfloat16 compute in float32."""
+    dev = input.device.type
+    out = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else input.dtype
+    return out, torch.float32 if out in (torch.float16, torch.bfloat16) else out
 
 
-def _to(dtype, *tensors):
-    return [None if t is None else t.to(dtype) for t in tensors]
+def _computing(fn):
+    """fn on its floating-point tensor arguments rounded to the output dtype and
+    converted to the compute dtype, with autocast off inside; its results
+    converted to the output dtype."""
+
+    def run(input, *tensors, **kw):
+        out, acc = _dtypes(input)
+        with torch.autocast(input.device.type, enabled=False):
+            args = [t.to(out).to(acc) if isinstance(t, Tensor) and t.is_floating_point() else t
+                    for t in (input, *tensors)]
+            res = fn(*args, **kw)
+        return tuple(r.to(out) for r in res) if isinstance(res, tuple) else res.to(out)
+
+    return run
 
 
+# The layers take the input's projection for all steps in one product, as the
+# operators do, and run the reference's steps from it.
+
+
+@_computing
 def lstm(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, coupled, reverse) -> Tuple[Tensor, Tensor, Tensor]:
     """lstm_forward's (output, h_n, c_n)."""
-    a = _compute_dtype(input.dtype)
-    x, h0, c0, *w = _to(a, input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr)
 
-    def step(x_t, h, c):
-        return reference.lstm_cell(x_t, h, c, *w, coupled=coupled)
+    def step(gx, h, c):
+        return reference._lstm_step(gx, h, c, w_hh, b_hh, w_ch, w_hr, coupled)
 
-    y, (h, c) = reference.layer(step, x, (h0, c0), batch_sizes, reverse)
-    return y.to(input.dtype), h.to(input.dtype), c.to(input.dtype)
+    y, (h, c) = reference.layer(step, reference._linear(input, w_ih, b_ih), (h0, c0), batch_sizes, reverse)
+    return y, h, c
 
 
+def _single_state(step, input, batch_sizes, h0, reverse, w_ih, w_hh, b_ih, b_hh):
+    gx = reference._linear(input, w_ih, b_ih)
+    y, (h,) = reference.layer(lambda gx_t, h: (step(gx_t, h, w_hh, b_hh),), gx, (h0,), batch_sizes, reverse)
+    return y, h
+
+
+@_computing
 def gru(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reset_after, reverse) -> Tuple[Tensor, Tensor]:
     """gru_forward's (output, h_n)."""
-    a = _compute_dtype(input.dtype)
-    x, h0, *w = _to(a, input, h0, w_ih, w_hh, b_ih, b_hh)
-
-    def step(x_t, h):
-        return (reference.gru_cell(x_t, h, *w, reset_after=reset_after),)
-
-    y, (h,) = reference.layer(step, x, (h0,), batch_sizes, reverse)
-    return y.to(input.dtype), h.to(input.dtype)
+    step = functools.partial(reference._gru_step, reset_after=reset_after)
+    return _single_state(step, input, batch_sizes, h0, reverse, w_ih, w_hh, b_ih, b_hh)
 
 
+@_computing
 def rnn(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse) -> Tuple[Tensor, Tensor]:
     """rnn_forward's (output, h_n)."""
-    a = _compute_dtype(input.dtype)
-    x, h0, *w = _to(a, input, h0, w_ih, w_hh, b_ih, b_hh)
-    nonlinearity = "relu" if relu else "tanh"
-
-    def step(x_t, h):
-        return (reference.rnn_cell(x_t, h, *w, nonlinearity=nonlinearity),)
-
-    y, (h,) = reference.layer(step, x, (h0,), batch_sizes, reverse)
-    return y.to(input.dtype), h.to(input.dtype)
+    step = functools.partial(reference._rnn_step, nonlinearity="relu" if relu else "tanh")
+    return _single_state(step, input, batch_sizes, h0, reverse, w_ih, w_hh, b_ih, b_hh)
 
 
+@_computing
 def lstm_cell(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_ch, coupled) -> Tuple[Tensor, Tensor]:
     """lstm_cell_forward's (h, c)."""
-    a = _compute_dtype(input.dtype)
-    h, c = reference.lstm_cell(*_to(a, input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_ch), coupled=coupled)
-    return h.to(input.dtype), c.to(input.dtype)
+    return reference.lstm_cell(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_ch, coupled=coupled)
 
 
+@_computing
 def gru_cell(input, hx, w_ih, w_hh, b_ih, b_hh, reset_after) -> Tensor:
     """gru_cell_forward's h."""
-    a = _compute_dtype(input.dtype)
-    return reference.gru_cell(*_to(a, input, hx, w_ih, w_hh, b_ih, b_hh), reset_after=reset_after).to(input.dtype)
+    return reference.gru_cell(input, hx, w_ih, w_hh, b_ih, b_hh, reset_after=reset_after)
 
 
+@_computing
 def rnn_cell(input, hx, w_ih, w_hh, b_ih, b_hh, relu) -> Tensor:
     """rnn_cell_forward's h."""
-    a = _compute_dtype(input.dtype)
-    h = reference.rnn_cell(*_to(a, input, hx, w_ih, w_hh, b_ih, b_hh), nonlinearity="relu" if relu else "tanh")
-    return h.to(input.dtype)
+    return reference.rnn_cell(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity="relu" if relu else "tanh")
 
 
 # The operator of a call, as autograd.cpp encodes it: op << 3 | flag << 2 |
@@ -150,4 +170,9 @@ def _differentiable_backward(call, need, grad_y, grad_h, grad_c, *args):
 
 
 _lib = torch.library.Library("fusedrnn", "IMPL")
-_lib.impl("differentiable_backward", _differentiable_backward, "CompositeImplicitAutograd")
+# Also under vmap (a batched double backward: is_grads_batched=True,
+# jacobian(..., vectorize=True, create_graph=True)), where the decomposition of a
+# CompositeImplicitAutograd operator that returns a list of tensors is not
+# generated.
+for _key in ("CompositeImplicitAutograd", "Batched", "FuncTorchBatched"):
+    _lib.impl("differentiable_backward", _differentiable_backward, _key)

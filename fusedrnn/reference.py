@@ -50,7 +50,12 @@ def lstm_cell(
     Coupled gates: i = 1 - f, and the gate blocks are f, g, o.
     Projection: h' = W_hr (o * tanh(c')).
     """
-    gates = _linear(x, w_ih, b_ih) + _linear(h, w_hh, b_hh)
+    return _lstm_step(_linear(x, w_ih, b_ih), h, c, w_hh, b_hh, w_ch, w_hr, coupled)
+
+
+def _lstm_step(gx, h, c, w_hh, b_hh=None, w_ch=None, w_hr=None, coupled=False):
+    """lstm_cell from the input's projection gx = W_ih x + b_ih."""
+    gates = gx + _linear(h, w_hh, b_hh)
     if coupled:
         pf, pg, po = gates.chunk(3, dim=-1)
         pi = None
@@ -90,7 +95,12 @@ def gru_cell(
     reset_after=True (PyTorch, cuDNN): n = tanh(W_in x + b_in + r * (W_hn h + b_hn)).
     reset_after=False (Cho et al. 2014): n = tanh(W_in x + b_in + W_hn (r * h) + b_hn).
     """
-    xr, xz, xn = _linear(x, w_ih, b_ih).chunk(3, dim=-1)
+    return _gru_step(_linear(x, w_ih, b_ih), h, w_hh, b_hh, reset_after)
+
+
+def _gru_step(gx, h, w_hh, b_hh=None, reset_after=True):
+    """gru_cell from the input's projection gx = W_ih x + b_ih."""
+    xr, xz, xn = gx.chunk(3, dim=-1)
     w_hr, w_hz, w_hn = w_hh.chunk(3, dim=0)
     b_hr, b_hz, b_hn = b_hh.chunk(3) if b_hh is not None else (None, None, None)
     r = torch.sigmoid(xr + _linear(h, w_hr, b_hr))
@@ -112,7 +122,12 @@ def rnn_cell(
     nonlinearity: str = "tanh",
 ) -> Tensor:
     """One Elman step. h' = act(W_ih x + b_ih + W_hh h + b_hh), act tanh or relu."""
-    p = _linear(x, w_ih, b_ih) + _linear(h, w_hh, b_hh)
+    return _rnn_step(_linear(x, w_ih, b_ih), h, w_hh, b_hh, nonlinearity)
+
+
+def _rnn_step(gx, h, w_hh, b_hh=None, nonlinearity="tanh"):
+    """rnn_cell from the input's projection gx = W_ih x + b_ih."""
+    p = gx + _linear(h, w_hh, b_hh)
     return torch.tanh(p) if nonlinearity == "tanh" else torch.relu(p)
 
 

@@ -94,17 +94,25 @@ def _penalty_grads(module, x, hx=None):
     return torch.autograd.grad(loss, [d, *states, *module.parameters()])
 
 
+def _assert_penalty_grads_match_nn(name, x, hx=None):
+    ref, fused = _pair(name)
+    hr = hf = None
+    if hx is not None:  # the same tensor as h0 and as c0
+        hr, hf = hx.clone().requires_grad_(), hx.clone().requires_grad_()
+        hr, hf = (hr, hr), (hf, hf)
+    with torch.backends.mkldnn.flags(enabled=False):
+        want = _penalty_grads(ref, x, hr)
+    got = _penalty_grads(fused, x, hf)
+    names = ["input"] + (["hx"] if hx is not None else []) + [n for n, _ in ref.named_parameters()]
+    assert len(got) == len(want) == len(names)
+    for n, g, w in zip(names, got, want):
+        assert_close(n, g, w, **TIGHT)
+
+
 @pytest.mark.parametrize("name", list(NN_CASES))
 def test_double_backward_matches_nn(name):
     gen = torch.Generator().manual_seed(1)
-    ref, fused = _pair(name)
-    x = _input(NN_CASES[name][2], gen)
-    with torch.backends.mkldnn.flags(enabled=False):
-        want = _penalty_grads(ref, x)
-    got = _penalty_grads(fused, x)
-    names = ["input"] + [n for n, _ in ref.named_parameters()]
-    for n, g, w in zip(names, got, want):
-        assert_close(n, g, w, **TIGHT)
+    _assert_penalty_grads_match_nn(name, _input(NN_CASES[name][2], gen))
 
 
 @pytest.mark.parametrize("name", ["lstm_L2_bi", "lstm_cell"])
@@ -113,16 +121,32 @@ def test_double_backward_with_h0_is_c0(name):
     passes it to the operator twice as it is): each place gets its own
     gradient, and autograd sums them, as for torch.nn."""
     gen = torch.Generator().manual_seed(2)
-    ref, fused = _pair(name)
     kind = NN_CASES[name][2]
     x = _input(kind, gen)
     h = torch.randn(*(() if kind == "cell" else (4,)), N, H, generator=gen, dtype=F64)
-    hr, hf = h.clone().requires_grad_(), h.clone().requires_grad_()
-    with torch.backends.mkldnn.flags(enabled=False):
-        want = _penalty_grads(ref, x, (hr, hr))
-    got = _penalty_grads(fused, x, (hf, hf))
-    for n, g, w in zip(["input", "hx"] + [n for n, _ in ref.named_parameters()], got, want):
-        assert_close(n, g, w, **TIGHT)
+    _assert_penalty_grads_match_nn(name, x, h)
+
+
+@pytest.mark.parametrize("name", ["lstm_proj_packed", "gru_cell"])
+def test_batched_double_backward_matches_nn(name):
+    """A batch of cotangents at once (is_grads_batched=True, as jacobian and
+    hessian with vectorize=True use it) under create_graph=True."""
+    gen = torch.Generator().manual_seed(13)
+    ref, fused = _pair(name)
+    x = _input(NN_CASES[name][2], gen)
+    results = []
+    for m in (ref, fused):
+        d, rebuild = _leaf(x)
+        with torch.backends.mkldnn.flags(enabled=False):
+            y = _first(m(rebuild(d)))
+            v = torch.randn(3, *y.shape, generator=torch.Generator().manual_seed(14), dtype=F64)
+            (g,) = torch.autograd.grad(y, d, v, is_grads_batched=True, create_graph=True)
+            (gg,) = torch.autograd.grad(g.sin().sum(), d)
+            jac = torch.autograd.functional.jacobian(
+                lambda t: _first(m(rebuild(t))).sum(0), d, create_graph=True, vectorize=True)
+        results.append({"batched vjp": g, "its gradient": gg, "jacobian": jac})
+    for k in results[0]:
+        assert_close(k, results[1][k], results[0][k], **TIGHT)
 
 
 def _third_derivative(module, x):
@@ -316,8 +340,37 @@ def test_forward_ad_matches_nn(name, no_grad):
         assert_close(f"tangent of output {i}", g, w, **TIGHT)
 
 
+def test_composition_under_autocast_gives_the_autocast_dtype():
+    """The composition (here under jvp) returns what the fused operators return
+    under autocast: the autocast dtype, from float32 computation on inputs
+    rounded to it."""
+    gen = torch.Generator().manual_seed(15)
+    _, fused = _pair("lstm_cell", torch.float32)
+    x = torch.randn(N, C, generator=gen)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = fused(x)
+        got, tangent = torch.func.jvp(lambda x: fused(x), (x,), (torch.ones_like(x),))
+    for n, g, w in zip(["h", "c"], got, want):
+        assert g.dtype == w.dtype == torch.bfloat16
+        # The same float32 values, each rounded once to bfloat16 (2^-8 relative).
+        assert_close(n, g, w, atol=0.0, rtol=2.0**-8)
+    assert all(t.dtype == torch.bfloat16 for t in tangent)
+
+
+def test_functionalize_keeps_the_fused_operator():
+    """functionalize neither differentiates nor batches: the trace keeps the
+    fused operator."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    _, fused = _pair("lstm_cell", torch.float32)
+    graph = make_fx(torch.func.functionalize(lambda x: fused(x)[0]))(torch.randn(N, C)).graph
+    targets = {str(n.target) for n in graph.nodes if n.op == "call_function"}
+    assert "fusedrnn.lstm_cell_forward.default" in targets, targets
+
+
+@pytest.mark.parametrize("op", ["rnn_cell", "lstm"])
 @pytest.mark.parametrize("how", ["jvp", "forward_ad_no_grad", "forward_ad_weight_tangent"])
-def test_operators_called_directly_refuse_tangents(how):
+def test_operators_called_directly_refuse_tangents(how, op):
     """The operators have no forward-mode derivative: called directly with a
     tangent they say so, instead of returning an output without one (a zero
     tangent)."""
@@ -326,7 +379,10 @@ def test_operators_called_directly_refuse_tangents(how):
     w_ih, w_hh = torch.randn(H, C, generator=gen), torch.randn(H, H, generator=gen)
 
     def step(x, w_hh=w_hh):
-        return torch.ops.fusedrnn.rnn_cell_forward(x, h, w_ih, w_hh, None, None, False)
+        if op == "rnn_cell":
+            return torch.ops.fusedrnn.rnn_cell_forward(x, h, w_ih, w_hh, None, None, False)
+        return torch.ops.fusedrnn.lstm_forward(x[None], None, h, h, w_ih.repeat(4, 1), w_hh.repeat(4, 1),
+                                               None, None, None, None, False, False, False)[0]
 
     with pytest.raises(RuntimeError, match="the operators have no forward-mode derivative"):
         if how == "jvp":

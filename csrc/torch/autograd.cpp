@@ -174,6 +174,9 @@ variable_list differentiable_backward(Call call, const variable_list& s,
       const OptTensor&, const Tensor&, const OptTensor&, const Tensor&, const Tensor&,
       const OptTensor&, const OptTensor&, const OptTensor&, const OptTensor&)>(
       "fusedrnn::differentiable_backward");
+  TORCH_CHECK(f.hasKernelForDispatchKey(c10::DispatchKey::CompositeImplicitAutograd),
+              "fusedrnn: a backward with create_graph=True needs fusedrnn's Python package, which "
+              "implements it (import fusedrnn)");
   std::array<OptTensor, 3> g;
   for (int i = 0; i < differentiable_outputs(call.op); ++i) g[i] = opt(grads[i]);
   int64_t mask = 0;
