@@ -220,3 +220,31 @@ def cell_build(x, h=None, c=None):
     if h is None:
         return (x,)
     return (x, (h, c)) if c is not None else (x, h)
+
+
+def penalty_grads(module: nn.Module, x, hx=None) -> Dict[str, torch.Tensor]:
+    """A gradient penalty through a recurrent module (a double backward): the
+    gradients of sum(|d weighted / d input|^2 + |d weighted / d hx|^2) +
+    mean(outputs^2) with respect to the input (its data when packed), each
+    distinct tensor of hx (leaves that require grad, given by the caller: the
+    same tensor may be h0 and c0) and every parameter, where weighted =
+    sum(outputs * sin(outputs)) over every differentiable output.
+    Returns {"input", "hx0", ..., parameter names: gradient}."""
+    packed = isinstance(x, PackedSequence)
+    d = (x.data if packed else x).detach().clone().requires_grad_()
+    xin = PackedSequence(d, x.batch_sizes, x.sorted_indices, x.unsorted_indices) if packed else d
+    out = module(xin) if hx is None else module(xin, hx)
+    if isinstance(out, torch.Tensor):
+        outs = [out]
+    else:
+        y, hidden = out
+        outs = [y.data if isinstance(y, PackedSequence) else y]
+        outs += list(hidden) if isinstance(hidden, tuple) else [hidden]
+    weighted = sum((o * o.detach().sin()).sum() for o in outs)
+    states = [] if hx is None else list(dict.fromkeys(hx if isinstance(hx, tuple) else [hx]))
+    gs = torch.autograd.grad(weighted, [d, *states], create_graph=True)
+    loss = sum(g.pow(2).sum() for g in gs) + sum(o.pow(2).mean() for o in outs)
+    params = list(module.named_parameters())
+    grads = torch.autograd.grad(loss, [d, *states, *(t for _, t in params)])
+    names = ["input"] + [f"hx{i}" for i in range(len(states))] + [n for n, _ in params]
+    return dict(zip(names, grads))

@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import fusedrnn
-from helpers import CELL_VARIANTS
+from helpers import CELL_VARIANTS, penalty_grads
 from fusedrnn.testing import assert_matches_reference
 
 EMULATION = os.environ.get("FUSEDRNN_CUDA_EMULATION") == "1"
@@ -319,22 +319,6 @@ def test_cell_matches_torch_nn(name, dtype):
     _compare_runs(_run(ours, x, hx), _run(ref, x, hx), NN_REL[dtype])
 
 
-def _penalty_grads(module, x, hx):
-    """Gradients of the input, hx and the parameters of a gradient penalty (the
-    squared gradient of the outputs with respect to the input and hx): a
-    double backward."""
-    data = (x.data if isinstance(x, PackedSequence) else x).detach().clone().requires_grad_()
-    xin = PackedSequence(data, x.batch_sizes, x.sorted_indices, x.unsorted_indices) if isinstance(x, PackedSequence) else data
-    hs = [h.detach().clone().requires_grad_() for h in (hx if isinstance(hx, tuple) else (hx,))]
-    outs = _flatten_out(module(xin, tuple(hs) if isinstance(hx, tuple) else hs[0]))
-    weighted = sum((o * o.detach().sin()).sum() for o in outs)
-    gs = torch.autograd.grad(weighted, [data, *hs], create_graph=True)
-    loss = sum(g.pow(2).sum() for g in gs) + sum(o.pow(2).mean() for o in outs)
-    grads = torch.autograd.grad(loss, [data, *hs, *module.parameters()])
-    names = ["input"] + [f"hx{i}" for i in range(len(hs))] + [n for n, _ in module.named_parameters()]
-    return dict(zip(names, grads))
-
-
 @pytest.mark.parametrize(
     "name,packed",
     [("lstm_proj", False), ("lstm_proj", True), ("gru", False), ("gru", True), ("rnn_relu", False),
@@ -359,11 +343,15 @@ def test_double_backward_matches_torch_nn_on_cpu(name, packed):
         if ref.batch_first:
             x = x.transpose(0, 1)
     hx = _random_hx(ref, batch, gen, torch.float64, device="cpu")
+
+    def leaves(device):
+        if isinstance(hx, tuple):
+            return tuple(h.to(device).clone().requires_grad_() for h in hx)
+        return hx.to(device).clone().requires_grad_()
+
     with torch.backends.mkldnn.flags(enabled=False):
-        want = _penalty_grads(ref, x, hx)
-    x_dev = x.to(DEVICE)
-    hx_dev = tuple(h.to(DEVICE) for h in hx) if isinstance(hx, tuple) else hx.to(DEVICE)
-    got = _penalty_grads(ours, x_dev, hx_dev)
+        want = penalty_grads(ref, x, leaves("cpu"))
+    got = penalty_grads(ours, x.to(DEVICE), leaves(DEVICE))
     for k in want:
         _assert_close(k, got[k], want[k], NN_REL[torch.float64])
 
