@@ -36,12 +36,16 @@ _FUNCTIONALIZE = torch._C._functorch.TransformType.Functionalize
 
 def wanted(*tensors: Optional[Tensor]) -> bool:
     """Whether a call must take the composition: inside a functorch transform that
-    differentiates or batches (grad, jvp, vmap and what is built on them; not
-    inside functionalize, which takes the operators as they are), or with a
-    forward-mode tangent on one of `tensors`."""
+    differentiates or batches (grad, jvp, vmap and what is built on them, also
+    beneath functionalize; not inside functionalize alone, which takes the
+    operators as they are), or with a forward-mode tangent on one of `tensors`."""
     if torch._C._are_functorch_transforms_active():
         top = torch._C._functorch.peek_interpreter_stack()
-        if top is not None and top.key() != _FUNCTIONALIZE:
+        # The whole stack is walked only under functionalize.
+        if top is not None and (
+            top.key() != _FUNCTIONALIZE
+            or any(i.key() != _FUNCTIONALIZE for i in torch._C._functorch.get_interpreter_stack())
+        ):
             return True
     if getattr(forward_ad, "_current_level", 0) < 0:  # no dual level is open
         return False

@@ -371,6 +371,29 @@ def test_functionalize_keeps_the_fused_operator():
     assert "fusedrnn.lstm_cell_forward.default" in targets, targets
 
 
+@pytest.mark.parametrize("name", ["lstm_L2_bi", "gru_cell"])
+def test_transforms_beneath_functionalize_match_nn(name):
+    """grad and vmap with functionalize above them: the operators sit under a
+    transform that differentiates or batches, so they take the composition.
+    Against torch.nn: grad through it, vmap (which torch.nn's sequence modules
+    do not support) by one call per batch element."""
+    gen = torch.Generator().manual_seed(16)
+    ref, fused = _pair(name)
+    x = _input(NN_CASES[name][2], gen)
+    xs = torch.stack([x, torch.randn(x.shape, generator=gen, dtype=F64)])
+    loss_ref, p_ref = _loss_of(ref), _params(ref)
+    loss, p = _loss_of(fused), _params(fused)
+    with torch.backends.mkldnn.flags(enabled=False):
+        want = dict(zip(["params", "x"], torch.func.grad(loss_ref, argnums=(0, 1))(p_ref, x)))
+        want_per_x = torch.stack([loss_ref(p_ref, xi) for xi in xs])
+    got = dict(zip(["params", "x"], torch.func.grad(torch.func.functionalize(loss), argnums=(0, 1))(p, x)))
+    assert_close("grad x", got["x"], want["x"], **TIGHT)
+    for k in want["params"]:
+        assert_close(f"grad {k}", got["params"][k], want["params"][k], **TIGHT)
+    per_x = torch.func.vmap(torch.func.functionalize(lambda x: loss(p, x)))(xs)
+    assert_close("vmap", per_x, want_per_x, **TIGHT)
+
+
 @pytest.mark.parametrize("op", ["rnn_cell", "lstm"])
 @pytest.mark.parametrize("how", ["jvp", "forward_ad_no_grad", "forward_ad_weight_tangent"])
 def test_operators_called_directly_refuse_tangents(how, op):
