@@ -105,6 +105,31 @@ def test_saturated_preactivations_stay_finite(mode, variant):
         assert y.abs().max() <= 1.0
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"])
+def test_huge_preactivations_saturate_as_in_nn(mode, dtype):
+    """Pre-activations far beyond where the gates saturate (up to 1e37, both
+    signs) give what torch.nn gives. The float kernels' exp once reduced its
+    argument wrongly beyond about 1e14, and sigmoid(1e20) came out 0."""
+    gen = torch.Generator().manual_seed(17)
+    ref = getattr(torch.nn, mode)(2, 3).to(dtype)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.copy_(torch.rand(p.shape, generator=gen) + 0.5)
+    fused = getattr(fusedrnn, mode).from_torch(ref)
+    mags = torch.tensor([1e3, 1e14, 1e15, 1e16, 1e20, 1e30, 1e37]).repeat(2)
+    signs = torch.randint(0, 2, mags.shape, generator=gen) * 2 - 1
+    x = (mags * signs).to(dtype)[:, None].expand(-1, 2)
+    if not mode.endswith("Cell"):
+        x = x.reshape(7, 2, 2)
+    with torch.backends.mkldnn.flags(enabled=False), torch.no_grad():
+        want, got = ref(x), fused(x)
+    want = want[0] if isinstance(want, tuple) else want
+    got = got[0] if isinstance(got, tuple) else got
+    print(mode, dtype, got.flatten()[:8], want.flatten()[:8])
+    torch.testing.assert_close(got, want)
+
+
 @pytest.mark.parametrize("mode,variant", CELLS)
 def test_nan_stays_in_its_sequence(mode, variant):
     torch.manual_seed(0)
