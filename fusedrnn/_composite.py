@@ -17,7 +17,8 @@ to any order:
 This is what torch.nn's native CPU path does for all of them: its recurrences
 are compositions too. Each function takes an operator's arguments and returns
 its differentiable outputs; float16 and bfloat16 compute in float32, as the
-kernels do.
+kernels do. Each first runs its operator's argument checks (the operator
+fusedrnn::check_forward), so that a bad call gets the same error either way.
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
+from torch._functorch import pyfunctorch
 from torch.autograd import forward_ad
 
 from . import reference
+from ._ops import ops
 
 _FUNCTIONALIZE = torch._C._functorch.TransformType.Functionalize
 
@@ -77,10 +80,48 @@ def _computing(fn):
     return run
 
 
+def _stand_in(t, values: bool):
+    """A plain tensor with t's logical shape, dtype and device (and values, for
+    batch_sizes), which the checks can read outside the functorch transforms."""
+    if not isinstance(t, Tensor):
+        return t
+    if values:
+        return torch.tensor(t.tolist(), dtype=t.dtype, device=t.device)
+    return torch.empty((), dtype=t.dtype, device=t.device).expand(t.shape)
+
+
+def _checked(op: str, check_args):
+    """fn after the checks of the operator `op`; check_args maps fn's arguments
+    to check_forward's (input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh,
+    w_ch, w_hr, flag)."""
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def run(*args):
+            checked = [_stand_in(t, values=i == 1) for i, t in enumerate(check_args(*args))]
+            with pyfunctorch.temporarily_clear_interpreter_stack():
+                ops.check_forward(op, *checked)
+            return fn(*args)
+
+        return run
+
+    return wrap
+
+
+def _single_state_args(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, flag, reverse):
+    return input, batch_sizes, h0, None, w_ih, w_hh, b_ih, b_hh, None, None, flag
+
+
+def _cell_args(input, hx, w_ih, w_hh, b_ih, b_hh, flag):
+    return input, None, hx, None, w_ih, w_hh, b_ih, b_hh, None, None, flag
+
+
 # The layers take the input's projection for all steps in one product, as the
 # operators do, and run the reference's steps from it.
 
 
+@_checked("lstm_forward", lambda x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, coupled, reverse: (
+    x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, coupled))
 @_computing
 def lstm(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, coupled, reverse) -> Tuple[Tensor, Tensor, Tensor]:
     """lstm_forward's (output, h_n, c_n)."""
@@ -98,6 +139,7 @@ def _single_state(step, input, batch_sizes, h0, reverse, w_ih, w_hh, b_ih, b_hh)
     return y, h
 
 
+@_checked("gru_forward", _single_state_args)
 @_computing
 def gru(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reset_after, reverse) -> Tuple[Tensor, Tensor]:
     """gru_forward's (output, h_n)."""
@@ -105,6 +147,7 @@ def gru(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reset_after, reverse) ->
     return _single_state(step, input, batch_sizes, h0, reverse, w_ih, w_hh, b_ih, b_hh)
 
 
+@_checked("rnn_forward", _single_state_args)
 @_computing
 def rnn(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse) -> Tuple[Tensor, Tensor]:
     """rnn_forward's (output, h_n)."""
@@ -112,18 +155,22 @@ def rnn(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse) -> Tuple[
     return _single_state(step, input, batch_sizes, h0, reverse, w_ih, w_hh, b_ih, b_hh)
 
 
+@_checked("lstm_cell_forward", lambda x, hx, cx, w_ih, w_hh, b_ih, b_hh, w_ch, coupled: (
+    x, None, hx, cx, w_ih, w_hh, b_ih, b_hh, w_ch, None, coupled))
 @_computing
 def lstm_cell(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_ch, coupled) -> Tuple[Tensor, Tensor]:
     """lstm_cell_forward's (h, c)."""
     return reference.lstm_cell(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_ch, coupled=coupled)
 
 
+@_checked("gru_cell_forward", _cell_args)
 @_computing
 def gru_cell(input, hx, w_ih, w_hh, b_ih, b_hh, reset_after) -> Tensor:
     """gru_cell_forward's h."""
     return reference.gru_cell(input, hx, w_ih, w_hh, b_ih, b_hh, reset_after=reset_after)
 
 
+@_checked("rnn_cell_forward", _cell_args)
 @_computing
 def rnn_cell(input, hx, w_ih, w_hh, b_ih, b_hh, relu) -> Tensor:
     """rnn_cell_forward's h."""

@@ -43,6 +43,39 @@ def _flat(weights):
     return [t for w in weights for t in w if t is not None]
 
 
+def _checked(name: str, weights, width: int, hx: Sequence[Tensor], num_layers: int, bidirectional: bool,
+             dropout: float) -> List[Tuple[Optional[Tensor], ...]]:
+    """Checks what the operators cannot see (the stack's shape, dropout) and
+    returns the weight tuples padded with None to `width` entries."""
+    if num_layers < 1:
+        raise ValueError(f"{name}: num_layers must be at least 1, got {num_layers}")
+    if not 0 <= dropout <= 1:
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {dropout}")
+    LD = num_layers * (2 if bidirectional else 1)
+    if len(weights) != LD:
+        raise ValueError(f"{name}: expected num_layers * directions = {LD} weight tuples, got {len(weights)}")
+    full = True
+    for k, w in enumerate(weights):
+        if not 2 <= len(w) <= width:
+            raise ValueError(f"{name}: weight tuple {k} must hold 2 to {width} entries, got {len(w)}")
+        full = full and len(w) == width
+    for h in hx:
+        if h.dim() == 0 or h.size(0) != LD:
+            raise RuntimeError(
+                f"{name}: the initial states must hold num_layers * directions = {LD} layers in their "
+                f"first dimension, got shape {list(h.shape)}"
+            )
+    return weights if full else [tuple(w) + (None,) * (width - len(w)) for w in weights]
+
+
+def _is_relu(nonlinearity: str, cell: bool) -> bool:
+    if nonlinearity in ("tanh", "relu"):
+        return nonlinearity == "relu"
+    if cell:
+        raise RuntimeError(f"Unknown nonlinearity: {nonlinearity}")
+    raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+
+
 def _stack(run_layer, input: Tensor, num_layers: int, bidirectional: bool, dropout: float, train: bool):
     """Runs run_layer(layer_input, layer, direction) -> output over layers and
     directions, with dropout between layers when training."""
@@ -73,7 +106,10 @@ def lstm(
     c0 [L*D, N, H]); weights[l*D + d] = (w_ih, w_hh, b_ih, b_hh, w_ch, w_hr), any
     of the last four None. Returns (output, h_n [L*D, N, P], c_n [L*D, N, H]).
     """
+    if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+        raise TypeError(f"lstm: hx must be a pair (h0, c0), got {type(hx).__name__}")
     h0, c0 = hx
+    weights = _checked("lstm", weights, 6, (h0, c0), num_layers, bidirectional, dropout)
     training = _needs_grad(input, h0, c0, *_flat(weights))
     composite = _composite.wanted(input, h0, c0, *_flat(weights))
     D = 2 if bidirectional else 1
@@ -109,6 +145,7 @@ def gru(
     reset_after: bool = True,
 ) -> Tuple[Tensor, Tensor]:
     """Multi-layer GRU, time-major; weights[l*D + d] = (w_ih, w_hh, b_ih, b_hh)."""
+    weights = _checked("gru", weights, 4, (hx,), num_layers, bidirectional, dropout)
     training = _needs_grad(input, hx, *_flat(weights))
     composite = _composite.wanted(input, hx, *_flat(weights))
     D = 2 if bidirectional else 1
@@ -139,8 +176,9 @@ def rnn(
     nonlinearity: str = "tanh",
 ) -> Tuple[Tensor, Tensor]:
     """Multi-layer Elman RNN, time-major; weights[l*D + d] = (w_ih, w_hh, b_ih, b_hh)."""
+    relu = _is_relu(nonlinearity, cell=False)
+    weights = _checked("rnn", weights, 4, (hx,), num_layers, bidirectional, dropout)
     D = 2 if bidirectional else 1
-    relu = nonlinearity == "relu"
     forward = _composite.rnn if _composite.wanted(input, hx, *_flat(weights)) else ops.rnn_forward
     h_n: List[Tensor] = []
 
@@ -173,6 +211,7 @@ def gru_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, reset_after=True):
 
 def rnn_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh"):
     """One Elman step: input [N, C], hx [N, H] -> h'."""
+    relu = _is_relu(nonlinearity, cell=True)
     if _composite.wanted(input, hx, w_ih, w_hh, b_ih, b_hh):
-        return _composite.rnn_cell(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity == "relu")
-    return ops.rnn_cell_forward(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity == "relu")
+        return _composite.rnn_cell(input, hx, w_ih, w_hh, b_ih, b_hh, relu)
+    return ops.rnn_cell_forward(input, hx, w_ih, w_hh, b_ih, b_hh, relu)

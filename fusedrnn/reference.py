@@ -128,7 +128,11 @@ def rnn_cell(
 def _rnn_step(gx, h, w_hh, b_hh=None, nonlinearity="tanh"):
     """rnn_cell from the input's projection gx = W_ih x + b_ih."""
     p = gx + _linear(h, w_hh, b_hh)
-    return torch.tanh(p) if nonlinearity == "tanh" else torch.relu(p)
+    if nonlinearity == "tanh":
+        return torch.tanh(p)
+    if nonlinearity == "relu":
+        return torch.relu(p)
+    raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
 
 
 def layer(

@@ -316,7 +316,14 @@ BAD_CALLS = [
     ("rnn input 4-D", _rnn(x=torch.randn(T, N, C, 1)), ["rnn_forward", "3 dimensions", "[5, 2, 3, 1]"]),
     ("lstm_cell wrong input size", cells["lstm_cell"](x=torch.randn(N, C + 1)),
      ["lstm_cell_forward", "w_ih", "[16, 4]", "[16, 3]"]),
-    ("lstm_cell hx shape", cells["lstm_cell"](h=torch.zeros(N + 1, H)), ["lstm_cell_forward", "[3, 4]"]),
+    ("lstm_cell hx shape", cells["lstm_cell"](h=torch.zeros(N + 1, H)), ["lstm_cell_forward", "hx", "[3, 4]"]),
+    ("lstm_cell cx shape", cells["lstm_cell"](c=torch.zeros(N, H + 1)), ["lstm_cell_forward", "cx", "[2, 5]"]),
+    ("lstm_cell 1-D input", cells["lstm_cell"](x=torch.randn(C)), ["lstm_cell_forward", "input", "2 dimensions",
+                                                                     "[N, C]", "[3]"]),
+    ("gru_cell 3-D hx", cells["gru_cell"](h=torch.zeros(1, N, H)), ["gru_cell_forward", "hx", "2 dimensions",
+                                                                     "[1, 2, 4]"]),
+    ("lstm batch_sizes sum overflow", _lstm(x=torch.randn(5, C), bs=torch.tensor([2**62, 2**62, 5])),
+     ["batch_sizes", "overflows int64", "step 1"]),
     ("gru_cell w_ih shape", cells["gru_cell"](w_ih=torch.randn(3 * H, C + 2)), ["gru_cell_forward", "w_ih", "[12, 5]"]),
     ("rnn_cell int input", cells["rnn_cell"](x=torch.ones(N, C, dtype=torch.int32)), ["rnn_cell_forward", "Int"]),
     ("lstm_backward grad_output shape", _backward_call("lstm", grad_output=torch.ones(T, N, H + 1)),
@@ -377,3 +384,121 @@ def test_error_messages_name_values_not_placeholders():
             call()
         except RuntimeError as e:
             assert not re.search(r"%[sd]|\{\}", str(e)), str(e)
+
+
+# ---------------------------------------------- the compositions' door
+
+def _under(how, f, x):
+    if how == "grad":
+        return torch.func.grad(lambda x: f(x).sum())(x)
+    if how == "vmap":
+        return torch.func.vmap(f)(x.unsqueeze(0))
+    with torch.autograd.forward_ad.dual_level():
+        return f(torch.autograd.forward_ad.make_dual(x, torch.ones_like(x)))
+
+
+def _functional_lstm(bad):
+    """fusedrnn.functional.lstm with one argument replaced by `bad`."""
+    from fusedrnn import functional as F
+
+    a = dict(h0=torch.zeros(1, N, H), c0=torch.zeros(1, N, H), w_ih=torch.randn(4 * H, C),
+             w_hh=torch.randn(4 * H, H), b_ih=None, b_hh=None, w_ch=None, w_hr=None, batch_sizes=None)
+    a.update(bad)
+    weights = [(a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], a["w_ch"], a["w_hr"])]
+    return lambda x: F.lstm(x, (a["h0"], a["c0"]), weights, 1, batch_sizes=a["batch_sizes"])[0]
+
+
+COMPOSITE_BAD = {
+    "b_ih shape": dict(b_ih=torch.zeros(1)),
+    "b_hh 2-D": dict(b_hh=torch.zeros(1, 4 * H)),
+    "w_ch length": dict(w_ch=torch.zeros(3)),
+    "h0 batch": dict(h0=torch.zeros(1, 1, H)),
+    "w_ih dtype": dict(w_ih=torch.randn(4 * H, C, dtype=torch.float64)),
+}
+
+
+@pytest.mark.parametrize("how", ["grad", "vmap", "forward_ad"])
+@pytest.mark.parametrize("case", list(COMPOSITE_BAD))
+def test_compositions_reject_what_the_operators_reject(case, how):
+    """Under functorch transforms and forward AD the functions compute through
+    the compositions; a bad call must get the operator's own error there too,
+    not broadcast or cast its way to an answer."""
+    f = _functional_lstm(COMPOSITE_BAD[case])
+    x = torch.randn(T, N, C)
+    with pytest.raises(RuntimeError) as plain:
+        f(x)
+    with pytest.raises(RuntimeError) as composed:
+        _under(how, f, x)
+    print(str(composed.value).splitlines()[0])
+    assert str(composed.value).splitlines()[0] == str(plain.value).splitlines()[0]
+
+
+@pytest.mark.parametrize("how", ["grad", "forward_ad"])
+@pytest.mark.parametrize("sizes", [[2, 3], [3, 0]], ids=["increasing", "zero"])
+def test_compositions_reject_bad_batch_sizes(sizes, how):
+    f = _functional_lstm(dict(batch_sizes=torch.tensor(sizes), h0=torch.zeros(1, 3, H), c0=torch.zeros(1, 3, H)))
+    x = torch.randn(sum(sizes), C)
+    with pytest.raises(RuntimeError) as plain:
+        f(x)
+    with pytest.raises(RuntimeError) as composed:
+        _under(how, f, x)
+    assert "batch_sizes" in str(plain.value)
+    assert str(composed.value).splitlines()[0] == str(plain.value).splitlines()[0]
+
+
+# ------------------------------------------------ fusedrnn.functional
+
+def _functional_bad_calls():
+    from fusedrnn import functional as F
+
+    x, h = torch.randn(T, N, C), torch.zeros(1, N, H)
+    lstm_w = [(torch.randn(4 * H, C), torch.randn(4 * H, H))]
+    gru_w = [(torch.randn(3 * H, C), torch.randn(3 * H, H))]
+    rnn_w = [(torch.randn(H, C), torch.randn(H, H))]
+    return {
+        "rnn nonlinearity": (lambda: F.rnn(x, h, rnn_w, 1, nonlinearity="RELU"), ValueError,
+                             "Unknown nonlinearity 'RELU'. Select from 'tanh' or 'relu'."),
+        "rnn_cell nonlinearity": (lambda: F.rnn_cell(x[0], h[0], *rnn_w[0], nonlinearity="gelu"), RuntimeError,
+                                  "Unknown nonlinearity: gelu"),
+        "negative dropout": (lambda: F.gru(x, h, gru_w, 1, dropout=-0.5, train=True), ValueError,
+                             "dropout probability has to be between 0 and 1, but got -0.5"),
+        "too few weight tuples": (lambda: F.lstm(x, (h, h), lstm_w, 2), ValueError,
+                                  "lstm: expected num_layers * directions = 2 weight tuples, got 1"),
+        "bidirectional, one tuple": (lambda: F.gru(x, torch.zeros(2, N, H), gru_w, 1, bidirectional=True),
+                                     ValueError, "gru: expected num_layers * directions = 2 weight tuples, got 1"),
+        "zero layers": (lambda: F.rnn(x, h, [], 0), ValueError, "rnn: num_layers must be at least 1, got 0"),
+        "too many weights": (lambda: F.gru(x, h, [gru_w[0] + (None,) * 4], 1), ValueError,
+                             "gru: weight tuple 0 must hold 2 to 4 entries, got 6"),
+        "hx layers": (lambda: F.lstm(x, (h, h), lstm_w * 2, 2), RuntimeError,
+                      "lstm: the initial states must hold num_layers * directions = 2 layers in their first "
+                      "dimension, got shape [1, 2, 4]"),
+        "lstm hx not a pair": (lambda: F.lstm(x, h, lstm_w, 1), TypeError, "lstm: hx must be a pair (h0, c0), got Tensor"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_functional_bad_calls()))
+def test_functional_rejects_bad_stacks(case):
+    call, exc, words = _functional_bad_calls()[case]
+    with pytest.raises(exc) as info:
+        call()
+    assert str(info.value) == words
+
+
+def test_functional_weight_tuples_may_omit_trailing_entries():
+    """(w_ih, w_hh) alone means no biases (and for LSTM no peepholes or
+    projection), as the full tuple with None there does."""
+    from fusedrnn import functional as F
+
+    torch.manual_seed(0)
+    x, h = torch.randn(T, N, C), torch.zeros(1, N, H)
+    w = (torch.randn(4 * H, C), torch.randn(4 * H, H))
+    short = F.lstm(x, (h, h), [w], 1)
+    full = F.lstm(x, (h, h), [w + (None,) * 4], 1)
+    for a, b in zip(short, full):
+        assert torch.equal(a, b)
+
+
+def test_reference_rejects_an_unknown_nonlinearity():
+    with pytest.raises(ValueError, match="Unknown nonlinearity 'gelu'"):
+        fusedrnn.reference.rnn_cell(torch.randn(N, C), torch.zeros(N, H), torch.randn(H, C), torch.randn(H, H),
+                                    nonlinearity="gelu")

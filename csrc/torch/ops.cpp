@@ -42,8 +42,21 @@ GradInputs grads(const Tensor& grad_output, const OptTensor& grad_h_n, const Opt
                     need_input_grad, need_weight_grads};
 }
 
-// A cell step is a sequence of one step: [N, C] is seen as [1, N, C].
+// A cell step is a sequence of one step: [N, C] is seen as [1, N, C], once
+// input and the states are checked to be 2-D, so that the messages speak of the
+// cell operator's own arguments.
+Tensor step_view(const Tensor& x, const Tensor& hx, const char* op) {
+  TORCH_CHECK(x.dim() == 2, op, ": input must have 2 dimensions [N, C], got ", x.dim(),
+              " (shape ", x.sizes(), ")");
+  TORCH_CHECK(hx.dim() == 2, op, ": hx must have 2 dimensions [N, H], got ", hx.dim(),
+              " (shape ", hx.sizes(), ")");
+  return x.unsqueeze(0);
+}
 Tensor step_view(const Tensor& x) { return x.unsqueeze(0); }
+LayerInputs as_step(LayerInputs in) {
+  in.step = true;
+  return in;
+}
 
 // ------------------------------------------------------------------- LSTM
 
@@ -80,10 +93,11 @@ std::tuple<Tensor, Tensor, Tensor> lstm_cell_forward(const Tensor& input, const 
                                                      const OptTensor& b_hh,
                                                      const OptTensor& w_ch, bool coupled,
                                                      bool training) {
-  const auto r = layer_forward(inputs(lstm_config(w_ch, std::nullopt, coupled), step_view(input),
-                                      std::nullopt, hx, cx, w_ih, w_hh, b_ih, b_hh, w_ch,
-                                      std::nullopt, false),
-                               training, "fusedrnn::lstm_cell_forward", true);
+  const char* op = "fusedrnn::lstm_cell_forward";
+  const auto r = layer_forward(
+      as_step(inputs(lstm_config(w_ch, std::nullopt, coupled), step_view(input, hx, op),
+                     std::nullopt, hx, cx, w_ih, w_hh, b_ih, b_hh, w_ch, std::nullopt, false)),
+      training, op, true);
   return {r.h_n, r.c_n, r.saved.gates};
 }
 
@@ -93,8 +107,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_
     const OptTensor& b_hh, const OptTensor& w_ch, const Tensor& h, const Tensor& c,
     const Tensor& gates, bool coupled, bool need_input_grad, bool need_weight_grads) {
   const auto r = layer_backward(
-      inputs(lstm_config(w_ch, std::nullopt, coupled), step_view(input), std::nullopt, hx, cx,
-             w_ih, w_hh, b_ih, b_hh, w_ch, std::nullopt, false),
+      as_step(inputs(lstm_config(w_ch, std::nullopt, coupled), step_view(input), std::nullopt,
+                     hx, cx, w_ih, w_hh, b_ih, b_hh, w_ch, std::nullopt, false)),
       grads(step_view(grad_h), std::nullopt, grad_c, step_view(h), gates,
             c.to(compute_dtype(c.scalar_type())), at::empty({0}, input.options()),
             need_input_grad, need_weight_grads),
@@ -135,10 +149,11 @@ std::tuple<Tensor, Tensor, Tensor> gru_cell_forward(const Tensor& input, const T
                                                     const Tensor& w_ih, const Tensor& w_hh,
                                                     const OptTensor& b_ih, const OptTensor& b_hh,
                                                     bool reset_after, bool training) {
-  const auto r = layer_forward(inputs(gru_config(reset_after), step_view(input), std::nullopt,
-                                      hx, std::nullopt, w_ih, w_hh, b_ih, b_hh, std::nullopt,
-                                      std::nullopt, false),
-                               training, "fusedrnn::gru_cell_forward", true);
+  const char* op = "fusedrnn::gru_cell_forward";
+  const auto r = layer_forward(
+      as_step(inputs(gru_config(reset_after), step_view(input, hx, op), std::nullopt, hx,
+                     std::nullopt, w_ih, w_hh, b_ih, b_hh, std::nullopt, std::nullopt, false)),
+      training, op, true);
   return {r.h_n, r.saved.gates, r.saved.states};
 }
 
@@ -148,8 +163,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_cell_backward(
     const Tensor& gates, const Tensor& states, bool reset_after, bool need_input_grad,
     bool need_weight_grads) {
   const auto r = layer_backward(
-      inputs(gru_config(reset_after), step_view(input), std::nullopt, hx, std::nullopt, w_ih,
-             w_hh, b_ih, b_hh, std::nullopt, std::nullopt, false),
+      as_step(inputs(gru_config(reset_after), step_view(input), std::nullopt, hx, std::nullopt,
+                     w_ih, w_hh, b_ih, b_hh, std::nullopt, std::nullopt, false)),
       grads(step_view(grad_h), std::nullopt, std::nullopt, step_view(h), gates, states,
             at::empty({0}, input.options()), need_input_grad, need_weight_grads),
       "fusedrnn::gru_cell_backward");
@@ -188,10 +203,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward(
 Tensor rnn_cell_forward(const Tensor& input, const Tensor& hx, const Tensor& w_ih,
                         const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
                         bool relu) {
-  return layer_forward(inputs(rnn_config(relu), step_view(input), std::nullopt, hx,
-                              std::nullopt, w_ih, w_hh, b_ih, b_hh, std::nullopt, std::nullopt,
-                              false),
-                       false, "fusedrnn::rnn_cell_forward", true)
+  const char* op = "fusedrnn::rnn_cell_forward";
+  return layer_forward(
+             as_step(inputs(rnn_config(relu), step_view(input, hx, op), std::nullopt, hx,
+                            std::nullopt, w_ih, w_hh, b_ih, b_hh, std::nullopt, std::nullopt,
+                            false)),
+             false, op, true)
       .h_n;
 }
 
@@ -201,13 +218,39 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_cell_backward(
     bool need_input_grad, bool need_weight_grads) {
   const Tensor none = at::empty({0}, input.options());
   const auto r = layer_backward(
-      inputs(rnn_config(relu), step_view(input), std::nullopt, hx, std::nullopt, w_ih, w_hh,
-             b_ih, b_hh, std::nullopt, std::nullopt, false),
+      as_step(inputs(rnn_config(relu), step_view(input), std::nullopt, hx, std::nullopt, w_ih,
+                     w_hh, b_ih, b_hh, std::nullopt, std::nullopt, false)),
       grads(step_view(grad_h), std::nullopt, std::nullopt, step_view(h), none, none, none,
             need_input_grad, need_weight_grads),
       "fusedrnn::rnn_cell_backward");
   return {r.grad_input.numel() > 0 ? r.grad_input.squeeze(0) : r.grad_input,
           r.grad_h0, r.grad_w_ih, r.grad_w_hh, r.grad_b_ih, r.grad_b_hh};
+}
+
+// The checks of the forward operator `op` alone, for the compositions that
+// compute in its place (fusedrnn/_composite.py): a bad call gets the operator's
+// words whichever path runs. `flag`: coupled (LSTM), reset_after (GRU) or relu.
+void check_forward(c10::string_view op, const Tensor& input, const OptTensor& batch_sizes,
+                   const Tensor& h0, const OptTensor& c0, const Tensor& w_ih, const Tensor& w_hh,
+                   const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_ch,
+                   const OptTensor& w_hr, bool flag) {
+  const std::string name = "fusedrnn::" + std::string(op);
+  const bool step =
+      op == "lstm_cell_forward" || op == "gru_cell_forward" || op == "rnn_cell_forward";
+  cpu::CellConfig cell;
+  if (op == "lstm_forward" || op == "lstm_cell_forward") {
+    cell = lstm_config(w_ch, w_hr, flag);
+  } else if (op == "gru_forward" || op == "gru_cell_forward") {
+    cell = gru_config(flag);
+  } else {
+    TORCH_CHECK(op == "rnn_forward" || op == "rnn_cell_forward",
+                "fusedrnn::check_forward: no forward operator ", op);
+    cell = rnn_config(flag);
+  }
+  LayerInputs in = inputs(cell, step ? step_view(input, h0, name.c_str()) : input, batch_sizes,
+                          h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, false);
+  in.step = step;
+  check_layer(in, name.c_str());
 }
 
 // Autocast: the forward operators run in the autocast dtype on CPU and CUDA (the
@@ -302,6 +345,10 @@ TORCH_LIBRARY(fusedrnn, m) {
       "Tensor? b_ih, Tensor? b_hh, Tensor h, bool relu, bool need_input_grad, bool "
       "need_weight_grads) -> (Tensor grad_input, Tensor grad_hx, Tensor grad_w_ih, Tensor "
       "grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh)");
+  m.def(
+      "check_forward(str op, Tensor input, Tensor? batch_sizes, Tensor h0, Tensor? c0, "
+      "Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_ch, Tensor? w_hr, "
+      "bool flag) -> ()");
   // The backward of a forward operator with create_graph=True (autograd.cpp):
   // the gradients of the arguments in the bit mask `need`, differentiable
   // themselves. Implemented in Python (fusedrnn/_composite.py) as a
@@ -328,6 +375,12 @@ TORCH_LIBRARY(fusedrnn, m) {
   m.impl("rnn_backward", &rnn_backward);             \
   m.impl("rnn_cell_forward", &rnn_cell_forward);     \
   m.impl("rnn_cell_backward", &rnn_cell_backward);
+
+// It reads only sizes, dtypes and devices (and batch_sizes, a CPU tensor), so it
+// runs on any tensors, those of the functorch transforms included.
+TORCH_LIBRARY_IMPL(fusedrnn, CompositeImplicitAutograd, m) {
+  m.impl("check_forward", &check_forward);
+}
 
 TORCH_LIBRARY_IMPL(fusedrnn, CPU, m) { FUSEDRNN_REGISTER_KERNELS(m) }
 TORCH_LIBRARY_IMPL(fusedrnn, CUDA, m) { FUSEDRNN_REGISTER_KERNELS(m) }

@@ -115,7 +115,8 @@ LayerGeometry check_layer(const LayerInputs& in, const char* op) {
       FRNN_CHECK(t == 0 || b[t] <= b[t - 1],
                  "batch_sizes must be non-increasing (sorted sequences), got ", b[t - 1],
                  " then ", b[t], " at step ", t);
-      sum += b[t];
+      FRNN_CHECK(!__builtin_add_overflow(sum, b[t], &sum),
+                 "batch_sizes sum overflows int64 at step ", t);
     }
     FRNN_CHECK(sum == x.size(0), "batch_sizes sum to ", sum, " but input has ", x.size(0),
                " rows");
@@ -129,12 +130,14 @@ LayerGeometry check_layer(const LayerInputs& in, const char* op) {
     g.R = checked_mul(g.T, g.N, op);
   }
 
-  check_same(in.h0, "h0", x, op);
-  check_shape(in.h0, "h0", {g.N, g.P}, op);
+  const char* h0_name = in.step ? "hx" : "h0";
+  const char* c0_name = in.step ? "cx" : "c0";
+  check_same(in.h0, h0_name, x, op);
+  check_shape(in.h0, h0_name, {g.N, g.P}, op);
   if (lstm) {
-    FRNN_CHECK(in.c0.has_value(), "c0 is required for LSTM");
-    check_same(*in.c0, "c0", x, op);
-    check_shape(*in.c0, "c0", {g.N, g.H}, op);
+    FRNN_CHECK(in.c0.has_value(), c0_name, " is required for LSTM");
+    check_same(*in.c0, c0_name, x, op);
+    check_shape(*in.c0, c0_name, {g.N, g.H}, op);
   }
   // Every [R, .] array the kernels index: the widest is 4H (GRU's dG).
   checked_mul(g.R, std::max({g.C, g.P, 4 * g.H}), op);

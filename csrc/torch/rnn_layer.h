@@ -25,6 +25,7 @@ struct LayerInputs {
   Tensor w_ih, w_hh;
   OptTensor b_ih, b_hh, w_ch, w_hr;
   bool reverse = false;
+  bool step = false;  // a cell operator's step: messages call the states hx and cx
 };
 
 // Sizes derived once from the inputs.
