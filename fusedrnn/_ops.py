@@ -7,6 +7,9 @@ torch.compile, torch.export and torch.library.opcheck.
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 import torch
 
 from ._version import __version__
@@ -69,12 +72,39 @@ def _or_empty(t, like):
     return t if t is not None else _empty(like)
 
 
+def _fake(name: str):
+    """Registers fn as the fake kernel of fusedrnn::<name>, after the device
+    check the real kernels make (the words of csrc/torch/rnn_layer.cpp): a call
+    mixing meta tensors with others dispatches here, and would otherwise return
+    uninitialised tensors on the input's device as its result."""
+
+    def wrap(fn):
+        names = list(inspect.signature(fn).parameters)
+
+        @functools.wraps(fn)
+        def checked(*args, **kwargs):
+            bound = {**dict(zip(names, args)), **kwargs}
+            input = bound["input"]
+            for n, t in bound.items():
+                if isinstance(t, torch.Tensor) and t.device != input.device and n != "batch_sizes":
+                    raise RuntimeError(f"fusedrnn::{name}: {n} is on {t.device} but input is on {input.device}")
+            bs = bound.get("batch_sizes")
+            if bs is not None and bs.device.type != "cpu":
+                raise RuntimeError(f"fusedrnn::{name}: batch_sizes must be on the CPU, got {bs.device}")
+            return fn(*args, **kwargs)
+
+        torch.library.register_fake(f"fusedrnn::{name}")(checked)
+        return fn
+
+    return wrap
+
+
 @torch.library.register_fake("fusedrnn::packed_batch_size")
 def _(batch_sizes):
     return torch.library.get_ctx().new_dynamic_size()
 
 
-@torch.library.register_fake("fusedrnn::lstm_forward")
+@_fake("lstm_forward")
 def _(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, coupled, reverse, training):
     G = 3 if coupled else 4
     R, N, H, P, out_shape = _seq_shapes(input, batch_sizes, h0, w_hh, G)
@@ -89,7 +119,7 @@ def _(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, coupled, r
     )
 
 
-@torch.library.register_fake("fusedrnn::lstm_backward")
+@_fake("lstm_backward")
 def _(grad_output, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr,
       output, gates, states, proj_in, coupled, reverse, need_input_grad, need_weight_grads):
     w = need_weight_grads
@@ -103,7 +133,7 @@ def _(grad_output, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w_ih, w_hh, b
     )
 
 
-@torch.library.register_fake("fusedrnn::lstm_cell_forward")
+@_fake("lstm_cell_forward")
 def _(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_ch, coupled, training):
     G = 3 if coupled else 4
     N, H = hx.shape
@@ -114,7 +144,7 @@ def _(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_ch, coupled, training):
     )
 
 
-@torch.library.register_fake("fusedrnn::lstm_cell_backward")
+@_fake("lstm_cell_backward")
 def _(grad_h, grad_c, input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_ch, h, c, gates, coupled,
       need_input_grad, need_weight_grads):
     w = need_weight_grads
@@ -135,7 +165,7 @@ def _gru_saved(input, R, H, reset_after, training):
     return gates, states
 
 
-@torch.library.register_fake("fusedrnn::gru_forward")
+@_fake("gru_forward")
 def _(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reset_after, reverse, training):
     R, N, H, P, out_shape = _seq_shapes(input, batch_sizes, h0, w_hh, 3)
     return (input.new_empty(out_shape), input.new_empty((N, H)), *_gru_saved(input, R, H, reset_after, training))
@@ -152,42 +182,42 @@ def _simple_backward_fake(input, h0, w_ih, w_hh, b_ih, b_hh, need_input_grad, ne
     )
 
 
-@torch.library.register_fake("fusedrnn::gru_backward")
+@_fake("gru_backward")
 def _(grad_output, grad_h_n, input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, output, gates, states,
       reset_after, reverse, need_input_grad, need_weight_grads):
     return _simple_backward_fake(input, h0, w_ih, w_hh, b_ih, b_hh, need_input_grad, need_weight_grads)
 
 
-@torch.library.register_fake("fusedrnn::gru_cell_forward")
+@_fake("gru_cell_forward")
 def _(input, hx, w_ih, w_hh, b_ih, b_hh, reset_after, training):
     N, H = hx.shape
     return (input.new_empty((N, H)), *_gru_saved(input, N, H, reset_after, training))
 
 
-@torch.library.register_fake("fusedrnn::gru_cell_backward")
+@_fake("gru_cell_backward")
 def _(grad_h, input, hx, w_ih, w_hh, b_ih, b_hh, h, gates, states, reset_after, need_input_grad,
       need_weight_grads):
     return _simple_backward_fake(input, hx, w_ih, w_hh, b_ih, b_hh, need_input_grad, need_weight_grads)
 
 
-@torch.library.register_fake("fusedrnn::rnn_forward")
+@_fake("rnn_forward")
 def _(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse):
     R, N, H, P, out_shape = _seq_shapes(input, batch_sizes, h0, w_hh, 1)
     return input.new_empty(out_shape), input.new_empty((N, H))
 
 
-@torch.library.register_fake("fusedrnn::rnn_backward")
+@_fake("rnn_backward")
 def _(grad_output, grad_h_n, input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, output, relu, reverse,
       need_input_grad, need_weight_grads):
     return _simple_backward_fake(input, h0, w_ih, w_hh, b_ih, b_hh, need_input_grad, need_weight_grads)
 
 
-@torch.library.register_fake("fusedrnn::rnn_cell_forward")
+@_fake("rnn_cell_forward")
 def _(input, hx, w_ih, w_hh, b_ih, b_hh, relu):
     return input.new_empty(hx.shape)
 
 
-@torch.library.register_fake("fusedrnn::rnn_cell_backward")
+@_fake("rnn_cell_backward")
 def _(grad_h, input, hx, w_ih, w_hh, b_ih, b_hh, h, relu, need_input_grad, need_weight_grads):
     return _simple_backward_fake(input, hx, w_ih, w_hh, b_ih, b_hh, need_input_grad, need_weight_grads)
 

@@ -243,6 +243,21 @@ class _RNNBase(nn.Module):
         if hx.size() != expected:
             raise RuntimeError(msg.format(expected, list(hx.size())))
 
+    def _check_devices(self, input: Tensor, hx) -> None:
+        """The device checks of ATen's RNN functions, same words."""
+        w = self.weight_ih_l0
+        if input.device != w.device:
+            raise RuntimeError(
+                "Input and parameter tensors are not at the same device, found input tensor at "
+                f"{input.device} and parameter tensor at {w.device}"
+            )
+        for h in hx if isinstance(hx, tuple) else (hx,):
+            if h.device != input.device:
+                raise RuntimeError(
+                    "Input and hidden tensors are not at the same device, found input tensor at "
+                    f"{input.device} and hidden tensor at {h.device}"
+                )
+
     def check_forward_args(self, input: Tensor, hidden: Tensor, batch_sizes: Optional[Tensor]) -> None:
         self.check_input(input, batch_sizes)
         self.check_hidden_size(hidden, self.get_expected_hidden_size(input, batch_sizes))
@@ -332,6 +347,7 @@ class _RNNBase(nn.Module):
         if lstm:
             _check_two_states(hx, "lstm")
         self.check_forward_args(input, hx, batch_sizes)
+        self._check_devices(input, hx)
         if batch_sizes is None and input.size(0 if not self.batch_first else 1) == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
 

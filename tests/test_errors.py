@@ -190,6 +190,23 @@ def test_cell_integer_input_matches_torch_nn(name):
     assert_same_error(lambda: ref(x), lambda: fused(x))
 
 
+@pytest.mark.parametrize("case", ["parameters", "LSTM hx", "GRU hx"])
+def test_device_mismatch_matches_torch_nn(case):
+    """Meta tensors stand in for another device here: nn raises ATen's device
+    check; fused must too, not run the meta (shape-only) kernels and return
+    uninitialised memory."""
+    x = torch.randn(4, 1, 2)
+    if case == "parameters":
+        ref, fused = nn.LSTM(2, 3, device="meta"), fusedrnn.LSTM(2, 3, device="meta")
+        assert_same_error(lambda: ref(x), lambda: fused(x))
+        return
+    mode = case.split()[0]
+    ref, fused = _pair(mode, 2, 3)
+    h = torch.zeros(1, 1, 3, device="meta")
+    hx = (h, h) if mode == "LSTM" else h
+    assert_same_error(lambda: ref(x, hx), lambda: fused(x, hx))
+
+
 def test_rnn_cell_bad_nonlinearity_matches_torch_nn():
     ref, fused = _pair("RNNCell", 4, 8)
     ref.nonlinearity = fused.nonlinearity = "gelu"
@@ -339,6 +356,12 @@ BAD_CALLS = [
     ("rnn_backward grad_h_n shape", _backward_call("rnn", grad_h_n=torch.zeros(N + 1, H)),
      ["rnn_backward", "grad_h_n", "[3, 4]"]),
     ("packed_batch_size float", lambda: ops.packed_batch_size(torch.tensor([2.0])), ["batch_sizes"]),
+    ("lstm weight on meta", _lstm(w_hh=torch.randn(4 * H, H, device="meta")), ["w_hh", "meta", "cpu"]),
+    ("rnn batch_sizes on meta", _rnn(x=torch.randn(5, C), bs=torch.tensor([3, 2], device="meta"),
+                                     h0=torch.zeros(3, H)), ["batch_sizes", "CPU", "meta"]),
+    ("gru_cell hx on meta", cells["gru_cell"](h=torch.zeros(N, H, device="meta")), ["gru_cell_forward", "hx", "meta"]),
+    ("lstm_backward input on meta", _backward_call("lstm", input=torch.randn(T, N, C, device="meta")),
+     ["lstm_backward", "meta"]),
 ]
 
 
