@@ -20,6 +20,7 @@ All raise ``AssertionError`` naming the tensor and the error.
 from __future__ import annotations
 
 import copy
+import math
 import re
 from typing import Dict, List, Optional, Tuple
 
@@ -186,10 +187,17 @@ def _nudge(t: Tensor, eps: float, gen: torch.Generator) -> Tensor:
     return (t.detach().double() * (1 + sign * eps)).to(t.dtype)
 
 
+def _abs_diff(a64: Tensor, r64: Tensor) -> Tensor:
+    """|a - r| elementwise, 0 where both are the same infinity or both NaN, and
+    inf where only one of them is NaN or infinite."""
+    same = (a64 == r64) | (a64.isnan() & r64.isnan())
+    return torch.where(same, 0.0, (a64 - r64).abs()).nan_to_num(nan=math.inf)
+
+
 def _max_error(a: Optional[Tensor], r64: Tensor) -> float:
     if a is None or r64.numel() == 0:
         return 0.0
-    return (a.double().to(r64.device) - r64).abs().max().item()
+    return _abs_diff(a.double().to(r64.device), r64).max().item()
 
 
 def assert_matches_reference(module: nn.Module, input, hx=None, rtol: Optional[float] = None,
@@ -245,11 +253,12 @@ def assert_matches_reference(module: nn.Module, input, hx=None, rtol: Optional[f
             if a is None or r is None:
                 raise AssertionError(f"{name}: {'missing' if a is None else 'unexpected'} gradient")
             a64, r64 = a.double(), r.double().to(a.device)
-            diff = (a64 - r64).abs()
+            diff = _abs_diff(a64, r64)
             err = diff.max().item() if diff.numel() else 0.0
             if use_ratio:
                 eps = torch.finfo(a.dtype).eps
-                scale = max(1.0, r64.abs().max().item() if r64.numel() else 0.0)
+                finite = r64[r64.isfinite()].abs()
+                scale = max(1.0, finite.max().item() if finite.numel() else 0.0)
                 base = max(_max_error(ref_same[name], r64), _max_error(ref_moved[name], r64)) * base_scale
                 bound = _RATIO * base + _FLOOR_ULPS * eps * scale
                 if not err <= bound:
@@ -259,7 +268,7 @@ def assert_matches_reference(module: nn.Module, input, hx=None, rtol: Optional[f
                         f"mean error {diff.mean().item():.3e}"
                     )
             else:
-                tol = (atol or 0.0) + (rtol or 0.0) * r64.abs()
+                tol = (atol or 0.0) + (rtol or 0.0) * r64.abs().nan_to_num(nan=0.0, posinf=0.0)
                 bad = diff > tol
                 if bad.any():
                     raise AssertionError(

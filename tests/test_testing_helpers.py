@@ -50,6 +50,10 @@ def _wrong(base, defect):
                 out = out + 1e-3 * out.detach().sign()
             if defect == "sequences mixed":
                 out = out + 1e-2 * out.roll(1, dims=1)
+            if defect == "one output NaN":
+                nan = torch.zeros_like(out)
+                nan.view(-1)[0] = float("nan")
+                out = out + nan.detach()
             return out, h
 
     return Wrong
@@ -135,3 +139,24 @@ def test_explicit_tolerances_are_applied():
     assert_matches_reference(m, x, rtol=0.0, atol=2e-3)
     with pytest.raises(AssertionError):
         assert_matches_reference(m, x, rtol=0.0, atol=5e-4)
+
+
+@pytest.mark.parametrize("tolerances", [{}, dict(rtol=1e-3, atol=1e-5), dict(atol=1e-4)],
+                         ids=["error ratio", "rtol and atol", "atol"])
+def test_a_nan_where_the_reference_has_none_fails(tolerances):
+    """A NaN compares as a failure, not as an error that no bound exceeds."""
+    torch.manual_seed(0)
+    x = torch.randn(6, 3, 5)
+    m = _wrong(fusedrnn.LSTM, "one output NaN")(5, 7)
+    with pytest.raises(AssertionError, match="output: max error inf"):
+        assert_matches_reference(m, x, check_grads=False, **tolerances)
+
+
+@pytest.mark.parametrize("tolerances", [{}, dict(rtol=1e-3, atol=1e-5)], ids=["error ratio", "rtol and atol"])
+def test_nan_where_the_reference_has_it_too_passes(tolerances):
+    """A NaN in the input gives NaN in the same places in the module and in the
+    reference: a match, as torch.testing's equal_nan has it."""
+    torch.manual_seed(0)
+    x = torch.randn(6, 3, 5)
+    x[2, 1, 0] = float("nan")
+    assert_matches_reference(fusedrnn.GRU(5, 7), x, **tolerances)
