@@ -11,6 +11,7 @@ GRUCell). Parameters are read at every forward and nothing is cached, so
 
 from __future__ import annotations
 
+import copy
 import math
 import numbers
 import warnings
@@ -384,9 +385,7 @@ class _RNNBase(nn.Module):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             new = cls(module.input_size, module.hidden_size, **kwargs)
-        for name in new._flat_weights_names:
-            setattr(new, name, getattr(module, name))
-        new.train(module.training)
+        _take_over(new, module)
         return new
 
     def to_torch(self) -> nn.Module:
@@ -586,13 +585,7 @@ class _CellBase(nn.Module):
             raise TypeError(f"{cls.__name__}.from_torch expects torch.nn.{cls._torch_class.__name__}, got {type(module).__name__}")
         kwargs = {"nonlinearity": module.nonlinearity} if cls is RNNCell else {}
         new = cls(module.input_size, module.hidden_size, module.bias, device="meta", **kwargs)
-        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-            p = getattr(module, name)
-            if p is None:
-                new.register_parameter(name, None)
-            else:
-                setattr(new, name, p)
-        new.train(module.training)
+        _take_over(new, module)
         return new
 
     def to_torch(self) -> nn.Module:
@@ -711,6 +704,32 @@ def _single_state_cell(cell, name, input, hx, step):
 _TWINS = {nn.LSTM: LSTM, nn.GRU: GRU, nn.RNN: RNN, nn.LSTMCell: LSTMCell, nn.GRUCell: GRUCell, nn.RNNCell: RNNCell}
 
 
+# What a torch.nn module holds besides its configuration: the twin takes copies.
+_MODULE_STATE = (
+    "_parameters", "_buffers", "_non_persistent_buffers_set", "_backward_pre_hooks", "_backward_hooks",
+    "_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs", "_state_dict_hooks", "_state_dict_pre_hooks", "_load_state_dict_pre_hooks",
+    "_load_state_dict_post_hooks",
+)
+
+
+def _take_over(new: nn.Module, module: nn.Module) -> None:
+    """Gives the twin `new` the torch.nn module's parameters (the same objects),
+    buffers, hooks and training mode, and the attributes it lacks: a parameter
+    that pruning, the hook-based weight_norm and spectral_norm or a weight-drop
+    wrapper replaced by a tensor which a forward pre-hook recomputes keeps
+    working, and so do hooks and attributes the user added."""
+    for key in _MODULE_STATE:
+        if key in module.__dict__:
+            new.__dict__[key] = copy.copy(module.__dict__[key])
+    for key, value in module.__dict__.items():
+        # torch.nn's RNNBase keeps its weight list in _flat_weights*; the twin
+        # reads the weights by name.
+        if key not in new.__dict__ and not key.startswith("_flat_weight"):
+            new.__dict__[key] = value
+    new.train(module.training)
+
+
 def convert(model: nn.Module) -> nn.Module:
     """Replaces, recursively and in place, every torch.nn LSTM, GRU, RNN,
     LSTMCell, GRUCell and RNNCell in ``model`` with its fusedrnn twin and
@@ -718,7 +737,8 @@ def convert(model: nn.Module) -> nn.Module:
 
     The twins share the original Parameter objects, so weights, device,
     dtype, requires_grad and an optimizer built before the conversion all keep
-    working; training mode is kept. A model that is itself one of those
+    working; training mode, buffers, hooks (pruning, the hook-based weight_norm
+    and spectral_norm) and other attributes are taken over. A model that is itself one of those
     modules is returned as its twin.
     """
     twin = _TWINS.get(type(model))

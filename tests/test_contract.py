@@ -6,9 +6,11 @@ parameters. The oracle is torch.nn."""
 import copy
 import io
 import math
+import warnings
 
 import pytest
 import torch
+import torch.nn.utils.prune
 from torch import nn
 
 import fusedrnn
@@ -142,6 +144,65 @@ def test_convert_swaps_nested_modules_and_keeps_the_optimizer_working():
     for (n, a), (_, b) in zip(model.named_parameters(), ref.named_parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=n)
     assert fusedrnn.convert(nn.GRUCell(3, 4)).__class__ is fusedrnn.GRUCell
+
+
+def _prune(m, name):
+    torch.nn.utils.prune.l1_unstructured(m, name, amount=0.5)
+
+
+def _weight_norm(m, name):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the hook-based form is deprecated
+        torch.nn.utils.weight_norm(m, name)
+
+
+def _spectral_norm(m, name):
+    torch.nn.utils.spectral_norm(m, name)
+
+
+WRAPPED = [
+    ("LSTM", "weight_hh_l0", _prune),
+    ("GRU", "weight_ih_l0", _weight_norm),
+    ("RNN", "weight_hh_l0", _spectral_norm),
+    ("LSTMCell", "weight_hh", _spectral_norm),
+    ("GRUCell", "bias_hh", _prune),
+    ("RNNCell", "weight_ih", _weight_norm),
+]
+
+
+@pytest.mark.parametrize("name,weight,wrap", WRAPPED, ids=[f"{n}-{w.__name__[1:]}" for n, _, w in WRAPPED])
+def test_convert_keeps_hook_based_reparametrisations(name, weight, wrap):
+    """Pruning and the hook-based weight_norm and spectral_norm replace a
+    parameter by a tensor that a forward pre-hook recomputes from other
+    parameters and buffers: the converted module keeps all of them and computes
+    what torch.nn computes, gradients of the underlying parameters included;
+    a forward hook of the user's is kept too."""
+    calls = []
+
+    def make():
+        torch.manual_seed(0)
+        m = getattr(nn, name)(3, 4).double()
+        wrap(m, weight)
+        m.eval()  # spectral_norm: no power iteration, so the two runs see the same weight
+        m.register_forward_hook(lambda mod, inp, out: calls.append(type(mod).__module__))
+        return m
+
+    ref = make()
+    model = fusedrnn.convert(nn.Sequential(make()))
+    assert type(model[0]) is getattr(fusedrnn, name)
+    x = torch.randn(5, 2, 3, dtype=torch.float64) if "Cell" not in name else torch.randn(2, 3, dtype=torch.float64)
+    outs = []
+    for m in (ref, model[0]):
+        y = m(x)
+        y = y[0] if isinstance(y, tuple) else y
+        y.square().sum().backward()
+        outs.append((y, {n: p.grad for n, p in m.named_parameters()}))
+    (want, want_grads), (got, got_grads) = outs
+    torch.testing.assert_close(got, want)
+    assert got_grads.keys() == want_grads.keys() and any(n.startswith(weight + "_") for n in got_grads)
+    for n in want_grads:
+        torch.testing.assert_close(got_grads[n], want_grads[n], msg=n)
+    assert calls == ["torch.nn.modules.rnn", "fusedrnn.modules"]
 
 
 @pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"])
