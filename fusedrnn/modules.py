@@ -577,6 +577,12 @@ class _CellBase(nn.Module):
                 raise RuntimeError(
                     f"hidden{i} has inconsistent hidden_size: got {h.size(1)}, expected {self.hidden_size}"
                 )
+        if hx[0].dtype != self.weight_hh.dtype and not torch.is_autocast_enabled(input.device.type):
+            # ATen's cells meet it in the product hx W_hh^T.
+            raise RuntimeError(
+                f"mat1 and mat2 must have the same dtype, but got {_dtype_name(hx[0].dtype)} "
+                f"and {_dtype_name(self.weight_hh.dtype)}"
+            )
 
     @classmethod
     def from_torch(cls, module: nn.Module):

@@ -114,6 +114,16 @@ def test_hx_dtype_mismatch_is_a_clear_error(name):
         fused(x, hx)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.int64], ids=["f64", "f16", "i64"])
+@pytest.mark.parametrize("name", ["LSTMCell", "GRUCell", "RNNCell"])
+def test_cell_hx_dtype_mismatch_matches_torch_nn(name, dtype):
+    ref, fused = _pair(name, 4, 8)
+    x = torch.randn(3, 4)
+    h = torch.zeros(3, 8, dtype=dtype)
+    hx = (h, torch.zeros(3, 8)) if name == "LSTMCell" else h
+    assert_same_error(lambda: ref(x, hx), lambda: fused(x, hx))
+
+
 def test_lstm_projection_hx_errors_match_torch_nn():
     ref, fused = _pair("LSTM", 4, 8, proj_size=3)
     x = torch.randn(5, 2, 4)
