@@ -69,7 +69,13 @@ def _split_input(input):
 def _hx_list(hx, module) -> List[Tensor]:
     if hx is None:
         return []
-    return list(hx) if _lstm_like(module) else [hx]
+    if _lstm_like(module):
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+            raise TypeError(f"hx of {type(module).__name__} must be a pair (h, c), got {type(hx).__name__}")
+        return list(hx)
+    if not isinstance(hx, Tensor):
+        raise TypeError(f"hx of {type(module).__name__} must be a Tensor, got {type(hx).__name__}")
+    return [hx]
 
 
 def _hx_rebuild(hx_list, module):
@@ -113,27 +119,22 @@ def gradgradcheck(module: nn.Module, input, hx=None, **kwargs) -> bool:
 
 
 def _check(checker, module: nn.Module, input, hx, kwargs) -> bool:
-    m = copy.deepcopy(module).double().eval()
     x, rebuild = _split_input(input)
-    x = x.detach().double().requires_grad_(x.is_floating_point())
+    if not x.is_floating_point():
+        raise TypeError(f"input must be a floating-point tensor, got {x.dtype}")
+    m = copy.deepcopy(module).double().eval()
+    x = x.detach().double().requires_grad_()
     hx_list = [h.detach().double().requires_grad_() for h in _hx_list(hx, module)]
     params = _param_items(m)
-    names = (["input"] if x.requires_grad else []) + [f"hx[{i}]" for i in range(len(hx_list))]
-    names += [n for n, _ in params]
+    names = ["input"] + [f"hx[{i}]" for i in range(len(hx_list))] + [n for n, _ in params]
 
-    def fn(*args):
-        i = 0
-        xi = x
-        if x.requires_grad:
-            xi = args[0]
-            i = 1
-        hs = list(args[i : i + len(hx_list)])
-        ps = args[i + len(hx_list) :]
-        state = {n: p for (n, _), p in zip(params, ps)}
+    def fn(xi, *args):
+        hs = list(args[: len(hx_list)])
+        state = {n: p for (n, _), p in zip(params, args[len(hx_list) :])}
         out = torch.func.functional_call(m, state, (rebuild(xi), _hx_rebuild(hs, m)))
         return _outputs(m, out)
 
-    inputs = ([x] if x.requires_grad else []) + hx_list + [p for _, p in params]
+    inputs = [x] + hx_list + [p for _, p in params]
     out_names = [n for n, _ in fn(*inputs)]
     what = "gradient"
     if checker is torch.autograd.gradgradcheck:

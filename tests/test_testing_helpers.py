@@ -160,3 +160,18 @@ def test_nan_where_the_reference_has_it_too_passes(tolerances):
     x = torch.randn(6, 3, 5)
     x[2, 1, 0] = float("nan")
     assert_matches_reference(fusedrnn.GRU(5, 7), x, **tolerances)
+
+
+@pytest.mark.parametrize("helper", [gradcheck, assert_matches_reference], ids=["gradcheck", "assert_matches_reference"])
+def test_helpers_reject_a_malformed_call(helper):
+    """An LSTM's hx must be a pair, another module's a tensor, and the input a
+    floating-point tensor (the module itself would refuse an integer one)."""
+    x = torch.randn(3, 2, 4, dtype=torch.float64)
+    h = torch.zeros(1, 2, 5, dtype=torch.float64)
+    with pytest.raises(TypeError, match=r"hx of LSTM must be a pair \(h, c\), got Tensor"):
+        helper(fusedrnn.LSTM(4, 5), x, h)
+    with pytest.raises(TypeError, match="hx of GRU must be a Tensor, got tuple"):
+        helper(fusedrnn.GRU(4, 5), x, (h, h))
+    if helper is gradcheck:
+        with pytest.raises(TypeError, match="input must be a floating-point tensor, got torch.int64"):
+            helper(fusedrnn.GRU(4, 5), torch.ones(3, 2, 4, dtype=torch.int64))
