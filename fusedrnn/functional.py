@@ -103,13 +103,21 @@ def lstm(
     """Multi-layer LSTM, time-major.
 
     input [T, N, C] or packed [R, C] with batch_sizes [T]; hx = (h0 [L*D, N, P],
-    c0 [L*D, N, H]); weights[l*D + d] = (w_ih, w_hh, b_ih, b_hh, w_ch, w_hr), any
-    of the last four None. Returns (output, h_n [L*D, N, P], c_n [L*D, N, H]).
+    c0 [L*D, N, H]); weights[l*D + d] = (w_ih, w_hh, b_ih, b_hh, w_ch, w_hr), the
+    trailing ones may be left out or None. Returns (output, h_n [L*D, N, P],
+    c_n [L*D, N, H]).
     """
     if not isinstance(hx, (tuple, list)) or len(hx) != 2:
         raise TypeError(f"lstm: hx must be a pair (h0, c0), got {type(hx).__name__}")
+    weights = _checked("lstm", weights, 6, hx, num_layers, bidirectional, dropout)
+    return _lstm(input, hx, weights, num_layers, bidirectional, batch_sizes, dropout, train, coupled)
+
+
+# The modules, which have checked their arguments, call these directly.
+
+
+def _lstm(input, hx, weights, num_layers, bidirectional, batch_sizes, dropout, train, coupled):
     h0, c0 = hx
-    weights = _checked("lstm", weights, 6, (h0, c0), num_layers, bidirectional, dropout)
     training = _needs_grad(input, h0, c0, *_flat(weights))
     composite = _composite.wanted(input, h0, c0, *_flat(weights))
     D = 2 if bidirectional else 1
@@ -144,8 +152,13 @@ def gru(
     train: bool = False,
     reset_after: bool = True,
 ) -> Tuple[Tensor, Tensor]:
-    """Multi-layer GRU, time-major; weights[l*D + d] = (w_ih, w_hh, b_ih, b_hh)."""
+    """Multi-layer GRU, time-major; weights[l*D + d] = (w_ih, w_hh, b_ih, b_hh), the
+    biases may be left out or None."""
     weights = _checked("gru", weights, 4, (hx,), num_layers, bidirectional, dropout)
+    return _gru(input, hx, weights, num_layers, bidirectional, batch_sizes, dropout, train, reset_after)
+
+
+def _gru(input, hx, weights, num_layers, bidirectional, batch_sizes, dropout, train, reset_after):
     training = _needs_grad(input, hx, *_flat(weights))
     composite = _composite.wanted(input, hx, *_flat(weights))
     D = 2 if bidirectional else 1
@@ -175,9 +188,15 @@ def rnn(
     train: bool = False,
     nonlinearity: str = "tanh",
 ) -> Tuple[Tensor, Tensor]:
-    """Multi-layer Elman RNN, time-major; weights[l*D + d] = (w_ih, w_hh, b_ih, b_hh)."""
-    relu = _is_relu(nonlinearity, cell=False)
+    """Multi-layer Elman RNN, time-major; weights[l*D + d] = (w_ih, w_hh, b_ih, b_hh),
+    the biases may be left out or None."""
+    _is_relu(nonlinearity, cell=False)
     weights = _checked("rnn", weights, 4, (hx,), num_layers, bidirectional, dropout)
+    return _rnn(input, hx, weights, num_layers, bidirectional, batch_sizes, dropout, train, nonlinearity)
+
+
+def _rnn(input, hx, weights, num_layers, bidirectional, batch_sizes, dropout, train, nonlinearity):
+    relu = nonlinearity == "relu"
     D = 2 if bidirectional else 1
     forward = _composite.rnn if _composite.wanted(input, hx, *_flat(weights)) else ops.rnn_forward
     h_n: List[Tensor] = []

@@ -223,6 +223,11 @@ class _RNNBase(nn.Module):
             raise RuntimeError(
                 f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {input.size(-1)}"
             )
+        if input.device != w.device:  # ATen's words, which torch.nn meets later
+            raise RuntimeError(
+                "Input and parameter tensors are not at the same device, found input tensor at "
+                f"{input.device} and parameter tensor at {w.device}"
+            )
 
     def get_expected_hidden_size(self, input: Tensor, batch_sizes: Optional[Tensor]) -> Tuple[int, int, int]:
         if batch_sizes is not None:
@@ -244,19 +249,14 @@ class _RNNBase(nn.Module):
         if hx.size() != expected:
             raise RuntimeError(msg.format(expected, list(hx.size())))
 
-    def _check_devices(self, input: Tensor, hx) -> None:
-        """The device checks of ATen's RNN functions, same words."""
-        w = self.weight_ih_l0
-        if input.device != w.device:
-            raise RuntimeError(
-                "Input and parameter tensors are not at the same device, found input tensor at "
-                f"{input.device} and parameter tensor at {w.device}"
-            )
+    def _check_hidden_devices(self, input: Tensor, hx) -> None:
+        """ATen's RNN functions check this after torch.nn's checks; same words."""
+        device = input.device
         for h in hx if isinstance(hx, tuple) else (hx,):
-            if h.device != input.device:
+            if h.device != device:
                 raise RuntimeError(
                     "Input and hidden tensors are not at the same device, found input tensor at "
-                    f"{input.device} and hidden tensor at {h.device}"
+                    f"{device} and hidden tensor at {h.device}"
                 )
 
     def check_forward_args(self, input: Tensor, hidden: Tensor, batch_sizes: Optional[Tensor]) -> None:
@@ -348,7 +348,7 @@ class _RNNBase(nn.Module):
         if lstm:
             _check_two_states(hx, "lstm")
         self.check_forward_args(input, hx, batch_sizes)
-        self._check_devices(input, hx)
+        self._check_hidden_devices(input, hx)
         if batch_sizes is None and input.size(0 if not self.batch_first else 1) == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
 
@@ -444,7 +444,7 @@ class LSTM(_RNNBase):
 
     def forward(self, input, hx=None):
         def run(x, hx, batch_sizes):
-            out, h, c = F.lstm(
+            out, h, c = F._lstm(
                 x, hx, self._layer_weights(), self.num_layers, self.bidirectional, batch_sizes,
                 self.dropout, self.training, self.coupled_gates,
             )
@@ -466,7 +466,7 @@ class GRU(_RNNBase):
 
     def forward(self, input, hx=None):
         def run(x, hx, batch_sizes):
-            return F.gru(
+            return F._gru(
                 x, hx, self._layer_weights(), self.num_layers, self.bidirectional, batch_sizes,
                 self.dropout, self.training, self.reset_after,
             )
@@ -511,7 +511,7 @@ class RNN(_RNNBase):
 
     def forward(self, input, hx=None):
         def run(x, hx, batch_sizes):
-            return F.rnn(
+            return F._rnn(
                 x, hx, self._layer_weights(), self.num_layers, self.bidirectional, batch_sizes,
                 self.dropout, self.training, _rnn_nonlinearity(self.mode),
             )
@@ -565,10 +565,11 @@ class _CellBase(nn.Module):
         """The checks of ATen's cell functions, same words."""
         if input.size(1) != self.input_size:
             raise RuntimeError(f"input has inconsistent input_size: got {input.size(1)} expected {self.input_size}")
-        if input.dtype != self.weight_ih.dtype and not torch.is_autocast_enabled(input.device.type):
+        w_dtype = self.weight_ih.dtype
+        if input.dtype != w_dtype and not torch.is_autocast_enabled(input.device.type):
             raise RuntimeError(
                 f"mat1 and mat2 must have the same dtype, but got {_dtype_name(input.dtype)} "
-                f"and {_dtype_name(self.weight_ih.dtype)}"
+                f"and {_dtype_name(w_dtype)}"
             )
         for i, h in enumerate(hx):
             if input.size(0) != h.size(0):
@@ -577,11 +578,11 @@ class _CellBase(nn.Module):
                 raise RuntimeError(
                     f"hidden{i} has inconsistent hidden_size: got {h.size(1)}, expected {self.hidden_size}"
                 )
-        if hx[0].dtype != self.weight_hh.dtype and not torch.is_autocast_enabled(input.device.type):
+        if hx[0].dtype != w_dtype and not torch.is_autocast_enabled(input.device.type):
             # ATen's cells meet it in the product hx W_hh^T.
             raise RuntimeError(
                 f"mat1 and mat2 must have the same dtype, but got {_dtype_name(hx[0].dtype)} "
-                f"and {_dtype_name(self.weight_hh.dtype)}"
+                f"and {_dtype_name(w_dtype)}"
             )
 
     @classmethod
