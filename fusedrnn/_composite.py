@@ -81,16 +81,20 @@ def _computing(fn):
 
 
 def _stand_in(t, values: bool):
-    """A plain tensor with t's logical shape, dtype and device (and values, for
-    batch_sizes), which the checks can read outside the functorch transforms."""
+    """A plain tensor with t's logical shape, device and dtype (the autocast dtype
+    where the operators' autocast kernel would cast t) and, for batch_sizes on
+    the CPU, values, which the checks can read outside the functorch transforms."""
     if not isinstance(t, Tensor):
         return t
-    if values:
-        return torch.tensor(t.tolist(), dtype=t.dtype, device=t.device)
-    return torch.empty((), dtype=t.dtype, device=t.device).expand(t.shape)
+    if values and t.device.type == "cpu":
+        return torch.tensor(t.tolist(), dtype=t.dtype)
+    dtype, dev = t.dtype, t.device.type
+    if t.is_floating_point() and dtype != torch.float64 and torch.is_autocast_enabled(dev):
+        dtype = torch.get_autocast_dtype(dev)
+    return torch.empty((), dtype=dtype, device=t.device).expand(t.shape)
 
 
-def _checked(op: str, check_args):
+def _with_checks(op: str, check_args):
     """fn after the checks of the operator `op`; check_args maps fn's arguments
     to check_forward's (input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh,
     w_ch, w_hr, flag)."""
@@ -120,7 +124,7 @@ def _cell_args(input, hx, w_ih, w_hh, b_ih, b_hh, flag):
 # operators do, and run the reference's steps from it.
 
 
-@_checked("lstm_forward", lambda x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, coupled, reverse: (
+@_with_checks("lstm_forward", lambda x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, coupled, reverse: (
     x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, coupled))
 @_computing
 def lstm(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, coupled, reverse) -> Tuple[Tensor, Tensor, Tensor]:
@@ -139,7 +143,7 @@ def _single_state(step, input, batch_sizes, h0, reverse, w_ih, w_hh, b_ih, b_hh)
     return y, h
 
 
-@_checked("gru_forward", _single_state_args)
+@_with_checks("gru_forward", _single_state_args)
 @_computing
 def gru(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reset_after, reverse) -> Tuple[Tensor, Tensor]:
     """gru_forward's (output, h_n)."""
@@ -147,7 +151,7 @@ def gru(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reset_after, reverse) ->
     return _single_state(step, input, batch_sizes, h0, reverse, w_ih, w_hh, b_ih, b_hh)
 
 
-@_checked("rnn_forward", _single_state_args)
+@_with_checks("rnn_forward", _single_state_args)
 @_computing
 def rnn(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse) -> Tuple[Tensor, Tensor]:
     """rnn_forward's (output, h_n)."""
@@ -155,7 +159,7 @@ def rnn(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse) -> Tuple[
     return _single_state(step, input, batch_sizes, h0, reverse, w_ih, w_hh, b_ih, b_hh)
 
 
-@_checked("lstm_cell_forward", lambda x, hx, cx, w_ih, w_hh, b_ih, b_hh, w_ch, coupled: (
+@_with_checks("lstm_cell_forward", lambda x, hx, cx, w_ih, w_hh, b_ih, b_hh, w_ch, coupled: (
     x, None, hx, cx, w_ih, w_hh, b_ih, b_hh, w_ch, None, coupled))
 @_computing
 def lstm_cell(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_ch, coupled) -> Tuple[Tensor, Tensor]:
@@ -163,14 +167,14 @@ def lstm_cell(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_ch, coupled) -> Tuple[Ten
     return reference.lstm_cell(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_ch, coupled=coupled)
 
 
-@_checked("gru_cell_forward", _cell_args)
+@_with_checks("gru_cell_forward", _cell_args)
 @_computing
 def gru_cell(input, hx, w_ih, w_hh, b_ih, b_hh, reset_after) -> Tensor:
     """gru_cell_forward's h."""
     return reference.gru_cell(input, hx, w_ih, w_hh, b_ih, b_hh, reset_after=reset_after)
 
 
-@_checked("rnn_cell_forward", _cell_args)
+@_with_checks("rnn_cell_forward", _cell_args)
 @_computing
 def rnn_cell(input, hx, w_ih, w_hh, b_ih, b_hh, relu) -> Tensor:
     """rnn_cell_forward's h."""

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import _composite
+from . import _composite, reference
 from ._ops import ops
 
 __all__ = ["lstm", "gru", "rnn", "lstm_cell", "gru_cell", "rnn_cell"]
@@ -43,7 +43,7 @@ def _flat(weights):
     return [t for w in weights for t in w if t is not None]
 
 
-def _checked(name: str, weights, width: int, hx: Sequence[Tensor], num_layers: int, bidirectional: bool,
+def _checked_stack(name: str, weights, width: int, hx: Sequence[Tensor], num_layers: int, bidirectional: bool,
              dropout: float) -> List[Tuple[Optional[Tensor], ...]]:
     """Checks what the operators cannot see (the stack's shape, dropout) and
     returns the weight tuples padded with None to `width` entries."""
@@ -59,7 +59,7 @@ def _checked(name: str, weights, width: int, hx: Sequence[Tensor], num_layers: i
         if not 2 <= len(w) <= width:
             raise ValueError(f"{name}: weight tuple {k} must hold 2 to {width} entries, got {len(w)}")
         full = full and len(w) == width
-    for h in hx:
+    for h in () if torch.jit.is_tracing() else hx:
         if h.dim() == 0 or h.size(0) != LD:
             raise RuntimeError(
                 f"{name}: the initial states must hold num_layers * directions = {LD} layers in their "
@@ -69,11 +69,10 @@ def _checked(name: str, weights, width: int, hx: Sequence[Tensor], num_layers: i
 
 
 def _is_relu(nonlinearity: str, cell: bool) -> bool:
-    if nonlinearity in ("tanh", "relu"):
-        return nonlinearity == "relu"
-    if cell:
+    if nonlinearity not in ("tanh", "relu") and cell:
         raise RuntimeError(f"Unknown nonlinearity: {nonlinearity}")
-    raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+    reference._check_nonlinearity(nonlinearity)
+    return nonlinearity == "relu"
 
 
 def _stack(run_layer, input: Tensor, num_layers: int, bidirectional: bool, dropout: float, train: bool):
@@ -109,7 +108,7 @@ def lstm(
     """
     if not isinstance(hx, (tuple, list)) or len(hx) != 2:
         raise TypeError(f"lstm: hx must be a pair (h0, c0), got {type(hx).__name__}")
-    weights = _checked("lstm", weights, 6, hx, num_layers, bidirectional, dropout)
+    weights = _checked_stack("lstm", weights, 6, hx, num_layers, bidirectional, dropout)
     return _lstm(input, hx, weights, num_layers, bidirectional, batch_sizes, dropout, train, coupled)
 
 
@@ -154,7 +153,7 @@ def gru(
 ) -> Tuple[Tensor, Tensor]:
     """Multi-layer GRU, time-major; weights[l*D + d] = (w_ih, w_hh, b_ih, b_hh), the
     biases may be left out or None."""
-    weights = _checked("gru", weights, 4, (hx,), num_layers, bidirectional, dropout)
+    weights = _checked_stack("gru", weights, 4, (hx,), num_layers, bidirectional, dropout)
     return _gru(input, hx, weights, num_layers, bidirectional, batch_sizes, dropout, train, reset_after)
 
 
@@ -191,7 +190,7 @@ def rnn(
     """Multi-layer Elman RNN, time-major; weights[l*D + d] = (w_ih, w_hh, b_ih, b_hh),
     the biases may be left out or None."""
     _is_relu(nonlinearity, cell=False)
-    weights = _checked("rnn", weights, 4, (hx,), num_layers, bidirectional, dropout)
+    weights = _checked_stack("rnn", weights, 4, (hx,), num_layers, bidirectional, dropout)
     return _rnn(input, hx, weights, num_layers, bidirectional, batch_sizes, dropout, train, nonlinearity)
 
 

@@ -19,6 +19,7 @@ from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.module import _WrappedHook
 from torch.nn.parameter import Parameter
 from torch.nn.utils.rnn import PackedSequence
 
@@ -252,7 +253,7 @@ class _RNNBase(nn.Module):
     def _check_hidden_devices(self, input: Tensor, hx) -> None:
         """ATen's RNN functions check this after torch.nn's checks; same words."""
         device = input.device
-        for h in hx if isinstance(hx, tuple) else (hx,):
+        for h in hx if isinstance(hx, (tuple, list)) else (hx,):
             if h.device != device:
                 raise RuntimeError(
                     "Input and hidden tensors are not at the same device, found input tensor at "
@@ -389,7 +390,8 @@ class _RNNBase(nn.Module):
         return new
 
     def to_torch(self) -> nn.Module:
-        """The torch.nn twin, sharing this module's Parameter objects."""
+        """The torch.nn twin, sharing this module's Parameter objects (and taking
+        over its buffers, hooks and attributes, as from_torch does)."""
         if self.peephole or self.coupled_gates or not self.reset_after:
             raise ValueError(f"torch.nn.{self._torch_class.__name__} has no equivalent of {self.extra_repr()}")
         kwargs = dict(
@@ -403,9 +405,8 @@ class _RNNBase(nn.Module):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             m = self._torch_class(self.input_size, self.hidden_size, **kwargs)
-        for name in m._flat_weights_names:
-            setattr(m, name, getattr(self, name))
-        m.train(self.training)
+        _take_over(m, self)
+        m._init_flat_weights()
         return m
 
 
@@ -566,11 +567,9 @@ class _CellBase(nn.Module):
         if input.size(1) != self.input_size:
             raise RuntimeError(f"input has inconsistent input_size: got {input.size(1)} expected {self.input_size}")
         w_dtype = self.weight_ih.dtype
-        if input.dtype != w_dtype and not torch.is_autocast_enabled(input.device.type):
-            raise RuntimeError(
-                f"mat1 and mat2 must have the same dtype, but got {_dtype_name(input.dtype)} "
-                f"and {_dtype_name(w_dtype)}"
-            )
+        autocast = torch.is_autocast_enabled(input.device.type)
+        if input.dtype != w_dtype and not autocast:
+            raise RuntimeError(_product_dtypes_error(input.dtype, w_dtype))
         for i, h in enumerate(hx):
             if input.size(0) != h.size(0):
                 raise RuntimeError(f"Input batch size {input.size(0)} doesn't match hidden{i} batch size {h.size(0)}")
@@ -578,12 +577,8 @@ class _CellBase(nn.Module):
                 raise RuntimeError(
                     f"hidden{i} has inconsistent hidden_size: got {h.size(1)}, expected {self.hidden_size}"
                 )
-        if hx[0].dtype != w_dtype and not torch.is_autocast_enabled(input.device.type):
-            # ATen's cells meet it in the product hx W_hh^T.
-            raise RuntimeError(
-                f"mat1 and mat2 must have the same dtype, but got {_dtype_name(hx[0].dtype)} "
-                f"and {_dtype_name(w_dtype)}"
-            )
+        if hx[0].dtype != w_dtype and not autocast:  # ATen's cells meet it in hx W_hh^T
+            raise RuntimeError(_product_dtypes_error(hx[0].dtype, w_dtype))
 
     @classmethod
     def from_torch(cls, module: nn.Module):
@@ -596,19 +591,18 @@ class _CellBase(nn.Module):
         return new
 
     def to_torch(self) -> nn.Module:
-        """The torch.nn twin, sharing this module's Parameter objects."""
+        """The torch.nn twin, sharing this module's Parameter objects (and taking
+        over its buffers, hooks and attributes, as from_torch does)."""
         if getattr(self, "peephole", False) or getattr(self, "coupled_gates", False) or not getattr(self, "reset_after", True):
             raise ValueError(f"torch.nn.{self._torch_class.__name__} has no equivalent of {self.extra_repr()}")
         kwargs = {"nonlinearity": self.nonlinearity} if isinstance(self, RNNCell) else {}
         m = self._torch_class(self.input_size, self.hidden_size, self.bias, device="meta", **kwargs)
-        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-            p = getattr(self, name)
-            if p is None:
-                m.register_parameter(name, None)
-            else:
-                setattr(m, name, p)
-        m.train(self.training)
+        _take_over(m, self)
         return m
+
+
+def _product_dtypes_error(a, b) -> str:
+    return f"mat1 and mat2 must have the same dtype, but got {_dtype_name(a)} and {_dtype_name(b)}"
 
 
 def _dtype_name(dtype) -> str:
@@ -711,28 +705,41 @@ def _single_state_cell(cell, name, input, hx, step):
 _TWINS = {nn.LSTM: LSTM, nn.GRU: GRU, nn.RNN: RNN, nn.LSTMCell: LSTMCell, nn.GRUCell: GRUCell, nn.RNNCell: RNNCell}
 
 
-# What a torch.nn module holds besides its configuration: the twin takes copies.
-_MODULE_STATE = (
-    "_parameters", "_buffers", "_non_persistent_buffers_set", "_backward_pre_hooks", "_backward_hooks",
-    "_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks",
-    "_forward_pre_hooks_with_kwargs", "_state_dict_hooks", "_state_dict_pre_hooks", "_load_state_dict_pre_hooks",
-    "_load_state_dict_post_hooks",
+# What a module holds besides its configuration. The twin takes copies of the
+# first group and the hook dictionaries themselves, so that a handle taken
+# before the conversion still removes its hook.
+_MODULE_STATE = ("_parameters", "_buffers", "_non_persistent_buffers_set", "_modules")
+_MODULE_HOOKS = (
+    "_backward_pre_hooks", "_backward_hooks", "_is_full_backward_hook", "_forward_hooks",
+    "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs", "_state_dict_hooks", "_state_dict_pre_hooks", "_load_state_dict_post_hooks",
 )
+# The variants' configuration, which a torch.nn twin has no use for.
+_VARIANT_FLAGS = ("peephole", "coupled_gates", "reset_after")
 
 
 def _take_over(new: nn.Module, module: nn.Module) -> None:
-    """Gives the twin `new` the torch.nn module's parameters (the same objects),
-    buffers, hooks and training mode, and the attributes it lacks: a parameter
-    that pruning, the hook-based weight_norm and spectral_norm or a weight-drop
-    wrapper replaced by a tensor which a forward pre-hook recomputes keeps
-    working, and so do hooks and attributes the user added."""
+    """Gives the twin `new` the module's parameters (the same objects), buffers,
+    children, hooks and training mode, and the instance attributes it lacks: a
+    parameter that pruning, the hook-based weight_norm and spectral_norm or a
+    weight-drop wrapper replaced by a tensor which a forward pre-hook recomputes
+    keeps working, and so do the user's hooks and attributes."""
     for key in _MODULE_STATE:
+        new.__dict__[key] = copy.copy(module.__dict__[key])
+    for key in _MODULE_HOOKS:
         if key in module.__dict__:
-            new.__dict__[key] = copy.copy(module.__dict__[key])
+            new.__dict__[key] = module.__dict__[key]
+    # Load pre-hooks hold a weak reference to their module: rebound to the twin.
+    new._load_state_dict_pre_hooks = type(module._load_state_dict_pre_hooks)(
+        (k, _WrappedHook(h.hook, new) if isinstance(h, _WrappedHook) and h.with_module else h)
+        for k, h in module._load_state_dict_pre_hooks.items()
+    )
     for key, value in module.__dict__.items():
-        # torch.nn's RNNBase keeps its weight list in _flat_weights*; the twin
-        # reads the weights by name.
-        if key not in new.__dict__ and not key.startswith("_flat_weight"):
+        # Not what the class defines (forward, the compiled call of
+        # Module.compile(): methods of the old module), nor torch.nn's RNNBase
+        # weight list (_flat_weights*: the twin reads the weights by name).
+        if (key not in new.__dict__ and not hasattr(type(new), key) and not key.startswith("_flat_weight")
+                and key not in _VARIANT_FLAGS):
             new.__dict__[key] = value
     new.train(module.training)
 

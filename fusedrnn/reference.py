@@ -128,11 +128,14 @@ def rnn_cell(
 def _rnn_step(gx, h, w_hh, b_hh=None, nonlinearity="tanh"):
     """rnn_cell from the input's projection gx = W_ih x + b_ih."""
     p = gx + _linear(h, w_hh, b_hh)
-    if nonlinearity == "tanh":
-        return torch.tanh(p)
-    if nonlinearity == "relu":
-        return torch.relu(p)
-    raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+    _check_nonlinearity(nonlinearity)
+    return torch.tanh(p) if nonlinearity == "tanh" else torch.relu(p)
+
+
+def _check_nonlinearity(nonlinearity: str) -> None:
+    """Raises torch.nn.RNN's error for a nonlinearity other than tanh and relu."""
+    if nonlinearity not in ("tanh", "relu"):
+        raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
 
 
 def layer(

@@ -192,7 +192,7 @@ def _abs_diff(a64: Tensor, r64: Tensor) -> Tensor:
     """|a - r| elementwise, 0 where both are the same infinity or both NaN, and
     inf where only one of them is NaN or infinite."""
     same = (a64 == r64) | (a64.isnan() & r64.isnan())
-    return torch.where(same, 0.0, (a64 - r64).abs()).nan_to_num(nan=math.inf)
+    return torch.where(same, 0.0, (a64 - r64).abs()).nan_to_num(nan=math.inf, posinf=math.inf)
 
 
 def _max_error(a: Optional[Tensor], r64: Tensor) -> float:

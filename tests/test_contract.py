@@ -293,3 +293,53 @@ def test_rnn_runs_its_mode_like_torch_nn(nonlinearity):
     torch.testing.assert_close(fused(x)[0], ref(x)[0], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(fusedrnn.RNN.from_torch(ref)(x)[0], ref(x)[0], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(fused.to_torch()(x)[0], ref(x)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_conversion_carries_module_state_both_ways():
+    """from_torch/convert and to_torch take over what a module holds besides its
+    parameters: children, full backward hooks, load_state_dict pre-hooks (bound
+    to the new module), and hook handles taken before keep working; what the
+    class defines (forward, Module.compile()'s compiled call) is the new one's."""
+    torch.manual_seed(0)
+    m = nn.GRU(3, 4)
+    calls = []
+    m.adapter = nn.Linear(4, 4)
+    m.register_full_backward_hook(lambda mod, gi, go: calls.append("full backward"))
+    m.register_load_state_dict_pre_hook(lambda mod, *args: calls.append(type(mod).__module__))
+    handle = m.register_forward_hook(lambda mod, inp, out: calls.append("forward hook"))
+    m.compile()
+    twin = fusedrnn.convert(m)
+    assert type(twin) is fusedrnn.GRU and twin.adapter is m.adapter
+    assert "adapter.weight" in twin.state_dict()
+    x = torch.randn(5, 2, 3, requires_grad=True)
+    spy = []
+    orig = torch.ops.fusedrnn.gru_forward
+
+    class Spy:
+        def __call__(self, *a):
+            spy.append(1)
+            return orig(*a)
+
+    try:
+        fusedrnn.functional.ops.gru_forward = Spy()
+        twin(x)[0].sum().backward()
+    finally:
+        fusedrnn.functional.ops.gru_forward = orig
+    assert spy, "the converted module ran torch.nn's compiled forward, not the fused operator"
+    assert calls == ["forward hook", "full backward"]
+    handle.remove()
+    twin.load_state_dict(twin.state_dict())
+    assert calls[-1] == "fusedrnn.modules"
+    calls.clear()
+    twin(x)
+    assert calls == []
+
+    back = fusedrnn.GRUCell.from_torch(nn.GRUCell(3, 4))
+    torch.nn.utils.prune.l1_unstructured(back, "weight_hh", amount=0.5)
+    ref = back.to_torch()
+    assert type(ref) is nn.GRUCell and hasattr(ref, "weight_hh_mask")
+    torch.testing.assert_close(ref(x[0]), back(x[0]))
+    lstm = fusedrnn.LSTM(3, 4)
+    torch.nn.utils.prune.l1_unstructured(lstm, "weight_hh_l0", amount=0.5)
+    ref = lstm.to_torch()
+    torch.testing.assert_close(ref(x)[0], lstm(x)[0])

@@ -217,6 +217,13 @@ def test_device_mismatch_matches_torch_nn(case):
     assert_same_error(lambda: ref(x, hx), lambda: fused(x, hx))
 
 
+def test_lstm_hx_as_a_list_works_as_in_torch_nn():
+    ref, fused = _pair("LSTM", 3, 4)
+    x, h = torch.randn(5, 2, 3), torch.randn(1, 2, 4)
+    for a, b in zip(ref(x, [h, h])[1], fused(x, [h, h])[1]):
+        torch.testing.assert_close(b, a)
+
+
 def test_rnn_cell_bad_nonlinearity_matches_torch_nn():
     ref, fused = _pair("RNNCell", 4, 8)
     ref.nonlinearity = fused.nonlinearity = "gelu"
@@ -467,10 +474,11 @@ def test_compositions_reject_what_the_operators_reject(case, how):
 
 
 @pytest.mark.parametrize("how", ["grad", "forward_ad"])
-@pytest.mark.parametrize("sizes", [[2, 3], [3, 0]], ids=["increasing", "zero"])
+@pytest.mark.parametrize("sizes", [[2, 3], [3, 0], "meta"], ids=["increasing", "zero", "on meta"])
 def test_compositions_reject_bad_batch_sizes(sizes, how):
-    f = _functional_lstm(dict(batch_sizes=torch.tensor(sizes), h0=torch.zeros(1, 3, H), c0=torch.zeros(1, 3, H)))
-    x = torch.randn(sum(sizes), C)
+    bs = torch.tensor([3, 2], device="meta") if sizes == "meta" else torch.tensor(sizes)
+    f = _functional_lstm(dict(batch_sizes=bs, h0=torch.zeros(1, 3, H), c0=torch.zeros(1, 3, H)))
+    x = torch.randn(5, C)
     with pytest.raises(RuntimeError) as plain:
         f(x)
     with pytest.raises(RuntimeError) as composed:

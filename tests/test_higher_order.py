@@ -360,6 +360,27 @@ def test_composition_under_autocast_gives_the_autocast_dtype():
     assert all(t.dtype == torch.bfloat16 for t in tangent)
 
 
+@pytest.mark.parametrize("how", ["grad", "jvp"])
+@pytest.mark.parametrize("name", ["lstm_L2_bi", "gru_L2_bi", "lstm_cell"])
+def test_compositions_under_autocast_accept_what_the_operators_accept(name, how):
+    """Under autocast the operators cast their float32 arguments to the autocast
+    dtype before checking them: a second layer's bfloat16 input meets float32
+    weights. The compositions' checks must see the same dtypes."""
+    gen = torch.Generator().manual_seed(18)
+    _, fused = _pair(name, torch.float32)
+    x = _input(NN_CASES[name][2], gen, torch.float32)
+    loss, p = _loss_of(fused), _params(fused)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = loss(p, x)
+        if how == "grad":
+            got = torch.func.grad_and_value(loss)(p, x)[1]
+        else:
+            got = torch.func.jvp(lambda x: loss(p, x), (x,), (torch.ones_like(x),))[0]
+    # The same bfloat16 values computed in float32 by the kernels and by the
+    # composition, rounded to bfloat16 at each layer: torch's bfloat16 tolerance.
+    torch.testing.assert_close(got, want)
+
+
 def test_functionalize_keeps_the_fused_operator():
     """functionalize neither differentiates nor batches: the trace keeps the
     fused operator."""
@@ -372,7 +393,7 @@ def test_functionalize_keeps_the_fused_operator():
 
 
 @pytest.mark.parametrize("name", ["lstm_L2_bi", "gru_cell"])
-def test_transforms_beneath_functionalize_match_nn(name):
+def test_transforms_beneath_functionalize_match_nn(name, monkeypatch):
     """grad and vmap with functionalize above them: the operators sit under a
     transform that differentiates or batches, so they take the composition.
     Against torch.nn: grad through it, vmap (which torch.nn's sequence modules
@@ -390,7 +411,12 @@ def test_transforms_beneath_functionalize_match_nn(name):
     assert_close("grad x", got["x"], want["x"], **TIGHT)
     for k in want["params"]:
         assert_close(f"grad {k}", got["params"][k], want["params"][k], **TIGHT)
+    composed = []
+    for fn in ("lstm", "gru_cell"):
+        real = getattr(fusedrnn._composite, fn)
+        monkeypatch.setattr(fusedrnn._composite, fn, lambda *a, _real=real: composed.append(1) or _real(*a))
     per_x = torch.func.vmap(torch.func.functionalize(lambda x: loss(p, x)))(xs)
+    assert composed, "vmap beneath functionalize must take the composition, not the batching fallback"
     assert_close("vmap", per_x, want_per_x, **TIGHT)
 
 

@@ -109,8 +109,8 @@ def test_saturated_preactivations_stay_finite(mode, variant):
 @pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"])
 def test_huge_preactivations_saturate_as_in_nn(mode, dtype):
     """Pre-activations far beyond where the gates saturate (up to 1e37, both
-    signs) give what torch.nn gives. The float kernels' exp once reduced its
-    argument wrongly beyond about 1e14, and sigmoid(1e20) came out 0."""
+    signs) give what torch.nn gives: the float kernels' exp must clamp its
+    argument before the range reduction, which fails beyond about 1e14."""
     gen = torch.Generator().manual_seed(17)
     ref = getattr(torch.nn, mode)(2, 3).to(dtype)
     with torch.no_grad():

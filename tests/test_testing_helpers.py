@@ -50,10 +50,10 @@ def _wrong(base, defect):
                 out = out + 1e-3 * out.detach().sign()
             if defect == "sequences mixed":
                 out = out + 1e-2 * out.roll(1, dims=1)
-            if defect == "one output NaN":
-                nan = torch.zeros_like(out)
-                nan.view(-1)[0] = float("nan")
-                out = out + nan.detach()
+            if defect in ("one output NaN", "one output inf"):
+                bad = torch.zeros_like(out)
+                bad.view(-1)[0] = float("nan" if defect == "one output NaN" else "inf")
+                out = out + bad.detach()
             return out, h
 
     return Wrong
@@ -143,11 +143,13 @@ def test_explicit_tolerances_are_applied():
 
 @pytest.mark.parametrize("tolerances", [{}, dict(rtol=1e-3, atol=1e-5), dict(atol=1e-4)],
                          ids=["error ratio", "rtol and atol", "atol"])
-def test_a_nan_where_the_reference_has_none_fails(tolerances):
-    """A NaN compares as a failure, not as an error that no bound exceeds."""
+@pytest.mark.parametrize("defect", ["one output NaN", "one output inf"])
+def test_a_nan_where_the_reference_has_none_fails(tolerances, defect):
+    """A NaN or an infinity compares as an infinite error, not as an error that
+    no bound exceeds or as the largest float."""
     torch.manual_seed(0)
     x = torch.randn(6, 3, 5)
-    m = _wrong(fusedrnn.LSTM, "one output NaN")(5, 7)
+    m = _wrong(fusedrnn.LSTM, defect)(5, 7)
     with pytest.raises(AssertionError, match="output: max error inf"):
         assert_matches_reference(m, x, check_grads=False, **tolerances)
 
