@@ -118,6 +118,7 @@ def environment(tf32: bool) -> dict:
         },
         "onednn": {"available": torch.backends.mkldnn.is_available(), "version": _onednn_version()},
         "load_average_start": load_average(),
+        "tf32_requested": tf32,
         "cuda": None,
     }
     if torch.cuda.is_available():
@@ -154,5 +155,6 @@ def stamp(env: dict, machine: str) -> str:
     else:
         cpu = env["cpu"]
         parts.append(f"{cpu['name']}{' (' + cpu['microarch'] + ')' if cpu['microarch'] else ''}, {cpu['cores']} cores, "
-                     f"ISA {env['backend_info'].get('cpu_isa')}, oneDNN {env['onednn']['version']}")
+                     f"ISA {env['backend_info'].get('cpu_isa')}, oneDNN {env['onednn']['version']}"
+                     + (", TF32 allowed (--tf32)" if env.get("tf32_requested") else ""))
     return " | ".join(parts)

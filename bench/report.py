@@ -89,7 +89,7 @@ def baselines_present(rows: Sequence[dict]) -> List[str]:
 def summary(rows: Sequence[dict]) -> dict:
     """The goal: fused at least as fast as its fastest torch.nn twin (medians), and its
     activation memory at or below nn's."""
-    timed = [r for r in rows if nn_best(r) and "fused" in r["candidates"]]
+    timed = [r for r in rows if nn_best(r) and "fused" in r["candidates"] and not r.get("mismatch")]
     slower = [r for r in timed if speedup(r, nn_best(r)) < 1.0]
     clear_losses = [r for r in timed if verdict(r) == "SLOWER"]
     mem = [r for r in rows if act_mb(r, "fused") is not None and nn_act_mb(r) is not None]
@@ -288,9 +288,16 @@ def write_json(path: Path, record: dict) -> None:
 
 
 def load(path) -> dict:
-    rec = json.loads(Path(path).read_text())
-    if rec.get("schema") != SCHEMA:
-        raise SystemExit(f"{path}: not a fusedrnn benchmark record (schema {rec.get('schema')!r})")
+    try:
+        rec = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"{path}: cannot read a benchmark record: {e}") from None
+    if not isinstance(rec, dict) or rec.get("schema") != SCHEMA:
+        schema = rec.get("schema") if isinstance(rec, dict) else None
+        raise SystemExit(f"{path}: not a fusedrnn benchmark record (schema {schema!r})")
+    rows = rec.get("rows")
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and "key" in r and "candidates" in r for r in rows):
+        raise SystemExit(f"{path}: a benchmark record without well-formed rows (each needs 'key' and 'candidates')")
     return rec
 
 
@@ -373,18 +380,28 @@ def compare(base: dict, new: dict, metric: str = "time", min_tol: float = 0.05,
     fused/fastest-nn ratio (robust to a machine that is slower as a whole)."""
     old_rows = {r["key"]: r for r in base["rows"]}
     results = []
+    # Rows of both runs where this run failed: an error, a candidate the baseline
+    # measured and this run did not, or an output that disagrees with fused's.
+    failures = []
+    skipped = 0
     for r in new["rows"]:
         o = old_rows.get(r["key"])
         if o is None:
             continue
+        if r.get("mismatch"):
+            failures.append({"key": r["key"], "why": "output mismatch"})
         for name in candidates:
             a, b = o["candidates"].get(name), r["candidates"].get(name)
+            if a and not b:
+                failures.append({"key": r["key"], "why": f"{name} not measured: {r.get('error') or 'absent'}"})
+                continue
             if not a or not b:
                 continue
             spread = max((a["q3_ms"] - a["q1_ms"]) / a["median_ms"], (b["q3_ms"] - b["q1_ms"]) / b["median_ms"])
             if metric == "speedup":
                 na, nb = nn_best(o), nn_best(r)
                 if not na or not nb:
+                    skipped += 1
                     continue
                 old_v = a["median_ms"] / o["candidates"][na]["median_ms"]
                 new_v = b["median_ms"] / r["candidates"][nb]["median_ms"]
@@ -401,9 +418,17 @@ def compare(base: dict, new: dict, metric: str = "time", min_tol: float = 0.05,
                 drift = r["candidates"][nb_name]["median_ms"] / o["candidates"][nb_name]["median_ms"] - 1
             results.append({"key": r["key"], "candidate": name, "old": old_v, "new": new_v, "change": change,
                             "tol": tol, "status": status, "nn_drift": drift})
-    missing = [k for k in old_rows if k not in {r["key"] for r in new["rows"]}]
-    return {"metric": metric, "results": results, "missing": missing,
+    new_keys = {r["key"] for r in new["rows"]}
+    missing = [k for k in old_rows if k not in new_keys]
+    return {"metric": metric, "results": results, "missing": missing, "failures": failures,
+            "new_only": [k for k in new_keys if k not in old_rows], "skipped": skipped,
+            "machines": (base.get("machine"), new.get("machine")),
             "regressions": [x for x in results if x["status"] == "REGRESSION"]}
+
+
+def check_failed(cmp: dict) -> bool:
+    """A regression, a failure, or nothing compared at all."""
+    return bool(cmp["regressions"] or cmp["failures"] or not cmp["results"])
 
 
 def check_text(cmp: dict, show_all: bool = False) -> str:
@@ -420,10 +445,20 @@ def check_text(cmp: dict, show_all: bool = False) -> str:
                          f"{100 * x['change']:>+7.1f}% {100 * x['tol']:>5.0f}%  {d:>8}  {x['status']}")
     n_reg = len(cmp["regressions"])
     n_imp = sum(1 for x in cmp["results"] if x["status"] == "improved")
+    for f in cmp["failures"]:
+        lines.append(f"FAILED {_short(f['key'])}: {f['why']}")
     lines.append(f"check ({cmp['metric']}): {len(cmp['results'])} comparisons, {n_reg} regressions, {n_imp} improved, "
-                 f"{len(cmp['results']) - n_reg - n_imp} within tolerance"
-                 + (f"; {len(cmp['missing'])} baseline rows not in this run" if cmp["missing"] else ""))
-    if n_reg:
+                 f"{len(cmp['results']) - n_reg - n_imp} within tolerance, {len(cmp['failures'])} failed"
+                 + (f"; {len(cmp['missing'])} baseline rows not in this run" if cmp["missing"] else "")
+                 + (f"; {len(cmp['new_only'])} rows of this run not in the baseline" if cmp["new_only"] else "")
+                 + (f"; {cmp['skipped']} rows without a torch.nn baseline not compared" if cmp["skipped"] else ""))
+    if not cmp["results"]:
+        lines.append("nothing was compared: no row and candidate measured in both runs")
+    old_m, new_m = cmp["machines"]
+    if old_m != new_m:
+        lines.append(f"note: the baseline ran on {old_m}, this run on {new_m}: times from other machines differ "
+                     "by the machine (--check-metric speedup compares against torch.nn in each run)")
+    if n_reg and cmp["metric"] == "time":
         lines.append("'nn drift' is how much the fastest torch.nn baseline moved in the same rows: a regression "
                      "with a similar drift is the machine, not fusedrnn (try --check-metric speedup).")
     return "\n".join(lines)

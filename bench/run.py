@@ -114,7 +114,50 @@ def parse_args(argv=None):
     c.add_argument("--check-candidates", type=_strs, default=["fused"],
                    help="candidates to compare (default fused)")
     c.add_argument("--tolerance", type=float, default=0.05, help="minimum relative tolerance (default 0.05)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    _validate(p, args)
+    return args
+
+
+CANDIDATES = ("fused",) + cases_mod.BASELINE_ORDER
+
+
+def _validate(p: argparse.ArgumentParser, args) -> None:
+    """Rejects what no row could mean, in argparse's words (usage, exit status 2)."""
+    named = (("cell", suites.CELLS), ("dtype", suites.DTYPES), ("device", ("cpu", "cuda")), ("mode", suites.MODES),
+             ("variant", sorted({v for vs in suites.VARIANTS.values() for v in vs})),
+             ("baselines", ("nn",) + cases_mod.BASELINE_ORDER), ("check_candidates", CANDIDATES))
+    for name, allowed in named:
+        values = getattr(args, name)
+        if values is None:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if not values:
+            p.error(f"{flag}: an empty list")
+        unknown = [v for v in values if v not in allowed]
+        if unknown:
+            p.error(f"{flag}: unknown {', '.join(unknown)} (choose from {', '.join(allowed)})")
+    if args.variant and args.cell:
+        fits = {v for c in args.cell for v in suites.VARIANTS[suites.family(c)]}
+        if not set(args.variant) & fits:
+            p.error(f"--variant {','.join(args.variant)}: none of them is a variant of {','.join(args.cell)}")
+    for name, flag in (("T", "-T"), ("N", "-N"), ("C", "-C"), ("H", "-H"), ("layers", "--layers"),
+                       ("threads", "--threads")):
+        values = getattr(args, name)
+        if values is not None and (not values or min(values) < 1):
+            p.error(f"{flag}: positive integers, got {values}")
+    if args.dirs is not None and (not args.dirs or set(args.dirs) - {1, 2}):
+        p.error(f"--dirs: 1 or 2, got {args.dirs}")
+    for name, low, strict in (("limit", 1, False), ("min_rounds", 1, False), ("budget", 0, True),
+                              ("warmup", 0, False), ("block", 0, False), ("secondary_rounds", 0, False),
+                              ("tolerance", 0, False)):
+        v = getattr(args, name)
+        if v is not None and (v <= low if strict else v < low):
+            p.error(f"--{name.replace('_', '-')}: must be {'>' if strict else 'at least'} {low}, got {v}")
+    if args.update_readme and args.no_save:
+        p.error("--update-readme writes the saved results into the README: not with --no-save")
+    if args.update_readme and not args.update_readme.parent.is_dir():
+        p.error(f"--update-readme: no folder {args.update_readme.parent}")
 
 
 AXES = ("cell", "variant", "T", "N", "C", "H", "layers", "dirs", "dtype", "device", "mode", "threads")
@@ -128,7 +171,8 @@ def list_suites() -> str:
         for dev in (("cpu", "cuda") if name == "quick" else (None,)):
             try:
                 n = len(suites.suite(name, dev, True))
-                counts.append(f"{n} rows" + (f" on {dev}" if dev else ""))
+                counts.append(f"{n} rows" + (f" on {dev}" if dev else "")
+                              + (f" ({len(suites.suite(name, dev, False))} without CUDA)" if name == "full" else ""))
             except SystemExit:
                 pass
         lines.append(f"  {name:<6} {', '.join(counts)}: {desc}")
@@ -240,7 +284,7 @@ def main(argv=None) -> int:
                              args.tolerance, args.check_candidates)
         print(check_header(args.check, args.against))
         print(report.check_text(cmp))
-        return 1 if cmp["regressions"] else 0
+        return 1 if report.check_failed(cmp) else 0
 
     cuda = torch.cuda.is_available()
     axes = {a: getattr(args, a) for a in AXES if getattr(args, a)}
@@ -351,13 +395,17 @@ def main(argv=None) -> int:
             report.update_readme(args.update_readme, record, stamp, md_path, made)
             print(f"  updated {_rel(args.update_readme)}")
 
+    failed = False
     if baseline:
         cmp = report.compare(baseline, record, args.check_metric, args.tolerance, args.check_candidates)
         print()
         print(check_header(args.check, None))
         print(report.check_text(cmp))
-        return 1 if cmp["regressions"] else 0
-    return 0
+        failed = report.check_failed(cmp)
+    broken = record["summary"]["errors"] + record["summary"]["output_mismatches"]
+    if broken:
+        print(f"  {len(broken)} rows failed (an error or an output mismatch): exit status 1", file=sys.stderr)
+    return 1 if failed or broken else 0
 
 
 def steady_malloc():
