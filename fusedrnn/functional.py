@@ -69,9 +69,10 @@ def _checked_stack(name: str, weights, width: int, hx: Sequence[Tensor], num_lay
 
 
 def _is_relu(nonlinearity: str, cell: bool) -> bool:
-    if nonlinearity not in ("tanh", "relu") and cell:
-        raise RuntimeError(f"Unknown nonlinearity: {nonlinearity}")
-    reference._check_nonlinearity(nonlinearity)
+    if nonlinearity != "relu" and nonlinearity != "tanh":
+        if cell:
+            raise RuntimeError(f"Unknown nonlinearity: {nonlinearity}")
+        reference._check_nonlinearity(nonlinearity)  # torch.nn.RNN's error
     return nonlinearity == "relu"
 
 

@@ -567,8 +567,7 @@ class _CellBase(nn.Module):
         if input.size(1) != self.input_size:
             raise RuntimeError(f"input has inconsistent input_size: got {input.size(1)} expected {self.input_size}")
         w_dtype = self.weight_ih.dtype
-        autocast = torch.is_autocast_enabled(input.device.type)
-        if input.dtype != w_dtype and not autocast:
+        if input.dtype != w_dtype and not torch.is_autocast_enabled(input.device.type):
             raise RuntimeError(_product_dtypes_error(input.dtype, w_dtype))
         for i, h in enumerate(hx):
             if input.size(0) != h.size(0):
@@ -577,7 +576,7 @@ class _CellBase(nn.Module):
                 raise RuntimeError(
                     f"hidden{i} has inconsistent hidden_size: got {h.size(1)}, expected {self.hidden_size}"
                 )
-        if hx[0].dtype != w_dtype and not autocast:  # ATen's cells meet it in hx W_hh^T
+        if hx[0].dtype != w_dtype and not torch.is_autocast_enabled(input.device.type):  # ATen: in hx W_hh^T
             raise RuntimeError(_product_dtypes_error(hx[0].dtype, w_dtype))
 
     @classmethod
