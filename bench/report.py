@@ -211,7 +211,11 @@ def _table(rows: Sequence[dict], markdown: bool) -> Tuple[List[str], List[List[s
 
 
 def _mb(x: Optional[float]) -> str:
-    return "-" if x is None else (f"{x:.2f}" if x < 10 else f"{x:.1f}")
+    if x is None:
+        return "-"
+    if 0 < x < 0.01:  # a few KB: in KB, so that a difference the summary counts shows
+        return f"{x * 1024:.1f}K"
+    return f"{x:.2f}" if x < 10 else f"{x:.1f}"
 
 
 def terminal_table(rows: Sequence[dict]) -> str:
