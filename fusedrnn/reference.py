@@ -122,13 +122,13 @@ def rnn_cell(
     nonlinearity: str = "tanh",
 ) -> Tensor:
     """One Elman step. h' = act(W_ih x + b_ih + W_hh h + b_hh), act tanh or relu."""
+    _check_nonlinearity(nonlinearity)
     return _rnn_step(_linear(x, w_ih, b_ih), h, w_hh, b_hh, nonlinearity)
 
 
 def _rnn_step(gx, h, w_hh, b_hh=None, nonlinearity="tanh"):
     """rnn_cell from the input's projection gx = W_ih x + b_ih."""
     p = gx + _linear(h, w_hh, b_hh)
-    _check_nonlinearity(nonlinearity)
     return torch.tanh(p) if nonlinearity == "tanh" else torch.relu(p)
 
 

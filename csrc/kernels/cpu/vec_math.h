@@ -85,10 +85,10 @@ inline void reduce_ln2(FloatOps::R x, float k, FloatOps::R& n, FloatOps::R& r) {
 // per 16 elements. x is clamped first: the reduction holds only for moderate x
 // (at |x| = 1e15 n ln2 no longer cancels x and r is garbage). With scalef
 // (AVX-512) the clamp is [-104, 89], beyond which e^x rounds to 0 or overflows,
-// so results keep their accuracy over the float range, subnormals included; otherwise it
-// is where 2^n is a normal float. The clamps keep NaN (operand order of
-// min/max), so NaN in gives NaN out; -inf gives 0, +inf gives +inf (AVX-512) or
-// FLT_MAX (AVX2).
+// so results keep their accuracy over the float range, subnormals included;
+// otherwise it is where 2^n is a normal float. The clamps keep NaN (operand
+// order of min/max), so NaN in gives NaN out; -inf gives 0, +inf gives +inf
+// (AVX-512) or FLT_MAX (AVX2).
 template <typename V>
 inline V exp_float(const V& x) {
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
