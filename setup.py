@@ -56,7 +56,17 @@ ISA_FLAGS = {
 }
 
 
+# The AMX tile products (csrc/kernels/cpu/amx_bf16.cpp) need these on top of
+# AVX-512; their callers check at run time that the CPU has them. Built without
+# them (no AVX-512 kernels in the build), that file gives usable() == False.
+ISA_FLAGS["amx"] = ISA_FLAGS["avx512"][2:] + ["-mavx512bf16", "-mamx-tile", "-mamx-bf16"]
+AMX_SOURCE = "amx_bf16.cpp"
+BUILD_AMX = False
+
+
 def isa_of(source):
+    if str(source).endswith(AMX_SOURCE):
+        return "amx" if BUILD_AMX else None
     m = re.search(r"isa_(\w+)\.cpp$", str(source))
     return m.group(1) if m else None
 
@@ -74,6 +84,9 @@ def make_extension():
     sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "torch").glob("*.cpp"))
     sources = [s for s in sources if not s.endswith("_cuda.cpp")]
     sources += [f"csrc/kernels/cpu/isa_{isa}.cpp" for isa in isas]
+    sources += [f"csrc/kernels/cpu/{AMX_SOURCE}"]
+    global BUILD_AMX
+    BUILD_AMX = "avx512" in isas
 
     cxx = ["-O3", "-fopenmp", "-fvisibility=hidden", "-Wall", "-Wno-unknown-pragmas", "-Wno-maybe-uninitialized"]
     if os.environ.get("FUSEDRNN_SANITIZE"):

@@ -228,7 +228,10 @@ def backend_info() -> dict:
     Keys: version, torch (built against / running), cpu_isas_compiled, cpu_isa
     (the one in use), cpu_single_step_products (where cell calls on CPU take their
     products: "own" GEMMs, torch's BLAS "blas by shape" where it is MKL on an Intel
-    CPU, or "blas" when FUSEDRNN_CPU_BLAS=always), cuda_compiled, cuda_archs,
+    CPU, or "blas" when FUSEDRNN_CPU_BLAS=always), cpu_bfloat16_products (where
+    bfloat16 forwards on CPU take their products: "amx" tiles where the CPU has
+    AMX-BF16 and the kernels run with AVX-512, unless FUSEDRNN_CPU_AMX=never, else
+    "float32"), cuda_compiled, cuda_archs,
     cuda_available, cuda_devices.
     """
     info = _C.build_info()
@@ -239,6 +242,7 @@ def backend_info() -> dict:
         "cpu_isas_compiled": info["cpu_isas_compiled"].split(","),
         "cpu_isa": info["cpu_isa"],
         "cpu_single_step_products": _C.cpu_single_step_products(),
+        "cpu_bfloat16_products": _C.cpu_bfloat16_products(),
         "cuda_compiled": info["cuda"],
         "cuda_archs": [a for a in info["cuda_archs"].split(",") if a],
         "cuda_available": torch.cuda.is_available(),

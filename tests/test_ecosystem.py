@@ -288,6 +288,29 @@ def _cpu_vendor():
     return ""
 
 
+def _cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def test_bfloat16_products_follow_the_switch_and_the_machine(monkeypatch):
+    monkeypatch.delenv("FUSEDRNN_CPU_AMX", raising=False)
+    amx = {"amx_tile", "amx_bf16", "avx512_bf16"} <= _cpu_flags() and fusedrnn.backend_info()["cpu_isa"] == "AVX512"
+    assert fusedrnn.backend_info()["cpu_bfloat16_products"] == ("amx" if amx else "float32")
+    monkeypatch.setenv("FUSEDRNN_CPU_AMX", "never")
+    assert fusedrnn.backend_info()["cpu_bfloat16_products"] == "float32"
+    monkeypatch.setenv("FUSEDRNN_CPU_AMX", "sometimes")
+    lstm = fusedrnn.LSTM(3, 4).to(torch.bfloat16)
+    with pytest.raises(RuntimeError, match="FUSEDRNN_CPU_AMX must be auto, always or never, got 'sometimes'"):
+        lstm(torch.randn(2, 1, 3, dtype=torch.bfloat16))
+
+
 def test_single_step_products_follow_the_switch_and_the_machine(monkeypatch):
     monkeypatch.setenv("FUSEDRNN_CPU_BLAS", "always")
     assert fusedrnn.backend_info()["cpu_single_step_products"] == "blas"

@@ -217,6 +217,59 @@ def test_sequence_split_over_two_threads(variant, packed, dtype):
     _assert_matches_reference(m, build, leaves, dtype, got=two)
 
 
+def _bf16_products():
+    return fusedrnn.backend_info()["cpu_bfloat16_products"]
+
+
+@pytest.mark.skipif(_bf16_products() != "amx", reason="this CPU (or build) has no AMX-BF16 products")
+@pytest.mark.parametrize("packed", [False, True], ids=["strided", "packed"])
+@pytest.mark.parametrize("variant", list(SEQ_ALL))
+def test_amx_bfloat16_forward_matches_reference(variant, packed, monkeypatch):
+    # Shapes that leave every tile partial: K = 45 and 40 (not multiples of 32),
+    # H = 40 (units past H in a 16-wide tile), 70 rows (4 row tiles and 6), steps
+    # of 70 down to 1 row when packed; both directions, two layers. On one
+    # thread and on two (tasks split the panels; no sum changes), and against
+    # the float32 path, whose h is not rounded to bfloat16 between steps.
+    mode, vkw = SEQ_ALL[variant]
+    vkw = {**vkw, "proj_size": 24} if "proj_size" in vkw else vkw
+    t, n, c, h = 6, 70, 45, 40
+    lengths = [1 + (7 * i) % t for i in range(n)] if packed else None
+    torch.manual_seed(0)
+    m = getattr(fusedrnn, mode)(c, h, num_layers=2, bidirectional=True, **vkw).to(torch.bfloat16)
+    leaves = seq_leaves(m, t, n, c)
+    build = seq_builder(m, c, lengths=lengths)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run(m, build, leaves)
+        torch.set_num_threads(2)
+        two = run(m, build, leaves)
+        monkeypatch.setenv("FUSEDRNN_CPU_AMX", "never")
+        assert _bf16_products() == "float32"
+        plain = run(m, build, leaves)
+    finally:
+        torch.set_num_threads(threads)
+    assert_all_close(two, one)
+    outputs = [k for k in one if not k.startswith("grad")]
+    assert any(not torch.equal(one[k], plain[k]) for k in outputs), "FUSEDRNN_CPU_AMX changed nothing"
+    monkeypatch.setenv("FUSEDRNN_CPU_AMX", "always")
+    assert_matches_reference(m, *build(**{k: v.to(torch.bfloat16) for k, v in leaves.items()}))
+
+
+@pytest.mark.parametrize("kind", ["LSTMCell", "GRUCell", "RNNCell"])
+def test_amx_bfloat16_cell_matches_reference(kind, monkeypatch):
+    if _bf16_products() != "amx":
+        monkeypatch.setenv("FUSEDRNN_CPU_AMX", "always")
+        cell = getattr(fusedrnn, kind)(3, 4).to(torch.bfloat16)
+        with pytest.raises(RuntimeError, match="FUSEDRNN_CPU_AMX=always, but this CPU"):
+            cell(torch.randn(2, 3, dtype=torch.bfloat16))
+        return
+    torch.manual_seed(0)
+    cell = getattr(fusedrnn, kind)(45, 40).to(torch.bfloat16)
+    args = cell_build(**{k: v.to(torch.bfloat16) for k, v in cell_leaves(kind == "LSTMCell", 21, True, 45, 40, 5).items()})
+    assert_matches_reference(cell, *args)
+
+
 # ------------------------------------------------------------------ cells
 
 NN_CELLS = {

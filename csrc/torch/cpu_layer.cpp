@@ -1,7 +1,9 @@
 // CPU implementation of the layer operators: fills the kernels' argument
 // structs, sizes and allocates their scratch, and runs them on ATen's threads.
 // float16 and bfloat16 compute in float32 (DESIGN.md, precision): inputs are
-// converted on the way in and results on the way out.
+// converted on the way in and results on the way out. Where the CPU has AMX, a
+// bfloat16 forward takes its products from AMX tiles on the bfloat16 input and
+// weights themselves (amx.h), accumulating in float32.
 #include <ATen/Context.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -17,6 +19,7 @@
 #include <cpuid.h>
 #endif
 
+#include "../kernels/cpu/amx.h"
 #include "cpu_memory.h"
 #include "rnn_layer.h"
 
@@ -89,6 +92,26 @@ cpu::BlasPolicy blas_policy() {
     case Switch::kAlways: return cpu::BlasPolicy::kAlways;
     case Switch::kNever: return cpu::BlasPolicy::kNever;
     default: return fast ? cpu::BlasPolicy::kAuto : cpu::BlasPolicy::kNever;
+  }
+}
+
+// Whether bfloat16 forwards run their products on AMX tiles: where the CPU and
+// the OS allow it and the kernels run with AVX-512 (auto), or as
+// FUSEDRNN_CPU_AMX=always|never says (tests, benchmarks).
+bool amx_possible() {
+  static const bool can = cpu::amx::usable() && std::strcmp(cpu::active_isa(), "AVX512") == 0;
+  return can;
+}
+
+bool use_amx(const LayerInputs& in) {
+  if (in.input.scalar_type() != at::kBFloat16) return false;
+  switch (env_switch("FUSEDRNN_CPU_AMX")) {
+    case Switch::kNever: return false;
+    case Switch::kAlways:
+      TORCH_CHECK(amx_possible(), "FUSEDRNN_CPU_AMX=always, but this CPU, its OS or the kernels' "
+                  "instruction set (", cpu::active_isa(), ") cannot run AMX bfloat16 products");
+      return true;
+    default: return amx_possible();
   }
 }
 
@@ -166,24 +189,36 @@ void with_scratch(const Args& args, const Fn& fn) {
   fn(args, arena);
 }
 
+const uint16_t* bf16_bits(const Tensor& t) {
+  return t.numel() > 0 ? reinterpret_cast<const uint16_t*>(t.data_ptr<at::BFloat16>()) : nullptr;
+}
+
+// With `amx`, the products read in.input, in.w_ih and in.w_hh in bfloat16 (the
+// other inputs are S).
 template <typename S>
 void forward_typed(const LayerInputs& in, const LayerGeometry& g, bool training,
-                   ForwardResult& out) {
+                   ForwardResult& out, bool amx = false) {
   cpu::SeqForwardArgs<S> a{};
   a.cell = in.cell;
   a.pack = pack_policy();
-  a.blas_policy = blas_policy();
+  a.blas_policy = amx ? cpu::BlasPolicy::kNever : blas_policy();
   a.blas = &aten_gemm<S>;
   a.training = training;
   a.seq = g.layout(in.reverse);
   a.C = g.C;
   a.H = g.H;
   a.P = g.P;
-  a.x = ptr<S>(in.input);
+  if (amx) {
+    a.x_bf16 = bf16_bits(in.input);
+    a.w_ih_bf16 = bf16_bits(in.w_ih);
+    a.w_hh_bf16 = bf16_bits(in.w_hh);
+  } else {
+    a.x = ptr<S>(in.input);
+    a.w_ih = ptr<S>(in.w_ih);
+    a.w_hh = ptr<S>(in.w_hh);
+  }
   a.h0 = ptr<S>(in.h0);
   a.c0 = ptr<S>(in.c0);
-  a.w_ih = ptr<S>(in.w_ih);
-  a.w_hh = ptr<S>(in.w_hh);
   a.b_ih = ptr<S>(in.b_ih);
   a.b_hh = ptr<S>(in.b_hh);
   a.w_ch = ptr<S>(in.w_ch);
@@ -251,13 +286,15 @@ OptTensor to_float(const OptTensor& t) {
   return t.has_value() ? OptTensor(t->to(at::kFloat)) : std::nullopt;
 }
 
-LayerInputs float_inputs(const LayerInputs& in) {
+// With `amx`, the operands of the products stay bfloat16 (made contiguous).
+LayerInputs float_inputs(const LayerInputs& in, bool amx = false) {
   LayerInputs f = in;
-  f.input = to_float(in.input);
+  const auto product_operand = [&](const Tensor& t) { return amx ? t.contiguous() : to_float(t); };
+  f.input = product_operand(in.input);
   f.h0 = to_float(in.h0);
   f.c0 = to_float(in.c0);
-  f.w_ih = to_float(in.w_ih);
-  f.w_hh = to_float(in.w_hh);
+  f.w_ih = product_operand(in.w_ih);
+  f.w_hh = product_operand(in.w_hh);
   f.b_ih = to_float(in.b_ih);
   f.b_hh = to_float(in.b_hh);
   f.w_ch = to_float(in.w_ch);
@@ -288,14 +325,19 @@ const char* cpu_single_step_products() {
   }
 }
 
+const char* cpu_bfloat16_products() {
+  return env_switch("FUSEDRNN_CPU_AMX") != Switch::kNever && amx_possible() ? "amx" : "float32";
+}
+
 void cpu_layer_forward(const LayerInputs& in, const LayerGeometry& g, bool training,
                        ForwardResult& out) {
   if (is_16bit(in.input)) {
-    const LayerInputs f = float_inputs(in);
+    const bool amx = use_amx(in);
+    const LayerInputs f = float_inputs(in, amx);
     through_float({&out.output, &out.h_n, &out.c_n, &out.saved.gates, &out.saved.proj_in},
                   [&](std::vector<Tensor>& t) {
                     ForwardResult fo{t[0], t[1], t[2], Saved{t[3], out.saved.states, t[4]}};
-                    forward_typed<float>(f, g, training, fo);
+                    forward_typed<float>(f, g, training, fo, amx);
                   });
     return;
   }

@@ -80,6 +80,13 @@ struct SeqForwardArgs {
   const S* b_hh;    // [G*H] or null
   const S* w_ch;    // [(G-1)*H] peepholes i, f, o (f, o coupled) or null
   const S* w_hr;    // [P, H] projection or null
+  // bfloat16 operands for AMX tiles (amx.h), float kernels with AVX-512 only:
+  // given, the input projection reads x_bf16 and w_ih_bf16 instead of x and
+  // w_ih, and the recurrent product w_hh_bf16 instead of w_hh (and h rounded
+  // to bfloat16).
+  const uint16_t* x_bf16;     // [R, C]
+  const uint16_t* w_ih_bf16;  // [G*H, C]
+  const uint16_t* w_hh_bf16;  // [G*H, P]
   S* y;             // [R, P]
   S* h_n;           // [N, P]
   S* c_n;           // [N, H]      LSTM only

@@ -16,6 +16,7 @@
 
 #include <cstring>
 
+#include "amx.h"
 #include "gemm.h"
 #include "phases.h"
 #include "rnn_cpu.h"
@@ -28,6 +29,12 @@ inline namespace CPU_CAPABILITY {
 // stays in L2 (1 MB per core on Zen 5) until the steps consume it.
 constexpr int64_t kChunkBytes = int64_t{512} << 10;
 constexpr int64_t kChunkMinRows = 256;
+
+// Whether a kernel compiled for S and this instruction set can take its
+// bfloat16 products from AMX tiles (amx.h): float kernels whose vectors are as
+// wide as a result tile (AVX-512), so that a tile's row is one vector.
+template <typename S>
+constexpr bool kAmxCapable = std::is_same_v<S, float> && Vec<S>::size() == amx::kTileCols;
 
 inline int64_t total_rows(const SeqLayout& seq) { return seq.offset(seq.T); }
 
@@ -280,13 +287,29 @@ struct Recurrent {
   S* packed = nullptr;
   S* gh = nullptr;
   BlasGemm<S> blas = nullptr;
+  // On AMX: W in bfloat16, packed as the column tiles of each gate's units,
+  // tile (unit block j, gate g) at (j * G + g) * amx::tile_size(K). A task is a
+  // run of panels, one per thread, so that h is staged once per task.
+  const amx::bf16* wb = nullptr;
+  amx::bf16* tiles = nullptr;
+  int64_t amx_tasks = 0;
 
+  // wb_ (with kAmxCapable<S>) puts the product on AMX tiles, split for `threads`.
   void plan(Arena& arena, PackPolicy policy, const S* w_, int64_t H_, int64_t K_, int64_t N,
-            int64_t uses, BlasGemm<S> blas_ = nullptr) {
+            int64_t uses, BlasGemm<S> blas_ = nullptr, const amx::bf16* wb_ = nullptr,
+            int threads = 1) {
     w = w_;
     H = H_;
     K = K_;
     blas = blas_;
+    if (kAmxCapable<S> && wb_) {
+      static_assert(NV <= amx::kMaxTiles, "one AMX product per panel");
+      wb = wb_;
+      blas = nullptr;
+      tiles = arena.take<amx::bf16>(panels() * U * G * amx::tile_size(K));
+      amx_tasks = std::min<int64_t>(panels(), std::max(1, threads));
+      return;
+    }
     if (!blas && worth_packing(policy, uses, K))
       packed = arena.take<S>(recurrent_packed_size<S, G, U>(H, K));
     else
@@ -294,6 +317,12 @@ struct Recurrent {
   }
   void prepare(const Parallel& par) const {
     if (packed) pack_recurrent<S, G, U>(w, H, K, packed, par);
+    if (tiles) {
+      const int64_t ts = amx::tile_size(K), nj = panels() * U;
+      par(nj, grain_for(G * K * amx::kTileCols), [&](int64_t jb, int64_t je) {
+        for (int g = 0; g < G; ++g) amx::pack(wb + g * H * K, H, K, K, tiles + g * ts, G * ts, jb, je);
+      });
+    }
   }
   int64_t panels() const { return ceil_div<int64_t>(H, U * L); }
   // In place: panels per task, enough multiply-adds to pay for a thread.
@@ -302,6 +331,7 @@ struct Recurrent {
   }
   int64_t tasks(int64_t rows) const {
     if (rows <= 0) return 0;
+    if (tiles) return amx_tasks;
     if (blas) return 1;
     return packed ? panels() * ceil_div<int64_t>(rows, kRowBlock)
                   : ceil_div<int64_t>(panels(), panels_per_task(rows));
@@ -312,6 +342,9 @@ struct Recurrent {
   template <typename Epi>
   void run(int64_t rows, const S* a, int64_t lda, const Epi& epi, int64_t task) const {
     using V = Vec<S>;
+    if constexpr (kAmxCapable<S>) {
+      if (tiles) return run_amx(rows, a, lda, epi, task);
+    }
     if (packed) {
       const int64_t nrb = ceil_div<int64_t>(rows, kRowBlock);
       const int64_t p = task / nrb;
@@ -357,6 +390,38 @@ struct Recurrent {
         epi(i, p, acc);
       }
     }
+  }
+
+  // Panels [p0, p1) of the task: per block of 16 rows, h staged in bfloat16
+  // once, then per panel one tile product for its NV vectors and the epilogue
+  // of each row on the result tiles.
+  template <typename Epi>
+  void run_amx(int64_t rows, const S* a, int64_t lda, const Epi& epi, int64_t task) const {
+    using V = Vec<S>;
+    constexpr int64_t TR = amx::kTileRows, TC = amx::kTileCols;
+    const int64_t per = ceil_div<int64_t>(panels(), amx_tasks);
+    const int64_t p0 = task * per, p1 = std::min<int64_t>(panels(), p0 + per);
+    if (p0 >= p1) return;
+    const int64_t ts = amx::tile_size(K);
+    amx::bf16* st = amx::staging(K);
+    alignas(64) S out[NV * TR * TC];
+    amx::begin();
+    for (int64_t r0 = 0; r0 < rows; r0 += TR) {
+      const int64_t rr = std::min<int64_t>(TR, rows - r0);
+      amx::stage(a + r0 * lda, lda, rr, K, st);
+      for (int64_t p = p0; p < p1; ++p) {
+        const amx::bf16* b[NV];
+        for (int g = 0; g < G; ++g)
+          for (int u = 0; u < U; ++u) b[g * U + u] = tiles + ((p * U + u) * G + g) * ts;
+        amx::product(st, K, b, NV, out);
+        for (int64_t i = 0; i < rr; ++i) {
+          V acc[NV];
+          for (int v = 0; v < NV; ++v) acc[v] = V::loadu(out + (v * TR + i) * TC);
+          epi(r0 + i, p, acc);
+        }
+      }
+    }
+    amx::end();
   }
 };
 
@@ -440,28 +505,53 @@ void previous_rows(const SeqLayout& seq, const S* y, const S* h0, int64_t P,
 
 
 // Gx = X W_ih^T + bias, chunk by chunk. Owns the weight and the buffer.
+// With the bfloat16 operands of the arguments (kAmxCapable<S>), the product
+// runs on AMX tiles, kAmxTaskRows rows per task.
 template <typename S>
 struct InputProjection {
+  static constexpr int64_t kAmxTaskRows = 64;
   int64_t C = 0, GH = 0, max_rows = 0;
   const S* x = nullptr;
   WeightT<S> w;
+  const amx::bf16* xb = nullptr;
+  const amx::bf16* wb = nullptr;
+  amx::bf16* tiles = nullptr;  // W_ih packed (amx.h)
   S* bias = nullptr;  // [GH], folded biases
   S* gx = nullptr;    // [max_rows, GH]
 
-  void plan(Arena& arena, PackPolicy policy, const SeqLayout& seq, const S* x_, const S* w_ih,
-            int64_t C_, int64_t GH_, BlasGemm<S> blas) {
-    x = x_;
-    C = C_;
+  void plan(Arena& arena, const SeqForwardArgs<S>& a, int64_t GH_, BlasGemm<S> blas) {
+    const SeqLayout& seq = a.seq;
+    x = a.x;
+    C = a.C;
     GH = GH_;
     max_rows = max_of(seq.N, kChunkMinRows, kChunkBytes / static_cast<int64_t>(GH * sizeof(S)));
     max_rows = std::max<int64_t>(1, std::min<int64_t>(max_rows, total_rows(seq)));
-    w.plan(arena, policy, w_ih, GH, C, total_rows(seq), blas);
+    if (kAmxCapable<S> && a.x_bf16) {
+      xb = a.x_bf16;
+      wb = a.w_ih_bf16;
+      tiles = arena.take<amx::bf16>(amx::col_tiles(GH) * amx::tile_size(C));
+    } else {
+      w.plan(arena, a.pack, a.w_ih, GH, C, total_rows(seq), blas);
+    }
     bias = arena.take<S>(GH);
     gx = arena.take<S>(max_rows * GH);
   }
-  int64_t tasks(int64_t rows) const { return w.tasks(rows); }
+  void prepare(const Parallel& par) const {
+    if (!tiles) return w.prepare(par);
+    const int64_t ts = amx::tile_size(C);
+    par(amx::col_tiles(GH), grain_for(C * amx::kTileCols),
+        [&](int64_t jb, int64_t je) { amx::pack(wb, GH, C, C, tiles, ts, jb, je); });
+  }
+  int64_t tasks(int64_t rows) const {
+    return tiles ? ceil_div<int64_t>(rows, kAmxTaskRows) : w.tasks(rows);
+  }
   void run(int64_t row0, int64_t rows, int64_t task) const {
-    w.run(rows, x + row0 * C, C, gx, GH, false, bias, task);
+    if (!tiles) return w.run(rows, x + row0 * C, C, gx, GH, false, bias, task);
+    if constexpr (kAmxCapable<S>) {
+      const int64_t r0 = task * kAmxTaskRows;
+      amx::gemm(std::min<int64_t>(kAmxTaskRows, rows - r0), GH, C, xb + (row0 + r0) * C, C,
+                tiles, gx + r0 * GH, GH, bias);
+    }
   }
   // Pre-activations of global row r, in the chunk that starts at row0.
   const S* row(int64_t r, int64_t row0) const { return gx + (r - row0) * GH; }
@@ -694,9 +784,9 @@ void lstm_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& 
 
   const int64_t R = total_rows(seq);
   InputProjection<S> xproj;
-  xproj.plan(arena, a.pack, seq, a.x, a.w_ih, a.C, GH, blas);
+  xproj.plan(arena, a, GH, blas);
   Recurrent<S, G, U> rec;
-  rec.plan(arena, a.pack, a.w_hh, H, P, N, R, blas);
+  rec.plan(arena, a.pack, a.w_hh, H, P, N, R, blas, a.w_hh_bf16, par.max_threads);
   WeightT<S> whr;
   if (proj) whr.plan(arena, a.pack, a.w_hr, P, H, R, blas);
   HiddenState<S> hs;
@@ -707,7 +797,7 @@ void lstm_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& 
   sched.plan(arena, Schedule::max_forward(seq, parts));
   if (arena.sizing()) return;
 
-  xproj.w.prepare(par);
+  xproj.prepare(par);
   fold_bias(xproj.bias, a.b_ih, a.b_hh, 0, GH);
   rec.prepare(par);
   if (proj) whr.prepare(par);
@@ -934,9 +1024,10 @@ void gru_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& p
   const int64_t N = seq.N, H = a.H, GH = G * H;
 
   InputProjection<S> xproj;
-  xproj.plan(arena, a.pack, seq, a.x, a.w_ih, a.C, GH, blas);
+  xproj.plan(arena, a, GH, blas);
   Recurrent<S, G, U> rec;
-  rec.plan(arena, a.pack, a.w_hh, H, H, N, total_rows(seq), blas);
+  rec.plan(arena, a.pack, a.w_hh, H, H, N, total_rows(seq), blas, a.w_hh_bf16,
+           par.max_threads);
   S* b_hn = arena.take<S>(H);
   HiddenState<S> hs;
   hs.plan(arena, seq, H);
@@ -944,7 +1035,7 @@ void gru_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& p
   sched.plan(arena, Schedule::max_forward(seq, 1));
   if (arena.sizing()) return;
 
-  xproj.w.prepare(par);
+  xproj.prepare(par);
   // r and z take both biases in Gx; n takes b_in there and b_hn inside r*(...).
   fold_bias(xproj.bias, a.b_ih, a.b_hh, 0, 2 * H);
   fold_bias(xproj.bias, a.b_ih, static_cast<const S*>(nullptr), 2 * H, 3 * H);
@@ -1004,11 +1095,13 @@ void gru_reset_before_forward_seq(const SeqForwardArgs<S>& a, Arena& arena,
   enum { kRz, kN };
 
   InputProjection<S> xproj;
-  xproj.plan(arena, a.pack, seq, a.x, a.w_ih, a.C, GH, blas);
+  xproj.plan(arena, a, GH, blas);
   Recurrent<S, 2, U1> rec_rz;
-  rec_rz.plan(arena, a.pack, a.w_hh, H, H, N, total_rows(seq), blas);
+  rec_rz.plan(arena, a.pack, a.w_hh, H, H, N, total_rows(seq), blas, a.w_hh_bf16,
+              par.max_threads);
   Recurrent<S, 1, U2> rec_n;
-  rec_n.plan(arena, a.pack, a.w_hh + 2 * H * H, H, H, N, total_rows(seq), blas);
+  rec_n.plan(arena, a.pack, a.w_hh ? a.w_hh + 2 * H * H : nullptr, H, H, N, total_rows(seq), blas,
+             a.w_hh_bf16 ? a.w_hh_bf16 + 2 * H * H : nullptr, par.max_threads);
   HiddenState<S> hs;
   hs.plan(arena, seq, H);
   S* z_scratch = a.training ? nullptr : arena.take<S>(N * H);
@@ -1017,7 +1110,7 @@ void gru_reset_before_forward_seq(const SeqForwardArgs<S>& a, Arena& arena,
   sched.plan(arena, Schedule::max_forward(seq, 2));
   if (arena.sizing()) return;
 
-  xproj.w.prepare(par);
+  xproj.prepare(par);
   fold_bias(xproj.bias, a.b_ih, a.b_hh, 0, GH);  // b_hn is outside r*(.) here
   rec_rz.prepare(par);
   rec_n.prepare(par);
@@ -1264,16 +1357,17 @@ void rnn_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& p
   const int64_t N = seq.N, H = a.H;
 
   InputProjection<S> xproj;
-  xproj.plan(arena, a.pack, seq, a.x, a.w_ih, a.C, H, blas);
+  xproj.plan(arena, a, H, blas);
   Recurrent<S, 1, U> rec;
-  rec.plan(arena, a.pack, a.w_hh, H, H, N, total_rows(seq), blas);
+  rec.plan(arena, a.pack, a.w_hh, H, H, N, total_rows(seq), blas, a.w_hh_bf16,
+           par.max_threads);
   HiddenState<S> hs;
   hs.plan(arena, seq, H);
   Schedule sched;
   sched.plan(arena, Schedule::max_forward(seq, 1));
   if (arena.sizing()) return;
 
-  xproj.w.prepare(par);
+  xproj.prepare(par);
   fold_bias(xproj.bias, a.b_ih, a.b_hh, 0, H);
   rec.prepare(par);
   hs.init(a.h0, a.h_n);

@@ -1,0 +1,63 @@
+// bfloat16 products on Intel AMX tiles (Sapphire Rapids and later): the
+// input projection and the recurrent product of a bfloat16 layer, accumulated
+// in float32 (DESIGN.md, precision). The rest of a step (cell math, state)
+// stays in the float32 kernels.
+//
+// A tile product takes A as a staged block of 16 rows x KB*32 bfloat16 (rows
+// and K past the operand's end are zero) and a weight W [rows, K] packed as
+// column tiles: tile j holds W rows 16j..16j+15 for all of K, as KB blocks of
+// 16 k-pairs x 16 columns x 2 (the tiles' VNNI layout), 512 bfloat16 each.
+// The result of a tile is 16 x 16 float32, row-major.
+//
+// Compiled with the AMX flags in its own file (amx_bf16.cpp); where it is not,
+// usable() is false and nothing else may be called.
+#pragma once
+
+#include <cstdint>
+
+namespace fusedrnn::cpu::amx {
+
+using bf16 = uint16_t;  // bfloat16 bits
+
+constexpr int kTileRows = 16;
+constexpr int kTileCols = 16;
+constexpr int kTileK = 32;
+constexpr int64_t kTileElems = kTileCols * kTileK;  // bfloat16 per packed K block
+constexpr int kMaxTiles = 4;                         // result tiles per product()
+
+// Compiled in, the CPU has AMX-BF16 and AVX512-BF16, and the OS lets this
+// process use the tile data (requested here once).
+bool usable();
+
+constexpr int64_t k_blocks(int64_t K) { return (K + kTileK - 1) / kTileK; }
+constexpr int64_t col_tiles(int64_t rows) { return (rows + kTileCols - 1) / kTileCols; }
+// bfloat16 elements of one packed column tile.
+constexpr int64_t tile_size(int64_t K) { return k_blocks(K) * kTileElems; }
+
+// Packs column tiles [j0, j1) of W [rows, K] (row stride ldw) to dst + j * stride;
+// tiles past col_tiles(rows) come out zero.
+void pack(const bf16* w, int64_t rows, int64_t K, int64_t ldw, bf16* dst, int64_t stride,
+          int64_t j0, int64_t j1);
+
+// A's staging block for this thread: kTileRows x k_blocks(K) * kTileK.
+bf16* staging(int64_t K);
+// Rows [0, rows) of src (row stride ld, rows <= kTileRows) into a staging
+// block, rounded to nearest even; the rest zero.
+void stage(const float* src, int64_t ld, int64_t rows, int64_t K, bf16* dst);
+void stage(const bf16* src, int64_t ld, int64_t rows, int64_t K, bf16* dst);
+
+// Around a run of product() calls on one thread: loads and releases the tile
+// configuration.
+void begin();
+void end();
+
+// out[t] (16 x 16 float32, at out + t * 256) = staged A x tile b[t], t < nt <= kMaxTiles.
+void product(const bf16* a, int64_t K, const bf16* const* b, int nt, float* out);
+
+// C[M, N] (row stride ldc) = A[M, K] (bfloat16, row stride lda) W^T + bias
+// (bias [N] or null), W [N, K] packed with stride tile_size(K). Calls
+// begin() and end() itself.
+void gemm(int64_t M, int64_t N, int64_t K, const bf16* a, int64_t lda, const bf16* w, float* c,
+          int64_t ldc, const float* bias);
+
+}  // namespace fusedrnn::cpu::amx

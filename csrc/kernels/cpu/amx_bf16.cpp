@@ -1,0 +1,236 @@
+// AMX tile products for bfloat16 layers (amx.h). The build compiles this file
+// alone with -mamx-tile -mamx-bf16 -mavx512bf16 (and the AVX-512 flags); a
+// build without them gets usable() == false.
+#include "amx.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+
+#if defined(__x86_64__) && defined(__AMX_TILE__) && defined(__AMX_BF16__) && \
+    defined(__AVX512BF16__) && defined(__linux__)
+#define FUSEDRNN_AMX_COMPILED 1
+#include <cpuid.h>
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
+namespace fusedrnn::cpu::amx {
+
+#ifdef FUSEDRNN_AMX_COMPILED
+
+namespace {
+
+constexpr int kXfeatureTileData = 18;
+constexpr unsigned long kArchReqXcompPerm = 0x1023;
+
+bool cpu_and_os_allow() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+  const bool avx512 = (b >> 16 & 1) && (b >> 30 & 1) && (b >> 31 & 1);  // F, BW, VL
+  const bool amx = (d >> 22 & 1) && (d >> 24 & 1);                      // AMX-BF16, AMX-TILE
+  if (!avx512 || !amx) return false;
+  if (!__get_cpuid_count(7, 1, &a, &b, &c, &d) || !(a >> 5 & 1)) return false;  // AVX512_BF16
+  if (!__get_cpuid(1, &a, &b, &c, &d) || !(c >> 27 & 1)) return false;          // OSXSAVE
+  unsigned lo = 0, hi = 0;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  // XCR0: opmask, ZMM halves (5-7) and the tile configuration and data (17, 18).
+  if ((lo & 0xE0u) != 0xE0u || (lo & 0x60000u) != 0x60000u) return false;
+  // Linux hands out the tile data state only on request, once per process.
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureTileData) == 0;
+}
+
+// Tiles: 0 A (16 x 64 bytes), 1 and 2 B, 4..7 results (16 x 16 float32).
+struct alignas(64) TileConfig {
+  uint8_t palette = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+const TileConfig& config() {
+  static const TileConfig cfg = [] {
+    TileConfig c;
+    for (int t : {0, 1, 2, 4, 5, 6, 7}) {
+      c.colsb[t] = 64;
+      c.rows[t] = 16;
+    }
+    return c;
+  }();
+  return cfg;
+}
+
+struct FreeAligned {
+  void operator()(bf16* p) const { std::free(p); }
+};
+
+__m256bh to_bf16(__m512 v) { return _mm512_cvtneps_pbh(v); }
+
+template <int NT>
+inline void product_n(const bf16* a, int64_t kb, const bf16* const* b, float* out) {
+  const int64_t lda = kb * kTileK * static_cast<int64_t>(sizeof(bf16));
+  _tile_zero(4);
+  if constexpr (NT > 1) _tile_zero(5);
+  if constexpr (NT > 2) _tile_zero(6);
+  if constexpr (NT > 3) _tile_zero(7);
+  for (int64_t k = 0; k < kb; ++k) {
+    _tile_loadd(0, a + k * kTileK, lda);
+    _tile_loadd(1, b[0] + k * kTileElems, 64);
+    _tile_dpbf16ps(4, 0, 1);
+    if constexpr (NT > 1) {
+      _tile_loadd(2, b[1] + k * kTileElems, 64);
+      _tile_dpbf16ps(5, 0, 2);
+    }
+    if constexpr (NT > 2) {
+      _tile_loadd(1, b[2] + k * kTileElems, 64);
+      _tile_dpbf16ps(6, 0, 1);
+    }
+    if constexpr (NT > 3) {
+      _tile_loadd(2, b[3] + k * kTileElems, 64);
+      _tile_dpbf16ps(7, 0, 2);
+    }
+  }
+  _tile_stored(4, out, 64);
+  if constexpr (NT > 1) _tile_stored(5, out + 256, 64);
+  if constexpr (NT > 2) _tile_stored(6, out + 512, 64);
+  if constexpr (NT > 3) _tile_stored(7, out + 768, 64);
+}
+
+}  // namespace
+
+bool usable() {
+  static const bool ok = cpu_and_os_allow();
+  return ok;
+}
+
+void pack(const bf16* w, int64_t rows, int64_t K, int64_t ldw, bf16* dst, int64_t stride,
+          int64_t j0, int64_t j1) {
+  const int64_t kb = k_blocks(K);
+  for (int64_t j = j0; j < j1; ++j) {
+    bf16* t = dst + j * stride;
+    const int64_t r0 = j * kTileCols;
+    const int64_t nr = std::max<int64_t>(0, std::min<int64_t>(kTileCols, rows - r0));
+    if (nr < kTileCols || K % kTileK != 0) std::memset(t, 0, kb * kTileElems * sizeof(bf16));
+    for (int64_t c = 0; c < nr; ++c) {
+      const bf16* src = w + (r0 + c) * ldw;
+      for (int64_t b = 0; b < kb; ++b) {
+        bf16* blk = t + b * kTileElems + c * 2;
+        const int64_t k0 = b * kTileK;
+        if (k0 + kTileK <= K) {
+          uint32_t pairs[kTileK / 2];
+          std::memcpy(pairs, src + k0, sizeof(pairs));
+          for (int p = 0; p < kTileK / 2; ++p) std::memcpy(blk + p * 2 * kTileCols, &pairs[p], 4);
+        } else {
+          for (int64_t k = k0; k < K; ++k) blk[(k - k0) / 2 * 2 * kTileCols + (k - k0) % 2] = src[k];
+        }
+      }
+    }
+  }
+}
+
+bf16* staging(int64_t K) {
+  thread_local std::unique_ptr<bf16, FreeAligned> buf;
+  thread_local int64_t size = 0;
+  const int64_t need = kTileRows * k_blocks(K) * kTileK;
+  if (need > size) {
+    buf.reset(static_cast<bf16*>(std::aligned_alloc(64, need * sizeof(bf16))));
+    if (!buf) std::abort();
+    size = need;
+  }
+  return buf.get();
+}
+
+void stage(const float* src, int64_t ld, int64_t rows, int64_t K, bf16* dst) {
+  const int64_t width = k_blocks(K) * kTileK;
+  for (int64_t r = 0; r < kTileRows; ++r) {
+    bf16* d = dst + r * width;
+    if (r >= rows) {
+      std::memset(d, 0, width * sizeof(bf16));
+      continue;
+    }
+    const float* s = src + r * ld;
+    for (int64_t k = 0; k < width; k += 16) {
+      const int64_t n = std::max<int64_t>(0, std::min<int64_t>(16, K - k));
+      const __mmask16 m = static_cast<__mmask16>((1u << n) - 1u);
+      const __m512 v = _mm512_maskz_loadu_ps(m, s + k);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + k), reinterpret_cast<__m256i>(to_bf16(v)));
+    }
+  }
+}
+
+void stage(const bf16* src, int64_t ld, int64_t rows, int64_t K, bf16* dst) {
+  const int64_t width = k_blocks(K) * kTileK;
+  for (int64_t r = 0; r < kTileRows; ++r) {
+    bf16* d = dst + r * width;
+    if (r < rows) {
+      std::memcpy(d, src + r * ld, K * sizeof(bf16));
+      std::memset(d + K, 0, (width - K) * sizeof(bf16));
+    } else {
+      std::memset(d, 0, width * sizeof(bf16));
+    }
+  }
+}
+
+void begin() { _tile_loadconfig(&config()); }
+void end() { _tile_release(); }
+
+void product(const bf16* a, int64_t K, const bf16* const* b, int nt, float* out) {
+  const int64_t kb = k_blocks(K);
+  switch (nt) {
+    case 1: return product_n<1>(a, kb, b, out);
+    case 2: return product_n<2>(a, kb, b, out);
+    case 3: return product_n<3>(a, kb, b, out);
+    default: return product_n<4>(a, kb, b, out);
+  }
+}
+
+void gemm(int64_t M, int64_t N, int64_t K, const bf16* a, int64_t lda, const bf16* w, float* c,
+          int64_t ldc, const float* bias) {
+  const int64_t nj = col_tiles(N), ts = tile_size(K);
+  bf16* st = staging(K);
+  alignas(64) float out[kMaxTiles * kTileRows * kTileCols];
+  begin();
+  for (int64_t r0 = 0; r0 < M; r0 += kTileRows) {
+    const int64_t rr = std::min<int64_t>(kTileRows, M - r0);
+    stage(a + r0 * lda, lda, rr, K, st);
+    for (int64_t j0 = 0; j0 < nj; j0 += kMaxTiles) {
+      const int nt = static_cast<int>(std::min<int64_t>(kMaxTiles, nj - j0));
+      const bf16* b[kMaxTiles];
+      for (int t = 0; t < nt; ++t) b[t] = w + (j0 + t) * ts;
+      product(st, K, b, nt, out);
+      for (int t = 0; t < nt; ++t) {
+        const int64_t n0 = (j0 + t) * kTileCols;
+        const int64_t n = std::min<int64_t>(kTileCols, N - n0);
+        const __mmask16 m = static_cast<__mmask16>((1u << n) - 1u);
+        const __m512 bv = bias ? _mm512_maskz_loadu_ps(m, bias + n0) : _mm512_setzero_ps();
+        for (int64_t i = 0; i < rr; ++i) {
+          const __m512 v = _mm512_load_ps(out + t * 256 + i * kTileCols);
+          _mm512_mask_storeu_ps(c + (r0 + i) * ldc + n0, m, _mm512_add_ps(v, bv));
+        }
+      }
+    }
+  }
+  end();
+}
+
+#else  // not compiled for AMX
+
+bool usable() { return false; }
+void pack(const bf16*, int64_t, int64_t, int64_t, bf16*, int64_t, int64_t, int64_t) { std::abort(); }
+bf16* staging(int64_t) { std::abort(); }
+void stage(const float*, int64_t, int64_t, int64_t, bf16*) { std::abort(); }
+void stage(const bf16*, int64_t, int64_t, int64_t, bf16*) { std::abort(); }
+void begin() { std::abort(); }
+void end() { std::abort(); }
+void product(const bf16*, int64_t, const bf16* const*, int, float*) { std::abort(); }
+void gemm(int64_t, int64_t, int64_t, const bf16*, int64_t, const bf16*, float*, int64_t,
+          const float*) {
+  std::abort();
+}
+
+#endif
+
+}  // namespace fusedrnn::cpu::amx
