@@ -2,8 +2,9 @@
 // structs, sizes and allocates their scratch, and runs them on ATen's threads.
 // float16 and bfloat16 compute in float32 (DESIGN.md, precision): inputs are
 // converted on the way in and results on the way out. Where the CPU has AMX, a
-// bfloat16 forward takes its products from AMX tiles on the bfloat16 input and
-// weights themselves (amx.h), accumulating in float32.
+// bfloat16 layer takes its products from AMX tiles, accumulating in float32
+// (amx.h): the forward on the bfloat16 input and weights themselves, the
+// backward's products through W_hh and W_ih on operands rounded to bfloat16.
 #include <ATen/Context.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -235,13 +236,15 @@ void forward_typed(const LayerInputs& in, const LayerGeometry& g, bool training,
   });
 }
 
+// With `amx`, the products through W_hh and W_ih run on AMX tiles.
 template <typename S>
 void backward_typed(const LayerInputs& in, const LayerGeometry& g, const GradInputs& gi,
-                    GradResult& out) {
+                    GradResult& out, bool amx = false) {
   cpu::SeqBackwardArgs<S> a{};
   a.cell = in.cell;
   a.pack = pack_policy();
-  a.blas_policy = blas_policy();
+  a.amx = amx;
+  a.blas_policy = amx ? cpu::BlasPolicy::kNever : blas_policy();
   a.blas = &aten_gemm<S>;
   a.seq = g.layout(in.reverse);
   a.C = g.C;
@@ -348,6 +351,7 @@ void cpu_layer_forward(const LayerInputs& in, const LayerGeometry& g, bool train
 void cpu_layer_backward(const LayerInputs& in, const LayerGeometry& g, const GradInputs& gi,
                         GradResult& out) {
   if (is_16bit(in.input)) {
+    const bool amx = use_amx(in);
     const LayerInputs f = float_inputs(in);
     GradInputs gf = gi;
     gf.grad_output = to_float(gi.grad_output);
@@ -360,7 +364,7 @@ void cpu_layer_backward(const LayerInputs& in, const LayerGeometry& g, const Gra
                    &out.grad_b_ih, &out.grad_b_hh, &out.grad_w_ch, &out.grad_w_hr},
                   [&](std::vector<Tensor>& t) {
                     GradResult go{t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8]};
-                    backward_typed<float>(f, g, gf, go);
+                    backward_typed<float>(f, g, gf, go, amx);
                   });
     return;
   }

@@ -39,6 +39,15 @@ constexpr int64_t tile_size(int64_t K) { return k_blocks(K) * kTileElems; }
 void pack(const bf16* w, int64_t rows, int64_t K, int64_t ldw, bf16* dst, int64_t stride,
           int64_t j0, int64_t j1);
 
+// The same from B [K, N] in float32 (row stride ldb), for C = A B: tile j holds
+// columns 16j..16j+15 of B.
+void pack_kn(const float* b, int64_t K, int64_t N, int64_t ldb, bf16* dst, int64_t stride,
+             int64_t j0, int64_t j1);
+
+// The same with B's rows given as pointers (rows[k] + n).
+void pack_kn(const float* const* rows, int64_t K, int64_t N, bf16* dst, int64_t stride,
+             int64_t j0, int64_t j1);
+
 // A's staging block for this thread: kTileRows x k_blocks(K) * kTileK.
 bf16* staging(int64_t K);
 // Rows [0, rows) of src (row stride ld, rows <= kTileRows) into a staging
@@ -59,5 +68,24 @@ void product(const bf16* a, int64_t K, const bf16* const* b, int nt, float* out)
 // begin() and end() itself.
 void gemm(int64_t M, int64_t N, int64_t K, const bf16* a, int64_t lda, const bf16* w, float* c,
           int64_t ldc, const float* bias);
+
+// Column tiles [j0, j1) of C[M, N] (=, or += with accumulate) = A[M, K] (float32,
+// row stride lda, rounded to bfloat16) times W packed with stride tile_size(K).
+// Calls begin() and end() itself.
+void gemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t lda, const bf16* w, float* c,
+          int64_t ldc, bool accumulate, int64_t j0, int64_t j1);
+
+// Row tiles [i0, i1) of C_p[M, N_p] = A^T B_p, p < nb <= 2, where A [K, M] is
+// float32 (row stride lda, rounded to bfloat16) and B_p is packed by pack_kn
+// with stride tile_size(K): the weight gradients dG^T X, each block of A^T
+// staged once for both products. Calls begin() and end() itself.
+struct TnProduct {
+  int64_t N;
+  const bf16* w;
+  float* c;
+  int64_t ldc;
+};
+void gemm_tn(int64_t M, int64_t K, const float* a, int64_t lda, const TnProduct* prods, int nb,
+             int64_t i0, int64_t i1);
 
 }  // namespace fusedrnn::cpu::amx

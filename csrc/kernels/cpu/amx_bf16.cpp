@@ -187,28 +187,156 @@ void product(const bf16* a, int64_t K, const bf16* const* b, int nt, float* out)
   }
 }
 
-void gemm(int64_t M, int64_t N, int64_t K, const bf16* a, int64_t lda, const bf16* w, float* c,
-          int64_t ldc, const float* bias) {
-  const int64_t nj = col_tiles(N), ts = tile_size(K);
+namespace {
+
+// Column tiles [j0, j1) of C = A W (+ bias, or + C with accumulate).
+template <typename A>
+void gemm_tiles(int64_t M, int64_t N, int64_t K, const A* a, int64_t lda, const bf16* w, float* c,
+                int64_t ldc, const float* bias, bool accumulate, int64_t j0, int64_t j1) {
+  const int64_t ts = tile_size(K);
   bf16* st = staging(K);
   alignas(64) float out[kMaxTiles * kTileRows * kTileCols];
   begin();
   for (int64_t r0 = 0; r0 < M; r0 += kTileRows) {
     const int64_t rr = std::min<int64_t>(kTileRows, M - r0);
     stage(a + r0 * lda, lda, rr, K, st);
-    for (int64_t j0 = 0; j0 < nj; j0 += kMaxTiles) {
-      const int nt = static_cast<int>(std::min<int64_t>(kMaxTiles, nj - j0));
+    for (int64_t jg = j0; jg < j1; jg += kMaxTiles) {
+      const int nt = static_cast<int>(std::min<int64_t>(kMaxTiles, j1 - jg));
       const bf16* b[kMaxTiles];
-      for (int t = 0; t < nt; ++t) b[t] = w + (j0 + t) * ts;
+      for (int t = 0; t < nt; ++t) b[t] = w + (jg + t) * ts;
       product(st, K, b, nt, out);
       for (int t = 0; t < nt; ++t) {
-        const int64_t n0 = (j0 + t) * kTileCols;
+        const int64_t n0 = (jg + t) * kTileCols;
         const int64_t n = std::min<int64_t>(kTileCols, N - n0);
         const __mmask16 m = static_cast<__mmask16>((1u << n) - 1u);
         const __m512 bv = bias ? _mm512_maskz_loadu_ps(m, bias + n0) : _mm512_setzero_ps();
         for (int64_t i = 0; i < rr; ++i) {
-          const __m512 v = _mm512_load_ps(out + t * 256 + i * kTileCols);
-          _mm512_mask_storeu_ps(c + (r0 + i) * ldc + n0, m, _mm512_add_ps(v, bv));
+          float* ci = c + (r0 + i) * ldc + n0;
+          __m512 v = _mm512_add_ps(_mm512_load_ps(out + t * 256 + i * kTileCols), bv);
+          if (accumulate) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, ci));
+          _mm512_mask_storeu_ps(ci, m, v);
+        }
+      }
+    }
+  }
+  end();
+}
+
+}  // namespace
+
+void gemm(int64_t M, int64_t N, int64_t K, const bf16* a, int64_t lda, const bf16* w, float* c,
+          int64_t ldc, const float* bias) {
+  gemm_tiles(M, N, K, a, lda, w, c, ldc, bias, false, 0, col_tiles(N));
+}
+
+void gemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t lda, const bf16* w, float* c,
+          int64_t ldc, bool accumulate, int64_t j0, int64_t j1) {
+  gemm_tiles(M, N, K, a, lda, w, c, ldc, nullptr, accumulate, j0, j1);
+}
+
+namespace {
+
+template <typename Row>
+void pack_kn_rows(const Row& row_ptr, int64_t K, int64_t N, bf16* dst, int64_t stride, int64_t j0,
+                  int64_t j1) {
+  const int64_t kb = k_blocks(K);
+  for (int64_t j = j0; j < j1; ++j) {
+    const int64_t n0 = j * kTileCols;
+    const int64_t n = std::max<int64_t>(0, std::min<int64_t>(kTileCols, N - n0));
+    const __mmask16 m = static_cast<__mmask16>((1u << n) - 1u);
+    uint32_t* t = reinterpret_cast<uint32_t*>(dst + j * stride);
+    // Row pair (k, k+1) of the tile's columns: word c = B[k][c] | B[k+1][c] << 16.
+    for (int64_t k = 0; k < kb * kTileK; k += 2) {
+      const auto row = [&](int64_t r) {
+        const __m512 v = r < K ? _mm512_maskz_loadu_ps(m, row_ptr(r) + n0) : _mm512_setzero_ps();
+        return _mm512_cvtepu16_epi32(reinterpret_cast<__m256i>(to_bf16(v)));
+      };
+      const __m512i w = _mm512_or_si512(row(k), _mm512_slli_epi32(row(k + 1), 16));
+      _mm512_storeu_si512(t + k / 2 * kTileCols, w);
+    }
+  }
+}
+
+// r[c] = column c of the 16 x 16 block whose row i was r[i].
+inline void transpose16(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  // q[4i + c], 128-bit lane L: rows 4i..4i+3 of column 4L + c.
+  __m512 q[16];
+  for (int i = 0; i < 4; ++i) {
+    q[4 * i + 0] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    q[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    q[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    q[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int c = 0; c < 4; ++c) {
+    const __m512 lo01 = _mm512_shuffle_f32x4(q[c], q[4 + c], _MM_SHUFFLE(1, 0, 1, 0));
+    const __m512 lo23 = _mm512_shuffle_f32x4(q[8 + c], q[12 + c], _MM_SHUFFLE(1, 0, 1, 0));
+    const __m512 hi01 = _mm512_shuffle_f32x4(q[c], q[4 + c], _MM_SHUFFLE(3, 2, 3, 2));
+    const __m512 hi23 = _mm512_shuffle_f32x4(q[8 + c], q[12 + c], _MM_SHUFFLE(3, 2, 3, 2));
+    r[c] = _mm512_shuffle_f32x4(lo01, lo23, _MM_SHUFFLE(2, 0, 2, 0));
+    r[4 + c] = _mm512_shuffle_f32x4(lo01, lo23, _MM_SHUFFLE(3, 1, 3, 1));
+    r[8 + c] = _mm512_shuffle_f32x4(hi01, hi23, _MM_SHUFFLE(2, 0, 2, 0));
+    r[12 + c] = _mm512_shuffle_f32x4(hi01, hi23, _MM_SHUFFLE(3, 1, 3, 1));
+  }
+}
+
+// Staging block of A^T: row r = column r of A [K, M] (r < rows), rounded; 16
+// rows of A at a time, transposed in registers.
+void stage_t(const float* a, int64_t lda, int64_t rows, int64_t K, bf16* dst) {
+  const int64_t width = k_blocks(K) * kTileK;
+  const __mmask16 m = static_cast<__mmask16>((1u << rows) - 1u);
+  for (int64_t k0 = 0; k0 < width; k0 += 16) {
+    __m512 r[16];
+    for (int i = 0; i < 16; ++i)
+      r[i] = k0 + i < K ? _mm512_maskz_loadu_ps(m, a + (k0 + i) * lda) : _mm512_setzero_ps();
+    transpose16(r);
+    for (int i = 0; i < 16; ++i)
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i * width + k0),
+                          reinterpret_cast<__m256i>(to_bf16(r[i])));
+  }
+}
+
+}  // namespace
+
+void pack_kn(const float* b, int64_t K, int64_t N, int64_t ldb, bf16* dst, int64_t stride,
+             int64_t j0, int64_t j1) {
+  pack_kn_rows([&](int64_t r) { return b + r * ldb; }, K, N, dst, stride, j0, j1);
+}
+
+void pack_kn(const float* const* rows, int64_t K, int64_t N, bf16* dst, int64_t stride,
+             int64_t j0, int64_t j1) {
+  pack_kn_rows([&](int64_t r) { return rows[r]; }, K, N, dst, stride, j0, j1);
+}
+
+void gemm_tn(int64_t M, int64_t K, const float* a, int64_t lda, const TnProduct* prods, int nb,
+             int64_t i0, int64_t i1) {
+  const int64_t ts = tile_size(K);
+  bf16* st = staging(K);
+  alignas(64) float out[kMaxTiles * kTileRows * kTileCols];
+  begin();
+  for (int64_t i = i0; i < i1; ++i) {
+    const int64_t r0 = i * kTileRows;
+    const int64_t rr = std::min<int64_t>(kTileRows, M - r0);
+    stage_t(a + r0, lda, rr, K, st);
+    for (int p = 0; p < nb; ++p) {
+      const TnProduct& pr = prods[p];
+      const int64_t nj = col_tiles(pr.N);
+      for (int64_t jg = 0; jg < nj; jg += kMaxTiles) {
+        const int nt = static_cast<int>(std::min<int64_t>(kMaxTiles, nj - jg));
+        const bf16* b[kMaxTiles];
+        for (int t = 0; t < nt; ++t) b[t] = pr.w + (jg + t) * ts;
+        product(st, K, b, nt, out);
+        for (int t = 0; t < nt; ++t) {
+          const int64_t n0 = (jg + t) * kTileCols;
+          const int64_t n = std::min<int64_t>(kTileCols, pr.N - n0);
+          const __mmask16 m = static_cast<__mmask16>((1u << n) - 1u);
+          for (int64_t r = 0; r < rr; ++r)
+            _mm512_mask_storeu_ps(pr.c + (r0 + r) * pr.ldc + n0, m,
+                                  _mm512_load_ps(out + t * 256 + r * kTileCols));
         }
       }
     }
@@ -228,6 +356,19 @@ void end() { std::abort(); }
 void product(const bf16*, int64_t, const bf16* const*, int, float*) { std::abort(); }
 void gemm(int64_t, int64_t, int64_t, const bf16*, int64_t, const bf16*, float*, int64_t,
           const float*) {
+  std::abort();
+}
+void gemm(int64_t, int64_t, int64_t, const float*, int64_t, const bf16*, float*, int64_t, bool,
+          int64_t, int64_t) {
+  std::abort();
+}
+void pack_kn(const float*, int64_t, int64_t, int64_t, bf16*, int64_t, int64_t, int64_t) {
+  std::abort();
+}
+void pack_kn(const float* const*, int64_t, int64_t, bf16*, int64_t, int64_t, int64_t) {
+  std::abort();
+}
+void gemm_tn(int64_t, int64_t, const float*, int64_t, const TnProduct*, int, int64_t, int64_t) {
   std::abort();
 }
 

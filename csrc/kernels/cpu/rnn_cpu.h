@@ -130,6 +130,9 @@ struct SeqBackwardArgs {
   S* db_hh;  // [G*H]
   S* dw_ch;  // [(G-1)*H]
   S* dw_hr;  // [P, H]
+  // Float kernels with AVX-512 only: the products through W_hh and W_ih (dh and
+  // dx) run on AMX tiles (amx.h), their operands rounded to bfloat16.
+  bool amx;
 };
 
 // Each runs once with arena.base == nullptr to size its scratch (returned in

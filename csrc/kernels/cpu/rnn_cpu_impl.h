@@ -222,7 +222,8 @@ struct WeightT {
 };
 
 // C = A * W for W [K, N] row-major (backward through a weight): packed once when
-// used over many steps, read in place otherwise.
+// used over many steps, read in place otherwise; or with `amx` (kAmxCapable<S>),
+// packed as AMX column tiles for row-major A.
 template <typename S>
 struct WeightN {
   // Columns of C per panel of product().
@@ -231,19 +232,32 @@ struct WeightN {
   int64_t K = 0, N = 0;
   S* packed = nullptr;
   BlasGemm<S> blas = nullptr;
+  amx::bf16* tiles = nullptr;
 
   void plan(Arena& arena, PackPolicy policy, const S* w_, int64_t K_, int64_t N_, int64_t steps,
-            BlasGemm<S> blas_ = nullptr) {
+            BlasGemm<S> blas_ = nullptr, bool amx = false) {
     w = w_;
     K = K_;
     N = N_;
     blas = blas_;
+    if (kAmxCapable<S> && amx) {
+      static_assert(kPanel % amx::kTileCols == 0 || !kAmxCapable<S>, "panels of whole tiles");
+      blas = nullptr;
+      tiles = arena.take<amx::bf16>(amx::col_tiles(N) * amx::tile_size(K));
+      return;
+    }
     if (!blas &&
         (policy == PackPolicy::kAlways || (policy == PackPolicy::kAuto && steps > kPackSteps)))
       packed = arena.take<S>(packed_b_size<S>(K, N));
   }
   void prepare(const Parallel& par) const {
     if (packed) pack_weight<S>(w, K, N, packed, par);
+    if constexpr (kAmxCapable<S>) {
+      if (tiles)
+        par(amx::col_tiles(N), grain_for(K * amx::kTileCols), [&](int64_t jb, int64_t je) {
+          amx::pack_kn(w, K, N, N, tiles, amx::tile_size(K), jb, je);
+        });
+    }
   }
   PanelGemm<S> product(int64_t M, const MatA<S>& A, S* c, int64_t ldc, bool accumulate) const {
     return packed ? PanelGemm<S>(M, N, K, A, packed, K * kPanel, kPanel, false, c, ldc, accumulate)
@@ -251,11 +265,14 @@ struct WeightN {
   }
   int64_t tasks(int64_t M) const {
     if (blas) return M > 0 ? 1 : 0;
+    if (tiles) return M > 0 ? panels() : 0;
     return product(M, MatA<S>{}, nullptr, 0, false).tasks();
   }
   // C (+)= A W, task of tasks(M); A with unit column stride.
   void run(int64_t M, const MatA<S>& A, S* c, int64_t ldc, bool accumulate, int64_t task) const {
-    if (blas)
+    if (tiles)
+      run_panels(M, A, c, ldc, accumulate, task, task + 1);
+    else if (blas)
       blas(false, false, M, N, K, A.ptr, A.rs, w, N, c, ldc, accumulate, nullptr);
     else
       product(M, A, c, ldc, accumulate).run(task);
@@ -264,6 +281,13 @@ struct WeightN {
   void run_panels(int64_t M, const MatA<S>& A, S* c, int64_t ldc, bool accumulate, int64_t p0,
                   int64_t p1) const {
     if (blas) return run(M, A, c, ldc, accumulate, 0);
+    if constexpr (kAmxCapable<S>) {
+      if (tiles) {
+        constexpr int64_t TP = kPanel / amx::kTileCols;
+        return amx::gemm(M, N, K, A.ptr, A.rs, tiles, c, ldc, accumulate, p0 * TP,
+                         std::min<int64_t>(amx::col_tiles(N), p1 * TP));
+      }
+    }
     const PanelGemm<S> g = product(M, A, c, ldc, accumulate);
     for (int64_t p = p0; p < p1; ++p) g.run_panel(p);
   }
@@ -690,14 +714,40 @@ struct GateBlock {
   int64_t col, wrow, n;
 };
 
+// With a.amx, dX takes its products from AMX tiles: the block's rows of W_ih
+// packed into `tiles` (dx_tiles()), then tasks of kAmxTaskRows rows.
+template <typename S>
+amx::bf16* dx_tiles(Arena& arena, const SeqBackwardArgs<S>& a, int64_t max_block) {
+  if (!(kAmxCapable<S> && a.amx)) return nullptr;
+  return arena.take<amx::bf16>(amx::col_tiles(a.C) * amx::tile_size(max_block));
+}
+
 // dsum: the column sums of dG (accumulated by the pointwise passes).
 template <typename S>
 void input_side_grads(const SeqBackwardArgs<S>& a, const S* dG, int64_t ldg, const S* dsum,
                       const GateBlock* blocks, int nblocks, S* scratch, BlasGemm<S> blas,
-                      const Parallel& par) {
+                      const Parallel& par, amx::bf16* tiles = nullptr) {
+  constexpr int64_t kAmxTaskRows = 64;
   const int64_t R = total_rows(a.seq);
   for (int b = 0; b < nblocks; ++b) {
     const GateBlock& g = blocks[b];
+    if constexpr (kAmxCapable<S>) {
+      if (a.dx && tiles) {
+        const int64_t ts = amx::tile_size(g.n), nj = amx::col_tiles(a.C);
+        par(nj, grain_for(g.n * amx::kTileCols), [&](int64_t jb, int64_t je) {
+          amx::pack_kn(a.w_ih + g.wrow * a.C, g.n, a.C, a.C, tiles, ts, jb, je);
+        });
+        par(ceil_div(R, kAmxTaskRows), grain_for(kAmxTaskRows * a.C * g.n), [&](int64_t tb, int64_t te) {
+          for (int64_t t = tb; t < te; ++t) {
+            const int64_t r0 = t * kAmxTaskRows;
+            amx::gemm(std::min(kAmxTaskRows, R - r0), a.C, g.n, dG + r0 * ldg + g.col, ldg, tiles,
+                      a.dx + r0 * a.C, a.C, b > 0, 0, nj);
+          }
+        });
+        if (a.db_ih) std::memcpy(a.db_ih + g.wrow, dsum + g.col, g.n * sizeof(S));
+        continue;
+      }
+    }
     if (a.dx && blas)
       blas(false, false, R, a.C, g.n, dG + g.col, ldg, a.w_ih + g.wrow * a.C, a.C, a.dx, a.C,
            b > 0, nullptr);
@@ -720,10 +770,67 @@ struct WeightGradBlock {
   int64_t K;
 };
 
+// With a.amx, the weight gradients take their products from AMX tiles: X and
+// the blocks' recurrent inputs packed (over all R rows) into these, then tasks
+// of 16 rows of dG^T, each staged once for both products.
+struct WeightGradTiles {
+  amx::bf16* x = nullptr;
+  amx::bf16* hh = nullptr;
+};
+
+template <typename S>
+WeightGradTiles weight_grad_tiles(Arena& arena, const SeqBackwardArgs<S>& a, int64_t max_k) {
+  if (!(kAmxCapable<S> && a.amx)) return {};
+  const int64_t ts = amx::tile_size(total_rows(a.seq));
+  amx::bf16* x = arena.take<amx::bf16>(amx::col_tiles(a.C) * ts);
+  return {x, arena.take<amx::bf16>(amx::col_tiles(max_k) * ts)};
+}
+
+template <typename S>
+void weight_grads_amx(const SeqBackwardArgs<S>& a, const S* dG, int64_t ldg,
+                      const WeightGradBlock<S>* blocks, int nblocks, const WeightGradTiles& t,
+                      const Parallel& par) {
+  if constexpr (kAmxCapable<S>) {
+    const int64_t R = total_rows(a.seq), ts = amx::tile_size(R);
+    bool x_packed = false;
+    const WeightGradBlock<S>* hh_packed = nullptr;
+    for (int b = 0; b < nblocks; ++b) {
+      const WeightGradBlock<S>& g = blocks[b];
+      amx::TnProduct prods[2];
+      int n = 0;
+      if (a.dw_ih && g.ih_row >= 0) {
+        if (!x_packed)
+          par(amx::col_tiles(a.C), grain_for(R * amx::kTileCols), [&](int64_t jb, int64_t je) {
+            amx::pack_kn(a.x, R, a.C, a.C, t.x, ts, jb, je);
+          });
+        x_packed = true;
+        prods[n++] = amx::TnProduct{a.C, t.x, a.dw_ih + g.ih_row * a.C, a.C};
+      }
+      if (a.dw_hh && g.hh_row >= 0) {
+        const bool same = hh_packed && hh_packed->hh.ptr == g.hh.ptr &&
+                          hh_packed->hh.rows == g.hh.rows && hh_packed->K == g.K;
+        if (!same)
+          par(amx::col_tiles(g.K), grain_for(R * amx::kTileCols), [&](int64_t jb, int64_t je) {
+            if (g.hh.rows)
+              amx::pack_kn(g.hh.rows, R, g.K, t.hh, ts, jb, je);
+            else
+              amx::pack_kn(g.hh.ptr, R, g.K, g.hh.rs, t.hh, ts, jb, je);
+          });
+        hh_packed = &g;
+        prods[n++] = amx::TnProduct{g.K, t.hh, a.dw_hh + g.hh_row * g.K, g.K};
+      }
+      if (n == 0) continue;
+      par(amx::col_tiles(g.n), grain_for(amx::kTileRows * R * (a.C + g.K)),
+          [&](int64_t ib, int64_t ie) { amx::gemm_tn(g.n, R, dG + g.col, ldg, prods, n, ib, ie); });
+    }
+  }
+}
+
 template <typename S>
 void weight_grads(const SeqBackwardArgs<S>& a, const S* dG, int64_t ldg,
                   const WeightGradBlock<S>* blocks, int nblocks, S* scratch, BlasGemm<S> blas,
-                  const Parallel& par) {
+                  const Parallel& par, const WeightGradTiles& tiles = {}) {
+  if (tiles.x) return weight_grads_amx(a, dG, ldg, blocks, nblocks, tiles, par);
   const int64_t R = total_rows(a.seq);
   for (int b = 0; b < nblocks; ++b) {
     const WeightGradBlock<S>& g = blocks[b];
@@ -883,7 +990,7 @@ void lstm_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel
   S* dG = arena.take<S>(R * GH);
   S* dsum = arena.take<S>(GH);
   WeightN<S> whh;
-  whh.plan(arena, a.pack, a.w_hh, GH, P, seq.T, blas);
+  whh.plan(arena, a.pack, a.w_hh, GH, P, seq.T, blas, a.amx);
   WeightN<S> whr;
   if (proj) whr.plan(arena, a.pack, a.w_hr, P, H, seq.T, blas);
   S* dh_state = a.dh0;  // dh and dc flow back in place, from dh_n and dc_n
@@ -892,6 +999,8 @@ void lstm_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel
   S* dr = proj ? arena.take<S>(N * H) : nullptr;
   const S** hrows = a.dw_hh && seq.T > 1 ? arena.take<const S*>(R) : nullptr;
   S* scratch = arena.take<S>(gemm_scratch_size<S>(max_of(a.C, P, H, GH)));
+  amx::bf16* xtiles = dx_tiles(arena, a, GH);
+  const WeightGradTiles wtiles = weight_grad_tiles(arena, a, P);
   Schedule sched;
   sched.plan(arena, proj ? Schedule::max_backward(seq, 4) : Schedule::max_backward_steps(seq));
   if (arena.sizing()) return;
@@ -1001,11 +1110,11 @@ void lstm_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel
   }
 
   const GateBlock all{0, 0, GH};
-  input_side_grads(a, dG, GH, dsum, &all, 1, scratch, blas, par);
+  input_side_grads(a, dG, GH, dsum, &all, 1, scratch, blas, par, xtiles);
   if (a.db_hh) std::memcpy(a.db_hh, dsum, GH * sizeof(S));
   if (hrows) previous_rows(seq, a.y, a.h0, P, hrows);
   const WeightGradBlock<S> wg{0, GH, 0, 0, recurrent_inputs(a, hrows, P), P};
-  weight_grads(a, dG, GH, &wg, 1, scratch, blas, par);
+  weight_grads(a, dG, GH, &wg, 1, scratch, blas, par, wtiles);
   if (proj && a.dw_hr)
     gemm<S>(P, H, R, MatA<S>{dht, 1, P}, MatB<S>{a.proj_in, H, 1}, a.dw_hr, H, false, scratch,
             par);
@@ -1184,10 +1293,12 @@ void gru_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel&
   S* dG = arena.take<S>(R * ldg);
   S* dsum = arena.take<S>(ldg);
   WeightN<S> whh;
-  whh.plan(arena, a.pack, a.w_hh, 3 * H, H, seq.T, blas);
+  whh.plan(arena, a.pack, a.w_hh, 3 * H, H, seq.T, blas, a.amx);
   S* dh_state = a.dh0;  // dh flows back in place, from dh_n
   const S** hrows = a.dw_hh && seq.T > 1 ? arena.take<const S*>(R) : nullptr;
   S* scratch = arena.take<S>(gemm_scratch_size<S>(max_of(a.C, H, 4 * H)));
+  amx::bf16* xtiles = dx_tiles(arena, a, 2 * H);
+  const WeightGradTiles wtiles = weight_grad_tiles(arena, a, H);
   Schedule sched;
   sched.plan(arena, Schedule::max_backward_steps(seq));
   if (arena.sizing()) return;
@@ -1231,7 +1342,7 @@ void gru_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel&
                  threads_for(par, blas, N * 3 * H * H, seq.T), par);
 
   const GateBlock blocks[2] = {{0, 0, 2 * H}, {3 * H, 2 * H, H}};
-  input_side_grads(a, dG, ldg, dsum, blocks, 2, scratch, blas, par);
+  input_side_grads(a, dG, ldg, dsum, blocks, 2, scratch, blas, par, xtiles);
   if (a.db_hh) std::memcpy(a.db_hh, dsum, 3 * H * sizeof(S));
   if (hrows) previous_rows(seq, a.y, a.h0, H, hrows);
   // r and z: one dG for both sides; n: the recurrent (col 2H) and the input
@@ -1240,7 +1351,7 @@ void gru_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel&
   const WeightGradBlock<S> wg[3] = {{0, 2 * H, 0, 0, hprev, H},
                                     {2 * H, H, -1, 2 * H, hprev, H},
                                     {3 * H, H, 2 * H, -1, hprev, H}};
-  weight_grads(a, dG, ldg, wg, 3, scratch, blas, par);
+  weight_grads(a, dG, ldg, wg, 3, scratch, blas, par, wtiles);
 }
 
 // dG layout [R, 3H]: (r, z, n), the same for the input and the recurrent side.
@@ -1258,12 +1369,14 @@ void gru_reset_before_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena,
   S* dG = arena.take<S>(R * GH);
   S* dsum = arena.take<S>(GH);
   WeightN<S> wrz, wn;
-  wrz.plan(arena, a.pack, a.w_hh, 2 * H, H, seq.T, blas);
-  wn.plan(arena, a.pack, a.w_hh + 2 * H * H, H, H, seq.T, blas);
+  wrz.plan(arena, a.pack, a.w_hh, 2 * H, H, seq.T, blas, a.amx);
+  wn.plan(arena, a.pack, a.w_hh + 2 * H * H, H, H, seq.T, blas, a.amx);
   S* dh_state = a.dh0;  // dh flows back in place, from dh_n
   S* drh = arena.take<S>(N * H);
   const S** hrows = a.dw_hh && seq.T > 1 ? arena.take<const S*>(R) : nullptr;
   S* scratch = arena.take<S>(gemm_scratch_size<S>(max_of(a.C, H, GH)));
+  amx::bf16* xtiles = dx_tiles(arena, a, GH);
+  const WeightGradTiles wtiles = weight_grad_tiles(arena, a, H);
   Schedule sched;
   sched.plan(arena, Schedule::max_backward(seq, 4));
   if (arena.sizing()) return;
@@ -1336,13 +1449,13 @@ void gru_reset_before_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena,
       threads_for(par, blas, N * GH * H, seq.T), par);
 
   const GateBlock all{0, 0, GH};
-  input_side_grads(a, dG, GH, dsum, &all, 1, scratch, blas, par);
+  input_side_grads(a, dG, GH, dsum, &all, 1, scratch, blas, par, xtiles);
   if (a.db_hh) std::memcpy(a.db_hh, dsum, GH * sizeof(S));
   if (hrows) previous_rows(seq, a.y, a.h0, H, hrows);
   // r and z read the previous state, n the reset state r*h (saved as states).
   const WeightGradBlock<S> wg[2] = {{0, 2 * H, 0, 0, recurrent_inputs(a, hrows, H), H},
                                     {2 * H, H, 2 * H, 2 * H, MatB<S>{a.states, H, 1}, H}};
-  weight_grads(a, dG, GH, wg, 2, scratch, blas, par);
+  weight_grads(a, dG, GH, wg, 2, scratch, blas, par, wtiles);
 }
 
 // -------------------------------------------------------------------- RNN
@@ -1410,10 +1523,12 @@ void rnn_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel&
   S* dG = arena.take<S>(R * H);
   S* dsum = arena.take<S>(H);
   WeightN<S> whh;
-  whh.plan(arena, a.pack, a.w_hh, H, H, seq.T, blas);
+  whh.plan(arena, a.pack, a.w_hh, H, H, seq.T, blas, a.amx);
   S* dh_state = a.dh0;  // dh flows back in place, from dh_n
   const S** hrows = a.dw_hh && seq.T > 1 ? arena.take<const S*>(R) : nullptr;
   S* scratch = arena.take<S>(gemm_scratch_size<S>(max_of(a.C, H)));
+  amx::bf16* xtiles = dx_tiles(arena, a, H);
+  const WeightGradTiles wtiles = weight_grad_tiles(arena, a, H);
   Schedule sched;
   sched.plan(arena, Schedule::max_backward_steps(seq));
   if (arena.sizing()) return;
@@ -1437,11 +1552,11 @@ void rnn_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel&
                  threads_for(par, blas, N * H * H, seq.T), par);
 
   const GateBlock all{0, 0, H};
-  input_side_grads(a, dG, H, dsum, &all, 1, scratch, blas, par);
+  input_side_grads(a, dG, H, dsum, &all, 1, scratch, blas, par, xtiles);
   if (a.db_hh) std::memcpy(a.db_hh, dsum, H * sizeof(S));
   if (hrows) previous_rows(seq, a.y, a.h0, H, hrows);
   const WeightGradBlock<S> wg{0, H, 0, 0, recurrent_inputs(a, hrows, H), H};
-  weight_grads(a, dG, H, &wg, 1, scratch, blas, par);
+  weight_grads(a, dG, H, &wg, 1, scratch, blas, par, wtiles);
 }
 
 // ------------------------------------------------------------- dispatch
