@@ -225,12 +225,12 @@ def _bf16_products():
 @pytest.mark.parametrize("packed", [False, True], ids=["strided", "packed"])
 @pytest.mark.parametrize("variant", list(SEQ_ALL))
 def test_amx_bfloat16_matches_reference(variant, packed, monkeypatch):
-    # Forward and backward products on AMX tiles. Shapes that leave every tile partial: K = 45 and 40 (not multiples of 32),
-    # H = 40 (units past H in a 16-wide tile), 70 rows (4 row tiles and 6), steps
-    # of 70 down to 1 row when packed, 216 or 420 rows for the weight gradients;
-    # both directions, two layers. On one thread and on two (tasks split panels
-    # and rows; no sum changes), and against the float32 path, whose h is not
-    # rounded to bfloat16 between steps.
+    # Forward and backward products on AMX tiles, in shapes that leave every
+    # tile partial: K = 45 and 40 (not multiples of 32), H = 40 (units past H in
+    # a 16-wide tile), 70 rows (4 row tiles and 6), steps of 70 down to 1 row
+    # when packed; both directions, two layers. On one thread and on two (tasks
+    # split panels and rows; no sum changes), and against the float32 path,
+    # whose h is not rounded to bfloat16 between steps.
     mode, vkw = SEQ_ALL[variant]
     vkw = {**vkw, "proj_size": 24} if "proj_size" in vkw else vkw
     t, n, c, h = 6, 70, 45, 40
