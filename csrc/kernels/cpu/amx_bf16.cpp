@@ -312,35 +312,49 @@ void pack_kn(const float* const* rows, int64_t K, int64_t N, bf16* dst, int64_t 
   pack_kn_rows([&](int64_t r) { return rows[r]; }, K, N, dst, stride, j0, j1);
 }
 
+// gemm_tn's K (the rows of a sequence) in chunks of this many, so that the
+// chunk of the packed B's (16 column tiles of 32 KB each for 256 columns, twice
+// for dW_ih and dW_hh) stays in L2 while every block of A^T passes over it.
+constexpr int64_t kTnChunkK = 1024;
+static_assert(kTnChunkK % kTileK == 0, "chunks of whole K blocks");
+
 void gemm_tn(int64_t M, int64_t K, const float* a, int64_t lda, const TnProduct* prods, int nb,
              int64_t i0, int64_t i1) {
   const int64_t ts = tile_size(K);
-  bf16* st = staging(K);
+  bf16* st = staging(std::min(K, kTnChunkK));
   alignas(64) float out[kMaxTiles * kTileRows * kTileCols];
   begin();
-  for (int64_t i = i0; i < i1; ++i) {
-    const int64_t r0 = i * kTileRows;
-    const int64_t rr = std::min<int64_t>(kTileRows, M - r0);
-    stage_t(a + r0, lda, rr, K, st);
-    for (int p = 0; p < nb; ++p) {
-      const TnProduct& pr = prods[p];
-      const int64_t nj = col_tiles(pr.N);
-      for (int64_t jg = 0; jg < nj; jg += kMaxTiles) {
-        const int nt = static_cast<int>(std::min<int64_t>(kMaxTiles, nj - jg));
-        const bf16* b[kMaxTiles];
-        for (int t = 0; t < nt; ++t) b[t] = pr.w + (jg + t) * ts;
-        product(st, K, b, nt, out);
-        for (int t = 0; t < nt; ++t) {
-          const int64_t n0 = (jg + t) * kTileCols;
-          const int64_t n = std::min<int64_t>(kTileCols, pr.N - n0);
-          const __mmask16 m = static_cast<__mmask16>((1u << n) - 1u);
-          for (int64_t r = 0; r < rr; ++r)
-            _mm512_mask_storeu_ps(pr.c + (r0 + r) * pr.ldc + n0, m,
-                                  _mm512_load_ps(out + t * 256 + r * kTileCols));
+  int64_t k0 = 0;
+  do {
+    const int64_t kc = std::min(kTnChunkK, K - k0), kb0 = k0 / kTileK;
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t r0 = i * kTileRows;
+      const int64_t rr = std::min<int64_t>(kTileRows, M - r0);
+      stage_t(a + k0 * lda + r0, lda, rr, kc, st);
+      for (int p = 0; p < nb; ++p) {
+        const TnProduct& pr = prods[p];
+        const int64_t nj = col_tiles(pr.N);
+        for (int64_t jg = 0; jg < nj; jg += kMaxTiles) {
+          const int nt = static_cast<int>(std::min<int64_t>(kMaxTiles, nj - jg));
+          const bf16* b[kMaxTiles];
+          for (int t = 0; t < nt; ++t) b[t] = pr.w + (jg + t) * ts + kb0 * kTileElems;
+          product(st, kc, b, nt, out);
+          for (int t = 0; t < nt; ++t) {
+            const int64_t n0 = (jg + t) * kTileCols;
+            const int64_t n = std::min<int64_t>(kTileCols, pr.N - n0);
+            const __mmask16 m = static_cast<__mmask16>((1u << n) - 1u);
+            for (int64_t r = 0; r < rr; ++r) {
+              float* c = pr.c + (r0 + r) * pr.ldc + n0;
+              __m512 v = _mm512_load_ps(out + t * 256 + r * kTileCols);
+              if (k0 > 0) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, c));
+              _mm512_mask_storeu_ps(c, m, v);
+            }
+          }
         }
       }
     }
-  }
+    k0 += kTnChunkK;
+  } while (k0 < K);
   end();
 }
 
