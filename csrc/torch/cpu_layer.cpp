@@ -236,7 +236,8 @@ void forward_typed(const LayerInputs& in, const LayerGeometry& g, bool training,
   });
 }
 
-// With `amx`, the products through W_hh and W_ih run on AMX tiles.
+// With `amx`, the products through W_hh and W_ih and the weight gradients run
+// on AMX tiles, reading in.input, in.w_ih and in.w_hh in bfloat16.
 template <typename S>
 void backward_typed(const LayerInputs& in, const LayerGeometry& g, const GradInputs& gi,
                     GradResult& out, bool amx = false) {
@@ -250,11 +251,17 @@ void backward_typed(const LayerInputs& in, const LayerGeometry& g, const GradInp
   a.C = g.C;
   a.H = g.H;
   a.P = g.P;
-  a.x = ptr<S>(in.input);
+  if (amx) {
+    a.x_bf16 = bf16_bits(in.input);
+    a.w_ih_bf16 = bf16_bits(in.w_ih);
+    a.w_hh_bf16 = bf16_bits(in.w_hh);
+  } else {
+    a.x = ptr<S>(in.input);
+    a.w_ih = ptr<S>(in.w_ih);
+    a.w_hh = ptr<S>(in.w_hh);
+  }
   a.h0 = ptr<S>(in.h0);
   a.c0 = ptr<S>(in.c0);
-  a.w_ih = ptr<S>(in.w_ih);
-  a.w_hh = ptr<S>(in.w_hh);
   a.b_hh = ptr<S>(in.b_hh);
   a.w_ch = ptr<S>(in.w_ch);
   a.w_hr = ptr<S>(in.w_hr);
@@ -352,7 +359,7 @@ void cpu_layer_backward(const LayerInputs& in, const LayerGeometry& g, const Gra
                         GradResult& out) {
   if (is_16bit(in.input)) {
     const bool amx = use_amx(in);
-    const LayerInputs f = float_inputs(in);
+    const LayerInputs f = float_inputs(in, amx);
     GradInputs gf = gi;
     gf.grad_output = to_float(gi.grad_output);
     gf.grad_h_n = to_float(gi.grad_h_n);

@@ -44,8 +44,10 @@ void pack(const bf16* w, int64_t rows, int64_t K, int64_t ldw, bf16* dst, int64_
 void pack_kn(const float* b, int64_t K, int64_t N, int64_t ldb, bf16* dst, int64_t stride,
              int64_t j0, int64_t j1);
 
-// The same with B's rows given as pointers (rows[k] + n).
+// The same with B's rows given as pointers (rows[k] + n), and from B in bfloat16.
 void pack_kn(const float* const* rows, int64_t K, int64_t N, bf16* dst, int64_t stride,
+             int64_t j0, int64_t j1);
+void pack_kn(const bf16* b, int64_t K, int64_t N, int64_t ldb, bf16* dst, int64_t stride,
              int64_t j0, int64_t j1);
 
 // A's staging block for this thread: kTileRows x k_blocks(K) * kTileK.

@@ -236,6 +236,14 @@ void gemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t lda, const bf
 
 namespace {
 
+// 16 values of a row of B from n0 (mask m), as bfloat16 bits zero-extended to 32.
+inline __m512i b_words(const float* p, __mmask16 m) {
+  return _mm512_cvtepu16_epi32(reinterpret_cast<__m256i>(to_bf16(_mm512_maskz_loadu_ps(m, p))));
+}
+inline __m512i b_words(const bf16* p, __mmask16 m) {
+  return _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p));
+}
+
 template <typename Row>
 void pack_kn_rows(const Row& row_ptr, int64_t K, int64_t N, bf16* dst, int64_t stride, int64_t j0,
                   int64_t j1) {
@@ -248,8 +256,7 @@ void pack_kn_rows(const Row& row_ptr, int64_t K, int64_t N, bf16* dst, int64_t s
     // Row pair (k, k+1) of the tile's columns: word c = B[k][c] | B[k+1][c] << 16.
     for (int64_t k = 0; k < kb * kTileK; k += 2) {
       const auto row = [&](int64_t r) {
-        const __m512 v = r < K ? _mm512_maskz_loadu_ps(m, row_ptr(r) + n0) : _mm512_setzero_ps();
-        return _mm512_cvtepu16_epi32(reinterpret_cast<__m256i>(to_bf16(v)));
+        return r < K ? b_words(row_ptr(r) + n0, m) : _mm512_setzero_si512();
       };
       const __m512i w = _mm512_or_si512(row(k), _mm512_slli_epi32(row(k + 1), 16));
       _mm512_storeu_si512(t + k / 2 * kTileCols, w);
@@ -318,6 +325,11 @@ void pack_kn(const float* const* rows, int64_t K, int64_t N, bf16* dst, int64_t 
 constexpr int64_t kTnChunkK = 1024;
 static_assert(kTnChunkK % kTileK == 0, "chunks of whole K blocks");
 
+void pack_kn(const bf16* b, int64_t K, int64_t N, int64_t ldb, bf16* dst, int64_t stride,
+             int64_t j0, int64_t j1) {
+  pack_kn_rows([&](int64_t r) { return b + r * ldb; }, K, N, dst, stride, j0, j1);
+}
+
 void gemm_tn(int64_t M, int64_t K, const float* a, int64_t lda, const TnProduct* prods, int nb,
              int64_t i0, int64_t i1) {
   const int64_t ts = tile_size(K);
@@ -380,6 +392,9 @@ void pack_kn(const float*, int64_t, int64_t, int64_t, bf16*, int64_t, int64_t, i
   std::abort();
 }
 void pack_kn(const float* const*, int64_t, int64_t, bf16*, int64_t, int64_t, int64_t) {
+  std::abort();
+}
+void pack_kn(const bf16*, int64_t, int64_t, int64_t, bf16*, int64_t, int64_t, int64_t) {
   std::abort();
 }
 void gemm_tn(int64_t, int64_t, const float*, int64_t, const TnProduct*, int, int64_t, int64_t) {

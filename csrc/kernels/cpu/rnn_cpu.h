@@ -131,8 +131,12 @@ struct SeqBackwardArgs {
   S* dw_ch;  // [(G-1)*H]
   S* dw_hr;  // [P, H]
   // Float kernels with AVX-512 only: the products through W_hh and W_ih (dh and
-  // dx) run on AMX tiles (amx.h), their operands rounded to bfloat16.
+  // dx) and the weight gradients run on AMX tiles (amx.h), their operands
+  // rounded to bfloat16; x, w_ih and w_hh are then read from these instead.
   bool amx;
+  const uint16_t* x_bf16;     // [R, C]
+  const uint16_t* w_ih_bf16;  // [G*H, C]
+  const uint16_t* w_hh_bf16;  // [G*H, P]
 };
 
 // Each runs once with arena.base == nullptr to size its scratch (returned in

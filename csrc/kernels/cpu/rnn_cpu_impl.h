@@ -233,10 +233,12 @@ struct WeightN {
   S* packed = nullptr;
   BlasGemm<S> blas = nullptr;
   amx::bf16* tiles = nullptr;
+  const amx::bf16* wb = nullptr;  // W in bfloat16, read instead of w when given
 
   void plan(Arena& arena, PackPolicy policy, const S* w_, int64_t K_, int64_t N_, int64_t steps,
-            BlasGemm<S> blas_ = nullptr, bool amx = false) {
+            BlasGemm<S> blas_ = nullptr, bool amx = false, const amx::bf16* wb_ = nullptr) {
     w = w_;
+    wb = wb_;
     K = K_;
     N = N_;
     blas = blas_;
@@ -255,7 +257,10 @@ struct WeightN {
     if constexpr (kAmxCapable<S>) {
       if (tiles)
         par(amx::col_tiles(N), grain_for(K * amx::kTileCols), [&](int64_t jb, int64_t je) {
-          amx::pack_kn(w, K, N, N, tiles, amx::tile_size(K), jb, je);
+          if (wb)
+            amx::pack_kn(wb, K, N, N, tiles, amx::tile_size(K), jb, je);
+          else
+            amx::pack_kn(w, K, N, N, tiles, amx::tile_size(K), jb, je);
         });
     }
   }
@@ -744,7 +749,10 @@ void input_side_grads(const SeqBackwardArgs<S>& a, const S* dG, int64_t ldg, con
       if (a.dx && tiles) {
         const int64_t ts = amx::tile_size(g.n), nj = amx::col_tiles(a.C);
         par(nj, grain_for(g.n * amx::kTileCols), [&](int64_t jb, int64_t je) {
-          amx::pack_kn(a.w_ih + g.wrow * a.C, g.n, a.C, a.C, tiles, ts, jb, je);
+          if (a.w_ih_bf16)
+            amx::pack_kn(a.w_ih_bf16 + g.wrow * a.C, g.n, a.C, a.C, tiles, ts, jb, je);
+          else
+            amx::pack_kn(a.w_ih + g.wrow * a.C, g.n, a.C, a.C, tiles, ts, jb, je);
         });
         par(ceil_div(R, kAmxTaskRows), grain_for(kAmxTaskRows * a.C * g.n), [&](int64_t tb, int64_t te) {
           for (int64_t t = tb; t < te; ++t) {
@@ -810,7 +818,10 @@ void weight_grads_amx(const SeqBackwardArgs<S>& a, const S* dG, int64_t ldg,
       if (a.dw_ih && g.ih_row >= 0) {
         if (!x_packed)
           par(amx::col_tiles(a.C), grain_for(R * amx::kTileCols), [&](int64_t jb, int64_t je) {
-            amx::pack_kn(a.x, R, a.C, a.C, t.x, ts, jb, je);
+            if (a.x_bf16)
+              amx::pack_kn(a.x_bf16, R, a.C, a.C, t.x, ts, jb, je);
+            else
+              amx::pack_kn(a.x, R, a.C, a.C, t.x, ts, jb, je);
           });
         x_packed = true;
         prods[n++] = amx::TnProduct{a.C, t.x, a.dw_ih + g.ih_row * a.C, a.C};
@@ -999,7 +1010,7 @@ void lstm_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel
   S* dG = arena.take<S>(R * GH);
   S* dsum = arena.take<S>(GH);
   WeightN<S> whh;
-  whh.plan(arena, a.pack, a.w_hh, GH, P, seq.T, blas, a.amx);
+  whh.plan(arena, a.pack, a.w_hh, GH, P, seq.T, blas, a.amx, a.w_hh_bf16);
   WeightN<S> whr;
   if (proj) whr.plan(arena, a.pack, a.w_hr, P, H, seq.T, blas);
   S* dh_state = a.dh0;  // dh and dc flow back in place, from dh_n and dc_n
@@ -1304,7 +1315,7 @@ void gru_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel&
   S* dG = arena.take<S>(R * ldg);
   S* dsum = arena.take<S>(ldg);
   WeightN<S> whh;
-  whh.plan(arena, a.pack, a.w_hh, 3 * H, H, seq.T, blas, a.amx);
+  whh.plan(arena, a.pack, a.w_hh, 3 * H, H, seq.T, blas, a.amx, a.w_hh_bf16);
   S* dh_state = a.dh0;  // dh flows back in place, from dh_n
   const S** hrows = a.dw_hh && seq.T > 1 ? arena.take<const S*>(R) : nullptr;
   S* scratch = arena.take<S>(gemm_scratch_size<S>(max_of(a.C, H, 4 * H)));
@@ -1380,8 +1391,9 @@ void gru_reset_before_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena,
   S* dG = arena.take<S>(R * GH);
   S* dsum = arena.take<S>(GH);
   WeightN<S> wrz, wn;
-  wrz.plan(arena, a.pack, a.w_hh, 2 * H, H, seq.T, blas, a.amx);
-  wn.plan(arena, a.pack, a.w_hh + 2 * H * H, H, H, seq.T, blas, a.amx);
+  wrz.plan(arena, a.pack, a.w_hh, 2 * H, H, seq.T, blas, a.amx, a.w_hh_bf16);
+  wn.plan(arena, a.pack, a.w_hh ? a.w_hh + 2 * H * H : nullptr, H, H, seq.T, blas, a.amx,
+          a.w_hh_bf16 ? a.w_hh_bf16 + 2 * H * H : nullptr);
   S* dh_state = a.dh0;  // dh flows back in place, from dh_n
   S* drh = arena.take<S>(N * H);
   const S** hrows = a.dw_hh && seq.T > 1 ? arena.take<const S*>(R) : nullptr;
@@ -1534,7 +1546,7 @@ void rnn_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel&
   S* dG = arena.take<S>(R * H);
   S* dsum = arena.take<S>(H);
   WeightN<S> whh;
-  whh.plan(arena, a.pack, a.w_hh, H, H, seq.T, blas, a.amx);
+  whh.plan(arena, a.pack, a.w_hh, H, H, seq.T, blas, a.amx, a.w_hh_bf16);
   S* dh_state = a.dh0;  // dh flows back in place, from dh_n
   const S** hrows = a.dw_hh && seq.T > 1 ? arena.take<const S*>(R) : nullptr;
   S* scratch = arena.take<S>(gemm_scratch_size<S>(max_of(a.C, H)));
