@@ -50,8 +50,10 @@ void pack_kn(const float* const* rows, int64_t K, int64_t N, bf16* dst, int64_t 
 void pack_kn(const bf16* b, int64_t K, int64_t N, int64_t ldb, bf16* dst, int64_t stride,
              int64_t j0, int64_t j1);
 
-// A's staging block for this thread: kTileRows x k_blocks(K) * kTileK.
-bf16* staging(int64_t K);
+// Staging for `blocks` blocks of A on this thread, each kTileRows x
+// k_blocks(K) * kTileK, one after the other.
+bf16* staging(int64_t K, int64_t blocks = 1);
+constexpr int64_t block_size(int64_t K) { return kTileRows * k_blocks(K) * kTileK; }
 // Rows [0, rows) of src (row stride ld, rows <= kTileRows) into a staging
 // block, rounded to nearest even; the rest zero.
 void stage(const float* src, int64_t ld, int64_t rows, int64_t K, bf16* dst);

@@ -131,10 +131,10 @@ void pack(const bf16* w, int64_t rows, int64_t K, int64_t ldw, bf16* dst, int64_
   }
 }
 
-bf16* staging(int64_t K) {
+bf16* staging(int64_t K, int64_t blocks) {
   thread_local std::unique_ptr<bf16, FreeAligned> buf;
   thread_local int64_t size = 0;
-  const int64_t need = kTileRows * k_blocks(K) * kTileK;
+  const int64_t need = block_size(K) * blocks;
   if (need > size) {
     buf.reset(static_cast<bf16*>(std::aligned_alloc(64, need * sizeof(bf16))));
     if (!buf) std::abort();
@@ -189,32 +189,38 @@ void product(const bf16* a, int64_t K, const bf16* const* b, int nt, float* out)
 
 namespace {
 
-// Column tiles [j0, j1) of C = A W (+ bias, or + C with accumulate).
+// Column tiles [j0, j1) of C = A W (+ bias, or + C with accumulate). All of A
+// is staged first, so that each group of column tiles is read from memory once
+// and serves every block of rows from L1.
 template <typename A>
 void gemm_tiles(int64_t M, int64_t N, int64_t K, const A* a, int64_t lda, const bf16* w, float* c,
                 int64_t ldc, const float* bias, bool accumulate, int64_t j0, int64_t j1) {
-  const int64_t ts = tile_size(K);
-  bf16* st = staging(K);
+  const int64_t ts = tile_size(K), bs = block_size(K);
+  const int64_t nrb = (M + kTileRows - 1) / kTileRows;
+  bf16* st = staging(K, nrb);
   alignas(64) float out[kMaxTiles * kTileRows * kTileCols];
+  for (int64_t i = 0; i < nrb; ++i)
+    stage(a + i * kTileRows * lda, lda, std::min<int64_t>(kTileRows, M - i * kTileRows), K,
+          st + i * bs);
   begin();
-  for (int64_t r0 = 0; r0 < M; r0 += kTileRows) {
-    const int64_t rr = std::min<int64_t>(kTileRows, M - r0);
-    stage(a + r0 * lda, lda, rr, K, st);
-    for (int64_t jg = j0; jg < j1; jg += kMaxTiles) {
-      const int nt = static_cast<int>(std::min<int64_t>(kMaxTiles, j1 - jg));
-      const bf16* b[kMaxTiles];
-      for (int t = 0; t < nt; ++t) b[t] = w + (jg + t) * ts;
-      product(st, K, b, nt, out);
+  for (int64_t jg = j0; jg < j1; jg += kMaxTiles) {
+    const int nt = static_cast<int>(std::min<int64_t>(kMaxTiles, j1 - jg));
+    const bf16* b[kMaxTiles];
+    for (int t = 0; t < nt; ++t) b[t] = w + (jg + t) * ts;
+    for (int64_t i = 0; i < nrb; ++i) {
+      const int64_t r0 = i * kTileRows;
+      const int64_t rr = std::min<int64_t>(kTileRows, M - r0);
+      product(st + i * bs, K, b, nt, out);
       for (int t = 0; t < nt; ++t) {
         const int64_t n0 = (jg + t) * kTileCols;
         const int64_t n = std::min<int64_t>(kTileCols, N - n0);
         const __mmask16 m = static_cast<__mmask16>((1u << n) - 1u);
         const __m512 bv = bias ? _mm512_maskz_loadu_ps(m, bias + n0) : _mm512_setzero_ps();
-        for (int64_t i = 0; i < rr; ++i) {
-          float* ci = c + (r0 + i) * ldc + n0;
-          __m512 v = _mm512_add_ps(_mm512_load_ps(out + t * 256 + i * kTileCols), bv);
-          if (accumulate) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, ci));
-          _mm512_mask_storeu_ps(ci, m, v);
+        for (int64_t r = 0; r < rr; ++r) {
+          float* cr = c + (r0 + r) * ldc + n0;
+          __m512 v = _mm512_add_ps(_mm512_load_ps(out + t * 256 + r * kTileCols), bv);
+          if (accumulate) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, cr));
+          _mm512_mask_storeu_ps(cr, m, v);
         }
       }
     }
@@ -374,7 +380,7 @@ void gemm_tn(int64_t M, int64_t K, const float* a, int64_t lda, const TnProduct*
 
 bool usable() { return false; }
 void pack(const bf16*, int64_t, int64_t, int64_t, bf16*, int64_t, int64_t, int64_t) { std::abort(); }
-bf16* staging(int64_t) { std::abort(); }
+bf16* staging(int64_t, int64_t) { std::abort(); }
 void stage(const float*, int64_t, int64_t, int64_t, bf16*) { std::abort(); }
 void stage(const bf16*, int64_t, int64_t, int64_t, bf16*) { std::abort(); }
 void begin() { std::abort(); }
