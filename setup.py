@@ -64,6 +64,33 @@ AMX_SOURCE = "amx_bf16.cpp"
 BUILD_AMX = False
 
 
+AMX_PROBE = """
+#include <immintrin.h>
+void probe(const float* x, void* y) {
+  _tile_release();
+  *(__m256bh*)y = _mm512_cvtneps_pbh(_mm512_loadu_ps(x));
+}
+"""
+
+
+def compiler_has_amx():
+    """Whether the C++ compiler takes the AMX flags and intrinsics (GCC 11 and
+    later, recent clang); without, amx_bf16.cpp builds as its stub."""
+    import subprocess
+    import tempfile
+
+    cxx = os.environ.get("CXX", "c++").split()
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "probe.cpp")
+        with open(src, "w") as f:
+            f.write(AMX_PROBE)
+        cmd = cxx + ISA_FLAGS["amx"] + ["-c", src, "-o", os.path.join(tmp, "probe.o")]
+        try:
+            return subprocess.run(cmd, capture_output=True).returncode == 0
+        except OSError:
+            return False
+
+
 def isa_of(source):
     if str(source).endswith(AMX_SOURCE):
         return "amx" if BUILD_AMX else None
@@ -86,7 +113,7 @@ def make_extension():
     sources += [f"csrc/kernels/cpu/isa_{isa}.cpp" for isa in isas]
     sources += [f"csrc/kernels/cpu/{AMX_SOURCE}"]
     global BUILD_AMX
-    BUILD_AMX = "avx512" in isas
+    BUILD_AMX = "avx512" in isas and compiler_has_amx()
 
     cxx = ["-O3", "-fopenmp", "-fvisibility=hidden", "-Wall", "-Wno-unknown-pragmas", "-Wno-maybe-uninitialized"]
     if os.environ.get("FUSEDRNN_SANITIZE"):

@@ -222,18 +222,21 @@ def _bf16_products():
 
 
 @pytest.mark.skipif(_bf16_products() != "amx", reason="this CPU (or build) has no AMX-BF16 products")
+@pytest.mark.parametrize("shape", [(6, 70, 45, 40), (20, 70, 64, 64)], ids=["tails", "long"])
 @pytest.mark.parametrize("packed", [False, True], ids=["strided", "packed"])
 @pytest.mark.parametrize("variant", list(SEQ_ALL))
-def test_amx_bfloat16_matches_reference(variant, packed, monkeypatch):
-    # Forward and backward products on AMX tiles, in shapes that leave every
-    # tile partial: K = 45 and 40 (not multiples of 32), H = 40 (units past H in
-    # a 16-wide tile), 70 rows (4 row tiles and 6), steps of 70 down to 1 row
-    # when packed; both directions, two layers. On one thread and on two (tasks
-    # split panels and rows; no sum changes), and against the float32 path,
-    # whose h is not rounded to bfloat16 between steps.
+def test_amx_bfloat16_matches_reference(variant, packed, shape, monkeypatch):
+    # Forward and backward products on AMX tiles. "tails" leaves every tile
+    # partial: K = 45 and 40 (not multiples of 32), H = 40 (units past H in a
+    # 16-wide tile), 70 rows (4 row tiles and 6), steps of 70 down to 1 row when
+    # packed. "long" has whole tiles (the packing's fast path) and up to 1400
+    # rows, more than one chunk of K for the weight gradients. Both directions,
+    # two layers. On one thread and on two (tasks split panels and rows; no sum
+    # changes), and against the float32 path, whose h is not rounded to
+    # bfloat16 between steps.
     mode, vkw = SEQ_ALL[variant]
     vkw = {**vkw, "proj_size": 24} if "proj_size" in vkw else vkw
-    t, n, c, h = 6, 70, 45, 40
+    t, n, c, h = shape
     lengths = [1 + (7 * i) % t for i in range(n)] if packed else None
     torch.manual_seed(0)
     m = getattr(fusedrnn, mode)(c, h, num_layers=2, bidirectional=True, **vkw).to(torch.bfloat16)

@@ -318,15 +318,15 @@ struct Recurrent {
   BlasGemm<S> blas = nullptr;
   // On AMX: W in bfloat16, packed as the column tiles of each gate's units,
   // tile (unit block j, gate g) at (j * G + g) * amx::tile_size(K). A task is a
-  // run of panels, one per thread, so that h is staged once per task.
+  // run of panels, one per thread of the pass (step_threads()), so that h is
+  // staged once per task.
   const amx::bf16* wb = nullptr;
   amx::bf16* tiles = nullptr;
-  int64_t amx_tasks = 0;
+  int64_t amx_tasks = 1;
 
-  // wb_ (with kAmxCapable<S>) puts the product on AMX tiles, split for `threads`.
+  // wb_ (with kAmxCapable<S>) puts the product on AMX tiles.
   void plan(Arena& arena, PackPolicy policy, const S* w_, int64_t H_, int64_t K_, int64_t N,
-            int64_t uses, BlasGemm<S> blas_ = nullptr, const amx::bf16* wb_ = nullptr,
-            int threads = 1) {
+            int64_t uses, BlasGemm<S> blas_ = nullptr, const amx::bf16* wb_ = nullptr) {
     w = w_;
     H = H_;
     K = K_;
@@ -336,7 +336,6 @@ struct Recurrent {
       wb = wb_;
       blas = nullptr;
       tiles = arena.take<amx::bf16>(panels() * U * G * amx::tile_size(K));
-      amx_tasks = std::min<int64_t>(panels(), std::max(1, threads));
       return;
     }
     if (!blas && worth_packing(policy, uses, K))
@@ -496,6 +495,18 @@ inline int threads_for(const Parallel& par, BlasGemm<S> blas, int64_t step_fma, 
                           : amx     ? kMinCallAmxFmaForThreads
                                     : kMinCallFmaForThreads;
   return step_fma >= min_fma ? par.max_threads : 1;
+}
+
+// The threads of a forward pass whose steps run the recurrent products `recs`
+// (threads_for on their multiply-adds per step); AMX products split into that
+// many tasks.
+template <typename S, typename... Rec>
+int step_threads(const Parallel& par, BlasGemm<S> blas, int64_t steps, int64_t rows,
+                 Rec&... recs) {
+  const bool amx = ((recs.tiles != nullptr) || ...);
+  const int threads = threads_for(par, blas, (recs.fma_per_step(rows) + ...), steps, amx);
+  ((recs.amx_tasks = std::min<int64_t>(recs.panels(), threads)), ...);
+  return threads;
 }
 
 // ------------------------------------------------------- shared pieces
@@ -732,7 +743,7 @@ struct GateBlock {
 // packed into `tiles` (dx_tiles()), then tasks of kAmxTaskRows rows.
 template <typename S>
 amx::bf16* dx_tiles(Arena& arena, const SeqBackwardArgs<S>& a, int64_t max_block) {
-  if (!(kAmxCapable<S> && a.amx)) return nullptr;
+  if (!(kAmxCapable<S> && a.amx && a.dx)) return nullptr;
   return arena.take<amx::bf16>(amx::col_tiles(a.C) * amx::tile_size(max_block));
 }
 
@@ -790,7 +801,9 @@ struct WeightGradBlock {
 // With a.amx, the weight gradients take their products from AMX tiles: X and
 // the blocks' recurrent inputs packed (over all R rows) into these, then tasks
 // of 16 rows of dG^T, each staged once for both products.
+// Each buffer only where its gradient is wanted.
 struct WeightGradTiles {
+  bool on = false;
   amx::bf16* x = nullptr;
   amx::bf16* hh = nullptr;
 };
@@ -799,8 +812,11 @@ template <typename S>
 WeightGradTiles weight_grad_tiles(Arena& arena, const SeqBackwardArgs<S>& a, int64_t max_k) {
   if (!(kAmxCapable<S> && a.amx)) return {};
   const int64_t ts = amx::tile_size(total_rows(a.seq));
-  amx::bf16* x = arena.take<amx::bf16>(amx::col_tiles(a.C) * ts);
-  return {x, arena.take<amx::bf16>(amx::col_tiles(max_k) * ts)};
+  WeightGradTiles t;
+  t.on = true;
+  if (a.dw_ih) t.x = arena.take<amx::bf16>(amx::col_tiles(a.C) * ts);
+  if (a.dw_hh) t.hh = arena.take<amx::bf16>(amx::col_tiles(max_k) * ts);
+  return t;
 }
 
 template <typename S>
@@ -850,7 +866,7 @@ template <typename S>
 void weight_grads(const SeqBackwardArgs<S>& a, const S* dG, int64_t ldg,
                   const WeightGradBlock<S>* blocks, int nblocks, S* scratch, BlasGemm<S> blas,
                   const Parallel& par, const WeightGradTiles& tiles = {}) {
-  if (tiles.x) return weight_grads_amx(a, dG, ldg, blocks, nblocks, tiles, par);
+  if (tiles.on) return weight_grads_amx(a, dG, ldg, blocks, nblocks, tiles, par);
   const int64_t R = total_rows(a.seq);
   for (int b = 0; b < nblocks; ++b) {
     const WeightGradBlock<S>& g = blocks[b];
@@ -913,7 +929,7 @@ void lstm_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& 
   InputProjection<S> xproj;
   xproj.plan(arena, a, GH, blas);
   Recurrent<S, G, U> rec;
-  rec.plan(arena, a.pack, a.w_hh, H, P, N, R, blas, a.w_hh_bf16, par.max_threads);
+  rec.plan(arena, a.pack, a.w_hh, H, P, N, R, blas, a.w_hh_bf16);
   WeightT<S> whr;
   if (proj) whr.plan(arena, a.pack, a.w_hr, P, H, R, blas);
   HiddenState<S> hs;
@@ -991,7 +1007,7 @@ void lstm_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& 
         };
         rec.run(st.rows, hs.prev(s), P, epi, task);
       },
-      threads_for(par, blas, rec.fma_per_step(N), seq.T, rec.tiles != nullptr), par);
+      step_threads(par, blas, seq.T, N, rec), par);
   hs.finish(seq, a.y);
 }
 
@@ -1155,8 +1171,7 @@ void gru_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& p
   InputProjection<S> xproj;
   xproj.plan(arena, a, GH, blas);
   Recurrent<S, G, U> rec;
-  rec.plan(arena, a.pack, a.w_hh, H, H, N, total_rows(seq), blas, a.w_hh_bf16,
-           par.max_threads);
+  rec.plan(arena, a.pack, a.w_hh, H, H, N, total_rows(seq), blas, a.w_hh_bf16);
   S* b_hn = arena.take<S>(H);
   HiddenState<S> hs;
   hs.plan(arena, seq, H);
@@ -1206,7 +1221,7 @@ void gru_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& p
         };
         rec.run(st.rows, hp, H, epi, task);
       },
-      threads_for(par, blas, rec.fma_per_step(N), seq.T, rec.tiles != nullptr), par);
+      step_threads(par, blas, seq.T, N, rec), par);
   hs.finish(seq, a.y);
 }
 
@@ -1226,11 +1241,10 @@ void gru_reset_before_forward_seq(const SeqForwardArgs<S>& a, Arena& arena,
   InputProjection<S> xproj;
   xproj.plan(arena, a, GH, blas);
   Recurrent<S, 2, U1> rec_rz;
-  rec_rz.plan(arena, a.pack, a.w_hh, H, H, N, total_rows(seq), blas, a.w_hh_bf16,
-              par.max_threads);
+  rec_rz.plan(arena, a.pack, a.w_hh, H, H, N, total_rows(seq), blas, a.w_hh_bf16);
   Recurrent<S, 1, U2> rec_n;
   rec_n.plan(arena, a.pack, a.w_hh ? a.w_hh + 2 * H * H : nullptr, H, H, N, total_rows(seq), blas,
-             a.w_hh_bf16 ? a.w_hh_bf16 + 2 * H * H : nullptr, par.max_threads);
+             a.w_hh_bf16 ? a.w_hh_bf16 + 2 * H * H : nullptr);
   HiddenState<S> hs;
   hs.plan(arena, seq, H);
   S* z_scratch = a.training ? nullptr : arena.take<S>(N * H);
@@ -1297,9 +1311,7 @@ void gru_reset_before_forward_seq(const SeqForwardArgs<S>& a, Arena& arena,
         };
         rec_n.run(st.rows, rh, H, epi_n, task);
       },
-      threads_for(par, blas, rec_rz.fma_per_step(N) + rec_n.fma_per_step(N), seq.T,
-                  rec_rz.tiles != nullptr),
-      par);
+      step_threads(par, blas, seq.T, N, rec_rz, rec_n), par);
   hs.finish(seq, a.y);
 }
 
@@ -1495,8 +1507,7 @@ void rnn_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& p
   InputProjection<S> xproj;
   xproj.plan(arena, a, H, blas);
   Recurrent<S, 1, U> rec;
-  rec.plan(arena, a.pack, a.w_hh, H, H, N, total_rows(seq), blas, a.w_hh_bf16,
-           par.max_threads);
+  rec.plan(arena, a.pack, a.w_hh, H, H, N, total_rows(seq), blas, a.w_hh_bf16);
   HiddenState<S> hs;
   hs.plan(arena, seq, H);
   Schedule sched;
@@ -1532,7 +1543,7 @@ void rnn_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& p
         };
         rec.run(st.rows, hs.prev(s), H, epi, task);
       },
-      threads_for(par, blas, rec.fma_per_step(N), seq.T, rec.tiles != nullptr), par);
+      step_threads(par, blas, seq.T, N, rec), par);
   hs.finish(seq, a.y);
 }
 
