@@ -69,6 +69,33 @@ struct FreeAligned {
 
 __m256bh to_bf16(__m512 v) { return _mm512_cvtneps_pbh(v); }
 
+// r[c] = column c of the 16 x 16 block whose row i was r[i].
+inline void transpose16(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  // q[4i + c], 128-bit lane L: rows 4i..4i+3 of column 4L + c.
+  __m512 q[16];
+  for (int i = 0; i < 4; ++i) {
+    q[4 * i + 0] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    q[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    q[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    q[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int c = 0; c < 4; ++c) {
+    const __m512 lo01 = _mm512_shuffle_f32x4(q[c], q[4 + c], _MM_SHUFFLE(1, 0, 1, 0));
+    const __m512 lo23 = _mm512_shuffle_f32x4(q[8 + c], q[12 + c], _MM_SHUFFLE(1, 0, 1, 0));
+    const __m512 hi01 = _mm512_shuffle_f32x4(q[c], q[4 + c], _MM_SHUFFLE(3, 2, 3, 2));
+    const __m512 hi23 = _mm512_shuffle_f32x4(q[8 + c], q[12 + c], _MM_SHUFFLE(3, 2, 3, 2));
+    r[c] = _mm512_shuffle_f32x4(lo01, lo23, _MM_SHUFFLE(2, 0, 2, 0));
+    r[4 + c] = _mm512_shuffle_f32x4(lo01, lo23, _MM_SHUFFLE(3, 1, 3, 1));
+    r[8 + c] = _mm512_shuffle_f32x4(hi01, hi23, _MM_SHUFFLE(2, 0, 2, 0));
+    r[12 + c] = _mm512_shuffle_f32x4(hi01, hi23, _MM_SHUFFLE(3, 1, 3, 1));
+  }
+}
+
 template <int NT>
 inline void product_n(const bf16* a, int64_t kb, const bf16* const* b, float* out) {
   const int64_t lda = kb * kTileK * static_cast<int64_t>(sizeof(bf16));
@@ -106,6 +133,8 @@ bool usable() {
   return ok;
 }
 
+// A block of a tile is the 16 x 16 transpose of 32-bit words (k-pairs): row c
+// of W's 16 rows, words 0..15 of the block, becomes column c.
 void pack(const bf16* w, int64_t rows, int64_t K, int64_t ldw, bf16* dst, int64_t stride,
           int64_t j0, int64_t j1) {
   const int64_t kb = k_blocks(K);
@@ -113,20 +142,15 @@ void pack(const bf16* w, int64_t rows, int64_t K, int64_t ldw, bf16* dst, int64_
     bf16* t = dst + j * stride;
     const int64_t r0 = j * kTileCols;
     const int64_t nr = std::max<int64_t>(0, std::min<int64_t>(kTileCols, rows - r0));
-    if (nr < kTileCols || K % kTileK != 0) std::memset(t, 0, kb * kTileElems * sizeof(bf16));
-    for (int64_t c = 0; c < nr; ++c) {
-      const bf16* src = w + (r0 + c) * ldw;
-      for (int64_t b = 0; b < kb; ++b) {
-        bf16* blk = t + b * kTileElems + c * 2;
-        const int64_t k0 = b * kTileK;
-        if (k0 + kTileK <= K) {
-          uint32_t pairs[kTileK / 2];
-          std::memcpy(pairs, src + k0, sizeof(pairs));
-          for (int p = 0; p < kTileK / 2; ++p) std::memcpy(blk + p * 2 * kTileCols, &pairs[p], 4);
-        } else {
-          for (int64_t k = k0; k < K; ++k) blk[(k - k0) / 2 * 2 * kTileCols + (k - k0) % 2] = src[k];
-        }
-      }
+    for (int64_t b = 0; b < kb; ++b) {
+      const int64_t k0 = b * kTileK, n = std::min<int64_t>(kTileK, K - k0);
+      const __mmask32 m = n >= 32 ? ~__mmask32{0} : static_cast<__mmask32>((1u << n) - 1u);
+      __m512 r[16];
+      for (int c = 0; c < 16; ++c)
+        r[c] = c < nr ? _mm512_castsi512_ps(_mm512_maskz_loadu_epi16(m, w + (r0 + c) * ldw + k0))
+                      : _mm512_setzero_ps();
+      transpose16(r);
+      for (int p = 0; p < 16; ++p) _mm512_storeu_ps(t + b * kTileElems + p * 2 * kTileCols, r[p]);
     }
   }
 }
@@ -270,32 +294,6 @@ void pack_kn_rows(const Row& row_ptr, int64_t K, int64_t N, bf16* dst, int64_t s
   }
 }
 
-// r[c] = column c of the 16 x 16 block whose row i was r[i].
-inline void transpose16(__m512 r[16]) {
-  __m512 t[16];
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-  }
-  // q[4i + c], 128-bit lane L: rows 4i..4i+3 of column 4L + c.
-  __m512 q[16];
-  for (int i = 0; i < 4; ++i) {
-    q[4 * i + 0] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
-    q[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
-    q[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
-    q[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
-  }
-  for (int c = 0; c < 4; ++c) {
-    const __m512 lo01 = _mm512_shuffle_f32x4(q[c], q[4 + c], _MM_SHUFFLE(1, 0, 1, 0));
-    const __m512 lo23 = _mm512_shuffle_f32x4(q[8 + c], q[12 + c], _MM_SHUFFLE(1, 0, 1, 0));
-    const __m512 hi01 = _mm512_shuffle_f32x4(q[c], q[4 + c], _MM_SHUFFLE(3, 2, 3, 2));
-    const __m512 hi23 = _mm512_shuffle_f32x4(q[8 + c], q[12 + c], _MM_SHUFFLE(3, 2, 3, 2));
-    r[c] = _mm512_shuffle_f32x4(lo01, lo23, _MM_SHUFFLE(2, 0, 2, 0));
-    r[4 + c] = _mm512_shuffle_f32x4(lo01, lo23, _MM_SHUFFLE(3, 1, 3, 1));
-    r[8 + c] = _mm512_shuffle_f32x4(hi01, hi23, _MM_SHUFFLE(2, 0, 2, 0));
-    r[12 + c] = _mm512_shuffle_f32x4(hi01, hi23, _MM_SHUFFLE(3, 1, 3, 1));
-  }
-}
 
 // Staging block of A^T: row r = column r of A [K, M] (r < rows), rounded; 16
 // rows of A at a time, transposed in registers.
