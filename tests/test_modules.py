@@ -187,6 +187,17 @@ def test_low_precision_module_matches_reference(variant, dtype, packed):
     assert_matches_reference(m, x, hx)
 
 
+def _on_one_and_two_threads(m, build, leaves):
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run(m, build, leaves)
+        torch.set_num_threads(2)
+        return one, run(m, build, leaves)
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("packed", [False, True], ids=["strided", "packed"])
 @pytest.mark.parametrize("variant", list(SEQ_ALL))
@@ -205,14 +216,7 @@ def test_sequence_split_over_two_threads(variant, packed, dtype):
     m = getattr(fusedrnn, mode)(c, h, bidirectional=True, **vkw).to(dtype)
     leaves = seq_leaves(m, t, n, c)
     build = seq_builder(m, c, lengths=lengths)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = run(m, build, leaves)
-        torch.set_num_threads(2)
-        two = run(m, build, leaves)
-    finally:
-        torch.set_num_threads(threads)
+    one, two = _on_one_and_two_threads(m, build, leaves)
     assert_all_close(two, one)
     _assert_matches_reference(m, build, leaves, dtype, got=two)
 
@@ -242,17 +246,10 @@ def test_amx_bfloat16_matches_reference(variant, packed, shape, monkeypatch):
     m = getattr(fusedrnn, mode)(c, h, num_layers=2, bidirectional=True, **vkw).to(torch.bfloat16)
     leaves = seq_leaves(m, t, n, c)
     build = seq_builder(m, c, lengths=lengths)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = run(m, build, leaves)
-        torch.set_num_threads(2)
-        two = run(m, build, leaves)
-        monkeypatch.setenv("FUSEDRNN_CPU_AMX", "never")
-        assert _bf16_products() == "float32"
-        plain = run(m, build, leaves)
-    finally:
-        torch.set_num_threads(threads)
+    one, two = _on_one_and_two_threads(m, build, leaves)
+    monkeypatch.setenv("FUSEDRNN_CPU_AMX", "never")
+    assert _bf16_products() == "float32"
+    plain = run(m, build, leaves)
     assert_all_close(two, one)
     outputs = [k for k in one if not k.startswith("grad")]
     assert any(not torch.equal(one[k], plain[k]) for k in outputs), "FUSEDRNN_CPU_AMX changed nothing"

@@ -196,6 +196,21 @@ const uint16_t* bf16_bits(const Tensor& t) {
   return t.numel() > 0 ? reinterpret_cast<const uint16_t*>(t.data_ptr<at::BFloat16>()) : nullptr;
 }
 
+// The operands of the products, x, W_ih and W_hh: S, or with `amx` the
+// bfloat16 tensors themselves.
+template <typename S, template <typename> class Args>
+void set_product_operands(Args<S>& a, const LayerInputs& in, bool amx) {
+  if (amx) {
+    a.x_bf16 = bf16_bits(in.input);
+    a.w_ih_bf16 = bf16_bits(in.w_ih);
+    a.w_hh_bf16 = bf16_bits(in.w_hh);
+  } else {
+    a.x = ptr<S>(in.input);
+    a.w_ih = ptr<S>(in.w_ih);
+    a.w_hh = ptr<S>(in.w_hh);
+  }
+}
+
 // With `amx`, the products read in.input, in.w_ih and in.w_hh in bfloat16 (the
 // other inputs are S).
 template <typename S>
@@ -211,15 +226,7 @@ void forward_typed(const LayerInputs& in, const LayerGeometry& g, bool training,
   a.C = g.C;
   a.H = g.H;
   a.P = g.P;
-  if (amx) {
-    a.x_bf16 = bf16_bits(in.input);
-    a.w_ih_bf16 = bf16_bits(in.w_ih);
-    a.w_hh_bf16 = bf16_bits(in.w_hh);
-  } else {
-    a.x = ptr<S>(in.input);
-    a.w_ih = ptr<S>(in.w_ih);
-    a.w_hh = ptr<S>(in.w_hh);
-  }
+  set_product_operands(a, in, amx);
   a.h0 = ptr<S>(in.h0);
   a.c0 = ptr<S>(in.c0);
   a.b_ih = ptr<S>(in.b_ih);
@@ -253,15 +260,7 @@ void backward_typed(const LayerInputs& in, const LayerGeometry& g, const GradInp
   a.C = g.C;
   a.H = g.H;
   a.P = g.P;
-  if (amx) {
-    a.x_bf16 = bf16_bits(in.input);
-    a.w_ih_bf16 = bf16_bits(in.w_ih);
-    a.w_hh_bf16 = bf16_bits(in.w_hh);
-  } else {
-    a.x = ptr<S>(in.input);
-    a.w_ih = ptr<S>(in.w_ih);
-    a.w_hh = ptr<S>(in.w_hh);
-  }
+  set_product_operands(a, in, amx);
   a.h0 = ptr<S>(in.h0);
   a.c0 = ptr<S>(in.c0);
   a.b_hh = ptr<S>(in.b_hh);
