@@ -67,6 +67,11 @@ void end();
 // out[t] (16 x 16 float32, at out + t * 256) = staged A x tile b[t], t < nt <= kMaxTiles.
 void product(const bf16* a, int64_t K, const bf16* const* b, int nt, float* out);
 
+// The same for two staged blocks of A sharing each tile of W (nt <= 2): out0[t]
+// = a0 x b[t], out1[t] = a1 x b[t].
+void product2(const bf16* a0, const bf16* a1, int64_t K, const bf16* const* b, int nt,
+              float* out0, float* out1);
+
 // C[M, N] (row stride ldc) = A[M, K] (bfloat16, row stride lda) W^T + bias
 // (bias [N] or null), W [N, K] packed with stride tile_size(K). Calls
 // begin() and end() itself.

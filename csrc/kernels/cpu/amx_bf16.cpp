@@ -42,7 +42,7 @@ bool cpu_and_os_allow() {
   return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureTileData) == 0;
 }
 
-// Tiles: 0 A (16 x 64 bytes), 1 and 2 B, 4..7 results (16 x 16 float32).
+// Tiles: 0 and 3 A (16 x 64 bytes), 1 and 2 B, 4..7 results (16 x 16 float32).
 struct alignas(64) TileConfig {
   uint8_t palette = 1;
   uint8_t start_row = 0;
@@ -54,7 +54,7 @@ struct alignas(64) TileConfig {
 const TileConfig& config() {
   static const TileConfig cfg = [] {
     TileConfig c;
-    for (int t : {0, 1, 2, 4, 5, 6, 7}) {
+    for (int t : {0, 1, 2, 3, 4, 5, 6, 7}) {
       c.colsb[t] = 64;
       c.rows[t] = 16;
     }
@@ -124,6 +124,36 @@ inline void product_n(const bf16* a, int64_t kb, const bf16* const* b, float* ou
   if constexpr (NT > 1) _tile_stored(5, out + 256, 64);
   if constexpr (NT > 2) _tile_stored(6, out + 512, 64);
   if constexpr (NT > 3) _tile_stored(7, out + 768, 64);
+}
+
+template <int NT>
+inline void product2_n(const bf16* a0, const bf16* a1, int64_t kb, const bf16* const* b,
+                       float* out0, float* out1) {
+  const int64_t lda = kb * kTileK * static_cast<int64_t>(sizeof(bf16));
+  _tile_zero(4);
+  _tile_zero(6);
+  if constexpr (NT > 1) {
+    _tile_zero(5);
+    _tile_zero(7);
+  }
+  for (int64_t k = 0; k < kb; ++k) {
+    _tile_loadd(0, a0 + k * kTileK, lda);
+    _tile_loadd(3, a1 + k * kTileK, lda);
+    _tile_loadd(1, b[0] + k * kTileElems, 64);
+    _tile_dpbf16ps(4, 0, 1);
+    _tile_dpbf16ps(6, 3, 1);
+    if constexpr (NT > 1) {
+      _tile_loadd(2, b[1] + k * kTileElems, 64);
+      _tile_dpbf16ps(5, 0, 2);
+      _tile_dpbf16ps(7, 3, 2);
+    }
+  }
+  _tile_stored(4, out0, 64);
+  _tile_stored(6, out1, 64);
+  if constexpr (NT > 1) {
+    _tile_stored(5, out0 + 256, 64);
+    _tile_stored(7, out1 + 256, 64);
+  }
 }
 
 }  // namespace
@@ -200,6 +230,15 @@ void stage(const bf16* src, int64_t ld, int64_t rows, int64_t K, bf16* dst) {
 
 void begin() { _tile_loadconfig(&config()); }
 void end() { _tile_release(); }
+
+void product2(const bf16* a0, const bf16* a1, int64_t K, const bf16* const* b, int nt,
+              float* out0, float* out1) {
+  const int64_t kb = k_blocks(K);
+  if (nt > 1)
+    product2_n<2>(a0, a1, kb, b, out0, out1);
+  else
+    product2_n<1>(a0, a1, kb, b, out0, out1);
+}
 
 void product(const bf16* a, int64_t K, const bf16* const* b, int nt, float* out) {
   const int64_t kb = k_blocks(K);
@@ -384,6 +423,9 @@ void stage(const bf16*, int64_t, int64_t, int64_t, bf16*) { std::abort(); }
 void begin() { std::abort(); }
 void end() { std::abort(); }
 void product(const bf16*, int64_t, const bf16* const*, int, float*) { std::abort(); }
+void product2(const bf16*, const bf16*, int64_t, const bf16* const*, int, float*, float*) {
+  std::abort();
+}
 void gemm(int64_t, int64_t, int64_t, const bf16*, int64_t, const bf16*, float*, int64_t,
           const float*) {
   std::abort();

@@ -420,32 +420,42 @@ struct Recurrent {
     }
   }
 
-  // Panels [p0, p1) of the task: per block of 16 rows, h staged in bfloat16
-  // once, then per panel one tile product for its NV vectors and the epilogue
-  // of each row on the result tiles.
+  // Panels [p0, p1) of the task: h staged in bfloat16 once, then per pair of
+  // 16-row blocks (each tile of W serving both) and panel, the tile products
+  // for its NV vectors and the epilogue of each row on the result tiles.
   template <typename Epi>
   void run_amx(int64_t rows, const S* a, int64_t lda, const Epi& epi, int64_t task) const {
     using V = Vec<S>;
-    constexpr int64_t TR = amx::kTileRows, TC = amx::kTileCols;
+    constexpr int64_t TR = amx::kTileRows, TC = amx::kTileCols, TT = TR * TC;
     const int64_t per = ceil_div<int64_t>(panels(), amx_tasks);
     const int64_t p0 = task * per, p1 = std::min<int64_t>(panels(), p0 + per);
     if (p0 >= p1) return;
-    const int64_t ts = amx::tile_size(K);
-    amx::bf16* st = amx::staging(K);
-    alignas(64) S out[NV * TR * TC];
+    const int64_t ts = amx::tile_size(K), bs = amx::block_size(K), nrb = ceil_div(rows, TR);
+    amx::bf16* st = amx::staging(K, nrb);
+    for (int64_t i = 0; i < nrb; ++i)
+      amx::stage(a + i * TR * lda, lda, std::min<int64_t>(TR, rows - i * TR), K, st + i * bs);
+    alignas(64) S out[2][NV * TT];
     amx::begin();
-    for (int64_t r0 = 0; r0 < rows; r0 += TR) {
-      const int64_t rr = std::min<int64_t>(TR, rows - r0);
-      amx::stage(a + r0 * lda, lda, rr, K, st);
+    for (int64_t i = 0; i < nrb; i += 2) {
+      const bool pair = i + 1 < nrb;
       for (int64_t p = p0; p < p1; ++p) {
         const amx::bf16* b[NV];
         for (int g = 0; g < G; ++g)
           for (int u = 0; u < U; ++u) b[g * U + u] = tiles + ((p * U + u) * G + g) * ts;
-        amx::product(st, K, b, NV, out);
-        for (int64_t i = 0; i < rr; ++i) {
-          V acc[NV];
-          for (int v = 0; v < NV; ++v) acc[v] = V::loadu(out + (v * TR + i) * TC);
-          epi(r0 + i, p, acc);
+        if (pair) {
+          for (int v = 0; v < NV; v += 2)
+            amx::product2(st + i * bs, st + (i + 1) * bs, K, b + v, std::min(2, NV - v),
+                          out[0] + v * TT, out[1] + v * TT);
+        } else {
+          amx::product(st + i * bs, K, b, NV, out[0]);
+        }
+        for (int64_t h = 0; h < (pair ? 2 : 1); ++h) {
+          const int64_t r0 = (i + h) * TR, rr = std::min<int64_t>(TR, rows - r0);
+          for (int64_t r = 0; r < rr; ++r) {
+            V acc[NV];
+            for (int v = 0; v < NV; ++v) acc[v] = V::loadu(out[h] + v * TT + r * TC);
+            epi(r0 + r, p, acc);
+          }
         }
       }
     }
