@@ -15,6 +15,7 @@ void cpu_layer_backward(const LayerInputs& in, const LayerGeometry& g, const Gra
 }
 
 const char* cpu_single_step_products() { return "CUDA-EMULATION"; }
+const char* cpu_bfloat16_products() { return "CUDA-EMULATION"; }
 
 namespace cpu {
 const char* active_isa() { return "CUDA-EMULATION"; }
