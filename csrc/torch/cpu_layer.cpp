@@ -195,6 +195,9 @@ void with_scratch(const Args& args, const Fn& fn) {
 const uint16_t* bf16_bits(const Tensor& t) {
   return t.numel() > 0 ? reinterpret_cast<const uint16_t*>(t.data_ptr<at::BFloat16>()) : nullptr;
 }
+uint16_t* bf16_out(const Tensor& t) {
+  return t.numel() > 0 ? reinterpret_cast<uint16_t*>(t.data_ptr<at::BFloat16>()) : nullptr;
+}
 
 // The operands of the products, x, W_ih and W_hh: S, or with `amx` the
 // bfloat16 tensors themselves.
@@ -246,10 +249,11 @@ void forward_typed(const LayerInputs& in, const LayerGeometry& g, bool training,
 }
 
 // With `amx`, the products through W_hh and W_ih and the weight gradients run
-// on AMX tiles, reading in.input, in.w_ih and in.w_hh in bfloat16.
+// on AMX tiles, reading in.input, in.w_ih and in.w_hh in bfloat16; given, the
+// bfloat16 weight gradients of dw16 receive them (those of `out` are empty).
 template <typename S>
 void backward_typed(const LayerInputs& in, const LayerGeometry& g, const GradInputs& gi,
-                    GradResult& out, bool amx = false) {
+                    GradResult& out, bool amx = false, const GradResult* dw16 = nullptr) {
   cpu::SeqBackwardArgs<S> a{};
   a.cell = in.cell;
   a.pack = pack_policy();
@@ -278,6 +282,10 @@ void backward_typed(const LayerInputs& in, const LayerGeometry& g, const GradInp
   a.dc0 = mut<S>(out.grad_c0);
   a.dw_ih = mut<S>(out.grad_w_ih);
   a.dw_hh = mut<S>(out.grad_w_hh);
+  if (dw16) {
+    a.dw_ih_bf16 = bf16_out(dw16->grad_w_ih);
+    a.dw_hh_bf16 = bf16_out(dw16->grad_w_hh);
+  }
   a.db_ih = mut<S>(out.grad_b_ih);
   a.db_hh = mut<S>(out.grad_b_hh);
   a.dw_ch = mut<S>(out.grad_w_ch);
@@ -433,12 +441,22 @@ void cpu_layer_backward(const LayerInputs& in, const LayerGeometry& g, const Gra
                         GradResult& out) {
   if (is_16bit(in.input)) {
     const bool amx = use_amx(in);
+    // Up to one chunk of rows, the tiles write the weight gradients in
+    // bfloat16 themselves: no float32 copy to convert back.
+    const bool dw16 = amx && g.R <= cpu::amx::kTnChunkK && out.grad_w_ih.is_contiguous() &&
+                      out.grad_w_hh.is_contiguous();
+    // The results computed in float32: all of `out`, but those.
+    GradResult r = out;
+    if (dw16) {
+      r.grad_w_ih = at::empty({0}, out.grad_w_ih.options());
+      r.grad_w_hh = r.grad_w_ih;
+    }
     FloatCopies copies;
     reserve_inputs(copies, in, amx);
     copies.reserve(gi.grad_output, gi.grad_h_n, gi.grad_c_n, gi.output, gi.saved.gates,
                    gi.saved.proj_in);
-    copies.reserve(out.grad_input, out.grad_h0, out.grad_c0, out.grad_w_ih, out.grad_w_hh,
-                   out.grad_b_ih, out.grad_b_hh, out.grad_w_ch, out.grad_w_hr);
+    copies.reserve(r.grad_input, r.grad_h0, r.grad_c0, r.grad_w_ih, r.grad_w_hh, r.grad_b_ih,
+                   r.grad_b_hh, r.grad_w_ch, r.grad_w_hr);
     const LayerInputs f = float_inputs(copies, in, amx);
     GradInputs gf = gi;
     gf.grad_output = copies.copy_of(gi.grad_output);
@@ -448,11 +466,11 @@ void cpu_layer_backward(const LayerInputs& in, const LayerGeometry& g, const Gra
     gf.saved.gates = copies.copy_of(gi.saved.gates);
     gf.saved.proj_in = copies.copy_of(gi.saved.proj_in);
     through_float(copies,
-                  {&out.grad_input, &out.grad_h0, &out.grad_c0, &out.grad_w_ih, &out.grad_w_hh,
-                   &out.grad_b_ih, &out.grad_b_hh, &out.grad_w_ch, &out.grad_w_hr},
+                  {&r.grad_input, &r.grad_h0, &r.grad_c0, &r.grad_w_ih, &r.grad_w_hh,
+                   &r.grad_b_ih, &r.grad_b_hh, &r.grad_w_ch, &r.grad_w_hr},
                   [&](std::vector<Tensor>& t) {
                     GradResult go{t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8]};
-                    backward_typed<float>(f, g, gf, go, amx);
+                    backward_typed<float>(f, g, gf, go, amx, dw16 ? &out : nullptr);
                   });
     return;
   }

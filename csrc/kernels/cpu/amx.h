@@ -88,11 +88,15 @@ void gemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t lda, const bf
 // float32 (row stride lda, rounded to bfloat16) and B_p is packed by pack_kn
 // with stride tile_size(K): the weight gradients dG^T X, each block of A^T
 // staged once for both products. Calls begin() and end() itself.
+// gemm_tn takes K in chunks of this many rows, summing the chunks in C.
+constexpr int64_t kTnChunkK = 1024;
+// C in float32 (c), or with K <= kTnChunkK rounded once to bfloat16 (cb).
 struct TnProduct {
   int64_t N;
   const bf16* w;
   float* c;
   int64_t ldc;
+  bf16* cb = nullptr;
 };
 void gemm_tn(int64_t M, int64_t K, const float* a, int64_t lda, const TnProduct* prods, int nb,
              int64_t i0, int64_t i1);

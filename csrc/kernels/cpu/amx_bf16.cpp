@@ -362,10 +362,9 @@ void pack_kn(const float* const* rows, int64_t K, int64_t N, bf16* dst, int64_t 
   pack_kn_rows([&](int64_t r) { return rows[r]; }, K, N, dst, stride, j0, j1);
 }
 
-// gemm_tn's K (the rows of a sequence) in chunks of this many, so that the
+// gemm_tn's K (the rows of a sequence) in chunks of kTnChunkK, so that the
 // chunk of the packed B's (16 column tiles of 32 KB each for 256 columns, twice
 // for dW_ih and dW_hh) stays in L2 while every block of A^T passes over it.
-constexpr int64_t kTnChunkK = 1024;
 static_assert(kTnChunkK % kTileK == 0, "chunks of whole K blocks");
 
 void pack_kn(const bf16* b, int64_t K, int64_t N, int64_t ldb, bf16* dst, int64_t stride,
@@ -399,8 +398,13 @@ void gemm_tn(int64_t M, int64_t K, const float* a, int64_t lda, const TnProduct*
             const int64_t n = std::min<int64_t>(kTileCols, pr.N - n0);
             const __mmask16 m = static_cast<__mmask16>((1u << n) - 1u);
             for (int64_t r = 0; r < rr; ++r) {
-              float* c = pr.c + (r0 + r) * pr.ldc + n0;
               __m512 v = _mm512_load_ps(out + t * 256 + r * kTileCols);
+              if (pr.cb) {
+                _mm256_mask_storeu_epi16(pr.cb + (r0 + r) * pr.ldc + n0, m,
+                                         reinterpret_cast<__m256i>(to_bf16(v)));
+                continue;
+              }
+              float* c = pr.c + (r0 + r) * pr.ldc + n0;
               if (k0 > 0) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, c));
               _mm512_mask_storeu_ps(c, m, v);
             }

@@ -137,6 +137,10 @@ struct SeqBackwardArgs {
   const uint16_t* x_bf16;     // [R, C]
   const uint16_t* w_ih_bf16;  // [G*H, C]
   const uint16_t* w_hh_bf16;  // [G*H, P]
+  // With amx and at most amx::kTnChunkK rows: the weight gradients in bfloat16,
+  // given instead of dw_ih and dw_hh (rounded once from float32 sums).
+  uint16_t* dw_ih_bf16;  // [G*H, C]
+  uint16_t* dw_hh_bf16;  // [G*H, P]
 };
 
 // Each runs once with arena.base == nullptr to size its scratch (returned in

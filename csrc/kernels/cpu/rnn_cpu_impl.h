@@ -811,6 +811,12 @@ struct WeightGradBlock {
 // With a.amx, the weight gradients take their products from AMX tiles: X and
 // the blocks' recurrent inputs packed (over all R rows) into these, then tasks
 // of 16 rows of dG^T, each staged once for both products.
+// Whether the weight gradients are wanted, in float32 or (AMX) in bfloat16.
+template <typename S>
+bool wants_dw_ih(const SeqBackwardArgs<S>& a) { return a.dw_ih || a.dw_ih_bf16; }
+template <typename S>
+bool wants_dw_hh(const SeqBackwardArgs<S>& a) { return a.dw_hh || a.dw_hh_bf16; }
+
 // Each buffer only where its gradient is wanted.
 struct WeightGradTiles {
   bool on = false;
@@ -824,8 +830,8 @@ WeightGradTiles weight_grad_tiles(Arena& arena, const SeqBackwardArgs<S>& a, int
   const int64_t ts = amx::tile_size(total_rows(a.seq));
   WeightGradTiles t;
   t.on = true;
-  if (a.dw_ih) t.x = arena.take<amx::bf16>(amx::col_tiles(a.C) * ts);
-  if (a.dw_hh) t.hh = arena.take<amx::bf16>(amx::col_tiles(max_k) * ts);
+  if (wants_dw_ih(a)) t.x = arena.take<amx::bf16>(amx::col_tiles(a.C) * ts);
+  if (wants_dw_hh(a)) t.hh = arena.take<amx::bf16>(amx::col_tiles(max_k) * ts);
   return t;
 }
 
@@ -841,7 +847,7 @@ void weight_grads_amx(const SeqBackwardArgs<S>& a, const S* dG, int64_t ldg,
       const WeightGradBlock<S>& g = blocks[b];
       amx::TnProduct prods[2];
       int n = 0;
-      if (a.dw_ih && g.ih_row >= 0) {
+      if (wants_dw_ih(a) && g.ih_row >= 0) {
         if (!x_packed)
           par(amx::col_tiles(a.C), grain_for(R * amx::kTileCols), [&](int64_t jb, int64_t je) {
             if (a.x_bf16)
@@ -850,9 +856,11 @@ void weight_grads_amx(const SeqBackwardArgs<S>& a, const S* dG, int64_t ldg,
               amx::pack_kn(a.x, R, a.C, a.C, t.x, ts, jb, je);
           });
         x_packed = true;
-        prods[n++] = amx::TnProduct{a.C, t.x, a.dw_ih + g.ih_row * a.C, a.C};
+        prods[n++] = a.dw_ih_bf16
+                         ? amx::TnProduct{a.C, t.x, nullptr, a.C, a.dw_ih_bf16 + g.ih_row * a.C}
+                         : amx::TnProduct{a.C, t.x, a.dw_ih + g.ih_row * a.C, a.C};
       }
-      if (a.dw_hh && g.hh_row >= 0) {
+      if (wants_dw_hh(a) && g.hh_row >= 0) {
         const bool same = hh_packed && hh_packed->hh.ptr == g.hh.ptr &&
                           hh_packed->hh.rows == g.hh.rows && hh_packed->K == g.K;
         if (!same)
@@ -863,7 +871,9 @@ void weight_grads_amx(const SeqBackwardArgs<S>& a, const S* dG, int64_t ldg,
               amx::pack_kn(g.hh.ptr, R, g.K, g.hh.rs, t.hh, ts, jb, je);
           });
         hh_packed = &g;
-        prods[n++] = amx::TnProduct{g.K, t.hh, a.dw_hh + g.hh_row * g.K, g.K};
+        prods[n++] = a.dw_hh_bf16
+                         ? amx::TnProduct{g.K, t.hh, nullptr, g.K, a.dw_hh_bf16 + g.hh_row * g.K}
+                         : amx::TnProduct{g.K, t.hh, a.dw_hh + g.hh_row * g.K, g.K};
       }
       if (n == 0) continue;
       par(amx::col_tiles(g.n), grain_for(amx::kTileRows * R * (a.C + g.K)),
@@ -1043,7 +1053,7 @@ void lstm_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel
   S* dc_state = a.dc0;
   S* dht = proj ? arena.take<S>(R * P) : nullptr;
   S* dr = proj ? arena.take<S>(N * H) : nullptr;
-  const S** hrows = a.dw_hh && seq.T > 1 ? arena.take<const S*>(R) : nullptr;
+  const S** hrows = wants_dw_hh(a) && seq.T > 1 ? arena.take<const S*>(R) : nullptr;
   S* scratch = arena.take<S>(gemm_scratch_size<S>(max_of(a.C, P, H, GH)));
   amx::bf16* xtiles = dx_tiles(arena, a, GH);
   const WeightGradTiles wtiles = weight_grad_tiles(arena, a, P);
@@ -1339,7 +1349,7 @@ void gru_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel&
   WeightN<S> whh;
   whh.plan(arena, a.pack, a.w_hh, 3 * H, H, seq.T, blas, a.amx, a.w_hh_bf16);
   S* dh_state = a.dh0;  // dh flows back in place, from dh_n
-  const S** hrows = a.dw_hh && seq.T > 1 ? arena.take<const S*>(R) : nullptr;
+  const S** hrows = wants_dw_hh(a) && seq.T > 1 ? arena.take<const S*>(R) : nullptr;
   S* scratch = arena.take<S>(gemm_scratch_size<S>(max_of(a.C, H, 4 * H)));
   amx::bf16* xtiles = dx_tiles(arena, a, 2 * H);
   const WeightGradTiles wtiles = weight_grad_tiles(arena, a, H);
@@ -1418,7 +1428,7 @@ void gru_reset_before_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena,
           a.w_hh_bf16 ? a.w_hh_bf16 + 2 * H * H : nullptr);
   S* dh_state = a.dh0;  // dh flows back in place, from dh_n
   S* drh = arena.take<S>(N * H);
-  const S** hrows = a.dw_hh && seq.T > 1 ? arena.take<const S*>(R) : nullptr;
+  const S** hrows = wants_dw_hh(a) && seq.T > 1 ? arena.take<const S*>(R) : nullptr;
   S* scratch = arena.take<S>(gemm_scratch_size<S>(max_of(a.C, H, GH)));
   amx::bf16* xtiles = dx_tiles(arena, a, GH);
   const WeightGradTiles wtiles = weight_grad_tiles(arena, a, H);
@@ -1569,7 +1579,7 @@ void rnn_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel&
   WeightN<S> whh;
   whh.plan(arena, a.pack, a.w_hh, H, H, seq.T, blas, a.amx, a.w_hh_bf16);
   S* dh_state = a.dh0;  // dh flows back in place, from dh_n
-  const S** hrows = a.dw_hh && seq.T > 1 ? arena.take<const S*>(R) : nullptr;
+  const S** hrows = wants_dw_hh(a) && seq.T > 1 ? arena.take<const S*>(R) : nullptr;
   S* scratch = arena.take<S>(gemm_scratch_size<S>(max_of(a.C, H)));
   amx::bf16* xtiles = dx_tiles(arena, a, H);
   const WeightGradTiles wtiles = weight_grad_tiles(arena, a, H);
