@@ -17,6 +17,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <optional>
 
 #if defined(__x86_64__)
 #include <cpuid.h>
@@ -164,31 +165,48 @@ ScratchCache& scratch_cache() {
   return cache;
 }
 
+// A block of `bytes` for one call: the thread's cached block (grown to fit and
+// marked busy while held), or its own where that is busy (a nested call) or
+// the size is above kMaxCachedScratch.
+class CachedBlock {
+ public:
+  CachedBlock(ScratchCache& cache, size_t bytes) {
+    if (cache.busy || bytes > kMaxCachedScratch) {
+      own_.reset(aligned_block(std::max<size_t>(bytes, 64)));
+      base_ = own_.get();
+      return;
+    }
+    if (cache.bytes < bytes) {
+      cache.block.reset();
+      cache.bytes = 0;
+      cache.block.reset(aligned_block(bytes));
+      cache.bytes = bytes;
+    }
+    cache.busy = true;
+    held_ = &cache;
+    base_ = cache.block.get();
+  }
+  CachedBlock(const CachedBlock&) = delete;
+  CachedBlock& operator=(const CachedBlock&) = delete;
+  ~CachedBlock() {
+    if (held_) held_->busy = false;
+  }
+  char* get() const { return base_; }
+
+ private:
+  char* base_ = nullptr;
+  ScratchCache* held_ = nullptr;
+  std::unique_ptr<char, ScratchCache::Free> own_;
+};
+
 // Runs a kernel twice: once to size its scratch, once with it.
 template <typename Args, typename Fn>
 void with_scratch(const Args& args, const Fn& fn) {
   cpu::Arena sizing;
   fn(args, sizing);
-  ScratchCache& cache = scratch_cache();
+  const CachedBlock block(scratch_cache(), sizing.used);
   cpu::Arena arena;
-  if (cache.busy || sizing.used > kMaxCachedScratch) {
-    std::unique_ptr<char, ScratchCache::Free> own(aligned_block(sizing.used));
-    arena.base = own.get();
-    fn(args, arena);
-    return;
-  }
-  if (cache.bytes < sizing.used) {
-    cache.block.reset();
-    cache.bytes = 0;
-    cache.block.reset(aligned_block(sizing.used));
-    cache.bytes = sizing.used;
-  }
-  struct InUse {
-    ScratchCache& c;
-    explicit InUse(ScratchCache& c_) : c(c_) { c.busy = true; }
-    ~InUse() { c.busy = false; }
-  } in_use(cache);
-  arena.base = cache.block.get();
+  arena.base = block.get();
   fn(args, arena);
 }
 
@@ -324,47 +342,20 @@ class FloatCopies {
   void add(const OptTensor& t) { bytes_ += t.has_value() ? padded(t->numel()) : 0; }
 
   Tensor take(at::IntArrayRef sizes) {
-    if (base_ == nullptr) acquire();
+    if (!block_) block_.emplace(copies_cache(), bytes_);
     const int64_t n = c10::multiply_integers(sizes);
     TORCH_INTERNAL_ASSERT(used_ + padded(n) <= bytes_, "FloatCopies: take() beyond reserve()");
-    char* p = base_ + used_;
+    char* p = block_->get() + used_;
     used_ += padded(n);
     return at::from_blob(p, sizes, at::TensorOptions().dtype(at::kFloat));
-  }
-  void acquire() {
-    ScratchCache& cache = copies_cache();
-    if (cache.busy || bytes_ > kMaxCachedScratch) {
-      own_.reset(aligned_block(std::max<size_t>(bytes_, 64)));
-      base_ = own_.get();
-      return;
-    }
-    if (cache.bytes < bytes_) {
-      cache.block.reset();
-      cache.block.reset(aligned_block(bytes_));
-      cache.bytes = bytes_;
-    }
-    cache.busy = true;
-    held_ = &cache;
-    base_ = cache.block.get();
   }
   static ScratchCache& copies_cache() {
     thread_local ScratchCache cache;
     return cache;
   }
 
- public:
-  FloatCopies() = default;
-  FloatCopies(const FloatCopies&) = delete;
-  FloatCopies& operator=(const FloatCopies&) = delete;
-  ~FloatCopies() {
-    if (held_) held_->busy = false;
-  }
-
- private:
   size_t bytes_ = 0, used_ = 0;
-  char* base_ = nullptr;
-  ScratchCache* held_ = nullptr;
-  std::unique_ptr<char, ScratchCache::Free> own_;
+  std::optional<CachedBlock> block_;
 };
 
 // The inputs to float32, from `copies`. With `amx`, the operands of the
