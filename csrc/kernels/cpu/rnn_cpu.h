@@ -132,7 +132,7 @@ struct SeqBackwardArgs {
   S* dw_hr;  // [P, H]
   // Float kernels with AVX-512 only: the products through W_hh and W_ih (dh and
   // dx) and the weight gradients run on AMX tiles (amx.h), their operands
-  // rounded to bfloat16; x, w_ih and w_hh are then read from these instead.
+  // rounded to bfloat16; x, w_ih and w_hh are then given (only) in bfloat16.
   bool amx;
   const uint16_t* x_bf16;     // [R, C]
   const uint16_t* w_ih_bf16;  // [G*H, C]

@@ -233,7 +233,7 @@ struct WeightN {
   S* packed = nullptr;
   BlasGemm<S> blas = nullptr;
   amx::bf16* tiles = nullptr;
-  const amx::bf16* wb = nullptr;  // W in bfloat16, read instead of w when given
+  const amx::bf16* wb = nullptr;  // W in bfloat16, for the AMX tiles
 
   void plan(Arena& arena, PackPolicy policy, const S* w_, int64_t K_, int64_t N_, int64_t steps,
             BlasGemm<S> blas_ = nullptr, bool amx = false, const amx::bf16* wb_ = nullptr) {
@@ -242,7 +242,7 @@ struct WeightN {
     K = K_;
     N = N_;
     blas = blas_;
-    if (kAmxCapable<S> && amx) {
+    if (kAmxCapable<S> && amx && wb_) {
       static_assert(kPanel % amx::kTileCols == 0 || !kAmxCapable<S>, "panels of whole tiles");
       blas = nullptr;
       tiles = arena.take<amx::bf16>(amx::col_tiles(N) * amx::tile_size(K));
@@ -257,10 +257,7 @@ struct WeightN {
     if constexpr (kAmxCapable<S>) {
       if (tiles)
         par(amx::col_tiles(N), grain_for(K * amx::kTileCols), [&](int64_t jb, int64_t je) {
-          if (wb)
-            amx::pack_kn(wb, K, N, N, tiles, amx::tile_size(K), jb, je);
-          else
-            amx::pack_kn(w, K, N, N, tiles, amx::tile_size(K), jb, je);
+          amx::pack_kn(wb, K, N, N, tiles, amx::tile_size(K), jb, je);
         });
     }
   }
@@ -770,10 +767,7 @@ void input_side_grads(const SeqBackwardArgs<S>& a, const S* dG, int64_t ldg, con
       if (a.dx && tiles) {
         const int64_t ts = amx::tile_size(g.n), nj = amx::col_tiles(a.C);
         par(nj, grain_for(g.n * amx::kTileCols), [&](int64_t jb, int64_t je) {
-          if (a.w_ih_bf16)
-            amx::pack_kn(a.w_ih_bf16 + g.wrow * a.C, g.n, a.C, a.C, tiles, ts, jb, je);
-          else
-            amx::pack_kn(a.w_ih + g.wrow * a.C, g.n, a.C, a.C, tiles, ts, jb, je);
+          amx::pack_kn(a.w_ih_bf16 + g.wrow * a.C, g.n, a.C, a.C, tiles, ts, jb, je);
         });
         par(ceil_div(R, kAmxTaskRows), grain_for(kAmxTaskRows * a.C * g.n), [&](int64_t tb, int64_t te) {
           for (int64_t t = tb; t < te; ++t) {
@@ -808,16 +802,16 @@ struct WeightGradBlock {
   int64_t K;
 };
 
-// With a.amx, the weight gradients take their products from AMX tiles: X and
-// the blocks' recurrent inputs packed (over all R rows) into these, then tasks
-// of 16 rows of dG^T, each staged once for both products.
 // Whether the weight gradients are wanted, in float32 or (AMX) in bfloat16.
 template <typename S>
 bool wants_dw_ih(const SeqBackwardArgs<S>& a) { return a.dw_ih || a.dw_ih_bf16; }
 template <typename S>
 bool wants_dw_hh(const SeqBackwardArgs<S>& a) { return a.dw_hh || a.dw_hh_bf16; }
 
-// Each buffer only where its gradient is wanted.
+// With a.amx, the weight gradients take their products from AMX tiles: X and
+// the blocks' recurrent inputs packed (over all R rows) into these, each only
+// where its gradient is wanted, then tasks of 16 rows of dG^T, each staged
+// once for both products.
 struct WeightGradTiles {
   bool on = false;
   amx::bf16* x = nullptr;
@@ -850,10 +844,7 @@ void weight_grads_amx(const SeqBackwardArgs<S>& a, const S* dG, int64_t ldg,
       if (wants_dw_ih(a) && g.ih_row >= 0) {
         if (!x_packed)
           par(amx::col_tiles(a.C), grain_for(R * amx::kTileCols), [&](int64_t jb, int64_t je) {
-            if (a.x_bf16)
-              amx::pack_kn(a.x_bf16, R, a.C, a.C, t.x, ts, jb, je);
-            else
-              amx::pack_kn(a.x, R, a.C, a.C, t.x, ts, jb, je);
+            amx::pack_kn(a.x_bf16, R, a.C, a.C, t.x, ts, jb, je);
           });
         x_packed = true;
         prods[n++] = a.dw_ih_bf16
