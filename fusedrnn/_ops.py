@@ -229,7 +229,7 @@ def backend_info() -> dict:
     (the one in use), cpu_single_step_products (where cell calls on CPU take their
     products: "own" GEMMs, torch's BLAS "blas by shape" where it is MKL on an Intel
     CPU, or "blas" when FUSEDRNN_CPU_BLAS=always), cpu_bfloat16_products (where
-    bfloat16 forwards on CPU take their products: "amx" tiles where the CPU has
+    bfloat16 layers on CPU take their products: "amx" tiles where the CPU has
     AMX-BF16 and the kernels run with AVX-512, unless FUSEDRNN_CPU_AMX=never, else
     "float32"), cuda_compiled, cuda_archs,
     cuda_available, cuda_devices.

@@ -99,7 +99,7 @@ cpu::BlasPolicy blas_policy() {
   }
 }
 
-// Whether bfloat16 forwards run their products on AMX tiles: where the CPU and
+// Whether bfloat16 layers run their products on AMX tiles: where the CPU and
 // the OS allow it and the kernels run with AVX-512 (auto), or as
 // FUSEDRNN_CPU_AMX=always|never says (tests, benchmarks).
 bool amx_possible() {

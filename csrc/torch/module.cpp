@@ -25,7 +25,7 @@ namespace fusedrnn {
 // Where single steps on CPU take their products: "own", "blas by shape" or
 // "blas" (cpu_layer.cpp, FUSEDRNN_CPU_BLAS).
 const char* cpu_single_step_products();
-// Where bfloat16 forwards on CPU take their products: "amx" or "float32"
+// Where bfloat16 layers on CPU take their products: "amx" or "float32"
 // (cpu_layer.cpp, FUSEDRNN_CPU_AMX).
 const char* cpu_bfloat16_products();
 }  // namespace fusedrnn
@@ -57,7 +57,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cpu_single_step_products", &fusedrnn::cpu_single_step_products,
         "Where single steps on CPU take their products now: own, blas by shape, or blas.");
   m.def("cpu_bfloat16_products", &fusedrnn::cpu_bfloat16_products,
-        "Where bfloat16 forwards on CPU take their products now: amx or float32.");
+        "Where bfloat16 layers on CPU take their products now: amx or float32.");
 #ifdef FUSEDRNN_WITH_CUDA
   m.def("_grid_barrier_probe", &fusedrnn::grid_barrier_probe, pybind11::arg("blocks"),
         pybind11::arg("steps"),
