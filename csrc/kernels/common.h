@@ -7,8 +7,12 @@
 
 #include <cstdint>
 
+// Inlined everywhere, as the CPU loops need the cell math in registers: the
+// compiler's own budget leaves it out of line in the larger loops.
 #if defined(__CUDACC__)
 #define FRNN_HD __host__ __device__ __forceinline__
+#elif defined(__GNUC__)
+#define FRNN_HD inline __attribute__((always_inline))
 #else
 #define FRNN_HD inline
 #endif

@@ -64,13 +64,24 @@ void stage(const bf16* src, int64_t ld, int64_t rows, int64_t K, bf16* dst);
 void begin();
 void end();
 
+// Vector work run in among a product's tile instructions, so that the core
+// computes it while the tiles multiply (run one after the other, the two do
+// not overlap): fn(ctx, j) for j in [next, end), an even share after each K
+// block. next advances as items run; the caller sets end for each product.
+struct Interleave {
+  void (*fn)(const void* ctx, int64_t j) = nullptr;
+  const void* ctx = nullptr;
+  int64_t next = 0, end = 0;
+};
+
 // out[t] (16 x 16 float32, at out + t * 256) = staged A x tile b[t], t < nt <= kMaxTiles.
-void product(const bf16* a, int64_t K, const bf16* const* b, int nt, float* out);
+void product(const bf16* a, int64_t K, const bf16* const* b, int nt, float* out,
+             Interleave* work = nullptr);
 
 // The same for two staged blocks of A sharing each tile of W (nt <= 2): out0[t]
 // = a0 x b[t], out1[t] = a1 x b[t].
 void product2(const bf16* a0, const bf16* a1, int64_t K, const bf16* const* b, int nt,
-              float* out0, float* out1);
+              float* out0, float* out1, Interleave* work = nullptr);
 
 // C[M, N] (row stride ldc) = A[M, K] (bfloat16, row stride lda) W^T + bias
 // (bias [N] or null), W [N, K] packed with stride tile_size(K). Calls

@@ -96,8 +96,17 @@ inline void transpose16(__m512 r[16]) {
   }
 }
 
+// The items of w due after K block k of kb: the share of blocks 0..k of what
+// was left at the product's start.
+inline void run_due(Interleave* w, int64_t start, int64_t k, int64_t kb) {
+  const int64_t due = start + (w->end - start) * (k + 1) / kb;
+  for (; w->next < due; ++w->next) w->fn(w->ctx, w->next);
+}
+
 template <int NT>
-inline void product_n(const bf16* a, int64_t kb, const bf16* const* b, float* out) {
+inline void product_n(const bf16* a, int64_t kb, const bf16* const* b, float* out,
+                      Interleave* w) {
+  const int64_t start = w ? w->next : 0;
   const int64_t lda = kb * kTileK * static_cast<int64_t>(sizeof(bf16));
   _tile_zero(4);
   if constexpr (NT > 1) _tile_zero(5);
@@ -119,6 +128,7 @@ inline void product_n(const bf16* a, int64_t kb, const bf16* const* b, float* ou
       _tile_loadd(2, b[3] + k * kTileElems, 64);
       _tile_dpbf16ps(7, 0, 2);
     }
+    if (w) run_due(w, start, k, kb);
   }
   _tile_stored(4, out, 64);
   if constexpr (NT > 1) _tile_stored(5, out + 256, 64);
@@ -128,7 +138,8 @@ inline void product_n(const bf16* a, int64_t kb, const bf16* const* b, float* ou
 
 template <int NT>
 inline void product2_n(const bf16* a0, const bf16* a1, int64_t kb, const bf16* const* b,
-                       float* out0, float* out1) {
+                       float* out0, float* out1, Interleave* w) {
+  const int64_t start = w ? w->next : 0;
   const int64_t lda = kb * kTileK * static_cast<int64_t>(sizeof(bf16));
   _tile_zero(4);
   _tile_zero(6);
@@ -147,6 +158,7 @@ inline void product2_n(const bf16* a0, const bf16* a1, int64_t kb, const bf16* c
       _tile_dpbf16ps(5, 0, 2);
       _tile_dpbf16ps(7, 3, 2);
     }
+    if (w) run_due(w, start, k, kb);
   }
   _tile_stored(4, out0, 64);
   _tile_stored(6, out1, 64);
@@ -232,21 +244,22 @@ void begin() { _tile_loadconfig(&config()); }
 void end() { _tile_release(); }
 
 void product2(const bf16* a0, const bf16* a1, int64_t K, const bf16* const* b, int nt,
-              float* out0, float* out1) {
+              float* out0, float* out1, Interleave* work) {
   const int64_t kb = k_blocks(K);
   if (nt > 1)
-    product2_n<2>(a0, a1, kb, b, out0, out1);
+    product2_n<2>(a0, a1, kb, b, out0, out1, work);
   else
-    product2_n<1>(a0, a1, kb, b, out0, out1);
+    product2_n<1>(a0, a1, kb, b, out0, out1, work);
 }
 
-void product(const bf16* a, int64_t K, const bf16* const* b, int nt, float* out) {
+void product(const bf16* a, int64_t K, const bf16* const* b, int nt, float* out,
+             Interleave* work) {
   const int64_t kb = k_blocks(K);
   switch (nt) {
-    case 1: return product_n<1>(a, kb, b, out);
-    case 2: return product_n<2>(a, kb, b, out);
-    case 3: return product_n<3>(a, kb, b, out);
-    default: return product_n<4>(a, kb, b, out);
+    case 1: return product_n<1>(a, kb, b, out, work);
+    case 2: return product_n<2>(a, kb, b, out, work);
+    case 3: return product_n<3>(a, kb, b, out, work);
+    default: return product_n<4>(a, kb, b, out, work);
   }
 }
 
@@ -426,8 +439,9 @@ void stage(const float*, int64_t, int64_t, int64_t, bf16*) { std::abort(); }
 void stage(const bf16*, int64_t, int64_t, int64_t, bf16*) { std::abort(); }
 void begin() { std::abort(); }
 void end() { std::abort(); }
-void product(const bf16*, int64_t, const bf16* const*, int, float*) { std::abort(); }
-void product2(const bf16*, const bf16*, int64_t, const bf16* const*, int, float*, float*) {
+void product(const bf16*, int64_t, const bf16* const*, int, float*, Interleave*) { std::abort(); }
+void product2(const bf16*, const bf16*, int64_t, const bf16* const*, int, float*, float*,
+              Interleave*) {
   std::abort();
 }
 void gemm(int64_t, int64_t, int64_t, const bf16*, int64_t, const bf16*, float*, int64_t,

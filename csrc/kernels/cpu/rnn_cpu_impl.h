@@ -419,7 +419,9 @@ struct Recurrent {
 
   // Panels [p0, p1) of the task: h staged in bfloat16 once, then per pair of
   // 16-row blocks (each tile of W serving both) and panel, the tile products
-  // for its NV vectors and the epilogue of each row on the result tiles.
+  // for its NV vectors and the epilogue of each row on the result tiles. The
+  // epilogue of a pair and panel runs in among the tile instructions of the
+  // next one (amx::Interleave), from the other half of a double buffer.
   template <typename Epi>
   void run_amx(int64_t rows, const S* a, int64_t lda, const Epi& epi, int64_t task) const {
     using V = Vec<S>;
@@ -431,7 +433,26 @@ struct Recurrent {
     amx::bf16* st = amx::staging(K, nrb);
     for (int64_t i = 0; i < nrb; ++i)
       amx::stage(a + i * TR * lda, lda, std::min<int64_t>(TR, rows - i * TR), K, st + i * bs);
-    alignas(64) S out[2][NV * TT];
+    // [buffer][block of the pair]: the results of a pair and panel.
+    alignas(64) S out[2][2][NV * TT];
+    // The pair and panel whose results wait in out[buf] for their epilogue:
+    // item j is row j % TR of block i + j / TR.
+    struct Done {
+      int64_t i, p, items;
+      int buf;
+    } done{0, 0, 0, 0};
+    auto row = [&](int64_t j) {
+      const int64_t h = j / TR, r = j % TR, gr = (done.i + h) * TR + r;
+      if (gr >= rows) return;
+      V acc[NV];
+      for (int v = 0; v < NV; ++v) acc[v] = V::loadu(out[done.buf][h] + v * TT + r * TC);
+      epi(gr, done.p, acc);
+    };
+    using Row = decltype(row);
+    amx::Interleave work;
+    work.fn = [](const void* ctx, int64_t j) { (*static_cast<const Row*>(ctx))(j); };
+    work.ctx = &row;
+    int buf = 0;
     amx::begin();
     for (int64_t i = 0; i < nrb; i += 2) {
       const bool pair = i + 1 < nrb;
@@ -439,24 +460,25 @@ struct Recurrent {
         const amx::bf16* b[NV];
         for (int g = 0; g < G; ++g)
           for (int u = 0; u < U; ++u) b[g * U + u] = tiles + ((p * U + u) * G + g) * ts;
+        work.next = 0;
+        S* o0 = out[buf][0];
         if (pair) {
-          for (int v = 0; v < NV; v += 2)
+          constexpr int halves = (NV + 1) / 2;
+          for (int v = 0; v < NV; v += 2) {
+            work.end = done.items * (v / 2 + 1) / halves;
             amx::product2(st + i * bs, st + (i + 1) * bs, K, b + v, std::min(2, NV - v),
-                          out[0] + v * TT, out[1] + v * TT);
-        } else {
-          amx::product(st + i * bs, K, b, NV, out[0]);
-        }
-        for (int64_t h = 0; h < (pair ? 2 : 1); ++h) {
-          const int64_t r0 = (i + h) * TR, rr = std::min<int64_t>(TR, rows - r0);
-          for (int64_t r = 0; r < rr; ++r) {
-            V acc[NV];
-            for (int v = 0; v < NV; ++v) acc[v] = V::loadu(out[h] + v * TT + r * TC);
-            epi(r0 + r, p, acc);
+                          o0 + v * TT, out[buf][1] + v * TT, &work);
           }
+        } else {
+          work.end = done.items;
+          amx::product(st + i * bs, K, b, NV, o0, &work);
         }
+        done = Done{i, p, (pair ? 2 : 1) * TR, buf};
+        buf ^= 1;
       }
     }
     amx::end();
+    for (int64_t j = 0; j < done.items; ++j) row(j);
   }
 };
 

@@ -7,6 +7,7 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include "../cells.h"
+#include "parallel.h"
 
 namespace fusedrnn {
 
@@ -68,7 +69,7 @@ struct FloatOps {
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
 // Cody-Waite reduction t = n ln2 + r, |r| <= ln2/2, of t = x * k (k a power of two
 // or one): n = round(t log2e) and r, both from x.
-inline void reduce_ln2(FloatOps::R x, float k, FloatOps::R& n, FloatOps::R& r) {
+FRNN_ALWAYS_INLINE inline void reduce_ln2(FloatOps::R x, float k, FloatOps::R& n, FloatOps::R& r) {
   using O = FloatOps;
   constexpr float kLog2e = 1.44269504088896341f;
   constexpr float kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
@@ -90,7 +91,7 @@ inline void reduce_ln2(FloatOps::R x, float k, FloatOps::R& n, FloatOps::R& r) {
 // order of min/max), so NaN in gives NaN out; -inf gives 0, +inf gives +inf
 // (AVX-512) or FLT_MAX (AVX2).
 template <typename V>
-inline V exp_float(const V& x) {
+FRNN_ALWAYS_INLINE inline V exp_float(const V& x) {
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
   using O = FloatOps;
   // Constant first, so that a NaN x is returned.
@@ -120,7 +121,7 @@ inline V exp_float(const V& x) {
 // lanes on Zen 5 (that form: 3.7; Sleef's tanhf: 18.6). The sign of x is or-ed
 // in, so tanh(-0) = -0; NaN gives NaN (the clamps return it), +-inf gives +-1.
 template <typename V>
-inline V tanh_float(const V& x) {
+FRNN_ALWAYS_INLINE inline V tanh_float(const V& x) {
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
   using O = FloatOps;
   const O::R xv = x;
@@ -145,11 +146,11 @@ inline V tanh_float(const V& x) {
 template <typename S>
 struct CellMath<at::vec::Vectorized<S>> {
   using V = at::vec::Vectorized<S>;
-  static V sigmoid(const V& x) {
+  FRNN_ALWAYS_INLINE static V sigmoid(const V& x) {
     if constexpr (std::is_same_v<S, float>) return V(S(1)) / (V(S(1)) + exp_float(x.neg()));
     else return V(S(1)) / (V(S(1)) + x.neg().exp());
   }
-  static V tanh(const V& x) {
+  FRNN_ALWAYS_INLINE static V tanh(const V& x) {
     if constexpr (std::is_same_v<S, float>) return tanh_float(x);
     else return x.tanh();
   }
