@@ -743,11 +743,17 @@ void bptt_by_panels(const SeqLayout& seq, const WeightN<S>& whh, const S* dG, in
   constexpr int64_t L = Vec<S>::size();
   constexpr int64_t NR = WeightN<S>::kPanel;
   const int64_t H = whh.N;
+  // On AMX tiles, a task per thread, so that each stages dG once per step for
+  // all its panels.
+  const int64_t per = whh.blas    ? whh.panels()
+                      : whh.tiles ? ceil_div<int64_t>(whh.panels(), std::max(threads, 1))
+                                  : 1;
+  const int64_t tasks = ceil_div<int64_t>(whh.panels(), per);
   sched.backward_steps(seq);
   sched.run(
-      [&](const PhaseRef&) -> int64_t { return whh.blas ? 1 : whh.panels(); },
+      [&](const PhaseRef&) -> int64_t { return tasks; },
       [&](const PhaseRef& ph, int64_t task) {
-        const int64_t p0 = whh.blas ? 0 : task, p1 = whh.blas ? whh.panels() : task + 1;
+        const int64_t p0 = task * per, p1 = std::min<int64_t>(whh.panels(), p0 + per);
         if (ph.s + 1 < seq.T) {
           const StepInfo before = seq.step(ph.s + 1);
           whh.run_panels(before.rows, MatA<S>{dG + before.offset * ldg, ldg, 1}, dh_state, H,
