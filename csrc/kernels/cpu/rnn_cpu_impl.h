@@ -585,12 +585,23 @@ void previous_rows(const SeqLayout& seq, const S* y, const S* h0, int64_t P,
 // Gx = X W_ih^T + bias, chunk by chunk. Owns the weight and the buffer.
 // With the bfloat16 operands of the arguments (kAmxCapable<S>), the product
 // runs on AMX tiles, kAmxTaskRows rows per task.
+//
+// The tasks of the packed product go in the order of the units their columns
+// feed (`order`: its panels sorted by unit, then gate), not gate block by gate
+// block. A step's recurrent tasks are panels of units taken from both ends
+// (phases.h), so each of two threads then also computes the Gx columns that its
+// own units read, and they stay in its cache instead of crossing to the other
+// core once per chunk. Paired A/B against gate order (Intel Xeon, T=100 H=256,
+// float32 inference, 2 threads): LSTM N=16 0.94-0.98, N=64 0.94-0.96, GRU N=16
+// 0.96. One thread keeps gate order, the packed weight read in its memory order
+// (by unit: LSTM N=64 1.02).
 template <typename S>
 struct InputProjection {
   static constexpr int64_t kAmxTaskRows = 64;
-  int64_t C = 0, GH = 0, max_rows = 0;
+  int64_t C = 0, GH = 0, H = 0, max_rows = 0;
   const S* x = nullptr;
   WeightT<S> w;
+  int64_t* order = nullptr;  // [panels of W_ih], with more than one gate block
   const amx::bf16* xb = nullptr;
   const amx::bf16* wb = nullptr;
   amx::bf16* tiles = nullptr;  // W_ih packed (amx.h)
@@ -602,6 +613,7 @@ struct InputProjection {
     x = a.x;
     C = a.C;
     GH = GH_;
+    H = a.H;
     max_rows = max_of(seq.N, kChunkMinRows, kChunkBytes / static_cast<int64_t>(GH * sizeof(S)));
     max_rows = std::max<int64_t>(1, std::min<int64_t>(max_rows, total_rows(seq)));
     if (kAmxCapable<S> && a.x_bf16) {
@@ -610,11 +622,14 @@ struct InputProjection {
       tiles = arena.take<amx::bf16>(amx::col_tiles(GH) * amx::tile_size(C));
     } else {
       w.plan(arena, a.pack, a.w_ih, GH, C, total_rows(seq), blas);
+      if (w.packed && GH > H) order = arena.take<int64_t>(panels());
     }
     bias = arena.take<S>(GH);
     gx = arena.take<S>(max_rows * GH);
   }
+  int64_t panels() const { return ceil_div<int64_t>(GH, PanelGemm<S>::NR); }
   void prepare(const Parallel& par) const {
+    if (order) order_panels(par.max_threads > 1);
     if (!tiles) return w.prepare(par);
     const int64_t ts = amx::tile_size(C);
     par(amx::col_tiles(GH), grain_for(C * amx::kTileCols),
@@ -623,7 +638,23 @@ struct InputProjection {
   int64_t tasks(int64_t rows) const {
     return tiles ? ceil_div<int64_t>(rows, kAmxTaskRows) : w.tasks(rows);
   }
+  // Panels by (unit, gate) of their first column, or in gate order.
+  void order_panels(bool by_unit) const {
+    const auto key = [&](int64_t p) {
+      const int64_t col = p * PanelGemm<S>::NR;
+      return by_unit ? (col % H) * (GH / H) + col / H : p;
+    };
+    for (int64_t i = 0; i < panels(); ++i) {
+      int64_t j = i;
+      for (; j > 0 && key(order[j - 1]) > key(i); --j) order[j] = order[j - 1];
+      order[j] = i;
+    }
+  }
   void run(int64_t row0, int64_t rows, int64_t task) const {
+    if (order) {
+      const PanelGemm<S> g = w.product(rows, x + row0 * C, C, gx, GH, false, bias);
+      return g.run(task % g.nmb * g.npanel + order[task / g.nmb]);
+    }
     if (!tiles) return w.run(rows, x + row0 * C, C, gx, GH, false, bias, task);
     if constexpr (kAmxCapable<S>) {
       const int64_t r0 = task * kAmxTaskRows;
