@@ -60,7 +60,7 @@ void pack_recurrent(const S* w, int64_t H, int64_t K, S* dst, const Parallel& pa
   constexpr int L = Vec<S>::size();
   constexpr int NV = G * U;
   const int64_t npanel = ceil_div<int64_t>(H, U * L);
-  par(npanel, grain_for(K * NV * L), [&](int64_t pb, int64_t pe) {
+  par(npanel, grain_for_moves(K * NV * L), [&](int64_t pb, int64_t pe) {
     for (int64_t p = pb; p < pe; ++p) {
       S* d = dst + p * K * NV * L;
       if ((p + 1) * U * L > H) std::memset(d, 0, K * NV * L * sizeof(S));
@@ -256,7 +256,7 @@ struct WeightN {
     if (packed) pack_weight<S>(w, K, N, packed, par);
     if constexpr (kAmxCapable<S>) {
       if (tiles)
-        par(amx::col_tiles(N), grain_for(K * amx::kTileCols), [&](int64_t jb, int64_t je) {
+        par(amx::col_tiles(N), grain_for_moves(K * amx::kTileCols), [&](int64_t jb, int64_t je) {
           amx::pack_kn(wb, K, N, N, tiles, amx::tile_size(K), jb, je);
         });
     }
@@ -344,7 +344,7 @@ struct Recurrent {
     if (packed) pack_recurrent<S, G, U>(w, H, K, packed, par);
     if (tiles) {
       const int64_t ts = amx::tile_size(K), nj = panels() * U;
-      par(nj, grain_for(G * K * amx::kTileCols), [&](int64_t jb, int64_t je) {
+      par(nj, grain_for_moves(G * K * amx::kTileCols), [&](int64_t jb, int64_t je) {
         for (int g = 0; g < G; ++g) amx::pack(wb + g * H * K, H, K, K, tiles + g * ts, G * ts, jb, je);
       });
     }
@@ -632,7 +632,7 @@ struct InputProjection {
     if (order) order_panels(par.max_threads > 1);
     if (!tiles) return w.prepare(par);
     const int64_t ts = amx::tile_size(C);
-    par(amx::col_tiles(GH), grain_for(C * amx::kTileCols),
+    par(amx::col_tiles(GH), grain_for_moves(C * amx::kTileCols),
         [&](int64_t jb, int64_t je) { amx::pack(wb, GH, C, C, tiles, ts, jb, je); });
   }
   int64_t tasks(int64_t rows) const {
@@ -825,7 +825,7 @@ void input_side_grads(const SeqBackwardArgs<S>& a, const S* dG, int64_t ldg, con
     if constexpr (kAmxCapable<S>) {
       if (a.dx && tiles) {
         const int64_t ts = amx::tile_size(g.n), nj = amx::col_tiles(a.C);
-        par(nj, grain_for(g.n * amx::kTileCols), [&](int64_t jb, int64_t je) {
+        par(nj, grain_for_moves(g.n * amx::kTileCols), [&](int64_t jb, int64_t je) {
           amx::pack_kn(a.w_ih_bf16 + g.wrow * a.C, g.n, a.C, a.C, tiles, ts, jb, je);
         });
         par(ceil_div(R, kAmxTaskRows), grain_for(kAmxTaskRows * a.C * g.n), [&](int64_t tb, int64_t te) {
@@ -902,7 +902,7 @@ void weight_grads_amx(const SeqBackwardArgs<S>& a, const S* dG, int64_t ldg,
       int n = 0;
       if (wants_dw_ih(a) && g.ih_row >= 0) {
         if (!x_packed)
-          par(amx::col_tiles(a.C), grain_for(R * amx::kTileCols), [&](int64_t jb, int64_t je) {
+          par(amx::col_tiles(a.C), grain_for_moves(R * amx::kTileCols), [&](int64_t jb, int64_t je) {
             amx::pack_kn(a.x_bf16, R, a.C, a.C, t.x, ts, jb, je);
           });
         x_packed = true;
@@ -914,7 +914,7 @@ void weight_grads_amx(const SeqBackwardArgs<S>& a, const S* dG, int64_t ldg,
         const bool same = hh_packed && hh_packed->hh.ptr == g.hh.ptr &&
                           hh_packed->hh.rows == g.hh.rows && hh_packed->K == g.K;
         if (!same)
-          par(amx::col_tiles(g.K), grain_for(R * amx::kTileCols), [&](int64_t jb, int64_t je) {
+          par(amx::col_tiles(g.K), grain_for_moves(R * amx::kTileCols), [&](int64_t jb, int64_t je) {
             if (g.hh.rows)
               amx::pack_kn(g.hh.rows, R, g.K, t.hh, ts, jb, je);
             else
