@@ -15,6 +15,7 @@
 // the chunks in turn) cannot deadlock it (tests/cpp/test_phases.cpp).
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <new>
@@ -59,15 +60,21 @@ inline void wait_for(const std::atomic<int64_t>& done, int64_t target) {
 //
 // A phase's tasks are claimed from both ends: the participant that starts at
 // thread index 1 takes them from the last down, every other one from the first
-// up, one fetch_add each (the word counts claims from the front in its low half
-// and from the back in its high half; a claim is valid when the counts before
-// it did not yet cover the phase). In a pass whose steps have the same tasks
+// up, a run of them per fetch_add (the word counts claims from the front in its
+// low half and from the back in its high half; a claim holds the tasks that the
+// counts before it did not yet cover). In a pass whose steps have the same tasks
 // (the panels of a weight, the units of a state), each of two threads so keeps
 // its end of the weight and of the state in its own cache from step to step,
 // and only the tasks where they meet change hands; a single shared counter
 // handed the panels out in whatever order the threads arrived. Paired A/B in
 // random order (Intel Xeon, 2 cores): 2-thread forward 5-8% faster (LSTM, GRU,
 // RNN at N=16 H=256, LSTM N=128 H=256, RNN N=64 H=512), backward about 1%.
+// A claim takes a quarter of what it saw left for two threads (1 / (2 x the
+// team)), down to a single task, so the threads still meet within a task of
+// each other, with half the claims and completion counts, each a cache line
+// taken from the other core: LSTM T=100 N=16 H=256 float32, 2 threads, 0.97 of
+// the time in inference and 0.98 in training against a task per claim, GRU
+// 0.99.
 template <typename Count, typename Run>
 void run_phases(int64_t P, const Count& count, const Run& run, int threads, int64_t* starts,
                 std::atomic<int64_t>* claims, const Parallel& par) {
@@ -91,13 +98,18 @@ void run_phases(int64_t P, const Count& count, const Run& run, int threads, int6
     const bool back = first == 1;
     for (int64_t p = 0; p < P; ++p) {
       const int64_t n = starts[p + 1] - starts[p];
+      int64_t want = std::max<int64_t>(1, n / (2 * threads));
       for (;;) {
-        const int64_t before = claims[p].fetch_add(back ? kBack : 1, std::memory_order_relaxed);
+        const int64_t before =
+            claims[p].fetch_add(back ? want * kBack : want, std::memory_order_relaxed);
         const int64_t from_front = before & (kBack - 1), from_back = before >> 32;
-        if (from_front + from_back >= n) break;
+        const int64_t left = n - from_front - from_back;
+        if (left <= 0) break;
+        const int64_t got = std::min(want, left);
         wait_for(done, starts[p]);
-        run(p, back ? n - 1 - from_back : from_front);
-        done.fetch_add(1, std::memory_order_acq_rel);
+        for (int64_t j = 0; j < got; ++j) run(p, back ? n - 1 - from_back - j : from_front + j);
+        done.fetch_add(got, std::memory_order_acq_rel);
+        want = std::max<int64_t>(1, (left - got) / (2 * threads));
       }
     }
   });
