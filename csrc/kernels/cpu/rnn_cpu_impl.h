@@ -638,16 +638,27 @@ struct InputProjection {
   int64_t tasks(int64_t rows) const {
     return tiles ? ceil_div<int64_t>(rows, kAmxTaskRows) : w.tasks(rows);
   }
-  // Panels by (unit, gate) of their first column, or in gate order.
+  // Panels by (unit, gate) of their first column, or in gate order. The
+  // panels that start in a gate block are in unit order already, so by unit is
+  // a merge of those runs.
   void order_panels(bool by_unit) const {
-    const auto key = [&](int64_t p) {
-      const int64_t col = p * PanelGemm<S>::NR;
-      return by_unit ? (col % H) * (GH / H) + col / H : p;
-    };
+    constexpr int64_t NR = PanelGemm<S>::NR, kMaxGates = 4;
+    const int64_t G = GH / H;
+    if (!by_unit || G > kMaxGates) {
+      for (int64_t i = 0; i < panels(); ++i) order[i] = i;
+      return;
+    }
+    int64_t next[kMaxGates], end[kMaxGates];
+    for (int64_t g = 0; g < G; ++g) {
+      next[g] = ceil_div<int64_t>(g * H, NR);
+      end[g] = ceil_div<int64_t>((g + 1) * H, NR);
+    }
+    const auto unit = [&](int64_t g) { return next[g] * NR - g * H; };
     for (int64_t i = 0; i < panels(); ++i) {
-      int64_t j = i;
-      for (; j > 0 && key(order[j - 1]) > key(i); --j) order[j] = order[j - 1];
-      order[j] = i;
+      int64_t best = -1;
+      for (int64_t g = 0; g < G; ++g)
+        if (next[g] < end[g] && (best < 0 || unit(g) < unit(best))) best = g;
+      order[i] = next[best]++;
     }
   }
   void run(int64_t row0, int64_t rows, int64_t task) const {
