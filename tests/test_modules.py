@@ -271,6 +271,62 @@ def test_amx_bfloat16_cell_matches_reference(kind, monkeypatch):
     assert_matches_reference(cell, *args)
 
 
+_ROUNDED_CASES = {
+    "lstm": ("lstm", {"coupled": False, "peephole": False}),
+    "lstm_peephole_coupled": ("lstm", {"coupled": True, "peephole": True}),
+    "gru": ("gru", {"reset_after": True}),
+    "gru_reset_before": ("gru", {"reset_after": False}),
+}
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["strided", "packed"])
+@pytest.mark.parametrize("case", list(_ROUNDED_CASES))
+def test_bfloat16_call_is_the_float32_call_rounded(case, packed, monkeypatch):
+    # Without AMX, a bfloat16 call runs the float32 kernels on its inputs
+    # converted, and its results are the float32 results converted, bit for
+    # bit: the saved gates too, which the kernels write in bfloat16 themselves
+    # and must round as torch's conversion does. Its backward reads those
+    # gates: the float32 backward given them converted agrees bit for bit.
+    # H = 45 leaves a partial vector of units; packed steps have 7 down to 1 rows.
+    monkeypatch.setenv("FUSEDRNN_CPU_AMX", "never")
+    kind, kw = _ROUNDED_CASES[case]
+    ops = torch.ops.fusedrnn
+    t, n, c, h = 6, 7, 19, 45
+    g = (3 if kw.get("coupled") else 4) if kind == "lstm" else 3
+    torch.manual_seed(0)
+    bf = lambda *shape: torch.randn(*shape).mul(0.5).to(torch.bfloat16)  # noqa: E731
+    x, h0, w_ih, w_hh = bf(t * n, c) if packed else bf(t, n, c), bf(n, h), bf(g * h, c), bf(g * h, h)
+    b_ih, b_hh = bf(g * h), bf(g * h)
+    bs = torch.tensor([7, 6, 5, 3, 2, 1]) if packed else None
+    if packed:
+        x = x[: int(bs.sum())]
+    f32 = lambda v: v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v  # noqa: E731
+    if kind == "lstm":
+        c0, w_ch = bf(n, h), bf((g - 1) * h) if kw["peephole"] else None
+        args = (x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, None, kw["coupled"], False, True)
+        fwd, bwd = ops.lstm_forward, ops.lstm_backward
+    else:
+        args = (x, bs, h0, w_ih, w_hh, b_ih, b_hh, kw["reset_after"], False, True)
+        fwd, bwd = ops.gru_forward, ops.gru_backward
+    got = fwd(*args)
+    want = fwd(*map(f32, args))
+    assert got[3 if kind == "lstm" else 2].dtype == torch.bfloat16  # the saved gates
+    for a, b in zip(got, want):
+        assert torch.equal(a, b.to(a.dtype))
+    dy, dh_n = bf(*got[0].shape), bf(n, h)
+    if kind == "lstm":
+        out, _, _, gates, states, proj_in = got
+        grad_args = (dy, dh_n, bf(n, h), *args[:10], out, gates, states, proj_in, kw["coupled"], False, True, True)
+    else:
+        out, _, gates, states = got
+        grad_args = (dy, dh_n, *args[:7], out, gates, states, kw["reset_after"], False, True, True)
+    got_grads = bwd(*grad_args)
+    want_grads = bwd(*map(f32, grad_args))
+    for a, b in zip(got_grads, want_grads):
+        assert a.dtype == torch.bfloat16
+        assert torch.equal(a, b.to(torch.bfloat16))
+
+
 # ------------------------------------------------------------------ cells
 
 NN_CELLS = {

@@ -18,6 +18,7 @@
 #include <cstring>
 #include <memory>
 #include <optional>
+#include <vector>
 
 #if defined(__x86_64__)
 #include <cpuid.h>
@@ -233,7 +234,7 @@ void set_product_operands(Args<S>& a, const LayerInputs& in, bool amx) {
 }
 
 // With `amx`, the products read in.input, in.w_ih and in.w_hh in bfloat16 (the
-// other inputs are S).
+// other inputs are S). Saved gates in bfloat16 (S float) are written so.
 template <typename S>
 void forward_typed(const LayerInputs& in, const LayerGeometry& g, bool training,
                    ForwardResult& out, bool amx = false) {
@@ -257,7 +258,10 @@ void forward_typed(const LayerInputs& in, const LayerGeometry& g, bool training,
   a.y = mut<S>(out.output);
   a.h_n = mut<S>(out.h_n);
   a.c_n = mut<S>(out.c_n);
-  a.gates = mut<S>(out.saved.gates);
+  if (out.saved.gates.scalar_type() == at::kBFloat16)
+    a.gates_bf16 = bf16_out(out.saved.gates);
+  else
+    a.gates = mut<S>(out.saved.gates);
   a.states = mut<S>(out.saved.states);
   a.proj_in = mut<S>(out.saved.proj_in);
   const cpu::Parallel par = cpu_parallel();
@@ -269,6 +273,7 @@ void forward_typed(const LayerInputs& in, const LayerGeometry& g, bool training,
 // With `amx`, the products through W_hh and W_ih and the weight gradients run
 // on AMX tiles, reading in.input, in.w_ih and in.w_hh in bfloat16; given, the
 // bfloat16 weight gradients of dw16 receive them (those of `out` are empty).
+// Saved gates in bfloat16 (S float) are read so.
 template <typename S>
 void backward_typed(const LayerInputs& in, const LayerGeometry& g, const GradInputs& gi,
                     GradResult& out, bool amx = false, const GradResult* dw16 = nullptr) {
@@ -289,7 +294,10 @@ void backward_typed(const LayerInputs& in, const LayerGeometry& g, const GradInp
   a.w_ch = ptr<S>(in.w_ch);
   a.w_hr = ptr<S>(in.w_hr);
   a.y = ptr<S>(gi.output);
-  a.gates = ptr<S>(gi.saved.gates);
+  if (gi.saved.gates.scalar_type() == at::kBFloat16)
+    a.gates_bf16 = bf16_bits(gi.saved.gates);
+  else
+    a.gates = ptr<S>(gi.saved.gates);
   a.states = ptr<S>(gi.saved.states);
   a.proj_in = ptr<S>(gi.saved.proj_in);
   a.dy = ptr<S>(gi.grad_output);
@@ -384,7 +392,7 @@ LayerInputs float_inputs(FloatCopies& copies, const LayerInputs& in, bool amx) {
 // Calls fn on float copies of `results` (reserved in `copies`), then writes
 // them back in place.
 template <typename Fn>
-void through_float(FloatCopies& copies, std::initializer_list<Tensor*> results, const Fn& fn) {
+void through_float(FloatCopies& copies, const std::vector<Tensor*>& results, const Fn& fn) {
   std::vector<Tensor> f;
   for (Tensor* t : results) f.push_back(copies.like(*t));
   fn(f);
@@ -413,15 +421,19 @@ void cpu_layer_forward(const LayerInputs& in, const LayerGeometry& g, bool train
                        ForwardResult& out) {
   if (is_16bit(in.input)) {
     const bool amx = use_amx(in);
+    // The kernels write a bfloat16 call's saved gates themselves.
+    const bool gates16 = out.saved.gates.scalar_type() == at::kBFloat16;
+    std::vector<Tensor*> results{&out.output, &out.h_n, &out.c_n, &out.saved.proj_in};
+    if (!gates16) results.push_back(&out.saved.gates);
     FloatCopies copies;
     reserve_inputs(copies, in, amx);
-    copies.reserve(out.output, out.h_n, out.c_n, out.saved.gates, out.saved.proj_in);
+    for (const Tensor* t : results) copies.reserve(*t);
     const LayerInputs f = float_inputs(copies, in, amx);
-    through_float(copies, {&out.output, &out.h_n, &out.c_n, &out.saved.gates, &out.saved.proj_in},
-                  [&](std::vector<Tensor>& t) {
-                    ForwardResult fo{t[0], t[1], t[2], Saved{t[3], out.saved.states, t[4]}};
-                    forward_typed<float>(f, g, training, fo, amx);
-                  });
+    through_float(copies, results, [&](std::vector<Tensor>& t) {
+      ForwardResult fo{t[0], t[1], t[2],
+                       Saved{gates16 ? out.saved.gates : t[4], out.saved.states, t[3]}};
+      forward_typed<float>(f, g, training, fo, amx);
+    });
     return;
   }
   AT_DISPATCH_FLOATING_TYPES(in.input.scalar_type(), "fusedrnn_cpu_forward",
@@ -442,10 +454,11 @@ void cpu_layer_backward(const LayerInputs& in, const LayerGeometry& g, const Gra
       r.grad_w_ih = at::empty({0}, out.grad_w_ih.options());
       r.grad_w_hh = r.grad_w_ih;
     }
+    const bool gates16 = gi.saved.gates.scalar_type() == at::kBFloat16;
     FloatCopies copies;
     reserve_inputs(copies, in, amx);
-    copies.reserve(gi.grad_output, gi.grad_h_n, gi.grad_c_n, gi.output, gi.saved.gates,
-                   gi.saved.proj_in);
+    copies.reserve(gi.grad_output, gi.grad_h_n, gi.grad_c_n, gi.output, gi.saved.proj_in);
+    if (!gates16) copies.reserve(gi.saved.gates);
     copies.reserve(r.grad_input, r.grad_h0, r.grad_c0, r.grad_w_ih, r.grad_w_hh, r.grad_b_ih,
                    r.grad_b_hh, r.grad_w_ch, r.grad_w_hr);
     const LayerInputs f = float_inputs(copies, in, amx);
@@ -454,7 +467,7 @@ void cpu_layer_backward(const LayerInputs& in, const LayerGeometry& g, const Gra
     gf.grad_h_n = copies.copy_of(gi.grad_h_n);
     gf.grad_c_n = copies.copy_of(gi.grad_c_n);
     gf.output = copies.copy_of(gi.output);
-    gf.saved.gates = copies.copy_of(gi.saved.gates);
+    if (!gates16) gf.saved.gates = copies.copy_of(gi.saved.gates);
     gf.saved.proj_in = copies.copy_of(gi.saved.proj_in);
     through_float(copies,
                   {&r.grad_input, &r.grad_h0, &r.grad_c0, &r.grad_w_ih, &r.grad_w_hh,

@@ -93,6 +93,9 @@ struct SeqForwardArgs {
   S* gates;         // training only, see above
   S* states;        // training only, see above
   S* proj_in;       // training only, see above
+  // Float kernels of a bfloat16 call: the saved gates in bfloat16, given
+  // instead of gates (each rounded as torch's conversion rounds it).
+  uint16_t* gates_bf16;
 };
 
 template <typename S>
@@ -116,6 +119,7 @@ struct SeqBackwardArgs {
   const S* gates;
   const S* states;
   const S* proj_in;
+  const uint16_t* gates_bf16;  // instead of gates, as the forward saved them
   // Incoming gradients; null means zero.
   const S* dy;    // [R, P]
   const S* dh_n;  // [N, P]

@@ -551,6 +551,37 @@ inline void fill_zero(int64_t n, S* dst) {
   std::memset(dst, 0, n * sizeof(S));
 }
 
+// The saved gates: S, or for the float kernels of a bfloat16 call bfloat16
+// (SeqForwardArgs::gates_bf16), converted by at::vec as torch's own copies
+// convert. T is S, or const S to read them.
+template <typename S, typename T = S>
+struct GateRows {
+  using B = std::conditional_t<std::is_const_v<T>, const uint16_t, uint16_t>;
+  T* f = nullptr;
+  B* b = nullptr;
+  explicit operator bool() const { return f != nullptr || b != nullptr; }
+  // The rows from element `at` on.
+  GateRows from(int64_t at) const { return {f ? f + at : nullptr, b ? b + at : nullptr}; }
+  void store(const Vec<S>& v, int64_t at, int64_t cnt) const {
+    if constexpr (std::is_same_v<S, float>) {
+      if (b) {
+        at::vec::convert_float_bfloat16(v, v).store(b + at, static_cast<int>(cnt));
+        return;
+      }
+    }
+    v.store(f + at, cnt);
+  }
+  Vec<S> load(int64_t at, int64_t cnt) const {
+    if constexpr (std::is_same_v<S, float>) {
+      if (b) {
+        const auto v = Vec<at::BFloat16>::loadu(b + at, static_cast<int16_t>(cnt));
+        return std::get<0>(at::vec::convert_bfloat16_float(v));
+      }
+    }
+    return Vec<S>::loadu(f + at, cnt);
+  }
+};
+
 // h_n[b] = y at the last step that row b is active (t = 0 in reverse).
 template <typename S>
 void gather_final(const SeqLayout& seq, const S* y, int64_t P, S* h_n) {
@@ -1055,7 +1086,8 @@ void lstm_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& 
         S* hout = hout_of(st);
         if (ph.k == kProj) return whr.run(st.rows, hout, H, a.y + st.offset * P, P, false, nullptr, task);
         if (ph.k == kCopy) return copy_rows(st.rows, P, a.y + st.offset * P, P, hn, P);
-        S* gates = a.training ? a.gates + st.offset * GH : nullptr;
+        const GateRows<S> gates =
+            a.training ? GateRows<S>{a.gates, a.gates_bf16}.from(st.offset * GH) : GateRows<S>{};
         S* cells = a.training ? a.states + st.offset * H : nullptr;
         auto epi = [&](int64_t i, int64_t p, const V* acc) FRNN_ALWAYS_INLINE {
           const int64_t u0 = p * L;
@@ -1078,11 +1110,11 @@ void lstm_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& 
           h_new.store(hout + i * ldo + u0, cnt);
           if (!proj) h_new.store(hn + i * P + u0, cnt);
           if (gates) {
-            S* gr = gates + i * GH + u0;
-            if (!kCoupled) ig.store(gr + gi * H, cnt);
-            fg.store(gr + gf * H, cnt);
-            gg_.store(gr + gg * H, cnt);
-            og.store(gr + go * H, cnt);
+            const int64_t gr = i * GH + u0;
+            if (!kCoupled) gates.store(ig, gr + gi * H, cnt);
+            gates.store(fg, gr + gf * H, cnt);
+            gates.store(gg_, gr + gg * H, cnt);
+            gates.store(og, gr + go * H, cnt);
             c_new.store(cells + i * H + u0, cnt);
           }
         };
@@ -1136,6 +1168,7 @@ void lstm_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel
   S* dwcf = a.dw_ch ? a.dw_ch + (kCoupled ? 0 : H) : nullptr;
   S* dwco = a.dw_ch ? a.dw_ch + (kCoupled ? H : 2 * H) : nullptr;
   constexpr int gi = 0, gf = kCoupled ? 0 : 1, gg = kCoupled ? 1 : 2, go = kCoupled ? 2 : 3;
+  const GateRows<S, const S> gates{a.gates, a.gates_bf16};
 
   // The pointwise pass of units [u0, u0 + cnt) at step st: dG and dc from dh
   // (dy + dh_state, or dr with a projection) and dc_state.
@@ -1150,11 +1183,11 @@ void lstm_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel
       const int64_t r = st.offset + i;
       const V dh = proj ? V::loadu(dr + i * H + u0, cnt)
                         : V::loadu(dy + i * P + u0, cnt) + V::loadu(dh_state + i * P + u0, cnt);
-      const S* g = a.gates + r * GH + u0;
-      const V ig = kCoupled ? zero : V::loadu(g + gi * H, cnt);
-      const V fg = V::loadu(g + gf * H, cnt);
-      const V gg_ = V::loadu(g + gg * H, cnt);
-      const V og = V::loadu(g + go * H, cnt);
+      const int64_t g = r * GH + u0;
+      const V ig = kCoupled ? zero : gates.load(g + gi * H, cnt);
+      const V fg = gates.load(g + gf * H, cnt);
+      const V gg_ = gates.load(g + gg * H, cnt);
+      const V og = gates.load(g + go * H, cnt);
       const V c_new = V::loadu(a.states + r * H + u0, cnt);
       const V c = V::loadu(prev_state_row(a, st, i, a.states, a.c0, H) + u0, cnt);
       S* dcp = dc_state + i * H + u0;
@@ -1280,7 +1313,9 @@ void gru_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& p
         const S* hp = hs.prev(s);
         S* hn_state = hs.next(s);
         S* y = a.y + st.offset * H;
-        S* gates = a.training ? a.gates + st.offset * 4 * H : nullptr;
+        const GateRows<S> gates = a.training
+                                      ? GateRows<S>{a.gates, a.gates_bf16}.from(st.offset * 4 * H)
+                                      : GateRows<S>{};
         auto epi = [&](int64_t i, int64_t p, const V* acc) FRNN_ALWAYS_INLINE {
           const int64_t u0 = p * L;
           const int64_t cnt = std::min<int64_t>(L, H - u0);
@@ -1293,11 +1328,11 @@ void gru_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& p
           h_new.store(y + i * H + u0, cnt);
           h_new.store(hn_state + i * H + u0, cnt);
           if (gates) {
-            S* gr = gates + i * 4 * H + u0;
-            r.store(gr, cnt);
-            z.store(gr + H, cnt);
-            n.store(gr + 2 * H, cnt);
-            hn.store(gr + 3 * H, cnt);
+            const int64_t gr = i * 4 * H + u0;
+            gates.store(r, gr, cnt);
+            gates.store(z, gr + H, cnt);
+            gates.store(n, gr + 2 * H, cnt);
+            gates.store(hn, gr + 3 * H, cnt);
           }
         };
         rec.run(st.rows, hp, H, epi, task);
@@ -1328,7 +1363,10 @@ void gru_reset_before_forward_seq(const SeqForwardArgs<S>& a, Arena& arena,
              a.w_hh_bf16 ? a.w_hh_bf16 + 2 * H * H : nullptr);
   HiddenState<S> hs;
   hs.plan(arena, seq, H);
-  S* z_scratch = a.training ? nullptr : arena.take<S>(N * H);
+  // z lives in the saved gates when they are S, in scratch otherwise (the n
+  // pass reads it back unrounded).
+  const bool z_saved = a.training && !a.gates_bf16;
+  S* z_scratch = z_saved ? nullptr : arena.take<S>(N * H);
   S* rh_scratch = a.training ? nullptr : arena.take<S>(N * H);
   Schedule sched;
   sched.plan(arena, Schedule::max_forward(seq, 2));
@@ -1352,10 +1390,11 @@ void gru_reset_before_forward_seq(const SeqForwardArgs<S>& a, Arena& arena,
         const int64_t s = ph.s;
         const StepInfo st = seq.step(s);
         const S* hp = hs.prev(s);
-        S* gates = a.training ? a.gates + st.offset * GH : nullptr;
-        // z and r*h live in the saved tensors when training, in scratch otherwise.
-        S* zd = gates ? gates + H : z_scratch;
-        const int64_t ldz = gates ? GH : H;
+        const GateRows<S> gates =
+            a.training ? GateRows<S>{a.gates, a.gates_bf16}.from(st.offset * GH) : GateRows<S>{};
+        // r*h lives in the saved states when training, in scratch otherwise.
+        S* zd = z_saved ? gates.f + H : z_scratch;
+        const int64_t ldz = z_saved ? GH : H;
         S* rh = a.training ? a.states + st.offset * H : rh_scratch;
         if (ph.k == kRz) {
           auto epi_rz = [&](int64_t i, int64_t p, const V* acc) FRNN_ALWAYS_INLINE {
@@ -1368,7 +1407,8 @@ void gru_reset_before_forward_seq(const SeqForwardArgs<S>& a, Arena& arena,
               const V z = fusedrnn::gru_gate(acc[U1 + u] + V::loadu(gx + H + u0, cnt));
               (r * V::loadu(hp + i * H + u0, cnt)).store(rh + i * H + u0, cnt);
               z.store(zd + i * ldz + u0, cnt);
-              if (gates) r.store(gates + i * GH + u0, cnt);
+              if (gates) gates.store(r, i * GH + u0, cnt);
+              if (gates && !z_saved) gates.store(z, i * GH + H + u0, cnt);
             }
           };
           return rec_rz.run(st.rows, hp, H, epi_rz, task);
@@ -1387,7 +1427,7 @@ void gru_reset_before_forward_seq(const SeqForwardArgs<S>& a, Arena& arena,
                                               V::loadu(hp + i * H + u0, cnt), n, h_new);
             h_new.store(y + i * H + u0, cnt);
             h_new.store(hn_state + i * H + u0, cnt);
-            if (gates) n.store(gates + i * GH + 2 * H + u0, cnt);
+            if (gates) gates.store(n, i * GH + 2 * H + u0, cnt);
           }
         };
         rec_n.run(st.rows, rh, H, epi_n, task);
@@ -1423,6 +1463,7 @@ void gru_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel&
   fill_zero(ldg, dsum);
 
   // dh_prev's direct part (through z) stays in dh_state; the product adds the rest.
+  const GateRows<S, const S> gates{a.gates, a.gates_bf16};
   auto pointwise = [&](const StepInfo& st, int64_t u0, int64_t cnt) {
     const S* dy = a.dy + st.offset * H;
     V sr(S(0)), sz(S(0)), shn(S(0)), sxn(S(0));
@@ -1430,12 +1471,12 @@ void gru_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel&
       const int64_t r = st.offset + i;
       S* dhp = dh_state + i * H + u0;
       const V dh = V::loadu(dy + i * H + u0, cnt) + V::loadu(dhp, cnt);
-      const S* g = a.gates + r * 4 * H + u0;
+      const int64_t g = r * 4 * H + u0;
       const V h = V::loadu(prev_state_row(a, st, i, a.y, a.h0, H) + u0, cnt);
       V dpn, dpz, dh_prev, dpr, dhn;
-      fusedrnn::gru_update_backward(dh, V::loadu(g + H, cnt), V::loadu(g + 2 * H, cnt), h, dpn,
+      fusedrnn::gru_update_backward(dh, gates.load(g + H, cnt), gates.load(g + 2 * H, cnt), h, dpn,
                                     dpz, dh_prev);
-      fusedrnn::gru_reset_after_backward(dpn, V::loadu(g, cnt), V::loadu(g + 3 * H, cnt), dpr,
+      fusedrnn::gru_reset_after_backward(dpn, gates.load(g, cnt), gates.load(g + 3 * H, cnt), dpr,
                                          dhn);
       S* d = dG + r * ldg + u0;
       dpr.store(d, cnt);
@@ -1501,6 +1542,7 @@ void gru_reset_before_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena,
   wn.prepare(par);
   if (a.dh_n) std::memcpy(dh_state, a.dh_n, N * H * sizeof(S)); else fill_zero(N * H, dh_state);
   fill_zero(GH, dsum);
+  const GateRows<S, const S> gates{a.gates, a.gates_bf16};
 
   sched.backward(seq, 4);
   sched.run(
@@ -1524,10 +1566,10 @@ void gru_reset_before_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena,
                 const int64_t r = st.offset + i;
                 S* dhp = dh_state + i * H + u0;
                 const V dh = V::loadu(dy + i * H + u0, cnt) + V::loadu(dhp, cnt);
-                const S* g = a.gates + r * GH + u0;
+                const int64_t g = r * GH + u0;
                 const V h = V::loadu(prev_state_row(a, st, i, a.y, a.h0, H) + u0, cnt);
                 V dpn, dpz, dh_prev;
-                fusedrnn::gru_update_backward(dh, V::loadu(g + H, cnt), V::loadu(g + 2 * H, cnt),
+                fusedrnn::gru_update_backward(dh, gates.load(g + H, cnt), gates.load(g + 2 * H, cnt),
                                               h, dpn, dpz, dh_prev);
                 S* d = dG + r * GH + u0;
                 dpz.store(d + H, cnt);
@@ -1550,7 +1592,7 @@ void gru_reset_before_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena,
                 const V h = V::loadu(prev_state_row(a, st, i, a.y, a.h0, H) + u0, cnt);
                 V dpr, dh_prev;
                 fusedrnn::gru_reset_before_backward(V::loadu(drh + i * H + u0, cnt),
-                                                    V::loadu(a.gates + r * GH + u0, cnt), h, dpr,
+                                                    gates.load(r * GH + u0, cnt), h, dpr,
                                                     dh_prev);
                 dpr.store(dG + r * GH + u0, cnt);
                 (V::loadu(dhp, cnt) + dh_prev).store(dhp, cnt);
