@@ -562,7 +562,7 @@ struct GateRows {
   explicit operator bool() const { return f != nullptr || b != nullptr; }
   // The rows from element `at` on.
   GateRows from(int64_t at) const { return {f ? f + at : nullptr, b ? b + at : nullptr}; }
-  void store(const Vec<S>& v, int64_t at, int64_t cnt) const {
+  FRNN_ALWAYS_INLINE void store(const Vec<S>& v, int64_t at, int64_t cnt) const {
     if constexpr (std::is_same_v<S, float>) {
       if (b) {
         at::vec::convert_float_bfloat16(v, v).store(b + at, static_cast<int>(cnt));
@@ -571,7 +571,7 @@ struct GateRows {
     }
     v.store(f + at, cnt);
   }
-  Vec<S> load(int64_t at, int64_t cnt) const {
+  FRNN_ALWAYS_INLINE Vec<S> load(int64_t at, int64_t cnt) const {
     if constexpr (std::is_same_v<S, float>) {
       if (b) {
         const auto v = Vec<at::BFloat16>::loadu(b + at, static_cast<int16_t>(cnt));
