@@ -289,8 +289,11 @@ class _RNNBase(nn.Module):
     # -- forward, shared by the three families -------------------------------
 
     def _zeros(self, input: Tensor, max_batch: int, size: int) -> Tensor:
+        # One zero broadcast: autograd saves the initial state of every layer for
+        # backward, and this way holds one element of storage instead of all of them.
         D = 2 if self.bidirectional else 1
-        return torch.zeros(self.num_layers * D, max_batch, size, dtype=input.dtype, device=input.device)
+        zero = torch.zeros((), dtype=input.dtype, device=input.device)
+        return zero.expand(self.num_layers * D, max_batch, size)
 
     def _forward(self, input, hx, run):
         """Input handling of torch.nn's forward; run(x, hx, batch_sizes) does the
