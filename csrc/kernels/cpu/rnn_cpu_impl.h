@@ -1569,8 +1569,8 @@ void gru_reset_before_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena,
                 const int64_t g = r * GH + u0;
                 const V h = V::loadu(prev_state_row(a, st, i, a.y, a.h0, H) + u0, cnt);
                 V dpn, dpz, dh_prev;
-                fusedrnn::gru_update_backward(dh, gates.load(g + H, cnt), gates.load(g + 2 * H, cnt),
-                                              h, dpn, dpz, dh_prev);
+                fusedrnn::gru_update_backward(dh, gates.load(g + H, cnt),
+                                              gates.load(g + 2 * H, cnt), h, dpn, dpz, dh_prev);
                 S* d = dG + r * GH + u0;
                 dpz.store(d + H, cnt);
                 dpn.store(d + 2 * H, cnt);
