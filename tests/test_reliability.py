@@ -9,11 +9,13 @@ import gc
 import io
 import os
 import threading
+import warnings
 
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from torch import nn
 from torch.nn.utils.rnn import pack_sequence
 
 import fusedrnn
@@ -214,6 +216,43 @@ MODULES = [
     lambda: fusedrnn.GRUCell(8, 16),
     lambda: fusedrnn.RNNCell(8, 16),
 ]
+
+
+def _held_bytes(m, x):
+    """Bytes of the storages autograd holds after a training forward, parameters
+    and input excepted (what bench/ reports as activation memory)."""
+    exclude = {p.untyped_storage().data_ptr() for p in m.parameters()} | {x.untyped_storage().data_ptr()}
+    held = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        if s.data_ptr() not in exclude:
+            held[s.data_ptr()] = max(held.get(s.data_ptr(), 0), s.nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        m(x)
+    return sum(held.values())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])
+def test_activation_memory_at_or_below_torch_nn(mode, dtype):
+    # A training forward with hx=None holds no more than torch.nn's native path
+    # (oneDNN's LSTM holds a larger workspace): the saved output, gates and
+    # states, and for the zero initial states one broadcast element each. One
+    # layer: the bfloat16 LSTM's saved tensors are as large as torch.nn's, so
+    # full N x H zero states would be over.
+    torch.manual_seed(0)
+    fused = getattr(fusedrnn, mode)(24, 40).to(dtype)
+    ref = getattr(nn, mode)(24, 40).to(dtype)
+    x = torch.randn(30, 6, 24, dtype=dtype, requires_grad=True)
+    states = 2 if mode == "LSTM" else 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the mkldnn switch warns about TF32 on Intel GPUs
+        with torch.backends.mkldnn.flags(enabled=False):
+            native = _held_bytes(ref, x)
+    assert _held_bytes(fused, x) <= native + states * x.element_size()
 
 
 @pytest.mark.parametrize("make", MODULES, ids=["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"])
