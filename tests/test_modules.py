@@ -294,13 +294,19 @@ def test_bfloat16_call_is_the_float32_call_rounded(case, packed, monkeypatch):
     t, n, c, h = 6, 7, 19, 45
     g = (3 if kw.get("coupled") else 4) if kind == "lstm" else 3
     torch.manual_seed(0)
-    bf = lambda *shape: torch.randn(*shape).mul(0.5).to(torch.bfloat16)  # noqa: E731
+
+    def bf(*shape):
+        return torch.randn(*shape).mul(0.5).to(torch.bfloat16)
+
     x, h0, w_ih, w_hh = bf(t * n, c) if packed else bf(t, n, c), bf(n, h), bf(g * h, c), bf(g * h, h)
     b_ih, b_hh = bf(g * h), bf(g * h)
     bs = torch.tensor([7, 6, 5, 3, 2, 1]) if packed else None
     if packed:
         x = x[: int(bs.sum())]
-    f32 = lambda v: v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v  # noqa: E731
+
+    def f32(v):
+        return v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+
     if kind == "lstm":
         c0, w_ch = bf(n, h), bf((g - 1) * h) if kw["peephole"] else None
         args = (x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, None, kw["coupled"], False, True)
