@@ -582,6 +582,17 @@ struct GateRows {
   }
 };
 
+// The gates a training forward saves, from element `at` on (none otherwise),
+// and those a backward reads.
+template <typename S>
+GateRows<S> saved_gates(const SeqForwardArgs<S>& a, int64_t at) {
+  return a.training ? GateRows<S>{a.gates, a.gates_bf16}.from(at) : GateRows<S>{};
+}
+template <typename S>
+GateRows<S, const S> saved_gates(const SeqBackwardArgs<S>& a) {
+  return {a.gates, a.gates_bf16};
+}
+
 // h_n[b] = y at the last step that row b is active (t = 0 in reverse).
 template <typename S>
 void gather_final(const SeqLayout& seq, const S* y, int64_t P, S* h_n) {
@@ -1086,8 +1097,7 @@ void lstm_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& 
         S* hout = hout_of(st);
         if (ph.k == kProj) return whr.run(st.rows, hout, H, a.y + st.offset * P, P, false, nullptr, task);
         if (ph.k == kCopy) return copy_rows(st.rows, P, a.y + st.offset * P, P, hn, P);
-        const GateRows<S> gates =
-            a.training ? GateRows<S>{a.gates, a.gates_bf16}.from(st.offset * GH) : GateRows<S>{};
+        const GateRows<S> gates = saved_gates(a, st.offset * GH);
         S* cells = a.training ? a.states + st.offset * H : nullptr;
         auto epi = [&](int64_t i, int64_t p, const V* acc) FRNN_ALWAYS_INLINE {
           const int64_t u0 = p * L;
@@ -1168,7 +1178,7 @@ void lstm_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel
   S* dwcf = a.dw_ch ? a.dw_ch + (kCoupled ? 0 : H) : nullptr;
   S* dwco = a.dw_ch ? a.dw_ch + (kCoupled ? H : 2 * H) : nullptr;
   constexpr int gi = 0, gf = kCoupled ? 0 : 1, gg = kCoupled ? 1 : 2, go = kCoupled ? 2 : 3;
-  const GateRows<S, const S> gates{a.gates, a.gates_bf16};
+  const GateRows<S, const S> gates = saved_gates(a);
 
   // The pointwise pass of units [u0, u0 + cnt) at step st: dG and dc from dh
   // (dy + dh_state, or dr with a projection) and dc_state.
@@ -1313,9 +1323,7 @@ void gru_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& p
         const S* hp = hs.prev(s);
         S* hn_state = hs.next(s);
         S* y = a.y + st.offset * H;
-        const GateRows<S> gates = a.training
-                                      ? GateRows<S>{a.gates, a.gates_bf16}.from(st.offset * 4 * H)
-                                      : GateRows<S>{};
+        const GateRows<S> gates = saved_gates(a, st.offset * 4 * H);
         auto epi = [&](int64_t i, int64_t p, const V* acc) FRNN_ALWAYS_INLINE {
           const int64_t u0 = p * L;
           const int64_t cnt = std::min<int64_t>(L, H - u0);
@@ -1390,8 +1398,7 @@ void gru_reset_before_forward_seq(const SeqForwardArgs<S>& a, Arena& arena,
         const int64_t s = ph.s;
         const StepInfo st = seq.step(s);
         const S* hp = hs.prev(s);
-        const GateRows<S> gates =
-            a.training ? GateRows<S>{a.gates, a.gates_bf16}.from(st.offset * GH) : GateRows<S>{};
+        const GateRows<S> gates = saved_gates(a, st.offset * GH);
         // r*h lives in the saved states when training, in scratch otherwise.
         S* zd = z_saved ? gates.f + H : z_scratch;
         const int64_t ldz = z_saved ? GH : H;
@@ -1463,7 +1470,7 @@ void gru_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel&
   fill_zero(ldg, dsum);
 
   // dh_prev's direct part (through z) stays in dh_state; the product adds the rest.
-  const GateRows<S, const S> gates{a.gates, a.gates_bf16};
+  const GateRows<S, const S> gates = saved_gates(a);
   auto pointwise = [&](const StepInfo& st, int64_t u0, int64_t cnt) {
     const S* dy = a.dy + st.offset * H;
     V sr(S(0)), sz(S(0)), shn(S(0)), sxn(S(0));
@@ -1542,7 +1549,7 @@ void gru_reset_before_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena,
   wn.prepare(par);
   if (a.dh_n) std::memcpy(dh_state, a.dh_n, N * H * sizeof(S)); else fill_zero(N * H, dh_state);
   fill_zero(GH, dsum);
-  const GateRows<S, const S> gates{a.gates, a.gates_bf16};
+  const GateRows<S, const S> gates = saved_gates(a);
 
   sched.backward(seq, 4);
   sched.run(
