@@ -274,8 +274,11 @@ def test_amx_bfloat16_cell_matches_reference(kind, monkeypatch):
 _ROUNDED_CASES = {
     "lstm": ("lstm", {"coupled": False, "peephole": False}),
     "lstm_peephole_coupled": ("lstm", {"coupled": True, "peephole": True}),
+    "lstm_projection": ("lstm", {"coupled": False, "peephole": False, "proj": 20}),
     "gru": ("gru", {"reset_after": True}),
     "gru_reset_before": ("gru", {"reset_after": False}),
+    "rnn_tanh": ("rnn", {"relu": False}),
+    "rnn_relu": ("rnn", {"relu": True}),
 }
 
 
@@ -284,21 +287,23 @@ _ROUNDED_CASES = {
 def test_bfloat16_call_is_the_float32_call_rounded(case, packed, monkeypatch):
     # Without AMX, a bfloat16 call runs the float32 kernels on its inputs
     # converted, and its results are the float32 results converted, bit for
-    # bit: the saved gates too, which the kernels write in bfloat16 themselves
-    # and must round as torch's conversion does. Its backward reads those
-    # gates: the float32 backward given them converted agrees bit for bit.
-    # H = 45 leaves a partial vector of units; packed steps have 7 down to 1 rows.
+    # bit: the output and the saved gates too, which the kernels write in
+    # bfloat16 themselves and must round as torch's conversion does. Its
+    # backward reads those gates: the float32 backward given them converted
+    # agrees bit for bit. H = 45 leaves a partial vector of units; packed steps
+    # have 7 down to 1 rows, so h_n comes from rows of different steps.
     monkeypatch.setenv("FUSEDRNN_CPU_AMX", "never")
     kind, kw = _ROUNDED_CASES[case]
     ops = torch.ops.fusedrnn
     t, n, c, h = 6, 7, 19, 45
-    g = (3 if kw.get("coupled") else 4) if kind == "lstm" else 3
+    p = kw.get("proj", h)
+    g = {"lstm": 3 if kw.get("coupled") else 4, "gru": 3, "rnn": 1}[kind]
     torch.manual_seed(0)
 
     def bf(*shape):
         return torch.randn(*shape).mul(0.5).to(torch.bfloat16)
 
-    x, h0, w_ih, w_hh = bf(t * n, c) if packed else bf(t, n, c), bf(n, h), bf(g * h, c), bf(g * h, h)
+    x, h0, w_ih, w_hh = bf(t * n, c) if packed else bf(t, n, c), bf(n, p), bf(g * h, c), bf(g * h, p)
     b_ih, b_hh = bf(g * h), bf(g * h)
     bs = torch.tensor([7, 6, 5, 3, 2, 1]) if packed else None
     if packed:
@@ -309,23 +314,31 @@ def test_bfloat16_call_is_the_float32_call_rounded(case, packed, monkeypatch):
 
     if kind == "lstm":
         c0, w_ch = bf(n, h), bf((g - 1) * h) if kw["peephole"] else None
-        args = (x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, None, kw["coupled"], False, True)
+        w_hr = bf(p, h) if "proj" in kw else None
+        args = (x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, kw["coupled"], False, True)
         fwd, bwd = ops.lstm_forward, ops.lstm_backward
-    else:
+    elif kind == "gru":
         args = (x, bs, h0, w_ih, w_hh, b_ih, b_hh, kw["reset_after"], False, True)
         fwd, bwd = ops.gru_forward, ops.gru_backward
+    else:
+        args = (x, bs, h0, w_ih, w_hh, b_ih, b_hh, kw["relu"], False)
+        fwd, bwd = ops.rnn_forward, ops.rnn_backward
     got = fwd(*args)
     want = fwd(*map(f32, args))
-    assert got[3 if kind == "lstm" else 2].dtype == torch.bfloat16  # the saved gates
+    assert got[0].dtype == torch.bfloat16
+    if kind != "rnn":
+        assert got[3 if kind == "lstm" else 2].dtype == torch.bfloat16  # the saved gates
     for a, b in zip(got, want):
         assert torch.equal(a, b.to(a.dtype))
-    dy, dh_n = bf(*got[0].shape), bf(n, h)
+    dy, dh_n = bf(*got[0].shape), bf(n, p)
     if kind == "lstm":
         out, _, _, gates, states, proj_in = got
         grad_args = (dy, dh_n, bf(n, h), *args[:10], out, gates, states, proj_in, kw["coupled"], False, True, True)
-    else:
+    elif kind == "gru":
         out, _, gates, states = got
         grad_args = (dy, dh_n, *args[:7], out, gates, states, kw["reset_after"], False, True, True)
+    else:
+        grad_args = (dy, dh_n, *args[:7], got[0], kw["relu"], False, True, True)
     got_grads = bwd(*grad_args)
     want_grads = bwd(*map(f32, grad_args))
     for a, b in zip(got_grads, want_grads):

@@ -234,7 +234,8 @@ void set_product_operands(Args<S>& a, const LayerInputs& in, bool amx) {
 }
 
 // With `amx`, the products read in.input, in.w_ih and in.w_hh in bfloat16 (the
-// other inputs are S). Saved gates in bfloat16 (S float) are written so.
+// other inputs are S). Saved gates and output in bfloat16 (S float) are written
+// so.
 template <typename S>
 void forward_typed(const LayerInputs& in, const LayerGeometry& g, bool training,
                    ForwardResult& out, bool amx = false) {
@@ -255,7 +256,10 @@ void forward_typed(const LayerInputs& in, const LayerGeometry& g, bool training,
   a.b_hh = ptr<S>(in.b_hh);
   a.w_ch = ptr<S>(in.w_ch);
   a.w_hr = ptr<S>(in.w_hr);
-  a.y = mut<S>(out.output);
+  if (out.output.scalar_type() == at::kBFloat16)
+    a.y_bf16 = bf16_out(out.output);
+  else
+    a.y = mut<S>(out.output);
   a.h_n = mut<S>(out.h_n);
   a.c_n = mut<S>(out.c_n);
   if (out.saved.gates.scalar_type() == at::kBFloat16)
@@ -421,17 +425,22 @@ void cpu_layer_forward(const LayerInputs& in, const LayerGeometry& g, bool train
                        ForwardResult& out) {
   if (is_16bit(in.input)) {
     const bool amx = use_amx(in);
-    // The kernels write a bfloat16 call's saved gates themselves.
+    // The kernels write a bfloat16 call's saved gates themselves, and its
+    // output unless a projection's product writes it.
     const bool gates16 = out.saved.gates.scalar_type() == at::kBFloat16;
-    std::vector<Tensor*> results{&out.output, &out.h_n, &out.c_n, &out.saved.proj_in};
+    const bool y16 = out.output.scalar_type() == at::kBFloat16 && !in.w_hr.has_value();
+    std::vector<Tensor*> results{&out.h_n, &out.c_n, &out.saved.proj_in};
+    if (!y16) results.push_back(&out.output);
     if (!gates16) results.push_back(&out.saved.gates);
     FloatCopies copies;
     reserve_inputs(copies, in, amx);
     for (const Tensor* t : results) copies.reserve(*t);
     const LayerInputs f = float_inputs(copies, in, amx);
     through_float(copies, results, [&](std::vector<Tensor>& t) {
-      ForwardResult fo{t[0], t[1], t[2],
-                       Saved{gates16 ? out.saved.gates : t[4], out.saved.states, t[3]}};
+      size_t next = 3;
+      const Tensor& y = y16 ? out.output : t[next++];
+      const Tensor& gates = gates16 ? out.saved.gates : t[next++];
+      ForwardResult fo{y, t[0], t[1], Saved{gates, out.saved.states, t[2]}};
       forward_typed<float>(f, g, training, fo, amx);
     });
     return;

@@ -94,8 +94,10 @@ struct SeqForwardArgs {
   S* states;        // training only, see above
   S* proj_in;       // training only, see above
   // Float kernels of a bfloat16 call: the saved gates in bfloat16, given
-  // instead of gates (each rounded as torch's conversion rounds it).
+  // instead of gates, and without a projection the output, given instead of y
+  // (each value rounded as torch's conversion rounds it).
   uint16_t* gates_bf16;
+  uint16_t* y_bf16;  // [R, P]
 };
 
 template <typename S>

@@ -551,32 +551,51 @@ inline void fill_zero(int64_t n, S* dst) {
   std::memset(dst, 0, n * sizeof(S));
 }
 
-// The saved gates: S, or for the float kernels of a bfloat16 call bfloat16
-// (SeqForwardArgs::gates_bf16), converted by at::vec as torch's own copies
-// convert. T is S, or const S to read them.
+// cnt lanes of v rounded to bfloat16 at dst, and back: at::vec's conversions
+// (those of torch's own copies), one float vector at a time.
+FRNN_ALWAYS_INLINE inline void store_bf16(const Vec<float>& v, uint16_t* dst, int64_t cnt) {
+#if defined(CPU_CAPABILITY_AVX512)
+  const __m256i h = at::vec::cvtfp32_bf16(__m512(v));
+  if (cnt == Vec<float>::size()) _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), h);
+  else _mm256_mask_storeu_epi16(dst, static_cast<__mmask16>((1u << cnt) - 1), h);
+#else
+  at::vec::convert_float_bfloat16(v, v).store(dst, static_cast<int>(cnt));
+#endif
+}
+FRNN_ALWAYS_INLINE inline Vec<float> load_bf16(const uint16_t* src, int64_t cnt) {
+#if defined(CPU_CAPABILITY_AVX512)
+  const __m256i h = cnt == Vec<float>::size()
+                        ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src))
+                        : _mm256_maskz_loadu_epi16(static_cast<__mmask16>((1u << cnt) - 1), src);
+  __m512 v;
+  at::vec::cvtbf16_fp32(h, v);
+  return v;
+#else
+  const auto v = Vec<at::BFloat16>::loadu(src, static_cast<int16_t>(cnt));
+  return std::get<0>(at::vec::convert_bfloat16_float(v));
+#endif
+}
+
+// Rows a kernel writes or reads in S, or for the float kernels of a bfloat16
+// call in bfloat16 (SeqForwardArgs::gates_bf16 and y_bf16). T is S, or const S
+// to read them.
 template <typename S, typename T = S>
-struct GateRows {
+struct Rows16 {
   using B = std::conditional_t<std::is_const_v<T>, const uint16_t, uint16_t>;
   T* f = nullptr;
   B* b = nullptr;
   explicit operator bool() const { return f != nullptr || b != nullptr; }
   // The rows from element `at` on.
-  GateRows from(int64_t at) const { return {f ? f + at : nullptr, b ? b + at : nullptr}; }
+  Rows16 from(int64_t at) const { return {f ? f + at : nullptr, b ? b + at : nullptr}; }
   FRNN_ALWAYS_INLINE void store(const Vec<S>& v, int64_t at, int64_t cnt) const {
     if constexpr (std::is_same_v<S, float>) {
-      if (b) {
-        at::vec::convert_float_bfloat16(v, v).store(b + at, static_cast<int>(cnt));
-        return;
-      }
+      if (b) return store_bf16(v, b + at, cnt);
     }
     v.store(f + at, cnt);
   }
   FRNN_ALWAYS_INLINE Vec<S> load(int64_t at, int64_t cnt) const {
     if constexpr (std::is_same_v<S, float>) {
-      if (b) {
-        const auto v = Vec<at::BFloat16>::loadu(b + at, static_cast<int16_t>(cnt));
-        return std::get<0>(at::vec::convert_bfloat16_float(v));
-      }
+      if (b) return load_bf16(b + at, cnt);
     }
     return Vec<S>::loadu(f + at, cnt);
   }
@@ -585,17 +604,23 @@ struct GateRows {
 // The gates a training forward saves, from element `at` on (none otherwise),
 // and those a backward reads.
 template <typename S>
-GateRows<S> saved_gates(const SeqForwardArgs<S>& a, int64_t at) {
-  return a.training ? GateRows<S>{a.gates, a.gates_bf16}.from(at) : GateRows<S>{};
+Rows16<S> saved_gates(const SeqForwardArgs<S>& a, int64_t at) {
+  return a.training ? Rows16<S>{a.gates, a.gates_bf16}.from(at) : Rows16<S>{};
 }
 template <typename S>
-GateRows<S, const S> saved_gates(const SeqBackwardArgs<S>& a) {
+Rows16<S, const S> saved_gates(const SeqBackwardArgs<S>& a) {
   return {a.gates, a.gates_bf16};
+}
+
+// The output y from element `at` on.
+template <typename S>
+Rows16<S> output_rows(const SeqForwardArgs<S>& a, int64_t at) {
+  return Rows16<S>{a.y, a.y_bf16}.from(at);
 }
 
 // h_n[b] = y at the last step that row b is active (t = 0 in reverse).
 template <typename S>
-void gather_final(const SeqLayout& seq, const S* y, int64_t P, S* h_n) {
+void gather_final(const SeqLayout& seq, const Rows16<S>& y, int64_t P, S* h_n) {
   for (int64_t b = 0; b < seq.N; ++b) {
     int64_t t_last = 0;
     if (!seq.reverse) {
@@ -607,7 +632,16 @@ void gather_final(const SeqLayout& seq, const S* y, int64_t P, S* h_n) {
       }
       t_last = lo;
     }
-    std::memcpy(h_n + b * P, y + (seq.offset(t_last) + b) * P, P * sizeof(S));
+    const int64_t at = (seq.offset(t_last) + b) * P;
+    if (y.f) {
+      std::memcpy(h_n + b * P, y.f + at, P * sizeof(S));
+      continue;
+    }
+    constexpr int64_t L = Vec<S>::size();
+    for (int64_t k = 0; k < P; k += L) {
+      const int64_t cnt = std::min<int64_t>(L, P - k);
+      y.load(at + k, cnt).store(h_n + b * P + k, cnt);
+    }
   }
 }
 
@@ -752,7 +786,7 @@ struct HiddenState {
   const S* prev(int64_t s) const { return single ? h0 : buf + (s & 1) * N * P; }
   S* next(int64_t s) const { return single ? h_n : buf + ((s + 1) & 1) * N * P; }
   // h_n from the output y [R, P] (a single step has written it already).
-  void finish(const SeqLayout& seq, const S* y) const {
+  void finish(const SeqLayout& seq, const Rows16<S>& y) const {
     if (!single) gather_final(seq, y, P, h_n);
   }
 };
@@ -1078,7 +1112,8 @@ void lstm_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& 
 
   // Where h' = o*tanh(c') of step st goes: the output, or the projection's input.
   auto hout_of = [&](const StepInfo& st) {
-    return proj ? (a.training ? a.proj_in + st.offset * H : r_scratch) : a.y + st.offset * P;
+    return proj ? Rows16<S>{a.training ? a.proj_in + st.offset * H : r_scratch}
+                : output_rows(a, st.offset * P);
   };
   const int64_t ldo = proj ? H : P;
 
@@ -1094,10 +1129,10 @@ void lstm_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& 
         const int64_t s = ph.s;
         const StepInfo st = seq.step(s);
         S* hn = hs.next(s);
-        S* hout = hout_of(st);
-        if (ph.k == kProj) return whr.run(st.rows, hout, H, a.y + st.offset * P, P, false, nullptr, task);
+        const Rows16<S> hout = hout_of(st);
+        if (ph.k == kProj) return whr.run(st.rows, hout.f, H, a.y + st.offset * P, P, false, nullptr, task);
         if (ph.k == kCopy) return copy_rows(st.rows, P, a.y + st.offset * P, P, hn, P);
-        const GateRows<S> gates = saved_gates(a, st.offset * GH);
+        const Rows16<S> gates = saved_gates(a, st.offset * GH);
         S* cells = a.training ? a.states + st.offset * H : nullptr;
         auto epi = [&](int64_t i, int64_t p, const V* acc) FRNN_ALWAYS_INLINE {
           const int64_t u0 = p * L;
@@ -1117,7 +1152,7 @@ void lstm_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& 
           fusedrnn::lstm_forward<kPeephole, kCoupled>(pi, pf, pg, po, c, vci, vcf, vco, ig, fg,
                                                       gg_, og, c_new, h_new);
           c_new.store(cp, cnt);
-          h_new.store(hout + i * ldo + u0, cnt);
+          hout.store(h_new, i * ldo + u0, cnt);
           if (!proj) h_new.store(hn + i * P + u0, cnt);
           if (gates) {
             const int64_t gr = i * GH + u0;
@@ -1131,7 +1166,7 @@ void lstm_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& 
         rec.run(st.rows, hs.prev(s), P, epi, task);
       },
       step_threads(par, blas, seq.T, N, rec), par);
-  hs.finish(seq, a.y);
+  hs.finish(seq, output_rows(a, 0));
 }
 
 template <typename S, bool kPeephole, bool kCoupled>
@@ -1178,7 +1213,7 @@ void lstm_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel
   S* dwcf = a.dw_ch ? a.dw_ch + (kCoupled ? 0 : H) : nullptr;
   S* dwco = a.dw_ch ? a.dw_ch + (kCoupled ? H : 2 * H) : nullptr;
   constexpr int gi = 0, gf = kCoupled ? 0 : 1, gg = kCoupled ? 1 : 2, go = kCoupled ? 2 : 3;
-  const GateRows<S, const S> gates = saved_gates(a);
+  const Rows16<S, const S> gates = saved_gates(a);
 
   // The pointwise pass of units [u0, u0 + cnt) at step st: dG and dc from dh
   // (dy + dh_state, or dr with a projection) and dc_state.
@@ -1322,8 +1357,8 @@ void gru_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& p
         const StepInfo st = seq.step(s);
         const S* hp = hs.prev(s);
         S* hn_state = hs.next(s);
-        S* y = a.y + st.offset * H;
-        const GateRows<S> gates = saved_gates(a, st.offset * 4 * H);
+        const Rows16<S> y = output_rows(a, st.offset * H);
+        const Rows16<S> gates = saved_gates(a, st.offset * 4 * H);
         auto epi = [&](int64_t i, int64_t p, const V* acc) FRNN_ALWAYS_INLINE {
           const int64_t u0 = p * L;
           const int64_t cnt = std::min<int64_t>(L, H - u0);
@@ -1333,7 +1368,7 @@ void gru_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& p
           V r, z, n, h_new;
           fusedrnn::gru_forward(acc[0] + V::loadu(gx, cnt), acc[1] + V::loadu(gx + H, cnt),
                                 V::loadu(gx + 2 * H, cnt), hn, h, r, z, n, h_new);
-          h_new.store(y + i * H + u0, cnt);
+          y.store(h_new, i * H + u0, cnt);
           h_new.store(hn_state + i * H + u0, cnt);
           if (gates) {
             const int64_t gr = i * 4 * H + u0;
@@ -1346,7 +1381,7 @@ void gru_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& p
         rec.run(st.rows, hp, H, epi, task);
       },
       step_threads(par, blas, seq.T, N, rec), par);
-  hs.finish(seq, a.y);
+  hs.finish(seq, output_rows(a, 0));
 }
 
 // reset_after=False: r and z first (fused with their recurrent product), then
@@ -1398,7 +1433,7 @@ void gru_reset_before_forward_seq(const SeqForwardArgs<S>& a, Arena& arena,
         const int64_t s = ph.s;
         const StepInfo st = seq.step(s);
         const S* hp = hs.prev(s);
-        const GateRows<S> gates = saved_gates(a, st.offset * GH);
+        const Rows16<S> gates = saved_gates(a, st.offset * GH);
         // r*h lives in the saved states when training, in scratch otherwise.
         S* zd = z_saved ? gates.f + H : z_scratch;
         const int64_t ldz = z_saved ? GH : H;
@@ -1421,7 +1456,7 @@ void gru_reset_before_forward_seq(const SeqForwardArgs<S>& a, Arena& arena,
           return rec_rz.run(st.rows, hp, H, epi_rz, task);
         }
         S* hn_state = hs.next(s);
-        S* y = a.y + st.offset * H;
+        const Rows16<S> y = output_rows(a, st.offset * H);
         auto epi_n = [&](int64_t i, int64_t p, const V* acc) FRNN_ALWAYS_INLINE {
           const S* gx = xproj.row(st.offset + i, ph.row0);
           for (int u = 0; u < U2; ++u) {
@@ -1432,7 +1467,7 @@ void gru_reset_before_forward_seq(const SeqForwardArgs<S>& a, Arena& arena,
             fusedrnn::gru_reset_before_output(acc[u] + V::loadu(gx + 2 * H + u0, cnt),
                                               V::loadu(zd + i * ldz + u0, cnt),
                                               V::loadu(hp + i * H + u0, cnt), n, h_new);
-            h_new.store(y + i * H + u0, cnt);
+            y.store(h_new, i * H + u0, cnt);
             h_new.store(hn_state + i * H + u0, cnt);
             if (gates) gates.store(n, i * GH + 2 * H + u0, cnt);
           }
@@ -1440,7 +1475,7 @@ void gru_reset_before_forward_seq(const SeqForwardArgs<S>& a, Arena& arena,
         rec_n.run(st.rows, rh, H, epi_n, task);
       },
       step_threads(par, blas, seq.T, N, rec_rz, rec_n), par);
-  hs.finish(seq, a.y);
+  hs.finish(seq, output_rows(a, 0));
 }
 
 // dG layout [R, 4H]: (r, z, hn, xn). The first three match W_hh's rows, so the
@@ -1470,7 +1505,7 @@ void gru_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel&
   fill_zero(ldg, dsum);
 
   // dh_prev's direct part (through z) stays in dh_state; the product adds the rest.
-  const GateRows<S, const S> gates = saved_gates(a);
+  const Rows16<S, const S> gates = saved_gates(a);
   auto pointwise = [&](const StepInfo& st, int64_t u0, int64_t cnt) {
     const S* dy = a.dy + st.offset * H;
     V sr(S(0)), sz(S(0)), shn(S(0)), sxn(S(0));
@@ -1549,7 +1584,7 @@ void gru_reset_before_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena,
   wn.prepare(par);
   if (a.dh_n) std::memcpy(dh_state, a.dh_n, N * H * sizeof(S)); else fill_zero(N * H, dh_state);
   fill_zero(GH, dsum);
-  const GateRows<S, const S> gates = saved_gates(a);
+  const Rows16<S, const S> gates = saved_gates(a);
 
   sched.backward(seq, 4);
   sched.run(
@@ -1659,7 +1694,7 @@ void rnn_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& p
         const int64_t s = ph.s;
         const StepInfo st = seq.step(s);
         S* hn_state = hs.next(s);
-        S* y = a.y + st.offset * H;
+        const Rows16<S> y = output_rows(a, st.offset * H);
         auto epi = [&](int64_t i, int64_t p, const V* acc) FRNN_ALWAYS_INLINE {
           const S* gx = xproj.row(st.offset + i, ph.row0);
           for (int u = 0; u < U; ++u) {
@@ -1667,14 +1702,14 @@ void rnn_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& p
             if (u0 >= H) break;
             const int64_t cnt = std::min<int64_t>(L, H - u0);
             const V h_new = fusedrnn::rnn_forward<kRelu>(acc[u] + V::loadu(gx + u0, cnt));
-            h_new.store(y + i * H + u0, cnt);
+            y.store(h_new, i * H + u0, cnt);
             h_new.store(hn_state + i * H + u0, cnt);
           }
         };
         rec.run(st.rows, hs.prev(s), H, epi, task);
       },
       step_threads(par, blas, seq.T, N, rec), par);
-  hs.finish(seq, a.y);
+  hs.finish(seq, output_rows(a, 0));
 }
 
 template <typename S, bool kRelu>
