@@ -1134,7 +1134,7 @@ void lstm_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& 
         if (ph.k == kCopy) return copy_rows(st.rows, P, a.y + st.offset * P, P, hn, P);
         const Rows16<S> gates = saved_gates(a, st.offset * GH);
         S* cells = a.training ? a.states + st.offset * H : nullptr;
-        auto epi = [&](int64_t i, int64_t p, const V* acc) FRNN_ALWAYS_INLINE {
+        auto epi = [&, hout](int64_t i, int64_t p, const V* acc) FRNN_ALWAYS_INLINE {
           const int64_t u0 = p * L;
           const int64_t cnt = std::min<int64_t>(L, H - u0);
           const S* gx = xproj.row(st.offset + i, ph.row0) + u0;
@@ -1359,7 +1359,7 @@ void gru_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& p
         S* hn_state = hs.next(s);
         const Rows16<S> y = output_rows(a, st.offset * H);
         const Rows16<S> gates = saved_gates(a, st.offset * 4 * H);
-        auto epi = [&](int64_t i, int64_t p, const V* acc) FRNN_ALWAYS_INLINE {
+        auto epi = [&, y](int64_t i, int64_t p, const V* acc) FRNN_ALWAYS_INLINE {
           const int64_t u0 = p * L;
           const int64_t cnt = std::min<int64_t>(L, H - u0);
           const S* gx = xproj.row(st.offset + i, ph.row0) + u0;
@@ -1457,7 +1457,7 @@ void gru_reset_before_forward_seq(const SeqForwardArgs<S>& a, Arena& arena,
         }
         S* hn_state = hs.next(s);
         const Rows16<S> y = output_rows(a, st.offset * H);
-        auto epi_n = [&](int64_t i, int64_t p, const V* acc) FRNN_ALWAYS_INLINE {
+        auto epi_n = [&, y](int64_t i, int64_t p, const V* acc) FRNN_ALWAYS_INLINE {
           const S* gx = xproj.row(st.offset + i, ph.row0);
           for (int u = 0; u < U2; ++u) {
             const int64_t u0 = (p * U2 + u) * L;
@@ -1695,7 +1695,7 @@ void rnn_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& p
         const StepInfo st = seq.step(s);
         S* hn_state = hs.next(s);
         const Rows16<S> y = output_rows(a, st.offset * H);
-        auto epi = [&](int64_t i, int64_t p, const V* acc) FRNN_ALWAYS_INLINE {
+        auto epi = [&, y](int64_t i, int64_t p, const V* acc) FRNN_ALWAYS_INLINE {
           const S* gx = xproj.row(st.offset + i, ph.row0);
           for (int u = 0; u < U; ++u) {
             const int64_t u0 = (p * U + u) * L;
