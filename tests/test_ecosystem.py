@@ -2,6 +2,7 @@
 DDP and FSDP2, packaging, and the examples."""
 
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -352,6 +353,23 @@ def test_every_compiled_instruction_set_matches(isa):
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     print(r.stdout, r.stderr[-2000:])
     assert r.returncode == 0 and "ok" in r.stdout
+
+
+@pytest.mark.parametrize("isa", LOWER_ISAS)
+def test_every_compiled_instruction_set_rounds_bfloat16_as_torch(isa):
+    # The kernels of a bfloat16 call store and load its output and saved gates
+    # in bfloat16 with each instruction set's own conversion: the bit-for-bit
+    # test of test_modules, run under this one.
+    env = dict(os.environ, ATEN_CPU_CAPABILITY=isa.lower(), PYTHONPATH=str(ROOT))
+    check = f"import fusedrnn; assert fusedrnn.backend_info()['cpu_isa'] == '{isa}'"
+    assert subprocess.run([sys.executable, "-c", check], env=env, timeout=600).returncode == 0
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(ROOT / "tests" / "test_modules.py"),
+         "-k", "test_bfloat16_call_is_the_float32_call_rounded"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    print(r.stdout[-3000:], r.stderr[-2000:])
+    assert r.returncode == 0 and re.search(r"\b[1-9][0-9]* passed", r.stdout) and "failed" not in r.stdout
 
 
 @pytest.mark.slow

@@ -558,6 +558,15 @@ FRNN_ALWAYS_INLINE inline void store_bf16(const Vec<float>& v, uint16_t* dst, in
   const __m256i h = at::vec::cvtfp32_bf16(__m512(v));
   if (cnt == Vec<float>::size()) _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), h);
   else _mm256_mask_storeu_epi16(dst, static_cast<__mmask16>((1u << cnt) - 1), h);
+#elif defined(CPU_CAPABILITY_AVX2)
+  const __m128i h = at::vec::cvtfp32_bf16(__m256(v));
+  if (cnt == Vec<float>::size()) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), h);
+  } else {
+    alignas(16) uint16_t part[8];
+    _mm_store_si128(reinterpret_cast<__m128i*>(part), h);
+    std::memcpy(dst, part, cnt * sizeof(uint16_t));
+  }
 #else
   at::vec::convert_float_bfloat16(v, v).store(dst, static_cast<int>(cnt));
 #endif
@@ -568,6 +577,18 @@ FRNN_ALWAYS_INLINE inline Vec<float> load_bf16(const uint16_t* src, int64_t cnt)
                         ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src))
                         : _mm256_maskz_loadu_epi16(static_cast<__mmask16>((1u << cnt) - 1), src);
   __m512 v;
+  at::vec::cvtbf16_fp32(h, v);
+  return v;
+#elif defined(CPU_CAPABILITY_AVX2)
+  __m128i h;
+  if (cnt == Vec<float>::size()) {
+    h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src));
+  } else {
+    alignas(16) uint16_t part[8] = {};
+    std::memcpy(part, src, cnt * sizeof(uint16_t));
+    h = _mm_load_si128(reinterpret_cast<const __m128i*>(part));
+  }
+  __m256 v;
   at::vec::cvtbf16_fp32(h, v);
   return v;
 #else
