@@ -218,6 +218,19 @@ uint16_t* bf16_out(const Tensor& t) {
   return t.numel() > 0 ? reinterpret_cast<uint16_t*>(t.data_ptr<at::BFloat16>()) : nullptr;
 }
 
+// Rows the kernels write or read in S, or in bfloat16 where t is (rnn_cpu.h's
+// gates_bf16 and y_bf16): sets the one of f and b that t's dtype names.
+template <typename S>
+void rows_of(const Tensor& t, S*& f, uint16_t*& b) {
+  if (t.scalar_type() == at::kBFloat16) b = bf16_out(t);
+  else f = mut<S>(t);
+}
+template <typename S>
+void rows_of(const Tensor& t, const S*& f, const uint16_t*& b) {
+  if (t.scalar_type() == at::kBFloat16) b = bf16_bits(t);
+  else f = ptr<S>(t);
+}
+
 // The operands of the products, x, W_ih and W_hh: S, or with `amx` the
 // bfloat16 tensors themselves.
 template <typename S, template <typename> class Args>
@@ -256,16 +269,10 @@ void forward_typed(const LayerInputs& in, const LayerGeometry& g, bool training,
   a.b_hh = ptr<S>(in.b_hh);
   a.w_ch = ptr<S>(in.w_ch);
   a.w_hr = ptr<S>(in.w_hr);
-  if (out.output.scalar_type() == at::kBFloat16)
-    a.y_bf16 = bf16_out(out.output);
-  else
-    a.y = mut<S>(out.output);
+  rows_of(out.output, a.y, a.y_bf16);
   a.h_n = mut<S>(out.h_n);
   a.c_n = mut<S>(out.c_n);
-  if (out.saved.gates.scalar_type() == at::kBFloat16)
-    a.gates_bf16 = bf16_out(out.saved.gates);
-  else
-    a.gates = mut<S>(out.saved.gates);
+  rows_of(out.saved.gates, a.gates, a.gates_bf16);
   a.states = mut<S>(out.saved.states);
   a.proj_in = mut<S>(out.saved.proj_in);
   const cpu::Parallel par = cpu_parallel();
@@ -298,10 +305,7 @@ void backward_typed(const LayerInputs& in, const LayerGeometry& g, const GradInp
   a.w_ch = ptr<S>(in.w_ch);
   a.w_hr = ptr<S>(in.w_hr);
   a.y = ptr<S>(gi.output);
-  if (gi.saved.gates.scalar_type() == at::kBFloat16)
-    a.gates_bf16 = bf16_bits(gi.saved.gates);
-  else
-    a.gates = ptr<S>(gi.saved.gates);
+  rows_of(gi.saved.gates, a.gates, a.gates_bf16);
   a.states = ptr<S>(gi.saved.states);
   a.proj_in = ptr<S>(gi.saved.proj_in);
   a.dy = ptr<S>(gi.grad_output);
