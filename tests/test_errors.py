@@ -158,6 +158,25 @@ def test_cell_errors_match_torch_nn(name, case):
     ref, fused = _pair(name, 4, 8)
     x, hx = CELL_CASES[case](name)
     assert_same_error(lambda: ref(x, hx), lambda: fused(x, hx))
+    # The cells put torch.nn's words on what their operator rejected: the
+    # user is shown that error alone, not chained to the operator's.
+    with pytest.raises(Exception) as raised:
+        fused(x, hx)
+    assert raised.value.__context__ is None or raised.value.__suppress_context__
+
+
+@pytest.mark.parametrize("case", ["wrong input size", "hx batch mismatch", "hx hidden size", "input dtype"])
+@pytest.mark.parametrize("name", ["LSTMCell", "GRUCell", "RNNCell"])
+def test_cell_errors_under_compile_match_torch_nn(name, case):
+    """torch.compile traces a cell's operator without running it: the checks
+    that otherwise wait for the operator to raise run before it there."""
+    ref, fused = _pair(name, 4, 8)
+    x, hx = CELL_CASES[case](name)
+    compiled = torch.compile(fused, backend="eager")
+    try:
+        assert_same_error(lambda: ref(x, hx), lambda: compiled(x, hx))
+    finally:
+        torch._dynamo.reset()
 
 
 LSTM_STATE_CASES = {
