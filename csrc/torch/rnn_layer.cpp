@@ -236,19 +236,31 @@ ForwardResult layer_forward(const LayerInputs& in0, bool training, const char* o
   const auto acc_opts = opts.dtype(compute_dtype(in.input.scalar_type()));
   const bool lstm = in.cell.kind == CellKind::kLstm;
 
+  // The [0]-sized results that no operator of this cell returns (ops.cpp) share
+  // one tensor: c_n but for LSTM; RNN's saved tensors; the LSTM cell's states
+  // (its c_n serves) and proj_in (it has no projection); GRU's proj_in.
+  const bool rnn = in.cell.kind == CellKind::kRnnTanh || in.cell.kind == CellKind::kRnnRelu;
+  Tensor shared;
+  const auto unreturned = [&] {
+    if (!shared.defined()) shared = empty0(in.input);
+    return shared;
+  };
   ForwardResult out;
   out.h_n = at::empty({g.N, g.P}, opts);
   out.output = cell ? out.h_n.view({1, g.N, g.P})
                : g.packed ? layer_empty({g.R, g.P}, opts)
                           : layer_empty({g.T, g.N, g.P}, opts);
-  out.c_n = lstm ? at::empty({g.N, g.H}, opts) : empty0(in.input);
+  out.c_n = lstm ? at::empty({g.N, g.H}, opts) : unreturned();
   const int64_t gate_cols = cpu::saved_gate_cols(in.cell, g.H);
-  out.saved.gates =
-      training && gate_cols > 0 ? layer_empty({g.R, gate_cols}, opts) : empty0(in.input);
+  out.saved.gates = training && gate_cols > 0 ? layer_empty({g.R, gate_cols}, opts)
+                    : rnn                     ? unreturned()
+                                              : empty0(in.input);
   out.saved.states = training && cpu::saves_states(in.cell) ? layer_empty({g.R, g.H}, acc_opts)
-                                                             : at::empty({0}, acc_opts);
-  out.saved.proj_in =
-      training && in.w_hr.has_value() ? layer_empty({g.R, g.H}, opts) : empty0(in.input);
+                     : rnn || (lstm && cell)                ? unreturned()
+                                                            : at::empty({0}, acc_opts);
+  out.saved.proj_in = training && in.w_hr.has_value() ? layer_empty({g.R, g.H}, opts)
+                      : lstm && !cell                 ? empty0(in.input)
+                                                      : unreturned();
   if (g.R == 0) {  // no step or no row: the state passes through
     out.h_n.copy_(in.h0);
     if (lstm) out.c_n.copy_(*in.c0);
