@@ -645,10 +645,10 @@ class LSTMCell(_CellBase):
         else:
             hx = (hx[0].unsqueeze(0), hx[1].unsqueeze(0)) if not is_batched else hx
         _check_two_states(hx, "lstm_cell")
-        h, c = _checked_step(self, input, hx, lambda: F.lstm_cell(
-            input, hx[0], hx[1], self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh,
-            getattr(self, "weight_ch", None), self.coupled_gates,
-        ))
+        h, c = _checked_step(
+            self, input, hx, F.lstm_cell, input, hx[0], hx[1], self.weight_ih, self.weight_hh,
+            self.bias_ih, self.bias_hh, getattr(self, "weight_ch", None), self.coupled_gates,
+        )
         if not is_batched:
             return h.squeeze(0), c.squeeze(0)
         return h, c
@@ -696,21 +696,21 @@ def _single_state_cell(cell, name, input, hx, step):
         hx = torch.zeros(input.size(0), cell.hidden_size, dtype=input.dtype, device=input.device)
     else:
         hx = hx.unsqueeze(0) if not is_batched else hx
-    h = _checked_step(cell, input, (hx,), lambda: step(input, hx))
+    h = _checked_step(cell, input, (hx,), step, input, hx)
     return h if is_batched else h.squeeze(0)
 
 
-def _checked_step(cell, input, hx, step):
-    """step(), whose operator checks its arguments, with torch.nn's words for
+def _checked_step(cell, input, hx, step, *args):
+    """step(*args), whose operator checks its arguments, with torch.nn's words for
     what it rejects. cell._check runs only once the operator has raised: a
     cell runs once per time step, and run first its checks took 13% of a call
     at N=1, H=64. Under torch.compile, which traces the operator without
     running it, they run first."""
     if torch.compiler.is_compiling():
         cell._check(input, hx)
-        return step()
+        return step(*args)
     try:
-        return step()
+        return step(*args)
     except Exception:
         try:
             cell._check(input, hx)
