@@ -15,13 +15,14 @@ the modules.
 
 from __future__ import annotations
 
+import sys
 from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import _composite, reference
+from . import _composite, _onnx, reference
 from ._ops import ops
 
 __all__ = ["lstm", "gru", "rnn", "lstm_cell", "gru_cell", "rnn_cell"]
@@ -66,6 +67,11 @@ def _checked_stack(name: str, weights, width: int, hx: Sequence[Tensor], num_lay
                 f"first dimension, got shape {list(h.shape)}"
             )
     return weights if full else [tuple(w) + (None,) * (width - len(w)) for w in weights]
+
+
+# Cells run once a step: they test for an ONNX export inline, where torch.onnx
+# was never imported at the cost of a dictionary lookup.
+_ONNX = "torch.onnx"
 
 
 def _is_relu(nonlinearity: str, cell: bool) -> bool:
@@ -120,19 +126,20 @@ def _lstm(input, hx, weights, num_layers, bidirectional, batch_sizes, dropout, t
     h0, c0 = hx
     training = _needs_grad(input, h0, c0, *_flat(weights))
     composite = _composite.wanted(input, h0, c0, *_flat(weights))
+    onnx = _onnx.exporting()
     D = 2 if bidirectional else 1
     h_n: List[Tensor] = []
     c_n: List[Tensor] = []
 
     def run(x, layer, d):
         k = layer * D + d
-        w_ih, w_hh, b_ih, b_hh, w_ch, w_hr = weights[k]
+        args = (x, batch_sizes, h0[k], c0[k], *weights[k], coupled, d == 1)
         if composite:
-            y, h, c = _composite.lstm(x, batch_sizes, h0[k], c0[k], w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, coupled, d == 1)
+            y, h, c = _composite.lstm(*args)
+        elif onnx:
+            y, h, c = _onnx.lstm(*args, (ops.lstm_forward, args + (training,)))
         else:
-            y, h, c, *_ = ops.lstm_forward(
-                x, batch_sizes, h0[k], c0[k], w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, coupled, d == 1, training
-            )
+            y, h, c, *_ = ops.lstm_forward(*args, training)
         h_n.append(h)
         c_n.append(c)
         return y
@@ -161,15 +168,19 @@ def gru(
 def _gru(input, hx, weights, num_layers, bidirectional, batch_sizes, dropout, train, reset_after):
     training = _needs_grad(input, hx, *_flat(weights))
     composite = _composite.wanted(input, hx, *_flat(weights))
+    onnx = _onnx.exporting()
     D = 2 if bidirectional else 1
     h_n: List[Tensor] = []
 
     def run(x, layer, d):
         k = layer * D + d
+        args = (x, batch_sizes, hx[k], *weights[k], reset_after, d == 1)
         if composite:
-            y, h = _composite.gru(x, batch_sizes, hx[k], *weights[k], reset_after, d == 1)
+            y, h = _composite.gru(*args)
+        elif onnx:
+            y, h = _onnx.gru(*args, (ops.gru_forward, args + (training,)))
         else:
-            y, h, *_ = ops.gru_forward(x, batch_sizes, hx[k], *weights[k], reset_after, d == 1, training)
+            y, h, *_ = ops.gru_forward(*args, training)
         h_n.append(h)
         return y
 
@@ -199,11 +210,13 @@ def _rnn(input, hx, weights, num_layers, bidirectional, batch_sizes, dropout, tr
     relu = nonlinearity == "relu"
     D = 2 if bidirectional else 1
     forward = _composite.rnn if _composite.wanted(input, hx, *_flat(weights)) else ops.rnn_forward
+    onnx = forward is ops.rnn_forward and _onnx.exporting()
     h_n: List[Tensor] = []
 
     def run(x, layer, d):
         k = layer * D + d
-        y, h = forward(x, batch_sizes, hx[k], *weights[k], relu, d == 1)
+        args = (x, batch_sizes, hx[k], *weights[k], relu, d == 1)
+        y, h = _onnx.rnn(*args, (forward, args)) if onnx else forward(*args)
         h_n.append(h)
         return y
 
@@ -216,6 +229,9 @@ def lstm_cell(input, hx, cx, w_ih, w_hh, b_ih=None, b_hh=None, w_ch=None, couple
     if _composite.wanted(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_ch):
         return _composite.lstm_cell(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_ch, coupled)
     training = _needs_grad(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_ch)
+    if _ONNX in sys.modules and _onnx.exporting():
+        args = (input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_ch, coupled)
+        return _onnx.lstm_cell(*args, (ops.lstm_cell_forward, args + (training,)))
     h, c, _ = ops.lstm_cell_forward(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_ch, coupled, training)
     return h, c
 
@@ -225,6 +241,9 @@ def gru_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, reset_after=True):
     if _composite.wanted(input, hx, w_ih, w_hh, b_ih, b_hh):
         return _composite.gru_cell(input, hx, w_ih, w_hh, b_ih, b_hh, reset_after)
     training = _needs_grad(input, hx, w_ih, w_hh, b_ih, b_hh)
+    if _ONNX in sys.modules and _onnx.exporting():
+        args = (input, hx, w_ih, w_hh, b_ih, b_hh, reset_after)
+        return _onnx.gru_cell(*args, (ops.gru_cell_forward, args + (training,)))
     return ops.gru_cell_forward(input, hx, w_ih, w_hh, b_ih, b_hh, reset_after, training)[0]
 
 
@@ -233,4 +252,7 @@ def rnn_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh"):
     relu = _is_relu(nonlinearity, cell=True)
     if _composite.wanted(input, hx, w_ih, w_hh, b_ih, b_hh):
         return _composite.rnn_cell(input, hx, w_ih, w_hh, b_ih, b_hh, relu)
+    if _ONNX in sys.modules and _onnx.exporting():
+        args = (input, hx, w_ih, w_hh, b_ih, b_hh, relu)
+        return _onnx.rnn_cell(*args, (ops.rnn_cell_forward, args))
     return ops.rnn_cell_forward(input, hx, w_ih, w_hh, b_ih, b_hh, relu)

@@ -14,8 +14,10 @@ import sys
 
 REQUIRED = {"ninja": "ninja", "numpy": "numpy", "pytest": "pytest", "hypothesis": "hypothesis",
             "setuptools": "setuptools", "wheel": "wheel"}
-# Without these, only the benchmark's plots are missing.
-OPTIONAL = {"matplotlib": "matplotlib"}
+# Without these, the benchmark's plots are missing, or the ONNX export tests
+# skip (tests/test_onnx.py: onnx, the dynamo exporter's onnxscript, and
+# onnxruntime, which runs the exported models).
+OPTIONAL = {"matplotlib": "matplotlib", "onnx": "onnx", "onnxscript": "onnxscript", "onnxruntime": "onnxruntime"}
 
 
 def pip(*args):
@@ -41,7 +43,7 @@ def main():
             try:
                 pip(pkg)
             except subprocess.CalledProcessError:
-                print(f"ensure_deps: could not install {pkg}; the benchmark will skip its plots", flush=True)
+                print(f"ensure_deps: could not install {pkg}; what needs it is skipped", flush=True)
 
 
 if __name__ == "__main__":
