@@ -137,6 +137,24 @@ def test_jit_trace_matches_eager_and_trains(name):
         torch.testing.assert_close(g, p.grad, rtol=0, atol=0)
 
 
+class _LeafTracer(torch.fx.Tracer):
+    """The Tracer subclass the README gives for torch.fx.symbolic_trace."""
+
+    def is_leaf_module(self, m, qualname):
+        return isinstance(m, (fusedrnn.LSTM, fusedrnn.GRU, fusedrnn.RNN, fusedrnn.LSTMCell, fusedrnn.GRUCell,
+                              fusedrnn.RNNCell)) or super().is_leaf_module(m, qualname)
+
+
+@pytest.mark.parametrize("name", ALL_MODULES)
+def test_fx_trace_with_the_modules_as_leaves(name):
+    m, x = _module_and_input(name)
+    model = nn.Sequential(nn.Linear(6, 6), m)
+    graph = _LeafTracer().trace(model)
+    assert any(n.op == "call_module" and n.target == "1" for n in graph.nodes)
+    traced = torch.fx.GraphModule(model, graph)
+    torch.testing.assert_close(_first(traced(x)), _first(model(x)), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("name", ALL_MODULES)
 def test_autocast_cpu_bfloat16(name):
     m, x = _module_and_input(name)
