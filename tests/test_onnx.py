@@ -65,6 +65,14 @@ def _run(session, *tensors):
         i.name: t.numpy() for i, t in zip(session.get_inputs(), tensors)})]
 
 
+def _assert_matches(got, reference_out):
+    """The ONNX Runtime outputs against the reference's (outputs, states)."""
+    want = _flat(reference_out)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+
+
 def _node_types(model):
     return sorted({n.op_type for n in model.graph.node})
 
@@ -83,11 +91,7 @@ def test_layers_export_to_standard_nodes_that_match_the_reference(name, dynamo, 
     assert node in _node_types(model)
     assert sum(n.op_type == node for n in model.graph.node) == L * D
     assert not any(n.domain not in ("", "ai.onnx") for n in model.graph.node)
-    got = _run(session, x, *_flat(hx))
-    want = _flat(reference.forward(m, x, hx))
-    assert len(got) == len(want)
-    for g, w in zip(got, want):
-        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+    _assert_matches(_run(session, x, *_flat(hx)), reference.forward(m, x, hx))
 
 
 @pytest.mark.parametrize("dynamo", EXPORTERS)
@@ -98,11 +102,7 @@ def test_cells_export_to_one_step_nodes_that_match_the_reference(name, dynamo, t
     hx = (h, c) if isinstance(m, fusedrnn.LSTMCell) else h
     model, session = _export(m, (x, hx), tmp_path / "c.onnx", dynamo)
     assert {"LSTM", "GRU", "RNN"} & set(_node_types(model))
-    got = _run(session, x, *_flat(hx))
-    want = _flat(reference.cell_forward(m, x, hx))
-    assert len(got) == len(want)
-    for g, w in zip(got, want):
-        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+    _assert_matches(_run(session, x, *_flat(hx)), reference.cell_forward(m, x, hx))
 
 
 @pytest.mark.parametrize("dynamo", EXPORTERS)
@@ -118,10 +118,7 @@ def test_export_with_dynamic_batch_and_length(dynamo, tmp_path):
     _, session = _export(m, (x, (h, c)), tmp_path / "d.onnx", dynamo, **names, **kwargs)
     for n, t in ((2, 9), (5, 1)):
         x, h, c = torch.randn(n, t, 5), torch.randn(4, n, 7), torch.randn(4, n, 7)
-        got = _run(session, x, h, c)
-        want = _flat(reference.forward(m, x, (h, c)))
-        for g, w in zip(got, want):
-            torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+        _assert_matches(_run(session, x, h, c), reference.forward(m, x, (h, c)))
 
 
 @pytest.mark.parametrize("dynamo", EXPORTERS)
