@@ -105,6 +105,15 @@ def test_cells_export_to_one_step_nodes_that_match_the_reference(name, dynamo, t
     _assert_matches(_run(session, x, *_flat(hx)), reference.cell_forward(m, x, hx))
 
 
+@pytest.mark.parametrize("dynamo,opset", [(True, 17), (True, 18), (False, 14), (False, 17)])
+def test_export_at_other_opsets(dynamo, opset, tmp_path):
+    m = _module(lambda: fusedrnn.LSTM(5, 7, bidirectional=True, peephole=True, coupled_gates=True))
+    x = torch.randn(6, 3, 5)
+    model, session = _export(m, (x,), tmp_path / "o.onnx", dynamo, opset_version=opset)
+    assert {o.version for o in model.opset_import if o.domain in ("", "ai.onnx")} == {opset}
+    _assert_matches(_run(session, x), reference.forward(m, x))
+
+
 @pytest.mark.parametrize("dynamo", EXPORTERS)
 def test_export_with_dynamic_batch_and_length(dynamo, tmp_path):
     m = _module(lambda: fusedrnn.LSTM(5, 7, num_layers=2, bidirectional=True, batch_first=True, peephole=True))
@@ -153,10 +162,8 @@ def _message_chain(error):
 
 @pytest.mark.parametrize("dynamo", EXPORTERS)
 def test_export_refuses_what_onnx_cannot_express(dynamo, tmp_path):
-    # The TorchScript exporter passes fusedrnn's error on. The dynamo exporter
-    # retries a refused non-strict capture with a strict one, in which
-    # torch.onnx.is_in_onnx_export() is False: it reports fusedrnn's error where
-    # that capture fails too, else the fused operator it cannot translate.
+    # Both exporters pass fusedrnn's error on (the dynamo exporter retries a
+    # refused non-strict capture with a strict one, which refuses too).
     class Packed(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -174,7 +181,7 @@ def test_export_refuses_what_onnx_cannot_express(dynamo, tmp_path):
         with pytest.raises(Exception) as raised:
             _export(m, args, tmp_path / "r.onnx", dynamo)
         message = _message_chain(raised.value)
-        assert words in message or (dynamo and f"fusedrnn.{op}" in message), message
+        assert words in message and f"fusedrnn.{op}" not in message, message
 
 
 def test_eager_calls_take_the_fused_operators_after_an_export(tmp_path):
