@@ -7,6 +7,7 @@ a plain-PyTorch reference and test helpers.
 
 from . import _ops  # loads the compiled operators and their fake kernels
 from . import functional, reference, testing
+from ._onnx import translation_table as onnx_translation_table
 from ._ops import backend_info
 from ._version import __version__
 from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell, convert
@@ -23,5 +24,6 @@ __all__ = [
     "reference",
     "testing",
     "backend_info",
+    "onnx_translation_table",
     "__version__",
 ]

@@ -13,13 +13,15 @@ runtime runs. Every variant maps onto the standard operators exactly:
   and 0 (before);
 - the RNN's nonlinearity is the node's activation.
 
-The weights are put into ONNX's gate order (LSTM i, o, f, c; GRU z, r, h) by
-torch operations on the parameters, which both exporters fold into constants.
-The node itself comes from ``torch.onnx.ops.symbolic_multi_out`` under the
-dynamo exporter (``dynamo=True``, the default), and from the ``symbolic`` of an
-autograd.Function under the TorchScript exporter (``dynamo=False``); the
-latter's forward returns the results of the fused operators, which the trace
-needs for its shapes.
+One mapping serves two backends. Exporting a module, the forward (through
+fusedrnn.functional) puts the weights into ONNX's gate order (LSTM i, o, f, c;
+GRU z, r, h) by torch operations, which both exporters fold into constants, and
+emits the node through ``torch.onnx.ops.symbolic_multi_out`` under the dynamo
+exporter (``dynamo=True``, the default), or through the ``symbolic`` of an
+autograd.Function under the TorchScript exporter (``dynamo=False``), whose
+forward returns the fused operators' results, which the trace needs. A program
+captured before the export holds the fused operators themselves:
+translation_table() gives their translations in ONNX Script operations.
 
 ONNX has no LSTM with a projection and its operators take padded sequences:
 ``proj_size > 0`` and ``PackedSequence`` inputs raise an error.
@@ -28,10 +30,9 @@ ONNX has no LSTM with a projection and its operators take padded sequences:
 from __future__ import annotations
 
 import sys
-from typing import Optional, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import torch
-from torch import Tensor
 
 # Gate blocks of the ONNX operators, as (block of fusedrnn's layout, sign).
 _LSTM = ((0, 1), (3, 1), (1, 1), (2, 1))  # i f g o -> i o f c
@@ -77,27 +78,30 @@ def _flags_reader():
     return lambda: _flags._is_onnx_exporting or GLOBALS.in_onnx_export
 
 
-def _regroup(t: Optional[Tensor], blocks: Sequence[Tuple[int, int]], parts: int) -> Optional[Tensor]:
+def _regroup(b, t, blocks: Sequence[Tuple[int, int]], parts: int):
+    """t's `parts` gate blocks along dim 0, in the order and with the signs of
+    `blocks`, through backend b."""
     if t is None:
         return None
-    # narrow, not chunk: the dynamo exporter folds these into the weights' constants,
-    # where it keeps a chunk as a Split node, in opset 18's form even at lower opsets.
-    n = t.shape[0] // parts
-    rows = [t.narrow(0, b * n, n) for b, _ in blocks]
-    return torch.cat([r if sign > 0 else -r for r, (_, sign) in zip(rows, blocks)], dim=0)
+    # Rows cut by narrow, not chunk: the dynamo exporter folds these into the
+    # weights' constants, where it keeps a chunk as a Split node, in opset 18's
+    # form even at lower opsets.
+    n = b.rows(t) // parts
+    rows = [b.narrow(t, i * n, n) for i, _ in blocks]
+    return b.cat([r if sign > 0 else b.neg(r) for r, (_, sign) in zip(rows, blocks)])
 
 
-def _bias(b_ih: Optional[Tensor], b_hh: Optional[Tensor], blocks, parts: int) -> Optional[Tensor]:
+def _bias(b, b_ih, b_hh, blocks, parts: int):
     if b_ih is None and b_hh is None:
         return None
-    wb = _regroup(b_ih, blocks, parts)
-    rb = _regroup(b_hh, blocks, parts)
-    wb = torch.zeros_like(rb) if wb is None else wb
-    rb = torch.zeros_like(wb) if rb is None else rb
-    return torch.cat([wb, rb]).unsqueeze(0)
+    wb = _regroup(b, b_ih, blocks, parts)
+    rb = _regroup(b, b_hh, blocks, parts)
+    wb = b.zeros_like(rb) if wb is None else wb
+    rb = b.zeros_like(wb) if rb is None else rb
+    return b.unsqueeze0(b.cat([wb, rb]))
 
 
-def _unsupported_packed(batch_sizes: Optional[Tensor]) -> None:
+def _unsupported_packed(batch_sizes) -> None:
     if batch_sizes is not None:
         raise RuntimeError(
             "fusedrnn: ONNX export takes padded sequences; a PackedSequence input has no ONNX form here "
@@ -129,49 +133,97 @@ def _torchscript_none(g):
     return none
 
 
-def _node(op_type: str, inputs, attrs: dict, shapes, dtype, fused) -> Sequence[Tensor]:
-    """Emits the ONNX node op_type with outputs of the given shapes. fused =
-    (fn, args): fn(*args) runs the fused operators and returns their results in
-    those shapes, which the TorchScript trace needs."""
-    if torch.jit.is_tracing():
-        fn, args = fused
-        return _TorchScriptNode.apply(op_type, tuple(attrs.items()), len(inputs), fn, *inputs, *args)
-    symbolic = getattr(getattr(torch.onnx, "ops", None), "symbolic_multi_out", None)
-    if symbolic is None:
-        raise RuntimeError(
-            f"fusedrnn: ONNX export with the dynamo exporter needs torch.onnx.ops.symbolic_multi_out, which "
-            f"torch {torch.__version__} lacks; export with torch.onnx.export(..., dynamo=False)"
-        )
-    return symbolic(op_type, list(inputs), attrs, dtypes=[dtype] * len(shapes), shapes=shapes)
+class _Torch:
+    """Backend of the modules' forward under torch.onnx.export: torch operations,
+    and the node from torch.onnx.ops.symbolic_multi_out (dynamo) or from
+    _TorchScriptNode. fused = (fn, args): fn(*args) runs the fused operators,
+    whose results (y, h_n[, c_n]) the TorchScript trace needs."""
+
+    def __init__(self, fused):
+        self.fused = fused
+
+    rows = staticmethod(lambda t: t.shape[0])
+    narrow = staticmethod(lambda t, start, n: t.narrow(0, start, n))
+    neg = staticmethod(torch.neg)
+    cat = staticmethod(lambda ts: torch.cat(ts, dim=0))
+    zeros_like = staticmethod(torch.zeros_like)
+    unsqueeze0 = staticmethod(lambda t: t.unsqueeze(0))
+    squeeze = staticmethod(lambda t, dim: t.squeeze(dim))
+
+    def node(self, op_type, inputs, attrs, x, h0):
+        T, N, H = x.shape[0], x.shape[1], h0.shape[-1]
+        shapes = [[T, 1, N, H]] + [[1, N, H]] * (2 if op_type == "LSTM" else 1)
+        fn, args = self.fused
+        if torch.jit.is_tracing():
+            def onnx_shaped(*args):
+                y, *states = fn(*args)[:len(shapes)]
+                return [y.unsqueeze(1)] + [s.unsqueeze(0) for s in states]
+
+            return _TorchScriptNode.apply(op_type, tuple(attrs.items()), len(inputs), onnx_shaped, *inputs, *args)
+        symbolic = getattr(getattr(torch.onnx, "ops", None), "symbolic_multi_out", None)
+        if symbolic is None:
+            raise RuntimeError(
+                f"fusedrnn: ONNX export with the dynamo exporter needs torch.onnx.ops.symbolic_multi_out, which "
+                f"torch {torch.__version__} lacks; export with torch.onnx.export(..., dynamo=False)"
+            )
+        return symbolic(op_type, list(inputs), attrs, dtypes=[x.dtype] * len(shapes), shapes=shapes)
 
 
-def _run(op_type, x, h0, c0, w, r, b, p, attrs, fused):
-    """One node over x [T, N, C] from h0 (and c0 for the LSTM) [N, H]; fused()
-    returns the fused operators' (y [T, N, H], h_n [N, H] (, c_n)). Returns
-    the same from the node."""
-    T, N, H = x.shape[0], x.shape[1], h0.shape[-1]
-    lstm = c0 is not None
-    inputs = [x, w.unsqueeze(0), r.unsqueeze(0), b, None, h0.unsqueeze(0)]
-    if lstm:
-        inputs += [c0.unsqueeze(0), None if p is None else p.unsqueeze(0)]
-    shapes = [[T, 1, N, H], [1, N, H]] + ([[1, N, H]] if lstm else [])
+class _Script:
+    """Backend of the operators' translations (translation_table): ONNX Script
+    operations on the exporter's symbolic tensors."""
 
-    fn, args = fused
+    def __init__(self):
+        from onnxscript import opset18
 
-    def onnx_shaped(*args):
-        y, *states = fn(*args)[:len(shapes)]
-        return [y.unsqueeze(1)] + [s.unsqueeze(0) for s in states]
+        self.op = opset18
 
-    outs = _node(op_type, inputs, dict(attrs, hidden_size=int(H)), shapes, x.dtype, (onnx_shaped, args))
-    return (outs[0].squeeze(1),) + tuple(o.squeeze(0) for o in outs[1:])
+    def _ints(self, *v):
+        return self.op.Constant(value_ints=list(v))
+
+    def rows(self, t):
+        return t.shape[0]
+
+    def narrow(self, t, start, n):
+        return self.op.Slice(t, self._ints(start), self._ints(start + n), self._ints(0))
+
+    def neg(self, t):
+        return self.op.Neg(t)
+
+    def cat(self, ts):
+        return self.op.Concat(*ts, axis=0)
+
+    def zeros_like(self, t):
+        return self.op.CastLike(self.op.ConstantOfShape(self.op.Shape(t)), t)
+
+    def unsqueeze0(self, t):
+        return self.op.Unsqueeze(t, self._ints(0))
+
+    def squeeze(self, t, dim):
+        return self.op.Squeeze(t, self._ints(dim))
+
+    def node(self, op_type, inputs, attrs, x, h0):
+        return getattr(self.op, op_type)(*inputs, **attrs)
+
+    def empty(self, like):
+        return self.op.CastLike(self.op.Constant(value_floats=[]), like)
+
+
+def _run(b, op_type, x, h0, c0, w, r, bias, p, attrs, hidden):
+    """One node over x [T, N, C] from h0 (and c0 for the LSTM) [N, H]; returns
+    (y [T, N, H], h_n [N, H](, c_n))."""
+    inputs = [x, b.unsqueeze0(w), b.unsqueeze0(r), bias, None, b.unsqueeze0(h0)]
+    if c0 is not None:
+        inputs += [b.unsqueeze0(c0), None if p is None else b.unsqueeze0(p)]
+    outs = b.node(op_type, inputs, dict(attrs, hidden_size=int(hidden)), x, h0)
+    return (b.squeeze(outs[0], 1),) + tuple(b.squeeze(o, 0) for o in outs[1:])
 
 
 def _direction(reverse: bool) -> dict:
     return {"direction": "reverse" if reverse else "forward"}
 
 
-def lstm(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, coupled, reverse, fused):
-    """One LSTM layer and direction as an ONNX LSTM node."""
+def _lstm(b, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, coupled, reverse):
     _unsupported_packed(batch_sizes)
     if w_hr is not None:
         raise RuntimeError(
@@ -181,26 +233,44 @@ def lstm(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, coupled, re
     blocks, parts = (_LSTM_COUPLED, 3) if coupled else (_LSTM, 4)
     peephole = _PEEPHOLE_COUPLED if coupled else _PEEPHOLE
     return _run(
-        "LSTM", x, h0, c0, _regroup(w_ih, blocks, parts), _regroup(w_hh, blocks, parts),
-        _bias(b_ih, b_hh, blocks, parts), _regroup(w_ch, peephole, parts - 1), _direction(reverse), fused,
+        b, "LSTM", x, h0, c0, _regroup(b, w_ih, blocks, parts), _regroup(b, w_hh, blocks, parts),
+        _bias(b, b_ih, b_hh, blocks, parts), _regroup(b, w_ch, peephole, parts - 1), _direction(reverse),
+        w_hh.shape[1],
     )
+
+
+def _gru(b, x, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reset_after, reverse):
+    _unsupported_packed(batch_sizes)
+    attrs = dict(_direction(reverse), linear_before_reset=int(reset_after))
+    return _run(
+        b, "GRU", x, h0, None, _regroup(b, w_ih, _GRU, 3), _regroup(b, w_hh, _GRU, 3),
+        _bias(b, b_ih, b_hh, _GRU, 3), None, attrs, w_hh.shape[1],
+    )
+
+
+def _rnn(b, x, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse):
+    _unsupported_packed(batch_sizes)
+    attrs = dict(_direction(reverse), activations=["Relu" if relu else "Tanh"])
+    return _run(b, "RNN", x, h0, None, w_ih, w_hh, _bias(b, b_ih, b_hh, ((0, 1),), 1), None, attrs, w_hh.shape[1])
+
+
+# The modules' forward under torch.onnx.export (fusedrnn.functional): the same
+# arguments as the operators, and fused = (operator, its arguments).
+
+
+def lstm(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, coupled, reverse, fused):
+    """One LSTM layer and direction as an ONNX LSTM node."""
+    return _lstm(_Torch(fused), x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, coupled, reverse)
 
 
 def gru(x, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reset_after, reverse, fused):
     """One GRU layer and direction as an ONNX GRU node."""
-    _unsupported_packed(batch_sizes)
-    attrs = dict(_direction(reverse), linear_before_reset=int(reset_after))
-    return _run(
-        "GRU", x, h0, None, _regroup(w_ih, _GRU, 3), _regroup(w_hh, _GRU, 3), _bias(b_ih, b_hh, _GRU, 3),
-        None, attrs, fused,
-    )
+    return _gru(_Torch(fused), x, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reset_after, reverse)
 
 
 def rnn(x, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse, fused):
     """One Elman RNN layer and direction as an ONNX RNN node."""
-    _unsupported_packed(batch_sizes)
-    attrs = dict(_direction(reverse), activations=["Relu" if relu else "Tanh"])
-    return _run("RNN", x, h0, None, w_ih, w_hh, _bias(b_ih, b_hh, ((0, 1),), 1), None, attrs, fused)
+    return _rnn(_Torch(fused), x, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse)
 
 
 def _step(fn):
@@ -211,18 +281,71 @@ def _step(fn):
 def lstm_cell(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_ch, coupled, fused):
     """One LSTM step as a one-step ONNX LSTM node; returns (h', c')."""
     fn, args = fused
-    return lstm(input.unsqueeze(0), None, hx, cx, w_ih, w_hh, b_ih, b_hh, w_ch, None, coupled, False,
-                (_step(fn), args))[1:]
+    b = _Torch((_step(fn), args))
+    return _lstm(b, b.unsqueeze0(input), None, hx, cx, w_ih, w_hh, b_ih, b_hh, w_ch, None, coupled, False)[1:]
 
 
 def gru_cell(input, hx, w_ih, w_hh, b_ih, b_hh, reset_after, fused):
     """One GRU step as a one-step ONNX GRU node; returns h'."""
     fn, args = fused
-    return gru(input.unsqueeze(0), None, hx, w_ih, w_hh, b_ih, b_hh, reset_after, False, (_step(fn), args))[1]
+    b = _Torch((_step(fn), args))
+    return _gru(b, b.unsqueeze0(input), None, hx, w_ih, w_hh, b_ih, b_hh, reset_after, False)[1]
 
 
 def rnn_cell(input, hx, w_ih, w_hh, b_ih, b_hh, relu, fused):
     """One Elman step as a one-step ONNX RNN node; returns h'."""
     fn, args = fused
-    return rnn(input.unsqueeze(0), None, hx, w_ih, w_hh, b_ih, b_hh, relu, False,
-               (_step(lambda *a: (fn(*a),)), args))[1]
+    b = _Torch((_step(lambda *a: (fn(*a),)), args))
+    return _rnn(b, b.unsqueeze0(input), None, hx, w_ih, w_hh, b_ih, b_hh, relu, False)[1]
+
+
+# The operators' translations, for a program captured before the export.
+
+
+def _translate_lstm(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, coupled, reverse, training):
+    b = _Script()
+    y, h, c = _lstm(b, input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, coupled, reverse)
+    return y, h, c, b.empty(input), b.empty(input), b.empty(input)
+
+
+def _translate_gru(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reset_after, reverse, training):
+    b = _Script()
+    y, h = _gru(b, input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reset_after, reverse)
+    return y, h, b.empty(input), b.empty(input)
+
+
+def _translate_rnn(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse):
+    return _rnn(_Script(), input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse)
+
+
+def _translate_lstm_cell(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_ch, coupled, training):
+    b = _Script()
+    _, h, c = _lstm(b, b.unsqueeze0(input), None, hx, cx, w_ih, w_hh, b_ih, b_hh, w_ch, None, coupled, False)
+    return h, c, b.empty(input)
+
+
+def _translate_gru_cell(input, hx, w_ih, w_hh, b_ih, b_hh, reset_after, training):
+    b = _Script()
+    h = _gru(b, b.unsqueeze0(input), None, hx, w_ih, w_hh, b_ih, b_hh, reset_after, False)[1]
+    return h, b.empty(input), b.empty(input)
+
+
+def _translate_rnn_cell(input, hx, w_ih, w_hh, b_ih, b_hh, relu):
+    b = _Script()
+    return _rnn(b, b.unsqueeze0(input), None, hx, w_ih, w_hh, b_ih, b_hh, relu, False)[1]
+
+
+def translation_table() -> dict:
+    """The ONNX translations of the forward operators, for
+    ``torch.onnx.export(program, custom_translation_table=...)``: what a
+    program captured before the export (``torch.export.export``) needs, as it
+    holds the fused operators. A module exported directly needs none."""
+    ops = torch.ops.fusedrnn
+    return {
+        ops.lstm_forward.default: _translate_lstm,
+        ops.gru_forward.default: _translate_gru,
+        ops.rnn_forward.default: _translate_rnn,
+        ops.lstm_cell_forward.default: _translate_lstm_cell,
+        ops.gru_cell_forward.default: _translate_gru_cell,
+        ops.rnn_cell_forward.default: _translate_rnn_cell,
+    }

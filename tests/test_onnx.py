@@ -152,6 +152,22 @@ def test_export_of_a_model_with_default_states_and_unbatched_input(dynamo, tmp_p
     torch.testing.assert_close(_run(session, x)[0], m.head(h), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["lstm_peephole_coupled_bidir", "gru_2layer_bidir", "rnn_relu_no_bias_batch_first",
+                                  "lstm_cell_peephole_coupled", "gru_cell_reset_before_no_bias", "rnn_cell_tanh"])
+def test_a_program_captured_before_exports_with_the_translation_table(name, tmp_path):
+    cell = name in CELLS
+    m = _module(CELLS[name] if cell else LAYERS[name])
+    x = torch.randn(4, 5) if cell else (torch.randn(3, 6, 5) if m.batch_first else torch.randn(6, 3, 5))
+    with torch.no_grad():
+        program = torch.export.export(m, (x,))
+    assert any("fusedrnn" in str(n.target) for n in program.graph.nodes)
+    model, session = _export(program, (x,), tmp_path / "p.onnx", True,
+                             custom_translation_table=fusedrnn.onnx_translation_table())
+    assert not any(n.domain not in ("", "ai.onnx") for n in model.graph.node)
+    want = (reference.cell_forward if cell else reference.forward)(m, x)
+    _assert_matches(_run(session, x), want)
+
+
 def _message_chain(error):
     text = []
     while error is not None:
