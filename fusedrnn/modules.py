@@ -9,13 +9,11 @@ GRUCell). Parameters are read at every forward and nothing is cached, so
 ``functional_call``, DDP and FSDP see the module as they see ``torch.nn``'s.
 """
 
-from __future__ import annotations
-
 import copy
 import math
 import numbers
 import warnings
-from typing import List, Optional, Tuple
+from typing import Any, List, Optional, Tuple, overload
 
 import torch
 from torch import Tensor, nn
@@ -23,10 +21,15 @@ from torch.nn.modules.module import _WrappedHook
 from torch.nn.parameter import Parameter
 from torch.nn.utils.rnn import PackedSequence
 
+from . import _script
 from . import functional as F
 from ._ops import ops
 
 __all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "convert"]
+
+# torch.jit.is_scripting, which TorchScript compiles to True: each forward tests
+# it first, and the global name saves two attribute lookups of every eager call.
+_is_scripting = torch.jit.is_scripting
 
 _GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
 _NAME = {"LSTM": "LSTM", "GRU": "GRU", "RNN_TANH": "RNN", "RNN_RELU": "RNN"}
@@ -50,6 +53,8 @@ def _permute(hx, permutation):
 
 class _RNNBase(nn.Module):
     """Shared parts of LSTM, GRU and RNN, following torch.nn.RNNBase."""
+
+    __jit_unused_properties__ = ["all_weights", "_flat_weights"]
 
     def __init__(
         self,
@@ -295,9 +300,11 @@ class _RNNBase(nn.Module):
         zero = torch.zeros((), dtype=input.dtype, device=input.device)
         return zero.expand(self.num_layers * D, max_batch, size)
 
-    def _forward(self, input, hx, run):
-        """Input handling of torch.nn's forward; run(x, hx, batch_sizes) does the
-        time-major work and returns (output, hidden)."""
+    @torch.jit.unused
+    def _forward(self, input: Any, hx: Any) -> Any:
+        """The eager forward: input handling of torch.nn's forward, and
+        self._run(x, hx, batch_sizes), which does the time-major work and
+        returns (output, hidden)."""
         lstm = self.mode == "LSTM"
         name = _NAME[self.mode]
         real_hidden_size = self.proj_size if self.proj_size > 0 else self.hidden_size
@@ -357,7 +364,7 @@ class _RNNBase(nn.Module):
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
 
         x = input.transpose(0, 1) if (batch_sizes is None and self.batch_first) else input
-        output, hidden = run(x, hx, batch_sizes)
+        output, hidden = self._run(x, hx, batch_sizes)
         if batch_sizes is None and self.batch_first:
             output = output.transpose(0, 1)
 
@@ -369,6 +376,31 @@ class _RNNBase(nn.Module):
             output = output.squeeze(0 if self.batch_first else 1)
             hidden = tuple(h.squeeze(1) for h in hidden) if lstm else hidden.squeeze(1)
         return output, hidden
+
+    # -- torch.jit.script (fusedrnn/_script.py) -------------------------------
+
+    def __prepare_scriptable__(self):
+        """Called by torch.jit.script before it compiles the module: the compiled
+        forward reads the weights from a list, as torch.nn's does (TorchScript
+        reads no attribute by a computed name), which this takes now."""
+        weights = self._flat_weights
+        missing = [n for n, w in zip(self._flat_weights_names, weights) if not isinstance(w, Tensor)]
+        if missing:
+            raise RuntimeError(
+                f"{type(self).__name__}: torch.jit.script needs every weight as a tensor; {', '.join(missing)} "
+                "is not one"
+            )
+        self._script_weights = weights
+        return self
+
+    def _script_forward(self, input: Tensor, batch_sizes: Optional[Tensor], sorted_indices: Optional[Tensor],
+                        unsorted_indices: Optional[Tensor], h0: Optional[Tensor], c0: Optional[Tensor]
+                        ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+        return _script.forward(
+            self.mode, input, batch_sizes, sorted_indices, unsorted_indices, h0, c0, self._script_weights,
+            self.input_size, self.hidden_size, self.proj_size, self.num_layers, self.bias, self.batch_first,
+            self.dropout, self.training, self.bidirectional, self.peephole, self.coupled_gates, self.reset_after,
+        )
 
     # -- conversion ----------------------------------------------------------
 
@@ -446,15 +478,38 @@ class LSTM(_RNNBase):
             hidden[1], self.get_expected_cell_size(input, batch_sizes), "Expected hidden[1] size {}, got {}"
         )
 
-    def forward(self, input, hx=None):
-        def run(x, hx, batch_sizes):
-            out, h, c = F._lstm(
-                x, hx, self._layer_weights(), self.num_layers, self.bidirectional, batch_sizes,
-                self.dropout, self.training, self.coupled_gates,
-            )
-            return out, (h, c)
+    @overload
+    @torch._jit_internal._overload_method
+    def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None
+                ) -> Tuple[Tensor, Tuple[Tensor, Tensor]]: ...
 
-        return self._forward(input, hx, run)
+    @overload
+    @torch._jit_internal._overload_method
+    def forward(self, input: PackedSequence, hx: Optional[Tuple[Tensor, Tensor]] = None
+                ) -> Tuple[PackedSequence, Tuple[Tensor, Tensor]]: ...
+
+    def forward(self, input, hx=None):
+        if not _is_scripting():
+            return self._forward(input, hx)
+        h0: Optional[Tensor] = None
+        c0: Optional[Tensor] = None
+        if hx is not None:
+            h0, c0 = hx
+        if isinstance(input, PackedSequence):
+            out, h, c = self._script_forward(input.data, input.batch_sizes, input.sorted_indices,
+                                             input.unsorted_indices, h0, c0)
+            assert c is not None
+            return PackedSequence(out, input.batch_sizes, input.sorted_indices, input.unsorted_indices), (h, c)
+        out, h, c = self._script_forward(input, None, None, None, h0, c0)
+        assert c is not None
+        return out, (h, c)
+
+    def _run(self, x, hx, batch_sizes):
+        out, h, c = F._lstm(
+            x, hx, self._layer_weights(), self.num_layers, self.bidirectional, batch_sizes,
+            self.dropout, self.training, self.coupled_gates,
+        )
+        return out, (h, c)
 
 
 class GRU(_RNNBase):
@@ -468,14 +523,29 @@ class GRU(_RNNBase):
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         super().__init__("GRU", *args, reset_after=reset_after, **kwargs)
 
-    def forward(self, input, hx=None):
-        def run(x, hx, batch_sizes):
-            return F._gru(
-                x, hx, self._layer_weights(), self.num_layers, self.bidirectional, batch_sizes,
-                self.dropout, self.training, self.reset_after,
-            )
+    @overload
+    @torch._jit_internal._overload_method
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]: ...
 
-        return self._forward(input, hx, run)
+    @overload
+    @torch._jit_internal._overload_method
+    def forward(self, input: PackedSequence, hx: Optional[Tensor] = None) -> Tuple[PackedSequence, Tensor]: ...
+
+    def forward(self, input, hx=None):
+        if not _is_scripting():
+            return self._forward(input, hx)
+        if isinstance(input, PackedSequence):
+            out, h, _ = self._script_forward(input.data, input.batch_sizes, input.sorted_indices,
+                                             input.unsorted_indices, hx, None)
+            return PackedSequence(out, input.batch_sizes, input.sorted_indices, input.unsorted_indices), h
+        out, h, _ = self._script_forward(input, None, None, None, hx, None)
+        return out, h
+
+    def _run(self, x, hx, batch_sizes):
+        return F._gru(
+            x, hx, self._layer_weights(), self.num_layers, self.bidirectional, batch_sizes,
+            self.dropout, self.training, self.reset_after,
+        )
 
 
 def _rnn_nonlinearity(mode: str) -> str:
@@ -513,14 +583,29 @@ class RNN(_RNNBase):
             raise ValueError(f"Unknown nonlinearity '{self.nonlinearity}'. Select from 'tanh' or 'relu'.")
         super().__init__(mode, *args, **kwargs)
 
-    def forward(self, input, hx=None):
-        def run(x, hx, batch_sizes):
-            return F._rnn(
-                x, hx, self._layer_weights(), self.num_layers, self.bidirectional, batch_sizes,
-                self.dropout, self.training, _rnn_nonlinearity(self.mode),
-            )
+    @overload
+    @torch._jit_internal._overload_method
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]: ...
 
-        return self._forward(input, hx, run)
+    @overload
+    @torch._jit_internal._overload_method
+    def forward(self, input: PackedSequence, hx: Optional[Tensor] = None) -> Tuple[PackedSequence, Tensor]: ...
+
+    def forward(self, input, hx=None):
+        if not _is_scripting():
+            return self._forward(input, hx)
+        if isinstance(input, PackedSequence):
+            out, h, _ = self._script_forward(input.data, input.batch_sizes, input.sorted_indices,
+                                             input.unsorted_indices, hx, None)
+            return PackedSequence(out, input.batch_sizes, input.sorted_indices, input.unsorted_indices), h
+        out, h, _ = self._script_forward(input, None, None, None, hx, None)
+        return out, h
+
+    def _run(self, x, hx, batch_sizes):
+        return F._rnn(
+            x, hx, self._layer_weights(), self.num_layers, self.bidirectional, batch_sizes,
+            self.dropout, self.training, _rnn_nonlinearity(self.mode),
+        )
 
 
 # ------------------------------------------------------------------ cells
@@ -630,6 +715,26 @@ class LSTMCell(_CellBase):
         )
 
     def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tensor]:
+        if not _is_scripting():
+            return self._eager_forward(input, hx)
+        h0: Optional[Tensor] = None
+        c0: Optional[Tensor] = None
+        if hx is not None:
+            h0, c0 = hx
+        x, h, c, is_batched = _script.cell_states(
+            "LSTMCell", input, h0, c0, True, self.input_size, self.hidden_size)
+        w_ch: Optional[Tensor] = None
+        if hasattr(self, "weight_ch"):
+            w_ch = self.weight_ch
+        training = _script.cell_needs_grad(x, h, c, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, w_ch)
+        h, c, _ = torch.ops.fusedrnn.lstm_cell_forward(
+            x, h, c, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, w_ch, self.coupled_gates, training)
+        if not is_batched:
+            return h.squeeze(0), c.squeeze(0)
+        return h, c
+
+    @torch.jit.unused
+    def _eager_forward(self, input: Any, hx: Any) -> Any:
         if input.dim() not in (1, 2):
             raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
         if hx is not None:
@@ -664,6 +769,17 @@ class GRUCell(_CellBase):
         super().__init__(input_size, hidden_size, bias, 3, device, dtype)
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
+        if not _is_scripting():
+            return self._eager_forward(input, hx)
+        x, h, _, is_batched = _script.cell_states(
+            "GRUCell", input, hx, None, False, self.input_size, self.hidden_size)
+        training = _script.cell_needs_grad(x, h, h, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, None)
+        h = torch.ops.fusedrnn.gru_cell_forward(
+            x, h, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, self.reset_after, training)[0]
+        return h if is_batched else h.squeeze(0)
+
+    @torch.jit.unused
+    def _eager_forward(self, input: Any, hx: Any) -> Any:
         return _single_state_cell(self, "GRUCell", input, hx, lambda x, h: F.gru_cell(
             x, h, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, self.reset_after))
 
@@ -678,6 +794,18 @@ class RNNCell(_CellBase):
         self.nonlinearity = nonlinearity
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
+        if not _is_scripting():
+            return self._eager_forward(input, hx)
+        if self.nonlinearity != "tanh" and self.nonlinearity != "relu":
+            raise RuntimeError("Unknown nonlinearity: {}".format(self.nonlinearity))
+        x, h, _, is_batched = _script.cell_states(
+            "RNNCell", input, hx, None, False, self.input_size, self.hidden_size)
+        h = torch.ops.fusedrnn.rnn_cell_forward(
+            x, h, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, self.nonlinearity == "relu")
+        return h if is_batched else h.squeeze(0)
+
+    @torch.jit.unused
+    def _eager_forward(self, input: Any, hx: Any) -> Any:
         if self.nonlinearity not in ("tanh", "relu"):
             raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
         return _single_state_cell(self, "RNNCell", input, hx, lambda x, h: F.rnn_cell(

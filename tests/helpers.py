@@ -188,6 +188,22 @@ def fused_twin(cls_name: str) -> type:
     return getattr(fusedrnn, cls_name)
 
 
+def seq_variants(proj_size: int) -> Dict[str, tuple]:
+    """Every stacked module and variant, by test id: (class name, keyword
+    arguments), with projections to proj_size."""
+    return {
+        "lstm": ("LSTM", {}),
+        "lstm_proj": ("LSTM", {"proj_size": proj_size}),
+        "lstm_peephole": ("LSTM", {"peephole": True}),
+        "lstm_coupled": ("LSTM", {"coupled_gates": True}),
+        "lstm_peephole_coupled_proj": ("LSTM", {"peephole": True, "coupled_gates": True, "proj_size": proj_size}),
+        "gru": ("GRU", {}),
+        "gru_reset_before": ("GRU", {"reset_after": False}),
+        "rnn_tanh": ("RNN", {"nonlinearity": "tanh"}),
+        "rnn_relu": ("RNN", {"nonlinearity": "relu"}),
+    }
+
+
 # Every single-step cell and variant, by test id.
 CELL_VARIANTS = {
     "lstm_cell": (fusedrnn.LSTMCell, {}),

@@ -32,6 +32,7 @@ from helpers import (
     run,
     seq_builder,
     seq_leaves,
+    seq_variants,
 )
 
 T, N, C, H, P = 9, 5, 7, 13, 4  # odd sizes on purpose
@@ -158,17 +159,7 @@ def test_variant_matches_reference(variant, shape, packed, dtype):
     _assert_matches_reference(m, build, leaves, dtype)
 
 
-SEQ_ALL = {
-    "lstm": ("LSTM", {}),
-    "lstm_proj": ("LSTM", {"proj_size": P}),
-    "lstm_peephole": ("LSTM", {"peephole": True}),
-    "lstm_coupled": ("LSTM", {"coupled_gates": True}),
-    "lstm_peephole_coupled_proj": ("LSTM", {"peephole": True, "coupled_gates": True, "proj_size": P}),
-    "gru": ("GRU", {}),
-    "gru_reset_before": ("GRU", {"reset_after": False}),
-    "rnn_tanh": ("RNN", {"nonlinearity": "tanh"}),
-    "rnn_relu": ("RNN", {"nonlinearity": "relu"}),
-}
+SEQ_ALL = seq_variants(P)
 
 
 @pytest.mark.parametrize("packed", [False, True], ids=["strided", "packed"])
