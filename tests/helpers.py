@@ -5,13 +5,12 @@ asserting.
 Legend: T steps, N batch, C input size, H hidden size, P projection size.
 """
 
-from __future__ import annotations
-
 import copy
-from typing import Callable, Dict, List, Optional, Sequence
+import warnings
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import fusedrnn
@@ -202,6 +201,50 @@ def seq_variants(proj_size: int) -> Dict[str, tuple]:
         "rnn_tanh": ("RNN", {"nonlinearity": "tanh"}),
         "rnn_relu": ("RNN", {"nonlinearity": "relu"}),
     }
+
+
+# ---------------------------------------------------------------- TorchScript
+
+def script(module):
+    """torch.jit.script, without its deprecation warning (torch 2.13)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.script(module)
+
+
+# TorchScript needs the argument types: one holder per state and input kind.
+class TwoStates(nn.Module):
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+
+    def forward(self, x: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None):
+        return self.m(x, hx)
+
+
+class TwoStatesPacked(TwoStates):
+    def forward(self, x: PackedSequence, hx: Optional[Tuple[Tensor, Tensor]] = None):
+        y, hidden = self.m(x, hx)
+        return y.data, hidden
+
+
+class OneState(TwoStates):
+    def forward(self, x: Tensor, hx: Optional[Tensor] = None):
+        return self.m(x, hx)
+
+
+class OneStatePacked(TwoStates):
+    def forward(self, x: PackedSequence, hx: Optional[Tensor] = None):
+        y, hidden = self.m(x, hx)
+        return y.data, hidden
+
+
+def script_holder(m, packed: bool) -> nn.Module:
+    """m in the holder TorchScript needs to call it (a stacked module's
+    forward is overloaded): packed, the holder returns the output's data."""
+    if isinstance(m, fusedrnn.LSTM) or isinstance(m, nn.LSTM):
+        return TwoStatesPacked(m) if packed else TwoStates(m)
+    return OneStatePacked(m) if packed else OneState(m)
 
 
 # Every single-step cell and variant, by test id.

@@ -10,7 +10,6 @@ torch.nn's recurrent modules, and models holding fusedrnn's do too.
 import copy
 import io
 import warnings
-from typing import Optional, Tuple
 
 import pytest
 import torch
@@ -19,8 +18,9 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import fusedrnn
 from fusedrnn import reference
-from helpers import (CELL_VARIANTS, F64, TIGHT, assert_all_close, cell_build, cell_leaves, run, seq_builder, seq_leaves,
-                     seq_variants)
+from helpers import (CELL_VARIANTS, F64, TIGHT, assert_all_close, cell_build, cell_leaves, run, script, seq_builder,
+                     seq_leaves, seq_variants)
+from helpers import script_holder as holder
 
 T, N, C, H, P = 9, 5, 6, 7, 4
 LENGTHS = [6, 9, 2, 9, 4]
@@ -33,45 +33,6 @@ LAYOUTS = {
     "batch_first_no_hx_no_bias": dict(num_layers=2, batch_first=True, bias=False),
     "unbatched": dict(bidirectional=True),
 }
-
-
-def script(module):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return torch.jit.script(module)
-
-
-# TorchScript needs the argument types: one holder per state and input kind.
-class TwoStates(nn.Module):
-    def __init__(self, m):
-        super().__init__()
-        self.m = m
-
-    def forward(self, x: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None):
-        return self.m(x, hx)
-
-
-class TwoStatesPacked(TwoStates):
-    def forward(self, x: PackedSequence, hx: Optional[Tuple[Tensor, Tensor]] = None):
-        y, hidden = self.m(x, hx)
-        return y.data, hidden
-
-
-class OneState(TwoStates):
-    def forward(self, x: Tensor, hx: Optional[Tensor] = None):
-        return self.m(x, hx)
-
-
-class OneStatePacked(TwoStates):
-    def forward(self, x: PackedSequence, hx: Optional[Tensor] = None):
-        y, hidden = self.m(x, hx)
-        return y.data, hidden
-
-
-def holder(m, packed: bool):
-    if isinstance(m, fusedrnn.LSTM) or isinstance(m, nn.LSTM):
-        return TwoStatesPacked(m) if packed else TwoStates(m)
-    return OneStatePacked(m) if packed else OneState(m)
 
 
 def _unbatched_leaves(m):
