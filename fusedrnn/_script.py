@@ -3,11 +3,13 @@
 TorchScript compiles a forward from its source, and the eager forward of
 fusedrnn.modules is Python it cannot compile (closures, the composite and ONNX
 paths, reading weights by computed names). Each module's forward therefore
-starts with ``if not torch.jit.is_scripting()``, which sends eager calls to the
-eager forward, and, compiled, runs these functions instead: the same operators,
-torch.nn's input handling (batch_first, unbatched inputs, PackedSequence, zero
-initial states, dropout between layers) and the checks torch.nn's scripted
-forward makes, in its words. TorchScript has no getattr by computed name, so a
+starts with ``if not _is_scripting()`` (torch.jit.is_scripting, which compiles
+to True), which sends eager calls to the eager forward, and, compiled, runs
+these functions instead: the same operators, torch.nn's input handling
+(batch_first, unbatched inputs, PackedSequence, zero initial states, dropout
+between layers) and its checks of sizes, dimensions and devices, in its words.
+A dtype mismatch is left to the operators, whose autocast kernels cast under
+autocast (which TorchScript cannot query on the CPU). TorchScript has no getattr by computed name, so a
 stacked module hands over its weights as one list in registration order
 (``_script_weights``, taken by ``__prepare_scriptable__``).
 
@@ -180,8 +182,9 @@ def forward(mode: str, input: Tensor, batch_sizes: Optional[Tensor], sorted_indi
 
 def cell_states(name: str, input: Tensor, h: Optional[Tensor], c: Optional[Tensor], lstm: bool,
                 input_size: int, hidden_size: int) -> Tuple[Tensor, Tensor, Tensor, bool]:
-    """A cell's input and states, batched, with torch.nn's checks (and ATen's,
-    which its cells meet next): (input, h, c (h again for one state), batched)."""
+    """A cell's input and states, batched, with torch.nn's checks of dimensions
+    and sizes (and ATen's, which its cells meet next): (input, h, c (h again
+    for one state), batched)."""
     if input.dim() != 1 and input.dim() != 2:
         raise ValueError("{}: Expected input to be 1D or 2D, got {}D instead".format(name, input.dim()))
     states: List[Tensor] = []

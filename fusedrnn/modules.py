@@ -883,10 +883,11 @@ def _take_over(new: nn.Module, module: nn.Module) -> None:
     )
     for key, value in module.__dict__.items():
         # Not what the class defines (forward, the compiled call of
-        # Module.compile(): methods of the old module), nor torch.nn's RNNBase
-        # weight list (_flat_weights*: the twin reads the weights by name).
+        # Module.compile(): methods of the old module), nor the weight lists of
+        # torch.nn's RNNBase (_flat_weights*) and of torch.jit.script
+        # (_script_weights): the twin reads the weights by name.
         if (key not in new.__dict__ and not hasattr(type(new), key) and not key.startswith("_flat_weight")
-                and key not in _VARIANT_FLAGS):
+                and key not in _VARIANT_FLAGS and key != "_script_weights"):
             new.__dict__[key] = value
     new.train(module.training)
 

@@ -722,7 +722,9 @@ def test_scripted_module_runs_the_eager_kernels(variant):
     x = _packed([4, 7, 3], _seeded(), torch.float32)
     hx = _random_hx(m, 3, _seeded(2), torch.float32)
     want = _run(m, x, hx)
-    got = _run(script_holder(m, packed=True), x, hx)
+    scripted = script(script_holder(m, packed=True))
+    assert isinstance(scripted, torch.jit.ScriptModule)
+    got = _run(scripted, x, hx)
     assert len(got) == len(want)
     for (name, g), w in zip(got.items(), want.values()):
         torch.testing.assert_close(g, w, rtol=0, atol=0, msg=name)

@@ -225,3 +225,38 @@ def test_scripted_packed_input_keeps_the_batch_order():
     assert isinstance(want_y, PackedSequence)
     for got, want in ((y, want_y.data), (h, want_h), (c, want_c)):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"])
+def test_scripted_dtypes_cast_under_autocast_and_are_refused_without(name):
+    # The compiled forward leaves dtypes to the operators: their autocast
+    # kernels cast, and without autocast they refuse a mismatch in their words.
+    torch.manual_seed(0)
+    m = getattr(fusedrnn, name)(C, H)
+    cell = name.endswith("Cell")
+    scripted = script(m if cell else holder(m, packed=False))
+    x = torch.randn(N, C) if cell else torch.randn(T, N, C)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = scripted(x)
+        want = m(x)
+    got = out[0] if isinstance(out, tuple) else out
+    want = want[0] if isinstance(want, tuple) else want
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    op = {"LSTM": "lstm_forward", "GRU": "gru_forward", "RNN": "rnn_forward", "LSTMCell": "lstm_cell_forward",
+          "GRUCell": "gru_cell_forward", "RNNCell": "rnn_cell_forward"}[name]
+    with pytest.raises(RuntimeError, match=f"fusedrnn::{op}: w_ih must have the dtype of input \\(Double\\), got Float"):
+        scripted(x.double())
+
+
+def test_scripting_leaves_the_eager_module_reading_its_weights_by_name():
+    torch.manual_seed(0)
+    m = fusedrnn.GRU(C, H)
+    script(holder(m, packed=False))
+    x = torch.randn(T, N, C)
+    with torch.no_grad():
+        m.weight_hh_l0 = nn.Parameter(torch.zeros_like(m.weight_hh_l0))
+        torch.testing.assert_close(m(x)[0], reference.forward(m, x)[0], rtol=1e-5, atol=1e-6)
+        twin = m.to_torch()
+    assert "_script_weights" not in twin.__dict__
+    torch.testing.assert_close(twin(x)[0], m(x)[0], rtol=1e-5, atol=1e-6)
