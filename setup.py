@@ -11,7 +11,9 @@ import os
 import platform
 import re
 import shutil
+import subprocess
 import sys
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -76,9 +78,6 @@ void probe(const float* x, void* y) {
 def compiler_has_amx():
     """Whether the C++ compiler takes the AMX flags and intrinsics (GCC 11 and
     later, recent clang); without, amx_bf16.cpp builds as its stub."""
-    import subprocess
-    import tempfile
-
     cxx = os.environ.get("CXX", "c++").split()
     with tempfile.TemporaryDirectory() as tmp:
         src = os.path.join(tmp, "probe.cpp")
@@ -89,6 +88,87 @@ def compiler_has_amx():
             return subprocess.run(cmd, capture_output=True).returncode == 0
         except OSError:
             return False
+
+
+# One C++ runtime per process. A compiler that links libstdc++ statically (a
+# toolchain without libstdc++.so, or -static-libstdc++ in its specs) puts a second
+# copy of it into the extension, beside the libstdc++.so.6 that torch runs with.
+# The two copies share the locale's global data but not its code: numbers written
+# into a stream, as every error message with a size in it is, come out empty with
+# two copies of one version and crash the process with two versions. The probe
+# links a small shared object the way the extension is linked and looks for
+# std::ostream::_M_insert<long> among the symbols it defines.
+CXX_RUNTIME_PROBE = """
+#include <sstream>
+#include <string>
+std::string fusedrnn_probe(long x) { std::ostringstream s; s << x; return s.str(); }
+"""
+CXX_RUNTIME_SYMBOL = "_ZNSo9_M_insertIlEERSoT_"
+
+
+def defines_cxx_runtime(path):
+    """Whether the shared object at path carries its own copy of libstdc++; None
+    when nm cannot tell."""
+    tables = []
+    for args in (["-D"], []):
+        try:
+            out = subprocess.run(["nm", *args, "--defined-only", str(path)], capture_output=True, text=True)
+        except OSError:
+            return None
+        if out.returncode == 0:
+            tables.append(out.stdout)
+    if not tables:
+        return None
+    return any(line.split()[-1:] == [CXX_RUNTIME_SYMBOL] for t in tables for line in t.splitlines())
+
+
+def loaded_cxx_runtime():
+    """The path of the libstdc++ this process runs with (torch loads it), or None."""
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                path = line.split()[-1]
+                if "/libstdc++.so" in path:
+                    return path
+    except OSError:
+        pass
+    return None
+
+
+def probe_links_cxx_runtime(cxx, extra=()):
+    """Whether the C++ compiler command cxx, linking a shared object (with the
+    arguments extra), puts a copy of libstdc++ into it; None when that cannot be
+    found out."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "probe.cpp")
+        out = os.path.join(tmp, "probe.so")
+        with open(src, "w") as f:
+            f.write(CXX_RUNTIME_PROBE)
+        cmd = list(cxx) + ["-shared", "-fPIC", src, "-o", out, *extra]
+        try:
+            if subprocess.run(cmd, capture_output=True).returncode != 0:
+                return None
+        except OSError:
+            return None
+        return defines_cxx_runtime(out)
+
+
+def cxx_runtime_link_args(cxx):
+    """Link arguments that keep libstdc++ out of the extension: none for a compiler
+    that links it as a shared library, the path of the libstdc++.so that torch
+    loaded for one that would link it statically. Exits when neither works."""
+    if sys.platform != "linux" or not probe_links_cxx_runtime(cxx):
+        return []
+    shown = cxx[0]
+    runtime = loaded_cxx_runtime()
+    if runtime is not None and probe_links_cxx_runtime(cxx, [runtime]) is False:
+        print(f"fusedrnn: {shown} links libstdc++ statically; the extension links {runtime}, "
+              "the C++ runtime torch runs with, so that the process has one copy of it")
+        return [runtime]
+    sys.exit(f"fusedrnn: {shown} links libstdc++ statically into shared objects, and linking "
+             f"the C++ runtime torch runs with ({runtime or 'not found'}) does not stop it. Two copies "
+             "of libstdc++ in one process garble or crash on error messages; build with a compiler "
+             "that links libstdc++.so (set CXX and CC).")
 
 
 def isa_of(source):
@@ -178,10 +258,17 @@ def make_extension():
                     return [o for f in futures for o in f.result()]
 
             self.compiler.compile = compile_by_isa
+            cxx = getattr(self.compiler, "compiler_cxx", None) or os.environ.get("CXX", "c++").split()
+            ext.extra_link_args = list(ext.extra_link_args) + cxx_runtime_link_args(cxx)
             try:
                 super().build_extension(ext)
             finally:
                 self.compiler.compile = compile_fn
+            if sys.platform == "linux" and defines_cxx_runtime(self.get_ext_fullpath(ext.name)):
+                os.remove(self.get_ext_fullpath(ext.name))
+                sys.exit(f"fusedrnn: {self.get_ext_fullpath(ext.name)} carries its own copy of libstdc++ "
+                         "beside the one torch runs with; two copies in one process garble or crash on "
+                         "error messages. Build with a compiler that links libstdc++.so (set CXX and CC).")
 
     return ext, Build
 

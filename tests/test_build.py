@@ -1,0 +1,64 @@
+"""setup.py's guard against a second C++ runtime in the process: a compiler that
+links libstdc++ statically would put a copy of it into fusedrnn._C beside the
+libstdc++.so.6 torch runs with, and the two copies garble the numbers of every
+error message (or crash on them, with two versions). The oracle is the symbol
+table (nm) of shared objects linked the way the extension is, and the built
+extension itself. Linux with GCC's runtime only."""
+
+import importlib.util
+import os
+import shutil
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+
+import fusedrnn._C as _C
+
+ROOT = Path(__file__).resolve().parent.parent
+CXX = os.environ.get("CXX", "c++").split()
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux") or shutil.which("nm") is None or shutil.which(CXX[0]) is None,
+    reason="needs Linux, nm and a C++ compiler",
+)
+
+
+def _setup_module():
+    spec = importlib.util.spec_from_file_location("fusedrnn_setup", ROOT / "setup.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+setup = _setup_module()
+
+
+@pytest.fixture
+def static_cxx(tmp_path):
+    """The C++ compiler with -static-libstdc++ in every link, as a toolchain
+    without libstdc++.so (or with the flag in its specs) links."""
+    if setup.loaded_cxx_runtime() is None:
+        pytest.skip("this process runs without libstdc++.so")
+    wrapper = tmp_path / "static-c++"
+    wrapper.write_text('#!/bin/sh\nexec ' + " ".join(CXX) + ' "$@" -static-libstdc++\n')
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
+    return [str(wrapper)]
+
+
+def test_the_extension_has_no_copy_of_libstdcxx():
+    assert setup.defines_cxx_runtime(_C.__file__) is False
+
+
+def test_a_compiler_linking_the_shared_runtime_needs_nothing_added():
+    assert setup.probe_links_cxx_runtime(CXX) is False
+    assert setup.cxx_runtime_link_args(CXX) == []
+
+
+def test_a_compiler_linking_libstdcxx_statically_gets_the_runtime_torch_runs_with(static_cxx, capsys):
+    assert setup.probe_links_cxx_runtime(static_cxx) is True
+    args = setup.cxx_runtime_link_args(static_cxx)
+    assert args == [setup.loaded_cxx_runtime()]
+    assert "links libstdc++ statically" in capsys.readouterr().out
+    assert setup.probe_links_cxx_runtime(static_cxx, args) is False
