@@ -413,3 +413,32 @@ def test_two_threads_give_the_results_of_one():
     for t in threads:
         t.join()
     assert not errors, errors
+
+
+@pytest.mark.parametrize("T,N", [(7, 600), (20, 1200)])
+@pytest.mark.parametrize("seed", range(3))
+def test_weight_gradients_over_many_rows_match_reference(T, N, seed):
+    """A weight gradient sums over every row of the sequence (T*N rows, far more
+    than the fuzz test draws). Summed in one float32 chain its error grew with
+    T*N, to 3-10x that of the float32 reference's per-step sums at T*N >= 4200."""
+    torch.manual_seed(seed)
+    m = fusedrnn.LSTM(6, 10)
+    x = torch.randn(T, N, 6, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).float()
+    fusedrnn.testing.assert_matches_reference(m, x)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("hidden", [15, 16, 17, 32])
+def test_wide_batches_stay_inside_their_scratch(hidden, threads):
+    """A wide batch with a packed input weight: the input projection's second pass
+    took more scratch than its sizing pass counted, and with two threads its
+    claims ran past the block (heap corruption, or ASan's heap-buffer-overflow
+    under `make sanitize`)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(0)
+        m = fusedrnn.LSTM(6, hidden)
+        fusedrnn.testing.assert_matches_reference(m, torch.randn(7, 600, 6))
+    finally:
+        torch.set_num_threads(saved)

@@ -208,6 +208,7 @@ void with_scratch(const Args& args, const Fn& fn) {
   const CachedBlock block(scratch_cache(), sizing.used);
   cpu::Arena arena;
   arena.base = block.get();
+  arena.capacity = sizing.used;
   fn(args, arena);
 }
 

@@ -268,7 +268,11 @@ struct PanelGemm {
     const S* bpp = bp + p * panel_stride;
     const S* bias_p = bias ? bias + p * NR : nullptr;
     const bool masked = direct && n_valid < NR;
-    const int64_t kstep = k_chunk<S, MR>(kc, NR, m1 - m0);
+    // One chain of FMAs sums at most kKC products, as the packed path's blocks of
+    // K do; longer K goes through C chunk by chunk. The weight gradients' K is
+    // every row of the sequence (T*N): summed in a single float32 chain, their
+    // error grew with T*N, 3-10x that of per-step sums at T*N >= 4200.
+    const int64_t kstep = std::min(k_chunk<S, MR>(kc, NR, m1 - m0), kKC);
     // At least one pass, so that kc = 0 (an input of size 0) still writes C = bias.
     int64_t k0 = 0;
     do {

@@ -9,6 +9,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <stdexcept>
 
 // For the epilogue lambdas of the fused step: inlined, their accumulators stay
 // in registers instead of being passed through memory.
@@ -47,13 +48,20 @@ struct Parallel {
 struct Arena {
   char* base = nullptr;
   size_t used = 0;
+  size_t capacity = 0;  // bytes at base: what the sizing pass counted
 
+  // Throws rather than hand out memory past capacity: a plan whose second pass
+  // takes more than its sizing pass counted is a bug, not a reason to corrupt
+  // the heap.
   template <typename S>
   S* take(int64_t count) {
     constexpr size_t kAlign = 64;
     used = (used + kAlign - 1) / kAlign * kAlign;
     S* p = base ? reinterpret_cast<S*>(base + used) : nullptr;
     used += static_cast<size_t>(count > 0 ? count : 0) * sizeof(S);
+    if (base && used > capacity)
+      throw std::logic_error(
+          "fusedrnn: internal error: a CPU kernel's scratch outgrew its sizing pass");
     return p;
   }
   bool sizing() const { return base == nullptr; }

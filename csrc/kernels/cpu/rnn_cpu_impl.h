@@ -182,6 +182,9 @@ struct WeightT {
   const S* w = nullptr;
   int64_t N = 0, K = 0;
   S* packed = nullptr;
+  // Whether plan() packs: `packed` is null in the sizing pass, so a caller that
+  // takes more scratch for a packed weight asks this, or the two passes differ.
+  bool packs = false;
   BlasGemm<S> blas = nullptr;
 
   void plan(Arena& arena, PackPolicy policy, const S* w_, int64_t N_, int64_t K_, int64_t uses,
@@ -190,7 +193,8 @@ struct WeightT {
     N = N_;
     K = K_;
     blas = blas_;
-    if (!blas && worth_packing(policy, uses, K)) packed = arena.take<S>(packed_b_size<S>(K, N));
+    packs = !blas && worth_packing(policy, uses, K);
+    if (packs) packed = arena.take<S>(packed_b_size<S>(K, N));
   }
   void prepare(const Parallel& par) const {
     if (packed) pack_weight_t<S>(w, N, K, packed, par);
@@ -719,7 +723,7 @@ struct InputProjection {
       tiles = arena.take<amx::bf16>(amx::col_tiles(GH) * amx::tile_size(C));
     } else {
       w.plan(arena, a.pack, a.w_ih, GH, C, total_rows(seq), blas);
-      if (w.packed && GH > H) order = arena.take<int64_t>(panels());
+      if (w.packs && GH > H) order = arena.take<int64_t>(panels());
     }
     bias = arena.take<S>(GH);
     gx = arena.take<S>(max_rows * GH);
