@@ -37,6 +37,7 @@ real_gpu = pytest.mark.skipif(EMULATION, reason="needs a real CUDA device")
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 T, N, C, H, P = 7, 5, 6, 10, 4  # odd sizes on purpose
+AUTO_T = 20  # steps enough for FUSEDRNN_CUDA_PATH=auto to take the persistent path at these sizes
 
 SEQ_VARIANTS = {
     "lstm": (fusedrnn.LSTM, {}),
@@ -608,19 +609,21 @@ GRAPH_CASES = [("lstm_peephole_coupled_proj", False), ("lstm", True), ("gru", Fa
 
 @real_gpu
 @pytest.mark.parametrize(
-    "variant,packed,path",
-    [(v, p, "standard") for v, p in GRAPH_CASES] + [(v, p, "persistent") for v, p in GRAPH_CASES if not p],
+    "variant,packed,path,steps",
+    [(v, p, "standard", T) for v, p in GRAPH_CASES] + [(v, p, "persistent", T) for v, p in GRAPH_CASES if not p]
+    + [("rnn_relu", False, "auto", AUTO_T), ("lstm", True, "auto", AUTO_T)],
 )
-def test_cuda_graph_capture_and_replay(variant, packed, path, monkeypatch):
+def test_cuda_graph_capture_and_replay(variant, packed, path, steps, monkeypatch):
     """Forward and backward captured in a CUDA graph (static shapes), replayed on
     new data, match an eager run on that data (the persistent path: padded
-    input; it refuses a packed one inside capture, see below)."""
+    input; it refuses a packed one inside capture, see below, where auto runs
+    the standard path)."""
     monkeypatch.setenv("FUSEDRNN_CUDA_PATH", path)
     cls, kwargs = SEQ_VARIANTS[variant]
     model = _make(cls, kwargs, torch.float32, num_layers=2, bidirectional=True)
     gen = _seeded()
-    lengths = [7, 4, 6, 2]
-    static = _packed(lengths, gen, torch.float32) if packed else _randn(T, N, C, gen=gen)
+    lengths = [steps, 4, 6, 2]
+    static = _packed(lengths, gen, torch.float32) if packed else _randn(steps, N, C, gen=gen)
     static_data = static.data if packed else static
 
     def loss_of(out):
@@ -940,3 +943,48 @@ def test_persistent_refuses_packed_capture(persistent):
         with torch.cuda.graph(graph):
             m(x)
 
+
+# ------------------------------------------------------ the automatic choice
+#
+# FUSEDRNN_CUDA_PATH=auto (the default) takes the persistent path where
+# fusedrnn._C._persistent_pays says it is the faster one (tests/test_path_choice.py
+# holds the rule to the measurements) and its plan takes the layer.
+
+
+def _pays(module, steps, batch, dtype, training=True):
+    gates = {"LSTM": 3 if getattr(module, "coupled_gates", False) else 4, "GRU": 3, "RNN": 1}[type(module).__name__]
+    proj = bool(getattr(module, "proj_size", 0))
+    return fusedrnn._C._persistent_pays(steps, batch, gates, module.hidden_size, proj,
+                                        torch.empty((), dtype=dtype).element_size(), training)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("variant", ["lstm_peephole_coupled", "gru_reset_before", "rnn_relu"])
+def test_auto_takes_the_persistent_path_where_it_pays(variant, dtype, monkeypatch):
+    """The same bits as the persistent path forced (it is deterministic), and the
+    reference's values."""
+    cls, kwargs = SEQ_VARIANTS[variant]
+    m = _make(cls, kwargs, dtype, num_layers=2)
+    assert _pays(m, AUTO_T, N, dtype)
+    x = _randn(AUTO_T, N, C, gen=_seeded(), dtype=dtype)
+    hx = _random_hx(m, N, _seeded(1), dtype)
+    monkeypatch.setenv("FUSEDRNN_CUDA_PATH", "persistent")
+    want = _run(m, x, hx)
+    monkeypatch.setenv("FUSEDRNN_CUDA_PATH", "auto")
+    got = _run(m, x, hx)
+    for name in want:
+        assert torch.equal(got[name], want[name]), f"{name}: auto is not the persistent path here"
+    assert_matches_reference(m, x, hx)
+
+
+def test_auto_runs_the_standard_path_where_the_plan_declines(monkeypatch):
+    """600 rows of 4 float32 gates do not fit a block of the persistent kernel
+    (test_persistent_refusal_names_the_reason); auto runs them on the standard
+    path, forward and backward, instead of raising."""
+    m = _make(fusedrnn.LSTM, {}, torch.float32)
+    assert _pays(m, AUTO_T, 600, torch.float32)
+    x = _randn(AUTO_T, 600, C, gen=_seeded())
+    monkeypatch.setenv("FUSEDRNN_CUDA_PATH", "standard")
+    want = _run(m, x, None)
+    monkeypatch.setenv("FUSEDRNN_CUDA_PATH", "auto")
+    _compare_runs(_run(m, x, None), want, 1e-6)

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "../kernels/cpu/rnn_cpu.h"
+#include "path_choice.h"
 
 #ifdef FUSEDRNN_WITH_CUDA
 namespace fusedrnn {
@@ -58,6 +59,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Where single steps on CPU take their products now: own, blas by shape, or blas.");
   m.def("cpu_bfloat16_products", &fusedrnn::cpu_bfloat16_products,
         "Where bfloat16 layers on CPU take their products now: amx or float32.");
+  m.def("_persistent_pays", &fusedrnn::persistent_pays, pybind11::arg("T"), pybind11::arg("N"),
+        pybind11::arg("G"), pybind11::arg("H"), pybind11::arg("projection"),
+        pybind11::arg("elem_bytes"), pybind11::arg("training"),
+        "Whether FUSEDRNN_CUDA_PATH=auto runs a layer of these sizes on the persistent path on "
+        "CUDA (when its plan takes the layer).");
 #ifdef FUSEDRNN_WITH_CUDA
   m.def("_grid_barrier_probe", &fusedrnn::grid_barrier_probe, pybind11::arg("blocks"),
         pybind11::arg("steps"),

@@ -42,6 +42,7 @@
 #include <type_traits>
 
 #include "../kernels/cuda/rnn_cuda.h"
+#include "path_choice.h"
 #include "rnn_layer.h"
 
 namespace fusedrnn {
@@ -148,10 +149,9 @@ void forward_steps(const LayerInputs& in, const LayerGeometry& g, int64_t GH, co
 //
 // FUSEDRNN_CUDA_PATH selects the path of every layer: "standard", "persistent"
 // (an error when the persistent path cannot run the layer, with the reason), or
-// "auto" (the default). auto runs the standard path: the shape thresholds for
-// choosing the persistent path are to come from measurements on a GPU
-// (bench/PERSISTENT.md), and until they exist no shape is sent to a kernel
-// that has not been timed against the standard path there.
+// "auto" (the default): the persistent path where persistent_pays
+// (path_choice.h) says it is the faster one and its plan takes the layer, the
+// standard path everywhere else.
 
 enum class PathChoice { kAuto, kStandard, kPersistent };
 
@@ -164,16 +164,24 @@ PathChoice requested_path() {
               "'");
 }
 
-// Whether this layer takes the persistent path; raises when it is forced and
-// cannot (the kernel's plan says why for sizes it cannot hold).
-bool take_persistent(const LayerGeometry& g, cudaStream_t stream) {
-  if (requested_path() != PathChoice::kPersistent) return false;
+// Whether this layer tries the persistent path (its plan may still decline it,
+// see persistent_plan); raises when the path is forced and cannot run the layer.
+bool take_persistent(const LayerInputs& in, const LayerGeometry& g, bool training,
+                     cudaStream_t stream) {
+  const PathChoice path = requested_path();
+  if (path == PathChoice::kStandard) return false;
+  if (path == PathChoice::kAuto &&
+      !persistent_pays(g.T, g.N, g.G, g.H, in.w_hr.has_value(), in.input.element_size(), training))
+    return false;
   if (g.packed) {
     bool capturing = false;
     check_launch(fc::stream_is_capturing(stream, capturing), "stream_is_capturing");
-    TORCH_CHECK(!capturing,
-                "fusedrnn: FUSEDRNN_CUDA_PATH=persistent, but the persistent path does not run "
-                "a packed sequence inside CUDA graph capture (its layout is copied to the device)");
+    if (capturing) {
+      TORCH_CHECK(path == PathChoice::kAuto,
+                  "fusedrnn: FUSEDRNN_CUDA_PATH=persistent, but the persistent path does not run a "
+                  "packed sequence inside CUDA graph capture (its layout is copied to the device)");
+      return false;
+    }
   }
   return true;
 }
@@ -193,24 +201,26 @@ struct DeviceSeq {
 };
 
 // The launch plan of a persistent kernel; float32 products may use TF32 where
-// torch.backends.cuda.matmul allows it, as the standard path's GEMMs do.
+// torch.backends.cuda.matmul allows it, as the standard path's GEMMs do. False
+// when the kernel cannot hold the layer: an error with the reason when the path
+// is forced, the standard path's turn under auto.
 template <typename S, typename Args, typename PlanFn>
-fc::PersistentPlan persistent_plan(Args& a, const PlanFn& plan_fn, const char* kernel) {
+bool persistent_plan(Args& a, const PlanFn& plan_fn, const char* kernel, fc::PersistentPlan& plan) {
   a.tf32 = at::globalContext().allowTF32CuBLAS();
-  fc::PersistentPlan plan;
   check_launch(plan_fn(a, plan), kernel);
-  TORCH_CHECK(plan.why == nullptr,
+  if (plan.why == nullptr) return true;
+  TORCH_CHECK(requested_path() != PathChoice::kPersistent,
               "fusedrnn: FUSEDRNN_CUDA_PATH=persistent, but the persistent path does not run "
               "this layer (a batch of ", a.seq.N, " rows, hidden size ", a.base.H, "): ",
               plan.why);
-  return plan;
+  return false;
 }
 
 // The persistent forward of a layer: a.base set up by the caller (row-0
 // pointers); runs one launch per chunk of steps of Gx. h_n [N, H] gets each
-// row's last h'.
+// row's last h'. False, having run nothing, when the plan declines the layer.
 template <typename S, typename P, typename PlanFn, typename LaunchFn>
-void persistent_forward(const LayerInputs& in, const LayerGeometry& g, int64_t GH,
+bool persistent_forward(const LayerInputs& in, const LayerGeometry& g, int64_t GH,
                         fc::PersistentArgs<S, P>& a, const Tensor& h_n, const PlanFn& plan_fn,
                         const LaunchFn& launch_fn, const char* kernel, cudaStream_t stream) {
   const int64_t N = g.N;
@@ -225,7 +235,8 @@ void persistent_forward(const LayerInputs& in, const LayerGeometry& g, int64_t G
   a.hbuf = mptr<S>(hbuf);
   a.h_n = mptr<S>(h_n);
   a.gh = mptr<S>(gh);
-  const fc::PersistentPlan plan = persistent_plan<S>(a, plan_fn, kernel);
+  fc::PersistentPlan plan;
+  if (!persistent_plan<S>(a, plan_fn, kernel, plan)) return false;
   forward_chunks<S>(in, g, GH, [&](const Chunk& c, const S* gx) {
     a.s0 = c.s0;
     a.s1 = c.s1;
@@ -233,13 +244,15 @@ void persistent_forward(const LayerInputs& in, const LayerGeometry& g, int64_t G
     a.gx_row0 = c.row0;
     check_launch(launch_fn(a, plan, stream), kernel);
   });
+  return true;
 }
 
 // The persistent backward time loop of a layer: one launch over all steps;
 // dh_state [N, H] holds dL/dh_n on entry and dL/dh0 (the recurrent part, and the
-// direct part for GRU) on exit.
+// direct part for GRU) on exit. False, having run nothing, when the plan
+// declines the layer.
 template <typename S, typename P, typename PlanFn, typename LaunchFn>
-void persistent_backward(const LayerInputs& in, const LayerGeometry& g,
+bool persistent_backward(const LayerInputs& in, const LayerGeometry& g,
                          fc::PersistentArgs<S, P>& a, const Tensor& dh_state,
                          const PlanFn& plan_fn, const LaunchFn& launch_fn, const char* kernel,
                          cudaStream_t stream) {
@@ -249,8 +262,10 @@ void persistent_backward(const LayerInputs& in, const LayerGeometry& g,
   a.s1 = g.T;
   a.w_hh = cptr<S>(in.w_hh);
   a.dh = mptr<S>(dh_state);
-  const fc::PersistentPlan plan = persistent_plan<S>(a, plan_fn, kernel);
+  fc::PersistentPlan plan;
+  if (!persistent_plan<S>(a, plan_fn, kernel, plan)) return false;
   check_launch(launch_fn(a, plan, stream), kernel);
+  return true;
 }
 
 // The gradient buffer that the backward loop starts from: dL/dh_n (or dL/dc_n)
@@ -370,7 +385,7 @@ void lstm_forward_cuda(const LayerInputs& in, const LayerGeometry& g, bool train
   base.gh = mptr<S>(gh);
   base.h_state = proj ? nullptr : mptr<S>(h_state);
 
-  if (take_persistent(g, stream)) {
+  if (take_persistent(in, g, training, stream)) {
     fc::LstmPersistentForward<S> a;
     a.base = base;
     a.base.h = mptr<S>(y);
@@ -388,11 +403,12 @@ void lstm_forward_cuda(const LayerInputs& in, const LayerGeometry& g, bool train
       a.base.gates = mptr<S>(out.saved.gates);
       a.base.states = mptr<A>(out.saved.states);
     }
-    persistent_forward(in, g, GH, a, out.h_n, fc::lstm_persistent_forward_plan<S>,
-                       fc::lstm_persistent_forward_launch<S>, "lstm_persistent_forward_kernel",
-                       stream);
-    if (!kSameAcc) out.c_n.copy_(c_state);
-    return;
+    if (persistent_forward(in, g, GH, a, out.h_n, fc::lstm_persistent_forward_plan<S>,
+                           fc::lstm_persistent_forward_launch<S>, "lstm_persistent_forward_kernel",
+                           stream)) {
+      if (!kSameAcc) out.c_n.copy_(c_state);
+      return;
+    }
   }
 
   forward_steps<S>(in, g, GH, [&](const StepInfo& st, const S* gx) {
@@ -459,7 +475,8 @@ void lstm_backward_cuda(const LayerInputs& in, const LayerGeometry& g, const Gra
   const S* gates = cptr<S>(gi.saved.gates);
   const A* states = cptr<A>(gi.saved.states);
 
-  if (take_persistent(g, stream)) {
+  bool persistent = false;
+  if (take_persistent(in, g, true, stream)) {
     fc::LstmPersistentBackward<S> a;
     a.base = base;
     a.base.dh = cptr<S>(dy);
@@ -476,10 +493,11 @@ void lstm_backward_cuda(const LayerInputs& in, const LayerGeometry& g, const Gra
     a.base.c_new = states;
     a.base.dG = mptr<S>(dG);
     a.base.hprev = prev_rows_all<S>(hprev, y, in.h0, P);
-    persistent_backward(in, g, a, dh_state, fc::lstm_persistent_backward_plan<S>,
-                        fc::lstm_persistent_backward_launch<S>, "lstm_persistent_backward_kernel",
-                        stream);
-  } else {
+    persistent = persistent_backward(in, g, a, dh_state, fc::lstm_persistent_backward_plan<S>,
+                                     fc::lstm_persistent_backward_launch<S>,
+                                     "lstm_persistent_backward_kernel", stream);
+  }
+  if (!persistent) {
     for (int64_t s = g.T - 1; s >= 0; --s) {
       const StepInfo st = seq.step(s);
       const int64_t rows = st.rows;
@@ -541,7 +559,7 @@ void gru_forward_cuda(const LayerInputs& in, const LayerGeometry& g, bool traini
   // in float/double it is the saved states tensor itself; otherwise a scratch,
   // and the kernel also saves it in float (16-bit training).
   const bool rh_in_states = training && kSameAcc;
-  if (take_persistent(g, stream)) {
+  if (take_persistent(in, g, training, stream)) {
     fc::GruPersistentForward<S> a;
     a.base = base;
     a.reset_after = in.cell.reset_after;
@@ -558,10 +576,10 @@ void gru_forward_cuda(const LayerInputs& in, const LayerGeometry& g, bool traini
     if (!training) a.base.ld_z = H;
     a.rh = mptr<S>(rh);
     a.rh_rows = rb && rh_in_states ? mptr<S>(out.saved.states) : nullptr;
-    persistent_forward(in, g, 3 * H, a, out.h_n, fc::gru_persistent_forward_plan<S>,
-                       fc::gru_persistent_forward_launch<S>, "gru_persistent_forward_kernel",
-                       stream);
-    return;
+    if (persistent_forward(in, g, 3 * H, a, out.h_n, fc::gru_persistent_forward_plan<S>,
+                           fc::gru_persistent_forward_launch<S>, "gru_persistent_forward_kernel",
+                           stream))
+      return;
   }
 
   if (in.cell.reset_after) {
@@ -648,7 +666,8 @@ void gru_backward_cuda(const LayerInputs& in, const LayerGeometry& g, const Grad
   base.drh = cptr<S>(drh);
   const S* gates = cptr<S>(gi.saved.gates);
 
-  if (take_persistent(g, stream)) {
+  bool persistent = false;
+  if (take_persistent(in, g, true, stream)) {
     fc::GruPersistentBackward<S> a;
     a.base = base;
     a.reset_after = reset_after;
@@ -658,10 +677,11 @@ void gru_backward_cuda(const LayerInputs& in, const LayerGeometry& g, const Grad
     a.base.dG = mptr<S>(dG);
     a.base.hprev = prev_rows_all<S>(hprev, y, in.h0, H);
     a.rh = mptr<S>(drh);
-    persistent_backward(in, g, a, dh_state, fc::gru_persistent_backward_plan<S>,
-                        fc::gru_persistent_backward_launch<S>, "gru_persistent_backward_kernel",
-                        stream);
-  } else {
+    persistent = persistent_backward(in, g, a, dh_state, fc::gru_persistent_backward_plan<S>,
+                                     fc::gru_persistent_backward_launch<S>,
+                                     "gru_persistent_backward_kernel", stream);
+  }
+  if (!persistent) {
     for (int64_t s = g.T - 1; s >= 0; --s) {
       const StepInfo st = seq.step(s);
       const int64_t rows = st.rows;
@@ -713,8 +733,8 @@ void gru_backward_cuda(const LayerInputs& in, const LayerGeometry& g, const Grad
 // -------------------------------------------------------------------- RNN
 
 template <typename S>
-void rnn_forward_cuda(const LayerInputs& in, const LayerGeometry& g, ForwardResult& out,
-                      cudaStream_t stream) {
+void rnn_forward_cuda(const LayerInputs& in, const LayerGeometry& g, bool training,
+                      ForwardResult& out, cudaStream_t stream) {
   const int64_t N = g.N, H = g.H;
   Tensor h_state = out.h_n;
   h_state.copy_(in.h0);
@@ -728,14 +748,14 @@ void rnn_forward_cuda(const LayerInputs& in, const LayerGeometry& g, ForwardResu
   base.b_hh = cptr<S>(in.b_hh);
   base.gh = mptr<S>(gh);
   base.h = mptr<S>(h_state);
-  if (take_persistent(g, stream)) {
+  if (take_persistent(in, g, training, stream)) {
     fc::RnnPersistentForward<S> a;
     a.base = base;
     a.base.y = mptr<S>(y);
-    persistent_forward(in, g, H, a, out.h_n, fc::rnn_persistent_forward_plan<S>,
-                       fc::rnn_persistent_forward_launch<S>, "rnn_persistent_forward_kernel",
-                       stream);
-    return;
+    if (persistent_forward(in, g, H, a, out.h_n, fc::rnn_persistent_forward_plan<S>,
+                           fc::rnn_persistent_forward_launch<S>, "rnn_persistent_forward_kernel",
+                           stream))
+      return;
   }
   forward_steps<S>(in, g, H, [&](const StepInfo& st, const S* gx) {
     Tensor gh_rows = gh.narrow(0, 0, st.rows);
@@ -765,17 +785,19 @@ void rnn_backward_cuda(const LayerInputs& in, const LayerGeometry& g, const Grad
   base.H = H;
   base.relu = in.cell.kind == CellKind::kRnnRelu;
   base.dh = cptr<S>(dh_state);
-  if (take_persistent(g, stream)) {
+  bool persistent = false;
+  if (take_persistent(in, g, true, stream)) {
     fc::RnnPersistentBackward<S> a;
     a.base = base;
     a.base.dy = cptr<S>(dy);
     a.base.y = cptr<S>(y);
     a.base.dG = mptr<S>(dG);
     a.base.hprev = prev_rows_all<S>(hprev, y, in.h0, H);
-    persistent_backward(in, g, a, dh_state, fc::rnn_persistent_backward_plan<S>,
-                        fc::rnn_persistent_backward_launch<S>, "rnn_persistent_backward_kernel",
-                        stream);
-  } else {
+    persistent = persistent_backward(in, g, a, dh_state, fc::rnn_persistent_backward_plan<S>,
+                                     fc::rnn_persistent_backward_launch<S>,
+                                     "rnn_persistent_backward_kernel", stream);
+  }
+  if (!persistent) {
     for (int64_t s = g.T - 1; s >= 0; --s) {
       const StepInfo st = seq.step(s);
       fc::RnnBackwardParams<S> p = base;
@@ -819,7 +841,7 @@ void cuda_layer_forward(const LayerInputs& in, const LayerGeometry& g, bool trai
       case CellKind::kLstm: return lstm_forward_cuda<S>(in, g, training, out, stream);
       case CellKind::kGru: return gru_forward_cuda<S>(in, g, training, out, stream);
       case CellKind::kRnnTanh:
-      case CellKind::kRnnRelu: return rnn_forward_cuda<S>(in, g, out, stream);
+      case CellKind::kRnnRelu: return rnn_forward_cuda<S>(in, g, training, out, stream);
     }
   });
 }
