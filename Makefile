@@ -57,9 +57,9 @@ gpu-check:
 	tools/gpu_check.sh $(PYTEST_ARGS)
 
 # A short GPU loan (one call of at most 10 minutes): build, CUDA tests, the barrier
-# latency, issue 6's goal rows and the quick suite against cuDNN, racecheck and synccheck
-# of the persistent kernels, within SESSION_BUDGET_S; $$OUT gets summary.md and a
-# tarball of every log and result (tools/gpu_session.sh).
+# latency, issue 6's goal rows and the quick suite against cuDNN, an Nsight Compute profile
+# of case 1, racecheck and synccheck of the persistent kernels, within SESSION_BUDGET_S;
+# $$OUT gets summary.md and a tarball of every log and result (tools/gpu_session.sh).
 gpu-session:
 	tools/gpu_session.sh
 

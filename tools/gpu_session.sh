@@ -8,8 +8,11 @@
 #   goals      the rows of issue 6's goals, fused (standard and persistent) against cuDNN,
 #   variants   issue 6's variant rows at the goal shape,
 #   quick      the quick benchmark suite on the GPU,
-#   racecheck  compute-sanitizer racecheck over the persistent kernels (tensor-core and TF32
-#   synccheck  products, projection, packed sequences, the barrier probe), and synccheck.
+#   profile    Nsight Compute on issue 6's case 1 (bench/persistent_profile.py): the
+#              persistent LSTM kernels, forward and backward,
+#   racecheck  compute-sanitizer racecheck over the persistent kernels (one small case per
+#              kernel: tensor-core tiles, the projection), and
+#   synccheck  synccheck over more of them (TF32, packed sequences, the barrier probe).
 # GPU_SESSION_STEPS (comma list) picks steps; a later call on the same (still warm) machine
 # finds the build in place, e.g. GPU_SESSION_STEPS=racecheck,synccheck.
 #
@@ -25,7 +28,7 @@ PYTHON=${PYTHON:-python3}
 work=build/gpu-session
 out=${OUT:-build/gpu-session-out}
 budget=${SESSION_BUDGET_S:-540}
-steps=${GPU_SESSION_STEPS:-build,tests,floor,goals,variants,quick,racecheck,synccheck}
+steps=${GPU_SESSION_STEPS:-build,tests,floor,goals,variants,quick,profile,racecheck,synccheck}
 mkdir -p "$work" "$out"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
@@ -77,7 +80,11 @@ step build "build" 420 build.log env FUSEDRNN_CUDA=1 "$PYTHON" setup.py build_ex
   cat "$summary"
   exit 1
 }
-step tests "CUDA tests" 300 tests.log "$PYTHON" -m pytest -q -m cuda tests/test_cuda.py
+# With pytest-xdist (on the lent machines) the tests run in 8 processes, and a test that
+# crashes its process fails alone instead of ending the run.
+parallel=()
+"$PYTHON" -c "import xdist" 2>/dev/null && parallel=(-n 8)
+step tests "CUDA tests" 300 tests.log "$PYTHON" -m pytest -q -rfE "${parallel[@]}" -m cuda tests/test_cuda.py
 step floor "grid barrier latency" 120 persistent-floor.log "$PYTHON" bench/persistent_floor.py --out "$work"
 step goals "issue 6 goal rows vs cuDNN" 300 goals.log "$PYTHON" bench/run.py --device cuda --cell lstm,gru \
   --dtype float16,bfloat16 -T 1024 -N 16 -H 768 --mode inference,training --layers 1,2 --dirs 1,2 \
@@ -88,12 +95,26 @@ step variants "issue 6 variant rows" 150 variants.log "$PYTHON" bench/run.py --d
   --out "$work" --name goal-variants --no-plots
 step quick "quick suite on the GPU" 300 quick.log "$PYTHON" bench/run.py --suite quick --device cuda \
   --out "$work" --name quick-gpu
+ncu=$(command -v ncu || echo "${CUDA_HOME:-/usr/local/cuda}/bin/ncu")
+step profile "Nsight Compute, case 1 on the persistent path" 150 profile.log \
+  "$ncu" --clock-control none -k regex:lstm_persistent -c 2 --import-source yes \
+  --section SpeedOfLight --section LaunchStats --section Occupancy --section ComputeWorkloadAnalysis \
+  --section MemoryWorkloadAnalysis --section SchedulerStats --section WarpStateStats \
+  --section SourceCounters -o "$work/case1" -f "$PYTHON" bench/persistent_profile.py --calls 2 --backward
+wanted profile && [ -f "$work/case1.ncu-rep" ] && "$ncu" --import "$work/case1.ncu-rep" --print-summary none \
+  >"$work/profile.txt" 2>&1 && publish
+# racecheck costs about 40 s a test on the packed multi-layer cases (seen on an H200), so it
+# gets one small case per kernel; synccheck, fast, gets the wider subset. --durations sizes
+# the next run's subsets.
 sanitizer=$(command -v compute-sanitizer || echo "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer")
-subset="persistent and (tensor_core_tiles or tf32_where_allowed or projection_wider or (packed_multilayer and float16)) or grid_barrier_probe"
+race_subset="persistent and ((tensor_core_tiles and 33-71 and not bfloat16) or (projection_wider and padded))"
+sync_subset="persistent and (tensor_core_tiles or tf32_where_allowed or projection_wider or (packed_multilayer and float16)) or grid_barrier_probe"
 for tool in racecheck synccheck; do
+  subset=$race_subset
+  [ "$tool" = synccheck ] && subset=$sync_subset
   step "$tool" "compute-sanitizer $tool (persistent kernels)" 240 "sanitizer-$tool.log" \
     env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$sanitizer" --tool "$tool" --error-exitcode 1 \
-    --target-processes all "$PYTHON" -m pytest -q -x -m cuda tests/test_cuda.py -k "$subset"
+    --target-processes all "$PYTHON" -m pytest -q -x --durations=0 -m cuda tests/test_cuda.py -k "$subset"
 done
 echo "gpu-session: summary ($summary; in \$OUT: summary.md, gpu-session.tar.gz)"
 cat "$summary"
