@@ -236,6 +236,25 @@ def test_wide_hidden_and_long_sequence(dtype):
     assert_matches_reference(m, x)
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("variant", ["lstm", "lstm_proj", "gru_reset_before", "rnn_tanh"])
+@pytest.mark.parametrize("steps,batch", [(7, 600), (20, 600)])
+def test_weight_gradients_over_many_rows_match_reference(steps, batch, variant, packed, monkeypatch):
+    """A weight gradient sums over every row of the sequence (T*N). One float32
+    GEMM over all of them (one chain per output on the host BLAS, and on cuBLAS
+    kernels without split-K) had 3-10x the float32 reference's error at
+    T*N >= 4200."""
+    monkeypatch.setenv("FUSEDRNN_CUDA_PATH", "standard")
+    cls, kwargs = SEQ_VARIANTS[variant]
+    m = _make(cls, kwargs, torch.float32)
+    gen = _seeded()
+    if packed:
+        x = _packed([steps - (i % 3) for i in range(batch)], gen, torch.float32)
+    else:
+        x = _randn(steps, batch, C, gen=gen)
+    assert_matches_reference(m, x)
+
+
 @pytest.mark.parametrize("chunk_bytes", ["1", "3000"])
 @pytest.mark.parametrize("variant", ["lstm_peephole_coupled_proj", "gru_reset_before", "rnn_tanh"])
 def test_input_gemm_in_chunks(variant, chunk_bytes, monkeypatch):

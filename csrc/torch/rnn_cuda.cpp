@@ -8,9 +8,10 @@
 //   (projection) y = r W_hr^T     at::mm_out, then y copied into the state
 // with Gx = X W_ih^T computed for a chunk of steps at once (one GEMM over up to
 // kGxChunkBytes of rows). Backward, per step in reverse: the pointwise kernel
-// gives dG, one GEMM gives the recurrent part of dh; after the loop dX, dW_ih,
-// dW_hh (and dW_hr) are single GEMMs over all R rows, the biases column sums of
-// dG, the peepholes a sum of per-row accumulators (deterministic, no atomics).
+// gives dG, one GEMM gives the recurrent part of dh; after the loop dX is one
+// GEMM over all R rows, dW_ih, dW_hh (and dW_hr) GEMMs over blocks of at most 512
+// rows added up (rows_product), the biases column sums of dG, the peepholes a sum
+// of per-row accumulators (deterministic, no atomics).
 //
 // Compiled by the host compiler and includes no cuBLAS header (never
 // ATen/cuda/CUDAContext.h), so tools/check_cuda_host.sh can check it against a
@@ -277,6 +278,40 @@ void init_grad_state(Tensor& state, const OptTensor& grad) {
     state.zero_();
 }
 
+// dst = a^T b (accumulate: dst += a^T b) for a [R, M], b [R, K] with R = T*N,
+// every row of the sequence: a weight gradient. One GEMM over all R rows may sum
+// each output in one float32 chain (the emulation's host BLAS does, bit for bit
+// the same when blocks of rows go through addmm_, which accumulates onto dst; so
+// may a cuBLAS kernel without split-K), and its error grew with R, to 3-10x the
+// float32 reference's (per-step sums) at R >= 4200. float32 and float64 take
+// blocks of at most kChainRows rows, each block's product into a scratch of
+// dst's size, added to dst; 16-bit GEMMs accumulate in float already.
+constexpr int64_t kChainRows = 512;
+
+void rows_product(Tensor dst, const Tensor& a, const Tensor& b, bool accumulate) {
+  const int64_t R = a.size(0);
+  const bool chained = a.scalar_type() == at::kFloat || a.scalar_type() == at::kDouble;
+  if (!chained || R <= kChainRows) {
+    if (accumulate)
+      dst.addmm_(a.t(), b);
+    else
+      at::mm_out(dst, a.t(), b);
+    return;
+  }
+  Tensor part = at::empty(dst.sizes(), dst.options());
+  for (int64_t r0 = 0; r0 < R; r0 += kChainRows) {
+    const int64_t n = std::min(kChainRows, R - r0);
+    const Tensor at_rows = a.narrow(0, r0, n).t();
+    const Tensor b_rows = b.narrow(0, r0, n);
+    if (r0 == 0 && !accumulate) {
+      at::mm_out(dst, at_rows, b_rows);
+    } else {
+      at::mm_out(part, at_rows, b_rows);
+      dst.add_(part);
+    }
+  }
+}
+
 // Columns [col, col + n) of dG belong to rows [wrow, wrow + n) of W_ih and b_ih.
 struct Block {
   int64_t col, wrow, n;
@@ -301,8 +336,7 @@ void input_side_grads(const LayerInputs& in, const LayerGeometry& g, const Tenso
   }
   if (wanted(out.grad_w_ih)) {
     for (const Block& b : blocks) {
-      Tensor dw = out.grad_w_ih.narrow(0, b.wrow, b.n);
-      at::mm_out(dw, dG.narrow(1, b.col, b.n).t(), x);
+      rows_product(out.grad_w_ih.narrow(0, b.wrow, b.n), dG.narrow(1, b.col, b.n), x, false);
     }
   }
 }
@@ -325,13 +359,14 @@ void bias_grads(const Tensor& dG, std::initializer_list<Block> ih_blocks, int64_
 void recurrent_weight_grad(Tensor dw, const Tensor& dGb, const Tensor& hprev, const Tensor& y,
                            const Tensor& h0, const LayerGeometry& g, bool reverse) {
   if (hprev.defined()) {
-    at::mm_out(dw, dGb.t(), hprev);
+    rows_product(dw, dGb, hprev, false);
     return;
   }
   const int64_t N = g.N, R = g.R;
-  at::mm_out(dw, dGb.narrow(0, reverse ? R - N : 0, N).t(), h0);
+  rows_product(dw, dGb.narrow(0, reverse ? R - N : 0, N), h0, false);
   if (R > N)
-    dw.addmm_(dGb.narrow(0, reverse ? 0 : N, R - N).t(), y.narrow(0, reverse ? N : 0, R - N));
+    rows_product(dw, dGb.narrow(0, reverse ? 0 : N, R - N), y.narrow(0, reverse ? N : 0, R - N),
+                 true);
 }
 
 // Where the backward kernels gather Hprev: only packed sequences need it, and
@@ -532,7 +567,7 @@ void lstm_backward_cuda(const LayerInputs& in, const LayerGeometry& g, const Gra
   bias_grads(dG, {{0, 0, GH}}, GH, out);
   if (want_whh) recurrent_weight_grad(out.grad_w_hh, dG, hprev, y, in.h0, g, in.reverse);
   if (want_wch) out.grad_w_ch.copy_(dwch_rows.sum(0));
-  if (want_whr) at::mm_out(out.grad_w_hr, dht.t(), gi.saved.proj_in);
+  if (want_whr) rows_product(out.grad_w_hr, dht, gi.saved.proj_in, false);
 }
 
 // -------------------------------------------------------------------- GRU
@@ -724,8 +759,8 @@ void gru_backward_cuda(const LayerInputs& in, const LayerGeometry& g, const Grad
       recurrent_weight_grad(out.grad_w_hh.narrow(0, 0, 2 * H), dG.narrow(1, 0, 2 * H), hprev, y,
                             in.h0, g, in.reverse);
       // W_hn multiplies r*h, saved in the compute dtype: the GEMM wants the input dtype.
-      Tensor dw_n = out.grad_w_hh.narrow(0, 2 * H, H);
-      at::mm_out(dw_n, dG.narrow(1, 2 * H, H).t(), gi.saved.states.to(in.input.scalar_type()));
+      rows_product(out.grad_w_hh.narrow(0, 2 * H, H), dG.narrow(1, 2 * H, H),
+                   gi.saved.states.to(in.input.scalar_type()), false);
     }
   }
 }
