@@ -666,6 +666,8 @@ def test_cuda_graph_capture_and_replay(variant, packed, path, steps, monkeypatch
         loss_of(static_out).backward()
 
     eager = copy.deepcopy(model)
+    if path == "auto" and packed:
+        monkeypatch.setenv("FUSEDRNN_CUDA_PATH", "standard")  # what auto ran inside capture
     for seed in (11, 12):
         new = _randn(*static_data.shape, gen=_seeded(seed))
         static_data.copy_(new)
@@ -974,7 +976,7 @@ def _pays(module, steps, batch, dtype, training=True):
     gates = {"LSTM": 3 if getattr(module, "coupled_gates", False) else 4, "GRU": 3, "RNN": 1}[type(module).__name__]
     proj = bool(getattr(module, "proj_size", 0))
     return fusedrnn._C._persistent_pays(steps, batch, gates, module.hidden_size, proj,
-                                        torch.empty((), dtype=dtype).element_size(), training)
+                                        torch.empty((), dtype=dtype).element_size(), True, training)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)

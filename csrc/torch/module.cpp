@@ -61,7 +61,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Where bfloat16 layers on CPU take their products now: amx or float32.");
   m.def("_persistent_pays", &fusedrnn::persistent_pays, pybind11::arg("T"), pybind11::arg("N"),
         pybind11::arg("G"), pybind11::arg("H"), pybind11::arg("projection"),
-        pybind11::arg("elem_bytes"), pybind11::arg("training"),
+        pybind11::arg("elem_bytes"), pybind11::arg("tensor_cores"), pybind11::arg("training"),
         "Whether FUSEDRNN_CUDA_PATH=auto runs a layer of these sizes on the persistent path on "
         "CUDA (when its plan takes the layer).");
 #ifdef FUSEDRNN_WITH_CUDA

@@ -152,7 +152,8 @@ void forward_steps(const LayerInputs& in, const LayerGeometry& g, int64_t GH, co
 // (an error when the persistent path cannot run the layer, with the reason), or
 // "auto" (the default): the persistent path where persistent_pays
 // (path_choice.h) says it is the faster one and its plan takes the layer, the
-// standard path everywhere else.
+// standard path everywhere else. The rule is asked twice: before planning
+// assuming tensor cores for 16-bit types, and after, with the plan's product.
 
 enum class PathChoice { kAuto, kStandard, kPersistent };
 
@@ -171,8 +172,8 @@ bool take_persistent(const LayerInputs& in, const LayerGeometry& g, bool trainin
                      cudaStream_t stream) {
   const PathChoice path = requested_path();
   if (path == PathChoice::kStandard) return false;
-  if (path == PathChoice::kAuto &&
-      !persistent_pays(g.T, g.N, g.G, g.H, in.w_hr.has_value(), in.input.element_size(), training))
+  if (path == PathChoice::kAuto && !persistent_pays(g.T, g.N, g.G, g.H, in.w_hr.has_value(),
+                                                     in.input.element_size(), true, training))
     return false;
   if (g.packed) {
     bool capturing = false;
@@ -203,13 +204,18 @@ struct DeviceSeq {
 
 // The launch plan of a persistent kernel; float32 products may use TF32 where
 // torch.backends.cuda.matmul allows it, as the standard path's GEMMs do. False
-// when the kernel cannot hold the layer: an error with the reason when the path
-// is forced, the standard path's turn under auto.
+// when the kernel cannot hold the layer (an error with the reason when the path
+// is forced) or, under auto, when its product runs on CUDA cores where the rule
+// wants tensor cores: the standard path's turn.
 template <typename S, typename Args, typename PlanFn>
-bool persistent_plan(Args& a, const PlanFn& plan_fn, const char* kernel, fc::PersistentPlan& plan) {
+bool persistent_plan(const LayerInputs& in, const LayerGeometry& g, bool training, Args& a,
+                     const PlanFn& plan_fn, const char* kernel, fc::PersistentPlan& plan) {
   a.tf32 = at::globalContext().allowTF32CuBLAS();
   check_launch(plan_fn(a, plan), kernel);
-  if (plan.why == nullptr) return true;
+  if (plan.why == nullptr)
+    return requested_path() == PathChoice::kPersistent ||
+           persistent_pays(g.T, g.N, g.G, g.H, in.w_hr.has_value(), in.input.element_size(),
+                           plan.lay.mma != 0, training);
   TORCH_CHECK(requested_path() != PathChoice::kPersistent,
               "fusedrnn: FUSEDRNN_CUDA_PATH=persistent, but the persistent path does not run "
               "this layer (a batch of ", a.seq.N, " rows, hidden size ", a.base.H, "): ",
@@ -221,7 +227,7 @@ bool persistent_plan(Args& a, const PlanFn& plan_fn, const char* kernel, fc::Per
 // pointers); runs one launch per chunk of steps of Gx. h_n [N, H] gets each
 // row's last h'. False, having run nothing, when the plan declines the layer.
 template <typename S, typename P, typename PlanFn, typename LaunchFn>
-bool persistent_forward(const LayerInputs& in, const LayerGeometry& g, int64_t GH,
+bool persistent_forward(const LayerInputs& in, const LayerGeometry& g, bool training, int64_t GH,
                         fc::PersistentArgs<S, P>& a, const Tensor& h_n, const PlanFn& plan_fn,
                         const LaunchFn& launch_fn, const char* kernel, cudaStream_t stream) {
   const int64_t N = g.N;
@@ -237,7 +243,7 @@ bool persistent_forward(const LayerInputs& in, const LayerGeometry& g, int64_t G
   a.h_n = mptr<S>(h_n);
   a.gh = mptr<S>(gh);
   fc::PersistentPlan plan;
-  if (!persistent_plan<S>(a, plan_fn, kernel, plan)) return false;
+  if (!persistent_plan<S>(in, g, training, a, plan_fn, kernel, plan)) return false;
   forward_chunks<S>(in, g, GH, [&](const Chunk& c, const S* gx) {
     a.s0 = c.s0;
     a.s1 = c.s1;
@@ -264,7 +270,7 @@ bool persistent_backward(const LayerInputs& in, const LayerGeometry& g,
   a.w_hh = cptr<S>(in.w_hh);
   a.dh = mptr<S>(dh_state);
   fc::PersistentPlan plan;
-  if (!persistent_plan<S>(a, plan_fn, kernel, plan)) return false;
+  if (!persistent_plan<S>(in, g, true, a, plan_fn, kernel, plan)) return false;
   check_launch(launch_fn(a, plan, stream), kernel);
   return true;
 }
@@ -438,7 +444,7 @@ void lstm_forward_cuda(const LayerInputs& in, const LayerGeometry& g, bool train
       a.base.gates = mptr<S>(out.saved.gates);
       a.base.states = mptr<A>(out.saved.states);
     }
-    if (persistent_forward(in, g, GH, a, out.h_n, fc::lstm_persistent_forward_plan<S>,
+    if (persistent_forward(in, g, training, GH, a, out.h_n, fc::lstm_persistent_forward_plan<S>,
                            fc::lstm_persistent_forward_launch<S>, "lstm_persistent_forward_kernel",
                            stream)) {
       if (!kSameAcc) out.c_n.copy_(c_state);
@@ -611,7 +617,7 @@ void gru_forward_cuda(const LayerInputs& in, const LayerGeometry& g, bool traini
     if (!training) a.base.ld_z = H;
     a.rh = mptr<S>(rh);
     a.rh_rows = rb && rh_in_states ? mptr<S>(out.saved.states) : nullptr;
-    if (persistent_forward(in, g, 3 * H, a, out.h_n, fc::gru_persistent_forward_plan<S>,
+    if (persistent_forward(in, g, training, 3 * H, a, out.h_n, fc::gru_persistent_forward_plan<S>,
                            fc::gru_persistent_forward_launch<S>, "gru_persistent_forward_kernel",
                            stream))
       return;
@@ -787,7 +793,7 @@ void rnn_forward_cuda(const LayerInputs& in, const LayerGeometry& g, bool traini
     fc::RnnPersistentForward<S> a;
     a.base = base;
     a.base.y = mptr<S>(y);
-    if (persistent_forward(in, g, H, a, out.h_n, fc::rnn_persistent_forward_plan<S>,
+    if (persistent_forward(in, g, training, H, a, out.h_n, fc::rnn_persistent_forward_plan<S>,
                            fc::rnn_persistent_forward_launch<S>, "rnn_persistent_forward_kernel",
                            stream))
       return;
