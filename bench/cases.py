@@ -14,6 +14,9 @@ re-pointed at the module's weights, the reference run on the fused module).
   fused-persistent  CUDA sequence rows: fusedrnn's module forced onto the persistent path
                (FUSEDRNN_CUDA_PATH=persistent); left out, with the reason in the notes, where
                that path does not run the row
+  fused-standard  CUDA sequence rows: fusedrnn's module forced onto the standard path
+               (FUSEDRNN_CUDA_PATH=standard); with fused-persistent, what `fused` (the
+               automatic choice between the two) is held to
 
 For ``*_cell`` rows the nn baseline is itself a loop of nn cells, so there is no separate
 cell-loop candidate.
@@ -41,7 +44,7 @@ NN_CELLS = {"lstm": nn.LSTMCell, "gru": nn.GRUCell, "rnn": nn.RNNCell}
 FUSED_CLASSES = {"lstm": fusedrnn.LSTM, "gru": fusedrnn.GRU, "rnn": fusedrnn.RNN}
 FUSED_CELLS = {"lstm": fusedrnn.LSTMCell, "gru": fusedrnn.GRUCell, "rnn": fusedrnn.RNNCell}
 
-BASELINE_ORDER = ("fused-persistent", "nn-onednn", "nn-native", "nn-cudnn", "cell-loop", "reference",
+BASELINE_ORDER = ("fused-persistent", "fused-standard", "nn-onednn", "nn-native", "nn-cudnn", "cell-loop", "reference",
                   "fused-plain")
 NN_NAMES = ("nn-onednn", "nn-native", "nn-cudnn")
 
@@ -261,6 +264,9 @@ def build(case: Case, baselines: Optional[set] = None, seed: int = 0) -> Row:
         else:
             cands.append(Candidate("fused-persistent", lambda: fused(x)[0], params,
                                    functools.partial(_cuda_path, "persistent")))
+    if dev == "cuda" and not step_cell and want("fused-standard"):
+        cands.append(Candidate("fused-standard", lambda: fused(x)[0], params,
+                               functools.partial(_cuda_path, "standard")))
 
     if want("reference"):
         if step_cell:

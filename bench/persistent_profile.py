@@ -1,8 +1,9 @@
 """Issue 6's case 1 on the persistent path, for a profiler: an LSTM in float16,
-T=1024, N=16, C=H=768, forward (and with --backward, backward too), a few calls
-after a warm-up. `make gpu-session` runs it under Nsight Compute:
+T=1024, N=16, C=H=768, a few calls of the inference forward (with --backward,
+of the training forward and the backward). `make gpu-session` runs it under
+Nsight Compute:
 
-    ncu --clock-control none -k regex:persistent -c 2 ... python bench/persistent_profile.py
+    ncu --clock-control none -k regex:lstm_persistent -c 3 ... python bench/persistent_profile.py --backward
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ def main() -> None:
     m = fusedrnn.LSTM(768, 768).to("cuda", torch.float16)
     x = torch.randn(1024, 16, 768, device="cuda", dtype=torch.float16, requires_grad=args.backward)
     for _ in range(args.calls):
-        y, _ = m(x)
+        with torch.set_grad_enabled(args.backward):
+            y, _ = m(x)
         if args.backward:
             y.backward(torch.randn_like(y))
     torch.cuda.synchronize()

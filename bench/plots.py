@@ -11,7 +11,7 @@ from cases import BASELINE_ORDER, NN_NAMES
 from report import COLUMN, act_mb, nn_best, sort_key
 from suites import DTYPE_SHORT, MODE_SHORT, Case
 
-COLORS = {"fused": "#d62728", "fused-persistent": "#9467bd", "nn-onednn": "#1f77b4", "nn-native": "#17becf", "nn-cudnn": "#1f77b4",
+COLORS = {"fused": "#d62728", "fused-persistent": "#9467bd", "fused-standard": "#8c564b", "nn-onednn": "#1f77b4", "nn-native": "#17becf", "nn-cudnn": "#1f77b4",
           "cell-loop": "#7f7f7f", "reference": "#bcbd22", "fused-plain": "#ff9896"}
 
 

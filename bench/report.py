@@ -21,7 +21,7 @@ from cases import BASELINE_ORDER, NN_NAMES
 from suites import CELLS, DTYPE_SHORT, MODE_SHORT, MODES, VARIANTS, Case, family
 
 SCHEMA = "fusedrnn-bench/1"
-COLUMN = {"fused-persistent": "persistent", "nn-onednn": "oneDNN", "nn-native": "native", "nn-cudnn": "cuDNN", "cell-loop": "cell loop",
+COLUMN = {"fused-persistent": "persistent", "fused-standard": "standard", "nn-onednn": "oneDNN", "nn-native": "native", "nn-cudnn": "cuDNN", "cell-loop": "cell loop",
           "reference": "reference", "fused-plain": "plain"}
 
 
@@ -157,8 +157,8 @@ def _table(rows: Sequence[dict], markdown: bool) -> Tuple[List[str], List[List[s
     for b in base:
         if b == "fused-plain":
             header.append("variant/plain")
-        elif b == "fused-persistent":
-            header.append("persistent ms (x nn)" if markdown else "persist x nn")
+        elif b in ("fused-persistent", "fused-standard"):
+            header.append(f"{COLUMN[b]} ms (x nn)" if markdown else f"{COLUMN[b][:7]} x nn")
         else:
             header.append(f"{COLUMN[b]} ms (x)" if markdown else f"x{COLUMN[b]}")
     has_mem = any(act_mb(r, "fused") is not None for r in rows)
@@ -188,7 +188,7 @@ def _table(rows: Sequence[dict], markdown: bool) -> Tuple[List[str], List[List[s
             s = speedup(r, b)
             if b == "fused-plain":
                 line.append("-" if s is None else f"{1 / s:.2f}")
-            elif b == "fused-persistent":
+            elif b in ("fused-persistent", "fused-standard"):
                 # its own speed-up over the fastest torch.nn path of the row
                 best = nn_best(r)
                 sp = med(r, best) / med(r, b) if best and med(r, b) else None

@@ -74,8 +74,7 @@ def parse_args(argv=None):
     g.add_argument("--threads", type=_ints, help="CPU threads, comma list (default 1 and all cores)")
     g.add_argument("--baselines", type=_strs,
                    help="comma list of nn, nn-onednn, nn-native, nn-cudnn, cell-loop, reference, fused-plain, "
-                        "fused-persistent "
-                        "(default: all that apply)")
+                        "fused-persistent, fused-standard (default: all that apply)")
     g.add_argument("--limit", type=int, help="run only the first LIMIT rows")
     t = p.add_argument_group("timing")
     t.add_argument("--budget", type=float, help="seconds of timed rounds per row (quick 0.3, others 1.0)")

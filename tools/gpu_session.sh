@@ -84,30 +84,34 @@ step build "build" 420 build.log env FUSEDRNN_CUDA=1 "$PYTHON" setup.py build_ex
 # crashes its process fails alone instead of ending the run.
 parallel=()
 "$PYTHON" -c "import xdist" 2>/dev/null && parallel=(-n 8)
-step tests "CUDA tests" 300 tests.log "$PYTHON" -m pytest -q -rfE "${parallel[@]}" -m cuda tests/test_cuda.py
+step tests "CUDA tests" 300 tests.log "$PYTHON" -m pytest -q -rfE ${parallel[@]+"${parallel[@]}"} -m cuda \
+  tests/test_cuda.py
 step floor "grid barrier latency" 120 persistent-floor.log "$PYTHON" bench/persistent_floor.py --out "$work"
 step goals "issue 6 goal rows vs cuDNN" 300 goals.log "$PYTHON" bench/run.py --device cuda --cell lstm,gru \
   --dtype float16,bfloat16 -T 1024 -N 16 -H 768 --mode inference,training --layers 1,2 --dirs 1,2 \
-  --baselines nn-cudnn,fused-persistent --budget 0.2 --out "$work" --name goals --no-plots
+  --baselines nn-cudnn,fused-persistent,fused-standard --budget 0.2 --out "$work" --name goals --no-plots
 step variants "issue 6 variant rows" 150 variants.log "$PYTHON" bench/run.py --device cuda --cell lstm,gru \
   --variant plain,peephole,coupled,peephole+coupled,reset_before --dtype float16 -T 1024 -N 16 -H 768 \
-  --mode inference,training --layers 1 --dirs 1 --baselines nn-cudnn,fused-persistent --budget 0.2 \
+  --mode inference,training --layers 1 --dirs 1 --baselines nn-cudnn,fused-persistent,fused-standard --budget 0.2 \
   --out "$work" --name goal-variants --no-plots
 step quick "quick suite on the GPU" 300 quick.log "$PYTHON" bench/run.py --suite quick --device cuda \
   --out "$work" --name quick-gpu
 ncu=$(command -v ncu || echo "${CUDA_HOME:-/usr/local/cuda}/bin/ncu")
 step profile "Nsight Compute, case 1 on the persistent path" 150 profile.log \
-  "$ncu" --clock-control none -k regex:lstm_persistent -c 2 --import-source yes \
+  "$ncu" --clock-control none -k regex:lstm_persistent -c 3 --import-source yes \
   --section SpeedOfLight --section LaunchStats --section Occupancy --section ComputeWorkloadAnalysis \
   --section MemoryWorkloadAnalysis --section SchedulerStats --section WarpStateStats \
   --section SourceCounters -o "$work/case1" -f "$PYTHON" bench/persistent_profile.py --calls 2 --backward
 wanted profile && [ -f "$work/case1.ncu-rep" ] && "$ncu" --import "$work/case1.ncu-rep" --print-summary none \
   >"$work/profile.txt" 2>&1 && publish
-# racecheck costs about 40 s a test on the packed multi-layer cases (seen on an H200), so it
-# gets one small case per kernel; synccheck, fast, gets the wider subset. --durations sizes
-# the next run's subsets.
+# Case 1's forward is two launches (chunks of its input projection), then the backward:
+# -c 3 profiles the first call's three. racecheck costs about 40 s a test on the packed
+# multi-layer cases (seen on an H200), so it gets one small case per kernel, 16-bit on
+# tensor cores and float32 on CUDA cores; synccheck, fast, gets the wider subset.
+# --durations sizes the next run's subsets.
 sanitizer=$(command -v compute-sanitizer || echo "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer")
-race_subset="persistent and ((tensor_core_tiles and 33-71 and not bfloat16) or (projection_wider and padded))"
+race_subset="persistent and ((tensor_core_tiles and 33-71 and not bfloat16) or (projection_wider and padded) \
+or (hidden_and_batch_sizes and 3-70 and float32))"
 sync_subset="persistent and (tensor_core_tiles or tf32_where_allowed or projection_wider or (packed_multilayer and float16)) or grid_barrier_probe"
 for tool in racecheck synccheck; do
   subset=$race_subset
