@@ -264,9 +264,10 @@ def make_extension():
                 super().build_extension(ext)
             finally:
                 self.compiler.compile = compile_fn
-            if sys.platform == "linux" and defines_cxx_runtime(self.get_ext_fullpath(ext.name)):
-                os.remove(self.get_ext_fullpath(ext.name))
-                sys.exit(f"fusedrnn: {self.get_ext_fullpath(ext.name)} carries its own copy of libstdc++ "
+            built = self.get_ext_fullpath(ext.name)
+            if sys.platform == "linux" and defines_cxx_runtime(built):
+                os.remove(built)
+                sys.exit(f"fusedrnn: {built} carries its own copy of libstdc++ "
                          "beside the one torch runs with; two copies in one process garble or crash on "
                          "error messages. Build with a compiler that links libstdc++.so (set CXX and CC).")
 
