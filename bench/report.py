@@ -310,6 +310,7 @@ def markdown_report(record: dict, stamp_line: str, plots: Sequence[str]) -> str:
     rows = record["rows"]
     opts = record["options"]
     out = [f"# fusedrnn benchmark: `{record['suite']}` on `{record['machine']}`", "", f"**{stamp_line}**", ""]
+    out += provenance(record)
     cpu = env["cpu"]
     out.append(f"- CPU: {cpu['name']}" + (f" ({cpu['microarch']})" if cpu["microarch"] else "")
                + f", {cpu['cores']} cores usable, flags {' '.join(cpu['flags'])}; fusedrnn kernel ISA "
@@ -350,6 +351,25 @@ def markdown_report(record: dict, stamp_line: str, plots: Sequence[str]) -> str:
     return "\n".join(out)
 
 
+def provenance(record: dict) -> List[str]:
+    """Lines saying which runs a merged record (--resume) came from, and how much of its suite it
+    holds when it is incomplete (--time-limit); none for one complete run."""
+    out = []
+    parts = record.get("parts") or []
+    if len(parts) > 1:
+        out.append(f"Merged from {len(parts)} runs on this machine (`--resume`); each row was measured within one "
+                   "run, its candidates interleaved:")
+        out.append("")
+        out += [f"- {p['stamp']}: {p['rows']} rows, {p['wall_s']:.0f} s" for p in parts]
+        out.append("")
+    inc = record.get("incomplete")
+    if inc:
+        out.append(f"**Incomplete: {inc['done']} of {inc['total']} rows** (stopped at `--time-limit`; "
+                   f"`bench/run.py --resume` on this record runs the other {inc['total'] - inc['done']}).")
+        out.append("")
+    return out
+
+
 def update_readme(readme: Path, record: dict, stamp_line: str, md_path: Path, plots: Sequence[str]) -> None:
     """Replaces the block between <!-- bench:<kind>:start --> and <!-- bench:<kind>:end -->
     (kind = cpu or gpu) with the summary, the table and the plots of this run."""
@@ -358,7 +378,8 @@ def update_readme(readme: Path, record: dict, stamp_line: str, md_path: Path, pl
     text = readme.read_text() if readme.exists() else ""
     rel = lambda p: os.path.relpath(p, readme.parent)  # noqa: E731
     body = [start, "", f"**{stamp_line}** (suite `{record['suite']}`; full record: "
-            f"[{rel(md_path)}]({rel(md_path)}))", "", summary_text(summary(record["rows"]), markdown=True), ""]
+            f"[{rel(md_path)}]({rel(md_path)}))", "", *provenance(record),
+            summary_text(summary(record["rows"]), markdown=True), ""]
     for mode in ("inference", "training"):
         sel = [r for r in record["rows"] if r["case"]["mode"] == mode]
         if sel:

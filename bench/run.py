@@ -7,6 +7,8 @@ interleaved in one process. See bench/README.md for the method.
   python bench/run.py --cell gru -T 50,200 -N 32 -H 512 --mode training --threads 1
   python bench/run.py --suite quick --cell lstm --mode training     # a suite's rows, filtered
   python bench/run.py --check bench/results/<machine>/quick.json    # rerun a baseline, flag regressions
+  python bench/run.py --suite gpu --time-limit 500                   # stop starting rows after 500 s, save
+  python bench/run.py --suite gpu --resume bench/results/<machine>/gpu.json   # run the rows it lacks
 """
 
 from __future__ import annotations
@@ -76,6 +78,13 @@ def parse_args(argv=None):
                    help="comma list of nn, nn-onednn, nn-native, nn-cudnn, cell-loop, reference, fused-plain, "
                         "fused-persistent, fused-standard (default: all that apply)")
     g.add_argument("--limit", type=int, help="run only the first LIMIT rows")
+    g.add_argument("--time-limit", type=float, metavar="SECONDS",
+                   help="start no row after SECONDS of wall time (a row under way finishes); the rows done are "
+                        "saved as an incomplete record, exit status 3, and --resume runs the rest")
+    g.add_argument("--resume", type=Path, metavar="RUN.json",
+                   help="keep the rows of RUN.json (an earlier, possibly incomplete run of the same rows on this "
+                        "machine) and run only those it lacks; the merged record, which names every part, is "
+                        "saved under RUN.json's name")
     t = p.add_argument_group("timing")
     t.add_argument("--budget", type=float, help="seconds of timed rounds per row (quick 0.3, others 1.0)")
     t.add_argument("--min-rounds", type=int, help="rounds per candidate at least (quick 5, others 7)")
@@ -148,6 +157,7 @@ def _validate(p: argparse.ArgumentParser, args) -> None:
     if args.dirs is not None and (not args.dirs or set(args.dirs) - {1, 2}):
         p.error(f"--dirs: 1 or 2, got {args.dirs}")
     for name, low, strict in (("limit", 1, False), ("min_rounds", 1, False), ("budget", 0, True),
+                              ("time_limit", 0, True),
                               ("warmup", 0, False), ("block", 0, False), ("secondary_rounds", 0, False),
                               ("tolerance", 0, False)):
         v = getattr(args, name)
@@ -155,6 +165,10 @@ def _validate(p: argparse.ArgumentParser, args) -> None:
             p.error(f"--{name.replace('_', '-')}: must be {'>' if strict else 'at least'} {low}, got {v}")
     if args.update_readme and args.no_save:
         p.error("--update-readme writes the saved results into the README: not with --no-save")
+    if args.resume and args.no_save:
+        p.error("--resume saves the merged record: not with --no-save")
+    if args.resume and (args.check or args.against):
+        p.error("--resume: not with --check or --against (check the finished record instead)")
     if args.update_readme and not args.update_readme.parent.is_dir():
         p.error(f"--update-readme: no folder {args.update_readme.parent}")
 
@@ -290,7 +304,13 @@ def main(argv=None) -> int:
     cuda = torch.cuda.is_available()
     axes = {a: getattr(args, a) for a in AXES if getattr(args, a)}
     baseline = report.load(args.check) if args.check else None
-    if args.suite:
+    previous = report.load(args.resume) if args.resume else None
+    if previous and not args.suite and not axes:
+        case_list = suites.dedupe([suites.Case.from_dict(r["case"]) for r in previous["rows"]]
+                                  + [suites.Case.from_dict(c) for c in previous.get("incomplete", {}).get("left", [])])
+        suite_name = previous["suite"]
+        name = previous.get("name", suite_name)
+    elif args.suite:
         case_list = suites.filter_cases(suites.suite(args.suite, (axes.get("device") or [None])[0], cuda), axes)
         name = args.suite if not axes else "custom"
         suite_name = args.suite
@@ -309,6 +329,8 @@ def main(argv=None) -> int:
         name = "custom" if name == suite_name else name
     if baseline and not name.endswith("-check"):
         name += "-check"  # never overwrite the stored run being checked against
+    if previous:
+        name = previous.get("name", name)
     name = args.name or name
     if not case_list:
         raise SystemExit("no rows to run (check the axis options against --list)")
@@ -340,32 +362,47 @@ def main(argv=None) -> int:
     device = "cuda" if any(c.device == "cuda" for c in case_list) else "cpu"
     machine = envinfo.machine_name(device)
     stamp = envinfo.stamp(env, machine)
-    print(f"fusedrnn bench: suite {suite_name}, {len(case_list)} rows | {stamp}", file=sys.stderr)
+    kept = resumable_rows(previous, args, machine, suite_name, case_list) if previous else {}
+    to_run = [c for c in case_list if c.key() not in kept]
+    print(f"fusedrnn bench: suite {suite_name}, {len(case_list)} rows"
+          + (f" ({len(kept)} kept from {args.resume}, {len(to_run)} to run)" if previous else "")
+          + f" | {stamp}", file=sys.stderr)
     la = env["load_average_start"]
     if la and la[0] > 0.5 and device == "cpu":
         print(f"note: load average {la[0]} on {env['cpu']['cores']} cores before starting: other work shares "
               f"this machine, multi-threaded rows will be noisy", file=sys.stderr)
 
     threads0 = torch.get_num_threads()
-    progress = Progress(len(case_list), args.quiet)
-    rows = []
+    progress = Progress(len(to_run), args.quiet)
+    new_rows = {}
     t_start = time.perf_counter()
-    for i, case in enumerate(case_list):
+    for i, case in enumerate(to_run):
+        # Every run does at least one row, so that resuming always gets further.
+        if args.time_limit is not None and i > 0 and time.perf_counter() - t_start >= args.time_limit:
+            break
         progress.update(i, _label(case))
         r = run_row(case, timing, args)
-        rows.append(r)
+        new_rows[case.key()] = r
         progress.update(i + 1, _label(case), _row_result(r))
     progress.close()
     torch.set_num_threads(threads0)
     env["load_average_end"] = envinfo.load_average()
 
+    wall_s = round(time.perf_counter() - t_start, 1)
+    rows = [kept.get(c.key()) or new_rows[c.key()] for c in case_list if c.key() in kept or c.key() in new_rows]
+    left = [c for c in to_run if c.key() not in new_rows]
+    parts = (previous.get("parts") or [_part(previous, len(previous["rows"]))]) if previous else []
+    parts.append({"stamp": stamp, "rows": len(new_rows), "wall_s": wall_s})
+    parts = [p for p in parts if p.get("rows")] or parts[-1:]
     record = {
         "schema": report.SCHEMA, "suite": suite_name, "name": name, "machine": machine, "stamp": stamp, "env": env,
         "options": {**timing.__dict__, "cuda_graphs": args.cuda_graphs, "tf32": args.tf32,
                     "steady_malloc": args.steady_malloc,
                     "baselines": args.baselines, "argv": sys.argv[1:]},
-        "wall_s": round(time.perf_counter() - t_start, 1), "rows": rows,
+        "wall_s": round(sum(p["wall_s"] for p in parts), 1), "parts": parts, "rows": rows,
     }
+    if left:
+        record["incomplete"] = {"done": len(rows), "total": len(case_list), "left": [c.to_dict() for c in left]}
     record["summary"] = report.summary(rows)
 
     print()
@@ -382,8 +419,11 @@ def main(argv=None) -> int:
     print(f"  wall time {record['wall_s']:.0f} s; load average {env['load_average_start']} -> "
           f"{env['load_average_end']}")
 
+    if left:
+        print(f"  incomplete: {len(rows)} of {len(case_list)} rows after --time-limit {args.time_limit:g} s; "
+              f"the saved record resumes with --resume", file=sys.stderr)
     if not args.no_save:
-        out_dir = args.out or HERE / "results" / machine
+        out_dir = args.out or (args.resume.parent if args.resume else HERE / "results" / machine)
         out_dir.mkdir(parents=True, exist_ok=True)
         json_path = out_dir / f"{name}.json"
         md_path = out_dir / f"{name}.md"
@@ -406,7 +446,30 @@ def main(argv=None) -> int:
     broken = record["summary"]["errors"] + record["summary"]["output_mismatches"]
     if broken:
         print(f"  {len(broken)} rows failed (an error or an output mismatch): exit status 1", file=sys.stderr)
-    return 1 if failed or broken else 0
+    return 1 if failed or broken else 3 if left else 0
+
+
+def _part(record: dict, rows: int) -> dict:
+    return {"stamp": record.get("stamp", "?"), "rows": rows, "wall_s": record.get("wall_s", 0.0)}
+
+
+def resumable_rows(previous: dict, args, machine: str, suite_name: str, case_list) -> dict:
+    """The rows of the resumed record that this run keeps, by key: those of the planned rows that
+    ran without an error (a row that failed runs again). Refuses a record from another machine, or
+    measured under other settings, since its rows would then not be comparable with this run's."""
+    where = args.resume
+    if previous.get("machine") != machine:
+        raise SystemExit(f"--resume {where}: that run was on {previous.get('machine')}, this machine is {machine}; "
+                         f"one table holds one machine")
+    if previous.get("suite") != suite_name:
+        raise SystemExit(f"--resume {where}: that run is suite {previous.get('suite')}, this one {suite_name}")
+    opts = previous.get("options", {})
+    for key, flag in (("tf32", "--tf32"), ("cuda_graphs", "--cuda-graphs"), ("baselines", "--baselines")):
+        if opts.get(key) != getattr(args, key):
+            raise SystemExit(f"--resume {where}: that run had {flag} {opts.get(key)}, this one {getattr(args, key)}; "
+                             f"its rows would not be comparable")
+    planned = {c.key() for c in case_list}
+    return {r["key"]: r for r in previous["rows"] if r["key"] in planned and not r.get("error")}
 
 
 def steady_malloc():

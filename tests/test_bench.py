@@ -126,3 +126,60 @@ def test_exit_status_of_a_run(monkeypatch):
 
     monkeypatch.setattr(fusedrnn.LSTM, "forward", wrong)
     assert run.main(["--cell", "lstm", *TINY]) == 1
+
+
+# The timing options of TINY, for a run whose rows come from --resume.
+RESUME = ["--budget", "0.02", "--min-rounds", "3", "--warmup", "0.01", "--block", "0.002", "--quiet", "--no-memory",
+          "--no-plots"]
+
+
+def _saved_run(tmp_path, *extra):
+    argv = [a for a in TINY if a != "--no-save"]
+    return run.main(["--cell", "gru,rnn", *argv, "--mode", "inference,training", "--no-plots", "--out", str(tmp_path),
+                     "--name", "r", *extra])
+
+
+def test_a_run_stopped_by_its_time_limit_resumes_where_it_stopped(tmp_path):
+    """--time-limit saves the rows done as an incomplete record (exit status 3, at least one
+    row per run); --resume keeps them as they were, runs the others, and the merged record
+    holds every row in the suite's order, once, with both runs named."""
+    assert _saved_run(tmp_path, "--time-limit", "1e-6") == 3
+    first = report.load(tmp_path / "r.json")
+    inc = first["incomplete"]
+    assert len(first["rows"]) == inc["done"] == 1 and inc["total"] == 4 and len(inc["left"]) == 3
+    assert "Incomplete: 1 of 4 rows" in (tmp_path / "r.md").read_text()
+
+    assert run.main(["--resume", str(tmp_path / "r.json"), *RESUME]) == 0
+    merged = report.load(tmp_path / "r.json")
+    keys = [r["key"] for r in merged["rows"]]
+    assert len(keys) == 4 == len(set(keys)) and "incomplete" not in merged
+    assert keys == [c.key() for c in run.suites.custom(
+        {"cell": ["gru", "rnn"], "T": [4], "N": [1], "H": [8], "mode": ["inference", "training"], "threads": [1]},
+        False)]
+    assert merged["rows"][keys.index(first["rows"][0]["key"])] == first["rows"][0]
+    assert [p["rows"] for p in merged["parts"]] == [1, 3]
+    assert "Merged from 2 runs" in (tmp_path / "r.md").read_text()
+
+
+def test_resume_reruns_failed_rows_and_refuses_records_it_cannot_extend(tmp_path):
+    assert _saved_run(tmp_path, "--time-limit", "1e-6") == 3
+    path = tmp_path / "r.json"
+    rec = json.loads(path.read_text())
+    broken_key = rec["rows"][0]["key"]
+    rec["rows"][0] = {"key": broken_key, "case": rec["rows"][0]["case"], "candidates": {}, "error": "RuntimeError"}
+    path.write_text(json.dumps(rec))
+    assert run.main(["--resume", str(path), *RESUME]) == 0
+    merged = report.load(path)
+    assert not any(r.get("error") for r in merged["rows"]) and len(merged["rows"]) == 4
+
+    path.write_text(json.dumps(dict(merged, machine="elsewhere")))
+    with pytest.raises(SystemExit) as info:
+        run.main(["--resume", str(path), *RESUME])
+    assert "one table holds one machine" in str(info.value)
+    path.write_text(json.dumps(merged))
+    with pytest.raises(SystemExit) as info:
+        run.main(["--resume", str(path), "--suite", "quick", *RESUME])
+    assert "that run is suite custom, this one quick" in str(info.value)
+    with pytest.raises(SystemExit) as info:
+        run.main(["--resume", str(path), "--tf32", *RESUME])
+    assert "--tf32" in str(info.value)
