@@ -53,12 +53,15 @@ cuda-emulate: build/.deps
 
 # On a GPU machine (offline is fine): CUDA build, CUDA tests, compute-sanitizer
 # (memcheck, racecheck, initcheck, synccheck), the GPU benchmark, and a report.
+# GPU_CHECK_BUDGET_S=S runs it in calls of S seconds, each going on where the last stopped.
 gpu-check:
 	tools/gpu_check.sh $(PYTEST_ARGS)
 
-# A short GPU loan (one call of at most 10 minutes): build, CUDA tests, the barrier
-# latency, issue 6's goal rows and the quick suite against cuDNN, an Nsight Compute profile
-# of case 1, racecheck and synccheck of the persistent kernels, within SESSION_BUDGET_S;
+# A short GPU loan (one call of at most 10 minutes): build, CUDA tests, a torch.profiler
+# breakdown of slow rows, the barrier latency, issue 6's goal rows and the quick suite against
+# cuDNN, an Nsight Compute profile of case 1, racecheck and synccheck of the persistent
+# kernels, within SESSION_BUDGET_S (GPU_SESSION_STEPS for later calls: memcheck, initcheck,
+# the gpu suite in resumable parts);
 # $$OUT gets summary.md and a tarball of every log and result (tools/gpu_session.sh).
 gpu-session:
 	tools/gpu_session.sh

@@ -376,6 +376,29 @@ def main(argv=None) -> int:
     progress = Progress(len(to_run), args.quiet)
     new_rows = {}
     t_start = time.perf_counter()
+    out_dir = args.out or (args.resume.parent if args.resume else HERE / "results" / machine)
+    json_path = out_dir / f"{name}.json"
+
+    def assemble() -> dict:
+        """The record of the rows so far (incomplete while rows are left)."""
+        rows = [kept.get(c.key()) or new_rows[c.key()] for c in case_list if c.key() in kept or c.key() in new_rows]
+        left = [c for c in to_run if c.key() not in new_rows]
+        parts = list(previous.get("parts") or [_part(previous, len(previous["rows"]))]) if previous else []
+        parts.append({"stamp": stamp, "rows": len(new_rows), "wall_s": round(time.perf_counter() - t_start, 1)})
+        parts = [p for p in parts if p.get("rows")] or parts[-1:]
+        record = {
+            "schema": report.SCHEMA, "suite": suite_name, "name": name, "machine": machine, "stamp": stamp,
+            "env": env,
+            "options": {**timing.__dict__, "cuda_graphs": args.cuda_graphs, "tf32": args.tf32,
+                        "steady_malloc": args.steady_malloc,
+                        "baselines": args.baselines, "argv": sys.argv[1:]},
+            "wall_s": round(sum(p["wall_s"] for p in parts), 1), "parts": parts, "rows": rows,
+        }
+        if left:
+            record["incomplete"] = {"done": len(rows), "total": len(case_list), "left": [c.to_dict() for c in left]}
+        record["summary"] = report.summary(rows)
+        return record
+
     for i, case in enumerate(to_run):
         # Every run does at least one row, so that resuming always gets further.
         if args.time_limit is not None and i > 0 and time.perf_counter() - t_start >= args.time_limit:
@@ -384,26 +407,17 @@ def main(argv=None) -> int:
         r = run_row(case, timing, args)
         new_rows[case.key()] = r
         progress.update(i + 1, _label(case), _row_result(r))
+        if not args.no_save and len(new_rows) < len(to_run):
+            # A run killed from outside (a time limit of its own) keeps the rows it finished.
+            out_dir.mkdir(parents=True, exist_ok=True)
+            report.write_json(json_path, assemble())
     progress.close()
     torch.set_num_threads(threads0)
     env["load_average_end"] = envinfo.load_average()
 
-    wall_s = round(time.perf_counter() - t_start, 1)
-    rows = [kept.get(c.key()) or new_rows[c.key()] for c in case_list if c.key() in kept or c.key() in new_rows]
-    left = [c for c in to_run if c.key() not in new_rows]
-    parts = (previous.get("parts") or [_part(previous, len(previous["rows"]))]) if previous else []
-    parts.append({"stamp": stamp, "rows": len(new_rows), "wall_s": wall_s})
-    parts = [p for p in parts if p.get("rows")] or parts[-1:]
-    record = {
-        "schema": report.SCHEMA, "suite": suite_name, "name": name, "machine": machine, "stamp": stamp, "env": env,
-        "options": {**timing.__dict__, "cuda_graphs": args.cuda_graphs, "tf32": args.tf32,
-                    "steady_malloc": args.steady_malloc,
-                    "baselines": args.baselines, "argv": sys.argv[1:]},
-        "wall_s": round(sum(p["wall_s"] for p in parts), 1), "parts": parts, "rows": rows,
-    }
-    if left:
-        record["incomplete"] = {"done": len(rows), "total": len(case_list), "left": [c.to_dict() for c in left]}
-    record["summary"] = report.summary(rows)
+    record = assemble()
+    rows = record["rows"]
+    left = record.get("incomplete", {}).get("left", [])
 
     print()
     print(f"fusedrnn bench | suite {suite_name} | {stamp}")
@@ -423,9 +437,7 @@ def main(argv=None) -> int:
         print(f"  incomplete: {len(rows)} of {len(case_list)} rows after --time-limit {args.time_limit:g} s; "
               f"the saved record resumes with --resume", file=sys.stderr)
     if not args.no_save:
-        out_dir = args.out or (args.resume.parent if args.resume else HERE / "results" / machine)
         out_dir.mkdir(parents=True, exist_ok=True)
-        json_path = out_dir / f"{name}.json"
         md_path = out_dir / f"{name}.md"
         made = [] if args.no_plots else plots.make_all(rows, out_dir, name, stamp)
         record["plots"] = [Path(p).name for p in made]

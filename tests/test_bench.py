@@ -183,3 +183,25 @@ def test_resume_reruns_failed_rows_and_refuses_records_it_cannot_extend(tmp_path
     with pytest.raises(SystemExit) as info:
         run.main(["--resume", str(path), "--tf32", *RESUME])
     assert "--tf32" in str(info.value)
+
+
+def test_a_run_killed_between_rows_leaves_a_record_to_resume(tmp_path, monkeypatch):
+    """The record is saved after every row, so a run stopped from outside (a timeout killing
+    it) keeps the rows it finished, as an incomplete record --resume completes."""
+    real = run.run_row
+    calls = []
+
+    def killed_after_one(*args, **kwargs):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(run, "run_row", killed_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        _saved_run(tmp_path)
+    monkeypatch.undo()
+    partial = report.load(tmp_path / "r.json")
+    assert len(partial["rows"]) == 1 and partial["incomplete"]["total"] == 4
+    assert run.main(["--resume", str(tmp_path / "r.json"), *RESUME]) == 0
+    assert len(report.load(tmp_path / "r.json")["rows"]) == 4

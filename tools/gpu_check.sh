@@ -1,20 +1,27 @@
 #!/usr/bin/env bash
 # make gpu-check, on a machine with an NVIDIA GPU (offline is fine: torch with
 # CUDA, nvcc and ninja must already be there):
-#   1. builds the extension with CUDA (TORCH_CUDA_ARCH_LIST defaults to the GPU's),
-#   2. runs the CUDA tests (every test marked cuda),
-#   3. runs compute-sanitizer's memcheck, racecheck, initcheck and synccheck over
-#      a subset of them that reaches every kernel and indexing path, with the
-#      caching allocator off,
-#   4. measures the grid barrier latency of the persistent kernels,
-#   5. runs the GPU benchmark suite,
-# and writes a short report to bench/results/<machine>/gpu-check-<date>.md with
-# the device, the versions, the date and the outcome of each step. Exits non-zero
-# if any step failed. Extra arguments go to the CUDA test run.
+#   build      builds the extension with CUDA (TORCH_CUDA_ARCH_LIST defaults to the GPU's),
+#   tests      runs the CUDA tests (every test marked cuda; in 8 processes with pytest-xdist),
+#   memcheck, racecheck, initcheck, synccheck
+#              compute-sanitizer over a subset of them that reaches every kernel and indexing
+#              path, with the caching allocator off,
+#   floor      measures the grid barrier latency of the persistent kernels,
+#   suite      runs the GPU benchmark suite (bench/run.py --suite gpu --update-readme),
+# and writes a short report to bench/results/<machine>/gpu-check-<date>.md with the device,
+# the versions, the date and the outcome of each step. Exits non-zero unless every step has
+# passed. Extra arguments go to the CUDA test run.
+#
+# In parts, for machines lent for minutes: GPU_CHECK_BUDGET_S=S stops starting steps (and
+# benchmark rows) S seconds after the call began; the next call on the same machine skips the
+# steps that passed, resumes the suite where it stopped, and rewrites the same report with
+# every step so far. GPU_CHECK_STEPS (comma list) picks steps. build/gpu-check holds the state;
+# remove it to start over.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
 
 if ! "$PYTHON" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   echo "gpu-check: no CUDA device visible to torch" >&2
@@ -24,34 +31,60 @@ if [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then
   export TORCH_CUDA_ARCH_LIST=$("$PYTHON" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")
 fi
 export MAX_JOBS=${MAX_JOBS:-$(nproc 2>/dev/null || echo 4)}
+budget=${GPU_CHECK_BUDGET_S:-0}
+steps=${GPU_CHECK_STEPS:-build,tests,memcheck,racecheck,initcheck,synccheck,floor,suite}
 
 machine=$("$PYTHON" -c "import torch, re; print(re.sub('[^a-z0-9]+', '-', torch.cuda.get_device_name().lower()).strip('-'))")
-stamp=$(date -u +%Y-%m-%dT%H%MZ)
 outdir=bench/results/$machine
-mkdir -p "$outdir"
-report=$outdir/gpu-check-$stamp.md
 logdir=build/gpu-check
-mkdir -p "$logdir"
-declare -a results=()
-status=0
+mkdir -p "$outdir" "$logdir"
+state=$logdir/steps.tsv  # one line per finished step: key, result, seconds, log
+[ -f "$logdir/stamp" ] || date -u +%Y-%m-%dT%H%MZ >"$logdir/stamp"
+stamp=$(cat "$logdir/stamp")
+report=$outdir/gpu-check-$stamp.md
+touch "$state"
 
-step() {  # step NAME LOGFILE COMMAND...
-  local name=$1 log=$2
+wanted() { [[ ",$steps," == *",$1,"* ]]; }
+passed() { grep -q "^$1	passed	" "$state"; }
+record() {  # record KEY RESULT SECONDS LOG: the step's latest outcome replaces any earlier one
+  grep -v "^$1	" "$state" >"$state.new"
+  printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$state.new"
+  mv "$state.new" "$state"
+}
+left() { [ "$budget" -gt 0 ] && echo $((budget - SECONDS)) || echo 1000000; }
+
+step() {  # step KEY LOGFILE COMMAND...
+  local key=$1 log=$2
   shift 2
-  local t0=$SECONDS
-  echo "== gpu-check: $name"
-  if "$@" >"$log" 2>&1; then
-    results+=("| $name | passed | $((SECONDS - t0)) s | \`$log\` |")
-  else
-    results+=("| $name | FAILED | $((SECONDS - t0)) s | \`$log\` |")
-    status=1
+  wanted "$key" || return 0
+  if passed "$key"; then
+    echo "== gpu-check: $key passed in an earlier call, skipped"
+    return 0
   fi
+  if [ "$(left)" -lt 30 ]; then
+    echo "== gpu-check: $key not started ($(left) s of GPU_CHECK_BUDGET_S left)"
+    return 0
+  fi
+  local t0=$SECONDS rc=0 lim=()
+  [ "$budget" -gt 0 ] && lim=(timeout -k 5 "$(left)")
+  echo "== gpu-check: $key"
+  ${lim[@]+"${lim[@]}"} "$@" >"$log" 2>&1 || rc=$?
   tail -n 5 "$log"
+  local result=passed
+  if [ "$key" = suite ] && [ $rc -eq 3 ]; then
+    result="incomplete (time limit; the next call resumes it)"
+  elif [ $rc -eq 124 ]; then
+    result="FAILED (GPU_CHECK_BUDGET_S ran out)"
+  elif [ $rc -ne 0 ]; then
+    result="FAILED (exit $rc)"
+  fi
+  record "$key" "$result" $((SECONDS - t0)) "$log"
 }
 
-step "build (FUSEDRNN_CUDA=1, TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST)" "$logdir/build.log" \
-  env FUSEDRNN_CUDA=1 "$PYTHON" setup.py build_ext --inplace
-step "CUDA tests" "$logdir/tests.log" "$PYTHON" -m pytest -q -m cuda tests "$@"
+step build "$logdir/build.log" env FUSEDRNN_CUDA=1 "$PYTHON" setup.py build_ext --inplace
+parallel=()
+"$PYTHON" -c "import xdist" 2>/dev/null && parallel=(-n 8)
+step tests "$logdir/tests.log" "$PYTHON" -m pytest -q -rfE ${parallel[@]+"${parallel[@]}"} -m cuda tests "$@"
 
 sanitizer=$(command -v compute-sanitizer || true)
 [ -z "$sanitizer" ] && [ -x "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer" ] && \
@@ -60,27 +93,33 @@ sanitizer=$(command -v compute-sanitizer || true)
 # and the tensor-core products: every kernel and every indexing path, at a size
 # the sanitizer can afford.
 subset="(matches_reference and (float32 or float16) and not bidirectional) or packed_sequence or chunks or operators_match_cpu or tensor_core_tiles or tf32_where_allowed or grid_barrier_probe"
-if [ -n "$sanitizer" ]; then
-  for tool in memcheck racecheck initcheck synccheck; do
-    step "compute-sanitizer $tool" "$logdir/sanitizer-$tool.log" \
+for tool in memcheck racecheck initcheck synccheck; do
+  if [ -n "$sanitizer" ]; then
+    step "$tool" "$logdir/sanitizer-$tool.log" \
       env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$sanitizer" --tool "$tool" --error-exitcode 1 \
-      --target-processes all "$PYTHON" -m pytest -q -x -m cuda tests/test_cuda.py -k "$subset"
-  done
-else
-  results+=("| compute-sanitizer | not found | | |")
-  status=1
+      --target-processes all "$PYTHON" -m pytest -q -x --durations=20 -m cuda tests/test_cuda.py -k "$subset"
+  elif wanted "$tool"; then
+    record "$tool" "FAILED (compute-sanitizer not found)" 0 -
+  fi
+done
+
+step floor "$logdir/persistent-floor.log" "$PYTHON" bench/persistent_floor.py
+
+# The suite resumes its own record when an earlier call of this check started it.
+resume=()
+[ -f "$logdir/suite.started" ] && [ -f "$outdir/gpu.json" ] && resume=(--resume "$outdir/gpu.json")
+suite_limit=()
+if [ "$budget" -gt 0 ]; then
+  # Rows start until 40 s before the budget ends (a row takes up to about 25 s).
+  suite_limit=(--time-limit $(($(left) - 40)))
+  [ "$(left)" -lt 70 ] && steps=${steps//suite/suite-not-now}
 fi
+wanted suite && ! passed suite && touch "$logdir/suite.started"
+step suite "$logdir/bench.log" "$PYTHON" bench/run.py --suite gpu --update-readme \
+  ${suite_limit[@]+"${suite_limit[@]}"} ${resume[@]+"${resume[@]}"}
 
-step "grid barrier latency (bench/persistent_floor.py)" "$logdir/persistent-floor.log" \
-  "$PYTHON" bench/persistent_floor.py
-
-if [ -f bench/run.py ]; then
-  step "GPU benchmark suite" "$logdir/bench.log" "$PYTHON" bench/run.py --suite gpu --update-readme
-else
-  results+=("| GPU benchmark suite | bench/run.py missing | | |")
-  status=1
-fi
-
+all="build tests memcheck racecheck initcheck synccheck floor suite"
+status=0
 {
   echo "# gpu-check on $machine, $stamp"
   echo
@@ -97,9 +136,20 @@ PY
   echo
   echo "| step | result | time | log |"
   echo "|---|---|---|---|"
-  printf '%s\n' "${results[@]}"
+  for key in $all; do
+    line=$(grep "^$key	" "$state" || true)
+    if [ -z "$line" ]; then
+      echo "| $key | not run | | |"
+      status=1
+    else
+      IFS=$'\t' read -r _ result secs log <<<"$line"
+      echo "| $key | $result | $secs s | \`$log\` |"
+      [ "$result" = passed ] || status=1
+    fi
+  done
   echo
   echo "Logs are under $logdir (not committed); the benchmark's own records are in $outdir."
+  [ $status -eq 0 ] && echo "Every step passed." || echo "Not every step has passed (yet)."
 } >"$report"
 cat "$report"
 exit $status

@@ -4,6 +4,9 @@
 # benchmark suite) does not fit one call. Steps, most valuable first:
 #   build      build with CUDA for this GPU, in place (no network),
 #   tests      the CUDA tests (tests/test_cuda.py),
+#   steps      where a call's time goes, by torch.profiler (bench/step_profile.py): wall time
+#              against the GPU's busy time and the kernels, standard path, persistent path
+#              and cuDNN, on the shapes where the standard path was slower than cuDNN,
 #   floor      the grid barrier latency (bench/persistent_floor.py),
 #   goals      the rows of issue 6's goals, fused (standard and persistent) against cuDNN,
 #   variants   issue 6's variant rows at the goal shape,
@@ -13,8 +16,12 @@
 #   racecheck  compute-sanitizer racecheck over the persistent kernels (one small case per
 #              kernel: tensor-core tiles, the projection), and
 #   synccheck  synccheck over more of them (TF32, packed sequences, the barrier probe).
+# Not in the default list, for later calls:
+#   memcheck, initcheck  those two tools over the same subset as synccheck, and
+#   suite      the `gpu` benchmark suite, stopped in time (--time-limit) and resumed by the next
+#              call (--resume build/gpu-session/gpu.json) until it has every row.
 # GPU_SESSION_STEPS (comma list) picks steps; a later call on the same (still warm) machine
-# finds the build in place, e.g. GPU_SESSION_STEPS=racecheck,synccheck.
+# finds the build in place, e.g. GPU_SESSION_STEPS=memcheck,initcheck,suite.
 #
 # The whole run keeps to SESSION_BUDGET_S seconds (default 540, for a 600-second call): each
 # step's time limit is cut to what is left, and a step that cannot start in time is skipped.
@@ -28,7 +35,7 @@ PYTHON=${PYTHON:-python3}
 work=build/gpu-session
 out=${OUT:-build/gpu-session-out}
 budget=${SESSION_BUDGET_S:-540}
-steps=${GPU_SESSION_STEPS:-build,tests,floor,goals,variants,quick,profile,racecheck,synccheck}
+steps=${GPU_SESSION_STEPS:-build,tests,steps,floor,goals,variants,quick,profile,racecheck,synccheck}
 mkdir -p "$work" "$out"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
@@ -86,6 +93,8 @@ parallel=()
 "$PYTHON" -c "import xdist" 2>/dev/null && parallel=(-n 8)
 step tests "CUDA tests" 300 tests.log "$PYTHON" -m pytest -q -rfE ${parallel[@]+"${parallel[@]}"} -m cuda \
   tests/test_cuda.py
+step steps "where a call's time goes (torch.profiler)" 120 step-profile.log "$PYTHON" bench/step_profile.py \
+  --out "$work"
 step floor "grid barrier latency" 120 persistent-floor.log "$PYTHON" bench/persistent_floor.py --out "$work"
 step goals "issue 6 goal rows vs cuDNN" 300 goals.log "$PYTHON" bench/run.py --device cuda --cell lstm,gru \
   --dtype float16,bfloat16 -T 1024 -N 16 -H 768 --mode inference,training --layers 1,2 --dirs 1,2 \
@@ -113,13 +122,35 @@ sanitizer=$(command -v compute-sanitizer || echo "${CUDA_HOME:-/usr/local/cuda}/
 race_subset="persistent and ((tensor_core_tiles and 33-71 and not bfloat16) or (projection_wider and padded) \
 or (hidden_and_batch_sizes and 3-70 and float32))"
 sync_subset="persistent and (tensor_core_tiles or tf32_where_allowed or projection_wider or (packed_multilayer and float16)) or grid_barrier_probe"
-for tool in racecheck synccheck; do
-  subset=$race_subset
-  [ "$tool" = synccheck ] && subset=$sync_subset
+for tool in racecheck synccheck memcheck initcheck; do
+  subset=$sync_subset
+  [ "$tool" = racecheck ] && subset=$race_subset
   step "$tool" "compute-sanitizer $tool (persistent kernels)" 240 "sanitizer-$tool.log" \
     env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$sanitizer" --tool "$tool" --error-exitcode 1 \
     --target-processes all "$PYTHON" -m pytest -q -x --durations=0 -m cuda tests/test_cuda.py -k "$subset"
 done
+# The gpu suite in parts: each call starts rows until 30 s before its budget ends (a T=1024
+# row takes up to about 25 s with the reference and the cell loop), then the next call resumes.
+if wanted suite; then
+  resume=()
+  [ -f "$work/gpu.json" ] && resume=(--resume "$work/gpu.json")
+  left=$((budget - SECONDS - 40))
+  if [ "$left" -ge 30 ]; then
+    step suite "gpu benchmark suite (resumable)" $((left + 35)) suite.log "$PYTHON" bench/run.py --suite gpu \
+      --out "$work" --name gpu --time-limit "$left" ${resume[@]+"${resume[@]}"}
+  else
+    echo "- gpu benchmark suite: skipped (${left} s of the budget left)" >>"$summary"
+  fi
+  if [ -f "$work/gpu.json" ]; then
+    "$PYTHON" - "$work/gpu.json" >>"$summary" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+i = r.get("incomplete")
+print(f"- gpu suite record: {len(r['rows'])} rows" + (f" of {i['total']}, incomplete" if i else ", complete"))
+PY
+    publish
+  fi
+fi
 echo "gpu-session: summary ($summary; in \$OUT: summary.md, gpu-session.tar.gz)"
 cat "$summary"
 exit $status
