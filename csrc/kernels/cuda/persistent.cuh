@@ -115,10 +115,11 @@ __device__ void load_unit_columns(S* ws, int ldw, const S* w, int64_t H, int64_t
   }
 }
 
-// The CUDA-core product (block_product): accumulated in the compute type in
-// increasing k; emit is called by the thread that computed the output. x
-// (global) is staged through xs (shared, rows x ldxs) kc columns at a time;
-// rows * M <= kMaxAcc * blockDim.x.
+// The CUDA-core product (block_product): accumulated in the compute type, each
+// staged pass of kc columns in four chains of every fourth k, added to the
+// output's sum in a fixed order (deterministic); emit is called by the thread
+// that computed the output. x (global) is staged through xs (shared, rows x
+// ldxs) kc columns at a time; rows * M <= kMaxAcc * blockDim.x.
 template <typename S, typename Emit>
 __device__ void block_product_fma(const S* ws, int ldw, int m0, int M, int64_t kw0, const S* x,
                                   int64_t ldx, int64_t rows, int64_t K, S* xs, int kc, int ldxs,
@@ -142,9 +143,18 @@ __device__ void block_product_fma(const S* ws, int ldw, int m0, int M, int64_t k
       if (o < nout) {
         const S* xr = xs + (o / M) * ldxs;
         const S* wr = ws + (m0 + o % M) * static_cast<int64_t>(ldw) + kw0 + kb;
-        A a = acc[q];
-        for (int64_t k = 0; k < kw; ++k) a += to_acc(xr[k]) * to_acc(wr[k]);
-        acc[q] = a;
+        // Four independent chains (k mod 4), so that a thread with one output is not
+        // waiting on one FMA after another; summed in a fixed order.
+        A p0(0), p1(0), p2(0), p3(0);
+        int64_t k = 0;
+        for (; k + 4 <= kw; k += 4) {
+          p0 += to_acc(xr[k]) * to_acc(wr[k]);
+          p1 += to_acc(xr[k + 1]) * to_acc(wr[k + 1]);
+          p2 += to_acc(xr[k + 2]) * to_acc(wr[k + 2]);
+          p3 += to_acc(xr[k + 3]) * to_acc(wr[k + 3]);
+        }
+        for (; k < kw; ++k) p0 += to_acc(xr[k]) * to_acc(wr[k]);
+        acc[q] += (p0 + p1) + (p2 + p3);
       }
     }
     __syncthreads();
