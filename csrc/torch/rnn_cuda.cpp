@@ -236,12 +236,10 @@ bool persistent_forward(const LayerInputs& in, const LayerGeometry& g, bool trai
   const Tensor hbuf = at::empty({2, N, g.P}, opts);
   hbuf.select(0, 0).copy_(in.h0);
   hbuf.select(0, 1).copy_(in.h0);
-  const Tensor gh = at::empty({N, GH}, opts);
   a.seq = ds.seq;
   a.w_hh = cptr<S>(in.w_hh);
   a.hbuf = mptr<S>(hbuf);
   a.h_n = mptr<S>(h_n);
-  a.gh = mptr<S>(gh);
   fc::PersistentPlan plan;
   if (!persistent_plan<S>(in, g, training, a, plan_fn, kernel, plan)) return false;
   forward_chunks<S>(in, g, GH, [&](const Chunk& c, const S* gx) {
@@ -424,6 +422,7 @@ void lstm_forward_cuda(const LayerInputs& in, const LayerGeometry& g, bool train
   base.w_ch = cptr<S>(in.w_ch);
   base.c = mptr<A>(c_state);
   base.gh = mptr<S>(gh);
+  base.gl = fc::GhLayout{static_cast<int>(H), 0};
   base.h_state = proj ? nullptr : mptr<S>(h_state);
 
   if (take_persistent(in, g, training, stream)) {
@@ -633,7 +632,7 @@ void gru_forward_cuda(const LayerInputs& in, const LayerGeometry& g, bool traini
       p.rows = st.rows;
       p.gx = gx;
       p.gh = mptr<S>(gh);
-      p.ld_gh = 3 * H;
+      p.gl = fc::GhLayout{static_cast<int>(H), 0};
       p.y = mptr<S>(y) + st.offset * H;
       p.gates = training ? mptr<S>(out.saved.gates) + st.offset * 4 * H : nullptr;
       check_launch(fc::gru_forward_launch<S>(p, stream), "gru_forward_kernel");
@@ -657,7 +656,7 @@ void gru_forward_cuda(const LayerInputs& in, const LayerGeometry& g, bool traini
     p.rows = rows;
     p.gx = gx;
     p.gh = mptr<S>(gh_rz);
-    p.ld_gh = 2 * H;
+    p.gl = fc::GhLayout{static_cast<int>(H), 0};
     p.y = mptr<S>(y) + st.offset * H;
     if (training) {
       p.gates = mptr<S>(out.saved.gates) + st.offset * 3 * H;
@@ -674,7 +673,7 @@ void gru_forward_cuda(const LayerInputs& in, const LayerGeometry& g, bool traini
     Tensor gh_n_rows = gh_n.narrow(0, 0, rows);
     at::mm_out(gh_n_rows, rh_rows, w_n_t);
     p.gh = mptr<S>(gh_n);
-    p.ld_gh = H;
+    p.gl = fc::GhLayout{static_cast<int>(H), 0};
     check_launch(fc::gru_reset_before_forward_n_launch<S>(p, stream),
                  "gru_reset_before_forward_n_kernel");
   });
@@ -788,6 +787,7 @@ void rnn_forward_cuda(const LayerInputs& in, const LayerGeometry& g, bool traini
   base.b_ih = cptr<S>(in.b_ih);
   base.b_hh = cptr<S>(in.b_hh);
   base.gh = mptr<S>(gh);
+  base.gl = fc::GhLayout{static_cast<int>(H), 0};
   base.h = mptr<S>(h_state);
   if (take_persistent(in, g, training, stream)) {
     fc::RnnPersistentForward<S> a;

@@ -27,11 +27,13 @@ struct GruForwardUnit {
   __device__ void operator()(const GruForwardParams<S>& p, int64_t i) const {
     const int64_t H = p.H;
     const S* gx = p.gx + i * 3 * H + u;
-    const S* gh = p.gh + i * p.ld_gh + u;
+    const S* gh = p.gh;
+    const GhLayout& gl = p.gl;
     const A h = to_acc(p.h_in[i * H + u]);
-    const A hn = to_acc(gh[2 * H]) + b_hn;
+    const A hn = to_acc(gh[gl.at(i, 3, 2, u)]) + b_hn;
     A r, z, n, h_new;
-    gru_forward(to_acc(gx[0]) + to_acc(gh[0]) + br, to_acc(gx[H]) + to_acc(gh[H]) + bz,
+    gru_forward(to_acc(gx[0]) + to_acc(gh[gl.at(i, 3, 0, u)]) + br,
+                to_acc(gx[H]) + to_acc(gh[gl.at(i, 3, 1, u)]) + bz,
                 to_acc(gx[2 * H]) + b_in, hn, h, r, z, n, h_new);
     const S hs = from_acc<S>(h_new);
     p.h[i * H + u] = hs;
@@ -63,9 +65,8 @@ struct GruRzUnit {
   __device__ void operator()(const GruForwardParams<S>& p, int64_t i) const {
     const int64_t H = p.H;
     const S* gx = p.gx + i * 3 * H + u;
-    const S* gh = p.gh + i * p.ld_gh + u;
-    const A r = gru_gate(to_acc(gx[0]) + to_acc(gh[0]) + br);
-    const A z = gru_gate(to_acc(gx[H]) + to_acc(gh[H]) + bz);
+    const A r = gru_gate(to_acc(gx[0]) + to_acc(p.gh[p.gl.at(i, 2, 0, u)]) + br);
+    const A z = gru_gate(to_acc(gx[H]) + to_acc(p.gh[p.gl.at(i, 2, 1, u)]) + bz);
     const A rh = r * to_acc(p.h_in[i * H + u]);
     p.rh[i * H + u] = from_acc<S>(rh);
     if (p.rh_saved != nullptr) p.rh_saved[i * H + u] = rh;
@@ -87,7 +88,7 @@ struct GruNUnit {
 
   __device__ void operator()(const GruForwardParams<S>& p, int64_t i) const {
     const int64_t H = p.H;
-    const A pn = to_acc(p.gx[i * 3 * H + 2 * H + u]) + to_acc(p.gh[i * p.ld_gh + u]) + bn;
+    const A pn = to_acc(p.gx[i * 3 * H + 2 * H + u]) + to_acc(p.gh[p.gl.at(i, 1, 0, u)]) + bn;
     A n, h_new;
     gru_reset_before_output(pn, to_acc(p.z[i * p.ld_z + u]), to_acc(p.h_in[i * H + u]), n,
                             h_new);
@@ -105,7 +106,7 @@ struct GruNUnit {
 template <typename S, bool kResetAfter, bool kTraining>
 __global__ void __launch_bounds__(kPersistentThreads, 1)
     gru_persistent_forward_kernel(const GruPersistentForward<S> a) {
-  const int64_t H = a.base.H, N = a.seq.N, ld_gh = 3 * H;
+  const int64_t H = a.base.H, N = a.seq.N;
   const int U = a.lay.units;
   const UnitSlot sl = unit_slot(U);
   const bool has_unit = sl.u < H;
@@ -116,9 +117,10 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
   const GruRzUnit<S> unit_rz(a.base, uu);
   const GruNUnit<S> unit_n(a.base, uu);
   __syncthreads();
-  // gh[:rows, g*H + block's units] = x W_hh[gate rows g0.. of the block's units]^T
-  const auto product = [&](int g0, int gates, const S* x, int64_t rows) {
-    gate_product(sm, a.lay, sl, g0, gates, x, H, rows, H, a.gh, ld_gh, H);
+  // Gh of the block's units for gate blocks g0.. (in shared memory), into p.
+  const auto product = [&](GruForwardParams<S>& p, int g0, int gates, const S* x, int64_t rows) {
+    p.gl = gate_product(sm, a.lay, sl, g0, gates, x, H, rows, H);
+    p.gh = sm.gh;
     __syncthreads();
   };
   for (int64_t s = a.s0; s < a.s1; ++s) {
@@ -133,18 +135,16 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
     GruForwardParams<S> p = a.base;
     p.rows = st.rows;
     p.gx = a.gx + (st.offset - a.gx_row0) * 3 * H;
-    p.gh = a.gh;
-    p.ld_gh = ld_gh;
     p.h_in = h;
     p.h = h_next;
     p.y = a.base.y + st.offset * H;
     if (kResetAfter) {
-      product(0, 3, h, st.rows);
+      product(p, 0, 3, h, st.rows);
       if (kTraining) p.gates = a.base.gates + st.offset * 4 * H;
       if (has_unit)
         for (int64_t i = sl.row0; i < st.rows; i += sl.row_step) unit_after(p, i);
     } else {
-      product(0, 2, h, st.rows);
+      product(p, 0, 2, h, st.rows);
       S* rh = a.rh_rows != nullptr ? a.rh_rows + st.offset * H : a.rh;
       p.rh = rh;
       if (kTraining) {
@@ -155,8 +155,7 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
       if (has_unit)
         for (int64_t i = sl.row0; i < st.rows; i += sl.row_step) unit_rz(p, i);
       grid_sync();
-      product(2, 1, rh, st.rows);
-      p.gh = a.gh + 2 * H;
+      product(p, 2, 1, rh, st.rows);
       if (has_unit)
         for (int64_t i = sl.row0; i < st.rows; i += sl.row_step) unit_n(p, i);
     }
@@ -202,7 +201,7 @@ cudaError_t gru_reset_before_forward_n_launch(const GruForwardParams<S>& p,
 template <typename S>
 cudaError_t gru_persistent_forward_plan(const GruPersistentForward<S>& a, PersistentPlan& plan) {
   return with_persistent_forward_kernel(a, [&](auto kernel) {
-    return plan_persistent<S>(kernel, a.seq.N, a.base.H, 3, a.base.H, 3, 0, a.tf32, plan);
+    return plan_persistent<S>(kernel, a.seq.N, a.base.H, 3, a.base.H, 3, 3, 0, a.tf32, plan);
   });
 }
 

@@ -171,7 +171,7 @@ cudaError_t lstm_persistent_backward_plan(const LstmPersistentBackward<S>& a,
   const bool proj = a.w_hr != nullptr;
   return with_persistent_backward_kernel(a, [&](auto kernel) {
     const int64_t P = proj ? a.proj_size : 0;
-    return plan_persistent<S>(kernel, a.seq.N, a.base.H, 1, std::max(G * a.base.H, P), 1, P,
+    return plan_persistent<S>(kernel, a.seq.N, a.base.H, 1, std::max(G * a.base.H, P), 1, 0, P,
                               a.tf32, plan);
   });
 }

@@ -33,11 +33,13 @@ struct LstmForwardUnit {
     const int64_t H = p.H, GH = G * H;
     const A zero(0);
     const S* gx = p.gx + i * GH + u;
-    const S* gh = p.gh + i * GH + u;
-    const A pi = kCoupled ? zero : to_acc(gx[gi * H]) + to_acc(gh[gi * H]) + bias[gi];
-    const A pf = to_acc(gx[gf * H]) + to_acc(gh[gf * H]) + bias[gf];
-    const A pg = to_acc(gx[gg * H]) + to_acc(gh[gg * H]) + bias[gg];
-    const A po = to_acc(gx[go * H]) + to_acc(gh[go * H]) + bias[go];
+    const S* gh = p.gh;
+    const GhLayout& gl = p.gl;
+    const A pi =
+        kCoupled ? zero : to_acc(gx[gi * H]) + to_acc(gh[gl.at(i, G, gi, u)]) + bias[gi];
+    const A pf = to_acc(gx[gf * H]) + to_acc(gh[gl.at(i, G, gf, u)]) + bias[gf];
+    const A pg = to_acc(gx[gg * H]) + to_acc(gh[gl.at(i, G, gg, u)]) + bias[gg];
+    const A po = to_acc(gx[go * H]) + to_acc(gh[gl.at(i, G, go, u)]) + bias[go];
     A* cp = p.c + i * H + u;
     const A c = *cp;
     A ig, fg, gg_, og, c_new, h_new;
@@ -90,13 +92,14 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
     }
     const S* h = a.hbuf + (s & 1) * N * P;
     S* h_next = a.hbuf + ((s + 1) & 1) * N * P;
-    gate_product(sm, a.lay, sl, 0, G, h, P, st.rows, P, a.gh, GH, H);
+    const GhLayout gl = gate_product(sm, a.lay, sl, 0, G, h, P, st.rows, P);
     __syncthreads();
     S* hr = !kProj ? nullptr : a.hr != nullptr ? a.hr : a.hr_rows + st.offset * H;
     LstmForwardParams<S> p = a.base;
     p.rows = st.rows;
     p.gx = a.gx + (st.offset - a.gx_row0) * GH;
-    p.gh = a.gh;
+    p.gh = sm.gh;
+    p.gl = gl;
     p.h = kProj ? hr : a.base.h + st.offset * a.base.ld_h;
     p.ld_h = kProj ? H : a.base.ld_h;
     p.h_state = kProj ? nullptr : h_next;
@@ -153,7 +156,7 @@ cudaError_t lstm_persistent_forward_plan(const LstmPersistentForward<S>& a, Pers
   const bool proj = a.w_hr != nullptr;
   return with_persistent_forward_kernel(a, [&](auto kernel) {
     const int64_t P = proj ? a.proj_size : 0;
-    return plan_persistent<S>(kernel, a.seq.N, a.base.H, G, std::max(a.base.H, P), G, P, a.tf32,
+    return plan_persistent<S>(kernel, a.seq.N, a.base.H, G, std::max(a.base.H, P), G, G, P, a.tf32,
                               plan);
   });
 }

@@ -12,7 +12,8 @@
 // units (slice row j = column b*U + j, transposed) and computes the recurrent
 // dL/dh of its units from the previous step's dG of all units. The pointwise
 // work of a step is then the standard path's own (row, unit) functor, called for
-// the block's units, so both paths share every line of cell math and layout.
+// the block's units, so both paths share every line of cell math and layout;
+// forward, the functor finds Gh in the block's shared memory (gate_product).
 //
 // The product: for float16 and bfloat16 on sm_80 and later, on tensor cores
 // (mma.sync m16n8k16, float accumulation, as cuBLAS does for the standard
@@ -372,16 +373,19 @@ __device__ void block_product_mma(const S* ws, int ldw, int m0, int M, int64_t k
 }
 
 // The shared-memory layout of a block: the weight slice, then the staging area
-// (CUDA-core product) or the reduction buffer (tensor-core product).
+// (CUDA-core product) or the reduction buffer (tensor-core product), then
+// (forward) the Gh of the block's units, from the product to the unit functor.
 template <typename S>
 struct BlockSmem {
   S* ws;
   S* xs;
   float* red;
+  S* gh;
   __device__ explicit BlockSmem(const PersistentLayout& lay) {
     ws = dynamic_smem<S>();
     xs = ws + static_cast<int64_t>(lay.w_rows) * lay.ldw;
     red = reinterpret_cast<float*>(xs);
+    gh = reinterpret_cast<S*>(dynamic_smem<unsigned char>() + lay.gh_off);
   }
 };
 
@@ -410,18 +414,19 @@ __device__ void block_product(const BlockSmem<S>& sm, const PersistentLayout& la
                       emit);
 }
 
-// gh[n*ld_gh + (g0 + g)*H + u] = the product of x (rows x K) with the weight rows
-// of gate blocks g0 <= g < g0 + gates of the block's units u (forward slice).
+// The Gh of the block's units for gate blocks g0 <= g < g0 + gates: the product
+// of x (rows x K) with those weight rows (forward slice), rounded to S as the
+// standard path's GEMM output is, into sm.gh [rows, gates*U]; returns its
+// layout for the unit functor. The block's threads see it after a __syncthreads.
 template <typename S>
-__device__ void gate_product(const BlockSmem<S>& sm, const PersistentLayout& lay,
-                             const UnitSlot& sl, int g0, int gates, const S* x, int64_t ldx,
-                             int64_t rows, int64_t K, S* gh, int64_t ld_gh, int64_t H) {
-  const int U = lay.units;
-  block_product(sm, lay, g0 * U, gates * U, 0, x, ldx, rows, K,
-                [&](int64_t n, int m, acc_t<S> v) {
-                  const int64_t u = sl.u0 + m % U;
-                  if (u < H) gh[n * ld_gh + (g0 + m / U) * H + u] = from_acc<S>(v);
-                });
+__device__ GhLayout gate_product(const BlockSmem<S>& sm, const PersistentLayout& lay,
+                                 const UnitSlot& sl, int g0, int gates, const S* x,
+                                 int64_t ldx, int64_t rows, int64_t K) {
+  const int U = lay.units, M = gates * U;
+  S* gh = sm.gh;
+  block_product(sm, lay, g0 * U, M, 0, x, ldx, rows, K,
+                [&](int64_t n, int m, acc_t<S> v) { gh[n * M + m] = from_acc<S>(v); });
+  return GhLayout{U, static_cast<int>(sl.u0)};
 }
 
 // out[n*ld_out + q0 + m] = (out +) the product of x (rows x K) with the weight
@@ -505,12 +510,14 @@ inline cudaError_t raise_dynamic_smem(const void* kernel, int64_t smem) {
 // says why the persistent path cannot run it (plan.why). w_rows_per_unit: rows
 // of the weight slice per unit (forward G, backward 1); K: the longest row the
 // block holds; out_per_unit: the largest product's outputs per unit and row;
+// gh_per_unit: the Gh values per unit and row the block keeps for its unit
+// functor (forward: G, the most gate blocks of one gate_product; backward 0);
 // proj_rows: the rows of a second weight, shared out among the blocks (the LSTM
 // projection's P, whose products have ceil(P / blocks) outputs per row; 0
 // without one); tf32: float32 may multiply in TF32.
 template <typename S, typename Kernel>
 cudaError_t plan_persistent(Kernel kernel, int64_t N, int64_t H, int w_rows_per_unit, int64_t K,
-                            int out_per_unit, int64_t proj_rows, bool tf32,
+                            int out_per_unit, int gh_per_unit, int64_t proj_rows, bool tf32,
                             PersistentPlan& plan) {
   plan = PersistentPlan{};
   int dev = 0, sms = 0, smem_max = 0, coop = 0, major = 0;
@@ -555,10 +562,11 @@ cudaError_t plan_persistent(Kernel kernel, int64_t N, int64_t H, int w_rows_per_
     }
     // The tensor-core product reads up to 7 weight rows past a product's last.
     const int64_t w_rows = int64_t{w_rows_per_unit} * U + V + (mma ? 8 : 0);
-    const int64_t smem =
+    const int64_t gh_off = round_up<int64_t>(
         w_rows * ldw * elem +
-        (mma ? mma_reduction_floats(N, max_m) * int64_t{sizeof(float)}
-             : N * ldx * elem);
+            (mma ? mma_reduction_floats(N, max_m) * int64_t{sizeof(float)} : N * ldx * elem),
+        16);
+    const int64_t smem = gh_off + N * gh_per_unit * U * elem;
     if (smem > smem_max) {
       if (U == 1) why = "the weight slice of one hidden unit does not fit in a block's shared memory";
       break;
@@ -579,6 +587,7 @@ cudaError_t plan_persistent(Kernel kernel, int64_t N, int64_t H, int w_rows_per_
     p.lay.ldx = static_cast<int>(ldx);
     p.lay.mma = mma ? 1 : 0;
     p.lay.proj = static_cast<int>(V);
+    p.lay.gh_off = static_cast<int>(gh_off);
     if (blocks <= sms && blocks <= int64_t{per_sm} * sms) {
       plan = p;
       return cudaSuccess;

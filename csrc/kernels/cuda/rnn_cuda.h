@@ -78,6 +78,18 @@ FRNN_HD PrevRows<S> prev_rows_at(const PrevRows<S>& all, const StepInfo& st) {
   return pr;
 }
 
+// Where a forward step finds Gh = h W_hh^T, `gates` gate blocks a row: the
+// element of row i, gate block g and hidden unit u is gh[at(i, gates, g, u)].
+// The standard path's [rows, gates*H] buffer has gate = H, u0 = 0; the
+// persistent path hands each block the Gh of its own units in shared memory,
+// [rows, gates*U] (gate = U, u0 = the block's first unit).
+struct GhLayout {
+  int gate = 0, u0 = 0;  // at most H
+  FRNN_HD int64_t at(int64_t i, int gates, int g, int64_t u) const {
+    return (i * gates + g) * gate + (u - u0);
+  }
+};
+
 // ------------------------------------------------------------------- LSTM
 
 template <typename S>
@@ -86,7 +98,8 @@ struct LstmForwardParams {
   int64_t rows = 0, H = 0;
   bool coupled = false;      // gate blocks f, g, o (i = 1 - f)
   const S* gx = nullptr;     // [rows, G*H]  X W_ih^T (no bias)
-  const S* gh = nullptr;     // [rows, G*H]  h W_hh^T (no bias)
+  const S* gh = nullptr;     // h W_hh^T (no bias), laid out as gl says
+  GhLayout gl;
   const S* b_ih = nullptr;   // [G*H] or null
   const S* b_hh = nullptr;   // [G*H] or null
   const S* w_ch = nullptr;   // [(G-1)*H] peepholes i, f, o (f, o coupled) or null
@@ -137,8 +150,8 @@ struct GruForwardParams {
   using A = acc_t<S>;
   int64_t rows = 0, H = 0;
   const S* gx = nullptr;     // [rows, 3H]
-  const S* gh = nullptr;     // [rows, ld_gh]: 3H reset_after, 2H (r, z) rz kernel,
-  int64_t ld_gh = 0;         //   H ((r*h) W_hn^T) n kernel
+  const S* gh = nullptr;     // laid out as gl says: gate blocks r, z, n (reset_after),
+  GhLayout gl;               //   r, z (rz kernel), or the one of (r*h) W_hn^T (n kernel)
   const S* b_ih = nullptr;   // [3H] or null
   const S* b_hh = nullptr;   // [3H] or null
   const S* h_in = nullptr;   // [N, H] the state h
@@ -197,7 +210,8 @@ struct RnnForwardParams {
   int64_t rows = 0, H = 0;
   bool relu = false;
   const S* gx = nullptr;    // [rows, H]
-  const S* gh = nullptr;    // [rows, H]
+  const S* gh = nullptr;    // laid out as gl says (one gate block)
+  GhLayout gl;
   const S* b_ih = nullptr;  // [H] or null
   const S* b_hh = nullptr;  // [H] or null
   S* h = nullptr;           // [N, H] state, out: h'
@@ -235,6 +249,7 @@ struct PersistentLayout {
   int ldx = 0;     // stride of the staged rows
   int mma = 0;     // 1: the product runs on tensor cores (16-bit types, sm_80+)
   int proj = 0;    // V: projection outputs per block (LSTM with a projection)
+  int gh_off = 0;  // forward: byte offset of the block's Gh [rows, gates*U] in shared memory
 };
 
 struct PersistentPlan {
@@ -261,7 +276,6 @@ struct PersistentArgs {
   S* hbuf = nullptr;        // [2, N, H]: step s reads half s%2, writes the other;
                             //   both halves start as h0
   S* h_n = nullptr;         // [N, H] each row's last h'
-  S* gh = nullptr;          // [N, G*H] the recurrent product of a step
   // backward
   S* dh = nullptr;          // [N, H] the recurrent dL/dh (at the end dL/dh0)
   // GRU reset_before: r*h [N, H] for the W_hn product (forward; in training the

@@ -16,7 +16,8 @@ struct RnnForwardUnit {
 
   __device__ void operator()(const RnnForwardParams<S>& p, int64_t i) const {
     const int64_t k = i * p.H + u;
-    const S h = from_acc<S>(rnn_forward<kRelu>(to_acc(p.gx[k]) + to_acc(p.gh[k]) + bias));
+    const S h = from_acc<S>(
+        rnn_forward<kRelu>(to_acc(p.gx[k]) + to_acc(p.gh[p.gl.at(i, 1, 0, u)]) + bias));
     p.h[k] = h;
     p.y[k] = h;
   }
@@ -43,12 +44,13 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
     }
     const S* h = a.hbuf + (s & 1) * N * H;
     S* h_next = a.hbuf + ((s + 1) & 1) * N * H;
-    gate_product(sm, a.lay, sl, 0, 1, h, H, st.rows, H, a.gh, H, H);
+    const GhLayout gl = gate_product(sm, a.lay, sl, 0, 1, h, H, st.rows, H);
     __syncthreads();
     RnnForwardParams<S> p = a.base;
     p.rows = st.rows;
     p.gx = a.gx + (st.offset - a.gx_row0) * H;
-    p.gh = a.gh;
+    p.gh = sm.gh;
+    p.gl = gl;
     p.h = h_next;
     p.y = a.base.y + st.offset * H;
     if (has_unit) {
@@ -81,7 +83,7 @@ cudaError_t rnn_forward_launch(const RnnForwardParams<S>& p, cudaStream_t stream
 template <typename S>
 cudaError_t rnn_persistent_forward_plan(const RnnPersistentForward<S>& a, PersistentPlan& plan) {
   return with_persistent_forward_kernel(a.base, [&](auto kernel) {
-    return plan_persistent<S>(kernel, a.seq.N, a.base.H, 1, a.base.H, 1, 0, a.tf32, plan);
+    return plan_persistent<S>(kernel, a.seq.N, a.base.H, 1, a.base.H, 1, 1, 0, a.tf32, plan);
   });
 }
 
