@@ -53,8 +53,10 @@ constexpr int64_t kStageBytes = int64_t{8} << 10;
 // multiplies with each fragment of the other operand.
 constexpr int kWarps = kPersistentThreads / 32;
 constexpr int kTileGroup = 4;
-// k tiles whose A fragments a warp loads before multiplying any of them.
-constexpr int kMmaBatch = 4;
+// k tiles whose A fragments a warp loads before multiplying any of them: each
+// batch is one round trip to L2 (where the other blocks wrote h or dG), and
+// issue 6's case 1 gives a warp 6 k tiles.
+constexpr int kMmaBatch = 8;
 
 template <typename S>
 constexpr bool kMmaType = std::is_same_v<S, __half> || std::is_same_v<S, __nv_bfloat16>;
@@ -362,9 +364,9 @@ __device__ void block_product_mma(const S* ws, int ldw, int m0, int M, int64_t k
     }
   }
   __syncthreads();
-  for (int64_t o = tid; o < rows * M; o += nth) {
-    const int64_t n = o / M;
-    const int m = static_cast<int>(o % M);
+  // rows * M fits an int: rows <= N and N * M * sizeof(float) fit the shared memory.
+  for (int o = tid; o < static_cast<int>(rows) * M; o += nth) {
+    const int n = o / M, m = o % M;
     float v = red[n * ldr + m];
     for (int s = 1; s < slices; ++s) v += red[s * slice_floats + n * ldr + m];
     emit(n, m, v);
