@@ -24,17 +24,35 @@ struct GruForwardUnit {
     b_hn = load_or_zero(p.b_hh, 2 * H + u);
   }
 
+  // What row i reads from global memory before its cell math (see
+  // LstmForwardUnit::In): Gx of r, z, n and the state h.
+  struct In {
+    A x[3];
+    A h;
+  };
+
+  __device__ In load(const GruForwardParams<S>& p, int64_t i) const {
+    In in;
+    const S* gx = p.gx + i * 3 * p.H + u;
+#pragma unroll
+    for (int g = 0; g < 3; ++g) in.x[g] = to_acc(gx[g * p.H]);
+    in.h = to_acc(p.h_in[i * p.H + u]);
+    return in;
+  }
+
   __device__ void operator()(const GruForwardParams<S>& p, int64_t i) const {
+    (*this)(p, i, load(p, i));
+  }
+
+  __device__ void operator()(const GruForwardParams<S>& p, int64_t i, const In& in) const {
     const int64_t H = p.H;
-    const S* gx = p.gx + i * 3 * H + u;
     const S* gh = p.gh;
     const GhLayout& gl = p.gl;
-    const A h = to_acc(p.h_in[i * H + u]);
     const A hn = to_acc(gh[gl.at(i, 3, 2, u)]) + b_hn;
     A r, z, n, h_new;
-    gru_forward(to_acc(gx[0]) + to_acc(gh[gl.at(i, 3, 0, u)]) + br,
-                to_acc(gx[H]) + to_acc(gh[gl.at(i, 3, 1, u)]) + bz,
-                to_acc(gx[2 * H]) + b_in, hn, h, r, z, n, h_new);
+    gru_forward(in.x[0] + to_acc(gh[gl.at(i, 3, 0, u)]) + br,
+                in.x[1] + to_acc(gh[gl.at(i, 3, 1, u)]) + bz, in.x[2] + b_in, hn, in.h, r, z, n,
+                h_new);
     const S hs = from_acc<S>(h_new);
     p.h[i * H + u] = hs;
     p.y[i * H + u] = hs;
@@ -139,10 +157,11 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
     p.h = h_next;
     p.y = a.base.y + st.offset * H;
     if (kResetAfter) {
-      product(p, 0, 3, h, st.rows);
       if (kTraining) p.gates = a.base.gates + st.offset * 4 * H;
-      if (has_unit)
-        for (int64_t i = sl.row0; i < st.rows; i += sl.row_step) unit_after(p, i);
+      Preloaded<GruForwardUnit<S, kTraining>> pre;
+      preload_rows(unit_after, p, sl, has_unit, pre);
+      product(p, 0, 3, h, st.rows);
+      run_rows(unit_after, p, sl, has_unit, pre, [](int64_t) {});
     } else {
       product(p, 0, 2, h, st.rows);
       S* rh = a.rh_rows != nullptr ? a.rh_rows + st.offset * H : a.rh;

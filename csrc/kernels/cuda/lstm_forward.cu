@@ -29,19 +29,38 @@ struct LstmForwardUnit {
     wco = kPeephole ? to_acc(p.w_ch[(kCoupled ? H : 2 * H) + u]) : zero;
   }
 
+  // What row i reads from global memory before its cell math: Gx of each gate
+  // block and the cell state. The persistent path loads it before the step's
+  // recurrent product, so that these loads overlap the product.
+  struct In {
+    A x[G];
+    A c;
+  };
+
+  __device__ In load(const LstmForwardParams<S>& p, int64_t i) const {
+    In in;
+    const S* gx = p.gx + i * G * p.H + u;
+#pragma unroll
+    for (int g = 0; g < G; ++g) in.x[g] = to_acc(gx[g * p.H]);
+    in.c = p.c[i * p.H + u];
+    return in;
+  }
+
   __device__ void operator()(const LstmForwardParams<S>& p, int64_t i) const {
+    (*this)(p, i, load(p, i));
+  }
+
+  __device__ void operator()(const LstmForwardParams<S>& p, int64_t i, const In& in) const {
     const int64_t H = p.H, GH = G * H;
     const A zero(0);
-    const S* gx = p.gx + i * GH + u;
     const S* gh = p.gh;
     const GhLayout& gl = p.gl;
-    const A pi =
-        kCoupled ? zero : to_acc(gx[gi * H]) + to_acc(gh[gl.at(i, G, gi, u)]) + bias[gi];
-    const A pf = to_acc(gx[gf * H]) + to_acc(gh[gl.at(i, G, gf, u)]) + bias[gf];
-    const A pg = to_acc(gx[gg * H]) + to_acc(gh[gl.at(i, G, gg, u)]) + bias[gg];
-    const A po = to_acc(gx[go * H]) + to_acc(gh[gl.at(i, G, go, u)]) + bias[go];
+    const A pi = kCoupled ? zero : in.x[gi] + to_acc(gh[gl.at(i, G, gi, u)]) + bias[gi];
+    const A pf = in.x[gf] + to_acc(gh[gl.at(i, G, gf, u)]) + bias[gf];
+    const A pg = in.x[gg] + to_acc(gh[gl.at(i, G, gg, u)]) + bias[gg];
+    const A po = in.x[go] + to_acc(gh[gl.at(i, G, go, u)]) + bias[go];
     A* cp = p.c + i * H + u;
-    const A c = *cp;
+    const A c = in.c;
     A ig, fg, gg_, og, c_new, h_new;
     lstm_forward<kPeephole, kCoupled>(pi, pf, pg, po, c, wci, wcf, wco, ig, fg, gg_, og, c_new,
                                       h_new);
@@ -92,14 +111,10 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
     }
     const S* h = a.hbuf + (s & 1) * N * P;
     S* h_next = a.hbuf + ((s + 1) & 1) * N * P;
-    const GhLayout gl = gate_product(sm, a.lay, sl, 0, G, h, P, st.rows, P);
-    __syncthreads();
     S* hr = !kProj ? nullptr : a.hr != nullptr ? a.hr : a.hr_rows + st.offset * H;
     LstmForwardParams<S> p = a.base;
     p.rows = st.rows;
     p.gx = a.gx + (st.offset - a.gx_row0) * GH;
-    p.gh = sm.gh;
-    p.gl = gl;
     p.h = kProj ? hr : a.base.h + st.offset * a.base.ld_h;
     p.ld_h = kProj ? H : a.base.ld_h;
     p.h_state = kProj ? nullptr : h_next;
@@ -107,12 +122,14 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
       p.gates = a.base.gates + st.offset * GH;
       p.states = a.base.states + st.offset * H;
     }
-    if (has_unit) {
-      for (int64_t i = sl.row0; i < st.rows; i += sl.row_step) {
-        unit(p, i);
-        if (!kProj && last_step_of_row(a.seq, s, i)) a.h_n[i * H + sl.u] = h_next[i * H + sl.u];
-      }
-    }
+    Preloaded<Unit> pre;
+    preload_rows(unit, p, sl, has_unit, pre);
+    p.gl = gate_product(sm, a.lay, sl, 0, G, h, P, st.rows, P);
+    p.gh = sm.gh;
+    __syncthreads();
+    run_rows(unit, p, sl, has_unit, pre, [&](int64_t i) {
+      if (!kProj && last_step_of_row(a.seq, s, i)) a.h_n[i * H + sl.u] = h_next[i * H + sl.u];
+    });
     grid_sync();
     if (kProj) {
       S* y = a.y + st.offset * P;

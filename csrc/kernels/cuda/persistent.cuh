@@ -480,6 +480,48 @@ __device__ void prefetch_unit_slices(const S* base, int64_t rows, int64_t ld, in
   }
 }
 
+// The unit functor over this thread's rows of a step, in two halves: preload
+// issues the global loads of its first kPreRows rows (Unit::In: Gx, the cell
+// state) before the step's recurrent product, so that they overlap it; run then
+// does the cell math of every row (loading the rows past kPreRows itself) and
+// calls after(i) for each. Unrolled, so that the preloaded values stay in
+// registers.
+constexpr int kPreRows = 2;
+
+template <class Unit>
+struct Preloaded {
+  typename Unit::In in[kPreRows];
+};
+
+template <class Unit, class P>
+__device__ __forceinline__ void preload_rows(const Unit& unit, const P& p, const UnitSlot& sl,
+                                             bool has_unit, Preloaded<Unit>& pre) {
+#pragma unroll
+  for (int k = 0; k < kPreRows; ++k) {
+    const int64_t i = sl.row0 + int64_t{k} * sl.row_step;
+    if (has_unit && i < p.rows) pre.in[k] = unit.load(p, i);
+  }
+}
+
+template <class Unit, class P, class After>
+__device__ __forceinline__ void run_rows(const Unit& unit, const P& p, const UnitSlot& sl,
+                                         bool has_unit, const Preloaded<Unit>& pre,
+                                         const After& after) {
+  if (!has_unit) return;
+#pragma unroll
+  for (int k = 0; k < kPreRows; ++k) {
+    const int64_t i = sl.row0 + int64_t{k} * sl.row_step;
+    if (i < p.rows) {
+      unit(p, i, pre.in[k]);
+      after(i);
+    }
+  }
+  for (int64_t i = sl.row0 + int64_t{kPreRows} * sl.row_step; i < p.rows; i += sl.row_step) {
+    unit(p, i);
+    after(i);
+  }
+}
+
 // The previously processed step, when there is one.
 __device__ __forceinline__ bool has_step(const SeqLayout& seq, int64_t s) {
   return s >= 0 && s < seq.T;

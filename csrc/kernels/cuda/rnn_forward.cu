@@ -14,10 +14,23 @@ struct RnnForwardUnit {
   __device__ RnnForwardUnit(const RnnForwardParams<S>& p, int64_t unit)
       : u(unit), bias(load_or_zero(p.b_ih, unit) + load_or_zero(p.b_hh, unit)) {}
 
+  // What row i reads from global memory before its cell math (see
+  // LstmForwardUnit::In): its Gx.
+  struct In {
+    acc_t<S> x;
+  };
+
+  __device__ In load(const RnnForwardParams<S>& p, int64_t i) const {
+    return In{to_acc(p.gx[i * p.H + u])};
+  }
+
   __device__ void operator()(const RnnForwardParams<S>& p, int64_t i) const {
+    (*this)(p, i, load(p, i));
+  }
+
+  __device__ void operator()(const RnnForwardParams<S>& p, int64_t i, const In& in) const {
     const int64_t k = i * p.H + u;
-    const S h = from_acc<S>(
-        rnn_forward<kRelu>(to_acc(p.gx[k]) + to_acc(p.gh[p.gl.at(i, 1, 0, u)]) + bias));
+    const S h = from_acc<S>(rnn_forward<kRelu>(in.x + to_acc(p.gh[p.gl.at(i, 1, 0, u)]) + bias));
     p.h[k] = h;
     p.y[k] = h;
   }
@@ -34,7 +47,8 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
   const bool has_unit = sl.u < H;
   const BlockSmem<S> sm(a.lay);
   load_gate_rows(sm.ws, a.lay.ldw, a.w_hh, H, H, 1, U, sl.u0);
-  const RnnForwardUnit<S, kRelu> unit(a.base, has_unit ? sl.u : 0);
+  using Unit = RnnForwardUnit<S, kRelu>;
+  const Unit unit(a.base, has_unit ? sl.u : 0);
   __syncthreads();
   for (int64_t s = a.s0; s < a.s1; ++s) {
     const StepInfo st = a.seq.step(s);
@@ -44,21 +58,19 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
     }
     const S* h = a.hbuf + (s & 1) * N * H;
     S* h_next = a.hbuf + ((s + 1) & 1) * N * H;
-    const GhLayout gl = gate_product(sm, a.lay, sl, 0, 1, h, H, st.rows, H);
-    __syncthreads();
     RnnForwardParams<S> p = a.base;
     p.rows = st.rows;
     p.gx = a.gx + (st.offset - a.gx_row0) * H;
-    p.gh = sm.gh;
-    p.gl = gl;
     p.h = h_next;
     p.y = a.base.y + st.offset * H;
-    if (has_unit) {
-      for (int64_t i = sl.row0; i < st.rows; i += sl.row_step) {
-        unit(p, i);
-        if (last_step_of_row(a.seq, s, i)) a.h_n[i * H + sl.u] = h_next[i * H + sl.u];
-      }
-    }
+    Preloaded<Unit> pre;
+    preload_rows(unit, p, sl, has_unit, pre);
+    p.gl = gate_product(sm, a.lay, sl, 0, 1, h, H, st.rows, H);
+    p.gh = sm.gh;
+    __syncthreads();
+    run_rows(unit, p, sl, has_unit, pre, [&](int64_t i) {
+      if (last_step_of_row(a.seq, s, i)) a.h_n[i * H + sl.u] = h_next[i * H + sl.u];
+    });
     grid_sync();
   }
 }
