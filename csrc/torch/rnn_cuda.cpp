@@ -556,6 +556,7 @@ void lstm_backward_cuda(const LayerInputs& in, const LayerGeometry& g, const Gra
         p.dh = cptr<S>(dy) + st.offset * P;
         p.ld_dh = P;
         p.dh_rec = mptr<S>(dh_state);
+        p.rl = fc::GhLayout{static_cast<int>(H), 0};
       }
       p.gates = gates + st.offset * GH;
       p.c_new = states + st.offset * H;

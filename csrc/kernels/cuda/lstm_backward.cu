@@ -28,21 +28,46 @@ struct LstmBackwardUnit {
     wco = kPeephole ? to_acc(p.w_ch[(kCoupled ? H : 2 * H) + u]) : zero;
   }
 
+  // What row i reads from global memory besides the recurrent dL/dh (see
+  // LstmForwardUnit::In): dL/dh of the output, the saved gates and cell states,
+  // and dL/dc'.
+  struct In {
+    A dh;
+    A gate[G];
+    A c_new, c, dc;
+  };
+
+  __device__ In load(const LstmBackwardParams<S>& p, int64_t i) const {
+    const int64_t H = p.H;
+    In in;
+    in.dh = to_acc(p.dh[i * p.ld_dh + u]);
+    const S* gr = p.gates + i * G * H + u;
+#pragma unroll
+    for (int g = 0; g < G; ++g) in.gate[g] = to_acc(gr[g * H]);
+    in.c_new = p.c_new[i * H + u];
+    in.c = i < p.split ? p.c_prev[i * H + u] : to_acc(p.c0[i * H + u]);
+    in.dc = p.dc[i * H + u];
+    return in;
+  }
+
   __device__ void operator()(const LstmBackwardParams<S>& p, int64_t i) const {
+    (*this)(p, i, load(p, i));
+  }
+
+  __device__ void operator()(const LstmBackwardParams<S>& p, int64_t i, const In& in) const {
     const int64_t H = p.H, GH = G * H;
     const A zero(0), one(1);
-    A dh = to_acc(p.dh[i * p.ld_dh + u]);
-    if (p.dh_rec != nullptr) dh += to_acc(p.dh_rec[i * H + u]);
-    const S* gr = p.gates + i * GH + u;
-    const A fg = to_acc(gr[gf * H]);
+    A dh = in.dh;
+    if (p.dh_rec != nullptr) dh += to_acc(p.dh_rec[p.rl.at(i, 1, 0, u)]);
+    const A fg = in.gate[gf];
     // Coupled: i = 1 - f from the saved f, as the forward computed it.
-    const A ig = kCoupled ? one - fg : to_acc(gr[gi * H]);
-    const A gg_ = to_acc(gr[gg * H]);
-    const A og = to_acc(gr[go * H]);
-    const A c_new = p.c_new[i * H + u];
-    const A c = i < p.split ? p.c_prev[i * H + u] : to_acc(p.c0[i * H + u]);
+    const A ig = kCoupled ? one - fg : in.gate[gi];
+    const A gg_ = in.gate[gg];
+    const A og = in.gate[go];
+    const A c_new = in.c_new;
+    const A c = in.c;
     A* dcp = p.dc + i * H + u;
-    const A dc = *dcp;
+    const A dc = in.dc;
     A dpi, dpf, dpg, dpo, dc_prev, dwi = zero, dwf = zero, dwo = zero;
     lstm_backward<kPeephole, kCoupled>(dh, dc, ig, fg, gg_, og, c, c_new, wci, wcf, wco, dpi,
                                        dpf, dpg, dpo, dc_prev, dwi, dwf, dwo);
@@ -95,6 +120,21 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
     column_product(sm, a.lay, 0, V, q0, P, 0, a.base.dG + st.offset * GH, GH, st.rows, GH, a.dh,
                    P, false);
   };
+  // The same for the rows of step s (no projection): rows below `keep` into the
+  // block's shared memory (sm.gh [rows, U]) for the unit functor of step s - 1,
+  // the others (rows that begin at step s - 1 in processing order, reverse
+  // direction) to a.dh, where they stay as dL/dh0.
+  const auto recurrent_here = [&](int64_t s, int64_t keep) {
+    const StepInfo st = a.seq.step(s);
+    block_product(sm, a.lay, 0, U, 0, a.base.dG + st.offset * GH, GH, st.rows, GH,
+                  [&](int64_t n, int m, acc_t<S> v) {
+                    const S d = from_acc<S>(v);
+                    if (n < keep)
+                      sm.gh[n * U + m] = d;
+                    else if (sl.u0 + m < H)
+                      a.dh[n * H + sl.u0 + m] = d;
+                  });
+  };
   for (int64_t s = a.s1 - 1; s >= a.s0; --s) {
     if (s - 1 >= a.s0) {
       const StepInfo nx = a.seq.step(s - 1);
@@ -106,9 +146,38 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
         prefetch_unit_slices(a.base.dh + nx.offset * a.base.ld_dh, nx.rows, a.base.ld_dh, 1, 0,
                              sl.u0, U, H);
     }
-    if (has_step(a.seq, s + 1)) recurrent(s + 1);
-    __syncthreads();
     const StepInfo st = a.seq.step(s);
+    LstmBackwardParams<S> p = a.base;
+    p.rows = st.rows;
+    p.split = st.split;
+    p.dh = kProj ? a.dr : a.base.dh + st.offset * a.base.ld_dh;
+    p.ld_dh = kProj ? H : a.base.ld_dh;
+    p.dh_rec = kProj ? nullptr : a.dh;
+    p.rl = GhLayout{static_cast<int>(H), 0};
+    p.gates = a.base.gates + st.offset * GH;
+    p.c_new = a.base.c_new + st.offset * H;
+    p.c_prev = st.split > 0 ? a.base.c_new + st.prev_offset * H : nullptr;
+    p.dG = a.base.dG + st.offset * GH;
+    p.hprev = prev_rows_at(a.base.hprev, st);
+    // Without a projection, the row loads go out before the recurrent product, and
+    // the product's rows of this step stay in shared memory (recurrent_here).
+    Preloaded<Unit> pre;
+    if (!kProj) preload_rows(unit, p, sl, has_unit, pre);
+    if (has_step(a.seq, s + 1)) {
+      if (kProj) {
+        recurrent(s + 1);
+      } else {
+        recurrent_here(s + 1, st.rows);
+        p.dh_rec = sm.gh;
+        p.rl = GhLayout{U, static_cast<int>(sl.u0)};
+        // Rows whose sequence ends at step s get dL/dh_n, as from a.dh.
+        const int64_t nx_rows = a.seq.step(s + 1).rows;
+        if (has_unit)
+          for (int64_t i = sl.row0; i < st.rows; i += sl.row_step)
+            if (i >= nx_rows) sm.gh[i * U + sl.j] = a.dh[i * H + sl.u];
+      }
+    }
+    __syncthreads();
     if (kProj) {
       S* dht = a.dht + (a.dht_rows ? st.offset * P : 0);
       const S* dy = a.dy + st.offset * P;
@@ -120,20 +189,11 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
       grid_sync();
       column_product(sm, a.lay, V, U, sl.u0, H, 0, dht, P, st.rows, P, a.dr, H, false);
       __syncthreads();
+      if (has_unit)
+        for (int64_t i = sl.row0; i < st.rows; i += sl.row_step) unit(p, i);
+    } else {
+      run_rows(unit, p, sl, has_unit, pre, [](int64_t) {});
     }
-    LstmBackwardParams<S> p = a.base;
-    p.rows = st.rows;
-    p.split = st.split;
-    p.dh = kProj ? a.dr : a.base.dh + st.offset * a.base.ld_dh;
-    p.ld_dh = kProj ? H : a.base.ld_dh;
-    p.dh_rec = kProj ? nullptr : a.dh;
-    p.gates = a.base.gates + st.offset * GH;
-    p.c_new = a.base.c_new + st.offset * H;
-    p.c_prev = st.split > 0 ? a.base.c_new + st.prev_offset * H : nullptr;
-    p.dG = a.base.dG + st.offset * GH;
-    p.hprev = prev_rows_at(a.base.hprev, st);
-    if (has_unit)
-      for (int64_t i = sl.row0; i < st.rows; i += sl.row_step) unit(p, i);
     grid_sync();
   }
   if (a.s0 == 0) recurrent(0);
@@ -171,7 +231,8 @@ cudaError_t lstm_persistent_backward_plan(const LstmPersistentBackward<S>& a,
   const bool proj = a.w_hr != nullptr;
   return with_persistent_backward_kernel(a, [&](auto kernel) {
     const int64_t P = proj ? a.proj_size : 0;
-    return plan_persistent<S>(kernel, a.seq.N, a.base.H, 1, std::max(G * a.base.H, P), 1, 0, P,
+    return plan_persistent<S>(kernel, a.seq.N, a.base.H, 1, std::max(G * a.base.H, P), 1,
+                              proj ? 0 : 1, P,
                               a.tf32, plan);
   });
 }

@@ -78,7 +78,8 @@ FRNN_HD PrevRows<S> prev_rows_at(const PrevRows<S>& all, const StepInfo& st) {
   return pr;
 }
 
-// Where a forward step finds Gh = h W_hh^T, `gates` gate blocks a row: the
+// Where a step finds the recurrent product (forward Gh = h W_hh^T, `gates` gate
+// blocks a row; backward the recurrent dL/dh, one block): the
 // element of row i, gate block g and hidden unit u is gh[at(i, gates, g, u)].
 // The standard path's [rows, gates*H] buffer has gate = H, u0 = 0; the
 // persistent path hands each block the Gh of its own units in shared memory,
@@ -120,7 +121,8 @@ struct LstmBackwardParams {
   // where the torch layer has already folded both into dh = (dy + dh_rec) W_hr).
   const S* dh = nullptr;      // [rows, ld_dh]
   int64_t ld_dh = 0;
-  const S* dh_rec = nullptr;  // [N, H] recurrent part (no projection) or null
+  const S* dh_rec = nullptr;  // recurrent part (no projection), laid out as rl says
+  GhLayout rl;                //   (one gate block), or null
   const S* gates = nullptr;   // [rows, G*H] saved activated gates
   const A* c_new = nullptr;   // [rows, H]   saved c' of this step
   const A* c_prev = nullptr;  // [split, H]  saved c' of the previously processed step
