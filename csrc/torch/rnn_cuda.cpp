@@ -827,6 +827,7 @@ void rnn_backward_cuda(const LayerInputs& in, const LayerGeometry& g, const Grad
   base.H = H;
   base.relu = in.cell.kind == CellKind::kRnnRelu;
   base.dh = cptr<S>(dh_state);
+  base.dl = fc::GhLayout{static_cast<int>(H), 0};
   bool persistent = false;
   if (take_persistent(in, g, true, stream)) {
     fc::RnnPersistentBackward<S> a;

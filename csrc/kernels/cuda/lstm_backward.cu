@@ -120,21 +120,6 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
     column_product(sm, a.lay, 0, V, q0, P, 0, a.base.dG + st.offset * GH, GH, st.rows, GH, a.dh,
                    P, false);
   };
-  // The same for the rows of step s (no projection): rows below `keep` into the
-  // block's shared memory (sm.gh [rows, U]) for the unit functor of step s - 1,
-  // the others (rows that begin at step s - 1 in processing order, reverse
-  // direction) to a.dh, where they stay as dL/dh0.
-  const auto recurrent_here = [&](int64_t s, int64_t keep) {
-    const StepInfo st = a.seq.step(s);
-    block_product(sm, a.lay, 0, U, 0, a.base.dG + st.offset * GH, GH, st.rows, GH,
-                  [&](int64_t n, int m, acc_t<S> v) {
-                    const S d = from_acc<S>(v);
-                    if (n < keep)
-                      sm.gh[n * U + m] = d;
-                    else if (sl.u0 + m < H)
-                      a.dh[n * H + sl.u0 + m] = d;
-                  });
-  };
   for (int64_t s = a.s1 - 1; s >= a.s0; --s) {
     if (s - 1 >= a.s0) {
       const StepInfo nx = a.seq.step(s - 1);
@@ -160,21 +145,17 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
     p.dG = a.base.dG + st.offset * GH;
     p.hprev = prev_rows_at(a.base.hprev, st);
     // Without a projection, the row loads go out before the recurrent product, and
-    // the product's rows of this step stay in shared memory (recurrent_here).
+    // the product's rows of this step stay in shared memory (recurrent_to_block).
     Preloaded<Unit> pre;
     if (!kProj) preload_rows(unit, p, sl, has_unit, pre);
     if (has_step(a.seq, s + 1)) {
       if (kProj) {
         recurrent(s + 1);
       } else {
-        recurrent_here(s + 1, st.rows);
+        const StepInfo pv = a.seq.step(s + 1);
+        p.rl = recurrent_to_block(sm, a.lay, sl, has_unit, a.base.dG + pv.offset * GH, GH, GH,
+                                  pv.rows, st.rows, a.dh, H);
         p.dh_rec = sm.gh;
-        p.rl = GhLayout{U, static_cast<int>(sl.u0)};
-        // Rows whose sequence ends at step s get dL/dh_n, as from a.dh.
-        const int64_t nx_rows = a.seq.step(s + 1).rows;
-        if (has_unit)
-          for (int64_t i = sl.row0; i < st.rows; i += sl.row_step)
-            if (i >= nx_rows) sm.gh[i * U + sl.j] = a.dh[i * H + sl.u];
       }
     }
     __syncthreads();

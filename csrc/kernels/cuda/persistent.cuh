@@ -431,6 +431,35 @@ __device__ GhLayout gate_product(const BlockSmem<S>& sm, const PersistentLayout&
   return GhLayout{U, static_cast<int>(sl.u0)};
 }
 
+// Backward, the recurrent dL/dh of the block's units from the dG rows of the
+// step processed before (x: from_rows rows of ldx, K columns through the
+// block's W_hh columns, slice rows 0..U-1), for the unit functor of the step
+// with `rows` rows: rows below `rows` into sm.gh [rows, U]; the others (rows
+// that begin at the functor's step in processing order: reverse direction,
+// packed) to dh [N, H], where they stay as dL/dh0. Rows in [from_rows, rows)
+// (sequences that end at the functor's step) take dL/dh_n from dh, each by the
+// thread whose unit functor reads it. Returns the layout for the functor; the
+// block's threads see it after a __syncthreads.
+template <typename S>
+__device__ GhLayout recurrent_to_block(const BlockSmem<S>& sm, const PersistentLayout& lay,
+                                       const UnitSlot& sl, bool has_unit, const S* x,
+                                       int64_t ldx, int64_t K, int64_t from_rows,
+                                       int64_t rows, S* dh, int64_t H) {
+  const int U = lay.units;
+  S* block = sm.gh;
+  block_product(sm, lay, 0, U, 0, x, ldx, from_rows, K, [&](int64_t n, int m, acc_t<S> v) {
+    const S d = from_acc<S>(v);
+    if (n < rows)
+      block[n * U + m] = d;
+    else if (sl.u0 + m < H)
+      dh[n * H + sl.u0 + m] = d;
+  });
+  if (has_unit)
+    for (int64_t i = sl.row0; i < rows; i += sl.row_step)
+      if (i >= from_rows) block[i * U + sl.j] = dh[i * H + sl.u];
+  return GhLayout{U, static_cast<int>(sl.u0)};
+}
+
 // out[n*ld_out + q0 + m] = (out +) the product of x (rows x K) with the weight
 // rows m0 <= m0 + m < m0 + M of the block (columns of a weight: backward slice),
 // for outputs q0 + m < Q.

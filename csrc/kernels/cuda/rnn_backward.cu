@@ -11,10 +11,24 @@ struct RnnBackwardUnit {
   int64_t u;
   __device__ RnnBackwardUnit(const RnnBackwardParams<S>&, int64_t unit) : u(unit) {}
 
-  __device__ void operator()(const RnnBackwardParams<S>& p, int64_t i) const {
+  // What row i reads from global memory besides the recurrent dL/dh (see
+  // LstmForwardUnit::In): dL/dy and the output h'.
+  struct In {
+    acc_t<S> dy, y;
+  };
+
+  __device__ In load(const RnnBackwardParams<S>& p, int64_t i) const {
     const int64_t k = i * p.H + u;
-    const auto dh = to_acc(p.dy[k]) + to_acc(p.dh[k]);
-    p.dG[k] = from_acc<S>(rnn_backward<kRelu>(dh, to_acc(p.y[k])));
+    return In{to_acc(p.dy[k]), to_acc(p.y[k])};
+  }
+
+  __device__ void operator()(const RnnBackwardParams<S>& p, int64_t i) const {
+    (*this)(p, i, load(p, i));
+  }
+
+  __device__ void operator()(const RnnBackwardParams<S>& p, int64_t i, const In& in) const {
+    const auto dh = in.dy + to_acc(p.dh[p.dl.at(i, 1, 0, u)]);
+    p.dG[i * p.H + u] = from_acc<S>(rnn_backward<kRelu>(dh, in.y));
     copy_prev_row(p.hprev, p.split, i, u, p.H);
   }
 };
@@ -30,7 +44,8 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
   const bool has_unit = sl.u < H;
   const BlockSmem<S> sm(a.lay);
   load_unit_columns(sm.ws, a.lay.ldw, a.w_hh, H, H, U, sl.u0);
-  const RnnBackwardUnit<S, kRelu> unit(a.base, has_unit ? sl.u : 0);
+  using Unit = RnnBackwardUnit<S, kRelu>;
+  const Unit unit(a.base, has_unit ? sl.u : 0);
   __syncthreads();
   const auto recurrent = [&](int64_t s) {
     const StepInfo st = a.seq.step(s);
@@ -43,19 +58,26 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
       prefetch_unit_slices(a.base.y + nx.offset * H, nx.rows, H, 1, 0, sl.u0, U, H);
       prefetch_unit_slices(a.base.dy + nx.offset * H, nx.rows, H, 1, 0, sl.u0, U, H);
     }
-    if (has_step(a.seq, s + 1)) recurrent(s + 1);
-    __syncthreads();
     const StepInfo st = a.seq.step(s);
     RnnBackwardParams<S> p = a.base;
     p.rows = st.rows;
     p.split = st.split;
     p.dy = a.base.dy + st.offset * H;
     p.dh = a.dh;
+    p.dl = GhLayout{static_cast<int>(H), 0};
     p.y = a.base.y + st.offset * H;
     p.dG = a.base.dG + st.offset * H;
     p.hprev = prev_rows_at(a.base.hprev, st);
-    if (has_unit)
-      for (int64_t i = sl.row0; i < st.rows; i += sl.row_step) unit(p, i);
+    Preloaded<Unit> pre;
+    preload_rows(unit, p, sl, has_unit, pre);
+    if (has_step(a.seq, s + 1)) {
+      const StepInfo pv = a.seq.step(s + 1);
+      p.dl = recurrent_to_block(sm, a.lay, sl, has_unit, a.base.dG + pv.offset * H, H, H, pv.rows,
+                                st.rows, a.dh, H);
+      p.dh = sm.gh;
+    }
+    __syncthreads();
+    run_rows(unit, p, sl, has_unit, pre, [](int64_t) {});
     grid_sync();
   }
   if (a.s0 == 0) recurrent(0);
@@ -82,7 +104,7 @@ template <typename S>
 cudaError_t rnn_persistent_backward_plan(const RnnPersistentBackward<S>& a,
                                          PersistentPlan& plan) {
   return with_persistent_backward_kernel(a.base, [&](auto kernel) {
-    return plan_persistent<S>(kernel, a.seq.N, a.base.H, 1, a.base.H, 1, 0, 0, a.tf32, plan);
+    return plan_persistent<S>(kernel, a.seq.N, a.base.H, 1, a.base.H, 1, 1, 0, a.tf32, plan);
   });
 }
 

@@ -226,7 +226,8 @@ struct RnnBackwardParams {
   bool relu = false;
   int64_t split = 0;
   const S* dy = nullptr;   // [rows, H]
-  const S* dh = nullptr;   // [N, H] recurrent dL/dh' (the torch layer overwrites it after)
+  const S* dh = nullptr;   // recurrent dL/dh', laid out as dl says ([N, H] on the standard
+  GhLayout dl;             //   path, where the torch layer overwrites it after)
   const S* y = nullptr;    // [rows, H] this step's outputs h' = act(p)
   S* dG = nullptr;         // [rows, H] dL/dp
   PrevRows<S> hprev;       // width H
