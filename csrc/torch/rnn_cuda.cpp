@@ -703,6 +703,7 @@ void gru_backward_cuda(const LayerInputs& in, const LayerGeometry& g, const Grad
   fc::GruBackwardParams<S> base;
   base.H = H;
   base.dh = mptr<S>(dh_state);
+  base.dl = fc::GhLayout{static_cast<int>(H), 0};
   base.h0 = cptr<S>(in.h0);
   base.drh = cptr<S>(drh);
   const S* gates = cptr<S>(gi.saved.gates);

@@ -22,14 +22,36 @@ struct GruBackwardUnit {
   int64_t u;
   __device__ GruBackwardUnit(const GruBackwardParams<S>&, int64_t unit) : u(unit) {}
 
-  __device__ void operator()(const GruBackwardParams<S>& p, int64_t i) const {
+  // What row i reads from global memory besides dL/dh (see LstmForwardUnit::In):
+  // dL/dy, the saved r, z, n, hn and the previous state h.
+  struct In {
+    A dy;
+    A g[4];
+    A h;
+  };
+
+  __device__ In load(const GruBackwardParams<S>& p, int64_t i) const {
     const int64_t H = p.H;
-    S* dhp = p.dh + i * H + u;
-    const A dh = to_acc(p.dy[i * H + u]) + to_acc(*dhp);
+    In in;
+    in.dy = to_acc(p.dy[i * H + u]);
     const S* g = p.gates + i * 4 * H + u;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) in.g[k] = to_acc(g[k * H]);
+    in.h = prev_h(p, i, u);
+    return in;
+  }
+
+  __device__ void operator()(const GruBackwardParams<S>& p, int64_t i) const {
+    (*this)(p, i, load(p, i));
+  }
+
+  __device__ void operator()(const GruBackwardParams<S>& p, int64_t i, const In& in) const {
+    const int64_t H = p.H;
+    S* dhp = p.dh + p.dl.at(i, 1, 0, u);
+    const A dh = in.dy + to_acc(*dhp);
     A dpn, dpz, dh_prev, dpr, dhn;
-    gru_update_backward(dh, to_acc(g[H]), to_acc(g[2 * H]), prev_h(p, i, u), dpn, dpz, dh_prev);
-    gru_reset_after_backward(dpn, to_acc(g[0]), to_acc(g[3 * H]), dpr, dhn);
+    gru_update_backward(dh, in.g[1], in.g[2], in.h, dpn, dpz, dh_prev);
+    gru_reset_after_backward(dpn, in.g[0], in.g[3], dpr, dhn);
     S* d = p.dG + i * 4 * H + u;
     d[0] = from_acc<S>(dpr);
     d[H] = from_acc<S>(dpz);
@@ -49,7 +71,7 @@ struct GruZnBackwardUnit {
 
   __device__ void operator()(const GruBackwardParams<S>& p, int64_t i) const {
     const int64_t H = p.H;
-    S* dhp = p.dh + i * H + u;
+    S* dhp = p.dh + p.dl.at(i, 1, 0, u);
     const A dh = to_acc(p.dy[i * H + u]) + to_acc(*dhp);
     const S* g = p.gates + i * 3 * H + u;
     A dpn, dpz, dh_prev;
@@ -71,7 +93,7 @@ struct GruRBackwardUnit {
 
   __device__ void operator()(const GruBackwardParams<S>& p, int64_t i) const {
     const int64_t H = p.H;
-    S* dhp = p.dh + i * H + u;
+    S* dhp = p.dh + p.dl.at(i, 1, 0, u);
     A dpr, dh_r;
     gru_reset_before_backward(to_acc(p.drh[i * H + u]), to_acc(p.gates[i * 3 * H + u]),
                               prev_h(p, i, u), dpr, dh_r);
@@ -81,14 +103,17 @@ struct GruRBackwardUnit {
 };
 
 // Persistent backward (persistent.cuh). The block holds the columns of its
-// units of all 3H rows of W_hh. Each step: dh += dG[s+1] (r, z, hn columns; r, z
-// for reset_before) times those columns, then the unit pass; reset_before also
-// a barrier, drh = dG_n[s] W_hn for its units, part 2. After the last step,
-// the same product gives dL/dh0.
+// units of all 3H rows of W_hh, and its units' slice of the state dh [N, U] in
+// shared memory for the whole launch (read from a.dh first, written back
+// last): only its own products and unit functors touch it. Each step: dh +=
+// dG[s+1] (r, z, hn columns; r, z for reset_before) times those columns, then
+// the unit pass (reset_after: its row loads issued before the product);
+// reset_before also a barrier, drh = dG_n[s] W_hn for its units, part 2. After
+// the last step, the same product gives dL/dh0.
 template <typename S, bool kResetAfter>
 __global__ void __launch_bounds__(kPersistentThreads, 1)
     gru_persistent_backward_kernel(const GruPersistentBackward<S> a) {
-  const int64_t H = a.base.H, ldg = kResetAfter ? 4 * H : 3 * H;
+  const int64_t H = a.base.H, N = a.seq.N, ldg = kResetAfter ? 4 * H : 3 * H;
   const int64_t K = kResetAfter ? 3 * H : 2 * H;  // dG columns through W_hh in one product
   const int U = a.lay.units;
   const UnitSlot sl = unit_slot(U);
@@ -96,14 +121,23 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
   const int64_t uu = has_unit ? sl.u : 0;
   const BlockSmem<S> sm(a.lay);
   load_unit_columns(sm.ws, a.lay.ldw, a.w_hh, H, 3 * H, U, sl.u0);
-  const GruBackwardUnit<S> unit_after(a.base, uu);
+  S* dhb = sm.gh;
+  const GhLayout dl{U, static_cast<int>(sl.u0)};
+  const int64_t units = H - sl.u0 < U ? H - sl.u0 : U;
+  for (int64_t e = threadIdx.x; e < N * U; e += blockDim.x)
+    dhb[e] = e % U < units ? a.dh[(e / U) * H + sl.u0 + e % U] : from_acc<S>(acc_t<S>(0));
+  using UnitAfter = GruBackwardUnit<S>;
+  const UnitAfter unit_after(a.base, uu);
   const GruZnBackwardUnit<S> unit_zn(a.base, uu);
   const GruRBackwardUnit<S> unit_r(a.base, uu);
   __syncthreads();
-  // out[:rows, block's units] (+)= dG[step rows, k0 : k0 + k] W_hh[k0 : k0 + k, block's units]
-  const auto product = [&](const StepInfo& st, int64_t k0, int64_t k, S* out, bool add) {
-    column_product(sm, a.lay, 0, U, sl.u0, H, k0, a.base.dG + st.offset * ldg + k0, ldg, st.rows,
-                   k, out, H, add);
+  // dhb[:rows] += dG[step rows, 0 : K] W_hh[0 : K, block's units]
+  const auto recurrent = [&](const StepInfo& st) {
+    block_product(sm, a.lay, 0, U, 0, a.base.dG + st.offset * ldg, ldg, st.rows, K,
+                  [&](int64_t n, int m, acc_t<S> v) {
+                    S* o = dhb + n * U + m;
+                    *o = from_acc<S>(to_acc(*o) + v);
+                  });
   };
   for (int64_t s = a.s1 - 1; s >= a.s0; --s) {
     if (s - 1 >= a.s0) {
@@ -112,26 +146,29 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
                            static_cast<int>(ldg / H), H, sl.u0, U, H);
       prefetch_unit_slices(a.base.dy + nx.offset * H, nx.rows, H, 1, 0, sl.u0, U, H);
     }
-    if (has_step(a.seq, s + 1)) product(a.seq.step(s + 1), 0, K, a.dh, true);
-    __syncthreads();
     const StepInfo st = a.seq.step(s);
     GruBackwardParams<S> p = a.base;
     p.rows = st.rows;
     p.split = st.split;
     p.dy = a.base.dy + st.offset * H;
-    p.dh = a.dh;
+    p.dh = dhb;
+    p.dl = dl;
     p.gates = a.base.gates + st.offset * ldg;
     p.h_prev = st.split > 0 ? a.base.h_prev + st.prev_offset * H : nullptr;
     p.dG = a.base.dG + st.offset * ldg;
     p.hprev = prev_rows_at(a.base.hprev, st);
+    Preloaded<UnitAfter> pre;
+    if (kResetAfter) preload_rows(unit_after, p, sl, has_unit, pre);
+    if (has_step(a.seq, s + 1)) recurrent(a.seq.step(s + 1));
+    __syncthreads();
     if (kResetAfter) {
-      if (has_unit)
-        for (int64_t i = sl.row0; i < st.rows; i += sl.row_step) unit_after(p, i);
+      run_rows(unit_after, p, sl, has_unit, pre, [](int64_t) {});
     } else {
       if (has_unit)
         for (int64_t i = sl.row0; i < st.rows; i += sl.row_step) unit_zn(p, i);
       grid_sync();
-      product(st, 2 * H, H, a.rh, false);
+      column_product(sm, a.lay, 0, U, sl.u0, H, 2 * H, p.dG + 2 * H, ldg, st.rows, H, a.rh, H,
+                     false);
       __syncthreads();
       p.drh = a.rh;
       if (has_unit)
@@ -139,7 +176,10 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
     }
     grid_sync();
   }
-  if (a.s0 == 0) product(a.seq.step(0), 0, K, a.dh, true);
+  if (a.s0 == 0) recurrent(a.seq.step(0));
+  __syncthreads();
+  for (int64_t e = threadIdx.x; e < N * U; e += blockDim.x)
+    if (e % U < units) a.dh[(e / U) * H + sl.u0 + e % U] = dhb[e];
 }
 
 template <typename S, typename F>
@@ -174,7 +214,7 @@ cudaError_t gru_reset_before_backward_r_launch(const GruBackwardParams<S>& p,
 template <typename S>
 cudaError_t gru_persistent_backward_plan(const GruPersistentBackward<S>& a, PersistentPlan& plan) {
   return with_persistent_backward_kernel(a, [&](auto kernel) {
-    return plan_persistent<S>(kernel, a.seq.N, a.base.H, 1, 3 * a.base.H, 1, 0, 0, a.tf32, plan);
+    return plan_persistent<S>(kernel, a.seq.N, a.base.H, 1, 3 * a.base.H, 1, 1, 0, a.tf32, plan);
   });
 }
 

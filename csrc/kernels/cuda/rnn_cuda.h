@@ -174,7 +174,8 @@ struct GruBackwardParams {
   int64_t rows = 0, H = 0;
   const S* dy = nullptr;      // [rows, H] incoming output gradient
   S* dh = nullptr;            // [N, H] in: recurrent dL/dh', out: the part of dL/dh that
-                              //   does not go through W_hh (the torch layer adds the rest)
+                              //   does not go through W_hh (the torch layer adds the rest);
+  GhLayout dl;                //   laid out as dl says (the persistent path: the block's slice)
   const S* gates = nullptr;   // [rows, 4H] (reset_after) or [rows, 3H]
   const S* h_prev = nullptr;  // [split, H] the previous step's outputs
   const S* h0 = nullptr;      // [N, H]
