@@ -193,6 +193,7 @@ cudaError_t with_persistent_backward_kernel(const GruPersistentBackward<S>& a, c
 
 template <typename S>
 cudaError_t gru_backward_launch(const GruBackwardParams<S>& p, cudaStream_t stream) {
+  if (!p.dl.valid()) return cudaErrorInvalidValue;
   return launch_step(step_kernel<GruBackwardUnit<S>, GruBackwardParams<S>>, p.rows, p.H, p,
                      stream);
 }
@@ -200,6 +201,7 @@ cudaError_t gru_backward_launch(const GruBackwardParams<S>& p, cudaStream_t stre
 template <typename S>
 cudaError_t gru_reset_before_backward_zn_launch(const GruBackwardParams<S>& p,
                                                 cudaStream_t stream) {
+  if (!p.dl.valid()) return cudaErrorInvalidValue;
   return launch_step(step_kernel<GruZnBackwardUnit<S>, GruBackwardParams<S>>, p.rows, p.H, p,
                      stream);
 }
@@ -207,6 +209,7 @@ cudaError_t gru_reset_before_backward_zn_launch(const GruBackwardParams<S>& p,
 template <typename S>
 cudaError_t gru_reset_before_backward_r_launch(const GruBackwardParams<S>& p,
                                                cudaStream_t stream) {
+  if (!p.dl.valid()) return cudaErrorInvalidValue;
   return launch_step(step_kernel<GruRBackwardUnit<S>, GruBackwardParams<S>>, p.rows, p.H, p,
                      stream);
 }

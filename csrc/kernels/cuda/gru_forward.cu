@@ -199,6 +199,7 @@ cudaError_t with_persistent_forward_kernel(const GruPersistentForward<S>& a, con
 
 template <typename S>
 cudaError_t gru_forward_launch(const GruForwardParams<S>& p, cudaStream_t stream) {
+  if (!p.gl.valid()) return cudaErrorInvalidValue;
   return bool_switch(p.gates != nullptr, [&](auto kTraining) {
     using Unit = GruForwardUnit<S, decltype(kTraining)::value>;
     return launch_step(step_kernel<Unit, GruForwardParams<S>>, p.rows, p.H, p, stream);
@@ -208,12 +209,14 @@ cudaError_t gru_forward_launch(const GruForwardParams<S>& p, cudaStream_t stream
 template <typename S>
 cudaError_t gru_reset_before_forward_rz_launch(const GruForwardParams<S>& p,
                                                cudaStream_t stream) {
+  if (!p.gl.valid()) return cudaErrorInvalidValue;
   return launch_step(step_kernel<GruRzUnit<S>, GruForwardParams<S>>, p.rows, p.H, p, stream);
 }
 
 template <typename S>
 cudaError_t gru_reset_before_forward_n_launch(const GruForwardParams<S>& p,
                                               cudaStream_t stream) {
+  if (!p.gl.valid()) return cudaErrorInvalidValue;
   return launch_step(step_kernel<GruNUnit<S>, GruForwardParams<S>>, p.rows, p.H, p, stream);
 }
 

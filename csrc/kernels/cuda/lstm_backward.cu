@@ -197,6 +197,7 @@ cudaError_t with_persistent_backward_kernel(const LstmPersistentBackward<S>& a, 
 
 template <typename S>
 cudaError_t lstm_backward_launch(const LstmBackwardParams<S>& p, cudaStream_t stream) {
+  if (p.dh_rec != nullptr && !p.rl.valid()) return cudaErrorInvalidValue;
   return bool_switch(p.w_ch != nullptr, [&](auto kPeephole) {
     return bool_switch(p.coupled, [&](auto kCoupled) {
       using Unit = LstmBackwardUnit<S, decltype(kPeephole)::value, decltype(kCoupled)::value>;

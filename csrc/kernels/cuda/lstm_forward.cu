@@ -190,6 +190,7 @@ cudaError_t lstm_persistent_forward_launch(const LstmPersistentForward<S>& a,
 
 template <typename S>
 cudaError_t lstm_forward_launch(const LstmForwardParams<S>& p, cudaStream_t stream) {
+  if (!p.gl.valid()) return cudaErrorInvalidValue;
   return bool_switch(p.w_ch != nullptr, [&](auto kPeephole) {
     return bool_switch(p.coupled, [&](auto kCoupled) {
       return bool_switch(p.gates != nullptr, [&](auto kTraining) {

@@ -583,8 +583,9 @@ inline cudaError_t raise_dynamic_smem(const void* kernel, int64_t smem) {
 // says why the persistent path cannot run it (plan.why). w_rows_per_unit: rows
 // of the weight slice per unit (forward G, backward 1); K: the longest row the
 // block holds; out_per_unit: the largest product's outputs per unit and row;
-// gh_per_unit: the Gh values per unit and row the block keeps for its unit
-// functor (forward: G, the most gate blocks of one gate_product; backward 0);
+// gh_per_unit: the values per unit and row of the recurrent product the block
+// keeps in shared memory for its unit functor (forward: G, the most gate blocks
+// of one gate_product; backward 1, or 0 where it goes to global memory);
 // proj_rows: the rows of a second weight, shared out among the blocks (the LSTM
 // projection's P, whose products have ceil(P / blocks) outputs per row; 0
 // without one); tf32: float32 may multiply in TF32.
@@ -641,7 +642,9 @@ cudaError_t plan_persistent(Kernel kernel, int64_t N, int64_t H, int w_rows_per_
         16);
     const int64_t smem = gh_off + N * gh_per_unit * U * elem;
     if (smem > smem_max) {
-      if (U == 1) why = "the weight slice of one hidden unit does not fit in a block's shared memory";
+      if (U == 1)
+        why = "the weight slice of one hidden unit and the block's buffers do not fit in its shared "
+              "memory";
       break;
     }
     err = raise_dynamic_smem(reinterpret_cast<const void*>(kernel), smem);

@@ -94,6 +94,7 @@ cudaError_t with_persistent_backward_kernel(const RnnBackwardParams<S>& p, const
 
 template <typename S>
 cudaError_t rnn_backward_launch(const RnnBackwardParams<S>& p, cudaStream_t stream) {
+  if (!p.dl.valid()) return cudaErrorInvalidValue;
   return bool_switch(p.relu, [&](auto kRelu) {
     using Unit = RnnBackwardUnit<S, decltype(kRelu)::value>;
     return launch_step(step_kernel<Unit, RnnBackwardParams<S>>, p.rows, p.H, p, stream);

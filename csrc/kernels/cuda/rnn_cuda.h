@@ -89,6 +89,8 @@ struct GhLayout {
   FRNN_HD int64_t at(int64_t i, int gates, int g, int64_t u) const {
     return (i * gates + g) * gate + (u - u0);
   }
+  // Set at all (a launcher refuses a step whose layout was left out).
+  FRNN_HD bool valid() const { return gate > 0; }
 };
 
 // ------------------------------------------------------------------- LSTM
@@ -253,7 +255,8 @@ struct PersistentLayout {
   int ldx = 0;     // stride of the staged rows
   int mma = 0;     // 1: the product runs on tensor cores (16-bit types, sm_80+)
   int proj = 0;    // V: projection outputs per block (LSTM with a projection)
-  int gh_off = 0;  // forward: byte offset of the block's Gh [rows, gates*U] in shared memory
+  int gh_off = 0;  // byte offset of the block's recurrent product (forward Gh [rows, gates*U];
+                   // backward dL/dh [rows, U]) in shared memory
 };
 
 struct PersistentPlan {

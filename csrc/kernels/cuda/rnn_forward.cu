@@ -86,6 +86,7 @@ cudaError_t with_persistent_forward_kernel(const RnnForwardParams<S>& p, const F
 
 template <typename S>
 cudaError_t rnn_forward_launch(const RnnForwardParams<S>& p, cudaStream_t stream) {
+  if (!p.gl.valid()) return cudaErrorInvalidValue;
   return bool_switch(p.relu, [&](auto kRelu) {
     using Unit = RnnForwardUnit<S, decltype(kRelu)::value>;
     return launch_step(step_kernel<Unit, RnnForwardParams<S>>, p.rows, p.H, p, stream);
