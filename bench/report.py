@@ -288,7 +288,10 @@ def _short(key: str) -> str:
 # ---------------------------------------------------------------- files
 
 def write_json(path: Path, record: dict) -> None:
-    path.write_text(json.dumps(record, indent=1) + "\n")
+    """Atomically: a run killed while saving leaves the previous record whole."""
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    os.replace(tmp, path)
 
 
 def load(path) -> dict:

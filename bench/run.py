@@ -14,6 +14,7 @@ interleaved in one process. See bench/README.md for the method.
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import sys
 import time
@@ -169,6 +170,9 @@ def _validate(p: argparse.ArgumentParser, args) -> None:
         p.error("--resume saves the merged record: not with --no-save")
     if args.resume and (args.check or args.against):
         p.error("--resume: not with --check or --against (check the finished record instead)")
+    if args.resume and (args.limit or any(getattr(args, a) for a in AXES)):
+        p.error("--resume runs the rows its record lacks: not with axis options or --limit, which would "
+                "drop the record's other rows")
     if args.update_readme and not args.update_readme.parent.is_dir():
         p.error(f"--update-readme: no folder {args.update_readme.parent}")
 
@@ -287,6 +291,7 @@ def run_row(case: suites.Case, timing: Timing, args) -> dict:
 
 
 def main(argv=None) -> int:
+    t_main = time.perf_counter()  # --time-limit counts from here: set-up included
     args = parse_args(argv)
     warnings.filterwarnings("ignore", message=".*TF32.*")
     if args.list:
@@ -347,6 +352,9 @@ def main(argv=None) -> int:
     timing = Timing(**{**timing.__dict__, **{k: v for k, v in (
         ("budget_s", args.budget), ("min_rounds", args.min_rounds), ("warmup_s", args.warmup),
         ("block_s", args.block), ("secondary_rounds", args.secondary_rounds)) if v is not None}})
+    device = "cuda" if any(c.device == "cuda" for c in case_list) else "cpu"
+    machine = envinfo.machine_name(device)
+    kept = resumable_rows(previous, args, timing, machine, suite_name, case_list) if previous else {}
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = args.tf32
         torch.backends.cudnn.allow_tf32 = args.tf32
@@ -359,10 +367,7 @@ def main(argv=None) -> int:
             raise SystemExit(f"--steady-malloc: {why}")
     env = envinfo.environment(args.tf32)
     env["steady_malloc"] = bool(args.steady_malloc)
-    device = "cuda" if any(c.device == "cuda" for c in case_list) else "cpu"
-    machine = envinfo.machine_name(device)
     stamp = envinfo.stamp(env, machine)
-    kept = resumable_rows(previous, args, machine, suite_name, case_list) if previous else {}
     to_run = [c for c in case_list if c.key() not in kept]
     print(f"fusedrnn bench: suite {suite_name}, {len(case_list)} rows"
           + (f" ({len(kept)} kept from {args.resume}, {len(to_run)} to run)" if previous else "")
@@ -379,18 +384,28 @@ def main(argv=None) -> int:
     out_dir = args.out or (args.resume.parent if args.resume else HERE / "results" / machine)
     json_path = out_dir / f"{name}.json"
 
+    earlier = ([dict(p, id=p.get("id", k)) for k, p in enumerate(previous.get("parts") or [_part(previous)])]
+               if previous else [])
+    part_id = max((p["id"] for p in earlier), default=-1) + 1
+
     def assemble() -> dict:
         """The record of the rows so far (incomplete while rows are left)."""
         rows = [kept.get(c.key()) or new_rows[c.key()] for c in case_list if c.key() in kept or c.key() in new_rows]
         left = [c for c in to_run if c.key() not in new_rows]
-        parts = list(previous.get("parts") or [_part(previous, len(previous["rows"]))]) if previous else []
-        parts.append({"stamp": stamp, "rows": len(new_rows), "wall_s": round(time.perf_counter() - t_start, 1)})
-        parts = [p for p in parts if p.get("rows")] or parts[-1:]
+        # Each run that measured rows of this record, with the rows it holds of them
+        # (a row names its run by the part's id).
+        parts = list(earlier)
+        parts.append({"id": part_id, "stamp": stamp, "wall_s": round(time.perf_counter() - t_start, 1)})
+        held = collections.Counter(r.get("part", 0) for r in rows)
+        parts = [dict(p, rows=held[p["id"]]) for p in parts if held.get(p["id"])]
+        # A run that measured nothing (resuming a complete record) only re-renders it.
+        fresh = bool(new_rows) or not previous
         record = {
-            "schema": report.SCHEMA, "suite": suite_name, "name": name, "machine": machine, "stamp": stamp,
-            "env": env,
+            "schema": report.SCHEMA, "suite": suite_name, "name": name, "machine": machine,
+            "stamp": stamp if fresh else previous.get("stamp", stamp),
+            "env": env if fresh else previous.get("env", env),
             "options": {**timing.__dict__, "cuda_graphs": args.cuda_graphs, "tf32": args.tf32,
-                        "steady_malloc": args.steady_malloc,
+                        "steady_malloc": args.steady_malloc, "no_memory": args.no_memory,
                         "baselines": args.baselines, "argv": sys.argv[1:]},
             "wall_s": round(sum(p["wall_s"] for p in parts), 1), "parts": parts, "rows": rows,
         }
@@ -401,10 +416,11 @@ def main(argv=None) -> int:
 
     for i, case in enumerate(to_run):
         # Every run does at least one row, so that resuming always gets further.
-        if args.time_limit is not None and i > 0 and time.perf_counter() - t_start >= args.time_limit:
+        if args.time_limit is not None and i > 0 and time.perf_counter() - t_main >= args.time_limit:
             break
         progress.update(i, _label(case))
         r = run_row(case, timing, args)
+        r["part"] = part_id
         new_rows[case.key()] = r
         progress.update(i + 1, _label(case), _row_result(r))
         if not args.no_save and len(new_rows) < len(to_run):
@@ -439,13 +455,13 @@ def main(argv=None) -> int:
     if not args.no_save:
         out_dir.mkdir(parents=True, exist_ok=True)
         md_path = out_dir / f"{name}.md"
-        made = [] if args.no_plots else plots.make_all(rows, out_dir, name, stamp)
+        made = [] if args.no_plots or left else plots.make_all(rows, out_dir, name, record["stamp"])
         record["plots"] = [Path(p).name for p in made]
         report.write_json(json_path, record)
-        md_path.write_text(report.markdown_report(record, stamp, made) + "\n")
+        md_path.write_text(report.markdown_report(record, record["stamp"], made) + "\n")
         print(f"  wrote {_rel(json_path)}, {_rel(md_path)}" + "".join(f", {_rel(Path(p))}" for p in made))
         if args.update_readme:
-            report.update_readme(args.update_readme, record, stamp, md_path, made)
+            report.update_readme(args.update_readme, record, record["stamp"], md_path, made)
             print(f"  updated {_rel(args.update_readme)}")
 
     failed = False
@@ -461,11 +477,11 @@ def main(argv=None) -> int:
     return 1 if failed or broken else 3 if left else 0
 
 
-def _part(record: dict, rows: int) -> dict:
-    return {"stamp": record.get("stamp", "?"), "rows": rows, "wall_s": record.get("wall_s", 0.0)}
+def _part(record: dict) -> dict:
+    return {"stamp": record.get("stamp", "?"), "wall_s": record.get("wall_s", 0.0)}
 
 
-def resumable_rows(previous: dict, args, machine: str, suite_name: str, case_list) -> dict:
+def resumable_rows(previous: dict, args, timing: Timing, machine: str, suite_name: str, case_list) -> dict:
     """The rows of the resumed record that this run keeps, by key: those of the planned rows that
     ran without an error (a row that failed runs again). Refuses a record from another machine, or
     measured under other settings, since its rows would then not be comparable with this run's."""
@@ -476,10 +492,12 @@ def resumable_rows(previous: dict, args, machine: str, suite_name: str, case_lis
     if previous.get("suite") != suite_name:
         raise SystemExit(f"--resume {where}: that run is suite {previous.get('suite')}, this one {suite_name}")
     opts = previous.get("options", {})
-    for key, flag in (("tf32", "--tf32"), ("cuda_graphs", "--cuda-graphs"), ("baselines", "--baselines")):
-        if opts.get(key) != getattr(args, key):
-            raise SystemExit(f"--resume {where}: that run had {flag} {opts.get(key)}, this one {getattr(args, key)}; "
-                             f"its rows would not be comparable")
+    now = {**timing.__dict__, **{k: getattr(args, k) for k in ("tf32", "cuda_graphs", "baselines", "steady_malloc",
+                                                                 "no_memory")}}
+    for key, value in now.items():
+        if opts.get(key, False if key == "no_memory" else None) != value:
+            raise SystemExit(f"--resume {where}: that run had {key} = {opts.get(key)}, this one {value}; its rows "
+                             f"would not be comparable with this run's")
     planned = {c.key() for c in case_list}
     return {r["key"]: r for r in previous["rows"] if r["key"] in planned and not r.get("error")}
 

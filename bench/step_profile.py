@@ -21,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # a clone without PYTHONPATH
 
 import torch  # noqa: E402
+from torch.autograd import DeviceType  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 import fusedrnn  # noqa: E402
@@ -79,12 +80,13 @@ def profile_case(cell, dtype_name, T, N, H, training, impl, calls):
         os.environ.pop("FUSEDRNN_CUDA_PATH", None)
     kernels, host = {}, {}
     for a in prof.key_averages():
-        dev_us = getattr(a, "self_device_time_total", None)
-        if dev_us is None:
-            dev_us = getattr(a, "self_cuda_time_total", 0.0)
-        if dev_us > 0:  # a kernel (or a memcpy/memset) on the device
-            kernels[a.key] = (a.count, dev_us)
+        if getattr(a, "is_user_annotation", False):
+            continue
+        if a.device_type != DeviceType.CPU:  # a kernel, memcpy or memset on the device
+            dev_us = getattr(a, "self_device_time_total", None)
+            kernels[a.key] = (a.count, dev_us if dev_us is not None else a.self_cuda_time_total)
         elif a.key.startswith(("aten::", "fusedrnn", "cuda")):
+            # Host ops also carry the device time of the kernels they launched: not counted here.
             host[a.key] = (a.count, a.cpu_time_total)
     busy_ms = sum(v[1] for v in kernels.values()) / calls / 1e3
     top = sorted(kernels.items(), key=lambda kv: -kv[1][1])[:8]

@@ -92,6 +92,8 @@ def test_a_bad_record_is_a_clear_error(tmp_path, content):
     ["--threads", "0"], ["--baselines", "bogus"], ["--cell", "gru", "--variant", "peephole"], ["-T", ","],
     ["--limit", "0"], ["--min-rounds", "-2"], ["--device", "tpu"], ["--check-candidates", "bogus"],
     ["--update-readme", "/nonexistent-folder/README.md"], ["--no-save", "--update-readme", "x.md"],
+    ["--resume", "r.json", "--cell", "gru"], ["--resume", "r.json", "--limit", "3"], ["--time-limit", "0"],
+    ["--resume", "r.json", "--no-save"],
 ], ids=lambda a: " ".join(a))
 def test_bad_options_are_refused_before_running(argv, capsys):
     with pytest.raises(SystemExit) as info:
@@ -180,9 +182,26 @@ def test_resume_reruns_failed_rows_and_refuses_records_it_cannot_extend(tmp_path
     with pytest.raises(SystemExit) as info:
         run.main(["--resume", str(path), "--suite", "quick", *RESUME])
     assert "that run is suite custom, this one quick" in str(info.value)
-    with pytest.raises(SystemExit) as info:
-        run.main(["--resume", str(path), "--tf32", *RESUME])
-    assert "--tf32" in str(info.value)
+    for flag, words in ((["--tf32"], "tf32 = False, this one True"), (["--budget", "0.05"], "budget_s = 0.02"),
+                        (["--steady-malloc"], "steady_malloc = False")):
+        with pytest.raises(SystemExit) as info:
+            run.main(["--resume", str(path), *RESUME, *flag])
+        assert words in str(info.value)
+    # Refused before anything is set up: the refused run's torch settings are not left behind.
+    import torch
+
+    assert torch.get_float32_matmul_precision() == "highest"
+
+
+def test_resuming_a_complete_record_rerenders_it_unchanged(tmp_path):
+    assert _saved_run(tmp_path) == 0
+    path = tmp_path / "r.json"
+    first = report.load(path)
+    assert [p["rows"] for p in first["parts"]] == [4]
+    assert run.main(["--resume", str(path), *RESUME]) == 0
+    again = report.load(path)
+    assert again["rows"] == first["rows"] and again["stamp"] == first["stamp"]
+    assert again["parts"] == first["parts"] and not list(tmp_path.glob("*.part"))
 
 
 def test_a_run_killed_between_rows_leaves_a_record_to_resume(tmp_path, monkeypatch):

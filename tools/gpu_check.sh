@@ -13,10 +13,12 @@
 # passed. Extra arguments go to the CUDA test run.
 #
 # In parts, for machines lent for minutes: GPU_CHECK_BUDGET_S=S stops starting steps (and
-# benchmark rows) S seconds after the call began; the next call on the same machine skips the
-# steps that passed, resumes the suite where it stopped, and rewrites the same report with
-# every step so far. GPU_CHECK_STEPS (comma list) picks steps. build/gpu-check holds the state;
-# remove it to start over.
+# benchmark rows) S seconds after the call began; the next call on the same machine, with the same
+# code, skips the steps that passed, resumes the suite where it stopped, and rewrites the same
+# report with every step so far. GPU_CHECK_STEPS (comma list) picks steps. The state is in
+# build/gpu-check/<digest of the sources>/ (a call on other code starts over); the
+# suite's record is kept there until it is complete, then written to bench/results/<machine>/
+# and the README.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -36,7 +38,10 @@ steps=${GPU_CHECK_STEPS:-build,tests,memcheck,racecheck,initcheck,synccheck,floo
 
 machine=$("$PYTHON" -c "import torch, re; print(re.sub('[^a-z0-9]+', '-', torch.cuda.get_device_name().lower()).strip('-'))")
 outdir=bench/results/$machine
-logdir=build/gpu-check
+# The state belongs to this code: a digest of the sources (git or not, local changes included).
+rev=$(find csrc fusedrnn bench tools setup.py -type f \( -name '*.py' -o -name '*.cpp' -o -name '*.h' \
+  -o -name '*.cu' -o -name '*.cuh' -o -name '*.sh' \) | LC_ALL=C sort | xargs cat | sha1sum | cut -c1-12)
+logdir=build/gpu-check/$rev
 mkdir -p "$outdir" "$logdir"
 state=$logdir/steps.tsv  # one line per finished step: key, result, seconds, log
 [ -f "$logdir/stamp" ] || date -u +%Y-%m-%dT%H%MZ >"$logdir/stamp"
@@ -105,18 +110,24 @@ done
 
 step floor "$logdir/persistent-floor.log" "$PYTHON" bench/persistent_floor.py
 
-# The suite resumes its own record when an earlier call of this check started it.
+# The suite's record stays in $logdir until it has every row; an earlier call of this check at
+# this commit left it there when it stopped at its time limit.
 resume=()
-[ -f "$logdir/suite.started" ] && [ -f "$outdir/gpu.json" ] && resume=(--resume "$outdir/gpu.json")
+[ -f "$logdir/gpu.json" ] && resume=(--resume "$logdir/gpu.json")
 suite_limit=()
 if [ "$budget" -gt 0 ]; then
-  # Rows start until 40 s before the budget ends (a row takes up to about 25 s).
-  suite_limit=(--time-limit $(($(left) - 40)))
-  [ "$(left)" -lt 70 ] && steps=${steps//suite/suite-not-now}
+  # Rows start until 90 s before the budget ends (a row takes up to about 30 s; set-up and
+  # saving take the rest).
+  suite_limit=(--time-limit $(($(left) - 90)))
+  [ "$(left)" -lt 120 ] && steps=${steps//suite/suite-not-now}
 fi
-wanted suite && ! passed suite && touch "$logdir/suite.started"
-step suite "$logdir/bench.log" "$PYTHON" bench/run.py --suite gpu --update-readme \
+step suite "$logdir/bench.log" "$PYTHON" bench/run.py --suite gpu --out "$logdir" --name gpu --no-plots \
   ${suite_limit[@]+"${suite_limit[@]}"} ${resume[@]+"${resume[@]}"}
+if passed suite && [ ! -f "$logdir/suite.published" ]; then
+  # The complete record, re-rendered with its plots where the results live, and into the README.
+  "$PYTHON" bench/run.py --resume "$logdir/gpu.json" --out "$outdir" --update-readme >>"$logdir/bench.log" 2>&1 &&
+    touch "$logdir/suite.published"
+fi
 
 all="build tests memcheck racecheck initcheck synccheck floor suite"
 status=0
