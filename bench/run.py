@@ -335,7 +335,7 @@ def main(argv=None) -> int:
     if baseline and not name.endswith("-check"):
         name += "-check"  # never overwrite the stored run being checked against
     if previous:
-        name = previous.get("name", name)
+        name = args.resume.stem  # the merged record replaces the one resumed (or goes to --out)
     name = args.name or name
     if not case_list:
         raise SystemExit("no rows to run (check the axis options against --list)")
@@ -384,8 +384,9 @@ def main(argv=None) -> int:
     out_dir = args.out or (args.resume.parent if args.resume else HERE / "results" / machine)
     json_path = out_dir / f"{name}.json"
 
-    earlier = ([dict(p, id=p.get("id", k)) for k, p in enumerate(previous.get("parts") or [_part(previous)])]
-               if previous else [])
+    earlier = _earlier_parts(previous) if previous else []
+    if earlier and earlier[0].get("merged"):
+        kept = {k: dict(r, part=0) for k, r in kept.items()}
     part_id = max((p["id"] for p in earlier), default=-1) + 1
 
     def assemble() -> dict:
@@ -397,7 +398,8 @@ def main(argv=None) -> int:
         parts = list(earlier)
         parts.append({"id": part_id, "stamp": stamp, "wall_s": round(time.perf_counter() - t_start, 1)})
         held = collections.Counter(r.get("part", 0) for r in rows)
-        parts = [dict(p, rows=held[p["id"]]) for p in parts if held.get(p["id"])]
+        parts = [{**{k: v for k, v in p.items() if k != "merged"}, "rows": held[p["id"]]}
+                 for p in parts if held.get(p["id"])]
         # A run that measured nothing (resuming a complete record) only re-renders it.
         fresh = bool(new_rows) or not previous
         record = {
@@ -477,8 +479,16 @@ def main(argv=None) -> int:
     return 1 if failed or broken else 3 if left else 0
 
 
-def _part(record: dict) -> dict:
-    return {"stamp": record.get("stamp", "?"), "wall_s": record.get("wall_s", 0.0)}
+def _earlier_parts(record: dict) -> list:
+    """The runs a resumed record came from, each with the id its rows name. A record whose
+    rows do not all name one of its parts (written before parts were) counts as one part, id 0
+    ("merged": its kept rows are relabelled so)."""
+    parts = record.get("parts") or []
+    ids = {p.get("id") for p in parts}
+    if parts and None not in ids and all(r.get("part") in ids for r in record["rows"]):
+        return [dict(p) for p in parts]
+    return [{"id": 0, "stamp": record.get("stamp", "?"), "merged": True,
+             "wall_s": round(sum(p.get("wall_s", 0.0) for p in parts) or record.get("wall_s", 0.0), 1)}]
 
 
 def resumable_rows(previous: dict, args, timing: Timing, machine: str, suite_name: str, case_list) -> dict:
@@ -498,6 +508,11 @@ def resumable_rows(previous: dict, args, timing: Timing, machine: str, suite_nam
         if opts.get(key, False if key == "no_memory" else None) != value:
             raise SystemExit(f"--resume {where}: that run had {key} = {opts.get(key)}, this one {value}; its rows "
                              f"would not be comparable with this run's")
+    before, now_env = previous.get("env", {}), envinfo.environment(args.tf32)
+    for what, get in (("torch", lambda e: e.get("torch")), ("fusedrnn commit", lambda e: e.get("git", {}).get("commit"))):
+        if get(before) != get(now_env):
+            print(f"note: --resume {where}: its rows ran with {what} {get(before)}, this run's with {get(now_env)}; "
+                  f"the record's parts name each", file=sys.stderr)
     planned = {c.key() for c in case_list}
     return {r["key"]: r for r in previous["rows"] if r["key"] in planned and not r.get("error")}
 

@@ -224,3 +224,21 @@ def test_a_run_killed_between_rows_leaves_a_record_to_resume(tmp_path, monkeypat
     assert len(partial["rows"]) == 1 and partial["incomplete"]["total"] == 4
     assert run.main(["--resume", str(tmp_path / "r.json"), *RESUME]) == 0
     assert len(report.load(tmp_path / "r.json")["rows"]) == 4
+
+
+def test_resume_writes_the_record_it_resumed(tmp_path):
+    """The merged record replaces the file given to --resume, whatever name the record has
+    inside, and leaves other records alone; rows saved before parts were named count as one
+    earlier run."""
+    assert _saved_run(tmp_path, "--time-limit", "1e-6") == 3
+    original = (tmp_path / "r.json").read_text()
+    rec = json.loads(original)
+    for r in rec["rows"]:
+        del r["part"]
+    del rec["parts"]
+    (tmp_path / "copy.json").write_text(json.dumps(rec))
+    assert run.main(["--resume", str(tmp_path / "copy.json"), *RESUME]) == 0
+    assert (tmp_path / "r.json").read_text() == original
+    merged = report.load(tmp_path / "copy.json")
+    assert len(merged["rows"]) == 4 and [p["rows"] for p in merged["parts"]] == [1, 3]
+    assert [p["id"] for p in merged["parts"]] == [0, 1]

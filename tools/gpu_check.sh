@@ -7,7 +7,8 @@
 #              compute-sanitizer over a subset of them that reaches every kernel and indexing
 #              path, with the caching allocator off,
 #   floor      measures the grid barrier latency of the persistent kernels,
-#   suite      runs the GPU benchmark suite (bench/run.py --suite gpu --update-readme),
+#   suite      runs the GPU benchmark suite (bench/run.py --suite gpu),
+#   publish    writes its complete record, plots and README table (bench/results/<machine>/gpu.*),
 # and writes a short report to bench/results/<machine>/gpu-check-<date>.md with the device,
 # the versions, the date and the outcome of each step. Exits non-zero unless every step has
 # passed. Extra arguments go to the CUDA test run.
@@ -16,7 +17,7 @@
 # benchmark rows) S seconds after the call began; the next call on the same machine, with the same
 # code, skips the steps that passed, resumes the suite where it stopped, and rewrites the same
 # report with every step so far. GPU_CHECK_STEPS (comma list) picks steps. The state is in
-# build/gpu-check/<digest of the sources>/ (a call on other code starts over); the
+# build/gpu-check/<tools/source_digest.sh>/ (a call on other code starts over); the
 # suite's record is kept there until it is complete, then written to bench/results/<machine>/
 # and the README.
 set -uo pipefail
@@ -34,14 +35,12 @@ if [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then
 fi
 export MAX_JOBS=${MAX_JOBS:-$(nproc 2>/dev/null || echo 4)}
 budget=${GPU_CHECK_BUDGET_S:-0}
-steps=${GPU_CHECK_STEPS:-build,tests,memcheck,racecheck,initcheck,synccheck,floor,suite}
+steps=${GPU_CHECK_STEPS:-build,tests,memcheck,racecheck,initcheck,synccheck,floor,suite,publish}
 
-machine=$("$PYTHON" -c "import torch, re; print(re.sub('[^a-z0-9]+', '-', torch.cuda.get_device_name().lower()).strip('-'))")
+# The folder bench/run.py names for this machine (gpu-<device>).
+machine=$("$PYTHON" -c "import sys; sys.path.insert(0, 'bench'); import envinfo; print(envinfo.machine_name('cuda'))")
 outdir=bench/results/$machine
-# The state belongs to this code: a digest of the sources (git or not, local changes included).
-rev=$(find csrc fusedrnn bench tools setup.py -type f \( -name '*.py' -o -name '*.cpp' -o -name '*.h' \
-  -o -name '*.cu' -o -name '*.cuh' -o -name '*.sh' \) | LC_ALL=C sort | xargs cat | sha1sum | cut -c1-12)
-logdir=build/gpu-check/$rev
+logdir=build/gpu-check/$(tools/source_digest.sh)
 mkdir -p "$outdir" "$logdir"
 state=$logdir/steps.tsv  # one line per finished step: key, result, seconds, log
 [ -f "$logdir/stamp" ] || date -u +%Y-%m-%dT%H%MZ >"$logdir/stamp"
@@ -123,13 +122,12 @@ if [ "$budget" -gt 0 ]; then
 fi
 step suite "$logdir/bench.log" "$PYTHON" bench/run.py --suite gpu --out "$logdir" --name gpu --no-plots \
   ${suite_limit[@]+"${suite_limit[@]}"} ${resume[@]+"${resume[@]}"}
-if passed suite && [ ! -f "$logdir/suite.published" ]; then
-  # The complete record, re-rendered with its plots where the results live, and into the README.
-  "$PYTHON" bench/run.py --resume "$logdir/gpu.json" --out "$outdir" --update-readme >>"$logdir/bench.log" 2>&1 &&
-    touch "$logdir/suite.published"
-fi
+# The complete record, rendered with its plots where the results live, and into the README.
+passed suite || steps=${steps//publish/publish-not-yet}
+step publish "$logdir/publish.log" "$PYTHON" bench/run.py --resume "$logdir/gpu.json" --out "$outdir" \
+  --update-readme
 
-all="build tests memcheck racecheck initcheck synccheck floor suite"
+all="build tests memcheck racecheck initcheck synccheck floor suite publish"
 status=0
 {
   echo "# gpu-check on $machine, $stamp"

@@ -19,7 +19,7 @@
 # Not in the default list, for later calls:
 #   memcheck, initcheck  those two tools over the same subset as synccheck, and
 #   suite      the `gpu` benchmark suite, stopped in time (--time-limit) and resumed by the next
-#              call (--resume build/gpu-session/gpu-<commit>.json) until it has every row.
+#              call (--resume build/gpu-session/gpu-<source digest>.json) until it has every row.
 # GPU_SESSION_STEPS (comma list) picks steps; a later call on the same (still warm) machine
 # finds the build in place, e.g. GPU_SESSION_STEPS=memcheck,initcheck,suite.
 #
@@ -138,10 +138,10 @@ for tool in racecheck synccheck memcheck initcheck; do
 done
 # The gpu suite in parts: each call starts rows until 90 s before its budget ends (a T=1024
 # row takes up to about 30 s with the reference and the cell loop, and the set-up, the save and
-# the step's own margin take the rest), then the next call resumes. The record is this commit's
-# (a build of another one starts its own).
+# the step's own margin take the rest), then the next call resumes. The record is this code's
+# (tools/source_digest.sh: other code starts its own).
 if wanted suite; then
-  record=$work/gpu-$(git rev-parse --short HEAD 2>/dev/null || echo unknown).json
+  record=$work/gpu-$(tools/source_digest.sh).json
   resume=()
   [ -f "$record" ] && resume=(--resume "$record")
   left=$((budget - SECONDS - 90))
