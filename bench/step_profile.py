@@ -103,7 +103,7 @@ def profile_case(cell, dtype_name, T, N, H, training, impl, calls):
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("build"), help="folder for step-profile.md and .json")
-    p.add_argument("--calls", type=int, default=3)
+    p.add_argument("--calls", type=int, default=2)
     args = p.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("step_profile: needs CUDA")
@@ -132,11 +132,11 @@ def main() -> int:
             lines += ["", "| host op | per call | ms per call |", "|---|---:|---:|"]
             lines += [f"| `{h['name']}` | {h['per_call']} | {h['ms_per_call']} |" for h in r["host"]]
             lines.append("")
-        print(f"step_profile: {title} done", flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "step-profile.md").write_text("\n".join(lines) + "\n")
-    (args.out / "step-profile.json").write_text(json.dumps(results, indent=1) + "\n")
-    print(f"step_profile: wrote {args.out / 'step-profile.md'}")
+        # After every case, so that a run stopped by its time limit keeps the cases it did.
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "step-profile.md").write_text("\n".join(lines) + "\n")
+        (args.out / "step-profile.json").write_text(json.dumps(results, indent=1) + "\n")
+        print(f"step_profile: {title} done, {args.out / 'step-profile.md'} written", flush=True)
     return 0
 
 

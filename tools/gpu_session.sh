@@ -10,9 +10,9 @@
 #   floor      the grid barrier latency (bench/persistent_floor.py),
 #   goals      the rows of issue 6's goals, fused (standard and persistent) against cuDNN,
 #   variants   issue 6's variant rows at the goal shape,
-#   quick      the quick benchmark suite on the GPU,
 #   profile    Nsight Compute on issue 6's case 1 (bench/persistent_profile.py): the
 #              persistent LSTM kernels, forward and backward,
+#   quick      the quick benchmark suite on the GPU,
 #   racecheck  compute-sanitizer racecheck over the persistent kernels (one small case per
 #              kernel: tensor-core tiles, the projection), and
 #   synccheck  synccheck over more of them (TF32, packed sequences, the barrier probe).
@@ -35,7 +35,7 @@ PYTHON=${PYTHON:-python3}
 work=build/gpu-session
 out=${OUT:-build/gpu-session-out}
 budget=${SESSION_BUDGET_S:-540}
-steps=${GPU_SESSION_STEPS:-build,tests,steps,floor,goals,variants,quick,profile,racecheck,synccheck}
+steps=${GPU_SESSION_STEPS:-build,tests,steps,floor,goals,variants,profile,quick,racecheck,synccheck}
 mkdir -p "$work" "$out"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
@@ -100,7 +100,7 @@ parallel=()
 "$PYTHON" -c "import xdist" 2>/dev/null && parallel=(-n 8)
 step tests "CUDA tests" 300 tests.log "$PYTHON" -m pytest -q -rfE ${parallel[@]+"${parallel[@]}"} -m cuda \
   tests/test_cuda.py
-step steps "where a call's time goes (torch.profiler)" 120 step-profile.log "$PYTHON" bench/step_profile.py \
+step steps "where a call's time goes (torch.profiler)" 150 step-profile.log "$PYTHON" bench/step_profile.py \
   --out "$work"
 step floor "grid barrier latency" 120 persistent-floor.log "$PYTHON" bench/persistent_floor.py --out "$work"
 step goals "issue 6 goal rows vs cuDNN" 300 goals.log "$PYTHON" bench/run.py --device cuda --cell lstm,gru \
@@ -110,8 +110,8 @@ step variants "issue 6 variant rows" 150 variants.log "$PYTHON" bench/run.py --d
   --variant plain,peephole,coupled,peephole+coupled,reset_before --dtype float16 -T 1024 -N 16 -H 768 \
   --mode inference,training --layers 1 --dirs 1 --baselines nn-cudnn,fused-persistent,fused-standard --budget 0.2 \
   --out "$work" --name goal-variants --no-plots
-step quick "quick suite on the GPU" 300 quick.log "$PYTHON" bench/run.py --suite quick --device cuda \
-  --out "$work" --name quick-gpu
+# Case 1's forward is two launches (chunks of its input projection), then the backward:
+# -c 3 profiles the first call's three.
 ncu=$(command -v ncu || echo "${CUDA_HOME:-/usr/local/cuda}/bin/ncu")
 step profile "Nsight Compute, case 1 on the persistent path" 150 profile.log \
   "$ncu" --clock-control none -k regex:lstm_persistent -c 3 --import-source yes \
@@ -120,10 +120,11 @@ step profile "Nsight Compute, case 1 on the persistent path" 150 profile.log \
   --section SourceCounters -o "$work/case1" -f "$PYTHON" bench/persistent_profile.py --calls 2 --backward
 wanted profile && [ -f "$work/case1.ncu-rep" ] && "$ncu" --import "$work/case1.ncu-rep" --print-summary none \
   >"$work/profile.txt" 2>&1 && publish
-# Case 1's forward is two launches (chunks of its input projection), then the backward:
-# -c 3 profiles the first call's three. racecheck costs about 40 s a test on the packed
-# multi-layer cases (seen on an H200), so it gets one small case per kernel, 16-bit on
-# tensor cores and float32 on CUDA cores; synccheck, fast, gets the wider subset.
+step quick "quick suite on the GPU" 300 quick.log "$PYTHON" bench/run.py --suite quick --device cuda \
+  --out "$work" --name quick-gpu
+# racecheck costs about 40 s a test on the packed multi-layer cases (seen on an H200), so it
+# gets one small case per kernel, 16-bit on tensor cores and float32 on CUDA cores;
+# synccheck, fast, gets the wider subset (and memcheck, initcheck, when asked for).
 # --durations sizes the next run's subsets.
 sanitizer=$(command -v compute-sanitizer || echo "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer")
 race_subset="persistent and ((tensor_core_tiles and 33-71 and not bfloat16) or (projection_wider and padded) \
