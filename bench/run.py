@@ -354,7 +354,8 @@ def main(argv=None) -> int:
         ("block_s", args.block), ("secondary_rounds", args.secondary_rounds)) if v is not None}})
     device = "cuda" if any(c.device == "cuda" for c in case_list) else "cpu"
     machine = envinfo.machine_name(device)
-    kept = resumable_rows(previous, args, timing, machine, suite_name, case_list) if previous else {}
+    env = envinfo.environment(args.tf32)
+    kept = resumable_rows(previous, args, timing, env, machine, suite_name, case_list) if previous else {}
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = args.tf32
         torch.backends.cudnn.allow_tf32 = args.tf32
@@ -365,7 +366,6 @@ def main(argv=None) -> int:
         why = steady_malloc()
         if why:
             raise SystemExit(f"--steady-malloc: {why}")
-    env = envinfo.environment(args.tf32)
     env["steady_malloc"] = bool(args.steady_malloc)
     stamp = envinfo.stamp(env, machine)
     to_run = [c for c in case_list if c.key() not in kept]
@@ -491,7 +491,8 @@ def _earlier_parts(record: dict) -> list:
              "wall_s": round(sum(p.get("wall_s", 0.0) for p in parts) or record.get("wall_s", 0.0), 1)}]
 
 
-def resumable_rows(previous: dict, args, timing: Timing, machine: str, suite_name: str, case_list) -> dict:
+def resumable_rows(previous: dict, args, timing: Timing, env: dict, machine: str, suite_name: str,
+                   case_list) -> dict:
     """The rows of the resumed record that this run keeps, by key: those of the planned rows that
     ran without an error (a row that failed runs again). Refuses a record from another machine, or
     measured under other settings, since its rows would then not be comparable with this run's."""
@@ -508,7 +509,7 @@ def resumable_rows(previous: dict, args, timing: Timing, machine: str, suite_nam
         if opts.get(key, False if key == "no_memory" else None) != value:
             raise SystemExit(f"--resume {where}: that run had {key} = {opts.get(key)}, this one {value}; its rows "
                              f"would not be comparable with this run's")
-    before, now_env = previous.get("env", {}), envinfo.environment(args.tf32)
+    before, now_env = previous.get("env", {}), env
     for what, get in (("torch", lambda e: e.get("torch")), ("fusedrnn commit", lambda e: e.get("git", {}).get("commit"))):
         if get(before) != get(now_env):
             print(f"note: --resume {where}: its rows ran with {what} {get(before)}, this run's with {get(now_env)}; "
