@@ -1,6 +1,7 @@
-"""The per-step floor of the persistent path on this GPU: the latency of one
-grid barrier (the cooperative-groups grid sync the persistent kernels meet at
-between steps), by the number of blocks in the launch.
+"""The per-step floor of the persistent path on this GPU: the latency of the
+barrier the persistent kernels meet at between steps, by the number of blocks in
+the launch: the cooperative-groups grid sync, and with one block the block
+barrier that replaces it there (step_barrier in csrc/kernels/cuda/persistent.cuh).
 
 Each point times one cooperative launch of `steps` barriers and one of none
 (CUDA events, median of the repeats, after a warm-up) and reports the
@@ -81,9 +82,10 @@ def main(argv=None) -> int:
     out = Path(args.out) if args.out else HERE / "results" / machine
     out.mkdir(parents=True, exist_ok=True)
     (out / "persistent-floor.json").write_text(json.dumps({"env": env, "rows": rows}, indent=1) + "\n")
-    lines = ["# Grid barrier latency of the persistent kernels", "", envinfo.stamp(env, machine), "",
-             f"One cooperative launch of {args.steps} grid syncs minus one of none, per sync; "
-             f"median of {args.repeats} launches (bench/persistent_floor.py).", "",
+    lines = ["# Step barrier latency of the persistent kernels", "", envinfo.stamp(env, machine), "",
+             f"One cooperative launch of {args.steps} step barriers minus one of none, per barrier "
+             f"(a grid sync; with 1 block a block barrier); median of {args.repeats} launches "
+             f"(bench/persistent_floor.py).", "",
              "| blocks | launch with no barrier (us) | per barrier (us) |", "|---|---|---|"]
     lines += [f"| {r['blocks']} | {r['launch_ms'] * 1e3:.1f} | {r['per_barrier_us']:.3f} |" for r in rows]
     (out / "persistent-floor.md").write_text("\n".join(lines) + "\n")

@@ -766,9 +766,13 @@ PERSISTENT_OPS = ["lstm", "lstm_peephole_coupled", "lstm_peephole_proj", "lstm_p
                   "gru_reset_before", "rnn_tanh", "rnn_relu"]
 
 
-@pytest.fixture
-def persistent(monkeypatch):
+@pytest.fixture(params=["auto", "many"], ids=["grid-auto", "grid-many"])
+def persistent(request, monkeypatch):
+    """The persistent path forced, its plan as chosen (auto: at these small sizes
+    mostly one block with block barriers) or in slices of units over many blocks
+    with grid barriers (many)."""
     monkeypatch.setenv("FUSEDRNN_CUDA_PATH", "persistent")
+    monkeypatch.setenv("FUSEDRNN_PERSISTENT_GRID", request.param)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -836,6 +840,73 @@ def test_persistent_tensor_core_tiles(batch, hidden, variant, dtype, persistent)
     size (rows of dG not 4-byte aligned), and (65 rows, 16 units a block: five row
     tiles by two groups of weight tiles) warps with two tasks."""
     _check_size(variant, 4, batch, hidden, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("variant", PERSISTENT_VARIANTS)
+def test_persistent_one_block(variant, dtype, monkeypatch):
+    """FUSEDRNN_PERSISTENT_GRID=one: every hidden unit in one block, whose steps
+    end at block barriers; packed rows that end early and start late, two layers,
+    both directions."""
+    monkeypatch.setenv("FUSEDRNN_CUDA_PATH", "persistent")
+    monkeypatch.setenv("FUSEDRNN_PERSISTENT_GRID", "one")
+    cls, kwargs = SEQ_VARIANTS[variant]
+    m = _make(cls, kwargs, dtype, num_layers=2, bidirectional=True)
+    gen = _seeded()
+    x = _packed([3, 7, 1, 5, 7, 2], gen, dtype)
+    assert_matches_reference(m, x, _random_hx(m, 6, gen, dtype))
+
+
+@pytest.mark.parametrize("batch,hidden,variant,dtype",
+                         [(3, 100, "lstm_peephole", torch.float32), (2, 40, "gru_reset_before", torch.float64),
+                          (17, 70, "lstm_proj", torch.float16), (5, 200, "rnn_tanh", torch.bfloat16),
+                          (1, 33, "gru", torch.float32), (1, 20, "rnn_relu", torch.float64)], ids=str)
+def test_persistent_one_block_many_units(batch, hidden, variant, dtype, monkeypatch):
+    """One block of up to 256 units: the CUDA-core product with several outputs
+    per thread or several threads per output, the tensor-core product with
+    several weight-tile groups per warp, a thread's rows two apart at 128 units
+    and one thread per unit at 256, units past the hidden size."""
+    monkeypatch.setenv("FUSEDRNN_CUDA_PATH", "persistent")
+    monkeypatch.setenv("FUSEDRNN_PERSISTENT_GRID", "one")
+    _check_size(variant, 4, batch, hidden, dtype)
+
+
+def test_persistent_grid_choice(monkeypatch):
+    """auto runs a small layer in one block: the same bits as one block forced,
+    and not those of slices over many blocks (the CUDA-core product sums in
+    another order there)."""
+    monkeypatch.setenv("FUSEDRNN_CUDA_PATH", "persistent")
+    m = _make(fusedrnn.LSTM, {}, torch.float32)
+    x = _randn(T, N, C, gen=_seeded())
+    runs = {}
+    for grid in ("auto", "one", "many"):
+        monkeypatch.setenv("FUSEDRNN_PERSISTENT_GRID", grid)
+        runs[grid] = _run(m, x, None)
+    for name in runs["one"]:
+        assert torch.equal(runs["auto"][name], runs["one"][name]), f"{name}: auto is not one block here"
+    assert any(not torch.equal(runs["many"][k], runs["one"][k]) for k in runs["one"]), \
+        "one block and many blocks gave the same bits: this test cannot tell them apart"
+
+
+def test_persistent_one_block_refusal(monkeypatch):
+    monkeypatch.setenv("FUSEDRNN_CUDA_PATH", "persistent")
+    monkeypatch.setenv("FUSEDRNN_PERSISTENT_GRID", "one")
+    m = fusedrnn.LSTM(C, 300).to(DEVICE)
+    with pytest.raises(RuntimeError, match=r"one block \(FUSEDRNN_PERSISTENT_GRID=one\) holds at most 256 "
+                                           r"hidden units"):
+        m(_randn(2, 3, C, gen=_seeded()))
+    m = fusedrnn.LSTM(C, H).to(DEVICE)
+    with pytest.raises(RuntimeError, match=r"one block \(FUSEDRNN_PERSISTENT_GRID=one\) of this many rows and "
+                                           r"units has more than the 2048 outputs"):
+        m(_randn(2, 600, C, gen=_seeded()))
+
+
+def test_grid_variable_is_checked(monkeypatch):
+    monkeypatch.setenv("FUSEDRNN_CUDA_PATH", "persistent")
+    monkeypatch.setenv("FUSEDRNN_PERSISTENT_GRID", "two")
+    m = fusedrnn.GRU(C, H).to(DEVICE)
+    with pytest.raises(RuntimeError, match="FUSEDRNN_PERSISTENT_GRID must be 'auto', 'one' or 'many', got 'two'"):
+        m(_randn(T, N, C, gen=_seeded()))
 
 
 def test_grid_barrier_probe():

@@ -166,6 +166,18 @@ PathChoice requested_path() {
               "'");
 }
 
+// FUSEDRNN_PERSISTENT_GRID: how the persistent path spreads a layer's hidden
+// units over blocks (fc::PersistentGrid): "auto" (the default; one block where
+// the layer's product per step is small), "one" (one block, or the plan
+// declines the layer) or "many" (slices of units, one block each).
+int requested_grid() {
+  const char* v = std::getenv("FUSEDRNN_PERSISTENT_GRID");
+  if (v == nullptr || v[0] == '\0' || std::strcmp(v, "auto") == 0) return fc::kGridAuto;
+  if (std::strcmp(v, "one") == 0) return fc::kGridOne;
+  if (std::strcmp(v, "many") == 0) return fc::kGridMany;
+  TORCH_CHECK(false, "FUSEDRNN_PERSISTENT_GRID must be 'auto', 'one' or 'many', got '", v, "'");
+}
+
 // Whether this layer tries the persistent path (its plan may still decline it,
 // see persistent_plan); raises when the path is forced and cannot run the layer.
 bool take_persistent(const LayerInputs& in, const LayerGeometry& g, bool training,
@@ -211,6 +223,7 @@ template <typename S, typename Args, typename PlanFn>
 bool persistent_plan(const LayerInputs& in, const LayerGeometry& g, bool training, Args& a,
                      const PlanFn& plan_fn, const char* kernel, fc::PersistentPlan& plan) {
   a.tf32 = at::globalContext().allowTF32CuBLAS();
+  a.grid = requested_grid();
   check_launch(plan_fn(a, plan), kernel);
   if (plan.why == nullptr)
     return requested_path() == PathChoice::kPersistent ||

@@ -1,5 +1,6 @@
-// The grid barrier of the persistent kernels on its own: `steps` barriers in
-// one cooperative launch of `blocks` blocks of kPersistentThreads threads.
+// The step barrier of the persistent kernels on its own (a grid sync; with one
+// block, a block barrier): `steps` barriers in one cooperative launch of
+// `blocks` blocks of kPersistentThreads threads.
 // bench/persistent_floor.py times it against steps = 0: the latency of one
 // barrier, the per-step floor of the persistent path.
 #include "persistent.cuh"
@@ -8,7 +9,7 @@ namespace fusedrnn::cuda {
 namespace {
 
 __global__ void __launch_bounds__(kPersistentThreads, 1) grid_barrier_probe_kernel(int64_t steps) {
-  for (int64_t s = 0; s < steps; ++s) grid_sync();
+  for (int64_t s = 0; s < steps; ++s) step_barrier();
 }
 
 }  // namespace

@@ -166,7 +166,7 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
     } else {
       if (has_unit)
         for (int64_t i = sl.row0; i < st.rows; i += sl.row_step) unit_zn(p, i);
-      grid_sync();
+      step_barrier();
       column_product(sm, a.lay, 0, U, sl.u0, H, 2 * H, p.dG + 2 * H, ldg, st.rows, H, a.rh, H,
                      false);
       __syncthreads();
@@ -174,7 +174,7 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
       if (has_unit)
         for (int64_t i = sl.row0; i < st.rows; i += sl.row_step) unit_r(p, i);
     }
-    grid_sync();
+    step_barrier();
   }
   if (a.s0 == 0) recurrent(a.seq.step(0));
   __syncthreads();
@@ -217,7 +217,8 @@ cudaError_t gru_reset_before_backward_r_launch(const GruBackwardParams<S>& p,
 template <typename S>
 cudaError_t gru_persistent_backward_plan(const GruPersistentBackward<S>& a, PersistentPlan& plan) {
   return with_persistent_backward_kernel(a, [&](auto kernel) {
-    return plan_persistent<S>(kernel, a.seq.N, a.base.H, 1, 3 * a.base.H, 1, 1, 0, a.tf32, plan);
+    return plan_persistent<S>(kernel, a.seq.N, a.base.H, 1, 3 * a.base.H, 1, 1, 0, a.tf32, a.grid,
+                              plan);
   });
 }
 

@@ -173,7 +173,7 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
       }
       if (has_unit)
         for (int64_t i = sl.row0; i < st.rows; i += sl.row_step) unit_rz(p, i);
-      grid_sync();
+      step_barrier();
       product(p, 2, 1, rh, st.rows);
       if (has_unit)
         for (int64_t i = sl.row0; i < st.rows; i += sl.row_step) unit_n(p, i);
@@ -181,7 +181,7 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
     if (has_unit)
       for (int64_t i = sl.row0; i < st.rows; i += sl.row_step)
         if (last_step_of_row(a.seq, s, i)) a.h_n[i * H + sl.u] = h_next[i * H + sl.u];
-    grid_sync();
+    step_barrier();
   }
 }
 
@@ -223,7 +223,8 @@ cudaError_t gru_reset_before_forward_n_launch(const GruForwardParams<S>& p,
 template <typename S>
 cudaError_t gru_persistent_forward_plan(const GruPersistentForward<S>& a, PersistentPlan& plan) {
   return with_persistent_forward_kernel(a, [&](auto kernel) {
-    return plan_persistent<S>(kernel, a.seq.N, a.base.H, 3, a.base.H, 3, 3, 0, a.tf32, plan);
+    return plan_persistent<S>(kernel, a.seq.N, a.base.H, 3, a.base.H, 3, 3, 0, a.tf32, a.grid,
+                              plan);
   });
 }
 

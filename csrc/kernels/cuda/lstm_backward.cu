@@ -167,7 +167,7 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
         if (q < P)
           dht[n * P + q] = from_acc<S>(to_acc(dy[n * P + q]) + to_acc(a.dh[n * P + q]));
       }
-      grid_sync();
+      step_barrier();
       column_product(sm, a.lay, V, U, sl.u0, H, 0, dht, P, st.rows, P, a.dr, H, false);
       __syncthreads();
       if (has_unit)
@@ -175,7 +175,7 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
     } else {
       run_rows(unit, p, sl, has_unit, pre, [](int64_t) {});
     }
-    grid_sync();
+    step_barrier();
   }
   if (a.s0 == 0) recurrent(0);
 }
@@ -214,8 +214,7 @@ cudaError_t lstm_persistent_backward_plan(const LstmPersistentBackward<S>& a,
   return with_persistent_backward_kernel(a, [&](auto kernel) {
     const int64_t P = proj ? a.proj_size : 0;
     return plan_persistent<S>(kernel, a.seq.N, a.base.H, 1, std::max(G * a.base.H, P), 1,
-                              proj ? 0 : 1, P,
-                              a.tf32, plan);
+                              proj ? 0 : 1, P, a.tf32, a.grid, plan);
   });
 }
 

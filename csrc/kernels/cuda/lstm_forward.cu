@@ -130,7 +130,7 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
     run_rows(unit, p, sl, has_unit, pre, [&](int64_t i) {
       if (!kProj && last_step_of_row(a.seq, s, i)) a.h_n[i * H + sl.u] = h_next[i * H + sl.u];
     });
-    grid_sync();
+    step_barrier();
     if (kProj) {
       S* y = a.y + st.offset * P;
       block_product(sm, a.lay, G * U, V, 0, hr, H, st.rows, H,
@@ -143,7 +143,7 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
                         if (last_step_of_row(a.seq, s, n)) a.h_n[n * P + q] = hv;
                       }
                     });
-      grid_sync();
+      step_barrier();
     }
   }
 }
@@ -173,8 +173,8 @@ cudaError_t lstm_persistent_forward_plan(const LstmPersistentForward<S>& a, Pers
   const bool proj = a.w_hr != nullptr;
   return with_persistent_forward_kernel(a, [&](auto kernel) {
     const int64_t P = proj ? a.proj_size : 0;
-    return plan_persistent<S>(kernel, a.seq.N, a.base.H, G, std::max(a.base.H, P), G, G, P, a.tf32,
-                              plan);
+    return plan_persistent<S>(kernel, a.seq.N, a.base.H, G, std::max(a.base.H, P), G, G, P,
+                              a.tf32, a.grid, plan);
   });
 }
 

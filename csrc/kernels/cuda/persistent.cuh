@@ -75,6 +75,17 @@ __device__ __forceinline__ T* dynamic_smem() {
 __device__ __forceinline__ void grid_sync() { cooperative_groups::this_grid().sync(); }
 #endif
 
+// The barrier between two steps (or two products of a step) of a persistent
+// kernel: the grid's; with one block (plan_persistent's plan for a small
+// layer), the block's, which orders the block's global writes for its own
+// threads as well and costs a fraction of a grid barrier.
+__device__ __forceinline__ void step_barrier() {
+  if (gridDim.x == 1)
+    __syncthreads();
+  else
+    grid_sync();
+}
+
 // This thread's place in its block (see the header comment).
 struct UnitSlot {
   int64_t u0;  // first unit of the block
@@ -118,55 +129,90 @@ __device__ void load_unit_columns(S* ws, int ldw, const S* w, int64_t H, int64_t
   }
 }
 
-// The CUDA-core product (block_product): accumulated in the compute type, each
-// staged pass of kc columns in four chains of every fourth k, added to the
-// output's sum in a fixed order (deterministic); emit is called by the thread
-// that computed the output. x (global) is staged through xs (shared, rows x
-// ldxs) kc columns at a time; rows * M <= kMaxAcc * blockDim.x.
+// Threads that share one output of the CUDA-core product: with fewer outputs
+// than threads, the idle threads split K too (a power of two up to kMaxSplit).
+constexpr int kMaxSplit = 32;
+
+__host__ __device__ inline int fma_split(int outputs, int threads) {
+  int ks = 1;
+  while (ks < kMaxSplit && outputs * ks * 2 <= threads) ks *= 2;
+  return ks;
+}
+
+// The CUDA-core product (block_product): accumulated in the compute type. The
+// outputs go to the threads in turn, fma_split threads to each when there are
+// fewer outputs than threads (thread t: output t / ks, every ks-th k from
+// t % ks); each thread sums its k of a staged pass in four chains, adds them to
+// its partial sum in a fixed order, and the ks partial sums of an output are
+// added pairwise in a fixed order (part: one value per thread), so results are
+// deterministic. emit is called by the one thread that holds the sum. x
+// (global) is staged through xs (shared, rows x ldxs) kc columns at a time (all
+// of K in one pass where the plan found room); rows * M <= kMaxAcc * blockDim.x.
 template <typename S, typename Emit>
 __device__ void block_product_fma(const S* ws, int ldw, int m0, int M, int64_t kw0, const S* x,
                                   int64_t ldx, int64_t rows, int64_t K, S* xs, int kc, int ldxs,
-                                  const Emit& emit) {
+                                  acc_t<S>* part, const Emit& emit) {
   using A = acc_t<S>;
-  const int64_t nout = rows * M;
+  const int nout = static_cast<int>(rows) * M;
   const int tid = static_cast<int>(threadIdx.x), nth = static_cast<int>(blockDim.x);
+  const int ks = fma_split(nout, nth), lanes = nth / ks, r = tid % ks;
   A acc[kMaxAcc];
 #pragma unroll
   for (int q = 0; q < kMaxAcc; ++q) acc[q] = A(0);
   for (int64_t kb = 0; kb < K; kb += kc) {
-    const int64_t kw = K - kb < kc ? K - kb : kc;
-    for (int64_t e = tid; e < rows * kw; e += nth) {
-      const int64_t n = e / kw, k = e % kw;
+    const int kw = static_cast<int>(K - kb < kc ? K - kb : kc);
+    // Element e = n*kw + k of the pass, for e = tid, tid + nth, ...: n and k
+    // stepped without a division per element.
+    const int total = static_cast<int>(rows) * kw, dn = nth / kw, dk = nth % kw;
+    int n = tid / kw, k = tid % kw;
+    for (int e = tid; e < total; e += nth) {
       xs[n * ldxs + k] = x[n * ldx + kb + k];
+      n += dn;
+      k += dk;
+      if (k >= kw) {
+        k -= kw;
+        ++n;
+      }
     }
     __syncthreads();
 #pragma unroll
     for (int q = 0; q < kMaxAcc; ++q) {
-      const int64_t o = tid + static_cast<int64_t>(q) * nth;
+      const int o = tid / ks + q * lanes;
       if (o < nout) {
         const S* xr = xs + (o / M) * ldxs;
-        const S* wr = ws + (m0 + o % M) * static_cast<int64_t>(ldw) + kw0 + kb;
-        // Four independent chains (k mod 4), so that a thread with one output is not
-        // waiting on one FMA after another; summed in a fixed order.
+        const S* wr = ws + static_cast<int64_t>(m0 + o % M) * ldw + kw0 + kb;
+        // Four independent chains, so that a thread is not waiting on one FMA
+        // after another.
         A p0(0), p1(0), p2(0), p3(0);
-        int64_t k = 0;
-        for (; k + 4 <= kw; k += 4) {
-          p0 += to_acc(xr[k]) * to_acc(wr[k]);
-          p1 += to_acc(xr[k + 1]) * to_acc(wr[k + 1]);
-          p2 += to_acc(xr[k + 2]) * to_acc(wr[k + 2]);
-          p3 += to_acc(xr[k + 3]) * to_acc(wr[k + 3]);
+        int j = r;
+        for (; j + 3 * ks < kw; j += 4 * ks) {
+          p0 += to_acc(xr[j]) * to_acc(wr[j]);
+          p1 += to_acc(xr[j + ks]) * to_acc(wr[j + ks]);
+          p2 += to_acc(xr[j + 2 * ks]) * to_acc(wr[j + 2 * ks]);
+          p3 += to_acc(xr[j + 3 * ks]) * to_acc(wr[j + 3 * ks]);
         }
-        for (; k < kw; ++k) p0 += to_acc(xr[k]) * to_acc(wr[k]);
+        for (; j < kw; j += ks) p0 += to_acc(xr[j]) * to_acc(wr[j]);
         acc[q] += (p0 + p1) + (p2 + p3);
       }
     }
     __syncthreads();
   }
+  if (ks == 1) {
 #pragma unroll
-  for (int q = 0; q < kMaxAcc; ++q) {
-    const int64_t o = tid + static_cast<int64_t>(q) * nth;
-    if (o < nout) emit(o / M, static_cast<int>(o % M), acc[q]);
+    for (int q = 0; q < kMaxAcc; ++q) {
+      const int o = tid + q * nth;
+      if (o < nout) emit(o / M, o % M, acc[q]);
+    }
+    return;
   }
+  // nout * ks <= nth: one output per thread, its ks partial sums in part.
+  part[tid] = acc[0];
+  for (int w = ks / 2; w > 0; w /= 2) {
+    __syncthreads();
+    if (r < w) part[tid] += part[tid + w];
+  }
+  const int o = tid / ks;
+  if (r == 0 && o < nout) emit(o / M, o % M, part[tid]);
 }
 
 // The 16 bits of a 16-bit value.
@@ -375,17 +421,20 @@ __device__ void block_product_mma(const S* ws, int ldw, int m0, int M, int64_t k
 }
 
 // The shared-memory layout of a block: the weight slice, then the staging area
-// (CUDA-core product) or the reduction buffer (tensor-core product), then
-// (forward) the Gh of the block's units, from the product to the unit functor.
+// and the partial sums (CUDA-core product) or the reduction buffer (tensor-core
+// product), then the block's recurrent product for its unit functor (forward
+// Gh; backward dL/dh).
 template <typename S>
 struct BlockSmem {
   S* ws;
   S* xs;
+  acc_t<S>* part;
   float* red;
   S* gh;
   __device__ explicit BlockSmem(const PersistentLayout& lay) {
     ws = dynamic_smem<S>();
     xs = ws + static_cast<int64_t>(lay.w_rows) * lay.ldw;
+    part = reinterpret_cast<acc_t<S>*>(dynamic_smem<unsigned char>() + lay.part_off);
     red = reinterpret_cast<float*>(xs);
     gh = reinterpret_cast<S*>(dynamic_smem<unsigned char>() + lay.gh_off);
   }
@@ -413,7 +462,7 @@ __device__ void block_product(const BlockSmem<S>& sm, const PersistentLayout& la
   }
   if constexpr (!kMmaOnly)
     block_product_fma(sm.ws, lay.ldw, m0, M, kw0, x, ldx, rows, K, sm.xs, lay.kc, lay.ldx,
-                      emit);
+                      sm.part, emit);
 }
 
 // The Gh of the block's units for gate blocks g0 <= g < g0 + gates: the product
@@ -579,6 +628,17 @@ inline cudaError_t raise_dynamic_smem(const void* kernel, int64_t smem) {
                               static_cast<int>(smem));
 }
 
+// The layer's recurrent multiply-adds per step up to which plan_persistent
+// (PersistentGrid kGridAuto) runs it in one block: there a step ends at a block
+// barrier instead of a grid barrier (0.75-0.99 us measured on an H200,
+// bench/results/gpu-nvidia-h200/persistent-floor.md), and one multiprocessor
+// does all of the product. Predictions, not measurements (bench/PERSISTENT.md,
+// v5): about 2^20 multiply-adds take one multiprocessor 0.5 us on tensor cores
+// (its shared memory feeds B fragments for about 1024 a clock at N = 16), about
+// 2^14 take it 0.5 us on CUDA cores (two shared-memory reads a multiply-add).
+constexpr double kOneBlockMacsMma = 1048576.0;
+constexpr double kOneBlockMacsFma = 16384.0;
+
 // Chooses U and the shared-memory layout for `kernel` on the current device, or
 // says why the persistent path cannot run it (plan.why). w_rows_per_unit: rows
 // of the weight slice per unit (forward G, backward 1); K: the longest row the
@@ -588,11 +648,15 @@ inline cudaError_t raise_dynamic_smem(const void* kernel, int64_t smem) {
 // of one gate_product; backward 1, or 0 where it goes to global memory);
 // proj_rows: the rows of a second weight, shared out among the blocks (the LSTM
 // projection's P, whose products have ceil(P / blocks) outputs per row; 0
-// without one); tf32: float32 may multiply in TF32.
+// without one); tf32: float32 may multiply in TF32; grid: PersistentGrid.
+// Slices: the fewest units per block (a power of two up to 32) that the device
+// runs at once in one block per multiprocessor. One block: every unit (U the
+// power of two at or above H, at most a block's threads), where the product per
+// step is small (kOneBlockMacs*) or the caller asks for it.
 template <typename S, typename Kernel>
 cudaError_t plan_persistent(Kernel kernel, int64_t N, int64_t H, int w_rows_per_unit, int64_t K,
                             int out_per_unit, int gh_per_unit, int64_t proj_rows, bool tf32,
-                            PersistentPlan& plan) {
+                            int grid, PersistentPlan& plan) {
   plan = PersistentPlan{};
   int dev = 0, sms = 0, smem_max = 0, coop = 0, major = 0;
   cudaError_t err = cudaGetDevice(&dev);
@@ -619,41 +683,50 @@ cudaError_t plan_persistent(Kernel kernel, int64_t N, int64_t H, int w_rows_per_
   // words). CUDA cores: rows one bank apart.
   const int64_t pad = elem >= 4 ? 1 : 2;
   const int64_t ldw = mma ? round_up<int64_t>(K, kMmaK<S>) + kMmaK<S> / 2 : K + pad;
-  const int64_t kc =
-      mma ? 0 : std::max<int64_t>(16, std::min<int64_t>(K, kStageBytes / (N * elem)));
-  const int64_t ldx = mma ? 0 : std::min(kc, K) + pad;
-  PersistentPlan spare;
-  const char* why = "more blocks than the device holds at once at this hidden size";
-  for (int U = 1; U <= 32; U *= 2) {
-    const int64_t blocks = ceil_div<int64_t>(H, U);
+  const int64_t part_bytes = int64_t{kPersistentThreads} * int64_t{sizeof(acc_t<S>)};
+
+  // The plan of U units a block over `blocks` blocks: true when it fits the
+  // product's outputs and the shared memory (else why_not says which not).
+  static const char* const kTooManyOutputs =
+      "a batch of this many rows on CUDA cores (the product of a block holds at most 2048 "
+      "outputs: rows x gates x units)";
+  static const char* const kTooLittleSmem =
+      "the weight slice of one hidden unit and the block's buffers do not fit in its shared "
+      "memory";
+  const char* why_not = nullptr;
+  auto layout = [&](int U, int64_t blocks, PersistentPlan& p) -> bool {
     const int64_t V = ceil_div<int64_t>(proj_rows, blocks);
     const int64_t max_m = std::max<int64_t>(int64_t{out_per_unit} * U, V);  // a product's outputs
     if (!mma && N * max_m > int64_t{kMaxAcc} * kPersistentThreads) {
-      if (U == 1)
-        why = "a batch of this many rows on CUDA cores (the product of a block holds at most "
-              "2048 outputs: rows x gates)";
-      break;
+      why_not = kTooManyOutputs;
+      return false;
     }
     // The tensor-core product reads up to 7 weight rows past a product's last.
     const int64_t w_rows = int64_t{w_rows_per_unit} * U + V + (mma ? 8 : 0);
-    const int64_t gh_off = round_up<int64_t>(
-        w_rows * ldw * elem +
-            (mma ? mma_reduction_floats(N, max_m) * int64_t{sizeof(float)} : N * ldx * elem),
-        16);
-    const int64_t smem = gh_off + N * gh_per_unit * U * elem;
-    if (smem > smem_max) {
-      if (U == 1)
-        why = "the weight slice of one hidden unit and the block's buffers do not fit in its shared "
-              "memory";
-      break;
+    const int64_t w_bytes = w_rows * ldw * elem, gh_bytes = N * gh_per_unit * U * elem;
+    // CUDA cores: all of K staged in one pass where it fits, else passes of
+    // kStageBytes; the partial sums after the staging area.
+    int64_t kc = 0, ldx = 0, part_off = 0, gh_off = 0;
+    if (mma) {
+      gh_off = round_up<int64_t>(w_bytes + mma_reduction_floats(N, max_m) * int64_t{sizeof(float)},
+                                 16);
+    } else {
+      kc = K;
+      ldx = K + pad;
+      part_off = round_up<int64_t>(w_bytes + N * ldx * elem, 16);
+      if (round_up<int64_t>(part_off + part_bytes, 16) + gh_bytes > smem_max) {
+        kc = std::max<int64_t>(16, std::min<int64_t>(K, kStageBytes / (N * elem)));
+        ldx = std::min(kc, K) + pad;
+        part_off = round_up<int64_t>(w_bytes + N * ldx * elem, 16);
+      }
+      gh_off = round_up<int64_t>(part_off + part_bytes, 16);
     }
-    err = raise_dynamic_smem(reinterpret_cast<const void*>(kernel), smem);
-    int per_sm = 0;
-    if (err == cudaSuccess)
-      err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, reinterpret_cast<const void*>(kernel),
-                                                          kPersistentThreads, static_cast<size_t>(smem));
-    if (err != cudaSuccess) return err;
-    PersistentPlan p;
+    const int64_t smem = gh_off + gh_bytes;
+    if (smem > smem_max) {
+      why_not = kTooLittleSmem;
+      return false;
+    }
+    p = PersistentPlan{};
     p.blocks = static_cast<int>(blocks);
     p.smem = static_cast<size_t>(smem);
     p.lay.units = U;
@@ -663,12 +736,73 @@ cudaError_t plan_persistent(Kernel kernel, int64_t N, int64_t H, int w_rows_per_
     p.lay.ldx = static_cast<int>(ldx);
     p.lay.mma = mma ? 1 : 0;
     p.lay.proj = static_cast<int>(V);
+    p.lay.part_off = static_cast<int>(part_off);
     p.lay.gh_off = static_cast<int>(gh_off);
-    if (blocks <= sms && blocks <= int64_t{per_sm} * sms) {
+    return true;
+  };
+  // Blocks of the plan p that the device holds at once, one a multiprocessor at most.
+  auto resident = [&](const PersistentPlan& p, int64_t& per_sm) -> cudaError_t {
+    cudaError_t e = raise_dynamic_smem(reinterpret_cast<const void*>(kernel), p.smem);
+    int n = 0;
+    if (e == cudaSuccess)
+      e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, reinterpret_cast<const void*>(kernel),
+                                                        kPersistentThreads, p.smem);
+    per_sm = n;
+    return e;
+  };
+
+  const double macs = static_cast<double>(N) *
+                      (static_cast<double>(w_rows_per_unit) * static_cast<double>(H) +
+                       static_cast<double>(proj_rows)) *
+                      static_cast<double>(K);
+  const bool one_block =
+      grid == kGridOne || (grid == kGridAuto && H > 1 &&
+                           macs <= (mma ? kOneBlockMacsMma : kOneBlockMacsFma));
+  if (one_block) {
+    int U = 1;
+    while (U < H) U *= 2;
+    PersistentPlan p;
+    int64_t per_sm = 0;
+    if (U <= kPersistentThreads && layout(U, 1, p)) {
+      err = resident(p, per_sm);
+      if (err != cudaSuccess) return err;
+      if (per_sm >= 1) {
+        plan = p;
+        return cudaSuccess;
+      }
+    }
+    if (grid == kGridOne) {
+      plan.why = U > kPersistentThreads
+                     ? "one block (FUSEDRNN_PERSISTENT_GRID=one) holds at most 256 hidden units"
+                 : why_not == kTooManyOutputs
+                     ? "one block (FUSEDRNN_PERSISTENT_GRID=one) of this many rows and units "
+                       "has more than the 2048 outputs a CUDA-core product holds"
+                 : why_not == kTooLittleSmem
+                     ? "one block (FUSEDRNN_PERSISTENT_GRID=one) cannot hold the weights of every "
+                       "hidden unit in its shared memory"
+                     : "one block (FUSEDRNN_PERSISTENT_GRID=one) of this layer does not fit on a "
+                       "multiprocessor";
+      return cudaSuccess;
+    }
+  }
+
+  PersistentPlan spare;
+  const char* why = "more blocks than the device holds at once at this hidden size";
+  for (int U = 1; U <= 32; U *= 2) {
+    const int64_t blocks = ceil_div<int64_t>(H, U);
+    PersistentPlan p;
+    if (!layout(U, blocks, p)) {
+      if (U == 1) why = why_not;
+      break;
+    }
+    int64_t per_sm = 0;
+    err = resident(p, per_sm);
+    if (err != cudaSuccess) return err;
+    if (blocks <= sms && blocks <= per_sm * sms) {
       plan = p;
       return cudaSuccess;
     }
-    if (spare.blocks == 0 && blocks <= int64_t{per_sm} * sms) spare = p;
+    if (spare.blocks == 0 && blocks <= per_sm * sms) spare = p;
   }
   if (spare.blocks != 0) {
     plan = spare;

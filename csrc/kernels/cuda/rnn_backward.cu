@@ -78,7 +78,7 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
     }
     __syncthreads();
     run_rows(unit, p, sl, has_unit, pre, [](int64_t) {});
-    grid_sync();
+    step_barrier();
   }
   if (a.s0 == 0) recurrent(0);
 }
@@ -105,7 +105,8 @@ template <typename S>
 cudaError_t rnn_persistent_backward_plan(const RnnPersistentBackward<S>& a,
                                          PersistentPlan& plan) {
   return with_persistent_backward_kernel(a.base, [&](auto kernel) {
-    return plan_persistent<S>(kernel, a.seq.N, a.base.H, 1, a.base.H, 1, 1, 0, a.tf32, plan);
+    return plan_persistent<S>(kernel, a.seq.N, a.base.H, 1, a.base.H, 1, 1, 0, a.tf32, a.grid,
+                              plan);
   });
 }
 

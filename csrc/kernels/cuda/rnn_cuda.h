@@ -255,8 +255,17 @@ struct PersistentLayout {
   int ldx = 0;     // stride of the staged rows
   int mma = 0;     // 1: the product runs on tensor cores (16-bit types, sm_80+)
   int proj = 0;    // V: projection outputs per block (LSTM with a projection)
+  int part_off = 0;  // byte offset of the CUDA-core product's partial sums, one per thread
   int gh_off = 0;  // byte offset of the block's recurrent product (forward Gh [rows, gates*U];
                    // backward dL/dh [rows, U]) in shared memory
+};
+
+// How plan_persistent spreads a layer's hidden units over blocks
+// (FUSEDRNN_PERSISTENT_GRID).
+enum PersistentGrid : int {
+  kGridAuto = 0,  // one block where the layer's product per step is small, else slices
+  kGridOne = 1,   // one block holding every unit, or the plan declines the layer
+  kGridMany = 2,  // slices of at most 32 units, one block each
 };
 
 struct PersistentPlan {
@@ -292,6 +301,7 @@ struct PersistentArgs {
   S* rh_rows = nullptr;
   bool reset_after = true;  // GRU: which kernels
   bool tf32 = false;        // float32 products may run in TF32
+  int grid = kGridAuto;     // PersistentGrid: how the plan spreads the units over blocks
   // LSTM with a projection (w_hr set): the state is h = h' W_hr^T, P wide
   // (hbuf [2, N, P], h_n and dh [N, P]).
   const S* w_hr = nullptr;  // [P, H]

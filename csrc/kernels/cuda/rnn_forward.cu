@@ -71,7 +71,7 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
     run_rows(unit, p, sl, has_unit, pre, [&](int64_t i) {
       if (last_step_of_row(a.seq, s, i)) a.h_n[i * H + sl.u] = h_next[i * H + sl.u];
     });
-    grid_sync();
+    step_barrier();
   }
 }
 
@@ -96,7 +96,8 @@ cudaError_t rnn_forward_launch(const RnnForwardParams<S>& p, cudaStream_t stream
 template <typename S>
 cudaError_t rnn_persistent_forward_plan(const RnnPersistentForward<S>& a, PersistentPlan& plan) {
   return with_persistent_forward_kernel(a.base, [&](auto kernel) {
-    return plan_persistent<S>(kernel, a.seq.N, a.base.H, 1, a.base.H, 1, 1, 0, a.tf32, plan);
+    return plan_persistent<S>(kernel, a.seq.N, a.base.H, 1, a.base.H, 1, 1, 0, a.tf32, a.grid,
+                              plan);
   });
 }
 
