@@ -57,6 +57,13 @@ namespace fc = fusedrnn::cuda;
 // chunks with it; a chunk always holds at least one step).
 constexpr int64_t kGxChunkBytes = int64_t{64} << 20;
 
+// The first `rows` rows of a state buffer for one step: the buffer itself when
+// every row is active (a padded batch, every step), so that a step of the time
+// loop makes no view there.
+Tensor first_rows(const Tensor& t, int64_t rows) {
+  return rows == t.size(0) ? t : t.narrow(0, 0, rows);
+}
+
 int64_t gx_chunk_bytes() {
   const char* v = std::getenv("FUSEDRNN_CUDA_GX_CHUNK_BYTES");
   if (v == nullptr || v[0] == '\0') return kGxChunkBytes;
@@ -466,16 +473,16 @@ void lstm_forward_cuda(const LayerInputs& in, const LayerGeometry& g, bool train
 
   forward_steps<S>(in, g, GH, [&](const StepInfo& st, const S* gx) {
     const int64_t rows = st.rows;
-    Tensor gh_rows = gh.narrow(0, 0, rows);
-    at::mm_out(gh_rows, h_state.narrow(0, 0, rows), w_hh_t);
+    Tensor gh_rows = first_rows(gh, rows);
+    at::mm_out(gh_rows, first_rows(h_state, rows), w_hh_t);
     // h' = o*tanh(c') goes to the output, or to the projection's input.
-    const Tensor h_rows = !proj    ? y.narrow(0, st.offset, rows)
+    const Tensor h_rows = !proj    ? Tensor()
                           : training ? out.saved.proj_in.narrow(0, st.offset, rows)
-                                     : r_scratch.narrow(0, 0, rows);
+                                     : first_rows(r_scratch, rows);
     fc::LstmForwardParams<S> p = base;
     p.rows = rows;
     p.gx = gx;
-    p.h = mptr<S>(h_rows);
+    p.h = proj ? mptr<S>(h_rows) : mptr<S>(y) + st.offset * P;
     p.ld_h = proj ? H : P;
     if (training) {
       p.gates = mptr<S>(out.saved.gates) + st.offset * GH;
@@ -485,7 +492,7 @@ void lstm_forward_cuda(const LayerInputs& in, const LayerGeometry& g, bool train
     if (proj) {
       Tensor y_rows = y.narrow(0, st.offset, rows);
       at::mm_out(y_rows, h_rows, w_hr_t);
-      h_state.narrow(0, 0, rows).copy_(y_rows);
+      first_rows(h_state, rows).copy_(y_rows);
     }
   });
   if (!kSameAcc) out.c_n.copy_(c_state);
@@ -554,14 +561,14 @@ void lstm_backward_cuda(const LayerInputs& in, const LayerGeometry& g, const Gra
     for (int64_t s = g.T - 1; s >= 0; --s) {
       const StepInfo st = seq.step(s);
       const int64_t rows = st.rows;
-      Tensor dh_rows = dh_state.narrow(0, 0, rows);
+      Tensor dh_rows = first_rows(dh_state, rows);
       fc::LstmBackwardParams<S> p = base;
       p.rows = rows;
       p.split = st.split;
       if (proj) {
         Tensor d = dht.narrow(0, want_whr ? st.offset : 0, rows);
         at::add_out(d, dy.narrow(0, st.offset, rows), dh_rows);
-        Tensor dr_rows = dr.narrow(0, 0, rows);
+        Tensor dr_rows = first_rows(dr, rows);
         at::mm_out(dr_rows, d, *in.w_hr);
         p.dh = mptr<S>(dr);
         p.ld_dh = H;
@@ -640,8 +647,8 @@ void gru_forward_cuda(const LayerInputs& in, const LayerGeometry& g, bool traini
     const Tensor gh = at::empty({N, 3 * H}, opts);
     const Tensor w_hh_t = in.w_hh.t();
     forward_steps<S>(in, g, 3 * H, [&](const StepInfo& st, const S* gx) {
-      Tensor gh_rows = gh.narrow(0, 0, st.rows);
-      at::mm_out(gh_rows, h_state.narrow(0, 0, st.rows), w_hh_t);
+      Tensor gh_rows = first_rows(gh, st.rows);
+      at::mm_out(gh_rows, first_rows(h_state, st.rows), w_hh_t);
       fc::GruForwardParams<S> p = base;
       p.rows = st.rows;
       p.gx = gx;
@@ -662,10 +669,10 @@ void gru_forward_cuda(const LayerInputs& in, const LayerGeometry& g, bool traini
   const Tensor w_n_t = in.w_hh.narrow(0, 2 * H, H).t();
   forward_steps<S>(in, g, 3 * H, [&](const StepInfo& st, const S* gx) {
     const int64_t rows = st.rows;
-    Tensor gh_rz_rows = gh_rz.narrow(0, 0, rows);
-    at::mm_out(gh_rz_rows, h_state.narrow(0, 0, rows), w_rz_t);
+    Tensor gh_rz_rows = first_rows(gh_rz, rows);
+    at::mm_out(gh_rz_rows, first_rows(h_state, rows), w_rz_t);
     const Tensor rh_rows =
-        rh_in_states ? out.saved.states.narrow(0, st.offset, rows) : rh.narrow(0, 0, rows);
+        rh_in_states ? out.saved.states.narrow(0, st.offset, rows) : first_rows(rh, rows);
     fc::GruForwardParams<S> p = base;
     p.rows = rows;
     p.gx = gx;
@@ -684,7 +691,7 @@ void gru_forward_cuda(const LayerInputs& in, const LayerGeometry& g, bool traini
     p.rh = mptr<S>(rh_rows);
     check_launch(fc::gru_reset_before_forward_rz_launch<S>(p, stream),
                  "gru_reset_before_forward_rz_kernel");
-    Tensor gh_n_rows = gh_n.narrow(0, 0, rows);
+    Tensor gh_n_rows = first_rows(gh_n, rows);
     at::mm_out(gh_n_rows, rh_rows, w_n_t);
     p.gh = mptr<S>(gh_n);
     p.gl = fc::GhLayout{static_cast<int>(H), 0};
@@ -740,7 +747,7 @@ void gru_backward_cuda(const LayerInputs& in, const LayerGeometry& g, const Grad
     for (int64_t s = g.T - 1; s >= 0; --s) {
       const StepInfo st = seq.step(s);
       const int64_t rows = st.rows;
-      Tensor dh_rows = dh_state.narrow(0, 0, rows);
+      Tensor dh_rows = first_rows(dh_state, rows);
       const Tensor dG_rows = dG.narrow(0, st.offset, rows);
       fc::GruBackwardParams<S> p = base;
       p.rows = rows;
@@ -756,7 +763,7 @@ void gru_backward_cuda(const LayerInputs& in, const LayerGeometry& g, const Grad
       } else {
         check_launch(fc::gru_reset_before_backward_zn_launch<S>(p, stream),
                      "gru_reset_before_backward_zn_kernel");
-        Tensor drh_rows = drh.narrow(0, 0, rows);
+        Tensor drh_rows = first_rows(drh, rows);
         at::mm_out(drh_rows, dG_rows.narrow(1, 2 * H, H), w_n);
         check_launch(fc::gru_reset_before_backward_r_launch<S>(p, stream),
                      "gru_reset_before_backward_r_kernel");
@@ -814,8 +821,8 @@ void rnn_forward_cuda(const LayerInputs& in, const LayerGeometry& g, bool traini
       return;
   }
   forward_steps<S>(in, g, H, [&](const StepInfo& st, const S* gx) {
-    Tensor gh_rows = gh.narrow(0, 0, st.rows);
-    at::mm_out(gh_rows, h_state.narrow(0, 0, st.rows), w_hh_t);
+    Tensor gh_rows = first_rows(gh, st.rows);
+    at::mm_out(gh_rows, first_rows(h_state, st.rows), w_hh_t);
     fc::RnnForwardParams<S> p = base;
     p.rows = st.rows;
     p.gx = gx;
@@ -865,7 +872,7 @@ void rnn_backward_cuda(const LayerInputs& in, const LayerGeometry& g, const Grad
       p.dG = mptr<S>(dG) + st.offset * H;
       p.hprev = prev_rows<S>(hprev, y, in.h0, st, H);
       check_launch(fc::rnn_backward_launch<S>(p, stream), "rnn_backward_kernel");
-      Tensor dh_rows = dh_state.narrow(0, 0, st.rows);
+      Tensor dh_rows = first_rows(dh_state, st.rows);
       at::mm_out(dh_rows, dG.narrow(0, st.offset, st.rows), in.w_hh);
     }
   }
