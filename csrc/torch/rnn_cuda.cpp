@@ -428,7 +428,6 @@ void lstm_forward_cuda(const LayerInputs& in, const LayerGeometry& g, bool train
   h_state.copy_(in.h0);
   Tensor c_state = kSameAcc ? out.c_n : at::empty({N, H}, opts.dtype(at::kFloat));
   c_state.copy_(*in.c0);
-  const Tensor gh = at::empty({N, GH}, opts);
   const Tensor r_scratch = proj && !training ? at::empty({N, H}, opts) : Tensor();
   const Tensor y = out.output.view({g.R, P});
   const Tensor w_hh_t = in.w_hh.t();
@@ -441,7 +440,6 @@ void lstm_forward_cuda(const LayerInputs& in, const LayerGeometry& g, bool train
   base.b_hh = cptr<S>(in.b_hh);
   base.w_ch = cptr<S>(in.w_ch);
   base.c = mptr<A>(c_state);
-  base.gh = mptr<S>(gh);
   base.gl = fc::GhLayout{static_cast<int>(H), 0};
   base.h_state = proj ? nullptr : mptr<S>(h_state);
 
@@ -471,6 +469,8 @@ void lstm_forward_cuda(const LayerInputs& in, const LayerGeometry& g, bool train
     }
   }
 
+  const Tensor gh = at::empty({N, GH}, opts);
+  base.gh = mptr<S>(gh);
   forward_steps<S>(in, g, GH, [&](const StepInfo& st, const S* gx) {
     const int64_t rows = st.rows;
     Tensor gh_rows = first_rows(gh, rows);
@@ -801,14 +801,12 @@ void rnn_forward_cuda(const LayerInputs& in, const LayerGeometry& g, bool traini
   Tensor h_state = out.h_n;
   h_state.copy_(in.h0);
   const Tensor y = out.output.view({g.R, H});
-  const Tensor gh = at::empty({N, H}, in.input.options());
   const Tensor w_hh_t = in.w_hh.t();
   fc::RnnForwardParams<S> base;
   base.H = H;
   base.relu = in.cell.kind == CellKind::kRnnRelu;
   base.b_ih = cptr<S>(in.b_ih);
   base.b_hh = cptr<S>(in.b_hh);
-  base.gh = mptr<S>(gh);
   base.gl = fc::GhLayout{static_cast<int>(H), 0};
   base.h = mptr<S>(h_state);
   if (take_persistent(in, g, training, stream)) {
@@ -820,6 +818,8 @@ void rnn_forward_cuda(const LayerInputs& in, const LayerGeometry& g, bool traini
                            stream))
       return;
   }
+  const Tensor gh = at::empty({N, H}, in.input.options());
+  base.gh = mptr<S>(gh);
   forward_steps<S>(in, g, H, [&](const StepInfo& st, const S* gx) {
     Tensor gh_rows = first_rows(gh, st.rows);
     at::mm_out(gh_rows, first_rows(h_state, st.rows), w_hh_t);
