@@ -12,6 +12,8 @@
 #   variants   issue 6's variant rows at the goal shape,
 #   profile    Nsight Compute on issue 6's case 1 (bench/persistent_profile.py): the
 #              persistent LSTM kernels, forward and backward,
+#   grid       the persistent path in one block against slices over many blocks and cuDNN, on
+#              small layers around auto's switch between them (bench/persistent_grid.py),
 #   quick      the quick benchmark suite on the GPU,
 #   racecheck  compute-sanitizer racecheck over the persistent kernels (one small case per
 #              kernel: tensor-core tiles, the projection), and
@@ -35,7 +37,7 @@ PYTHON=${PYTHON:-python3}
 work=build/gpu-session
 out=${OUT:-build/gpu-session-out}
 budget=${SESSION_BUDGET_S:-540}
-steps=${GPU_SESSION_STEPS:-build,tests,steps,floor,goals,variants,profile,quick,racecheck,synccheck}
+steps=${GPU_SESSION_STEPS:-build,tests,steps,floor,goals,variants,profile,grid,quick,racecheck,synccheck}
 mkdir -p "$work" "$out"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
@@ -120,6 +122,8 @@ step profile "Nsight Compute, case 1 on the persistent path" 150 profile.log \
   --section SourceCounters -o "$work/case1" -f "$PYTHON" bench/persistent_profile.py --calls 2 --backward
 wanted profile && [ -f "$work/case1.ncu-rep" ] && "$ncu" --import "$work/case1.ncu-rep" --print-summary none \
   >"$work/profile.txt" 2>&1 && publish
+step grid "one block against many (persistent path)" 90 persistent-grid.log "$PYTHON" bench/persistent_grid.py \
+  --out "$work"
 step quick "quick suite on the GPU" 300 quick.log "$PYTHON" bench/run.py --suite quick --device cuda \
   --out "$work" --name quick-gpu
 # racecheck costs about 40 s a test on the packed multi-layer cases (seen on an H200), so it
