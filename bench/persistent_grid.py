@@ -1,11 +1,11 @@
-"""The persistent path's two plans against each other and cuDNN, on small layers around the
-sizes where FUSEDRNN_PERSISTENT_GRID=auto switches from one block to slices of units over many
-blocks (2^14 multiply-adds a step on CUDA cores, 2^20 on tensor cores; bench/PERSISTENT.md,
-v5): `one` (every unit in one block, block barriers), `many` (slices, grid barriers), `auto`
-(the default's pick) and cuDNN, interleaved, median of CUDA-event timings per call. Inference
-(no grad) and training (forward and backward). Writes persistent-grid.json and .md under --out
-(default bench/results/<machine>) and prints the table; a row where one plan cannot hold the
-layer says so.
+"""The persistent path's plans against each other and cuDNN: on small layers around the sizes
+where FUSEDRNN_PERSISTENT_GRID=auto switches from one block to slices of units over many blocks
+(2^14 multiply-adds a step on CUDA cores, 2^20 on tensor cores; bench/PERSISTENT.md, v5), `one`
+(every unit in one block, block barriers), `many` (slices, grid barriers) and `auto` (the
+default's pick); on issue 6's case 1 and its bfloat16 GRU row, 8, 16 and 32 units a block.
+Interleaved with cuDNN, median of CUDA-event timings per call, inference (no grad) and training
+(forward and backward). Writes persistent-grid.json and .md under --out (default
+bench/results/<machine>) and prints the tables; a plan that cannot hold a layer shows `-`.
 
     python bench/persistent_grid.py [--rounds 15] [--out DIR]
 
@@ -30,17 +30,21 @@ import torch  # noqa: E402
 import envinfo  # noqa: E402
 import fusedrnn  # noqa: E402
 
-# (cell, dtype, N, H): float32 on CUDA cores (one block holds at most 2048 outputs, N x gates x
-# units) and float16 on tensor cores, from well below the threshold to above it. T = 100.
-CASES = [
-    ("lstm", "float32", 1, 32), ("lstm", "float32", 1, 64), ("lstm", "float32", 1, 128),
-    ("gru", "float32", 1, 64), ("rnn", "float32", 1, 64), ("rnn", "float32", 16, 64),
-    ("rnn", "float32", 16, 128),
-    ("lstm", "float16", 16, 64), ("lstm", "float16", 16, 128), ("gru", "float16", 16, 128),
-    ("gru", "float16", 64, 128), ("rnn", "float16", 16, 256), ("rnn", "float16", 64, 256),
+# (cell, dtype, T, N, H): float32 on CUDA cores (one block holds at most 2048 outputs, N x gates
+# x units) and float16 on tensor cores, from well below auto's threshold to above it; timed with
+# one block, slices (many) and auto's pick.
+GRID_CASES = [
+    ("lstm", "float32", 100, 1, 32), ("lstm", "float32", 100, 1, 64), ("lstm", "float32", 100, 1, 128),
+    ("gru", "float32", 100, 1, 64), ("rnn", "float32", 100, 1, 64), ("rnn", "float32", 100, 16, 64),
+    ("rnn", "float32", 100, 16, 128),
+    ("lstm", "float16", 100, 16, 64), ("lstm", "float16", 100, 16, 128), ("gru", "float16", 100, 16, 128),
+    ("gru", "float16", 100, 64, 128), ("rnn", "float16", 100, 16, 256), ("rnn", "float16", 100, 64, 256),
 ]
-T = 100
-PLANS = ("one", "many", "auto")
+GRID_PLANS = ("one", "many", "auto")
+# Issue 6's case 1 and its bfloat16 GRU row, with 8 (what auto picks on 132 multiprocessors),
+# 16 and 32 units a block: fewer blocks read h from L2 each step, each multiplies more.
+UNIT_CASES = [("lstm", "float16", 1024, 16, 768), ("gru", "bfloat16", 1024, 16, 768)]
+UNIT_PLANS = ("auto", "8", "16", "32")
 
 
 def _gates(cell: str) -> int:
@@ -63,14 +67,17 @@ def _timed(fn) -> float:
     return start.elapsed_time(stop)
 
 
-def measure(cell: str, dtype_name: str, N: int, H: int, training: bool, rounds: int) -> dict:
+def measure(case, training: bool, plans, rounds: int) -> dict:
+    """Median ms per call of the persistent path under each FUSEDRNN_PERSISTENT_GRID value of
+    `plans` and of cuDNN, interleaved; a plan that cannot hold the layer goes to not_run."""
+    cell, dtype_name, T, N, H = case
     dtype = getattr(torch, dtype_name)
     torch.manual_seed(0)
     fused = {"lstm": fusedrnn.LSTM, "gru": fusedrnn.GRU, "rnn": fusedrnn.RNN}[cell](H, H).to("cuda", dtype)
     nn_mod = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell](H, H).to("cuda", dtype)
     x = torch.randn(T, N, H, device="cuda", dtype=dtype).requires_grad_(training)
     calls, why = {}, {}
-    for plan in PLANS:
+    for plan in plans:
         def run(plan=plan):
             os.environ["FUSEDRNN_PERSISTENT_GRID"] = plan
             _call(fused, x, training)
@@ -81,16 +88,30 @@ def measure(cell: str, dtype_name: str, N: int, H: int, training: bool, rounds: 
             why[plan] = str(e).splitlines()[0]
     calls["cudnn"] = lambda: _call(nn_mod, x, training)
     times = {k: [] for k in calls}
-    for _ in range(3):
+    for _ in range(2):
         for fn in calls.values():
             fn()
     for _ in range(rounds):
         for k, fn in calls.items():
             times[k].append(_timed(fn))
-    row = {"cell": cell, "dtype": dtype_name, "T": T, "N": N, "H": H, "training": training,
-           "macs_per_step": N * _gates(cell) * H * H, "ms": {k: statistics.median(v) for k, v in times.items()},
-           "not_run": why}
-    return row
+    return {"cell": cell, "dtype": dtype_name, "T": T, "N": N, "H": H, "training": training,
+            "macs_per_step": N * _gates(cell) * H * H, "ms": {k: statistics.median(v) for k, v in times.items()},
+            "not_run": why}
+
+
+def _table(rows, plans, first: str) -> list:
+    cols = list(plans) + ["cudnn"]
+    lines = ["| cell | dtype | T | N | H | mode | MACs a step | " + " | ".join(f"{c} ms" for c in cols) +
+             " | best / cuDNN |", "|---|---|---:|---:|---:|---|---:|" + "---:|" * (len(cols) + 1)]
+    for r in rows:
+        ms = r["ms"]
+        cells = [f"{ms[c]:.3f}" if c in ms else "-" for c in cols]
+        best = min(ms[p] for p in plans if p in ms) if any(p in ms for p in plans) else None
+        ratio = f"{best / ms['cudnn']:.2f}" if best is not None else "-"
+        lines.append(f"| {r['cell']} | {r['dtype']} | {r['T']} | {r['N']} | {r['H']} | "
+                     f"{'train' if r['training'] else 'inf'} | {r['macs_per_step']} | " + " | ".join(cells) +
+                     f" | {ratio} |")
+    return [first, ""] + lines + [""]
 
 
 def main(argv=None) -> int:
@@ -104,39 +125,34 @@ def main(argv=None) -> int:
     os.environ["FUSEDRNN_CUDA_PATH"] = "persistent"
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    rows = []
-    head = f"{'case':<34} {'MACs':>8} " + " ".join(f"{k + ' ms':>10}" for k in PLANS + ("cudnn",))
-    print(head)
-    for cell, dtype_name, N, H in CASES:
-        for training in (False, True):
-            r = measure(cell, dtype_name, N, H, training, args.rounds)
-            rows.append(r)
-            name = f"{cell} {dtype_name} N{N} H{H} {'train' if training else 'inf'}"
-            print(f"{name:<34} {r['macs_per_step']:>8} " +
-                  " ".join(f"{r['ms'][k]:>10.3f}" if k in r["ms"] else f"{'-':>10}" for k in PLANS + ("cudnn",)))
+    results = {}
+    for key, cases, plans in (("grid", GRID_CASES, GRID_PLANS), ("units", UNIT_CASES, UNIT_PLANS)):
+        results[key] = []
+        print(f"{'case':<38} {'MACs':>9} " + " ".join(f"{p + ' ms':>10}" for p in plans + ("cudnn",)))
+        for case in cases:
+            for training in (False, True):
+                r = measure(case, training, plans, args.rounds)
+                results[key].append(r)
+                name = f"{case[0]} {case[1]} T{case[2]} N{case[3]} H{case[4]} {'train' if training else 'inf'}"
+                print(f"{name:<38} {r['macs_per_step']:>9} " +
+                      " ".join(f"{r['ms'][p]:>10.3f}" if p in r["ms"] else f"{'-':>10}" for p in plans + ("cudnn",)))
     os.environ.pop("FUSEDRNN_PERSISTENT_GRID", None)
     os.environ.pop("FUSEDRNN_CUDA_PATH", None)
     machine = envinfo.machine_name("cuda")
     env = envinfo.environment(tf32=False)
     out = Path(args.out) if args.out else HERE / "results" / machine
     out.mkdir(parents=True, exist_ok=True)
-    (out / "persistent-grid.json").write_text(json.dumps({"env": env, "rows": rows}, indent=1) + "\n")
-    lines = ["# The persistent path in one block or in slices, against cuDNN", "", envinfo.stamp(env, machine), "",
-             f"T={T}, input size = H; median of {args.rounds} interleaved rounds, CUDA events per call "
-             "(bench/persistent_grid.py). `auto`: FUSEDRNN_PERSISTENT_GRID's default; `-`: the plan "
-             "cannot hold the layer.", "",
-             "| cell | dtype | N | H | mode | MACs a step | one ms | many ms | auto ms | cuDNN ms | one / many |",
-             "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        ms = r["ms"]
-        fmt = lambda k: f"{ms[k]:.3f}" if k in ms else "-"  # noqa: E731
-        ratio = f"{ms['one'] / ms['many']:.2f}" if "one" in ms and "many" in ms else "-"
-        lines.append(f"| {r['cell']} | {r['dtype']} | {r['N']} | {r['H']} | "
-                     f"{'train' if r['training'] else 'inf'} | {r['macs_per_step']} | {fmt('one')} | "
-                     f"{fmt('many')} | {fmt('auto')} | {fmt('cudnn')} | {ratio} |")
-    (out / "persistent-grid.md").write_text("\n".join(lines) + "\n")
+    (out / "persistent-grid.json").write_text(json.dumps({"env": env, **results}, indent=1) + "\n")
+    lines = ["# The persistent path's plans against each other and cuDNN", "", envinfo.stamp(env, machine), "",
+             f"Input size = H; median of {args.rounds} interleaved rounds, CUDA events per call "
+             "(bench/persistent_grid.py); the columns are FUSEDRNN_PERSISTENT_GRID's values (auto: the "
+             "default's pick; a number: that many hidden units a block); `-`: the plan cannot hold the "
+             "layer.", ""]
+    lines += _table(results["grid"], GRID_PLANS, "## One block or slices over many blocks")
+    lines += _table(results["units"], UNIT_PLANS, "## Units per block, issue 6's case 1 and its GRU row")
+    (out / "persistent-grid.md").write_text("\n".join(lines))
     print(f"wrote {out / 'persistent-grid.json'} and .md")
-    return 0 if rows else 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -901,11 +901,36 @@ def test_persistent_one_block_refusal(monkeypatch):
         m(_randn(2, 600, C, gen=_seeded()))
 
 
-def test_grid_variable_is_checked(monkeypatch):
+@pytest.mark.parametrize("units", ["2", "4", "16"])
+@pytest.mark.parametrize("variant", ["lstm_peephole_coupled", "gru_reset_before", "rnn_relu"])
+def test_persistent_units_per_block(variant, units, monkeypatch):
+    """FUSEDRNN_PERSISTENT_GRID=<units>: that many units a block (H=10: 5, 3 and 1
+    blocks, the last partly empty), packed, two layers, both directions."""
     monkeypatch.setenv("FUSEDRNN_CUDA_PATH", "persistent")
-    monkeypatch.setenv("FUSEDRNN_PERSISTENT_GRID", "two")
+    monkeypatch.setenv("FUSEDRNN_PERSISTENT_GRID", units)
+    cls, kwargs = SEQ_VARIANTS[variant]
+    m = _make(cls, kwargs, torch.float32, num_layers=2, bidirectional=True)
+    gen = _seeded()
+    x = _packed([4, 6, 1, 6], gen, torch.float32)
+    assert_matches_reference(m, x, _random_hx(m, 4, gen, torch.float32))
+
+
+def test_persistent_units_per_block_refusal(monkeypatch):
+    monkeypatch.setenv("FUSEDRNN_CUDA_PATH", "persistent")
+    monkeypatch.setenv("FUSEDRNN_PERSISTENT_GRID", "2")
+    m = fusedrnn.LSTM(C, H).to(DEVICE)
+    with pytest.raises(RuntimeError, match=r"\(a batch of 300 rows, hidden size 10\): the units per block that "
+                                           r"FUSEDRNN_PERSISTENT_GRID asks for give the CUDA-core product more"):
+        m(_randn(2, 300, C, gen=_seeded()))
+
+
+@pytest.mark.parametrize("value", ["two", "3", "512", "0", "-4", "16x"])
+def test_grid_variable_is_checked(value, monkeypatch):
+    monkeypatch.setenv("FUSEDRNN_CUDA_PATH", "persistent")
+    monkeypatch.setenv("FUSEDRNN_PERSISTENT_GRID", value)
     m = fusedrnn.GRU(C, H).to(DEVICE)
-    with pytest.raises(RuntimeError, match="FUSEDRNN_PERSISTENT_GRID must be 'auto', 'one' or 'many', got 'two'"):
+    with pytest.raises(RuntimeError, match=f"FUSEDRNN_PERSISTENT_GRID must be 'auto', 'one', 'many' or a power of two "
+                                           f"from 1 to 256 \\(hidden units per block\\), got '{value}'"):
         m(_randn(T, N, C, gen=_seeded()))
 
 

@@ -176,13 +176,20 @@ PathChoice requested_path() {
 // FUSEDRNN_PERSISTENT_GRID: how the persistent path spreads a layer's hidden
 // units over blocks (fc::PersistentGrid): "auto" (the default; one block where
 // the layer's product per step is small), "one" (one block, or the plan
-// declines the layer) or "many" (slices of units, one block each).
+// declines the layer), "many" (slices of units, one block each), or a power of
+// two from 1 to 256: that many units a block (for measurements).
 int requested_grid() {
   const char* v = std::getenv("FUSEDRNN_PERSISTENT_GRID");
   if (v == nullptr || v[0] == '\0' || std::strcmp(v, "auto") == 0) return fc::kGridAuto;
   if (std::strcmp(v, "one") == 0) return fc::kGridOne;
   if (std::strcmp(v, "many") == 0) return fc::kGridMany;
-  TORCH_CHECK(false, "FUSEDRNN_PERSISTENT_GRID must be 'auto', 'one' or 'many', got '", v, "'");
+  int units = 0;
+  for (const char* c = v; *c != '\0' && units <= 256; ++c)
+    units = *c >= '0' && *c <= '9' ? units * 10 + (*c - '0') : 1000;
+  TORCH_CHECK(units >= 1 && units <= 256 && (units & (units - 1)) == 0,
+              "FUSEDRNN_PERSISTENT_GRID must be 'auto', 'one', 'many' or a power of two from 1 to "
+              "256 (hidden units per block), got '", v, "'");
+  return units;
 }
 
 // Whether this layer tries the persistent path (its plan may still decline it,

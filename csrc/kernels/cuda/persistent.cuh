@@ -648,7 +648,8 @@ constexpr double kOneBlockMacsFma = 16384.0;
 // of one gate_product; backward 1, or 0 where it goes to global memory);
 // proj_rows: the rows of a second weight, shared out among the blocks (the LSTM
 // projection's P, whose products have ceil(P / blocks) outputs per row; 0
-// without one); tf32: float32 may multiply in TF32; grid: PersistentGrid.
+// without one); tf32: float32 may multiply in TF32; grid: PersistentGrid, or
+// the units per block.
 // Slices: the fewest units per block (a power of two up to 32) that the device
 // runs at once in one block per multiprocessor. One block: every unit (U the
 // power of two at or above H, at most a block's threads), where the product per
@@ -750,6 +751,29 @@ cudaError_t plan_persistent(Kernel kernel, int64_t N, int64_t H, int w_rows_per_
     per_sm = n;
     return e;
   };
+
+  if (grid > 0) {  // grid units a block
+    const int64_t blocks = ceil_div<int64_t>(H, grid);
+    PersistentPlan p;
+    if (!layout(grid, blocks, p)) {
+      plan.why = why_not == kTooManyOutputs
+                     ? "the units per block that FUSEDRNN_PERSISTENT_GRID asks for give the "
+                       "CUDA-core product more than its 2048 outputs at this batch"
+                     : "the weights of the units per block that FUSEDRNN_PERSISTENT_GRID asks for "
+                       "do not fit in a block's shared memory";
+      return cudaSuccess;
+    }
+    int64_t per_sm = 0;
+    err = resident(p, per_sm);
+    if (err != cudaSuccess) return err;
+    if (blocks <= per_sm * sms) {
+      plan = p;
+      return cudaSuccess;
+    }
+    plan.why = "the units per block that FUSEDRNN_PERSISTENT_GRID asks for make more blocks than "
+               "the device holds at once";
+    return cudaSuccess;
+  }
 
   const double macs = static_cast<double>(N) *
                       (static_cast<double>(w_rows_per_unit) * static_cast<double>(H) +

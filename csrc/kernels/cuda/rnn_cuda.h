@@ -261,11 +261,12 @@ struct PersistentLayout {
 };
 
 // How plan_persistent spreads a layer's hidden units over blocks
-// (FUSEDRNN_PERSISTENT_GRID).
+// (FUSEDRNN_PERSISTENT_GRID): one of these, or a power of two from 1 to 256
+// (a block's threads): exactly that many units a block, or the plan declines.
 enum PersistentGrid : int {
-  kGridAuto = 0,  // one block where the layer's product per step is small, else slices
-  kGridOne = 1,   // one block holding every unit, or the plan declines the layer
-  kGridMany = 2,  // slices of at most 32 units, one block each
+  kGridAuto = 0,   // one block where the layer's product per step is small, else slices
+  kGridOne = -1,   // one block holding every unit, or the plan declines the layer
+  kGridMany = -2,  // slices of at most 32 units, one block each
 };
 
 struct PersistentPlan {
@@ -301,7 +302,7 @@ struct PersistentArgs {
   S* rh_rows = nullptr;
   bool reset_after = true;  // GRU: which kernels
   bool tf32 = false;        // float32 products may run in TF32
-  int grid = kGridAuto;     // PersistentGrid: how the plan spreads the units over blocks
+  int grid = kGridAuto;     // PersistentGrid, or units per block: how the plan spreads them
   // LSTM with a projection (w_hr set): the state is h = h' W_hr^T, P wide
   // (hbuf [2, N, P], h_n and dh [N, P]).
   const S* w_hr = nullptr;  // [P, H]
