@@ -770,7 +770,7 @@ PERSISTENT_OPS = ["lstm", "lstm_peephole_coupled", "lstm_peephole_proj", "lstm_p
 def persistent(request, monkeypatch):
     """The persistent path forced, its plan as chosen (auto: at these small sizes
     mostly one block with block barriers) or in slices of units over many blocks
-    with grid barriers (many)."""
+    (many; grid barriers wherever that is more than one block)."""
     monkeypatch.setenv("FUSEDRNN_CUDA_PATH", "persistent")
     monkeypatch.setenv("FUSEDRNN_PERSISTENT_GRID", request.param)
 
@@ -802,8 +802,8 @@ def test_persistent_packed_multilayer_bidirectional(variant, dtype, persistent):
 @pytest.mark.parametrize("batch,hidden", [(1, 1), (1, 33), (3, 70), (16, 200)], ids=lambda v: str(v))
 def test_persistent_hidden_and_batch_sizes(batch, hidden, variant, dtype, persistent):
     """Hidden sizes that fill no block evenly (units per block 1 to 16, the last
-    block partly empty), batch 1 and odd, and (16, 200) where the product runs
-    over its operand in several staged passes."""
+    block partly empty), batch 1 and odd, and (16, 200): several warps' worth of
+    rows and units."""
     _check_size(variant, 5, batch, hidden, dtype)
 
 
@@ -814,6 +814,15 @@ def test_persistent_shared_memory_beyond_the_default_limit(persistent):
     limit before the launch, and keeps it raised for a smaller plan after it."""
     for hidden in (256, 8, 256):
         _check_size("lstm", 3, 2, hidden, torch.float32)
+
+
+@pytest.mark.parametrize("variant", ["rnn_tanh", "rnn_relu"])
+def test_persistent_staged_passes(variant, monkeypatch):
+    """float64 on CUDA cores at 64 rows and 500 units: the previous h or dG (64 x
+    500 doubles, 256 KB) does not fit a block's shared memory, so the product
+    stages it in passes of 16 columns, the last one of 4."""
+    monkeypatch.setenv("FUSEDRNN_CUDA_PATH", "persistent")
+    _check_size(variant, 3, 64, 500, torch.float64)
 
 
 def _check_size(variant, steps, batch, hidden, dtype):
@@ -924,9 +933,10 @@ def test_persistent_units_per_block_refusal(monkeypatch):
         m(_randn(2, 300, C, gen=_seeded()))
 
 
+@pytest.mark.parametrize("path", ["persistent", "standard"])
 @pytest.mark.parametrize("value", ["two", "3", "512", "0", "-4", "16x"])
-def test_grid_variable_is_checked(value, monkeypatch):
-    monkeypatch.setenv("FUSEDRNN_CUDA_PATH", "persistent")
+def test_grid_variable_is_checked(value, path, monkeypatch):
+    monkeypatch.setenv("FUSEDRNN_CUDA_PATH", path)
     monkeypatch.setenv("FUSEDRNN_PERSISTENT_GRID", value)
     m = fusedrnn.GRU(C, H).to(DEVICE)
     with pytest.raises(RuntimeError, match=f"FUSEDRNN_PERSISTENT_GRID must be 'auto', 'one', 'many' or a power of two "

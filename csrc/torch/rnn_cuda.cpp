@@ -197,6 +197,7 @@ int requested_grid() {
 bool take_persistent(const LayerInputs& in, const LayerGeometry& g, bool training,
                      cudaStream_t stream) {
   const PathChoice path = requested_path();
+  requested_grid();  // a bad FUSEDRNN_PERSISTENT_GRID is an error on either path
   if (path == PathChoice::kStandard) return false;
   if (path == PathChoice::kAuto && !persistent_pays(g.T, g.N, g.G, g.H, in.w_hr.has_value(),
                                                      in.input.element_size(), true, training))

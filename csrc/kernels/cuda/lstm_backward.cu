@@ -89,7 +89,7 @@ struct LstmBackwardUnit {
 
 // Persistent backward (persistent.cuh): each step, the recurrent dL/dh of the
 // block's units from the dG of the step processed just before, then the unit
-// functor and a grid barrier; after the last step, dL/dh0. With a projection
+// functor and a step barrier; after the last step, dL/dh0. With a projection
 // (kProj), dL/dh is P wide and block b owns its projection outputs
 // [bV, bV + V): it holds their V columns of W_hh (length G*H) and, after them,
 // the U columns of W_hr of its units (length P). The recurrent product gives

@@ -80,7 +80,7 @@ struct LstmForwardUnit {
 };
 
 // Persistent forward (persistent.cuh): each step, Gh of the block's units from
-// the previous h of all units, then the unit functor, and a grid barrier.
+// the previous h of all units, then the unit functor, and a step barrier.
 // With a projection (kProj), h is P wide and each step takes a second product
 // and barrier: block b also holds V rows of W_hr, projection outputs
 // [bV, bV + V) (length H), after its G*U gate rows of W_hh (length P); the unit

@@ -1,8 +1,9 @@
 // The persistent path (DESIGN.md): one cooperative launch runs every step of a
 // layer and direction (or a chunk of steps) with the block's slice of W_hh
-// resident in shared memory for the whole launch, and one grid-wide barrier
-// between steps (two for GRU reset_before, whose W_hn product needs r*h of every
-// unit).
+// resident in shared memory for the whole launch, and one barrier between steps
+// (two for GRU reset_before, whose W_hn product needs r*h of every unit): the
+// grid's, or the block's where the plan puts every unit in one block
+// (step_barrier).
 //
 // Work split: block b owns hidden units [b*U, b*U + U). Forward, it holds the
 // G*U rows of W_hh that produce its units' gate pre-activations (row g*U + j of
@@ -628,7 +629,8 @@ inline cudaError_t raise_dynamic_smem(const void* kernel, int64_t smem) {
                               static_cast<int>(smem));
 }
 
-// The layer's recurrent multiply-adds per step up to which plan_persistent
+// The layer's recurrent multiply-adds per step (the batch in whole 16-row tiles
+// on tensor cores) up to which plan_persistent
 // (PersistentGrid kGridAuto) runs it in one block: there a step ends at a block
 // barrier instead of a grid barrier (0.75-0.99 us measured on an H200,
 // bench/results/gpu-nvidia-h200/persistent-floor.md), and one multiprocessor
@@ -775,7 +777,8 @@ cudaError_t plan_persistent(Kernel kernel, int64_t N, int64_t H, int w_rows_per_
     return cudaSuccess;
   }
 
-  const double macs = static_cast<double>(N) *
+  // Tensor cores multiply whole 16-row tiles of the batch.
+  const double macs = static_cast<double>(mma ? round_up<int64_t>(N, 16) : N) *
                       (static_cast<double>(w_rows_per_unit) * static_cast<double>(H) +
                        static_cast<double>(proj_rows)) *
                       static_cast<double>(K);

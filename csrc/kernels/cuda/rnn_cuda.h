@@ -85,7 +85,7 @@ FRNN_HD PrevRows<S> prev_rows_at(const PrevRows<S>& all, const StepInfo& st) {
 // persistent path hands each block the Gh of its own units in shared memory,
 // [rows, gates*U] (gate = U, u0 = the block's first unit).
 struct GhLayout {
-  int gate = 0, u0 = 0;  // at most H
+  int gate = 0, u0 = 0;  // at most H, or the block's units (up to 256)
   FRNN_HD int64_t at(int64_t i, int gates, int g, int64_t u) const {
     return (i * gates + g) * gate + (u - u0);
   }
@@ -366,7 +366,7 @@ cudaError_t rnn_persistent_backward_launch(const RnnPersistentBackward<S>& a,
 // packed layout to the device, which a capture cannot hold).
 cudaError_t stream_is_capturing(cudaStream_t stream, bool& capturing);
 
-// `steps` grid barriers of the persistent kernels in one cooperative launch of
+// `steps` step barriers of the persistent kernels in one cooperative launch of
 // `blocks` blocks (barrier_probe.cu), and the most blocks such a launch can have.
 cudaError_t grid_barrier_probe_launch(int blocks, int64_t steps, cudaStream_t stream);
 cudaError_t grid_barrier_probe_max_blocks(int& blocks);
