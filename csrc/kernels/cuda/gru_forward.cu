@@ -131,6 +131,7 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
   const int64_t uu = has_unit ? sl.u : 0;
   const BlockSmem<S> sm(a.lay);
   load_gate_rows(sm.ws, a.lay.ldw, a.w_hh, H, H, 3, U, sl.u0);
+  S* const hbuf = state_in(sm, a.hbuf, 2 * N * H);
   const GruForwardUnit<S, kTraining> unit_after(a.base, uu);
   const GruRzUnit<S> unit_rz(a.base, uu);
   const GruNUnit<S> unit_n(a.base, uu);
@@ -148,8 +149,8 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
       prefetch_unit_slices(a.gx + (nx.offset - a.gx_row0) * 3 * H, nx.rows, 3 * H, 3, H, sl.u0,
                            U, H);
     }
-    const S* h = a.hbuf + (s & 1) * N * H;
-    S* h_next = a.hbuf + ((s + 1) & 1) * N * H;
+    const S* h = hbuf + (s & 1) * N * H;
+    S* h_next = hbuf + ((s + 1) & 1) * N * H;
     GruForwardParams<S> p = a.base;
     p.rows = st.rows;
     p.gx = a.gx + (st.offset - a.gx_row0) * 3 * H;
@@ -183,6 +184,7 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
         if (last_step_of_row(a.seq, s, i)) a.h_n[i * H + sl.u] = h_next[i * H + sl.u];
     step_barrier();
   }
+  state_out(sm, a.hbuf, 2 * N * H);
 }
 
 template <typename S, typename F>
@@ -223,8 +225,8 @@ cudaError_t gru_reset_before_forward_n_launch(const GruForwardParams<S>& p,
 template <typename S>
 cudaError_t gru_persistent_forward_plan(const GruPersistentForward<S>& a, PersistentPlan& plan) {
   return with_persistent_forward_kernel(a, [&](auto kernel) {
-    return plan_persistent<S>(kernel, a.seq.N, a.base.H, 3, a.base.H, 3, 3, 0, a.tf32, a.grid,
-                              plan);
+    return plan_persistent<S>(kernel, a.seq.N, a.base.H, 3, a.base.H, 3, 3, 0, a.base.H,
+                              a.tf32, a.grid, plan);
   });
 }
 

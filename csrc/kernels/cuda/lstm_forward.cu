@@ -101,6 +101,7 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
   if (kProj)
     load_gate_rows(sm.ws + static_cast<int64_t>(G) * U * a.lay.ldw, a.lay.ldw, a.w_hr, P, H, 1,
                    V, p0);
+  S* const hbuf = state_in(sm, a.hbuf, 2 * N * P);
   const Unit unit(a.base, has_unit ? sl.u : 0);
   __syncthreads();
   for (int64_t s = a.s0; s < a.s1; ++s) {
@@ -109,8 +110,8 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
       const StepInfo nx = a.seq.step(s + 1);
       prefetch_unit_slices(a.gx + (nx.offset - a.gx_row0) * GH, nx.rows, GH, G, H, sl.u0, U, H);
     }
-    const S* h = a.hbuf + (s & 1) * N * P;
-    S* h_next = a.hbuf + ((s + 1) & 1) * N * P;
+    const S* h = hbuf + (s & 1) * N * P;
+    S* h_next = hbuf + ((s + 1) & 1) * N * P;
     S* hr = !kProj ? nullptr : a.hr != nullptr ? a.hr : a.hr_rows + st.offset * H;
     LstmForwardParams<S> p = a.base;
     p.rows = st.rows;
@@ -146,6 +147,7 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
       step_barrier();
     }
   }
+  state_out(sm, a.hbuf, 2 * N * P);
 }
 
 // f(kernel) with the persistent kernel of a's variant.
@@ -174,7 +176,7 @@ cudaError_t lstm_persistent_forward_plan(const LstmPersistentForward<S>& a, Pers
   return with_persistent_forward_kernel(a, [&](auto kernel) {
     const int64_t P = proj ? a.proj_size : 0;
     return plan_persistent<S>(kernel, a.seq.N, a.base.H, G, std::max(a.base.H, P), G, G, P,
-                              a.tf32, a.grid, plan);
+                              proj ? P : a.base.H, a.tf32, a.grid, plan);
   });
 }
 

@@ -432,14 +432,37 @@ struct BlockSmem {
   acc_t<S>* part;
   float* red;
   S* gh;
+  S* hbuf;  // the forward state's two halves where the plan keeps them here, else null
   __device__ explicit BlockSmem(const PersistentLayout& lay) {
     ws = dynamic_smem<S>();
     xs = ws + static_cast<int64_t>(lay.w_rows) * lay.ldw;
     part = reinterpret_cast<acc_t<S>*>(dynamic_smem<unsigned char>() + lay.part_off);
     red = reinterpret_cast<float*>(xs);
     gh = reinterpret_cast<S*>(dynamic_smem<unsigned char>() + lay.gh_off);
+    hbuf = lay.h_off > 0 ? reinterpret_cast<S*>(dynamic_smem<unsigned char>() + lay.h_off)
+                         : nullptr;
   }
 };
+
+// The forward state's two halves [2, N, width] for the steps of a launch: in
+// shared memory where the plan keeps them there (one block: the unit functor
+// writes h' and the next step's product reads it without a trip to L2), copied
+// in from global memory (hbuf, where the previous launch of the layer left them)
+// at the start and back at the end (state_out); else global memory itself. The
+// copies are the block's own; the kernel's first block barrier follows the
+// copy in, and state_out is called after the last step's barrier.
+template <typename S>
+__device__ S* state_in(const BlockSmem<S>& sm, S* hbuf, int64_t n) {
+  if (sm.hbuf == nullptr) return hbuf;
+  for (int64_t e = threadIdx.x; e < n; e += blockDim.x) sm.hbuf[e] = hbuf[e];
+  return sm.hbuf;
+}
+
+template <typename S>
+__device__ void state_out(const BlockSmem<S>& sm, S* hbuf, int64_t n) {
+  if (sm.hbuf == nullptr) return;
+  for (int64_t e = threadIdx.x; e < n; e += blockDim.x) hbuf[e] = sm.hbuf[e];
+}
 
 // out(n, m) = sum_{k < K} x[n*ldx + k] * ws[(m0 + m)*ldw + kw0 + k] for n < rows,
 // m < M; emit(n, m, out) is called once per output, by some thread of the
@@ -650,16 +673,18 @@ constexpr double kOneBlockMacsFma = 16384.0;
 // of one gate_product; backward 1, or 0 where it goes to global memory);
 // proj_rows: the rows of a second weight, shared out among the blocks (the LSTM
 // projection's P, whose products have ceil(P / blocks) outputs per row; 0
-// without one); tf32: float32 may multiply in TF32; grid: PersistentGrid, or
-// the units per block.
+// without one); state_width: forward, the width of the state h (H, or P with a
+// projection), whose two halves a one-block plan keeps in shared memory where
+// they fit (backward 0); tf32: float32 may multiply in TF32; grid:
+// PersistentGrid, or the units per block.
 // Slices: the fewest units per block (a power of two up to 32) that the device
 // runs at once in one block per multiprocessor. One block: every unit (U the
 // power of two at or above H, at most a block's threads), where the product per
 // step is small (kOneBlockMacs*) or the caller asks for it.
 template <typename S, typename Kernel>
 cudaError_t plan_persistent(Kernel kernel, int64_t N, int64_t H, int w_rows_per_unit, int64_t K,
-                            int out_per_unit, int gh_per_unit, int64_t proj_rows, bool tf32,
-                            int grid, PersistentPlan& plan) {
+                            int out_per_unit, int gh_per_unit, int64_t proj_rows,
+                            int64_t state_width, bool tf32, int grid, PersistentPlan& plan) {
   plan = PersistentPlan{};
   int dev = 0, sms = 0, smem_max = 0, coop = 0, major = 0;
   cudaError_t err = cudaGetDevice(&dev);
@@ -724,7 +749,12 @@ cudaError_t plan_persistent(Kernel kernel, int64_t N, int64_t H, int w_rows_per_
       }
       gh_off = round_up<int64_t>(part_off + part_bytes, 16);
     }
-    const int64_t smem = gh_off + gh_bytes;
+    int64_t smem = gh_off + gh_bytes, h_off = 0;
+    const int64_t state_bytes = 2 * N * state_width * elem;
+    if (blocks == 1 && state_bytes > 0 && round_up<int64_t>(smem, 16) + state_bytes <= smem_max) {
+      h_off = round_up<int64_t>(smem, 16);
+      smem = h_off + state_bytes;
+    }
     if (smem > smem_max) {
       why_not = kTooLittleSmem;
       return false;
@@ -741,6 +771,7 @@ cudaError_t plan_persistent(Kernel kernel, int64_t N, int64_t H, int w_rows_per_
     p.lay.proj = static_cast<int>(V);
     p.lay.part_off = static_cast<int>(part_off);
     p.lay.gh_off = static_cast<int>(gh_off);
+    p.lay.h_off = static_cast<int>(h_off);
     return true;
   };
   // Blocks of the plan p that the device holds at once, one a multiprocessor at most.

@@ -256,6 +256,8 @@ struct PersistentLayout {
   int mma = 0;     // 1: the product runs on tensor cores (16-bit types, sm_80+)
   int proj = 0;    // V: projection outputs per block (LSTM with a projection)
   int part_off = 0;  // byte offset of the CUDA-core product's partial sums, one per thread
+  int h_off = 0;     // forward in one block: byte offset of the state's two halves [2, N, width]
+                     // in shared memory (0: the state stays in global memory, PersistentArgs::hbuf)
   int gh_off = 0;  // byte offset of the block's recurrent product (forward Gh [rows, gates*U];
                    // backward dL/dh [rows, U]) in shared memory
 };

@@ -47,6 +47,7 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
   const bool has_unit = sl.u < H;
   const BlockSmem<S> sm(a.lay);
   load_gate_rows(sm.ws, a.lay.ldw, a.w_hh, H, H, 1, U, sl.u0);
+  S* const hbuf = state_in(sm, a.hbuf, 2 * N * H);
   using Unit = RnnForwardUnit<S, kRelu>;
   const Unit unit(a.base, has_unit ? sl.u : 0);
   __syncthreads();
@@ -56,8 +57,8 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
       const StepInfo nx = a.seq.step(s + 1);
       prefetch_unit_slices(a.gx + (nx.offset - a.gx_row0) * H, nx.rows, H, 1, 0, sl.u0, U, H);
     }
-    const S* h = a.hbuf + (s & 1) * N * H;
-    S* h_next = a.hbuf + ((s + 1) & 1) * N * H;
+    const S* h = hbuf + (s & 1) * N * H;
+    S* h_next = hbuf + ((s + 1) & 1) * N * H;
     RnnForwardParams<S> p = a.base;
     p.rows = st.rows;
     p.gx = a.gx + (st.offset - a.gx_row0) * H;
@@ -73,6 +74,7 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
     });
     step_barrier();
   }
+  state_out(sm, a.hbuf, 2 * N * H);
 }
 
 template <typename S, typename F>
@@ -96,8 +98,8 @@ cudaError_t rnn_forward_launch(const RnnForwardParams<S>& p, cudaStream_t stream
 template <typename S>
 cudaError_t rnn_persistent_forward_plan(const RnnPersistentForward<S>& a, PersistentPlan& plan) {
   return with_persistent_forward_kernel(a.base, [&](auto kernel) {
-    return plan_persistent<S>(kernel, a.seq.N, a.base.H, 1, a.base.H, 1, 1, 0, a.tf32, a.grid,
-                              plan);
+    return plan_persistent<S>(kernel, a.seq.N, a.base.H, 1, a.base.H, 1, 1, 0, a.base.H, a.tf32,
+                              a.grid, plan);
   });
 }
 
