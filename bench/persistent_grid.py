@@ -84,8 +84,10 @@ def measure(case, training: bool, plans, rounds: int) -> dict:
         try:
             run()
             calls[plan] = run
-        except RuntimeError as e:  # the plan cannot hold the layer
-            why[plan] = str(e).splitlines()[0]
+        except RuntimeError as e:
+            if "the persistent path does not run this layer" not in str(e):
+                raise
+            why[plan] = str(e).splitlines()[0].split("): ", 1)[-1]
     calls["cudnn"] = lambda: _call(nn_mod, x, training)
     times = {k: [] for k in calls}
     for _ in range(2):
@@ -111,7 +113,10 @@ def _table(rows, plans, first: str) -> list:
         lines.append(f"| {r['cell']} | {r['dtype']} | {r['T']} | {r['N']} | {r['H']} | "
                      f"{'train' if r['training'] else 'inf'} | {r['macs_per_step']} | " + " | ".join(cells) +
                      f" | {ratio} |")
-    return [first, ""] + lines + [""]
+    notes = [f"- {r['cell']} {r['dtype']} T{r['T']} N{r['N']} H{r['H']} "
+             f"{'train' if r['training'] else 'inf'}, {p}: {reason}"
+             for r in rows for p, reason in r["not_run"].items()]
+    return [first, ""] + lines + ([""] + notes if notes else []) + [""]
 
 
 def main(argv=None) -> int:

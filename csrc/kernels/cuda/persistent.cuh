@@ -9,7 +9,8 @@
 // G*U rows of W_hh that produce its units' gate pre-activations (row g*U + j of
 // the slice is row g*H + b*U + j of W_hh) and computes Gh for its units from the
 // previous h of all units (read from global memory, where every block wrote its
-// units one barrier earlier). Backward, it holds the U columns of W_hh of its
+// units one barrier earlier; a one-block plan on CUDA cores keeps h in shared
+// memory instead: state_in). Backward, it holds the U columns of W_hh of its
 // units (slice row j = column b*U + j, transposed) and computes the recurrent
 // dL/dh of its units from the previous step's dG of all units. The pointwise
 // work of a step is then the standard path's own (row, unit) functor, called for
@@ -147,8 +148,9 @@ __host__ __device__ inline int fma_split(int outputs, int threads) {
 // its partial sum in a fixed order, and the ks partial sums of an output are
 // added pairwise in a fixed order (part: one value per thread), so results are
 // deterministic. emit is called by the one thread that holds the sum. x
-// (global) is staged through xs (shared, rows x ldxs) kc columns at a time (all
-// of K in one pass where the plan found room); rows * M <= kMaxAcc * blockDim.x.
+// (global memory, or the block's shared state) is staged through xs (shared,
+// rows x ldxs) kc columns at a time (all of K in one pass where the plan found
+// room); rows * M <= kMaxAcc * blockDim.x.
 template <typename S, typename Emit>
 __device__ void block_product_fma(const S* ws, int ldw, int m0, int M, int64_t kw0, const S* x,
                                   int64_t ldx, int64_t rows, int64_t K, S* xs, int kc, int ldxs,
@@ -722,7 +724,11 @@ cudaError_t plan_persistent(Kernel kernel, int64_t N, int64_t H, int w_rows_per_
       "the weight slice of one hidden unit and the block's buffers do not fit in its shared "
       "memory";
   const char* why_not = nullptr;
-  auto layout = [&](int U, int64_t blocks, PersistentPlan& p) -> bool {
+  // state: a one-block plan of the CUDA-core product may keep the state h in
+  // shared memory (its staging reads rows of h conflict-free; the tensor-core
+  // product's A fragments would read the same 8 banks from every row at widths
+  // of whole bank rows, so h stays in global memory there).
+  auto layout = [&](int U, int64_t blocks, PersistentPlan& p, bool state) -> bool {
     const int64_t V = ceil_div<int64_t>(proj_rows, blocks);
     const int64_t max_m = std::max<int64_t>(int64_t{out_per_unit} * U, V);  // a product's outputs
     if (!mma && N * max_m > int64_t{kMaxAcc} * kPersistentThreads) {
@@ -751,7 +757,8 @@ cudaError_t plan_persistent(Kernel kernel, int64_t N, int64_t H, int w_rows_per_
     }
     int64_t smem = gh_off + gh_bytes, h_off = 0;
     const int64_t state_bytes = 2 * N * state_width * elem;
-    if (blocks == 1 && state_bytes > 0 && round_up<int64_t>(smem, 16) + state_bytes <= smem_max) {
+    if (state && !mma && blocks == 1 && state_bytes > 0 &&
+        round_up<int64_t>(smem, 16) + state_bytes <= smem_max) {
       h_off = round_up<int64_t>(smem, 16);
       smem = h_off + state_bytes;
     }
@@ -788,7 +795,7 @@ cudaError_t plan_persistent(Kernel kernel, int64_t N, int64_t H, int w_rows_per_
   if (grid > 0) {  // grid units a block
     const int64_t blocks = ceil_div<int64_t>(H, grid);
     PersistentPlan p;
-    if (!layout(grid, blocks, p)) {
+    if (!layout(grid, blocks, p, true)) {
       plan.why = why_not == kTooManyOutputs
                      ? "the units per block that FUSEDRNN_PERSISTENT_GRID asks for give the "
                        "CUDA-core product more than its 2048 outputs at this batch"
@@ -821,13 +828,16 @@ cudaError_t plan_persistent(Kernel kernel, int64_t N, int64_t H, int w_rows_per_
     while (U < H) U *= 2;
     PersistentPlan p;
     int64_t per_sm = 0;
-    if (U <= kPersistentThreads && layout(U, 1, p)) {
+    // With the state in shared memory, then (should that not be resident) without.
+    for (const bool state : {true, false}) {
+      if (U > kPersistentThreads || !layout(U, 1, p, state)) break;
       err = resident(p, per_sm);
       if (err != cudaSuccess) return err;
       if (per_sm >= 1) {
         plan = p;
         return cudaSuccess;
       }
+      if (p.lay.h_off == 0) break;
     }
     if (grid == kGridOne) {
       plan.why = U > kPersistentThreads
@@ -849,7 +859,7 @@ cudaError_t plan_persistent(Kernel kernel, int64_t N, int64_t H, int w_rows_per_
   for (int U = 1; U <= 32; U *= 2) {
     const int64_t blocks = ceil_div<int64_t>(H, U);
     PersistentPlan p;
-    if (!layout(U, blocks, p)) {
+    if (!layout(U, blocks, p, true)) {
       if (U == 1) why = why_not;
       break;
     }
