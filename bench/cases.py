@@ -173,17 +173,19 @@ def _step_loop(step, x, lstm: bool) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def _cuda_path(path: str):
-    """FUSEDRNN_CUDA_PATH set to `path` for the calls inside."""
-    old = os.environ.get("FUSEDRNN_CUDA_PATH")
-    os.environ["FUSEDRNN_CUDA_PATH"] = path
+def env(**values: str):
+    """The environment variables `values` (FUSEDRNN_CUDA_PATH, FUSEDRNN_PERSISTENT_GRID) set for
+    the calls inside, as they were after."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
     try:
         yield
     finally:
-        if old is None:
-            del os.environ["FUSEDRNN_CUDA_PATH"]
-        else:
-            os.environ["FUSEDRNN_CUDA_PATH"] = old
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def build(case: Case, baselines: Optional[set] = None, seed: int = 0) -> Row:
@@ -257,16 +259,16 @@ def build(case: Case, baselines: Optional[set] = None, seed: int = 0) -> Row:
 
     if dev == "cuda" and not step_cell and want("fused-persistent"):
         try:
-            with _cuda_path("persistent"), torch.no_grad():
+            with env(FUSEDRNN_CUDA_PATH="persistent"), torch.no_grad():
                 fused(x)
         except RuntimeError as e:
             notes.append("persistent path: " + str(e).split("\n")[0])
         else:
             cands.append(Candidate("fused-persistent", lambda: fused(x)[0], params,
-                                   functools.partial(_cuda_path, "persistent")))
+                                   functools.partial(env, FUSEDRNN_CUDA_PATH="persistent")))
     if dev == "cuda" and not step_cell and want("fused-standard"):
         cands.append(Candidate("fused-standard", lambda: fused(x)[0], params,
-                               functools.partial(_cuda_path, "standard")))
+                               functools.partial(env, FUSEDRNN_CUDA_PATH="standard")))
 
     if want("reference"):
         if step_cell:

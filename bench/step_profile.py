@@ -12,19 +12,24 @@ loop (launches, ATen dispatch); a busy time close to the wall time names the ker
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # a clone without PYTHONPATH
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(1, str(HERE.parent))  # a clone without PYTHONPATH: the in-place build
 
 import torch  # noqa: E402
 from torch.autograd import DeviceType  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-import fusedrnn  # noqa: E402
+import cases  # noqa: E402
+from measure import Runner  # noqa: E402
+from suites import Case  # noqa: E402
 
 # (cell, dtype, T, N, H, training): issue 4's shapes where the standard path was slower than
 # cuDNN on the H200 (2026-12-04), and issue 6's case 1, where cuDNN has its persistent kernel.
@@ -40,44 +45,37 @@ CASES = [
 CANDIDATES = ("standard", "persistent", "cudnn")
 
 
-def _module(cell: str, impl: str, H: int, dtype: torch.dtype):
-    lib = torch.nn if impl == "cudnn" else fusedrnn
-    cls = {"lstm": lib.LSTM, "gru": lib.GRU, "rnn": lib.RNN}[cell]
-    torch.manual_seed(0)
-    return cls(H, H).to("cuda", dtype)
-
-
-def _call(m, x, training: bool):
-    with torch.set_grad_enabled(training):
-        y, _ = m(x)
-    if training:
-        y.backward(torch.ones_like(y))
-    return y
+def _runner(cell, dtype_name, T, N, H, training, impl) -> Runner:
+    """One call of the case, as the benchmark makes it (bench/cases.py, bench/measure.py):
+    cuDNN, or fusedrnn on a forced path."""
+    mode = "training" if training else "inference"
+    row = cases.build(Case(device="cuda", cell=cell, T=T, N=N, C=H, H=H, dtype=dtype_name, mode=mode),
+                      baselines={"nn-cudnn"})
+    if impl == "cudnn":
+        cand = next(c for c in row.candidates if c.name == "nn-cudnn")
+    else:
+        cand = dataclasses.replace(next(c for c in row.candidates if c.name == "fused"), name=impl,
+                                   flags=functools.partial(cases.env, FUSEDRNN_CUDA_PATH=impl))
+    return Runner(cand, row, mode, "cuda")
 
 
 def profile_case(cell, dtype_name, T, N, H, training, impl, calls):
-    dtype = getattr(torch, dtype_name)
-    if impl != "cudnn":
-        os.environ["FUSEDRNN_CUDA_PATH"] = impl
-    m = _module(cell, impl, H, dtype)
-    x = torch.randn(T, N, H, device="cuda", dtype=dtype, requires_grad=training)
+    call = _runner(cell, dtype_name, T, N, H, training, impl).once
     try:
         for _ in range(2):
-            _call(m, x, training)
+            call()
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         for _ in range(calls):
-            _call(m, x, training)
+            call()
         torch.cuda.synchronize()
         wall_ms = (time.perf_counter() - t0) / calls * 1e3
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             for _ in range(calls):
-                _call(m, x, training)
+                call()
             torch.cuda.synchronize()
     except RuntimeError as e:
         return {"error": str(e).splitlines()[0][:200]}
-    finally:
-        os.environ.pop("FUSEDRNN_CUDA_PATH", None)
     kernels, host = {}, {}
     for a in prof.key_averages():
         if getattr(a, "is_user_annotation", False):
