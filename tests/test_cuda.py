@@ -786,10 +786,15 @@ def test_persistent_matches_reference(variant, dtype, persistent):
     assert_matches_reference(m, x)
 
 
+@pytest.mark.parametrize("grid", ["one", "many"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
 @pytest.mark.parametrize("variant", PERSISTENT_VARIANTS)
-def test_persistent_packed_multilayer_bidirectional(variant, dtype, persistent):
-    """Rows that end early (forward direction) and start late (reverse)."""
+def test_persistent_packed_multilayer_bidirectional(variant, dtype, grid, monkeypatch):
+    """Rows that end early (forward direction) and start late (reverse), two
+    layers, both directions; every unit in one block (block barriers, the state
+    in shared memory on CUDA cores) and in slices over many blocks."""
+    monkeypatch.setenv("FUSEDRNN_CUDA_PATH", "persistent")
+    monkeypatch.setenv("FUSEDRNN_PERSISTENT_GRID", grid)
     cls, kwargs = SEQ_VARIANTS[variant]
     m = _make(cls, kwargs, dtype, num_layers=2, bidirectional=True)
     gen = _seeded()
@@ -849,21 +854,6 @@ def test_persistent_tensor_core_tiles(batch, hidden, variant, dtype, persistent)
     size (rows of dG not 4-byte aligned), and (65 rows, 16 units a block: five row
     tiles by two groups of weight tiles) warps with two tasks."""
     _check_size(variant, 4, batch, hidden, dtype)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
-@pytest.mark.parametrize("variant", PERSISTENT_VARIANTS)
-def test_persistent_one_block(variant, dtype, monkeypatch):
-    """FUSEDRNN_PERSISTENT_GRID=one: every hidden unit in one block, whose steps
-    end at block barriers; packed rows that end early and start late, two layers,
-    both directions."""
-    monkeypatch.setenv("FUSEDRNN_CUDA_PATH", "persistent")
-    monkeypatch.setenv("FUSEDRNN_PERSISTENT_GRID", "one")
-    cls, kwargs = SEQ_VARIANTS[variant]
-    m = _make(cls, kwargs, dtype, num_layers=2, bidirectional=True)
-    gen = _seeded()
-    x = _packed([3, 7, 1, 5, 7, 2], gen, dtype)
-    assert_matches_reference(m, x, _random_hx(m, 6, gen, dtype))
 
 
 @pytest.mark.parametrize("batch,hidden,variant,dtype",

@@ -64,6 +64,10 @@ Tensor first_rows(const Tensor& t, int64_t rows) {
   return rows == t.size(0) ? t : t.narrow(0, 0, rows);
 }
 
+// Where the standard path's step kernels find the recurrent product (forward Gh)
+// or the recurrent dL/dh (backward): its own [rows, gates*H] buffer.
+fc::GhLayout full_rows(int64_t H) { return fc::GhLayout{static_cast<int>(H), 0}; }
+
 int64_t gx_chunk_bytes() {
   const char* v = std::getenv("FUSEDRNN_CUDA_GX_CHUNK_BYTES");
   if (v == nullptr || v[0] == '\0') return kGxChunkBytes;
@@ -448,7 +452,7 @@ void lstm_forward_cuda(const LayerInputs& in, const LayerGeometry& g, bool train
   base.b_hh = cptr<S>(in.b_hh);
   base.w_ch = cptr<S>(in.w_ch);
   base.c = mptr<A>(c_state);
-  base.gl = fc::GhLayout{static_cast<int>(H), 0};
+  base.gl = full_rows(H);
   base.h_state = proj ? nullptr : mptr<S>(h_state);
 
   if (take_persistent(in, g, training, stream)) {
@@ -540,6 +544,7 @@ void lstm_backward_cuda(const LayerInputs& in, const LayerGeometry& g, const Gra
   base.w_ch = cptr<S>(in.w_ch);
   base.dc = mptr<A>(dc_state);
   base.dw_ch_rows = mptr<A>(dwch_rows);
+  base.rl = full_rows(H);
   const S* gates = cptr<S>(gi.saved.gates);
   const A* states = cptr<A>(gi.saved.states);
 
@@ -584,7 +589,6 @@ void lstm_backward_cuda(const LayerInputs& in, const LayerGeometry& g, const Gra
         p.dh = cptr<S>(dy) + st.offset * P;
         p.ld_dh = P;
         p.dh_rec = mptr<S>(dh_state);
-        p.rl = fc::GhLayout{static_cast<int>(H), 0};
       }
       p.gates = gates + st.offset * GH;
       p.c_new = states + st.offset * H;
@@ -623,6 +627,7 @@ void gru_forward_cuda(const LayerInputs& in, const LayerGeometry& g, bool traini
   base.b_hh = cptr<S>(in.b_hh);
   base.h_in = mptr<S>(h_state);
   base.h = mptr<S>(h_state);
+  base.gl = full_rows(H);
 
   // reset_before: r*h feeds the W_hn product in the input dtype. When training
   // in float/double it is the saved states tensor itself; otherwise a scratch,
@@ -661,7 +666,6 @@ void gru_forward_cuda(const LayerInputs& in, const LayerGeometry& g, bool traini
       p.rows = st.rows;
       p.gx = gx;
       p.gh = mptr<S>(gh);
-      p.gl = fc::GhLayout{static_cast<int>(H), 0};
       p.y = mptr<S>(y) + st.offset * H;
       p.gates = training ? mptr<S>(out.saved.gates) + st.offset * 4 * H : nullptr;
       check_launch(fc::gru_forward_launch<S>(p, stream), "gru_forward_kernel");
@@ -685,7 +689,6 @@ void gru_forward_cuda(const LayerInputs& in, const LayerGeometry& g, bool traini
     p.rows = rows;
     p.gx = gx;
     p.gh = mptr<S>(gh_rz);
-    p.gl = fc::GhLayout{static_cast<int>(H), 0};
     p.y = mptr<S>(y) + st.offset * H;
     if (training) {
       p.gates = mptr<S>(out.saved.gates) + st.offset * 3 * H;
@@ -702,7 +705,6 @@ void gru_forward_cuda(const LayerInputs& in, const LayerGeometry& g, bool traini
     Tensor gh_n_rows = first_rows(gh_n, rows);
     at::mm_out(gh_n_rows, rh_rows, w_n_t);
     p.gh = mptr<S>(gh_n);
-    p.gl = fc::GhLayout{static_cast<int>(H), 0};
     check_launch(fc::gru_reset_before_forward_n_launch<S>(p, stream),
                  "gru_reset_before_forward_n_kernel");
   });
@@ -731,7 +733,7 @@ void gru_backward_cuda(const LayerInputs& in, const LayerGeometry& g, const Grad
   fc::GruBackwardParams<S> base;
   base.H = H;
   base.dh = mptr<S>(dh_state);
-  base.dl = fc::GhLayout{static_cast<int>(H), 0};
+  base.dl = full_rows(H);
   base.h0 = cptr<S>(in.h0);
   base.drh = cptr<S>(drh);
   const S* gates = cptr<S>(gi.saved.gates);
@@ -815,7 +817,7 @@ void rnn_forward_cuda(const LayerInputs& in, const LayerGeometry& g, bool traini
   base.relu = in.cell.kind == CellKind::kRnnRelu;
   base.b_ih = cptr<S>(in.b_ih);
   base.b_hh = cptr<S>(in.b_hh);
-  base.gl = fc::GhLayout{static_cast<int>(H), 0};
+  base.gl = full_rows(H);
   base.h = mptr<S>(h_state);
   if (take_persistent(in, g, training, stream)) {
     fc::RnnPersistentForward<S> a;
@@ -856,7 +858,7 @@ void rnn_backward_cuda(const LayerInputs& in, const LayerGeometry& g, const Grad
   base.H = H;
   base.relu = in.cell.kind == CellKind::kRnnRelu;
   base.dh = cptr<S>(dh_state);
-  base.dl = fc::GhLayout{static_cast<int>(H), 0};
+  base.dl = full_rows(H);
   bool persistent = false;
   if (take_persistent(in, g, true, stream)) {
     fc::RnnPersistentBackward<S> a;
