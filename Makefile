@@ -57,7 +57,8 @@ cuda-emulate: build/.deps
 gpu-check:
 	tools/gpu_check.sh $(PYTEST_ARGS)
 
-# A short GPU loan (one call of at most 10 minutes): build, CUDA tests, a torch.profiler
+# A short GPU loan (one call of at most 10 minutes): build, CUDA tests, the persistent
+# kernels' step trace, a torch.profiler
 # breakdown of slow rows, the barrier latency, issue 6's goal rows against cuDNN, an Nsight
 # Compute profile of case 1, the quick suite, racecheck and synccheck of the persistent
 # kernels, within SESSION_BUDGET_S (GPU_SESSION_STEPS for later calls: memcheck, initcheck,

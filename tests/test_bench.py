@@ -242,3 +242,29 @@ def test_resume_writes_the_record_it_resumed(tmp_path):
     merged = report.load(tmp_path / "copy.json")
     assert len(merged["rows"]) == 4 and [p["rows"] for p in merged["parts"]] == [1, 3]
     assert [p["id"] for p in merged["parts"]] == [0, 1]
+
+
+def test_step_trace_phases():
+    """bench/persistent_trace.py's phases of a step from a launch's trace: clocks
+    at a rate of 2 ns a cycle (the header's global timer over its clock), two
+    steps in the order processed; against the durations written out by hand."""
+    import persistent_trace as pt
+
+    record = {"kernel": "lstm_persistent_forward_kernel", "blocks": 96, "units": 8, "tensor_cores": True,
+              "header": 4, "points": 4,
+              # start ns, clock; end ns, clock: 2000 ns over 1000 cycles
+              "values": [5000, 100, 7000, 1100,
+                         # step 0: begin, product, units, end; step 1
+                         150, 400, 450, 600,
+                         610, 800, 900, 1000]}
+    ph = pt.phases(record)
+    assert ph["product"] == [500.0, 380.0]
+    assert ph["units"] == [100.0, 200.0]
+    assert ph["barrier"] == [300.0, 200.0]
+    assert ph["gap"] == [20.0]
+    assert (ph["prologue"], ph["epilogue"], ph["launch"], ph["steps"]) == (100.0, 200.0, 2000.0, 2)
+    s = pt.summarize([record, record])["lstm_persistent_forward_kernel"]
+    assert (s["launches"], s["steps"], s["blocks"], s["units"]) == (2, 4, 96, 8)
+    assert s["median_ns"]["product"] == 440.0 and s["p90_ns"]["product"] == 500.0
+    assert s["step_median_ns"] == 840.0  # steps of 900 and 780 ns
+    assert s["launch_us"] == 4.0 and s["prologue_us"] == 0.2

@@ -948,6 +948,81 @@ def test_grid_barrier_probe():
         _C._grid_barrier_probe(1, -1)
 
 
+# The step trace (FUSEDRNN_PERSISTENT_TRACE=1; TracePoint in rnn_cuda.h): block
+# 0's clock at four points of every step of every persistent launch, read by
+# bench/persistent_trace.py.
+
+TRACE_FAMILY = {"lstm": "lstm", "lstm_peephole_coupled_proj": "lstm", "gru": "gru", "gru_reset_before": "gru",
+                "rnn_relu": "rnn"}
+
+
+def _check_trace(record, kernel, first_step, end_step):
+    assert record["kernel"] == kernel
+    assert (record["first_step"], record["end_step"]) == (first_step, end_step)
+    assert record["blocks"] >= 1 and record["units"] >= 1
+    header, points, values = record["header"], record["points"], record["values"]
+    assert (header, points) == (4, 4)
+    assert len(values) == header + (end_step - first_step) * points
+    start_ns, start_clock, end_ns, end_clock = values[:header]
+    assert 0 < start_ns <= end_ns
+    # Every mark written, in the order processed, between the kernel's start and end.
+    clocks = [start_clock] + values[header:] + [end_clock]
+    assert all(a <= b for a, b in zip(clocks, clocks[1:])), f"{kernel}: trace clocks out of order: {clocks}"
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["one-launch", "launch-per-step"])
+@pytest.mark.parametrize("variant", list(TRACE_FAMILY))
+def test_persistent_step_trace(variant, chunked, persistent, monkeypatch):
+    """Each persistent launch of a training call (the forward's, one per chunk of
+    its input GEMM, then the backward's) leaves one record of its kernel, steps
+    and plan with every step's four clocks in time order inside the launch; the
+    results are those of the same call without the trace, and a call without it
+    records nothing."""
+    from fusedrnn import _C
+    if chunked:
+        monkeypatch.setenv("FUSEDRNN_CUDA_GX_CHUNK_BYTES", "1")  # one step of Gx a chunk
+    cls, kwargs = SEQ_VARIANTS[variant]
+    m = _make(cls, kwargs, torch.float32)
+    gen = _seeded()
+    x, hx = _randn(T, N, C, gen=gen), _random_hx(m, N, gen, torch.float32)
+    _C._persistent_traces()
+    want = _run(m, x, hx)
+    assert _C._persistent_traces() == []
+    monkeypatch.setenv("FUSEDRNN_PERSISTENT_TRACE", "1")
+    got = _run(m, x, hx)
+    records = _C._persistent_traces()
+    assert _C._persistent_traces() == []
+    for name in want:
+        assert torch.equal(got[name], want[name]), f"{name} differs with the trace on"
+    family = TRACE_FAMILY[variant]
+    forward = [(s, s + 1) for s in range(T)] if chunked else [(0, T)]
+    assert len(records) == len(forward) + 1
+    for record, (s0, s1) in zip(records, forward):
+        _check_trace(record, f"{family}_persistent_forward_kernel", s0, s1)
+    _check_trace(records[-1], f"{family}_persistent_backward_kernel", 0, T)
+
+
+@pytest.mark.parametrize("path", ["standard", "persistent"])
+def test_trace_variable_is_checked(path, monkeypatch):
+    monkeypatch.setenv("FUSEDRNN_CUDA_PATH", path)
+    monkeypatch.setenv("FUSEDRNN_PERSISTENT_TRACE", "yes")
+    m = fusedrnn.GRU(C, H).to(DEVICE)
+    with pytest.raises(RuntimeError, match="FUSEDRNN_PERSISTENT_TRACE must be '0' or '1', got 'yes'"):
+        m(_randn(T, N, C, gen=_seeded()))
+
+
+@real_gpu
+def test_trace_refuses_graph_capture(persistent, monkeypatch):
+    m = fusedrnn.GRU(C, H).to(DEVICE)
+    x = _randn(T, N, C, gen=_seeded())
+    m(x)
+    monkeypatch.setenv("FUSEDRNN_PERSISTENT_TRACE", "1")
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(RuntimeError, match="FUSEDRNN_PERSISTENT_TRACE=1 does not record inside CUDA graph capture"):
+        with torch.cuda.graph(graph):
+            m(x)
+
+
 class _Reference(torch.nn.Module):
     """fusedrnn.reference in `dtype` on the parameters of `module`."""
 

@@ -4,6 +4,8 @@
 # benchmark suite) does not fit one call. Steps, most valuable first:
 #   build      build with CUDA for this GPU, in place (no network),
 #   tests      the CUDA tests (tests/test_cuda.py),
+#   trace      where a step of the persistent kernels spends its time, from their own step
+#              trace (bench/persistent_trace.py): issue 6's goal rows and the small float32 rows,
 #   steps      where a call's time goes, by torch.profiler (bench/step_profile.py): wall time
 #              against the GPU's busy time and the kernels, standard path, persistent path
 #              and cuDNN, on the shapes where the standard path was slower than cuDNN,
@@ -37,7 +39,7 @@ PYTHON=${PYTHON:-python3}
 work=build/gpu-session
 out=${OUT:-build/gpu-session-out}
 budget=${SESSION_BUDGET_S:-540}
-steps=${GPU_SESSION_STEPS:-build,tests,steps,floor,goals,variants,profile,grid,quick,racecheck,synccheck}
+steps=${GPU_SESSION_STEPS:-build,tests,trace,steps,floor,goals,variants,profile,grid,quick,racecheck,synccheck}
 mkdir -p "$work" "$out"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
@@ -102,6 +104,8 @@ parallel=()
 "$PYTHON" -c "import xdist" 2>/dev/null && parallel=(-n 8)
 step tests "CUDA tests" 300 tests.log "$PYTHON" -m pytest -q -rfE ${parallel[@]+"${parallel[@]}"} -m cuda \
   tests/test_cuda.py
+step trace "persistent kernels' step trace" 120 persistent-trace.log "$PYTHON" bench/persistent_trace.py \
+  --out "$work"
 step steps "where a call's time goes (torch.profiler)" 150 step-profile.log "$PYTHON" bench/step_profile.py \
   --out "$work"
 step floor "grid barrier latency" 120 persistent-floor.log "$PYTHON" bench/persistent_floor.py --out "$work"

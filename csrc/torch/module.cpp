@@ -9,6 +9,7 @@
 
 #include "../kernels/cpu/rnn_cpu.h"
 #include "path_choice.h"
+#include "persistent_trace.h"
 
 #ifdef FUSEDRNN_WITH_CUDA
 namespace fusedrnn {
@@ -50,6 +51,28 @@ pybind11::dict build_info() {
   return d;
 }
 
+#ifdef FUSEDRNN_WITH_CUDA
+pybind11::list persistent_traces() {
+  pybind11::list out;
+  for (const fusedrnn::PersistentTraceRecord& r : fusedrnn::take_persistent_traces()) {
+    pybind11::dict d;
+    d["kernel"] = r.kernel;
+    d["first_step"] = r.first_step;
+    d["end_step"] = r.end_step;
+    d["blocks"] = r.blocks;
+    d["units"] = r.units;
+    d["tensor_cores"] = r.tensor_cores;
+    d["header"] = r.header;
+    d["points"] = r.points;
+    pybind11::list values;
+    for (const int64_t v : r.values) values.append(v);
+    d["values"] = values;
+    out.append(d);
+  }
+  return out;
+}
+#endif
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -69,5 +92,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("steps"),
         "Launches `steps` grid barriers of the persistent kernels in one cooperative launch of "
         "`blocks` blocks on the current CUDA stream (bench/persistent_floor.py).");
+  m.def("_persistent_traces", &persistent_traces,
+        "The step traces of the persistent launches since the last call, oldest first (at most "
+        "the last 256), recorded where FUSEDRNN_PERSISTENT_TRACE=1 (bench/persistent_trace.py); "
+        "waits for the device.");
 #endif
 }

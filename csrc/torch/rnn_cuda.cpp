@@ -39,11 +39,15 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <initializer_list>
+#include <mutex>
+#include <string>
 #include <type_traits>
 
 #include "../kernels/cuda/rnn_cuda.h"
 #include "path_choice.h"
+#include "persistent_trace.h"
 #include "rnn_layer.h"
 
 namespace fusedrnn {
@@ -196,12 +200,72 @@ int requested_grid() {
   return units;
 }
 
+// FUSEDRNN_PERSISTENT_TRACE: "1" records the step trace of every persistent
+// launch (TracePoint in rnn_cuda.h; fusedrnn._C._persistent_traces returns
+// them, bench/persistent_trace.py turns them into the time of each phase of a
+// step); "0" or unset records nothing.
+bool requested_trace() {
+  const char* v = std::getenv("FUSEDRNN_PERSISTENT_TRACE");
+  if (v == nullptr || v[0] == '\0' || std::strcmp(v, "0") == 0) return false;
+  TORCH_CHECK(std::strcmp(v, "1") == 0, "FUSEDRNN_PERSISTENT_TRACE must be '0' or '1', got '", v,
+              "'");
+  return true;
+}
+
+struct TraceEntry {
+  PersistentTraceRecord record;  // without its values yet
+  Tensor values;                 // on the device until taken
+};
+
+std::mutex& trace_lock() {
+  static std::mutex lock;
+  return lock;
+}
+
+std::deque<TraceEntry>& trace_entries() {
+  static std::deque<TraceEntry> entries;
+  return entries;
+}
+
+// A trace buffer for a launch of `plan` over steps [a.s0, a.s1) into a.trace
+// (null when tracing is off), kept for take_persistent_traces.
+template <typename Args>
+void begin_trace(Args& a, const fc::PersistentPlan& plan, const char* kernel,
+                 const at::Device& device) {
+  a.trace = nullptr;
+  if (!requested_trace()) return;
+  const int64_t steps = a.s1 - a.s0;
+  TraceEntry e;
+  e.values = at::zeros({fc::kTraceHeader + steps * fc::kTracePoints},
+                       at::TensorOptions().dtype(at::kLong).device(device));
+  e.record.kernel = kernel;
+  e.record.first_step = a.s0;
+  e.record.end_step = a.s1;
+  e.record.blocks = plan.blocks;
+  e.record.units = plan.lay.units;
+  e.record.tensor_cores = plan.lay.mma != 0;
+  e.record.header = fc::kTraceHeader;
+  e.record.points = fc::kTracePoints;
+  a.trace = reinterpret_cast<long long*>(e.values.data_ptr<int64_t>());
+  const std::lock_guard<std::mutex> guard(trace_lock());
+  auto& entries = trace_entries();
+  entries.push_back(std::move(e));
+  while (entries.size() > kMaxPersistentTraces) entries.pop_front();
+}
+
 // Whether this layer tries the persistent path (its plan may still decline it,
 // see persistent_plan); raises when the path is forced and cannot run the layer.
 bool take_persistent(const LayerInputs& in, const LayerGeometry& g, bool training,
                      cudaStream_t stream) {
   const PathChoice path = requested_path();
   requested_grid();  // a bad FUSEDRNN_PERSISTENT_GRID is an error on either path
+  if (requested_trace()) {
+    bool capturing = false;
+    check_launch(fc::stream_is_capturing(stream, capturing), "stream_is_capturing");
+    TORCH_CHECK(!capturing,
+                "fusedrnn: FUSEDRNN_PERSISTENT_TRACE=1 does not record inside CUDA graph capture "
+                "(each launch allocates its trace)");
+  }
   if (path == PathChoice::kStandard) return false;
   if (path == PathChoice::kAuto && !persistent_pays(g.T, g.N, g.G, g.H, in.w_hr.has_value(),
                                                      in.input.element_size(), true, training))
@@ -279,6 +343,7 @@ bool persistent_forward(const LayerInputs& in, const LayerGeometry& g, bool trai
     a.s1 = c.s1;
     a.gx = gx;
     a.gx_row0 = c.row0;
+    begin_trace(a, plan, kernel, in.input.device());
     check_launch(launch_fn(a, plan, stream), kernel);
   });
   return true;
@@ -301,6 +366,7 @@ bool persistent_backward(const LayerInputs& in, const LayerGeometry& g,
   a.dh = mptr<S>(dh_state);
   fc::PersistentPlan plan;
   if (!persistent_plan<S>(in, g, true, a, plan_fn, kernel, plan)) return false;
+  begin_trace(a, plan, kernel, in.input.device());
   check_launch(launch_fn(a, plan, stream), kernel);
   return true;
 }
@@ -892,6 +958,27 @@ void rnn_backward_cuda(const LayerInputs& in, const LayerGeometry& g, const Grad
 }
 
 }  // namespace
+
+std::vector<PersistentTraceRecord> take_persistent_traces() {
+  std::deque<TraceEntry> entries;
+  {
+    const std::lock_guard<std::mutex> guard(trace_lock());
+    entries.swap(trace_entries());
+  }
+  std::vector<PersistentTraceRecord> out;
+  out.reserve(entries.size());
+  for (TraceEntry& e : entries) {
+    {
+      const c10::cuda::CUDAGuard guard(e.values.device());
+      check_launch(fc::device_synchronize(), "persistent kernels (their step traces)");
+    }
+    const Tensor host = e.values.cpu();
+    const int64_t* v = host.data_ptr<int64_t>();
+    e.record.values.assign(v, v + host.numel());
+    out.push_back(std::move(e.record));
+  }
+  return out;
+}
 
 void grid_barrier_probe(int64_t blocks, int64_t steps) {
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();

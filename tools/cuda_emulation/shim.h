@@ -33,6 +33,7 @@
 #include <ucontext.h>
 #include <vector_types.h>
 
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -336,6 +337,13 @@ inline cudaError_t occupancy(int* blocks, const void*, int, size_t) {
   return cudaSuccess;
 }
 
+// The step trace's clocks (persistent.cuh): both the host's steady clock in ns.
+inline long long now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
 inline cudaError_t stream_is_capturing(cudaStream_t, cudaStreamCaptureStatus* s) {
   *s = cudaStreamCaptureStatusNone;
   return cudaSuccess;
@@ -357,3 +365,4 @@ T* dynamic_smem() {
 #define cudaFuncGetAttributes(...) ::frnn_emul::func_get_attributes(__VA_ARGS__)
 #define cudaOccupancyMaxActiveBlocksPerMultiprocessor(...) ::frnn_emul::occupancy(__VA_ARGS__)
 #define cudaStreamIsCapturing(...) ::frnn_emul::stream_is_capturing(__VA_ARGS__)
+#define cudaDeviceSynchronize() cudaSuccess

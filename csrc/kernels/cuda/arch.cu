@@ -39,4 +39,6 @@ cudaError_t stream_is_capturing(cudaStream_t stream, bool& capturing) {
   return err;
 }
 
+cudaError_t device_synchronize() { return cudaDeviceSynchronize(); }
+
 }  // namespace fusedrnn::cuda

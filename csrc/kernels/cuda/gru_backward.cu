@@ -119,6 +119,7 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
   const UnitSlot sl = unit_slot(U);
   const bool has_unit = sl.u < H;
   const int64_t uu = has_unit ? sl.u : 0;
+  const StepTrace trace(a.trace, a.s0, a.s1, false);
   const BlockSmem<S> sm(a.lay);
   load_unit_columns(sm.ws, a.lay.ldw, a.w_hh, H, 3 * H, U, sl.u0);
   S* dhb = sm.gh;
@@ -140,6 +141,7 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
                   });
   };
   for (int64_t s = a.s1 - 1; s >= a.s0; --s) {
+    trace.mark(s, kTraceBegin);
     if (s - 1 >= a.s0) {
       const StepInfo nx = a.seq.step(s - 1);
       prefetch_unit_slices(a.base.gates + nx.offset * ldg, nx.rows, ldg,
@@ -161,6 +163,7 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
     if (kResetAfter) preload_rows(unit_after, p, sl, has_unit, pre);
     if (has_step(a.seq, s + 1)) recurrent(a.seq.step(s + 1));
     __syncthreads();
+    trace.mark(s, kTraceProduct);
     if (kResetAfter) {
       run_rows(unit_after, p, sl, has_unit, pre, [](int64_t) {});
     } else {
@@ -174,12 +177,15 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
       if (has_unit)
         for (int64_t i = sl.row0; i < st.rows; i += sl.row_step) unit_r(p, i);
     }
+    trace.mark(s, kTraceUnits);
     step_barrier();
+    trace.mark(s, kTraceEnd);
   }
   if (a.s0 == 0) recurrent(a.seq.step(0));
   __syncthreads();
   for (int64_t e = threadIdx.x; e < N * U; e += blockDim.x)
     if (e % U < units) a.dh[(e / U) * H + sl.u0 + e % U] = dhb[e];
+  trace.finish();
 }
 
 template <typename S, typename F>

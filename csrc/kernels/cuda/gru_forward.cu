@@ -129,6 +129,7 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
   const UnitSlot sl = unit_slot(U);
   const bool has_unit = sl.u < H;
   const int64_t uu = has_unit ? sl.u : 0;
+  const StepTrace trace(a.trace, a.s0, a.s1, true);
   const BlockSmem<S> sm(a.lay);
   load_gate_rows(sm.ws, a.lay.ldw, a.w_hh, H, H, 3, U, sl.u0);
   S* const hbuf = state_in(sm, a.hbuf, 2 * N * H);
@@ -143,6 +144,7 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
     __syncthreads();
   };
   for (int64_t s = a.s0; s < a.s1; ++s) {
+    trace.mark(s, kTraceBegin);
     const StepInfo st = a.seq.step(s);
     if (s + 1 < a.s1) {
       const StepInfo nx = a.seq.step(s + 1);
@@ -162,9 +164,11 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
       Preloaded<GruForwardUnit<S, kTraining>> pre;
       preload_rows(unit_after, p, sl, has_unit, pre);
       product(p, 0, 3, h, st.rows);
+      trace.mark(s, kTraceProduct);
       run_rows(unit_after, p, sl, has_unit, pre, [](int64_t) {});
     } else {
       product(p, 0, 2, h, st.rows);
+      trace.mark(s, kTraceProduct);
       S* rh = a.rh_rows != nullptr ? a.rh_rows + st.offset * H : a.rh;
       p.rh = rh;
       if (kTraining) {
@@ -182,9 +186,12 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
     if (has_unit)
       for (int64_t i = sl.row0; i < st.rows; i += sl.row_step)
         if (last_step_of_row(a.seq, s, i)) a.h_n[i * H + sl.u] = h_next[i * H + sl.u];
+    trace.mark(s, kTraceUnits);
     step_barrier();
+    trace.mark(s, kTraceEnd);
   }
   state_out(sm, a.hbuf, 2 * N * H);
+  trace.finish();
 }
 
 template <typename S, typename F>

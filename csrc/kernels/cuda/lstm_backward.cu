@@ -107,6 +107,7 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
   // The outputs of the recurrent product: the block's projection outputs, or units.
   const int V = kProj ? a.lay.proj : U;
   const int64_t q0 = kProj ? static_cast<int64_t>(blockIdx.x) * V : sl.u0;
+  const StepTrace trace(a.trace, a.s0, a.s1, false);
   const BlockSmem<S> sm(a.lay);
   load_unit_columns(sm.ws, a.lay.ldw, a.w_hh, P, GH, V, q0);
   if (kProj)
@@ -121,6 +122,7 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
                    P, false);
   };
   for (int64_t s = a.s1 - 1; s >= a.s0; --s) {
+    trace.mark(s, kTraceBegin);
     if (s - 1 >= a.s0) {
       const StepInfo nx = a.seq.step(s - 1);
       prefetch_unit_slices(a.base.gates + nx.offset * GH, nx.rows, GH, G, H, sl.u0, U, H);
@@ -159,6 +161,7 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
       }
     }
     __syncthreads();
+    trace.mark(s, kTraceProduct);
     if (kProj) {
       S* dht = a.dht + (a.dht_rows ? st.offset * P : 0);
       const S* dy = a.dy + st.offset * P;
@@ -175,9 +178,12 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
     } else {
       run_rows(unit, p, sl, has_unit, pre, [](int64_t) {});
     }
+    trace.mark(s, kTraceUnits);
     step_barrier();
+    trace.mark(s, kTraceEnd);
   }
   if (a.s0 == 0) recurrent(0);
+  trace.finish();
 }
 
 template <typename S, typename F>

@@ -96,6 +96,7 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
   const UnitSlot sl = unit_slot(U);
   const bool has_unit = sl.u < H;
   const int64_t p0 = static_cast<int64_t>(blockIdx.x) * V;
+  const StepTrace trace(a.trace, a.s0, a.s1, true);
   const BlockSmem<S> sm(a.lay);
   load_gate_rows(sm.ws, a.lay.ldw, a.w_hh, H, P, G, U, sl.u0);
   if (kProj)
@@ -105,6 +106,7 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
   const Unit unit(a.base, has_unit ? sl.u : 0);
   __syncthreads();
   for (int64_t s = a.s0; s < a.s1; ++s) {
+    trace.mark(s, kTraceBegin);
     const StepInfo st = a.seq.step(s);
     if (s + 1 < a.s1) {
       const StepInfo nx = a.seq.step(s + 1);
@@ -128,9 +130,11 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
     p.gl = gate_product(sm, a.lay, sl, 0, G, h, P, st.rows, P);
     p.gh = sm.gh;
     __syncthreads();
+    trace.mark(s, kTraceProduct);
     run_rows(unit, p, sl, has_unit, pre, [&](int64_t i) {
       if (!kProj && last_step_of_row(a.seq, s, i)) a.h_n[i * H + sl.u] = h_next[i * H + sl.u];
     });
+    if (!kProj) trace.mark(s, kTraceUnits);
     step_barrier();
     if (kProj) {
       S* y = a.y + st.offset * P;
@@ -144,10 +148,13 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
                         if (last_step_of_row(a.seq, s, n)) a.h_n[n * P + q] = hv;
                       }
                     });
+      trace.mark(s, kTraceUnits);
       step_barrier();
     }
+    trace.mark(s, kTraceEnd);
   }
   state_out(sm, a.hbuf, 2 * N * P);
+  trace.finish();
 }
 
 // f(kernel) with the persistent kernel of a's variant.

@@ -88,6 +88,51 @@ __device__ __forceinline__ void step_barrier() {
     grid_sync();
 }
 
+// The step trace (TracePoint in rnn_cuda.h), kept by the first thread of block
+// 0 where the launch has a buffer for it; every other thread, and every launch
+// without one, skips it on a uniform branch.
+__device__ __forceinline__ long long trace_clock() {
+#if defined(FRNN_HOST_EMULATION)
+  return ::frnn_emul::now_ns();
+#else
+  return clock64();
+#endif
+}
+
+__device__ __forceinline__ long long trace_ns() {
+#if defined(FRNN_HOST_EMULATION)
+  return ::frnn_emul::now_ns();
+#else
+  long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+#endif
+}
+
+struct StepTrace {
+  long long* out;
+  int64_t s0, s1;
+  bool forward;
+  __device__ StepTrace(long long* buf, int64_t first, int64_t end, bool fwd)
+      : out(blockIdx.x == 0 && threadIdx.x == 0 ? buf : nullptr), s0(first), s1(end),
+        forward(fwd) {
+    if (out != nullptr) {
+      out[0] = trace_ns();
+      out[1] = trace_clock();
+    }
+  }
+  __device__ __forceinline__ void mark(int64_t s, TracePoint point) const {
+    if (out != nullptr)
+      out[kTraceHeader + (forward ? s - s0 : s1 - 1 - s) * kTracePoints + point] = trace_clock();
+  }
+  __device__ void finish() const {
+    if (out != nullptr) {
+      out[2] = trace_ns();
+      out[3] = trace_clock();
+    }
+  }
+};
+
 // This thread's place in its block (see the header comment).
 struct UnitSlot {
   int64_t u0;  // first unit of the block

@@ -42,6 +42,7 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
   const int U = a.lay.units;
   const UnitSlot sl = unit_slot(U);
   const bool has_unit = sl.u < H;
+  const StepTrace trace(a.trace, a.s0, a.s1, false);
   const BlockSmem<S> sm(a.lay);
   load_unit_columns(sm.ws, a.lay.ldw, a.w_hh, H, H, U, sl.u0);
   using Unit = RnnBackwardUnit<S, kRelu>;
@@ -53,6 +54,7 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
                    H, false);
   };
   for (int64_t s = a.s1 - 1; s >= a.s0; --s) {
+    trace.mark(s, kTraceBegin);
     if (s - 1 >= a.s0) {
       const StepInfo nx = a.seq.step(s - 1);
       prefetch_unit_slices(a.base.y + nx.offset * H, nx.rows, H, 1, 0, sl.u0, U, H);
@@ -77,10 +79,14 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
       p.dh = sm.gh;
     }
     __syncthreads();
+    trace.mark(s, kTraceProduct);
     run_rows(unit, p, sl, has_unit, pre, [](int64_t) {});
+    trace.mark(s, kTraceUnits);
     step_barrier();
+    trace.mark(s, kTraceEnd);
   }
   if (a.s0 == 0) recurrent(0);
+  trace.finish();
 }
 
 template <typename S, typename F>

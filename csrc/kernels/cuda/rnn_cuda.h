@@ -271,6 +271,20 @@ enum PersistentGrid : int {
   kGridMany = -2,  // slices of at most 32 units, one block each
 };
 
+// The step trace of a persistent launch (PersistentArgs::trace; the torch
+// layer's FUSEDRNN_PERSISTENT_TRACE, bench/persistent_trace.py): int64 values,
+// written by the first thread of block 0. The header: the global timer (ns) and
+// the multiprocessor's clock (clock64) at the kernel's start, then both at its
+// end, from which a reader converts clocks to time. Then, for each step of the
+// launch in the order processed (forward s0 up, backward s1 - 1 down), the clock
+// at kTracePoints points: the step begins; the step's recurrent product is in
+// shared memory for the unit functor (the forward's first product; where there
+// is no product, the step's first block barrier); the block has done its unit
+// work (for steps with two barriers, the middle barrier and the second product
+// fall in this phase) and enters the step's last barrier; it leaves that barrier.
+enum TracePoint : int { kTraceBegin = 0, kTraceProduct, kTraceUnits, kTraceEnd, kTracePoints };
+constexpr int kTraceHeader = 4;
+
 struct PersistentPlan {
   int blocks = 0;
   size_t smem = 0;  // dynamic shared memory per block (bytes)
@@ -305,6 +319,7 @@ struct PersistentArgs {
   bool reset_after = true;  // GRU: which kernels
   bool tf32 = false;        // float32 products may run in TF32
   int grid = kGridAuto;     // PersistentGrid, or units per block: how the plan spreads them
+  long long* trace = nullptr;  // [kTraceHeader + (s1 - s0) * kTracePoints] or null: no trace
   // LSTM with a projection (w_hr set): the state is h = h' W_hr^T, P wide
   // (hbuf [2, N, P], h_n and dh [N, P]).
   const S* w_hr = nullptr;  // [P, H]
@@ -367,6 +382,9 @@ cudaError_t rnn_persistent_backward_launch(const RnnPersistentBackward<S>& a,
 // Whether `stream` is capturing a CUDA graph (the persistent path copies the
 // packed layout to the device, which a capture cannot hold).
 cudaError_t stream_is_capturing(cudaStream_t stream, bool& capturing);
+
+// Waits for all work on the current device (the step traces, before they are read).
+cudaError_t device_synchronize();
 
 // `steps` step barriers of the persistent kernels in one cooperative launch of
 // `blocks` blocks (barrier_probe.cu), and the most blocks such a launch can have.

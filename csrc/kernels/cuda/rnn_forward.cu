@@ -45,6 +45,7 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
   const int U = a.lay.units;
   const UnitSlot sl = unit_slot(U);
   const bool has_unit = sl.u < H;
+  const StepTrace trace(a.trace, a.s0, a.s1, true);
   const BlockSmem<S> sm(a.lay);
   load_gate_rows(sm.ws, a.lay.ldw, a.w_hh, H, H, 1, U, sl.u0);
   S* const hbuf = state_in(sm, a.hbuf, 2 * N * H);
@@ -52,6 +53,7 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
   const Unit unit(a.base, has_unit ? sl.u : 0);
   __syncthreads();
   for (int64_t s = a.s0; s < a.s1; ++s) {
+    trace.mark(s, kTraceBegin);
     const StepInfo st = a.seq.step(s);
     if (s + 1 < a.s1) {
       const StepInfo nx = a.seq.step(s + 1);
@@ -69,12 +71,16 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
     p.gl = gate_product(sm, a.lay, sl, 0, 1, h, H, st.rows, H);
     p.gh = sm.gh;
     __syncthreads();
+    trace.mark(s, kTraceProduct);
     run_rows(unit, p, sl, has_unit, pre, [&](int64_t i) {
       if (last_step_of_row(a.seq, s, i)) a.h_n[i * H + sl.u] = h_next[i * H + sl.u];
     });
+    trace.mark(s, kTraceUnits);
     step_barrier();
+    trace.mark(s, kTraceEnd);
   }
   state_out(sm, a.hbuf, 2 * N * H);
+  trace.finish();
 }
 
 template <typename S, typename F>

@@ -1,0 +1,29 @@
+// The step traces of the persistent path's launches (FUSEDRNN_PERSISTENT_TRACE=1;
+// TracePoint in ../kernels/cuda/rnn_cuda.h has the layout of `values`), in
+// plain types, so that fusedrnn._C hands them to Python without the torch API
+// (module.cpp).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace fusedrnn {
+
+struct PersistentTraceRecord {
+  std::string kernel;            // e.g. "lstm_persistent_forward_kernel"
+  int64_t first_step = 0;        // the launch's steps [first_step, end_step)
+  int64_t end_step = 0;
+  int64_t blocks = 0, units = 0;  // the plan: blocks, hidden units per block
+  bool tensor_cores = false;      // the plan's product
+  int64_t header = 0, points = 0;  // kTraceHeader, kTracePoints
+  std::vector<int64_t> values;     // header, then points per step in the order processed
+};
+
+// The records of the launches traced since the last call (at most the last
+// kMaxPersistentTraces), oldest first; waits for the device to finish them.
+std::vector<PersistentTraceRecord> take_persistent_traces();
+
+constexpr size_t kMaxPersistentTraces = 256;
+
+}  // namespace fusedrnn
