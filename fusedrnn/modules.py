@@ -901,13 +901,25 @@ def convert(model: nn.Module) -> nn.Module:
     dtype, requires_grad and an optimizer built before the conversion all keep
     working; training mode, buffers, hooks (pruning, the hook-based weight_norm
     and spectral_norm) and other attributes are taken over. A model that is itself one of those
-    modules is returned as its twin.
+    modules is returned as its twin. A module held in several places (tied,
+    or listed twice) becomes one twin held in all of them.
     """
+    return _convert(model, {})
+
+
+def _convert(model: nn.Module, done: dict) -> nn.Module:
+    """convert(), with `done` mapping id(module) to what it became (every
+    reference to a module, not only the first that named_children yields)."""
+    if id(model) in done:
+        return done[id(model)]
     twin = _TWINS.get(type(model))
-    if twin is not None:
-        return twin.from_torch(model)
-    for name, child in model.named_children():
-        new = convert(child)
-        if new is not child:
-            setattr(model, name, new)
-    return model
+    new_model = twin.from_torch(model) if twin is not None else model
+    done[id(model)] = new_model
+    if twin is None:
+        for name, child in list(model._modules.items()):
+            if child is None:
+                continue
+            new = _convert(child, done)
+            if new is not child:
+                setattr(model, name, new)
+    return new_model

@@ -146,6 +146,33 @@ def test_convert_swaps_nested_modules_and_keeps_the_optimizer_working():
     assert fusedrnn.convert(nn.GRUCell(3, 4)).__class__ is fusedrnn.GRUCell
 
 
+def test_convert_keeps_a_shared_module_one_module():
+    """A recurrent module held in two places (tied attributes; listed twice in a
+    Sequential) becomes one twin held in both, so the model runs fused
+    everywhere, computes what it did, and keeps the tie."""
+    torch.manual_seed(0)
+    lstm, gru = nn.LSTM(3, 3), nn.GRU(3, 3)
+    model = nn.Module()
+    model.a, model.b = lstm, lstm
+    model.seq = nn.Sequential(gru, gru)
+    x = torch.randn(5, 2, 3)
+
+    def run(m):
+        h = x
+        for layer in (m.a, m.b):
+            h, _ = layer(h)
+        for layer in m.seq:
+            h, _ = layer(h)
+        return h
+
+    want = run(model)
+    fusedrnn.convert(model)
+    assert type(model.a) is fusedrnn.LSTM and model.b is model.a
+    assert type(model.seq[0]) is fusedrnn.GRU and model.seq[1] is model.seq[0]
+    assert len(list(model.parameters())) == len(list(lstm.parameters())) + len(list(gru.parameters()))
+    torch.testing.assert_close(run(model), want, rtol=1e-5, atol=1e-6)
+
+
 def _prune(m, name):
     torch.nn.utils.prune.l1_unstructured(m, name, amount=0.5)
 
