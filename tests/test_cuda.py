@@ -1013,6 +1013,8 @@ def test_trace_variable_is_checked(path, monkeypatch):
 
 @real_gpu
 def test_trace_refuses_graph_capture(persistent, monkeypatch):
+    """The persistent path does not trace inside capture (a launch's trace is
+    allocated per call); the standard path, which has no trace, captures as ever."""
     m = fusedrnn.GRU(C, H).to(DEVICE)
     x = _randn(T, N, C, gen=_seeded())
     m(x)
@@ -1021,6 +1023,13 @@ def test_trace_refuses_graph_capture(persistent, monkeypatch):
     with pytest.raises(RuntimeError, match="FUSEDRNN_PERSISTENT_TRACE=1 does not record inside CUDA graph capture"):
         with torch.cuda.graph(graph):
             m(x)
+    monkeypatch.setenv("FUSEDRNN_CUDA_PATH", "standard")
+    want = m(x)[0]
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = m(x)[0]
+    graph.replay()
+    torch.testing.assert_close(y, want, rtol=0, atol=0)
 
 
 class _Reference(torch.nn.Module):

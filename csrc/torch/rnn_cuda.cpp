@@ -258,14 +258,8 @@ void begin_trace(Args& a, const fc::PersistentPlan& plan, const char* kernel,
 bool take_persistent(const LayerInputs& in, const LayerGeometry& g, bool training,
                      cudaStream_t stream) {
   const PathChoice path = requested_path();
-  requested_grid();  // a bad FUSEDRNN_PERSISTENT_GRID is an error on either path
-  if (requested_trace()) {
-    bool capturing = false;
-    check_launch(fc::stream_is_capturing(stream, capturing), "stream_is_capturing");
-    TORCH_CHECK(!capturing,
-                "fusedrnn: FUSEDRNN_PERSISTENT_TRACE=1 does not record inside CUDA graph capture "
-                "(each launch allocates its trace)");
-  }
+  requested_grid();  // bad values of these two are an error on either path
+  const bool trace = requested_trace();
   if (path == PathChoice::kStandard) return false;
   if (path == PathChoice::kAuto && !persistent_pays(g.T, g.N, g.G, g.H, in.w_hr.has_value(),
                                                      in.input.element_size(), true, training))
@@ -279,6 +273,13 @@ bool take_persistent(const LayerInputs& in, const LayerGeometry& g, bool trainin
                   "packed sequence inside CUDA graph capture (its layout is copied to the device)");
       return false;
     }
+  }
+  if (trace) {
+    bool capturing = false;
+    check_launch(fc::stream_is_capturing(stream, capturing), "stream_is_capturing");
+    TORCH_CHECK(!capturing,
+                "fusedrnn: FUSEDRNN_PERSISTENT_TRACE=1 does not record inside CUDA graph capture "
+                "(each launch allocates its trace)");
   }
   return true;
 }
