@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 import platform
 import re
 import subprocess
+import sys
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import torch
 
@@ -142,6 +144,32 @@ def environment(tf32: bool) -> dict:
         except (OSError, subprocess.SubprocessError):
             pass
     return env
+
+
+def cuda_only(script: str) -> bool:
+    """The start of a GPU-only script: False, with a note on stderr, where there is no CUDA
+    device; else TF32 switched off for matmuls and cuDNN (float32 rows multiply exactly, as
+    their tables say)."""
+    if not torch.cuda.is_available():
+        print(f"{script}: needs a CUDA device", file=sys.stderr)
+        return False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    return True
+
+
+def write_gpu_results(out: Optional[str], stem: str, title: str, data: dict, lines: List[str]) -> Path:
+    """A GPU script's results: <stem>.json ({"env": ..., **data}) and <stem>.md (the title, the
+    stamp of this machine and run, then `lines`) under `out`, or bench/results/<machine>.
+    Returns the folder."""
+    machine = machine_name("cuda")
+    env = environment(tf32=False)
+    folder = Path(out) if out else Path(__file__).resolve().parent / "results" / machine
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{stem}.json").write_text(json.dumps({"env": env, **data}, indent=1) + "\n")
+    (folder / f"{stem}.md").write_text("\n".join([f"# {title}", "", stamp(env, machine), ""] + lines) + "\n")
+    print(f"wrote {folder / stem}.json and .md")
+    return folder
 
 
 def stamp(env: dict, machine: str) -> str:

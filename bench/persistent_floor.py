@@ -14,7 +14,6 @@ and .md and prints the table; bench/PERSISTENT.md uses these numbers.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -53,8 +52,7 @@ def main(argv=None) -> int:
                          "each where it fits on the device at once)")
     ap.add_argument("--out", default=None, help="results folder (default bench/results/<machine>)")
     args = ap.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("persistent_floor: needs a CUDA device", file=sys.stderr)
+    if not envinfo.cuda_only("persistent_floor"):
         return 1
     if not hasattr(_C, "_grid_barrier_probe"):
         print("persistent_floor: this build of fusedrnn has no CUDA kernels", file=sys.stderr)
@@ -77,19 +75,13 @@ def main(argv=None) -> int:
         rows.append({"blocks": b, "steps": args.steps, "launch_ms": t0, "launch_with_steps_ms": t1,
                      "per_barrier_us": per_us})
         print(f"{b:>7} {t0 * 1e3:>24.1f} {per_us:>17.3f}")
-    machine = envinfo.machine_name("cuda")
-    env = envinfo.environment(tf32=False)
-    out = Path(args.out) if args.out else HERE / "results" / machine
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "persistent-floor.json").write_text(json.dumps({"env": env, "rows": rows}, indent=1) + "\n")
-    lines = ["# Step barrier latency of the persistent kernels", "", envinfo.stamp(env, machine), "",
-             f"One cooperative launch of {args.steps} step barriers minus one of none, per barrier "
+    lines = [f"One cooperative launch of {args.steps} step barriers minus one of none, per barrier "
              f"(a grid sync; with 1 block a block barrier); median of {args.repeats} launches "
              f"(bench/persistent_floor.py).", "",
              "| blocks | launch with no barrier (us) | per barrier (us) |", "|---|---|---|"]
     lines += [f"| {r['blocks']} | {r['launch_ms'] * 1e3:.1f} | {r['per_barrier_us']:.3f} |" for r in rows]
-    (out / "persistent-floor.md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {out / 'persistent-floor.json'} and .md")
+    envinfo.write_gpu_results(args.out, "persistent-floor", "Step barrier latency of the persistent kernels",
+                              {"rows": rows}, lines)
     return 0 if rows else 1
 
 

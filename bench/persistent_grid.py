@@ -18,15 +18,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import json
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(1, str(HERE.parent))  # a clone without PYTHONPATH: the in-place build
-
-import torch  # noqa: E402
 
 import cases  # noqa: E402
 import envinfo  # noqa: E402
@@ -102,11 +99,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=None, help="results folder (default bench/results/<machine>)")
     args = ap.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("persistent_grid: needs a CUDA device", file=sys.stderr)
+    if not envinfo.cuda_only("persistent_grid"):
         return 1
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
     results = {}
     for key, specs, plans in (("grid", GRID_CASES, GRID_PLANS), ("units", UNIT_CASES, UNIT_PLANS)):
         results[key] = []
@@ -118,20 +112,14 @@ def main(argv=None) -> int:
                 name = f"{spec[0]} {spec[1]} T{spec[2]} N{spec[3]} H{spec[4]} {mode}"
                 print(f"{name:<38} {r['macs_per_step']:>9} " +
                       " ".join(f"{r['ms'][p]:>10.3f}" if p in r["ms"] else f"{'-':>10}" for p in plans + ("cudnn",)))
-    machine = envinfo.machine_name("cuda")
-    env = envinfo.environment(tf32=False)
-    out = Path(args.out) if args.out else HERE / "results" / machine
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "persistent-grid.json").write_text(json.dumps({"env": env, **results}, indent=1) + "\n")
-    lines = ["# The persistent path's plans against each other and cuDNN", "", envinfo.stamp(env, machine), "",
-             "Input size = H; median ms per call, candidates interleaved with the quick suite's "
+    lines = ["Input size = H; median ms per call, candidates interleaved with the quick suite's "
              "timing (bench/measure.py; bench/persistent_grid.py); the columns are FUSEDRNN_PERSISTENT_GRID's values (auto: the "
              "default's pick; a number: that many hidden units a block); `-`: the plan cannot hold the "
              "layer.", ""]
     lines += _table(results["grid"], GRID_PLANS, "## One block or slices over many blocks")
     lines += _table(results["units"], UNIT_PLANS, "## Units per block, issue 6's case 1 and its GRU row")
-    (out / "persistent-grid.md").write_text("\n".join(lines))
-    print(f"wrote {out / 'persistent-grid.json'} and .md")
+    envinfo.write_gpu_results(args.out, "persistent-grid", "The persistent path's plans against each other and cuDNN",
+                              results, lines)
     return 0
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -34,8 +33,6 @@ from typing import Dict, List
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(1, str(HERE.parent))  # a clone without PYTHONPATH: the in-place build
-
-import torch  # noqa: E402
 
 PHASES = ("product", "units", "barrier", "gap")
 # (cell, dtype, T, N, H): issue 6's case 1 and its bfloat16 GRU row, and the two float32 rows of
@@ -144,11 +141,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="results folder (default bench/results/<machine>)")
     ap.add_argument("--grid", default="auto", help="FUSEDRNN_PERSISTENT_GRID for every row (default auto)")
     args = ap.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("persistent_trace: needs a CUDA device", file=sys.stderr)
+    if not envinfo.cuda_only("persistent_trace"):
         return 1
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
     rows = []
     for spec in TRACE_CASES:
         for mode in ("inference", "training"):
@@ -160,19 +154,12 @@ def main(argv=None) -> int:
                 print(f"{spec} {mode}: {str(e).splitlines()[0]}")
                 continue
             print("\n".join(table([rows[-1]])[2:]))
-    machine = envinfo.machine_name("cuda")
-    env = envinfo.environment(tf32=False)
-    out = Path(args.out) if args.out else HERE / "results" / machine
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "persistent-trace.json").write_text(json.dumps({"env": env, "rows": rows}, indent=1) + "\n")
-    lines = ["# Where a step of the persistent kernels spends its time", "", envinfo.stamp(env, machine), "",
-             "Input size = H; one call (after two untimed ones) with FUSEDRNN_PERSISTENT_TRACE=1, "
+    lines = ["Input size = H; one call (after two untimed ones) with FUSEDRNN_PERSISTENT_TRACE=1, "
              f"FUSEDRNN_PERSISTENT_GRID={args.grid}: block 0's clock at four points of every step "
              "(bench/persistent_trace.py has the phases). Median over the steps, 90th percentile in "
              "brackets; launches: the launches' total duration by the global timer.", ""]
-    lines += table(rows) + [""]
-    (out / "persistent-trace.md").write_text("\n".join(lines))
-    print(f"wrote {out / 'persistent-trace.json'} and .md")
+    envinfo.write_gpu_results(args.out, "persistent-trace", "Where a step of the persistent kernels spends its time",
+                              {"rows": rows}, lines + table(rows))
     return 0
 
 
