@@ -129,7 +129,7 @@ def trace_row(spec, mode: str, grid: str) -> dict:
         cases.env, FUSEDRNN_PERSISTENT_TRACE="1", **path)), row, mode, "cuda")
     _C._persistent_traces()
     traced.once()
-    records = _C._persistent_traces()
+    records = _C._persistent_traces()["records"]
     return {"cell": cell, "dtype": dtype, "T": T, "N": N, "H": H, "mode": mode, "grid": grid,
             "kernels": summarize(records)}
 

@@ -171,6 +171,9 @@ def test_convert_keeps_a_shared_module_one_module():
     assert type(model.seq[0]) is fusedrnn.GRU and model.seq[1] is model.seq[0]
     assert len(list(model.parameters())) == len(list(lstm.parameters())) + len(list(gru.parameters()))
     torch.testing.assert_close(run(model), want, rtol=1e-5, atol=1e-6)
+    cyclic = nn.Module()
+    cyclic.rnn, cyclic.me = nn.RNN(3, 3), cyclic
+    assert fusedrnn.convert(cyclic) is cyclic and type(cyclic.rnn) is fusedrnn.RNN and cyclic.me is cyclic
 
 
 def _prune(m, name):

@@ -956,8 +956,8 @@ TRACE_FAMILY = {"lstm": "lstm", "lstm_peephole_coupled_proj": "lstm", "gru": "gr
                 "rnn_relu": "rnn"}
 
 
-def _check_trace(record, kernel, first_step, end_step):
-    assert record["kernel"] == kernel
+def _check_trace(record, kernel, first_step, end_step, reverse=False):
+    assert record["kernel"] == kernel and record["reverse"] == reverse
     assert (record["first_step"], record["end_step"]) == (first_step, end_step)
     assert record["blocks"] >= 1 and record["units"] >= 1
     header, points, values = record["header"], record["points"], record["values"]
@@ -987,11 +987,11 @@ def test_persistent_step_trace(variant, chunked, persistent, monkeypatch):
     x, hx = _randn(T, N, C, gen=gen), _random_hx(m, N, gen, torch.float32)
     _C._persistent_traces()
     want = _run(m, x, hx)
-    assert _C._persistent_traces() == []
+    assert _C._persistent_traces()["records"] == []
     monkeypatch.setenv("FUSEDRNN_PERSISTENT_TRACE", "1")
     got = _run(m, x, hx)
-    records = _C._persistent_traces()
-    assert _C._persistent_traces() == []
+    records = _C._persistent_traces()["records"]
+    assert _C._persistent_traces()["records"] == []
     for name in want:
         assert torch.equal(got[name], want[name]), f"{name} differs with the trace on"
     family = TRACE_FAMILY[variant]
@@ -1000,6 +1000,57 @@ def test_persistent_step_trace(variant, chunked, persistent, monkeypatch):
     for record, (s0, s1) in zip(records, forward):
         _check_trace(record, f"{family}_persistent_forward_kernel", s0, s1)
     _check_trace(records[-1], f"{family}_persistent_backward_kernel", 0, T)
+
+
+def test_persistent_step_trace_of_every_layer_and_direction(persistent, monkeypatch):
+    """Two layers, both directions, a packed batch: a record per launch, each
+    with its direction, forward and backward."""
+    from fusedrnn import _C
+    m = _make(fusedrnn.LSTM, {}, torch.float32, num_layers=2, bidirectional=True)
+    x = _packed([5, 7, 2], _seeded(), torch.float32)
+    _C._persistent_traces()
+    monkeypatch.setenv("FUSEDRNN_PERSISTENT_TRACE", "1")
+    _run(m, x, None)
+    records = _C._persistent_traces()["records"]
+    for kind in ("forward", "backward"):
+        mine = [r for r in records if r["kernel"] == f"lstm_persistent_{kind}_kernel"]
+        assert sorted(r["reverse"] for r in mine) == [False, False, True, True]
+        for r in mine:
+            _check_trace(r, r["kernel"], 0, 7, r["reverse"])
+    assert len(records) == 8
+
+
+@pytest.mark.parametrize("path,trace,steps", [("standard", "1", T), ("auto", "1", T), ("persistent", "0", T)],
+                         ids=["standard-path", "auto-on-standard", "trace-off"])
+def test_trace_records_only_traced_persistent_launches(path, trace, steps, monkeypatch):
+    """Nothing is recorded by the standard path (forced, or auto's pick for a
+    sequence under 16 steps) or with FUSEDRNN_PERSISTENT_TRACE=0."""
+    from fusedrnn import _C
+    m = _make(fusedrnn.GRU, {}, torch.float32)
+    assert not _pays(m, steps, N, torch.float32)
+    monkeypatch.setenv("FUSEDRNN_CUDA_PATH", path)
+    monkeypatch.setenv("FUSEDRNN_PERSISTENT_TRACE", trace)
+    _C._persistent_traces()
+    _run(m, _randn(steps, N, C, gen=_seeded()), None)
+    assert _C._persistent_traces()["records"] == []
+
+
+def test_trace_keeps_the_last_256_launches(monkeypatch):
+    """258 launches (a chunk of Gx a step) without taking the traces: the last
+    256 are kept, and the two older ones are counted as dropped."""
+    from fusedrnn import _C
+    monkeypatch.setenv("FUSEDRNN_CUDA_PATH", "persistent")
+    monkeypatch.setenv("FUSEDRNN_CUDA_GX_CHUNK_BYTES", "1")
+    m = _make(fusedrnn.RNN, {}, torch.float32)
+    x = _randn(258, 2, C, gen=_seeded())
+    _C._persistent_traces()
+    monkeypatch.setenv("FUSEDRNN_PERSISTENT_TRACE", "1")
+    with torch.no_grad():
+        m(x)
+    taken = _C._persistent_traces()
+    assert taken["dropped"] == 2
+    assert [(r["first_step"], r["end_step"]) for r in taken["records"]] == [(s, s + 1) for s in range(2, 258)]
+    assert _C._persistent_traces() == {"records": [], "dropped": 0}
 
 
 @pytest.mark.parametrize("path", ["standard", "persistent"])
@@ -1012,24 +1063,33 @@ def test_trace_variable_is_checked(path, monkeypatch):
 
 
 @real_gpu
-def test_trace_refuses_graph_capture(persistent, monkeypatch):
-    """The persistent path does not trace inside capture (a launch's trace is
-    allocated per call); the standard path, which has no trace, captures as ever."""
+def test_trace_inside_graph_capture(persistent, monkeypatch):
+    """The trace does not record inside capture (a launch's trace is allocated
+    per call): a forced persistent path raises; auto, where it would take the
+    persistent path, and the standard path capture the standard path as ever."""
+    from fusedrnn import _C
     m = fusedrnn.GRU(C, H).to(DEVICE)
-    x = _randn(T, N, C, gen=_seeded())
+    x = _randn(AUTO_T, N, C, gen=_seeded())
+    assert _pays(m, AUTO_T, N, torch.float32, training=False)
     m(x)
     monkeypatch.setenv("FUSEDRNN_PERSISTENT_TRACE", "1")
     graph = torch.cuda.CUDAGraph()
     with pytest.raises(RuntimeError, match="FUSEDRNN_PERSISTENT_TRACE=1 does not record inside CUDA graph capture"):
         with torch.cuda.graph(graph):
             m(x)
-    monkeypatch.setenv("FUSEDRNN_CUDA_PATH", "standard")
-    want = m(x)[0]
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        y = m(x)[0]
-    graph.replay()
-    torch.testing.assert_close(y, want, rtol=0, atol=0)
+    _C._persistent_traces()
+    for path in ("auto", "standard"):
+        monkeypatch.setenv("FUSEDRNN_CUDA_PATH", path)
+        with monkeypatch.context() as mp:
+            mp.setenv("FUSEDRNN_CUDA_PATH", "standard")
+            mp.setenv("FUSEDRNN_PERSISTENT_TRACE", "0")
+            want = m(x)[0]
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            y = m(x)[0]
+        graph.replay()
+        torch.testing.assert_close(y, want, rtol=0, atol=0)
+    assert _C._persistent_traces()["records"] == []
 
 
 class _Reference(torch.nn.Module):

@@ -52,11 +52,13 @@ pybind11::dict build_info() {
 }
 
 #ifdef FUSEDRNN_WITH_CUDA
-pybind11::list persistent_traces() {
-  pybind11::list out;
-  for (const fusedrnn::PersistentTraceRecord& r : fusedrnn::take_persistent_traces()) {
+pybind11::dict persistent_traces() {
+  const fusedrnn::PersistentTraces taken = fusedrnn::take_persistent_traces();
+  pybind11::list records;
+  for (const fusedrnn::PersistentTraceRecord& r : taken.records) {
     pybind11::dict d;
     d["kernel"] = r.kernel;
+    d["reverse"] = r.reverse;
     d["first_step"] = r.first_step;
     d["end_step"] = r.end_step;
     d["blocks"] = r.blocks;
@@ -67,8 +69,11 @@ pybind11::list persistent_traces() {
     pybind11::list values;
     for (const int64_t v : r.values) values.append(v);
     d["values"] = values;
-    out.append(d);
+    records.append(d);
   }
+  pybind11::dict out;
+  out["records"] = records;
+  out["dropped"] = taken.dropped;
   return out;
 }
 #endif
@@ -93,8 +98,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Launches `steps` grid barriers of the persistent kernels in one cooperative launch of "
         "`blocks` blocks on the current CUDA stream (bench/persistent_floor.py).");
   m.def("_persistent_traces", &persistent_traces,
-        "The step traces of the persistent launches since the last call, oldest first (at most "
-        "the last 256), recorded where FUSEDRNN_PERSISTENT_TRACE=1 (bench/persistent_trace.py); "
-        "waits for the device.");
+        "The step traces of the persistent launches since the last call, recorded where "
+        "FUSEDRNN_PERSISTENT_TRACE=1 (bench/persistent_trace.py): {'records': oldest first, at "
+        "most the last 256; 'dropped': how many older ones were let go}. Waits for the devices "
+        "that ran them.");
 #endif
 }

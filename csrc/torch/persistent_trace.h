@@ -12,6 +12,7 @@ namespace fusedrnn {
 
 struct PersistentTraceRecord {
   std::string kernel;            // e.g. "lstm_persistent_forward_kernel"
+  bool reverse = false;          // the layer's reverse direction
   int64_t first_step = 0;        // the launch's steps [first_step, end_step)
   int64_t end_step = 0;
   int64_t blocks = 0, units = 0;  // the plan: blocks, hidden units per block
@@ -20,9 +21,15 @@ struct PersistentTraceRecord {
   std::vector<int64_t> values;     // header, then points per step in the order processed
 };
 
+struct PersistentTraces {
+  std::vector<PersistentTraceRecord> records;  // oldest first
+  int64_t dropped = 0;  // older records let go to keep the last kMaxPersistentTraces
+};
+
 // The records of the launches traced since the last call (at most the last
-// kMaxPersistentTraces), oldest first; waits for the device to finish them.
-std::vector<PersistentTraceRecord> take_persistent_traces();
+// kMaxPersistentTraces), and how many older ones were let go; waits for each
+// device that ran them to finish its work (cudaDeviceSynchronize).
+PersistentTraces take_persistent_traces();
 
 constexpr size_t kMaxPersistentTraces = 256;
 

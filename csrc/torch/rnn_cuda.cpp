@@ -42,6 +42,7 @@
 #include <deque>
 #include <initializer_list>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <type_traits>
 
@@ -222,23 +223,30 @@ std::mutex& trace_lock() {
   return lock;
 }
 
+// Never destroyed: it holds device tensors, which must not be freed at exit.
 std::deque<TraceEntry>& trace_entries() {
-  static std::deque<TraceEntry> entries;
-  return entries;
+  static auto* entries = new std::deque<TraceEntry>();
+  return *entries;
 }
 
-// A trace buffer for a launch of `plan` over steps [a.s0, a.s1) into a.trace
-// (null when tracing is off), kept for take_persistent_traces.
+int64_t& traces_dropped() {
+  static int64_t dropped = 0;
+  return dropped;
+}
+
+// The trace of a launch of `plan` over steps [a.s0, a.s1), its buffer in
+// a.trace; none (a.trace null) when tracing is off.
 template <typename Args>
-void begin_trace(Args& a, const fc::PersistentPlan& plan, const char* kernel,
-                 const at::Device& device) {
+std::optional<TraceEntry> begin_trace(Args& a, const fc::PersistentPlan& plan, const char* kernel,
+                                      bool reverse, const at::Device& device) {
   a.trace = nullptr;
-  if (!requested_trace()) return;
+  if (!requested_trace()) return std::nullopt;
   const int64_t steps = a.s1 - a.s0;
   TraceEntry e;
   e.values = at::zeros({fc::kTraceHeader + steps * fc::kTracePoints},
                        at::TensorOptions().dtype(at::kLong).device(device));
   e.record.kernel = kernel;
+  e.record.reverse = reverse;
   e.record.first_step = a.s0;
   e.record.end_step = a.s1;
   e.record.blocks = plan.blocks;
@@ -247,10 +255,20 @@ void begin_trace(Args& a, const fc::PersistentPlan& plan, const char* kernel,
   e.record.header = fc::kTraceHeader;
   e.record.points = fc::kTracePoints;
   a.trace = reinterpret_cast<long long*>(e.values.data_ptr<int64_t>());
+  return e;
+}
+
+// Keeps the trace of a launch that started, for take_persistent_traces (the
+// last kMaxPersistentTraces, counting those let go).
+void keep_trace(std::optional<TraceEntry>& e) {
+  if (!e.has_value()) return;
   const std::lock_guard<std::mutex> guard(trace_lock());
   auto& entries = trace_entries();
-  entries.push_back(std::move(e));
-  while (entries.size() > kMaxPersistentTraces) entries.pop_front();
+  entries.push_back(std::move(*e));
+  if (entries.size() > kMaxPersistentTraces) {
+    entries.pop_front();
+    ++traces_dropped();
+  }
 }
 
 // Whether this layer tries the persistent path (its plan may still decline it,
@@ -264,22 +282,19 @@ bool take_persistent(const LayerInputs& in, const LayerGeometry& g, bool trainin
   if (path == PathChoice::kAuto && !persistent_pays(g.T, g.N, g.G, g.H, in.w_hr.has_value(),
                                                      in.input.element_size(), true, training))
     return false;
-  if (g.packed) {
+  if (g.packed || trace) {
     bool capturing = false;
     check_launch(fc::stream_is_capturing(stream, capturing), "stream_is_capturing");
     if (capturing) {
       TORCH_CHECK(path == PathChoice::kAuto,
-                  "fusedrnn: FUSEDRNN_CUDA_PATH=persistent, but the persistent path does not run a "
-                  "packed sequence inside CUDA graph capture (its layout is copied to the device)");
+                  g.packed ? "fusedrnn: FUSEDRNN_CUDA_PATH=persistent, but the persistent path does "
+                             "not run a packed sequence inside CUDA graph capture (its layout is "
+                             "copied to the device)"
+                           : "fusedrnn: FUSEDRNN_CUDA_PATH=persistent, but FUSEDRNN_PERSISTENT_TRACE=1 "
+                             "does not record inside CUDA graph capture (each launch allocates its "
+                             "trace)");
       return false;
     }
-  }
-  if (trace) {
-    bool capturing = false;
-    check_launch(fc::stream_is_capturing(stream, capturing), "stream_is_capturing");
-    TORCH_CHECK(!capturing,
-                "fusedrnn: FUSEDRNN_PERSISTENT_TRACE=1 does not record inside CUDA graph capture "
-                "(each launch allocates its trace)");
   }
   return true;
 }
@@ -344,8 +359,9 @@ bool persistent_forward(const LayerInputs& in, const LayerGeometry& g, bool trai
     a.s1 = c.s1;
     a.gx = gx;
     a.gx_row0 = c.row0;
-    begin_trace(a, plan, kernel, in.input.device());
+    std::optional<TraceEntry> trace = begin_trace(a, plan, kernel, in.reverse, in.input.device());
     check_launch(launch_fn(a, plan, stream), kernel);
+    keep_trace(trace);
   });
   return true;
 }
@@ -367,8 +383,9 @@ bool persistent_backward(const LayerInputs& in, const LayerGeometry& g,
   a.dh = mptr<S>(dh_state);
   fc::PersistentPlan plan;
   if (!persistent_plan<S>(in, g, true, a, plan_fn, kernel, plan)) return false;
-  begin_trace(a, plan, kernel, in.input.device());
+  std::optional<TraceEntry> trace = begin_trace(a, plan, kernel, in.reverse, in.input.device());
   check_launch(launch_fn(a, plan, stream), kernel);
+  keep_trace(trace);
   return true;
 }
 
@@ -960,23 +977,37 @@ void rnn_backward_cuda(const LayerInputs& in, const LayerGeometry& g, const Grad
 
 }  // namespace
 
-std::vector<PersistentTraceRecord> take_persistent_traces() {
+PersistentTraces take_persistent_traces() {
   std::deque<TraceEntry> entries;
+  PersistentTraces out;
   {
     const std::lock_guard<std::mutex> guard(trace_lock());
     entries.swap(trace_entries());
+    std::swap(out.dropped, traces_dropped());
   }
-  std::vector<PersistentTraceRecord> out;
-  out.reserve(entries.size());
-  for (TraceEntry& e : entries) {
-    {
-      const c10::cuda::CUDAGuard guard(e.values.device());
+  std::vector<at::Device> devices;
+  for (const TraceEntry& e : entries)
+    if (std::find(devices.begin(), devices.end(), e.values.device()) == devices.end())
+      devices.push_back(e.values.device());
+  try {
+    for (const at::Device& d : devices) {
+      const c10::cuda::CUDAGuard guard(d);
       check_launch(fc::device_synchronize(), "persistent kernels (their step traces)");
     }
+  } catch (...) {
+    const std::lock_guard<std::mutex> guard(trace_lock());
+    auto& kept = trace_entries();
+    kept.insert(kept.begin(), std::make_move_iterator(entries.begin()),
+                std::make_move_iterator(entries.end()));
+    traces_dropped() += out.dropped;
+    throw;
+  }
+  out.records.reserve(entries.size());
+  for (TraceEntry& e : entries) {
     const Tensor host = e.values.cpu();
     const int64_t* v = host.data_ptr<int64_t>();
     e.record.values.assign(v, v + host.numel());
-    out.push_back(std::move(e.record));
+    out.records.push_back(std::move(e.record));
   }
   return out;
 }

@@ -177,7 +177,7 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
       if (has_unit)
         for (int64_t i = sl.row0; i < st.rows; i += sl.row_step) unit_r(p, i);
     }
-    trace.mark(s, kTraceUnits);
+    trace.units(s);
     step_barrier();
     trace.mark(s, kTraceEnd);
   }

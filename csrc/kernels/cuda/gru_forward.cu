@@ -186,7 +186,7 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
     if (has_unit)
       for (int64_t i = sl.row0; i < st.rows; i += sl.row_step)
         if (last_step_of_row(a.seq, s, i)) a.h_n[i * H + sl.u] = h_next[i * H + sl.u];
-    trace.mark(s, kTraceUnits);
+    trace.units(s);
     step_barrier();
     trace.mark(s, kTraceEnd);
   }

@@ -178,7 +178,7 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
     } else {
       run_rows(unit, p, sl, has_unit, pre, [](int64_t) {});
     }
-    trace.mark(s, kTraceUnits);
+    trace.units(s);
     step_barrier();
     trace.mark(s, kTraceEnd);
   }

@@ -134,7 +134,7 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
     run_rows(unit, p, sl, has_unit, pre, [&](int64_t i) {
       if (!kProj && last_step_of_row(a.seq, s, i)) a.h_n[i * H + sl.u] = h_next[i * H + sl.u];
     });
-    if (!kProj) trace.mark(s, kTraceUnits);
+    if (!kProj) trace.units(s);
     step_barrier();
     if (kProj) {
       S* y = a.y + st.offset * P;
@@ -148,7 +148,7 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
                         if (last_step_of_row(a.seq, s, n)) a.h_n[n * P + q] = hv;
                       }
                     });
-      trace.mark(s, kTraceUnits);
+      trace.units(s);
       step_barrier();
     }
     trace.mark(s, kTraceEnd);

@@ -89,8 +89,9 @@ __device__ __forceinline__ void step_barrier() {
 }
 
 // The step trace (TracePoint in rnn_cuda.h), kept by the first thread of block
-// 0 where the launch has a buffer for it; every other thread, and every launch
-// without one, skips it on a uniform branch.
+// 0 where the launch has a buffer for it. Without one, every thread passes the
+// marks on a branch uniform over the grid; with one, block 0 also meets at a
+// block barrier before the unit-work mark, so that the mark is the block's.
 __device__ __forceinline__ long long trace_clock() {
 #if defined(FRNN_HOST_EMULATION)
   return ::frnn_emul::now_ns();
@@ -110,12 +111,13 @@ __device__ __forceinline__ long long trace_ns() {
 }
 
 struct StepTrace {
-  long long* out;
+  long long* out;  // the first thread of block 0 of a traced launch; else null
+  bool block;      // block 0 of a traced launch (the same for every thread of a block)
   int64_t s0, s1;
   bool forward;
   __device__ StepTrace(long long* buf, int64_t first, int64_t end, bool fwd)
-      : out(blockIdx.x == 0 && threadIdx.x == 0 ? buf : nullptr), s0(first), s1(end),
-        forward(fwd) {
+      : out(buf != nullptr && blockIdx.x == 0 && threadIdx.x == 0 ? buf : nullptr),
+        block(buf != nullptr && blockIdx.x == 0), s0(first), s1(end), forward(fwd) {
     if (out != nullptr) {
       out[0] = trace_ns();
       out[1] = trace_clock();
@@ -124,6 +126,13 @@ struct StepTrace {
   __device__ __forceinline__ void mark(int64_t s, TracePoint point) const {
     if (out != nullptr)
       out[kTraceHeader + (forward ? s - s0 : s1 - 1 - s) * kTracePoints + point] = trace_clock();
+  }
+  // kTraceUnits: once every thread of the block has done its unit work.
+  __device__ __forceinline__ void units(int64_t s) const {
+    if (block) {
+      __syncthreads();
+      mark(s, kTraceUnits);
+    }
   }
   __device__ void finish() const {
     if (out != nullptr) {

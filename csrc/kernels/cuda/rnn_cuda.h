@@ -277,11 +277,12 @@ enum PersistentGrid : int {
 // the multiprocessor's clock (clock64) at the kernel's start, then both at its
 // end, from which a reader converts clocks to time. Then, for each step of the
 // launch in the order processed (forward s0 up, backward s1 - 1 down), the clock
-// at kTracePoints points: the step begins; the step's recurrent product is in
-// shared memory for the unit functor (the forward's first product; where there
-// is no product, the step's first block barrier); the block has done its unit
-// work (for steps with two barriers, the middle barrier and the second product
-// fall in this phase) and enters the step's last barrier; it leaves that barrier.
+// at kTracePoints points: the step begins; the step's (first) recurrent product
+// is done and the block synchronised after it (where a step has no product, the
+// first block barrier); every thread of the block has done its unit work (for
+// steps with two barriers, the middle barrier and the second product fall in
+// this phase), so the block enters the step's last barrier; it leaves that
+// barrier.
 enum TracePoint : int { kTraceBegin = 0, kTraceProduct, kTraceUnits, kTraceEnd, kTracePoints };
 constexpr int kTraceHeader = 4;
 

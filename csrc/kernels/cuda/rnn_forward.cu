@@ -75,7 +75,7 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
     run_rows(unit, p, sl, has_unit, pre, [&](int64_t i) {
       if (last_step_of_row(a.seq, s, i)) a.h_n[i * H + sl.u] = h_next[i * H + sl.u];
     });
-    trace.mark(s, kTraceUnits);
+    trace.units(s);
     step_barrier();
     trace.mark(s, kTraceEnd);
   }
