@@ -111,7 +111,7 @@ def table(rows: List[dict]) -> List[str]:
 
 def trace_row(spec, mode: str, grid: str) -> dict:
     """One call of the row of bench/cases.py on the persistent path with the trace on (after
-    two untraced calls), summarized per kernel."""
+    two calls whose traces are let go), summarized per kernel."""
     import cases
     from measure import Runner
     from suites import Case
@@ -121,14 +121,13 @@ def trace_row(spec, mode: str, grid: str) -> dict:
     row = cases.build(Case(device="cuda", cell=cell, T=T, N=N, C=H, H=H, dtype=dtype, mode=mode),
                       baselines={"fused"})
     fused = next(c for c in row.candidates if c.name == "fused")
-    path = dict(FUSEDRNN_CUDA_PATH="persistent", FUSEDRNN_PERSISTENT_GRID=grid)
-    runner = Runner(dataclasses.replace(fused, flags=functools.partial(cases.env, **path)), row, mode, "cuda")
+    runner = Runner(dataclasses.replace(fused, flags=functools.partial(
+        cases.env, FUSEDRNN_CUDA_PATH="persistent", FUSEDRNN_PERSISTENT_GRID=grid, FUSEDRNN_PERSISTENT_TRACE="1")),
+        row, mode, "cuda")
     runner.once()
     runner.once()
-    traced = Runner(dataclasses.replace(fused, flags=functools.partial(
-        cases.env, FUSEDRNN_PERSISTENT_TRACE="1", **path)), row, mode, "cuda")
     _C._persistent_traces()
-    traced.once()
+    runner.once()
     records = _C._persistent_traces()["records"]
     return {"cell": cell, "dtype": dtype, "T": T, "N": N, "H": H, "mode": mode, "grid": grid,
             "kernels": summarize(records)}
@@ -154,7 +153,7 @@ def main(argv=None) -> int:
                 print(f"{spec} {mode}: {str(e).splitlines()[0]}")
                 continue
             print("\n".join(table([rows[-1]])[2:]))
-    lines = ["Input size = H; one call (after two untimed ones) with FUSEDRNN_PERSISTENT_TRACE=1, "
+    lines = ["Input size = H; one call (after two warm-up calls) with FUSEDRNN_PERSISTENT_TRACE=1, "
              f"FUSEDRNN_PERSISTENT_GRID={args.grid}: block 0's clock at four points of every step "
              "(bench/persistent_trace.py has the phases). Median over the steps, 90th percentile in "
              "brackets; launches: the launches' total duration by the global timer.", ""]
