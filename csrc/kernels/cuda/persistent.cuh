@@ -358,13 +358,19 @@ __device__ __forceinline__ void mma_1688_tf32(float (&d)[4], const uint32_t (&a)
 // The tensor-core operation of a storage type. A lane's A fragment is
 // {X[g][c], X[g+8][c], X[g][c+kHalf], X[g+8][c+kHalf]} and its B fragment
 // {W[g][c], W[g][c+kHalf]} with c = col(t), elements of the 16-bit types in
-// pairs (c, c+1): both layouts above in one form.
+// pairs (c, c+1): both layouts above in one form. load masks the elements at
+// or past `avail`; load_full is for a k tile wholly below K, with the pair
+// 4-byte aligned (kPairs: the load needs that).
 template <typename S>
 struct MmaOp {
   static constexpr int kHalf = 8;
+  static constexpr bool kPairs = true;
   static __device__ __forceinline__ int col(int t) { return 2 * t; }
   static __device__ __forceinline__ uint32_t load(const S* p, int64_t avail, bool aligned) {
     return load_pair(p, avail, aligned);
+  }
+  static __device__ __forceinline__ uint32_t load_full(const S* p) {
+    return *reinterpret_cast<const uint32_t*>(p);
   }
   static __device__ __forceinline__ void run(float (&d)[4], const uint32_t (&a)[4],
                                              const uint32_t (&b)[2]) {
@@ -374,29 +380,108 @@ struct MmaOp {
 template <>
 struct MmaOp<float> {
   static constexpr int kHalf = 4;
+  static constexpr bool kPairs = false;
   static __device__ __forceinline__ int col(int t) { return t; }
   static __device__ __forceinline__ uint32_t load(const float* p, int64_t avail, bool) {
     return avail > 0 ? to_tf32(*p) : 0u;
   }
+  static __device__ __forceinline__ uint32_t load_full(const float* p) { return to_tf32(*p); }
   static __device__ __forceinline__ void run(float (&d)[4], const uint32_t (&a)[4],
                                              const uint32_t (&b)[2]) {
     mma_1688_tf32(d, a, b);
   }
 };
 
-// Floats of the tensor-core product's reduction buffer for `rows` rows and M
-// outputs per row: a slice per warp that shares a task (see block_product_mma).
+// How the tensor-core product of `rows` x M outputs is shared out (the kernel's
+// block_product_mma and the host's sizing of its reduction buffer): tasks of one
+// 16-row tile of X against kTileGroup 8-row weight tiles, `slices` warps a task
+// when there are fewer tasks than warps (each a slice of K), and the float
+// partial sums of a slice as [16 * row_tiles][ldr]. ldr is 8 words past a
+// multiple of 32, so that the float2 stores of a warp's tile (rows g and g+8,
+// columns 2t and 2t+1) fall in 32 different banks in each half-warp.
+struct MmaShape {
+  int row_tiles, col_tiles, groups, tasks, slices, ldr;
+  int64_t slice_floats;
+  __host__ __device__ MmaShape(int64_t rows, int64_t M)
+      : row_tiles(static_cast<int>(ceil_div<int64_t>(rows, 16))),
+        col_tiles(static_cast<int>(ceil_div<int64_t>(M, 8))),
+        groups(ceil_div(col_tiles, kTileGroup)),
+        tasks(row_tiles * groups),
+        slices(tasks >= kWarps ? 1 : kWarps / tasks),
+        ldr(groups * kTileGroup * 8 + 8),
+        slice_floats(int64_t{row_tiles} * 16 * ldr) {}
+};
+
+// Floats of the reduction buffer for every tensor-core product of at most
+// `rows` rows and M outputs a row: the slices of a product hold at most
+// max(tasks, kWarps) tiles of 16 rows by 8 * kTileGroup + 8 floats (MmaShape),
+// and a smaller product has no more tasks.
 inline int64_t mma_reduction_floats(int64_t rows, int64_t M) {
-  const int64_t tasks = ceil_div<int64_t>(rows, 16) * ceil_div<int64_t>(M, 8 * kTileGroup);
-  return std::max<int64_t>(tasks, kWarps) * 16 * 8 * kTileGroup;
+  const MmaShape sh(rows, M);
+  return std::max<int64_t>(sh.tasks, kWarps) * 16 * (8 * kTileGroup + 8);
+}
+
+// The k tiles [k_begin, k_end) of one warp's task: acc[c] += the 16-row tile
+// of X (rows x_lo and x_hi of this lane, zero where the row is not there)
+// times weight tile c (shared rows wrow0 + 8c of ws, from column kw0; c below
+// ct_left). The A fragments of kMmaBatch k tiles are loaded first, so that
+// their global loads are in flight together. kFull: every tile of the range
+// lies below K and the pairs are aligned, so no element is masked.
+template <bool kFull, typename S>
+__device__ __forceinline__ void mma_k_tiles(float (&acc)[kTileGroup][4], const S* ws, int ldw,
+                                            int wrow0, int ct_left, int64_t kw0, const S* x_lo,
+                                            const S* x_hi, bool lo_ok, bool hi_ok,
+                                            int64_t k_begin, int64_t k_end, int64_t K,
+                                            bool x_aligned, bool w_aligned, int t) {
+  using Op = MmaOp<S>;
+  constexpr int kK = kMmaK<S>, kHalf = Op::kHalf;
+  for (int64_t kb = k_begin; kb < k_end; kb += kMmaBatch) {
+    uint32_t a[kMmaBatch][4];
+#pragma unroll
+    for (int j = 0; j < kMmaBatch; ++j) {
+      const bool in = kb + j < k_end, lo = in && lo_ok, hi = in && hi_ok;
+      if constexpr (kFull) {
+        const int k = static_cast<int>(kb + j) * kK + Op::col(t);
+        a[j][0] = lo ? Op::load_full(x_lo + k) : 0u;
+        a[j][1] = hi ? Op::load_full(x_hi + k) : 0u;
+        a[j][2] = lo ? Op::load_full(x_lo + k + kHalf) : 0u;
+        a[j][3] = hi ? Op::load_full(x_hi + k + kHalf) : 0u;
+      } else {
+        const int64_t k = (kb + j) * kK + Op::col(t), k2 = k + kHalf;
+        a[j][0] = lo ? Op::load(x_lo + k, K - k, x_aligned) : 0u;
+        a[j][1] = hi ? Op::load(x_hi + k, K - k, x_aligned) : 0u;
+        a[j][2] = lo ? Op::load(x_lo + k2, K - k2, x_aligned) : 0u;
+        a[j][3] = hi ? Op::load(x_hi + k2, K - k2, x_aligned) : 0u;
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kMmaBatch; ++j) {
+      if (kb + j >= k_end) break;
+#pragma unroll
+      for (int c = 0; c < kTileGroup; ++c) {
+        if (c < ct_left) {
+          if constexpr (kFull) {
+            const S* wr = ws + (wrow0 + c * 8) * ldw + static_cast<int>(kw0) +
+                          static_cast<int>(kb + j) * kK + Op::col(t);
+            const uint32_t b[2] = {Op::load_full(wr), Op::load_full(wr + kHalf)};
+            Op::run(acc[c], a[j], b);
+          } else {
+            const int64_t k = (kb + j) * kK + Op::col(t), k2 = k + kHalf;
+            const S* wr = ws + static_cast<int64_t>(wrow0 + c * 8) * ldw + kw0 + k;
+            const uint32_t b[2] = {Op::load(wr, K - k, w_aligned),
+                                   Op::load(wr + kHalf, K - k2, w_aligned)};
+            Op::run(acc[c], a[j], b);
+          }
+        }
+      }
+    }
+  }
 }
 
 // The tensor-core product (block_product): D = X W^T with X (rows x K, global)
 // as the A operand in 16-row tiles, straight from global memory into
 // fragments, and the weight rows (shared) as the B operand in 8-row tiles
-// (MmaOp<S>: k tiles of kMmaK<S>). A
-// warp's task is one 16-row tile of X against kTileGroup weight tiles; with
-// fewer tasks than warps, the warps of a task split K into slices. Each warp
+// (MmaOp<S>: k tiles of kMmaK<S>), shared out as MmaShape says. Each warp
 // writes its float partial sums to red ([slice][row][output]); after a block
 // barrier, the outputs are summed over the slices in order and emitted. Reads
 // weight rows up to 7 past m0 + M (their outputs are dropped) and masks every
@@ -407,62 +492,36 @@ __device__ void block_product_mma(const S* ws, int ldw, int m0, int M, int64_t k
                                   const Emit& emit) {
   const int tid = static_cast<int>(threadIdx.x), nth = static_cast<int>(blockDim.x);
   const int warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
-  const int row_tiles = static_cast<int>(ceil_div<int64_t>(rows, 16));
-  const int col_tiles = ceil_div(M, 8);
-  const int groups = ceil_div(col_tiles, kTileGroup);
-  const int tasks = row_tiles * groups;
-  const int slices = tasks >= kWarps ? 1 : kWarps / tasks;
-  using Op = MmaOp<S>;
-  constexpr int kK = kMmaK<S>, kHalf = Op::kHalf;
+  const MmaShape sh(rows, M);
+  constexpr int kK = kMmaK<S>;
   const int64_t ksteps = ceil_div<int64_t>(K, kK);
-  const int ldr = groups * kTileGroup * 8;
-  const int64_t slice_floats = int64_t{row_tiles} * 16 * ldr;
   const bool x_aligned = (ldx % 2 == 0) && (reinterpret_cast<uintptr_t>(x) % 4 == 0);
   const bool w_aligned = kw0 % 2 == 0 && ldw % 2 == 0;
-  for (int w = warp; w < tasks * slices; w += kWarps) {
-    const int task = w % tasks, slice = w / tasks;
-    const int rt = task / groups, ct0 = (task % groups) * kTileGroup;
+  // The k tiles wholly below K, where the pairs need no alignment or are aligned.
+  const int64_t k_full = !MmaOp<S>::kPairs || (x_aligned && w_aligned) ? K / kK : 0;
+  for (int w = warp; w < sh.tasks * sh.slices; w += kWarps) {
+    const int task = w % sh.tasks, slice = w / sh.tasks;
+    const int rt = task / sh.groups, ct0 = (task % sh.groups) * kTileGroup;
     const int64_t n_lo = int64_t{rt} * 16 + g, n_hi = n_lo + 8;
-    const S* x_lo = x + (n_lo < rows ? n_lo : 0) * ldx;
-    const S* x_hi = x + (n_hi < rows ? n_hi : 0) * ldx;
+    const bool lo_ok = n_lo < rows, hi_ok = n_hi < rows;
+    const S* x_lo = x + (lo_ok ? n_lo : 0) * ldx;
+    const S* x_hi = x + (hi_ok ? n_hi : 0) * ldx;
     float acc[kTileGroup][4] = {};
-    const int64_t k_begin = slice * ksteps / slices, k_end = (slice + 1) * ksteps / slices;
-    for (int64_t kb = k_begin; kb < k_end; kb += kMmaBatch) {
-      // The A fragments of kMmaBatch k tiles first: their global loads in flight together.
-      uint32_t a[kMmaBatch][4];
-#pragma unroll
-      for (int j = 0; j < kMmaBatch; ++j) {
-        const int64_t k = (kb + j) * kK + Op::col(t), k2 = k + kHalf;
-        const bool lo = kb + j < k_end && n_lo < rows, hi = kb + j < k_end && n_hi < rows;
-        a[j][0] = lo ? Op::load(x_lo + k, K - k, x_aligned) : 0u;
-        a[j][1] = hi ? Op::load(x_hi + k, K - k, x_aligned) : 0u;
-        a[j][2] = lo ? Op::load(x_lo + k2, K - k2, x_aligned) : 0u;
-        a[j][3] = hi ? Op::load(x_hi + k2, K - k2, x_aligned) : 0u;
-      }
-#pragma unroll
-      for (int j = 0; j < kMmaBatch; ++j) {
-        if (kb + j >= k_end) break;
-        const int64_t k = (kb + j) * kK + Op::col(t), k2 = k + kHalf;
-#pragma unroll
-        for (int c = 0; c < kTileGroup; ++c) {
-          if (ct0 + c < col_tiles) {
-            const S* wr = ws + static_cast<int64_t>(m0 + (ct0 + c) * 8 + g) * ldw + kw0 + k;
-            const uint32_t b[2] = {Op::load(wr, K - k, w_aligned),
-                                   Op::load(wr + kHalf, K - k2, w_aligned)};
-            Op::run(acc[c], a[j], b);
-          }
-        }
-      }
-    }
-    float* r = red + slice * slice_floats;
+    const int64_t k_begin = slice * ksteps / sh.slices, k_end = (slice + 1) * ksteps / sh.slices;
+    const int wrow0 = m0 + ct0 * 8 + g, ct_left = sh.col_tiles - ct0;
+    if (k_end <= k_full)
+      mma_k_tiles<true>(acc, ws, ldw, wrow0, ct_left, kw0, x_lo, x_hi, lo_ok, hi_ok, k_begin,
+                        k_end, K, x_aligned, w_aligned, t);
+    else
+      mma_k_tiles<false>(acc, ws, ldw, wrow0, ct_left, kw0, x_lo, x_hi, lo_ok, hi_ok, k_begin,
+                         k_end, K, x_aligned, w_aligned, t);
+    float* r = red + slice * sh.slice_floats;
 #pragma unroll
     for (int c = 0; c < kTileGroup; ++c) {
       const int m = (ct0 + c) * 8 + 2 * t;
-      if (ct0 + c < col_tiles) {
-        r[n_lo * ldr + m] = acc[c][0];
-        r[n_lo * ldr + m + 1] = acc[c][1];
-        r[n_hi * ldr + m] = acc[c][2];
-        r[n_hi * ldr + m + 1] = acc[c][3];
+      if (c < ct_left) {
+        *reinterpret_cast<float2*>(r + n_lo * sh.ldr + m) = float2{acc[c][0], acc[c][1]};
+        *reinterpret_cast<float2*>(r + n_hi * sh.ldr + m) = float2{acc[c][2], acc[c][3]};
       }
     }
   }
@@ -470,8 +529,8 @@ __device__ void block_product_mma(const S* ws, int ldw, int m0, int M, int64_t k
   // rows * M fits an int: rows <= N and N * M * sizeof(float) fit the shared memory.
   for (int o = tid; o < static_cast<int>(rows) * M; o += nth) {
     const int n = o / M, m = o % M;
-    float v = red[n * ldr + m];
-    for (int s = 1; s < slices; ++s) v += red[s * slice_floats + n * ldr + m];
+    float v = red[n * sh.ldr + m];
+    for (int s = 1; s < sh.slices; ++s) v += red[s * sh.slice_floats + n * sh.ldr + m];
     emit(n, m, v);
   }
   __syncthreads();
