@@ -171,21 +171,59 @@ class _RNNBase(nn.Module):
 
     @property
     def _flat_weights(self) -> List[Optional[Tensor]]:
+        over = self._flat_weight_stand_ins()
+        if over:
+            return [over[n] if n in over else getattr(self, n, None) for n in self._flat_weights_names]
         return [getattr(self, name, None) for name in self._flat_weights_names]
 
     @_flat_weights.setter
     def _flat_weights(self, weights: List[Optional[Tensor]]) -> None:
         # torch.nn keeps this list and runs on it; here each item is set as the
         # attribute it names, which the next forward reads (weight-drop wrappers
-        # assign the list after replacing a parameter by a plain tensor).
+        # assign the list after replacing a parameter by a plain tensor). A plain
+        # tensor given for a name the module still holds as a Parameter (recurrent
+        # DropConnect: the list assigned with dropout applied to weight_hh_l*, the
+        # originals assigned back afterwards) cannot be set as that attribute: it
+        # stands in for the parameter in the forwards, as torch.nn's list does,
+        # until a weight is replaced or the module is converted (.to(), .double()).
         weights = list(weights)
         if len(weights) != len(self._flat_weights_names):
             raise ValueError(
                 f"_flat_weights: expected {len(self._flat_weights_names)} tensors, got {len(weights)}"
             )
+        stand_ins = {}
         for name, w in zip(self._flat_weights_names, weights):
-            if getattr(self, name, None) is not w:
+            if getattr(self, name, None) is w:
+                continue
+            if (isinstance(w, Tensor) and not isinstance(w, Parameter)
+                    and isinstance(self._parameters.get(name), Parameter)):
+                stand_ins[name] = w
+            else:
                 setattr(self, name, w)
+        if stand_ins:
+            held = [getattr(self, name, None) for name in self._flat_weights_names]
+            self.__dict__["_flat_weight_stand_ins_"] = (stand_ins, held)
+        else:
+            self.__dict__.pop("_flat_weight_stand_ins_", None)
+
+    def _flat_weight_stand_ins(self):
+        """The tensors standing in for parameters (see the _flat_weights setter),
+        while every weight is still the one held when they were assigned, as
+        torch.nn's _update_flat_weights decides; else None."""
+        taken = self.__dict__.get("_flat_weight_stand_ins_")
+        if taken is None:
+            return None
+        stand_ins, held = taken
+        for name, was in zip(self._flat_weights_names, held):
+            if getattr(self, name, None) is not was:
+                del self.__dict__["_flat_weight_stand_ins_"]
+                return None
+        return stand_ins
+
+    def _apply(self, fn, recurse=True):
+        # torch.nn's _apply rebuilds its list from the parameters.
+        self.__dict__.pop("_flat_weight_stand_ins_", None)
+        return super()._apply(fn, recurse)
 
     def _update_flat_weights(self) -> None:
         """No-op, for compatibility: the weights are read by name at every forward."""
@@ -197,19 +235,21 @@ class _RNNBase(nn.Module):
 
     def _layer_weights(self):
         """Per layer and direction: (w_ih, w_hh, b_ih, b_hh[, w_ch, w_hr])."""
+        over = self._flat_weight_stand_ins() if "_flat_weight_stand_ins_" in self.__dict__ else None
+        get = getattr if not over else (lambda m, n, *default: over[n] if n in over else getattr(m, n, *default))
         D = 2 if self.bidirectional else 1
         out = []
         for layer in range(self.num_layers):
             for d in range(D):
                 sfx = f"_l{layer}" + ("_reverse" if d == 1 else "")
                 w = (
-                    getattr(self, "weight_ih" + sfx),
-                    getattr(self, "weight_hh" + sfx),
-                    getattr(self, "bias_ih" + sfx, None),
-                    getattr(self, "bias_hh" + sfx, None),
+                    get(self, "weight_ih" + sfx),
+                    get(self, "weight_hh" + sfx),
+                    get(self, "bias_ih" + sfx, None),
+                    get(self, "bias_hh" + sfx, None),
                 )
                 if self.mode == "LSTM":
-                    w = w + (getattr(self, "weight_ch" + sfx, None), getattr(self, "weight_hr" + sfx, None))
+                    w = w + (get(self, "weight_ch" + sfx, None), get(self, "weight_hr" + sfx, None))
                 out.append(w)
         return out
 

@@ -306,6 +306,58 @@ def test_weight_drop_style_reassignment_matches_torch_nn(name, kw):
         fused._flat_weights = fused._flat_weights[:-1]
 
 
+@pytest.mark.parametrize("name,kw", CONFIGS, ids=IDS)
+def test_flat_weights_assigned_over_held_parameters_match_torch_nn(name, kw):
+    # Recurrent DropConnect as subclasses of torch.nn's modules write it: the
+    # list is assigned with dropout applied to weight_hh_l*, while the module
+    # still holds the parameters, and the original list is assigned back after
+    # the forward. torch.nn's forward runs on that list, and the gradients reach
+    # the parameters through the dropout.
+    def recurrent_drop_forward(m, x):
+        held = m._flat_weights
+        m._flat_weights = [torch.nn.functional.dropout(w, 0.5) if n.startswith("weight_hh_") else w
+                           for w, n in zip(held, m._flat_weights_names)]
+        out = m(x)[0]
+        m._flat_weights = held
+        return out
+
+    def half_weight_hh_l0(m):
+        return [w * 0.5 if n == "weight_hh_l0" else w for w, n in zip(m._flat_weights, m._flat_weights_names)]
+
+    torch.manual_seed(0)
+    ref = getattr(nn, name)(5, 4, **kw).double()
+    fused = getattr(fusedrnn, name)(5, 4, **kw).double()
+    fused.load_state_dict(ref.state_dict())
+    x = torch.randn(6, 3, 5, dtype=torch.float64)
+    outs = []
+    for m in (ref, fused):
+        torch.manual_seed(1)
+        out = recurrent_drop_forward(m, x)
+        (out * out).sum().backward()
+        outs.append((out, {n: p.grad for n, p in m.named_parameters()}))
+    torch.testing.assert_close(outs[1][0], outs[0][0])
+    for n in outs[0][1]:
+        torch.testing.assert_close(outs[1][1][n], outs[0][1][n], msg=n)
+    assert [n for n, _ in fused.named_parameters()] == [n for n, _ in ref.named_parameters()]
+    assert all(isinstance(getattr(fused, n), nn.Parameter) for n in fused._flat_weights_names)
+    # The original list back: the parameters run again.
+    torch.testing.assert_close(fused(x)[0], ref(x)[0])
+    # A list that is left assigned runs until a weight is replaced, or until the
+    # module is converted (.to(), .double()), as torch.nn's.
+    for m in (ref, fused):
+        m._flat_weights = half_weight_hh_l0(m)
+    want = ref(x)[0]
+    assert not torch.allclose(want, fused.to_torch()(x)[0])
+    torch.testing.assert_close(fused(x)[0], want)
+    for m in (ref, fused):
+        m.double()
+    torch.testing.assert_close(fused(x)[0], ref(x)[0])
+    for m in (ref, fused):
+        m._flat_weights = half_weight_hh_l0(m)
+        m.weight_ih_l0 = nn.Parameter(m.weight_ih_l0.detach() * 2)
+    torch.testing.assert_close(fused(x)[0], ref(x)[0])
+
+
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
 def test_rnn_runs_its_mode_like_torch_nn(nonlinearity):
     # torch.nn.RNN's forward reads `mode` (set from `nonlinearity` at
