@@ -2,7 +2,9 @@
 where FUSEDRNN_PERSISTENT_GRID=auto switches from one block to slices of units over many blocks
 (2^14 multiply-adds a step on CUDA cores, 2^20 on tensor cores; bench/PERSISTENT.md, v5), `one`
 (every unit in one block, block barriers), `many` (slices, grid barriers) and `auto` (the
-default's pick); on issue 6's case 1 and its bfloat16 GRU row, 8, 16 and 32 units a block.
+default's pick); on issue 6's case 1 and its bfloat16 GRU row, 8, 16 and 32 units a block, and
+the tensor-core product with its other operand staged in shared memory or loaded from global
+memory (FUSEDRNN_PERSISTENT_STAGE=1, the default, or 0).
 Interleaved with cuDNN by the harness's own timing (bench/measure.py, the quick suite's
 settings), on the rows of bench/cases.py, inference and training. Writes persistent-grid.json
 and .md under --out (default bench/results/<machine>) and prints the tables; a plan that cannot
@@ -46,13 +48,16 @@ GRID_PLANS = ("one", "many", "auto")
 # 16 and 32 units a block: fewer blocks read h from L2 each step, each multiplies more.
 UNIT_CASES = [("lstm", "float16", 1024, 16, 768), ("gru", "bfloat16", 1024, 16, 768)]
 UNIT_PLANS = ("auto", "8", "16", "32")
+# The same two rows and a quick-suite row, staged (1) or direct (0).
+STAGE_CASES = UNIT_CASES + [("lstm", "bfloat16", 100, 64, 512)]
+STAGE_PLANS = ("1", "0")
 
 
-def measure_row(spec, mode: str, plans) -> dict:
+def measure_row(spec, mode: str, plans, variable: str = "FUSEDRNN_PERSISTENT_GRID") -> dict:
     """The row of bench/cases.py (fusedrnn and cuDNN on shared parameters and one input) with
-    fusedrnn's candidate on the persistent path under each FUSEDRNN_PERSISTENT_GRID value of
-    `plans`, timed interleaved by bench/measure.py (the quick suite's timing); a plan that
-    cannot hold the layer goes to not_run with the reason."""
+    fusedrnn's candidate on the persistent path under each value of the environment variable
+    `variable` in `plans`, timed interleaved by bench/measure.py (the quick suite's timing); a
+    plan that cannot hold the layer goes to not_run with the reason."""
     cell, dtype, T, N, H = spec
     row = cases.build(Case(device="cuda", cell=cell, T=T, N=N, C=H, H=H, dtype=dtype, mode=mode),
                       baselines={"nn-cudnn"})
@@ -60,7 +65,7 @@ def measure_row(spec, mode: str, plans) -> dict:
     runners, why = {}, {}
     for plan in plans:
         cand = dataclasses.replace(fused, name=plan, flags=functools.partial(
-            cases.env, FUSEDRNN_CUDA_PATH="persistent", FUSEDRNN_PERSISTENT_GRID=plan))
+            cases.env, FUSEDRNN_CUDA_PATH="persistent", **{variable: plan}))
         runner = Runner(cand, row, mode, "cuda")
         try:
             runner.once()
@@ -102,12 +107,15 @@ def main(argv=None) -> int:
     if not envinfo.cuda_only("persistent_grid"):
         return 1
     results = {}
-    for key, specs, plans in (("grid", GRID_CASES, GRID_PLANS), ("units", UNIT_CASES, UNIT_PLANS)):
+    for key, specs, plans, variable in (
+            ("grid", GRID_CASES, GRID_PLANS, "FUSEDRNN_PERSISTENT_GRID"),
+            ("units", UNIT_CASES, UNIT_PLANS, "FUSEDRNN_PERSISTENT_GRID"),
+            ("stage", STAGE_CASES, STAGE_PLANS, "FUSEDRNN_PERSISTENT_STAGE")):
         results[key] = []
         print(f"{'case':<38} {'MACs':>9} " + " ".join(f"{p + ' ms':>10}" for p in plans + ("cudnn",)))
         for spec in specs:
             for mode in ("inference", "training"):
-                r = measure_row(spec, mode, plans)
+                r = measure_row(spec, mode, plans, variable)
                 results[key].append(r)
                 name = f"{spec[0]} {spec[1]} T{spec[2]} N{spec[3]} H{spec[4]} {mode}"
                 print(f"{name:<38} {r['macs_per_step']:>9} " +
@@ -118,6 +126,9 @@ def main(argv=None) -> int:
              "layer.", ""]
     lines += _table(results["grid"], GRID_PLANS, "## One block or slices over many blocks")
     lines += _table(results["units"], UNIT_PLANS, "## Units per block, issue 6's case 1 and its GRU row")
+    lines += _table(results["stage"], STAGE_PLANS,
+                    "## The tensor-core product's other operand staged in shared memory (1) or loaded "
+                    "from global memory (0): FUSEDRNN_PERSISTENT_STAGE")
     envinfo.write_gpu_results(args.out, "persistent-grid", "The persistent path's plans against each other and cuDNN",
                               results, lines)
     return 0

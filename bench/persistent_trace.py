@@ -84,6 +84,7 @@ def summarize(records: List[dict]) -> Dict[str, dict]:
         out[kernel] = {
             "launches": len(recs), "steps": sum(q["steps"] for q in ph),
             "blocks": recs[0]["blocks"], "units": recs[0]["units"], "tensor_cores": recs[0]["tensor_cores"],
+            "staged": recs[0].get("staged", False),
             "median_ns": {p: statistics.median(xs) if xs else 0.0 for p, xs in per.items()},
             "p90_ns": {p: _quantile(xs, 0.9) if xs else 0.0 for p, xs in per.items()},
             "step_median_ns": statistics.median(steps) if steps else 0.0,
@@ -92,6 +93,14 @@ def summarize(records: List[dict]) -> Dict[str, dict]:
             "epilogue_us": sum(q["epilogue"] for q in ph) / 1e3,
         }
     return out
+
+
+def _product(s: dict) -> str:
+    """The plan's product: on tensor cores, with its other operand staged in shared memory or
+    loaded from global memory; or on CUDA cores."""
+    if not s["tensor_cores"]:
+        return "no"
+    return "yes, staged" if s.get("staged") else "yes, direct"
 
 
 def table(rows: List[dict]) -> List[str]:
@@ -103,7 +112,7 @@ def table(rows: List[dict]) -> List[str]:
             cells = [f"{s['median_ns'][p]:.0f} ({s['p90_ns'][p]:.0f})" for p in PHASES]
             lines.append(f"| {r['cell']} | {r['dtype']} | {r['T']} | {r['N']} | {r['H']} | {r['mode']} | "
                          f"{kernel.replace('_persistent_', ' ').replace('_kernel', '')} | "
-                         f"{s['blocks']} x {s['units']} | {'yes' if s['tensor_cores'] else 'no'} | "
+                         f"{s['blocks']} x {s['units']} | {_product(s)} | "
                          + " | ".join(cells) + f" | {s['step_median_ns']:.0f} | {s['launch_us']:.1f} | "
                          f"{s['prologue_us']:.1f} |")
     return lines

@@ -856,6 +856,67 @@ def test_persistent_tensor_core_tiles(batch, hidden, variant, dtype, persistent)
     _check_size(variant, 4, batch, hidden, dtype)
 
 
+STAGE_CASES = [(33, 71, "lstm_proj", torch.float16), (17, 40, "gru_reset_before", torch.bfloat16),
+               (5, 24, "rnn_tanh", torch.float16), (9, 32, "lstm_peephole_coupled", torch.float32),
+               (3, 33, "gru", torch.float32)]
+
+
+@pytest.mark.parametrize("batch,hidden,variant,dtype", STAGE_CASES, ids=str)
+def test_persistent_staged_operand(batch, hidden, variant, dtype, persistent, monkeypatch):
+    """The tensor-core product with its other operand (h, r*h, the projection's
+    input, dG) staged in shared memory (FUSEDRNN_PERSISTENT_STAGE=1, the default:
+    16-byte pieces where the rows allow, else one element at a time, as at odd
+    hidden sizes) and loaded from global memory (0): the same bits, both within
+    the reference's bounds, and the trace says which each launch did (float32
+    through TF32)."""
+    from fusedrnn import _C
+    if dtype == torch.float32:
+        monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    cls, kwargs = SEQ_VARIANTS[variant]
+    torch.manual_seed(0)
+    m = cls(C, hidden, **kwargs).to(DEVICE, dtype)
+    gen = _seeded()
+    x, hx = _randn(4, batch, C, gen=gen, dtype=dtype), _random_hx(m, batch, gen, dtype)
+    monkeypatch.setenv("FUSEDRNN_PERSISTENT_TRACE", "1")
+    runs, staged = {}, {}
+    for stage in ("1", "0"):
+        monkeypatch.setenv("FUSEDRNN_PERSISTENT_STAGE", stage)
+        _C._persistent_traces()
+        runs[stage] = _run(m, x, hx)
+        records = _C._persistent_traces()["records"]
+        assert len(records) == 2 and all(r["tensor_cores"] for r in records)
+        staged[stage] = [r["staged"] for r in records]
+    assert staged == {"1": [True, True], "0": [False, False]}
+    for name in runs["1"]:
+        assert torch.equal(runs["1"][name], runs["0"][name]), f"{name}: staged and direct differ"
+    if dtype != torch.float32:
+        monkeypatch.delenv("FUSEDRNN_PERSISTENT_TRACE")
+        assert_matches_reference(m, x, hx)
+
+
+def test_persistent_staging_where_it_does_not_fit(monkeypatch):
+    """dG of 256 rows and 4 x 128 columns in float16 (260 KiB padded) is more
+    than a block's shared memory: the backward loads it from global memory while
+    the forward (h: 68 KiB) stages it, and both match the reference."""
+    from fusedrnn import _C
+    monkeypatch.setenv("FUSEDRNN_CUDA_PATH", "persistent")
+    monkeypatch.setenv("FUSEDRNN_PERSISTENT_TRACE", "1")
+    _C._persistent_traces()
+    _check_size("lstm", 2, 256, 128, torch.float16)
+    records = _C._persistent_traces()["records"]
+    assert [(r["kernel"], r["staged"]) for r in records][-2:] == [
+        ("lstm_persistent_forward_kernel", True), ("lstm_persistent_backward_kernel", False)]
+
+
+@pytest.mark.parametrize("path", ["standard", "persistent"])
+def test_stage_variable_is_checked(path, monkeypatch):
+    monkeypatch.setenv("FUSEDRNN_CUDA_PATH", path)
+    monkeypatch.setenv("FUSEDRNN_PERSISTENT_STAGE", "yes")
+    m = fusedrnn.GRU(C, H).to(DEVICE)
+    with pytest.raises(RuntimeError, match="FUSEDRNN_PERSISTENT_STAGE must be '0' or '1', got 'yes'"):
+        m(_randn(T, N, C, gen=_seeded()))
+
+
 @pytest.mark.parametrize("batch,hidden,variant,dtype",
                          [(3, 100, "lstm_peephole", torch.float32), (2, 40, "gru_reset_before", torch.float64),
                           (17, 70, "lstm_proj", torch.float16), (5, 200, "rnn_tanh", torch.bfloat16),

@@ -64,6 +64,7 @@ pybind11::dict persistent_traces() {
     d["blocks"] = r.blocks;
     d["units"] = r.units;
     d["tensor_cores"] = r.tensor_cores;
+    d["staged"] = r.staged;
     d["header"] = r.header;
     d["points"] = r.points;
     pybind11::list values;

@@ -201,6 +201,18 @@ int requested_grid() {
   return units;
 }
 
+// FUSEDRNN_PERSISTENT_STAGE: "1" (the default) lets the tensor-core product of
+// the persistent kernels stage its other operand (the previous h or dG) in
+// shared memory where the plan has room for it; "0" has it load its fragments
+// from global memory (for measurements: the results are the same bits).
+bool requested_stage() {
+  const char* v = std::getenv("FUSEDRNN_PERSISTENT_STAGE");
+  if (v == nullptr || v[0] == '\0' || std::strcmp(v, "1") == 0) return true;
+  TORCH_CHECK(std::strcmp(v, "0") == 0, "FUSEDRNN_PERSISTENT_STAGE must be '0' or '1', got '", v,
+              "'");
+  return false;
+}
+
 // FUSEDRNN_PERSISTENT_TRACE: "1" records the step trace of every persistent
 // launch (TracePoint in rnn_cuda.h; fusedrnn._C._persistent_traces returns
 // them, bench/persistent_trace.py turns them into the time of each phase of a
@@ -252,6 +264,7 @@ std::optional<TraceEntry> begin_trace(Args& a, const fc::PersistentPlan& plan, c
   e.record.blocks = plan.blocks;
   e.record.units = plan.lay.units;
   e.record.tensor_cores = plan.lay.mma != 0;
+  e.record.staged = plan.lay.xs_off > 0;
   e.record.header = fc::kTraceHeader;
   e.record.points = fc::kTracePoints;
   a.trace = reinterpret_cast<long long*>(e.values.data_ptr<int64_t>());
@@ -276,7 +289,8 @@ void keep_trace(std::optional<TraceEntry>& e) {
 bool take_persistent(const LayerInputs& in, const LayerGeometry& g, bool training,
                      cudaStream_t stream) {
   const PathChoice path = requested_path();
-  requested_grid();  // bad values of these two are an error on either path
+  requested_grid();  // bad values of these three are an error on either path
+  requested_stage();
   const bool trace = requested_trace();
   if (path == PathChoice::kStandard) return false;
   if (path == PathChoice::kAuto && !persistent_pays(g.T, g.N, g.G, g.H, in.w_hr.has_value(),
@@ -323,6 +337,7 @@ bool persistent_plan(const LayerInputs& in, const LayerGeometry& g, bool trainin
                      const PlanFn& plan_fn, const char* kernel, fc::PersistentPlan& plan) {
   a.tf32 = at::globalContext().allowTF32CuBLAS();
   a.grid = requested_grid();
+  a.stage = requested_stage();
   check_launch(plan_fn(a, plan), kernel);
   if (plan.why == nullptr)
     return requested_path() == PathChoice::kPersistent ||

@@ -224,7 +224,7 @@ template <typename S>
 cudaError_t gru_persistent_backward_plan(const GruPersistentBackward<S>& a, PersistentPlan& plan) {
   return with_persistent_backward_kernel(a, [&](auto kernel) {
     return plan_persistent<S>(kernel, a.seq.N, a.base.H, 1, 3 * a.base.H, 1, 1, 0, 0, a.tf32,
-                              a.grid, plan);
+                              a.stage, a.grid, plan);
   });
 }
 

@@ -233,7 +233,7 @@ template <typename S>
 cudaError_t gru_persistent_forward_plan(const GruPersistentForward<S>& a, PersistentPlan& plan) {
   return with_persistent_forward_kernel(a, [&](auto kernel) {
     return plan_persistent<S>(kernel, a.seq.N, a.base.H, 3, a.base.H, 3, 3, 0, a.base.H,
-                              a.tf32, a.grid, plan);
+                              a.tf32, a.stage, a.grid, plan);
   });
 }
 

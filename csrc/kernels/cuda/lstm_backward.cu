@@ -220,7 +220,7 @@ cudaError_t lstm_persistent_backward_plan(const LstmPersistentBackward<S>& a,
   return with_persistent_backward_kernel(a, [&](auto kernel) {
     const int64_t P = proj ? a.proj_size : 0;
     return plan_persistent<S>(kernel, a.seq.N, a.base.H, 1, std::max(G * a.base.H, P), 1,
-                              proj ? 0 : 1, P, 0, a.tf32, a.grid, plan);
+                              proj ? 0 : 1, P, 0, a.tf32, a.stage, a.grid, plan);
   });
 }
 

@@ -183,7 +183,7 @@ cudaError_t lstm_persistent_forward_plan(const LstmPersistentForward<S>& a, Pers
   return with_persistent_forward_kernel(a, [&](auto kernel) {
     const int64_t P = proj ? a.proj_size : 0;
     return plan_persistent<S>(kernel, a.seq.N, a.base.H, G, std::max(a.base.H, P), G, G, P,
-                              proj ? P : a.base.H, a.tf32, a.grid, plan);
+                              proj ? P : a.base.H, a.tf32, a.stage, a.grid, plan);
   });
 }
 

@@ -67,6 +67,13 @@ template <typename S>
 constexpr bool kMmaCapable = kMmaType<S> || std::is_same_v<S, float>;
 template <typename S>
 constexpr int kMmaK = sizeof(S) == 2 ? 16 : 8;
+// The row stride (elements) of a tensor-core operand of K columns in shared
+// memory: K rounded to the k tile plus half a tile, so that the 8 rows x 4 words
+// of a fragment fall in 32 different banks (a row stride of 4 mod 8 words).
+template <typename S>
+__host__ __device__ inline int64_t mma_stride(int64_t K) {
+  return round_up<int64_t>(K, kMmaK<S>) + kMmaK<S> / 2;
+}
 
 #ifndef FRNN_HOST_EMULATION
 template <typename T>
@@ -478,9 +485,54 @@ __device__ __forceinline__ void mma_k_tiles(float (&acc)[kTileGroup][4], const S
   }
 }
 
-// The tensor-core product (block_product): D = X W^T with X (rows x K, global)
-// as the A operand in 16-row tiles, straight from global memory into
-// fragments, and the weight rows (shared) as the B operand in 8-row tiles
+// 16 bytes from global to shared memory: asynchronous on sm_80 and later
+// (cp.async, through L2 only), where copy_wait waits for this thread's copies.
+__device__ __forceinline__ void copy16(void* smem, const void* gmem) {
+#if defined(FRNN_HOST_EMULATION)
+  memcpy(smem, gmem, 16);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem) : "memory");
+#else
+  *static_cast<uint4*>(smem) = *static_cast<const uint4*>(gmem);
+#endif
+}
+
+__device__ __forceinline__ void copy_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800 && !defined(FRNN_HOST_EMULATION)
+  asm volatile("cp.async.wait_all;\n" ::: "memory");
+#endif
+}
+
+// xs[n*ldxs + k] = x[n*ldx + k] for n < rows, k < K (x in global memory, xs in
+// shared memory), in 16-byte pieces where the rows allow it: a warp's loads
+// take whole lines, instead of the 16 bytes of each of 8 rows that a fragment
+// load takes. Called by every thread of the block; the caller synchronises the
+// block before reading xs.
+template <typename S>
+__device__ void stage_rows(S* xs, int ldxs, const S* x, int64_t ldx, int64_t rows, int64_t K) {
+  constexpr int kVec = 16 / static_cast<int>(sizeof(S));
+  const int tid = static_cast<int>(threadIdx.x), nth = static_cast<int>(blockDim.x);
+  if (K % kVec == 0 && ldx % kVec == 0 && ldxs % kVec == 0 &&
+      reinterpret_cast<uintptr_t>(x) % 16 == 0) {
+    const int per_row = static_cast<int>(K / kVec), total = static_cast<int>(rows) * per_row;
+    for (int e = tid; e < total; e += nth) {
+      const int n = e / per_row, c = (e - n * per_row) * kVec;
+      copy16(xs + n * ldxs + c, x + n * ldx + c);
+    }
+    copy_wait();
+    return;
+  }
+  const int kk = static_cast<int>(K), total = static_cast<int>(rows) * kk;
+  for (int e = tid; e < total; e += nth) {
+    const int n = e / kk, k = e - n * kk;
+    xs[n * ldxs + k] = x[n * ldx + k];
+  }
+}
+
+// The tensor-core product (block_product): D = X W^T with X (rows x K, global
+// memory or staged in shared memory) as the A operand in 16-row tiles, and the
+// weight rows (shared) as the B operand in 8-row tiles
 // (MmaOp<S>: k tiles of kMmaK<S>), shared out as MmaShape says. Each warp
 // writes its float partial sums to red ([slice][row][output]); after a block
 // barrier, the outputs are summed over the slices in order and emitted. Reads
@@ -547,7 +599,8 @@ struct BlockSmem {
   acc_t<S>* part;
   float* red;
   S* gh;
-  S* hbuf;  // the forward state's two halves where the plan keeps them here, else null
+  S* hbuf;   // the forward state's two halves where the plan keeps them here, else null
+  S* stage;  // the tensor-core product's staged operand where the plan has one, else null
   __device__ explicit BlockSmem(const PersistentLayout& lay) {
     ws = dynamic_smem<S>();
     xs = ws + static_cast<int64_t>(lay.w_rows) * lay.ldw;
@@ -556,6 +609,8 @@ struct BlockSmem {
     gh = reinterpret_cast<S*>(dynamic_smem<unsigned char>() + lay.gh_off);
     hbuf = lay.h_off > 0 ? reinterpret_cast<S*>(dynamic_smem<unsigned char>() + lay.h_off)
                          : nullptr;
+    stage = lay.xs_off > 0 ? reinterpret_cast<S*>(dynamic_smem<unsigned char>() + lay.xs_off)
+                           : nullptr;
   }
 };
 
@@ -581,7 +636,9 @@ __device__ void state_out(const BlockSmem<S>& sm, S* hbuf, int64_t n) {
 
 // out(n, m) = sum_{k < K} x[n*ldx + k] * ws[(m0 + m)*ldw + kw0 + k] for n < rows,
 // m < M; emit(n, m, out) is called once per output, by some thread of the
-// block. Called by every thread of the block (it synchronises the block).
+// block. x is in global memory, or (CUDA-core product only: the tensor-core
+// product may stage it with copies from global memory) the block's shared
+// state. Called by every thread of the block (it synchronises the block).
 template <typename S, typename Emit>
 __device__ void block_product(const BlockSmem<S>& sm, const PersistentLayout& lay, int m0, int M,
                               int64_t kw0, const S* x, int64_t ldx, int64_t rows, int64_t K,
@@ -595,7 +652,16 @@ __device__ void block_product(const BlockSmem<S>& sm, const PersistentLayout& la
 #endif
   if constexpr (kMmaCapable<S>) {
     if (kMmaOnly || lay.mma) {
-      block_product_mma(sm.ws, lay.ldw, m0, M, kw0, x, ldx, rows, K, sm.red, emit);
+      // x staged in shared memory where the plan has room for it (all threads
+      // take the same branch: the conditions are the block's).
+      const int64_t ldxs = mma_stride<S>(K);
+      if (sm.stage != nullptr && rows * ldxs <= lay.xs_elems) {
+        stage_rows(sm.stage, static_cast<int>(ldxs), x, ldx, rows, K);
+        __syncthreads();
+        block_product_mma(sm.ws, lay.ldw, m0, M, kw0, sm.stage, ldxs, rows, K, sm.red, emit);
+      } else {
+        block_product_mma(sm.ws, lay.ldw, m0, M, kw0, x, ldx, rows, K, sm.red, emit);
+      }
       return;
     }
   }
@@ -790,8 +856,9 @@ constexpr double kOneBlockMacsFma = 16384.0;
 // projection's P, whose products have ceil(P / blocks) outputs per row; 0
 // without one); state_width: forward, the width of the state h (H, or P with a
 // projection), whose two halves a one-block plan keeps in shared memory where
-// they fit (backward 0); tf32: float32 may multiply in TF32; grid:
-// PersistentGrid, or the units per block.
+// they fit (backward 0); tf32: float32 may multiply in TF32; stage: the
+// tensor-core product may stage its other operand (N rows of K) in shared
+// memory where there is room; grid: PersistentGrid, or the units per block.
 // Slices: the fewest units per block (a power of two up to 32) that the device
 // runs at once in one block per multiprocessor. One block: every unit (U the
 // power of two at or above H, at most a block's threads), where the product per
@@ -799,7 +866,8 @@ constexpr double kOneBlockMacsFma = 16384.0;
 template <typename S, typename Kernel>
 cudaError_t plan_persistent(Kernel kernel, int64_t N, int64_t H, int w_rows_per_unit, int64_t K,
                             int out_per_unit, int gh_per_unit, int64_t proj_rows,
-                            int64_t state_width, bool tf32, int grid, PersistentPlan& plan) {
+                            int64_t state_width, bool tf32, bool stage, int grid,
+                            PersistentPlan& plan) {
   plan = PersistentPlan{};
   int dev = 0, sms = 0, smem_max = 0, coop = 0, major = 0;
   cudaError_t err = cudaGetDevice(&dev);
@@ -825,7 +893,7 @@ cudaError_t plan_persistent(Kernel kernel, int64_t N, int64_t H, int w_rows_per_
   // 4 words of a B fragment fall in 32 different banks (a row stride of 4 mod 8
   // words). CUDA cores: rows one bank apart.
   const int64_t pad = elem >= 4 ? 1 : 2;
-  const int64_t ldw = mma ? round_up<int64_t>(K, kMmaK<S>) + kMmaK<S> / 2 : K + pad;
+  const int64_t ldw = mma ? mma_stride<S>(K) : K + pad;
   const int64_t part_bytes = int64_t{kPersistentThreads} * int64_t{sizeof(acc_t<S>)};
 
   // The plan of U units a block over `blocks` blocks: true when it fits the
@@ -853,10 +921,17 @@ cudaError_t plan_persistent(Kernel kernel, int64_t N, int64_t H, int w_rows_per_
     const int64_t w_bytes = w_rows * ldw * elem, gh_bytes = N * gh_per_unit * U * elem;
     // CUDA cores: all of K staged in one pass where it fits, else passes of
     // kStageBytes; the partial sums after the staging area.
-    int64_t kc = 0, ldx = 0, part_off = 0, gh_off = 0;
+    int64_t kc = 0, ldx = 0, part_off = 0, gh_off = 0, xs_off = 0, xs_elems = 0;
     if (mma) {
       gh_off = round_up<int64_t>(w_bytes + mma_reduction_floats(N, max_m) * int64_t{sizeof(float)},
                                  16);
+      // The other operand staged (N rows of the longest K) where it fits.
+      const int64_t elems = N * mma_stride<S>(K);
+      if (stage && round_up<int64_t>(gh_off + elems * elem, 16) + gh_bytes <= smem_max) {
+        xs_off = gh_off;
+        xs_elems = elems;
+        gh_off = round_up<int64_t>(xs_off + elems * elem, 16);
+      }
     } else {
       kc = K;
       ldx = K + pad;
@@ -892,6 +967,8 @@ cudaError_t plan_persistent(Kernel kernel, int64_t N, int64_t H, int w_rows_per_
     p.lay.part_off = static_cast<int>(part_off);
     p.lay.gh_off = static_cast<int>(gh_off);
     p.lay.h_off = static_cast<int>(h_off);
+    p.lay.xs_off = static_cast<int>(xs_off);
+    p.lay.xs_elems = static_cast<int>(xs_elems);
     return true;
   };
   // Blocks of the plan p that the device holds at once, one a multiprocessor at most.

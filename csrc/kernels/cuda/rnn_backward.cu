@@ -111,8 +111,8 @@ template <typename S>
 cudaError_t rnn_persistent_backward_plan(const RnnPersistentBackward<S>& a,
                                          PersistentPlan& plan) {
   return with_persistent_backward_kernel(a.base, [&](auto kernel) {
-    return plan_persistent<S>(kernel, a.seq.N, a.base.H, 1, a.base.H, 1, 1, 0, 0, a.tf32, a.grid,
-                              plan);
+    return plan_persistent<S>(kernel, a.seq.N, a.base.H, 1, a.base.H, 1, 1, 0, 0, a.tf32, a.stage,
+                              a.grid, plan);
   });
 }
 

@@ -260,6 +260,9 @@ struct PersistentLayout {
                      // in shared memory (0: the state stays in global memory, PersistentArgs::hbuf)
   int gh_off = 0;  // byte offset of the block's recurrent product (forward Gh [rows, gates*U];
                    // backward dL/dh [rows, U]) in shared memory
+  int xs_off = 0;    // tensor-core product: byte offset of its other operand staged in shared
+                     // memory (0: its A fragments come from global memory), of
+  int xs_elems = 0;  //   at most xs_elems elements (rows x mma_stride(K))
 };
 
 // How plan_persistent spreads a layer's hidden units over blocks
@@ -319,6 +322,8 @@ struct PersistentArgs {
   S* rh_rows = nullptr;
   bool reset_after = true;  // GRU: which kernels
   bool tf32 = false;        // float32 products may run in TF32
+  bool stage = true;        // the tensor-core product may stage its other operand in shared
+                            //   memory where the plan has room (FUSEDRNN_PERSISTENT_STAGE)
   int grid = kGridAuto;     // PersistentGrid, or units per block: how the plan spreads them
   long long* trace = nullptr;  // [kTraceHeader + (s1 - s0) * kTracePoints] or null: no trace
   // LSTM with a projection (w_hr set): the state is h = h' W_hr^T, P wide

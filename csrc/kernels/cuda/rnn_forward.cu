@@ -105,7 +105,7 @@ template <typename S>
 cudaError_t rnn_persistent_forward_plan(const RnnPersistentForward<S>& a, PersistentPlan& plan) {
   return with_persistent_forward_kernel(a.base, [&](auto kernel) {
     return plan_persistent<S>(kernel, a.seq.N, a.base.H, 1, a.base.H, 1, 1, 0, a.base.H, a.tf32,
-                              a.grid, plan);
+                              a.stage, a.grid, plan);
   });
 }
 
