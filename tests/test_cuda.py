@@ -856,19 +856,22 @@ def test_persistent_tensor_core_tiles(batch, hidden, variant, dtype, persistent)
     _check_size(variant, 4, batch, hidden, dtype)
 
 
-STAGE_CASES = [(33, 71, "lstm_proj", torch.float16), (17, 40, "gru_reset_before", torch.bfloat16),
-               (5, 24, "rnn_tanh", torch.float16), (9, 32, "lstm_peephole_coupled", torch.float32),
-               (3, 33, "gru", torch.float32)]
+# (batch, hidden, variant, dtype, whether the plan stages): lstm_proj stages the projection's
+# input (H = 72) but not h (P = 4 columns, not a 16-byte piece); gru at H = 33
+# in float32 stages nothing.
+STAGE_CASES = [(33, 72, "lstm_proj", torch.float16, True), (17, 40, "gru_reset_before", torch.bfloat16, True),
+               (5, 24, "rnn_tanh", torch.float16, True), (9, 32, "lstm_peephole_coupled", torch.float32, True),
+               (3, 33, "gru", torch.float32, False)]
 
 
-@pytest.mark.parametrize("batch,hidden,variant,dtype", STAGE_CASES, ids=str)
-def test_persistent_staged_operand(batch, hidden, variant, dtype, persistent, monkeypatch):
+@pytest.mark.parametrize("batch,hidden,variant,dtype,plan_stages", STAGE_CASES, ids=str)
+def test_persistent_staged_operand(batch, hidden, variant, dtype, plan_stages, persistent, monkeypatch):
     """The tensor-core product with its other operand (h, r*h, the projection's
-    input, dG) staged in shared memory (FUSEDRNN_PERSISTENT_STAGE=1, the default:
-    16-byte pieces where the rows allow, else one element at a time, as at odd
-    hidden sizes) and loaded from global memory (0): the same bits, both within
-    the reference's bounds, and the trace says which each launch did (float32
-    through TF32)."""
+    input, dG) staged in shared memory in 16-byte pieces
+    (FUSEDRNN_PERSISTENT_STAGE=1, the default, where the plan has room and the
+    rows are whole pieces) and loaded from global memory (0): the same bits,
+    both within the reference's bounds, and the trace says which the plan did
+    (float32 through TF32)."""
     from fusedrnn import _C
     if dtype == torch.float32:
         monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
@@ -886,7 +889,7 @@ def test_persistent_staged_operand(batch, hidden, variant, dtype, persistent, mo
         records = _C._persistent_traces()["records"]
         assert len(records) == 2 and all(r["tensor_cores"] for r in records)
         staged[stage] = [r["staged"] for r in records]
-    assert staged == {"1": [True, True], "0": [False, False]}
+    assert staged == {"1": [plan_stages] * 2, "0": [False, False]}
     for name in runs["1"]:
         assert torch.equal(runs["1"][name], runs["0"][name]), f"{name}: staged and direct differ"
     if dtype != torch.float32:

@@ -17,7 +17,8 @@ struct PersistentTraceRecord {
   int64_t end_step = 0;
   int64_t blocks = 0, units = 0;  // the plan: blocks, hidden units per block
   bool tensor_cores = false;      // the plan's product
-  bool staged = false;            // its other operand staged in shared memory
+  bool staged = false;            // room in the plan to stage its other operand in shared
+                                  //   memory (used where a product's rows are 16-byte pieces)
   int64_t header = 0, points = 0;  // kTraceHeader, kTracePoints
   std::vector<int64_t> values;     // header, then points per step in the order processed
 };

@@ -202,9 +202,10 @@ int requested_grid() {
 }
 
 // FUSEDRNN_PERSISTENT_STAGE: "1" (the default) lets the tensor-core product of
-// the persistent kernels stage its other operand (the previous h or dG) in
-// shared memory where the plan has room for it; "0" has it load its fragments
-// from global memory (for measurements: the results are the same bits).
+// the persistent kernels stage its other operand (the previous h, r*h, the
+// projection's input, dG or dL/dh) in shared memory where the plan has room for
+// it; "0" has it load its fragments from global memory (for measurements: the
+// results are the same bits).
 bool requested_stage() {
   const char* v = std::getenv("FUSEDRNN_PERSISTENT_STAGE");
   if (v == nullptr || v[0] == '\0' || std::strcmp(v, "1") == 0) return true;

@@ -288,6 +288,27 @@ inline unsigned char* block_smem() {
   return coop->smem[b].data();
 }
 
+// A 16-byte copy from global to shared memory (cp.async on the device): both
+// addresses 16-byte aligned, the destination in this block's shared memory and
+// the source in none, or the device would fault or read the wrong space.
+inline void copy16(void* dst, const void* src) {
+  const auto in = [](const void* p, const std::vector<unsigned char>& buf) {
+    const auto* c = static_cast<const unsigned char*>(p);
+    return c >= buf.data() && c < buf.data() + buf.size();
+  };
+  if (reinterpret_cast<uintptr_t>(dst) % 16 != 0 || reinterpret_cast<uintptr_t>(src) % 16 != 0)
+    fail("a 16-byte copy to shared memory with an address that is not 16-byte aligned");
+  const unsigned char* mine = block_smem();
+  const auto& bufs = coop->smem;
+  bool dst_mine = false;
+  for (const auto& buf : bufs) {
+    if (in(src, buf)) fail("a 16-byte copy to shared memory from shared memory");
+    if (buf.data() == mine) dst_mine = in(dst, buf);
+  }
+  if (!dst_mine) fail("a 16-byte copy to shared memory outside the block's shared memory");
+  std::memcpy(dst, src, 16);
+}
+
 inline cudaError_t get_device(int* d) {
   *d = 0;
   return cudaSuccess;

@@ -56,8 +56,9 @@ constexpr int64_t kStageBytes = int64_t{8} << 10;
 constexpr int kWarps = kPersistentThreads / 32;
 constexpr int kTileGroup = 4;
 // k tiles whose A fragments a warp loads before multiplying any of them: each
-// batch is one round trip to L2 (where the other blocks wrote h or dG), and
-// issue 6's case 1 gives a warp 6 k tiles.
+// batch is one round trip to L2 (where the other blocks wrote h or dG) or to
+// shared memory (where the block staged it), and issue 6's case 1 gives a warp
+// 6 k tiles.
 constexpr int kMmaBatch = 8;
 
 template <typename S>
@@ -192,6 +193,10 @@ __device__ void load_unit_columns(S* ws, int ldw, const S* w, int64_t H, int64_t
   }
 }
 
+// Elements of the other operand a thread loads before storing any of them when
+// the CUDA-core product stages it in shared memory.
+constexpr int kCopyBatch = 8;
+
 // Threads that share one output of the CUDA-core product: with fewer outputs
 // than threads, the idle threads split K too (a power of two up to kMaxSplit).
 constexpr int kMaxSplit = 32;
@@ -226,17 +231,28 @@ __device__ void block_product_fma(const S* ws, int ldw, int m0, int M, int64_t k
   for (int64_t kb = 0; kb < K; kb += kc) {
     const int kw = static_cast<int>(K - kb < kc ? K - kb : kc);
     // Element e = n*kw + k of the pass, for e = tid, tid + nth, ...: n and k
-    // stepped without a division per element.
+    // stepped without a division per element; kCopyBatch loads issued before
+    // their stores, so that a batch waits for one round trip to memory, not
+    // one per element.
     const int total = static_cast<int>(rows) * kw, dn = nth / kw, dk = nth % kw;
     int n = tid / kw, k = tid % kw;
-    for (int e = tid; e < total; e += nth) {
-      xs[n * ldxs + k] = x[n * ldx + kb + k];
-      n += dn;
-      k += dk;
-      if (k >= kw) {
-        k -= kw;
-        ++n;
+    for (int e0 = tid; e0 < total; e0 += kCopyBatch * nth) {
+      S v[kCopyBatch];
+      int at[kCopyBatch];
+#pragma unroll
+      for (int j = 0; j < kCopyBatch; ++j) {
+        at[j] = n * ldxs + k;
+        if (e0 + j * nth < total) v[j] = x[n * ldx + kb + k];
+        n += dn;
+        k += dk;
+        if (k >= kw) {
+          k -= kw;
+          ++n;
+        }
       }
+#pragma unroll
+      for (int j = 0; j < kCopyBatch; ++j)
+        if (e0 + j * nth < total) xs[at[j]] = v[j];
     }
     __syncthreads();
 #pragma unroll
@@ -414,7 +430,7 @@ struct MmaShape {
         col_tiles(static_cast<int>(ceil_div<int64_t>(M, 8))),
         groups(ceil_div(col_tiles, kTileGroup)),
         tasks(row_tiles * groups),
-        slices(tasks >= kWarps ? 1 : kWarps / tasks),
+        slices(tasks >= kWarps ? 1 : kWarps / (tasks > 0 ? tasks : 1)),
         ldr(groups * kTileGroup * 8 + 8),
         slice_floats(int64_t{row_tiles} * 16 * ldr) {}
 };
@@ -432,7 +448,7 @@ inline int64_t mma_reduction_floats(int64_t rows, int64_t M) {
 // of X (rows x_lo and x_hi of this lane, zero where the row is not there)
 // times weight tile c (shared rows wrow0 + 8c of ws, from column kw0; c below
 // ct_left). The A fragments of kMmaBatch k tiles are loaded first, so that
-// their global loads are in flight together. kFull: every tile of the range
+// their loads (global, or staged in shared memory) are in flight together. kFull: every tile of the range
 // lies below K and the pairs are aligned, so no element is masked.
 template <bool kFull, typename S>
 __device__ __forceinline__ void mma_k_tiles(float (&acc)[kTileGroup][4], const S* ws, int ldw,
@@ -489,7 +505,7 @@ __device__ __forceinline__ void mma_k_tiles(float (&acc)[kTileGroup][4], const S
 // (cp.async, through L2 only), where copy_wait waits for this thread's copies.
 __device__ __forceinline__ void copy16(void* smem, const void* gmem) {
 #if defined(FRNN_HOST_EMULATION)
-  memcpy(smem, gmem, 16);
+  ::frnn_emul::copy16(smem, gmem);
 #elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem) : "memory");
@@ -504,30 +520,33 @@ __device__ __forceinline__ void copy_wait() {
 #endif
 }
 
+// Elements of S in 16 bytes: the piece stage_rows copies.
+template <typename S>
+constexpr int kStageVec = 16 / static_cast<int>(sizeof(S));
+
+// Whether stage_rows can copy x (rows of K, ldx apart) in whole 16-byte pieces.
+template <typename S>
+__device__ __forceinline__ bool stageable(const S* x, int64_t ldx, int64_t K) {
+  return K % kStageVec<S> == 0 && ldx % kStageVec<S> == 0 &&
+         reinterpret_cast<uintptr_t>(x) % 16 == 0;
+}
+
 // xs[n*ldxs + k] = x[n*ldx + k] for n < rows, k < K (x in global memory, xs in
-// shared memory), in 16-byte pieces where the rows allow it: a warp's loads
-// take whole lines, instead of the 16 bytes of each of 8 rows that a fragment
-// load takes. Called by every thread of the block; the caller synchronises the
+// shared memory; stageable(x, ldx, K), ldxs a multiple of the piece) in 16-byte
+// pieces: a warp's copies take whole lines, instead of the 16 bytes of each of
+// 8 rows that a fragment load takes, and all of a thread's copies are in flight
+// together. Called by every thread of the block; the caller synchronises the
 // block before reading xs.
 template <typename S>
 __device__ void stage_rows(S* xs, int ldxs, const S* x, int64_t ldx, int64_t rows, int64_t K) {
-  constexpr int kVec = 16 / static_cast<int>(sizeof(S));
+  constexpr int kVec = kStageVec<S>;
   const int tid = static_cast<int>(threadIdx.x), nth = static_cast<int>(blockDim.x);
-  if (K % kVec == 0 && ldx % kVec == 0 && ldxs % kVec == 0 &&
-      reinterpret_cast<uintptr_t>(x) % 16 == 0) {
-    const int per_row = static_cast<int>(K / kVec), total = static_cast<int>(rows) * per_row;
-    for (int e = tid; e < total; e += nth) {
-      const int n = e / per_row, c = (e - n * per_row) * kVec;
-      copy16(xs + n * ldxs + c, x + n * ldx + c);
-    }
-    copy_wait();
-    return;
-  }
-  const int kk = static_cast<int>(K), total = static_cast<int>(rows) * kk;
+  const int per_row = static_cast<int>(K / kVec), total = static_cast<int>(rows) * per_row;
   for (int e = tid; e < total; e += nth) {
-    const int n = e / kk, k = e - n * kk;
-    xs[n * ldxs + k] = x[n * ldx + k];
+    const int n = e / per_row, c = (e - n * per_row) * kVec;
+    copy16(xs + n * ldxs + c, x + n * ldx + c);
   }
+  copy_wait();
 }
 
 // The tensor-core product (block_product): D = X W^T with X (rows x K, global
@@ -652,10 +671,11 @@ __device__ void block_product(const BlockSmem<S>& sm, const PersistentLayout& la
 #endif
   if constexpr (kMmaCapable<S>) {
     if (kMmaOnly || lay.mma) {
-      // x staged in shared memory where the plan has room for it (all threads
-      // take the same branch: the conditions are the block's).
+      // x staged in shared memory where the plan has room for it and its rows
+      // are whole 16-byte pieces (all threads take the same branch: the
+      // conditions are the block's).
       const int64_t ldxs = mma_stride<S>(K);
-      if (sm.stage != nullptr && rows * ldxs <= lay.xs_elems) {
+      if (sm.stage != nullptr && rows * ldxs <= lay.xs_elems && stageable(x, ldx, K)) {
         stage_rows(sm.stage, static_cast<int>(ldxs), x, ldx, rows, K);
         __syncthreads();
         block_product_mma(sm.ws, lay.ldw, m0, M, kw0, sm.stage, ldxs, rows, K, sm.red, emit);
@@ -906,9 +926,10 @@ cudaError_t plan_persistent(Kernel kernel, int64_t N, int64_t H, int w_rows_per_
       "memory";
   const char* why_not = nullptr;
   // state: a one-block plan of the CUDA-core product may keep the state h in
-  // shared memory (its staging reads rows of h conflict-free; the tensor-core
-  // product's A fragments would read the same 8 banks from every row at widths
-  // of whole bank rows, so h stays in global memory there).
+  // shared memory (its staging reads rows of h conflict-free). h stays in
+  // global memory for the tensor-core product: stage_rows copies from global
+  // memory only (cp.async), and its A fragments read straight from unpadded
+  // rows would meet 8-way bank conflicts.
   auto layout = [&](int U, int64_t blocks, PersistentPlan& p, bool state) -> bool {
     const int64_t V = ceil_div<int64_t>(proj_rows, blocks);
     const int64_t max_m = std::max<int64_t>(int64_t{out_per_unit} * U, V);  // a product's outputs
@@ -925,9 +946,12 @@ cudaError_t plan_persistent(Kernel kernel, int64_t N, int64_t H, int w_rows_per_
     if (mma) {
       gh_off = round_up<int64_t>(w_bytes + mma_reduction_floats(N, max_m) * int64_t{sizeof(float)},
                                  16);
-      // The other operand staged (N rows of the longest K) where it fits.
+      // The other operand staged (N rows of the longest K) where it fits and
+      // that K is whole 16-byte pieces (the products' other K and row strides,
+      // multiples of H or P, mostly are too; block_product checks each).
       const int64_t elems = N * mma_stride<S>(K);
-      if (stage && round_up<int64_t>(gh_off + elems * elem, 16) + gh_bytes <= smem_max) {
+      if (stage && K % (16 / elem) == 0 &&
+          round_up<int64_t>(gh_off + elems * elem, 16) + gh_bytes <= smem_max) {
         xs_off = gh_off;
         xs_elems = elems;
         gh_off = round_up<int64_t>(xs_off + elems * elem, 16);
