@@ -911,15 +911,6 @@ def test_persistent_staging_where_it_does_not_fit(monkeypatch):
         ("lstm_persistent_forward_kernel", True), ("lstm_persistent_backward_kernel", False)]
 
 
-@pytest.mark.parametrize("path", ["standard", "persistent"])
-def test_stage_variable_is_checked(path, monkeypatch):
-    monkeypatch.setenv("FUSEDRNN_CUDA_PATH", path)
-    monkeypatch.setenv("FUSEDRNN_PERSISTENT_STAGE", "yes")
-    m = fusedrnn.GRU(C, H).to(DEVICE)
-    with pytest.raises(RuntimeError, match="FUSEDRNN_PERSISTENT_STAGE must be '0' or '1', got 'yes'"):
-        m(_randn(T, N, C, gen=_seeded()))
-
-
 @pytest.mark.parametrize("batch,hidden,variant,dtype",
                          [(3, 100, "lstm_peephole", torch.float32), (2, 40, "gru_reset_before", torch.float64),
                           (17, 70, "lstm_proj", torch.float16), (5, 200, "rnn_tanh", torch.bfloat16),
@@ -1117,12 +1108,13 @@ def test_trace_keeps_the_last_256_launches(monkeypatch):
     assert _C._persistent_traces() == {"records": [], "dropped": 0}
 
 
+@pytest.mark.parametrize("variable", ["FUSEDRNN_PERSISTENT_TRACE", "FUSEDRNN_PERSISTENT_STAGE"])
 @pytest.mark.parametrize("path", ["standard", "persistent"])
-def test_trace_variable_is_checked(path, monkeypatch):
+def test_switch_variables_are_checked(path, variable, monkeypatch):
     monkeypatch.setenv("FUSEDRNN_CUDA_PATH", path)
-    monkeypatch.setenv("FUSEDRNN_PERSISTENT_TRACE", "yes")
+    monkeypatch.setenv(variable, "yes")
     m = fusedrnn.GRU(C, H).to(DEVICE)
-    with pytest.raises(RuntimeError, match="FUSEDRNN_PERSISTENT_TRACE must be '0' or '1', got 'yes'"):
+    with pytest.raises(RuntimeError, match=f"{variable} must be '0' or '1', got 'yes'"):
         m(_randn(T, N, C, gen=_seeded()))
 
 

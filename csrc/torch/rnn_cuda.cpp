@@ -201,30 +201,27 @@ int requested_grid() {
   return units;
 }
 
+// A switch from the environment: "1" on, "0" off, unset or empty `unset`.
+bool env_switch(const char* name, bool unset) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || v[0] == '\0') return unset;
+  if (std::strcmp(v, "1") == 0) return true;
+  TORCH_CHECK(std::strcmp(v, "0") == 0, name, " must be '0' or '1', got '", v, "'");
+  return false;
+}
+
 // FUSEDRNN_PERSISTENT_STAGE: "1" (the default) lets the tensor-core product of
 // the persistent kernels stage its other operand (the previous h, r*h, the
 // projection's input, dG or dL/dh) in shared memory where the plan has room for
 // it; "0" has it load its fragments from global memory (for measurements: the
 // results are the same bits).
-bool requested_stage() {
-  const char* v = std::getenv("FUSEDRNN_PERSISTENT_STAGE");
-  if (v == nullptr || v[0] == '\0' || std::strcmp(v, "1") == 0) return true;
-  TORCH_CHECK(std::strcmp(v, "0") == 0, "FUSEDRNN_PERSISTENT_STAGE must be '0' or '1', got '", v,
-              "'");
-  return false;
-}
+bool requested_stage() { return env_switch("FUSEDRNN_PERSISTENT_STAGE", true); }
 
 // FUSEDRNN_PERSISTENT_TRACE: "1" records the step trace of every persistent
 // launch (TracePoint in rnn_cuda.h; fusedrnn._C._persistent_traces returns
 // them, bench/persistent_trace.py turns them into the time of each phase of a
 // step); "0" or unset records nothing.
-bool requested_trace() {
-  const char* v = std::getenv("FUSEDRNN_PERSISTENT_TRACE");
-  if (v == nullptr || v[0] == '\0' || std::strcmp(v, "0") == 0) return false;
-  TORCH_CHECK(std::strcmp(v, "1") == 0, "FUSEDRNN_PERSISTENT_TRACE must be '0' or '1', got '", v,
-              "'");
-  return true;
-}
+bool requested_trace() { return env_switch("FUSEDRNN_PERSISTENT_TRACE", false); }
 
 struct TraceEntry {
   PersistentTraceRecord record;  // without its values yet

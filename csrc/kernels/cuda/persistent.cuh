@@ -675,13 +675,14 @@ __device__ void block_product(const BlockSmem<S>& sm, const PersistentLayout& la
       // are whole 16-byte pieces (all threads take the same branch: the
       // conditions are the block's).
       const int64_t ldxs = mma_stride<S>(K);
-      if (sm.stage != nullptr && rows * ldxs <= lay.xs_elems && stageable(x, ldx, K)) {
+      const bool staged =
+          sm.stage != nullptr && rows * ldxs <= lay.xs_elems && stageable(x, ldx, K);
+      if (staged) {
         stage_rows(sm.stage, static_cast<int>(ldxs), x, ldx, rows, K);
         __syncthreads();
-        block_product_mma(sm.ws, lay.ldw, m0, M, kw0, sm.stage, ldxs, rows, K, sm.red, emit);
-      } else {
-        block_product_mma(sm.ws, lay.ldw, m0, M, kw0, x, ldx, rows, K, sm.red, emit);
       }
+      block_product_mma(sm.ws, lay.ldw, m0, M, kw0, staged ? sm.stage : x, staged ? ldxs : ldx,
+                        rows, K, sm.red, emit);
       return;
     }
   }
