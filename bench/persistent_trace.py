@@ -12,7 +12,9 @@ csrc/kernels/cuda/rnn_cuda.h), turned into the time of each phase of a step:
 and, per launch, the prologue (weights into shared memory) and the epilogue. Medians and 90th
 percentiles over the steps of one call, per kernel; the launch's duration from the global timer.
 Runs issue 6's goal rows and the small float32 rows of the quick suite on the persistent path
-(the plan auto picks, or --grid), inference and training. Writes persistent-trace.json and .md
+(the plan auto picks, or --grid), inference and training; the 16-bit rows twice, with the
+tensor-core product's other operand staged in shared memory and loaded from global memory
+(FUSEDRNN_PERSISTENT_STAGE=1 and 0). Writes persistent-trace.json and .md
 under --out (default bench/results/<machine>) and prints the tables.
 
     python bench/persistent_trace.py [--out DIR] [--grid auto|one|many|<units>]
@@ -118,7 +120,7 @@ def table(rows: List[dict]) -> List[str]:
     return lines
 
 
-def trace_row(spec, mode: str, grid: str) -> dict:
+def trace_row(spec, mode: str, grid: str, stage: str = "1") -> dict:
     """One call of the row of bench/cases.py on the persistent path with the trace on (after
     two calls whose traces are let go), summarized per kernel."""
     import cases
@@ -131,7 +133,8 @@ def trace_row(spec, mode: str, grid: str) -> dict:
                       baselines={"fused"})
     fused = next(c for c in row.candidates if c.name == "fused")
     runner = Runner(dataclasses.replace(fused, flags=functools.partial(
-        cases.env, FUSEDRNN_CUDA_PATH="persistent", FUSEDRNN_PERSISTENT_GRID=grid, FUSEDRNN_PERSISTENT_TRACE="1")),
+        cases.env, FUSEDRNN_CUDA_PATH="persistent", FUSEDRNN_PERSISTENT_GRID=grid,
+        FUSEDRNN_PERSISTENT_STAGE=stage, FUSEDRNN_PERSISTENT_TRACE="1")),
         row, mode, "cuda")
     runner.once()
     runner.once()
@@ -139,7 +142,7 @@ def trace_row(spec, mode: str, grid: str) -> dict:
     runner.once()
     records = _C._persistent_traces()["records"]
     return {"cell": cell, "dtype": dtype, "T": T, "N": N, "H": H, "mode": mode, "grid": grid,
-            "kernels": summarize(records)}
+            "stage": stage, "kernels": summarize(records)}
 
 
 def main(argv=None) -> int:
@@ -153,9 +156,10 @@ def main(argv=None) -> int:
         return 1
     rows = []
     for spec in TRACE_CASES:
-        for mode in ("inference", "training"):
+        for mode, stage in [(m, s) for m in ("inference", "training")
+                            for s in (("1", "0") if spec[1] in ("float16", "bfloat16") else ("1",))]:
             try:
-                rows.append(trace_row(spec, mode, args.grid))
+                rows.append(trace_row(spec, mode, args.grid, stage))
             except RuntimeError as e:
                 if "the persistent path does not run this layer" not in str(e):
                     raise
