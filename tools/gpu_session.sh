@@ -5,7 +5,8 @@
 #   build      build with CUDA for this GPU, in place (no network),
 #   tests      the CUDA tests (tests/test_cuda.py),
 #   trace      where a step of the persistent kernels spends its time, from their own step
-#              trace (bench/persistent_trace.py): issue 6's goal rows and the small float32 rows,
+#              trace (bench/persistent_trace.py): issue 6's goal rows (the tensor-core
+#              product's operand staged and direct) and the small float32 rows,
 #   steps      where a call's time goes, by torch.profiler (bench/step_profile.py): wall time
 #              against the GPU's busy time and the kernels, standard path, persistent path
 #              and cuDNN, on the shapes where the standard path was slower than cuDNN,
@@ -15,7 +16,8 @@
 #   profile    Nsight Compute on issue 6's case 1 (bench/persistent_profile.py): the
 #              persistent LSTM kernels, forward and backward,
 #   grid       the persistent path in one block against slices over many blocks and cuDNN, on
-#              small layers around auto's switch between them (bench/persistent_grid.py),
+#              small layers around auto's switch between them, and staged against direct
+#              (bench/persistent_grid.py),
 #   quick      the quick benchmark suite on the GPU,
 #   racecheck  compute-sanitizer racecheck over the persistent kernels (one small case per
 #              kernel: tensor-core tiles, the projection), and
@@ -131,13 +133,15 @@ step grid "one block against many (persistent path)" 90 persistent-grid.log "$PY
 step quick "quick suite on the GPU" 300 quick.log "$PYTHON" bench/run.py --suite quick --device cuda \
   --out "$work" --name quick-gpu
 # racecheck costs about 40 s a test on the packed multi-layer cases (seen on an H200), so it
-# gets one small case per kernel, 16-bit on tensor cores and float32 on CUDA cores;
+# gets one small case per kernel, 16-bit on tensor cores (direct and staged) and float32 on
+# CUDA cores;
 # synccheck, fast, gets the wider subset (and memcheck, initcheck, when asked for).
 # --durations sizes the next run's subsets.
 sanitizer=$(command -v compute-sanitizer || echo "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer")
 race_subset="persistent and ((tensor_core_tiles and 33-71 and not bfloat16) or (projection_wider and padded) \
-or (hidden_and_batch_sizes and 3-70 and float32))"
-sync_subset="persistent and (tensor_core_tiles or tf32_where_allowed or projection_wider or (packed_multilayer and float16)) or grid_barrier_probe"
+or (hidden_and_batch_sizes and 3-70 and float32) or (staged_operand and 33-72))"
+sync_subset="persistent and (tensor_core_tiles or tf32_where_allowed or projection_wider or staged_operand \
+or (packed_multilayer and float16)) or grid_barrier_probe"
 for tool in racecheck synccheck memcheck initcheck; do
   subset=$sync_subset
   [ "$tool" = racecheck ] && subset=$race_subset
