@@ -171,10 +171,8 @@ class _RNNBase(nn.Module):
 
     @property
     def _flat_weights(self) -> List[Optional[Tensor]]:
-        over = self._flat_weight_stand_ins()
-        if over:
-            return [over[n] if n in over else getattr(self, n, None) for n in self._flat_weights_names]
-        return [getattr(self, name, None) for name in self._flat_weights_names]
+        get = self._weight_getter()
+        return [get(name, None) for name in self._flat_weights_names]
 
     @_flat_weights.setter
     def _flat_weights(self, weights: List[Optional[Tensor]]) -> None:
@@ -220,6 +218,12 @@ class _RNNBase(nn.Module):
                 return None
         return stand_ins
 
+    def _weight_getter(self):
+        """get(name[, default]): the weight a forward runs on, the tensor standing in
+        for it where there is one, else the attribute."""
+        over = self._flat_weight_stand_ins() or {}
+        return lambda name, *default: over[name] if name in over else getattr(self, name, *default)
+
     def _apply(self, fn, recurse=True):
         # torch.nn's _apply rebuilds its list from the parameters.
         self.__dict__.pop("_flat_weight_stand_ins_", None)
@@ -235,21 +239,20 @@ class _RNNBase(nn.Module):
 
     def _layer_weights(self):
         """Per layer and direction: (w_ih, w_hh, b_ih, b_hh[, w_ch, w_hr])."""
-        over = self._flat_weight_stand_ins() if "_flat_weight_stand_ins_" in self.__dict__ else None
-        get = getattr if not over else (lambda m, n, *default: over[n] if n in over else getattr(m, n, *default))
+        get = self._weight_getter()
         D = 2 if self.bidirectional else 1
         out = []
         for layer in range(self.num_layers):
             for d in range(D):
                 sfx = f"_l{layer}" + ("_reverse" if d == 1 else "")
                 w = (
-                    get(self, "weight_ih" + sfx),
-                    get(self, "weight_hh" + sfx),
-                    get(self, "bias_ih" + sfx, None),
-                    get(self, "bias_hh" + sfx, None),
+                    get("weight_ih" + sfx),
+                    get("weight_hh" + sfx),
+                    get("bias_ih" + sfx, None),
+                    get("bias_hh" + sfx, None),
                 )
                 if self.mode == "LSTM":
-                    w = w + (get(self, "weight_ch" + sfx, None), get(self, "weight_hr" + sfx, None))
+                    w = w + (get("weight_ch" + sfx, None), get("weight_hr" + sfx, None))
                 out.append(w)
         return out
 

@@ -448,8 +448,9 @@ inline int64_t mma_reduction_floats(int64_t rows, int64_t M) {
 // of X (rows x_lo and x_hi of this lane, zero where the row is not there)
 // times weight tile c (shared rows wrow0 + 8c of ws, from column kw0; c below
 // ct_left). The A fragments of kMmaBatch k tiles are loaded first, so that
-// their loads (global, or staged in shared memory) are in flight together. kFull: every tile of the range
-// lies below K and the pairs are aligned, so no element is masked.
+// their loads (global, or staged in shared memory) are in flight together.
+// kFull: every tile of the range lies below K and the pairs are aligned, so no
+// element is masked.
 template <bool kFull, typename S>
 __device__ __forceinline__ void mma_k_tiles(float (&acc)[kTileGroup][4], const S* ws, int ldw,
                                             int wrow0, int ct_left, int64_t kw0, const S* x_lo,
@@ -951,7 +952,7 @@ cudaError_t plan_persistent(Kernel kernel, int64_t N, int64_t H, int w_rows_per_
       // that K is whole 16-byte pieces (the products' other K and row strides,
       // multiples of H or P, mostly are too; block_product checks each).
       const int64_t elems = N * mma_stride<S>(K);
-      if (stage && K % (16 / elem) == 0 &&
+      if (stage && K % kStageVec<S> == 0 &&
           round_up<int64_t>(gh_off + elems * elem, 16) + gh_bytes <= smem_max) {
         xs_off = gh_off;
         xs_elems = elems;
