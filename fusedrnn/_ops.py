@@ -47,12 +47,8 @@ _C = _load()
 ops = torch.ops.fusedrnn
 
 
-def _acc_dtype(dtype):
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
-def _empty(like, dtype=None):
-    return like.new_empty((0,), dtype=dtype)
+def _empty(like):
+    return like.new_empty((0,))
 
 
 def _seq_shapes(input, batch_sizes, h0, w_hh, G):
@@ -108,13 +104,12 @@ def _(batch_sizes):
 def _(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, coupled, reverse, training):
     G = 3 if coupled else 4
     R, N, H, P, out_shape = _seq_shapes(input, batch_sizes, h0, w_hh, G)
-    acc = _acc_dtype(input.dtype)
     return (
         input.new_empty(out_shape),
         input.new_empty((N, P)),
         input.new_empty((N, H)),
         input.new_empty((R, G * H)) if training else _empty(input),
-        input.new_empty((R, H), dtype=acc) if training else _empty(input, acc),
+        input.new_empty((R, H)) if training else _empty(input),
         input.new_empty((R, H)) if training and w_hr is not None else _empty(input),
     )
 
@@ -159,9 +154,8 @@ def _(grad_h, grad_c, input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_ch, h, c, gates, 
 
 
 def _gru_saved(input, R, H, reset_after, training):
-    acc = _acc_dtype(input.dtype)
     gates = input.new_empty((R, (4 if reset_after else 3) * H)) if training else _empty(input)
-    states = input.new_empty((R, H), dtype=acc) if training and not reset_after else _empty(input, acc)
+    states = input.new_empty((R, H)) if training and not reset_after else _empty(input)
     return gates, states
 
 

@@ -70,6 +70,23 @@ def assert_within_ratio(got: Dict[str, torch.Tensor], ref64: Dict[str, torch.Ten
         )
 
 
+def held_bytes(m: nn.Module, x: torch.Tensor) -> int:
+    """Bytes of the storages autograd holds after a training forward of m on x,
+    parameters and input excepted (what bench/ reports as activation memory)."""
+    exclude = {p.untyped_storage().data_ptr() for p in m.parameters()} | {x.untyped_storage().data_ptr()}
+    held = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        if s.data_ptr() not in exclude:
+            held[s.data_ptr()] = max(held.get(s.data_ptr(), 0), s.nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        m(x)
+    return sum(held.values())
+
+
 def param_dtype(module: nn.Module) -> torch.dtype:
     return next(module.parameters()).dtype
 

@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_sequence
 
 import fusedrnn
+from helpers import held_bytes
 
 FUZZ_EXAMPLES = int(os.environ.get("FUSEDRNN_FUZZ_EXAMPLES", "60"))
 
@@ -218,23 +219,6 @@ MODULES = [
 ]
 
 
-def _held_bytes(m, x):
-    """Bytes of the storages autograd holds after a training forward, parameters
-    and input excepted (what bench/ reports as activation memory)."""
-    exclude = {p.untyped_storage().data_ptr() for p in m.parameters()} | {x.untyped_storage().data_ptr()}
-    held = {}
-
-    def pack(t):
-        s = t.untyped_storage()
-        if s.data_ptr() not in exclude:
-            held[s.data_ptr()] = max(held.get(s.data_ptr(), 0), s.nbytes())
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        m(x)
-    return sum(held.values())
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
 @pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])
 def test_activation_memory_at_or_below_torch_nn(mode, dtype):
@@ -251,8 +235,8 @@ def test_activation_memory_at_or_below_torch_nn(mode, dtype):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the mkldnn switch warns about TF32 on Intel GPUs
         with torch.backends.mkldnn.flags(enabled=False):
-            native = _held_bytes(ref, x)
-    assert _held_bytes(fused, x) <= native + states * x.element_size()
+            native = held_bytes(ref, x)
+    assert held_bytes(fused, x) <= native + states * x.element_size()
 
 
 @pytest.mark.parametrize("make", MODULES, ids=["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"])

@@ -248,8 +248,8 @@ void set_product_operands(Args<S>& a, const LayerInputs& in, bool amx) {
 }
 
 // With `amx`, the products read in.input, in.w_ih and in.w_hh in bfloat16 (the
-// other inputs are S). Saved gates and output in bfloat16 (S float) are written
-// so.
+// other inputs are S). Saved gates, LSTM states and output in bfloat16 (S
+// float) are written so.
 template <typename S>
 void forward_typed(const LayerInputs& in, const LayerGeometry& g, bool training,
                    ForwardResult& out, bool amx = false) {
@@ -274,7 +274,8 @@ void forward_typed(const LayerInputs& in, const LayerGeometry& g, bool training,
   a.h_n = mut<S>(out.h_n);
   a.c_n = mut<S>(out.c_n);
   rows_of(out.saved.gates, a.gates, a.gates_bf16);
-  a.states = mut<S>(out.saved.states);
+  rows_of(out.saved.states, a.states, a.states_bf16);
+  TORCH_INTERNAL_ASSERT(!a.states_bf16 || in.cell.kind == CellKind::kLstm);
   a.proj_in = mut<S>(out.saved.proj_in);
   const cpu::Parallel par = cpu_parallel();
   with_scratch(a, [&](const cpu::SeqForwardArgs<S>& args, cpu::Arena& arena) {
@@ -285,7 +286,7 @@ void forward_typed(const LayerInputs& in, const LayerGeometry& g, bool training,
 // With `amx`, the products through W_hh and W_ih and the weight gradients run
 // on AMX tiles, reading in.input, in.w_ih and in.w_hh in bfloat16; given, the
 // bfloat16 weight gradients of dw16 receive them (those of `out` are empty).
-// Saved gates in bfloat16 (S float) are read so.
+// Saved gates and LSTM states in bfloat16 (S float) are read so.
 template <typename S>
 void backward_typed(const LayerInputs& in, const LayerGeometry& g, const GradInputs& gi,
                     GradResult& out, bool amx = false, const GradResult* dw16 = nullptr) {
@@ -307,7 +308,8 @@ void backward_typed(const LayerInputs& in, const LayerGeometry& g, const GradInp
   a.w_hr = ptr<S>(in.w_hr);
   a.y = ptr<S>(gi.output);
   rows_of(gi.saved.gates, a.gates, a.gates_bf16);
-  a.states = ptr<S>(gi.saved.states);
+  rows_of(gi.saved.states, a.states, a.states_bf16);
+  TORCH_INTERNAL_ASSERT(!a.states_bf16 || in.cell.kind == CellKind::kLstm);
   a.proj_in = ptr<S>(gi.saved.proj_in);
   a.dy = ptr<S>(gi.grad_output);
   a.dh_n = ptr<S>(gi.grad_h_n);
@@ -430,13 +432,15 @@ void cpu_layer_forward(const LayerInputs& in, const LayerGeometry& g, bool train
                        ForwardResult& out) {
   if (is_16bit(in.input)) {
     const bool amx = use_amx(in);
-    // The kernels write a bfloat16 call's saved gates themselves, and its
-    // output unless a projection's product writes it.
+    // The kernels write a bfloat16 call's saved gates and LSTM states
+    // themselves, and its output unless a projection's product writes it.
     const bool gates16 = out.saved.gates.scalar_type() == at::kBFloat16;
+    const bool states16 = gates16 && in.cell.kind == CellKind::kLstm;
     const bool y16 = out.output.scalar_type() == at::kBFloat16 && !in.w_hr.has_value();
     std::vector<Tensor*> results{&out.h_n, &out.c_n, &out.saved.proj_in};
     if (!y16) results.push_back(&out.output);
     if (!gates16) results.push_back(&out.saved.gates);
+    if (!states16) results.push_back(&out.saved.states);
     FloatCopies copies;
     reserve_inputs(copies, in, amx);
     for (const Tensor* t : results) copies.reserve(*t);
@@ -445,7 +449,8 @@ void cpu_layer_forward(const LayerInputs& in, const LayerGeometry& g, bool train
       size_t next = 3;
       const Tensor& y = y16 ? out.output : t[next++];
       const Tensor& gates = gates16 ? out.saved.gates : t[next++];
-      ForwardResult fo{y, t[0], t[1], Saved{gates, out.saved.states, t[2]}};
+      const Tensor& states = states16 ? out.saved.states : t[next++];
+      ForwardResult fo{y, t[0], t[1], Saved{gates, states, t[2]}};
       forward_typed<float>(f, g, training, fo, amx);
     });
     return;
@@ -469,10 +474,12 @@ void cpu_layer_backward(const LayerInputs& in, const LayerGeometry& g, const Gra
       r.grad_w_hh = r.grad_w_ih;
     }
     const bool gates16 = gi.saved.gates.scalar_type() == at::kBFloat16;
+    const bool states16 = gates16 && in.cell.kind == CellKind::kLstm;
     FloatCopies copies;
     reserve_inputs(copies, in, amx);
     copies.reserve(gi.grad_output, gi.grad_h_n, gi.grad_c_n, gi.output, gi.saved.proj_in);
     if (!gates16) copies.reserve(gi.saved.gates);
+    if (!states16) copies.reserve(gi.saved.states);
     copies.reserve(r.grad_input, r.grad_h0, r.grad_c0, r.grad_w_ih, r.grad_w_hh, r.grad_b_ih,
                    r.grad_b_hh, r.grad_w_ch, r.grad_w_hr);
     const LayerInputs f = float_inputs(copies, in, amx);
@@ -482,6 +489,7 @@ void cpu_layer_backward(const LayerInputs& in, const LayerGeometry& g, const Gra
     gf.grad_c_n = copies.copy_of(gi.grad_c_n);
     gf.output = copies.copy_of(gi.output);
     if (!gates16) gf.saved.gates = copies.copy_of(gi.saved.gates);
+    if (!states16) gf.saved.states = copies.copy_of(gi.saved.states);
     gf.saved.proj_in = copies.copy_of(gi.saved.proj_in);
     through_float(copies,
                   {&r.grad_input, &r.grad_h0, &r.grad_c0, &r.grad_w_ih, &r.grad_w_hh,

@@ -109,9 +109,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_
   const auto r = layer_backward(
       as_step(inputs(lstm_config(w_ch, std::nullopt, coupled), step_view(input), std::nullopt,
                      hx, cx, w_ih, w_hh, b_ih, b_hh, w_ch, std::nullopt, false)),
-      grads(step_view(grad_h), std::nullopt, grad_c, step_view(h), gates,
-            c.to(compute_dtype(c.scalar_type())), at::empty({0}, input.options()),
-            need_input_grad, need_weight_grads),
+      grads(step_view(grad_h), std::nullopt, grad_c, step_view(h), gates, c,
+            at::empty({0}, input.options()), need_input_grad, need_weight_grads),
       "fusedrnn::lstm_cell_backward");
   return {r.grad_input.numel() > 0 ? r.grad_input.squeeze(0) : r.grad_input,
           r.grad_h0, r.grad_c0, r.grad_w_ih, r.grad_w_hh, r.grad_b_ih, r.grad_b_hh, r.grad_w_ch};

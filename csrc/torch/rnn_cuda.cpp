@@ -568,7 +568,7 @@ void lstm_forward_cuda(const LayerInputs& in, const LayerGeometry& g, bool train
     }
     if (training) {
       a.base.gates = mptr<S>(out.saved.gates);
-      a.base.states = mptr<A>(out.saved.states);
+      a.base.states = mptr<S>(out.saved.states);
     }
     if (persistent_forward(in, g, training, GH, a, out.h_n, fc::lstm_persistent_forward_plan<S>,
                            fc::lstm_persistent_forward_launch<S>, "lstm_persistent_forward_kernel",
@@ -595,7 +595,7 @@ void lstm_forward_cuda(const LayerInputs& in, const LayerGeometry& g, bool train
     p.ld_h = proj ? H : P;
     if (training) {
       p.gates = mptr<S>(out.saved.gates) + st.offset * GH;
-      p.states = mptr<A>(out.saved.states) + st.offset * H;
+      p.states = mptr<S>(out.saved.states) + st.offset * H;
     }
     check_launch(fc::lstm_forward_launch<S>(p, stream), "lstm_forward_kernel");
     if (proj) {
@@ -643,7 +643,7 @@ void lstm_backward_cuda(const LayerInputs& in, const LayerGeometry& g, const Gra
   base.dw_ch_rows = mptr<A>(dwch_rows);
   base.rl = full_rows(H);
   const S* gates = cptr<S>(gi.saved.gates);
-  const A* states = cptr<A>(gi.saved.states);
+  const S* states = cptr<S>(gi.saved.states);
 
   bool persistent = false;
   if (take_persistent(in, g, true, stream)) {
@@ -710,8 +710,6 @@ void lstm_backward_cuda(const LayerInputs& in, const LayerGeometry& g, const Gra
 template <typename S>
 void gru_forward_cuda(const LayerInputs& in, const LayerGeometry& g, bool training,
                       ForwardResult& out, cudaStream_t stream) {
-  using A = acc_t<S>;
-  constexpr bool kSameAcc = std::is_same<S, A>::value;
   const int64_t N = g.N, H = g.H;
   const auto opts = in.input.options();
   Tensor h_state = out.h_n;  // [N, H]
@@ -726,10 +724,8 @@ void gru_forward_cuda(const LayerInputs& in, const LayerGeometry& g, bool traini
   base.h = mptr<S>(h_state);
   base.gl = full_rows(H);
 
-  // reset_before: r*h feeds the W_hn product in the input dtype. When training
-  // in float/double it is the saved states tensor itself; otherwise a scratch,
-  // and the kernel also saves it in float (16-bit training).
-  const bool rh_in_states = training && kSameAcc;
+  // reset_before: r*h feeds the W_hn product; training, it is written straight
+  // into the saved states.
   if (take_persistent(in, g, training, stream)) {
     fc::GruPersistentForward<S> a;
     a.base = base;
@@ -738,15 +734,14 @@ void gru_forward_cuda(const LayerInputs& in, const LayerGeometry& g, bool traini
     if (training) {
       a.base.gates = mptr<S>(out.saved.gates);
       a.base.ld_z = 3 * H;
-      if (!in.cell.reset_after && !kSameAcc) a.base.rh_saved = mptr<A>(out.saved.states);
     }
     const bool rb = !in.cell.reset_after;
     const Tensor z_scratch = rb && !training ? at::empty({N, H}, opts) : Tensor();
-    const Tensor rh = rb && !rh_in_states ? at::empty({N, H}, opts) : Tensor();
+    const Tensor rh = rb && !training ? at::empty({N, H}, opts) : Tensor();
     a.base.z = mptr<S>(z_scratch);
     if (!training) a.base.ld_z = H;
     a.rh = mptr<S>(rh);
-    a.rh_rows = rb && rh_in_states ? mptr<S>(out.saved.states) : nullptr;
+    a.rh_rows = rb && training ? mptr<S>(out.saved.states) : nullptr;
     if (persistent_forward(in, g, training, 3 * H, a, out.h_n, fc::gru_persistent_forward_plan<S>,
                            fc::gru_persistent_forward_launch<S>, "gru_persistent_forward_kernel",
                            stream))
@@ -772,7 +767,7 @@ void gru_forward_cuda(const LayerInputs& in, const LayerGeometry& g, bool traini
 
   const Tensor gh_rz = at::empty({N, 2 * H}, opts);
   const Tensor gh_n = at::empty({N, H}, opts);
-  const Tensor rh = rh_in_states ? Tensor() : at::empty({N, H}, opts);
+  const Tensor rh = training ? Tensor() : at::empty({N, H}, opts);
   const Tensor z_scratch = training ? Tensor() : at::empty({N, H}, opts);
   const Tensor w_rz_t = in.w_hh.narrow(0, 0, 2 * H).t();
   const Tensor w_n_t = in.w_hh.narrow(0, 2 * H, H).t();
@@ -781,7 +776,7 @@ void gru_forward_cuda(const LayerInputs& in, const LayerGeometry& g, bool traini
     Tensor gh_rz_rows = first_rows(gh_rz, rows);
     at::mm_out(gh_rz_rows, first_rows(h_state, rows), w_rz_t);
     const Tensor rh_rows =
-        rh_in_states ? out.saved.states.narrow(0, st.offset, rows) : first_rows(rh, rows);
+        training ? out.saved.states.narrow(0, st.offset, rows) : first_rows(rh, rows);
     fc::GruForwardParams<S> p = base;
     p.rows = rows;
     p.gx = gx;
@@ -791,7 +786,6 @@ void gru_forward_cuda(const LayerInputs& in, const LayerGeometry& g, bool traini
       p.gates = mptr<S>(out.saved.gates) + st.offset * 3 * H;
       p.z = p.gates + H;
       p.ld_z = 3 * H;
-      if (!kSameAcc) p.rh_saved = mptr<A>(out.saved.states) + st.offset * H;
     } else {
       p.z = mptr<S>(z_scratch);
       p.ld_z = H;
@@ -892,9 +886,9 @@ void gru_backward_cuda(const LayerInputs& in, const LayerGeometry& g, const Grad
     if (want_whh) {
       recurrent_weight_grad(out.grad_w_hh.narrow(0, 0, 2 * H), dG.narrow(1, 0, 2 * H), hprev, y,
                             in.h0, g, in.reverse);
-      // W_hn multiplies r*h, saved in the compute dtype: the GEMM wants the input dtype.
-      rows_product(out.grad_w_hh.narrow(0, 2 * H, H), dG.narrow(1, 2 * H, H),
-                   gi.saved.states.to(in.input.scalar_type()), false);
+      // W_hn multiplies r*h, the saved states.
+      rows_product(out.grad_w_hh.narrow(0, 2 * H, H), dG.narrow(1, 2 * H, H), gi.saved.states,
+                   false);
     }
   }
 }

@@ -166,16 +166,13 @@ void check_grads(const LayerInputs& in, const LayerGeometry& g, const GradInputs
     check_same(gi.saved.gates, "gates", x, op);
     check_shape(gi.saved.gates, "gates", {g.R, gate_cols}, op);
   }
-  // LSTM and GRU take a states argument and read it typed, [0]-sized when the
-  // cell saves none.
+  // LSTM and GRU take a states argument (the LSTM cell's is its c) and read it
+  // typed, [0]-sized when the cell saves none.
   const Tensor& s = gi.saved.states;
-  if (in.cell.kind == CellKind::kLstm || in.cell.kind == CellKind::kGru) {
-    FRNN_CHECK(s.scalar_type() == compute_dtype(x.scalar_type()), "states must be ",
-               compute_dtype(x.scalar_type()), ", got ", s.scalar_type());
-    FRNN_CHECK(s.device() == x.device(), "states is on ", s.device(), " but input is on ",
-               x.device());
-  }
-  if (cpu::saves_states(in.cell)) check_shape(s, "states", {g.R, g.H}, op);
+  const char* states_name = in.step && in.cell.kind == CellKind::kLstm ? "c" : "states";
+  if (in.cell.kind == CellKind::kLstm || in.cell.kind == CellKind::kGru)
+    check_same(s, states_name, x, op);
+  if (cpu::saves_states(in.cell)) check_shape(s, states_name, {g.R, g.H}, op);
   if (in.w_hr.has_value()) {
     check_same(gi.saved.proj_in, "proj_in", x, op);
     check_shape(gi.saved.proj_in, "proj_in", {g.R, g.H}, op);
@@ -233,7 +230,6 @@ ForwardResult layer_forward(const LayerInputs& in0, bool training, const char* o
   const LayerGeometry g = check_layer(in0, op);
   const LayerInputs in = contiguous_inputs(in0);
   const auto opts = in.input.options();
-  const auto acc_opts = opts.dtype(compute_dtype(in.input.scalar_type()));
   const bool lstm = in.cell.kind == CellKind::kLstm;
 
   // The [0]-sized results that no operator of this cell returns (ops.cpp) share
@@ -255,9 +251,9 @@ ForwardResult layer_forward(const LayerInputs& in0, bool training, const char* o
   out.saved.gates = training && gate_cols > 0 ? layer_empty({g.R, gate_cols}, opts)
                     : rnn                     ? unreturned()
                                               : empty0(in.input);
-  out.saved.states = training && cpu::saves_states(in.cell) ? layer_empty({g.R, g.H}, acc_opts)
+  out.saved.states = training && cpu::saves_states(in.cell) ? layer_empty({g.R, g.H}, opts)
                      : rnn || (lstm && cell)                ? unreturned()
-                                                            : at::empty({0}, acc_opts);
+                                                            : empty0(in.input);
   out.saved.proj_in = training && in.w_hr.has_value() ? layer_empty({g.R, g.H}, opts)
                       : lstm && !cell                 ? empty0(in.input)
                                                       : unreturned();

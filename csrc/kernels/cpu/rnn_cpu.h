@@ -94,9 +94,11 @@ struct SeqForwardArgs {
   S* states;        // training only, see above
   S* proj_in;       // training only, see above
   // Float kernels of a bfloat16 call: the saved gates in bfloat16, given
-  // instead of gates, and without a projection the output, given instead of y
-  // (each value rounded as torch's conversion rounds it).
+  // instead of gates, the LSTM's saved states likewise, and without a
+  // projection the output, given instead of y (each value rounded as torch's
+  // conversion rounds it).
   uint16_t* gates_bf16;
+  uint16_t* states_bf16;
   uint16_t* y_bf16;  // [R, P]
 };
 
@@ -121,7 +123,8 @@ struct SeqBackwardArgs {
   const S* gates;
   const S* states;
   const S* proj_in;
-  const uint16_t* gates_bf16;  // instead of gates, as the forward saved them
+  const uint16_t* gates_bf16;   // instead of gates, as the forward saved them
+  const uint16_t* states_bf16;  // instead of states (LSTM), likewise
   // Incoming gradients; null means zero.
   const S* dy;    // [R, P]
   const S* dh_n;  // [N, P]

@@ -637,6 +637,16 @@ Rows16<S, const S> saved_gates(const SeqBackwardArgs<S>& a) {
   return {a.gates, a.gates_bf16};
 }
 
+// The LSTM's saved cell states, likewise.
+template <typename S>
+Rows16<S> saved_states(const SeqForwardArgs<S>& a, int64_t at) {
+  return a.training ? Rows16<S>{a.states, a.states_bf16}.from(at) : Rows16<S>{};
+}
+template <typename S>
+Rows16<S, const S> saved_states(const SeqBackwardArgs<S>& a) {
+  return {a.states, a.states_bf16};
+}
+
 // The output y from element `at` on.
 template <typename S>
 Rows16<S> output_rows(const SeqForwardArgs<S>& a, int64_t at) {
@@ -1158,7 +1168,7 @@ void lstm_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& 
         if (ph.k == kProj) return whr.run(st.rows, hout.f, H, a.y + st.offset * P, P, false, nullptr, task);
         if (ph.k == kCopy) return copy_rows(st.rows, P, a.y + st.offset * P, P, hn, P);
         const Rows16<S> gates = saved_gates(a, st.offset * GH);
-        S* cells = a.training ? a.states + st.offset * H : nullptr;
+        const Rows16<S> cells = saved_states(a, st.offset * H);
         auto epi = [&, hout](int64_t i, int64_t p, const V* acc) FRNN_ALWAYS_INLINE {
           const int64_t u0 = p * L;
           const int64_t cnt = std::min<int64_t>(L, H - u0);
@@ -1185,7 +1195,7 @@ void lstm_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& 
             gates.store(fg, gr + gf * H, cnt);
             gates.store(gg_, gr + gg * H, cnt);
             gates.store(og, gr + go * H, cnt);
-            c_new.store(cells + i * H + u0, cnt);
+            cells.store(c_new, i * H + u0, cnt);
           }
         };
         rec.run(st.rows, hs.prev(s), P, epi, task);
@@ -1239,6 +1249,7 @@ void lstm_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel
   S* dwco = a.dw_ch ? a.dw_ch + (kCoupled ? H : 2 * H) : nullptr;
   constexpr int gi = 0, gf = kCoupled ? 0 : 1, gg = kCoupled ? 1 : 2, go = kCoupled ? 2 : 3;
   const Rows16<S, const S> gates = saved_gates(a);
+  const Rows16<S, const S> states = saved_states(a);
 
   // The pointwise pass of units [u0, u0 + cnt) at step st: dG and dc from dh
   // (dy + dh_state, or dr with a projection) and dc_state.
@@ -1258,8 +1269,9 @@ void lstm_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel
       const V fg = gates.load(g + gf * H, cnt);
       const V gg_ = gates.load(g + gg * H, cnt);
       const V og = gates.load(g + go * H, cnt);
-      const V c_new = V::loadu(a.states + r * H + u0, cnt);
-      const V c = V::loadu(prev_state_row(a, st, i, a.states, a.c0, H) + u0, cnt);
+      const V c_new = states.load(r * H + u0, cnt);
+      const V c = i < st.split ? states.load((st.prev_offset + i) * H + u0, cnt)
+                               : V::loadu(a.c0 + i * H + u0, cnt);
       S* dcp = dc_state + i * H + u0;
       const V dc = V::loadu(dcp, cnt);
       V dpi, dpf, dpg, dpo, dc_prev, dwi = zero, dwf = zero, dwo = zero;

@@ -84,12 +84,10 @@ struct GruRzUnit {
     const int64_t H = p.H;
     const S* gx = p.gx + i * 3 * H + u;
     const A r = gru_gate(to_acc(gx[0]) + to_acc(p.gh[p.gl.at(i, 2, 0, u)]) + br);
-    const A z = gru_gate(to_acc(gx[H]) + to_acc(p.gh[p.gl.at(i, 2, 1, u)]) + bz);
-    const A rh = r * to_acc(p.h_in[i * H + u]);
-    p.rh[i * H + u] = from_acc<S>(rh);
-    if (p.rh_saved != nullptr) p.rh_saved[i * H + u] = rh;
-    p.z[i * p.ld_z + u] = from_acc<S>(z);
+    p.rh[i * H + u] = from_acc<S>(r * to_acc(p.h_in[i * H + u]));
     if (p.gates != nullptr) p.gates[i * 3 * H + u] = from_acc<S>(r);
+    const A z = gru_gate(to_acc(gx[H]) + to_acc(p.gh[p.gl.at(i, 2, 1, u)]) + bz);
+    p.z[i * p.ld_z + u] = from_acc<S>(z);
   }
 };
 
@@ -174,7 +172,6 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
       if (kTraining) {
         p.gates = a.base.gates + st.offset * 3 * H;
         p.z = p.gates + H;
-        if (a.base.rh_saved != nullptr) p.rh_saved = a.base.rh_saved + st.offset * H;
       }
       if (has_unit)
         for (int64_t i = sl.row0; i < st.rows; i += sl.row_step) unit_rz(p, i);

@@ -44,8 +44,8 @@ struct LstmBackwardUnit {
     const S* gr = p.gates + i * G * H + u;
 #pragma unroll
     for (int g = 0; g < G; ++g) in.gate[g] = to_acc(gr[g * H]);
-    in.c_new = p.c_new[i * H + u];
-    in.c = i < p.split ? p.c_prev[i * H + u] : to_acc(p.c0[i * H + u]);
+    in.c_new = to_acc(p.c_new[i * H + u]);
+    in.c = to_acc(i < p.split ? p.c_prev[i * H + u] : p.c0[i * H + u]);
     in.dc = p.dc[i * H + u];
     return in;
   }

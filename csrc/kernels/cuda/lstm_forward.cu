@@ -74,7 +74,7 @@ struct LstmForwardUnit {
       gr[gf * H] = from_acc<S>(fg);
       gr[gg * H] = from_acc<S>(gg_);
       gr[go * H] = from_acc<S>(og);
-      p.states[i * H + u] = c_new;
+      p.states[i * H + u] = from_acc<S>(c_new);
     }
   }
 };

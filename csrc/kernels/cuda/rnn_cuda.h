@@ -19,8 +19,9 @@
 //   - "split" (backward): rows below it continue the previously processed step,
 //     the others start from h0/c0 (see SeqLayout in ../common.h).
 // Element type S is float, double, __half or __nv_bfloat16 (storage); the math
-// runs in A = acc_t<S> (float for the 16-bit types) through cells.h. Cell states
-// and their gradients (c, dc, saved c and r*h) are stored in A.
+// runs in A = acc_t<S> (float for the 16-bit types) through cells.h. The cell
+// state and the gradients carried from step to step (c, dc) are kept in A; what
+// a training forward saves for the backward (gates, c', r*h) is stored in S.
 //
 // Launchers turn runtime flags (null pointers, cell variants) into template
 // constants, launch on `stream`, and return cudaGetLastError(); they launch
@@ -111,7 +112,7 @@ struct LstmForwardParams {
   int64_t ld_h = 0;          //   projection's input (proj_in or a scratch)
   S* h_state = nullptr;      // [N, H] second copy of h' (no projection) or null
   S* gates = nullptr;        // [rows, G*H] activated gates (training) or null
-  A* states = nullptr;       // [rows, H]   c' (training); set iff gates is
+  S* states = nullptr;       // [rows, H]   c' rounded to S (training); set iff gates is
 };
 
 template <typename S>
@@ -126,8 +127,8 @@ struct LstmBackwardParams {
   const S* dh_rec = nullptr;  // recurrent part (no projection), laid out as rl says
   GhLayout rl;                //   (one gate block), or null
   const S* gates = nullptr;   // [rows, G*H] saved activated gates
-  const A* c_new = nullptr;   // [rows, H]   saved c' of this step
-  const A* c_prev = nullptr;  // [split, H]  saved c' of the previously processed step
+  const S* c_new = nullptr;   // [rows, H]   saved c' of this step
+  const S* c_prev = nullptr;  // [split, H]  saved c' of the previously processed step
   const S* c0 = nullptr;      // [N, H]      initial cell state (rows >= split)
   int64_t split = 0;
   const S* w_ch = nullptr;    // [(G-1)*H] or null
@@ -168,7 +169,6 @@ struct GruForwardParams {
   S* z = nullptr;            // [rows, ld_z] z from the rz kernel to the n kernel
   int64_t ld_z = 0;          //   (inside gates when training)
   S* rh = nullptr;           // [rows, H] r*h, the input of the W_hn product
-  A* rh_saved = nullptr;     // [rows, H] r*h saved in A (training, when S != A) or null
 };
 
 template <typename S>
