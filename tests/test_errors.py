@@ -311,6 +311,15 @@ def _backward_call(op, **bad):
                  need_weight_grads=True)
         a.update(bad)
         return lambda: ops.lstm_backward(*a.values())
+    if op == "lstm_cell":
+        w_ih, w_hh = torch.randn(4 * H, C), torch.randn(4 * H, H)
+        x1, c0 = x[0], torch.zeros(N, H)
+        h, c, gates = ops.lstm_cell_forward(x1, h0, c0, w_ih, w_hh, None, None, None, False, True)
+        a = dict(grad_h=torch.ones_like(h), grad_c=None, input=x1, hx=h0, cx=c0, w_ih=w_ih, w_hh=w_hh, b_ih=None,
+                 b_hh=None, w_ch=None, h=h, c=c, gates=gates, coupled=False, need_input_grad=True,
+                 need_weight_grads=True)
+        a.update(bad)
+        return lambda: ops.lstm_cell_backward(*a.values())
     if op == "gru":
         w_ih, w_hh = torch.randn(3 * H, C), torch.randn(3 * H, H)
         y, hn, gates, states = ops.gru_forward(x, None, h0, w_ih, w_hh, None, None, True, False, True)
@@ -387,6 +396,12 @@ BAD_CALLS = [
      ["lstm_backward", "grad_c_n", "[2, 7]"]),
     ("gru_backward states dtype", _backward_call("gru", states=torch.zeros(T * N, H, dtype=torch.float64)),
      ["gru_backward", "states", "Double"]),
+    ("lstm_backward states dtype", _backward_call("lstm", states=torch.zeros(T * N, H, dtype=torch.float64)),
+     ["lstm_backward", "states must have the dtype of input (Float), got Double"]),
+    ("lstm_cell_backward c dtype", _backward_call("lstm_cell", c=torch.zeros(N, H, dtype=torch.float64)),
+     ["lstm_cell_backward", "c must have the dtype of input (Float), got Double"]),
+    ("lstm_cell_backward c shape", _backward_call("lstm_cell", c=torch.zeros(N, H + 1)),
+     ["lstm_cell_backward", "c must have shape [2, 4], got [2, 5]"]),
     ("gru_backward output shape", _backward_call("gru", output=torch.zeros(T, N + 1, H)),
      ["gru_backward", "output", "[5, 3, 4]"]),
     ("rnn_backward grad_h_n shape", _backward_call("rnn", grad_h_n=torch.zeros(N + 1, H)),
