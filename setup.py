@@ -58,9 +58,10 @@ ISA_FLAGS = {
 }
 
 
-# The AMX tile products (csrc/kernels/cpu/amx_bf16.cpp) need these on top of
-# AVX-512; their callers check at run time that the CPU has them. Built without
-# them (no AVX-512 kernels in the build), that file gives usable() == False.
+# The bfloat16 products (csrc/kernels/cpu/amx_bf16.cpp: AMX tiles, or AVX512-BF16
+# dot products) need these on top of AVX-512; the file checks at run time which
+# the CPU has. Built without them (no AVX-512 kernels in the build), that file
+# gives best() == Engine::kNone.
 ISA_FLAGS["amx"] = ISA_FLAGS["avx512"][2:] + ["-mavx512bf16", "-mamx-tile", "-mamx-bf16"]
 AMX_SOURCE = "amx_bf16.cpp"
 BUILD_AMX = False
@@ -70,14 +71,16 @@ AMX_PROBE = """
 #include <immintrin.h>
 void probe(const float* x, void* y) {
   _tile_release();
+  const __m512bh v = (__m512bh)_mm512_loadu_si512(x);
+  *(__m512*)y = _mm512_dpbf16_ps(_mm512_loadu_ps(x), v, v);
   *(__m256bh*)y = _mm512_cvtneps_pbh(_mm512_loadu_ps(x));
 }
 """
 
 
 def compiler_has_amx():
-    """Whether the C++ compiler takes the AMX flags and intrinsics (GCC 11 and
-    later, recent clang); without, amx_bf16.cpp builds as its stub."""
+    """Whether the C++ compiler takes the AMX and AVX512-BF16 flags and intrinsics
+    (GCC 11 and later, recent clang); without, amx_bf16.cpp builds as its stub."""
     cxx = os.environ.get("CXX", "c++").split()
     with tempfile.TemporaryDirectory() as tmp:
         src = os.path.join(tmp, "probe.cpp")

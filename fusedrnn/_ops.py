@@ -223,9 +223,10 @@ def backend_info() -> dict:
     (the one in use), cpu_single_step_products (where cell calls on CPU take their
     products: "own" GEMMs, torch's BLAS "blas by shape" where it is MKL on an Intel
     CPU, or "blas" when FUSEDRNN_CPU_BLAS=always), cpu_bfloat16_products (where
-    bfloat16 layers on CPU take their products: "amx" tiles where the CPU has
-    AMX-BF16 and the kernels run with AVX-512, unless FUSEDRNN_CPU_AMX=never, else
-    "float32"), cuda_compiled, cuda_archs,
+    bfloat16 layers on CPU take their products, where the kernels run with AVX-512:
+    "amx" tiles where the CPU has AMX-BF16, else "avx512-bf16" dot products where
+    it has AVX512-BF16 (also with FUSEDRNN_CPU_AMX_TILES=never), unless
+    FUSEDRNN_CPU_AMX=never; otherwise "float32"), cuda_compiled, cuda_archs,
     cuda_available, cuda_devices.
     """
     info = _C.build_info()

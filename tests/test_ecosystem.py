@@ -320,10 +320,29 @@ def _cpu_flags():
 
 def test_bfloat16_products_follow_the_switch_and_the_machine(monkeypatch):
     monkeypatch.delenv("FUSEDRNN_CPU_AMX", raising=False)
-    amx = {"amx_tile", "amx_bf16", "avx512_bf16"} <= _cpu_flags() and fusedrnn.backend_info()["cpu_isa"] == "AVX512"
-    assert fusedrnn.backend_info()["cpu_bfloat16_products"] == ("amx" if amx else "float32")
+    monkeypatch.delenv("FUSEDRNN_CPU_AMX_TILES", raising=False)
+    avx512 = fusedrnn.backend_info()["cpu_isa"] == "AVX512"
+    dot = "avx512_bf16" in _cpu_flags() and avx512
+    tiles = dot and {"amx_tile", "amx_bf16"} <= _cpu_flags()
+
+    def products():
+        return fusedrnn.backend_info()["cpu_bfloat16_products"]
+
+    assert products() == ("amx" if tiles else "avx512-bf16" if dot else "float32")
+    lstm = fusedrnn.LSTM(3, 4).to(torch.bfloat16)
+    x = torch.randn(2, 1, 3, dtype=torch.bfloat16)
+    monkeypatch.setenv("FUSEDRNN_CPU_AMX_TILES", "never")
+    assert products() == ("avx512-bf16" if dot else "float32")
+    lstm(x)
+    monkeypatch.setenv("FUSEDRNN_CPU_AMX_TILES", "always")
+    if dot and not tiles:
+        with pytest.raises(RuntimeError, match="FUSEDRNN_CPU_AMX_TILES=always, but this CPU or its OS has no AMX"):
+            lstm(x)
+    else:
+        lstm(x)
+    monkeypatch.delenv("FUSEDRNN_CPU_AMX_TILES")
     monkeypatch.setenv("FUSEDRNN_CPU_AMX", "never")
-    assert fusedrnn.backend_info()["cpu_bfloat16_products"] == "float32"
+    assert products() == "float32"
     monkeypatch.setenv("FUSEDRNN_CPU_AMX", "sometimes")
     lstm = fusedrnn.LSTM(3, 4).to(torch.bfloat16)
     with pytest.raises(RuntimeError, match="FUSEDRNN_CPU_AMX must be auto, always or never, got 'sometimes'"):

@@ -216,19 +216,32 @@ def _bf16_products():
     return fusedrnn.backend_info()["cpu_bfloat16_products"]
 
 
-@pytest.mark.skipif(_bf16_products() != "amx", reason="this CPU (or build) has no AMX-BF16 products")
+BF16_ENGINES = ("amx", "avx512-bf16")
+
+
+@pytest.mark.skipif(_bf16_products() not in BF16_ENGINES,
+                    reason="this CPU (or build) has neither AMX-BF16 nor AVX512-BF16 products")
+@pytest.mark.parametrize("engine", ["best", "dot"])
 @pytest.mark.parametrize("shape", [(6, 70, 45, 40), (20, 70, 64, 64)], ids=["tails", "long"])
 @pytest.mark.parametrize("packed", [False, True], ids=["strided", "packed"])
 @pytest.mark.parametrize("variant", list(SEQ_ALL))
-def test_amx_bfloat16_matches_reference(variant, packed, shape, monkeypatch):
-    # Forward and backward products on AMX tiles. "tails" leaves every tile
-    # partial: K = 45 and 40 (not multiples of 32), H = 40 (units past H in a
-    # 16-wide tile), 70 rows (4 row tiles and 6), steps of 70 down to 1 row when
-    # packed. "long" has whole tiles (the packing's fast path) and up to 1400
-    # rows, more than one chunk of K for the weight gradients. Both directions,
-    # two layers. On one thread and on two (tasks split panels and rows; no sum
-    # changes), and against the float32 path, whose h is not rounded to
-    # bfloat16 between steps.
+def test_amx_bfloat16_matches_reference(variant, packed, shape, engine, monkeypatch):
+    # Forward and backward products in bfloat16: on the machine's best engine
+    # (AMX tiles, or AVX512-BF16 dot products without them), and on the dot
+    # products where there are tiles too (FUSEDRNN_CPU_AMX_TILES=never), over
+    # the same packed operands. "tails" leaves every tile partial: K = 45 and
+    # 40 (not multiples of 32), H = 40 (units past H in a 16-wide tile), 70
+    # rows (4 row tiles and 6), steps of 70 down to 1 row when packed. "long"
+    # has whole tiles (the packing's fast path) and up to 1400 rows, more than
+    # one chunk of K for the weight gradients. Both directions, two layers. On
+    # one thread and on two (tasks split panels and rows; no sum changes), and
+    # against the float32 path, whose h is not rounded to bfloat16 between
+    # steps.
+    if engine == "dot":
+        if _bf16_products() != "amx":
+            pytest.skip("no AMX tiles: the best engine is the dot products")
+        monkeypatch.setenv("FUSEDRNN_CPU_AMX_TILES", "never")
+        assert _bf16_products() == "avx512-bf16"
     mode, vkw = SEQ_ALL[variant]
     vkw = {**vkw, "proj_size": 24} if "proj_size" in vkw else vkw
     t, n, c, h = shape
@@ -250,7 +263,7 @@ def test_amx_bfloat16_matches_reference(variant, packed, shape, monkeypatch):
 
 @pytest.mark.parametrize("kind", ["LSTMCell", "GRUCell", "RNNCell"])
 def test_amx_bfloat16_cell_matches_reference(kind, monkeypatch):
-    if _bf16_products() != "amx":
+    if _bf16_products() not in BF16_ENGINES:
         monkeypatch.setenv("FUSEDRNN_CPU_AMX", "always")
         cell = getattr(fusedrnn, kind)(3, 4).to(torch.bfloat16)
         with pytest.raises(RuntimeError, match="FUSEDRNN_CPU_AMX=always, but this CPU"):

@@ -100,24 +100,52 @@ cpu::BlasPolicy blas_policy() {
   }
 }
 
-// Whether bfloat16 layers run their products on AMX tiles: where the CPU and
-// the OS allow it and the kernels run with AVX-512 (auto), or as
+// Whether bfloat16 layers run their products in bfloat16 (amx.h: on AMX tiles,
+// or with AVX512-BF16 dot products where the CPU has no tiles): where the CPU
+// and the OS allow it and the kernels run with AVX-512 (auto), or as
 // FUSEDRNN_CPU_AMX=always|never says (tests, benchmarks).
-bool amx_possible() {
-  static const bool can = cpu::amx::usable() && std::strcmp(cpu::active_isa(), "AVX512") == 0;
-  return can;
+// FUSEDRNN_CPU_AMX_TILES=never takes the dot products where there are tiles
+// (always: the tiles or an error).
+cpu::amx::Engine best_engine() {
+  static const cpu::amx::Engine best = std::strcmp(cpu::active_isa(), "AVX512") == 0
+                                           ? cpu::amx::best()
+                                           : cpu::amx::Engine::kNone;
+  return best;
 }
 
+// Unless `strict`, a switch set to always that the machine cannot honour
+// reports the engine auto would take instead of raising.
+cpu::amx::Engine bf16_engine(bool strict = true) {
+  using cpu::amx::Engine;
+  const Engine best = best_engine();
+  switch (env_switch("FUSEDRNN_CPU_AMX")) {
+    case Switch::kNever: return Engine::kNone;
+    case Switch::kAlways:
+      TORCH_CHECK(!strict || best != Engine::kNone, "FUSEDRNN_CPU_AMX=always, but this CPU, its "
+                  "OS or the kernels' instruction set (", cpu::active_isa(), ") cannot run "
+                  "bfloat16 products (AMX tiles or AVX512-BF16)");
+      break;
+    default: break;
+  }
+  if (best == Engine::kNone) return best;
+  switch (env_switch("FUSEDRNN_CPU_AMX_TILES")) {
+    case Switch::kNever: return Engine::kDot;
+    case Switch::kAlways:
+      TORCH_CHECK(!strict || best == Engine::kTiles, "FUSEDRNN_CPU_AMX_TILES=always, but this "
+                  "CPU or its OS has no AMX tiles");
+      return best;
+    default: return best;
+  }
+}
+
+// For a bfloat16 call: whether its products run in bfloat16, on the engine
+// this sets.
 bool use_amx(const LayerInputs& in) {
   if (in.input.scalar_type() != at::kBFloat16) return false;
-  switch (env_switch("FUSEDRNN_CPU_AMX")) {
-    case Switch::kNever: return false;
-    case Switch::kAlways:
-      TORCH_CHECK(amx_possible(), "FUSEDRNN_CPU_AMX=always, but this CPU, its OS or the kernels' "
-                  "instruction set (", cpu::active_isa(), ") cannot run AMX bfloat16 products");
-      return true;
-    default: return amx_possible();
-  }
+  const cpu::amx::Engine e = bf16_engine();
+  if (e == cpu::amx::Engine::kNone) return false;
+  cpu::amx::use(e);
+  return true;
 }
 
 // cpu::BlasGemm through ATen (at::mm_out / at::addmm_out on views of the
@@ -425,7 +453,11 @@ const char* cpu_single_step_products() {
 }
 
 const char* cpu_bfloat16_products() {
-  return env_switch("FUSEDRNN_CPU_AMX") != Switch::kNever && amx_possible() ? "amx" : "float32";
+  switch (bf16_engine(false)) {
+    case cpu::amx::Engine::kTiles: return "amx";
+    case cpu::amx::Engine::kDot: return "avx512-bf16";
+    default: return "float32";
+  }
 }
 
 void cpu_layer_forward(const LayerInputs& in, const LayerGeometry& g, bool training,

@@ -1,4 +1,5 @@
-// bfloat16 products on Intel AMX tiles (Sapphire Rapids and later): the
+// bfloat16 products on Intel AMX tiles (Sapphire Rapids and later), or with
+// AVX512-BF16 dot products where the CPU has no tiles (Engine below): the
 // input projection and the recurrent product of a bfloat16 layer, accumulated
 // in float32 (DESIGN.md, precision). The rest of a step (cell math, state)
 // stays in the float32 kernels.
@@ -10,7 +11,7 @@
 // The result of a tile is 16 x 16 float32, row-major.
 //
 // Compiled with the AMX flags in its own file (amx_bf16.cpp); where it is not,
-// usable() is false and nothing else may be called.
+// best() is kNone and nothing else may be called.
 #pragma once
 
 #include <cstdint>
@@ -25,9 +26,19 @@ constexpr int kTileK = 32;
 constexpr int64_t kTileElems = kTileCols * kTileK;  // bfloat16 per packed K block
 constexpr int kMaxTiles = 4;                         // result tiles per product()
 
-// Compiled in, the CPU has AMX-BF16 and AVX512-BF16, and the OS lets this
-// process use the tile data (requested here once).
-bool usable();
+// What runs the products: AMX tiles, or where the CPU has none (AMD Zen 4 and
+// later, Intel Cooper Lake), AVX512-BF16 dot products (vdpbf16ps) on the same
+// packed operands and staged blocks, summed in float32 likewise (in another
+// order: the results may differ in the last bits).
+enum class Engine { kNone, kDot, kTiles };
+
+// The best engine this build, the CPU and the OS allow (the tile data is
+// requested from the OS here, once). kTiles allows kDot too.
+Engine best();
+// The engine of the products from here on, process-wide: kNone, or one that
+// best() allows. in_use() says which.
+void use(Engine e);
+Engine in_use();
 
 constexpr int64_t k_blocks(int64_t K) { return (K + kTileK - 1) / kTileK; }
 constexpr int64_t col_tiles(int64_t rows) { return (rows + kTileCols - 1) / kTileCols; }

@@ -1,9 +1,11 @@
-// AMX tile products for bfloat16 layers (amx.h). The build compiles this file
-// alone with -mamx-tile -mamx-bf16 -mavx512bf16 (and the AVX-512 flags); a
-// build without them gets usable() == false.
+// The bfloat16 products of amx.h, on AMX tiles or with AVX512-BF16 dot
+// products. The build compiles this file alone with -mamx-tile -mamx-bf16
+// -mavx512bf16 (and the AVX-512 flags); a build without them gets
+// best() == Engine::kNone.
 #include "amx.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -26,21 +28,31 @@ namespace {
 constexpr int kXfeatureTileData = 18;
 constexpr unsigned long kArchReqXcompPerm = 0x1023;
 
-bool cpu_and_os_allow() {
+// The best engine the CPU and the OS allow: AVX512-BF16 dot products need
+// AVX-512 F, BW, VL and BF16 with the ZMM state enabled; the tiles need AMX-BF16
+// and AMX-TILE besides, and the tile state granted.
+Engine cpu_and_os_allow() {
   unsigned a = 0, b = 0, c = 0, d = 0;
-  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return Engine::kNone;
   const bool avx512 = (b >> 16 & 1) && (b >> 30 & 1) && (b >> 31 & 1);  // F, BW, VL
   const bool amx = (d >> 22 & 1) && (d >> 24 & 1);                      // AMX-BF16, AMX-TILE
-  if (!avx512 || !amx) return false;
-  if (!__get_cpuid_count(7, 1, &a, &b, &c, &d) || !(a >> 5 & 1)) return false;  // AVX512_BF16
-  if (!__get_cpuid(1, &a, &b, &c, &d) || !(c >> 27 & 1)) return false;          // OSXSAVE
+  if (!avx512) return Engine::kNone;
+  if (!__get_cpuid_count(7, 1, &a, &b, &c, &d) || !(a >> 5 & 1)) return Engine::kNone;  // AVX512_BF16
+  if (!__get_cpuid(1, &a, &b, &c, &d) || !(c >> 27 & 1)) return Engine::kNone;          // OSXSAVE
   unsigned lo = 0, hi = 0;
   __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
-  // XCR0: opmask, ZMM halves (5-7) and the tile configuration and data (17, 18).
-  if ((lo & 0xE0u) != 0xE0u || (lo & 0x60000u) != 0x60000u) return false;
+  // XCR0: SSE and AVX state (1, 2), opmask and ZMM halves (5-7), then the tile
+  // configuration and data (17, 18).
+  if ((lo & 0xE6u) != 0xE6u) return Engine::kNone;
+  if (!amx || (lo & 0x60000u) != 0x60000u) return Engine::kDot;
   // Linux hands out the tile data state only on request, once per process.
-  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureTileData) == 0;
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureTileData) == 0 ? Engine::kTiles
+                                                                            : Engine::kDot;
 }
+
+std::atomic<Engine> g_engine{Engine::kNone};
+
+bool on_tiles() { return g_engine.load(std::memory_order_relaxed) == Engine::kTiles; }
 
 // Tiles: 0 and 3 A (16 x 64 bytes), 1 and 2 B, 4..7 results (16 x 16 float32).
 struct alignas(64) TileConfig {
@@ -168,12 +180,69 @@ inline void product2_n(const bf16* a0, const bf16* a1, int64_t kb, const bf16* c
   }
 }
 
+// The dot engine: the same products with vdpbf16ps, 16 k-pairs of a packed
+// block one after the other. A vector of tile t's block at pair p holds the
+// pair (2p, 2p+1) of its 16 columns, the VNNI layout the instruction takes;
+// each row of A broadcasts its pair. Rows [r0, r0 + RB) of out[t], t < NT: RB
+// x NT accumulators and NT vectors of B in registers (at most 30 of 32).
+template <int NT, int RB>
+inline void dot_rows(const bf16* a, int64_t lda, int64_t kb, const bf16* const* b, float* out,
+                     int r0) {
+  static_assert(RB * NT + NT <= 30, "accumulators and B vectors fit the 32 registers");
+  __m512 acc[RB][NT];
+  for (int r = 0; r < RB; ++r)
+    for (int t = 0; t < NT; ++t) acc[r][t] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < kb; ++k) {
+    const bf16* ak = a + r0 * lda + k * kTileK;
+    for (int p = 0; p < kTileK / 2; ++p) {
+      __m512bh bv[NT];
+      for (int t = 0; t < NT; ++t)
+        bv[t] = reinterpret_cast<__m512bh>(
+            _mm512_loadu_si512(b[t] + k * kTileElems + p * 2 * kTileCols));
+      for (int r = 0; r < RB; ++r) {
+        int32_t pair;
+        std::memcpy(&pair, ak + r * lda + 2 * p, sizeof(pair));
+        const __m512bh av = reinterpret_cast<__m512bh>(_mm512_set1_epi32(pair));
+        for (int t = 0; t < NT; ++t) acc[r][t] = _mm512_dpbf16_ps(acc[r][t], av, bv[t]);
+      }
+    }
+  }
+  for (int r = 0; r < RB; ++r)
+    for (int t = 0; t < NT; ++t)
+      _mm512_storeu_ps(out + t * kTileRows * kTileCols + (r0 + r) * kTileCols, acc[r][t]);
+}
+
+template <int NT>
+inline void product_dot(const bf16* a, int64_t kb, const bf16* const* b, float* out,
+                        Interleave* w) {
+  const int64_t lda = kb * kTileK;
+  if constexpr (NT == 4) {
+    dot_rows<4, 6>(a, lda, kb, b, out, 0);
+    dot_rows<4, 6>(a, lda, kb, b, out, 6);
+    dot_rows<4, 4>(a, lda, kb, b, out, 12);
+  } else if constexpr (NT >= 2) {
+    dot_rows<NT, 8>(a, lda, kb, b, out, 0);
+    dot_rows<NT, 8>(a, lda, kb, b, out, 8);
+  } else {
+    dot_rows<1, 16>(a, lda, kb, b, out, 0);
+  }
+  if (w)
+    for (; w->next < w->end; ++w->next) w->fn(w->ctx, w->next);
+}
+
 }  // namespace
 
-bool usable() {
-  static const bool ok = cpu_and_os_allow();
-  return ok;
+Engine best() {
+  static const Engine e = cpu_and_os_allow();
+  return e;
 }
+
+void use(Engine e) {
+  if (e != Engine::kNone && static_cast<int>(e) > static_cast<int>(best())) std::abort();
+  g_engine.store(e, std::memory_order_relaxed);
+}
+
+Engine in_use() { return g_engine.load(std::memory_order_relaxed); }
 
 // A block of a tile is the 16 x 16 transpose of 32-bit words (k-pairs): row c
 // of W's 16 rows, words 0..15 of the block, becomes column c.
@@ -240,11 +309,19 @@ void stage(const bf16* src, int64_t ld, int64_t rows, int64_t K, bf16* dst) {
   }
 }
 
-void begin() { _tile_loadconfig(&config()); }
-void end() { _tile_release(); }
+void begin() {
+  if (on_tiles()) _tile_loadconfig(&config());
+}
+void end() {
+  if (on_tiles()) _tile_release();
+}
 
 void product2(const bf16* a0, const bf16* a1, int64_t K, const bf16* const* b, int nt,
               float* out0, float* out1, Interleave* work) {
+  if (!on_tiles()) {
+    product(a0, K, b, nt, out0, nullptr);
+    return product(a1, K, b, nt, out1, work);
+  }
   const int64_t kb = k_blocks(K);
   if (nt > 1)
     product2_n<2>(a0, a1, kb, b, out0, out1, work);
@@ -255,6 +332,14 @@ void product2(const bf16* a0, const bf16* a1, int64_t K, const bf16* const* b, i
 void product(const bf16* a, int64_t K, const bf16* const* b, int nt, float* out,
              Interleave* work) {
   const int64_t kb = k_blocks(K);
+  if (!on_tiles()) {
+    switch (nt) {
+      case 1: return product_dot<1>(a, kb, b, out, work);
+      case 2: return product_dot<2>(a, kb, b, out, work);
+      case 3: return product_dot<3>(a, kb, b, out, work);
+      default: return product_dot<4>(a, kb, b, out, work);
+    }
+  }
   switch (nt) {
     case 1: return product_n<1>(a, kb, b, out, work);
     case 2: return product_n<2>(a, kb, b, out, work);
@@ -432,7 +517,11 @@ void gemm_tn(int64_t M, int64_t K, const float* a, int64_t lda, const TnProduct*
 
 #else  // not compiled for AMX
 
-bool usable() { return false; }
+Engine best() { return Engine::kNone; }
+void use(Engine e) {
+  if (e != Engine::kNone) std::abort();
+}
+Engine in_use() { return Engine::kNone; }
 void pack(const bf16*, int64_t, int64_t, int64_t, bf16*, int64_t, int64_t, int64_t) { std::abort(); }
 bf16* staging(int64_t, int64_t) { std::abort(); }
 void stage(const float*, int64_t, int64_t, int64_t, bf16*) { std::abort(); }
