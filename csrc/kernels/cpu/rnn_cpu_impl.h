@@ -517,6 +517,13 @@ constexpr int64_t kMinCallFmaForThreads = int64_t{1} << 20;
 // 95 (the packing of the weights, per call, splits); N=64 (17M) 29.8 / 34.2;
 // GRUCell N=64 (13M) 19.8 / 22.7.
 constexpr int64_t kMinCallAmxFmaForThreads = int64_t{1} << 25;
+// The same for the AVX512-BF16 dot products (about half the float32 products'
+// time). Paired in one process on 2 cores (AMD EPYC Zen 5, 100 calls, H=256),
+// two threads' time over one thread's: LSTMCell N=64 (34M) 0.80 inference, 0.88
+// training; GRUCell N=64 (25M) 0.86, 0.89; below 2^24, LSTMCell N=16 (8M) 0.89,
+// 0.94 and GRUCell N=16 (6M) 0.84, 0.93, but RNNCell N=64 (8M) 1.62 in
+// inference and N=16 (2M) 1.05, 1.29.
+constexpr int64_t kMinCallDotFmaForThreads = int64_t{1} << 24;
 
 // A pass that takes its products from the BLAS (`blas` not null) runs on the
 // calling thread: the BLAS brings its own threads.
@@ -524,9 +531,11 @@ template <typename S>
 inline int threads_for(const Parallel& par, BlasGemm<S> blas, int64_t step_fma, int64_t steps,
                        bool amx = false) {
   if (blas) return 1;
-  const int64_t min_fma = steps > 1 ? kMinStepFmaForThreads
-                          : amx     ? kMinCallAmxFmaForThreads
-                                    : kMinCallFmaForThreads;
+  const amx::Engine engine = amx ? amx::in_use() : amx::Engine::kNone;
+  const int64_t min_fma = steps > 1                        ? kMinStepFmaForThreads
+                          : engine == amx::Engine::kTiles ? kMinCallAmxFmaForThreads
+                          : engine == amx::Engine::kDot   ? kMinCallDotFmaForThreads
+                                                          : kMinCallFmaForThreads;
   return step_fma >= min_fma ? par.max_threads : 1;
 }
 
