@@ -24,9 +24,13 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+# The clone this script sits in, once built in place (make bench builds it),
+# comes before an installed fusedrnn, which would otherwise be measured instead.
+if any((HERE.parent / "fusedrnn").glob("_C*")):
+    sys.path.insert(1, str(HERE.parent))
 try:
     import fusedrnn  # noqa: F401
-except ImportError:  # running from a clone without PYTHONPATH: use the in-place build
+except ImportError:  # a clone not built, and none installed: the clone's error says why
     sys.path.insert(1, str(HERE.parent))
     import fusedrnn  # noqa: F401
 

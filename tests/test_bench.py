@@ -10,6 +10,8 @@ status.
 
 import copy
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -242,6 +244,19 @@ def test_resume_writes_the_record_it_resumed(tmp_path):
     merged = report.load(tmp_path / "copy.json")
     assert len(merged["rows"]) == 4 and [p["rows"] for p in merged["parts"]] == [1, 3]
     assert [p["id"] for p in merged["parts"]] == [0, 1]
+
+
+def test_a_clone_benchmarks_its_own_build_over_an_installed_one(tmp_path):
+    """`python bench/run.py` in a built clone measures that clone's fusedrnn, not another one
+    earlier on the path (an installed or editable fusedrnn of another checkout)."""
+    other = tmp_path / "fusedrnn"
+    other.mkdir()
+    (other / "__init__.py").write_text("raise SystemExit('imported the other fusedrnn')\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    out = subprocess.run([sys.executable, str(BENCH / "run.py"), "--list"], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "imported the other fusedrnn" not in out.stdout + out.stderr
 
 
 def test_step_trace_phases():
