@@ -239,6 +239,37 @@ def test_activation_memory_at_or_below_torch_nn(mode, dtype):
     assert held_bytes(fused, x) <= native + states * x.element_size()
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=["f64", "bf16"])
+@pytest.mark.parametrize("mode,kw,held", [
+    ("LSTM", {}, False),
+    ("LSTM", {"peephole": True, "coupled_gates": True}, False),
+    ("LSTM", {"proj_size": 3}, True),
+    ("GRU", {}, True),
+    ("RNN", {}, True),
+], ids=["lstm", "lstm_peephole_coupled", "lstm_proj", "gru", "rnn"])
+def test_which_layers_hold_their_output(mode, kw, held, dtype):
+    # An LSTM without projection saves no output: its backward rebuilds
+    # h = o * tanh(c') from the gates and states it saved, so that in a stack
+    # with two directions each direction's output is held once, in the
+    # concatenation that the next layer saves (as torch.nn with cuDNN holds
+    # them), not a second time by its own layer. One layer, one direction: the
+    # module's output is the operator's. The gradients stay the reference's.
+    torch.manual_seed(0)
+    m = getattr(fusedrnn, mode)(4, 6, **kw).to(dtype)
+    x = torch.randn(5, 3, 4, dtype=dtype, requires_grad=True)
+    saved = set()
+
+    def pack(t):
+        saved.add(t.untyped_storage().data_ptr())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y, _ = m(x)
+    assert (y.untyped_storage().data_ptr() in saved) == held
+    if dtype == torch.float64:
+        fusedrnn.testing.assert_matches_reference(m, x.detach())
+
+
 @pytest.mark.parametrize("make", MODULES, ids=["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"])
 def test_no_leak_over_2000_iterations(make):
     torch.manual_seed(0)

@@ -190,6 +190,27 @@ variable_list differentiable_backward(Call call, const variable_list& s,
   return result;
 }
 
+// Whether a training forward leaves its output unsaved, for the backward to
+// rebuild: an LSTM without projection, whose output h = o * tanh(c') is a
+// function of the saved gates and states. In a stack with two directions each
+// direction's output is then held once, in the concatenation the next layer
+// saves, and not a second time by its own layer.
+bool output_rebuilt(Call call, const Tensor& w_hr) {
+  return call.op == Op::kLstm && call.training && !w_hr.defined();
+}
+
+// The output of such an LSTM forward, [T, N, H] (or packed [R, H]): o * tanh(c')
+// in the compute dtype, rounded to the input's, from the gates and states it
+// saved (16-bit ones rounded as the output was, so it may differ from the
+// output in the last bits there).
+Tensor lstm_output(const Tensor& input, const Tensor& gates, const Tensor& states, bool coupled) {
+  const int64_t H = states.size(1), go = coupled ? 2 : 3;
+  const at::ScalarType acc = compute_dtype(states.scalar_type());
+  const Tensor h =
+      (gates.narrow(1, go * H, H).to(acc) * states.to(acc).tanh()).to(states.scalar_type());
+  return input.dim() == 3 ? h.view({input.size(0), input.size(1), H}) : h;
+}
+
 struct LayerFunction : public torch::autograd::Function<LayerFunction> {
   // Absent arguments are passed as nullopt: not autograd inputs, no edge.
   static variable_list forward(AutogradContext* ctx, Call call, Tensor input,
@@ -205,8 +226,9 @@ struct LayerFunction : public torch::autograd::Function<LayerFunction> {
     // gradient as large as them cost about a tenth of an LSTM backward.
     ctx->set_materialize_grads(false);
     ctx->saved_data["call"] = encode(call);
-    ctx->save_for_backward({input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, fw.y,
-                            fw.gates, fw.states, fw.proj_in});
+    ctx->save_for_backward({input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr,
+                            output_rebuilt(call, w_hr) ? Tensor() : fw.y, fw.gates, fw.states,
+                            fw.proj_in});
     return std::move(fw.out);
   }
 
@@ -220,7 +242,7 @@ struct LayerFunction : public torch::autograd::Function<LayerFunction> {
                 "call it with training=True when gradients are needed");
     const variable_list s = ctx->get_saved_variables();
     const Tensor &input = s[kInput], &h0 = s[kH0], &c0 = s[kC0], &w_ih = s[kWih], &w_hh = s[kWhh];
-    const Tensor &y = s[10], &gates = s[11], &states = s[12], &proj_in = s[13];
+    const Tensor &gates = s[11], &states = s[12], &proj_in = s[13];
     const auto bs = opt(s[kBatchSizes]);
     const auto b_ih = opt(s[kBih]), b_hh = opt(s[kBhh]), w_ch = opt(s[kWch]), w_hr = opt(s[kWhr]);
 
@@ -229,6 +251,7 @@ struct LayerFunction : public torch::autograd::Function<LayerFunction> {
     for (int i = 0, edge = 0; i < kNumArgs; ++i)
       if (s[i].defined()) need[i] = ctx->needs_input_grad(edge++);
     if (at::GradMode::is_enabled()) return differentiable_backward(call, s, grads, need);
+    const Tensor y = s[10].defined() ? s[10] : lstm_output(input, gates, states, flag);
     const bool need_x = need[kInput];
     const bool need_w = need[kWih] || need[kWhh] || need[kBih] || need[kBhh] || need[kWch] || need[kWhr];
     const Tensor dy = grads[0].defined() ? grads[0] : at::zeros_like(y);
