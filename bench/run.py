@@ -20,13 +20,14 @@ import sys
 import time
 import traceback
 import warnings
+from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 # The clone this script sits in, once built in place (make bench builds it),
 # comes before an installed fusedrnn, which would otherwise be measured instead.
-if any((HERE.parent / "fusedrnn").glob("_C*")):
+if any((HERE.parent / "fusedrnn" / f"_C{s}").exists() for s in EXTENSION_SUFFIXES):
     sys.path.insert(1, str(HERE.parent))
 try:
     import fusedrnn  # noqa: F401

@@ -200,15 +200,14 @@ bool output_rebuilt(Call call, const Tensor& w_hr) {
 }
 
 // The output of such an LSTM forward, [T, N, H] (or packed [R, H]): o * tanh(c')
-// in the compute dtype, rounded to the input's, from the gates and states it
-// saved (16-bit ones rounded as the output was, so it may differ from the
-// output in the last bits there).
+// from the gates and states it saved, in their dtype, so that it takes no more
+// memory than the output it stands for (in 16 bits, from values rounded as the
+// output was, and rounded once more: it may differ from the output in the last
+// bits there). Symbolic sizes, so that AOTAutograd traces it with dynamic shapes.
 Tensor lstm_output(const Tensor& input, const Tensor& gates, const Tensor& states, bool coupled) {
-  const int64_t H = states.size(1), go = coupled ? 2 : 3;
-  const at::ScalarType acc = compute_dtype(states.scalar_type());
-  const Tensor h =
-      (gates.narrow(1, go * H, H).to(acc) * states.to(acc).tanh()).to(states.scalar_type());
-  return input.dim() == 3 ? h.view({input.size(0), input.size(1), H}) : h;
+  const c10::SymInt H = states.sym_size(1);
+  const Tensor h = states.tanh().mul_(gates.narrow_symint(1, (coupled ? 2 : 3) * H, H));
+  return input.dim() == 3 ? h.view_symint({input.sym_size(0), input.sym_size(1), H}) : h;
 }
 
 struct LayerFunction : public torch::autograd::Function<LayerFunction> {

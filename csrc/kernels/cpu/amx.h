@@ -70,8 +70,8 @@ constexpr int64_t block_size(int64_t K) { return kTileRows * k_blocks(K) * kTile
 void stage(const float* src, int64_t ld, int64_t rows, int64_t K, bf16* dst);
 void stage(const bf16* src, int64_t ld, int64_t rows, int64_t K, bf16* dst);
 
-// Around a run of product() calls on one thread: loads and releases the tile
-// configuration.
+// Around a run of product() calls on one thread: takes the engine in use (for
+// those calls) and loads and releases the tile configuration.
 void begin();
 void end();
 

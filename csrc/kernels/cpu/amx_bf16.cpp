@@ -51,8 +51,12 @@ Engine cpu_and_os_allow() {
 }
 
 std::atomic<Engine> g_engine{Engine::kNone};
+// The engine of this thread's products from its begin() to its end(), read once
+// there: a use() by another thread in between does not reach a product whose
+// tile configuration begin() did (or did not) load.
+thread_local Engine t_engine = Engine::kNone;
 
-bool on_tiles() { return g_engine.load(std::memory_order_relaxed) == Engine::kTiles; }
+bool on_tiles() { return t_engine == Engine::kTiles; }
 
 // Tiles: 0 and 3 A (16 x 64 bytes), 1 and 2 B, 4..7 results (16 x 16 float32).
 struct alignas(64) TileConfig {
@@ -310,10 +314,12 @@ void stage(const bf16* src, int64_t ld, int64_t rows, int64_t K, bf16* dst) {
 }
 
 void begin() {
+  t_engine = g_engine.load(std::memory_order_relaxed);
   if (on_tiles()) _tile_loadconfig(&config());
 }
 void end() {
   if (on_tiles()) _tile_release();
+  t_engine = Engine::kNone;
 }
 
 void product2(const bf16* a0, const bf16* a1, int64_t K, const bf16* const* b, int nt,
