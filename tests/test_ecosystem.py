@@ -71,8 +71,9 @@ def test_compile_fullgraph_training_matches_eager(packed):
 
 
 def test_compile_dynamic_shapes_training_matches_eager():
-    # Symbolic T and N: AOTAutograd traces the backward of each layer, the
-    # LSTM's with its output rebuilt from the saved gates and states.
+    # Symbolic T and N: AOTAutograd traces each layer's forward and backward
+    # operators through their fake kernels, the saved gates and states in the
+    # input's dtype.
     torch.manual_seed(0)
     torch._dynamo.reset()
     lstm, gru = fusedrnn.LSTM(4, 6, peephole=True), fusedrnn.GRU(4, 6, reset_after=False)

@@ -221,11 +221,10 @@ BF16_ENGINES = ("amx", "avx512-bf16")
 
 @pytest.mark.skipif(_bf16_products() not in BF16_ENGINES,
                     reason="this CPU (or build) has neither AMX-BF16 nor AVX512-BF16 products")
-@pytest.mark.parametrize("engine", ["best", "dot"])
 @pytest.mark.parametrize("shape", [(6, 70, 45, 40), (20, 70, 64, 64)], ids=["tails", "long"])
 @pytest.mark.parametrize("packed", [False, True], ids=["strided", "packed"])
 @pytest.mark.parametrize("variant", list(SEQ_ALL))
-def test_amx_bfloat16_matches_reference(variant, packed, shape, engine, monkeypatch):
+def test_amx_bfloat16_matches_reference(variant, packed, shape, monkeypatch):
     # Forward and backward products in bfloat16: on the machine's best engine
     # (AMX tiles, or AVX512-BF16 dot products without them), and on the dot
     # products where there are tiles too (FUSEDRNN_CPU_AMX_TILES=never), over
@@ -237,11 +236,16 @@ def test_amx_bfloat16_matches_reference(variant, packed, shape, engine, monkeypa
     # one thread and on two (tasks split panels and rows; no sum changes), and
     # against the float32 path, whose h is not rounded to bfloat16 between
     # steps.
-    if engine == "dot":
-        if _bf16_products() != "amx":
-            pytest.skip("no AMX tiles: the best engine is the dot products")
-        monkeypatch.setenv("FUSEDRNN_CPU_AMX_TILES", "never")
-        assert _bf16_products() == "avx512-bf16"
+    best = _bf16_products()
+    engines = {"auto": best, "never": "avx512-bf16"} if best == "amx" else {"auto": best}
+    for tiles, engine in engines.items():
+        monkeypatch.setenv("FUSEDRNN_CPU_AMX", "auto")
+        monkeypatch.setenv("FUSEDRNN_CPU_AMX_TILES", tiles)
+        assert _bf16_products() == engine
+        _check_bfloat16_products(variant, packed, shape, monkeypatch)
+
+
+def _check_bfloat16_products(variant, packed, shape, monkeypatch):
     mode, vkw = SEQ_ALL[variant]
     vkw = {**vkw, "proj_size": 24} if "proj_size" in vkw else vkw
     t, n, c, h = shape

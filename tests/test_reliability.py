@@ -239,48 +239,6 @@ def test_activation_memory_at_or_below_torch_nn(mode, dtype):
     assert held_bytes(fused, x) <= native + states * x.element_size()
 
 
-@pytest.mark.parametrize("rebuild", ["auto", "always", "never"])
-@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=["f64", "bf16"])
-@pytest.mark.parametrize("mode,kw,rebuilds", [
-    ("LSTM", {}, True),
-    ("LSTM", {"peephole": True, "coupled_gates": True}, True),
-    ("LSTM", {"proj_size": 3}, False),
-    ("GRU", {}, False),
-    ("RNN", {}, False),
-], ids=["lstm", "lstm_peephole_coupled", "lstm_proj", "gru", "rnn"])
-def test_which_layers_hold_their_output(mode, kw, rebuilds, dtype, rebuild, monkeypatch):
-    # An LSTM without projection can leave its output unsaved: its backward
-    # then rebuilds h = o * tanh(c') from the gates and states it saved, so that
-    # in a stack with two directions each direction's output is held once, in
-    # the concatenation that the next layer saves (as torch.nn with cuDNN holds
-    # them), not a second time by its own layer. It does on CUDA (auto) or with
-    # FUSEDRNN_LSTM_REBUILD_OUTPUT=always; the CPU saves it (auto). One layer,
-    # one direction: the module's output is the operator's. The gradients stay
-    # the reference's either way.
-    monkeypatch.setenv("FUSEDRNN_LSTM_REBUILD_OUTPUT", rebuild)
-    held = not (rebuilds and rebuild == "always")
-    torch.manual_seed(0)
-    m = getattr(fusedrnn, mode)(4, 6, **kw).to(dtype)
-    x = torch.randn(5, 3, 4, dtype=dtype, requires_grad=True)
-    saved = set()
-
-    def pack(t):
-        saved.add(t.untyped_storage().data_ptr())
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        y, _ = m(x)
-    assert (y.untyped_storage().data_ptr() in saved) == held
-    fusedrnn.testing.assert_matches_reference(m, x.detach())
-
-
-def test_the_output_rebuild_switch_is_checked(monkeypatch):
-    monkeypatch.setenv("FUSEDRNN_LSTM_REBUILD_OUTPUT", "sometimes")
-    m = fusedrnn.LSTM(3, 4)
-    with pytest.raises(RuntimeError, match="FUSEDRNN_LSTM_REBUILD_OUTPUT must be auto, always or never, got 'sometimes'"):
-        m(torch.randn(2, 1, 3, requires_grad=True))
-
-
 @pytest.mark.parametrize("make", MODULES, ids=["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"])
 def test_no_leak_over_2000_iterations(make):
     torch.manual_seed(0)

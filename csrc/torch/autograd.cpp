@@ -190,35 +190,6 @@ variable_list differentiable_backward(Call call, const variable_list& s,
   return result;
 }
 
-// Whether a training forward leaves its output unsaved, for the backward to
-// rebuild: an LSTM without projection, whose output h = o * tanh(c') is a
-// function of the saved gates and states. In a stack with two directions each
-// direction's output is then held once, in the concatenation the next layer
-// saves, and not a second time by its own layer, as with cuDNN. On CUDA (auto);
-// on the CPU, where the memory is below torch.nn's without it, the rebuild's
-// pass took 4.5% of a float32 LSTM training call (T=100 C=H=256, N=16 and 64,
-// 1 and 2 threads, paired in one process on the AMD EPYC Zen 5), so the CPU
-// saves the output. FUSEDRNN_LSTM_REBUILD_OUTPUT=always|never forces either.
-bool output_rebuilt(Call call, const Tensor& input, const Tensor& w_hr) {
-  if (call.op != Op::kLstm || !call.training || w_hr.defined()) return false;
-  switch (env_switch("FUSEDRNN_LSTM_REBUILD_OUTPUT")) {
-    case Switch::kAlways: return true;
-    case Switch::kNever: return false;
-    default: return input.is_cuda();
-  }
-}
-
-// The output of such an LSTM forward, [T, N, H] (or packed [R, H]): o * tanh(c')
-// from the gates and states it saved, in their dtype, so that it takes no more
-// memory than the output it stands for (in 16 bits, from values rounded as the
-// output was, and rounded once more: it may differ from the output in the last
-// bits there). Symbolic sizes, so that AOTAutograd traces it with dynamic shapes.
-Tensor lstm_output(const Tensor& input, const Tensor& gates, const Tensor& states, bool coupled) {
-  const c10::SymInt H = states.sym_size(1);
-  const Tensor h = states.tanh().mul_(gates.narrow_symint(1, (coupled ? 2 : 3) * H, H));
-  return input.dim() == 3 ? h.view_symint({input.sym_size(0), input.sym_size(1), H}) : h;
-}
-
 struct LayerFunction : public torch::autograd::Function<LayerFunction> {
   // Absent arguments are passed as nullopt: not autograd inputs, no edge.
   static variable_list forward(AutogradContext* ctx, Call call, Tensor input,
@@ -234,8 +205,7 @@ struct LayerFunction : public torch::autograd::Function<LayerFunction> {
     // gradient as large as them cost about a tenth of an LSTM backward.
     ctx->set_materialize_grads(false);
     ctx->saved_data["call"] = encode(call);
-    const Tensor y = output_rebuilt(call, input, w_hr) ? Tensor() : fw.y;
-    ctx->save_for_backward({input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, y,
+    ctx->save_for_backward({input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, fw.y,
                             fw.gates, fw.states, fw.proj_in});
     return std::move(fw.out);
   }
@@ -250,7 +220,7 @@ struct LayerFunction : public torch::autograd::Function<LayerFunction> {
                 "call it with training=True when gradients are needed");
     const variable_list s = ctx->get_saved_variables();
     const Tensor &input = s[kInput], &h0 = s[kH0], &c0 = s[kC0], &w_ih = s[kWih], &w_hh = s[kWhh];
-    const Tensor &gates = s[11], &states = s[12], &proj_in = s[13];
+    const Tensor &y = s[10], &gates = s[11], &states = s[12], &proj_in = s[13];
     const auto bs = opt(s[kBatchSizes]);
     const auto b_ih = opt(s[kBih]), b_hh = opt(s[kBhh]), w_ch = opt(s[kWch]), w_hr = opt(s[kWhr]);
 
@@ -259,7 +229,6 @@ struct LayerFunction : public torch::autograd::Function<LayerFunction> {
     for (int i = 0, edge = 0; i < kNumArgs; ++i)
       if (s[i].defined()) need[i] = ctx->needs_input_grad(edge++);
     if (at::GradMode::is_enabled()) return differentiable_backward(call, s, grads, need);
-    const Tensor y = s[10].defined() ? s[10] : lstm_output(input, gates, states, flag);
     const bool need_x = need[kInput];
     const bool need_w = need[kWih] || need[kWhh] || need[kBih] || need[kBhh] || need[kWch] || need[kWhr];
     const Tensor dy = grads[0].defined() ? grads[0] : at::zeros_like(y);

@@ -50,6 +50,17 @@ S* mut(const Tensor& t) {
   return t.numel() > 0 ? t.data_ptr<S>() : nullptr;
 }
 
+enum class Switch { kAuto, kAlways, kNever };
+
+// An auto|always|never switch from the environment (unset or empty: auto).
+Switch env_switch(const char* name) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || v[0] == '\0' || std::strcmp(v, "auto") == 0) return Switch::kAuto;
+  if (std::strcmp(v, "always") == 0) return Switch::kAlways;
+  if (std::strcmp(v, "never") == 0) return Switch::kNever;
+  TORCH_CHECK(false, name, " must be auto, always or never, got '", v, "'");
+}
+
 // FUSEDRNN_CPU_PACK=always|never forces one GEMM path (for tests and benchmarks);
 // unset or auto lets the kernels decide by reuse.
 cpu::PackPolicy pack_policy() {

@@ -2,8 +2,6 @@
 
 #include <c10/util/irange.h>
 
-#include <cstdlib>
-#include <cstring>
 #include <string>
 
 namespace fusedrnn {
@@ -38,14 +36,6 @@ int64_t checked_mul(int64_t a, int64_t b, const char* op) {
 SeqLayout LayerGeometry::layout(bool reverse) const {
   if (!packed) return SeqLayout{T, N, nullptr, nullptr, reverse};
   return SeqLayout{T, N, batch_sizes.data(), offsets.data(), reverse};
-}
-
-Switch env_switch(const char* name) {
-  const char* v = std::getenv(name);
-  if (v == nullptr || v[0] == '\0' || std::strcmp(v, "auto") == 0) return Switch::kAuto;
-  if (std::strcmp(v, "always") == 0) return Switch::kAlways;
-  if (std::strcmp(v, "never") == 0) return Switch::kNever;
-  TORCH_CHECK(false, name, " must be auto, always or never, got '", v, "'");
 }
 
 at::ScalarType compute_dtype(at::ScalarType t) {

@@ -72,11 +72,6 @@ void check_grads(const LayerInputs& in, const LayerGeometry& g, const GradInputs
 // The dtype the kernels compute in (float for the 16-bit types).
 at::ScalarType compute_dtype(at::ScalarType t);
 
-// An auto|always|never switch from the environment (unset or empty: auto); any
-// other value is an error that names the variable.
-enum class Switch { kAuto, kAlways, kNever };
-Switch env_switch(const char* name);
-
 // cell: a single step whose caller keeps only the new state (the *_cell ops):
 // `output` is h_n itself, seen as [1, N, P], instead of a second tensor.
 ForwardResult layer_forward(const LayerInputs& in, bool training, const char* op,

@@ -635,25 +635,11 @@ struct Rows16 {
   }
 };
 
-// The gates a training forward saves, from element `at` on (none otherwise),
-// and those a backward reads.
+// Rows a training forward saves (gates, states), from element `at` on (none
+// otherwise); a backward reads them as Rows16<S, const S>{f, b}.
 template <typename S>
-Rows16<S> saved_gates(const SeqForwardArgs<S>& a, int64_t at) {
-  return a.training ? Rows16<S>{a.gates, a.gates_bf16}.from(at) : Rows16<S>{};
-}
-template <typename S>
-Rows16<S, const S> saved_gates(const SeqBackwardArgs<S>& a) {
-  return {a.gates, a.gates_bf16};
-}
-
-// The LSTM's saved cell states, likewise.
-template <typename S>
-Rows16<S> saved_states(const SeqForwardArgs<S>& a, int64_t at) {
-  return a.training ? Rows16<S>{a.states, a.states_bf16}.from(at) : Rows16<S>{};
-}
-template <typename S>
-Rows16<S, const S> saved_states(const SeqBackwardArgs<S>& a) {
-  return {a.states, a.states_bf16};
+Rows16<S> saved_rows(const SeqForwardArgs<S>& a, S* f, uint16_t* b, int64_t at) {
+  return a.training ? Rows16<S>{f, b}.from(at) : Rows16<S>{};
 }
 
 // The output y from element `at` on.
@@ -1176,8 +1162,8 @@ void lstm_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& 
         const Rows16<S> hout = hout_of(st);
         if (ph.k == kProj) return whr.run(st.rows, hout.f, H, a.y + st.offset * P, P, false, nullptr, task);
         if (ph.k == kCopy) return copy_rows(st.rows, P, a.y + st.offset * P, P, hn, P);
-        const Rows16<S> gates = saved_gates(a, st.offset * GH);
-        const Rows16<S> cells = saved_states(a, st.offset * H);
+        const Rows16<S> gates = saved_rows(a, a.gates, a.gates_bf16, st.offset * GH);
+        const Rows16<S> cells = saved_rows(a, a.states, a.states_bf16, st.offset * H);
         auto epi = [&, hout](int64_t i, int64_t p, const V* acc) FRNN_ALWAYS_INLINE {
           const int64_t u0 = p * L;
           const int64_t cnt = std::min<int64_t>(L, H - u0);
@@ -1257,8 +1243,8 @@ void lstm_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel
   S* dwcf = a.dw_ch ? a.dw_ch + (kCoupled ? 0 : H) : nullptr;
   S* dwco = a.dw_ch ? a.dw_ch + (kCoupled ? H : 2 * H) : nullptr;
   constexpr int gi = 0, gf = kCoupled ? 0 : 1, gg = kCoupled ? 1 : 2, go = kCoupled ? 2 : 3;
-  const Rows16<S, const S> gates = saved_gates(a);
-  const Rows16<S, const S> states = saved_states(a);
+  const Rows16<S, const S> gates{a.gates, a.gates_bf16};
+  const Rows16<S, const S> states{a.states, a.states_bf16};
 
   // The pointwise pass of units [u0, u0 + cnt) at step st: dG and dc from dh
   // (dy + dh_state, or dr with a projection) and dc_state.
@@ -1404,7 +1390,7 @@ void gru_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& p
         const S* hp = hs.prev(s);
         S* hn_state = hs.next(s);
         const Rows16<S> y = output_rows(a, st.offset * H);
-        const Rows16<S> gates = saved_gates(a, st.offset * 4 * H);
+        const Rows16<S> gates = saved_rows(a, a.gates, a.gates_bf16, st.offset * 4 * H);
         auto epi = [&, y](int64_t i, int64_t p, const V* acc) FRNN_ALWAYS_INLINE {
           const int64_t u0 = p * L;
           const int64_t cnt = std::min<int64_t>(L, H - u0);
@@ -1479,7 +1465,7 @@ void gru_reset_before_forward_seq(const SeqForwardArgs<S>& a, Arena& arena,
         const int64_t s = ph.s;
         const StepInfo st = seq.step(s);
         const S* hp = hs.prev(s);
-        const Rows16<S> gates = saved_gates(a, st.offset * GH);
+        const Rows16<S> gates = saved_rows(a, a.gates, a.gates_bf16, st.offset * GH);
         // r*h lives in the saved states when training, in scratch otherwise.
         S* zd = z_saved ? gates.f + H : z_scratch;
         const int64_t ldz = z_saved ? GH : H;
@@ -1551,7 +1537,7 @@ void gru_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel&
   fill_zero(ldg, dsum);
 
   // dh_prev's direct part (through z) stays in dh_state; the product adds the rest.
-  const Rows16<S, const S> gates = saved_gates(a);
+  const Rows16<S, const S> gates{a.gates, a.gates_bf16};
   auto pointwise = [&](const StepInfo& st, int64_t u0, int64_t cnt) {
     const S* dy = a.dy + st.offset * H;
     V sr(S(0)), sz(S(0)), shn(S(0)), sxn(S(0));
@@ -1630,7 +1616,7 @@ void gru_reset_before_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena,
   wn.prepare(par);
   if (a.dh_n) std::memcpy(dh_state, a.dh_n, N * H * sizeof(S)); else fill_zero(N * H, dh_state);
   fill_zero(GH, dsum);
-  const Rows16<S, const S> gates = saved_gates(a);
+  const Rows16<S, const S> gates{a.gates, a.gates_bf16};
 
   sched.backward(seq, 4);
   sched.run(
