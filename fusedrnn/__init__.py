@@ -6,6 +6,7 @@ a plain-PyTorch reference and test helpers.
 """
 
 from . import _ops  # loads the compiled operators and their fake kernels
+from . import _flops  # their FLOP counts for torch.utils.flop_counter
 from . import functional, reference, testing
 from ._onnx import translation_table as onnx_translation_table
 from ._ops import backend_info
