@@ -5,7 +5,9 @@ FlopCounterMode counts the matrix products of the aten operations it sees
 fused operators are registered here with the products they compute, counted the
 same way, so that a model's count is the same whether its recurrent layers are
 fusedrnn's or the composite ``fusedrnn.reference`` (pointwise work, like the
-activations, is not counted, as FlopCounterMode counts none).
+activations, is not counted, as FlopCounterMode counts none). A bidirectional
+operator counts both directions' forward; its backward runs the one-direction
+backward operators, which count themselves.
 
 Per call, with R rows (T*N padded, the packed rows, N for a cell), the gate
 width G*H, input width C, state width P (H without projection):
@@ -26,6 +28,7 @@ from torch.utils.flop_counter import flop_registry, register_flop_formula
 
 _FORWARD = ("lstm_forward", "lstm_cell_forward", "gru_forward", "gru_cell_forward",
             "rnn_forward", "rnn_cell_forward")
+_BIDIRECTIONAL = ("lstm_bidirectional_forward", "gru_bidirectional_forward", "rnn_bidirectional_forward")
 _BACKWARD = ("lstm_backward", "lstm_cell_backward", "gru_backward", "gru_cell_backward",
              "rnn_backward", "rnn_cell_backward")
 
@@ -41,6 +44,11 @@ def _products(a):
 
 def _forward_flops(a):
     return 2 * sum(_products(a))
+
+
+def _bidirectional_flops(a):
+    reverse = {**a, **{k: a[f"{k}_reverse"] for k in ("w_ih", "w_hh", "w_hr") if f"{k}_reverse" in a}}
+    return _forward_flops(a) + _forward_flops(reverse)
 
 
 def _backward_flops(a):
@@ -66,7 +74,8 @@ def _formula(op, count):
 
 def _register():
     ops = torch.ops.fusedrnn
-    for names, count in ((_FORWARD, _forward_flops), (_BACKWARD, _backward_flops)):
+    for names, count in ((_FORWARD, _forward_flops), (_BIDIRECTIONAL, _bidirectional_flops),
+                         (_BACKWARD, _backward_flops)):
         for name in names:
             op = getattr(ops, name)
             if op not in flop_registry:  # a reload of this module registers nothing twice

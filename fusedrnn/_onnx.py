@@ -208,6 +208,15 @@ class _Script:
     def empty(self, like):
         return self.op.CastLike(self.op.Constant(value_floats=[]), like)
 
+    def select0(self, t, i):
+        return self.op.Gather(t, self.op.Constant(value_int=i), axis=0)
+
+    def cat_last(self, ts):
+        return self.op.Concat(*ts, axis=-1)
+
+    def stack0(self, ts):
+        return self.op.Concat(*(self.unsqueeze0(t) for t in ts), axis=0)
+
 
 def _run(b, op_type, x, h0, c0, w, r, bias, p, attrs, hidden):
     """One node over x [T, N, C] from h0 (and c0 for the LSTM) [N, H]; returns
@@ -335,6 +344,39 @@ def _translate_rnn_cell(input, hx, w_ih, w_hh, b_ih, b_hh, relu):
     return _rnn(b, b.unsqueeze0(input), None, hx, w_ih, w_hh, b_ih, b_hh, relu, False)[1]
 
 
+def _both(b, one, states, params, params_reverse):
+    """A bidirectional operator as its two directions, one(b, states of the
+    direction, its parameters, reverse) -> (y, h_n(, c_n)) each: y side by
+    side, the states stacked."""
+    outs = [one(b, [b.select0(s, d) for s in states], p, d == 1) for d, p in enumerate((params, params_reverse))]
+    return (b.cat_last([o[0] for o in outs]),) + tuple(b.stack0([o[k] for o in outs]) for k in range(1, len(outs[0])))
+
+
+def _translate_lstm_bidirectional(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, w_ih_reverse,
+                                  w_hh_reverse, b_ih_reverse, b_hh_reverse, w_ch_reverse, w_hr_reverse, coupled,
+                                  training):
+    b = _Script()
+    y, h, c = _both(
+        b, lambda b, st, p, rev: _lstm(b, input, batch_sizes, *st, *p, coupled, rev), (h0, c0),
+        (w_ih, w_hh, b_ih, b_hh, w_ch, w_hr),
+        (w_ih_reverse, w_hh_reverse, b_ih_reverse, b_hh_reverse, w_ch_reverse, w_hr_reverse))
+    return (y, h, c) + tuple(b.empty(input) for _ in range(6))
+
+
+def _translate_gru_bidirectional(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, w_ih_reverse, w_hh_reverse,
+                                 b_ih_reverse, b_hh_reverse, reset_after, training):
+    b = _Script()
+    y, h = _both(b, lambda b, st, p, rev: _gru(b, input, batch_sizes, *st, *p, reset_after, rev), (h0,),
+                 (w_ih, w_hh, b_ih, b_hh), (w_ih_reverse, w_hh_reverse, b_ih_reverse, b_hh_reverse))
+    return (y, h) + tuple(b.empty(input) for _ in range(4))
+
+
+def _translate_rnn_bidirectional(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, w_ih_reverse, w_hh_reverse,
+                                 b_ih_reverse, b_hh_reverse, relu):
+    return _both(_Script(), lambda b, st, p, rev: _rnn(b, input, batch_sizes, *st, *p, relu, rev), (h0,),
+                 (w_ih, w_hh, b_ih, b_hh), (w_ih_reverse, w_hh_reverse, b_ih_reverse, b_hh_reverse))
+
+
 def translation_table() -> dict:
     """The ONNX translations of the forward operators, for
     ``torch.onnx.export(program, custom_translation_table=...)``: what a
@@ -348,4 +390,7 @@ def translation_table() -> dict:
         ops.lstm_cell_forward.default: _translate_lstm_cell,
         ops.gru_cell_forward.default: _translate_gru_cell,
         ops.rnn_cell_forward.default: _translate_rnn_cell,
+        ops.lstm_bidirectional_forward.default: _translate_lstm_bidirectional,
+        ops.gru_bidirectional_forward.default: _translate_gru_bidirectional,
+        ops.rnn_bidirectional_forward.default: _translate_rnn_bidirectional,
     }

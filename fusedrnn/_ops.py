@@ -216,6 +216,44 @@ def _(grad_h, input, hx, w_ih, w_hh, b_ih, b_hh, h, relu, need_input_grad, need_
     return _simple_backward_fake(input, hx, w_ih, w_hh, b_ih, b_hh, need_input_grad, need_weight_grads)
 
 
+def _bidirectional_shapes(input, batch_sizes, h0, w_hh, G):
+    """Per direction (R, N, H, P) and the output's shape [.., 2P]; h0 is [2, N, P]."""
+    R, N, H, P, out_shape = _seq_shapes(input, batch_sizes, h0[0], w_hh, G)
+    return R, N, H, P, (*out_shape[:-1], 2 * P)
+
+
+@_fake("lstm_bidirectional_forward")
+def _(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, w_ih_reverse, w_hh_reverse,
+      b_ih_reverse, b_hh_reverse, w_ch_reverse, w_hr_reverse, coupled, training):
+    G = 3 if coupled else 4
+    R, N, H, P, out_shape = _bidirectional_shapes(input, batch_sizes, h0, w_hh, G)
+
+    def saved(w_hr):
+        return (
+            input.new_empty((R, G * H)) if training else _empty(input),
+            input.new_empty((R, H)) if training else _empty(input),
+            input.new_empty((R, H)) if training and w_hr is not None else _empty(input),
+        )
+
+    return (input.new_empty(out_shape), input.new_empty((2, N, P)), input.new_empty((2, N, H)),
+            *saved(w_hr), *saved(w_hr_reverse))
+
+
+@_fake("gru_bidirectional_forward")
+def _(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, w_ih_reverse, w_hh_reverse, b_ih_reverse,
+      b_hh_reverse, reset_after, training):
+    R, N, H, P, out_shape = _bidirectional_shapes(input, batch_sizes, h0, w_hh, 3)
+    return (input.new_empty(out_shape), input.new_empty((2, N, H)),
+            *_gru_saved(input, R, H, reset_after, training), *_gru_saved(input, R, H, reset_after, training))
+
+
+@_fake("rnn_bidirectional_forward")
+def _(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, w_ih_reverse, w_hh_reverse, b_ih_reverse,
+      b_hh_reverse, relu):
+    R, N, H, P, out_shape = _bidirectional_shapes(input, batch_sizes, h0, w_hh, 1)
+    return input.new_empty(out_shape), input.new_empty((2, N, H))
+
+
 def backend_info() -> dict:
     """What this build contains and what the machine offers at run time.
 

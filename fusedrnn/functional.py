@@ -89,14 +89,19 @@ def _is_relu(nonlinearity: str, cell: bool) -> bool:
     return nonlinearity == "relu"
 
 
-def _stack(run_layer, input: Tensor, num_layers: int, bidirectional: bool, dropout: float, train: bool):
+def _stack(run_layer, input: Tensor, num_layers: int, bidirectional: bool, dropout: float, train: bool,
+           run_both=None):
     """Runs run_layer(layer_input, layer, direction) -> output over layers and
-    directions, with dropout between layers when training."""
+    directions, or run_both(layer_input, layer) -> output for both directions of
+    a bidirectional layer where given, with dropout between layers when training."""
     D = 2 if bidirectional else 1
     x = input
     for layer in range(num_layers):
-        outs = [run_layer(x, layer, d) for d in range(D)]
-        x = outs[0] if D == 1 else torch.cat(outs, dim=-1)
+        if D == 2 and run_both is not None:
+            x = run_both(x, layer)
+        else:
+            outs = [run_layer(x, layer, d) for d in range(D)]
+            x = outs[0] if D == 1 else torch.cat(outs, dim=-1)
         if dropout > 0 and train and layer < num_layers - 1:
             x = F.dropout(x, p=dropout, training=True)
     return x
@@ -151,7 +156,19 @@ def _lstm(input, hx, weights, num_layers, bidirectional, batch_sizes, dropout, t
         c_n.append(c)
         return y
 
-    out = _stack(run, input, num_layers, bidirectional, dropout, train)
+    # Both directions in one operator: their output is saved once, and on the
+    # CPU they run at once where a direction's steps use one thread.
+    def run_both(x, layer):
+        k = 2 * layer
+        y, h, c, *_ = ops.lstm_bidirectional_forward(
+            x, batch_sizes, h0[k : k + 2], c0[k : k + 2], *weights[k], *weights[k + 1], coupled, training
+        )
+        h_n.extend(h.unbind(0))
+        c_n.extend(c.unbind(0))
+        return y
+
+    fused = not (composite or onnx)
+    out = _stack(run, input, num_layers, bidirectional, dropout, train, run_both if fused else None)
     return out, torch.stack(h_n), torch.stack(c_n)
 
 
@@ -191,7 +208,16 @@ def _gru(input, hx, weights, num_layers, bidirectional, batch_sizes, dropout, tr
         h_n.append(h)
         return y
 
-    out = _stack(run, input, num_layers, bidirectional, dropout, train)
+    def run_both(x, layer):
+        k = 2 * layer
+        y, h, *_ = ops.gru_bidirectional_forward(
+            x, batch_sizes, hx[k : k + 2], *weights[k], *weights[k + 1], reset_after, training
+        )
+        h_n.extend(h.unbind(0))
+        return y
+
+    fused = not (composite or onnx)
+    out = _stack(run, input, num_layers, bidirectional, dropout, train, run_both if fused else None)
     return out, torch.stack(h_n)
 
 
@@ -227,7 +253,14 @@ def _rnn(input, hx, weights, num_layers, bidirectional, batch_sizes, dropout, tr
         h_n.append(h)
         return y
 
-    out = _stack(run, input, num_layers, bidirectional, dropout, train)
+    def run_both(x, layer):
+        k = 2 * layer
+        y, h = ops.rnn_bidirectional_forward(x, batch_sizes, hx[k : k + 2], *weights[k], *weights[k + 1], relu)
+        h_n.extend(h.unbind(0))
+        return y
+
+    fused = forward is ops.rnn_forward and not onnx
+    out = _stack(run, input, num_layers, bidirectional, dropout, train, run_both if fused else None)
     return out, torch.stack(h_n)
 
 

@@ -70,9 +70,10 @@ def assert_within_ratio(got: Dict[str, torch.Tensor], ref64: Dict[str, torch.Ten
         )
 
 
-def held_bytes(m: nn.Module, x: torch.Tensor) -> int:
-    """Bytes of the storages autograd holds after a training forward of m on x,
-    parameters and input excepted (what bench/ reports as activation memory)."""
+def held_bytes(m: nn.Module, x: torch.Tensor, hx=None) -> int:
+    """Bytes of the storages autograd holds after a training forward of m on x
+    (and hx where given), parameters and input excepted (what bench/ reports as
+    activation memory)."""
     exclude = {p.untyped_storage().data_ptr() for p in m.parameters()} | {x.untyped_storage().data_ptr()}
     held = {}
 
@@ -83,7 +84,7 @@ def held_bytes(m: nn.Module, x: torch.Tensor) -> int:
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        m(x)
+        m(x) if hx is None else m(x, hx)
     return sum(held.values())
 
 

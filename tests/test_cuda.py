@@ -380,16 +380,14 @@ def test_double_backward_matches_torch_nn_on_cpu(name, packed):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("mode,layers,directions", [
     (mode, L, D) for mode in ("LSTM", "GRU", "RNN") for L, D in ((1, 1), (1, 2), (2, 1), (2, 2))
-    if mode == "GRU" or (L, D) != (2, 2)
 ], ids=lambda v: str(v))
 def test_activation_memory_at_or_below_cudnn(mode, layers, directions, dtype):
     """What a training forward leaves autograd holding (parameters and input
     excepted) is at most what cuDNN's holds: its reserve space and output. A
     16-bit LSTM saves its gates, c and y in the input dtype, 12 bytes a unit and
-    step as cuDNN's; a float32 c would be 14. With two layers and two
-    directions each direction's output is held twice, by its layer and in the
-    next layer's input, where cuDNN holds it once: the GRU was below cuDNN even
-    so (the H200 run of c8c94ac); the LSTM and the RNN are left out there."""
+    step as cuDNN's; a float32 c would be 14. A bidirectional layer saves its
+    output once (the *_bidirectional_forward operators), which the next layer
+    saves as its input, as cuDNN holds it once."""
     torch.manual_seed(0)
     ref = getattr(nn, mode)(64, 128, num_layers=layers, bidirectional=directions == 2).to(DEVICE, dtype)
     ours = fusedrnn.convert(copy.deepcopy(ref))

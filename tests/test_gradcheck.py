@@ -1,7 +1,7 @@
 """Gradients against finite differences (torch.autograd.gradcheck, float64, tiny
 sizes) for every cell and flag, through the modules (fusedrnn.testing.gradcheck)
 and directly on the operators, packed and reverse included; and
-torch.library.opcheck on all twelve operators.
+torch.library.opcheck on all fifteen operators.
 
 Legend: T steps, N batch, C input size, H hidden size, P projection size,
 G gate blocks, R packed rows.
@@ -166,7 +166,26 @@ def rnn_cell_args(gen, bias=True, relu=False, requires_grad=True):
 
 # How many leading outputs of each forward operator are differentiable.
 DIFF_OUTPUTS = {"lstm_forward": 3, "gru_forward": 2, "rnn_forward": 2, "lstm_cell_forward": 2,
-                "gru_cell_forward": 1, "rnn_cell_forward": 1}
+                "gru_cell_forward": 1, "rnn_cell_forward": 1, "lstm_bidirectional_forward": 3,
+                "gru_bidirectional_forward": 2, "rnn_bidirectional_forward": 2}
+
+
+def bidirectional_args(family, gen, requires_grad=True, training=True, **kw):
+    """Arguments of fusedrnn::<family>_bidirectional_forward: the input, the two
+    directions' states stacked, the forward direction's parameters, then the
+    reverse's (each direction's as its one-direction operator takes them)."""
+    make = {"lstm": lstm_args, "gru": gru_args, "rnn": rnn_args}[family]
+    fwd = make(gen, requires_grad=requires_grad, **kw)
+    rev = make(gen, requires_grad=requires_grad, **kw)
+    rev[0] = fwd[0]
+    states = 2 if family == "lstm" else 1
+    stacked = [torch.stack([a.detach(), b.detach()]).requires_grad_(requires_grad)
+               for a, b in zip(fwd[2:2 + states], rev[2:2 + states])]
+    params = 6 if family == "lstm" else 4
+    p0 = 2 + states
+    flag = fwd[p0 + params]  # coupled, reset_after or relu
+    training_arg = [training] if family != "rnn" else []
+    return [fwd[0], fwd[1], *stacked, *fwd[p0:p0 + params], *rev[p0:p0 + params], flag, *training_arg]
 
 
 def _gradcheck_op(name, args):
@@ -214,6 +233,19 @@ def test_rnn_forward_op_gradcheck(bias, relu, packed, reverse):
     _gradcheck_op("rnn_forward", rnn_args(gen, bias, relu, packed, reverse))
 
 
+BIDIRECTIONAL_CONFIGS = [
+    ("lstm", dict()), ("lstm", dict(peephole=True, coupled=True, proj=True, packed=True)),
+    ("lstm", dict(bias=False, proj=True)), ("gru", dict()), ("gru", dict(reset_after=False, packed=True)),
+    ("gru", dict(bias=False)), ("rnn", dict()), ("rnn", dict(relu=True, packed=True)), ("rnn", dict(bias=False)),
+]
+
+
+@pytest.mark.parametrize("family,kw", BIDIRECTIONAL_CONFIGS)
+def test_bidirectional_forward_op_gradcheck(family, kw):
+    gen = torch.Generator().manual_seed(7)
+    _gradcheck_op(f"{family}_bidirectional_forward", bidirectional_args(family, gen, **kw))
+
+
 @pytest.mark.parametrize("peephole,coupled", FLAGS2, ids=["plain", "coupled", "peephole", "peephole_coupled"])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 def test_lstm_cell_forward_op_gradcheck(bias, peephole, coupled):
@@ -246,6 +278,11 @@ def _all_forward_args(name, gen, requires_grad=True):
         "lstm_cell_forward": lambda: lstm_cell_args(gen, peephole=True, requires_grad=requires_grad),
         "gru_cell_forward": lambda: gru_cell_args(gen, reset_after=False, requires_grad=requires_grad),
         "rnn_cell_forward": lambda: rnn_cell_args(gen, requires_grad=requires_grad),
+        "lstm_bidirectional_forward": lambda: bidirectional_args(
+            "lstm", gen, requires_grad=requires_grad, peephole=True, proj=True, packed=True),
+        "gru_bidirectional_forward": lambda: bidirectional_args(
+            "gru", gen, requires_grad=requires_grad, reset_after=False, packed=True),
+        "rnn_bidirectional_forward": lambda: bidirectional_args("rnn", gen, requires_grad=requires_grad, packed=True),
     }[name]()
 
 
@@ -259,12 +296,15 @@ def test_op_gradcheck_with_partial_requires_grad(name, wanted):
     args = _all_forward_args(name, gen)
     tensors = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor) and a.is_floating_point()]
     cell = "cell" in name
-    n_state = {"lstm_forward": 2, "lstm_cell_forward": 2}.get(name, 1)
+    n_state = {"lstm_forward": 2, "lstm_cell_forward": 2, "lstm_bidirectional_forward": 2}.get(name, 1)
     first_weight = 1 + n_state + (0 if cell else 1)  # input, [batch_sizes], states
+    # One weight: w_hh; of the reverse direction for the bidirectional operators,
+    # whose reverse parameters follow the forward direction's.
+    params = (6 if name.startswith("lstm") else 4) if "bidirectional" in name else 0
     keep = {
         "input_and_states": set(range(0, first_weight)),
         "weights": set(range(first_weight, len(args))),
-        "one_weight": {first_weight + 1},  # w_hh
+        "one_weight": {first_weight + params + 1},
     }[wanted]
     for i in tensors:
         args[i].requires_grad_(i in keep)
@@ -332,6 +372,14 @@ def test_opcheck_forward(name, config, training):
     args = ARG_MAKERS[name](gen, requires_grad=training, **kw)
     args = _set_training(name, args, training)
     torch.library.opcheck(getattr(ops, name), tuple(args))
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["training", "inference"])
+@pytest.mark.parametrize("family,kw", BIDIRECTIONAL_CONFIGS)
+def test_opcheck_bidirectional(family, kw, training):
+    gen = torch.Generator().manual_seed(30)
+    args = bidirectional_args(family, gen, requires_grad=training, training=training, **kw)
+    torch.library.opcheck(getattr(ops, f"{family}_bidirectional_forward"), tuple(args))
 
 
 def _detached(args):

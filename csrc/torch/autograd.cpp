@@ -190,6 +190,104 @@ variable_list differentiable_backward(Call call, const variable_list& s,
   return result;
 }
 
+// The output and saved tensors of one direction's forward.
+struct Saved3 {
+  Tensor y, gates, states, proj_in;
+};
+
+void check_saved(Call call) {
+  const bool saves = call.op != Op::kRnn && call.op != Op::kRnnCell;
+  TORCH_CHECK(!saves || call.training,
+              "fusedrnn: the forward ran with training=False, so it saved nothing for backward; "
+              "call it with training=True when gradients are needed");
+}
+
+// One direction's gradients from its backward operator, by Arg (undefined
+// where not computed). s: the forward's arguments by Arg; grads: those of its
+// differentiable outputs (undefined where unused).
+std::array<Tensor, kNumArgs> direction_backward(Call call, const variable_list& s,
+                                                const Saved3& saved, const variable_list& grads,
+                                                bool need_x, bool need_w) {
+  const Op op = call.op;
+  const bool flag = call.flag, reverse = call.reverse;
+  const Tensor &input = s[kInput], &h0 = s[kH0], &c0 = s[kC0], &w_ih = s[kWih], &w_hh = s[kWhh];
+  const Tensor &y = saved.y, &gates = saved.gates, &states = saved.states, &proj_in = saved.proj_in;
+  const auto bs = opt(s[kBatchSizes]);
+  const auto b_ih = opt(s[kBih]), b_hh = opt(s[kBhh]), w_ch = opt(s[kWch]), w_hr = opt(s[kWhr]);
+  const auto grad = [&](size_t i) { return i < grads.size() ? opt(grads[i]) : std::nullopt; };
+  const Tensor dy = grads[0].defined() ? grads[0] : at::zeros_like(y);
+
+  std::array<Tensor, kNumArgs> g;  // gradients by Arg, undefined when not computed
+  switch (op) {
+    case Op::kLstm: {
+      static auto f = handle<Tuple9(const Tensor&, const OptTensor&, const OptTensor&, const Tensor&,
+                                    const OptTensor&, const Tensor&, const Tensor&, const Tensor&,
+                                    const Tensor&, const OptTensor&, const OptTensor&,
+                                    const OptTensor&, const OptTensor&, const Tensor&, const Tensor&,
+                                    const Tensor&, const Tensor&, bool, bool, bool, bool)>(
+          "fusedrnn::lstm_backward");
+      auto r = f.call(dy, grad(1), grad(2), input, bs, h0, c0, w_ih, w_hh, b_ih, b_hh,
+                      w_ch, w_hr, y, gates, states, proj_in, flag, reverse, need_x, need_w);
+      g = {std::get<0>(r), Tensor(), std::get<1>(r), std::get<2>(r), std::get<3>(r),
+           std::get<4>(r), std::get<5>(r), std::get<6>(r), std::get<7>(r), std::get<8>(r)};
+      break;
+    }
+    case Op::kGru: {
+      static auto f = handle<Tuple6(const Tensor&, const OptTensor&, const Tensor&, const OptTensor&,
+                                    const Tensor&, const Tensor&, const Tensor&, const OptTensor&,
+                                    const OptTensor&, const Tensor&, const Tensor&, const Tensor&,
+                                    bool, bool, bool, bool)>("fusedrnn::gru_backward");
+      auto r = f.call(dy, grad(1), input, bs, h0, w_ih, w_hh, b_ih, b_hh, y, gates, states,
+                      flag, reverse, need_x, need_w);
+      g = {std::get<0>(r), Tensor(), std::get<1>(r), Tensor(), std::get<2>(r), std::get<3>(r),
+           std::get<4>(r), std::get<5>(r), Tensor(), Tensor()};
+      break;
+    }
+    case Op::kRnn: {
+      static auto f = handle<Tuple6(const Tensor&, const OptTensor&, const Tensor&, const OptTensor&,
+                                    const Tensor&, const Tensor&, const Tensor&, const OptTensor&,
+                                    const OptTensor&, const Tensor&, bool, bool, bool, bool)>(
+          "fusedrnn::rnn_backward");
+      auto r = f.call(dy, grad(1), input, bs, h0, w_ih, w_hh, b_ih, b_hh, y, flag, reverse,
+                      need_x, need_w);
+      g = {std::get<0>(r), Tensor(), std::get<1>(r), Tensor(), std::get<2>(r), std::get<3>(r),
+           std::get<4>(r), std::get<5>(r), Tensor(), Tensor()};
+      break;
+    }
+    case Op::kLstmCell: {
+      static auto f = handle<Tuple8(const Tensor&, const OptTensor&, const Tensor&, const Tensor&,
+                                    const Tensor&, const Tensor&, const Tensor&, const OptTensor&,
+                                    const OptTensor&, const OptTensor&, const Tensor&, const Tensor&,
+                                    const Tensor&, bool, bool, bool)>("fusedrnn::lstm_cell_backward");
+      auto r = f.call(dy, grad(1), input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, y, states,
+                      gates, flag, need_x, need_w);
+      g = {std::get<0>(r), Tensor(), std::get<1>(r), std::get<2>(r), std::get<3>(r),
+           std::get<4>(r), std::get<5>(r), std::get<6>(r), std::get<7>(r), Tensor()};
+      break;
+    }
+    case Op::kGruCell: {
+      static auto f = handle<Tuple6(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                    const Tensor&, const OptTensor&, const OptTensor&, const Tensor&,
+                                    const Tensor&, const Tensor&, bool, bool, bool)>(
+          "fusedrnn::gru_cell_backward");
+      auto r = f.call(dy, input, h0, w_ih, w_hh, b_ih, b_hh, y, gates, states, flag, need_x, need_w);
+      g = {std::get<0>(r), Tensor(), std::get<1>(r), Tensor(), std::get<2>(r), std::get<3>(r),
+           std::get<4>(r), std::get<5>(r), Tensor(), Tensor()};
+      break;
+    }
+    case Op::kRnnCell: {
+      static auto f = handle<Tuple6(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                    const Tensor&, const OptTensor&, const OptTensor&, const Tensor&,
+                                    bool, bool, bool)>("fusedrnn::rnn_cell_backward");
+      auto r = f.call(dy, input, h0, w_ih, w_hh, b_ih, b_hh, y, flag, need_x, need_w);
+      g = {std::get<0>(r), Tensor(), std::get<1>(r), Tensor(), std::get<2>(r), std::get<3>(r),
+           std::get<4>(r), std::get<5>(r), Tensor(), Tensor()};
+      break;
+    }
+  }
+  return g;
+}
+
 struct LayerFunction : public torch::autograd::Function<LayerFunction> {
   // Absent arguments are passed as nullopt: not autograd inputs, no edge.
   static variable_list forward(AutogradContext* ctx, Call call, Tensor input,
@@ -212,17 +310,8 @@ struct LayerFunction : public torch::autograd::Function<LayerFunction> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const Call call = decode(ctx->saved_data["call"].toInt());
-    const Op op = call.op;
-    const bool flag = call.flag, reverse = call.reverse, training = call.training;
-    const bool saves = op != Op::kRnn && op != Op::kRnnCell;
-    TORCH_CHECK(!saves || training,
-                "fusedrnn: the forward ran with training=False, so it saved nothing for backward; "
-                "call it with training=True when gradients are needed");
+    check_saved(call);
     const variable_list s = ctx->get_saved_variables();
-    const Tensor &input = s[kInput], &h0 = s[kH0], &c0 = s[kC0], &w_ih = s[kWih], &w_hh = s[kWhh];
-    const Tensor &y = s[10], &gates = s[11], &states = s[12], &proj_in = s[13];
-    const auto bs = opt(s[kBatchSizes]);
-    const auto b_ih = opt(s[kBih]), b_hh = opt(s[kBhh]), w_ch = opt(s[kWch]), w_hr = opt(s[kWhr]);
 
     // needs_input_grad counts only the arguments that were present.
     std::array<bool, kNumArgs> need{};
@@ -231,76 +320,8 @@ struct LayerFunction : public torch::autograd::Function<LayerFunction> {
     if (at::GradMode::is_enabled()) return differentiable_backward(call, s, grads, need);
     const bool need_x = need[kInput];
     const bool need_w = need[kWih] || need[kWhh] || need[kBih] || need[kBhh] || need[kWch] || need[kWhr];
-    const Tensor dy = grads[0].defined() ? grads[0] : at::zeros_like(y);
-
-    std::array<Tensor, kNumArgs> g;  // gradients by Arg, undefined when not computed
-    switch (op) {
-      case Op::kLstm: {
-        static auto f = handle<Tuple9(const Tensor&, const OptTensor&, const OptTensor&, const Tensor&,
-                                      const OptTensor&, const Tensor&, const Tensor&, const Tensor&,
-                                      const Tensor&, const OptTensor&, const OptTensor&,
-                                      const OptTensor&, const OptTensor&, const Tensor&, const Tensor&,
-                                      const Tensor&, const Tensor&, bool, bool, bool, bool)>(
-            "fusedrnn::lstm_backward");
-        auto r = f.call(dy, opt(grads[1]), opt(grads[2]), input, bs, h0, c0, w_ih, w_hh, b_ih, b_hh,
-                        w_ch, w_hr, y, gates, states, proj_in, flag, reverse, need_x, need_w);
-        g = {std::get<0>(r), Tensor(), std::get<1>(r), std::get<2>(r), std::get<3>(r),
-             std::get<4>(r), std::get<5>(r), std::get<6>(r), std::get<7>(r), std::get<8>(r)};
-        break;
-      }
-      case Op::kGru: {
-        static auto f = handle<Tuple6(const Tensor&, const OptTensor&, const Tensor&, const OptTensor&,
-                                      const Tensor&, const Tensor&, const Tensor&, const OptTensor&,
-                                      const OptTensor&, const Tensor&, const Tensor&, const Tensor&,
-                                      bool, bool, bool, bool)>("fusedrnn::gru_backward");
-        auto r = f.call(dy, opt(grads[1]), input, bs, h0, w_ih, w_hh, b_ih, b_hh, y, gates, states,
-                        flag, reverse, need_x, need_w);
-        g = {std::get<0>(r), Tensor(), std::get<1>(r), Tensor(), std::get<2>(r), std::get<3>(r),
-             std::get<4>(r), std::get<5>(r), Tensor(), Tensor()};
-        break;
-      }
-      case Op::kRnn: {
-        static auto f = handle<Tuple6(const Tensor&, const OptTensor&, const Tensor&, const OptTensor&,
-                                      const Tensor&, const Tensor&, const Tensor&, const OptTensor&,
-                                      const OptTensor&, const Tensor&, bool, bool, bool, bool)>(
-            "fusedrnn::rnn_backward");
-        auto r = f.call(dy, opt(grads[1]), input, bs, h0, w_ih, w_hh, b_ih, b_hh, y, flag, reverse,
-                        need_x, need_w);
-        g = {std::get<0>(r), Tensor(), std::get<1>(r), Tensor(), std::get<2>(r), std::get<3>(r),
-             std::get<4>(r), std::get<5>(r), Tensor(), Tensor()};
-        break;
-      }
-      case Op::kLstmCell: {
-        static auto f = handle<Tuple8(const Tensor&, const OptTensor&, const Tensor&, const Tensor&,
-                                      const Tensor&, const Tensor&, const Tensor&, const OptTensor&,
-                                      const OptTensor&, const OptTensor&, const Tensor&, const Tensor&,
-                                      const Tensor&, bool, bool, bool)>("fusedrnn::lstm_cell_backward");
-        auto r = f.call(dy, opt(grads[1]), input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, y, states,
-                        gates, flag, need_x, need_w);
-        g = {std::get<0>(r), Tensor(), std::get<1>(r), std::get<2>(r), std::get<3>(r),
-             std::get<4>(r), std::get<5>(r), std::get<6>(r), std::get<7>(r), Tensor()};
-        break;
-      }
-      case Op::kGruCell: {
-        static auto f = handle<Tuple6(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                      const Tensor&, const OptTensor&, const OptTensor&, const Tensor&,
-                                      const Tensor&, const Tensor&, bool, bool, bool)>(
-            "fusedrnn::gru_cell_backward");
-        auto r = f.call(dy, input, h0, w_ih, w_hh, b_ih, b_hh, y, gates, states, flag, need_x, need_w);
-        g = {std::get<0>(r), Tensor(), std::get<1>(r), Tensor(), std::get<2>(r), std::get<3>(r),
-             std::get<4>(r), std::get<5>(r), Tensor(), Tensor()};
-        break;
-      }
-      case Op::kRnnCell: {
-        static auto f = handle<Tuple6(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                      const Tensor&, const OptTensor&, const OptTensor&, const Tensor&,
-                                      bool, bool, bool)>("fusedrnn::rnn_cell_backward");
-        auto r = f.call(dy, input, h0, w_ih, w_hh, b_ih, b_hh, y, flag, need_x, need_w);
-        g = {std::get<0>(r), Tensor(), std::get<1>(r), Tensor(), std::get<2>(r), std::get<3>(r),
-             std::get<4>(r), std::get<5>(r), Tensor(), Tensor()};
-        break;
-      }
-    }
+    const std::array<Tensor, kNumArgs> g =
+        direction_backward(call, s, Saved3{s[10], s[11], s[12], s[13]}, grads, need_x, need_w);
     variable_list result(1 + kNumArgs);  // the Call argument gets no gradient
     for (int i = 0; i < kNumArgs; ++i)
       if (need[i] && g[i].defined()) result[1 + i] = g[i];
@@ -308,36 +329,33 @@ struct LayerFunction : public torch::autograd::Function<LayerFunction> {
   }
 };
 
-// Whether a tensor carries a forward-mode tangent at some open dual level (the
-// levels are numbered from 0 and open and close as a stack).
-bool has_tangent(std::initializer_list<const Tensor*> tensors) {
+// A tangent would otherwise be dropped without a word where no input requires
+// grad (under no_grad, or in torch.func.jvp): the Functions have no
+// forward-mode derivative. Returns whether a graph is to be recorded: without
+// one (no_grad, or no input requires grad) a call goes straight to the
+// operator, so that a cell step in a user loop pays no autograd bookkeeping.
+bool records_graph(std::initializer_list<OptTensor> tensors) {
+  std::vector<const Tensor*> present;
+  bool wants_grad = false;
+  for (const OptTensor& t : tensors)
+    if (t.has_value() && t->defined()) {
+      present.push_back(&*t);
+      wants_grad = wants_grad || t->requires_grad();
+    }
   for (uint64_t level = 0; torch::autograd::ForwardADLevel::try_get_by_idx(level); ++level)
-    for (const Tensor* t : tensors)
-      if (t->defined() && t->_fw_grad(level).defined()) return true;
-  return false;
+    for (const Tensor* t : present)
+      TORCH_CHECK(!t->_fw_grad(level).defined(),
+                  "fusedrnn: the operators have no forward-mode derivative (torch.func.jvp, "
+                  "torch.autograd.forward_ad); the modules and fusedrnn.functional compute it "
+                  "through a composition of torch operations");
+  return wants_grad && at::GradMode::is_enabled();
 }
 
 variable_list apply(Call call, const Tensor& input, const OptTensor& batch_sizes, const Tensor& h0,
                     const OptTensor& c0, const Tensor& w_ih, const Tensor& w_hh,
                     const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_ch,
                     const OptTensor& w_hr) {
-  // A tangent would otherwise be dropped without a word where no input requires
-  // grad (under no_grad, or in torch.func.jvp): the Function below has no
-  // forward-mode derivative.
-  const Tensor none;
-  const auto p = [&](const OptTensor& t) { return t.has_value() ? &*t : &none; };
-  TORCH_CHECK(!has_tangent({&input, &h0, p(c0), &w_ih, &w_hh, p(b_ih), p(b_hh), p(w_ch), p(w_hr)}),
-              "fusedrnn: the operators have no forward-mode derivative (torch.func.jvp, "
-              "torch.autograd.forward_ad); the modules and fusedrnn.functional compute it through "
-              "a composition of torch operations");
-  // Without a graph to record (no_grad, or no input requires grad) the call
-  // goes straight to the operator: a cell step in a user loop pays no
-  // autograd bookkeeping.
-  const auto needs = [](const OptTensor& t) { return t.has_value() && t->requires_grad(); };
-  if (!at::GradMode::is_enabled() ||
-      !(input.requires_grad() || h0.requires_grad() || w_ih.requires_grad() ||
-        w_hh.requires_grad() || needs(c0) || needs(b_ih) || needs(b_hh) || needs(w_ch) ||
-        needs(w_hr)))
+  if (!records_graph({input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr}))
     return run_forward(call, input, def(batch_sizes), h0, def(c0), w_ih, w_hh, def(b_ih),
                        def(b_hh), def(w_ch), def(w_hr))
         .out;
@@ -392,6 +410,223 @@ Tensor rnn_cell_forward(const Tensor& input, const Tensor& hx, const Tensor& w_i
                w_hh, b_ih, b_hh, std::nullopt, std::nullopt)[0];
 }
 
+
+// ------------------------------------------------------------ both directions
+
+// The tensor arguments of a bidirectional call (the *_bidirectional_forward
+// operators): those of Arg, h0 and c0 holding both directions' states, then
+// the reverse direction's parameters.
+constexpr int kParams = kNumArgs - kWih;  // parameters a direction: w_ih .. w_hr
+constexpr int kWihR = kNumArgs, kWhhR = kWihR + 1, kBihR = kWihR + 2, kBhhR = kWihR + 3,
+              kWchR = kWihR + 4, kWhrR = kWihR + 5, kNumBiArgs = kWihR + kParams;
+
+struct BiForward {
+  variable_list out;
+  Tensor y;
+  Saved3 saved[2];  // y left undefined: the directions' outputs are columns of y
+  std::vector<Tensor> non_differentiable;
+};
+
+// Calls the bidirectional operator below the Autograd key; a: by BiArg.
+BiForward run_bidirectional(Call call, const std::array<Tensor, kNumBiArgs>& a) {
+  at::AutoDispatchBelowADInplaceOrView guard;
+  BiForward fw;
+  variable_list& out = fw.out;
+  const auto o = [&](int i) { return opt(a[i]); };
+  switch (call.op) {
+    case Op::kLstm: {
+      static auto f = handle<Tuple9(
+          const Tensor&, const OptTensor&, const Tensor&, const Tensor&, const Tensor&,
+          const Tensor&, const OptTensor&, const OptTensor&, const OptTensor&, const OptTensor&,
+          const Tensor&, const Tensor&, const OptTensor&, const OptTensor&, const OptTensor&,
+          const OptTensor&, bool, bool)>("fusedrnn::lstm_bidirectional_forward");
+      auto r = f.call(a[kInput], o(kBatchSizes), a[kH0], a[kC0], a[kWih], a[kWhh], o(kBih),
+                      o(kBhh), o(kWch), o(kWhr), a[kWihR], a[kWhhR], o(kBihR), o(kBhhR),
+                      o(kWchR), o(kWhrR), call.flag, call.training);
+      out = {std::get<0>(r), std::get<1>(r), std::get<2>(r), std::get<3>(r), std::get<4>(r),
+             std::get<5>(r), std::get<6>(r), std::get<7>(r), std::get<8>(r)};
+      fw.saved[0] = Saved3{Tensor(), out[3], out[4], out[5]};
+      fw.saved[1] = Saved3{Tensor(), out[6], out[7], out[8]};
+      fw.non_differentiable = {out[3], out[4], out[5], out[6], out[7], out[8]};
+      break;
+    }
+    case Op::kGru: {
+      static auto f = handle<Tuple6(const Tensor&, const OptTensor&, const Tensor&, const Tensor&,
+                                    const Tensor&, const OptTensor&, const OptTensor&,
+                                    const Tensor&, const Tensor&, const OptTensor&,
+                                    const OptTensor&, bool, bool)>(
+          "fusedrnn::gru_bidirectional_forward");
+      auto r = f.call(a[kInput], o(kBatchSizes), a[kH0], a[kWih], a[kWhh], o(kBih), o(kBhh),
+                      a[kWihR], a[kWhhR], o(kBihR), o(kBhhR), call.flag, call.training);
+      out = {std::get<0>(r), std::get<1>(r), std::get<2>(r), std::get<3>(r), std::get<4>(r),
+             std::get<5>(r)};
+      fw.saved[0] = Saved3{Tensor(), out[2], out[3], Tensor()};
+      fw.saved[1] = Saved3{Tensor(), out[4], out[5], Tensor()};
+      fw.non_differentiable = {out[2], out[3], out[4], out[5]};
+      break;
+    }
+    case Op::kRnn: {
+      static auto f = handle<Tuple2(const Tensor&, const OptTensor&, const Tensor&, const Tensor&,
+                                    const Tensor&, const OptTensor&, const OptTensor&,
+                                    const Tensor&, const Tensor&, const OptTensor&,
+                                    const OptTensor&, bool)>("fusedrnn::rnn_bidirectional_forward");
+      auto r = f.call(a[kInput], o(kBatchSizes), a[kH0], a[kWih], a[kWhh], o(kBih), o(kBhh),
+                      a[kWihR], a[kWhhR], o(kBihR), o(kBhhR), call.flag);
+      out = {std::get<0>(r), std::get<1>(r)};
+      break;
+    }
+    default:
+      TORCH_INTERNAL_ASSERT(false, "a bidirectional call of a cell");
+  }
+  fw.y = out[0];
+  return fw;
+}
+
+// Direction d's arguments by Arg, from a bidirectional call's by BiArg: its
+// state (row d of h0 and c0) and its parameters.
+variable_list direction_args(const variable_list& a, int d) {
+  variable_list s(kNumArgs);
+  s[kInput] = a[kInput];
+  s[kBatchSizes] = a[kBatchSizes];
+  s[kH0] = a[kH0].select(0, d);
+  if (a[kC0].defined()) s[kC0] = a[kC0].select(0, d);
+  for (int i = 0; i < kParams; ++i) s[kWih + i] = a[(d == 0 ? int{kWih} : kWihR) + i];
+  return s;
+}
+
+// Both directions of a layer: the output, saved once, serves both backward
+// operators (each reads its own columns), where two one-direction calls would
+// save each direction's output besides the concatenation that the next layer
+// saves as its input.
+struct BidirectionalFunction : public torch::autograd::Function<BidirectionalFunction> {
+  static variable_list forward(AutogradContext* ctx, Call call, Tensor input,
+                               OptTensor batch_sizes, Tensor h0, OptTensor c0, Tensor w_ih,
+                               Tensor w_hh, OptTensor b_ih, OptTensor b_hh, OptTensor w_ch,
+                               OptTensor w_hr, Tensor w_ih_r, Tensor w_hh_r, OptTensor b_ih_r,
+                               OptTensor b_hh_r, OptTensor w_ch_r, OptTensor w_hr_r) {
+    const std::array<Tensor, kNumBiArgs> a = {
+        input,  def(batch_sizes), h0,     def(c0),     w_ih,        w_hh,
+        def(b_ih), def(b_hh),     def(w_ch), def(w_hr), w_ih_r,      w_hh_r,
+        def(b_ih_r), def(b_hh_r), def(w_ch_r), def(w_hr_r)};
+    BiForward fw = run_bidirectional(call, a);
+    if (!fw.non_differentiable.empty()) ctx->mark_non_differentiable(fw.non_differentiable);
+    ctx->set_materialize_grads(false);
+    ctx->saved_data["call"] = encode(call);
+    variable_list saved(a.begin(), a.end());
+    saved.push_back(fw.y);
+    for (const Saved3& d : fw.saved) {
+      saved.push_back(d.gates);
+      saved.push_back(d.states);
+      saved.push_back(d.proj_in);
+    }
+    ctx->save_for_backward(saved);
+    return std::move(fw.out);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const Call call = decode(ctx->saved_data["call"].toInt());
+    check_saved(call);
+    const variable_list a = ctx->get_saved_variables();
+    const Tensor& y = a[kNumBiArgs];
+    const c10::SymInt P = a[kH0].sym_size(-1);  // symbolic under torch.compile
+    std::array<bool, kNumBiArgs> need{};
+    for (int i = 0, edge = 0; i < kNumBiArgs; ++i)
+      if (a[i].defined()) need[i] = ctx->needs_input_grad(edge++);
+
+    // Each direction's gradients by Arg: of its output columns, h_n and c_n
+    // rows; from its backward operator, or differentiable under create_graph.
+    std::array<Tensor, kNumArgs> g[2];
+    for (int d = 0; d < 2; ++d) {
+      const Call cd{call.op, call.flag, d == 1, call.training};
+      const variable_list s = direction_args(a, d);
+      variable_list gd(differentiable_outputs(call.op));
+      if (grads[0].defined()) gd[0] = grads[0].narrow_symint(-1, P * d, P);
+      for (size_t i = 1; i < gd.size(); ++i)
+        if (grads[i].defined()) gd[i] = grads[i].select(0, d);
+      std::array<bool, kNumArgs> nd{};
+      nd[kInput] = need[kInput];
+      nd[kH0] = need[kH0];
+      nd[kC0] = need[kC0];
+      bool need_w = false;
+      for (int i = 0; i < kParams; ++i) {
+        nd[kWih + i] = need[(d == 0 ? int{kWih} : kWihR) + i];
+        need_w = need_w || nd[kWih + i];
+      }
+      if (at::GradMode::is_enabled()) {
+        const variable_list r = differentiable_backward(cd, s, gd, nd);
+        for (int i = 0; i < kNumArgs; ++i) g[d][i] = r[1 + i];
+      } else {
+        const int base = kNumBiArgs + 1 + 3 * d;
+        const Saved3 saved{y.narrow_symint(-1, P * d, P), a[base], a[base + 1], a[base + 2]};
+        g[d] = direction_backward(cd, s, saved, gd, nd[kInput], need_w);
+      }
+    }
+    variable_list result(1 + kNumBiArgs);  // the Call argument gets no gradient
+    const auto both = [&](int i) { return g[0][i].defined() && g[1][i].defined(); };
+    if (need[kInput] && both(kInput)) result[1 + kInput] = g[0][kInput] + g[1][kInput];
+    if (need[kH0] && both(kH0)) result[1 + kH0] = at::stack({g[0][kH0], g[1][kH0]});
+    if (need[kC0] && both(kC0)) result[1 + kC0] = at::stack({g[0][kC0], g[1][kC0]});
+    for (int d = 0; d < 2; ++d)
+      for (int i = 0; i < kParams; ++i) {
+        const int arg = (d == 0 ? int{kWih} : kWihR) + i;
+        if (need[arg] && g[d][kWih + i].defined()) result[1 + arg] = g[d][kWih + i];
+      }
+    return result;
+  }
+};
+
+variable_list apply_bidirectional(Call call, const std::array<OptTensor, kNumBiArgs>& a) {
+  const auto o = [&](int i) { return a[i]; };
+  if (!records_graph({o(kInput), o(kH0), o(kC0), o(kWih), o(kWhh), o(kBih), o(kBhh), o(kWch),
+                      o(kWhr), o(kWihR), o(kWhhR), o(kBihR), o(kBhhR), o(kWchR), o(kWhrR)})) {
+    std::array<Tensor, kNumBiArgs> t;
+    for (int i = 0; i < kNumBiArgs; ++i) t[i] = def(a[i]);
+    return run_bidirectional(call, t).out;
+  }
+  return BidirectionalFunction::apply(call, *a[kInput], a[kBatchSizes], *a[kH0], a[kC0], *a[kWih],
+                                      *a[kWhh], a[kBih], a[kBhh], a[kWch], a[kWhr], *a[kWihR],
+                                      *a[kWhhR], a[kBihR], a[kBhhR], a[kWchR], a[kWhrR]);
+}
+
+Tuple9 lstm_bidirectional_forward(const Tensor& input, const OptTensor& batch_sizes,
+                                  const Tensor& h0, const Tensor& c0, const Tensor& w_ih,
+                                  const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
+                                  const OptTensor& w_ch, const OptTensor& w_hr,
+                                  const Tensor& w_ih_r, const Tensor& w_hh_r,
+                                  const OptTensor& b_ih_r, const OptTensor& b_hh_r,
+                                  const OptTensor& w_ch_r, const OptTensor& w_hr_r, bool coupled,
+                                  bool training) {
+  auto o = apply_bidirectional({Op::kLstm, coupled, false, training},
+                               {input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr,
+                                w_ih_r, w_hh_r, b_ih_r, b_hh_r, w_ch_r, w_hr_r});
+  return {o[0], o[1], o[2], o[3], o[4], o[5], o[6], o[7], o[8]};
+}
+
+Tuple6 gru_bidirectional_forward(const Tensor& input, const OptTensor& batch_sizes,
+                                 const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh,
+                                 const OptTensor& b_ih, const OptTensor& b_hh,
+                                 const Tensor& w_ih_r, const Tensor& w_hh_r,
+                                 const OptTensor& b_ih_r, const OptTensor& b_hh_r,
+                                 bool reset_after, bool training) {
+  auto o = apply_bidirectional({Op::kGru, reset_after, false, training},
+                               {input, batch_sizes, h0, std::nullopt, w_ih, w_hh, b_ih, b_hh,
+                                std::nullopt, std::nullopt, w_ih_r, w_hh_r, b_ih_r, b_hh_r,
+                                std::nullopt, std::nullopt});
+  return {o[0], o[1], o[2], o[3], o[4], o[5]};
+}
+
+Tuple2 rnn_bidirectional_forward(const Tensor& input, const OptTensor& batch_sizes,
+                                 const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh,
+                                 const OptTensor& b_ih, const OptTensor& b_hh,
+                                 const Tensor& w_ih_r, const Tensor& w_hh_r,
+                                 const OptTensor& b_ih_r, const OptTensor& b_hh_r, bool relu) {
+  auto o = apply_bidirectional({Op::kRnn, relu, false, false},
+                               {input, batch_sizes, h0, std::nullopt, w_ih, w_hh, b_ih, b_hh,
+                                std::nullopt, std::nullopt, w_ih_r, w_hh_r, b_ih_r, b_hh_r,
+                                std::nullopt, std::nullopt});
+  return {o[0], o[1]};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fusedrnn, Autograd, m) {
@@ -401,6 +636,9 @@ TORCH_LIBRARY_IMPL(fusedrnn, Autograd, m) {
   m.impl("lstm_cell_forward", &lstm_cell_forward);
   m.impl("gru_cell_forward", &gru_cell_forward);
   m.impl("rnn_cell_forward", &rnn_cell_forward);
+  m.impl("lstm_bidirectional_forward", &lstm_bidirectional_forward);
+  m.impl("gru_bidirectional_forward", &gru_bidirectional_forward);
+  m.impl("rnn_bidirectional_forward", &rnn_bidirectional_forward);
   for (const char* name : {"lstm_backward", "gru_backward", "rnn_backward", "lstm_cell_backward",
                            "gru_cell_backward", "rnn_cell_backward"})
     m.impl(name, torch::autograd::autogradNotImplementedFallback());

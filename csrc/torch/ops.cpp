@@ -226,6 +226,59 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_cell_backward(
           r.grad_h0, r.grad_w_ih, r.grad_w_hh, r.grad_b_ih, r.grad_b_hh};
 }
 
+// ---------------------------------------------------------- both directions
+
+// One layer, both directions (layer_forward_bidirectional): the output holds
+// each direction's once, and the autograd function saves that (autograd.cpp).
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>
+lstm_bidirectional_forward(const Tensor& input, const OptTensor& batch_sizes, const Tensor& h0,
+                           const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
+                           const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_ch,
+                           const OptTensor& w_hr, const Tensor& w_ih_reverse,
+                           const Tensor& w_hh_reverse, const OptTensor& b_ih_reverse,
+                           const OptTensor& b_hh_reverse, const OptTensor& w_ch_reverse,
+                           const OptTensor& w_hr_reverse, bool coupled, bool training) {
+  const auto r = layer_forward_bidirectional(
+      inputs(lstm_config(w_ch, w_hr, coupled), input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh,
+             w_ch, w_hr, false),
+      inputs(lstm_config(w_ch_reverse, w_hr_reverse, coupled), input, batch_sizes, h0, c0,
+             w_ih_reverse, w_hh_reverse, b_ih_reverse, b_hh_reverse, w_ch_reverse, w_hr_reverse,
+             true),
+      training, "fusedrnn::lstm_bidirectional_forward");
+  return {r.output,          r.h_n,           r.c_n,
+          r.saved[0].gates,  r.saved[0].states, r.saved[0].proj_in,
+          r.saved[1].gates,  r.saved[1].states, r.saved[1].proj_in};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_bidirectional_forward(
+    const Tensor& input, const OptTensor& batch_sizes, const Tensor& h0, const Tensor& w_ih,
+    const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh, const Tensor& w_ih_reverse,
+    const Tensor& w_hh_reverse, const OptTensor& b_ih_reverse, const OptTensor& b_hh_reverse,
+    bool reset_after, bool training) {
+  const auto r = layer_forward_bidirectional(
+      inputs(gru_config(reset_after), input, batch_sizes, h0, std::nullopt, w_ih, w_hh, b_ih, b_hh,
+             std::nullopt, std::nullopt, false),
+      inputs(gru_config(reset_after), input, batch_sizes, h0, std::nullopt, w_ih_reverse,
+             w_hh_reverse, b_ih_reverse, b_hh_reverse, std::nullopt, std::nullopt, true),
+      training, "fusedrnn::gru_bidirectional_forward");
+  return {r.output, r.h_n, r.saved[0].gates, r.saved[0].states, r.saved[1].gates,
+          r.saved[1].states};
+}
+
+std::tuple<Tensor, Tensor> rnn_bidirectional_forward(
+    const Tensor& input, const OptTensor& batch_sizes, const Tensor& h0, const Tensor& w_ih,
+    const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh, const Tensor& w_ih_reverse,
+    const Tensor& w_hh_reverse, const OptTensor& b_ih_reverse, const OptTensor& b_hh_reverse,
+    bool relu) {
+  const auto r = layer_forward_bidirectional(
+      inputs(rnn_config(relu), input, batch_sizes, h0, std::nullopt, w_ih, w_hh, b_ih, b_hh,
+             std::nullopt, std::nullopt, false),
+      inputs(rnn_config(relu), input, batch_sizes, h0, std::nullopt, w_ih_reverse, w_hh_reverse,
+             b_ih_reverse, b_hh_reverse, std::nullopt, std::nullopt, true),
+      false, "fusedrnn::rnn_bidirectional_forward");
+  return {r.output, r.h_n};
+}
+
 // The checks of the forward operator `op` alone, for the compositions that
 // compute in its place (fusedrnn/_composite.py): a bad call gets the operator's
 // words whichever path runs. `flag`: coupled (LSTM), reset_after (GRU) or relu.
@@ -344,6 +397,27 @@ TORCH_LIBRARY(fusedrnn, m) {
       "Tensor? b_ih, Tensor? b_hh, Tensor h, bool relu, bool need_input_grad, bool "
       "need_weight_grads) -> (Tensor grad_input, Tensor grad_hx, Tensor grad_w_ih, Tensor "
       "grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh)");
+  // One layer, both directions: h0 [2, N, P] (c0 [2, N, H]), the forward
+  // direction's parameters, then the reverse's; output [.., 2P], h_n [2, N, P]
+  // (c_n [2, N, H]), then each direction's saved tensors as the one-direction
+  // operators return them. Their backward is the one-direction operators'.
+  m.def(
+      "lstm_bidirectional_forward(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor c0, "
+      "Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_ch, Tensor? w_hr, "
+      "Tensor w_ih_reverse, Tensor w_hh_reverse, Tensor? b_ih_reverse, Tensor? b_hh_reverse, "
+      "Tensor? w_ch_reverse, Tensor? w_hr_reverse, bool coupled, bool training) -> (Tensor "
+      "output, Tensor h_n, Tensor c_n, Tensor gates, Tensor states, Tensor proj_in, Tensor "
+      "gates_reverse, Tensor states_reverse, Tensor proj_in_reverse)");
+  m.def(
+      "gru_bidirectional_forward(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor w_ih, "
+      "Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor w_ih_reverse, Tensor w_hh_reverse, "
+      "Tensor? b_ih_reverse, Tensor? b_hh_reverse, bool reset_after, bool training) -> (Tensor "
+      "output, Tensor h_n, Tensor gates, Tensor states, Tensor gates_reverse, Tensor "
+      "states_reverse)");
+  m.def(
+      "rnn_bidirectional_forward(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor w_ih, "
+      "Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor w_ih_reverse, Tensor w_hh_reverse, "
+      "Tensor? b_ih_reverse, Tensor? b_hh_reverse, bool relu) -> (Tensor output, Tensor h_n)");
   m.def(
       "check_forward(str op, Tensor input, Tensor? batch_sizes, Tensor h0, Tensor? c0, "
       "Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_ch, Tensor? w_hr, "
@@ -373,7 +447,10 @@ TORCH_LIBRARY(fusedrnn, m) {
   m.impl("rnn_forward", &rnn_forward);               \
   m.impl("rnn_backward", &rnn_backward);             \
   m.impl("rnn_cell_forward", &rnn_cell_forward);     \
-  m.impl("rnn_cell_backward", &rnn_cell_backward);
+  m.impl("rnn_cell_backward", &rnn_cell_backward);   \
+  m.impl("lstm_bidirectional_forward", &lstm_bidirectional_forward); \
+  m.impl("gru_bidirectional_forward", &gru_bidirectional_forward);   \
+  m.impl("rnn_bidirectional_forward", &rnn_bidirectional_forward);
 
 // It reads only sizes, dtypes and devices (and batch_sizes, a CPU tensor), so it
 // runs on any tensors, those of the functorch transforms included.
@@ -386,7 +463,9 @@ TORCH_LIBRARY_IMPL(fusedrnn, CUDA, m) { FUSEDRNN_REGISTER_KERNELS(m) }
 
 #define FUSEDRNN_REGISTER_AUTOCAST(m, device)                                          \
   for (const char* name : {"lstm_forward", "lstm_cell_forward", "gru_forward",         \
-                           "gru_cell_forward", "rnn_forward", "rnn_cell_forward"})     \
+                           "gru_cell_forward", "rnn_forward", "rnn_cell_forward",      \
+                           "lstm_bidirectional_forward", "gru_bidirectional_forward",  \
+                           "rnn_bidirectional_forward"})                               \
     m.impl(name, torch::CppFunction::makeFromBoxedFunction<&autocast_forward<device>>());
 
 TORCH_LIBRARY_IMPL(fusedrnn, AutocastCPU, m) { FUSEDRNN_REGISTER_AUTOCAST(m, c10::DeviceType::CPU) }

@@ -1,5 +1,6 @@
 #include "rnn_layer.h"
 
+#include <ATen/Parallel.h>
 #include <c10/util/irange.h>
 
 #include <string>
@@ -226,9 +227,20 @@ void dispatch_backward(const LayerInputs& in, const LayerGeometry& g, const Grad
 
 }  // namespace
 
-ForwardResult layer_forward(const LayerInputs& in0, bool training, const char* op, bool cell) {
-  const LayerGeometry g = check_layer(in0, op);
-  const LayerInputs in = contiguous_inputs(in0);
+namespace {
+
+// A forward whose inputs are checked and made contiguous and whose results are
+// allocated; run_prepared() computes them.
+struct PreparedForward {
+  LayerGeometry g;
+  LayerInputs in;
+  ForwardResult out;
+};
+
+PreparedForward prepare_forward(const LayerInputs& in0, bool training, const char* op, bool cell) {
+  PreparedForward p{check_layer(in0, op), contiguous_inputs(in0), {}};
+  const LayerGeometry& g = p.g;
+  const LayerInputs& in = p.in;
   const auto opts = in.input.options();
   const bool lstm = in.cell.kind == CellKind::kLstm;
 
@@ -241,7 +253,7 @@ ForwardResult layer_forward(const LayerInputs& in0, bool training, const char* o
     if (!shared.defined()) shared = empty0(in.input);
     return shared;
   };
-  ForwardResult out;
+  ForwardResult& out = p.out;
   out.h_n = at::empty({g.N, g.P}, opts);
   out.output = cell ? out.h_n.view({1, g.N, g.P})
                : g.packed ? layer_empty({g.R, g.P}, opts)
@@ -257,13 +269,64 @@ ForwardResult layer_forward(const LayerInputs& in0, bool training, const char* o
   out.saved.proj_in = training && in.w_hr.has_value() ? layer_empty({g.R, g.H}, opts)
                       : lstm && !cell                 ? empty0(in.input)
                                                       : unreturned();
-  if (g.R == 0) {  // no step or no row: the state passes through
-    out.h_n.copy_(in.h0);
-    if (lstm) out.c_n.copy_(*in.c0);
-    return out;
+  return p;
+}
+
+void run_prepared(PreparedForward& p, bool training, const char* op) {
+  if (p.g.R == 0) {  // no step or no row: the state passes through
+    p.out.h_n.copy_(p.in.h0);
+    if (p.in.cell.kind == CellKind::kLstm) p.out.c_n.copy_(*p.in.c0);
+    return;
   }
-  dispatch_forward(in, g, training, out, op);
-  return out;
+  dispatch_forward(p.in, p.g, training, p.out, op);
+}
+
+}  // namespace
+
+ForwardResult layer_forward(const LayerInputs& in0, bool training, const char* op, bool cell) {
+  PreparedForward p = prepare_forward(in0, training, op, cell);
+  run_prepared(p, training, op);
+  return std::move(p.out);
+}
+
+BidirectionalResult layer_forward_bidirectional(const LayerInputs& fwd, const LayerInputs& bwd,
+                                                bool training, const char* op) {
+  TORCH_INTERNAL_ASSERT(!fwd.reverse && bwd.reverse && !fwd.step && !bwd.step);
+  const bool lstm = fwd.cell.kind == CellKind::kLstm;
+  const auto per_direction = [&](const Tensor& t, const char* name, const char* shape) {
+    FRNN_CHECK(t.dim() == 3 && t.size(0) == 2, name, " must have shape ", shape,
+               ", one state per direction, got ", shape_str(t));
+  };
+  per_direction(fwd.h0, "h0", "[2, N, P]");
+  if (lstm) {
+    FRNN_CHECK(fwd.c0.has_value(), "c0 is required for LSTM");
+    per_direction(*fwd.c0, "c0", "[2, N, H]");
+  }
+  LayerInputs in[2] = {fwd, bwd};
+  for (int d = 0; d < 2; ++d) {
+    in[d].h0 = fwd.h0.select(0, d);
+    if (lstm) in[d].c0 = fwd.c0->select(0, d);
+  }
+  const std::string names[2] = {std::string(op) + " (forward direction)",
+                                std::string(op) + " (reverse direction: the *_reverse weights)"};
+  PreparedForward p[2] = {prepare_forward(in[0], training, names[0].c_str(), false),
+                          prepare_forward(in[1], training, names[1].c_str(), false)};
+  FRNN_CHECK(p[0].g.H == p[1].g.H && p[0].g.P == p[1].g.P,
+             "both directions must have the same hidden size and state width, got H=", p[0].g.H,
+             " P=", p[0].g.P, " forward and H=", p[1].g.H, " P=", p[1].g.P, " reverse");
+  if (fwd.input.is_cpu() && cpu_directions_at_once(p[0].in, p[0].g)) {
+    at::parallel_for(0, 2, 1, [&](int64_t b, int64_t e) {
+      for (int64_t d = b; d < e; ++d) run_prepared(p[d], training, names[d].c_str());
+    });
+  } else {
+    for (int d = 0; d < 2; ++d) run_prepared(p[d], training, names[d].c_str());
+  }
+  BidirectionalResult r;
+  r.output = at::cat({p[0].out.output, p[1].out.output}, -1);
+  r.h_n = at::stack({p[0].out.h_n, p[1].out.h_n});
+  r.c_n = lstm ? at::stack({p[0].out.c_n, p[1].out.c_n}) : empty0(fwd.input);
+  for (int d = 0; d < 2; ++d) r.saved[d] = p[d].out.saved;
+  return r;
 }
 
 GradResult layer_backward(const LayerInputs& in0, const GradInputs& gi0, const char* op) {

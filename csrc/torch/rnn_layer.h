@@ -78,6 +78,19 @@ ForwardResult layer_forward(const LayerInputs& in, bool training, const char* op
                             bool cell = false);
 GradResult layer_backward(const LayerInputs& in, const GradInputs& gi, const char* op);
 
+// Both directions of a layer (fwd.reverse false, bwd.reverse true) over the
+// same input: output [.., 2P] (the forward direction's P columns, then the
+// reverse's), h_n [2, N, P], c_n [2, N, H] (LSTM; [0] otherwise) and each
+// direction's saved tensors. `op` names the operator in messages. On the CPU,
+// with two threads or more, the directions run at once, one thread each, where
+// a direction's steps are too small to share between threads.
+struct BidirectionalResult {
+  Tensor output, h_n, c_n;
+  Saved saved[2];
+};
+BidirectionalResult layer_forward_bidirectional(const LayerInputs& fwd, const LayerInputs& bwd,
+                                                bool training, const char* op);
+
 // An uninitialised contiguous tensor for a layer's outputs, saved tensors and
 // gradients: on CPU, large ones come in 2 MiB pages where the system offers them
 // (cpu_memory.cpp); elsewhere at::empty.
@@ -88,6 +101,9 @@ void cpu_layer_forward(const LayerInputs& in, const LayerGeometry& g, bool train
                        ForwardResult& out);
 void cpu_layer_backward(const LayerInputs& in, const LayerGeometry& g, const GradInputs& gi,
                         GradResult& out);
+// Whether the CPU runs the two directions of a bidirectional layer of these
+// sizes at once, one thread each.
+bool cpu_directions_at_once(const LayerInputs& in, const LayerGeometry& g);
 #ifdef FUSEDRNN_WITH_CUDA
 void cuda_layer_forward(const LayerInputs& in, const LayerGeometry& g, bool training,
                         ForwardResult& out);

@@ -14,6 +14,9 @@ void cpu_layer_backward(const LayerInputs& in, const LayerGeometry& g, const Gra
   cuda_layer_backward(in, g, gi, out);
 }
 
+// The CUDA path runs the directions of a layer one after the other.
+bool cpu_directions_at_once(const LayerInputs&, const LayerGeometry&) { return false; }
+
 const char* cpu_single_step_products() { return "CUDA-EMULATION"; }
 const char* cpu_bfloat16_products() { return "CUDA-EMULATION"; }
 

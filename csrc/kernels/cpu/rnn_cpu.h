@@ -52,6 +52,12 @@ using BlasGemm = void (*)(bool ta, bool tb, int64_t M, int64_t N, int64_t K, con
 // given (tests), kNever not at all.
 enum class BlasPolicy : int { kNever = 0, kAuto = 1, kAlways = 2 };
 
+// Below this many multiply-adds of recurrent product per step, one thread runs
+// the whole pass: the per-phase synchronisation (about 0.3 us) would cost more
+// than a second thread gives. (The torch layer runs the two directions of such
+// a layer at once instead, one thread each.)
+constexpr int64_t kMinStepFmaForThreads = int64_t{1} << 18;
+
 constexpr int64_t saved_gate_cols(const CellConfig& c, int64_t H) {
   return c.kind == CellKind::kLstm ? num_gates(c.kind, c.coupled) * H
          : c.kind == CellKind::kGru ? (c.reset_after ? 4 : 3) * H

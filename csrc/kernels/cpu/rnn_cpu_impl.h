@@ -500,10 +500,6 @@ inline void run_unit_task(int64_t H, int64_t task, const F& f) {
   f(u0, std::min<int64_t>(L, H - u0));
 }
 
-// Below this many multiply-adds of recurrent product per step, one thread runs
-// the whole pass: the per-phase synchronisation (about 0.3 us) would cost more
-// than a second thread gives.
-constexpr int64_t kMinStepFmaForThreads = int64_t{1} << 18;
 // A single step (a cell call) opens a parallel region for that step alone, and
 // the region's start and end (about 7-10 us on 2 cores) must pay off within it.
 // Measured on 2 cores (Intel Xeon, AVX-512), one thread against two per call:

@@ -1,0 +1,153 @@
+"""The bidirectional operators (torch.ops.fusedrnn.*_bidirectional_forward): one
+layer, both directions, against the two one-direction operators they stand for;
+what a bidirectional stack saves for backward; their errors.
+
+Legend: T steps, N batch, C input size, H hidden size, P projection size, R
+packed rows, L layers.
+"""
+
+import pytest
+import torch
+
+import fusedrnn
+from helpers import held_bytes
+
+ops = torch.ops.fusedrnn
+T, N, C, H, P = 7, 5, 6, 8, 3
+BATCH_SIZES = [5, 5, 4, 2, 2, 1]
+
+
+def one_direction_args(family, gen, dtype, packed, reverse, proj, peephole, flag):
+    """Arguments of fusedrnn::<family>_forward with training=True."""
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64).to(dtype)  # noqa: E731
+    G = {"lstm": 3 if flag else 4, "gru": 3, "rnn": 1}[family]
+    Pp = P if proj else H
+    x = r(sum(BATCH_SIZES), C) if packed else r(T, N, C)
+    bs = torch.tensor(BATCH_SIZES) if packed else None
+    if family == "lstm":
+        return [x, bs, r(N, Pp), r(N, H), r(G * H, C), r(G * H, Pp), r(G * H), r(G * H),
+                r((G - 1) * H) if peephole else None, r(P, H) if proj else None, flag, reverse, True]
+    if family == "gru":
+        return [x, bs, r(N, H), r(G * H, C), r(G * H, H), r(G * H), r(G * H), flag, reverse, True]
+    return [x, bs, r(N, H), r(H, C), r(H, H), r(H), r(H), flag, reverse]
+
+
+CONFIGS = [
+    ("lstm", dict()), ("lstm", dict(flag=True, peephole=True)), ("lstm", dict(proj=True)),
+    ("gru", dict(flag=True)), ("gru", dict(flag=False)), ("rnn", dict(flag=False)), ("rnn", dict(flag=True)),
+]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("family,kw", CONFIGS)
+def test_equals_the_two_one_direction_operators(family, kw, packed, dtype, threads):
+    """Output = the directions' outputs side by side, h_n and c_n stacked, and
+    each direction's saved tensors: the same bits, whether the directions run
+    one after the other or at once (two threads, small steps)."""
+    gen = torch.Generator().manual_seed(0)
+    kw = dict(dict(proj=False, peephole=False, flag=False), **kw)
+    fwd = one_direction_args(family, gen, dtype, packed, False, **kw)
+    rev = one_direction_args(family, gen, dtype, packed, True, **kw)
+    rev[0] = fwd[0]
+    states = 2 if family == "lstm" else 1
+    params = 6 if family == "lstm" else 4
+    stacked = [torch.stack([a, b]) for a, b in zip(fwd[2:2 + states], rev[2:2 + states])]
+    tail = [fwd[2 + states + params]] + ([True] if family != "rnn" else [])
+    args = [fwd[0], fwd[1], *stacked, *fwd[2 + states:2 + states + params],
+            *rev[2 + states:2 + states + params], *tail]
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = getattr(ops, f"{family}_bidirectional_forward")(*args)
+        one = getattr(ops, f"{family}_forward")
+        want_f, want_r = one(*fwd), one(*rev)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(got[0], torch.cat([want_f[0], want_r[0]], -1))
+    assert torch.equal(got[1], torch.stack([want_f[1], want_r[1]]))
+    if family == "lstm":
+        assert torch.equal(got[2], torch.stack([want_f[2], want_r[2]]))
+        saved_f, saved_r, n = want_f[3:], want_r[3:], 3
+    else:
+        saved_f, saved_r, n = want_f[2:], want_r[2:], len(want_f) - 2
+    base = len(got) - 2 * n
+    for i in range(n):
+        assert torch.equal(got[base + i], saved_f[i]), f"saved tensor {i}, forward direction"
+        assert torch.equal(got[base + n + i], saved_r[i]), f"saved tensor {i}, reverse direction"
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("H_", [8, 256], ids=["small_steps", "threaded_steps"])
+def test_modules_give_the_same_bits_on_one_and_two_threads(H_, threads):
+    """At two threads the directions of small layers run at once; larger ones
+    share threads step by step. Either way the results are those of one
+    thread, forward and backward."""
+    torch.manual_seed(1)
+    m = fusedrnn.LSTM(C, H_, num_layers=2, bidirectional=True)
+    x = torch.randn(T, 16, C, requires_grad=True)
+
+    def run(k):
+        torch.set_num_threads(k)
+        m.zero_grad()
+        x.grad = None
+        y, (h, c) = m(x)
+        (y.square().sum() + h.sum() + c.sum()).backward()
+        return [y, h, c, x.grad] + [p.grad for p in m.parameters()]
+
+    before = torch.get_num_threads()
+    try:
+        want = [t.clone() for t in run(1)]
+        got = run(threads)
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+
+
+def _saved_bytes_per_layer(mode, H_, elem):
+    """What backward needs of one bidirectional layer, per row (T*N): the
+    output once (2H), and per direction the gates (4H LSTM, 4H GRU with
+    reset_after: r, z, n and W_hn h + b_hn) and the LSTM's c (H)."""
+    per_direction = {"LSTM": 4 * H_ + H_, "GRU": 4 * H_, "RNN": 0}[mode]
+    return (2 * H_ + 2 * per_direction) * elem
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])
+def test_a_bidirectional_stack_saves_each_output_once(mode, dtype):
+    """Each layer's output is held once: the layer saves its output, which the
+    next layer saves as its input (the same storage), besides the gates and
+    states and the initial states. Two one-direction operators and a
+    concatenation held each direction's output twice."""
+    torch.manual_seed(2)
+    L, H_ = 3, 16
+    m = getattr(fusedrnn, mode)(C, H_, num_layers=L, bidirectional=True).to(dtype)
+    x = torch.randn(T, N, C, dtype=dtype, requires_grad=True)
+    h0 = torch.randn(2 * L, N, H_, dtype=dtype)
+    hx = (h0, torch.randn(2 * L, N, H_, dtype=dtype)) if mode == "LSTM" else h0
+    elem = torch.finfo(dtype).bits // 8
+    states = (2 if mode == "LSTM" else 1) * 2 * L * N * H_ * elem
+    want = L * T * N * _saved_bytes_per_layer(mode, H_, elem) + states
+    assert held_bytes(m, x, hx) == want
+
+
+def _lstm_args(h0_shape=(2, N, H), c0_shape=(2, N, H), reverse_H=H):
+    r = lambda *s: torch.randn(*s)  # noqa: E731
+    return [r(T, N, C), None, r(*h0_shape), r(*c0_shape), r(4 * H, C), r(4 * H, H), None, None, None, None,
+            r(4 * reverse_H, C), r(4 * reverse_H, reverse_H), None, None, None, None, False, False]
+
+
+@pytest.mark.parametrize("args,message", [
+    (_lstm_args(h0_shape=(N, H)), r"lstm_bidirectional_forward: h0 must have shape \[2, N, P\], one state per "
+                                  r"direction, got \[5, 8\]"),
+    (_lstm_args(c0_shape=(1, N, H)), r"c0 must have shape \[2, N, H\], one state per direction, got \[1, 5, 8\]"),
+    (_lstm_args(h0_shape=(2, N + 1, H), c0_shape=(2, N + 1, H)),
+     r"lstm_bidirectional_forward \(forward direction\): h0 must have shape \[5, 8\], got \[6, 8\]"),
+    (_lstm_args(reverse_H=4), r"lstm_bidirectional_forward \(reverse direction: the \*_reverse weights\): h0 must "
+                              r"have shape \[5, 4\], got \[5, 8\]"),
+], ids=["h0_per_direction", "c0_per_direction", "batch", "reverse_size"])
+def test_errors_name_the_argument(args, message):
+    with pytest.raises(RuntimeError, match=message):
+        ops.lstm_bidirectional_forward(*args)
