@@ -36,12 +36,34 @@ def _needs_grad(states: List[Tensor], weights: List[Tensor]) -> bool:
     return False
 
 
+def _direction_weights(weights: List[Tensor], k: int, stride: int, bias: bool, proj: bool, peephole: bool
+                       ) -> Tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor], Optional[Tensor],
+                                  Optional[Tensor]]:
+    """(w_ih, w_hh, b_ih, b_hh, w_ch, w_hr) of layer-direction k in the flat list."""
+    i = k * stride
+    w_ih, w_hh = weights[i], weights[i + 1]
+    i += 2
+    b_ih: Optional[Tensor] = None
+    b_hh: Optional[Tensor] = None
+    w_hr: Optional[Tensor] = None
+    w_ch: Optional[Tensor] = None
+    if bias:
+        b_ih, b_hh = weights[i], weights[i + 1]
+        i += 2
+    if proj:
+        w_hr = weights[i]
+        i += 1
+    if peephole:
+        w_ch = weights[i]
+    return w_ih, w_hh, b_ih, b_hh, w_ch, w_hr
+
+
 def stack(mode: str, x: Tensor, batch_sizes: Optional[Tensor], h0: Tensor, c0: Optional[Tensor],
           weights: List[Tensor], num_layers: int, bidirectional: bool, bias: bool, proj: bool, peephole: bool,
           coupled: bool, reset_after: bool, dropout: float, train: bool
           ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
     """The layers and directions of fusedrnn.functional's _lstm, _gru and _rnn:
-    (output, h_n, c_n or None)."""
+    (output, h_n, c_n or None). A bidirectional layer is one operator, as there."""
     D = 2 if bidirectional else 1
     stride = 2 + (2 if bias else 0) + (1 if proj else 0) + (1 if peephole else 0)
     states = [x, h0]
@@ -51,40 +73,45 @@ def stack(mode: str, x: Tensor, batch_sizes: Optional[Tensor], h0: Tensor, c0: O
     h_n: List[Tensor] = []
     c_n: List[Tensor] = []
     for layer in range(num_layers):
-        outs: List[Tensor] = []
-        for d in range(D):
-            k = layer * D + d
-            i = k * stride
-            w_ih, w_hh = weights[i], weights[i + 1]
-            i += 2
-            b_ih: Optional[Tensor] = None
-            b_hh: Optional[Tensor] = None
-            w_hr: Optional[Tensor] = None
-            w_ch: Optional[Tensor] = None
-            if bias:
-                b_ih, b_hh = weights[i], weights[i + 1]
-                i += 2
-            if proj:
-                w_hr = weights[i]
-                i += 1
-            if peephole:
-                w_ch = weights[i]
+        k = layer * D
+        w_ih, w_hh, b_ih, b_hh, w_ch, w_hr = _direction_weights(weights, k, stride, bias, proj, peephole)
+        if D == 2:
+            w_ih_r, w_hh_r, b_ih_r, b_hh_r, w_ch_r, w_hr_r = _direction_weights(
+                weights, k + 1, stride, bias, proj, peephole)
             if c0 is not None:
-                y, h, c, _, _, _ = torch.ops.fusedrnn.lstm_forward(
-                    x, batch_sizes, h0[k], c0[k], w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, coupled, d == 1, training
+                x, h, c, _, _, _, _, _, _ = torch.ops.fusedrnn.lstm_bidirectional_forward(
+                    x, batch_sizes, h0[k:k + 2], c0[k:k + 2], w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, w_ih_r, w_hh_r,
+                    b_ih_r, b_hh_r, w_ch_r, w_hr_r, coupled, training
+                )
+                c_n.append(c[0])
+                c_n.append(c[1])
+            elif mode == "GRU":
+                x, h, _, _, _, _ = torch.ops.fusedrnn.gru_bidirectional_forward(
+                    x, batch_sizes, h0[k:k + 2], w_ih, w_hh, b_ih, b_hh, w_ih_r, w_hh_r, b_ih_r, b_hh_r,
+                    reset_after, training
+                )
+            else:
+                x, h = torch.ops.fusedrnn.rnn_bidirectional_forward(
+                    x, batch_sizes, h0[k:k + 2], w_ih, w_hh, b_ih, b_hh, w_ih_r, w_hh_r, b_ih_r, b_hh_r,
+                    mode == "RNN_RELU"
+                )
+            h_n.append(h[0])
+            h_n.append(h[1])
+        else:
+            if c0 is not None:
+                x, h, c, _, _, _ = torch.ops.fusedrnn.lstm_forward(
+                    x, batch_sizes, h0[k], c0[k], w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, coupled, False, training
                 )
                 c_n.append(c)
             elif mode == "GRU":
-                y, h, _, _ = torch.ops.fusedrnn.gru_forward(
-                    x, batch_sizes, h0[k], w_ih, w_hh, b_ih, b_hh, reset_after, d == 1, training
+                x, h, _, _ = torch.ops.fusedrnn.gru_forward(
+                    x, batch_sizes, h0[k], w_ih, w_hh, b_ih, b_hh, reset_after, False, training
                 )
             else:
-                y, h = torch.ops.fusedrnn.rnn_forward(
-                    x, batch_sizes, h0[k], w_ih, w_hh, b_ih, b_hh, mode == "RNN_RELU", d == 1
+                x, h = torch.ops.fusedrnn.rnn_forward(
+                    x, batch_sizes, h0[k], w_ih, w_hh, b_ih, b_hh, mode == "RNN_RELU", False
                 )
-            outs.append(y)
             h_n.append(h)
-        x = outs[0] if D == 1 else torch.cat(outs, -1)
         if dropout > 0 and train and layer < num_layers - 1:
             x = torch.nn.functional.dropout(x, dropout, True)
     return x, torch.stack(h_n), torch.stack(c_n) if c0 is not None else None

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import fusedrnn
-from helpers import held_bytes
+from helpers import held_bytes, script, script_holder
 
 ops = torch.ops.fusedrnn
 T, N, C, H, P = 7, 5, 6, 8, 3
@@ -114,9 +114,10 @@ def _saved_bytes_per_layer(mode, H_, elem):
     return (2 * H_ + 2 * per_direction) * elem
 
 
+@pytest.mark.parametrize("scripted", [False, True], ids=["eager", "scripted"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])
-def test_a_bidirectional_stack_saves_each_output_once(mode, dtype):
+def test_a_bidirectional_stack_saves_each_output_once(mode, dtype, scripted):
     """Each layer's output is held once: the layer saves its output, which the
     next layer saves as its input (the same storage), besides the gates and
     states and the initial states. Two one-direction operators and a
@@ -124,6 +125,8 @@ def test_a_bidirectional_stack_saves_each_output_once(mode, dtype):
     torch.manual_seed(2)
     L, H_ = 3, 16
     m = getattr(fusedrnn, mode)(C, H_, num_layers=L, bidirectional=True).to(dtype)
+    if scripted:
+        m = script(script_holder(m, packed=False))
     x = torch.randn(T, N, C, dtype=dtype, requires_grad=True)
     h0 = torch.randn(2 * L, N, H_, dtype=dtype)
     hx = (h0, torch.randn(2 * L, N, H_, dtype=dtype)) if mode == "LSTM" else h0
