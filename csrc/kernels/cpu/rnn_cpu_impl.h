@@ -535,6 +535,22 @@ inline int threads_for(const Parallel& par, BlasGemm<S> blas, int64_t step_fma, 
   return step_fma >= min_fma ? par.max_threads : 1;
 }
 
+// A backward through time splits each step's dh = dG W_hh over panels of dh's
+// columns. With fewer than this many columns (the state width), a thread's share
+// of a step is too small to pay for the step's synchronisation, whatever the
+// rows: paired, 2 threads against 1 (whole training calls, T=100, AMD Zen 5,
+// AVX-512, 2026-12-05), H=64: LSTM N=16-256 1.07-1.13, GRU N=64 1.12, RNN
+// N=128-256 1.07-1.13; H=128 and more: LSTM 0.92-0.98, GRU 0.96, RNN 0.94-0.97
+// (RNN N=16 H=128 1.03).
+constexpr int64_t kMinBackwardWidthForThreads = 128;
+
+template <typename S>
+inline int backward_threads(const Parallel& par, BlasGemm<S> blas, int64_t width, int64_t step_fma,
+                            int64_t steps, bool amx) {
+  if (steps > 1 && width < kMinBackwardWidthForThreads) return 1;
+  return threads_for(par, blas, step_fma, steps, amx);
+}
+
 // The threads of a forward pass whose steps run the recurrent products `recs`
 // (threads_for on their multiply-adds per step); AMX products split into that
 // many tasks.
@@ -1295,7 +1311,7 @@ void lstm_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel
       add_into(dwco + u0, sco, cnt);
     }
   };
-  const int threads = threads_for(par, blas, N * GH * P, seq.T, a.amx);
+  const int threads = backward_threads(par, blas, P, N * GH * P, seq.T, a.amx);
   if (proj) {
     sched.backward(seq, 4);
     sched.run(
@@ -1565,7 +1581,7 @@ void gru_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel&
     add_into(dsum + 3 * H + u0, sxn, cnt);
   };
   bptt_by_panels(seq, whh, dG, ldg, dh_state, true, sched, pointwise,
-                 threads_for(par, blas, N * 3 * H * H, seq.T, a.amx), par);
+                 backward_threads(par, blas, H, N * 3 * H * H, seq.T, a.amx), par);
 
   const GateBlock blocks[2] = {{0, 0, 2 * H}, {3 * H, 2 * H, H}};
   input_side_grads(a, dG, ldg, dsum, blocks, 2, scratch, blas, par, xtiles);
@@ -1674,7 +1690,7 @@ void gru_reset_before_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena,
             return wrz.run(rows, MatA<S>{dG + st.offset * GH, GH, 1}, dh_state, H, true, task);
         }
       },
-      threads_for(par, blas, N * GH * H, seq.T, a.amx), par);
+      backward_threads(par, blas, H, N * GH * H, seq.T, a.amx), par);
 
   const GateBlock all{0, 0, GH};
   input_side_grads(a, dG, GH, dsum, &all, 1, scratch, blas, par, xtiles);
@@ -1776,7 +1792,7 @@ void rnn_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel&
     add_into(dsum + u0, sp, cnt);
   };
   bptt_by_panels(seq, whh, dG, H, dh_state, false, sched, pointwise,
-                 threads_for(par, blas, N * H * H, seq.T, a.amx), par);
+                 backward_threads(par, blas, H, N * H * H, seq.T, a.amx), par);
 
   const GateBlock all{0, 0, H};
   input_side_grads(a, dG, H, dsum, &all, 1, scratch, blas, par, xtiles);
