@@ -74,10 +74,11 @@ clean:
 sanitize: build/.deps
 	tools/sanitize.sh $(SANITIZE_ARGS)
 
-# The part of the sanitizer run that fits CI: the fuzz, numerics, concurrency and
-# gradcheck tests under ASan + UBSan (about 4 minutes on 2 cores, build included).
+# The part of the sanitizer run that fits CI: the fuzz, numerics, concurrency,
+# gradcheck and bidirectional tests (directions run at once on 2 threads) under
+# ASan + UBSan (about 4 minutes on 2 cores, build included).
 # The 10,000-step sequence is left to `make sanitize`: under ASan it took 50 of
 # the 124 s, nearly all in the Python reference it is checked against.
 sanitize-ci: build/.deps
-	tools/sanitize.sh tests/test_reliability.py tests/test_gradcheck.py \
+	tools/sanitize.sh tests/test_reliability.py tests/test_gradcheck.py tests/test_bidirectional.py \
 	  --deselect tests/test_reliability.py::test_long_sequence_matches_reference_in_memory_proportional_to_T
