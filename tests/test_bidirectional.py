@@ -154,3 +154,26 @@ def _lstm_args(h0_shape=(2, N, H), c0_shape=(2, N, H), reverse_H=H):
 def test_errors_name_the_argument(args, message):
     with pytest.raises(RuntimeError, match=message):
         ops.lstm_bidirectional_forward(*args)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])
+def test_directions_at_once_keep_the_callers_inference_mode(mode, dtype):
+    """On two threads the directions of a small layer run on two threads; the
+    16-bit conversions there write into results made under the caller's
+    torch.inference_mode, which must hold on both threads (it raised "Inplace
+    update to inference tensor outside InferenceMode" without it)."""
+    torch.manual_seed(3)
+    m = getattr(fusedrnn, mode)(C, H, num_layers=2, bidirectional=True).to(dtype)
+    x = torch.randn(T, N, C, dtype=dtype)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.inference_mode():
+            y, _ = m(x)
+        with torch.no_grad():
+            want, _ = m(x)
+    finally:
+        torch.set_num_threads(before)
+    assert y.is_inference()
+    assert torch.equal(y, want)

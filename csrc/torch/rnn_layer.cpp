@@ -1,6 +1,7 @@
 #include "rnn_layer.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 #include <c10/util/irange.h>
 
 #include <string>
@@ -315,7 +316,12 @@ BidirectionalResult layer_forward_bidirectional(const LayerInputs& fwd, const La
              "both directions must have the same hidden size and state width, got H=", p[0].g.H,
              " P=", p[0].g.P, " forward and H=", p[1].g.H, " P=", p[1].g.P, " reverse");
   if (fwd.input.is_cpu() && cpu_directions_at_once(p[0].in, p[0].g)) {
+    // The caller's thread-local state (inference mode, the dispatch keys excluded
+    // below autograd) holds on the thread of either direction: the 16-bit
+    // conversions there write into the results.
+    const at::ThreadLocalState caller;
     at::parallel_for(0, 2, 1, [&](int64_t b, int64_t e) {
+      const at::ThreadLocalStateGuard guard(caller);
       for (int64_t d = b; d < e; ++d) run_prepared(p[d], training, names[d].c_str());
     });
   } else {
