@@ -5,7 +5,9 @@ FlopCounterMode counts the matrix products of the aten operations it sees
 fused operators are registered here with the products they compute, counted the
 same way, so that a model's count is the same whether its recurrent layers are
 fusedrnn's or the composite ``fusedrnn.reference`` (pointwise work, like the
-activations, is not counted, as FlopCounterMode counts none). A bidirectional
+activations, is not counted, as FlopCounterMode counts none), but for the initial
+state's gradient: the kernels always compute it, the reference only where h0
+requires grad. A bidirectional
 operator counts both directions' forward; its backward runs the one-direction
 backward operators, which count themselves.
 

@@ -216,8 +216,12 @@ def _(grad_h, input, hx, w_ih, w_hh, b_ih, b_hh, h, relu, need_input_grad, need_
     return _simple_backward_fake(input, hx, w_ih, w_hh, b_ih, b_hh, need_input_grad, need_weight_grads)
 
 
-def _bidirectional_shapes(input, batch_sizes, h0, w_hh, G):
-    """Per direction (R, N, H, P) and the output's shape [.., 2P]; h0 is [2, N, P]."""
+def _bidirectional_shapes(name, input, batch_sizes, h0, w_hh, G):
+    """Per direction (R, N, H, P) and the output's shape [.., 2P], after the
+    kernel's check that h0 is [2, N, P]."""
+    if h0.dim() != 3 or h0.shape[0] != 2:
+        raise RuntimeError(
+            f"fusedrnn::{name}: h0 must have shape [2, N, P], one state per direction, got {list(h0.shape)}")
     R, N, H, P, out_shape = _seq_shapes(input, batch_sizes, h0[0], w_hh, G)
     return R, N, H, P, (*out_shape[:-1], 2 * P)
 
@@ -226,7 +230,7 @@ def _bidirectional_shapes(input, batch_sizes, h0, w_hh, G):
 def _(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, w_ih_reverse, w_hh_reverse,
       b_ih_reverse, b_hh_reverse, w_ch_reverse, w_hr_reverse, coupled, training):
     G = 3 if coupled else 4
-    R, N, H, P, out_shape = _bidirectional_shapes(input, batch_sizes, h0, w_hh, G)
+    R, N, H, P, out_shape = _bidirectional_shapes("lstm_bidirectional_forward", input, batch_sizes, h0, w_hh, G)
 
     def saved(w_hr):
         return (
@@ -242,7 +246,7 @@ def _(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, w_ih_rever
 @_fake("gru_bidirectional_forward")
 def _(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, w_ih_reverse, w_hh_reverse, b_ih_reverse,
       b_hh_reverse, reset_after, training):
-    R, N, H, P, out_shape = _bidirectional_shapes(input, batch_sizes, h0, w_hh, 3)
+    R, N, H, P, out_shape = _bidirectional_shapes("gru_bidirectional_forward", input, batch_sizes, h0, w_hh, 3)
     return (input.new_empty(out_shape), input.new_empty((2, N, H)),
             *_gru_saved(input, R, H, reset_after, training), *_gru_saved(input, R, H, reset_after, training))
 
@@ -250,7 +254,7 @@ def _(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, w_ih_reverse, w_hh_reverse
 @_fake("rnn_bidirectional_forward")
 def _(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, w_ih_reverse, w_hh_reverse, b_ih_reverse,
       b_hh_reverse, relu):
-    R, N, H, P, out_shape = _bidirectional_shapes(input, batch_sizes, h0, w_hh, 1)
+    R, N, H, P, out_shape = _bidirectional_shapes("rnn_bidirectional_forward", input, batch_sizes, h0, w_hh, 1)
     return input.new_empty(out_shape), input.new_empty((2, N, H))
 
 

@@ -177,3 +177,42 @@ def test_directions_at_once_keep_the_callers_inference_mode(mode, dtype):
         torch.set_num_threads(before)
     assert y.is_inference()
     assert torch.equal(y, want)
+
+
+@pytest.mark.parametrize("create_graph", [False, True], ids=["grad", "create_graph"])
+def test_a_direction_whose_gradients_are_not_wanted_does_not_run(create_graph):
+    """torch.autograd.grad asking for one direction's weight only (the other's
+    gradients are not wanted): the same gradient as the reference, also with
+    create_graph=True, where the unwanted direction's composition would have
+    had nothing to differentiate; and only the wanted direction's backward runs."""
+    torch.manual_seed(4)
+    m = fusedrnn.LSTM(C, H, num_layers=2, bidirectional=True).double()
+    x = torch.randn(T, N, C, dtype=torch.float64, requires_grad=True)
+    for w in (m.weight_hh_l1, m.weight_hh_l1_reverse):
+        got = torch.autograd.grad(m(x)[0].square().sum(), [w], create_graph=create_graph)[0]
+        want = torch.autograd.grad(fusedrnn.reference.forward(m, x)[0].square().sum(), [w])[0]
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+        if create_graph:
+            assert got.requires_grad
+
+
+def test_an_unwanted_direction_costs_no_flops():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    m = fusedrnn.LSTM(C, H, bidirectional=True)
+    x = torch.randn(T, N, C)
+    y = m(x)[0]
+    with FlopCounterMode(display=False) as mode:
+        torch.autograd.grad(y.sum(), [m.weight_hh_l0])
+    ih, hh = T * N * 4 * H * C, T * N * 4 * H * H
+    # One direction: dh through every step and its weight gradients, no dx.
+    assert mode.get_total_flops() == 2 * (hh + ih + hh)
+
+
+def test_the_fake_kernel_checks_the_states_per_direction():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        args = _lstm_args(h0_shape=(N, H))
+        with pytest.raises(RuntimeError, match=r"h0 must have shape \[2, N, P\], one state per direction"):
+            ops.lstm_bidirectional_forward(*args)

@@ -535,14 +535,10 @@ struct BidirectionalFunction : public torch::autograd::Function<BidirectionalFun
 
     // Each direction's gradients by Arg: of its output columns, h_n and c_n
     // rows; from its backward operator, or differentiable under create_graph.
+    // A direction none of whose arguments is wanted (its parameters frozen, or
+    // torch.autograd.grad asking for the other's) does not run.
     std::array<Tensor, kNumArgs> g[2];
     for (int d = 0; d < 2; ++d) {
-      const Call cd{call.op, call.flag, d == 1, call.training};
-      const variable_list s = direction_args(a, d);
-      variable_list gd(differentiable_outputs(call.op));
-      if (grads[0].defined()) gd[0] = grads[0].narrow_symint(-1, P * d, P);
-      for (size_t i = 1; i < gd.size(); ++i)
-        if (grads[i].defined()) gd[i] = grads[i].select(0, d);
       std::array<bool, kNumArgs> nd{};
       nd[kInput] = need[kInput];
       nd[kH0] = need[kH0];
@@ -552,6 +548,13 @@ struct BidirectionalFunction : public torch::autograd::Function<BidirectionalFun
         nd[kWih + i] = need[(d == 0 ? int{kWih} : kWihR) + i];
         need_w = need_w || nd[kWih + i];
       }
+      if (!(need_w || nd[kInput] || nd[kH0] || nd[kC0])) continue;
+      const Call cd{call.op, call.flag, d == 1, call.training};
+      const variable_list s = direction_args(a, d);
+      variable_list gd(differentiable_outputs(call.op));
+      if (grads[0].defined()) gd[0] = grads[0].narrow_symint(-1, P * d, P);
+      for (size_t i = 1; i < gd.size(); ++i)
+        if (grads[i].defined()) gd[i] = grads[i].select(0, d);
       if (at::GradMode::is_enabled()) {
         const variable_list r = differentiable_backward(cd, s, gd, nd);
         for (int i = 0; i < kNumArgs; ++i) g[d][i] = r[1 + i];

@@ -536,18 +536,18 @@ inline int threads_for(const Parallel& par, BlasGemm<S> blas, int64_t step_fma, 
 }
 
 // A backward through time splits each step's dh = dG W_hh over panels of dh's
-// columns. With fewer than this many columns (the state width), a thread's share
-// of a step is too small to pay for the step's synchronisation, whatever the
-// rows: paired, 2 threads against 1 (whole training calls, T=100, AMD Zen 5,
+// columns (and a projection's dr over H). With fewer than this many hidden units,
+// a thread's share of a step is too small to pay for the step's synchronisation,
+// whatever the rows (measured without projection): paired, 2 threads against 1 (whole training calls, T=100, AMD Zen 5,
 // AVX-512, 2026-12-05), H=64: LSTM N=16-256 1.07-1.13, GRU N=64 1.12, RNN
 // N=128-256 1.07-1.13; H=128 and more: LSTM 0.92-0.98, GRU 0.96, RNN 0.94-0.97
 // (RNN N=16 H=128 1.03).
 constexpr int64_t kMinBackwardWidthForThreads = 128;
 
 template <typename S>
-inline int backward_threads(const Parallel& par, BlasGemm<S> blas, int64_t width, int64_t step_fma,
+inline int backward_threads(const Parallel& par, BlasGemm<S> blas, int64_t H, int64_t step_fma,
                             int64_t steps, bool amx) {
-  if (steps > 1 && width < kMinBackwardWidthForThreads) return 1;
+  if (steps > 1 && H < kMinBackwardWidthForThreads) return 1;
   return threads_for(par, blas, step_fma, steps, amx);
 }
 
@@ -1311,7 +1311,7 @@ void lstm_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel
       add_into(dwco + u0, sco, cnt);
     }
   };
-  const int threads = backward_threads(par, blas, P, N * GH * P, seq.T, a.amx);
+  const int threads = backward_threads(par, blas, H, N * GH * P, seq.T, a.amx);
   if (proj) {
     sched.backward(seq, 4);
     sched.run(
