@@ -7,9 +7,8 @@ same way, so that a model's count is the same whether its recurrent layers are
 fusedrnn's or the composite ``fusedrnn.reference`` (pointwise work, like the
 activations, is not counted, as FlopCounterMode counts none), but for the initial
 state's gradient: the kernels always compute it, the reference only where h0
-requires grad. A bidirectional
-operator counts both directions' forward; its backward runs the one-direction
-backward operators, which count themselves.
+requires grad. A bidirectional operator counts both directions' forward; its
+backward runs the one-direction backward operators, which count themselves.
 
 Per call, with R rows (T*N padded, the packed rows, N for a cell), the gate
 width G*H, input width C, state width P (H without projection):

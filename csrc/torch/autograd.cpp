@@ -334,7 +334,7 @@ struct LayerFunction : public torch::autograd::Function<LayerFunction> {
 // forward-mode derivative. Returns whether a graph is to be recorded: without
 // one (no_grad, or no input requires grad) a call goes straight to the
 // operator, so that a cell step in a user loop pays no autograd bookkeeping.
-bool records_graph(std::initializer_list<OptTensor> tensors) {
+bool records_graph(c10::ArrayRef<OptTensor> tensors) {
   std::vector<const Tensor*> present;
   bool wants_grad = false;
   for (const OptTensor& t : tensors)
@@ -409,7 +409,6 @@ Tensor rnn_cell_forward(const Tensor& input, const Tensor& hx, const Tensor& w_i
   return apply({Op::kRnnCell, relu, false, false}, input, std::nullopt, hx, std::nullopt, w_ih,
                w_hh, b_ih, b_hh, std::nullopt, std::nullopt)[0];
 }
-
 
 // ------------------------------------------------------------ both directions
 
@@ -579,9 +578,7 @@ struct BidirectionalFunction : public torch::autograd::Function<BidirectionalFun
 };
 
 variable_list apply_bidirectional(Call call, const std::array<OptTensor, kNumBiArgs>& a) {
-  const auto o = [&](int i) { return a[i]; };
-  if (!records_graph({o(kInput), o(kH0), o(kC0), o(kWih), o(kWhh), o(kBih), o(kBhh), o(kWch),
-                      o(kWhr), o(kWihR), o(kWhhR), o(kBihR), o(kBhhR), o(kWchR), o(kWhrR)})) {
+  if (!records_graph(a)) {
     std::array<Tensor, kNumBiArgs> t;
     for (int i = 0; i < kNumBiArgs; ++i) t[i] = def(a[i]);
     return run_bidirectional(call, t).out;

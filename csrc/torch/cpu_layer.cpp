@@ -445,13 +445,12 @@ void through_float(FloatCopies& copies, const std::vector<Tensor*>& results, con
 }  // namespace
 
 // With two threads or more, where the kernels would run each direction's steps
-// on one thread (a step's recurrent products below cpu::kMinStepFmaForThreads
-// multiply-adds): the directions then take a thread each instead of running one
-// after the other.
-bool cpu_directions_at_once(const LayerInputs& in, const LayerGeometry& g) {
-  const int64_t per_row = g.G * g.H * g.P + (in.w_hr.has_value() ? g.P * g.H : 0);
+// on one thread (step_threads in rnn_cpu_impl.h: the step's recurrent product
+// below cpu::kMinStepFmaForThreads multiply-adds): the directions then take a
+// thread each instead of running one after the other.
+bool cpu_directions_at_once(const LayerInputs&, const LayerGeometry& g) {
   return at::get_num_threads() >= 2 && !at::in_parallel_region() &&
-         g.N * per_row < cpu::kMinStepFmaForThreads;
+         g.N * g.G * g.H * g.P < cpu::kMinStepFmaForThreads;
 }
 
 const char* cpu_single_step_products() {

@@ -536,12 +536,13 @@ inline int threads_for(const Parallel& par, BlasGemm<S> blas, int64_t step_fma, 
 }
 
 // A backward through time splits each step's dh = dG W_hh over panels of dh's
-// columns (and a projection's dr over H). With fewer than this many hidden units,
-// a thread's share of a step is too small to pay for the step's synchronisation,
-// whatever the rows (measured without projection): paired, 2 threads against 1 (whole training calls, T=100, AMD Zen 5,
-// AVX-512, 2026-12-05), H=64: LSTM N=16-256 1.07-1.13, GRU N=64 1.12, RNN
-// N=128-256 1.07-1.13; H=128 and more: LSTM 0.92-0.98, GRU 0.96, RNN 0.94-0.97
-// (RNN N=16 H=128 1.03).
+// columns (and a projection's dr over H). With fewer than this many hidden
+// units, a thread's share of a step is too small to pay for the step's
+// synchronisation, whatever the rows (measured without projection). Paired, 2
+// threads against 1, whole training calls, T=100, AMD Zen 5, AVX-512,
+// 2026-12-05: H=64, LSTM N=16-256 1.07-1.13, GRU N=64 1.12, RNN N=128-256
+// 1.07-1.13; H=128 and more, LSTM 0.92-0.98, GRU 0.96, RNN 0.94-0.97 (RNN N=16
+// H=128 1.03).
 constexpr int64_t kMinBackwardWidthForThreads = 128;
 
 template <typename S>
@@ -561,9 +562,10 @@ int step_threads(const Parallel& par, BlasGemm<S> blas, int64_t steps, int64_t r
                  Rec&... recs) {
   const bool amx = ((recs.tiles != nullptr) || ...);
   int threads = threads_for(par, blas, (recs.fma_per_step(rows) + ...), steps, amx);
-  if (!amx) threads = static_cast<int>(std::min<int64_t>(threads, std::max({recs.tasks(rows)...})));
+  if (!amx)
+    threads = static_cast<int>(std::clamp<int64_t>(std::max({recs.tasks(rows)...}), 1, threads));
   ((recs.amx_tasks = std::min<int64_t>(recs.panels(), threads)), ...);
-  return std::max(threads, 1);
+  return threads;
 }
 
 // ------------------------------------------------------- shared pieces
