@@ -7,8 +7,9 @@ same way, so that a model's count is the same whether its recurrent layers are
 fusedrnn's or the composite ``fusedrnn.reference`` (pointwise work, like the
 activations, is not counted, as FlopCounterMode counts none), but for the initial
 state's gradient: the kernels always compute it, the reference only where h0
-requires grad. A bidirectional operator counts both directions' forward; its
-backward runs the one-direction backward operators, which count themselves.
+requires grad. A bidirectional operator counts both directions, each as the
+one-direction operator would (its backward with each direction's
+need_weight_grads).
 
 Per call, with R rows (T*N padded, the packed rows, N for a cell), the gate
 width G*H, input width C, state width P (H without projection):
@@ -32,6 +33,8 @@ _FORWARD = ("lstm_forward", "lstm_cell_forward", "gru_forward", "gru_cell_forwar
 _BIDIRECTIONAL = ("lstm_bidirectional_forward", "gru_bidirectional_forward", "rnn_bidirectional_forward")
 _BACKWARD = ("lstm_backward", "lstm_cell_backward", "gru_backward", "gru_cell_backward",
              "rnn_backward", "rnn_cell_backward")
+_BIDIRECTIONAL_BACKWARD = ("lstm_bidirectional_backward", "gru_bidirectional_backward",
+                           "rnn_bidirectional_backward")
 
 
 def _products(a):
@@ -47,9 +50,14 @@ def _forward_flops(a):
     return 2 * sum(_products(a))
 
 
+def _reverse(a):
+    """The reverse direction's arguments, as a one-direction operator takes them."""
+    names = ("w_ih", "w_hh", "w_hr", "need_weight_grads")
+    return {**a, **{k: a[f"{k}_reverse"] for k in names if f"{k}_reverse" in a}}
+
+
 def _bidirectional_flops(a):
-    reverse = {**a, **{k: a[f"{k}_reverse"] for k in ("w_ih", "w_hh", "w_hr") if f"{k}_reverse" in a}}
-    return _forward_flops(a) + _forward_flops(reverse)
+    return _forward_flops(a) + _forward_flops(_reverse(a))
 
 
 def _backward_flops(a):
@@ -60,6 +68,10 @@ def _backward_flops(a):
     if a["need_weight_grads"]:
         madds += ih + hh + hr
     return 2 * madds
+
+
+def _bidirectional_backward_flops(a):
+    return _backward_flops(a) + _backward_flops(_reverse(a))
 
 
 def _formula(op, count):
@@ -76,7 +88,8 @@ def _formula(op, count):
 def _register():
     ops = torch.ops.fusedrnn
     for names, count in ((_FORWARD, _forward_flops), (_BIDIRECTIONAL, _bidirectional_flops),
-                         (_BACKWARD, _backward_flops)):
+                         (_BACKWARD, _backward_flops),
+                         (_BIDIRECTIONAL_BACKWARD, _bidirectional_backward_flops)):
         for name in names:
             op = getattr(ops, name)
             if op not in flop_registry:  # a reload of this module registers nothing twice

@@ -287,3 +287,44 @@ def backend_info() -> dict:
         if torch.cuda.is_available()
         else [],
     }
+
+
+def _bidirectional_backward_fake(input, h0, c0, params, params_reverse, need_input_grad, need_weight_grads,
+                                 need_weight_grads_reverse):
+    def weights(ps, want):
+        return [_or_empty(_grad_like(p, want), input) for p in ps]
+
+    states = [h0.new_empty(h0.shape)] + ([c0.new_empty(c0.shape)] if c0 is not None else [])
+    return (_or_empty(_grad_like(input, need_input_grad), input), *states,
+            *weights(params, need_weight_grads), *weights(params_reverse, need_weight_grads_reverse))
+
+
+@_fake("lstm_bidirectional_backward")
+def _(grad_output, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr,
+      w_ih_reverse, w_hh_reverse, b_ih_reverse, b_hh_reverse, w_ch_reverse, w_hr_reverse, output, gates,
+      states, proj_in, gates_reverse, states_reverse, proj_in_reverse, coupled, need_input_grad,
+      need_weight_grads, need_weight_grads_reverse):
+    _bidirectional_shapes("lstm_bidirectional_backward", input, batch_sizes, h0, w_hh, 3 if coupled else 4)
+    return _bidirectional_backward_fake(
+        input, h0, c0, (w_ih, w_hh, b_ih, b_hh, w_ch, w_hr),
+        (w_ih_reverse, w_hh_reverse, b_ih_reverse, b_hh_reverse, w_ch_reverse, w_hr_reverse),
+        need_input_grad, need_weight_grads, need_weight_grads_reverse)
+
+
+@_fake("gru_bidirectional_backward")
+def _(grad_output, grad_h_n, input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, w_ih_reverse, w_hh_reverse,
+      b_ih_reverse, b_hh_reverse, output, gates, states, gates_reverse, states_reverse, reset_after,
+      need_input_grad, need_weight_grads, need_weight_grads_reverse):
+    _bidirectional_shapes("gru_bidirectional_backward", input, batch_sizes, h0, w_hh, 3)
+    return _bidirectional_backward_fake(
+        input, h0, None, (w_ih, w_hh, b_ih, b_hh), (w_ih_reverse, w_hh_reverse, b_ih_reverse, b_hh_reverse),
+        need_input_grad, need_weight_grads, need_weight_grads_reverse)
+
+
+@_fake("rnn_bidirectional_backward")
+def _(grad_output, grad_h_n, input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, w_ih_reverse, w_hh_reverse,
+      b_ih_reverse, b_hh_reverse, output, relu, need_input_grad, need_weight_grads, need_weight_grads_reverse):
+    _bidirectional_shapes("rnn_bidirectional_backward", input, batch_sizes, h0, w_hh, 1)
+    return _bidirectional_backward_fake(
+        input, h0, None, (w_ih, w_hh, b_ih, b_hh), (w_ih_reverse, w_hh_reverse, b_ih_reverse, b_hh_reverse),
+        need_input_grad, need_weight_grads, need_weight_grads_reverse)

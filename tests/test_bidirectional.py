@@ -38,14 +38,9 @@ CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
-@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
-@pytest.mark.parametrize("family,kw", CONFIGS)
-def test_equals_the_two_one_direction_operators(family, kw, packed, dtype, threads):
-    """Output = the directions' outputs side by side, h_n and c_n stacked, and
-    each direction's saved tensors: the same bits, whether the directions run
-    one after the other or at once (two threads, small steps)."""
+def _both_directions(family, kw, dtype, packed):
+    """The one-direction forward arguments of each direction (training=True) and
+    those of the bidirectional forward operator over the same tensors."""
     gen = torch.Generator().manual_seed(0)
     kw = dict(dict(proj=False, peephole=False, flag=False), **kw)
     fwd = one_direction_args(family, gen, dtype, packed, False, **kw)
@@ -57,14 +52,39 @@ def test_equals_the_two_one_direction_operators(family, kw, packed, dtype, threa
     tail = [fwd[2 + states + params]] + ([True] if family != "rnn" else [])
     args = [fwd[0], fwd[1], *stacked, *fwd[2 + states:2 + states + params],
             *rev[2 + states:2 + states + params], *tail]
+    return fwd, rev, args
+
+
+# How the CPU runs the two directions: on one thread; on two, as it chooses,
+# in turn or at once (FUSEDRNN_CPU_DIRECTIONS_AT_ONCE: either whatever the sizes).
+SCHEDULES = {"one_thread": (1, "auto"), "two_threads": (2, "auto"), "in_turn": (2, "never"),
+             "at_once": (2, "always")}
+
+
+def _scheduled(schedule, f, monkeypatch):
+    threads, switch = SCHEDULES[schedule]
+    monkeypatch.setenv("FUSEDRNN_CPU_DIRECTIONS_AT_ONCE", switch)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        got = getattr(ops, f"{family}_bidirectional_forward")(*args)
-        one = getattr(ops, f"{family}_forward")
-        want_f, want_r = one(*fwd), one(*rev)
+        return f()
     finally:
         torch.set_num_threads(before)
+
+
+
+@pytest.mark.parametrize("schedule", list(SCHEDULES))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("family,kw", CONFIGS)
+def test_equals_the_two_one_direction_operators(family, kw, packed, dtype, schedule, monkeypatch):
+    """Output = the directions' outputs side by side, h_n and c_n stacked, and
+    each direction's saved tensors: the same bits, whether the directions run
+    one after the other or at once."""
+    fwd, rev, args = _both_directions(family, kw, dtype, packed)
+    one = getattr(ops, f"{family}_forward")
+    got = _scheduled(schedule, lambda: getattr(ops, f"{family}_bidirectional_forward")(*args), monkeypatch)
+    want_f, want_r = one(*fwd), one(*rev)
     assert torch.equal(got[0], torch.cat([want_f[0], want_r[0]], -1))
     assert torch.equal(got[1], torch.stack([want_f[1], want_r[1]]))
     if family == "lstm":
@@ -78,30 +98,83 @@ def test_equals_the_two_one_direction_operators(family, kw, packed, dtype, threa
         assert torch.equal(got[base + n + i], saved_r[i]), f"saved tensor {i}, reverse direction"
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("H_", [8, 256], ids=["small_steps", "threaded_steps"])
-def test_modules_give_the_same_bits_on_one_and_two_threads(H_, threads):
-    """At two threads the directions of small layers run at once; larger ones
-    share threads step by step. Either way the results are those of one
-    thread, forward and backward."""
-    torch.manual_seed(1)
-    m = fusedrnn.LSTM(C, H_, num_layers=2, bidirectional=True)
-    x = torch.randn(T, 16, C, requires_grad=True)
+# What a backward call asks for: grad_input, the forward direction's weight
+# gradients, the reverse's; and whether h_n (and c_n) have gradients.
+NEEDS = {"all": (True, True, True, True), "input_only": (True, False, False, True),
+         "forward_weights": (False, True, False, True), "reverse_weights": (False, False, True, True),
+         "no_state_grads": (True, True, True, False)}
 
-    def run(k):
-        torch.set_num_threads(k)
+
+@pytest.mark.parametrize("needs", list(NEEDS))
+@pytest.mark.parametrize("schedule", list(SCHEDULES))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("family,kw", CONFIGS)
+def test_backward_equals_the_two_one_direction_backward_operators(family, kw, packed, dtype, schedule, needs,
+                                                                  monkeypatch):
+    """grad_input = the sum of the directions' (in the dtype, as their sum), the
+    initial states' gradients stacked and each direction's weight gradients:
+    the same bits as the one-direction backward operators give, whether the
+    directions run one after the other or at once."""
+    need_x, need_wf, need_wr, state_grads = NEEDS[needs]
+    fwd, rev, args = _both_directions(family, kw, dtype, packed)
+    one = getattr(ops, f"{family}_forward")
+    out = [one(*fwd), one(*rev)]
+    states = 2 if family == "lstm" else 1
+    params = 6 if family == "lstm" else 4
+    P_ = out[0][0].shape[-1]
+    y = torch.cat([out[0][0], out[1][0]], -1)
+    gen = torch.Generator().manual_seed(1)
+    r = lambda t: torch.randn(t.shape, generator=gen, dtype=torch.float64).to(dtype)  # noqa: E731
+    dy = r(y)
+    dstates = [r(torch.stack([out[0][1 + i], out[1][1 + i]])) for i in range(states)]
+    if not state_grads:
+        dstates = [None] * states
+
+    def one_backward(d, d_args, need_w):
+        flag, reverse = d_args[2 + states + params], d_args[3 + states + params]
+        return getattr(ops, f"{family}_backward")(
+            dy[..., d * P_:(d + 1) * P_], *[g[d] if g is not None else None for g in dstates], d_args[0],
+            d_args[1], *d_args[2:2 + states], *d_args[2 + states:2 + states + params], out[d][0],
+            *out[d][1 + states:], flag, reverse, need_x, need_w)
+
+    want_f, want_r = one_backward(0, fwd, need_wf), one_backward(1, rev, need_wr)
+    saved = [t for o in out for t in o[1 + states:]]
+    flag = fwd[2 + states + params]
+    got = _scheduled(schedule, lambda: getattr(ops, f"{family}_bidirectional_backward")(
+        dy, *dstates, *args[:2 + states + 2 * params], y, *saved, flag, need_x, need_wf, need_wr), monkeypatch)
+    assert len(got) == 1 + states + 2 * params
+    if need_x:
+        assert torch.equal(got[0], want_f[0] + want_r[0])
+    else:
+        assert got[0].numel() == want_f[0].numel() == 0
+    for i in range(1, 1 + states):
+        assert torch.equal(got[i], torch.stack([want_f[i], want_r[i]])), f"state gradient {i}"
+    for i in range(params):
+        assert torch.equal(got[1 + states + i], want_f[1 + states + i]), f"parameter {i}, forward direction"
+        assert torch.equal(got[1 + states + params + i], want_r[1 + states + i]), f"parameter {i}, reverse"
+
+
+@pytest.mark.parametrize("schedule", ["two_threads", "in_turn", "at_once"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("H_", [8, 256], ids=["small_steps", "threaded_steps"])
+def test_modules_give_the_same_bits_on_one_and_two_threads(H_, dtype, schedule, monkeypatch):
+    """On two threads the directions run at once or in turn, sharing the
+    threads step by step (the automatic choice, or either forced). Either way
+    the results are those of one thread, forward and backward."""
+    torch.manual_seed(1)
+    m = fusedrnn.LSTM(C, H_, num_layers=2, bidirectional=True).to(dtype)
+    x = torch.randn(T, 16, C, dtype=dtype, requires_grad=True)
+
+    def run():
         m.zero_grad()
         x.grad = None
         y, (h, c) = m(x)
         (y.square().sum() + h.sum() + c.sum()).backward()
         return [y, h, c, x.grad] + [p.grad for p in m.parameters()]
 
-    before = torch.get_num_threads()
-    try:
-        want = [t.clone() for t in run(1)]
-        got = run(threads)
-    finally:
-        torch.set_num_threads(before)
+    want = [t.clone() for t in _scheduled("one_thread", run, monkeypatch)]
+    got = _scheduled(schedule, run, monkeypatch)
     for a, b in zip(got, want):
         assert torch.equal(a, b)
 
@@ -156,6 +229,32 @@ def test_errors_name_the_argument(args, message):
         ops.lstm_bidirectional_forward(*args)
 
 
+def _lstm_backward_args(dy_width=2 * H, dh_shape=(2, N, H)):
+    fwd, rev, args = _both_directions("lstm", {}, torch.float32, False)
+    y, h_n, c_n, *saved = ops.lstm_bidirectional_forward(*args)
+    return [torch.randn(T, N, dy_width), torch.randn(*dh_shape), torch.randn_like(c_n), *args[:16], y,
+            *saved, False, True, True, True]
+
+
+@pytest.mark.parametrize("args,message", [
+    (lambda: _lstm_backward_args(dy_width=H),
+     r"lstm_bidirectional_backward: grad_output must have shape \[7, 5, 16\], got \[7, 5, 8\]"),
+    (lambda: _lstm_backward_args(dh_shape=(N, H)),
+     r"lstm_bidirectional_backward: grad_h_n must have shape \[2, 5, 8\], got \[5, 8\]"),
+], ids=["grad_output_width", "grad_h_n_per_direction"])
+def test_backward_errors_name_the_argument(args, message):
+    with pytest.raises(RuntimeError, match=message):
+        ops.lstm_bidirectional_backward(*args())
+
+
+def test_a_bad_directions_switch_is_a_clear_error(monkeypatch):
+    m = fusedrnn.GRU(C, H, bidirectional=True)
+    monkeypatch.setitem(SCHEDULES, "bad_switch", (2, "sometimes"))
+    with pytest.raises(RuntimeError, match="FUSEDRNN_CPU_DIRECTIONS_AT_ONCE must be auto, always or never, "
+                                           "got 'sometimes'"):
+        _scheduled("bad_switch", lambda: m(torch.randn(T, N, C)), monkeypatch)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])
 def test_directions_at_once_keep_the_callers_inference_mode(mode, dtype):
@@ -207,6 +306,27 @@ def test_an_unwanted_direction_costs_no_flops():
     ih, hh = T * N * 4 * H * C, T * N * 4 * H * H
     # One direction: dh through every step and its weight gradients, no dx.
     assert mode.get_total_flops() == 2 * (hh + ih + hh)
+
+
+def test_a_direction_with_frozen_weights_counts_no_weight_gradient_flops():
+    """Both directions run (the input's gradient is wanted), the reverse's
+    without its weight gradients."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    m = fusedrnn.LSTM(C, H, bidirectional=True)
+    m.weight_ih_l0_reverse.requires_grad_(False)
+    m.weight_hh_l0_reverse.requires_grad_(False)
+    m.bias_ih_l0_reverse.requires_grad_(False)
+    m.bias_hh_l0_reverse.requires_grad_(False)
+    x = torch.randn(T, N, C, requires_grad=True)
+    y = m(x)[0]
+    with FlopCounterMode(display=False) as mode:
+        y.sum().backward()
+    ih, hh = T * N * 4 * H * C, T * N * 4 * H * H
+    # Each direction: dh through every step and dx; the forward's weight gradients.
+    assert mode.get_total_flops() == 2 * (2 * (hh + ih) + ih + hh)
+    assert set(mode.get_flop_counts()["Global"]) == {torch.ops.fusedrnn.lstm_bidirectional_backward}
+    assert m.weight_hh_l0.grad is not None and m.weight_hh_l0_reverse.grad is None
 
 
 def test_the_fake_kernel_checks_the_states_per_direction():

@@ -62,7 +62,8 @@ def test_sequence_counts_match_the_reference(cell, kwargs, layers, bidirectional
     m = CLASSES[cell](C, H, num_layers=layers, bidirectional=bidirectional, **kwargs).double()
     x, hx = sequence_inputs(cell, m, packed)
 
-    forward_op = f"fusedrnn.{cell}_bidirectional_forward" if bidirectional else f"fusedrnn.{cell}_forward"
+    kind = "bidirectional_" if bidirectional else ""
+    forward_op, backward_op = f"fusedrnn.{cell}_{kind}forward", f"fusedrnn.{cell}_{kind}backward"
     fwd, per_op = counted(lambda: m(x, hx))
     ref_fwd, _ = counted(lambda: fusedrnn.reference.forward(m, x, hx))
     assert fwd == ref_fwd > 0
@@ -72,7 +73,7 @@ def test_sequence_counts_match_the_reference(cell, kwargs, layers, bidirectional
     ref_both, _ = counted(lambda: first(fusedrnn.reference.forward(m, x, hx)).sum().backward())
     # Each forward product has two in the backward: the gradient of either operand.
     assert both == ref_both == 3 * fwd
-    assert per_op == {forward_op: fwd, f"fusedrnn.{cell}_backward": 2 * fwd}
+    assert per_op == {forward_op: fwd, backward_op: 2 * fwd}
 
 
 @pytest.mark.parametrize("cell,kwargs", [c for c in SEQUENCE if "proj_size" not in c[1]])

@@ -1,7 +1,7 @@
 """Gradients against finite differences (torch.autograd.gradcheck, float64, tiny
 sizes) for every cell and flag, through the modules (fusedrnn.testing.gradcheck)
 and directly on the operators, packed and reverse included; and
-torch.library.opcheck on all fifteen operators.
+torch.library.opcheck on all eighteen operators.
 
 Legend: T steps, N batch, C input size, H hidden size, P projection size,
 G gate blocks, R packed rows.
@@ -445,6 +445,31 @@ def test_opcheck_backward(name, config, needs):
         all_grads=needs != "no_state_grads",
     )
     torch.library.opcheck(getattr(ops, name), tuple(args))
+
+
+def bidirectional_backward_args(family, kw, gen, need_input_grad, need_weight_grads, need_weight_grads_reverse,
+                                all_grads):
+    """Arguments of fusedrnn::<family>_bidirectional_backward, its saved tensors
+    produced by the bidirectional forward with training=True."""
+    args = _detached(bidirectional_args(family, gen, requires_grad=False, training=True, **kw))
+    out = getattr(ops, f"{family}_bidirectional_forward")(*args)
+    states = 2 if family == "lstm" else 1
+    inputs = args[:2 + states + (12 if family == "lstm" else 8)]
+    grads = _grads_like(out[:1 + states], gen, [True] + [all_grads] * states)
+    flag = args[len(inputs)]
+    return [*grads, *inputs, out[0], *out[1 + states:], flag, need_input_grad, need_weight_grads,
+            need_weight_grads_reverse]
+
+
+@pytest.mark.parametrize("needs", ["all", "input_only", "reverse_weights_only", "no_state_grads"])
+@pytest.mark.parametrize("family,kw", BIDIRECTIONAL_CONFIGS)
+def test_opcheck_bidirectional_backward(family, kw, needs):
+    gen = torch.Generator().manual_seed(40)
+    args = bidirectional_backward_args(
+        family, kw, gen, need_input_grad=needs != "reverse_weights_only",
+        need_weight_grads=needs in ("all", "no_state_grads"), need_weight_grads_reverse=needs != "input_only",
+        all_grads=needs != "no_state_grads")
+    torch.library.opcheck(getattr(ops, f"{family}_bidirectional_backward"), tuple(args))
 
 
 @pytest.mark.parametrize("config", [0, 1, 2])

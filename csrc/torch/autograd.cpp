@@ -493,6 +493,68 @@ variable_list direction_args(const variable_list& a, int d) {
   return s;
 }
 
+// Both directions' gradients by BiArg (undefined where not computed) from the
+// bidirectional backward operator. a: the forward's arguments by BiArg, then its
+// output and each direction's saved tensors (gates, states, proj_in); grads:
+// those of its differentiable outputs.
+std::array<Tensor, kNumBiArgs> bidirectional_backward(Call call, const variable_list& a,
+                                                      const variable_list& grads, bool need_x,
+                                                      const bool need_w[2]) {
+  const Tensor& y = a[kNumBiArgs];
+  const auto o = [&](int i) { return a[i].defined() ? c10::IValue(a[i]) : c10::IValue(); };
+  const auto grad = [&](size_t i) {
+    return i < grads.size() && grads[i].defined() ? c10::IValue(grads[i]) : c10::IValue();
+  };
+  const auto saved = [&](int d, int k) { return c10::IValue(a[kNumBiArgs + 1 + 3 * d + k]); };
+  const auto find = [](const char* name) {
+    return c10::Dispatcher::singleton().findSchemaOrThrow(name, "");
+  };
+  torch::jit::Stack st{grads[0].defined() ? grads[0] : at::zeros_like(y)};
+  const auto push = [&](std::initializer_list<c10::IValue> v) {
+    st.insert(st.end(), v.begin(), v.end());
+  };
+  const bool lstm = call.op == Op::kLstm;
+  switch (call.op) {
+    case Op::kLstm: {
+      static const auto op = find("fusedrnn::lstm_bidirectional_backward");
+      push({grad(1), grad(2), a[kInput], o(kBatchSizes), a[kH0], a[kC0], a[kWih], a[kWhh],
+            o(kBih), o(kBhh), o(kWch), o(kWhr), a[kWihR], a[kWhhR], o(kBihR), o(kBhhR),
+            o(kWchR), o(kWhrR), y, saved(0, 0), saved(0, 1), saved(0, 2), saved(1, 0),
+            saved(1, 1), saved(1, 2), call.flag, need_x, need_w[0], need_w[1]});
+      op.callBoxed(&st);
+      break;
+    }
+    case Op::kGru: {
+      static const auto op = find("fusedrnn::gru_bidirectional_backward");
+      push({grad(1), a[kInput], o(kBatchSizes), a[kH0], a[kWih], a[kWhh], o(kBih), o(kBhh),
+            a[kWihR], a[kWhhR], o(kBihR), o(kBhhR), y, saved(0, 0), saved(0, 1), saved(1, 0),
+            saved(1, 1), call.flag, need_x, need_w[0], need_w[1]});
+      op.callBoxed(&st);
+      break;
+    }
+    case Op::kRnn: {
+      static const auto op = find("fusedrnn::rnn_bidirectional_backward");
+      push({grad(1), a[kInput], o(kBatchSizes), a[kH0], a[kWih], a[kWhh], o(kBih), o(kBhh),
+            a[kWihR], a[kWhhR], o(kBihR), o(kBhhR), y, call.flag, need_x, need_w[0],
+            need_w[1]});
+      op.callBoxed(&st);
+      break;
+    }
+    default:
+      TORCH_INTERNAL_ASSERT(false, "a bidirectional call of a cell");
+  }
+  std::array<Tensor, kNumBiArgs> g;
+  size_t k = 0;
+  g[kInput] = st.at(k++).toTensor();
+  g[kH0] = st.at(k++).toTensor();
+  if (lstm) g[kC0] = st.at(k++).toTensor();
+  const int params = lstm ? kParams : kBhh - kWih + 1;
+  for (int d = 0; d < 2; ++d)
+    for (int i = 0; i < params; ++i)
+      g[(d == 0 ? int{kWih} : kWihR) + i] = st.at(k++).toTensor();
+  return g;
+}
+
 // Both directions of a layer: the output, saved once, serves both backward
 // operators (each reads its own columns), where two one-direction calls would
 // save each direction's output besides the concatenation that the next layer
@@ -535,19 +597,31 @@ struct BidirectionalFunction : public torch::autograd::Function<BidirectionalFun
     // Each direction's gradients by Arg: of its output columns, h_n and c_n
     // rows; from its backward operator, or differentiable under create_graph.
     // A direction none of whose arguments is wanted (its parameters frozen, or
-    // torch.autograd.grad asking for the other's) does not run.
+    // torch.autograd.grad asking for the other's) does not run. Where both run
+    // without create_graph, the bidirectional backward operator runs them.
+    std::array<bool, kNumArgs> nd[2]{};
+    bool need_w[2] = {false, false}, runs[2];
+    for (int d = 0; d < 2; ++d) {
+      nd[d][kInput] = need[kInput];
+      nd[d][kH0] = need[kH0];
+      nd[d][kC0] = need[kC0];
+      for (int i = 0; i < kParams; ++i) {
+        nd[d][kWih + i] = need[(d == 0 ? int{kWih} : kWihR) + i];
+        need_w[d] = need_w[d] || nd[d][kWih + i];
+      }
+      runs[d] = need_w[d] || need[kInput] || need[kH0] || need[kC0];
+    }
+    variable_list result(1 + kNumBiArgs);  // the Call argument gets no gradient
+    if (runs[0] && runs[1] && !at::GradMode::is_enabled()) {
+      const std::array<Tensor, kNumBiArgs> g =
+          bidirectional_backward(call, a, grads, need[kInput], need_w);
+      for (int i = 0; i < kNumBiArgs; ++i)
+        if (need[i] && g[i].defined()) result[1 + i] = g[i];
+      return result;
+    }
     std::array<Tensor, kNumArgs> g[2];
     for (int d = 0; d < 2; ++d) {
-      std::array<bool, kNumArgs> nd{};
-      nd[kInput] = need[kInput];
-      nd[kH0] = need[kH0];
-      nd[kC0] = need[kC0];
-      bool need_w = false;
-      for (int i = 0; i < kParams; ++i) {
-        nd[kWih + i] = need[(d == 0 ? int{kWih} : kWihR) + i];
-        need_w = need_w || nd[kWih + i];
-      }
-      if (!(need_w || nd[kInput] || nd[kH0] || nd[kC0])) continue;
+      if (!runs[d]) continue;
       const Call cd{call.op, call.flag, d == 1, call.training};
       const variable_list s = direction_args(a, d);
       variable_list gd(differentiable_outputs(call.op));
@@ -555,15 +629,14 @@ struct BidirectionalFunction : public torch::autograd::Function<BidirectionalFun
       for (size_t i = 1; i < gd.size(); ++i)
         if (grads[i].defined()) gd[i] = grads[i].select(0, d);
       if (at::GradMode::is_enabled()) {
-        const variable_list r = differentiable_backward(cd, s, gd, nd);
+        const variable_list r = differentiable_backward(cd, s, gd, nd[d]);
         for (int i = 0; i < kNumArgs; ++i) g[d][i] = r[1 + i];
       } else {
         const int base = kNumBiArgs + 1 + 3 * d;
         const Saved3 saved{y.narrow_symint(-1, P * d, P), a[base], a[base + 1], a[base + 2]};
-        g[d] = direction_backward(cd, s, saved, gd, nd[kInput], need_w);
+        g[d] = direction_backward(cd, s, saved, gd, nd[d][kInput], need_w[d]);
       }
     }
-    variable_list result(1 + kNumBiArgs);  // the Call argument gets no gradient
     const auto both = [&](int i) { return g[0][i].defined() && g[1][i].defined(); };
     if (need[kInput] && both(kInput)) result[1 + kInput] = g[0][kInput] + g[1][kInput];
     if (need[kH0] && both(kH0)) result[1 + kH0] = at::stack({g[0][kH0], g[1][kH0]});

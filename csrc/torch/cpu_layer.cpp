@@ -444,13 +444,32 @@ void through_float(FloatCopies& copies, const std::vector<Tensor*>& results, con
 
 }  // namespace
 
-// With two threads or more, where the kernels would run each direction's steps
-// on one thread (step_threads in rnn_cpu_impl.h: the step's recurrent product
-// below cpu::kMinStepFmaForThreads multiply-adds): the directions then take a
-// thread each instead of running one after the other.
-bool cpu_directions_at_once(const LayerInputs&, const LayerGeometry& g) {
-  return at::get_num_threads() >= 2 && !at::in_parallel_region() &&
-         g.N * g.G * g.H * g.P < cpu::kMinStepFmaForThreads;
+// The directions run at once, one thread each: a direction's kernels then run
+// on that thread alone (a nested parallel region is serial), where in turn each
+// would share the threads step by step, with a barrier a phase.
+// - A forward: on two threads always; on more where the kernels would run each
+//   direction's steps on one thread anyway (the step's recurrent product below
+//   cpu::kMinStepFmaForThreads multiply-adds).
+// - A backward: on two threads only (on more, the directions' weight-gradient
+//   products would lose the other threads); in 16 bits only where each
+//   direction's steps would run on one thread anyway (backward_threads in
+//   rnn_cpu_impl.h), as with N=16-64 and H=128-256 the directions at once took
+//   1.03-1.19 of the time of their turns (bfloat16, AVX512-BF16, T=50).
+// Paired against the turns, 2 threads, T=100, AMD Zen 5, 2026-12-05
+// (bench/results/cpu-amd-epyc-zen5-2c/directions-at-once.md).
+// FUSEDRNN_CPU_DIRECTIONS_AT_ONCE=always|never forces either (tests, benchmarks).
+bool cpu_directions_at_once(const LayerInputs& in, const LayerGeometry& g, bool backward) {
+  const int threads = at::get_num_threads();
+  if (threads < 2 || at::in_parallel_region()) return false;
+  switch (env_switch("FUSEDRNN_CPU_DIRECTIONS_AT_ONCE")) {
+    case Switch::kAlways: return true;
+    case Switch::kNever: return false;
+    default: break;
+  }
+  const bool one_thread_forward = g.N * g.G * g.H * g.P < cpu::kMinStepFmaForThreads;
+  if (!backward) return threads == 2 || one_thread_forward;
+  if (threads != 2) return false;
+  return !is_16bit(in.input) || one_thread_forward || g.H < cpu::kMinBackwardWidthForThreads;
 }
 
 const char* cpu_single_step_products() {

@@ -279,6 +279,98 @@ std::tuple<Tensor, Tensor> rnn_bidirectional_forward(
   return {r.output, r.h_n};
 }
 
+// Their backward: both directions' (layer_backward_bidirectional), at once on
+// the CPU where cpu_directions_at_once says so. grad_input is the sum of the
+// directions', grad_h0 (and grad_c0) [2, N, P]; then the forward direction's
+// weight gradients and the reverse's, [0] where not wanted.
+BidirectionalGradInputs bidirectional_grads(const Tensor& grad_output, const OptTensor& grad_h_n,
+                                            const OptTensor& grad_c_n, const Tensor& output,
+                                            Saved forward, Saved reverse, bool need_input_grad,
+                                            bool need_weight_grads,
+                                            bool need_weight_grads_reverse) {
+  return BidirectionalGradInputs{grad_output,     grad_h_n,
+                                 grad_c_n,        output,
+                                 {forward, reverse}, need_input_grad,
+                                 {need_weight_grads, need_weight_grads_reverse}};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
+           Tensor, Tensor, Tensor, Tensor>
+lstm_bidirectional_backward(
+    const Tensor& grad_output, const OptTensor& grad_h_n, const OptTensor& grad_c_n,
+    const Tensor& input, const OptTensor& batch_sizes, const Tensor& h0, const Tensor& c0,
+    const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
+    const OptTensor& w_ch, const OptTensor& w_hr, const Tensor& w_ih_reverse,
+    const Tensor& w_hh_reverse, const OptTensor& b_ih_reverse, const OptTensor& b_hh_reverse,
+    const OptTensor& w_ch_reverse, const OptTensor& w_hr_reverse, const Tensor& output,
+    const Tensor& gates, const Tensor& states, const Tensor& proj_in, const Tensor& gates_reverse,
+    const Tensor& states_reverse, const Tensor& proj_in_reverse, bool coupled,
+    bool need_input_grad, bool need_weight_grads, bool need_weight_grads_reverse) {
+  const auto r = layer_backward_bidirectional(
+      inputs(lstm_config(w_ch, w_hr, coupled), input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh,
+             w_ch, w_hr, false),
+      inputs(lstm_config(w_ch_reverse, w_hr_reverse, coupled), input, batch_sizes, h0, c0,
+             w_ih_reverse, w_hh_reverse, b_ih_reverse, b_hh_reverse, w_ch_reverse, w_hr_reverse,
+             true),
+      bidirectional_grads(grad_output, grad_h_n, grad_c_n, output, {gates, states, proj_in},
+                          {gates_reverse, states_reverse, proj_in_reverse}, need_input_grad,
+                          need_weight_grads, need_weight_grads_reverse),
+      "fusedrnn::lstm_bidirectional_backward");
+  const GradResult &f = r.direction[0], &b = r.direction[1];
+  return {r.grad_input,  r.grad_h0,     r.grad_c0,     f.grad_w_ih, f.grad_w_hh,
+          f.grad_b_ih,   f.grad_b_hh,   f.grad_w_ch,   f.grad_w_hr, b.grad_w_ih,
+          b.grad_w_hh,   b.grad_b_ih,   b.grad_b_hh,   b.grad_w_ch, b.grad_w_hr};
+}
+
+using BidirectionalGrads4 =
+    std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
+
+// GRU and RNN: grad_input, grad_h0, then per direction w_ih, w_hh, b_ih, b_hh.
+BidirectionalGrads4 four_parameter_grads(const BidirectionalGradResult& r) {
+  const GradResult &f = r.direction[0], &b = r.direction[1];
+  return {r.grad_input,  r.grad_h0,    f.grad_w_ih, f.grad_w_hh, f.grad_b_ih,
+          f.grad_b_hh,   b.grad_w_ih,  b.grad_w_hh, b.grad_b_ih, b.grad_b_hh};
+}
+
+BidirectionalGrads4 gru_bidirectional_backward(
+    const Tensor& grad_output, const OptTensor& grad_h_n, const Tensor& input,
+    const OptTensor& batch_sizes, const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh,
+    const OptTensor& b_ih, const OptTensor& b_hh, const Tensor& w_ih_reverse,
+    const Tensor& w_hh_reverse, const OptTensor& b_ih_reverse, const OptTensor& b_hh_reverse,
+    const Tensor& output, const Tensor& gates, const Tensor& states, const Tensor& gates_reverse,
+    const Tensor& states_reverse, bool reset_after, bool need_input_grad,
+    bool need_weight_grads, bool need_weight_grads_reverse) {
+  const Tensor none = at::empty({0}, input.options());
+  return four_parameter_grads(layer_backward_bidirectional(
+      inputs(gru_config(reset_after), input, batch_sizes, h0, std::nullopt, w_ih, w_hh, b_ih, b_hh,
+             std::nullopt, std::nullopt, false),
+      inputs(gru_config(reset_after), input, batch_sizes, h0, std::nullopt, w_ih_reverse,
+             w_hh_reverse, b_ih_reverse, b_hh_reverse, std::nullopt, std::nullopt, true),
+      bidirectional_grads(grad_output, grad_h_n, std::nullopt, output, {gates, states, none},
+                          {gates_reverse, states_reverse, none}, need_input_grad,
+                          need_weight_grads, need_weight_grads_reverse),
+      "fusedrnn::gru_bidirectional_backward"));
+}
+
+BidirectionalGrads4 rnn_bidirectional_backward(
+    const Tensor& grad_output, const OptTensor& grad_h_n, const Tensor& input,
+    const OptTensor& batch_sizes, const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh,
+    const OptTensor& b_ih, const OptTensor& b_hh, const Tensor& w_ih_reverse,
+    const Tensor& w_hh_reverse, const OptTensor& b_ih_reverse, const OptTensor& b_hh_reverse,
+    const Tensor& output, bool relu, bool need_input_grad, bool need_weight_grads,
+    bool need_weight_grads_reverse) {
+  const Tensor none = at::empty({0}, input.options());
+  return four_parameter_grads(layer_backward_bidirectional(
+      inputs(rnn_config(relu), input, batch_sizes, h0, std::nullopt, w_ih, w_hh, b_ih, b_hh,
+             std::nullopt, std::nullopt, false),
+      inputs(rnn_config(relu), input, batch_sizes, h0, std::nullopt, w_ih_reverse, w_hh_reverse,
+             b_ih_reverse, b_hh_reverse, std::nullopt, std::nullopt, true),
+      bidirectional_grads(grad_output, grad_h_n, std::nullopt, output, {none, none, none},
+                          {none, none, none}, need_input_grad, need_weight_grads,
+                          need_weight_grads_reverse),
+      "fusedrnn::rnn_bidirectional_backward"));
+}
+
 // The checks of the forward operator `op` alone, for the compositions that
 // compute in its place (fusedrnn/_composite.py): a bad call gets the operator's
 // words whichever path runs. `flag`: coupled (LSTM), reset_after (GRU) or relu.
@@ -400,7 +492,7 @@ TORCH_LIBRARY(fusedrnn, m) {
   // One layer, both directions: h0 [2, N, P] (c0 [2, N, H]), the forward
   // direction's parameters, then the reverse's; output [.., 2P], h_n [2, N, P]
   // (c_n [2, N, H]), then each direction's saved tensors as the one-direction
-  // operators return them. Their backward is the one-direction operators'.
+  // operators return them.
   m.def(
       "lstm_bidirectional_forward(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor c0, "
       "Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_ch, Tensor? w_hr, "
@@ -418,6 +510,39 @@ TORCH_LIBRARY(fusedrnn, m) {
       "rnn_bidirectional_forward(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor w_ih, "
       "Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor w_ih_reverse, Tensor w_hh_reverse, "
       "Tensor? b_ih_reverse, Tensor? b_hh_reverse, bool relu) -> (Tensor output, Tensor h_n)");
+  // Their backward: the forward's arguments (but training), its output and
+  // each direction's saved tensors; grad_input is both directions' sum, grad_h0
+  // (grad_c0) [2, N, P]; then each direction's weight gradients, [0] where not
+  // wanted (need_weight_grads, need_weight_grads_reverse).
+  m.def(
+      "lstm_bidirectional_backward(Tensor grad_output, Tensor? grad_h_n, Tensor? grad_c_n, "
+      "Tensor input, Tensor? batch_sizes, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, "
+      "Tensor? b_ih, Tensor? b_hh, Tensor? w_ch, Tensor? w_hr, Tensor w_ih_reverse, "
+      "Tensor w_hh_reverse, Tensor? b_ih_reverse, Tensor? b_hh_reverse, Tensor? w_ch_reverse, "
+      "Tensor? w_hr_reverse, Tensor output, Tensor gates, Tensor states, Tensor proj_in, "
+      "Tensor gates_reverse, Tensor states_reverse, Tensor proj_in_reverse, bool coupled, "
+      "bool need_input_grad, bool need_weight_grads, bool need_weight_grads_reverse) -> "
+      "(Tensor grad_input, Tensor grad_h0, Tensor grad_c0, Tensor grad_w_ih, Tensor grad_w_hh, "
+      "Tensor grad_b_ih, Tensor grad_b_hh, Tensor grad_w_ch, Tensor grad_w_hr, "
+      "Tensor grad_w_ih_reverse, Tensor grad_w_hh_reverse, Tensor grad_b_ih_reverse, "
+      "Tensor grad_b_hh_reverse, Tensor grad_w_ch_reverse, Tensor grad_w_hr_reverse)");
+  m.def(
+      "gru_bidirectional_backward(Tensor grad_output, Tensor? grad_h_n, Tensor input, "
+      "Tensor? batch_sizes, Tensor h0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
+      "Tensor w_ih_reverse, Tensor w_hh_reverse, Tensor? b_ih_reverse, Tensor? b_hh_reverse, "
+      "Tensor output, Tensor gates, Tensor states, Tensor gates_reverse, Tensor states_reverse, "
+      "bool reset_after, bool need_input_grad, bool need_weight_grads, "
+      "bool need_weight_grads_reverse) -> (Tensor grad_input, Tensor grad_h0, Tensor grad_w_ih, "
+      "Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh, Tensor grad_w_ih_reverse, "
+      "Tensor grad_w_hh_reverse, Tensor grad_b_ih_reverse, Tensor grad_b_hh_reverse)");
+  m.def(
+      "rnn_bidirectional_backward(Tensor grad_output, Tensor? grad_h_n, Tensor input, "
+      "Tensor? batch_sizes, Tensor h0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
+      "Tensor w_ih_reverse, Tensor w_hh_reverse, Tensor? b_ih_reverse, Tensor? b_hh_reverse, "
+      "Tensor output, bool relu, bool need_input_grad, bool need_weight_grads, "
+      "bool need_weight_grads_reverse) -> (Tensor grad_input, Tensor grad_h0, Tensor grad_w_ih, "
+      "Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh, Tensor grad_w_ih_reverse, "
+      "Tensor grad_w_hh_reverse, Tensor grad_b_ih_reverse, Tensor grad_b_hh_reverse)");
   m.def(
       "check_forward(str op, Tensor input, Tensor? batch_sizes, Tensor h0, Tensor? c0, "
       "Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_ch, Tensor? w_hr, "
@@ -450,7 +575,10 @@ TORCH_LIBRARY(fusedrnn, m) {
   m.impl("rnn_cell_backward", &rnn_cell_backward);   \
   m.impl("lstm_bidirectional_forward", &lstm_bidirectional_forward); \
   m.impl("gru_bidirectional_forward", &gru_bidirectional_forward);   \
-  m.impl("rnn_bidirectional_forward", &rnn_bidirectional_forward);
+  m.impl("rnn_bidirectional_forward", &rnn_bidirectional_forward);   \
+  m.impl("lstm_bidirectional_backward", &lstm_bidirectional_backward); \
+  m.impl("gru_bidirectional_backward", &gru_bidirectional_backward);   \
+  m.impl("rnn_bidirectional_backward", &rnn_bidirectional_backward);
 
 // It reads only sizes, dtypes and devices (and batch_sizes, a CPU tensor), so it
 // runs on any tensors, those of the functorch transforms included.

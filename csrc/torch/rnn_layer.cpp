@@ -290,8 +290,17 @@ ForwardResult layer_forward(const LayerInputs& in0, bool training, const char* o
   return std::move(p.out);
 }
 
-BidirectionalResult layer_forward_bidirectional(const LayerInputs& fwd, const LayerInputs& bwd,
-                                                bool training, const char* op) {
+namespace {
+
+// The two directions of a bidirectional layer as one-direction layers: each
+// direction's state rows of h0 (and c0), after the check that there are two,
+// and its name in messages.
+struct Directions {
+  LayerInputs in[2];
+  std::string names[2];
+};
+
+Directions split_directions(const LayerInputs& fwd, const LayerInputs& bwd, const char* op) {
   TORCH_INTERNAL_ASSERT(!fwd.reverse && bwd.reverse && !fwd.step && !bwd.step);
   const bool lstm = fwd.cell.kind == CellKind::kLstm;
   const auto per_direction = [&](const Tensor& t, const char* name, const char* shape) {
@@ -303,35 +312,102 @@ BidirectionalResult layer_forward_bidirectional(const LayerInputs& fwd, const La
     FRNN_CHECK(fwd.c0.has_value(), "c0 is required for LSTM");
     per_direction(*fwd.c0, "c0", "[2, N, H]");
   }
-  LayerInputs in[2] = {fwd, bwd};
-  for (int d = 0; d < 2; ++d) {
-    in[d].h0 = fwd.h0.select(0, d);
-    if (lstm) in[d].c0 = fwd.c0->select(0, d);
+  Directions d{{fwd, bwd},
+               {std::string(op) + " (forward direction)",
+                std::string(op) + " (reverse direction: the *_reverse weights)"}};
+  for (int i = 0; i < 2; ++i) {
+    d.in[i].h0 = fwd.h0.select(0, i);
+    if (lstm) d.in[i].c0 = fwd.c0->select(0, i);
   }
-  const std::string names[2] = {std::string(op) + " (forward direction)",
-                                std::string(op) + " (reverse direction: the *_reverse weights)"};
-  PreparedForward p[2] = {prepare_forward(in[0], training, names[0].c_str(), false),
-                          prepare_forward(in[1], training, names[1].c_str(), false)};
-  FRNN_CHECK(p[0].g.H == p[1].g.H && p[0].g.P == p[1].g.P,
-             "both directions must have the same hidden size and state width, got H=", p[0].g.H,
-             " P=", p[0].g.P, " forward and H=", p[1].g.H, " P=", p[1].g.P, " reverse");
-  if (fwd.input.is_cpu() && cpu_directions_at_once(p[0].in, p[0].g)) {
-    // The caller's thread-local state (inference mode, the dispatch keys excluded
-    // below autograd) holds on the thread of either direction: the 16-bit
-    // conversions there write into the results.
+  return d;
+}
+
+void check_same_widths(const LayerGeometry& f, const LayerGeometry& r, const char* op) {
+  FRNN_CHECK(f.H == r.H && f.P == r.P,
+             "both directions must have the same hidden size and state width, got H=", f.H,
+             " P=", f.P, " forward and H=", r.H, " P=", r.P, " reverse");
+}
+
+// Runs run(0) and run(1): on the CPU at once, one thread each, where
+// cpu_directions_at_once says so. The caller's thread-local state (inference
+// mode, the dispatch keys excluded below autograd) holds on the thread of either
+// direction: the 16-bit conversions there write into the results.
+template <typename F>
+void for_both_directions(const LayerInputs& in, const LayerGeometry& g, bool backward,
+                         const F& run) {
+  if (in.input.is_cpu() && cpu_directions_at_once(in, g, backward)) {
     const at::ThreadLocalState caller;
     at::parallel_for(0, 2, 1, [&](int64_t b, int64_t e) {
       const at::ThreadLocalStateGuard guard(caller);
-      for (int64_t d = b; d < e; ++d) run_prepared(p[d], training, names[d].c_str());
+      for (int64_t d = b; d < e; ++d) run(static_cast<int>(d));
     });
   } else {
-    for (int d = 0; d < 2; ++d) run_prepared(p[d], training, names[d].c_str());
+    for (int d = 0; d < 2; ++d) run(d);
   }
+}
+
+}  // namespace
+
+BidirectionalResult layer_forward_bidirectional(const LayerInputs& fwd, const LayerInputs& bwd,
+                                                bool training, const char* op) {
+  const Directions d = split_directions(fwd, bwd, op);
+  PreparedForward p[2] = {prepare_forward(d.in[0], training, d.names[0].c_str(), false),
+                          prepare_forward(d.in[1], training, d.names[1].c_str(), false)};
+  check_same_widths(p[0].g, p[1].g, op);
+  for_both_directions(p[0].in, p[0].g, false,
+                      [&](int i) { run_prepared(p[i], training, d.names[i].c_str()); });
   BidirectionalResult r;
   r.output = at::cat({p[0].out.output, p[1].out.output}, -1);
   r.h_n = at::stack({p[0].out.h_n, p[1].out.h_n});
-  r.c_n = lstm ? at::stack({p[0].out.c_n, p[1].out.c_n}) : empty0(fwd.input);
-  for (int d = 0; d < 2; ++d) r.saved[d] = p[d].out.saved;
+  r.c_n = fwd.cell.kind == CellKind::kLstm ? at::stack({p[0].out.c_n, p[1].out.c_n})
+                                           : empty0(fwd.input);
+  for (int i = 0; i < 2; ++i) r.saved[i] = p[i].out.saved;
+  return r;
+}
+
+BidirectionalGradResult layer_backward_bidirectional(const LayerInputs& fwd,
+                                                     const LayerInputs& bwd,
+                                                     const BidirectionalGradInputs& gi,
+                                                     const char* op) {
+  const Directions d = split_directions(fwd, bwd, op);
+  const LayerGeometry g = check_layer(d.in[0], d.names[0].c_str());
+  check_same_widths(g, check_layer(d.in[1], d.names[1].c_str()), op);
+  const Tensor& x = fwd.input;
+  const std::vector<int64_t> out_shape = g.packed ? std::vector<int64_t>{g.R, 2 * g.P}
+                                                  : std::vector<int64_t>{g.T, g.N, 2 * g.P};
+  check_same(gi.grad_output, "grad_output", x, op);
+  check_shape(gi.grad_output, "grad_output", out_shape, op);
+  check_same(gi.output, "output", x, op);
+  check_shape(gi.output, "output", out_shape, op);
+  if (gi.grad_h_n.has_value()) {
+    check_same(*gi.grad_h_n, "grad_h_n", x, op);
+    check_shape(*gi.grad_h_n, "grad_h_n", {2, g.N, g.P}, op);
+  }
+  if (gi.grad_c_n.has_value()) {
+    check_same(*gi.grad_c_n, "grad_c_n", x, op);
+    check_shape(*gi.grad_c_n, "grad_c_n", {2, g.N, g.H}, op);
+  }
+  const auto row = [](const OptTensor& t, int i) {
+    return t.has_value() ? OptTensor(t->select(0, i)) : std::nullopt;
+  };
+  GradInputs per[2];
+  for (int i = 0; i < 2; ++i)
+    per[i] = GradInputs{gi.grad_output.narrow(-1, i * g.P, g.P),
+                        row(gi.grad_h_n, i),
+                        row(gi.grad_c_n, i),
+                        gi.output.narrow(-1, i * g.P, g.P),
+                        gi.saved[i],
+                        gi.need_input_grad,
+                        gi.need_weight_grads[i]};
+  BidirectionalGradResult r;
+  for_both_directions(d.in[0], g, true, [&](int i) {
+    r.direction[i] = layer_backward(d.in[i], per[i], d.names[i].c_str());
+  });
+  GradResult& f = r.direction[0];
+  r.grad_input = gi.need_input_grad ? f.grad_input.add_(r.direction[1].grad_input) : f.grad_input;
+  r.grad_h0 = at::stack({f.grad_h0, r.direction[1].grad_h0});
+  r.grad_c0 = fwd.cell.kind == CellKind::kLstm ? at::stack({f.grad_c0, r.direction[1].grad_c0})
+                                                : empty0(x);
   return r;
 }
 

@@ -81,15 +81,36 @@ GradResult layer_backward(const LayerInputs& in, const GradInputs& gi, const cha
 // Both directions of a layer (fwd.reverse false, bwd.reverse true) over the
 // same input: output [.., 2P] (the forward direction's P columns, then the
 // reverse's), h_n [2, N, P], c_n [2, N, H] (LSTM; [0] otherwise) and each
-// direction's saved tensors. `op` names the operator in messages. On the CPU,
-// with two threads or more, the directions run at once, one thread each, where
-// a direction's steps are too small to share between threads.
+// direction's saved tensors. `op` names the operator in messages. On the CPU
+// the directions may run at once (cpu_directions_at_once).
 struct BidirectionalResult {
   Tensor output, h_n, c_n;
   Saved saved[2];
 };
 BidirectionalResult layer_forward_bidirectional(const LayerInputs& fwd, const LayerInputs& bwd,
                                                 bool training, const char* op);
+
+// Its backward: grad_output and output [.., 2P], grad_h_n [2, N, P], grad_c_n
+// [2, N, H], each direction's saved tensors and whether its weights' gradients
+// are wanted. grad_input is the sum of the directions', grad_h0 and grad_c0 are
+// stacked; each direction's weight gradients are in direction[d] (its
+// grad_input, grad_h0 and grad_c0 are those parts).
+struct BidirectionalGradInputs {
+  Tensor grad_output;
+  OptTensor grad_h_n, grad_c_n;
+  Tensor output;
+  Saved saved[2];
+  bool need_input_grad = true;
+  bool need_weight_grads[2] = {true, true};
+};
+struct BidirectionalGradResult {
+  Tensor grad_input, grad_h0, grad_c0;
+  GradResult direction[2];
+};
+BidirectionalGradResult layer_backward_bidirectional(const LayerInputs& fwd,
+                                                     const LayerInputs& bwd,
+                                                     const BidirectionalGradInputs& gi,
+                                                     const char* op);
 
 // An uninitialised contiguous tensor for a layer's outputs, saved tensors and
 // gradients: on CPU, large ones come in 2 MiB pages where the system offers them
@@ -102,8 +123,8 @@ void cpu_layer_forward(const LayerInputs& in, const LayerGeometry& g, bool train
 void cpu_layer_backward(const LayerInputs& in, const LayerGeometry& g, const GradInputs& gi,
                         GradResult& out);
 // Whether the CPU runs the two directions of a bidirectional layer of these
-// sizes at once, one thread each.
-bool cpu_directions_at_once(const LayerInputs& in, const LayerGeometry& g);
+// sizes at once, one thread each, in its forward or its backward.
+bool cpu_directions_at_once(const LayerInputs& in, const LayerGeometry& g, bool backward);
 #ifdef FUSEDRNN_WITH_CUDA
 void cuda_layer_forward(const LayerInputs& in, const LayerGeometry& g, bool training,
                         ForwardResult& out);

@@ -15,7 +15,7 @@ void cpu_layer_backward(const LayerInputs& in, const LayerGeometry& g, const Gra
 }
 
 // The CUDA path runs the directions of a layer one after the other.
-bool cpu_directions_at_once(const LayerInputs&, const LayerGeometry&) { return false; }
+bool cpu_directions_at_once(const LayerInputs&, const LayerGeometry&, bool) { return false; }
 
 const char* cpu_single_step_products() { return "CUDA-EMULATION"; }
 const char* cpu_bfloat16_products() { return "CUDA-EMULATION"; }

@@ -54,9 +54,18 @@ enum class BlasPolicy : int { kNever = 0, kAuto = 1, kAlways = 2 };
 
 // Below this many multiply-adds of recurrent product per step, one thread runs
 // the whole pass: the per-phase synchronisation (about 0.3 us) would cost more
-// than a second thread gives. (The torch layer runs the two directions of such
-// a layer at once instead, one thread each.)
+// than a second thread gives.
 constexpr int64_t kMinStepFmaForThreads = int64_t{1} << 18;
+
+// A backward through time splits each step's dh = dG W_hh over panels of dh's
+// columns (and a projection's dr over H). With fewer than this many hidden
+// units, a thread's share of a step is too small to pay for the step's
+// synchronisation, whatever the rows (measured without projection). Paired, 2
+// threads against 1, whole training calls, T=100, AMD Zen 5, AVX-512,
+// 2026-12-05: H=64, LSTM N=16-256 1.07-1.13, GRU N=64 1.12, RNN N=128-256
+// 1.07-1.13; H=128 and more, LSTM 0.92-0.98, GRU 0.96, RNN 0.94-0.97 (RNN N=16
+// H=128 1.03).
+constexpr int64_t kMinBackwardWidthForThreads = 128;
 
 constexpr int64_t saved_gate_cols(const CellConfig& c, int64_t H) {
   return c.kind == CellKind::kLstm ? num_gates(c.kind, c.coupled) * H

@@ -535,16 +535,6 @@ inline int threads_for(const Parallel& par, BlasGemm<S> blas, int64_t step_fma, 
   return step_fma >= min_fma ? par.max_threads : 1;
 }
 
-// A backward through time splits each step's dh = dG W_hh over panels of dh's
-// columns (and a projection's dr over H). With fewer than this many hidden
-// units, a thread's share of a step is too small to pay for the step's
-// synchronisation, whatever the rows (measured without projection). Paired, 2
-// threads against 1, whole training calls, T=100, AMD Zen 5, AVX-512,
-// 2026-12-05: H=64, LSTM N=16-256 1.07-1.13, GRU N=64 1.12, RNN N=128-256
-// 1.07-1.13; H=128 and more, LSTM 0.92-0.98, GRU 0.96, RNN 0.94-0.97 (RNN N=16
-// H=128 1.03).
-constexpr int64_t kMinBackwardWidthForThreads = 128;
-
 template <typename S>
 inline int backward_threads(const Parallel& par, BlasGemm<S> blas, int64_t H, int64_t step_fma,
                             int64_t steps, bool amx) {
