@@ -146,23 +146,40 @@ LayerGeometry check_layer(const LayerInputs& in, const char* op) {
   return g;
 }
 
+namespace {
+
+// The output and the gradients of the outputs of D directions (1 or 2):
+// grad_output and output [.., D P], grad_h_n [N, P] and grad_c_n [N, H], with a
+// leading dimension of 2 for two directions.
+void check_output_grads(const Tensor& x, const LayerGeometry& g, int64_t D,
+                        const Tensor& grad_output, const Tensor& output,
+                        const OptTensor& grad_h_n, const OptTensor& grad_c_n, const char* op) {
+  const auto shape = [&](std::vector<int64_t> s) {
+    if (D == 2) s.insert(s.begin(), 2);
+    return s;
+  };
+  const std::vector<int64_t> out_shape = g.packed ? std::vector<int64_t>{g.R, D * g.P}
+                                                  : std::vector<int64_t>{g.T, g.N, D * g.P};
+  check_same(grad_output, "grad_output", x, op);
+  check_shape(grad_output, "grad_output", out_shape, op);
+  check_same(output, "output", x, op);
+  check_shape(output, "output", out_shape, op);
+  if (grad_h_n.has_value()) {
+    check_same(*grad_h_n, "grad_h_n", x, op);
+    check_shape(*grad_h_n, "grad_h_n", shape({g.N, g.P}), op);
+  }
+  if (grad_c_n.has_value()) {
+    check_same(*grad_c_n, "grad_c_n", x, op);
+    check_shape(*grad_c_n, "grad_c_n", shape({g.N, g.H}), op);
+  }
+}
+
+}  // namespace
+
 void check_grads(const LayerInputs& in, const LayerGeometry& g, const GradInputs& gi,
                  const char* op) {
   const Tensor& x = in.input;
-  const std::vector<int64_t> out_shape =
-      g.packed ? std::vector<int64_t>{g.R, g.P} : std::vector<int64_t>{g.T, g.N, g.P};
-  check_same(gi.grad_output, "grad_output", x, op);
-  check_shape(gi.grad_output, "grad_output", out_shape, op);
-  check_same(gi.output, "output", x, op);
-  check_shape(gi.output, "output", out_shape, op);
-  if (gi.grad_h_n.has_value()) {
-    check_same(*gi.grad_h_n, "grad_h_n", x, op);
-    check_shape(*gi.grad_h_n, "grad_h_n", {g.N, g.P}, op);
-  }
-  if (gi.grad_c_n.has_value()) {
-    check_same(*gi.grad_c_n, "grad_c_n", x, op);
-    check_shape(*gi.grad_c_n, "grad_c_n", {g.N, g.H}, op);
-  }
+  check_output_grads(x, g, 1, gi.grad_output, gi.output, gi.grad_h_n, gi.grad_c_n, op);
   const int64_t gate_cols = cpu::saved_gate_cols(in.cell, g.H);
   if (gate_cols > 0) {
     check_same(gi.saved.gates, "gates", x, op);
@@ -373,20 +390,7 @@ BidirectionalGradResult layer_backward_bidirectional(const LayerInputs& fwd,
   const LayerGeometry g = check_layer(d.in[0], d.names[0].c_str());
   check_same_widths(g, check_layer(d.in[1], d.names[1].c_str()), op);
   const Tensor& x = fwd.input;
-  const std::vector<int64_t> out_shape = g.packed ? std::vector<int64_t>{g.R, 2 * g.P}
-                                                  : std::vector<int64_t>{g.T, g.N, 2 * g.P};
-  check_same(gi.grad_output, "grad_output", x, op);
-  check_shape(gi.grad_output, "grad_output", out_shape, op);
-  check_same(gi.output, "output", x, op);
-  check_shape(gi.output, "output", out_shape, op);
-  if (gi.grad_h_n.has_value()) {
-    check_same(*gi.grad_h_n, "grad_h_n", x, op);
-    check_shape(*gi.grad_h_n, "grad_h_n", {2, g.N, g.P}, op);
-  }
-  if (gi.grad_c_n.has_value()) {
-    check_same(*gi.grad_c_n, "grad_c_n", x, op);
-    check_shape(*gi.grad_c_n, "grad_c_n", {2, g.N, g.H}, op);
-  }
+  check_output_grads(x, g, 2, gi.grad_output, gi.output, gi.grad_h_n, gi.grad_c_n, op);
   const auto row = [](const OptTensor& t, int i) {
     return t.has_value() ? OptTensor(t->select(0, i)) : std::nullopt;
   };
