@@ -221,7 +221,7 @@ def _lstm_args(h0_shape=(2, N, H), c0_shape=(2, N, H), reverse_H=H):
     (_lstm_args(c0_shape=(1, N, H)), r"c0 must have shape \[2, N, H\], one state per direction, got \[1, 5, 8\]"),
     (_lstm_args(h0_shape=(2, N + 1, H), c0_shape=(2, N + 1, H)),
      r"lstm_bidirectional_forward \(forward direction\): h0 must have shape \[5, 8\], got \[6, 8\]"),
-    (_lstm_args(reverse_H=4), r"lstm_bidirectional_forward \(reverse direction: the \*_reverse weights\): h0 must "
+    (_lstm_args(reverse_H=4), r"lstm_bidirectional_forward \(reverse direction: the \*_reverse arguments\): h0 must "
                               r"have shape \[5, 4\], got \[5, 8\]"),
 ], ids=["h0_per_direction", "c0_per_direction", "batch", "reverse_size"])
 def test_errors_name_the_argument(args, message):
@@ -229,9 +229,11 @@ def test_errors_name_the_argument(args, message):
         ops.lstm_bidirectional_forward(*args)
 
 
-def _lstm_backward_args(dy_width=2 * H, dh_shape=(2, N, H)):
+def _lstm_backward_args(dy_width=2 * H, dh_shape=(2, N, H), reverse_gates_rows=0):
     fwd, rev, args = _both_directions("lstm", {}, torch.float32, False)
     y, h_n, c_n, *saved = ops.lstm_bidirectional_forward(*args)
+    if reverse_gates_rows:
+        saved[3] = saved[3][:reverse_gates_rows]
     return [torch.randn(T, N, dy_width), torch.randn(*dh_shape), torch.randn_like(c_n), *args[:16], y,
             *saved, False, True, True, True]
 
@@ -241,10 +243,32 @@ def _lstm_backward_args(dy_width=2 * H, dh_shape=(2, N, H)):
      r"lstm_bidirectional_backward: grad_output must have shape \[7, 5, 16\], got \[7, 5, 8\]"),
     (lambda: _lstm_backward_args(dh_shape=(N, H)),
      r"lstm_bidirectional_backward: grad_h_n must have shape \[2, 5, 8\], got \[5, 8\]"),
-], ids=["grad_output_width", "grad_h_n_per_direction"])
-def test_backward_errors_name_the_argument(args, message):
+    (lambda: _lstm_backward_args(reverse_gates_rows=T * N - 1),
+     r"lstm_bidirectional_backward \(reverse direction: the \*_reverse arguments\): gates must have shape "
+     r"\[35, 32\], got \[34, 32\]"),
+], ids=["grad_output_width", "grad_h_n_per_direction", "reverse_saved"])
+@pytest.mark.parametrize("schedule", ["in_turn", "at_once"])
+def test_backward_errors_name_the_argument(args, message, schedule, monkeypatch):
     with pytest.raises(RuntimeError, match=message):
-        ops.lstm_bidirectional_backward(*args())
+        _scheduled(schedule, lambda: ops.lstm_bidirectional_backward(*args()), monkeypatch)
+
+
+@pytest.mark.parametrize("family", ["lstm", "gru", "rnn"])
+def test_the_backward_operators_have_no_derivative(family):
+    """Called on tensors that require grad, a backward operator says that it
+    has no derivative (create_graph=True goes through the compositions)."""
+    fwd, rev, args = _both_directions(family, {}, torch.float64, False)
+    out = getattr(ops, f"{family}_bidirectional_forward")(*args)
+    states = 2 if family == "lstm" else 1
+    params = 12 if family == "lstm" else 8
+    w = args[2 + states].clone().requires_grad_()
+    inputs = [*args[:2 + states], w, *args[3 + states:2 + states + params]]
+    grads = [torch.ones_like(o) for o in out[:1 + states]]
+    got = getattr(ops, f"{family}_bidirectional_backward")(
+        *grads, *inputs, out[0], *out[1 + states:], args[2 + states + params], True, True, True)
+    with pytest.raises(RuntimeError, match=f"derivative for fusedrnn::{family}_bidirectional_backward is not "
+                                           "implemented"):
+        sum(g.sum() for g in got).backward()
 
 
 def test_a_bad_directions_switch_is_a_clear_error(monkeypatch):

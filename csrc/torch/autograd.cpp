@@ -713,7 +713,8 @@ TORCH_LIBRARY_IMPL(fusedrnn, Autograd, m) {
   m.impl("gru_bidirectional_forward", &gru_bidirectional_forward);
   m.impl("rnn_bidirectional_forward", &rnn_bidirectional_forward);
   for (const char* name : {"lstm_backward", "gru_backward", "rnn_backward", "lstm_cell_backward",
-                           "gru_cell_backward", "rnn_cell_backward"})
+                           "gru_cell_backward", "rnn_cell_backward", "lstm_bidirectional_backward",
+                           "gru_bidirectional_backward", "rnn_bidirectional_backward"})
     m.impl(name, torch::autograd::autogradNotImplementedFallback());
 }
 

@@ -451,8 +451,8 @@ void through_float(FloatCopies& copies, const std::vector<Tensor*>& results, con
 //   direction's steps on one thread anyway (the step's recurrent product below
 //   cpu::kMinStepFmaForThreads multiply-adds).
 // - A backward: on two threads only (on more, the directions' weight-gradient
-//   products would lose the other threads); in 16 bits only where each
-//   direction's steps would run on one thread anyway (backward_threads in
+//   products would lose the other threads); in float16 and bfloat16 only where
+//   each direction's steps would run on one thread anyway (backward_threads in
 //   rnn_cpu_impl.h), as with N=16-64 and H=128-256 the directions at once took
 //   1.03-1.19 of the time of their turns (bfloat16, AVX512-BF16, T=50).
 // Paired against the turns, 2 threads, T=100, AMD Zen 5, 2026-12-05
@@ -469,7 +469,8 @@ bool cpu_directions_at_once(const LayerInputs& in, const LayerGeometry& g, bool 
   const bool one_thread_forward = g.N * g.G * g.H * g.P < cpu::kMinStepFmaForThreads;
   if (!backward) return threads == 2 || one_thread_forward;
   if (threads != 2) return false;
-  return !is_16bit(in.input) || one_thread_forward || g.H < cpu::kMinBackwardWidthForThreads;
+  return !is_16bit(in.input) || one_thread_forward ||
+         (g.T > 1 && g.H < cpu::kMinBackwardWidthForThreads);
 }
 
 const char* cpu_single_step_products() {

@@ -331,7 +331,7 @@ Directions split_directions(const LayerInputs& fwd, const LayerInputs& bwd, cons
   }
   Directions d{{fwd, bwd},
                {std::string(op) + " (forward direction)",
-                std::string(op) + " (reverse direction: the *_reverse weights)"}};
+                std::string(op) + " (reverse direction: the *_reverse arguments)"}};
   for (int i = 0; i < 2; ++i) {
     d.in[i].h0 = fwd.h0.select(0, i);
     if (lstm) d.in[i].c0 = fwd.c0->select(0, i);
@@ -388,7 +388,8 @@ BidirectionalGradResult layer_backward_bidirectional(const LayerInputs& fwd,
                                                      const char* op) {
   const Directions d = split_directions(fwd, bwd, op);
   const LayerGeometry g = check_layer(d.in[0], d.names[0].c_str());
-  check_same_widths(g, check_layer(d.in[1], d.names[1].c_str()), op);
+  const LayerGeometry g_reverse = check_layer(d.in[1], d.names[1].c_str());
+  check_same_widths(g, g_reverse, op);
   const Tensor& x = fwd.input;
   check_output_grads(x, g, 2, gi.grad_output, gi.output, gi.grad_h_n, gi.grad_c_n, op);
   const auto row = [](const OptTensor& t, int i) {
@@ -403,6 +404,9 @@ BidirectionalGradResult layer_backward_bidirectional(const LayerInputs& fwd,
                         gi.saved[i],
                         gi.need_input_grad,
                         gi.need_weight_grads[i]};
+  // Checked here, not in the directions' own checks, which may run at once.
+  check_grads(d.in[0], g, per[0], d.names[0].c_str());
+  check_grads(d.in[1], g_reverse, per[1], d.names[1].c_str());
   BidirectionalGradResult r;
   for_both_directions(d.in[0], g, true, [&](int i) {
     r.direction[i] = layer_backward(d.in[i], per[i], d.names[i].c_str());
