@@ -254,6 +254,14 @@ struct PanelGemm {
   }
   int64_t tasks() const { return nmb * npanel; }
   int64_t fma_per_task() const { return mc * kc * NR; }
+  // Smaller blocks of rows, so that there are at least `min_tasks` tasks, where
+  // there are fewer: each block is read once per panel, so with few panels a
+  // smaller block costs little, and the tasks spread over the threads.
+  void spread_rows(int64_t min_tasks) {
+    if (tasks() == 0 || tasks() >= min_tasks) return;
+    mc = std::max<int64_t>(MR, round_up<int64_t>(ceil_div<int64_t>(M, ceil_div(min_tasks, npanel)), MR));
+    nmb = ceil_div<int64_t>(M, mc);
+  }
   // Every block of rows of panel p: columns [p*NR, p*NR + NR) of C.
   void run_panel(int64_t p) const {
     for (int64_t mb = 0; mb < nmb; ++mb) run(mb * npanel + p);
@@ -362,6 +370,14 @@ struct Product {
   int64_t ldc;
 };
 
+// A weight gradient's rows (G*H) in blocks for at least this many tasks: at
+// H=64 (256 rows of dG^T, one panel of 64 columns) the blocks sized for L2 made
+// 3 tasks, which 2 threads ran in the time of 2. In 8, whole training calls on
+// 2 threads took 0.91-0.97 of the time (paired, T=100, N=16-64, H=32-128, LSTM,
+// GRU, RNN; LSTM H=128 1.00), on one thread 0.99-1.03 (AMD Zen 5, 2026-12-05).
+// The count does not depend on the threads, nor do the results.
+constexpr int64_t kMinProductTasks = 8;
+
 // The products of one A with several B (the weight gradients dG^T X and dG^T Hprev).
 // A row-major B with few rows of A is read in place; otherwise B is packed in
 // blocks of kKC rows into scratch, and an A read across rows (A.cs > 1, a
@@ -406,6 +422,7 @@ void gemm_multi(int64_t M, int64_t K, const MatA<S>& A, const Product<S>* prods,
       PanelGemm<S> g(M, q.N, kc, Ak, scratch, kc * NR, NR, false, q.c, q.ldc,
                      accumulate || k0 > 0);
       g.apack = apack;
+      g.spread_rows(kMinProductTasks);
       g.run_all(par);
     }
   }
