@@ -39,14 +39,15 @@ def median_ms(f, n):
     return statistics.median(ts) * 1e3
 
 
-def paired(f, rounds, n):
-    """Median ms of f with the automatic choice and in turn, interleaved."""
+def paired(f, rounds, n, switch=SWITCH):
+    """Median ms of f with the environment switch `switch` at auto and at never,
+    interleaved."""
     got = {"auto": [], "never": []}
     for r in range(rounds):
         for mode in ("auto", "never") if r % 2 == 0 else ("never", "auto"):
-            os.environ[SWITCH] = mode
+            os.environ[switch] = mode
             got[mode].append(median_ms(f, n))
-    os.environ.pop(SWITCH, None)
+    os.environ.pop(switch, None)
     return statistics.median(got["auto"]), statistics.median(got["never"])
 
 

@@ -86,6 +86,100 @@ def test_fuzz_against_reference(cfg):
             os.environ["FUSEDRNN_CPU_PACK"] = old
 
 
+# -------------------------------------------- products beside the BPTT
+
+# Long enough (60 x 24 = 1440 rows) for the backward to run dX and the weight
+# gradients beside a BPTT on one thread (fewer than 128 hidden units), in three
+# chunks of steps (BackwardProducts in csrc/kernels/cpu/rnn_cpu_impl.h); two
+# directions, so that the reverse layout's chunks are checked too. GRU with
+# reset_after=False and the LSTM with a projection run their products after
+# the BPTT: here, controls.
+BESIDE = [("LSTM", {}), ("LSTM", dict(peephole=True, coupled_gates=True)), ("LSTM", dict(proj_size=8)),
+          ("GRU", {}), ("GRU", dict(reset_after=False)), ("RNN", {}), ("RNN", dict(nonlinearity="relu"))]
+# Which gradients are wanted: the input's, the parameters', both.
+WANTS = {"all": (True, True), "input_only": (True, False), "weights_only": (False, True)}
+
+
+def _beside_case(mode, kw, packed, dtype, wants, C=12, H=24):
+    torch.manual_seed(5)
+    T, N = 60, 24
+    m = getattr(fusedrnn, mode)(C, H, bidirectional=True, bias="nonlinearity" not in kw, **kw).to(dtype)
+    x_grad, w_grad = WANTS[wants]
+    for p in m.parameters():
+        p.requires_grad_(w_grad)
+    if packed:
+        lengths = [T - 2 * i for i in range(N)]
+        x = pack_sequence([torch.randn(n, C, dtype=dtype) for n in lengths])
+        x = x._replace(data=x.data.requires_grad_(x_grad))
+    else:
+        x = torch.randn(T, N, C, dtype=dtype, requires_grad=x_grad)
+    return m, x
+
+
+def _grads(out, m, x):
+    y = out[0].data if hasattr(out[0], "batch_sizes") else out[0]
+    h = out[1][0] if isinstance(out[1], tuple) else out[1]
+    wrt = [t for t in [x.data if hasattr(x, "batch_sizes") else x, *m.parameters()] if t.requires_grad]
+    torch.manual_seed(6)
+    return torch.autograd.grad((y * torch.randn_like(y)).sum() + h.square().sum(), wrt)
+
+
+@pytest.mark.parametrize("overlap", ["auto", "always"])
+@pytest.mark.parametrize("wants", list(WANTS))
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("mode,kw", BESIDE)
+def test_products_beside_the_bptt_match_the_reference(mode, kw, packed, wants, overlap, monkeypatch):
+    """auto: 24 units, a BPTT on one thread anyway; always
+    (FUSEDRNN_CPU_OVERLAP): 130 units, whose BPTT would take threads."""
+    monkeypatch.setenv("FUSEDRNN_CPU_OVERLAP", overlap)
+    m, x = _beside_case(mode, kw, packed, torch.float64, wants, H=24 if overlap == "auto" else 130)
+    got = _grads(m(x), m, x)
+    want = _grads(fusedrnn.reference.forward(m, x), m, x)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("overlap", ["auto", "always"])
+@pytest.mark.parametrize("wants", list(WANTS))
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("mode,kw", BESIDE)
+def test_products_beside_the_bptt_give_the_bits_of_one_thread(mode, kw, packed, wants, overlap, monkeypatch):
+    monkeypatch.setenv("FUSEDRNN_CPU_OVERLAP", overlap)
+    # The directions in turn, each on both threads: at once, each would run
+    # its products after its BPTT on its one thread.
+    monkeypatch.setenv("FUSEDRNN_CPU_DIRECTIONS_AT_ONCE", "never")
+    # A narrow input and 100 units (130 where forced): the BPTT, not the
+    # products, sets the pace, and the products wait for it.
+    H = 100 if overlap == "auto" else 130
+    m, x = _beside_case(mode, kw, packed, torch.float32, wants, C=2, H=H)
+    m2, x2 = _beside_case(mode, kw, packed, torch.float32, wants, C=2, H=H)
+    with torch.no_grad():
+        for p in m2.parameters():
+            p.mul_(-1.5)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        want = _grads(m(x), m, x)
+        torch.set_num_threads(2)
+        # The kernels keep their scratch between calls: a call on other weights
+        # first, so that a product that read a chunk's dG before the BPTT wrote
+        # it would read that call's, not this one's.
+        _grads(m2(x2), m2, x2)
+        got = _grads(m(x), m, x)
+    finally:
+        torch.set_num_threads(before)
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
+
+
+def test_a_bad_overlap_switch_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("FUSEDRNN_CPU_OVERLAP", "sometimes")
+    m = fusedrnn.GRU(3, 4)
+    y = m(torch.randn(5, 2, 3, requires_grad=True))[0]
+    with pytest.raises(RuntimeError, match="FUSEDRNN_CPU_OVERLAP must be auto, always or never, got 'sometimes'"):
+        y.sum().backward()
+
+
 # ------------------------------------------------------------------ numerics
 
 @pytest.mark.parametrize("mode,variant", CELLS)

@@ -71,6 +71,17 @@ cpu::PackPolicy pack_policy() {
   }
 }
 
+// FUSEDRNN_CPU_OVERLAP=always|never: a backward's products beside its BPTT
+// wherever they can run so, or never (tests, benchmarks); unset or auto where
+// the BPTT runs on one thread anyway (cpu::OverlapPolicy).
+cpu::OverlapPolicy overlap_policy() {
+  switch (env_switch("FUSEDRNN_CPU_OVERLAP")) {
+    case Switch::kAlways: return cpu::OverlapPolicy::kAlways;
+    case Switch::kNever: return cpu::OverlapPolicy::kNever;
+    default: return cpu::OverlapPolicy::kAuto;
+  }
+}
+
 bool cpu_is_intel() {
 #if defined(__x86_64__)
   unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
@@ -321,6 +332,7 @@ void backward_typed(const LayerInputs& in, const LayerGeometry& g, const GradInp
   cpu::SeqBackwardArgs<S> a{};
   a.cell = in.cell;
   a.pack = pack_policy();
+  a.overlap = overlap_policy();
   a.amx = amx;
   a.blas_policy = amx ? cpu::BlasPolicy::kNever : blas_policy();
   a.blas = &aten_gemm<S>;

@@ -37,6 +37,12 @@ struct CellConfig {
 // reused enough to pay for it). The others exist so tests cover both paths.
 enum class PackPolicy : int { kAuto = 0, kAlways = 1, kNever = 2 };
 
+// Whether a backward runs its products (dX, the weight gradients) beside its
+// BPTT (rnn_cpu_impl.h, BackwardProducts): kAuto where the BPTT runs on one
+// thread anyway; kAlways wherever the products can (the BPTT then on one
+// thread); kNever after the BPTT. The others exist for tests and benchmarks.
+enum class OverlapPolicy : int { kAuto = 0, kAlways = 1, kNever = 2 };
+
 // A GEMM of the BLAS that torch itself uses, offered by the torch layer:
 // C[M, N] = op(A) op(B) (+ C when accumulate; + bias[N] when bias is given and
 // accumulate is not), every matrix row-major with the given leading dimension,
@@ -123,6 +129,7 @@ struct SeqBackwardArgs {
   PackPolicy pack;
   BlasPolicy blas_policy;
   BlasGemm<S> blas;
+  OverlapPolicy overlap;
   SeqLayout seq;
   int64_t C, H, P;
   // What the forward read and saved.

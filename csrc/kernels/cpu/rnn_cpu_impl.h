@@ -894,7 +894,8 @@ struct Schedule {
 template <typename S, typename Pointwise>
 void bptt_by_panels(const SeqLayout& seq, const WeightN<S>& whh, const S* dG, int64_t ldg,
                     S* dh_state, bool accumulate, Schedule& sched, const Pointwise& pointwise,
-                    int threads, const Parallel& par) {
+                    int threads, const Parallel& par,
+                    std::atomic<int64_t>* steps_done = nullptr) {
   constexpr int64_t L = Vec<S>::size();
   constexpr int64_t NR = WeightN<S>::kPanel;
   const int64_t H = whh.N;
@@ -918,6 +919,9 @@ void bptt_by_panels(const SeqLayout& seq, const WeightN<S>& whh, const S* dG, in
         const StepInfo st = seq.step(ph.s);
         const int64_t u1 = std::min<int64_t>(H, p1 * NR);
         for (int64_t u0 = p0 * NR; u0 < u1; u0 += L) pointwise(st, u0, std::min<int64_t>(L, u1 - u0));
+        // On one thread the tasks run in order: the last one completes the step's dG.
+        if (steps_done && task == tasks - 1)
+          steps_done->store(seq.T - ph.s, std::memory_order_release);
       },
       threads, par);
 }
@@ -1102,6 +1106,148 @@ inline MatB<S> recurrent_inputs(const SeqBackwardArgs<S>& a, const S* const* hro
   return a.seq.T == 1 ? MatB<S>{a.h0, P, 1} : MatB<S>{nullptr, 0, 1, hrows};
 }
 
+// The products of a backward after its BPTT: dX, db_ih and the weight
+// gradients. Where the BPTT runs on one thread whatever the threads (fewer than
+// kMinBackwardWidthForThreads units, or steps below kMinStepFmaForThreads; or
+// everywhere with OverlapPolicy::kAlways), the products run beside it: the steps go in chunks (about kKC rows, at most
+// kMaxChunks), and the other threads take a chunk's products (its rows of dX,
+// its part of the weight gradients) once the BPTT is past it; the thread of the
+// BPTT joins them when it is done. Each chunk's part of a weight gradient is a
+// sum of its own, added in chunk order at the end, so the results do not
+// depend on the threads: one thread runs the same chunks after its BPTT.
+template <typename S>
+struct BackwardProducts {
+  static constexpr int64_t kMaxChunks = 16;
+  bool chunked = false;
+  int64_t steps_per_chunk = 0, nchunks = 0;
+  int64_t ih_rows = 0, hh_rows = 0, hh_cols = 0;
+  S* parts_ih = nullptr;  // [nchunks - 1][ih_rows, C]: the parts of chunks 1..
+  S* parts_hh = nullptr;  // [nchunks - 1][hh_rows, hh_cols]
+  S* scratch = nullptr;   // gemm scratch of each participant
+  int64_t scratch_size = 0;
+  int participants = 1;
+  // dX = the blocks' columns of dG times their rows of W_ih, packed once.
+  static constexpr int kMaxBlocks = 2;
+  GateBlock blocks[kMaxBlocks] = {};
+  WeightN<S> w_ih[kMaxBlocks];
+  int nblocks = 0;
+
+  // bptt_H, step_fma: what the caller gives backward_threads. blocks: dX's
+  // (input_side_grads). ih_rows and hh_rows: the rows of dW_ih and dW_hh;
+  // hh_cols: dW_hh's columns; max_n: the widest product (gemm_scratch_size).
+  void plan(Arena& arena, const SeqBackwardArgs<S>& a, BlasGemm<S> blas, int64_t bptt_H,
+            int64_t step_fma, const GateBlock* blocks_, int nblocks_, int64_t ih_rows_,
+            int64_t hh_rows_, int64_t hh_cols_, int64_t max_n, const Parallel& par) {
+    const SeqLayout& seq = a.seq;
+    const bool one_thread = bptt_H < kMinBackwardWidthForThreads || step_fma < kMinStepFmaForThreads;
+    const bool wanted = a.overlap == OverlapPolicy::kAlways ||
+                        (a.overlap == OverlapPolicy::kAuto && one_thread);
+    if (seq.T <= 1 || blas || a.amx || !wanted || !(a.dx || a.dw_ih || a.dw_hh)) return;
+    steps_per_chunk = std::max(ceil_div<int64_t>(kKC, std::max<int64_t>(seq.N, 1)),
+                               ceil_div<int64_t>(seq.T, kMaxChunks));
+    nchunks = ceil_div<int64_t>(seq.T, steps_per_chunk);
+    if (nchunks < 2) return;
+    chunked = true;
+    ih_rows = ih_rows_;
+    hh_rows = hh_rows_;
+    hh_cols = hh_cols_;
+    if (a.dw_ih) parts_ih = arena.take<S>((nchunks - 1) * ih_rows * a.C);
+    if (a.dw_hh) parts_hh = arena.take<S>((nchunks - 1) * hh_rows * hh_cols);
+    const int64_t kinds = (a.dx ? 1 : 0) + (a.dw_ih || a.dw_hh ? 1 : 0);
+    participants = static_cast<int>(std::clamp<int64_t>(par.max_threads, 1, nchunks * kinds));
+    scratch_size = gemm_scratch_size<S>(max_n);
+    scratch = arena.take<S>(participants * scratch_size);
+    nblocks = nblocks_;
+    const PackPolicy pack = a.pack == PackPolicy::kNever ? PackPolicy::kNever : PackPolicy::kAlways;
+    for (int b = 0; b < nblocks; ++b) {
+      blocks[b] = blocks_[b];
+      if (a.dx) w_ih[b].plan(arena, pack, a.w_ih + blocks[b].wrow * a.C, blocks[b].n, a.C, nchunks);
+    }
+  }
+
+  // Chunk c (in the order the BPTT finishes them, the last steps first): its
+  // steps [lo, hi) and rows [r0, r1).
+  struct Chunk {
+    int64_t lo, hi, r0, r1;
+  };
+  Chunk chunk(const SeqLayout& seq, int64_t c) const {
+    const int64_t hi = seq.T - c * steps_per_chunk, lo = std::max<int64_t>(0, hi - steps_per_chunk);
+    Chunk k{lo, hi, INT64_MAX, 0};
+    for (int64_t s = lo; s < hi; ++s) {
+      const StepInfo st = seq.step(s);
+      k.r0 = std::min(k.r0, st.offset);
+      k.r1 = std::max(k.r1, st.offset + st.rows);
+    }
+    return k;
+  }
+
+  static MatB<S> from_row(const MatB<S>& b, int64_t r0) {
+    return b.rows ? MatB<S>{nullptr, 0, b.cs, b.rows + r0} : MatB<S>{b.ptr + r0 * b.rs, b.rs, b.cs};
+  }
+
+  // bptt(steps_done): the BPTT on one thread, publishing its steps done.
+  template <typename Bptt>
+  void run(const SeqBackwardArgs<S>& a, const Bptt& bptt, const S* dG, int64_t ldg,
+           const S* dsum, const WeightGradBlock<S>* wg, int nwg, const Parallel& par) const {
+    const SeqLayout& seq = a.seq;
+    for (int b = 0; b < nblocks; ++b) w_ih[b].prepare(par);
+    const int kinds = (a.dx ? 1 : 0) + (a.dw_ih || a.dw_hh ? 1 : 0);
+    const int64_t ntasks = nchunks * kinds;
+    const Parallel serial{par.run, 1};
+    alignas(64) std::atomic<int64_t> steps_done{0};
+    alignas(64) std::atomic<int64_t> next{0};
+    std::atomic<bool> bptt_taken{false};
+    par(participants, 1, [&](int64_t first, int64_t) {
+      S* my_scratch = scratch + first * scratch_size;
+      if (!bptt_taken.exchange(true, std::memory_order_acq_rel)) bptt(&steps_done);
+      for (;;) {
+        const int64_t t = next.fetch_add(1, std::memory_order_relaxed);
+        if (t >= ntasks) break;
+        const int64_t c = t / kinds;
+        const Chunk k = chunk(seq, c);
+        wait_for(steps_done, seq.T - k.lo);
+        const int64_t rows = k.r1 - k.r0;
+        if (a.dx && t % kinds == 0) {
+          for (int b = 0; b < nblocks; ++b)
+            w_ih[b]
+                .product(rows, MatA<S>{dG + k.r0 * ldg + blocks[b].col, ldg, 1}, a.dx + k.r0 * a.C,
+                         a.C, b > 0)
+                .run_all(serial);
+          continue;
+        }
+        S* dw_ih = a.dw_ih ? (c == 0 ? a.dw_ih : parts_ih + (c - 1) * ih_rows * a.C) : nullptr;
+        S* dw_hh = a.dw_hh ? (c == 0 ? a.dw_hh : parts_hh + (c - 1) * hh_rows * hh_cols) : nullptr;
+        for (int b = 0; b < nwg; ++b) {
+          const WeightGradBlock<S>& g = wg[b];
+          Product<S> prods[2];
+          int n = 0;
+          if (dw_ih && g.ih_row >= 0)
+            prods[n++] = Product<S>{MatB<S>{a.x + k.r0 * a.C, a.C, 1}, a.C, dw_ih + g.ih_row * a.C,
+                                    a.C};
+          if (dw_hh && g.hh_row >= 0)
+            prods[n++] = Product<S>{from_row(g.hh, k.r0), g.K, dw_hh + g.hh_row * g.K, g.K};
+          if (n > 0)
+            gemm_multi<S>(g.n, rows, MatA<S>{dG + k.r0 * ldg + g.col, 1, ldg}, prods, n, false,
+                          my_scratch, serial);
+        }
+      }
+    });
+    for (int b = 0; b < nblocks; ++b)
+      if (a.db_ih) std::memcpy(a.db_ih + blocks[b].wrow, dsum + blocks[b].col, blocks[b].n * sizeof(S));
+    const auto sum_parts = [&](S* dst, const S* parts, int64_t size) {
+      par(size, grain_for_moves(nchunks), [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i) {
+          S v = dst[i];
+          for (int64_t c = 0; c + 1 < nchunks; ++c) v += parts[c * size + i];
+          dst[i] = v;
+        }
+      });
+    };
+    if (a.dw_ih) sum_parts(a.dw_ih, parts_ih, ih_rows * a.C);
+    if (a.dw_hh) sum_parts(a.dw_hh, parts_hh, hh_rows * hh_cols);
+  }
+};
+
 // ------------------------------------------------------------------- LSTM
 
 template <typename S, bool kPeephole, bool kCoupled>
@@ -1234,6 +1380,10 @@ void lstm_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel
   const WeightGradTiles wtiles = weight_grad_tiles(arena, a, P);
   Schedule sched;
   sched.plan(arena, proj ? Schedule::max_backward(seq, 4) : Schedule::max_backward_steps(seq));
+  const GateBlock all{0, 0, GH};
+  BackwardProducts<S> products;
+  if (!proj)
+    products.plan(arena, a, blas, H, N * GH * P, &all, 1, GH, GH, P, max_of(a.C, P, H, GH), par);
   if (arena.sizing()) return;
 
   whh.prepare(par);
@@ -1339,16 +1489,24 @@ void lstm_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel
           }
         },
         threads, par);
-  } else {
+  } else if (!products.chunked) {
     bptt_by_panels(seq, whh, dG, GH, dh_state, false, sched, pointwise, threads, par);
   }
 
-  const GateBlock all{0, 0, GH};
-  input_side_grads(a, dG, GH, dsum, &all, 1, scratch, blas, par, xtiles);
-  if (a.db_hh) std::memcpy(a.db_hh, dsum, GH * sizeof(S));
   if (hrows) previous_rows(seq, a.y, a.h0, P, hrows);
   const WeightGradBlock<S> wg{0, GH, 0, 0, recurrent_inputs(a, hrows, P), P};
-  weight_grads(a, dG, GH, &wg, 1, scratch, blas, par, wtiles);
+  if (products.chunked) {
+    products.run(
+        a,
+        [&](std::atomic<int64_t>* done) {
+          bptt_by_panels(seq, whh, dG, GH, dh_state, false, sched, pointwise, 1, par, done);
+        },
+        dG, GH, dsum, &wg, 1, par);
+  } else {
+    input_side_grads(a, dG, GH, dsum, &all, 1, scratch, blas, par, xtiles);
+    weight_grads(a, dG, GH, &wg, 1, scratch, blas, par, wtiles);
+  }
+  if (a.db_hh) std::memcpy(a.db_hh, dsum, GH * sizeof(S));
   if (proj && a.dw_hr)
     gemm<S>(P, H, R, MatA<S>{dht, 1, P}, MatB<S>{a.proj_in, H, 1}, a.dw_hr, H, false, scratch,
             par);
@@ -1537,6 +1695,10 @@ void gru_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel&
   const WeightGradTiles wtiles = weight_grad_tiles(arena, a, H);
   Schedule sched;
   sched.plan(arena, Schedule::max_backward_steps(seq));
+  const GateBlock blocks[2] = {{0, 0, 2 * H}, {3 * H, 2 * H, H}};
+  BackwardProducts<S> products;
+  products.plan(arena, a, blas, H, N * 3 * H * H, blocks, 2, 3 * H, 3 * H, H,
+                max_of(a.C, H, 4 * H), par);
   if (arena.sizing()) return;
 
   whh.prepare(par);
@@ -1575,12 +1737,6 @@ void gru_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel&
     add_into(dsum + 2 * H + u0, shn, cnt);
     add_into(dsum + 3 * H + u0, sxn, cnt);
   };
-  bptt_by_panels(seq, whh, dG, ldg, dh_state, true, sched, pointwise,
-                 backward_threads(par, blas, H, N * 3 * H * H, seq.T, a.amx), par);
-
-  const GateBlock blocks[2] = {{0, 0, 2 * H}, {3 * H, 2 * H, H}};
-  input_side_grads(a, dG, ldg, dsum, blocks, 2, scratch, blas, par, xtiles);
-  if (a.db_hh) std::memcpy(a.db_hh, dsum, 3 * H * sizeof(S));
   if (hrows) previous_rows(seq, a.y, a.h0, H, hrows);
   // r and z: one dG for both sides; n: the recurrent (col 2H) and the input
   // (col 3H) gradients apart.
@@ -1588,7 +1744,20 @@ void gru_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel&
   const WeightGradBlock<S> wg[3] = {{0, 2 * H, 0, 0, hprev, H},
                                     {2 * H, H, -1, 2 * H, hprev, H},
                                     {3 * H, H, 2 * H, -1, hprev, H}};
-  weight_grads(a, dG, ldg, wg, 3, scratch, blas, par, wtiles);
+  if (products.chunked) {
+    products.run(
+        a,
+        [&](std::atomic<int64_t>* done) {
+          bptt_by_panels(seq, whh, dG, ldg, dh_state, true, sched, pointwise, 1, par, done);
+        },
+        dG, ldg, dsum, wg, 3, par);
+  } else {
+    bptt_by_panels(seq, whh, dG, ldg, dh_state, true, sched, pointwise,
+                   backward_threads(par, blas, H, N * 3 * H * H, seq.T, a.amx), par);
+    input_side_grads(a, dG, ldg, dsum, blocks, 2, scratch, blas, par, xtiles);
+    weight_grads(a, dG, ldg, wg, 3, scratch, blas, par, wtiles);
+  }
+  if (a.db_hh) std::memcpy(a.db_hh, dsum, 3 * H * sizeof(S));
 }
 
 // dG layout [R, 3H]: (r, z, n), the same for the input and the recurrent side.
@@ -1769,6 +1938,9 @@ void rnn_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel&
   const WeightGradTiles wtiles = weight_grad_tiles(arena, a, H);
   Schedule sched;
   sched.plan(arena, Schedule::max_backward_steps(seq));
+  const GateBlock all{0, 0, H};
+  BackwardProducts<S> products;
+  products.plan(arena, a, blas, H, N * H * H, &all, 1, H, H, H, max_of(a.C, H), par);
   if (arena.sizing()) return;
 
   whh.prepare(par);
@@ -1786,15 +1958,22 @@ void rnn_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel&
     }
     add_into(dsum + u0, sp, cnt);
   };
-  bptt_by_panels(seq, whh, dG, H, dh_state, false, sched, pointwise,
-                 backward_threads(par, blas, H, N * H * H, seq.T, a.amx), par);
-
-  const GateBlock all{0, 0, H};
-  input_side_grads(a, dG, H, dsum, &all, 1, scratch, blas, par, xtiles);
-  if (a.db_hh) std::memcpy(a.db_hh, dsum, H * sizeof(S));
   if (hrows) previous_rows(seq, a.y, a.h0, H, hrows);
   const WeightGradBlock<S> wg{0, H, 0, 0, recurrent_inputs(a, hrows, H), H};
-  weight_grads(a, dG, H, &wg, 1, scratch, blas, par, wtiles);
+  if (products.chunked) {
+    products.run(
+        a,
+        [&](std::atomic<int64_t>* done) {
+          bptt_by_panels(seq, whh, dG, H, dh_state, false, sched, pointwise, 1, par, done);
+        },
+        dG, H, dsum, &wg, 1, par);
+  } else {
+    bptt_by_panels(seq, whh, dG, H, dh_state, false, sched, pointwise,
+                   backward_threads(par, blas, H, N * H * H, seq.T, a.amx), par);
+    input_side_grads(a, dG, H, dsum, &all, 1, scratch, blas, par, xtiles);
+    weight_grads(a, dG, H, &wg, 1, scratch, blas, par, wtiles);
+  }
+  if (a.db_hh) std::memcpy(a.db_hh, dsum, H * sizeof(S));
 }
 
 // ------------------------------------------------------------- dispatch
