@@ -1109,53 +1109,67 @@ inline MatB<S> recurrent_inputs(const SeqBackwardArgs<S>& a, const S* const* hro
 // The products of a backward after its BPTT: dX, db_ih and the weight
 // gradients. Where the BPTT runs on one thread whatever the threads (fewer than
 // kMinBackwardWidthForThreads units, or steps below kMinStepFmaForThreads; or
-// everywhere with OverlapPolicy::kAlways), the products run beside it: the steps go in chunks (about kKC rows, at most
-// kMaxChunks), and the other threads take a chunk's products (its rows of dX,
-// its part of the weight gradients) once the BPTT is past it; the thread of the
-// BPTT joins them when it is done. Each chunk's part of a weight gradient is a
-// sum of its own, added in chunk order at the end, so the results do not
-// depend on the threads: one thread runs the same chunks after its BPTT.
+// everywhere with OverlapPolicy::kAlways), the products run beside it: the
+// steps go in chunks (about kKC rows; at most kMaxChunks, and their parts of
+// the weight gradients no larger than dG), and the other threads take a chunk's
+// products (its rows of dX, its part of the weight gradients) once the BPTT is
+// past it; the thread of the BPTT joins them when it is done. (Leaving the
+// chunks not yet taken then to all threads, one chunk after the other, took
+// 0.95-1.00 of the products-after time at 2 threads and N=16 where this takes
+// 0.79-0.92.) Each chunk's part of a weight gradient is a sum of its own, added
+// in chunk order at the end, so the results do not depend on the threads: one
+// thread runs the same chunks after its BPTT.
 template <typename S>
 struct BackwardProducts {
   static constexpr int64_t kMaxChunks = 16;
+  // Threads beside the BPTT: a chunk's product is a task of one thread, and
+  // there are at most 2 kMaxChunks of them.
+  static constexpr int kMaxParticipants = 8;
   bool chunked = false;
   int64_t steps_per_chunk = 0, nchunks = 0;
   int64_t ih_rows = 0, hh_rows = 0, hh_cols = 0;
   S* parts_ih = nullptr;  // [nchunks - 1][ih_rows, C]: the parts of chunks 1..
   S* parts_hh = nullptr;  // [nchunks - 1][hh_rows, hh_cols]
-  S* scratch = nullptr;   // gemm scratch of each participant
+  S* scratch = nullptr;   // gemm_multi scratch of each participant
   int64_t scratch_size = 0;
   int participants = 1;
-  // dX = the blocks' columns of dG times their rows of W_ih, packed once.
+  // dX = the blocks' columns of dG times their rows of W_ih (packed once unless
+  // PackPolicy::kNever).
   static constexpr int kMaxBlocks = 2;
   GateBlock blocks[kMaxBlocks] = {};
   WeightN<S> w_ih[kMaxBlocks];
   int nblocks = 0;
 
   // bptt_H, step_fma: what the caller gives backward_threads. blocks: dX's
-  // (input_side_grads). ih_rows and hh_rows: the rows of dW_ih and dW_hh;
-  // hh_cols: dW_hh's columns; max_n: the widest product (gemm_scratch_size).
+  // (input_side_grads). ih_rows and hh_rows: the rows of dW_ih and dW_hh (and
+  // of dG's widest weight-gradient block at most); hh_cols: dW_hh's columns.
   void plan(Arena& arena, const SeqBackwardArgs<S>& a, BlasGemm<S> blas, int64_t bptt_H,
             int64_t step_fma, const GateBlock* blocks_, int nblocks_, int64_t ih_rows_,
-            int64_t hh_rows_, int64_t hh_cols_, int64_t max_n, const Parallel& par) {
+            int64_t hh_rows_, int64_t hh_cols_, const Parallel& par) {
     const SeqLayout& seq = a.seq;
     const bool one_thread = bptt_H < kMinBackwardWidthForThreads || step_fma < kMinStepFmaForThreads;
     const bool wanted = a.overlap == OverlapPolicy::kAlways ||
                         (a.overlap == OverlapPolicy::kAuto && one_thread);
     if (seq.T <= 1 || blas || a.amx || !wanted || !(a.dx || a.dw_ih || a.dw_hh)) return;
-    steps_per_chunk = std::max(ceil_div<int64_t>(kKC, std::max<int64_t>(seq.N, 1)),
-                               ceil_div<int64_t>(seq.T, kMaxChunks));
-    nchunks = ceil_div<int64_t>(seq.T, steps_per_chunk);
-    if (nchunks < 2) return;
-    chunked = true;
     ih_rows = ih_rows_;
     hh_rows = hh_rows_;
     hh_cols = hh_cols_;
+    const int64_t part = (a.dw_ih ? ih_rows * a.C : 0) + (a.dw_hh ? hh_rows * hh_cols : 0);
+    const int64_t max_chunks =
+        part > 0 ? std::min<int64_t>(kMaxChunks, 1 + total_rows(seq) * ih_rows / part) : kMaxChunks;
+    steps_per_chunk = std::max(ceil_div<int64_t>(kKC, std::max<int64_t>(seq.N, 1)),
+                               ceil_div<int64_t>(seq.T, max_chunks));
+    nchunks = ceil_div<int64_t>(seq.T, steps_per_chunk);
+    if (nchunks < 2) return;
+    chunked = true;
     if (a.dw_ih) parts_ih = arena.take<S>((nchunks - 1) * ih_rows * a.C);
     if (a.dw_hh) parts_hh = arena.take<S>((nchunks - 1) * hh_rows * hh_cols);
     const int64_t kinds = (a.dx ? 1 : 0) + (a.dw_ih || a.dw_hh ? 1 : 0);
-    participants = static_cast<int>(std::clamp<int64_t>(par.max_threads, 1, nchunks * kinds));
-    scratch_size = gemm_scratch_size<S>(max_n);
+    participants = static_cast<int>(
+        std::clamp<int64_t>(par.max_threads, 1, std::min<int64_t>(nchunks * kinds, kMaxParticipants)));
+    // gemm_multi's: a block of packed B (X or the recurrent inputs) and one of
+    // packed dG^T.
+    scratch_size = packed_b_size<S>(kKC, std::max(a.C, hh_cols)) + ih_rows * kKC;
     scratch = arena.take<S>(participants * scratch_size);
     nblocks = nblocks_;
     const PackPolicy pack = a.pack == PackPolicy::kNever ? PackPolicy::kNever : PackPolicy::kAlways;
@@ -1193,43 +1207,50 @@ struct BackwardProducts {
     for (int b = 0; b < nblocks; ++b) w_ih[b].prepare(par);
     const int kinds = (a.dx ? 1 : 0) + (a.dw_ih || a.dw_hh ? 1 : 0);
     const int64_t ntasks = nchunks * kinds;
+    // Task t: chunk t / kinds, its dX rows or its part of the weight gradients.
     const Parallel serial{par.run, 1};
+    const auto product = [&](int64_t t, S* task_scratch) {
+      const int64_t c = t / kinds;
+      const Chunk k = chunk(seq, c);
+      const int64_t rows = k.r1 - k.r0;
+      if (a.dx && t % kinds == 0) {
+        for (int b = 0; b < nblocks; ++b)
+          w_ih[b]
+              .product(rows, MatA<S>{dG + k.r0 * ldg + blocks[b].col, ldg, 1}, a.dx + k.r0 * a.C,
+                       a.C, b > 0)
+              .run_all(serial);
+        return;
+      }
+      S* dw_ih = a.dw_ih ? (c == 0 ? a.dw_ih : parts_ih + (c - 1) * ih_rows * a.C) : nullptr;
+      S* dw_hh = a.dw_hh ? (c == 0 ? a.dw_hh : parts_hh + (c - 1) * hh_rows * hh_cols) : nullptr;
+      for (int b = 0; b < nwg; ++b) {
+        const WeightGradBlock<S>& g = wg[b];
+        Product<S> prods[2];
+        int n = 0;
+        if (dw_ih && g.ih_row >= 0)
+          prods[n++] = Product<S>{MatB<S>{a.x + k.r0 * a.C, a.C, 1}, a.C, dw_ih + g.ih_row * a.C,
+                                  a.C};
+        if (dw_hh && g.hh_row >= 0)
+          prods[n++] = Product<S>{from_row(g.hh, k.r0), g.K, dw_hh + g.hh_row * g.K, g.K};
+        if (n > 0)
+          gemm_multi<S>(g.n, rows, MatA<S>{dG + k.r0 * ldg + g.col, 1, ldg}, prods, n, false,
+                        task_scratch, serial);
+      }
+    };
     alignas(64) std::atomic<int64_t> steps_done{0};
     alignas(64) std::atomic<int64_t> next{0};
     std::atomic<bool> bptt_taken{false};
+    // The participant that takes the BPTT runs it, then takes chunks with the
+    // others; each waits until the BPTT is past its chunk (which runs on
+    // another thread then: whoever arrives first takes it). Run in turn or
+    // nested, the first runs the BPTT and nobody waits.
     par(participants, 1, [&](int64_t first, int64_t) {
-      S* my_scratch = scratch + first * scratch_size;
       if (!bptt_taken.exchange(true, std::memory_order_acq_rel)) bptt(&steps_done);
       for (;;) {
         const int64_t t = next.fetch_add(1, std::memory_order_relaxed);
         if (t >= ntasks) break;
-        const int64_t c = t / kinds;
-        const Chunk k = chunk(seq, c);
-        wait_for(steps_done, seq.T - k.lo);
-        const int64_t rows = k.r1 - k.r0;
-        if (a.dx && t % kinds == 0) {
-          for (int b = 0; b < nblocks; ++b)
-            w_ih[b]
-                .product(rows, MatA<S>{dG + k.r0 * ldg + blocks[b].col, ldg, 1}, a.dx + k.r0 * a.C,
-                         a.C, b > 0)
-                .run_all(serial);
-          continue;
-        }
-        S* dw_ih = a.dw_ih ? (c == 0 ? a.dw_ih : parts_ih + (c - 1) * ih_rows * a.C) : nullptr;
-        S* dw_hh = a.dw_hh ? (c == 0 ? a.dw_hh : parts_hh + (c - 1) * hh_rows * hh_cols) : nullptr;
-        for (int b = 0; b < nwg; ++b) {
-          const WeightGradBlock<S>& g = wg[b];
-          Product<S> prods[2];
-          int n = 0;
-          if (dw_ih && g.ih_row >= 0)
-            prods[n++] = Product<S>{MatB<S>{a.x + k.r0 * a.C, a.C, 1}, a.C, dw_ih + g.ih_row * a.C,
-                                    a.C};
-          if (dw_hh && g.hh_row >= 0)
-            prods[n++] = Product<S>{from_row(g.hh, k.r0), g.K, dw_hh + g.hh_row * g.K, g.K};
-          if (n > 0)
-            gemm_multi<S>(g.n, rows, MatA<S>{dG + k.r0 * ldg + g.col, 1, ldg}, prods, n, false,
-                          my_scratch, serial);
-        }
+        wait_for(steps_done, seq.T - chunk(seq, t / kinds).lo);
+        product(t, scratch + first * scratch_size);
       }
     });
     for (int b = 0; b < nblocks; ++b)
@@ -1383,7 +1404,7 @@ void lstm_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel
   const GateBlock all{0, 0, GH};
   BackwardProducts<S> products;
   if (!proj)
-    products.plan(arena, a, blas, H, N * GH * P, &all, 1, GH, GH, P, max_of(a.C, P, H, GH), par);
+    products.plan(arena, a, blas, H, N * GH * P, &all, 1, GH, GH, P, par);
   if (arena.sizing()) return;
 
   whh.prepare(par);
@@ -1697,8 +1718,7 @@ void gru_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel&
   sched.plan(arena, Schedule::max_backward_steps(seq));
   const GateBlock blocks[2] = {{0, 0, 2 * H}, {3 * H, 2 * H, H}};
   BackwardProducts<S> products;
-  products.plan(arena, a, blas, H, N * 3 * H * H, blocks, 2, 3 * H, 3 * H, H,
-                max_of(a.C, H, 4 * H), par);
+  products.plan(arena, a, blas, H, N * 3 * H * H, blocks, 2, 3 * H, 3 * H, H, par);
   if (arena.sizing()) return;
 
   whh.prepare(par);
@@ -1940,7 +1960,7 @@ void rnn_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel&
   sched.plan(arena, Schedule::max_backward_steps(seq));
   const GateBlock all{0, 0, H};
   BackwardProducts<S> products;
-  products.plan(arena, a, blas, H, N * H * H, &all, 1, H, H, H, max_of(a.C, H), par);
+  products.plan(arena, a, blas, H, N * H * H, &all, 1, H, H, H, par);
   if (arena.sizing()) return;
 
   whh.prepare(par);
