@@ -84,13 +84,7 @@ def main():
                 rows.append(row)
                 print(json.dumps(row), flush=True)
 
-    machine = envinfo.machine_name("cpu")
-    env = envinfo.environment(tf32=False)
-    folder = Path(args.out) if args.out else HERE / "results" / machine
-    folder.mkdir(parents=True, exist_ok=True)
     lines = [
-        "# Bidirectional layers on the CPU: directions at once against in turn", "",
-        envinfo.stamp(env, machine), "",
         f"`python bench/directions.py --threads {args.threads}`: one layer, T={args.steps}, C=H, "
         f"{args.threads} threads; median ms of {args.rounds} interleaved rounds of 5 calls each; `auto` is "
         "the automatic choice, `in turn` is FUSEDRNN_CPU_DIRECTIONS_AT_ONCE=never; ratio = auto / in turn "
@@ -104,9 +98,8 @@ def main():
                      f"| {i['auto_ms'] / i['in_turn_ms']:.2f} | {t['auto_ms']:.3f} | {t['in_turn_ms']:.3f} "
                      f"| {t['auto_ms'] / t['in_turn_ms']:.2f} |")
     stem = "directions-at-once" if args.threads == 2 else f"directions-at-once-{args.threads}t"
-    (folder / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    (folder / f"{stem}.json").write_text(json.dumps({"env": env, "threads": args.threads, "rows": rows}, indent=1) + "\n")
-    print(f"wrote {folder / stem}.md and .json")
+    envinfo.write_results("cpu", args.out, stem, "Bidirectional layers on the CPU: directions at once against in turn",
+                          {"threads": args.threads, "rows": rows}, lines)
 
 
 if __name__ == "__main__":

@@ -162,7 +162,13 @@ def write_gpu_results(out: Optional[str], stem: str, title: str, data: dict, lin
     """A GPU script's results: <stem>.json ({"env": ..., **data}) and <stem>.md (the title, the
     stamp of this machine and run, then `lines`) under `out`, or bench/results/<machine>.
     Returns the folder."""
-    machine = machine_name("cuda")
+    return write_results("cuda", out, stem, title, data, lines)
+
+
+def write_results(device: str, out: Optional[str], stem: str, title: str, data: dict,
+                  lines: List[str]) -> Path:
+    """write_gpu_results for the machine of `device` (cpu or cuda)."""
+    machine = machine_name(device)
     env = environment(tf32=False)
     folder = Path(out) if out else Path(__file__).resolve().parent / "results" / machine
     folder.mkdir(parents=True, exist_ok=True)

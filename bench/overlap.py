@@ -57,13 +57,7 @@ def main():
                 rows.append(row)
                 print(json.dumps(row), flush=True)
 
-    machine = envinfo.machine_name("cpu")
-    env = envinfo.environment(tf32=False)
-    folder = Path(args.out) if args.out else HERE / "results" / machine
-    folder.mkdir(parents=True, exist_ok=True)
     lines = [
-        "# A backward's products beside its BPTT against after it (CPU)", "",
-        envinfo.stamp(env, machine), "",
         f"`python bench/overlap.py --threads {args.threads}`: one layer, one direction, T={args.steps}, C=H, "
         f"float32, training (forward and backward); median ms of {args.rounds} interleaved rounds of 5 calls; "
         "`auto` is the automatic choice, `after` is FUSEDRNN_CPU_OVERLAP=never; ratio = auto / after "
@@ -75,9 +69,8 @@ def main():
         lines.append(f"| {r['threads']} | {r['cell']} | {r['N']} | {r['H']} | {r['auto_ms']:.3f} | "
                      f"{r['after_ms']:.3f} | {r['auto_ms'] / r['after_ms']:.2f} |")
     stem = "overlap" if args.threads == "2,1" else f"overlap-{args.threads.replace(',', '-')}t"
-    (folder / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    (folder / f"{stem}.json").write_text(json.dumps({"env": env, "rows": rows}, indent=1) + "\n")
-    print(f"wrote {folder / stem}.md and .json")
+    envinfo.write_results("cpu", args.out, stem, "A backward's products beside its BPTT against after it (CPU)",
+                          {"rows": rows}, lines)
 
 
 if __name__ == "__main__":
