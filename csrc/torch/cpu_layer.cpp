@@ -464,8 +464,8 @@ void through_float(FloatCopies& copies, const std::vector<Tensor*>& results, con
 //   cpu::kMinStepFmaForThreads multiply-adds).
 // - A backward: on two threads only (on more, the directions' weight-gradient
 //   products would lose the other threads); in float16 and bfloat16 only where
-//   each direction's steps would run on one thread anyway (backward_threads in
-//   rnn_cpu_impl.h), as with N=16-64 and H=128-256 the directions at once took
+//   each direction's steps would run on one thread anyway
+//   (cpu::bptt_on_one_thread), as with N=16-64 and H=128-256 the directions at once took
 //   1.03-1.19 of the time of their turns (bfloat16, AVX512-BF16, T=50).
 // Paired against the turns, 2 threads, T=100, AMD Zen 5, 2026-12-05
 // (bench/results/cpu-amd-epyc-zen5-2c/directions-at-once.md).
@@ -478,11 +478,10 @@ bool cpu_directions_at_once(const LayerInputs& in, const LayerGeometry& g, bool 
     case Switch::kNever: return false;
     default: break;
   }
-  const bool one_thread_forward = g.N * g.G * g.H * g.P < cpu::kMinStepFmaForThreads;
-  if (!backward) return threads == 2 || one_thread_forward;
+  const int64_t step_fma = g.N * g.G * g.H * g.P;
+  if (!backward) return threads == 2 || step_fma < cpu::kMinStepFmaForThreads;
   if (threads != 2) return false;
-  return !is_16bit(in.input) || one_thread_forward ||
-         (g.T > 1 && g.H < cpu::kMinBackwardWidthForThreads);
+  return !is_16bit(in.input) || cpu::bptt_on_one_thread(g.T, g.H, step_fma);
 }
 
 const char* cpu_single_step_products() {

@@ -299,6 +299,63 @@ void run_prepared(PreparedForward& p, bool training, const char* op) {
   dispatch_forward(p.in, p.g, training, p.out, op);
 }
 
+// A backward whose inputs and gradients are checked (the layer's by
+// check_layer, giving g) and made contiguous and whose results are allocated;
+// run_prepared() computes them.
+struct PreparedBackward {
+  LayerGeometry g;
+  LayerInputs in;
+  GradInputs gi;
+  GradResult out;
+};
+
+PreparedBackward prepare_backward(const LayerInputs& in0, const LayerGeometry& g,
+                                  const GradInputs& gi0, const char* op) {
+  check_grads(in0, g, gi0, op);
+  PreparedBackward p{g, contiguous_inputs(in0), gi0, {}};
+  const LayerInputs& in = p.in;
+  GradInputs& gi = p.gi;
+  gi.grad_output = contig(gi0.grad_output);
+  gi.grad_h_n = contig(gi0.grad_h_n);
+  gi.grad_c_n = contig(gi0.grad_c_n);
+  gi.output = contig(gi0.output);
+  gi.saved.gates = contig(gi0.saved.gates);
+  gi.saved.states = contig(gi0.saved.states);
+  gi.saved.proj_in = contig(gi0.saved.proj_in);
+
+  const auto like = [&](const OptTensor& t, bool want) {
+    return want && t.has_value() ? layer_empty(t->sizes(), t->options()) : empty0(in.input);
+  };
+  GradResult& out = p.out;
+  out.grad_input = like(in.input, gi.need_input_grad);
+  out.grad_h0 = at::empty_like(in.h0);
+  out.grad_c0 = in.cell.kind == CellKind::kLstm ? at::empty_like(*in.c0) : empty0(in.input);
+  const bool w = gi.need_weight_grads;
+  out.grad_w_ih = like(in.w_ih, w);
+  out.grad_w_hh = like(in.w_hh, w);
+  out.grad_b_ih = like(in.b_ih, w);
+  out.grad_b_hh = like(in.b_hh, w);
+  out.grad_w_ch = like(in.w_ch, w);
+  out.grad_w_hr = like(in.w_hr, w);
+  return p;
+}
+
+void run_prepared(PreparedBackward& p, const char* op) {
+  GradResult& out = p.out;
+  if (p.g.R == 0) {
+    // Nothing ran: the states passed through, the parameters had no effect.
+    const GradInputs& gi = p.gi;
+    out.grad_h0 = gi.grad_h_n.has_value() ? gi.grad_h_n->clone() : at::zeros_like(p.in.h0);
+    if (p.in.cell.kind == CellKind::kLstm)
+      out.grad_c0 = gi.grad_c_n.has_value() ? gi.grad_c_n->clone() : at::zeros_like(*p.in.c0);
+    for (Tensor* t : {&out.grad_input, &out.grad_w_ih, &out.grad_w_hh, &out.grad_b_ih,
+                      &out.grad_b_hh, &out.grad_w_ch, &out.grad_w_hr})
+      t->zero_();
+    return;
+  }
+  dispatch_backward(p.in, p.g, p.gi, out, op);
+}
+
 }  // namespace
 
 ForwardResult layer_forward(const LayerInputs& in0, bool training, const char* op, bool cell) {
@@ -404,13 +461,11 @@ BidirectionalGradResult layer_backward_bidirectional(const LayerInputs& fwd,
                         gi.saved[i],
                         gi.need_input_grad,
                         gi.need_weight_grads[i]};
-  // Checked here, not in the directions' own checks, which may run at once.
-  check_grads(d.in[0], g, per[0], d.names[0].c_str());
-  check_grads(d.in[1], g_reverse, per[1], d.names[1].c_str());
+  PreparedBackward p[2] = {prepare_backward(d.in[0], g, per[0], d.names[0].c_str()),
+                           prepare_backward(d.in[1], g_reverse, per[1], d.names[1].c_str())};
+  for_both_directions(p[0].in, g, true, [&](int i) { run_prepared(p[i], d.names[i].c_str()); });
   BidirectionalGradResult r;
-  for_both_directions(d.in[0], g, true, [&](int i) {
-    r.direction[i] = layer_backward(d.in[i], per[i], d.names[i].c_str());
-  });
+  for (int i = 0; i < 2; ++i) r.direction[i] = std::move(p[i].out);
   GradResult& f = r.direction[0];
   r.grad_input = gi.need_input_grad ? f.grad_input.add_(r.direction[1].grad_input) : f.grad_input;
   r.grad_h0 = at::stack({f.grad_h0, r.direction[1].grad_h0});
@@ -419,46 +474,10 @@ BidirectionalGradResult layer_backward_bidirectional(const LayerInputs& fwd,
   return r;
 }
 
-GradResult layer_backward(const LayerInputs& in0, const GradInputs& gi0, const char* op) {
-  const LayerGeometry g = check_layer(in0, op);
-  check_grads(in0, g, gi0, op);
-  const LayerInputs in = contiguous_inputs(in0);
-  GradInputs gi = gi0;
-  gi.grad_output = contig(gi0.grad_output);
-  gi.grad_h_n = contig(gi0.grad_h_n);
-  gi.grad_c_n = contig(gi0.grad_c_n);
-  gi.output = contig(gi0.output);
-  gi.saved.gates = contig(gi0.saved.gates);
-  gi.saved.states = contig(gi0.saved.states);
-  gi.saved.proj_in = contig(gi0.saved.proj_in);
-
-  const bool lstm = in.cell.kind == CellKind::kLstm;
-  const auto like = [&](const OptTensor& t, bool want) {
-    return want && t.has_value() ? layer_empty(t->sizes(), t->options()) : empty0(in.input);
-  };
-  GradResult out;
-  out.grad_input = like(in.input, gi.need_input_grad);
-  out.grad_h0 = at::empty_like(in.h0);
-  out.grad_c0 = lstm ? at::empty_like(*in.c0) : empty0(in.input);
-  const bool w = gi.need_weight_grads;
-  out.grad_w_ih = like(in.w_ih, w);
-  out.grad_w_hh = like(in.w_hh, w);
-  out.grad_b_ih = like(in.b_ih, w);
-  out.grad_b_hh = like(in.b_hh, w);
-  out.grad_w_ch = like(in.w_ch, w);
-  out.grad_w_hr = like(in.w_hr, w);
-  if (g.R == 0) {
-    // Nothing ran: the states passed through, the parameters had no effect.
-    out.grad_h0 = gi.grad_h_n.has_value() ? gi.grad_h_n->clone() : at::zeros_like(in.h0);
-    if (lstm)
-      out.grad_c0 = gi.grad_c_n.has_value() ? gi.grad_c_n->clone() : at::zeros_like(*in.c0);
-    for (Tensor* t : {&out.grad_input, &out.grad_w_ih, &out.grad_w_hh, &out.grad_b_ih,
-                      &out.grad_b_hh, &out.grad_w_ch, &out.grad_w_hr})
-      t->zero_();
-    return out;
-  }
-  dispatch_backward(in, g, gi, out, op);
-  return out;
+GradResult layer_backward(const LayerInputs& in, const GradInputs& gi, const char* op) {
+  PreparedBackward p = prepare_backward(in, check_layer(in, op), gi, op);
+  run_prepared(p, op);
+  return std::move(p.out);
 }
 
 }  // namespace fusedrnn

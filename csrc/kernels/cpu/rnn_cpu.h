@@ -73,6 +73,12 @@ constexpr int64_t kMinStepFmaForThreads = int64_t{1} << 18;
 // H=128 1.03).
 constexpr int64_t kMinBackwardWidthForThreads = 128;
 
+// Whether a backward through `steps` steps of H units, step_fma multiply-adds
+// of recurrent product a step, runs them on one thread whatever the threads.
+constexpr bool bptt_on_one_thread(int64_t steps, int64_t H, int64_t step_fma) {
+  return steps > 1 && (H < kMinBackwardWidthForThreads || step_fma < kMinStepFmaForThreads);
+}
+
 constexpr int64_t saved_gate_cols(const CellConfig& c, int64_t H) {
   return c.kind == CellKind::kLstm ? num_gates(c.kind, c.coupled) * H
          : c.kind == CellKind::kGru ? (c.reset_after ? 4 : 3) * H

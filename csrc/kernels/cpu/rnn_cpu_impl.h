@@ -538,7 +538,7 @@ inline int threads_for(const Parallel& par, BlasGemm<S> blas, int64_t step_fma, 
 template <typename S>
 inline int backward_threads(const Parallel& par, BlasGemm<S> blas, int64_t H, int64_t step_fma,
                             int64_t steps, bool amx) {
-  if (steps > 1 && H < kMinBackwardWidthForThreads) return 1;
+  if (bptt_on_one_thread(steps, H, step_fma)) return 1;
   return threads_for(par, blas, step_fma, steps, amx);
 }
 
@@ -1107,10 +1107,9 @@ inline MatB<S> recurrent_inputs(const SeqBackwardArgs<S>& a, const S* const* hro
 }
 
 // The products of a backward after its BPTT: dX, db_ih and the weight
-// gradients. Where the BPTT runs on one thread whatever the threads (fewer than
-// kMinBackwardWidthForThreads units, or steps below kMinStepFmaForThreads; or
-// everywhere with OverlapPolicy::kAlways), the products run beside it: the
-// steps go in chunks (about kKC rows; at most kMaxChunks, and their parts of
+// gradients. Where the BPTT runs on one thread whatever the threads
+// (bptt_on_one_thread; or everywhere with OverlapPolicy::kAlways), the
+// products run beside it: the steps go in chunks (about kKC rows; at most kMaxChunks, and their parts of
 // the weight gradients no larger than dG), and the other threads take a chunk's
 // products (its rows of dX, its part of the weight gradients) once the BPTT is
 // past it; the thread of the BPTT joins them when it is done. (Leaving the
@@ -1147,9 +1146,8 @@ struct BackwardProducts {
             int64_t step_fma, const GateBlock* blocks_, int nblocks_, int64_t ih_rows_,
             int64_t hh_rows_, int64_t hh_cols_, const Parallel& par) {
     const SeqLayout& seq = a.seq;
-    const bool one_thread = bptt_H < kMinBackwardWidthForThreads || step_fma < kMinStepFmaForThreads;
     const bool wanted = a.overlap == OverlapPolicy::kAlways ||
-                        (a.overlap == OverlapPolicy::kAuto && one_thread);
+                        (a.overlap == OverlapPolicy::kAuto && bptt_on_one_thread(seq.T, bptt_H, step_fma));
     if (seq.T <= 1 || blas || a.amx || !wanted || !(a.dx || a.dw_ih || a.dw_hh)) return;
     ih_rows = ih_rows_;
     hh_rows = hh_rows_;
