@@ -27,6 +27,10 @@ from directions import paired  # noqa: E402
 
 SWITCH = "FUSEDRNN_CPU_OVERLAP"
 SIZES = [(1, 64), (16, 32), (16, 64), (64, 64), (256, 64), (64, 100), (64, 128)]
+# cell, variant, constructor keywords (H: the hidden size)
+CELLS = [("LSTM", "plain", lambda H: {}), ("LSTM", "proj", lambda H: {"proj_size": H // 2}),
+         ("GRU", "plain", lambda H: {}), ("GRU", "reset_before", lambda H: {"reset_after": False}),
+         ("RNN", "plain", lambda H: {})]
 
 
 def main():
@@ -40,12 +44,12 @@ def main():
     rows = []
     for t in threads:
         torch.set_num_threads(t)
-        for cell in ("LSTM", "GRU", "RNN"):
+        for cell, variant, kw in CELLS:
             for N, H in SIZES:
                 torch.manual_seed(0)
-                m = getattr(fusedrnn, cell)(H, H)
+                m = getattr(fusedrnn, cell)(H, H, **kw(H))
                 x = torch.randn(args.steps, N, H, requires_grad=True)
-                g = torch.randn(args.steps, N, H)
+                g = torch.randn_like(m(x)[0])
 
                 def training():
                     m(x)[0].backward(g)
@@ -53,20 +57,22 @@ def main():
                 training()
                 training()
                 auto, never = paired(training, args.rounds, 5, SWITCH)
-                row = {"threads": t, "cell": cell, "N": N, "H": H, "auto_ms": auto, "after_ms": never}
+                row = {"threads": t, "cell": cell, "variant": variant, "N": N, "H": H,
+                       "auto_ms": auto, "after_ms": never}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
 
     lines = [
-        f"`python bench/overlap.py --threads {args.threads}`: one layer, one direction, T={args.steps}, C=H, "
+        f"`python bench/overlap.py --threads {args.threads}`: one layer, one direction, T={args.steps}, C=H "
+        "(proj: proj_size = H/2), "
         f"float32, training (forward and backward); median ms of {args.rounds} interleaved rounds of 5 calls; "
         "`auto` is the automatic choice, `after` is FUSEDRNN_CPU_OVERLAP=never; ratio = auto / after "
         "(below 1: faster).", "",
-        "| threads | cell | N | H | auto ms | after ms | ratio |",
-        "|---|---|---|---|---|---|---|",
+        "| threads | cell | variant | N | H | auto ms | after ms | ratio |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['threads']} | {r['cell']} | {r['N']} | {r['H']} | {r['auto_ms']:.3f} | "
+        lines.append(f"| {r['threads']} | {r['cell']} | {r['variant']} | {r['N']} | {r['H']} | {r['auto_ms']:.3f} | "
                      f"{r['after_ms']:.3f} | {r['auto_ms'] / r['after_ms']:.2f} |")
     stem = "overlap" if args.threads == "2,1" else f"overlap-{args.threads.replace(',', '-')}t"
     envinfo.write_results("cpu", args.out, stem, "A backward's products beside its BPTT against after it (CPU)",

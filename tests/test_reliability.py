@@ -91,9 +91,9 @@ def test_fuzz_against_reference(cfg):
 # Long enough (60 x 24 = 1440 rows) for the backward to run dX and the weight
 # gradients beside a BPTT on one thread (fewer than 128 hidden units), in three
 # chunks of steps (BackwardProducts in csrc/kernels/cpu/rnn_cpu_impl.h); two
-# directions, so that the reverse layout's chunks are checked too. GRU with
-# reset_after=False and the LSTM with a projection run their products after
-# the BPTT: here, controls.
+# directions, so that the reverse layout's chunks are checked too. Every cell
+# and variant: GRU with reset_after=False and the LSTM with a projection
+# complete a step's dG in the third of its four phases, the others in their one.
 BESIDE = [("LSTM", {}), ("LSTM", dict(peephole=True, coupled_gates=True)), ("LSTM", dict(proj_size=8)),
           ("GRU", {}), ("GRU", dict(reset_after=False)), ("RNN", {}), ("RNN", dict(nonlinearity="relu"))]
 # Which gradients are wanted: the input's, the parameters', both.

@@ -1401,8 +1401,7 @@ void lstm_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel
   sched.plan(arena, proj ? Schedule::max_backward(seq, 4) : Schedule::max_backward_steps(seq));
   const GateBlock all{0, 0, GH};
   BackwardProducts<S> products;
-  if (!proj)
-    products.plan(arena, a, blas, H, N * GH * P, &all, 1, GH, GH, P, par);
+  products.plan(arena, a, blas, H, N * GH * P, &all, 1, GH, GH, P, par);
   if (arena.sizing()) return;
 
   whh.prepare(par);
@@ -1475,8 +1474,13 @@ void lstm_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel
       add_into(dwco + u0, sco, cnt);
     }
   };
-  const int threads = backward_threads(par, blas, H, N * GH * P, seq.T, a.amx);
-  if (proj) {
+  // The BPTT, publishing its steps done (steps_done) on one thread: a step's
+  // dG is complete after its pointwise phase, or its one phase without a
+  // projection.
+  const auto bptt = [&](int threads, std::atomic<int64_t>* steps_done) {
+    if (!proj)
+      return bptt_by_panels(seq, whh, dG, GH, dh_state, false, sched, pointwise, threads, par,
+                            steps_done);
     sched.backward(seq, 4);
     sched.run(
         [&](const PhaseRef& ph) -> int64_t {
@@ -1502,26 +1506,24 @@ void lstm_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel
             case kDr:
               return whr.run(rows, MatA<S>{dht + st.offset * P, P, 1}, dr, H, false, task);
             case kPointwise:
-              return run_unit_task<S>(H, task, [&](int64_t u0, int64_t cnt) { pointwise(st, u0, cnt); });
+              run_unit_task<S>(H, task, [&](int64_t u0, int64_t cnt) { pointwise(st, u0, cnt); });
+              // On one thread the tasks run in order: the last one completes the step's dG.
+              if (steps_done && task == unit_tasks<S>(H) - 1)
+                steps_done->store(seq.T - ph.s, std::memory_order_release);
+              return;
             default:
               return whh.run(rows, MatA<S>{dG + st.offset * GH, GH, 1}, dh_state, P, false, task);
           }
         },
         threads, par);
-  } else if (!products.chunked) {
-    bptt_by_panels(seq, whh, dG, GH, dh_state, false, sched, pointwise, threads, par);
-  }
+  };
 
   if (hrows) previous_rows(seq, a.y, a.h0, P, hrows);
   const WeightGradBlock<S> wg{0, GH, 0, 0, recurrent_inputs(a, hrows, P), P};
   if (products.chunked) {
-    products.run(
-        a,
-        [&](std::atomic<int64_t>* done) {
-          bptt_by_panels(seq, whh, dG, GH, dh_state, false, sched, pointwise, 1, par, done);
-        },
-        dG, GH, dsum, &wg, 1, par);
+    products.run(a, [&](std::atomic<int64_t>* done) { bptt(1, done); }, dG, GH, dsum, &wg, 1, par);
   } else {
+    bptt(backward_threads(par, blas, H, N * GH * P, seq.T, a.amx), nullptr);
     input_side_grads(a, dG, GH, dsum, &all, 1, scratch, blas, par, xtiles);
     weight_grads(a, dG, GH, &wg, 1, scratch, blas, par, wtiles);
   }
@@ -1804,6 +1806,9 @@ void gru_reset_before_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena,
   const WeightGradTiles wtiles = weight_grad_tiles(arena, a, H);
   Schedule sched;
   sched.plan(arena, Schedule::max_backward(seq, 4));
+  const GateBlock all{0, 0, GH};
+  BackwardProducts<S> products;
+  products.plan(arena, a, blas, H, N * GH * H, &all, 1, GH, GH, H, par);
   if (arena.sizing()) return;
 
   wrz.prepare(par);
@@ -1812,76 +1817,88 @@ void gru_reset_before_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena,
   fill_zero(GH, dsum);
   const Rows16<S, const S> gates{a.gates, a.gates_bf16};
 
-  sched.backward(seq, 4);
-  sched.run(
-      [&](const PhaseRef& ph) -> int64_t {
-        const int64_t rows = seq.step(ph.s).rows;
-        switch (ph.k) {
-          case kDrh: return wn.tasks(rows);
-          case kRec: return wrz.tasks(rows);
-          default: return unit_tasks<S>(H);
-        }
-      },
-      [&](const PhaseRef& ph, int64_t task) {
-        const StepInfo st = seq.step(ph.s);
-        const int64_t rows = st.rows;
-        const S* dy = a.dy + st.offset * H;
-        switch (ph.k) {
-          case kUpdate:
-            return run_unit_task<S>(H, task, [&](int64_t u0, int64_t cnt) {
-              V sz(S(0)), sn(S(0));
-              for (int64_t i = 0; i < rows; ++i) {
-                const int64_t r = st.offset + i;
-                S* dhp = dh_state + i * H + u0;
-                const V dh = V::loadu(dy + i * H + u0, cnt) + V::loadu(dhp, cnt);
-                const int64_t g = r * GH + u0;
-                const V h = V::loadu(prev_state_row(a, st, i, a.y, a.h0, H) + u0, cnt);
-                V dpn, dpz, dh_prev;
-                fusedrnn::gru_update_backward(dh, gates.load(g + H, cnt),
-                                              gates.load(g + 2 * H, cnt), h, dpn, dpz, dh_prev);
-                S* d = dG + r * GH + u0;
-                dpz.store(d + H, cnt);
-                dpn.store(d + 2 * H, cnt);
-                dh_prev.store(dhp, cnt);
-                sz = sz + dpz;
-                sn = sn + dpn;
-              }
-              add_into(dsum + H + u0, sz, cnt);
-              add_into(dsum + 2 * H + u0, sn, cnt);
-            });
-          case kDrh:
-            return wn.run(rows, MatA<S>{dG + st.offset * GH + 2 * H, GH, 1}, drh, H, false, task);
-          case kReset:
-            return run_unit_task<S>(H, task, [&](int64_t u0, int64_t cnt) {
-              V sr(S(0));
-              for (int64_t i = 0; i < rows; ++i) {
-                const int64_t r = st.offset + i;
-                S* dhp = dh_state + i * H + u0;
-                const V h = V::loadu(prev_state_row(a, st, i, a.y, a.h0, H) + u0, cnt);
-                V dpr, dh_prev;
-                fusedrnn::gru_reset_before_backward(V::loadu(drh + i * H + u0, cnt),
-                                                    gates.load(r * GH + u0, cnt), h, dpr,
-                                                    dh_prev);
-                dpr.store(dG + r * GH + u0, cnt);
-                (V::loadu(dhp, cnt) + dh_prev).store(dhp, cnt);
-                sr = sr + dpr;
-              }
-              add_into(dsum + u0, sr, cnt);
-            });
-          default:
-            return wrz.run(rows, MatA<S>{dG + st.offset * GH, GH, 1}, dh_state, H, true, task);
-        }
-      },
-      backward_threads(par, blas, H, N * GH * H, seq.T, a.amx), par);
+  // The BPTT, publishing its steps done (steps_done) on one thread: a step's
+  // dG is complete after its reset phase.
+  const auto bptt = [&](int threads, std::atomic<int64_t>* steps_done) {
+    sched.backward(seq, 4);
+    sched.run(
+        [&](const PhaseRef& ph) -> int64_t {
+          const int64_t rows = seq.step(ph.s).rows;
+          switch (ph.k) {
+            case kDrh: return wn.tasks(rows);
+            case kRec: return wrz.tasks(rows);
+            default: return unit_tasks<S>(H);
+          }
+        },
+        [&](const PhaseRef& ph, int64_t task) {
+          const StepInfo st = seq.step(ph.s);
+          const int64_t rows = st.rows;
+          const S* dy = a.dy + st.offset * H;
+          switch (ph.k) {
+            case kUpdate:
+              return run_unit_task<S>(H, task, [&](int64_t u0, int64_t cnt) {
+                V sz(S(0)), sn(S(0));
+                for (int64_t i = 0; i < rows; ++i) {
+                  const int64_t r = st.offset + i;
+                  S* dhp = dh_state + i * H + u0;
+                  const V dh = V::loadu(dy + i * H + u0, cnt) + V::loadu(dhp, cnt);
+                  const int64_t g = r * GH + u0;
+                  const V h = V::loadu(prev_state_row(a, st, i, a.y, a.h0, H) + u0, cnt);
+                  V dpn, dpz, dh_prev;
+                  fusedrnn::gru_update_backward(dh, gates.load(g + H, cnt),
+                                                gates.load(g + 2 * H, cnt), h, dpn, dpz, dh_prev);
+                  S* d = dG + r * GH + u0;
+                  dpz.store(d + H, cnt);
+                  dpn.store(d + 2 * H, cnt);
+                  dh_prev.store(dhp, cnt);
+                  sz = sz + dpz;
+                  sn = sn + dpn;
+                }
+                add_into(dsum + H + u0, sz, cnt);
+                add_into(dsum + 2 * H + u0, sn, cnt);
+              });
+            case kDrh:
+              return wn.run(rows, MatA<S>{dG + st.offset * GH + 2 * H, GH, 1}, drh, H, false, task);
+            case kReset:
+              run_unit_task<S>(H, task, [&](int64_t u0, int64_t cnt) {
+                V sr(S(0));
+                for (int64_t i = 0; i < rows; ++i) {
+                  const int64_t r = st.offset + i;
+                  S* dhp = dh_state + i * H + u0;
+                  const V h = V::loadu(prev_state_row(a, st, i, a.y, a.h0, H) + u0, cnt);
+                  V dpr, dh_prev;
+                  fusedrnn::gru_reset_before_backward(V::loadu(drh + i * H + u0, cnt),
+                                                      gates.load(r * GH + u0, cnt), h, dpr,
+                                                      dh_prev);
+                  dpr.store(dG + r * GH + u0, cnt);
+                  (V::loadu(dhp, cnt) + dh_prev).store(dhp, cnt);
+                  sr = sr + dpr;
+                }
+                add_into(dsum + u0, sr, cnt);
+              });
+              // On one thread the tasks run in order: the last one completes the step's dG.
+              if (steps_done && task == unit_tasks<S>(H) - 1)
+                steps_done->store(seq.T - ph.s, std::memory_order_release);
+              return;
+            default:
+              return wrz.run(rows, MatA<S>{dG + st.offset * GH, GH, 1}, dh_state, H, true, task);
+          }
+        },
+        threads, par);
+  };
 
-  const GateBlock all{0, 0, GH};
-  input_side_grads(a, dG, GH, dsum, &all, 1, scratch, blas, par, xtiles);
-  if (a.db_hh) std::memcpy(a.db_hh, dsum, GH * sizeof(S));
   if (hrows) previous_rows(seq, a.y, a.h0, H, hrows);
   // r and z read the previous state, n the reset state r*h (saved as states).
   const WeightGradBlock<S> wg[2] = {{0, 2 * H, 0, 0, recurrent_inputs(a, hrows, H), H},
                                     {2 * H, H, 2 * H, 2 * H, MatB<S>{a.states, H, 1}, H}};
-  weight_grads(a, dG, GH, wg, 2, scratch, blas, par, wtiles);
+  if (products.chunked) {
+    products.run(a, [&](std::atomic<int64_t>* done) { bptt(1, done); }, dG, GH, dsum, wg, 2, par);
+  } else {
+    bptt(backward_threads(par, blas, H, N * GH * H, seq.T, a.amx), nullptr);
+    input_side_grads(a, dG, GH, dsum, &all, 1, scratch, blas, par, xtiles);
+    weight_grads(a, dG, GH, wg, 2, scratch, blas, par, wtiles);
+  }
+  if (a.db_hh) std::memcpy(a.db_hh, dsum, GH * sizeof(S));
 }
 
 // -------------------------------------------------------------------- RNN
