@@ -881,6 +881,14 @@ struct Schedule {
   }
 };
 
+// The BPTT of BackwardProducts, on one thread, after task `task` of the `tasks`
+// of the phase that completes step ph.s's dG: the tasks run in order there, so
+// the last one completes it, and the steps done (from the last) are published.
+inline void publish_step(std::atomic<int64_t>* steps_done, const SeqLayout& seq,
+                         const PhaseRef& ph, int64_t task, int64_t tasks) {
+  if (steps_done && task == tasks - 1) steps_done->store(seq.T - ph.s, std::memory_order_release);
+}
+
 // Backpropagation through time for a cell whose recurrent input is its output
 // (P = H: RNN, GRU reset_after, LSTM without projection), one phase per step.
 // The task of a panel of units first takes their dh from the dG of the step
@@ -919,9 +927,7 @@ void bptt_by_panels(const SeqLayout& seq, const WeightN<S>& whh, const S* dG, in
         const StepInfo st = seq.step(ph.s);
         const int64_t u1 = std::min<int64_t>(H, p1 * NR);
         for (int64_t u0 = p0 * NR; u0 < u1; u0 += L) pointwise(st, u0, std::min<int64_t>(L, u1 - u0));
-        // On one thread the tasks run in order: the last one completes the step's dG.
-        if (steps_done && task == tasks - 1)
-          steps_done->store(seq.T - ph.s, std::memory_order_release);
+        publish_step(steps_done, seq, ph, task, tasks);
       },
       threads, par);
 }
@@ -1507,10 +1513,7 @@ void lstm_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel
               return whr.run(rows, MatA<S>{dht + st.offset * P, P, 1}, dr, H, false, task);
             case kPointwise:
               run_unit_task<S>(H, task, [&](int64_t u0, int64_t cnt) { pointwise(st, u0, cnt); });
-              // On one thread the tasks run in order: the last one completes the step's dG.
-              if (steps_done && task == unit_tasks<S>(H) - 1)
-                steps_done->store(seq.T - ph.s, std::memory_order_release);
-              return;
+              return publish_step(steps_done, seq, ph, task, unit_tasks<S>(H));
             default:
               return whh.run(rows, MatA<S>{dG + st.offset * GH, GH, 1}, dh_state, P, false, task);
           }
@@ -1876,10 +1879,7 @@ void gru_reset_before_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena,
                 }
                 add_into(dsum + u0, sr, cnt);
               });
-              // On one thread the tasks run in order: the last one completes the step's dG.
-              if (steps_done && task == unit_tasks<S>(H) - 1)
-                steps_done->store(seq.T - ph.s, std::memory_order_release);
-              return;
+              return publish_step(steps_done, seq, ph, task, unit_tasks<S>(H));
             default:
               return wrz.run(rows, MatA<S>{dG + st.offset * GH, GH, 1}, dh_state, H, true, task);
           }
