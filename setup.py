@@ -286,6 +286,10 @@ def main():
         ext_modules=[ext],
         cmdclass={"build_ext": build.with_options(use_ninja=shutil.which("ninja") is not None)},
         zip_safe=False,
+        # Here, not in pyproject.toml: its `license` is a table before setuptools 77 and
+        # a string from 77 on (tables unsupported from 2027); this argument serves both.
+        license="BSD-3-Clause",
+        license_files=["LICENSE"],
     )
 
 
