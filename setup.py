@@ -182,7 +182,12 @@ def isa_of(source):
 
 
 def make_extension():
-    import torch
+    try:
+        import torch
+    except ImportError:
+        sys.exit("fusedrnn builds against the torch it will run with, and this Python has none: "
+                 "install torch first, then build with `pip install --no-build-isolation ...` "
+                 "(pip's isolated build environment has no torch)")
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
     x86 = platform.machine().lower() in ("x86_64", "amd64")

@@ -26,3 +26,13 @@ def test_the_source_distribution_holds_every_file_the_build_reads(tmp_path):
     wanted = sources | package | {"setup.py", "pyproject.toml", "LICENSE", "README.md"}
     missing = sorted(wanted - held)
     assert not missing, f"the sdist lacks {missing} (MANIFEST.in)"
+
+
+def test_a_build_without_torch_says_how_to_build():
+    """pip's default isolated build has no torch: setup.py says so instead of a traceback."""
+    blocked = ("import sys, runpy; sys.modules['torch'] = None; sys.argv = ['setup.py', 'build_ext']; "
+               "runpy.run_path('setup.py', run_name='__main__')")
+    r = subprocess.run([sys.executable, "-c", blocked], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode != 0
+    assert "install torch first, then build with `pip install --no-build-isolation" in r.stderr
+    assert "Traceback" not in r.stderr
