@@ -17,6 +17,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import setuptools
 from setuptools import find_packages, setup
 
 ROOT = Path(__file__).parent.resolve()
@@ -182,12 +183,7 @@ def isa_of(source):
 
 
 def make_extension():
-    try:
-        import torch
-    except ImportError:
-        sys.exit("fusedrnn builds against the torch it will run with, and this Python has none: "
-                 "install torch first, then build with `pip install --no-build-isolation ...` "
-                 "(pip's isolated build environment has no torch)")
+    import torch
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
     x86 = platform.machine().lower() in ("x86_64", "amd64")
@@ -282,19 +278,47 @@ def make_extension():
     return ext, Build
 
 
+# The commands that compile (setup.py's own and those of pip's build hooks); the
+# others (sdist, egg_info, dist_info) need no torch.
+BUILD_COMMANDS = {"build", "build_ext", "bdist", "bdist_wheel", "bdist_egg", "install", "develop",
+                  "editable_wheel"}
+
+
+def has_torch():
+    try:
+        import torch  # noqa: F401
+    except ModuleNotFoundError as e:
+        if e.name != "torch":
+            raise
+        return False
+    return True
+
+
+def licence():
+    """The licence as setuptools 77 and later write it (the SPDX License-Expression)
+    or, before, as the License field: pyproject.toml's `license` would take a table
+    before 77 and a string from 77 on (tables unsupported from 2027)."""
+    version = int(setuptools.__version__.split(".")[0])
+    return {"license_expression" if version >= 77 else "license": "BSD-3-Clause", "license_files": ["LICENSE"]}
+
+
 def main():
-    ext, build = make_extension()
+    build_args = {}
+    if has_torch():
+        ext, build = make_extension()
+        build_args = {"ext_modules": [ext],
+                      "cmdclass": {"build_ext": build.with_options(use_ninja=shutil.which("ninja") is not None)}}
+    elif BUILD_COMMANDS & set(sys.argv[1:]):
+        sys.exit("fusedrnn builds against the torch it will run with, and this Python has none: "
+                 "install torch first, then build with `pip install --no-build-isolation ...` "
+                 "(pip's isolated build environment has no torch)")
     setup(
         name="fusedrnn",
         version=read_version(),
         packages=find_packages(include=["fusedrnn", "fusedrnn.*"]),
-        ext_modules=[ext],
-        cmdclass={"build_ext": build.with_options(use_ninja=shutil.which("ninja") is not None)},
         zip_safe=False,
-        # Here, not in pyproject.toml: its `license` is a table before setuptools 77 and
-        # a string from 77 on (tables unsupported from 2027); this argument serves both.
-        license="BSD-3-Clause",
-        license_files=["LICENSE"],
+        **build_args,
+        **licence(),
     )
 
 

@@ -2,7 +2,8 @@
 (forward and backward) of one-direction layers, each case timed in one process with
 FUSEDRNN_CPU_OVERLAP unset (the automatic choice: BackwardProducts in
 csrc/kernels/cpu/rnn_cpu_impl.h) and =never (the products after the BPTT), alternating.
-T=100, input size = hidden size; float32.
+Every cell, and the LSTM with a projection (proj_size = H/2) and the GRU with
+reset_after=False; T=100, input size = hidden size; float32.
 
     python bench/overlap.py                    # 2 threads, then 1; writes bench/results/<machine>/overlap.md
     python bench/overlap.py --threads 4 --out build/overlap
@@ -72,8 +73,8 @@ def main():
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['threads']} | {r['cell']} | {r['variant']} | {r['N']} | {r['H']} | {r['auto_ms']:.3f} | "
-                     f"{r['after_ms']:.3f} | {r['auto_ms'] / r['after_ms']:.2f} |")
+        lines.append(f"| {r['threads']} | {r['cell']} | {r['variant']} | {r['N']} | {r['H']} | "
+                     f"{r['auto_ms']:.3f} | {r['after_ms']:.3f} | {r['auto_ms'] / r['after_ms']:.2f} |")
     stem = "overlap" if args.threads == "2,1" else f"overlap-{args.threads.replace(',', '-')}t"
     envinfo.write_results("cpu", args.out, stem, "A backward's products beside its BPTT against after it (CPU)",
                           {"rows": rows}, lines)

@@ -432,8 +432,9 @@ def test_every_compiled_instruction_set_rounds_bfloat16_as_torch(isa):
 
 
 # The sdist must hold every file under csrc/ (the build compiles the .cpp and
-# .cu files and they include the headers), the package, the build files, the
-# licence and the README; the oracle is the source tree itself.
+# .cu files and they include the headers), the package, the tests with their
+# helpers, the build files, the licence and the README; the oracle is the
+# source tree itself.
 def test_the_source_distribution_holds_every_file_the_build_reads(tmp_path):
     # A fresh egg-info: sdist otherwise goes by the file list of an earlier one.
     egg_base, dist = tmp_path / "egg", tmp_path / "dist"
@@ -446,19 +447,30 @@ def test_the_source_distribution_holds_every_file_the_build_reads(tmp_path):
     sources = {p.relative_to(ROOT).as_posix() for p in (ROOT / "csrc").rglob("*") if p.is_file()}
     package = {p.relative_to(ROOT).as_posix() for p in (ROOT / "fusedrnn").glob("*.py")}
     assert any(s.endswith(".h") for s in sources) and any(s.endswith(".cu") for s in sources)
-    wanted = sources | package | {"setup.py", "pyproject.toml", "LICENSE", "README.md"}
+    tests = {p.relative_to(ROOT).as_posix() for p in (ROOT / "tests").rglob("*")
+             if p.is_file() and "__pycache__" not in p.parts}
+    wanted = sources | package | tests | {"setup.py", "pyproject.toml", "LICENSE", "README.md"}
     missing = sorted(wanted - held)
     assert not missing, f"the sdist lacks {missing} (MANIFEST.in)"
 
 
-def test_a_build_without_torch_says_how_to_build():
-    """pip's default isolated build has no torch: setup.py says so instead of a traceback."""
-    blocked = ("import sys, runpy; sys.modules['torch'] = None; sys.argv = ['setup.py', 'build_ext']; "
-               "runpy.run_path('setup.py', run_name='__main__')")
-    r = subprocess.run([sys.executable, "-c", blocked], cwd=ROOT, capture_output=True, text=True)
+def test_a_build_without_torch_says_how_to_build(tmp_path):
+    """pip's default isolated build has no torch: setup.py says so instead of a
+    traceback, and still makes an sdist, which compiles nothing."""
+
+    def without_torch(*args):
+        code = ("import sys, runpy; sys.modules['torch'] = None; "
+                f"sys.argv = ['setup.py', *{list(args)!r}]; runpy.run_path('setup.py', run_name='__main__')")
+        return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+
+    r = without_torch("build_ext")
     assert r.returncode != 0
     assert "install torch first, then build with `pip install --no-build-isolation" in r.stderr
     assert "Traceback" not in r.stderr
+    (tmp_path / "egg").mkdir()
+    r = without_torch("-q", "egg_info", "--egg-base", str(tmp_path / "egg"), "sdist", "-d", str(tmp_path / "dist"))
+    assert r.returncode == 0, r.stderr
+    assert list((tmp_path / "dist").glob("fusedrnn-*.tar.gz"))
 
 
 @pytest.mark.slow
