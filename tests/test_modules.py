@@ -221,7 +221,8 @@ BF16_ENGINES = ("amx", "avx512-bf16")
 
 @pytest.mark.skipif(_bf16_products() not in BF16_ENGINES,
                     reason="this CPU (or build) has neither AMX-BF16 nor AVX512-BF16 products")
-@pytest.mark.parametrize("shape", [(6, 70, 45, 40), (20, 70, 64, 64)], ids=["tails", "long"])
+@pytest.mark.parametrize("shape", [(6, 70, 45, 40), (20, 70, 64, 64), (3, 40, 45, 72)],
+                         ids=["tails", "long", "short"])
 @pytest.mark.parametrize("packed", [False, True], ids=["strided", "packed"])
 @pytest.mark.parametrize("variant", list(SEQ_ALL))
 def test_amx_bfloat16_matches_reference(variant, packed, shape, monkeypatch):
@@ -232,7 +233,10 @@ def test_amx_bfloat16_matches_reference(variant, packed, shape, monkeypatch):
     # 40 (not multiples of 32), H = 40 (units past H in a 16-wide tile), 70
     # rows (4 row tiles and 6), steps of 70 down to 1 row when packed. "long"
     # has whole tiles (the packing's fast path) and up to 1400 rows, more than
-    # one chunk of K for the weight gradients. Both directions, two layers. On
+    # one chunk of K for the weight gradients. "short" has two blocks of rows
+    # (120), fewer than the input projection's tasks want: they split the
+    # columns too, into groups of 8 tiles and a partial one (H = 72 is 4.5
+    # tiles a gate). Both directions, two layers. On
     # one thread and on two (tasks split panels and rows; no sum changes), and
     # against the float32 path, whose h is not rounded to bfloat16 between
     # steps.
@@ -265,17 +269,22 @@ def _check_bfloat16_products(variant, packed, shape, monkeypatch):
     assert_matches_reference(m, *build(**{k: v.to(torch.bfloat16) for k, v in leaves.items()}))
 
 
+@pytest.mark.parametrize("hidden", [40, 72])
 @pytest.mark.parametrize("kind", ["LSTMCell", "GRUCell", "RNNCell"])
-def test_amx_bfloat16_cell_matches_reference(kind, monkeypatch):
+def test_amx_bfloat16_cell_matches_reference(kind, hidden, monkeypatch):
     if _bf16_products() not in BF16_ENGINES:
         monkeypatch.setenv("FUSEDRNN_CPU_AMX", "always")
         cell = getattr(fusedrnn, kind)(3, 4).to(torch.bfloat16)
         with pytest.raises(RuntimeError, match="FUSEDRNN_CPU_AMX=always, but this CPU"):
             cell(torch.randn(2, 3, dtype=torch.bfloat16))
         return
+    # 21 rows: one block of rows, so the input projection's tasks split the
+    # gate columns into groups of 8 tiles (LSTM H=40: 10 tiles; H=72: LSTM 18,
+    # GRU 14).
     torch.manual_seed(0)
-    cell = getattr(fusedrnn, kind)(45, 40).to(torch.bfloat16)
-    args = cell_build(**{k: v.to(torch.bfloat16) for k, v in cell_leaves(kind == "LSTMCell", 21, True, 45, 40, 5).items()})
+    cell = getattr(fusedrnn, kind)(45, hidden).to(torch.bfloat16)
+    leaves = cell_leaves(kind == "LSTMCell", 21, True, 45, hidden, 5)
+    args = cell_build(**{k: v.to(torch.bfloat16) for k, v in leaves.items()})
     assert_matches_reference(cell, *args)
 
 

@@ -94,11 +94,11 @@ void product(const bf16* a, int64_t K, const bf16* const* b, int nt, float* out,
 void product2(const bf16* a0, const bf16* a1, int64_t K, const bf16* const* b, int nt,
               float* out0, float* out1, Interleave* work = nullptr);
 
-// C[M, N] (row stride ldc) = A[M, K] (bfloat16, row stride lda) W^T + bias
-// (bias [N] or null), W [N, K] packed with stride tile_size(K). Calls
-// begin() and end() itself.
+// Column tiles [j0, j1) of C[M, N] (row stride ldc) = A[M, K] (bfloat16, row
+// stride lda) W^T + bias (bias [N] or null), W [N, K] packed with stride
+// tile_size(K). Calls begin() and end() itself.
 void gemm(int64_t M, int64_t N, int64_t K, const bf16* a, int64_t lda, const bf16* w, float* c,
-          int64_t ldc, const float* bias);
+          int64_t ldc, const float* bias, int64_t j0, int64_t j1);
 
 // Column tiles [j0, j1) of C[M, N] (=, or += with accumulate) = A[M, K] (float32,
 // row stride lda, rounded to bfloat16) times W packed with stride tile_size(K).

@@ -398,8 +398,8 @@ void gemm_tiles(int64_t M, int64_t N, int64_t K, const A* a, int64_t lda, const 
 }  // namespace
 
 void gemm(int64_t M, int64_t N, int64_t K, const bf16* a, int64_t lda, const bf16* w, float* c,
-          int64_t ldc, const float* bias) {
-  gemm_tiles(M, N, K, a, lda, w, c, ldc, bias, false, 0, col_tiles(N));
+          int64_t ldc, const float* bias, int64_t j0, int64_t j1) {
+  gemm_tiles(M, N, K, a, lda, w, c, ldc, bias, false, j0, j1);
 }
 
 void gemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t lda, const bf16* w, float* c,
@@ -540,7 +540,7 @@ void product2(const bf16*, const bf16*, int64_t, const bf16* const*, int, float*
   std::abort();
 }
 void gemm(int64_t, int64_t, int64_t, const bf16*, int64_t, const bf16*, float*, int64_t,
-          const float*) {
+          const float*, int64_t, int64_t) {
   std::abort();
 }
 void gemm(int64_t, int64_t, int64_t, const float*, int64_t, const bf16*, float*, int64_t, bool,

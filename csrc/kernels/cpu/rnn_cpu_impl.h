@@ -509,10 +509,10 @@ inline void run_unit_task(int64_t H, int64_t task, const F& f) {
 constexpr int64_t kMinCallFmaForThreads = int64_t{1} << 20;
 // The same for a single step on AMX tiles, which take a quarter of the time or
 // less: bfloat16 cells, 2 cores (Intel Xeon), 100 calls, one thread against two,
-// inference / training in ms: LSTMCell N=16 H=256 (4M) 18.5 / 24.8 and 114 /
-// 95 (the packing of the weights, per call, splits); N=64 (17M) 29.8 / 34.2;
-// GRUCell N=64 (13M) 19.8 / 22.7.
-constexpr int64_t kMinCallAmxFmaForThreads = int64_t{1} << 25;
+// inference / training in ms: LSTMCell N=16 H=256 (8M) 18.5 / 24.8 and 114 /
+// 95 (the packing of the weights, per call, splits); N=64 (34M) 29.8 / 34.2;
+// GRUCell N=64 (25M) 19.8 / 22.7.
+constexpr int64_t kMinCallAmxFmaForThreads = int64_t{1} << 26;
 // The same for the AVX512-BF16 dot products (about half the float32 products'
 // time). Paired in one process on 2 cores (AMD EPYC Zen 5, 100 calls, H=256),
 // two threads' time over one thread's: LSTMCell N=64 (34M) 0.80 inference, 0.88
@@ -543,15 +543,18 @@ inline int backward_threads(const Parallel& par, BlasGemm<S> blas, int64_t H, in
 }
 
 // The threads of a forward pass whose steps run the recurrent products `recs`
-// (threads_for on their multiply-adds per step), at most as many as the most
-// tasks a step has: an RNN at H=64 is one panel of 64 units, and with N=64 one
-// row block, so a second thread only waited (2 threads 0.79 ms against 1 thread's
-// 0.52, T=100, AMD Zen 5). AMX products split into that many tasks.
+// (threads_for on their multiply-adds per step; a single step, a cell call, adds
+// its input projection's input_fma, as the call thresholds above count), at most
+// as many as the most tasks a step has: an RNN at H=64 is one panel of 64 units,
+// and with N=64 one row block, so a second thread only waited (2 threads 0.79 ms
+// against 1 thread's 0.52, T=100, AMD Zen 5). AMX products split into that many
+// tasks.
 template <typename S, typename... Rec>
 int step_threads(const Parallel& par, BlasGemm<S> blas, int64_t steps, int64_t rows,
-                 Rec&... recs) {
+                 int64_t input_fma, Rec&... recs) {
   const bool amx = ((recs.tiles != nullptr) || ...);
-  int threads = threads_for(par, blas, (recs.fma_per_step(rows) + ...), steps, amx);
+  const int64_t fma = (recs.fma_per_step(rows) + ...) + (steps == 1 ? input_fma : 0);
+  int threads = threads_for(par, blas, fma, steps, amx);
   if (!amx)
     threads = static_cast<int>(std::clamp<int64_t>(std::max({recs.tasks(rows)...}), 1, threads));
   ((recs.amx_tasks = std::min<int64_t>(recs.panels(), threads)), ...);
@@ -710,7 +713,12 @@ void previous_rows(const SeqLayout& seq, const S* y, const S* h0, int64_t P,
 // (by unit: LSTM N=64 1.02).
 template <typename S>
 struct InputProjection {
-  static constexpr int64_t kAmxTaskRows = 64;
+  // On AMX or the dot engine a task is a block of kAmxTaskRows rows; where
+  // there are fewer than kAmxMinRowTasks of them (a cell call, a short
+  // sequence), a block of rows and a group of kAmxTaskColTiles column tiles,
+  // so that the threads share the product (one block of a cell call left a
+  // second thread idle: GRUCell N=64 H=256, bfloat16, 2 threads as slow as 1).
+  static constexpr int64_t kAmxTaskRows = 64, kAmxMinRowTasks = 4, kAmxTaskColTiles = 8;
   int64_t C = 0, GH = 0, H = 0, max_rows = 0;
   const S* x = nullptr;
   WeightT<S> w;
@@ -748,8 +756,15 @@ struct InputProjection {
     par(amx::col_tiles(GH), grain_for_moves(C * amx::kTileCols),
         [&](int64_t jb, int64_t je) { amx::pack(wb, GH, C, C, tiles, ts, jb, je); });
   }
+  // Multiply-adds of `rows` rows.
+  int64_t fma(int64_t rows) const { return rows * C * GH; }
+  int64_t amx_col_groups(int64_t rows) const {
+    return ceil_div<int64_t>(rows, kAmxTaskRows) >= kAmxMinRowTasks
+               ? 1
+               : ceil_div<int64_t>(amx::col_tiles(GH), kAmxTaskColTiles);
+  }
   int64_t tasks(int64_t rows) const {
-    return tiles ? ceil_div<int64_t>(rows, kAmxTaskRows) : w.tasks(rows);
+    return tiles ? ceil_div<int64_t>(rows, kAmxTaskRows) * amx_col_groups(rows) : w.tasks(rows);
   }
   // Panels by (unit, gate) of their first column, or in gate order. The
   // panels that start in a gate block are in unit order already, so by unit is
@@ -781,9 +796,12 @@ struct InputProjection {
     }
     if (!tiles) return w.run(rows, x + row0 * C, C, gx, GH, false, bias, task);
     if constexpr (kAmxCapable<S>) {
-      const int64_t r0 = task * kAmxTaskRows;
+      const int64_t groups = amx_col_groups(rows), r0 = task / groups * kAmxTaskRows;
+      const int64_t j0 = task % groups * kAmxTaskColTiles;
+      const int64_t j1 = groups > 1 ? std::min<int64_t>(amx::col_tiles(GH), j0 + kAmxTaskColTiles)
+                                    : amx::col_tiles(GH);
       amx::gemm(std::min<int64_t>(kAmxTaskRows, rows - r0), GH, C, xb + (row0 + r0) * C, C,
-                tiles, gx + r0 * GH, GH, bias);
+                tiles, gx + r0 * GH, GH, bias, j0, j1);
     }
   }
   // Pre-activations of global row r, in the chunk that starts at row0.
@@ -1373,7 +1391,7 @@ void lstm_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& 
         };
         rec.run(st.rows, hs.prev(s), P, epi, task);
       },
-      step_threads(par, blas, seq.T, N, rec), par);
+      step_threads(par, blas, seq.T, N, xproj.fma(N), rec), par);
   hs.finish(seq, output_rows(a, 0));
 }
 
@@ -1601,7 +1619,7 @@ void gru_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& p
         };
         rec.run(st.rows, hp, H, epi, task);
       },
-      step_threads(par, blas, seq.T, N, rec), par);
+      step_threads(par, blas, seq.T, N, xproj.fma(N), rec), par);
   hs.finish(seq, output_rows(a, 0));
 }
 
@@ -1695,7 +1713,7 @@ void gru_reset_before_forward_seq(const SeqForwardArgs<S>& a, Arena& arena,
         };
         rec_n.run(st.rows, rh, H, epi_n, task);
       },
-      step_threads(par, blas, seq.T, N, rec_rz, rec_n), par);
+      step_threads(par, blas, seq.T, N, xproj.fma(N), rec_rz, rec_n), par);
   hs.finish(seq, output_rows(a, 0));
 }
 
@@ -1951,7 +1969,7 @@ void rnn_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& p
         };
         rec.run(st.rows, hs.prev(s), H, epi, task);
       },
-      step_threads(par, blas, seq.T, N, rec), par);
+      step_threads(par, blas, seq.T, N, xproj.fma(N), rec), par);
   hs.finish(seq, output_rows(a, 0));
 }
 
