@@ -447,6 +447,33 @@ def test_cell_call_split_over_two_threads(kind, dtype, monkeypatch):
     _assert_matches_reference(cell, cell_build, leaves, dtype, cell=True, got=two)
 
 
+@pytest.mark.skipif(_bf16_products() not in BF16_ENGINES,
+                    reason="this CPU (or build) has neither AMX-BF16 nor AVX512-BF16 products")
+@pytest.mark.parametrize("kind", list(ALL_CELLS))
+def test_bfloat16_cell_call_split_over_two_threads(kind):
+    # bfloat16 products (AMX tiles or the dot products) take a second thread
+    # from 2^24 multiply-adds a call (2^26 on tiles), input and recurrent
+    # products counted: 70 rows, C = 200 and H = 264 (16.5 tiles a gate) put
+    # the LSTM and GRU cells above it, forward and backward, the RNN cell below.
+    # The input projection's one block of rows splits into groups of column
+    # tiles. Bit for bit the one-thread result, and the reference's.
+    name, kw = ALL_CELLS[kind]
+    n, c, h = 70, 200, 264
+    torch.manual_seed(0)
+    cell = getattr(fusedrnn, name)(c, h, **kw).to(torch.bfloat16)
+    leaves = cell_leaves(name == "LSTMCell", n, True, c, h)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run(cell, cell_build, leaves, cell=True)
+        torch.set_num_threads(2)
+        two = run(cell, cell_build, leaves, cell=True)
+    finally:
+        torch.set_num_threads(threads)
+    assert_all_close(two, one)
+    assert_matches_reference(cell, *cell_build(**{k: v.to(torch.bfloat16) for k, v in leaves.items()}))
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("n", list(range(1, 21)))
 @pytest.mark.parametrize("kind", list(NN_CELLS))

@@ -535,11 +535,14 @@ inline int threads_for(const Parallel& par, BlasGemm<S> blas, int64_t step_fma, 
   return step_fma >= min_fma ? par.max_threads : 1;
 }
 
+// The threads of a backward's BPTT: step_fma, its recurrent product per step;
+// a single step (a cell call) adds its input side's input_fma, as step_threads
+// does for the forward.
 template <typename S>
 inline int backward_threads(const Parallel& par, BlasGemm<S> blas, int64_t H, int64_t step_fma,
-                            int64_t steps, bool amx) {
+                            int64_t steps, bool amx, int64_t input_fma) {
   if (bptt_on_one_thread(steps, H, step_fma)) return 1;
-  return threads_for(par, blas, step_fma, steps, amx);
+  return threads_for(par, blas, step_fma + (steps == 1 ? input_fma : 0), steps, amx);
 }
 
 // The threads of a forward pass whose steps run the recurrent products `recs`
@@ -1544,7 +1547,7 @@ void lstm_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel
   if (products.chunked) {
     products.run(a, [&](std::atomic<int64_t>* done) { bptt(1, done); }, dG, GH, dsum, &wg, 1, par);
   } else {
-    bptt(backward_threads(par, blas, H, N * GH * P, seq.T, a.amx), nullptr);
+    bptt(backward_threads(par, blas, H, N * GH * P, seq.T, a.amx, N * a.C * GH), nullptr);
     input_side_grads(a, dG, GH, dsum, &all, 1, scratch, blas, par, xtiles);
     weight_grads(a, dG, GH, &wg, 1, scratch, blas, par, wtiles);
   }
@@ -1794,7 +1797,8 @@ void gru_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel&
         dG, ldg, dsum, wg, 3, par);
   } else {
     bptt_by_panels(seq, whh, dG, ldg, dh_state, true, sched, pointwise,
-                   backward_threads(par, blas, H, N * 3 * H * H, seq.T, a.amx), par);
+                   backward_threads(par, blas, H, N * 3 * H * H, seq.T, a.amx, N * a.C * 3 * H),
+                   par);
     input_side_grads(a, dG, ldg, dsum, blocks, 2, scratch, blas, par, xtiles);
     weight_grads(a, dG, ldg, wg, 3, scratch, blas, par, wtiles);
   }
@@ -1912,7 +1916,7 @@ void gru_reset_before_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena,
   if (products.chunked) {
     products.run(a, [&](std::atomic<int64_t>* done) { bptt(1, done); }, dG, GH, dsum, wg, 2, par);
   } else {
-    bptt(backward_threads(par, blas, H, N * GH * H, seq.T, a.amx), nullptr);
+    bptt(backward_threads(par, blas, H, N * GH * H, seq.T, a.amx, N * a.C * GH), nullptr);
     input_side_grads(a, dG, GH, dsum, &all, 1, scratch, blas, par, xtiles);
     weight_grads(a, dG, GH, wg, 2, scratch, blas, par, wtiles);
   }
@@ -2022,7 +2026,7 @@ void rnn_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel&
         dG, H, dsum, &wg, 1, par);
   } else {
     bptt_by_panels(seq, whh, dG, H, dh_state, false, sched, pointwise,
-                   backward_threads(par, blas, H, N * H * H, seq.T, a.amx), par);
+                   backward_threads(par, blas, H, N * H * H, seq.T, a.amx, N * a.C * H), par);
     input_side_grads(a, dG, H, dsum, &all, 1, scratch, blas, par, xtiles);
     weight_grads(a, dG, H, &wg, 1, scratch, blas, par, wtiles);
   }
