@@ -178,13 +178,13 @@ def test_low_precision_module_matches_reference(variant, dtype, packed):
     assert_matches_reference(m, x, hx)
 
 
-def _on_one_and_two_threads(m, build, leaves):
+def _on_one_and_two_threads(m, build, leaves, cell=False):
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = run(m, build, leaves)
+        one = run(m, build, leaves, cell=cell)
         torch.set_num_threads(2)
-        return one, run(m, build, leaves)
+        return one, run(m, build, leaves, cell=cell)
     finally:
         torch.set_num_threads(threads)
 
@@ -435,14 +435,7 @@ def test_cell_call_split_over_two_threads(kind, dtype, monkeypatch):
     torch.manual_seed(0)
     cell = getattr(fusedrnn, name)(c, h, **kw).to(dtype)
     leaves = cell_leaves(name == "LSTMCell", n, True, c, h)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = run(cell, cell_build, leaves, cell=True)
-        torch.set_num_threads(2)
-        two = run(cell, cell_build, leaves, cell=True)
-    finally:
-        torch.set_num_threads(threads)
+    one, two = _on_one_and_two_threads(cell, cell_build, leaves, cell=True)
     assert_all_close(two, one)
     _assert_matches_reference(cell, cell_build, leaves, dtype, cell=True, got=two)
 
@@ -462,14 +455,7 @@ def test_bfloat16_cell_call_split_over_two_threads(kind):
     torch.manual_seed(0)
     cell = getattr(fusedrnn, name)(c, h, **kw).to(torch.bfloat16)
     leaves = cell_leaves(name == "LSTMCell", n, True, c, h)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = run(cell, cell_build, leaves, cell=True)
-        torch.set_num_threads(2)
-        two = run(cell, cell_build, leaves, cell=True)
-    finally:
-        torch.set_num_threads(threads)
+    one, two = _on_one_and_two_threads(cell, cell_build, leaves, cell=True)
     assert_all_close(two, one)
     assert_matches_reference(cell, *cell_build(**{k: v.to(torch.bfloat16) for k, v in leaves.items()}))
 
