@@ -1428,7 +1428,9 @@ void lstm_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel
   sched.plan(arena, proj ? Schedule::max_backward(seq, 4) : Schedule::max_backward_steps(seq));
   const GateBlock all{0, 0, GH};
   BackwardProducts<S> products;
-  products.plan(arena, a, blas, H, N * GH * P, &all, 1, GH, GH, P, par);
+  // The recurrent product's multiply-adds a step, for the BPTT's threads.
+  const int64_t step_fma = N * GH * P;
+  products.plan(arena, a, blas, H, step_fma, &all, 1, GH, GH, P, par);
   if (arena.sizing()) return;
 
   whh.prepare(par);
@@ -1547,7 +1549,7 @@ void lstm_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel
   if (products.chunked) {
     products.run(a, [&](std::atomic<int64_t>* done) { bptt(1, done); }, dG, GH, dsum, &wg, 1, par);
   } else {
-    bptt(backward_threads(par, blas, H, N * GH * P, seq.T, a.amx, N * a.C * GH), nullptr);
+    bptt(backward_threads(par, blas, H, step_fma, seq.T, a.amx, N * a.C * GH), nullptr);
     input_side_grads(a, dG, GH, dsum, &all, 1, scratch, blas, par, xtiles);
     weight_grads(a, dG, GH, &wg, 1, scratch, blas, par, wtiles);
   }
@@ -1742,7 +1744,9 @@ void gru_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel&
   sched.plan(arena, Schedule::max_backward_steps(seq));
   const GateBlock blocks[2] = {{0, 0, 2 * H}, {3 * H, 2 * H, H}};
   BackwardProducts<S> products;
-  products.plan(arena, a, blas, H, N * 3 * H * H, blocks, 2, 3 * H, 3 * H, H, par);
+  // The recurrent product's multiply-adds a step, for the BPTT's threads.
+  const int64_t step_fma = N * 3 * H * H;
+  products.plan(arena, a, blas, H, step_fma, blocks, 2, 3 * H, 3 * H, H, par);
   if (arena.sizing()) return;
 
   whh.prepare(par);
@@ -1797,8 +1801,7 @@ void gru_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel&
         dG, ldg, dsum, wg, 3, par);
   } else {
     bptt_by_panels(seq, whh, dG, ldg, dh_state, true, sched, pointwise,
-                   backward_threads(par, blas, H, N * 3 * H * H, seq.T, a.amx, N * a.C * 3 * H),
-                   par);
+                   backward_threads(par, blas, H, step_fma, seq.T, a.amx, N * a.C * 3 * H), par);
     input_side_grads(a, dG, ldg, dsum, blocks, 2, scratch, blas, par, xtiles);
     weight_grads(a, dG, ldg, wg, 3, scratch, blas, par, wtiles);
   }
@@ -1833,7 +1836,9 @@ void gru_reset_before_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena,
   sched.plan(arena, Schedule::max_backward(seq, 4));
   const GateBlock all{0, 0, GH};
   BackwardProducts<S> products;
-  products.plan(arena, a, blas, H, N * GH * H, &all, 1, GH, GH, H, par);
+  // The recurrent product's multiply-adds a step, for the BPTT's threads.
+  const int64_t step_fma = N * GH * H;
+  products.plan(arena, a, blas, H, step_fma, &all, 1, GH, GH, H, par);
   if (arena.sizing()) return;
 
   wrz.prepare(par);
@@ -1916,7 +1921,7 @@ void gru_reset_before_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena,
   if (products.chunked) {
     products.run(a, [&](std::atomic<int64_t>* done) { bptt(1, done); }, dG, GH, dsum, wg, 2, par);
   } else {
-    bptt(backward_threads(par, blas, H, N * GH * H, seq.T, a.amx, N * a.C * GH), nullptr);
+    bptt(backward_threads(par, blas, H, step_fma, seq.T, a.amx, N * a.C * GH), nullptr);
     input_side_grads(a, dG, GH, dsum, &all, 1, scratch, blas, par, xtiles);
     weight_grads(a, dG, GH, wg, 2, scratch, blas, par, wtiles);
   }
@@ -1997,7 +2002,9 @@ void rnn_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel&
   sched.plan(arena, Schedule::max_backward_steps(seq));
   const GateBlock all{0, 0, H};
   BackwardProducts<S> products;
-  products.plan(arena, a, blas, H, N * H * H, &all, 1, H, H, H, par);
+  // The recurrent product's multiply-adds a step, for the BPTT's threads.
+  const int64_t step_fma = N * H * H;
+  products.plan(arena, a, blas, H, step_fma, &all, 1, H, H, H, par);
   if (arena.sizing()) return;
 
   whh.prepare(par);
@@ -2026,7 +2033,7 @@ void rnn_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel&
         dG, H, dsum, &wg, 1, par);
   } else {
     bptt_by_panels(seq, whh, dG, H, dh_state, false, sched, pointwise,
-                   backward_threads(par, blas, H, N * H * H, seq.T, a.amx, N * a.C * H), par);
+                   backward_threads(par, blas, H, step_fma, seq.T, a.amx, N * a.C * H), par);
     input_side_grads(a, dG, H, dsum, &all, 1, scratch, blas, par, xtiles);
     weight_grads(a, dG, H, &wg, 1, scratch, blas, par, wtiles);
   }
