@@ -236,7 +236,10 @@ def test_amx_bfloat16_matches_reference(variant, packed, shape, monkeypatch):
     # one chunk of K for the weight gradients. "short" has two blocks of rows
     # (120), fewer than the input projection's tasks want: they split the
     # columns too, into groups of 8 tiles and a partial one (H = 72 is 4.5
-    # tiles a gate). Both directions, two layers. On
+    # tiles a gate), where the projection runs apart (on tiles; the GRU on the
+    # dot products, where the LSTM and the RNN join it to each step's product,
+    # [x | h] against [W_ih | W_hh]: K = 45 + 72, both parts partial). Both
+    # directions, two layers. On
     # one thread and on two (tasks split panels and rows; no sum changes), and
     # against the float32 path, whose h is not rounded to bfloat16 between
     # steps.
@@ -279,8 +282,9 @@ def test_amx_bfloat16_cell_matches_reference(kind, hidden, monkeypatch):
             cell(torch.randn(2, 3, dtype=torch.bfloat16))
         return
     # 21 rows: one block of rows, so the input projection's tasks split the
-    # gate columns into groups of 8 tiles (LSTM H=40: 10 tiles; H=72: LSTM 18,
-    # GRU 14).
+    # gate columns into groups of 8 tiles where it runs apart (LSTM H=40: 10
+    # tiles; H=72: LSTM 18, GRU 14), and the joined product of the dot engine
+    # (LSTM, RNN) stages [x | h] with both parts partial (C=45).
     torch.manual_seed(0)
     cell = getattr(fusedrnn, kind)(45, hidden).to(torch.bfloat16)
     leaves = cell_leaves(kind == "LSTMCell", 21, True, 45, hidden, 5)

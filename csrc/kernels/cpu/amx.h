@@ -66,9 +66,12 @@ void pack_kn(const bf16* b, int64_t K, int64_t N, int64_t ldb, bf16* dst, int64_
 bf16* staging(int64_t K, int64_t blocks = 1);
 constexpr int64_t block_size(int64_t K) { return kTileRows * k_blocks(K) * kTileK; }
 // Rows [0, rows) of src (row stride ld, rows <= kTileRows) into a staging
-// block, rounded to nearest even; the rest zero.
-void stage(const float* src, int64_t ld, int64_t rows, int64_t K, bf16* dst);
-void stage(const bf16* src, int64_t ld, int64_t rows, int64_t K, bf16* dst);
+// block, rounded to nearest even; the rest zero. With ldd, the block's rows are
+// wider (ldd >= k_blocks(K) * kTileK, a multiple of kTileK) and this writes
+// their first k_blocks(K) * kTileK columns: a block staged from two operands
+// side by side (A = [X | H], K blocks of X then of H).
+void stage(const float* src, int64_t ld, int64_t rows, int64_t K, bf16* dst, int64_t ldd = 0);
+void stage(const bf16* src, int64_t ld, int64_t rows, int64_t K, bf16* dst, int64_t ldd = 0);
 
 // Around a run of product() calls on one thread: takes the engine in use (for
 // those calls) and loads and releases the tile configuration.

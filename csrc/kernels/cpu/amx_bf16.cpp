@@ -282,10 +282,10 @@ bf16* staging(int64_t K, int64_t blocks) {
   return buf.get();
 }
 
-void stage(const float* src, int64_t ld, int64_t rows, int64_t K, bf16* dst) {
+void stage(const float* src, int64_t ld, int64_t rows, int64_t K, bf16* dst, int64_t ldd) {
   const int64_t width = k_blocks(K) * kTileK;
   for (int64_t r = 0; r < kTileRows; ++r) {
-    bf16* d = dst + r * width;
+    bf16* d = dst + r * (ldd > 0 ? ldd : width);
     if (r >= rows) {
       std::memset(d, 0, width * sizeof(bf16));
       continue;
@@ -300,10 +300,10 @@ void stage(const float* src, int64_t ld, int64_t rows, int64_t K, bf16* dst) {
   }
 }
 
-void stage(const bf16* src, int64_t ld, int64_t rows, int64_t K, bf16* dst) {
+void stage(const bf16* src, int64_t ld, int64_t rows, int64_t K, bf16* dst, int64_t ldd) {
   const int64_t width = k_blocks(K) * kTileK;
   for (int64_t r = 0; r < kTileRows; ++r) {
-    bf16* d = dst + r * width;
+    bf16* d = dst + r * (ldd > 0 ? ldd : width);
     if (r < rows) {
       std::memcpy(d, src + r * ld, K * sizeof(bf16));
       std::memset(d + K, 0, (width - K) * sizeof(bf16));
@@ -530,8 +530,8 @@ void use(Engine e) {
 Engine in_use() { return Engine::kNone; }
 void pack(const bf16*, int64_t, int64_t, int64_t, bf16*, int64_t, int64_t, int64_t) { std::abort(); }
 bf16* staging(int64_t, int64_t) { std::abort(); }
-void stage(const float*, int64_t, int64_t, int64_t, bf16*) { std::abort(); }
-void stage(const bf16*, int64_t, int64_t, int64_t, bf16*) { std::abort(); }
+void stage(const float*, int64_t, int64_t, int64_t, bf16*, int64_t) { std::abort(); }
+void stage(const bf16*, int64_t, int64_t, int64_t, bf16*, int64_t) { std::abort(); }
 void begin() { std::abort(); }
 void end() { std::abort(); }
 void product(const bf16*, int64_t, const bf16* const*, int, float*, Interleave*) { std::abort(); }

@@ -2,7 +2,9 @@
 //
 // Forward, per layer and direction (DESIGN.md, standard path, fused):
 //   1. Gx = X W_ih^T + biases for a chunk of steps: one GEMM (chunks keep Gx in
-//      cache and bound the scratch to a few MB whatever T is).
+//      cache and bound the scratch to a few MB whatever T is); on the AVX512-BF16
+//      dot products, the LSTM and the RNN join it to step 2 instead
+//      (InputProjection::joins).
 //   2. Per step, one pass over tiles of (rows x hidden units): the recurrent
 //      product h W_hh^T is accumulated in registers for all gates of the tile's
 //      units, then the cell math of cells.h runs on those registers and writes
@@ -318,16 +320,23 @@ struct Recurrent {
   S* gh = nullptr;
   BlasGemm<S> blas = nullptr;
   // On AMX: W in bfloat16, packed as the column tiles of each gate's units,
-  // tile (unit block j, gate g) at (j * G + g) * amx::tile_size(K). A task is a
-  // run of panels, one per thread of the pass (step_threads()), so that h is
-  // staged once per task.
+  // tile (unit block j, gate g) at (j * G + g) * amx::tile_size(kt()). A task
+  // is a run of panels, one per thread of the pass (step_threads()), so that h
+  // is staged once per task.
   const amx::bf16* wb = nullptr;
   amx::bf16* tiles = nullptr;
   int64_t amx_tasks = 1;
+  // The input product joined to this one (InputProjection::joins): W_ih [G*H,
+  // C] in bfloat16, whose K blocks come first in each tile, and kx = its
+  // columns in a staged block, [x | h] (0 when not joined).
+  const amx::bf16* wxb = nullptr;
+  int64_t C = 0, kx = 0;
 
-  // wb_ (with kAmxCapable<S>) puts the product on AMX tiles.
+  // wb_ (with kAmxCapable<S>) puts the product on AMX tiles; wxb_ ([G*H, C_])
+  // joins the input product to it (run() then takes each step's x).
   void plan(Arena& arena, PackPolicy policy, const S* w_, int64_t H_, int64_t K_, int64_t N,
-            int64_t uses, BlasGemm<S> blas_ = nullptr, const amx::bf16* wb_ = nullptr) {
+            int64_t uses, BlasGemm<S> blas_ = nullptr, const amx::bf16* wb_ = nullptr,
+            const amx::bf16* wxb_ = nullptr, int64_t C_ = 0) {
     w = w_;
     H = H_;
     K = K_;
@@ -336,7 +345,12 @@ struct Recurrent {
       static_assert(NV <= amx::kMaxTiles, "one AMX product per panel");
       wb = wb_;
       blas = nullptr;
-      tiles = arena.take<amx::bf16>(panels() * U * G * amx::tile_size(K));
+      if (wxb_) {
+        wxb = wxb_;
+        C = C_;
+        kx = amx::k_blocks(C) * amx::kTileK;
+      }
+      tiles = arena.take<amx::bf16>(panels() * U * G * amx::tile_size(kt()));
       return;
     }
     if (!blas && worth_packing(policy, uses, K))
@@ -347,12 +361,18 @@ struct Recurrent {
   void prepare(const Parallel& par) const {
     if (packed) pack_recurrent<S, G, U>(w, H, K, packed, par);
     if (tiles) {
-      const int64_t ts = amx::tile_size(K), nj = panels() * U;
-      par(nj, grain_for_moves(G * K * amx::kTileCols), [&](int64_t jb, int64_t je) {
-        for (int g = 0; g < G; ++g) amx::pack(wb + g * H * K, H, K, K, tiles + g * ts, G * ts, jb, je);
+      const int64_t ts = amx::tile_size(kt()), nj = panels() * U;
+      const int64_t hs = kx / amx::kTileK * amx::kTileElems;  // where W_hh's K blocks start
+      par(nj, grain_for_moves(G * (C + K) * amx::kTileCols), [&](int64_t jb, int64_t je) {
+        for (int g = 0; g < G; ++g) {
+          if (wxb) amx::pack(wxb + g * H * C, H, C, C, tiles + g * ts, G * ts, jb, je);
+          amx::pack(wb + g * H * K, H, K, K, tiles + g * ts + hs, G * ts, jb, je);
+        }
       });
     }
   }
+  // The K of the tile products: [x | h] staged, each part in whole K blocks.
+  int64_t kt() const { return kx + amx::k_blocks(K) * amx::kTileK; }
   int64_t panels() const { return ceil_div<int64_t>(H, U * L); }
   // In place: panels per task, enough multiply-adds to pay for a thread.
   int64_t panels_per_task(int64_t rows) const {
@@ -365,14 +385,17 @@ struct Recurrent {
     return packed ? panels() * ceil_div<int64_t>(rows, kRowBlock)
                   : ceil_div<int64_t>(panels(), panels_per_task(rows));
   }
-  // Multiply-adds of one task, to decide whether threads pay off.
-  int64_t fma_per_step(int64_t rows) const { return rows * K * G * H; }
+  // Multiply-adds of a step (with the input product where it is joined), to
+  // decide whether threads pay off.
+  int64_t fma_per_step(int64_t rows) const { return rows * (C + K) * G * H; }
 
+  // x: the step's rows of the input [rows, C], where the input product is joined.
   template <typename Epi>
-  void run(int64_t rows, const S* a, int64_t lda, const Epi& epi, int64_t task) const {
+  void run(int64_t rows, const S* a, int64_t lda, const Epi& epi, int64_t task,
+           const amx::bf16* x = nullptr) const {
     using V = Vec<S>;
     if constexpr (kAmxCapable<S>) {
-      if (tiles) return run_amx(rows, a, lda, epi, task);
+      if (tiles) return run_amx(rows, a, lda, x, epi, task);
     }
     if (packed) {
       const int64_t nrb = ceil_div<int64_t>(rows, kRowBlock);
@@ -421,22 +444,28 @@ struct Recurrent {
     }
   }
 
-  // Panels [p0, p1) of the task: h staged in bfloat16 once, then per pair of
-  // 16-row blocks (each tile of W serving both) and panel, the tile products
-  // for its NV vectors and the epilogue of each row on the result tiles. The
-  // epilogue of a pair and panel runs in among the tile instructions of the
-  // next one (amx::Interleave), from the other half of a double buffer.
+  // Panels [p0, p1) of the task: h (after x, where the input product is
+  // joined) staged in bfloat16 once, then per pair of 16-row blocks (each tile
+  // of W serving both) and panel, the tile products for its NV vectors and the
+  // epilogue of each row on the result tiles. The epilogue of a pair and panel
+  // runs in among the tile instructions of the next one (amx::Interleave),
+  // from the other half of a double buffer.
   template <typename Epi>
-  void run_amx(int64_t rows, const S* a, int64_t lda, const Epi& epi, int64_t task) const {
+  void run_amx(int64_t rows, const S* a, int64_t lda, const amx::bf16* x, const Epi& epi,
+               int64_t task) const {
     using V = Vec<S>;
     constexpr int64_t TR = amx::kTileRows, TC = amx::kTileCols, TT = TR * TC;
     const int64_t per = ceil_div<int64_t>(panels(), amx_tasks);
     const int64_t p0 = task * per, p1 = std::min<int64_t>(panels(), p0 + per);
     if (p0 >= p1) return;
-    const int64_t ts = amx::tile_size(K), bs = amx::block_size(K), nrb = ceil_div(rows, TR);
-    amx::bf16* st = amx::staging(K, nrb);
-    for (int64_t i = 0; i < nrb; ++i)
-      amx::stage(a + i * TR * lda, lda, std::min<int64_t>(TR, rows - i * TR), K, st + i * bs);
+    const int64_t K2 = kt();
+    const int64_t ts = amx::tile_size(K2), bs = amx::block_size(K2), nrb = ceil_div(rows, TR);
+    amx::bf16* st = amx::staging(K2, nrb);
+    for (int64_t i = 0; i < nrb; ++i) {
+      const int64_t r = std::min<int64_t>(TR, rows - i * TR);
+      if (wxb) amx::stage(x + i * TR * C, C, r, C, st + i * bs, K2);
+      amx::stage(a + i * TR * lda, lda, r, K, st + i * bs + kx, K2);
+    }
     // [buffer][block of the pair]: the results of a pair and panel.
     alignas(64) S out[2][2][NV * TT];
     // The pair and panel whose results wait in out[buf] for their epilogue:
@@ -470,12 +499,12 @@ struct Recurrent {
           constexpr int halves = (NV + 1) / 2;
           for (int v = 0; v < NV; v += 2) {
             work.end = done.items * (v / 2 + 1) / halves;
-            amx::product2(st + i * bs, st + (i + 1) * bs, K, b + v, std::min(2, NV - v),
+            amx::product2(st + i * bs, st + (i + 1) * bs, K2, b + v, std::min(2, NV - v),
                           o0 + v * TT, out[buf][1] + v * TT, &work);
           }
         } else {
           work.end = done.items;
-          amx::product(st + i * bs, K, b, NV, o0, &work);
+          amx::product(st + i * bs, K2, b, NV, o0, &work);
         }
         done = Done{i, p, (pair ? 2 : 1) * TR, buf};
         buf ^= 1;
@@ -723,6 +752,9 @@ struct InputProjection {
   // second thread idle: GRUCell N=64 H=256, bfloat16, 2 threads as slow as 1).
   static constexpr int64_t kAmxTaskRows = 64, kAmxMinRowTasks = 4, kAmxTaskColTiles = 8;
   int64_t C = 0, GH = 0, H = 0, max_rows = 0;
+  // The product joined to the recurrent one (see joins()): no Gx, no tasks;
+  // a step's pre-activations are its recurrent sums plus the biases.
+  bool joined = false;
   const S* x = nullptr;
   WeightT<S> w;
   int64_t* order = nullptr;  // [panels of W_ih], with more than one gate block
@@ -732,41 +764,58 @@ struct InputProjection {
   S* bias = nullptr;  // [GH], folded biases
   S* gx = nullptr;    // [max_rows, GH]
 
-  void plan(Arena& arena, const SeqForwardArgs<S>& a, int64_t GH_, BlasGemm<S> blas) {
+  // The cells whose recurrent product can take the input one call this with
+  // join = joins(a), and then pass Recurrent::plan xb and wb.
+  void plan(Arena& arena, const SeqForwardArgs<S>& a, int64_t GH_, BlasGemm<S> blas,
+            bool join = false) {
     const SeqLayout& seq = a.seq;
     x = a.x;
     C = a.C;
     GH = GH_;
     H = a.H;
-    max_rows = max_of(seq.N, kChunkMinRows, kChunkBytes / static_cast<int64_t>(GH * sizeof(S)));
+    joined = join;
+    max_rows = joined ? total_rows(seq)
+                      : max_of(seq.N, kChunkMinRows, kChunkBytes / static_cast<int64_t>(GH * sizeof(S)));
     max_rows = std::max<int64_t>(1, std::min<int64_t>(max_rows, total_rows(seq)));
     if (kAmxCapable<S> && a.x_bf16) {
       xb = a.x_bf16;
       wb = a.w_ih_bf16;
-      tiles = arena.take<amx::bf16>(amx::col_tiles(GH) * amx::tile_size(C));
+      if (!joined) tiles = arena.take<amx::bf16>(amx::col_tiles(GH) * amx::tile_size(C));
     } else {
       w.plan(arena, a.pack, a.w_ih, GH, C, total_rows(seq), blas);
       if (w.packs && GH > H) order = arena.take<int64_t>(panels());
     }
     bias = arena.take<S>(GH);
-    gx = arena.take<S>(max_rows * GH);
+    if (!joined) gx = arena.take<S>(max_rows * GH);
+  }
+  // Whether the input product joins the recurrent one, K = C + H in one tile
+  // product per step ([x | h] against [W_ih | W_hh]): on the dot engine, where
+  // the products of a step run at the rate of the large GEMM (AVX512-BF16,
+  // Zen 5: 265-275 G multiply-adds/s either way), and the Gx written and read
+  // back and the GEMM's own epilogue were the difference (LSTM bfloat16 T=100
+  // N=64 C=H=256 inference, one thread: bench/results bf16.md). Not on tiles,
+  // whose input GEMM is far faster than a step's product.
+  static bool joins(const SeqForwardArgs<S>& a) {
+    return kAmxCapable<S> && a.x_bf16 && amx::in_use() == amx::Engine::kDot;
   }
   int64_t panels() const { return ceil_div<int64_t>(GH, PanelGemm<S>::NR); }
   void prepare(const Parallel& par) const {
+    if (joined) return;
     if (order) order_panels(par.max_threads > 1);
     if (!tiles) return w.prepare(par);
     const int64_t ts = amx::tile_size(C);
     par(amx::col_tiles(GH), grain_for_moves(C * amx::kTileCols),
         [&](int64_t jb, int64_t je) { amx::pack(wb, GH, C, C, tiles, ts, jb, je); });
   }
-  // Multiply-adds of `rows` rows.
-  int64_t fma(int64_t rows) const { return rows * C * GH; }
+  // Multiply-adds of `rows` rows (none of its own where joined).
+  int64_t fma(int64_t rows) const { return joined ? 0 : rows * C * GH; }
   int64_t amx_col_groups(int64_t rows) const {
     return ceil_div<int64_t>(rows, kAmxTaskRows) >= kAmxMinRowTasks
                ? 1
                : ceil_div<int64_t>(amx::col_tiles(GH), kAmxTaskColTiles);
   }
   int64_t tasks(int64_t rows) const {
+    if (joined) return 0;
     return tiles ? ceil_div<int64_t>(rows, kAmxTaskRows) * amx_col_groups(rows) : w.tasks(rows);
   }
   // Panels by (unit, gate) of their first column, or in gate order. The
@@ -807,8 +856,11 @@ struct InputProjection {
                 tiles, gx + r0 * GH, GH, bias, j0, j1);
     }
   }
-  // Pre-activations of global row r, in the chunk that starts at row0.
-  const S* row(int64_t r, int64_t row0) const { return gx + (r - row0) * GH; }
+  // What the epilogue adds to the recurrent sums of global row r, in the chunk
+  // that starts at row0: its pre-activations, or where joined the biases.
+  const S* row(int64_t r, int64_t row0) const { return joined ? bias : gx + (r - row0) * GH; }
+  // The input rows of a step that starts at global row r, for a joined product.
+  const amx::bf16* step_x(int64_t r) const { return joined ? xb + r * C : nullptr; }
 };
 
 // bias[j] = b_ih[j] + b_hh[j] for j in [j0, j1) (either may be null).
@@ -1313,9 +1365,10 @@ void lstm_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& 
 
   const int64_t R = total_rows(seq);
   InputProjection<S> xproj;
-  xproj.plan(arena, a, GH, blas);
+  const bool join = InputProjection<S>::joins(a);
+  xproj.plan(arena, a, GH, blas, join);
   Recurrent<S, G, U> rec;
-  rec.plan(arena, a.pack, a.w_hh, H, P, N, R, blas, a.w_hh_bf16);
+  rec.plan(arena, a.pack, a.w_hh, H, P, N, R, blas, a.w_hh_bf16, join ? a.w_ih_bf16 : nullptr, a.C);
   WeightT<S> whr;
   if (proj) whr.plan(arena, a.pack, a.w_hr, P, H, R, blas);
   HiddenState<S> hs;
@@ -1392,7 +1445,7 @@ void lstm_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& 
             cells.store(c_new, i * H + u0, cnt);
           }
         };
-        rec.run(st.rows, hs.prev(s), P, epi, task);
+        rec.run(st.rows, hs.prev(s), P, epi, task, xproj.step_x(st.offset));
       },
       step_threads(par, blas, seq.T, N, xproj.fma(N), rec), par);
   hs.finish(seq, output_rows(a, 0));
@@ -1940,9 +1993,11 @@ void rnn_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& p
   const int64_t N = seq.N, H = a.H;
 
   InputProjection<S> xproj;
-  xproj.plan(arena, a, H, blas);
+  const bool join = InputProjection<S>::joins(a);
+  xproj.plan(arena, a, H, blas, join);
   Recurrent<S, 1, U> rec;
-  rec.plan(arena, a.pack, a.w_hh, H, H, N, total_rows(seq), blas, a.w_hh_bf16);
+  rec.plan(arena, a.pack, a.w_hh, H, H, N, total_rows(seq), blas, a.w_hh_bf16,
+           join ? a.w_ih_bf16 : nullptr, a.C);
   HiddenState<S> hs;
   hs.plan(arena, seq, H);
   Schedule sched;
@@ -1976,7 +2031,7 @@ void rnn_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& p
             h_new.store(hn_state + i * H + u0, cnt);
           }
         };
-        rec.run(st.rows, hs.prev(s), H, epi, task);
+        rec.run(st.rows, hs.prev(s), H, epi, task, xproj.step_x(st.offset));
       },
       step_threads(par, blas, seq.T, N, xproj.fma(N), rec), par);
   hs.finish(seq, output_rows(a, 0));
