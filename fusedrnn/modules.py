@@ -51,6 +51,23 @@ def _permute(hx, permutation):
     return hx.index_select(1, permutation)
 
 
+class _FlatWeights(list):
+    """What a module's ``_flat_weights`` returns: a list whose item assignment
+    (``m._flat_weights[i] = w``, as weight-drop wrappers write it) assigns the
+    whole list to the module, since torch.nn's forward runs on what its list
+    holds."""
+
+    __slots__ = ("_module",)
+
+    def __init__(self, module, weights):
+        super().__init__(weights)
+        self._module = module
+
+    def __setitem__(self, index, value):
+        super().__setitem__(index, value)
+        self._module._flat_weights = list(self)
+
+
 class _RNNBase(nn.Module):
     """Shared parts of LSTM, GRU and RNN, following torch.nn.RNNBase."""
 
@@ -172,7 +189,7 @@ class _RNNBase(nn.Module):
     @property
     def _flat_weights(self) -> List[Optional[Tensor]]:
         get = self._weight_getter()
-        return [get(name, None) for name in self._flat_weights_names]
+        return _FlatWeights(self, [get(name, None) for name in self._flat_weights_names])
 
     @_flat_weights.setter
     def _flat_weights(self, weights: List[Optional[Tensor]]) -> None:

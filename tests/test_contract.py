@@ -307,6 +307,46 @@ def test_weight_drop_style_reassignment_matches_torch_nn(name, kw):
 
 
 @pytest.mark.parametrize("name,kw", CONFIGS, ids=IDS)
+def test_flat_weights_item_assignment_matches_torch_nn(name, kw):
+    # Weight-drop wrappers that write into the list: fastai's WeightDropout
+    # puts the dropped weight in _parameters and the list item; others assign
+    # the item alone. torch.nn's forward runs on its list, and keeps the item
+    # through _update_flat_weights (no attribute changed).
+    def fastai_drop(m, name):
+        raw = m._parameters.pop(name)
+        m.register_parameter(name + "_raw", raw)
+        m._parameters[name] = torch.nn.functional.dropout(raw, 0.5)
+        m._flat_weights[m._flat_weights_names.index(name)] = m._parameters[name]
+
+    def item_half(m, name):
+        i = m._flat_weights_names.index(name)
+        m._flat_weights[i] = m._flat_weights[i] * 0.5
+
+    x = torch.randn(6, 3, 5, dtype=torch.float64)
+    x = x.transpose(0, 1) if kw.get("batch_first") else x
+    for drop in (fastai_drop, item_half):
+        torch.manual_seed(0)
+        ref = getattr(nn, name)(5, 4, **kw).double()
+        fused = getattr(fusedrnn, name)(5, 4, **kw).double()
+        fused.load_state_dict(ref.state_dict())
+        plain = ref(x)[0].detach()
+        outs = []
+        for m in (ref, fused):
+            torch.manual_seed(1)
+            drop(m, "weight_hh_l0")
+            out = m(x)[0]
+            (out * out).sum().backward()
+            m._update_flat_weights()
+            outs.append((out, m(x)[0], {n: p.grad for n, p in m.named_parameters() if p.is_leaf}))
+        (want, want_again, want_grads), (got, got_again, got_grads) = outs
+        assert not torch.equal(want, plain), drop.__name__
+        torch.testing.assert_close(got, want)
+        torch.testing.assert_close(got_again, want_again)
+        for n in want_grads:
+            torch.testing.assert_close(got_grads[n], want_grads[n], msg=n)
+
+
+@pytest.mark.parametrize("name,kw", CONFIGS, ids=IDS)
 def test_flat_weights_assigned_over_held_parameters_match_torch_nn(name, kw):
     # Recurrent DropConnect as subclasses of torch.nn's modules write it: the
     # list is assigned with dropout applied to weight_hh_l*, while the module
