@@ -221,8 +221,8 @@ BF16_ENGINES = ("amx", "avx512-bf16")
 
 @pytest.mark.skipif(_bf16_products() not in BF16_ENGINES,
                     reason="this CPU (or build) has neither AMX-BF16 nor AVX512-BF16 products")
-@pytest.mark.parametrize("shape", [(6, 70, 45, 40), (20, 70, 64, 64), (3, 40, 45, 72)],
-                         ids=["tails", "long", "short"])
+@pytest.mark.parametrize("shape", [(6, 70, 45, 40), (20, 70, 64, 64), (3, 40, 45, 72), (5, 37, 45, 48)],
+                         ids=["tails", "long", "short", "joined"])
 @pytest.mark.parametrize("packed", [False, True], ids=["strided", "packed"])
 @pytest.mark.parametrize("variant", list(SEQ_ALL))
 def test_amx_bfloat16_matches_reference(variant, packed, shape, monkeypatch):
@@ -237,9 +237,12 @@ def test_amx_bfloat16_matches_reference(variant, packed, shape, monkeypatch):
     # (120), fewer than the input projection's tasks want: they split the
     # columns too, into groups of 8 tiles and a partial one (H = 72 is 4.5
     # tiles a gate), where the projection runs apart (on tiles; the GRU on the
-    # dot products, where the LSTM and the RNN join it to each step's product,
-    # [x | h] against [W_ih | W_hh]: K = 45 + 72, both parts partial). Both
-    # directions, two layers. On
+    # dot products). "joined" is a shape where the LSTM and the RNN join it to
+    # each step's product on the dot products, [x | h] against [W_ih | W_hh]
+    # (K = 45 + 48, both parts partial), with steps of 37 rows (a pair of
+    # blocks and 5 rows, fewer when packed: the dot products multiply only a
+    # block's own rows), and the RNN's 48 units 3 tiles of its 4-tile panel
+    # (the fourth not multiplied). Both directions, two layers. On
     # one thread and on two (tasks split panels and rows; no sum changes), and
     # against the float32 path, whose h is not rounded to bfloat16 between
     # steps.
@@ -272,7 +275,7 @@ def _check_bfloat16_products(variant, packed, shape, monkeypatch):
     assert_matches_reference(m, *build(**{k: v.to(torch.bfloat16) for k, v in leaves.items()}))
 
 
-@pytest.mark.parametrize("hidden", [40, 72])
+@pytest.mark.parametrize("hidden", [40, 48, 72])
 @pytest.mark.parametrize("kind", ["LSTMCell", "GRUCell", "RNNCell"])
 def test_amx_bfloat16_cell_matches_reference(kind, hidden, monkeypatch):
     if _bf16_products() not in BF16_ENGINES:
@@ -281,10 +284,10 @@ def test_amx_bfloat16_cell_matches_reference(kind, hidden, monkeypatch):
         with pytest.raises(RuntimeError, match="FUSEDRNN_CPU_AMX=always, but this CPU"):
             cell(torch.randn(2, 3, dtype=torch.bfloat16))
         return
-    # 21 rows: one block of rows, so the input projection's tasks split the
-    # gate columns into groups of 8 tiles where it runs apart (LSTM H=40: 10
-    # tiles; H=72: LSTM 18, GRU 14), and the joined product of the dot engine
-    # (LSTM, RNN) stages [x | h] with both parts partial (C=45).
+    # 21 rows: a block and 5 rows, so the input projection's tasks split the
+    # gate columns into groups of 8 tiles (LSTM H=40: 10 tiles; H=72: LSTM 18,
+    # GRU 14); at H=48 the LSTM and the RNN join it to the recurrent product on
+    # the dot products ([x | h], both parts partial: C=45).
     torch.manual_seed(0)
     cell = getattr(fusedrnn, kind)(45, hidden).to(torch.bfloat16)
     leaves = cell_leaves(kind == "LSTMCell", 21, True, 45, hidden, 5)

@@ -89,13 +89,15 @@ struct Interleave {
 };
 
 // out[t] (16 x 16 float32, at out + t * 256) = staged A x tile b[t], t < nt <= kMaxTiles.
+// Rows [0, rows) of out are the block's; the dot engine computes only those
+// (a step of one row multiplies one), and the rest of out is undefined.
 void product(const bf16* a, int64_t K, const bf16* const* b, int nt, float* out,
-             Interleave* work = nullptr);
+             Interleave* work = nullptr, int rows = kTileRows);
 
 // The same for two staged blocks of A sharing each tile of W (nt <= 2): out0[t]
-// = a0 x b[t], out1[t] = a1 x b[t].
+// = a0 x b[t], out1[t] = a1 x b[t]; the first block whole, rows1 rows of the second.
 void product2(const bf16* a0, const bf16* a1, int64_t K, const bf16* const* b, int nt,
-              float* out0, float* out1, Interleave* work = nullptr);
+              float* out0, float* out1, Interleave* work = nullptr, int rows1 = kTileRows);
 
 // Column tiles [j0, j1) of C[M, N] (row stride ldc) = A[M, K] (bfloat16, row
 // stride lda) W^T + bias (bias [N] or null), W [N, K] packed with stride

@@ -216,19 +216,37 @@ inline void dot_rows(const bf16* a, int64_t lda, int64_t kb, const bf16* const* 
       _mm512_storeu_ps(out + t * kTileRows * kTileCols + (r0 + r) * kTileCols, acc[r][t]);
 }
 
+// dot_rows<NT, n> for a run-time n in [R, RMAX].
+template <int NT, int R, int RMAX>
+inline void dot_rows_n(int n, const bf16* a, int64_t lda, int64_t kb, const bf16* const* b,
+                       float* out, int r0) {
+  if constexpr (R < RMAX) {
+    if (n != R) return dot_rows_n<NT, R + 1, RMAX>(n, a, lda, kb, b, out, r0);
+  }
+  dot_rows<NT, R>(a, lda, kb, b, out, r0);
+}
+
+// Rows [0, rows) of the block, so that a partial block (a step of a few rows)
+// multiplies only its own: with 2 to 4 tiles, in as few runs of at most RB
+// rows as there can be, of even sizes (8 rows with 4 tiles: 4 + 4, 16
+// accumulators each, where 6 + 2 left the second run 8, too few chains to
+// cover the instruction's latency); with one tile, runs of 16, 8, 4, 2, 1.
 template <int NT>
 inline void product_dot(const bf16* a, int64_t kb, const bf16* const* b, float* out,
-                        Interleave* w) {
+                        Interleave* w, int rows) {
   const int64_t lda = kb * kTileK;
-  if constexpr (NT == 4) {
-    dot_rows<4, 6>(a, lda, kb, b, out, 0);
-    dot_rows<4, 6>(a, lda, kb, b, out, 6);
-    dot_rows<4, 4>(a, lda, kb, b, out, 12);
-  } else if constexpr (NT >= 2) {
-    dot_rows<NT, 8>(a, lda, kb, b, out, 0);
-    dot_rows<NT, 8>(a, lda, kb, b, out, 8);
+  if constexpr (NT == 1) {
+    int r = 0;
+    for (int run = 16; run >= 1; run /= 2)
+      for (; rows - r >= run; r += run) dot_rows_n<1, 1, 16>(run, a, lda, kb, b, out, r);
   } else {
-    dot_rows<1, 16>(a, lda, kb, b, out, 0);
+    constexpr int RB = NT == 4 ? 6 : 8;
+    const int runs = (rows + RB - 1) / RB;
+    for (int k = 0, r = 0; k < runs; ++k) {
+      const int n = rows / runs + (k < rows % runs ? 1 : 0);
+      dot_rows_n<NT, 1, RB>(n, a, lda, kb, b, out, r);
+      r += n;
+    }
   }
   if (w)
     for (; w->next < w->end; ++w->next) w->fn(w->ctx, w->next);
@@ -323,10 +341,10 @@ void end() {
 }
 
 void product2(const bf16* a0, const bf16* a1, int64_t K, const bf16* const* b, int nt,
-              float* out0, float* out1, Interleave* work) {
+              float* out0, float* out1, Interleave* work, int rows1) {
   if (!on_tiles()) {
     product(a0, K, b, nt, out0, nullptr);
-    return product(a1, K, b, nt, out1, work);
+    return product(a1, K, b, nt, out1, work, rows1);
   }
   const int64_t kb = k_blocks(K);
   if (nt > 1)
@@ -336,14 +354,14 @@ void product2(const bf16* a0, const bf16* a1, int64_t K, const bf16* const* b, i
 }
 
 void product(const bf16* a, int64_t K, const bf16* const* b, int nt, float* out,
-             Interleave* work) {
+             Interleave* work, int rows) {
   const int64_t kb = k_blocks(K);
   if (!on_tiles()) {
     switch (nt) {
-      case 1: return product_dot<1>(a, kb, b, out, work);
-      case 2: return product_dot<2>(a, kb, b, out, work);
-      case 3: return product_dot<3>(a, kb, b, out, work);
-      default: return product_dot<4>(a, kb, b, out, work);
+      case 1: return product_dot<1>(a, kb, b, out, work, rows);
+      case 2: return product_dot<2>(a, kb, b, out, work, rows);
+      case 3: return product_dot<3>(a, kb, b, out, work, rows);
+      default: return product_dot<4>(a, kb, b, out, work, rows);
     }
   }
   switch (nt) {
@@ -377,7 +395,7 @@ void gemm_tiles(int64_t M, int64_t N, int64_t K, const A* a, int64_t lda, const 
     for (int64_t i = 0; i < nrb; ++i) {
       const int64_t r0 = i * kTileRows;
       const int64_t rr = std::min<int64_t>(kTileRows, M - r0);
-      product(st + i * bs, K, b, nt, out);
+      product(st + i * bs, K, b, nt, out, nullptr, static_cast<int>(rr));
       for (int t = 0; t < nt; ++t) {
         const int64_t n0 = (jg + t) * kTileCols;
         const int64_t n = std::min<int64_t>(kTileCols, N - n0);
@@ -534,9 +552,9 @@ void stage(const float*, int64_t, int64_t, int64_t, bf16*, int64_t) { std::abort
 void stage(const bf16*, int64_t, int64_t, int64_t, bf16*, int64_t) { std::abort(); }
 void begin() { std::abort(); }
 void end() { std::abort(); }
-void product(const bf16*, int64_t, const bf16* const*, int, float*, Interleave*) { std::abort(); }
+void product(const bf16*, int64_t, const bf16* const*, int, float*, Interleave*, int) { std::abort(); }
 void product2(const bf16*, const bf16*, int64_t, const bf16* const*, int, float*, float*,
-              Interleave*) {
+              Interleave*, int) {
   std::abort();
 }
 void gemm(int64_t, int64_t, int64_t, const bf16*, int64_t, const bf16*, float*, int64_t,

@@ -474,11 +474,21 @@ struct Recurrent {
       int64_t i, p, items;
       int buf;
     } done{0, 0, 0, 0};
+    // Tile v = g * U + u of panel p holds units below H where u < live(p): the
+    // last panel's others are not multiplied (an RNN at H=32 is half of its
+    // one panel), and their vectors reach the epilogue as zeros.
+    static_assert(U == 1 || U % 2 == 0, "a pair of tiles in one gate, or one unit block a gate");
+    const auto live = [&](int64_t p) {
+      return static_cast<int>(std::min<int64_t>(U, ceil_div<int64_t>(H - p * U * L, L)));
+    };
+    const auto block_rows = [&](int64_t i) { return static_cast<int>(std::min<int64_t>(TR, rows - i * TR)); };
     auto row = [&](int64_t j) {
       const int64_t h = j / TR, r = j % TR, gr = (done.i + h) * TR + r;
       if (gr >= rows) return;
+      const int lu = live(done.p);
       V acc[NV];
-      for (int v = 0; v < NV; ++v) acc[v] = V::loadu(out[done.buf][h] + v * TT + r * TC);
+      for (int v = 0; v < NV; ++v)
+        acc[v] = v % U < lu ? V::loadu(out[done.buf][h] + v * TT + r * TC) : V(S(0));
       epi(gr, done.p, acc);
     };
     using Row = decltype(row);
@@ -495,17 +505,21 @@ struct Recurrent {
           for (int u = 0; u < U; ++u) b[g * U + u] = tiles + ((p * U + u) * G + g) * ts;
         work.next = 0;
         S* o0 = out[buf][0];
+        const int lu = live(p);
         if (pair) {
           constexpr int halves = (NV + 1) / 2;
           for (int v = 0; v < NV; v += 2) {
             work.end = done.items * (v / 2 + 1) / halves;
-            amx::product2(st + i * bs, st + (i + 1) * bs, K2, b + v, std::min(2, NV - v),
-                          o0 + v * TT, out[buf][1] + v * TT, &work);
+            const int nt = U == 1 ? std::min(2, NV - v) : std::clamp(lu - v % U, 0, 2);
+            if (nt > 0)
+              amx::product2(st + i * bs, st + (i + 1) * bs, K2, b + v, nt, o0 + v * TT,
+                            out[buf][1] + v * TT, &work, block_rows(i + 1));
           }
         } else {
           work.end = done.items;
-          amx::product(st + i * bs, K2, b, NV, o0, &work);
+          amx::product(st + i * bs, K2, b, G == 1 ? lu : NV, o0, &work, block_rows(i));
         }
+        for (; work.next < work.end; ++work.next) work.fn(work.ctx, work.next);
         done = Done{i, p, (pair ? 2 : 1) * TR, buf};
         buf ^= 1;
       }
@@ -580,7 +594,9 @@ inline int backward_threads(const Parallel& par, BlasGemm<S> blas, int64_t H, in
 // as many as the most tasks a step has: an RNN at H=64 is one panel of 64 units,
 // and with N=64 one row block, so a second thread only waited (2 threads 0.79 ms
 // against 1 thread's 0.52, T=100, AMD Zen 5). AMX products split into that many
-// tasks.
+// tasks; at most one a panel where they are all the pass runs (the input
+// product joined: input_fma 0), so that a single panel (LSTM C=512 H=16 N=32 on
+// the dot products, 0.61 ms on 2 threads, 0.58 on 1) keeps one thread.
 template <typename S, typename... Rec>
 int step_threads(const Parallel& par, BlasGemm<S> blas, int64_t steps, int64_t rows,
                  int64_t input_fma, Rec&... recs) {
@@ -589,6 +605,8 @@ int step_threads(const Parallel& par, BlasGemm<S> blas, int64_t steps, int64_t r
   int threads = threads_for(par, blas, fma, steps, amx);
   if (!amx)
     threads = static_cast<int>(std::clamp<int64_t>(std::max({recs.tasks(rows)...}), 1, threads));
+  else if (input_fma == 0)
+    threads = static_cast<int>(std::clamp<int64_t>(std::max({recs.panels()...}), 1, threads));
   ((recs.amx_tasks = std::min<int64_t>(recs.panels(), threads)), ...);
   return threads;
 }
@@ -794,9 +812,19 @@ struct InputProjection {
   // Zen 5: 265-275 G multiply-adds/s either way), and the Gx written and read
   // back and the GEMM's own epilogue were the difference (LSTM bfloat16 T=100
   // N=64 C=H=256 inference, one thread: bench/results bf16.md). Not on tiles,
-  // whose input GEMM is far faster than a step's product.
+  // whose input GEMM is far faster than a step's product. Nor where a gate's
+  // units fill their 16-wide tiles less well than the GEMM's columns do: the
+  // joined product pads each gate's H to a multiple of 16 over C as well, and
+  // more than H/16 of padding (LSTM H=40: 48 a gate, 20% more over C) costs
+  // more than the join saves (about 8%). Nor below a block of 16 rows a step,
+  // where the step's products, a few rows against each vector of W, run far
+  // below the rate of the GEMM over all steps' rows (T=50, one thread, joined
+  // against apart: LSTM C=1024 H=256 N=1 1.37 ms against 0.53, N=4 1.48
+  // against 1.22, N=8 0.96-1.08 of the time over LSTM and RNN shapes; N=24
+  // and 40 joined 1.02-1.14x faster).
   static bool joins(const SeqForwardArgs<S>& a) {
-    return kAmxCapable<S> && a.x_bf16 && amx::in_use() == amx::Engine::kDot;
+    return kAmxCapable<S> && a.x_bf16 && amx::in_use() == amx::Engine::kDot &&
+           amx::col_tiles(a.H) * amx::kTileCols * 16 <= a.H * 17 && a.seq.N >= amx::kTileRows;
   }
   int64_t panels() const { return ceil_div<int64_t>(GH, PanelGemm<S>::NR); }
   void prepare(const Parallel& par) const {
