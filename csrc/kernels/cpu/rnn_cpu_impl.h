@@ -472,8 +472,8 @@ struct Recurrent {
     // item j is row j % TR of block i + j / TR.
     struct Done {
       int64_t i, p, items;
-      int buf;
-    } done{0, 0, 0, 0};
+      int buf, live;
+    } done{0, 0, 0, 0, U};
     // Tile v = g * U + u of panel p holds units below H where u < live(p): the
     // last panel's others are not multiplied (an RNN at H=32 is half of its
     // one panel), and their vectors reach the epilogue as zeros.
@@ -485,10 +485,10 @@ struct Recurrent {
     auto row = [&](int64_t j) {
       const int64_t h = j / TR, r = j % TR, gr = (done.i + h) * TR + r;
       if (gr >= rows) return;
-      const int lu = live(done.p);
       V acc[NV];
       for (int v = 0; v < NV; ++v)
-        acc[v] = v % U < lu ? V::loadu(out[done.buf][h] + v * TT + r * TC) : V(S(0));
+        acc[v] = U == 1 || v % U < done.live ? V::loadu(out[done.buf][h] + v * TT + r * TC)
+                                             : V(S(0));
       epi(gr, done.p, acc);
     };
     using Row = decltype(row);
@@ -520,7 +520,7 @@ struct Recurrent {
           amx::product(st + i * bs, K2, b, G == 1 ? lu : NV, o0, &work, block_rows(i));
         }
         for (; work.next < work.end; ++work.next) work.fn(work.ctx, work.next);
-        done = Done{i, p, (pair ? 2 : 1) * TR, buf};
+        done = Done{i, p, (pair ? 2 : 1) * TR, buf, lu};
         buf ^= 1;
       }
     }
