@@ -783,7 +783,8 @@ struct InputProjection {
   S* gx = nullptr;    // [max_rows, GH]
 
   // The cells whose recurrent product can take the input one call this with
-  // join = joins(a), and then pass Recurrent::plan xb and wb.
+  // join = joins(a), and then pass Recurrent::plan W_ih (wxb_) and run() the
+  // step's x (step_x()).
   void plan(Arena& arena, const SeqForwardArgs<S>& a, int64_t GH_, BlasGemm<S> blas,
             bool join = false) {
     const SeqLayout& seq = a.seq;
@@ -807,21 +808,20 @@ struct InputProjection {
     if (!joined) gx = arena.take<S>(max_rows * GH);
   }
   // Whether the input product joins the recurrent one, K = C + H in one tile
-  // product per step ([x | h] against [W_ih | W_hh]): on the dot engine, where
-  // the products of a step run at the rate of the large GEMM (AVX512-BF16,
-  // Zen 5: 265-275 G multiply-adds/s either way), and the Gx written and read
-  // back and the GEMM's own epilogue were the difference (LSTM bfloat16 T=100
-  // N=64 C=H=256 inference, one thread: bench/results bf16.md). Not on tiles,
-  // whose input GEMM is far faster than a step's product. Nor where a gate's
-  // units fill their 16-wide tiles less well than the GEMM's columns do: the
-  // joined product pads each gate's H to a multiple of 16 over C as well, and
-  // more than H/16 of padding (LSTM H=40: 48 a gate, 20% more over C) costs
-  // more than the join saves (about 8%). Nor below a block of 16 rows a step,
-  // where the step's products, a few rows against each vector of W, run far
-  // below the rate of the GEMM over all steps' rows (T=50, one thread, joined
-  // against apart: LSTM C=1024 H=256 N=1 1.37 ms against 0.53, N=4 1.48
-  // against 1.22, N=8 0.96-1.08 of the time over LSTM and RNN shapes; N=24
-  // and 40 joined 1.02-1.14x faster).
+  // product per step ([x | h] against [W_ih | W_hh]): on the dot engine, where a
+  // step's products run at 259-277 G multiply-adds/s (AVX512-BF16, Zen 5, peak
+  // about 275) and the separate GEMM, with its epilogue writing the Gx that the
+  // steps read back, at about 245 (LSTM bfloat16 T=100 N=64 C=H=256 inference,
+  // one thread: 16.0 ms apart, 14.8 joined). Not on tiles: not measured there (no
+  // AMX machine at hand). Nor where a gate's units fill their 16-wide tiles less
+  // well than the GEMM's columns do: the joined product pads each gate's H to a
+  // multiple of 16 over C as well, and more than H/16 of padding (LSTM H=40: 48 a
+  // gate, 20% more work over C) would cost more than the join saved at H=256
+  // (about 8%). Nor below a block of 16 rows a step, where the step's products, a
+  // few rows against each vector of W, run far below the rate of the GEMM over
+  // all steps' rows (T=50, one thread, joined against apart: LSTM C=1024 H=256
+  // N=1 1.37 ms against 0.53, N=4 1.48 against 1.22, N=8 0.96-1.08 of the time
+  // over LSTM and RNN shapes; N=24 and 40 joined 1.02-1.14x faster).
   static bool joins(const SeqForwardArgs<S>& a) {
     return kAmxCapable<S> && a.x_bf16 && amx::in_use() == amx::Engine::kDot &&
            amx::col_tiles(a.H) * amx::kTileCols * 16 <= a.H * 17 && a.seq.N >= amx::kTileRows;
