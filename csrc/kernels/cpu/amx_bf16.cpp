@@ -231,26 +231,20 @@ inline void dot_rows_n(int n, const bf16* a, int64_t lda, int64_t kb, const bf16
 }
 
 // Rows [0, rows) of the block, so that a partial block (a step of a few rows)
-// multiplies only its own: with 2 to 4 tiles, in as few runs of at most RB
-// rows as there can be, of even sizes (8 rows with 4 tiles: 4 + 4, 16
-// accumulators each, where 6 + 2 left the second run 8, too few chains to
-// cover the instruction's latency); with one tile, runs of 16, 8, 4, 2, 1.
+// multiplies only its own: in as few runs of at most RB rows (6 with 4 tiles,
+// 8 with 2 or 3, 16 with one) as there can be, of even sizes (8 rows with 4
+// tiles: 4 + 4, 16 accumulators each, where 6 + 2 left the second run 8, too
+// few chains to cover the instruction's latency).
 template <int NT>
 inline void product_dot(const bf16* a, int64_t kb, const bf16* const* b, float* out,
                         Interleave* w, int rows) {
+  constexpr int RB = NT == 4 ? 6 : NT >= 2 ? 8 : 16;
   const int64_t lda = kb * kTileK;
-  if constexpr (NT == 1) {
-    int r = 0;
-    for (int run = 16; run >= 1; run /= 2)
-      for (; rows - r >= run; r += run) dot_rows_n<1, 1, 16>(run, a, lda, kb, b, out, r);
-  } else {
-    constexpr int RB = NT == 4 ? 6 : 8;
-    const int runs = (rows + RB - 1) / RB;
-    for (int k = 0, r = 0; k < runs; ++k) {
-      const int n = rows / runs + (k < rows % runs ? 1 : 0);
-      dot_rows_n<NT, 1, RB>(n, a, lda, kb, b, out, r);
-      r += n;
-    }
+  const int runs = (rows + RB - 1) / RB;
+  for (int k = 0, r = 0; k < runs; ++k) {
+    const int n = rows / runs + (k < rows % runs ? 1 : 0);
+    dot_rows_n<NT, 1, RB>(n, a, lda, kb, b, out, r);
+    r += n;
   }
   if (w)
     for (; w->next < w->end; ++w->next) w->fn(w->ctx, w->next);

@@ -460,11 +460,13 @@ struct Recurrent {
     if (p0 >= p1) return;
     const int64_t K2 = kt();
     const int64_t ts = amx::tile_size(K2), bs = amx::block_size(K2), nrb = ceil_div(rows, TR);
+    const auto block_rows = [&](int64_t i) {
+      return static_cast<int>(std::min<int64_t>(TR, rows - i * TR));
+    };
     amx::bf16* st = amx::staging(K2, nrb);
     for (int64_t i = 0; i < nrb; ++i) {
-      const int64_t r = std::min<int64_t>(TR, rows - i * TR);
-      if (wxb) amx::stage(x + i * TR * C, C, r, C, st + i * bs, K2);
-      amx::stage(a + i * TR * lda, lda, r, K, st + i * bs + kx, K2);
+      if (wxb) amx::stage(x + i * TR * C, C, block_rows(i), C, st + i * bs, K2);
+      amx::stage(a + i * TR * lda, lda, block_rows(i), K, st + i * bs + kx, K2);
     }
     // [buffer][block of the pair]: the results of a pair and panel.
     alignas(64) S out[2][2][NV * TT];
@@ -481,7 +483,6 @@ struct Recurrent {
     const auto live = [&](int64_t p) {
       return static_cast<int>(std::min<int64_t>(U, ceil_div<int64_t>(H - p * U * L, L)));
     };
-    const auto block_rows = [&](int64_t i) { return static_cast<int>(std::min<int64_t>(TR, rows - i * TR)); };
     auto row = [&](int64_t j) {
       const int64_t h = j / TR, r = j % TR, gr = (done.i + h) * TR + r;
       if (gr >= rows) return;
@@ -595,8 +596,8 @@ inline int backward_threads(const Parallel& par, BlasGemm<S> blas, int64_t H, in
 // and with N=64 one row block, so a second thread only waited (2 threads 0.79 ms
 // against 1 thread's 0.52, T=100, AMD Zen 5). AMX products split into that many
 // tasks; at most one a panel where they are all the pass runs (the input
-// product joined: input_fma 0), so that a single panel (LSTM C=512 H=16 N=32 on
-// the dot products, 0.61 ms on 2 threads, 0.58 on 1) keeps one thread.
+// product joined), so that a single panel (LSTM C=512 H=16 N=32 on the dot
+// products, 0.61 ms on 2 threads, 0.58 on 1) keeps one thread.
 template <typename S, typename... Rec>
 int step_threads(const Parallel& par, BlasGemm<S> blas, int64_t steps, int64_t rows,
                  int64_t input_fma, Rec&... recs) {
@@ -605,7 +606,7 @@ int step_threads(const Parallel& par, BlasGemm<S> blas, int64_t steps, int64_t r
   int threads = threads_for(par, blas, fma, steps, amx);
   if (!amx)
     threads = static_cast<int>(std::clamp<int64_t>(std::max({recs.tasks(rows)...}), 1, threads));
-  else if (input_fma == 0)
+  else if (((recs.wxb != nullptr) || ...))
     threads = static_cast<int>(std::clamp<int64_t>(std::max({recs.panels()...}), 1, threads));
   ((recs.amx_tasks = std::min<int64_t>(recs.panels(), threads)), ...);
   return threads;
