@@ -295,6 +295,49 @@ def test_amx_bfloat16_cell_matches_reference(kind, hidden, monkeypatch):
     assert_matches_reference(cell, *args)
 
 
+@pytest.mark.skipif(_bf16_products() not in BF16_ENGINES,
+                    reason="this CPU (or build) has neither AMX-BF16 nor AVX512-BF16 products")
+@pytest.mark.parametrize("rows", [1, 2, 3, 5, 8])
+@pytest.mark.parametrize("kind", ["LSTMCell", "GRUCell", "RNNCell"])
+def test_bfloat16_cell_reads_weights_in_place(kind, rows, monkeypatch):
+    # On the dot products a call of at most 8 rows in all reads W_ih and W_hh
+    # in place (amx::gemm_nt) rather than packing them into tiles: 1, 2, 3, 5
+    # and 8 rows take every grouping of rows (4, 2, 1); K = 45 and 40 end in a
+    # partial vector of 32, and H = 40 in a partial group of 16 units. Against
+    # the reference, on one thread and on two. (Its sums differ from the packed
+    # products' in the order of their terms only, which rounding the results to
+    # bfloat16 hides: the two paths cannot be told apart by their outputs.)
+    monkeypatch.setenv("FUSEDRNN_CPU_AMX", "auto")
+    monkeypatch.setenv("FUSEDRNN_CPU_AMX_TILES", "never")
+    assert _bf16_products() == "avx512-bf16"
+    torch.manual_seed(0)
+    cell = getattr(fusedrnn, kind)(45, 40).to(torch.bfloat16)
+    leaves = cell_leaves(kind == "LSTMCell", rows, True, 45, 40, 5)
+    one, two = _on_one_and_two_threads(cell, cell_build, leaves, cell=True)
+    assert_all_close(two, one)
+    args = cell_build(**{k: v.to(torch.bfloat16) for k, v in leaves.items()})
+    assert_matches_reference(cell, *args)
+
+
+@pytest.mark.skipif(_bf16_products() not in BF16_ENGINES,
+                    reason="this CPU (or build) has neither AMX-BF16 nor AVX512-BF16 products")
+@pytest.mark.parametrize("shape", [(6, 70, 45, 40), (2, 3, 45, 48)], ids=["tails", "few-rows"])
+@pytest.mark.parametrize("packed", [False, True], ids=["strided", "packed"])
+@pytest.mark.parametrize("variant", list(SEQ_ALL))
+def test_bfloat16_sequence_reads_weights_in_place(variant, packed, shape, monkeypatch):
+    # FUSEDRNN_CPU_PACK=never: on the dot products every forward product reads
+    # its weight in place, the input projection over chunks of up to 70 rows
+    # (groups of 4 rows, then 2), each step's recurrent product over the step's
+    # rows (70 down to 1 when packed), both directions, two layers, one thread
+    # and two. "few-rows" is 6 rows in all, which reads in place without the
+    # setting too.
+    monkeypatch.setenv("FUSEDRNN_CPU_AMX", "auto")
+    monkeypatch.setenv("FUSEDRNN_CPU_AMX_TILES", "never")
+    assert _bf16_products() == "avx512-bf16"
+    monkeypatch.setenv("FUSEDRNN_CPU_PACK", "never")
+    _check_bfloat16_products(variant, packed, shape, monkeypatch)
+
+
 _ROUNDED_CASES = {
     "lstm": ("lstm", {"coupled": False, "peephole": False}),
     "lstm_peephole_coupled": ("lstm", {"coupled": True, "peephole": True}),

@@ -105,6 +105,13 @@ void product2(const bf16* a0, const bf16* a1, int64_t K, const bf16* const* b, i
 void gemm(int64_t M, int64_t N, int64_t K, const bf16* a, int64_t lda, const bf16* w, float* c,
           int64_t ldc, const float* bias, int64_t j0, int64_t j1);
 
+// Column tiles [j0, j1) of C[M, N] (row stride ldc) = A[M, K] W[N, K]^T + bias
+// (bias [N] or null) on the dot engine's instructions, A (row stride lda) and W
+// (row stride ldw) in bfloat16 read in place: for a product used once, of a few
+// rows, where packing W would cost more than the product (a cell call).
+void gemm_nt(int64_t M, int64_t N, int64_t K, const bf16* a, int64_t lda, const bf16* w,
+             int64_t ldw, float* c, int64_t ldc, const float* bias, int64_t j0, int64_t j1);
+
 // Column tiles [j0, j1) of C[M, N] (=, or += with accumulate) = A[M, K] (float32,
 // row stride lda, rounded to bfloat16) times W packed with stride tile_size(K).
 // Calls begin() and end() itself.

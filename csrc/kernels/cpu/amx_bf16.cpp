@@ -17,6 +17,8 @@
 #include <immintrin.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+
+#include "hsum512.h"
 #endif
 
 namespace fusedrnn::cpu::amx {
@@ -372,6 +374,92 @@ void product(const bf16* a, int64_t K, const bf16* const* b, int nt, float* out,
 
 namespace {
 
+// Rows [0, MR) of C (row stride ldc) = rows [0, MR) of A times rows [0, nw) of
+// W, transposed, + bias: MR * NW = 16 accumulators, accumulator i * NW + j over
+// the k-pairs of row i of A against row j of W (vdpbf16ps on 32 k at a time
+// from both rows), then one transposing reduction, whose lane i * NW + j is
+// C[i, j]. Rows of W past nw re-read row nw - 1; their sums are not stored.
+// The masked tail of K (zeros in both) starts the sums, and whole vectors
+// follow in one loop: with the tail after the loop, or a scalar epilogue, GCC
+// kept the accumulators in memory.
+template <int MR, int NW>
+inline void dot_nt_tile(int64_t K, const bf16* a, int64_t lda, const bf16* w, int64_t ldw,
+                        float* c, int64_t ldc, int64_t nw, const float* bias) {
+  static_assert(MR * NW == 16, "one vector of sums");
+  const bf16* wr[NW];
+  for (int j = 0; j < NW; ++j) wr[j] = w + std::min<int64_t>(j, nw - 1) * ldw;
+  const int64_t full = K / kTileK * kTileK;
+  const __mmask32 tail = full < K ? static_cast<__mmask32>((1u << (K - full)) - 1u) : 0;
+  __m512 acc[16];
+  {
+    __m512bh av[MR];
+    for (int i = 0; i < MR; ++i)
+      av[i] = reinterpret_cast<__m512bh>(_mm512_maskz_loadu_epi16(tail, a + i * lda + full));
+    for (int j = 0; j < NW; ++j) {
+      const __m512bh wv = reinterpret_cast<__m512bh>(_mm512_maskz_loadu_epi16(tail, wr[j] + full));
+      for (int i = 0; i < MR; ++i) acc[i * NW + j] = _mm512_dpbf16_ps(_mm512_setzero_ps(), av[i], wv);
+    }
+  }
+  for (int64_t k = 0; k < full; k += kTileK) {
+    __m512bh av[MR];
+    for (int i = 0; i < MR; ++i)
+      av[i] = reinterpret_cast<__m512bh>(_mm512_loadu_si512(a + i * lda + k));
+    for (int j = 0; j < NW; ++j) {
+      const __m512bh wv = reinterpret_cast<__m512bh>(_mm512_loadu_si512(wr[j] + k));
+      for (int i = 0; i < MR; ++i) acc[i * NW + j] = _mm512_dpbf16_ps(acc[i * NW + j], av[i], wv);
+    }
+  }
+  __m512 sums = hsum16(acc);
+  const __mmask16 row = static_cast<__mmask16>((1u << nw) - 1u);
+  if (bias) {
+    alignas(64) static constexpr int kCol[16] = {0 % NW,  1 % NW,  2 % NW,  3 % NW, 4 % NW,  5 % NW,
+                                                 6 % NW,  7 % NW,  8 % NW,  9 % NW, 10 % NW, 11 % NW,
+                                                 12 % NW, 13 % NW, 14 % NW, 15 % NW};
+    sums = _mm512_add_ps(sums, _mm512_permutexvar_ps(_mm512_load_si512(kCol),
+                                                     _mm512_maskz_loadu_ps(row, bias)));
+  }
+  // Lanes [i * NW, i * NW + nw), moved to the front, to row i.
+  for (int i = 0; i < MR; ++i)
+    _mm512_mask_storeu_ps(
+        c + i * ldc, row,
+        _mm512_maskz_compress_ps(static_cast<__mmask16>(row << (i * NW)), sums));
+}
+
+// dot_nt_tile over columns [0, n) of C, NW at a time.
+template <int MR, int NW>
+inline void dot_nt_rows(int64_t K, int64_t n, const bf16* a, int64_t lda, const bf16* w,
+                        int64_t ldw, float* c, int64_t ldc, const float* bias) {
+  for (int64_t j = 0; j < n; j += NW)
+    dot_nt_tile<MR, NW>(K, a, lda, w + j * ldw, ldw, c + j, ldc, std::min<int64_t>(NW, n - j),
+                        bias ? bias + j : nullptr);
+}
+
+}  // namespace
+
+// Per 16 columns (16 rows of W, read from L1 by every group of rows): groups
+// of 4 rows against 4 rows of W (8 loads for 16 vdpbf16ps), then a pair of rows
+// against 8, then a row against 16 (17 loads, the rate of a single row with
+// packed W too).
+void gemm_nt(int64_t M, int64_t N, int64_t K, const bf16* a, int64_t lda, const bf16* w,
+             int64_t ldw, float* c, int64_t ldc, const float* bias, int64_t j0, int64_t j1) {
+  for (int64_t jt = j0; jt < j1; ++jt) {
+    const int64_t c0 = jt * kTileCols, n = std::min<int64_t>(kTileCols, N - c0);
+    if (n <= 0) break;
+    const bf16* wj = w + c0 * ldw;
+    const float* bj = bias ? bias + c0 : nullptr;
+    int64_t i = 0;
+    for (; i + 4 <= M; i += 4)
+      dot_nt_rows<4, 4>(K, n, a + i * lda, lda, wj, ldw, c + i * ldc + c0, ldc, bj);
+    if (i + 2 <= M) {
+      dot_nt_rows<2, 8>(K, n, a + i * lda, lda, wj, ldw, c + i * ldc + c0, ldc, bj);
+      i += 2;
+    }
+    if (i < M) dot_nt_rows<1, 16>(K, n, a + i * lda, lda, wj, ldw, c + i * ldc + c0, ldc, bj);
+  }
+}
+
+namespace {
+
 // Column tiles [j0, j1) of C = A W (+ bias, or + C with accumulate). All of A
 // is staged first, so that each group of column tiles is read from memory once
 // and serves every block of rows from L1.
@@ -561,6 +649,10 @@ void gemm(int64_t, int64_t, int64_t, const bf16*, int64_t, const bf16*, float*, 
 }
 void gemm(int64_t, int64_t, int64_t, const float*, int64_t, const bf16*, float*, int64_t, bool,
           int64_t, int64_t) {
+  std::abort();
+}
+void gemm_nt(int64_t, int64_t, int64_t, const bf16*, int64_t, const bf16*, int64_t, float*,
+             int64_t, const float*, int64_t, int64_t) {
   std::abort();
 }
 void pack_kn(const float*, int64_t, int64_t, int64_t, bf16*, int64_t, int64_t, int64_t) {

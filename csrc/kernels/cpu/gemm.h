@@ -20,6 +20,9 @@
 #include "../common.h"
 #include "parallel.h"
 #include "vec_math.h"
+#if defined(CPU_CAPABILITY_AVX512)
+#include "hsum512.h"
+#endif
 
 namespace fusedrnn::cpu {
 inline namespace CPU_CAPABILITY {
@@ -459,33 +462,15 @@ void gemm_weight(int64_t M, int64_t N, int64_t K, const MatA<S>& A, const S* pac
 
 // Horizontal sums of L accumulators at once: out[q] = sum of the lanes of acc[q].
 // One transposing reduction (about 3 instructions per sum on AVX-512) instead of
-// L separate reductions (about 10 each).
-template <typename S>
-inline Vec<S> hsum_lanes(const Vec<S>* acc) {
+// L separate reductions (about 10 each). acc: the caller's array itself, read
+// element by element (hsum16 says why).
+template <typename S, typename A>
+FRNN_ALWAYS_INLINE inline Vec<S> hsum_lanes(const A& acc) {
   using V = Vec<S>;
   constexpr int L = V::size();
 #if defined(CPU_CAPABILITY_AVX512)
   if constexpr (std::is_same_v<S, float>) {
-    __m512 s[8];
-    for (int i = 0; i < 8; ++i) {
-      const __m512 a = acc[2 * i], b = acc[2 * i + 1];
-      s[i] = _mm512_add_ps(_mm512_maskz_unpacklo_ps(kAllLanes, a, b),
-                           _mm512_maskz_unpackhi_ps(kAllLanes, a, b));
-    }
-    __m512 w[4];
-    for (int q = 0; q < 4; ++q) {
-      const __m512 a = s[2 * q], b = s[2 * q + 1];
-      const __m512 t = _mm512_maskz_shuffle_ps(kAllLanes, a, b, _MM_SHUFFLE(1, 0, 1, 0));
-      const __m512 u = _mm512_maskz_shuffle_ps(kAllLanes, a, b, _MM_SHUFFLE(3, 2, 3, 2));
-      w[q] = _mm512_add_ps(t, u);
-    }
-    constexpr int kLo = _MM_SHUFFLE(2, 0, 2, 0), kHi = _MM_SHUFFLE(3, 1, 3, 1);
-    const __m512 y01 = _mm512_add_ps(_mm512_maskz_shuffle_f32x4(kAllLanes, w[0], w[1], kLo),
-                                     _mm512_maskz_shuffle_f32x4(kAllLanes, w[0], w[1], kHi));
-    const __m512 y23 = _mm512_add_ps(_mm512_maskz_shuffle_f32x4(kAllLanes, w[2], w[3], kLo),
-                                     _mm512_maskz_shuffle_f32x4(kAllLanes, w[2], w[3], kHi));
-    return V(_mm512_add_ps(_mm512_maskz_shuffle_f32x4(kAllLanes, y01, y23, kLo),
-                           _mm512_maskz_shuffle_f32x4(kAllLanes, y01, y23, kHi)));
+    return V(hsum16(acc));
   }
 #elif defined(CPU_CAPABILITY_AVX2)
   if constexpr (std::is_same_v<S, float>) {
@@ -514,28 +499,16 @@ inline void gemm_nt_tile(int64_t K, const S* a, int64_t lda, const S* w, int64_t
   constexpr int L = V::size();
   constexpr int NA = MR * NW;
   constexpr int NG = (NA + L - 1) / L;
-  V acc[NA];
-#pragma GCC unroll 32
-  for (int q = 0; q < NA; ++q) acc[q] = V(S(0));
   // Rows of W beyond nw_valid re-read the last valid row; their sums are dropped.
   const S* wr[NW];
 #pragma GCC unroll 16
   for (int j = 0; j < NW; ++j) wr[j] = w + std::min<int64_t>(j, nw_valid - 1) * ldw;
-  // Full vectors, then one masked tail: a count on every load would keep the
-  // accumulators in memory.
+  // The masked tail of K (zeros past K, none where L divides K) starts the
+  // sums, then whole vectors in one loop: a count on every load, or the tail
+  // after the loop, kept the accumulators in memory.
   const int64_t k_full = K / L * L;
-  for (int64_t k = 0; k < k_full; k += L) {
-    V wv[NW];
-#pragma GCC unroll 16
-    for (int j = 0; j < NW; ++j) wv[j] = V::loadu(wr[j] + k);
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i) {
-      const V av = V::loadu(a + i * lda + k);
-#pragma GCC unroll 16
-      for (int j = 0; j < NW; ++j) acc[i * NW + j] = at::vec::fmadd(av, wv[j], acc[i * NW + j]);
-    }
-  }
-  if (k_full < K) {
+  V acc[NA];
+  {
     const int64_t cnt = K - k_full;
     V wv[NW];
 #pragma GCC unroll 16
@@ -543,6 +516,17 @@ inline void gemm_nt_tile(int64_t K, const S* a, int64_t lda, const S* w, int64_t
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
       const V av = V::loadu(a + i * lda + k_full, cnt);
+#pragma GCC unroll 16
+      for (int j = 0; j < NW; ++j) acc[i * NW + j] = av * wv[j];
+    }
+  }
+  for (int64_t k = 0; k < k_full; k += L) {
+    V wv[NW];
+#pragma GCC unroll 16
+    for (int j = 0; j < NW; ++j) wv[j] = V::loadu(wr[j] + k);
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      const V av = V::loadu(a + i * lda + k);
 #pragma GCC unroll 16
       for (int j = 0; j < NW; ++j) acc[i * NW + j] = at::vec::fmadd(av, wv[j], acc[i * NW + j]);
     }

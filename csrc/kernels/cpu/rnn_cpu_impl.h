@@ -137,6 +137,28 @@ inline bool worth_packing(PackPolicy policy, int64_t uses, int64_t K) {
   return policy == PackPolicy::kAlways || (policy == PackPolicy::kAuto && uses * kPackReuse > K);
 }
 
+// On the dot engine, a bfloat16 weight W [n, K] that serves few rows in all (a
+// cell call, a short sequence of a few rows) is read in place (amx::gemm_nt):
+// packing it into tiles moves every element once more than the products read
+// it, which a product that reads W in place, at about 150 G multiply-adds/s
+// against the tiles' 270, repays only over many rows. The more so for a
+// weight that does not stay in L2, whose packing runs at memory speed: at
+// most kDotInPlaceMaxUses rows, or kDotInPlaceMaxUsesLarge for a weight of
+// kDotInPlaceLargeWeight elements or more. Measured on cell calls (AMD EPYC
+// Zen 5, L2 1 MB, 1 thread, bfloat16, per call in place / packed): H=256
+// GRUCell and LSTMCell N=1 0.53, N=4 0.73, N=8 0.85-0.90, N=12 1.00-1.02, N=16
+// 1.09-1.12; H=512 (W_hh 0.8-1 M elements) N=16 0.92-0.97, N=32 1.07; H=1024
+// (3-4 M) N=16 0.42-0.63, N=32 0.69-0.85, N=64 0.88-0.94.
+constexpr int64_t kDotInPlaceMaxUses = 8;
+constexpr int64_t kDotInPlaceMaxUsesLarge = 64;
+constexpr int64_t kDotInPlaceLargeWeight = int64_t{1} << 21;
+
+inline bool dot_in_place(PackPolicy policy, int64_t uses, int64_t weight_elems) {
+  if (amx::in_use() != amx::Engine::kDot || policy == PackPolicy::kAlways) return false;
+  return policy == PackPolicy::kNever || uses <= kDotInPlaceMaxUses ||
+         (uses <= kDotInPlaceMaxUsesLarge && weight_elems >= kDotInPlaceLargeWeight);
+}
+
 // A row-major weight (backward through it) read by one product per step is
 // packed once for the pass when the pass has more steps than this.
 constexpr int64_t kPackSteps = 4;
@@ -304,10 +326,11 @@ struct WeightN {
 
 // The recurrent product of the forward step, h W^T for the G gate blocks of
 // W [G*H, K], handed to the cell's epilogue in registers: fused with the packed
-// weight (tasks: panels x blocks of rows), or for a single step, dot products in
-// place into a scratch [N, G*H] that the epilogue then reads (tasks: groups of
-// panels, each the gate columns of its units and then their epilogue), or the
-// BLAS into that scratch (one task: the whole product, then every epilogue).
+// weight (tasks: panels x blocks of rows), or for a single step (in bfloat16 on
+// the dot engine, a few rows in all: dot_in_place), dot products in place into
+// a scratch [N, G*H] that the epilogue then reads (tasks: groups of panels, each
+// the gate columns of its units and then their epilogue), or the BLAS into that
+// scratch (one task: the whole product, then every epilogue).
 template <typename S, int G, int U>
 struct Recurrent {
   static constexpr int L = Vec<S>::size();
@@ -319,8 +342,9 @@ struct Recurrent {
   S* packed = nullptr;
   S* gh = nullptr;
   BlasGemm<S> blas = nullptr;
-  // On AMX: W in bfloat16, packed as the column tiles of each gate's units,
-  // tile (unit block j, gate g) at (j * G + g) * amx::tile_size(kt()). A task
+  // On AMX: W in bfloat16 (wb), packed as the column tiles of each gate's units,
+  // tile (unit block j, gate g) at (j * G + g) * amx::tile_size(kt()), or read
+  // in place (tiles null, dot_in_place) with the in-place tasks. A task
   // is a run of panels, one per thread of the pass (step_threads()), so that h
   // is staged once per task.
   const amx::bf16* wb = nullptr;
@@ -345,6 +369,10 @@ struct Recurrent {
       static_assert(NV <= amx::kMaxTiles, "one AMX product per panel");
       wb = wb_;
       blas = nullptr;
+      if (!wxb_ && dot_in_place(policy, uses, G * H * K)) {
+        gh = arena.take<S>(N * G * H);
+        return;
+      }
       if (wxb_) {
         wxb = wxb_;
         C = C_;
@@ -426,9 +454,22 @@ struct Recurrent {
       p0 = task * pp;
       p1 = std::min<int64_t>(panels(), p0 + pp);
       const int64_t u0 = p0 * U * L, u1 = std::min<int64_t>(H, p1 * U * L);
-      for (int g = 0; g < G; ++g)
-        GemmNT<S>(rows, u1 - u0, K, a, lda, w + (g * H + u0) * K, K, gh + g * H + u0, GH, false)
-            .run_cols(0, u1 - u0);
+      if constexpr (kAmxCapable<S>) {
+        if (wb) {
+          // h rounded to bfloat16 as staged blocks' rows, W_hh read in place.
+          const int64_t TR = amx::kTileRows, nrb = ceil_div(rows, TR), bs = amx::block_size(K);
+          amx::bf16* st = amx::staging(K, nrb);
+          for (int64_t i = 0; i < nrb; ++i)
+            amx::stage(a + i * TR * lda, lda, std::min(TR, rows - i * TR), K, st + i * bs);
+          for (int g = 0; g < G; ++g)
+            amx::gemm_nt(rows, u1 - u0, K, st, bs / TR, wb + (g * H + u0) * K, K,
+                         gh + g * H + u0, GH, nullptr, 0, amx::col_tiles(u1 - u0));
+        }
+      }
+      if (!wb)
+        for (int g = 0; g < G; ++g)
+          GemmNT<S>(rows, u1 - u0, K, a, lda, w + (g * H + u0) * K, K, gh + g * H + u0, GH, false)
+              .run_cols(0, u1 - u0);
     }
     for (int64_t i = 0; i < rows; ++i) {
       for (int64_t p = p0; p < p1; ++p) {
@@ -602,8 +643,9 @@ template <typename S, typename... Rec>
 int step_threads(const Parallel& par, BlasGemm<S> blas, int64_t steps, int64_t rows,
                  int64_t input_fma, Rec&... recs) {
   const bool amx = ((recs.tiles != nullptr) || ...);
+  const bool bf16 = ((recs.wb != nullptr) || ...);  // on tiles, or in place on the dot engine
   const int64_t fma = (recs.fma_per_step(rows) + ...) + (steps == 1 ? input_fma : 0);
-  int threads = threads_for(par, blas, fma, steps, amx);
+  int threads = threads_for(par, blas, fma, steps, bf16);
   if (!amx)
     threads = static_cast<int>(std::clamp<int64_t>(std::max({recs.tasks(rows)...}), 1, threads));
   else if (((recs.wxb != nullptr) || ...))
@@ -751,7 +793,8 @@ void previous_rows(const SeqLayout& seq, const S* y, const S* h0, int64_t P,
 
 // Gx = X W_ih^T + bias, chunk by chunk. Owns the weight and the buffer.
 // With the bfloat16 operands of the arguments (kAmxCapable<S>), the product
-// runs on AMX tiles, kAmxTaskRows rows per task.
+// runs on AMX tiles, kAmxTaskRows rows per task, or over a few rows in all on
+// the dot engine reads W_ih in place (dot_in_place), with the same tasks.
 //
 // The tasks of the packed product go in the order of the units their columns
 // feed (`order`: its panels sorted by unit, then gate), not gate block by gate
@@ -780,11 +823,12 @@ struct InputProjection {
   const amx::bf16* xb = nullptr;
   const amx::bf16* wb = nullptr;
   amx::bf16* tiles = nullptr;  // W_ih packed (amx.h)
+  bool in_place = false;       // W_ih read in place on the dot engine (dot_in_place)
   S* bias = nullptr;  // [GH], folded biases
   S* gx = nullptr;    // [max_rows, GH]
 
   // The cells whose recurrent product can take the input one call this with
-  // join = joins(a), and then pass Recurrent::plan W_ih (wxb_) and run() the
+  // join = joins(a, GH), and then pass Recurrent::plan W_ih (wxb_) and run() the
   // step's x (step_x()).
   void plan(Arena& arena, const SeqForwardArgs<S>& a, int64_t GH_, BlasGemm<S> blas,
             bool join = false) {
@@ -800,7 +844,8 @@ struct InputProjection {
     if (kAmxCapable<S> && a.x_bf16) {
       xb = a.x_bf16;
       wb = a.w_ih_bf16;
-      if (!joined) tiles = arena.take<amx::bf16>(amx::col_tiles(GH) * amx::tile_size(C));
+      in_place = !joined && dot_in_place(a.pack, total_rows(seq), GH * C);
+      if (!joined && !in_place) tiles = arena.take<amx::bf16>(amx::col_tiles(GH) * amx::tile_size(C));
     } else {
       w.plan(arena, a.pack, a.w_ih, GH, C, total_rows(seq), blas);
       if (w.packs && GH > H) order = arena.take<int64_t>(panels());
@@ -822,14 +867,16 @@ struct InputProjection {
   // few rows against each vector of W, run far below the rate of the GEMM over
   // all steps' rows (T=50, one thread, joined against apart: LSTM C=1024 H=256
   // N=1 1.37 ms against 0.53, N=4 1.48 against 1.22, N=8 0.96-1.08 of the time
-  // over LSTM and RNN shapes; N=24 and 40 joined 1.02-1.14x faster).
-  static bool joins(const SeqForwardArgs<S>& a) {
+  // over LSTM and RNN shapes; N=24 and 40 joined 1.02-1.14x faster). Nor where
+  // W_ih is read in place (dot_in_place): a few rows in all.
+  static bool joins(const SeqForwardArgs<S>& a, int64_t GH) {
     return kAmxCapable<S> && a.x_bf16 && amx::in_use() == amx::Engine::kDot &&
-           amx::col_tiles(a.H) * amx::kTileCols * 16 <= a.H * 17 && a.seq.N >= amx::kTileRows;
+           amx::col_tiles(a.H) * amx::kTileCols * 16 <= a.H * 17 && a.seq.N >= amx::kTileRows &&
+           !dot_in_place(a.pack, total_rows(a.seq), GH * a.C);
   }
   int64_t panels() const { return ceil_div<int64_t>(GH, PanelGemm<S>::NR); }
   void prepare(const Parallel& par) const {
-    if (joined) return;
+    if (joined || in_place) return;
     if (order) order_panels(par.max_threads > 1);
     if (!tiles) return w.prepare(par);
     const int64_t ts = amx::tile_size(C);
@@ -845,7 +892,8 @@ struct InputProjection {
   }
   int64_t tasks(int64_t rows) const {
     if (joined) return 0;
-    return tiles ? ceil_div<int64_t>(rows, kAmxTaskRows) * amx_col_groups(rows) : w.tasks(rows);
+    return tiles || in_place ? ceil_div<int64_t>(rows, kAmxTaskRows) * amx_col_groups(rows)
+                             : w.tasks(rows);
   }
   // Panels by (unit, gate) of their first column, or in gate order. The
   // panels that start in a gate block are in unit order already, so by unit is
@@ -875,14 +923,18 @@ struct InputProjection {
       const PanelGemm<S> g = w.product(rows, x + row0 * C, C, gx, GH, false, bias);
       return g.run(task % g.nmb * g.npanel + order[task / g.nmb]);
     }
-    if (!tiles) return w.run(rows, x + row0 * C, C, gx, GH, false, bias, task);
+    if (!tiles && !in_place) return w.run(rows, x + row0 * C, C, gx, GH, false, bias, task);
     if constexpr (kAmxCapable<S>) {
       const int64_t groups = amx_col_groups(rows), r0 = task / groups * kAmxTaskRows;
       const int64_t j0 = task % groups * kAmxTaskColTiles;
       const int64_t j1 = groups > 1 ? std::min<int64_t>(amx::col_tiles(GH), j0 + kAmxTaskColTiles)
                                     : amx::col_tiles(GH);
-      amx::gemm(std::min<int64_t>(kAmxTaskRows, rows - r0), GH, C, xb + (row0 + r0) * C, C,
-                tiles, gx + r0 * GH, GH, bias, j0, j1);
+      const int64_t m = std::min<int64_t>(kAmxTaskRows, rows - r0);
+      const amx::bf16* xr = xb + (row0 + r0) * C;
+      if (in_place)
+        amx::gemm_nt(m, GH, C, xr, C, wb, C, gx + r0 * GH, GH, bias, j0, j1);
+      else
+        amx::gemm(m, GH, C, xr, C, tiles, gx + r0 * GH, GH, bias, j0, j1);
     }
   }
   // What the epilogue adds to the recurrent sums of global row r, in the chunk
@@ -1394,7 +1446,7 @@ void lstm_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& 
 
   const int64_t R = total_rows(seq);
   InputProjection<S> xproj;
-  const bool join = InputProjection<S>::joins(a);
+  const bool join = InputProjection<S>::joins(a, GH);
   xproj.plan(arena, a, GH, blas, join);
   Recurrent<S, G, U> rec;
   rec.plan(arena, a.pack, a.w_hh, H, P, N, R, blas, a.w_hh_bf16, join ? a.w_ih_bf16 : nullptr, a.C);
@@ -2022,7 +2074,7 @@ void rnn_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& p
   const int64_t N = seq.N, H = a.H;
 
   InputProjection<S> xproj;
-  const bool join = InputProjection<S>::joins(a);
+  const bool join = InputProjection<S>::joins(a, H);
   xproj.plan(arena, a, H, blas, join);
   Recurrent<S, 1, U> rec;
   rec.plan(arena, a.pack, a.w_hh, H, H, N, total_rows(seq), blas, a.w_hh_bf16,
