@@ -88,9 +88,11 @@ struct Interleave {
   int64_t next = 0, end = 0;
 };
 
-// out[t] (16 x 16 float32, at out + t * 256) = staged A x tile b[t], t < nt <= kMaxTiles.
+// out[t] (16 x 16 float32, at out + t * 256) = staged A x tile b[t], t < nt <= kMaxTiles,
+// over K columns of A (the block's rows k_blocks(K) * kTileK wide, zero past K).
 // Rows [0, rows) of out are the block's; the dot engine computes only those
-// (a step of one row multiplies one), and the rest of out is undefined.
+// (a step of one row multiplies one), and the rest of out is undefined; nor
+// does it multiply the zero pairs past K in the last block.
 void product(const bf16* a, int64_t K, const bf16* const* b, int nt, float* out,
              Interleave* work = nullptr, int rows = kTileRows);
 

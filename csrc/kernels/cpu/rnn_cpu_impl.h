@@ -554,12 +554,12 @@ struct Recurrent {
             work.end = done.items * (v / 2 + 1) / halves;
             const int nt = U == 1 ? std::min(2, NV - v) : std::clamp(lu - v % U, 0, 2);
             if (nt > 0)
-              amx::product2(st + i * bs, st + (i + 1) * bs, K2, b + v, nt, o0 + v * TT,
+              amx::product2(st + i * bs, st + (i + 1) * bs, kx + K, b + v, nt, o0 + v * TT,
                             out[buf][1] + v * TT, &work, block_rows(i + 1));
           }
         } else {
           work.end = done.items;
-          amx::product(st + i * bs, K2, b, G == 1 ? lu : NV, o0, &work, block_rows(i));
+          amx::product(st + i * bs, kx + K, b, G == 1 ? lu : NV, o0, &work, block_rows(i));
         }
         for (; work.next < work.end; ++work.next) work.fn(work.ctx, work.next);
         done = Done{i, p, (pair ? 2 : 1) * TR, buf, lu};
