@@ -295,24 +295,37 @@ def test_amx_bfloat16_cell_matches_reference(kind, hidden, monkeypatch):
     assert_matches_reference(cell, *args)
 
 
+# (kind, kwargs, rows, hidden). Up to 8 rows a call reads W_ih and W_hh in
+# place on the dot products (amx::gemm_nt) rather than packing them into
+# tiles: 1, 2, 3, 5 and 8 rows take every grouping of rows (4, 2, 1); K = 45
+# and 40 end in a partial vector of 32, and H = 40 in a partial group of 16
+# units. At 12 rows and H=1024 only the weights of 2^21 elements or more are
+# read in place (the LSTM's W_hh, 4M; the reset-before GRU's r and z rows of
+# W_hh, 2M), the others packed (W_ih, and that GRU's n rows, 1M), and two
+# threads split the call.
+_IN_PLACE_CELLS = {
+    **{f"{kind}-{rows}": (kind, {}, rows, 40) for kind in ("LSTMCell", "GRUCell", "RNNCell")
+       for rows in (1, 2, 3, 5, 8)},
+    "LSTMCell-mixed": ("LSTMCell", {}, 12, 1024),
+    "GRUCell-reset-before-mixed": ("GRUCell", {"reset_after": False}, 12, 1024),
+}
+
+
 @pytest.mark.skipif(_bf16_products() not in BF16_ENGINES,
                     reason="this CPU (or build) has neither AMX-BF16 nor AVX512-BF16 products")
-@pytest.mark.parametrize("rows", [1, 2, 3, 5, 8])
-@pytest.mark.parametrize("kind", ["LSTMCell", "GRUCell", "RNNCell"])
-def test_bfloat16_cell_reads_weights_in_place(kind, rows, monkeypatch):
-    # On the dot products a call of at most 8 rows in all reads W_ih and W_hh
-    # in place (amx::gemm_nt) rather than packing them into tiles: 1, 2, 3, 5
-    # and 8 rows take every grouping of rows (4, 2, 1); K = 45 and 40 end in a
-    # partial vector of 32, and H = 40 in a partial group of 16 units. Against
-    # the reference, on one thread and on two. (Its sums differ from the packed
-    # products' in the order of their terms only, which rounding the results to
-    # bfloat16 hides: the two paths cannot be told apart by their outputs.)
+@pytest.mark.parametrize("case", list(_IN_PLACE_CELLS))
+def test_bfloat16_cell_reads_weights_in_place(case, monkeypatch):
+    # Against the reference, on one thread and on two. (The sums differ from
+    # the packed products' in the order of their terms only, which rounding the
+    # results to bfloat16 hides: the two paths cannot be told apart by their
+    # outputs.)
+    kind, kw, rows, hidden = _IN_PLACE_CELLS[case]
     monkeypatch.setenv("FUSEDRNN_CPU_AMX", "auto")
     monkeypatch.setenv("FUSEDRNN_CPU_AMX_TILES", "never")
     assert _bf16_products() == "avx512-bf16"
     torch.manual_seed(0)
-    cell = getattr(fusedrnn, kind)(45, 40).to(torch.bfloat16)
-    leaves = cell_leaves(kind == "LSTMCell", rows, True, 45, 40, 5)
+    cell = getattr(fusedrnn, kind)(45, hidden, **kw).to(torch.bfloat16)
+    leaves = cell_leaves(kind == "LSTMCell", rows, True, 45, hidden, 5)
     one, two = _on_one_and_two_threads(cell, cell_build, leaves, cell=True)
     assert_all_close(two, one)
     args = cell_build(**{k: v.to(torch.bfloat16) for k, v in leaves.items()})

@@ -109,8 +109,9 @@ void gemm(int64_t M, int64_t N, int64_t K, const bf16* a, int64_t lda, const bf1
 
 // Column tiles [j0, j1) of C[M, N] (row stride ldc) = A[M, K] W[N, K]^T + bias
 // (bias [N] or null) on the dot engine's instructions, A (row stride lda) and W
-// (row stride ldw) in bfloat16 read in place: for a product used once, of a few
-// rows, where packing W would cost more than the product (a cell call).
+// (row stride ldw) in bfloat16 read in place: for a weight that serves few rows
+// in all (a cell call, a short sequence), where packing W would cost more than
+// the products save.
 void gemm_nt(int64_t M, int64_t N, int64_t K, const bf16* a, int64_t lda, const bf16* w,
              int64_t ldw, float* c, int64_t ldc, const float* bias, int64_t j0, int64_t j1);
 

@@ -148,7 +148,9 @@ inline bool worth_packing(PackPolicy policy, int64_t uses, int64_t K) {
 // Zen 5, L2 1 MB, 1 thread, bfloat16, per call in place / packed): H=256
 // GRUCell and LSTMCell N=1 0.53, N=4 0.73, N=8 0.85-0.90, N=12 1.00-1.02, N=16
 // 1.09-1.12; H=512 (W_hh 0.8-1 M elements) N=16 0.92-0.97, N=32 1.07; H=1024
-// (3-4 M) N=16 0.42-0.63, N=32 0.69-0.85, N=64 0.88-0.94.
+// (3-4 M) N=16 0.42-0.63, N=32 0.69-0.85, N=64 0.88-0.94. FUSEDRNN_CPU_PACK=
+// never reads every such weight in place (so that the tests cover the path with
+// any rows and steps), always packs them.
 constexpr int64_t kDotInPlaceMaxUses = 8;
 constexpr int64_t kDotInPlaceMaxUsesLarge = 64;
 constexpr int64_t kDotInPlaceLargeWeight = int64_t{1} << 21;
@@ -326,11 +328,12 @@ struct WeightN {
 
 // The recurrent product of the forward step, h W^T for the G gate blocks of
 // W [G*H, K], handed to the cell's epilogue in registers: fused with the packed
-// weight (tasks: panels x blocks of rows), or for a single step (in bfloat16 on
-// the dot engine, a few rows in all: dot_in_place), dot products in place into
-// a scratch [N, G*H] that the epilogue then reads (tasks: groups of panels, each
-// the gate columns of its units and then their epilogue), or the BLAS into that
-// scratch (one task: the whole product, then every epilogue).
+// weight (tasks: panels x blocks of rows), or, for a weight that serves few rows
+// in all (worth_packing; in bfloat16 on the dot engine, dot_in_place), dot
+// products in place into a scratch [N, G*H] that the epilogue then reads (tasks:
+// groups of panels, each the gate columns of its units and then their
+// epilogue), or the BLAS into that scratch (one task: the whole product, then
+// every epilogue).
 template <typename S, int G, int U>
 struct Recurrent {
   static constexpr int L = Vec<S>::size();
@@ -793,8 +796,9 @@ void previous_rows(const SeqLayout& seq, const S* y, const S* h0, int64_t P,
 
 // Gx = X W_ih^T + bias, chunk by chunk. Owns the weight and the buffer.
 // With the bfloat16 operands of the arguments (kAmxCapable<S>), the product
-// runs on AMX tiles, kAmxTaskRows rows per task, or over a few rows in all on
-// the dot engine reads W_ih in place (dot_in_place), with the same tasks.
+// runs on AMX tiles, kAmxTaskRows rows per task; on the dot engine, where W_ih
+// serves few rows in all (dot_in_place), it reads W_ih in place instead, with
+// the same tasks.
 //
 // The tasks of the packed product go in the order of the units their columns
 // feed (`order`: its panels sorted by unit, then gate), not gate block by gate
