@@ -218,11 +218,20 @@ def _bf16_products():
 
 BF16_ENGINES = ("amx", "avx512-bf16")
 
+# (T, N, C, H), FUSEDRNN_CPU_PACK
+_BF16_SHAPES = {
+    "tails": ((6, 70, 45, 40), "auto"),
+    "long": ((20, 70, 64, 64), "auto"),
+    "short": ((3, 40, 45, 72), "auto"),
+    "joined": ((5, 37, 45, 48), "auto"),
+    "in-place": ((6, 70, 45, 40), "never"),
+    "few-rows": ((2, 3, 45, 48), "auto"),
+}
+
 
 @pytest.mark.skipif(_bf16_products() not in BF16_ENGINES,
                     reason="this CPU (or build) has neither AMX-BF16 nor AVX512-BF16 products")
-@pytest.mark.parametrize("shape", [(6, 70, 45, 40), (20, 70, 64, 64), (3, 40, 45, 72), (5, 37, 45, 48)],
-                         ids=["tails", "long", "short", "joined"])
+@pytest.mark.parametrize("shape", list(_BF16_SHAPES))
 @pytest.mark.parametrize("packed", [False, True], ids=["strided", "packed"])
 @pytest.mark.parametrize("variant", list(SEQ_ALL))
 def test_amx_bfloat16_matches_reference(variant, packed, shape, monkeypatch):
@@ -242,17 +251,29 @@ def test_amx_bfloat16_matches_reference(variant, packed, shape, monkeypatch):
     # (K = 45 + 48, both parts partial), with steps of 37 rows (a pair of
     # blocks and 5 rows, fewer when packed: the dot products multiply only a
     # block's own rows), and the RNN's 48 units 3 tiles of its 4-tile panel
-    # (the fourth not multiplied). Both directions, two layers. On
+    # (the fourth not multiplied). On the dot products, "in-place" reads every
+    # forward weight in place (FUSEDRNN_CPU_PACK=never): the input projection
+    # over chunks of up to 70 rows (groups of 4 rows, then 2), each step's
+    # recurrent product over its rows; "few-rows" has 6 rows in all, which read
+    # in place by the rule. Both directions, two layers. On
     # one thread and on two (tasks split panels and rows; no sum changes), and
     # against the float32 path, whose h is not rounded to bfloat16 between
     # steps.
+    dims, pack = _BF16_SHAPES[shape]
+    monkeypatch.setenv("FUSEDRNN_CPU_PACK", pack)
+    for _ in _each_bf16_engine(monkeypatch):
+        _check_bfloat16_products(variant, packed, dims, monkeypatch)
+
+
+def _each_bf16_engine(monkeypatch):
+    # The machine's best engine, and the dot products too where it has tiles.
     best = _bf16_products()
     engines = {"auto": best, "never": "avx512-bf16"} if best == "amx" else {"auto": best}
     for tiles, engine in engines.items():
         monkeypatch.setenv("FUSEDRNN_CPU_AMX", "auto")
         monkeypatch.setenv("FUSEDRNN_CPU_AMX_TILES", tiles)
         assert _bf16_products() == engine
-        _check_bfloat16_products(variant, packed, shape, monkeypatch)
+        yield engine
 
 
 def _check_bfloat16_products(variant, packed, shape, monkeypatch):
@@ -275,80 +296,48 @@ def _check_bfloat16_products(variant, packed, shape, monkeypatch):
     assert_matches_reference(m, *build(**{k: v.to(torch.bfloat16) for k, v in leaves.items()}))
 
 
-@pytest.mark.parametrize("hidden", [40, 48, 72])
-@pytest.mark.parametrize("kind", ["LSTMCell", "GRUCell", "RNNCell"])
-def test_amx_bfloat16_cell_matches_reference(kind, hidden, monkeypatch):
-    if _bf16_products() not in BF16_ENGINES:
-        monkeypatch.setenv("FUSEDRNN_CPU_AMX", "always")
-        cell = getattr(fusedrnn, kind)(3, 4).to(torch.bfloat16)
-        with pytest.raises(RuntimeError, match="FUSEDRNN_CPU_AMX=always, but this CPU"):
-            cell(torch.randn(2, 3, dtype=torch.bfloat16))
-        return
-    # 21 rows: a block and 5 rows, so the input projection's tasks split the
-    # gate columns into groups of 8 tiles (LSTM H=40: 10 tiles; H=72: LSTM 18,
-    # GRU 14); at H=48 the LSTM and the RNN join it to the recurrent product on
-    # the dot products ([x | h], both parts partial: C=45).
-    torch.manual_seed(0)
-    cell = getattr(fusedrnn, kind)(45, hidden).to(torch.bfloat16)
-    leaves = cell_leaves(kind == "LSTMCell", 21, True, 45, hidden, 5)
-    args = cell_build(**{k: v.to(torch.bfloat16) for k, v in leaves.items()})
-    assert_matches_reference(cell, *args)
-
-
-# (kind, kwargs, rows, hidden). Up to 8 rows a call reads W_ih and W_hh in
-# place on the dot products (amx::gemm_nt) rather than packing them into
-# tiles: 1, 2, 3, 5 and 8 rows take every grouping of rows (4, 2, 1); K = 45
-# and 40 end in a partial vector of 32, and H = 40 in a partial group of 16
-# units. At 12 rows and H=1024 only the weights of 2^21 elements or more are
-# read in place (the LSTM's W_hh, 4M; the reset-before GRU's r and z rows of
-# W_hh, 2M), the others packed (W_ih, and that GRU's n rows, 1M), and two
-# threads split the call.
-_IN_PLACE_CELLS = {
-    **{f"{kind}-{rows}": (kind, {}, rows, 40) for kind in ("LSTMCell", "GRUCell", "RNNCell")
+# (kind, kwargs, rows, hidden). 21 rows: a block and 5 rows, so the input
+# projection's tasks split the gate columns into groups of 8 tiles (LSTM H=40:
+# 10 tiles; H=72: LSTM 18, GRU 14); at H=48 the LSTM and the RNN join it to the
+# recurrent product on the dot products ([x | h], both parts partial: C=45).
+# Up to 8 rows a call reads W_ih and W_hh in place on the dot products
+# (amx::gemm_nt) rather than packing them into tiles: 1, 2, 3, 5 and 8 rows
+# take every grouping of rows (4, 2, 1); K = 45 and 40 end in a partial vector
+# of 32, and H = 40 in a partial group of 16 units. At 12 rows and H=1024 only
+# the weights of 2^21 elements or more are read in place (the LSTM's W_hh, 4M;
+# the reset-before GRU's r and z rows of W_hh, 2M), the others packed (W_ih,
+# and that GRU's n rows, 1M), and two threads split the call.
+_BF16_CELLS = {
+    **{f"{kind}-21x{hidden}": (kind, {}, 21, hidden) for kind in ("LSTMCell", "GRUCell", "RNNCell")
+       for hidden in (40, 48, 72)},
+    **{f"{kind}-{rows}x40": (kind, {}, rows, 40) for kind in ("LSTMCell", "GRUCell", "RNNCell")
        for rows in (1, 2, 3, 5, 8)},
-    "LSTMCell-mixed": ("LSTMCell", {}, 12, 1024),
-    "GRUCell-reset-before-mixed": ("GRUCell", {"reset_after": False}, 12, 1024),
+    "LSTMCell-12x1024": ("LSTMCell", {}, 12, 1024),
+    "GRUCell-reset-before-12x1024": ("GRUCell", {"reset_after": False}, 12, 1024),
 }
 
 
-@pytest.mark.skipif(_bf16_products() not in BF16_ENGINES,
-                    reason="this CPU (or build) has neither AMX-BF16 nor AVX512-BF16 products")
-@pytest.mark.parametrize("case", list(_IN_PLACE_CELLS))
-def test_bfloat16_cell_reads_weights_in_place(case, monkeypatch):
-    # Against the reference, on one thread and on two. (The sums differ from
-    # the packed products' in the order of their terms only, which rounding the
-    # results to bfloat16 hides: the two paths cannot be told apart by their
-    # outputs.)
-    kind, kw, rows, hidden = _IN_PLACE_CELLS[case]
-    monkeypatch.setenv("FUSEDRNN_CPU_AMX", "auto")
-    monkeypatch.setenv("FUSEDRNN_CPU_AMX_TILES", "never")
-    assert _bf16_products() == "avx512-bf16"
+@pytest.mark.parametrize("case", list(_BF16_CELLS))
+def test_amx_bfloat16_cell_matches_reference(case, monkeypatch):
+    kind, kw, rows, hidden = _BF16_CELLS[case]
+    if _bf16_products() not in BF16_ENGINES:
+        monkeypatch.setenv("FUSEDRNN_CPU_AMX", "always")
+        cell = getattr(fusedrnn, kind)(3, 4, **kw).to(torch.bfloat16)
+        with pytest.raises(RuntimeError, match="FUSEDRNN_CPU_AMX=always, but this CPU"):
+            cell(torch.randn(2, 3, dtype=torch.bfloat16))
+        return
+    # On each engine, against the reference, on one thread and on two. (In
+    # place, the sums differ from the packed products' in the order of their
+    # terms only, which rounding the results to bfloat16 hides: the two paths
+    # cannot be told apart by their outputs.)
     torch.manual_seed(0)
     cell = getattr(fusedrnn, kind)(45, hidden, **kw).to(torch.bfloat16)
     leaves = cell_leaves(kind == "LSTMCell", rows, True, 45, hidden, 5)
-    one, two = _on_one_and_two_threads(cell, cell_build, leaves, cell=True)
-    assert_all_close(two, one)
     args = cell_build(**{k: v.to(torch.bfloat16) for k, v in leaves.items()})
-    assert_matches_reference(cell, *args)
-
-
-@pytest.mark.skipif(_bf16_products() not in BF16_ENGINES,
-                    reason="this CPU (or build) has neither AMX-BF16 nor AVX512-BF16 products")
-@pytest.mark.parametrize("shape", [(6, 70, 45, 40), (2, 3, 45, 48)], ids=["tails", "few-rows"])
-@pytest.mark.parametrize("packed", [False, True], ids=["strided", "packed"])
-@pytest.mark.parametrize("variant", list(SEQ_ALL))
-def test_bfloat16_sequence_reads_weights_in_place(variant, packed, shape, monkeypatch):
-    # FUSEDRNN_CPU_PACK=never: on the dot products every forward product reads
-    # its weight in place, the input projection over chunks of up to 70 rows
-    # (groups of 4 rows, then 2), each step's recurrent product over the step's
-    # rows (70 down to 1 when packed), both directions, two layers, one thread
-    # and two. "few-rows" is 6 rows in all, which reads in place without the
-    # setting too.
-    monkeypatch.setenv("FUSEDRNN_CPU_AMX", "auto")
-    monkeypatch.setenv("FUSEDRNN_CPU_AMX_TILES", "never")
-    assert _bf16_products() == "avx512-bf16"
-    monkeypatch.setenv("FUSEDRNN_CPU_PACK", "never")
-    _check_bfloat16_products(variant, packed, shape, monkeypatch)
+    for _ in _each_bf16_engine(monkeypatch):
+        one, two = _on_one_and_two_threads(cell, cell_build, leaves, cell=True)
+        assert_all_close(two, one)
+        assert_matches_reference(cell, *args)
 
 
 _ROUNDED_CASES = {
