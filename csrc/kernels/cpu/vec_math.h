@@ -10,6 +10,11 @@
 #include "parallel.h"
 
 namespace fusedrnn {
+// Each instruction set's copy of the helpers below is its own: under one name
+// in every copy (FloatOps::set1(float) is the same symbol for AVX2 and
+// AVX-512), a copy the compiler left out of line would be merged by the
+// linker into one that serves every instruction set.
+inline namespace CPU_CAPABILITY {
 
 #if defined(CPU_CAPABILITY_AVX512)
 // Every lane of a float vector. With it, the zero-masking forms of the AVX-512
@@ -142,6 +147,8 @@ FRNN_ALWAYS_INLINE inline V tanh_float(const V& x) {
   return x.tanh();
 #endif
 }
+
+}  // namespace CPU_CAPABILITY
 
 template <typename S>
 struct CellMath<at::vec::Vectorized<S>> {
