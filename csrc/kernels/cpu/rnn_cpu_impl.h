@@ -495,9 +495,9 @@ struct Recurrent {
   // from memory once a step: a joined LSTM weight at C=H=256 (1 MB) does not
   // stay in L2 (1 MB on Zen 5) from one pair of blocks to the next (LSTM
   // bfloat16 T=100 C=H=256 inference, 1 thread, against pair by pair: N=64 and
-  // N=128 0.98-0.99 of the time, N=16 and N=32 unchanged). The epilogue of a pair and panel
-  // runs in among the tile instructions of the next one (amx::Interleave),
-  // from the other half of a double buffer.
+  // N=128 0.98-0.99 of the time, N=16 and N=32 unchanged). The epilogue of a
+  // pair and panel runs in among the tile instructions of the next one
+  // (amx::Interleave), from the other half of a double buffer.
   template <typename Epi>
   void run_amx(int64_t rows, const S* a, int64_t lda, const amx::bf16* x, const Epi& epi,
                int64_t task) const {
