@@ -52,9 +52,11 @@ struct Arena {
 
   // Throws rather than hand out memory past capacity: a plan whose second pass
   // takes more than its sizing pass counted is a bug, not a reason to corrupt
-  // the heap.
+  // the heap. Always inlined: an out-of-line copy, under the same name in every
+  // instruction set's unit, could be one compiled with AVX-512 flags serving
+  // them all.
   template <typename S>
-  S* take(int64_t count) {
+  FRNN_ALWAYS_INLINE S* take(int64_t count) {
     constexpr size_t kAlign = 64;
     used = (used + kAlign - 1) / kAlign * kAlign;
     S* p = base ? reinterpret_cast<S*>(base + used) : nullptr;
