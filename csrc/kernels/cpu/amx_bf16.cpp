@@ -406,7 +406,8 @@ inline void dot_nt_tile(int64_t K, const bf16* a, int64_t lda, const bf16* w, in
       av[i] = reinterpret_cast<__m512bh>(_mm512_maskz_loadu_epi16(tail, a + i * lda + full));
     for (int j = 0; j < NW; ++j) {
       const __m512bh wv = reinterpret_cast<__m512bh>(_mm512_maskz_loadu_epi16(tail, wr[j] + full));
-      for (int i = 0; i < MR; ++i) acc[i * NW + j] = _mm512_dpbf16_ps(_mm512_setzero_ps(), av[i], wv);
+      for (int i = 0; i < MR; ++i)
+        acc[i * NW + j] = _mm512_dpbf16_ps(_mm512_setzero_ps(), av[i], wv);
     }
   }
   for (int64_t k = 0; k < full; k += kTileK) {
@@ -421,9 +422,9 @@ inline void dot_nt_tile(int64_t K, const bf16* a, int64_t lda, const bf16* w, in
   __m512 sums = hsum16(acc);
   const __mmask16 row = static_cast<__mmask16>((1u << nw) - 1u);
   if (bias) {
-    alignas(64) static constexpr int kCol[16] = {0 % NW,  1 % NW,  2 % NW,  3 % NW, 4 % NW,  5 % NW,
-                                                 6 % NW,  7 % NW,  8 % NW,  9 % NW, 10 % NW, 11 % NW,
-                                                 12 % NW, 13 % NW, 14 % NW, 15 % NW};
+    alignas(64) static constexpr int kCol[16] = {
+        0 % NW, 1 % NW, 2 % NW,  3 % NW,  4 % NW,  5 % NW,  6 % NW,  7 % NW,
+        8 % NW, 9 % NW, 10 % NW, 11 % NW, 12 % NW, 13 % NW, 14 % NW, 15 % NW};
     sums = _mm512_add_ps(sums, _mm512_permutexvar_ps(_mm512_load_si512(kCol),
                                                      _mm512_maskz_loadu_ps(row, bias)));
   }

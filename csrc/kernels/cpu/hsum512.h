@@ -24,7 +24,8 @@ static inline __attribute__((always_inline)) __m512 hsum16(const A& acc) {
   __m512 s[8];
   for (int i = 0; i < 8; ++i) {
     const __m512 a = r[2 * i], b = r[2 * i + 1];
-    s[i] = _mm512_add_ps(_mm512_maskz_unpacklo_ps(kAll, a, b), _mm512_maskz_unpackhi_ps(kAll, a, b));
+    s[i] = _mm512_add_ps(_mm512_maskz_unpacklo_ps(kAll, a, b),
+                         _mm512_maskz_unpackhi_ps(kAll, a, b));
   }
   __m512 w[4];
   for (int q = 0; q < 4; ++q) {

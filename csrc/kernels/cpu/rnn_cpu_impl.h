@@ -853,7 +853,8 @@ struct InputProjection {
       xb = a.x_bf16;
       wb = a.w_ih_bf16;
       in_place = !joined && dot_in_place(a.pack, total_rows(seq), GH * C);
-      if (!joined && !in_place) tiles = arena.take<amx::bf16>(amx::col_tiles(GH) * amx::tile_size(C));
+      if (!joined && !in_place)
+        tiles = arena.take<amx::bf16>(amx::col_tiles(GH) * amx::tile_size(C));
     } else {
       w.plan(arena, a.pack, a.w_ih, GH, C, total_rows(seq), blas);
       if (w.packs && GH > H) order = arena.take<int64_t>(panels());
