@@ -247,7 +247,7 @@ def test_amx_bfloat16_matches_reference(variant, packed, shape, monkeypatch):
     # columns too, into groups of 8 tiles and a partial one (H = 72 is 4.5
     # tiles a gate), where the projection runs apart (on tiles; the GRU on the
     # dot products). "joined" is a shape where the LSTM and the RNN join it to
-    # each step's product on the dot products, [x | h] against [W_ih | W_hh]
+    # each step's product (on tiles too: 37 rows), [x | h] against [W_ih | W_hh]
     # (K = 45 + 48, both parts partial), with steps of 37 rows (a pair of
     # blocks and 5 rows, fewer when packed: the dot products multiply only a
     # block's own rows), and the RNN's 48 units 3 tiles of its 4-tile panel

@@ -863,25 +863,43 @@ struct InputProjection {
     if (!joined) gx = arena.take<S>(max_rows * GH);
   }
   // Whether the input product joins the recurrent one, K = C + H in one tile
-  // product per step ([x | h] against [W_ih | W_hh]): on the dot engine, where a
-  // step's products run at 259-277 G multiply-adds/s (AVX512-BF16, Zen 5, peak
-  // about 275) and the separate GEMM, with its epilogue writing the Gx that the
-  // steps read back, at about 245 (LSTM bfloat16 T=100 N=64 C=H=256 inference,
-  // one thread: 16.0 ms apart, 14.8 joined). Not on tiles: not measured there (no
-  // AMX machine at hand). Nor where a gate's units fill their 16-wide tiles less
+  // product per step ([x | h] against [W_ih | W_hh]), with no Gx written by a
+  // separate GEMM and read back by the steps. On the dot engine a step's
+  // products run at 259-277 G multiply-adds/s (AVX512-BF16, Zen 5, peak about
+  // 275) and the separate GEMM, with its epilogue, at about 245 (LSTM bfloat16
+  // T=100 N=64 C=H=256 inference, one thread: 16.0 ms apart, 14.8 joined). On
+  // AMX tiles (Intel Xeon, 2 MB of L2 a core, T=100, paired, joined over apart)
+  // the Gx the separate GEMM writes in float32 costs more than its tiles save:
+  // LSTM C=H=256 inference N=16 0.70 of the time, N=32 0.69, N=64 0.70 (0.64
+  // at 2 threads), training N=64 0.83 (0.79), RNN N=16 0.91. But a step of one
+  // block of 16 rows reads each tile of the joined weight once, and one larger
+  // than the L2 then comes from L3 every step: at N=16, 1 thread, C=512 H=256
+  // (1.5 MB joined) 0.77, C=768 (2 MB) 0.89, C=1024 (2.6 MB) 1.21, C=256 H=512
+  // T=50 (3 MB) 1.26; at N=32 the last two 0.83 and 0.87. So on tiles a step
+  // joins with at least kJoinTileRows rows or a joined weight of at most
+  // kJoinTileBytes (threads not counted: at 2 threads, each with half the
+  // panels, C=1024 N=16 joined took 0.74 of the time). Not where a gate's units fill their 16-wide tiles less
   // well than the GEMM's columns do: the joined product pads each gate's H to a
   // multiple of 16 over C as well, and more than H/16 of padding (LSTM H=40: 48 a
   // gate, 20% more work over C) would cost more than the join saved at H=256
   // (about 8%). Nor below a block of 16 rows a step, where the step's products, a
   // few rows against each vector of W, run far below the rate of the GEMM over
-  // all steps' rows (T=50, one thread, joined against apart: LSTM C=1024 H=256
-  // N=1 1.37 ms against 0.53, N=4 1.48 against 1.22, N=8 0.96-1.08 of the time
-  // over LSTM and RNN shapes; N=24 and 40 joined 1.02-1.14x faster). Nor where
-  // W_ih is read in place (dot_in_place): a few rows in all.
+  // all steps' rows (dot engine, T=50, one thread, joined against apart: LSTM
+  // C=1024 H=256 N=1 1.37 ms against 0.53, N=4 1.48 against 1.22, N=8 0.96-1.08
+  // of the time over LSTM and RNN shapes; N=24 and 40 joined 1.02-1.14x faster).
+  // Nor where W_ih is read in place (dot_in_place): a few rows in all.
+  static constexpr int64_t kJoinTileRows = 32;
+  static constexpr int64_t kJoinTileBytes = int64_t{2} << 20;
   static bool joins(const SeqForwardArgs<S>& a, int64_t GH) {
-    return kAmxCapable<S> && a.x_bf16 && amx::in_use() == amx::Engine::kDot &&
-           amx::col_tiles(a.H) * amx::kTileCols * 16 <= a.H * 17 && a.seq.N >= amx::kTileRows &&
-           !dot_in_place(a.pack, total_rows(a.seq), GH * a.C);
+    if (!(kAmxCapable<S> && a.x_bf16)) return false;
+    const amx::Engine engine = amx::in_use();
+    if (engine == amx::Engine::kNone ||
+        amx::col_tiles(a.H) * amx::kTileCols * 16 > a.H * 17 || a.seq.N < amx::kTileRows ||
+        dot_in_place(a.pack, total_rows(a.seq), GH * a.C))
+      return false;
+    const int64_t joined_bytes = (a.C + a.P) * GH * static_cast<int64_t>(sizeof(amx::bf16));
+    return engine == amx::Engine::kDot || a.seq.N >= kJoinTileRows ||
+           joined_bytes <= kJoinTileBytes;
   }
   int64_t panels() const { return ceil_div<int64_t>(GH, PanelGemm<S>::NR); }
   void prepare(const Parallel& par) const {
