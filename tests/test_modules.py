@@ -251,7 +251,7 @@ def test_amx_bfloat16_matches_reference(variant, packed, shape, monkeypatch):
     # (K = 45 + 48, both parts partial), with steps of 37 rows (a pair of
     # blocks and 5 rows, fewer when packed: the dot products multiply only a
     # block's own rows), and the RNN's 48 units 3 tiles of its 4-tile panel
-    # (the fourth not multiplied). On the dot products, "in-place" reads every
+    # (the fourth not multiplied). On both engines, "in-place" reads every
     # forward weight in place (FUSEDRNN_CPU_PACK=never): the input projection
     # over chunks of up to 70 rows (groups of 4 rows, then 2), each step's
     # recurrent product over its rows; "few-rows" has 6 rows in all, which read
