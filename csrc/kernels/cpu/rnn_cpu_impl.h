@@ -890,10 +890,11 @@ struct InputProjection {
   // block of 16 rows reads each tile of the joined weight once, and one larger
   // than the L2 then comes from L3 every step: at N=16, 1 thread, C=512 H=256
   // (1.5 MB joined) 0.77, C=768 (2 MB) 0.89, C=1024 (2.6 MB) 1.21, C=256 H=512
-  // T=50 (3 MB) 1.26; at N=32 the last two 0.83 and 0.87. So on tiles a step
-  // joins with at least kJoinTileRows rows or a joined weight of at most
-  // kJoinTileBytes (threads not counted: at 2 threads, each with half the
-  // panels, C=1024 N=16 joined took 0.74 of the time). Not where a gate's units fill their 16-wide tiles less
+  // T=50 (3 MB) 1.26; at N=32 the last two 0.83 and 0.87; at N=8 C=H=256 0.81
+  // (RNN 0.87, N=12 0.75), C=768 1.48. So on tiles a step of at least 8 rows
+  // joins where the joined weight is at most kJoinTileBytesPerRow a row of the
+  // step (threads not counted: at 2 threads, each with half the panels, C=1024
+  // N=16 joined took 0.74 of the time). Not where a gate's units fill their 16-wide tiles less
   // well than the GEMM's columns do: the joined product pads each gate's H to a
   // multiple of 16 over C as well, and more than H/16 of padding (LSTM H=40: 48 a
   // gate, 20% more work over C) would cost more than the join saved at H=256
@@ -903,18 +904,18 @@ struct InputProjection {
   // C=1024 H=256 N=1 1.37 ms against 0.53, N=4 1.48 against 1.22, N=8 0.96-1.08
   // of the time over LSTM and RNN shapes; N=24 and 40 joined 1.02-1.14x faster).
   // Nor where W_ih is read in place (dot_in_place): a few rows in all.
-  static constexpr int64_t kJoinTileRows = 32;
-  static constexpr int64_t kJoinTileBytes = int64_t{2} << 20;
+  static constexpr int64_t kJoinTileMinRows = 8;
+  static constexpr int64_t kJoinTileBytesPerRow = int64_t{128} << 10;
   static bool joins(const SeqForwardArgs<S>& a, int64_t GH) {
     if (!(kAmxCapable<S> && a.x_bf16)) return false;
     const amx::Engine engine = amx::in_use();
     if (engine == amx::Engine::kNone ||
-        amx::col_tiles(a.H) * amx::kTileCols * 16 > a.H * 17 || a.seq.N < amx::kTileRows ||
+        amx::col_tiles(a.H) * amx::kTileCols * 16 > a.H * 17 ||
+        a.seq.N < (engine == amx::Engine::kDot ? amx::kTileRows : kJoinTileMinRows) ||
         dot_in_place(a.pack, total_rows(a.seq), GH * a.C))
       return false;
     const int64_t joined_bytes = (a.C + a.P) * GH * static_cast<int64_t>(sizeof(amx::bf16));
-    return engine == amx::Engine::kDot || a.seq.N >= kJoinTileRows ||
-           joined_bytes <= kJoinTileBytes;
+    return engine == amx::Engine::kDot || joined_bytes <= kJoinTileBytesPerRow * a.seq.N;
   }
   int64_t panels() const { return ceil_div<int64_t>(GH, PanelGemm<S>::NR); }
   void prepare(const Parallel& par) const {
