@@ -894,16 +894,17 @@ struct InputProjection {
   // (RNN 0.87, N=12 0.75), C=768 1.48. So on tiles a step of at least 8 rows
   // joins where the joined weight is at most kJoinTileBytesPerRow a row of the
   // step (threads not counted: at 2 threads, each with half the panels, C=1024
-  // N=16 joined took 0.74 of the time). Not where a gate's units fill their 16-wide tiles less
-  // well than the GEMM's columns do: the joined product pads each gate's H to a
-  // multiple of 16 over C as well, and more than H/16 of padding (LSTM H=40: 48 a
-  // gate, 20% more work over C) would cost more than the join saved at H=256
-  // (about 8%). Nor below a block of 16 rows a step, where the step's products, a
-  // few rows against each vector of W, run far below the rate of the GEMM over
-  // all steps' rows (dot engine, T=50, one thread, joined against apart: LSTM
-  // C=1024 H=256 N=1 1.37 ms against 0.53, N=4 1.48 against 1.22, N=8 0.96-1.08
-  // of the time over LSTM and RNN shapes; N=24 and 40 joined 1.02-1.14x faster).
-  // Nor where W_ih is read in place (dot_in_place): a few rows in all.
+  // N=16 joined took 0.74 of the time). Not where a gate's units fill their
+  // 16-wide tiles less well than the GEMM's columns do: the joined product pads
+  // each gate's H to a multiple of 16 over C as well, and more than H/16 of
+  // padding (LSTM H=40: 48 a gate, 20% more work over C) would cost more than
+  // the join saved at H=256 (about 8%). Nor, on the dot engine, below a block of
+  // 16 rows a step, where the step's products, a few rows against each vector of
+  // W, run far below the rate of the GEMM over all steps' rows (T=50, one
+  // thread, joined against apart: LSTM C=1024 H=256 N=1 1.37 ms against 0.53,
+  // N=4 1.48 against 1.22, N=8 0.96-1.08 of the time over LSTM and RNN shapes;
+  // N=24 and 40 joined 1.02-1.14x faster). Nor where W_ih is read in place
+  // (dot_in_place): a few rows in all.
   static constexpr int64_t kJoinTileMinRows = 8;
   static constexpr int64_t kJoinTileBytesPerRow = int64_t{128} << 10;
   static bool joins(const SeqForwardArgs<S>& a, int64_t GH) {
