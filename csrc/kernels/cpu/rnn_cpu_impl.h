@@ -891,10 +891,11 @@ struct InputProjection {
   // than the L2 then comes from L3 every step: at N=16, 1 thread, C=512 H=256
   // (1.5 MB joined) 0.77, C=768 (2 MB) 0.89, C=1024 (2.6 MB) 1.21, C=256 H=512
   // T=50 (3 MB) 1.26; at N=32 the last two 0.83 and 0.87; at N=8 C=H=256 0.81
-  // (RNN 0.87, N=12 0.75), C=768 1.48. So on tiles a step of at least 8 rows
-  // joins where the joined weight is at most kJoinTileBytesPerRow a row of the
-  // step (threads not counted: at 2 threads, each with half the panels, C=1024
-  // N=16 joined took 0.74 of the time). Not where a gate's units fill their
+  // (RNN 0.87, N=12 0.75), C=768 1.48; at C=H=1024 (16 MB joined, T=30) N=32
+  // 0.87, N=64 0.68. So on tiles a step of at least 8 rows joins where the
+  // joined weight is at most kJoinTileBytesPerRow a row of the step, and one of
+  // kJoinTileRows rows or more joins whatever the weight (threads not counted:
+  // at 2 threads, each with half the panels, C=1024 N=16 joined took 0.74). Not where a gate's units fill their
   // 16-wide tiles less well than the GEMM's columns do: the joined product pads
   // each gate's H to a multiple of 16 over C as well, and more than H/16 of
   // padding (LSTM H=40: 48 a gate, 20% more work over C) would cost more than
@@ -906,6 +907,7 @@ struct InputProjection {
   // N=24 and 40 joined 1.02-1.14x faster). Nor where W_ih is read in place
   // (dot_in_place): a few rows in all.
   static constexpr int64_t kJoinTileMinRows = 8;
+  static constexpr int64_t kJoinTileRows = 32;
   static constexpr int64_t kJoinTileBytesPerRow = int64_t{128} << 10;
   static bool joins(const SeqForwardArgs<S>& a, int64_t GH) {
     if (!(kAmxCapable<S> && a.x_bf16)) return false;
@@ -916,7 +918,8 @@ struct InputProjection {
         dot_in_place(a.pack, total_rows(a.seq), GH * a.C))
       return false;
     const int64_t joined_bytes = (a.C + a.P) * GH * static_cast<int64_t>(sizeof(amx::bf16));
-    return engine == amx::Engine::kDot || joined_bytes <= kJoinTileBytesPerRow * a.seq.N;
+    return engine == amx::Engine::kDot || a.seq.N >= kJoinTileRows ||
+           joined_bytes <= kJoinTileBytesPerRow * a.seq.N;
   }
   int64_t panels() const { return ceil_div<int64_t>(GH, PanelGemm<S>::NR); }
   void prepare(const Parallel& par) const {
