@@ -692,8 +692,8 @@ def test_edge_sizes_match_torch_nn(mode, T_, N_, H_, C_):
 @pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH"])
 def test_weight_gradients_of_one_unit_are_as_precise_as_the_reference(mode):
     """With H=1 a weight gradient is a single sum over all T*N rows, judged
-    against the float32 reference's own error: over a few seeds (RNN seeds 3 and
-    5 failed while such sums ran in chains of 512 products)."""
+    against the float32 reference's own error over a few seeds (RNN seeds 3 and
+    5 need the GEMM's chains of at most kMaxChain products)."""
     name = _cls_name(mode)
     for seed in range(6):
         torch.manual_seed(seed)

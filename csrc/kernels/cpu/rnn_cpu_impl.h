@@ -169,11 +169,10 @@ inline bool dot_in_place(PackPolicy policy, int64_t uses, int64_t weight_elems) 
   const amx::Engine engine = amx::in_use();
   if (engine == amx::Engine::kNone || policy == PackPolicy::kAlways) return false;
   if (policy == PackPolicy::kNever) return true;
-  if (engine == amx::Engine::kTiles)
-    return uses <= kTileInPlaceMaxUses ||
-           (uses <= kTileInPlaceMaxUsesLarge && weight_elems >= kDotInPlaceLargeWeight);
-  return uses <= kDotInPlaceMaxUses ||
-         (uses <= kDotInPlaceMaxUsesLarge && weight_elems >= kDotInPlaceLargeWeight);
+  const bool tiles = engine == amx::Engine::kTiles;
+  const int64_t most = tiles ? kTileInPlaceMaxUses : kDotInPlaceMaxUses;
+  const int64_t most_large = tiles ? kTileInPlaceMaxUsesLarge : kDotInPlaceMaxUsesLarge;
+  return uses <= most || (uses <= most_large && weight_elems >= kDotInPlaceLargeWeight);
 }
 
 // A row-major weight (backward through it) read by one product per step is
@@ -895,17 +894,17 @@ struct InputProjection {
   // 0.87, N=64 0.68. So on tiles a step of at least 8 rows joins where the
   // joined weight is at most kJoinTileBytesPerRow a row of the step, and one of
   // kJoinTileRows rows or more joins whatever the weight (threads not counted:
-  // at 2 threads, each with half the panels, C=1024 N=16 joined took 0.74). Not where a gate's units fill their
-  // 16-wide tiles less well than the GEMM's columns do: the joined product pads
-  // each gate's H to a multiple of 16 over C as well, and more than H/16 of
-  // padding (LSTM H=40: 48 a gate, 20% more work over C) would cost more than
-  // the join saved at H=256 (about 8%). Nor, on the dot engine, below a block of
-  // 16 rows a step, where the step's products, a few rows against each vector of
-  // W, run far below the rate of the GEMM over all steps' rows (T=50, one
-  // thread, joined against apart: LSTM C=1024 H=256 N=1 1.37 ms against 0.53,
-  // N=4 1.48 against 1.22, N=8 0.96-1.08 of the time over LSTM and RNN shapes;
-  // N=24 and 40 joined 1.02-1.14x faster). Nor where W_ih is read in place
-  // (dot_in_place): a few rows in all.
+  // at 2 threads, each with half the panels, C=1024 N=16 joined took 0.74).
+  // Not where a gate's units fill their 16-wide tiles less well than the GEMM's
+  // columns do: the joined product pads each gate's H to a multiple of 16 over C
+  // as well, and more than H/16 of padding (LSTM H=40: 48 a gate, 20% more work
+  // over C) would cost more than the join saved at H=256 (about 8%). Nor, on the
+  // dot engine, below a block of 16 rows a step, where the step's products, a few
+  // rows against each vector of W, run far below the rate of the GEMM over all
+  // steps' rows (T=50, one thread, joined against apart: LSTM C=1024 H=256 N=1
+  // 1.37 ms against 0.53, N=4 1.48 against 1.22, N=8 0.96-1.08 of the time over
+  // LSTM and RNN shapes; N=24 and 40 joined 1.02-1.14x faster). Nor where W_ih is
+  // read in place (dot_in_place): a few rows in all.
   static constexpr int64_t kJoinTileMinRows = 8;
   static constexpr int64_t kJoinTileRows = 32;
   static constexpr int64_t kJoinTileBytesPerRow = int64_t{128} << 10;
