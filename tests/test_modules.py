@@ -715,6 +715,30 @@ def test_bias_gradients_of_many_rows_are_as_precise_as_the_reference(name, kwarg
         assert_matches_reference(getattr(fusedrnn, name)(8, 1, **kwargs), torch.randn(1024, 8))
 
 
+@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN"])
+def test_bias_gradients_of_long_sequences_are_as_precise_as_torch_nn(name):
+    """The bias gradients sum every step's: over 5 seeds at T=2000 float32, the
+    median relative error against float64 stays within 2x torch.nn's (summed
+    step after step into one total, GRU's was 4.6x and RNN's 7.4x)."""
+    errors = {"nn": [], "fused": []}
+    for seed in range(5):
+        torch.manual_seed(seed)
+        ref = getattr(nn, name)(8, 16).double()
+        x = torch.randn(2000, 4, 8, dtype=F64)
+        y, _ = ref(x)
+        dy = torch.randn_like(y)
+        y.backward(dy)
+        exact = ref.bias_ih_l0.grad
+        for key, lib in (("nn", nn), ("fused", fusedrnn)):
+            module = getattr(lib, name)(8, 16)
+            module.load_state_dict({k: v.float() for k, v in ref.state_dict().items()})
+            module(x.float())[0].backward(dy.float())
+            err = (module.bias_ih_l0.grad.double() - exact).norm() / exact.norm()
+            errors[key].append(err.item())
+    fused, ref_err = (sorted(errors[k])[2] for k in ("fused", "nn"))
+    assert fused <= 2 * ref_err, f"median relative error {fused:.3g}, torch.nn's {ref_err:.3g}"
+
+
 @pytest.mark.parametrize("mode", ["LSTM", "LSTM_PROJ", "GRU", "RNN_TANH"])
 def test_long_sequence_matches_torch_nn(mode):
     ref, fused = _mode_pair(mode, bidirectional=True)
