@@ -851,7 +851,7 @@ struct InputProjection {
   S* gx = nullptr;    // [max_rows, GH]
 
   // The cells whose recurrent product can take the input one call this with
-  // join = joins(a, GH), and then pass Recurrent::plan W_ih (wxb_) and run() the
+  // join = joins(a, GH, par), and then pass Recurrent::plan W_ih (wxb_) and run() the
   // step's x (step_x()).
   void plan(Arena& arena, const SeqForwardArgs<S>& a, int64_t GH_, BlasGemm<S> blas,
             bool join = false) {
@@ -892,10 +892,14 @@ struct InputProjection {
   // (1.5 MB joined) 0.77, C=768 (2 MB) 0.89, C=1024 (2.6 MB) 1.21, C=256 H=512
   // T=50 (3 MB) 1.26; at N=32 the last two 0.83 and 0.87; at N=8 C=H=256 0.81
   // (RNN 0.87, N=12 0.75), C=768 1.48; at C=H=1024 (16 MB joined, T=30) N=32
-  // 0.87, N=64 0.68. So on tiles a step of at least 8 rows joins where the
+  // 0.87, N=64 0.68. With threads, each multiplies its own panels, a share of
+  // the joined weight: at 2 threads (paired, 3-5 rounds; two unchanged shapes
+  // paired alike gave 1.00 and 0.65, the spread of this machine) C=1024 N=16
+  // 0.69-0.73 in three runs, C=512 N=8 0.77 in two, C=768 N=8 0.89, but H=512
+  // C=1024 N=16 (192 KB a row a thread) 1.9 and C=H=1024 N=8 1.46. So on
+  // tiles a step of at least 8 rows joins where each thread's share of the
   // joined weight is at most kJoinTileBytesPerRow a row of the step, and one of
-  // kJoinTileRows rows or more joins whatever the weight (threads not counted:
-  // at 2 threads, each with half the panels, C=1024 N=16 joined took 0.74).
+  // kJoinTileRows rows or more joins whatever the weight.
   // Not where a gate's units fill their 16-wide tiles less well than the GEMM's
   // columns do: the joined product pads each gate's H to a multiple of 16 over C
   // as well, and more than H/16 of padding (LSTM H=40: 48 a gate, 20% more work
@@ -909,7 +913,7 @@ struct InputProjection {
   static constexpr int64_t kJoinTileMinRows = 8;
   static constexpr int64_t kJoinTileRows = 32;
   static constexpr int64_t kJoinTileBytesPerRow = int64_t{128} << 10;
-  static bool joins(const SeqForwardArgs<S>& a, int64_t GH) {
+  static bool joins(const SeqForwardArgs<S>& a, int64_t GH, const Parallel& par) {
     if (!(kAmxCapable<S> && a.x_bf16)) return false;
     const amx::Engine engine = amx::in_use();
     if (engine == amx::Engine::kNone ||
@@ -917,9 +921,11 @@ struct InputProjection {
         a.seq.N < (engine == amx::Engine::kDot ? amx::kTileRows : kJoinTileMinRows) ||
         dot_in_place(a.pack, total_rows(a.seq), GH * a.C))
       return false;
-    const int64_t joined_bytes = (a.C + a.P) * GH * static_cast<int64_t>(sizeof(amx::bf16));
+    const int64_t joined = (a.C + a.P) * GH;
+    const int64_t threads = threads_for<S>(par, nullptr, a.seq.N * joined, a.seq.T, true);
     return engine == amx::Engine::kDot || a.seq.N >= kJoinTileRows ||
-           joined_bytes <= kJoinTileBytesPerRow * a.seq.N;
+           joined * static_cast<int64_t>(sizeof(amx::bf16)) <=
+               kJoinTileBytesPerRow * a.seq.N * threads;
   }
   int64_t panels() const { return ceil_div<int64_t>(GH, PanelGemm<S>::NR); }
   void prepare(const Parallel& par) const {
@@ -1564,7 +1570,7 @@ void lstm_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& 
 
   const int64_t R = total_rows(seq);
   InputProjection<S> xproj;
-  const bool join = InputProjection<S>::joins(a, GH);
+  const bool join = InputProjection<S>::joins(a, GH, par);
   xproj.plan(arena, a, GH, blas, join);
   Recurrent<S, G, U> rec;
   rec.plan(arena, a.pack, a.w_hh, H, P, N, R, blas, a.w_hh_bf16, join ? a.w_ih_bf16 : nullptr, a.C);
@@ -2204,7 +2210,7 @@ void rnn_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& p
   const int64_t N = seq.N, H = a.H;
 
   InputProjection<S> xproj;
-  const bool join = InputProjection<S>::joins(a, H);
+  const bool join = InputProjection<S>::joins(a, H, par);
   xproj.plan(arena, a, H, blas, join);
   Recurrent<S, 1, U> rec;
   rec.plan(arena, a.pack, a.w_hh, H, H, N, total_rows(seq), blas, a.w_hh_bf16,
