@@ -1312,10 +1312,11 @@ inline void add_into(S* dst, const Vec<S>& v, int64_t cnt) {
 constexpr int64_t kSumChain = 16;
 
 // K per-unit sums over a step's rows [0, rows): f(i, s) handles row i and adds
-// its K terms into s[0..K), which sum_rows returns. A cell's bias gradient at N=1024 float32
-// (20-100 seeds, median relative error over torch.nn's): 0.95-1.3, and 3.3-5.6
-// with one chain over all rows. f must inline (FRNN_ALWAYS_INLINE) so that s
-// stays in registers: bfloat16 LSTM training was 5% slower where it did not.
+// its K terms into s[0..K), which sum_rows returns. A cell's bias gradient at
+// N=1024 float32 (20-100 seeds, median relative error over torch.nn's):
+// 0.95-1.3, and 3.3-5.6 with one chain over all rows. f must inline
+// (FRNN_ALWAYS_INLINE) so that s stays in registers: bfloat16 LSTM training was
+// 5% slower where it did not.
 template <int K, typename S, typename F>
 FRNN_ALWAYS_INLINE inline std::array<Vec<S>, K> sum_rows(int64_t rows, const F& f) {
   using V = Vec<S>;
