@@ -1699,7 +1699,6 @@ void lstm_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel
   if (proj) whr.prepare(par);
   if (a.dh_n) std::memcpy(dh_state, a.dh_n, N * P * sizeof(S)); else fill_zero(N * P, dh_state);
   if (a.dc_n) std::memcpy(dc_state, a.dc_n, N * H * sizeof(S)); else fill_zero(N * H, dc_state);
-  if (a.dw_ch) fill_zero((G - 1) * H, a.dw_ch);
   bias_sums.zero();
   if (peephole_sums.total) peephole_sums.zero();
 
@@ -2060,18 +2059,14 @@ void gru_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel&
   const WeightGradBlock<S> wg[3] = {{0, 2 * H, 0, 0, hprev, H},
                                     {2 * H, H, -1, 2 * H, hprev, H},
                                     {3 * H, H, 2 * H, -1, hprev, H}};
-  if (products.chunked) {
-    products.run(
-        a,
-        [&](std::atomic<int64_t>* done) {
-          bptt_by_panels(seq, whh, dG, ldg, dh_state, true, sched, pointwise, 1, par, done);
-          bias_sums.finish();
-        },
-        dG, ldg, dsum, wg, 3, par);
-  } else {
-    bptt_by_panels(seq, whh, dG, ldg, dh_state, true, sched, pointwise,
-                   backward_threads(par, blas, H, step_fma, seq.T, a.amx, N * a.C * 3 * H), par);
+  const auto bptt = [&](int threads, std::atomic<int64_t>* steps_done) {
+    bptt_by_panels(seq, whh, dG, ldg, dh_state, true, sched, pointwise, threads, par, steps_done);
     bias_sums.finish();
+  };
+  if (products.chunked) {
+    products.run(a, [&](std::atomic<int64_t>* done) { bptt(1, done); }, dG, ldg, dsum, wg, 3, par);
+  } else {
+    bptt(backward_threads(par, blas, H, step_fma, seq.T, a.amx, N * a.C * 3 * H), nullptr);
     input_side_grads(a, dG, ldg, dsum, blocks, 2, scratch, blas, par, xtiles);
     weight_grads(a, dG, ldg, wg, 3, scratch, blas, par, wtiles);
   }
@@ -2298,18 +2293,14 @@ void rnn_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel&
   };
   if (hrows) previous_rows(seq, a.y, a.h0, H, hrows);
   const WeightGradBlock<S> wg{0, H, 0, 0, recurrent_inputs(a, hrows, H), H};
-  if (products.chunked) {
-    products.run(
-        a,
-        [&](std::atomic<int64_t>* done) {
-          bptt_by_panels(seq, whh, dG, H, dh_state, false, sched, pointwise, 1, par, done);
-          bias_sums.finish();
-        },
-        dG, H, dsum, &wg, 1, par);
-  } else {
-    bptt_by_panels(seq, whh, dG, H, dh_state, false, sched, pointwise,
-                   backward_threads(par, blas, H, step_fma, seq.T, a.amx, N * a.C * H), par);
+  const auto bptt = [&](int threads, std::atomic<int64_t>* steps_done) {
+    bptt_by_panels(seq, whh, dG, H, dh_state, false, sched, pointwise, threads, par, steps_done);
     bias_sums.finish();
+  };
+  if (products.chunked) {
+    products.run(a, [&](std::atomic<int64_t>* done) { bptt(1, done); }, dG, H, dsum, &wg, 1, par);
+  } else {
+    bptt(backward_threads(par, blas, H, step_fma, seq.T, a.amx, N * a.C * H), nullptr);
     input_side_grads(a, dG, H, dsum, &all, 1, scratch, blas, par, xtiles);
     weight_grads(a, dG, H, &wg, 1, scratch, blas, par, wtiles);
   }
