@@ -74,7 +74,7 @@ def main():
         sources,
         include_dirs=[str(HERE), os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "include")],
         define_macros=[("FUSEDRNN_WITH_CUDA", None)],
-        extra_compile_args=["-O2", "-fvisibility=hidden", "-Wall", "-Wno-unknown-pragmas"],
+        extra_compile_args=["-O2", "-g0", "-fvisibility=hidden", "-Wall", "-Wno-unknown-pragmas"],
     )
     setup(
         name="fusedrnn_cuda_emulation",
