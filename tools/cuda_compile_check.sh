@@ -88,10 +88,11 @@ for e, d in zip(entries, demangled):
 rows.sort(key=lambda r: (r[0], r[1], r[2]))
 
 w = max(len(r[1]) for r in rows)
+wf = max(len(r[0]) for r in rows)
 print()
-print(f"{'file':18} {'kernel':{w}} {'arch':6} {'regs':>4} {'stack':>5} {'spill st':>8} {'spill ld':>8}")
+print(f"{'file':{wf}} {'kernel':{w}} {'arch':6} {'regs':>4} {'stack':>5} {'spill st':>8} {'spill ld':>8}")
 for r in rows:
-    print(f"{r[0]:18} {r[1]:{w}} {r[2]:6} {r[3] if r[3] is not None else '?':>4} {r[4]:>5} {r[5]:>8} {r[6]:>8}")
+    print(f"{r[0]:{wf}} {r[1]:{w}} {r[2]:6} {r[3] if r[3] is not None else '?':>4} {r[4]:>5} {r[5]:>8} {r[6]:>8}")
 
 found_archs = sorted({r[2] for r in rows})
 missing = [a for a in archs if f"sm_{a}" not in found_archs]

@@ -117,26 +117,25 @@ inline cudaError_t bool_switch(bool b, const F& f) {
 
 }  // namespace fusedrnn::cuda
 
-// Explicit instantiations of a launcher for the four element types.
-#define FRNN_INSTANTIATE_LAUNCH(launch, Params)                                             \
-  template cudaError_t fusedrnn::cuda::launch<float>(const fusedrnn::cuda::Params<float>&,  \
-                                                     cudaStream_t);                         \
-  template cudaError_t fusedrnn::cuda::launch<double>(const fusedrnn::cuda::Params<double>&, \
-                                                      cudaStream_t);                        \
-  template cudaError_t fusedrnn::cuda::launch<__half>(const fusedrnn::cuda::Params<__half>&, \
-                                                      cudaStream_t);                        \
-  template cudaError_t fusedrnn::cuda::launch<__nv_bfloat16>(                               \
-      const fusedrnn::cuda::Params<__nv_bfloat16>&, cudaStream_t);
-
-// Explicit instantiations of a persistent plan/launch pair (name##_plan,
-// name##_launch) for the four element types.
+// Explicit instantiations of a launcher (FRNN_INSTANTIATE_LAUNCH) or of a persistent
+// plan/launch pair, name##_plan and name##_launch (FRNN_INSTANTIATE_PERSISTENT): for the
+// four element types, or for FRNN_ELEMENT alone where the translation unit defines it
+// before its includes. The LSTM's kernels are compiled that way, one file per element
+// type, so that the build runs their nvcc jobs side by side (lstm_forward_f32.cu ...).
+#define FRNN_INSTANTIATE_LAUNCH_TYPE(launch, Params, S) \
+  template cudaError_t fusedrnn::cuda::launch<S>(const fusedrnn::cuda::Params<S>&, cudaStream_t);
 #define FRNN_INSTANTIATE_PERSISTENT_TYPE(name, Args, S)                                   \
   template cudaError_t fusedrnn::cuda::name##_plan<S>(const fusedrnn::cuda::Args<S>&,      \
                                                       fusedrnn::cuda::PersistentPlan&);    \
   template cudaError_t fusedrnn::cuda::name##_launch<S>(                                  \
       const fusedrnn::cuda::Args<S>&, const fusedrnn::cuda::PersistentPlan&, cudaStream_t);
-#define FRNN_INSTANTIATE_PERSISTENT(name, Args)                  \
-  FRNN_INSTANTIATE_PERSISTENT_TYPE(name, Args, float)            \
-  FRNN_INSTANTIATE_PERSISTENT_TYPE(name, Args, double)           \
-  FRNN_INSTANTIATE_PERSISTENT_TYPE(name, Args, __half)           \
-  FRNN_INSTANTIATE_PERSISTENT_TYPE(name, Args, __nv_bfloat16)
+#ifdef FRNN_ELEMENT
+#define FRNN_FOR_EACH_ELEMENT(X, a, b) X(a, b, FRNN_ELEMENT)
+#else
+#define FRNN_FOR_EACH_ELEMENT(X, a, b) \
+  X(a, b, float) X(a, b, double) X(a, b, __half) X(a, b, __nv_bfloat16)
+#endif
+#define FRNN_INSTANTIATE_LAUNCH(launch, Params) \
+  FRNN_FOR_EACH_ELEMENT(FRNN_INSTANTIATE_LAUNCH_TYPE, launch, Params)
+#define FRNN_INSTANTIATE_PERSISTENT(name, Args) \
+  FRNN_FOR_EACH_ELEMENT(FRNN_INSTANTIATE_PERSISTENT_TYPE, name, Args)

@@ -7,6 +7,14 @@
 // within a launch each (row, unit) belongs to one thread and launches are
 // ordered on the stream, so the sums need no atomics and are deterministic;
 // the torch layer reduces the rows once after the loop.
+//
+// Compiled once per element type: lstm_backward_{f32,f64,f16,bf16}.cu define FRNN_ELEMENT
+// and include this file, which instantiates the launchers for that type alone.
+#pragma once
+#ifndef FRNN_ELEMENT
+#error "lstm_backward.cuh is included by lstm_backward_<type>.cu, after it defines FRNN_ELEMENT"
+#endif
+
 #include "persistent.cuh"
 
 namespace fusedrnn::cuda {

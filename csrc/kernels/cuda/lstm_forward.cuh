@@ -4,6 +4,14 @@
 // Writes h' to the output rows (or the projection's input), c' in place in the
 // A state, and in training the activated gates and c' (layouts in
 // csrc/kernels/cpu/rnn_cpu.h, shared with the CPU path).
+//
+// Compiled once per element type: lstm_forward_{f32,f64,f16,bf16}.cu define FRNN_ELEMENT
+// and include this file, which instantiates the launchers for that type alone.
+#pragma once
+#ifndef FRNN_ELEMENT
+#error "lstm_forward.cuh is included by lstm_forward_<type>.cu, after it defines FRNN_ELEMENT"
+#endif
+
 #include "persistent.cuh"
 
 namespace fusedrnn::cuda {
