@@ -87,6 +87,9 @@ struct Cooperative {
   ucontext_t scheduler;
   Fiber* current = nullptr;
   unsigned threads = 0;  // per block
+  // Each block's dynamic shared memory, filled with 0xFF bytes (NaN in every
+  // floating type) as a GPU's holds what earlier kernels left: a result that
+  // depends on a read before a write goes wrong here rather than reading zeros.
   std::vector<std::vector<unsigned char>> smem;
   const std::function<void()>* body = nullptr;
 };
@@ -120,7 +123,7 @@ void launch_cooperative(dim3 grid, dim3 block, size_t smem_bytes, const F& body)
   if (nt > 1024 || nb == 0 || nb > 16) fail("cooperative launch beyond the emulated device");
   Cooperative c;
   c.threads = nt;
-  c.smem.assign(nb, std::vector<unsigned char>(smem_bytes + 16));
+  c.smem.assign(nb, std::vector<unsigned char>(smem_bytes + 16, 0xFF));
   const std::function<void()> fn = [&] { body(); };
   c.body = &fn;
   c.fibers.resize(static_cast<size_t>(nb) * nt);
