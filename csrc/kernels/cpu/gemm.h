@@ -70,6 +70,9 @@ constexpr int64_t k_chunk(int64_t K, int64_t width, int64_t rows) {
   return ceil_div<int64_t>(K, ceil_div<int64_t>(K, kc));
 }
 
+// Values of k that pack_a moves at a time for every tile (see there).
+constexpr int64_t kPackAK = 16;
+
 // Below this many multiply-adds per chunk of work, threads cost more than they give.
 constexpr int64_t kMinParallelFma = int64_t{1} << 18;
 
@@ -327,22 +330,28 @@ struct PanelGemm {
 // values of each k from one place. For an A read along a large stride (A = dG^T
 // in the weight gradients: a cache line per k, 4 KiB apart, which all fall in
 // the same few sets of L1) this costs M*kc moves against M*kc*N multiply-adds.
+// The moves go kPackAK values of k at a time across all the tiles of a task,
+// so that the kPackAK lines of a k block serve every tile they hold before
+// they leave L1.
 template <typename S, int MR>
 void pack_a(const MatA<S>& A, int64_t M, int64_t kc, S* dst, const Parallel& par) {
   const int64_t ntiles = ceil_div<int64_t>(M, MR);
   par(ntiles, grain_for_moves(kc * MR), [&](int64_t tb, int64_t te) {
     const int64_t m0 = tb * MR, m1 = std::min<int64_t>(M, te * MR);
-    for_row_tiles<MR>(m1 - m0, [&](auto Rc, int64_t i) {
-      constexpr int R = decltype(Rc)::value;
-      const int64_t row = m0 + i;
-      S* d = dst + row * kc;
-      const S* a = A.ptr + row * A.rs;
-      for (int64_t k = 0; k < kc; ++k, d += R) {
-        const S* ak = a + k * A.cs;
+    for (int64_t kb = 0; kb < kc; kb += kPackAK) {
+      const int64_t ke = std::min<int64_t>(kc, kb + kPackAK);
+      for_row_tiles<MR>(m1 - m0, [&](auto Rc, int64_t i) {
+        constexpr int R = decltype(Rc)::value;
+        const int64_t row = m0 + i;
+        S* d = dst + row * kc + kb * R;
+        const S* a = A.ptr + row * A.rs;
+        for (int64_t k = kb; k < ke; ++k, d += R) {
+          const S* ak = a + k * A.cs;
 #pragma GCC unroll 8
-        for (int r = 0; r < R; ++r) d[r] = ak[r * A.rs];
-      }
-    });
+          for (int r = 0; r < R; ++r) d[r] = ak[r * A.rs];
+        }
+      });
+    }
   });
 }
 
