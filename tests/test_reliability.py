@@ -520,3 +520,27 @@ def test_wide_batches_stay_inside_their_scratch(hidden, threads):
         fusedrnn.testing.assert_matches_reference(m, torch.randn(7, 600, 6))
     finally:
         torch.set_num_threads(saved)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("make", [
+    lambda: fusedrnn.LSTM(272, 272),
+    lambda: fusedrnn.GRU(304, 304),
+    lambda: fusedrnn.RNN(544, 544),
+    lambda: fusedrnn.LSTM(272, 300, proj_size=136),
+], ids=["lstm", "gru", "rnn", "lstm-proj"])
+def test_weights_beyond_l2_match_reference(make, threads):
+    """Packed weights of more than 1 MiB (kPrefetchMinBytes in gemm.h): their products
+    run in copies of their own that prefetch the weight (LSTM H=272: W_hh packed in
+    17 panels of 272 x 64 floats, 1.18 MB; GRU H=304 1.11 MB; RNN H=544 1.18 MB),
+    the input, recurrent and backward products alike, with rows that are not whole
+    tiles (N=13) and hidden sizes that are not whole panels. T*N = 104 rows, so that
+    the weights are packed rather than read in place (kPackReuse)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(0)
+        m = make()
+        fusedrnn.testing.assert_matches_reference(m, torch.randn(8, 13, m.input_size))
+    finally:
+        torch.set_num_threads(saved)

@@ -73,6 +73,52 @@ constexpr int64_t k_chunk(int64_t K, int64_t width, int64_t rows) {
 // Values of k that pack_a moves at a time for every tile (see there).
 constexpr int64_t kPackAK = 16;
 
+// A packed weight larger than this is read from beyond L2 at every pass, and
+// its products prefetch it (PrefetchNext). The hardware's stream prefetcher
+// stops at each 4 KiB page, and the first row tile of a chunk of K, which reads
+// the chunk from memory, waits for every page of it; the tiles after it read
+// the chunk from L1. Measured on the Intel Xeon (L2 2 MB), C = A W^T with W
+// packed, 1 thread, against no prefetch: M=16 K=512 N=2048 (4 MB) 1.25-1.27x
+// the GFLOP/s, K=384 N=1536 (2.25 MB) 1.20-1.22x, M=64 1.07-1.09x; a weight of
+// 1 MB (K=256 N=1024), which stays in L2, gained nothing from it and lost 7%
+// to the prefetch instructions. Whole calls (inference / training, runs
+// alternating in ABBA order, 6 each, medians of the paired ratios), time
+// against no prefetch, 1 thread: LSTM H=512 N=16 T=50 0.89 / 0.93, N=64 T=30
+// 0.84 / 0.96; GRU H=512 N=16 0.89 / 0.93; RNN H=1024 N=16 0.86 / 0.90; LSTM
+// H=256 (1 MB: no prefetch) 0.98 / 0.99, N=1 H=64 1.02 / 1.01. 2 threads, LSTM
+// H=512 N=16: 0.94-1.00 / 0.98-0.99 in two runs; the thread that takes panels
+// from the last down (phases.h) prefetches at a panel's end the one it has done.
+constexpr int64_t kPrefetchMinBytes = int64_t{1} << 20;
+
+// The `bytes` of packed weight that the next chunk (or the next panel) of a
+// product reads, from `next` on, shared out over the `tiles` row tiles of the
+// current chunk: tile t prefetches its share into L2, two lines per value of k,
+// while it computes (gemm_tile, recurrent_tile), so that the chunk is in L2
+// when its first tile starts. For weights of more than kPrefetchMinBytes.
+struct PrefetchNext {
+  static constexpr int64_t kLine = 64;
+  const char* next;
+  int64_t lines, per_tile;
+
+  PrefetchNext(const void* next_, int64_t bytes, int64_t tiles)
+      : next(static_cast<const char*>(next_)),
+        lines(ceil_div<int64_t>(std::max<int64_t>(bytes, 0), kLine)),
+        per_tile(ceil_div<int64_t>(lines, std::max<int64_t>(tiles, 1))) {}
+  // Row tile t's first line and count.
+  const char* at(int64_t t) const { return next + t * per_tile * kLine; }
+  int64_t count(int64_t t) const {
+    return std::max<int64_t>(0, std::min<int64_t>(per_tile, lines - t * per_tile));
+  }
+};
+
+// Issued at the first (pf_lines + 1) / 2 values k of a tile's loop: lines 2k
+// and 2k+1 of its share. Those values run in a loop of their own: with a test
+// in the loop, GCC kept the accumulators on the stack (at a third of the speed).
+FRNN_ALWAYS_INLINE inline void prefetch_lines(const char* pf, int64_t k) {
+  __builtin_prefetch(pf + 2 * k * PrefetchNext::kLine, 0, 2);
+  __builtin_prefetch(pf + (2 * k + 1) * PrefetchNext::kLine, 0, 2);
+}
+
 // Below this many multiply-adds per chunk of work, threads cost more than they give.
 constexpr int64_t kMinParallelFma = int64_t{1} << 18;
 
@@ -179,11 +225,13 @@ void pack_b(const MatB<S>& B, int64_t k0, int64_t kc, int64_t N, S* dst,
 // C[0:MR, 0:n_valid] (+)= A[0:MR, 0:kc] * B[0:kc, 0:NR], row k of B at
 // bp + k*bstride: a packed panel (bstride = NR, zero-padded) or a row-major B read
 // in place (bstride = its row stride; kMaskB for a last panel narrower than NR).
-// bias (per column, may be null) is added at the store.
-template <typename S, int MR, int NV, bool kMaskB>
+// bias (per column, may be null) is added at the store. With kPf, pf_lines
+// lines from pf on are prefetched on the way (PrefetchNext), in a copy of its
+// own, so that the loop without stays as it was.
+template <typename S, int MR, int NV, bool kMaskB, bool kPf = false>
 inline void gemm_tile(int64_t kc, const S* a, int64_t ars, int64_t acs, const S* bp,
                       int64_t bstride, S* c, int64_t ldc, int64_t n_valid, bool accumulate,
-                      const S* bias) {
+                      const S* bias, const char* pf = nullptr, int64_t pf_lines = 0) {
   using V = Vec<S>;
   constexpr int L = V::size();
   V acc[MR][NV];
@@ -194,7 +242,29 @@ inline void gemm_tile(int64_t kc, const S* a, int64_t ars, int64_t acs, const S*
   const S* ar[MR];
 #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i) ar[i] = a + i * ars;
-  for (int64_t k = 0; k < kc; ++k) {
+  int64_t k = 0;
+  if constexpr (kPf) {
+    for (const int64_t k_pf = std::min<int64_t>(kc, (pf_lines + 1) / 2); k < k_pf; ++k) {
+      prefetch_lines(pf, k);
+      V b[NV];
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) {
+        if constexpr (kMaskB)
+          b[v] = V::loadu(bp + v * L, std::min<int64_t>(L, std::max<int64_t>(0, n_valid - v * L)));
+        else
+          b[v] = V::loadu(bp + v * L);
+      }
+      const int64_t ko = k * acs;
+#pragma GCC unroll 8
+      for (int i = 0; i < MR; ++i) {
+        const V ai(ar[i][ko]);
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v) acc[i][v] = at::vec::fmadd(ai, b[v], acc[i][v]);
+      }
+      bp += bstride;
+    }
+  }
+  for (; k < kc; ++k) {
     V b[NV];
 #pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) {
@@ -280,7 +350,21 @@ struct PanelGemm {
     for (int64_t mb = 0; mb < nmb; ++mb) run(mb * npanel + p);
   }
 
+  // Whether B is a packed weight read from beyond L2 (kPrefetchMinBytes), which
+  // run() prefetches, in a copy of its own (run_far): with the prefetching tiles
+  // inline beside the plain ones, the plain ones were no longer inlined, and an
+  // LSTM call at T=100 N=1 H=64 took 1.14x the time.
+  bool far() const {
+    return !direct && !apack && npanel * panel_stride * int64_t{sizeof(S)} > kPrefetchMinBytes;
+  }
   void run(int64_t task) const {
+    if (far()) return run_far(task);
+    run_tiles<false>(task);
+  }
+  FRNN_NOINLINE void run_far(int64_t task) const { run_tiles<true>(task); }
+
+  template <bool kFar>
+  FRNN_ALWAYS_INLINE void run_tiles(int64_t task) const {
     const int64_t mb = task / npanel;
     const int64_t p = task % npanel;
     const int64_t m0 = mb * mc;
@@ -301,20 +385,36 @@ struct PanelGemm {
       const bool acc_k = accumulate || k0 > 0;
       const S* bias_k = k0 == 0 ? bias_p : nullptr;
       const S* bk = bpp + k0 * bstride;
-      for_row_tiles<MR>(m1 - m0, [&](auto R, int64_t i) {
-        constexpr int kR = decltype(R)::value;
-        const int64_t m = m0 + i;
-        S* cm = c + m * ldc + p * NR;
-        if (apack)
-          gemm_tile<S, kR, NV, false>(kk, apack + m * kc + k0 * kR, 1, kR, bk, bstride, cm, ldc,
-                                      n_valid, acc_k, bias_k);
-        else if (masked)
-          gemm_tile<S, kR, NV, true>(kk, A.ptr + m * A.rs + k0 * A.cs, A.rs, A.cs, bk, bstride,
-                                     cm, ldc, n_valid, acc_k, bias_k);
-        else
-          gemm_tile<S, kR, NV, false>(kk, A.ptr + m * A.rs + k0 * A.cs, A.rs, A.cs, bk, bstride,
-                                      cm, ldc, n_valid, acc_k, bias_k);
-      });
+      if constexpr (kFar) {
+        // The packed B is contiguous from chunk to chunk and from panel to panel.
+        const int64_t next_rows = k0 + kk < kc ? std::min(kstep, kc - k0 - kk)
+                                  : p + 1 < npanel ? std::min(kstep, kc)
+                                                   : 0;
+        const PrefetchNext pf(bk + kk * bstride, next_rows * NR * int64_t{sizeof(S)},
+                              ceil_div<int64_t>(m1 - m0, MR));
+        for_row_tiles<MR>(m1 - m0, [&](auto R, int64_t i) {
+          constexpr int kR = decltype(R)::value;
+          const int64_t m = m0 + i;
+          gemm_tile<S, kR, NV, false, true>(kk, A.ptr + m * A.rs + k0 * A.cs, A.rs, A.cs, bk,
+                                            bstride, c + m * ldc + p * NR, ldc, n_valid, acc_k,
+                                            bias_k, pf.at(i / MR), pf.count(i / MR));
+        });
+      } else {
+        for_row_tiles<MR>(m1 - m0, [&](auto R, int64_t i) {
+          constexpr int kR = decltype(R)::value;
+          const int64_t m = m0 + i;
+          S* cm = c + m * ldc + p * NR;
+          if (apack)
+            gemm_tile<S, kR, NV, false>(kk, apack + m * kc + k0 * kR, 1, kR, bk, bstride, cm, ldc,
+                                        n_valid, acc_k, bias_k);
+          else if (masked)
+            gemm_tile<S, kR, NV, true>(kk, A.ptr + m * A.rs + k0 * A.cs, A.rs, A.cs, bk, bstride,
+                                       cm, ldc, n_valid, acc_k, bias_k);
+          else
+            gemm_tile<S, kR, NV, false>(kk, A.ptr + m * A.rs + k0 * A.cs, A.rs, A.cs, bk, bstride,
+                                        cm, ldc, n_valid, acc_k, bias_k);
+        });
+      }
       k0 += kk;
     } while (k0 < kc);
   }

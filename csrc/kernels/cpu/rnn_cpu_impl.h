@@ -91,10 +91,12 @@ void pack_recurrent(const S* w, int64_t H, int64_t K, S* dst, const Parallel& pa
 // acc[v] = sum_k a[k] * wp[k*NV + v] for MR rows, then epi(row, panel, acc[row]).
 // Over a chunk of K: the sums start from part (unless first) and, unless last, are
 // stored back there instead of going to the epilogue, so that chunking K does not
-// change them.
-template <typename S, int MR, int NV, typename Epi>
+// change them. With kPf, pf_lines lines from pf on are prefetched on the way
+// (PrefetchNext), in a copy of its own: the prefetching loop costs registers.
+template <typename S, int MR, int NV, bool kPf, typename Epi>
 inline void recurrent_tile(int64_t K, const S* a, int64_t lda, const S* wp, int64_t row0,
-                           int64_t panel, const Epi& epi, S* part, bool first, bool last) {
+                           int64_t panel, const Epi& epi, S* part, bool first, bool last,
+                           const char* pf, int64_t pf_lines) {
   using V = Vec<S>;
   constexpr int L = V::size();
   V acc[MR][NV];
@@ -102,7 +104,23 @@ inline void recurrent_tile(int64_t K, const S* a, int64_t lda, const S* wp, int6
   for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) acc[i][v] = first ? V(S(0)) : V::loadu(part + (i * NV + v) * L);
-  for (int64_t k = 0; k < K; ++k) {
+  int64_t k = 0;
+  if constexpr (kPf) {
+    for (const int64_t k_pf = std::min<int64_t>(K, (pf_lines + 1) / 2); k < k_pf; ++k) {
+      prefetch_lines(pf, k);
+      V b[NV];
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) b[v] = V::loadu(wp + v * L);
+#pragma GCC unroll 8
+      for (int i = 0; i < MR; ++i) {
+        const V ai(a[i * lda + k]);
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v) acc[i][v] = at::vec::fmadd(ai, b[v], acc[i][v]);
+      }
+      wp += NV * L;
+    }
+  }
+  for (; k < K; ++k) {
     V b[NV];
 #pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) b[v] = V::loadu(wp + v * L);
@@ -435,6 +453,55 @@ struct Recurrent {
   // decide whether threads pay off.
   int64_t fma_per_step(int64_t rows) const { return rows * (C + K) * G * H; }
 
+  // Whether the packed weight is read from beyond L2 (kPrefetchMinBytes), so
+  // that run() prefetches it, in a copy of its own (see PanelGemm::far).
+  bool far() const {
+    return panels() * K * NV * L * int64_t{sizeof(S)} > kPrefetchMinBytes;
+  }
+  template <typename Epi>
+  FRNN_NOINLINE void run_far(int64_t rows, const S* a, int64_t lda, const Epi& epi,
+                             int64_t task) const {
+    run_packed<true>(rows, a, lda, epi, task);
+  }
+  // The fused product with the packed weight, task: a panel and a block of rows.
+  template <bool kFar, typename Epi>
+  FRNN_ALWAYS_INLINE void run_packed(int64_t rows, const S* a, int64_t lda, const Epi& epi,
+                                     int64_t task) const {
+    const int64_t nrb = ceil_div<int64_t>(rows, kRowBlock);
+    const int64_t p = task / nrb;
+    const int64_t r0 = (task % nrb) * kRowBlock;
+    const int64_t r1 = std::min<int64_t>(rows, r0 + kRowBlock);
+    const S* wpp = packed + p * K * NV * L;
+    const int64_t kstep = k_chunk<S, MR>(K, NV * L, r1 - r0);
+    // The block's sums between chunks of K (kRowBlock rows of NV vectors); with a
+    // single chunk (one row tile) it is not touched.
+    alignas(64) S part[kRowBlock * NV * L];
+    for (int64_t k0 = 0; k0 < K; k0 += kstep) {
+      const int64_t kk = std::min<int64_t>(kstep, K - k0);
+      if constexpr (kFar) {
+        // The packed panels are contiguous: next comes the panel's next chunk,
+        // or the first of the next panel.
+        const int64_t next_rows = k0 + kk < K ? std::min(kstep, K - k0 - kk)
+                                  : p + 1 < panels() ? std::min(kstep, K)
+                                                     : 0;
+        const PrefetchNext pf(wpp + (k0 + kk) * NV * L, next_rows * NV * L * int64_t{sizeof(S)},
+                              ceil_div<int64_t>(r1 - r0, MR));
+        for_row_tiles<MR>(r1 - r0, [&](auto R, int64_t i) {
+          recurrent_tile<S, decltype(R)::value, NV, true>(
+              kk, a + (r0 + i) * lda + k0, lda, wpp + k0 * NV * L, r0 + i, p, epi,
+              part + i * NV * L, k0 == 0, k0 + kk >= K, pf.at(i / MR), pf.count(i / MR));
+        });
+      } else {
+        for_row_tiles<MR>(r1 - r0, [&](auto R, int64_t i) {
+          recurrent_tile<S, decltype(R)::value, NV, false>(kk, a + (r0 + i) * lda + k0, lda,
+                                                           wpp + k0 * NV * L, r0 + i, p, epi,
+                                                           part + i * NV * L, k0 == 0,
+                                                           k0 + kk >= K, nullptr, 0);
+        });
+      }
+    }
+  }
+
   // x: the step's rows of the input [rows, C], where the input product is joined.
   template <typename Epi>
   void run(int64_t rows, const S* a, int64_t lda, const Epi& epi, int64_t task,
@@ -444,24 +511,8 @@ struct Recurrent {
       if (tiles) return run_amx(rows, a, lda, x, epi, task);
     }
     if (packed) {
-      const int64_t nrb = ceil_div<int64_t>(rows, kRowBlock);
-      const int64_t p = task / nrb;
-      const int64_t r0 = (task % nrb) * kRowBlock;
-      const int64_t r1 = std::min<int64_t>(rows, r0 + kRowBlock);
-      const S* wpp = packed + p * K * NV * L;
-      const int64_t kstep = k_chunk<S, MR>(K, NV * L, r1 - r0);
-      // The block's sums between chunks of K (kRowBlock rows of NV vectors); with a
-      // single chunk (one row tile) it is not touched.
-      alignas(64) S part[kRowBlock * NV * L];
-      for (int64_t k0 = 0; k0 < K; k0 += kstep) {
-        const int64_t kk = std::min<int64_t>(kstep, K - k0);
-        for_row_tiles<MR>(r1 - r0, [&](auto R, int64_t i) {
-          recurrent_tile<S, decltype(R)::value, NV>(kk, a + (r0 + i) * lda + k0, lda,
-                                                    wpp + k0 * NV * L, r0 + i, p, epi,
-                                                    part + i * NV * L, k0 == 0, k0 + kk >= K);
-        });
-      }
-      return;
+      if (far()) return run_far(rows, a, lda, epi, task);
+      return run_packed<false>(rows, a, lda, epi, task);
     }
     const int64_t GH = G * H;
     int64_t p0 = 0, p1 = panels();
