@@ -93,7 +93,7 @@ constexpr int64_t kPrefetchMinBytes = int64_t{1} << 20;
 // The `bytes` of packed weight that the next chunk (or the next panel) of a
 // product reads, from `next` on, shared out over the `tiles` row tiles of the
 // current chunk: tile t prefetches its share into L2, two lines per value of k,
-// while it computes (gemm_tile, recurrent_tile), so that the chunk is in L2
+// while it computes (fma_rows), so that the chunk is in L2
 // when its first tile starts. For weights of more than kPrefetchMinBytes.
 struct PrefetchNext {
   static constexpr int64_t kLine = 64;
@@ -110,14 +110,6 @@ struct PrefetchNext {
     return std::max<int64_t>(0, std::min<int64_t>(per_tile, lines - t * per_tile));
   }
 };
-
-// Issued at the first (pf_lines + 1) / 2 values k of a tile's loop: lines 2k
-// and 2k+1 of its share. Those values run in a loop of their own: with a test
-// in the loop, GCC kept the accumulators on the stack (at a third of the speed).
-FRNN_ALWAYS_INLINE inline void prefetch_lines(const char* pf, int64_t k) {
-  __builtin_prefetch(pf + 2 * k * PrefetchNext::kLine, 0, 2);
-  __builtin_prefetch(pf + (2 * k + 1) * PrefetchNext::kLine, 0, 2);
-}
 
 // Below this many multiply-adds per chunk of work, threads cost more than they give.
 constexpr int64_t kMinParallelFma = int64_t{1} << 18;
@@ -222,12 +214,51 @@ void pack_b(const MatB<S>& B, int64_t k0, int64_t kc, int64_t N, S* dst,
   });
 }
 
+// acc[i][v] += A(i, k) * B(k, v) over k < K for MR rows and NV vectors of
+// columns: A(i, k) = a[i*ars + k*acs], row k of B at b + k*bstride (the last
+// vector masked to n_valid columns with kMaskB). With kPf, the first
+// (pf_lines + 1) / 2 values of k also prefetch lines 2k and 2k+1 from pf on
+// (PrefetchNext), in a loop of their own: with a test in the loop, GCC kept the
+// accumulators on the stack (at a third of the speed).
+template <typename S, int MR, int NV, bool kMaskB, bool kPf>
+FRNN_ALWAYS_INLINE inline void fma_rows(Vec<S> (&acc)[MR][NV], int64_t K, const S* a,
+                                        int64_t ars, int64_t acs, const S* b, int64_t bstride,
+                                        int64_t n_valid, const char* pf, int64_t pf_lines) {
+  using V = Vec<S>;
+  constexpr int L = V::size();
+  const auto step = [&](int64_t k, const S* bk) FRNN_ALWAYS_INLINE {
+    V bv[NV];
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) {
+      if constexpr (kMaskB)
+        bv[v] = V::loadu(bk + v * L, std::min<int64_t>(L, std::max<int64_t>(0, n_valid - v * L)));
+      else
+        bv[v] = V::loadu(bk + v * L);
+    }
+    const int64_t ko = k * acs;
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      const V ai(a[i * ars + ko]);
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) acc[i][v] = at::vec::fmadd(ai, bv[v], acc[i][v]);
+    }
+  };
+  int64_t k = 0;
+  if constexpr (kPf) {
+    for (const int64_t k_pf = std::min<int64_t>(K, (pf_lines + 1) / 2); k < k_pf; ++k) {
+      __builtin_prefetch(pf + 2 * k * PrefetchNext::kLine, 0, 2);
+      __builtin_prefetch(pf + (2 * k + 1) * PrefetchNext::kLine, 0, 2);
+      step(k, b + k * bstride);
+    }
+  }
+  for (; k < K; ++k) step(k, b + k * bstride);
+}
+
 // C[0:MR, 0:n_valid] (+)= A[0:MR, 0:kc] * B[0:kc, 0:NR], row k of B at
 // bp + k*bstride: a packed panel (bstride = NR, zero-padded) or a row-major B read
 // in place (bstride = its row stride; kMaskB for a last panel narrower than NR).
 // bias (per column, may be null) is added at the store. With kPf, pf_lines
-// lines from pf on are prefetched on the way (PrefetchNext), in a copy of its
-// own, so that the loop without stays as it was.
+// lines from pf on are prefetched on the way (fma_rows), in a copy of its own.
 template <typename S, int MR, int NV, bool kMaskB, bool kPf = false>
 inline void gemm_tile(int64_t kc, const S* a, int64_t ars, int64_t acs, const S* bp,
                       int64_t bstride, S* c, int64_t ldc, int64_t n_valid, bool accumulate,
@@ -239,49 +270,7 @@ inline void gemm_tile(int64_t kc, const S* a, int64_t ars, int64_t acs, const S*
   for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) acc[i][v] = V(S(0));
-  const S* ar[MR];
-#pragma GCC unroll 8
-  for (int i = 0; i < MR; ++i) ar[i] = a + i * ars;
-  int64_t k = 0;
-  if constexpr (kPf) {
-    for (const int64_t k_pf = std::min<int64_t>(kc, (pf_lines + 1) / 2); k < k_pf; ++k) {
-      prefetch_lines(pf, k);
-      V b[NV];
-#pragma GCC unroll 8
-      for (int v = 0; v < NV; ++v) {
-        if constexpr (kMaskB)
-          b[v] = V::loadu(bp + v * L, std::min<int64_t>(L, std::max<int64_t>(0, n_valid - v * L)));
-        else
-          b[v] = V::loadu(bp + v * L);
-      }
-      const int64_t ko = k * acs;
-#pragma GCC unroll 8
-      for (int i = 0; i < MR; ++i) {
-        const V ai(ar[i][ko]);
-#pragma GCC unroll 8
-        for (int v = 0; v < NV; ++v) acc[i][v] = at::vec::fmadd(ai, b[v], acc[i][v]);
-      }
-      bp += bstride;
-    }
-  }
-  for (; k < kc; ++k) {
-    V b[NV];
-#pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) {
-      if constexpr (kMaskB)
-        b[v] = V::loadu(bp + v * L, std::min<int64_t>(L, std::max<int64_t>(0, n_valid - v * L)));
-      else
-        b[v] = V::loadu(bp + v * L);
-    }
-    const int64_t ko = k * acs;
-#pragma GCC unroll 8
-    for (int i = 0; i < MR; ++i) {
-      const V ai(ar[i][ko]);
-#pragma GCC unroll 8
-      for (int v = 0; v < NV; ++v) acc[i][v] = at::vec::fmadd(ai, b[v], acc[i][v]);
-    }
-    bp += bstride;
-  }
+  fma_rows<S, MR, NV, kMaskB, kPf>(acc, kc, a, ars, acs, bp, bstride, n_valid, pf, pf_lines);
 #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i) {
     S* ci = c + i * ldc;

@@ -92,7 +92,7 @@ void pack_recurrent(const S* w, int64_t H, int64_t K, S* dst, const Parallel& pa
 // Over a chunk of K: the sums start from part (unless first) and, unless last, are
 // stored back there instead of going to the epilogue, so that chunking K does not
 // change them. With kPf, pf_lines lines from pf on are prefetched on the way
-// (PrefetchNext), in a copy of its own: the prefetching loop costs registers.
+// (fma_rows), in a copy of its own.
 template <typename S, int MR, int NV, bool kPf, typename Epi>
 inline void recurrent_tile(int64_t K, const S* a, int64_t lda, const S* wp, int64_t row0,
                            int64_t panel, const Epi& epi, S* part, bool first, bool last,
@@ -104,34 +104,7 @@ inline void recurrent_tile(int64_t K, const S* a, int64_t lda, const S* wp, int6
   for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) acc[i][v] = first ? V(S(0)) : V::loadu(part + (i * NV + v) * L);
-  int64_t k = 0;
-  if constexpr (kPf) {
-    for (const int64_t k_pf = std::min<int64_t>(K, (pf_lines + 1) / 2); k < k_pf; ++k) {
-      prefetch_lines(pf, k);
-      V b[NV];
-#pragma GCC unroll 8
-      for (int v = 0; v < NV; ++v) b[v] = V::loadu(wp + v * L);
-#pragma GCC unroll 8
-      for (int i = 0; i < MR; ++i) {
-        const V ai(a[i * lda + k]);
-#pragma GCC unroll 8
-        for (int v = 0; v < NV; ++v) acc[i][v] = at::vec::fmadd(ai, b[v], acc[i][v]);
-      }
-      wp += NV * L;
-    }
-  }
-  for (; k < K; ++k) {
-    V b[NV];
-#pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) b[v] = V::loadu(wp + v * L);
-#pragma GCC unroll 8
-    for (int i = 0; i < MR; ++i) {
-      const V ai(a[i * lda + k]);
-#pragma GCC unroll 8
-      for (int v = 0; v < NV; ++v) acc[i][v] = at::vec::fmadd(ai, b[v], acc[i][v]);
-    }
-    wp += NV * L;
-  }
+  fma_rows<S, MR, NV, false, kPf>(acc, K, a, lda, 1, wp, NV * L, NV * L, pf, pf_lines);
   if (!last) {
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i)
