@@ -104,8 +104,8 @@ struct PrefetchNext {
       : next(static_cast<const char*>(next_)),
         lines(ceil_div<int64_t>(std::max<int64_t>(bytes, 0), kLine)),
         per_tile(ceil_div<int64_t>(lines, std::max<int64_t>(tiles, 1))) {}
-  // Row tile t's first line and count.
-  const char* at(int64_t t) const { return next + t * per_tile * kLine; }
+  // Row tile t's first line (at most the end of the region) and count.
+  const char* at(int64_t t) const { return next + std::min(t * per_tile, lines) * kLine; }
   int64_t count(int64_t t) const {
     return std::max<int64_t>(0, std::min<int64_t>(per_tile, lines - t * per_tile));
   }
