@@ -528,14 +528,17 @@ def test_wide_batches_stay_inside_their_scratch(hidden, threads):
     lambda: fusedrnn.GRU(304, 304),
     lambda: fusedrnn.RNN(544, 544),
     lambda: fusedrnn.LSTM(272, 300, proj_size=136),
-], ids=["lstm", "gru", "rnn", "lstm-proj"])
+    lambda: fusedrnn.GRU(368, 368, reset_after=False),
+], ids=["lstm", "gru", "rnn", "lstm-proj", "gru-reset-before"])
 def test_weights_beyond_l2_match_reference(make, threads):
     """Packed weights of more than 1 MiB (kPrefetchMinBytes in gemm.h): their products
     run in copies of their own that prefetch the weight (LSTM H=272: W_hh packed in
     17 panels of 272 x 64 floats, 1.18 MB; GRU H=304 1.11 MB; RNN H=544 1.18 MB): the
     input, recurrent and backward products, with rows that are not whole tiles (N=13)
     and, with AVX-512, GRU and RNN weights that are not whole panels. The projection
-    case covers the input product alone (its W_hh, 0.66 MB, stays below). T*N = 104
+    case covers the input product alone (its W_hh, 0.66 MB, stays below); the GRU with
+    the reset before the product packs the r and z rows of W_hh apart from the n rows,
+    1.08 MB of them at H=368. T*N = 104
     rows, so that the weights are packed rather than read in place (kPackReuse)."""
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
