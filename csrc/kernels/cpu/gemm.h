@@ -97,13 +97,27 @@ constexpr int64_t kPrefetchMinBytes = int64_t{1} << 20;
 // when its first tile starts. For weights of more than kPrefetchMinBytes.
 struct PrefetchNext {
   static constexpr int64_t kLine = 64;
-  const char* next;
-  int64_t lines, per_tile;
+  const char* next = nullptr;
+  int64_t lines = 0, per_tile = 0;
 
+  PrefetchNext() = default;
   PrefetchNext(const void* next_, int64_t bytes, int64_t tiles)
       : next(static_cast<const char*>(next_)),
         lines(ceil_div<int64_t>(std::max<int64_t>(bytes, 0), kLine)),
         per_tile(ceil_div<int64_t>(lines, std::max<int64_t>(tiles, 1))) {}
+  // After the chunk [k0, k0 + kk) (of at most kstep rows) of a packed panel of K
+  // rows of `width` values at `panel`, read by `rows` rows of A in tiles of MR:
+  // the panel's next chunk, or with `more_panels` the first chunk of the next
+  // panel, which follows it in memory.
+  template <int MR, typename S>
+  static PrefetchNext after_chunk(const S* panel, int64_t k0, int64_t kk, int64_t kstep,
+                                  int64_t K, int64_t width, bool more_panels, int64_t rows) {
+    const int64_t next_rows = k0 + kk < K    ? std::min(kstep, K - k0 - kk)
+                              : more_panels ? std::min(kstep, K)
+                                            : 0;
+    return PrefetchNext(panel + (k0 + kk) * width, next_rows * width * int64_t{sizeof(S)},
+                        ceil_div<int64_t>(rows, MR));
+  }
   // Row tile t's first line (at most the end of the region) and count.
   const char* at(int64_t t) const { return next + std::min(t * per_tile, lines) * kLine; }
   int64_t count(int64_t t) const {
@@ -374,36 +388,25 @@ struct PanelGemm {
       const bool acc_k = accumulate || k0 > 0;
       const S* bias_k = k0 == 0 ? bias_p : nullptr;
       const S* bk = bpp + k0 * bstride;
-      if constexpr (kFar) {
-        // The packed B is contiguous from chunk to chunk and from panel to panel.
-        const int64_t next_rows = k0 + kk < kc ? std::min(kstep, kc - k0 - kk)
-                                  : p + 1 < npanel ? std::min(kstep, kc)
-                                                   : 0;
-        const PrefetchNext pf(bk + kk * bstride, next_rows * NR * int64_t{sizeof(S)},
-                              ceil_div<int64_t>(m1 - m0, MR));
-        for_row_tiles<MR>(m1 - m0, [&](auto R, int64_t i) {
-          constexpr int kR = decltype(R)::value;
-          const int64_t m = m0 + i;
-          gemm_tile<S, kR, NV, false, true>(kk, A.ptr + m * A.rs + k0 * A.cs, A.rs, A.cs, bk,
-                                            bstride, c + m * ldc + p * NR, ldc, n_valid, acc_k,
-                                            bias_k, pf.at(i / MR), pf.count(i / MR));
-        });
-      } else {
-        for_row_tiles<MR>(m1 - m0, [&](auto R, int64_t i) {
-          constexpr int kR = decltype(R)::value;
-          const int64_t m = m0 + i;
-          S* cm = c + m * ldc + p * NR;
-          if (apack)
-            gemm_tile<S, kR, NV, false>(kk, apack + m * kc + k0 * kR, 1, kR, bk, bstride, cm, ldc,
-                                        n_valid, acc_k, bias_k);
-          else if (masked)
-            gemm_tile<S, kR, NV, true>(kk, A.ptr + m * A.rs + k0 * A.cs, A.rs, A.cs, bk, bstride,
-                                       cm, ldc, n_valid, acc_k, bias_k);
-          else
-            gemm_tile<S, kR, NV, false>(kk, A.ptr + m * A.rs + k0 * A.cs, A.rs, A.cs, bk, bstride,
-                                        cm, ldc, n_valid, acc_k, bias_k);
-        });
-      }
+      // The packed B is contiguous from chunk to chunk and from panel to panel.
+      const PrefetchNext pf = kFar ? PrefetchNext::after_chunk<MR>(bpp, k0, kk, kstep, kc, NR,
+                                                                    p + 1 < npanel, m1 - m0)
+                                   : PrefetchNext();
+      for_row_tiles<MR>(m1 - m0, [&](auto R, int64_t i) {
+        constexpr int kR = decltype(R)::value;
+        const int64_t m = m0 + i;
+        S* cm = c + m * ldc + p * NR;
+        if (apack)
+          gemm_tile<S, kR, NV, false>(kk, apack + m * kc + k0 * kR, 1, kR, bk, bstride, cm, ldc,
+                                      n_valid, acc_k, bias_k);
+        else if (masked)
+          gemm_tile<S, kR, NV, true>(kk, A.ptr + m * A.rs + k0 * A.cs, A.rs, A.cs, bk, bstride,
+                                     cm, ldc, n_valid, acc_k, bias_k);
+        else
+          gemm_tile<S, kR, NV, false, kFar>(kk, A.ptr + m * A.rs + k0 * A.cs, A.rs, A.cs, bk,
+                                            bstride, cm, ldc, n_valid, acc_k, bias_k,
+                                            pf.at(i / MR), pf.count(i / MR));
+      });
       k0 += kk;
     } while (k0 < kc);
   }

@@ -451,27 +451,15 @@ struct Recurrent {
     alignas(64) S part[kRowBlock * NV * L];
     for (int64_t k0 = 0; k0 < K; k0 += kstep) {
       const int64_t kk = std::min<int64_t>(kstep, K - k0);
-      if constexpr (kFar) {
-        // The packed panels are contiguous: next comes the panel's next chunk,
-        // or the first of the next panel.
-        const int64_t next_rows = k0 + kk < K ? std::min(kstep, K - k0 - kk)
-                                  : p + 1 < panels() ? std::min(kstep, K)
-                                                     : 0;
-        const PrefetchNext pf(wpp + (k0 + kk) * NV * L, next_rows * NV * L * int64_t{sizeof(S)},
-                              ceil_div<int64_t>(r1 - r0, MR));
-        for_row_tiles<MR>(r1 - r0, [&](auto R, int64_t i) {
-          recurrent_tile<S, decltype(R)::value, NV, true>(
-              kk, a + (r0 + i) * lda + k0, lda, wpp + k0 * NV * L, r0 + i, p, epi,
-              part + i * NV * L, k0 == 0, k0 + kk >= K, pf.at(i / MR), pf.count(i / MR));
-        });
-      } else {
-        for_row_tiles<MR>(r1 - r0, [&](auto R, int64_t i) {
-          recurrent_tile<S, decltype(R)::value, NV, false>(kk, a + (r0 + i) * lda + k0, lda,
-                                                           wpp + k0 * NV * L, r0 + i, p, epi,
-                                                           part + i * NV * L, k0 == 0,
-                                                           k0 + kk >= K, nullptr, 0);
-        });
-      }
+      const PrefetchNext pf = kFar ? PrefetchNext::after_chunk<MR>(wpp, k0, kk, kstep, K, NV * L,
+                                                                    p + 1 < panels(), r1 - r0)
+                                   : PrefetchNext();
+      for_row_tiles<MR>(r1 - r0, [&](auto R, int64_t i) {
+        recurrent_tile<S, decltype(R)::value, NV, kFar>(kk, a + (r0 + i) * lda + k0, lda,
+                                                        wpp + k0 * NV * L, r0 + i, p, epi,
+                                                        part + i * NV * L, k0 == 0, k0 + kk >= K,
+                                                        pf.at(i / MR), pf.count(i / MR));
+      });
     }
   }
 
