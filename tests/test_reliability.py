@@ -240,6 +240,30 @@ def test_nan_stays_in_its_sequence(mode, variant):
     assert not nan_rows[:, [0, 2, 3]].any(), "the NaN leaked into other sequences"
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("mode", ["RNN", "RNNCell"])
+def test_relu_passes_the_gradient_through_nan_as_nn_does(mode, dtype):
+    """relu's gradient is 0 only where the pre-activation is <= 0 (torch's
+    threshold_backward): where it is NaN, the gradient passes, as in torch.nn."""
+    torch.manual_seed(0)
+    ref = getattr(nn, mode)(3, 4, nonlinearity="relu").to(dtype)
+    fused = getattr(fusedrnn, mode)(3, 4, nonlinearity="relu").to(dtype)
+    fused.load_state_dict(ref.state_dict())
+    cell = mode.endswith("Cell")
+    x = torch.randn((3, 3) if cell else (2, 3, 3), dtype=dtype)
+    h0 = torch.randn((3, 4) if cell else (1, 3, 4), dtype=dtype)
+    h0[..., 1, 2] = float("nan")
+    grads = []
+    for m in (ref, fused):
+        xi, hi = x.clone().requires_grad_(), h0.clone().requires_grad_()
+        y = m(xi, hi) if cell else m(xi, hi)[0]
+        grads.append(torch.autograd.grad(y.sum(), [xi, hi, *m.parameters()]))
+    want, got = grads
+    assert torch.isfinite(want[0][0]).all() and want[0][0].abs().sum() > 0
+    for w, g in zip(want, got):
+        torch.testing.assert_close(g, w, equal_nan=True)
+
+
 @pytest.mark.parametrize("mode,variant", CELLS)
 def test_repeated_runs_are_bitwise_identical(mode, variant):
     torch.manual_seed(0)

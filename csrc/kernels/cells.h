@@ -27,8 +27,9 @@ struct CellMath<float> {
   static FRNN_HD float tanh(float x) { return ::tanhf(x); }
   // NaN-propagating like torch.relu.
   static FRNN_HD float relu(float x) { return x > 0.0f ? x : (x != x ? x : 0.0f); }
-  // 1 where y > 0, else 0 (y is the relu output).
-  static FRNN_HD float relu_grad(float y) { return y > 0.0f ? 1.0f : 0.0f; }
+  // 0 where y <= 0, else 1 (y is the relu output): a NaN passes the gradient,
+  // as torch's threshold_backward has it.
+  static FRNN_HD float relu_grad(float y) { return y <= 0.0f ? 0.0f : 1.0f; }
 };
 
 template <>
@@ -36,7 +37,7 @@ struct CellMath<double> {
   static FRNN_HD double sigmoid(double x) { return 1.0 / (1.0 + ::exp(-x)); }
   static FRNN_HD double tanh(double x) { return ::tanh(x); }
   static FRNN_HD double relu(double x) { return x > 0.0 ? x : (x != x ? x : 0.0); }
-  static FRNN_HD double relu_grad(double y) { return y > 0.0 ? 1.0 : 0.0; }
+  static FRNN_HD double relu_grad(double y) { return y <= 0.0 ? 0.0 : 1.0; }
 };
 
 // ---------------------------------------------------------------- Elman RNN

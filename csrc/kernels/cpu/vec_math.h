@@ -162,7 +162,7 @@ struct CellMath<at::vec::Vectorized<S>> {
     else return x.tanh();
   }
   static V relu(const V& x) { return at::vec::maximum(x, V(S(0))); }
-  static V relu_grad(const V& y) { return y.gt(V(S(0))); }
+  static V relu_grad(const V& y) { return V(S(1)) - y.le(V(S(0))); }
 };
 
 }  // namespace fusedrnn
