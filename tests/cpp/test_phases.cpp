@@ -8,7 +8,10 @@
 //     was handed in turn), and
 //   - as one chunk covering every thread index (a nested parallel region),
 // every task must run exactly once, and none before every task of the earlier
-// phases has finished.
+// phases has finished. A task sees claims_from_back() set exactly on the thread
+// that takes the tasks from the last down (thread index 1: with a team of two
+// on threads of their own, the thread that is not the caller; never in a single
+// chunk), and the caller's flag is as it was once the phases have run.
 #include <atomic>
 #include <cstdio>
 #include <cstdint>
@@ -57,6 +60,11 @@ void run_case(const std::vector<int64_t>& counts, int threads,
   std::unique_ptr<std::atomic<int64_t>[]> finished(new std::atomic<int64_t>[P]);
   for (int64_t p = 0; p < P; ++p) finished[p] = 0;
   std::atomic<int64_t> early{0};
+  // Tasks that saw a claims_from_back() other than expected.
+  std::atomic<int64_t> wrong_side{0};
+  const std::thread::id caller = std::this_thread::get_id();
+  const bool preset = threads % 2 == 1;
+  fusedrnn::cpu::claims_from_back() = preset;
   std::vector<int64_t> starts(P + 1);
   std::vector<std::atomic<int64_t>> claims(P);
   const Parallel par{runner, threads};
@@ -66,9 +74,16 @@ void run_case(const std::vector<int64_t>& counts, int threads,
         for (int64_t q = 0; q < p; ++q)
           if (finished[q].load(std::memory_order_acquire) != counts[q]) early.fetch_add(1);
         runs[first[p] + i].fetch_add(1);
+        const bool back = fusedrnn::cpu::claims_from_back();
+        if ((runner == as_one && back) ||
+            (runner == on_threads && threads == 2 &&
+             back != (std::this_thread::get_id() != caller)))
+          wrong_side.fetch_add(1);
         finished[p].fetch_add(1, std::memory_order_release);
       },
       threads, starts.data(), claims.data(), par);
+  const bool restored = fusedrnn::cpu::claims_from_back() == preset;
+  fusedrnn::cpu::claims_from_back() = false;
   const std::string what = std::string(name) + " threads=" + std::to_string(threads) +
                            " phases=" + std::to_string(P) + " tasks=" + std::to_string(total);
   int64_t wrong = 0;
@@ -76,6 +91,9 @@ void run_case(const std::vector<int64_t>& counts, int threads,
   expect(wrong == 0, what + ": " + std::to_string(wrong) + " tasks not run exactly once");
   expect(early.load() == 0, what + ": " + std::to_string(early.load()) +
                                 " tasks started before an earlier phase finished");
+  expect(wrong_side.load() == 0, what + ": " + std::to_string(wrong_side.load()) +
+                                     " tasks saw the wrong claims_from_back()");
+  expect(restored, what + ": claims_from_back() not restored on the calling thread");
 }
 
 }  // namespace

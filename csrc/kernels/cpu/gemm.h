@@ -86,8 +86,11 @@ constexpr int64_t kPackAK = 16;
 // against no prefetch, 1 thread: LSTM H=512 N=16 T=50 0.89 / 0.93, N=64 T=30
 // 0.84 / 0.96; GRU H=512 N=16 0.89 / 0.93; RNN H=1024 N=16 0.86 / 0.90; LSTM
 // H=256 (1 MB: no prefetch) 0.98 / 0.99, N=1 H=64 1.02 / 1.01. 2 threads, LSTM
-// H=512 N=16: 0.94-1.00 / 0.98-0.99 in two runs; the thread that takes panels
-// from the last down (phases.h) prefetches at a panel's end the one it has done.
+// H=512 N=16: 0.94-1.00 / 0.98-0.99 in two runs. At a panel's end the thread
+// that takes the panels from the last down (phases.h) prefetches the panel
+// before, not the one it has just done: 2 threads, ABBA, 14 runs each, T=50
+// N=16, against the panel after: LSTM H=512 0.99 / 1.00, GRU H=512 0.99 / 1.00,
+// RNN H=1024 0.99 / 1.00 (Intel Xeon, 2026-12-06).
 constexpr int64_t kPrefetchMinBytes = int64_t{1} << 20;
 
 // The `bytes` of packed weight that the next chunk (or the next panel) of a
@@ -105,18 +108,23 @@ struct PrefetchNext {
       : next(static_cast<const char*>(next_)),
         lines(ceil_div<int64_t>(std::max<int64_t>(bytes, 0), kLine)),
         per_tile(ceil_div<int64_t>(lines, std::max<int64_t>(tiles, 1))) {}
-  // After the chunk [k0, k0 + kk) (of at most kstep rows) of a packed panel of K
-  // rows of `width` values at `panel`, read by `rows` rows of A in tiles of MR:
-  // the panel's next chunk, or with `more_panels` the first chunk of the next
-  // panel, which follows it in memory.
+  // After the chunk [k0, k0 + kk) (of at most kstep rows) of panel p of `npanel`
+  // packed panels of K rows of `width` values, `panel` pointing at p and the
+  // panels `stride` values apart, read by `rows` rows of A in tiles of MR: the
+  // panel's next chunk, or after its last the first chunk of the panel this
+  // thread takes next, p + 1, or p - 1 where it takes tasks from the last down
+  // (claims_from_back).
   template <int MR, typename S>
   static PrefetchNext after_chunk(const S* panel, int64_t k0, int64_t kk, int64_t kstep,
-                                  int64_t K, int64_t width, bool more_panels, int64_t rows) {
-    const int64_t next_rows = k0 + kk < K    ? std::min(kstep, K - k0 - kk)
-                              : more_panels ? std::min(kstep, K)
-                                            : 0;
-    return PrefetchNext(panel + (k0 + kk) * width, next_rows * width * int64_t{sizeof(S)},
-                        ceil_div<int64_t>(rows, MR));
+                                  int64_t K, int64_t width, int64_t stride, int64_t p,
+                                  int64_t npanel, int64_t rows) {
+    const int64_t tiles = ceil_div<int64_t>(rows, MR);
+    const int64_t bytes = width * int64_t{sizeof(S)};
+    if (k0 + kk < K)
+      return PrefetchNext(panel + (k0 + kk) * width, std::min(kstep, K - k0 - kk) * bytes, tiles);
+    const int64_t q = claims_from_back() ? p - 1 : p + 1;
+    if (q < 0 || q >= npanel) return PrefetchNext();
+    return PrefetchNext(panel + (q - p) * stride, std::min(kstep, K) * bytes, tiles);
   }
   // Row tile t's first line (at most the end of the region) and count.
   const char* at(int64_t t) const { return next + std::min(t * per_tile, lines) * kLine; }
@@ -389,9 +397,10 @@ struct PanelGemm {
       const S* bias_k = k0 == 0 ? bias_p : nullptr;
       const S* bk = bpp + k0 * bstride;
       // The packed B is contiguous from chunk to chunk and from panel to panel.
-      const PrefetchNext pf = kFar ? PrefetchNext::after_chunk<MR>(bpp, k0, kk, kstep, kc, NR,
-                                                                    p + 1 < npanel, m1 - m0)
-                                   : PrefetchNext();
+      const PrefetchNext pf =
+          kFar ? PrefetchNext::after_chunk<MR>(bpp, k0, kk, kstep, kc, NR, panel_stride, p,
+                                               npanel, m1 - m0)
+               : PrefetchNext();
       for_row_tiles<MR>(m1 - m0, [&](auto R, int64_t i) {
         constexpr int kR = decltype(R)::value;
         const int64_t m = m0 + i;

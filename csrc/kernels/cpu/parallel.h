@@ -23,6 +23,14 @@
 
 namespace fusedrnn::cpu {
 
+// Whether this thread takes the tasks of its passes from the last down
+// (run_phases, phases.h): a product's prefetch then fetches the panel before
+// the one it ends, not the one after it (PrefetchNext::after_chunk).
+inline bool& claims_from_back() {
+  thread_local bool back = false;
+  return back;
+}
+
 struct Parallel {
   using Body = void (*)(const void* ctx, int64_t begin, int64_t end);
   // Runs body over [0, n) in chunks of at least `grain` items, possibly on

@@ -54,6 +54,15 @@ inline void wait_for(const std::atomic<int64_t>& done, int64_t target) {
   }
 }
 
+// Sets claims_from_back() for its lifetime.
+struct ClaimsFromBack {
+  const bool was;
+  explicit ClaimsFromBack(bool back) : was(claims_from_back()) { claims_from_back() = back; }
+  ~ClaimsFromBack() { claims_from_back() = was; }
+  ClaimsFromBack(const ClaimsFromBack&) = delete;
+  ClaimsFromBack& operator=(const ClaimsFromBack&) = delete;
+};
+
 // Runs phases 0..P-1 in order, phase p being count(p) tasks run(p, i). With
 // threads <= 1 it is a plain loop. `starts` is scratch for P + 1 offsets,
 // `claims` for P.
@@ -96,6 +105,7 @@ void run_phases(int64_t P, const Count& count, const Run& run, int threads, int6
   alignas(64) std::atomic<int64_t> done{0};
   par(threads, 1, [&](int64_t first, int64_t) {
     const bool back = first == 1;
+    const ClaimsFromBack claiming(back);
     for (int64_t p = 0; p < P; ++p) {
       const int64_t n = starts[p + 1] - starts[p];
       int64_t want = std::max<int64_t>(1, n / (2 * threads));

@@ -451,9 +451,10 @@ struct Recurrent {
     alignas(64) S part[kRowBlock * NV * L];
     for (int64_t k0 = 0; k0 < K; k0 += kstep) {
       const int64_t kk = std::min<int64_t>(kstep, K - k0);
-      const PrefetchNext pf = kFar ? PrefetchNext::after_chunk<MR>(wpp, k0, kk, kstep, K, NV * L,
-                                                                    p + 1 < panels(), r1 - r0)
-                                   : PrefetchNext();
+      const PrefetchNext pf =
+          kFar ? PrefetchNext::after_chunk<MR>(wpp, k0, kk, kstep, K, NV * L, K * NV * L, p,
+                                               panels(), r1 - r0)
+               : PrefetchNext();
       for_row_tiles<MR>(r1 - r0, [&](auto R, int64_t i) {
         recurrent_tile<S, decltype(R)::value, NV, kFar>(kk, a + (r0 + i) * lda + k0, lda,
                                                         wpp + k0 * NV * L, r0 + i, p, epi,
