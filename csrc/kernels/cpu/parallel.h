@@ -25,8 +25,9 @@ namespace fusedrnn::cpu {
 
 // Whether this thread takes the tasks of its passes from the last down
 // (run_phases, phases.h): a product's prefetch then fetches the panel before
-// the one it ends, not the one after it (PrefetchNext::after_chunk).
-inline bool& claims_from_back() {
+// the one it ends, not the one after it (PrefetchNext::after_chunk). One flag
+// for every instruction set's copy of the kernels; always inlined, as Arena::take.
+FRNN_ALWAYS_INLINE inline bool& claims_from_back() {
   thread_local bool back = false;
   return back;
 }
