@@ -88,6 +88,7 @@ template <typename Count, typename Run>
 void run_phases(int64_t P, const Count& count, const Run& run, int threads, int64_t* starts,
                 std::atomic<int64_t>* claims, const Parallel& par) {
   if (threads <= 1 || par.max_threads <= 1) {
+    const ClaimsFromBack claiming(false);
     for (int64_t p = 0; p < P; ++p) {
       const int64_t n = count(p);
       for (int64_t i = 0; i < n; ++i) run(p, i);
