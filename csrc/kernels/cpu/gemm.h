@@ -140,9 +140,13 @@ template <int R>
 using IntC = std::integral_constant<int, R>;
 
 // Calls f(IntC<R>{}, i) over row tiles [i, i+R) covering [0, m): full tiles of MR,
-// then at most one tile each of 4, 2 and 1 rows.
+// then at most one tile each of 4, 2 and 1 rows. The tiles, this loop and the
+// lambdas that call them are always inlined into the product's task: left to
+// GCC, the one-row tile of the recurrent step went out of line (a call per
+// panel, the epilogue's captures reloaded each time), and an LSTM at N=1 H=64
+// T=1000 took 0.79 ms against 0.765 inlined (1 thread, Intel Xeon).
 template <int MR, typename F>
-inline void for_row_tiles(int64_t m, const F& f) {
+FRNN_ALWAYS_INLINE inline void for_row_tiles(int64_t m, const F& f) {
   int64_t i = 0;
   for (; i + MR <= m; i += MR) f(IntC<MR>{}, i);
   if constexpr (MR > 4) {
@@ -282,9 +286,10 @@ FRNN_ALWAYS_INLINE inline void fma_rows(Vec<S> (&acc)[MR][NV], int64_t K, const 
 // bias (per column, may be null) is added at the store. With kPf, pf_lines
 // lines from pf on are prefetched on the way (fma_rows), in a copy of its own.
 template <typename S, int MR, int NV, bool kMaskB, bool kPf = false>
-inline void gemm_tile(int64_t kc, const S* a, int64_t ars, int64_t acs, const S* bp,
-                      int64_t bstride, S* c, int64_t ldc, int64_t n_valid, bool accumulate,
-                      const S* bias, const char* pf = nullptr, int64_t pf_lines = 0) {
+FRNN_ALWAYS_INLINE inline void gemm_tile(int64_t kc, const S* a, int64_t ars, int64_t acs,
+                                         const S* bp, int64_t bstride, S* c, int64_t ldc,
+                                         int64_t n_valid, bool accumulate, const S* bias,
+                                         const char* pf = nullptr, int64_t pf_lines = 0) {
   using V = Vec<S>;
   constexpr int L = V::size();
   V acc[MR][NV];
@@ -401,7 +406,7 @@ struct PanelGemm {
           kFar ? PrefetchNext::after_chunk<MR>(bpp, k0, kk, kstep, kc, NR, panel_stride, p,
                                                npanel, m1 - m0)
                : PrefetchNext();
-      for_row_tiles<MR>(m1 - m0, [&](auto R, int64_t i) {
+      for_row_tiles<MR>(m1 - m0, [&](auto R, int64_t i) FRNN_ALWAYS_INLINE {
         constexpr int kR = decltype(R)::value;
         const int64_t m = m0 + i;
         S* cm = c + m * ldc + p * NR;

@@ -94,9 +94,10 @@ void pack_recurrent(const S* w, int64_t H, int64_t K, S* dst, const Parallel& pa
 // change them. With kPf, pf_lines lines from pf on are prefetched on the way
 // (fma_rows), in a copy of its own.
 template <typename S, int MR, int NV, bool kPf, typename Epi>
-inline void recurrent_tile(int64_t K, const S* a, int64_t lda, const S* wp, int64_t row0,
-                           int64_t panel, const Epi& epi, S* part, bool first, bool last,
-                           const char* pf, int64_t pf_lines) {
+FRNN_ALWAYS_INLINE inline void recurrent_tile(int64_t K, const S* a, int64_t lda, const S* wp,
+                                              int64_t row0, int64_t panel, const Epi& epi, S* part,
+                                              bool first, bool last, const char* pf,
+                                              int64_t pf_lines) {
   using V = Vec<S>;
   constexpr int L = V::size();
   V acc[MR][NV];
@@ -455,7 +456,7 @@ struct Recurrent {
           kFar ? PrefetchNext::after_chunk<MR>(wpp, k0, kk, kstep, K, NV * L, K * NV * L, p,
                                                panels(), r1 - r0)
                : PrefetchNext();
-      for_row_tiles<MR>(r1 - r0, [&](auto R, int64_t i) {
+      for_row_tiles<MR>(r1 - r0, [&](auto R, int64_t i) FRNN_ALWAYS_INLINE {
         recurrent_tile<S, decltype(R)::value, NV, kFar>(kk, a + (r0 + i) * lda + k0, lda,
                                                         wpp + k0 * NV * L, r0 + i, p, epi,
                                                         part + i * NV * L, k0 == 0, k0 + kk >= K,
