@@ -10,6 +10,7 @@ GRUCell). Parameters are read at every forward and nothing is cached, so
 """
 
 import copy
+import functools
 import math
 import numbers
 import warnings
@@ -238,7 +239,9 @@ class _RNNBase(nn.Module):
     def _weight_getter(self):
         """get(name[, default]): the weight a forward runs on, the tensor standing in
         for it where there is one, else the attribute."""
-        over = self._flat_weight_stand_ins() or {}
+        over = self._flat_weight_stand_ins()
+        if not over:
+            return functools.partial(getattr, self)
         return lambda name, *default: over[name] if name in over else getattr(self, name, *default)
 
     def _apply(self, fn, recurse=True):
@@ -255,22 +258,26 @@ class _RNNBase(nn.Module):
         return _permute(hx, permutation)
 
     def _layer_weights(self):
-        """Per layer and direction: (w_ih, w_hh, b_ih, b_hh[, w_ch, w_hr])."""
+        """Per layer and direction: (w_ih, w_hh, b_ih, b_hh[, w_ch, w_hr]).
+
+        Only the names the module was built with are looked up (_all_weights:
+        weight_ih, weight_hh, then the biases, weight_hr and weight_ch where the
+        configuration has them), as torch.nn reads its list: a lookup of an
+        absent name costs an AttributeError raised and caught in
+        Module.__getattr__, about 1.3 us a name."""
         get = self._weight_getter()
-        D = 2 if self.bidirectional else 1
+        lstm = self.mode == "LSTM"
         out = []
-        for layer in range(self.num_layers):
-            for d in range(D):
-                sfx = f"_l{layer}" + ("_reverse" if d == 1 else "")
-                w = (
-                    get("weight_ih" + sfx),
-                    get("weight_hh" + sfx),
-                    get("bias_ih" + sfx, None),
-                    get("bias_hh" + sfx, None),
-                )
-                if self.mode == "LSTM":
-                    w = w + (get("weight_ch" + sfx, None), get("weight_hr" + sfx, None))
-                out.append(w)
+        for names in self._all_weights:
+            w = [get(names[0]), get(names[1])] + [get(name, None) for name in names[2:]]
+            b_ih, b_hh = (w[2], w[3]) if self.bias else (None, None)
+            if not lstm:
+                out.append((w[0], w[1], b_ih, b_hh))
+                continue
+            i = 4 if self.bias else 2
+            w_hr = w[i] if self.proj_size > 0 else None
+            w_ch = w[-1] if self.peephole else None
+            out.append((w[0], w[1], b_ih, b_hh, w_ch, w_hr))
         return out
 
     # -- the checks of torch.nn.RNNBase, same words --------------------------
@@ -812,7 +819,8 @@ class LSTMCell(_CellBase):
         _check_two_states(hx, "lstm_cell")
         h, c = _checked_step(
             self, input, hx, F.lstm_cell, input, hx[0], hx[1], self.weight_ih, self.weight_hh,
-            self.bias_ih, self.bias_hh, getattr(self, "weight_ch", None), self.coupled_gates,
+            self.bias_ih, self.bias_hh, getattr(self, "weight_ch", None) if self.peephole else None,
+            self.coupled_gates,
         )
         if not is_batched:
             return h.squeeze(0), c.squeeze(0)
