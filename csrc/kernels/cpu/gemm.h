@@ -111,9 +111,11 @@ struct PrefetchNext {
   // After the chunk [k0, k0 + kk) (of at most kstep rows) of panel p of `npanel`
   // packed panels of K rows of `width` values, `panel` pointing at p and the
   // panels `stride` values apart, read by `rows` rows of A in tiles of MR: the
-  // panel's next chunk, or after its last the first chunk of the panel this
-  // thread takes next, p + 1, or p - 1 where it takes tasks from the last down
-  // (claims_from_back).
+  // panel's next chunk, or after its last the first chunk of panel p + 1, or
+  // p - 1 where the thread takes tasks from the last down (claims_from_back):
+  // the panel it takes next where a pass's tasks go panel by panel (not where
+  // the input projection takes its panels in gate order, nor where a panel has
+  // several blocks of rows).
   template <int MR, typename S>
   static PrefetchNext after_chunk(const S* panel, int64_t k0, int64_t kk, int64_t kstep,
                                   int64_t K, int64_t width, int64_t stride, int64_t p,
