@@ -191,6 +191,28 @@ def test_autocast_cpu_bfloat16(name):
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in m.parameters())
 
 
+@pytest.mark.parametrize("name,kwargs", [("LSTM", {}), ("LSTM", {"proj_size": 3}), ("GRU", {}), ("RNN", {})])
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_autocast_cpu_every_output_in_bfloat16(name, kwargs, packed):
+    """Every output, the states included, comes out in the autocast dtype, for a
+    PackedSequence as for a padded batch (README: where torch.nn's do not), with
+    the values of the module converted to bfloat16."""
+    torch.manual_seed(0)
+    m = getattr(fusedrnn, name)(6, 8, **kwargs)
+    x = torch.randn(5, 3, 6)
+    inp = nn.utils.rnn.pack_padded_sequence(x, [5, 4, 2]) if packed else x
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, h = m(inp)
+    ref = getattr(fusedrnn, name)(6, 8, **kwargs).to(torch.bfloat16)
+    ref.load_state_dict(m.state_dict())
+    y_ref, h_ref = ref(nn.utils.rnn.pack_padded_sequence(x.bfloat16(), [5, 4, 2]) if packed else x.bfloat16())
+    outs = [y.data if packed else y] + list(h if isinstance(h, tuple) else (h,))
+    refs = [y_ref.data if packed else y_ref] + list(h_ref if isinstance(h_ref, tuple) else (h_ref,))
+    for out, expected in zip(outs, refs, strict=True):
+        assert out.dtype == torch.bfloat16
+        torch.testing.assert_close(out, expected)
+
+
 def test_autocast_training_with_grad_scaler():
     torch.manual_seed(0)
     model = nn.Sequential()
