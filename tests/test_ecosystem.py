@@ -1,6 +1,7 @@
 """fusedrnn where PyTorch users work: torch.compile, torch.export, autocast,
 DDP and FSDP2, packaging, and the examples."""
 
+import copy
 import os
 import re
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 import torch
 import torch.nn as nn
 from torch.nn.utils.rnn import pack_sequence
+from torch.utils import _pytree as pytree
 
 import fusedrnn
 
@@ -211,6 +213,42 @@ def test_autocast_cpu_every_output_in_bfloat16(name, kwargs, packed):
     for out, expected in zip(outs, refs, strict=True):
         assert out.dtype == torch.bfloat16
         torch.testing.assert_close(out, expected)
+
+
+@pytest.mark.parametrize(
+    "name,kwargs",
+    [("LSTM", {"batch_first": True}), ("LSTM", {"num_layers": 2, "bidirectional": True, "proj_size": 3}),
+     ("GRU", {}), ("GRU", {"bidirectional": True, "batch_first": True}), ("RNN", {"batch_first": True}),
+     ("LSTMCell", {}), ("GRUCell", {}), ("RNNCell", {})],
+)
+def test_trains_on_inputs_made_under_inference_mode(name, kwargs):
+    """Features of a frozen model, made under torch.inference_mode, train a module
+    in grad mode: the input and the initial state made there are saved for
+    backward as copies. Gradients as torch.nn's for the same values in ordinary
+    tensors."""
+    torch.manual_seed(0)
+    ref = getattr(nn, name)(6, 8, **kwargs)
+    fused = getattr(fusedrnn, name).from_torch(copy.deepcopy(ref))
+    if name.endswith("Cell"):
+        shapes = [(4, 6), (4, 8), (4, 8)] if name == "LSTMCell" else [(4, 6), (4, 8)]
+    else:
+        layers = kwargs.get("num_layers", 1) * (2 if kwargs.get("bidirectional") else 1)
+        x_shape = (3, 5, 6) if kwargs.get("batch_first") else (5, 3, 6)
+        shapes = [x_shape, (layers, 3, kwargs.get("proj_size") or 8)] + ([(layers, 3, 8)] if name == "LSTM" else [])
+    with torch.inference_mode():
+        made = [torch.randn(s) for s in shapes]
+    plain = [t.clone() for t in made]
+    assert all(t.is_inference() for t in made) and not any(t.is_inference() for t in plain)
+
+    def run(m, tensors):
+        x, *state = tensors
+        out = m(x, tuple(state) if len(state) == 2 else state[0])
+        return sum(t.sum() for t in pytree.tree_leaves(out))
+
+    run(fused, made).backward()
+    run(ref, plain).backward()
+    for (n, p), q in zip(fused.named_parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, msg=n)
 
 
 def test_autocast_training_with_grad_scaler():

@@ -288,6 +288,17 @@ std::array<Tensor, kNumArgs> direction_backward(Call call, const variable_list& 
   return g;
 }
 
+// An input made under torch.inference_mode (features of a frozen model, say)
+// cannot be saved for backward as it is: one that does not require grad is
+// saved as a copy (torch's advice for it), so that a model trains on it
+// (torch.nn's modules do only with batch_first=True). Parameters made under
+// inference_mode still get torch's error.
+variable_list savable(variable_list tensors) {
+  for (Tensor& t : tensors)
+    if (t.defined() && t.is_inference() && !t.requires_grad()) t = t.clone();
+  return tensors;
+}
+
 struct LayerFunction : public torch::autograd::Function<LayerFunction> {
   // Absent arguments are passed as nullopt: not autograd inputs, no edge.
   static variable_list forward(AutogradContext* ctx, Call call, Tensor input,
@@ -303,8 +314,8 @@ struct LayerFunction : public torch::autograd::Function<LayerFunction> {
     // gradient as large as them cost about a tenth of an LSTM backward.
     ctx->set_materialize_grads(false);
     ctx->saved_data["call"] = encode(call);
-    ctx->save_for_backward({input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, fw.y,
-                            fw.gates, fw.states, fw.proj_in});
+    ctx->save_for_backward(savable({input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr,
+                                    fw.y, fw.gates, fw.states, fw.proj_in}));
     return std::move(fw.out);
   }
 
@@ -580,7 +591,7 @@ struct BidirectionalFunction : public torch::autograd::Function<BidirectionalFun
       saved.push_back(d.states);
       saved.push_back(d.proj_in);
     }
-    ctx->save_for_backward(saved);
+    ctx->save_for_backward(savable(std::move(saved)));
     return std::move(fw.out);
   }
 
