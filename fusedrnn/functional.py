@@ -185,6 +185,8 @@ def gru(
 ) -> Tuple[Tensor, Tensor]:
     """Multi-layer GRU, time-major; weights[l*D + d] = (w_ih, w_hh, b_ih, b_hh), the
     biases may be left out or None."""
+    if not isinstance(hx, Tensor):
+        raise TypeError(f"gru: hx must be a Tensor h0, got {type(hx).__name__}")
     weights = _checked_stack("gru", weights, 4, (hx,), num_layers, bidirectional, dropout)
     return _gru(input, hx, weights, num_layers, bidirectional, batch_sizes, dropout, train, reset_after)
 
@@ -235,6 +237,8 @@ def rnn(
     """Multi-layer Elman RNN, time-major; weights[l*D + d] = (w_ih, w_hh, b_ih, b_hh),
     the biases may be left out or None."""
     _is_relu(nonlinearity, cell=False)
+    if not isinstance(hx, Tensor):
+        raise TypeError(f"rnn: hx must be a Tensor h0, got {type(hx).__name__}")
     weights = _checked_stack("rnn", weights, 4, (hx,), num_layers, bidirectional, dropout)
     return _rnn(input, hx, weights, num_layers, bidirectional, batch_sizes, dropout, train, nonlinearity)
 
@@ -264,7 +268,17 @@ def _rnn(input, hx, weights, num_layers, bidirectional, batch_sizes, dropout, tr
     return out, torch.stack(h_n)
 
 
-def lstm_cell(input, hx, cx, w_ih, w_hh, b_ih=None, b_hh=None, w_ch=None, coupled=False):
+def lstm_cell(
+    input: Tensor,
+    hx: Tensor,
+    cx: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Optional[Tensor] = None,
+    b_hh: Optional[Tensor] = None,
+    w_ch: Optional[Tensor] = None,
+    coupled: bool = False,
+) -> Tuple[Tensor, Tensor]:
     """One LSTM step: input [N, C], hx [N, H], cx [N, H] -> (h', c')."""
     if _composite.wanted(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_ch):
         return _composite.lstm_cell(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_ch, coupled)
@@ -276,7 +290,15 @@ def lstm_cell(input, hx, cx, w_ih, w_hh, b_ih=None, b_hh=None, w_ch=None, couple
     return h, c
 
 
-def gru_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, reset_after=True):
+def gru_cell(
+    input: Tensor,
+    hx: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Optional[Tensor] = None,
+    b_hh: Optional[Tensor] = None,
+    reset_after: bool = True,
+) -> Tensor:
     """One GRU step: input [N, C], hx [N, H] -> h'."""
     if _composite.wanted(input, hx, w_ih, w_hh, b_ih, b_hh):
         return _composite.gru_cell(input, hx, w_ih, w_hh, b_ih, b_hh, reset_after)
@@ -287,7 +309,15 @@ def gru_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, reset_after=True):
     return ops.gru_cell_forward(input, hx, w_ih, w_hh, b_ih, b_hh, reset_after, training)[0]
 
 
-def rnn_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh"):
+def rnn_cell(
+    input: Tensor,
+    hx: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Optional[Tensor] = None,
+    b_hh: Optional[Tensor] = None,
+    nonlinearity: str = "tanh",
+) -> Tensor:
     """One Elman step: input [N, C], hx [N, H] -> h'."""
     relu = _is_relu(nonlinearity, cell=True)
     if _composite.wanted(input, hx, w_ih, w_hh, b_ih, b_hh):
