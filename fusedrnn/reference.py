@@ -23,6 +23,7 @@ __all__ = [
     "rnn_cell",
     "layer",
     "forward",
+    "cell_forward",
 ]
 
 
@@ -171,13 +172,24 @@ def layer(
     return y, state
 
 
-def _module_config(module):
-    mode = getattr(module, "mode", None)
-    if mode is None:  # torch.nn modules
-        mode = type(module).__name__.upper()
-        if mode == "RNN":
-            mode = "RNN_TANH" if module.nonlinearity == "tanh" else "RNN_RELU"
-    return mode
+def _module_config(module) -> str:
+    """The kind of a recurrent module, fusedrnn's or torch.nn's, subclasses
+    included: its mode ('LSTM', 'GRU', 'RNN_TANH', 'RNN_RELU') for a stacked
+    module, 'LSTMCELL', 'GRUCELL' or 'RNNCELL' for a cell."""
+    from torch import nn
+
+    from . import modules
+
+    for mode, classes in (("LSTMCELL", (nn.LSTMCell, modules.LSTMCell)), ("GRUCELL", (nn.GRUCell, modules.GRUCell)),
+                          ("RNNCELL", (nn.RNNCell, modules.RNNCell))):
+        if isinstance(module, classes):
+            return mode
+    if isinstance(module, (nn.RNNBase, modules._RNNBase)):
+        return module.mode
+    raise TypeError(
+        "expected a recurrent module of fusedrnn or torch.nn (LSTM, GRU, RNN or one of their cells), "
+        f"got {type(module).__name__}"
+    )
 
 
 def forward(module, input, hx=None, upcast: bool = True, dtype: Optional[torch.dtype] = None):

@@ -5,6 +5,8 @@ kernel bug produces: a gradient off by a small factor, an output nudged, a
 bias gradient dropped, the state of one sequence leaking into another.
 """
 
+import warnings
+
 import pytest
 import torch
 
@@ -50,6 +52,8 @@ def _wrong(base, defect):
                 out = out + 1e-3 * out.detach().sign()
             if defect == "sequences mixed":
                 out = out + 1e-2 * out.roll(1, dims=1)
+            if defect == "output doubled":
+                out = out * 2
             if defect in ("one output NaN", "one output inf"):
                 bad = torch.zeros_like(out)
                 bad.view(-1)[0] = float("nan" if defect == "one output NaN" else "inf")
@@ -76,6 +80,24 @@ def test_assert_matches_reference_catches_a_wrong_module(base, defect, dtype):
         assert_matches_reference(wrong, x)
     print(info.value)
     assert "max error" in str(info.value)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+def test_assert_matches_reference_catches_a_wrong_module_with_small_outputs(dtype):
+    """The rounding floor scales with the largest reference value, not with 1:
+    outputs of at most about 0.03 (weights of at most 0.01), doubled, are an error
+    as large as the outputs, which 8 bfloat16 units of 1.0 (0.0625) would hide."""
+    torch.manual_seed(0)
+    x = torch.randn(6, 3, 5, dtype=dtype)
+    right = fusedrnn.GRU(5, 7).to(dtype)
+    with torch.no_grad():
+        for p in right.parameters():
+            p.mul_(0.01 / p.abs().max())
+    wrong = _wrong(fusedrnn.GRU, "output doubled")(5, 7).to(dtype)
+    wrong.load_state_dict(right.state_dict())
+    assert_matches_reference(right, x, check_grads=False)
+    with pytest.raises(AssertionError, match="output: max error"):
+        assert_matches_reference(wrong, x, check_grads=False)
 
 
 @pytest.mark.parametrize("defect", ["grad of input x1.001", "grad of bias dropped"])
@@ -130,6 +152,81 @@ def test_helpers_work_on_torch_nn_modules_and_cells():
     assert_matches_reference(fusedrnn.LSTMCell(3, 4, peephole=True), torch.randn(2, 3))
     assert gradcheck(fusedrnn.RNNCell(3, 4), torch.randn(2, 3, dtype=torch.float64))
     assert gradgradcheck(torch.nn.GRUCell(3, 2), torch.randn(2, 3, dtype=torch.float64))
+
+
+class _Encoder(torch.nn.LSTM):
+    pass
+
+
+class _MyCell(torch.nn.LSTMCell):
+    pass
+
+
+class _MyGRUCell(torch.nn.GRUCell):
+    pass
+
+
+class _PeepEncoder(fusedrnn.LSTM):
+    pass
+
+
+class _Half(torch.nn.Module):
+    def forward(self, w):
+        return w / 2
+
+
+def test_helpers_and_the_reference_take_subclasses():
+    """Modules are told apart by class, not by name: subclasses named freely, and
+    the classes torch.nn.utils.parametrize makes, with the hx of their kind (an
+    LSTM's given as (h, h): one tensor for both states)."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 3, dtype=torch.float64)
+    h = torch.randn(1, 3, 4, dtype=torch.float64)
+    enc, peep = _Encoder(3, 4).double(), _PeepEncoder(3, 4, peephole=True).double()
+    for m in (enc, peep):
+        assert gradcheck(m, x, (h, h))
+        assert_matches_reference(m, x, (h, h))
+    xc, hc = x[0], h[0]
+    cell = _MyCell(3, 4).double()
+    torch.testing.assert_close(fusedrnn.reference.cell_forward(cell, xc, (hc, hc)), cell(xc, (hc, hc)))
+    assert gradcheck(cell, xc, (hc, hc))
+    assert_matches_reference(cell, xc, (hc, hc))
+    gru_cell = _MyGRUCell(3, 4).double()
+    torch.testing.assert_close(fusedrnn.reference.cell_forward(gru_cell, xc, hc), gru_cell(xc, hc))
+    assert gradcheck(gru_cell, xc, hc)
+    parametrized = ((torch.nn.RNNCell(3, 4), "weight_hh", xc), (torch.nn.GRU(3, 4), "weight_hh_l0", x))
+    for m, weight, inp in parametrized:
+        torch.nn.utils.parametrize.register_parametrization(m.double(), weight, _Half())
+        assert type(m).__name__.startswith("Parametrized")
+        assert gradcheck(m, inp)
+        assert_matches_reference(m, inp)
+
+
+def test_gradcheck_copies_a_module_holding_weights_its_forward_computed():
+    """torch.nn's flat weights under a parametrization, and the weight of the
+    hook-based weight_norm, are tensors with a graph after a forward, which
+    copy.deepcopy refuses; gradcheck copies them detached."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 2, 3, dtype=torch.float64)
+    param = torch.nn.GRU(3, 4).double()
+    torch.nn.utils.parametrizations.weight_norm(param, "weight_hh_l0")
+    hooked = fusedrnn.GRU(3, 4).double()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.nn.utils.weight_norm(hooked, "weight_hh_l0")
+    for m in (param, hooked):
+        m(x)
+        assert gradcheck(m, x)
+    assert_matches_reference(param, x)
+
+
+@pytest.mark.parametrize("helper", [gradcheck, assert_matches_reference], ids=["gradcheck", "assert_matches_reference"])
+def test_helpers_reject_what_is_not_a_recurrent_module_or_an_input(helper):
+    x = torch.randn(3, 2, 4, dtype=torch.float64)
+    with pytest.raises(TypeError, match="expected a recurrent module of fusedrnn or torch.nn .*, got Linear"):
+        helper(torch.nn.Linear(4, 5), x)
+    with pytest.raises(TypeError, match="input must be a Tensor or a PackedSequence, got list"):
+        helper(fusedrnn.GRU(4, 5), x.tolist())
 
 
 def test_explicit_tolerances_are_applied():
