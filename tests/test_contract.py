@@ -235,6 +235,41 @@ def test_convert_keeps_hook_based_reparametrisations(name, weight, wrap):
     assert calls == ["torch.nn.modules.rnn", "fusedrnn.modules"]
 
 
+class _CountingParametrization(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.runs = 0
+
+    def forward(self, w):
+        self.runs += 1
+        return w * 1.5
+
+
+@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN", "LSTMCell"])
+def test_a_parametrized_weight_is_computed_once_a_forward(name):
+    """README: fusedrnn's modules run a parametrization once a forward, where
+    torch.nn's stacked modules run it at least twice (its cells once), and give
+    torch.nn's results with it."""
+    torch.manual_seed(0)
+    cell = name.endswith("Cell")
+    weight = "weight_hh" if cell else "weight_hh_l0"
+    ref = getattr(nn, name)(4, 5)
+    fused = getattr(fusedrnn, name).from_torch(copy.deepcopy(ref))
+    x = torch.randn(2, 4) if cell else torch.randn(3, 2, 4)
+    counts = {}
+    for label, m in (("nn", ref), ("fused", fused)):
+        p = _CountingParametrization()
+        torch.nn.utils.parametrize.register_parametrization(m, weight, p)
+        p.runs = 0
+        out = m(x)
+        counts[label] = p.runs
+        if label == "nn":
+            want = out
+    assert counts["fused"] == 1
+    assert counts["nn"] == 1 if cell else counts["nn"] >= 2
+    torch.testing.assert_close(out, want)
+
+
 @pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"])
 def test_serialisation_copy_and_dtype_conversion(name):
     torch.manual_seed(0)
