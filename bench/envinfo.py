@@ -43,6 +43,10 @@ def _amd_zen(family: int, model: int) -> Optional[str]:
     return None
 
 
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def cpu_model() -> dict:
     info = _cpuinfo()
     name = info.get("model name") or platform.processor() or "unknown cpu"
@@ -54,7 +58,7 @@ def cpu_model() -> dict:
             arch = _amd_zen(fam, mod)
     except ValueError:
         pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     flags = info.get("flags", "").split()
     isa = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile") if f in flags]
     return {"name": name, "vendor": vendor, "microarch": arch, "cores": cores, "flags": isa}

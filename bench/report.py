@@ -213,8 +213,8 @@ def _table(rows: Sequence[dict], markdown: bool) -> Tuple[List[str], List[List[s
 def _mb(x: Optional[float]) -> str:
     if x is None:
         return "-"
-    if 0 < x < 0.01:  # a few KB: in KB, so that a difference the summary counts shows
-        return f"{x * 1024:.1f}K"
+    if 0 < x < 0.1:  # a few KB: two significant digits, so that a difference the summary counts shows
+        return f"{x:.2g}"
     return f"{x:.2f}" if x < 10 else f"{x:.1f}"
 
 
@@ -305,7 +305,14 @@ def load(path) -> dict:
     rows = rec.get("rows")
     if not isinstance(rows, list) or not all(isinstance(r, dict) and "key" in r and "candidates" in r for r in rows):
         raise SystemExit(f"{path}: a benchmark record without well-formed rows (each needs 'key' and 'candidates')")
+    for r in rows:
+        for name, c in r["candidates"].items() if isinstance(r["candidates"], dict) else [(None, None)]:
+            if not isinstance(c, dict) or not all(isinstance(c.get(k), (int, float)) for k in _TIMES):
+                raise SystemExit(f"{path}: row {r['key']}: candidate {name} lacks its times ({', '.join(_TIMES)})")
     return rec
+
+
+_TIMES = ("median_ms", "q1_ms", "q3_ms")
 
 
 def markdown_report(record: dict, stamp_line: str, plots: Sequence[str]) -> str:

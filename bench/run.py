@@ -63,7 +63,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(
         prog="bench/run.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("what to run")
-    g.add_argument("--suite", help="quick (default), cpu, gpu, full; with axis options below, the suite's rows "
+    g.add_argument("--suite", choices=tuple(suites.SUITES), metavar="SUITE", help="quick (default), cpu, gpu, full; with axis options below, the suite's rows "
                                    "are filtered by them. Without --suite, axis options give their cross product")
     g.add_argument("--list", action="store_true", help="describe the suites and the axes, then exit")
     g.add_argument("--dry-run", action="store_true", help="print the rows that would run, then exit")
@@ -252,6 +252,9 @@ def run_row(case: suites.Case, timing: Timing, args) -> dict:
     torch.set_num_threads(case.threads)
     out = {"key": case.key(), "case": case.to_dict(), "candidates": {}, "notes": [],
            "load_average": envinfo.load_average()}
+    cores = envinfo.usable_cores()
+    if case.device == "cpu" and case.threads > cores:
+        out["notes"].append(f"{case.threads} threads on {cores} usable cores: oversubscribed, not comparable")
     try:
         row = cases_mod.build(case, set(args.baselines) if args.baselines else None)
         out["notes"] += row.notes
@@ -295,6 +298,28 @@ def run_row(case: suites.Case, timing: Timing, args) -> dict:
     return out
 
 
+def refuse(msg: str):
+    """A run that cannot start as asked: the message, exit status 2 (as argparse's errors),
+    before anything runs."""
+    print(f"run.py: error: {msg}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _have_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _load(path: Path) -> dict:
+    try:
+        return report.load(path)
+    except SystemExit as e:
+        refuse(str(e))
+
+
 def main(argv=None) -> int:
     t_main = time.perf_counter()  # --time-limit counts from here: set-up included
     args = parse_args(argv)
@@ -304,8 +329,8 @@ def main(argv=None) -> int:
         return 0
     if args.against:
         if not args.check:
-            raise SystemExit("--against needs --check BASELINE.json")
-        cmp = report.compare(report.load(args.check), report.load(args.against), args.check_metric,
+            refuse("--against needs --check BASELINE.json")
+        cmp = report.compare(_load(args.check), _load(args.against), args.check_metric,
                              args.tolerance, args.check_candidates)
         print(check_header(args.check, args.against))
         print(report.check_text(cmp))
@@ -313,8 +338,8 @@ def main(argv=None) -> int:
 
     cuda = torch.cuda.is_available()
     axes = {a: getattr(args, a) for a in AXES if getattr(args, a)}
-    baseline = report.load(args.check) if args.check else None
-    previous = report.load(args.resume) if args.resume else None
+    baseline = _load(args.check) if args.check else None
+    previous = _load(args.resume) if args.resume else None
     if previous and not args.suite and not axes:
         case_list = suites.dedupe([suites.Case.from_dict(r["case"]) for r in previous["rows"]]
                                   + [suites.Case.from_dict(c) for c in previous.get("incomplete", {}).get("left", [])])
@@ -343,15 +368,16 @@ def main(argv=None) -> int:
         name = args.resume.stem  # the merged record replaces the one resumed (or goes to --out)
     name = args.name or name
     if not case_list:
-        raise SystemExit("no rows to run (check the axis options against --list)")
+        refuse("no rows to run (check the axis options against --list; the single-step cells take one "
+               "layer and one direction)")
     if args.dry_run:
         for c in case_list:
             print(c.key())
         print(f"{len(case_list)} rows")
         return 0
     if any(c.device == "cuda" for c in case_list) and not cuda:
-        raise SystemExit(f"{sum(c.device == 'cuda' for c in case_list)} rows need CUDA, which this torch "
-                         f"({torch.__version__}) does not see. Use --suite cpu or --device cpu.")
+        refuse(f"{sum(c.device == 'cuda' for c in case_list)} rows need CUDA, which this torch "
+               f"({torch.__version__}) does not see. Use --suite cpu or --device cpu.")
 
     timing = TIMING["quick" if suite_name == "quick" else "default"]
     timing = Timing(**{**timing.__dict__, **{k: v for k, v in (
@@ -370,7 +396,7 @@ def main(argv=None) -> int:
     if args.steady_malloc:
         why = steady_malloc()
         if why:
-            raise SystemExit(f"--steady-malloc: {why}")
+            refuse(f"--steady-malloc: {why}")
     env["steady_malloc"] = bool(args.steady_malloc)
     stamp = envinfo.stamp(env, machine)
     to_run = [c for c in case_list if c.key() not in kept]
@@ -382,11 +408,26 @@ def main(argv=None) -> int:
         print(f"note: load average {la[0]} on {env['cpu']['cores']} cores before starting: other work shares "
               f"this machine, multi-threaded rows will be noisy", file=sys.stderr)
 
+    if not (args.no_plots or args.no_save) and not _have_matplotlib():
+        args.no_plots = True
+        print("note: matplotlib does not import here: no plots (install it, or pass --no-plots)", file=sys.stderr)
+    if args.cuda_graphs and device != "cuda":
+        args.cuda_graphs = False
+        print("note: --cuda-graphs: no CUDA rows in this run; ignored", file=sys.stderr)
+    cores = env["cpu"]["cores"]
+    over = sorted({c.threads for c in case_list if c.device == "cpu" and c.threads > cores})
+    if over:
+        print(f"note: {', '.join(map(str, over))} threads on {cores} usable cores: oversubscribed thread teams "
+              f"slow torch.nn's OpenMP paths 10-100x, so those rows' speed-ups say nothing (bench/README.md)",
+              file=sys.stderr)
+
     threads0 = torch.get_num_threads()
     progress = Progress(len(to_run), args.quiet)
     new_rows = {}
     t_start = time.perf_counter()
     out_dir = args.out or (args.resume.parent if args.resume else HERE / "results" / machine)
+    while baseline and (out_dir / f"{name}.json").resolve() == args.check.resolve():
+        name += "-check"  # never over the baseline being checked against
     json_path = out_dir / f"{name}.json"
 
     earlier = _earlier_parts(previous) if previous else []
@@ -503,16 +544,16 @@ def resumable_rows(previous: dict, args, timing: Timing, env: dict, machine: str
     measured under other settings, since its rows would then not be comparable with this run's."""
     where = args.resume
     if previous.get("machine") != machine:
-        raise SystemExit(f"--resume {where}: that run was on {previous.get('machine')}, this machine is {machine}; "
+        refuse(f"--resume {where}: that run was on {previous.get('machine')}, this machine is {machine}; "
                          f"one table holds one machine")
     if previous.get("suite") != suite_name:
-        raise SystemExit(f"--resume {where}: that run is suite {previous.get('suite')}, this one {suite_name}")
+        refuse(f"--resume {where}: that run is suite {previous.get('suite')}, this one {suite_name}")
     opts = previous.get("options", {})
     now = {**timing.__dict__, **{k: getattr(args, k) for k in ("tf32", "cuda_graphs", "baselines", "steady_malloc",
                                                                  "no_memory")}}
     for key, value in now.items():
         if opts.get(key, False if key == "no_memory" else None) != value:
-            raise SystemExit(f"--resume {where}: that run had {key} = {opts.get(key)}, this one {value}; its rows "
+            refuse(f"--resume {where}: that run had {key} = {opts.get(key)}, this one {value}; its rows "
                              f"would not be comparable with this run's")
     before, now_env = previous.get("env", {}), env
     for what, get in (("torch", lambda e: e.get("torch")), ("fusedrnn commit", lambda e: e.get("git", {}).get("commit"))):

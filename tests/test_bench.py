@@ -165,7 +165,70 @@ def test_a_run_stopped_by_its_time_limit_resumes_where_it_stopped(tmp_path):
     assert "Merged from 2 runs" in (tmp_path / "r.md").read_text()
 
 
-def test_resume_reruns_failed_rows_and_refuses_records_it_cannot_extend(tmp_path):
+def test_check_never_writes_over_its_baseline(tmp_path):
+    """Not when the baseline is itself a check's record (<suite>-check.json) in
+    the folder the rerun goes to, nor when --name names it."""
+    assert _saved_run(tmp_path) == 0
+    base = tmp_path / "r.json"
+    first = tmp_path / "custom-check.json"  # <suite>-check
+    assert run.main(["--check", str(base), *RESUME, "--out", str(tmp_path), "--check-metric", "speedup",
+                     "--tolerance", "10"]) == 0
+    assert first.exists()
+    for extra in ([], ["--name", "custom-check"]):
+        before = first.read_bytes()
+        assert run.main(["--check", str(first), *RESUME, "--out", str(tmp_path), "--check-metric", "speedup",
+                         "--tolerance", "10", *extra]) == 0
+        assert first.read_bytes() == before
+        assert (tmp_path / "custom-check-check.json").exists()
+
+
+def test_a_run_without_matplotlib_saves_its_record_without_plots(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    argv = [a for a in TINY if a != "--no-save"]
+    assert run.main(["--cell", "gru", *argv, "--out", str(tmp_path), "--name", "r"]) == 0
+    assert "matplotlib does not import here: no plots" in capsys.readouterr().err
+    rec = report.load(tmp_path / "r.json")
+    assert len(rec["rows"]) == 1 and rec["plots"] == [] and "incomplete" not in rec
+
+
+def test_threads_beyond_the_cores_are_named(tmp_path, monkeypatch, capsys):
+    """Oversubscribed rows are run (a user may want them) but said to be incomparable,
+    on stderr and in the row's notes."""
+    real = run.envinfo.environment
+    monkeypatch.setattr(run.envinfo, "usable_cores", lambda: 1)
+    monkeypatch.setattr(run.envinfo, "environment", lambda tf32: {**real(tf32), "cpu": {**real(tf32)["cpu"], "cores": 1}})
+    argv = [a for a in TINY if a != "--no-save"]
+    argv[argv.index("--threads") + 1] = "2"
+    assert run.main(["--cell", "gru", *argv, "--no-plots", "--out", str(tmp_path), "--name", "r"]) == 0
+    assert "2 threads on 1 usable cores: oversubscribed" in capsys.readouterr().err
+    (row,) = report.load(tmp_path / "r.json")["rows"]
+    assert "2 threads on 1 usable cores: oversubscribed, not comparable" in row["notes"]
+
+
+@pytest.mark.parametrize("argv", [
+    ["--suite", "quik"], ["--cell", "lstm_cell", "--layers", "2"], ["--against", "x.json"],
+    ["--device", "cuda", "--cell", "gru", "-T", "4", "-N", "1", "-H", "8"],
+], ids=lambda a: " ".join(a))
+def test_a_run_that_cannot_start_exits_with_status_2(argv, capsys):
+    if "cuda" in argv and run.torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(SystemExit) as info:
+        run.main(argv)
+    assert info.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_a_baseline_row_without_its_times_is_refused(tmp_path, capsys):
+    rec = {"schema": report.SCHEMA, "rows": [{"key": "k", "candidates": {"fused": {"median_ms": 1.0}}}]}
+    p = tmp_path / "b.json"
+    p.write_text(json.dumps(rec))
+    with pytest.raises(SystemExit) as info:
+        run.main(["--check", str(p), "--against", str(p)])
+    assert info.value.code == 2
+    assert "row k: candidate fused lacks its times (median_ms, q1_ms, q3_ms)" in capsys.readouterr().err
+
+
+def test_resume_reruns_failed_rows_and_refuses_records_it_cannot_extend(tmp_path, capsys):
     assert _saved_run(tmp_path, "--time-limit", "1e-6") == 3
     path = tmp_path / "r.json"
     rec = json.loads(path.read_text())
@@ -177,18 +240,19 @@ def test_resume_reruns_failed_rows_and_refuses_records_it_cannot_extend(tmp_path
     assert not any(r.get("error") for r in merged["rows"]) and len(merged["rows"]) == 4
 
     path.write_text(json.dumps(dict(merged, machine="elsewhere")))
+    capsys.readouterr()
     with pytest.raises(SystemExit) as info:
         run.main(["--resume", str(path), *RESUME])
-    assert "one table holds one machine" in str(info.value)
+    assert info.value.code == 2 and "one table holds one machine" in capsys.readouterr().err
     path.write_text(json.dumps(merged))
     with pytest.raises(SystemExit) as info:
         run.main(["--resume", str(path), "--suite", "quick", *RESUME])
-    assert "that run is suite custom, this one quick" in str(info.value)
+    assert info.value.code == 2 and "that run is suite custom, this one quick" in capsys.readouterr().err
     for flag, words in ((["--tf32"], "tf32 = False, this one True"), (["--budget", "0.05"], "budget_s = 0.02"),
                         (["--steady-malloc"], "steady_malloc = False")):
         with pytest.raises(SystemExit) as info:
             run.main(["--resume", str(path), *RESUME, *flag])
-        assert words in str(info.value)
+        assert info.value.code == 2 and words in capsys.readouterr().err
     # Refused before anything is set up: the refused run's torch settings are not left behind.
     import torch
 
