@@ -182,6 +182,10 @@ def _validate(p: argparse.ArgumentParser, args) -> None:
         p.error(f"--update-readme: no folder {args.update_readme.parent}")
 
 
+# Baselines that exist on one device only.
+CUDA_ONLY = {"nn-cudnn", "fused-persistent", "fused-standard"}
+CPU_ONLY = {"nn-onednn"}
+
 AXES = ("cell", "variant", "T", "N", "C", "H", "layers", "dirs", "dtype", "device", "mode", "threads")
 
 
@@ -378,6 +382,15 @@ def main(argv=None) -> int:
     if any(c.device == "cuda" for c in case_list) and not cuda:
         refuse(f"{sum(c.device == 'cuda' for c in case_list)} rows need CUDA, which this torch "
                f"({torch.__version__}) does not see. Use --suite cpu or --device cpu.")
+
+    devices = {c.device for c in case_list}
+    if args.baselines:
+        absent = [b for b in args.baselines if (b in CUDA_ONLY and "cuda" not in devices)
+                  or (b in CPU_ONLY and "cpu" not in devices)]
+        if len(absent) == len(args.baselines):
+            refuse(f"--baselines {','.join(absent)}: none of them runs on this run's rows ({', '.join(sorted(devices))})")
+        if absent:
+            print(f"note: --baselines {','.join(absent)}: not on {', '.join(sorted(devices))}; left out", file=sys.stderr)
 
     timing = TIMING["quick" if suite_name == "quick" else "default"]
     timing = Timing(**{**timing.__dict__, **{k: v for k, v in (

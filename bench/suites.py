@@ -196,13 +196,13 @@ def full(cuda_available: bool) -> List[Case]:
 
 
 SUITES = {
-    "quick": "default; about two minutes. CPU: every cell and variant at issue 2's shapes (T=100, N=1, H=64 "
-             "and N=16, H=256), inference and training, 1 and 2 threads, plus a T sweep. "
-             "GPU: LSTM/GRU/RNN at issue 2's shapes (fp32) and issue 4's (bf16; LSTM also fp32), "
-             "LSTM variants, a T sweep.",
+    "quick": "default; about two minutes. CPU: every cell and variant at T=100, N=1, H=64 and N=16, H=256, "
+             "inference and training, 1 and 2 threads, plus a T sweep. "
+             "GPU: LSTM/GRU/RNN at those shapes (fp32) and at (1024,16,768), (100,64,512), (25,128,1024) "
+             "(bf16; LSTM also fp32), LSTM variants, a T sweep.",
     "cpu": "every cell and variant over five shapes, 1/2 layers and directions, T sweeps, 1 and all threads, "
            "forward and backward separately (tens of minutes on 2 cores)",
-    "gpu": "issue 4: each cell in fp16/bf16/fp32, inference and training, at (1024,16,768), (100,64,512), "
+    "gpu": "each cell in fp16/bf16/fp32, inference and training, at (1024,16,768), (100,64,512), "
            "(25,128,1024), 1-2 layers, 1-2 directions, vs cuDNN and a loop of nn cells; plus T sweeps (needs CUDA)",
     "full": "cpu + gpu (where CUDA is present) + forward/backward for every cell + bf16 on CPU",
 }

@@ -208,6 +208,7 @@ def test_threads_beyond_the_cores_are_named(tmp_path, monkeypatch, capsys):
 @pytest.mark.parametrize("argv", [
     ["--suite", "quik"], ["--cell", "lstm_cell", "--layers", "2"], ["--against", "x.json"],
     ["--device", "cuda", "--cell", "gru", "-T", "4", "-N", "1", "-H", "8"],
+    ["--baselines", "nn-cudnn,fused-persistent", "--device", "cpu", "--cell", "gru", "-T", "4", "-N", "1", "-H", "8"],
 ], ids=lambda a: " ".join(a))
 def test_a_run_that_cannot_start_exits_with_status_2(argv, capsys):
     if "cuda" in argv and run.torch.cuda.is_available():
