@@ -475,19 +475,30 @@ def main(argv=None) -> int:
         record["summary"] = report.summary(rows)
         return record
 
-    for i, case in enumerate(to_run):
-        # Every run does at least one row, so that resuming always gets further.
-        if args.time_limit is not None and i > 0 and time.perf_counter() - t_main >= args.time_limit:
-            break
-        progress.update(i, _label(case))
-        r = run_row(case, timing, args)
-        r["part"] = part_id
-        new_rows[case.key()] = r
-        progress.update(i + 1, _label(case), _row_result(r))
-        if not args.no_save and len(new_rows) < len(to_run):
-            # A run killed from outside (a time limit of its own) keeps the rows it finished.
+    try:
+        for i, case in enumerate(to_run):
+            # Every run does at least one row, so that resuming always gets further.
+            if args.time_limit is not None and i > 0 and time.perf_counter() - t_main >= args.time_limit:
+                break
+            progress.update(i, _label(case))
+            r = run_row(case, timing, args)
+            r["part"] = part_id
+            new_rows[case.key()] = r
+            progress.update(i + 1, _label(case), _row_result(r))
+            if not args.no_save and len(new_rows) < len(to_run):
+                # A run killed from outside (a time limit of its own) keeps the rows it finished.
+                out_dir.mkdir(parents=True, exist_ok=True)
+                report.write_json(json_path, assemble())
+    except KeyboardInterrupt:
+        progress.close()
+        torch.set_num_threads(threads0)
+        saved = ""
+        if new_rows and not args.no_save:
             out_dir.mkdir(parents=True, exist_ok=True)
             report.write_json(json_path, assemble())
+            saved = f"; the {len(new_rows)} rows done are in {_rel(json_path)} (--resume runs the rest)"
+        print(f"\ninterrupted{saved}", file=sys.stderr)
+        return 130
     progress.close()
     torch.set_num_threads(threads0)
     env["load_average_end"] = envinfo.load_average()

@@ -229,6 +229,27 @@ def test_a_baseline_row_without_its_times_is_refused(tmp_path, capsys):
     assert "row k: candidate fused lacks its times (median_ms, q1_ms, q3_ms)" in capsys.readouterr().err
 
 
+def test_an_interrupted_run_keeps_its_rows_to_resume(tmp_path, monkeypatch, capsys):
+    """Ctrl-C between rows: the rows done are saved as an incomplete record, a line
+    says so (no traceback), exit status 130; --resume finishes it."""
+    real, calls = run.run_row, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(run, "run_row", interrupted)
+    assert _saved_run(tmp_path) == 130
+    assert "interrupted; the 1 rows done are in" in capsys.readouterr().err
+    rec = report.load(tmp_path / "r.json")
+    assert len(rec["rows"]) == 1 and rec["incomplete"]["total"] == 4
+    monkeypatch.undo()
+    assert run.main(["--resume", str(tmp_path / "r.json"), *RESUME]) == 0
+    assert len(report.load(tmp_path / "r.json")["rows"]) == 4
+
+
 def test_resume_reruns_failed_rows_and_refuses_records_it_cannot_extend(tmp_path, capsys):
     assert _saved_run(tmp_path, "--time-limit", "1e-6") == 3
     path = tmp_path / "r.json"
@@ -277,14 +298,17 @@ def test_a_run_killed_between_rows_leaves_a_record_to_resume(tmp_path, monkeypat
     real = run.run_row
     calls = []
 
+    class Killed(BaseException):
+        """The process dying (nothing in the harness catches it)."""
+
     def killed_after_one(*args, **kwargs):
         if calls:
-            raise KeyboardInterrupt
+            raise Killed
         calls.append(1)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(run, "run_row", killed_after_one)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Killed):
         _saved_run(tmp_path)
     monkeypatch.undo()
     partial = report.load(tmp_path / "r.json")
