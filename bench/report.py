@@ -213,8 +213,8 @@ def _table(rows: Sequence[dict], markdown: bool) -> Tuple[List[str], List[List[s
 def _mb(x: Optional[float]) -> str:
     if x is None:
         return "-"
-    if 0 < x < 0.1:  # a few KB: two significant digits, so that a difference the summary counts shows
-        return f"{x:.2g}"
+    if 0 < x < 0.1:  # a few KB: four decimals, so that a difference the summary counts shows
+        return f"{x:.4f}"
     return f"{x:.2f}" if x < 10 else f"{x:.1f}"
 
 

@@ -63,8 +63,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(
         prog="bench/run.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("what to run")
-    g.add_argument("--suite", choices=tuple(suites.SUITES), metavar="SUITE", help="quick (default), cpu, gpu, full; with axis options below, the suite's rows "
-                                   "are filtered by them. Without --suite, axis options give their cross product")
+    g.add_argument("--suite", choices=tuple(suites.SUITES), metavar="SUITE",
+                   help="quick (default), cpu, gpu, full; with axis options below, the suite's rows are filtered by "
+                        "them. Without --suite, axis options give their cross product")
     g.add_argument("--list", action="store_true", help="describe the suites and the axes, then exit")
     g.add_argument("--dry-run", action="store_true", help="print the rows that would run, then exit")
     g.add_argument("--cell", type=_strs, help=f"comma list of {', '.join(suites.CELLS)}")
@@ -305,7 +306,7 @@ def run_row(case: suites.Case, timing: Timing, args) -> dict:
 def refuse(msg: str):
     """A run that cannot start as asked: the message, exit status 2 (as argparse's errors),
     before anything runs."""
-    print(f"run.py: error: {msg}", file=sys.stderr)
+    print(f"bench/run.py: error: {msg}", file=sys.stderr)
     raise SystemExit(2)
 
 
@@ -388,9 +389,11 @@ def main(argv=None) -> int:
         absent = [b for b in args.baselines if (b in CUDA_ONLY and "cuda" not in devices)
                   or (b in CPU_ONLY and "cpu" not in devices)]
         if len(absent) == len(args.baselines):
-            refuse(f"--baselines {','.join(absent)}: none of them runs on this run's rows ({', '.join(sorted(devices))})")
+            refuse(f"--baselines {','.join(absent)}: none of them runs on this run's rows "
+                   f"({', '.join(sorted(devices))})")
         if absent:
-            print(f"note: --baselines {','.join(absent)}: not on {', '.join(sorted(devices))}; left out", file=sys.stderr)
+            print(f"note: --baselines {','.join(absent)}: not on {', '.join(sorted(devices))}; left out",
+                  file=sys.stderr)
 
     timing = TIMING["quick" if suite_name == "quick" else "default"]
     timing = Timing(**{**timing.__dict__, **{k: v for k, v in (
@@ -399,6 +402,9 @@ def main(argv=None) -> int:
     device = "cuda" if any(c.device == "cuda" for c in case_list) else "cpu"
     machine = envinfo.machine_name(device)
     env = envinfo.environment(args.tf32)
+    if args.cuda_graphs and device != "cuda":
+        args.cuda_graphs = False
+        print("note: --cuda-graphs: no CUDA rows in this run; ignored", file=sys.stderr)
     kept = resumable_rows(previous, args, timing, env, machine, suite_name, case_list) if previous else {}
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = args.tf32
@@ -424,9 +430,6 @@ def main(argv=None) -> int:
     if not (args.no_plots or args.no_save) and not _have_matplotlib():
         args.no_plots = True
         print("note: matplotlib does not import here: no plots (install it, or pass --no-plots)", file=sys.stderr)
-    if args.cuda_graphs and device != "cuda":
-        args.cuda_graphs = False
-        print("note: --cuda-graphs: no CUDA rows in this run; ignored", file=sys.stderr)
     cores = env["cpu"]["cores"]
     over = sorted({c.threads for c in case_list if c.device == "cpu" and c.threads > cores})
     if over:
@@ -496,7 +499,9 @@ def main(argv=None) -> int:
         if new_rows and not args.no_save:
             out_dir.mkdir(parents=True, exist_ok=True)
             report.write_json(json_path, assemble())
-            saved = f"; the {len(new_rows)} rows done are in {_rel(json_path)} (--resume runs the rest)"
+            done = f"{len(new_rows)} row{'s' if len(new_rows) > 1 else ''}"
+            verb = "are" if len(new_rows) > 1 else "is"
+            saved = f"; the {done} done {verb} in {_rel(json_path)} (--resume runs the rest)"
         print(f"\ninterrupted{saved}", file=sys.stderr)
         return 130
     progress.close()
@@ -569,7 +574,7 @@ def resumable_rows(previous: dict, args, timing: Timing, env: dict, machine: str
     where = args.resume
     if previous.get("machine") != machine:
         refuse(f"--resume {where}: that run was on {previous.get('machine')}, this machine is {machine}; "
-                         f"one table holds one machine")
+               f"one table holds one machine")
     if previous.get("suite") != suite_name:
         refuse(f"--resume {where}: that run is suite {previous.get('suite')}, this one {suite_name}")
     opts = previous.get("options", {})
@@ -578,7 +583,7 @@ def resumable_rows(previous: dict, args, timing: Timing, env: dict, machine: str
     for key, value in now.items():
         if opts.get(key, False if key == "no_memory" else None) != value:
             refuse(f"--resume {where}: that run had {key} = {opts.get(key)}, this one {value}; its rows "
-                             f"would not be comparable with this run's")
+                   f"would not be comparable with this run's")
     before, now_env = previous.get("env", {}), env
     for what, get in (("torch", lambda e: e.get("torch")), ("fusedrnn commit", lambda e: e.get("git", {}).get("commit"))):
         if get(before) != get(now_env):

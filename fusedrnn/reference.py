@@ -173,13 +173,21 @@ def layer(
 
 
 def _module_config(module) -> str:
-    """The kind of a recurrent module, fusedrnn's or torch.nn's, subclasses
-    included: its mode ('LSTM', 'GRU', 'RNN_TANH', 'RNN_RELU') for a stacked
-    module, 'LSTMCELL', 'GRUCELL' or 'RNNCELL' for a cell."""
+    """The kind of a recurrent module, fusedrnn's or torch.nn's, subclasses,
+    torch.compile's wrapper and torch.jit.script's modules included: its mode
+    ('LSTM', 'GRU', 'RNN_TANH', 'RNN_RELU') for a stacked module, 'LSTMCELL',
+    'GRUCELL' or 'RNNCELL' for a cell."""
     from torch import nn
 
     from . import modules
 
+    module = getattr(module, "_orig_mod", module)  # torch.compile's OptimizedModule
+    if isinstance(module, torch.jit.ScriptModule):
+        mode = getattr(module, "mode", None)
+        if isinstance(mode, str):
+            return mode
+        if module.original_name in ("LSTMCell", "GRUCell", "RNNCell"):
+            return module.original_name.upper()
     for mode, classes in (("LSTMCELL", (nn.LSTMCell, modules.LSTMCell)), ("GRUCELL", (nn.GRUCell, modules.GRUCell)),
                           ("RNNCELL", (nn.RNNCell, modules.RNNCell))):
         if isinstance(module, classes):

@@ -35,13 +35,13 @@ __all__ = ["gradcheck", "gradgradcheck", "assert_matches_reference"]
 
 # Error floor, in units of the dtype's epsilon times the larger of 1 and the
 # reference's largest magnitude: a difference this small is rounding, whatever
-# the reference's own error happens to be. Not of the magnitude alone: a
-# gradient summed from terms that cancel carries rounding of the size of its
-# terms (a float64 LSTM's weight_hr gradient of a few hundredths, whose error
-# of 7e-16 the magnitude's floor and the float64 baseline, scaled from float32,
-# did not cover).
+# the reference's own error happens to be. Not of the magnitude alone: a value
+# summed from terms that cancel carries rounding of the size of its terms (a
+# float64 LSTM's weight_hr gradient of a few hundredths, off by 7e-16, beyond
+# both the magnitude's floor and the float64 baseline scaled from float32).
 _FLOOR_ULPS = 8.0
 _RATIO = 2.0
+
 
 def _is_cell(module) -> bool:
     return reference._module_config(module).endswith("CELL")

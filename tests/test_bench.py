@@ -196,7 +196,8 @@ def test_threads_beyond_the_cores_are_named(tmp_path, monkeypatch, capsys):
     on stderr and in the row's notes."""
     real = run.envinfo.environment
     monkeypatch.setattr(run.envinfo, "usable_cores", lambda: 1)
-    monkeypatch.setattr(run.envinfo, "environment", lambda tf32: {**real(tf32), "cpu": {**real(tf32)["cpu"], "cores": 1}})
+    monkeypatch.setattr(run.envinfo, "environment",
+                        lambda tf32: {**real(tf32), "cpu": {**real(tf32)["cpu"], "cores": 1}})
     argv = [a for a in TINY if a != "--no-save"]
     argv[argv.index("--threads") + 1] = "2"
     assert run.main(["--cell", "gru", *argv, "--no-plots", "--out", str(tmp_path), "--name", "r"]) == 0
@@ -205,18 +206,24 @@ def test_threads_beyond_the_cores_are_named(tmp_path, monkeypatch, capsys):
     assert "2 threads on 1 usable cores: oversubscribed, not comparable" in row["notes"]
 
 
-@pytest.mark.parametrize("argv", [
-    ["--suite", "quik"], ["--cell", "lstm_cell", "--layers", "2"], ["--against", "x.json"],
-    ["--device", "cuda", "--cell", "gru", "-T", "4", "-N", "1", "-H", "8"],
-    ["--baselines", "nn-cudnn,fused-persistent", "--device", "cpu", "--cell", "gru", "-T", "4", "-N", "1", "-H", "8"],
-], ids=lambda a: " ".join(a))
-def test_a_run_that_cannot_start_exits_with_status_2(argv, capsys):
+ROW = ["--cell", "gru", "-T", "4", "-N", "1", "-H", "8"]
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["--suite", "quik"], "argument --suite: invalid choice: 'quik'"),
+    (["--cell", "lstm_cell", "--layers", "2"], "no rows to run"),
+    (["--against", "x.json"], "--against needs --check BASELINE.json"),
+    (["--device", "cuda", *ROW], "2 rows need CUDA"),  # inference and training
+    (["--baselines", "nn-cudnn,fused-persistent", "--device", "cpu", *ROW],
+     "--baselines nn-cudnn,fused-persistent: none of them runs on this run's rows (cpu)"),
+], ids=["unknown suite", "no rows", "against alone", "cuda without cuda", "baselines of another device"])
+def test_a_run_that_cannot_start_exits_with_status_2(argv, words, capsys):
     if "cuda" in argv and run.torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     with pytest.raises(SystemExit) as info:
         run.main(argv)
     assert info.value.code == 2
-    assert "error:" in capsys.readouterr().err
+    assert f"bench/run.py: error: {words}" in capsys.readouterr().err
 
 
 def test_a_baseline_row_without_its_times_is_refused(tmp_path, capsys):
@@ -242,7 +249,7 @@ def test_an_interrupted_run_keeps_its_rows_to_resume(tmp_path, monkeypatch, caps
 
     monkeypatch.setattr(run, "run_row", interrupted)
     assert _saved_run(tmp_path) == 130
-    assert "interrupted; the 1 rows done are in" in capsys.readouterr().err
+    assert "interrupted; the 1 row done is in" in capsys.readouterr().err
     rec = report.load(tmp_path / "r.json")
     assert len(rec["rows"]) == 1 and rec["incomplete"]["total"] == 4
     monkeypatch.undo()
@@ -279,6 +286,14 @@ def test_resume_reruns_failed_rows_and_refuses_records_it_cannot_extend(tmp_path
     import torch
 
     assert torch.get_float32_matmul_precision() == "highest"
+
+
+def test_resume_with_cuda_graphs_on_a_cpu_run_is_the_same_run(tmp_path):
+    """--cuda-graphs on CPU rows is ignored, in the record too: resuming with the
+    same command line continues the run."""
+    assert _saved_run(tmp_path, "--time-limit", "1e-6", "--cuda-graphs") == 3
+    assert report.load(tmp_path / "r.json")["options"]["cuda_graphs"] is False
+    assert run.main(["--resume", str(tmp_path / "r.json"), *RESUME, "--cuda-graphs"]) == 0
 
 
 def test_resuming_a_complete_record_rerenders_it_unchanged(tmp_path):

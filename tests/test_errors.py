@@ -548,6 +548,8 @@ def _functional_bad_calls():
                       "lstm: the initial states must hold num_layers * directions = 2 layers in their first "
                       "dimension, got shape [1, 2, 4]"),
         "lstm hx not a pair": (lambda: F.lstm(x, h, lstm_w, 1), TypeError, "lstm: hx must be a pair (h0, c0), got Tensor"),
+        "gru hx None": (lambda: F.gru(x, None, gru_w, 1), TypeError, "gru: hx must be a Tensor h0, got NoneType"),
+        "rnn hx a tuple": (lambda: F.rnn(x, (h,), gru_w, 1), TypeError, "rnn: hx must be a Tensor h0, got tuple"),
     }
 
 

@@ -202,6 +202,26 @@ def test_helpers_and_the_reference_take_subclasses():
         assert_matches_reference(m, inp)
 
 
+def test_the_reference_and_the_helpers_take_compiled_and_scripted_modules():
+    """torch.compile's wrapper and torch.jit.script's modules are told apart by
+    what they wrap or were compiled from."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 2, 3, dtype=torch.float64)
+    stacked = (torch.nn.GRU(3, 5), fusedrnn.LSTM(3, 5, peephole=True),
+               torch.nn.LSTM(3, 5, num_layers=2, bidirectional=True))
+    for m in stacked:
+        m = m.double()
+        compiled, scripted = torch.compile(m, backend="eager"), torch.jit.script(m)
+        for wrapped in (compiled, scripted):
+            torch.testing.assert_close(fusedrnn.reference.forward(wrapped, x), fusedrnn.reference.forward(m, x))
+        assert_matches_reference(compiled, x)
+    for m in (torch.nn.LSTMCell(3, 5), fusedrnn.GRUCell(3, 5), torch.nn.RNNCell(3, 5, nonlinearity="relu")):
+        m = m.double()
+        scripted = torch.jit.script(m)
+        torch.testing.assert_close(fusedrnn.reference.cell_forward(scripted, x[0]), m(x[0]))
+        assert_matches_reference(torch.compile(m, backend="eager"), x[0])
+
+
 def test_gradcheck_copies_a_module_holding_weights_its_forward_computed():
     """torch.nn's flat weights under a parametrization, and the weight of the
     hook-based weight_norm, are tensors with a graph after a forward, which
