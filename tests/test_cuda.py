@@ -1245,6 +1245,40 @@ def test_persistent_is_deterministic(persistent):
         assert torch.equal(a[name], b[name]), f"{name} differs between two identical runs"
 
 
+THREAD_ORDERS = ["reverse", "shuffle:5", "blocks", "blocks-reverse"]
+
+
+@pytest.mark.skipif(not EMULATION, reason="the order of threads is the emulation's (FRNN_EMUL_ORDER)")
+@pytest.mark.parametrize("path,grid", [("persistent", "many"), ("persistent", "one"), ("standard", "auto")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("variant", ["lstm", "lstm_peephole_coupled_proj", "gru", "gru_reset_before", "rnn_relu"])
+def test_results_do_not_depend_on_the_order_of_threads(variant, dtype, path, grid, monkeypatch):
+    """The same bits whichever order the emulation runs the threads in
+    (tools/cuda_emulation/shim.h): within a barrier interval, in reverse or
+    shuffled, and a persistent launch's blocks one at a time up to the grid
+    barrier. Two threads that touch the same memory between two barriers, one
+    of them writing, give results that depend on the order: a barrier missing.
+    24 units, two layers, both directions, packed; in slices over several
+    blocks (grid many) 17 rows, two row tiles on tensor cores in float16; in
+    one block 9 rows, which fit its CUDA-core product in float32."""
+    monkeypatch.setenv("FUSEDRNN_CUDA_PATH", path)
+    monkeypatch.setenv("FUSEDRNN_PERSISTENT_GRID", grid)
+    cls, kwargs = SEQ_VARIANTS[variant]
+    torch.manual_seed(0)
+    m = cls(C, 24, num_layers=2, bidirectional=True, **kwargs).to(DEVICE, dtype)
+    gen = _seeded()
+    lengths = [4, 1, 3, 4, 2, 4, 3, 1, 4, 2, 4, 4, 3, 1, 2, 4, 4][: 9 if grid == "one" else 17]
+    x = _packed(lengths, gen, dtype)
+    hx = _random_hx(m, len(lengths), gen, dtype)
+    monkeypatch.delenv("FRNN_EMUL_ORDER", raising=False)
+    want = _run(m, x, hx)
+    for order in THREAD_ORDERS:
+        monkeypatch.setenv("FRNN_EMUL_ORDER", order)
+        got = _run(m, x, hx)
+        for name in want:
+            assert torch.equal(got[name], want[name]), f"{name} differs with the threads in order {order}"
+
+
 def test_persistent_refusal_names_the_reason(persistent):
     """float32 products on CUDA cores hold at most 2048 outputs per block: 600 rows
     of 4 gates do not fit."""

@@ -5,9 +5,11 @@
 # grid barriers) are built by the host compiler into build/cuda_emul/, wired so that
 # CPU tensors take that path, and tests/test_cuda.py runs against it with
 # FUSEDRNN_CUDA_EMULATION=1 (the tests that need a real device skip). It checks
-# the host logic, the indexing, the barriers and the cell math of the kernels, and
-# (shared memory starts as NaN bytes) reads of shared memory before its writes;
-# not timing, streams, graphs, or races between threads of one barrier interval.
+# the host logic, the indexing, the barriers and the cell math of the kernels,
+# (shared memory starts as NaN bytes) reads of shared memory before its writes,
+# and (the threads run in several orders: FRNN_EMUL_ORDER in
+# tools/cuda_emulation/shim.h) races between threads of one barrier interval
+# whose outcome depends on which runs first; not timing, streams or graphs.
 # The normal in-place build is untouched.
 # Extra arguments go to pytest (e.g. -k lstm).
 set -euo pipefail

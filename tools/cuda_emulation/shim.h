@@ -16,6 +16,23 @@
 // A warp-wide tensor-core operation (mma_16816) is a rendezvous of the warp's 32
 // fibers: each lane leaves its fragments, waits until the whole warp has, computes
 // its part of D from the full tiles, and waits again before the next one.
+//
+// FRNN_EMUL_ORDER sets the order in which the threads run. A cooperative launch
+// runs in rounds by default: every fiber that can run, each until its next
+// barrier, then the barriers that all their threads reached open, so the blocks
+// keep step with each other. The orders: "forward" (the default; block by
+// block, thread by thread), "reverse", "shuffle" or "shuffle:SEED" (a
+// permutation drawn anew for every round, each launch drawing from SEED, 1 by
+// default); "blocks" and "blocks-reverse" run one block of a cooperative launch
+// at a time, in index order or reversed, each until all its threads wait at the
+// grid barrier or are done. A step kernel's threads run in the order's turn
+// ("blocks": forward). Where two threads of one barrier interval touch the same
+// memory, one of them writing, the result depends on which runs first, and one
+// order alone hides the race whenever it runs first the thread that was meant
+// to; rounds hide one between blocks whose barriers line up. So the same results
+// in every order check that no block barrier is missing, and, with the blocks
+// one at a time, that blocks exchange data only across grid barriers.
+//
 // The emulated device: compute capability 9.0, 16 multiprocessors, 227 KiB of
 // shared memory per block, one resident block per multiprocessor for every
 // persistent kernel.
@@ -33,6 +50,7 @@
 #include <ucontext.h>
 #include <vector_types.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -41,6 +59,9 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <numeric>
+#include <random>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -49,21 +70,90 @@ inline thread_local dim3 blockDim, gridDim;
 
 namespace frnn_emul {
 
+[[noreturn]] inline void fail(const char* what) {
+  std::fprintf(stderr, "cuda emulation: %s\n", what);
+  std::abort();
+}
+
+// The order of FRNN_EMUL_ORDER (see above), read at every launch.
+class RunOrder {
+ public:
+  RunOrder() {
+    const char* v = std::getenv("FRNN_EMUL_ORDER");
+    const std::string s = v == nullptr ? "" : v;
+    if (s.empty() || s == "forward") {
+      kind_ = kForward;
+    } else if (s == "reverse") {
+      kind_ = kReverse;
+    } else if (s == "blocks") {
+      kind_ = kBlocks;
+    } else if (s == "blocks-reverse") {
+      kind_ = kBlocksReverse;
+    } else if (s == "shuffle" || s.rfind("shuffle:", 0) == 0) {
+      kind_ = kShuffle;
+      if (s.size() > 8) {
+        char* end = nullptr;
+        const unsigned long long seed = std::strtoull(s.c_str() + 8, &end, 10);
+        if (end == s.c_str() + 8 || *end != '\0')
+          fail("FRNN_EMUL_ORDER=shuffle:SEED needs SEED a non-negative integer");
+        rng_.seed(seed);
+      }
+    } else {
+      fail("FRNN_EMUL_ORDER must be forward, reverse, shuffle, shuffle:SEED, blocks or "
+           "blocks-reverse");
+    }
+  }
+
+  // Threads in index order, one after the other.
+  bool forward() const { return kind_ == kForward || kind_ == kBlocks; }
+  // A cooperative launch's blocks one at a time, each up to the grid barrier.
+  bool by_block() const { return kind_ == kBlocks || kind_ == kBlocksReverse; }
+
+  // The n threads (the grid's, block by block) in this order; shuffled anew at
+  // every call.
+  const std::vector<size_t>& of(size_t n) { return permute(threads_, n); }
+  // The n blocks, in the order by_block runs them.
+  const std::vector<size_t>& blocks(size_t n) { return permute(blocks_, n); }
+
+ private:
+  const std::vector<size_t>& permute(std::vector<size_t>& perm, size_t n) {
+    if (perm.size() != n || kind_ == kShuffle) {
+      perm.resize(n);
+      std::iota(perm.begin(), perm.end(), size_t{0});
+      if (kind_ == kReverse || kind_ == kBlocksReverse) std::reverse(perm.begin(), perm.end());
+      if (kind_ == kShuffle) std::shuffle(perm.begin(), perm.end(), rng_);
+    }
+    return perm;
+  }
+
+  enum Kind { kForward, kReverse, kShuffle, kBlocks, kBlocksReverse } kind_ = kForward;
+  std::mt19937_64 rng_{1};
+  std::vector<size_t> threads_, blocks_;
+};
+
+// The index of the i-th (block or thread) of d, x fastest.
+inline uint3 index_in(size_t i, dim3 d) {
+  return uint3{static_cast<unsigned>(i % d.x), static_cast<unsigned>(i / d.x % d.y),
+               static_cast<unsigned>(i / (size_t{d.x} * d.y))};
+}
+
 template <typename F>
 void launch(dim3 grid, dim3 block, const F& body) {
   if (block.x * block.y * block.z > 1024) std::abort();  // the device limit
   gridDim = grid;
   blockDim = block;
-  for (unsigned bz = 0; bz < grid.z; ++bz)
-    for (unsigned by = 0; by < grid.y; ++by)
-      for (unsigned bx = 0; bx < grid.x; ++bx)
-        for (unsigned tz = 0; tz < block.z; ++tz)
-          for (unsigned ty = 0; ty < block.y; ++ty)
-            for (unsigned tx = 0; tx < block.x; ++tx) {
-              blockIdx = uint3{bx, by, bz};
-              threadIdx = uint3{tx, ty, tz};
-              body();
-            }
+  const size_t nb = size_t{grid.x} * grid.y * grid.z, nt = size_t{block.x} * block.y * block.z;
+  const auto run = [&](size_t k) {
+    blockIdx = index_in(k / nt, grid);
+    threadIdx = index_in(k % nt, block);
+    body();
+  };
+  RunOrder order;
+  if (order.forward()) {
+    for (size_t k = 0; k < nb * nt; ++k) run(k);
+  } else {
+    for (const size_t k : order.of(nb * nt)) run(k);
+  }
 }
 
 inline cudaError_t last_error() { return cudaSuccess; }
@@ -97,11 +187,6 @@ struct Cooperative {
 inline thread_local Cooperative* coop = nullptr;
 constexpr size_t kFiberStack = size_t{64} << 10;
 
-[[noreturn]] inline void fail(const char* what) {
-  std::fprintf(stderr, "cuda emulation: %s\n", what);
-  std::abort();
-}
-
 inline void fiber_entry() {
   (*coop->body)();
   coop->current->wait = kDone;
@@ -131,9 +216,8 @@ void launch_cooperative(dim3 grid, dim3 block, size_t smem_bytes, const F& body)
   std::vector<std::unique_ptr<char[]>> stacks(c.fibers.size());
   for (size_t k = 0; k < c.fibers.size(); ++k) {
     Fiber& f = c.fibers[k];
-    const unsigned b = static_cast<unsigned>(k / nt), t = static_cast<unsigned>(k % nt);
-    f.block = uint3{b % grid.x, (b / grid.x) % grid.y, b / (grid.x * grid.y)};
-    f.thread = uint3{t % block.x, (t / block.x) % block.y, t / (block.x * block.y)};
+    f.block = index_in(k / nt, grid);
+    f.thread = index_in(k % nt, block);
     stacks[k].reset(new char[kFiberStack]);
     getcontext(&f.ctx);
     f.ctx.uc_stack.ss_sp = stacks[k].get();
@@ -145,43 +229,67 @@ void launch_cooperative(dim3 grid, dim3 block, size_t smem_bytes, const F& body)
   coop = &c;
   gridDim = grid;
   blockDim = block;
-  for (;;) {
-    for (Fiber& f : c.fibers) {
-      if (f.wait != kRunnable) continue;
+  RunOrder order;
+  // Runs the runnable fibers of blocks [b0, b1) in the order's turn, each to its
+  // next barrier.
+  const auto run = [&](unsigned b0, unsigned b1) {
+    for (const size_t k : order.of(c.fibers.size())) {
+      Fiber& f = c.fibers[k];
+      if (k / nt < b0 || k / nt >= b1 || f.wait != kRunnable) continue;
       c.current = &f;
       blockIdx = f.block;
       threadIdx = f.thread;
       swapcontext(&c.scheduler, &f.ctx);
     }
-    size_t done = 0, at_grid = 0;
+  };
+  // Opens the warp and block barriers of block b where all their threads wait;
+  // whether it opened one.
+  const auto open = [&](unsigned b) {
+    Fiber* fb = &c.fibers[static_cast<size_t>(b) * nt];
+    unsigned at_block = 0, block_done = 0;
+    for (unsigned t = 0; t < nt; ++t) {
+      at_block += fb[t].wait == kBlockBarrier;
+      block_done += fb[t].wait == kDone;
+    }
     bool opened = false;
-    for (unsigned b = 0; b < nb; ++b) {
-      unsigned at_block = 0, block_done = 0;
-      for (unsigned t = 0; t < nt; ++t) {
-        const Wait w = c.fibers[static_cast<size_t>(b) * nt + t].wait;
-        at_block += w == kBlockBarrier;
-        block_done += w == kDone;
-        at_grid += w == kGridBarrier;
-      }
-      done += block_done;
-      for (unsigned w = 0; w + 32 <= nt; w += 32) {
-        Fiber* lanes = &c.fibers[static_cast<size_t>(b) * nt + w];
-        unsigned at_warp = 0;
-        for (unsigned l = 0; l < 32; ++l) at_warp += lanes[l].wait == kWarpBarrier;
-        if (at_warp == 32) {
-          for (unsigned l = 0; l < 32; ++l) lanes[l].wait = kRunnable;
-          opened = true;
-        }
-      }
-      if (at_block == nt) {
-        for (unsigned t = 0; t < nt; ++t) c.fibers[static_cast<size_t>(b) * nt + t].wait = kRunnable;
+    for (unsigned w = 0; w + 32 <= nt; w += 32) {
+      unsigned at_warp = 0;
+      for (unsigned l = 0; l < 32; ++l) at_warp += fb[w + l].wait == kWarpBarrier;
+      if (at_warp == 32) {
+        for (unsigned l = 0; l < 32; ++l) fb[w + l].wait = kRunnable;
         opened = true;
-      } else if (at_block > 0 && at_block + block_done == nt) {
-        fail("__syncthreads() that some threads of the block never reach");
       }
     }
+    if (at_block == nt) {
+      for (unsigned t = 0; t < nt; ++t) fb[t].wait = kRunnable;
+      opened = true;
+    } else if (at_block > 0 && at_block + block_done == nt) {
+      fail("__syncthreads() that some threads of the block never reach");
+    }
+    return opened;
+  };
+  for (;;) {
+    if (order.by_block()) {
+      for (const size_t k : order.blocks(nb)) {
+        const unsigned b = static_cast<unsigned>(k);
+        do {
+          run(b, b + 1);
+        } while (open(b));
+      }
+    } else {
+      bool opened;
+      do {
+        run(0, nb);
+        opened = false;
+        for (unsigned b = 0; b < nb; ++b) opened = open(b) || opened;
+      } while (opened);
+    }
+    size_t done = 0, at_grid = 0;
+    for (const Fiber& f : c.fibers) {
+      done += f.wait == kDone;
+      at_grid += f.wait == kGridBarrier;
+    }
     if (done == c.fibers.size()) break;
-    if (opened) continue;
     if (at_grid + done != c.fibers.size()) fail("threads of one block wait at different barriers");
     if (done > 0) fail("grid_sync() that some threads of the grid never reach");
     for (Fiber& f : c.fibers) f.wait = kRunnable;
