@@ -16,6 +16,7 @@ each with -x. One line a barrier; about an hour on 2 cores.
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
 import subprocess
 import sys
@@ -45,9 +46,13 @@ def pytest(root: pathlib.Path, expr: str):
     cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "--rootdir", str(root),
            "-c", str(root / "pyproject.toml"), str(root / "tests/test_cuda.py"), "-k", expr]
     env = {"FUSEDRNN_CUDA_EMULATION": "1", "PYTHONPATH": str(pkg)}
-    r = subprocess.run(cmd, cwd=pkg, capture_output=True, text=True, env={**__import__("os").environ, **env})
+    r = subprocess.run(cmd, cwd=pkg, capture_output=True, text=True, env={**os.environ, **env})
     failed = [line for line in r.stdout.split("\n") if line.startswith("FAILED")]
     return r.returncode != 0, (failed[:1] or [""])[0][:160]
+
+
+def _verdict(result) -> str:
+    return "fails" if result[0] else "passes"
 
 
 def main() -> int:
@@ -75,8 +80,7 @@ def main() -> int:
                 orders = pytest(root, "order_of_threads")
                 others = pytest(root, "persistent and not order_of_threads")
                 path.write_text(original)
-                say = lambda r: "fails" if r[0] else "passes"  # noqa: E731
-                print(f"{f}:{i + 1} orders {say(orders)}, others {say(others)} ({time.time() - t0:.0f} s)"
+                print(f"{f}:{i + 1} orders {_verdict(orders)}, others {_verdict(others)} ({time.time() - t0:.0f} s)"
                       f" {orders[1] or others[1]}", flush=True)
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(root)], cwd=repo)
