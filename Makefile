@@ -54,9 +54,10 @@ cuda-check: build/.deps
 
 # The CUDA host code and kernels built for the CPU and run by tests/test_cuda.py
 # (step kernels: every block and thread in turn; persistent kernels: every
-# thread a fiber, with real barriers): the logic and indexing, without a GPU.
+# thread a fiber, with real barriers): the logic and indexing, without a GPU,
+# under ASan + UBSan (accesses out of bounds, misaligned loads).
 cuda-emulate: build/.deps
-	tools/cuda_emulate.sh $(PYTEST_ARGS)
+	FUSEDRNN_SANITIZE=address,undefined tools/cuda_emulate.sh $(PYTEST_ARGS)
 
 # On a GPU machine (offline is fine): CUDA build, CUDA tests, compute-sanitizer
 # (memcheck, racecheck, initcheck, synccheck), the GPU benchmark, and a report.

@@ -5,7 +5,8 @@ that includes shim.h, replaces the one step-kernel launch (launch_step in
 cuda_utils.cuh) by a loop over the grid and the one cooperative launch
 (launch_persistent in persistent.cuh) by a run of fibers, and builds fusedrnn._C from the torch
 layer (autograd, ops, rnn_layer, module, cpu_memory, rnn_cuda) plus glue.cpp, which sends
-CPU tensors down the CUDA path. Usage: build.py <out dir> <package dir>.
+CPU tensors down the CUDA path; with FUSEDRNN_SANITIZE set, instrumented by those
+sanitizers. Usage: build.py <out dir> <package dir>.
 """
 
 import os
@@ -68,13 +69,18 @@ def prepare(out: Path) -> list:
 def main():
     out, pkg = Path(sys.argv[1]).resolve(), Path(sys.argv[2]).resolve()
     sources = prepare(out)
+    # FUSEDRNN_SANITIZE (e.g. address,undefined): the build instrumented as setup.py's is;
+    # the reports' line tables without the full debug information.
+    san = os.environ.get("FUSEDRNN_SANITIZE")
+    san = [f"-fsanitize={san}", "-fno-omit-frame-pointer", "-g1", "-O1"] if san else []
     os.chdir(out)  # away from the project's pyproject.toml and its package discovery
     ext = CppExtension(
         "fusedrnn._C",
         sources,
         include_dirs=[str(HERE), os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "include")],
         define_macros=[("FUSEDRNN_WITH_CUDA", None)],
-        extra_compile_args=["-O2", "-g0", "-fvisibility=hidden", "-Wall", "-Wno-unknown-pragmas"],
+        extra_compile_args=["-O2", "-g0", "-fvisibility=hidden", "-Wall", "-Wno-unknown-pragmas"] + san,
+        extra_link_args=san[:1],
     )
     setup(
         name="fusedrnn_cuda_emulation",
