@@ -77,6 +77,25 @@ def _no_tf32():
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
+@pytest.fixture(autouse=True)
+def _workspace_starts_as_nan():
+    """Under the emulation, every at::empty (the torch layer's workspace, outputs and
+    saved tensors) comes filled with NaN, torch's fill of uninitialized memory in
+    deterministic mode, as a GPU's memory holds what earlier kernels left: a kernel
+    that reads memory before anything wrote it gives NaN here, where on a GPU
+    compute-sanitizer's initcheck would report it."""
+    if not EMULATION:
+        yield
+        return
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.utils.deterministic.fill_uninitialized_memory)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    yield
+    torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+    torch.utils.deterministic.fill_uninitialized_memory = saved[2]
+
+
 # ------------------------------------------------------------------ helpers
 
 
