@@ -1243,16 +1243,21 @@ def test_persistent_projection_wider_than_hidden(packed, dtype, persistent):
     _check_operators_match_cpu("lstm_peephole_proj", packed, False, dtype, proj=3 * H + 1)
 
 
+@pytest.mark.parametrize("dtype,stage", [(torch.float32, "1"), (torch.float16, "0")], ids=str)
 @pytest.mark.parametrize("chunk_bytes", ["1", "3000"])
 @pytest.mark.parametrize("variant", ["lstm_peephole_coupled", "gru_reset_before", "rnn_tanh"])
-def test_persistent_steps_across_launches(variant, chunk_bytes, persistent, monkeypatch):
-    """One launch per chunk of steps of the input GEMM: the state carries over."""
+def test_persistent_steps_across_launches(variant, chunk_bytes, dtype, stage, persistent, monkeypatch):
+    """One launch per chunk of steps of the input GEMM: the state carries over. In
+    float16 with the product's operand read from global memory, a backward launch
+    that does not start at the last step begins with a tensor-core product of the
+    weights the block has just loaded."""
     monkeypatch.setenv("FUSEDRNN_CUDA_GX_CHUNK_BYTES", chunk_bytes)
+    monkeypatch.setenv("FUSEDRNN_PERSISTENT_STAGE", stage)
     cls, kwargs = SEQ_VARIANTS[variant]
-    m = _make(cls, kwargs, torch.float32, num_layers=2, bidirectional=True)
+    m = _make(cls, kwargs, dtype, num_layers=2, bidirectional=True)
     gen = _seeded()
-    x = _packed([9, 4, 8, 1, 6], gen, torch.float32)
-    assert_matches_reference(m, x, _random_hx(m, 5, gen, torch.float32))
+    x = _packed([9, 4, 8, 1, 6], gen, dtype)
+    assert_matches_reference(m, x, _random_hx(m, 5, gen, dtype))
 
 
 def test_persistent_is_deterministic(persistent):
