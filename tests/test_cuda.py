@@ -1248,9 +1248,8 @@ def test_persistent_projection_wider_than_hidden(packed, dtype, persistent):
 @pytest.mark.parametrize("variant", ["lstm_peephole_coupled", "gru_reset_before", "rnn_tanh"])
 def test_persistent_steps_across_launches(variant, chunk_bytes, dtype, stage, persistent, monkeypatch):
     """One launch per chunk of steps of the input GEMM: the state carries over. In
-    float16 with the product's operand read from global memory, a backward launch
-    that does not start at the last step begins with a tensor-core product of the
-    weights the block has just loaded."""
+    float16, each launch's first tensor-core product reads, from global memory, the
+    h that the launch before it left."""
     monkeypatch.setenv("FUSEDRNN_CUDA_GX_CHUNK_BYTES", chunk_bytes)
     monkeypatch.setenv("FUSEDRNN_PERSISTENT_STAGE", stage)
     cls, kwargs = SEQ_VARIANTS[variant]
