@@ -31,11 +31,12 @@ bench: build
 # The steps run beside each other (JOBS at once, each one's output printed whole when it
 # ends, every step run even when one fails): on 2 cores the one-core test runs then share
 # the machine with the compiles (fresh clones, Intel Xeon with 2 vCPUs: 1017, 1032 and
-# 1038 s, against 1199 s one after the other).
+# 1038 s, against 1199 s one after the other). The longest step, the emulation under the
+# sanitizers (its build, then about 7 minutes of tests on one core), starts first.
 test:
 	@$(MAKE) --no-print-directory -j$(JOBS) --keep-going --output-sync=target test-steps
 
-test-steps: pytest ctest cuda-check cuda-emulate sanitize-ci
+test-steps: cuda-emulate pytest ctest cuda-check sanitize-ci
 
 pytest: build
 	$(PYTHON) -m pytest -q $(PYTEST_ARGS)
