@@ -23,6 +23,7 @@ export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:strict_init_order=1:check_in
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 # The resident-memory test is left to the normal build: ASan keeps freed blocks
 # in quarantine, so resident memory grows by design under it.
-LD_PRELOAD="$runtime" PYTHONPATH="$PWD/$pkg" "$PYTHON" -m pytest -q -p no:cacheprovider \
+# --capture=sys: a report that stops the process reaches the log.
+LD_PRELOAD="$runtime" PYTHONPATH="$PWD/$pkg" "$PYTHON" -m pytest -q --capture=sys -p no:cacheprovider \
   -m "not cuda and not slow" --deselect tests/test_reliability.py::test_no_leak_over_2000_iterations \
   "${@:-tests}"
