@@ -11,7 +11,7 @@
 # and (the threads run in several orders: FRNN_EMUL_ORDER in
 # tools/cuda_emulation/shim.h) races between threads of one barrier interval
 # whose outcome depends on which runs first; not timing, streams or graphs.
-# With FUSEDRNN_SANITIZE=address,undefined (make cuda-emulate) the build is
+# With FUSEDRNN_SANITIZE=address,undefined (make cuda-emulate-sanitize) the build is
 # instrumented, into build/cuda_emul_san/, and the tests run under AddressSanitizer
 # and UndefinedBehaviorSanitizer: a kernel's access outside a tensor or outside its
 # block's shared memory, even one whose value it discards, and an access at an
