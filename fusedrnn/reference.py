@@ -200,6 +200,83 @@ def _module_config(module) -> str:
     )
 
 
+def _states(hx, lstm: bool, op: str) -> Tuple[Tensor, ...]:
+    """hx as a tuple of its states, checked to be what the module takes."""
+    if lstm:
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2 or not all(isinstance(h, Tensor) for h in hx):
+            raise TypeError(f"{op}: hx must be a pair of Tensors (h, c), got {type(hx).__name__}")
+        return tuple(hx)
+    if not isinstance(hx, Tensor):
+        raise TypeError(f"{op}: hx must be a Tensor, got {type(hx).__name__}")
+    return (hx,)
+
+
+def _check_sequence_args(module, mode: str, x: Tensor, packed: bool, hx) -> None:
+    """torch.nn's checks of a stacked module's forward arguments, in its words;
+    x is the input before any transposition (the packed data when packed)."""
+    name = "LSTM" if mode == "LSTM" else "GRU" if mode == "GRU" else "RNN"
+    if not packed and x.dim() not in (2, 3):
+        tensor = " tensor" if name == "RNN" else ""
+        raise ValueError(f"{name}: Expected input to be 2D or 3D, got {x.dim()}D{tensor} instead")
+    if packed and x.dim() != 2:
+        raise RuntimeError(f"input must have 2 dimensions, got {x.dim()}")
+    if x.size(-1) != module.input_size:
+        raise RuntimeError(
+            f"input.size(-1) must be equal to input_size. Expected {module.input_size}, got {x.size(-1)}"
+        )
+    if hx is None:
+        return
+    lstm = mode == "LSTM"
+    states = _states(hx, lstm, name)
+    batched = packed or x.dim() == 3
+    want = 3 if batched else 2
+    if any(h.dim() != want for h in states):
+        kind = "batched 3-D" if batched else "unbatched 2-D"
+        if lstm:
+            raise RuntimeError(f"For {kind} input, hx and cx should also be {want}-D but got "
+                               f"({states[0].dim()}-D, {states[1].dim()}-D) tensors")
+        raise RuntimeError(f"For {kind} input, hx should also be {want}-D but got {states[0].dim()}-D tensor")
+
+
+def _check_hidden_sizes(module, mode: str, states: Sequence[Tensor], batch: int) -> None:
+    """torch.nn's check of the hidden state's sizes (batched; torch.nn checks a
+    packed sequence's after taking its rows in the sequence's sorted order)."""
+    layers = module.num_layers * (2 if module.bidirectional else 1)
+    H = module.hidden_size
+    P = getattr(module, "proj_size", 0) or H
+    if mode == "LSTM":
+        for k, (h, size) in enumerate(zip(states, (P, H))):
+            if tuple(h.shape) != (layers, batch, size):
+                raise RuntimeError(f"Expected hidden[{k}] size {(layers, batch, size)}, got {list(h.shape)}")
+    elif tuple(states[0].shape) != (layers, batch, H):
+        raise RuntimeError(f"Expected hidden size {(layers, batch, H)}, got {list(states[0].shape)}")
+
+
+def _check_cell_args(module, mode: str, x: Tensor, hx) -> None:
+    """torch.nn's (and ATen's) checks of a cell's forward arguments, in their words."""
+    name = {"LSTM": "LSTMCell", "GRU": "GRUCell"}.get(mode, "RNNCell")
+    if x.dim() not in (1, 2):
+        raise ValueError(f"{name}: Expected input to be 1D or 2D, got {x.dim()}D instead")
+    if x.size(-1) != module.input_size:
+        raise RuntimeError(f"input has inconsistent input_size: got {x.size(-1)} expected {module.input_size}")
+    if hx is None:
+        return
+    states = _states(hx, mode == "LSTM", name)
+    for k, h in enumerate(states):
+        if h.dim() not in (1, 2):
+            what = f"hx[{k}]" if mode == "LSTM" else "hidden"
+            raise ValueError(f"{name}: Expected {what} to be 1D or 2D, got {h.dim()}D instead")
+        if h.dim() != x.dim():
+            raise RuntimeError(f"{name}: input and hidden must both be batched (2D) or both unbatched (1D), "
+                               f"got {x.dim()}D and {h.dim()}D")
+        if x.dim() == 2 and h.size(0) != x.size(0):
+            raise RuntimeError(f"Input batch size {x.size(0)} doesn't match hidden{k} batch size {h.size(0)}")
+        if h.size(-1) != module.hidden_size:
+            raise RuntimeError(
+                f"hidden{k} has inconsistent hidden_size: got {h.size(-1)}, expected {module.hidden_size}"
+            )
+
+
 def forward(module, input, hx=None, upcast: bool = True, dtype: Optional[torch.dtype] = None):
     """Runs the reference on the parameters of a recurrent module.
 
@@ -210,6 +287,11 @@ def forward(module, input, hx=None, upcast: bool = True, dtype: Optional[torch.d
     applied: the reference is the module in eval mode.
     """
     mode = _module_config(module)
+    if mode.endswith("CELL"):
+        raise TypeError(f"reference.forward takes LSTM, GRU or RNN modules; for {type(module).__name__} "
+                        "use reference.cell_forward")
+    if not isinstance(input, (Tensor, PackedSequence)):
+        raise TypeError(f"input must be a Tensor or a PackedSequence, got {type(input).__name__}")
     dtype = dtype or (torch.float64 if upcast else None)
 
     def cast(t):
@@ -222,6 +304,7 @@ def forward(module, input, hx=None, upcast: bool = True, dtype: Optional[torch.d
     else:
         batch_sizes = sorted_idx = unsorted_idx = None
         x = input
+    _check_sequence_args(module, mode, x, packed, hx)
     unbatched = not packed and x.dim() == 2
     if unbatched:
         x = x.unsqueeze(1)
@@ -244,6 +327,7 @@ def forward(module, input, hx=None, upcast: bool = True, dtype: Optional[torch.d
             hx = tuple(h.unsqueeze(1) for h in hx) if lstm else hx.unsqueeze(1)
         if sorted_idx is not None:
             hx = tuple(h.index_select(1, sorted_idx) for h in hx) if lstm else hx.index_select(1, sorted_idx)
+        _check_hidden_sizes(module, mode, hx if lstm else (hx,), max_batch)
         hx = tuple(cast(h) for h in hx) if lstm else cast(hx)
 
     def p(name):
@@ -307,7 +391,14 @@ def forward(module, input, hx=None, upcast: bool = True, dtype: Optional[torch.d
 def cell_forward(module, input, hx=None, upcast: bool = True, dtype: Optional[torch.dtype] = None):
     """The reference for a single-step cell module (LSTMCell, GRUCell, RNNCell);
     upcast and dtype as for forward()."""
-    mode = _module_config(module).replace("CELL", "")
+    config = _module_config(module)
+    if not config.endswith("CELL"):
+        raise TypeError(f"reference.cell_forward takes LSTMCell, GRUCell or RNNCell modules; for "
+                        f"{type(module).__name__} use reference.forward")
+    mode = config.replace("CELL", "")
+    if not isinstance(input, Tensor):
+        raise TypeError(f"input must be a Tensor, got {type(input).__name__}")
+    _check_cell_args(module, mode, input, hx)
     dtype = dtype or (torch.float64 if upcast else input.dtype)
     out_dtype = input.dtype
     unbatched = input.dim() == 1

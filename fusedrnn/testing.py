@@ -231,6 +231,13 @@ def assert_matches_reference(module: nn.Module, input, hx=None, rtol: Optional[f
     outputs only.
     """
     reference._module_config(module)
+    for name, value in (("rtol", rtol), ("atol", atol)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{name} must be a number or None, got {type(value).__name__}")
+        if not value >= 0:
+            raise ValueError(f"{name} must be non-negative, got {value}")
     was_training = module.training
     module.eval()
     try:

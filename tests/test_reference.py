@@ -9,6 +9,8 @@ Legend: T steps, N batch, C input size, H hidden size, P projection size.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -466,3 +468,78 @@ def test_variant_sequence_reference_matches_equations(variant, layers, bidirecti
     g_want = torch.autograd.grad(loss(want_outs, want_h, want_c), wrt)
     for name, a, b in zip(names, g_got, g_want):
         assert_close(f"grad {name}", a, b, **TIGHT)
+
+
+def _bad_sequence_calls():
+    x = torch.randn(T, N, C)
+    h = torch.randn(1, N, H)
+    return {
+        "input 4-D": (nn.GRU(C, H), torch.randn(T, N, C, 1), None),
+        "input 1-D": (nn.RNN(C, H), torch.randn(C), None),
+        "input size": (nn.LSTM(C, H), torch.randn(T, N, C + 1), None),
+        "hx batch": (nn.GRU(C, H), x, torch.randn(1, N - 1, H)),
+        "hx batch 1": (nn.GRU(C, H), x, torch.randn(1, 1, H)),
+        "hx layers": (nn.RNN(C, H), x, torch.randn(2, N, H)),
+        "hx hidden": (nn.RNN(C, H), x, torch.randn(1, N, H + 1)),
+        "hx 2-D for 3-D input": (nn.GRU(C, H), x, torch.randn(N, H)),
+        "hx 3-D for 2-D input": (nn.GRU(C, H), x[:, 0], h),
+        "lstm h batch": (nn.LSTM(C, H), x, (h, torch.randn(1, N + 1, H))),
+        "lstm proj h size": (nn.LSTM(C, H, proj_size=P), x, (h, h)),
+        "lstm c 2-D": (nn.LSTM(C, H), x, (h, h[0])),
+        "lstm bidirectional layers": (nn.LSTM(C, H, bidirectional=True), x, (h, h)),
+        "packed hx batch": (nn.GRU(C, H), pack_sequence([torch.randn(n, C) for n in sorted(LENGTHS, reverse=True)]),
+                            torch.randn(1, N + 1, H)),
+        "unsorted packed hx batch": (nn.GRU(C, H),
+                                     pack_sequence([torch.randn(n, C) for n in LENGTHS], enforce_sorted=False),
+                                     torch.randn(1, N - 1, H)),
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_sequence_calls()))
+def test_sequence_reference_refuses_what_torch_nn_refuses(case):
+    """The oracle must not accept a call that the module under test would
+    refuse (a wrong state silently broadcast or ignored would hide the bug):
+    the same exception as torch.nn, in torch.nn's words."""
+    module, x, hx = _bad_sequence_calls()[case]
+    with pytest.raises(Exception) as nn_error:
+        module(x, hx)
+    with pytest.raises(nn_error.type) as ref_error:
+        reference.forward(module, x, hx)
+    assert str(ref_error.value) == str(nn_error.value)
+
+
+def _bad_cell_calls():
+    x = torch.randn(N, C)
+    return {
+        "input 3-D": (nn.GRUCell(C, H), torch.randn(2, N, C), None),
+        "input size": (nn.RNNCell(C, H), torch.randn(N, C + 1), None),
+        "hx batch": (nn.GRUCell(C, H), x, torch.randn(N + 1, H)),
+        "hx hidden": (nn.RNNCell(C, H), x, torch.randn(N, H + 1)),
+        "hx 3-D": (nn.GRUCell(C, H), x, torch.randn(1, N, H)),
+        "lstm c hidden": (nn.LSTMCell(C, H), x, (torch.randn(N, H), torch.randn(N, H + 1))),
+        "lstm hx[0] 3-D": (nn.LSTMCell(C, H), x, (torch.randn(1, N, H), torch.randn(N, H))),
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_cell_calls()))
+def test_cell_reference_refuses_what_torch_nn_refuses(case):
+    module, x, hx = _bad_cell_calls()[case]
+    with pytest.raises(Exception) as nn_error:
+        module(x, hx)
+    with pytest.raises(nn_error.type) as ref_error:
+        reference.cell_forward(module, x, hx)
+    assert str(ref_error.value) == str(nn_error.value)
+
+
+@pytest.mark.parametrize("module, x, hx, call, words", [
+    (nn.GRUCell(C, H), torch.randn(T, N, C), None, "forward", "use reference.cell_forward"),
+    (nn.GRU(C, H), torch.randn(N, C), None, "cell_forward", "use reference.forward"),
+    (nn.LSTM(C, H), torch.randn(T, N, C), torch.randn(1, N, H), "forward", "hx must be a pair of Tensors (h, c)"),
+    (nn.GRU(C, H), torch.randn(T, N, C), (torch.randn(1, N, H),), "forward", "hx must be a Tensor"),
+    (nn.LSTMCell(C, H), torch.randn(N, C), torch.randn(N, H), "cell_forward", "hx must be a pair of Tensors (h, c)"),
+    (nn.GRU(C, H), [[0.0] * C], None, "forward", "input must be a Tensor or a PackedSequence"),
+    (nn.GRUCell(C, H), torch.randn(N, C), torch.randn(H), "cell_forward", "both be batched (2D) or both unbatched"),
+])
+def test_reference_names_a_wrong_kind_of_argument(module, x, hx, call, words):
+    with pytest.raises((TypeError, RuntimeError), match=re.escape(words)):
+        getattr(reference, call)(module, x, hx)

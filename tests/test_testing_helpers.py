@@ -5,6 +5,7 @@ kernel bug produces: a gradient off by a small factor, an output nudged, a
 bias gradient dropped, the state of one sequence leaking into another.
 """
 
+import re
 import warnings
 
 import pytest
@@ -256,6 +257,17 @@ def test_explicit_tolerances_are_applied():
     assert_matches_reference(m, x, rtol=0.0, atol=2e-3)
     with pytest.raises(AssertionError):
         assert_matches_reference(m, x, rtol=0.0, atol=5e-4)
+
+
+@pytest.mark.parametrize("tolerances, error, words", [
+    (dict(rtol=-1.0), ValueError, "rtol must be non-negative, got -1.0"),
+    (dict(atol=float("nan")), ValueError, "atol must be non-negative, got nan"),
+    (dict(rtol="1e-3"), TypeError, "rtol must be a number or None, got str"),
+    (dict(atol=True), TypeError, "atol must be a number or None, got bool"),
+])
+def test_a_bad_tolerance_is_refused_not_blamed_on_the_module(tolerances, error, words):
+    with pytest.raises(error, match=re.escape(words)):
+        assert_matches_reference(fusedrnn.GRU(3, 4), torch.randn(5, 2, 3), **tolerances)
 
 
 @pytest.mark.parametrize("tolerances", [{}, dict(rtol=1e-3, atol=1e-5), dict(atol=1e-4)],
