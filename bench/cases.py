@@ -188,6 +188,21 @@ def env(**values: str):
                 os.environ[k] = v
 
 
+def applicable(case: Case) -> set:
+    """The baselines (names of --baselines, "nn" included) that build() measures on a row
+    when asked for all of them; fused-persistent may still decline the row at build time."""
+    step_cell = is_step_cell(case.cell)
+    names = {"reference"}
+    if case.has_nn_twin:
+        names |= {"nn", "nn-native"} if step_cell else {"nn", "cell-loop", *nn_paths(family(case.cell), case.device,
+                                                                                    case.dtype)}
+    else:
+        names.add("fused-plain")
+    if case.device == "cuda" and not step_cell:
+        names |= {"fused-persistent", "fused-standard"}
+    return names
+
+
 def build(case: Case, baselines: Optional[set] = None, seed: int = 0) -> Row:
     """The candidates of a row, on shared parameters and one input."""
     fam = family(case.cell)

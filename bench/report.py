@@ -305,10 +305,20 @@ def load(path) -> dict:
     rows = rec.get("rows")
     if not isinstance(rows, list) or not all(isinstance(r, dict) and "key" in r and "candidates" in r for r in rows):
         raise SystemExit(f"{path}: a benchmark record without well-formed rows (each needs 'key' and 'candidates')")
+    if not isinstance(rec.get("suite"), str):
+        raise SystemExit(f"{path}: a benchmark record without the name of its suite")
     for r in rows:
+        try:
+            Case.from_dict(r["case"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise SystemExit(f"{path}: row {r['key']}: no well-formed case ({type(e).__name__}: {e})") from None
         for name, c in r["candidates"].items() if isinstance(r["candidates"], dict) else [(None, None)]:
             if not isinstance(c, dict) or not all(isinstance(c.get(k), (int, float)) for k in _TIMES):
                 raise SystemExit(f"{path}: row {r['key']}: candidate {name} lacks its times ({', '.join(_TIMES)})")
+            if not (math.isfinite(c["median_ms"]) and c["median_ms"] > 0
+                    and all(math.isfinite(c[k]) and c[k] >= 0 for k in _TIMES)):
+                raise SystemExit(f"{path}: row {r['key']}: candidate {name} has times that no run measures "
+                                 f"({', '.join(f'{k} {c[k]}' for k in _TIMES)})")
     return rec
 
 

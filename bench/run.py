@@ -181,11 +181,14 @@ def _validate(p: argparse.ArgumentParser, args) -> None:
                 "drop the record's other rows")
     if args.update_readme and not args.update_readme.parent.is_dir():
         p.error(f"--update-readme: no folder {args.update_readme.parent}")
+    if args.name is not None and (not args.name or args.name in (".", "..") or "/" in args.name
+                                  or os.sep in args.name):
+        p.error(f"--name: a file name stem, without a folder (that is --out), got {args.name!r}")
+    if args.out is not None:
+        there = next(a for a in (args.out, *args.out.parents) if a.exists() or a == a.parent)
+        if there.exists() and not there.is_dir():
+            p.error(f"--out: {there} is a file, not a folder")
 
-
-# Baselines that exist on one device only.
-CUDA_ONLY = {"nn-cudnn", "fused-persistent", "fused-standard"}
-CPU_ONLY = {"nn-onednn"}
 
 AXES = ("cell", "variant", "T", "N", "C", "H", "layers", "dirs", "dtype", "device", "mode", "threads")
 
@@ -345,6 +348,10 @@ def main(argv=None) -> int:
     axes = {a: getattr(args, a) for a in AXES if getattr(args, a)}
     baseline = _load(args.check) if args.check else None
     previous = _load(args.resume) if args.resume else None
+    if previous:
+        _adopt_options(args, previous, "--resume")
+    elif baseline and not args.suite and not axes:
+        _adopt_options(args, baseline, "--check")
     if previous and not args.suite and not axes:
         case_list = suites.dedupe([suites.Case.from_dict(r["case"]) for r in previous["rows"]]
                                   + [suites.Case.from_dict(c) for c in previous.get("incomplete", {}).get("left", [])])
@@ -384,15 +391,15 @@ def main(argv=None) -> int:
         refuse(f"{sum(c.device == 'cuda' for c in case_list)} rows need CUDA, which this torch "
                f"({torch.__version__}) does not see. Use --suite cpu or --device cpu.")
 
-    devices = {c.device for c in case_list}
     if args.baselines:
-        absent = [b for b in args.baselines if (b in CUDA_ONLY and "cuda" not in devices)
-                  or (b in CPU_ONLY and "cpu" not in devices)]
+        usable = set().union(*(cases_mod.applicable(c) for c in case_list))
+        absent = [b for b in args.baselines if b not in usable]
+        rows_are = f"{', '.join(sorted({c.device for c in case_list}))}" + (
+            "; torch.nn has no twin of the variants" if not any(c.has_nn_twin for c in case_list) else "")
         if len(absent) == len(args.baselines):
-            refuse(f"--baselines {','.join(absent)}: none of them runs on this run's rows "
-                   f"({', '.join(sorted(devices))})")
+            refuse(f"--baselines {','.join(absent)}: none of them runs on this run's rows ({rows_are})")
         if absent:
-            print(f"note: --baselines {','.join(absent)}: not on {', '.join(sorted(devices))}; left out",
+            print(f"note: --baselines {','.join(absent)}: none of this run's rows has it ({rows_are}); left out",
                   file=sys.stderr)
 
     timing = TIMING["quick" if suite_name == "quick" else "default"]
@@ -527,8 +534,9 @@ def main(argv=None) -> int:
           f"{env['load_average_end']}")
 
     if left:
+        after = "the saved record resumes with --resume" if not args.no_save else "nothing saved (--no-save)"
         print(f"  incomplete: {len(rows)} of {len(case_list)} rows after --time-limit {args.time_limit:g} s; "
-              f"the saved record resumes with --resume", file=sys.stderr)
+              f"{after}", file=sys.stderr)
     if not args.no_save:
         out_dir.mkdir(parents=True, exist_ok=True)
         md_path = out_dir / f"{name}.md"
@@ -552,6 +560,26 @@ def main(argv=None) -> int:
     if broken:
         print(f"  {len(broken)} rows failed (an error or an output mismatch): exit status 1", file=sys.stderr)
     return 1 if failed or broken else 3 if left else 0
+
+
+# The options a record keeps (its "options"), by the attribute of args that sets each.
+RECORDED_OPTIONS = {"budget": "budget_s", "min_rounds": "min_rounds", "warmup": "warmup_s", "block": "block_s",
+                    "secondary_rounds": "secondary_rounds", "baselines": "baselines", "tf32": "tf32",
+                    "cuda_graphs": "cuda_graphs", "steady_malloc": "steady_malloc", "no_memory": "no_memory"}
+
+
+def _adopt_options(args, record: dict, why: str) -> None:
+    """The options a run that reruns or extends a record's rows leaves out are the record's,
+    so that its rows and the record's were measured alike (options given still count, and
+    --resume refuses one that differs from the record's)."""
+    opts = record.get("options") or {}
+    taken = []
+    for attr, key in RECORDED_OPTIONS.items():
+        if getattr(args, attr) in (None, False) and opts.get(key) not in (None, False):
+            setattr(args, attr, opts[key])
+            taken.append(f"{key} {opts[key]}")
+    if taken and why == "--check":
+        print(f"note: --check reruns the baseline's rows with its options: {', '.join(taken)}", file=sys.stderr)
 
 
 def _earlier_parts(record: dict) -> list:

@@ -95,7 +95,8 @@ def test_a_bad_record_is_a_clear_error(tmp_path, content):
     ["--limit", "0"], ["--min-rounds", "-2"], ["--device", "tpu"], ["--check-candidates", "bogus"],
     ["--update-readme", "/nonexistent-folder/README.md"], ["--no-save", "--update-readme", "x.md"],
     ["--resume", "r.json", "--cell", "gru"], ["--resume", "r.json", "--limit", "3"], ["--time-limit", "0"],
-    ["--resume", "r.json", "--no-save"],
+    ["--resume", "r.json", "--no-save"], ["--name", "sub/x"], ["--name", ""], ["--out", str(BENCH / "run.py")],
+    ["--out", str(BENCH / "run.py" / "results")],
 ], ids=lambda a: " ".join(a))
 def test_bad_options_are_refused_before_running(argv, capsys):
     with pytest.raises(SystemExit) as info:
@@ -165,6 +166,37 @@ def test_a_run_stopped_by_its_time_limit_resumes_where_it_stopped(tmp_path):
     assert "Merged from 2 runs" in (tmp_path / "r.md").read_text()
 
 
+def test_check_and_resume_take_the_record_s_options_they_are_not_given(tmp_path, capsys):
+    """A rerun of a baseline's rows measures them as the baseline did (its budget, rounds,
+    baselines...), and says so; --resume needs no options repeated; an option given still
+    counts (and --resume refuses one that differs from the record's)."""
+    assert _saved_run(tmp_path, "--baselines", "nn") == 0
+    base = report.load(tmp_path / "r.json")
+    capsys.readouterr()
+    run.main(["--check", str(tmp_path / "r.json"), "--quiet", "--no-plots", "--out", str(tmp_path)])
+    assert "note: --check reruns the baseline's rows with its options: budget_s 0.02, min_rounds 3" in \
+        capsys.readouterr().err
+    rerun = report.load(tmp_path / "custom-check.json")
+    assert rerun["options"] == {**base["options"], "argv": rerun["options"]["argv"]}
+    names = [{n for r in rec["rows"] for n in r["candidates"]} for rec in (base, rerun)]
+    assert names[0] == names[1] and "reference" not in names[1]
+
+    assert _saved_run(tmp_path, "--time-limit", "1e-6") == 3
+    assert run.main(["--resume", str(tmp_path / "r.json"), "--quiet"]) == 0
+    assert report.load(tmp_path / "r.json")["options"]["budget_s"] == 0.02
+    assert _saved_run(tmp_path, "--time-limit", "1e-6") == 3
+    with pytest.raises(SystemExit):
+        run.main(["--resume", str(tmp_path / "r.json"), "--budget", "0.05"])
+    assert "that run had budget_s = 0.02, this one 0.05" in capsys.readouterr().err
+
+
+def test_a_time_limit_without_saving_says_nothing_was_saved(capsys):
+    assert run.main(["--cell", "gru,rnn", *TINY, "--time-limit", "1e-6"]) == 3
+    err = capsys.readouterr().err
+    assert "incomplete: 1 of 2 rows after --time-limit 1e-06 s; nothing saved (--no-save)" in err
+    assert "--resume" not in err
+
+
 def test_check_never_writes_over_its_baseline(tmp_path):
     """Not when the baseline is itself a check's record (<suite>-check.json) in
     the folder the rerun goes to, nor when --name names it."""
@@ -216,7 +248,12 @@ ROW = ["--cell", "gru", "-T", "4", "-N", "1", "-H", "8"]
     (["--device", "cuda", *ROW], "2 rows need CUDA"),  # inference and training
     (["--baselines", "nn-cudnn,fused-persistent", "--device", "cpu", *ROW],
      "--baselines nn-cudnn,fused-persistent: none of them runs on this run's rows (cpu)"),
-], ids=["unknown suite", "no rows", "against alone", "cuda without cuda", "baselines of another device"])
+    (["--baselines", "nn-onednn,cell-loop", "--cell", "lstm", "--variant", "peephole", "-T", "4", "-N", "1", "-H", "8"],
+     "--baselines nn-onednn,cell-loop: none of them runs on this run's rows (cpu; torch.nn has no twin of the "
+     "variants)"),
+    (["--baselines", "fused-plain", *ROW], "--baselines fused-plain: none of them runs on this run's rows (cpu)"),
+], ids=["unknown suite", "no rows", "against alone", "cuda without cuda", "baselines of another device",
+        "nn baselines of a variant", "fused-plain of a cell with a twin"])
 def test_a_run_that_cannot_start_exits_with_status_2(argv, words, capsys, monkeypatch):
     monkeypatch.setattr(run.torch.cuda, "is_available", lambda: False)  # the same refusals on a GPU machine
     with pytest.raises(SystemExit) as info:
@@ -225,8 +262,62 @@ def test_a_run_that_cannot_start_exits_with_status_2(argv, words, capsys, monkey
     assert f"bench/run.py: error: {words}" in capsys.readouterr().err
 
 
+def _case(**kw):
+    return run.suites.Case.from_dict({**run.suites.custom({"cell": ["gru"], "T": [4], "N": [1], "H": [8],
+                                                           "mode": ["inference"], "threads": [1]}, False)[0].to_dict(),
+                                      **kw}).to_dict()
+
+
+def _damaged(what):
+    row = _row("k", 1.0)
+    row["case"] = _case()
+    rec = _record([row])
+    fused = row["candidates"]["fused"]
+    if what == "no suite":
+        del rec["suite"]
+    elif what == "no case":
+        del row["case"]
+    elif what == "unknown cell":
+        row["case"]["cell"] = "bogus"
+    elif what == "negative T":
+        row["case"]["T"] = -3
+    elif what == "zero median":
+        fused["median_ms"] = 0.0
+    elif what == "NaN median":
+        fused["median_ms"] = float("nan")
+    elif what == "infinite q3":
+        fused["q3_ms"] = float("inf")
+    return rec
+
+
+DAMAGE = {"no suite": "without the name of its suite", "no case": "row k: no well-formed case",
+          "unknown cell": "row k: no well-formed case", "negative T": "row k: no well-formed case",
+          "zero median": "row k: candidate fused has times that no run measures",
+          "NaN median": "row k: candidate fused has times that no run measures",
+          "infinite q3": "row k: candidate fused has times that no run measures"}
+
+
+@pytest.mark.parametrize("what", list(DAMAGE))
+def test_a_damaged_record_is_refused_by_check_and_resume(tmp_path, capsys, what):
+    """A record that parses but that no run writes (a row without its case, a time of 0 or
+    NaN) is refused with exit status 2, where --check would otherwise divide by zero or
+    count a NaN as within tolerance, and nothing is written."""
+    good, bad = tmp_path / "good.json", tmp_path / "bad.json"
+    good.write_text(json.dumps(_damaged(None)))
+    bad.write_text(json.dumps(_damaged(what)))
+    report.load(good)
+    for argv in (["--check", str(bad), "--against", str(good)], ["--check", str(good), "--against", str(bad)],
+                 ["--check", str(bad), "--dry-run"], ["--resume", str(bad), *RESUME]):
+        with pytest.raises(SystemExit) as info:
+            run.main(argv)
+        assert info.value.code == 2
+        assert DAMAGE[what] in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.json", "good.json"]
+
+
 def test_a_baseline_row_without_its_times_is_refused(tmp_path, capsys):
-    rec = {"schema": report.SCHEMA, "rows": [{"key": "k", "candidates": {"fused": {"median_ms": 1.0}}}]}
+    rec = {"schema": report.SCHEMA, "suite": "quick",
+           "rows": [{"key": "k", "case": _case(), "candidates": {"fused": {"median_ms": 1.0}}}]}
     p = tmp_path / "b.json"
     p.write_text(json.dumps(rec))
     with pytest.raises(SystemExit) as info:
