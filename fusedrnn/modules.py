@@ -252,12 +252,16 @@ class _RNNBase(nn.Module):
     def _update_flat_weights(self) -> None:
         """No-op, for compatibility: the weights are read by name at every forward."""
 
+    def _init_flat_weights(self) -> None:
+        """No-op, for compatibility (code written for torch.nn calls it after
+        replacing a weight): the weights are read by name at every forward."""
+
     def permute_hidden(self, hx, permutation: Optional[Tensor]):
         """hx (a tensor, or LSTM's (h, c)) with its batch dimension reordered by
         ``permutation``, as torch.nn's ``permute_hidden``."""
         return _permute(hx, permutation)
 
-    def _layer_weights(self):
+    def _layer_weights(self, packed: bool = False):
         """Per layer and direction: (w_ih, w_hh, b_ih, b_hh[, w_ch, w_hr]).
 
         Only the names the module was built with are looked up (_all_weights:
@@ -270,6 +274,9 @@ class _RNNBase(nn.Module):
         out = []
         for names in self._all_weights:
             w = [get(names[0]), get(names[1])] + [get(name, None) for name in names[2:]]
+            for t in w:
+                if t is None:
+                    self._refuse_missing_weight(packed)
             b_ih, b_hh = (w[2], w[3]) if self.bias else (None, None)
             if not lstm:
                 out.append((w[0], w[1], b_ih, b_hh))
@@ -279,6 +286,15 @@ class _RNNBase(nn.Module):
             w_ch = w[-1] if self.peephole else None
             out.append((w[0], w[1], b_ih, b_hh, w_ch, w_hr))
         return out
+
+    def _refuse_missing_weight(self, packed: bool) -> None:
+        """A weight or bias of the module's configuration set to None: torch.nn's
+        error, which counts the tensors of its weight list (argument 2, or 3 with
+        a PackedSequence's batch sizes before it)."""
+        get = self._weight_getter()
+        flat = [name for names in self._all_weights for name in names]
+        k = next(k for k, name in enumerate(flat) if get(name, None) is None)
+        raise TypeError(f"expected Tensor as element {k} in argument {3 if packed else 2}, but got NoneType")
 
     # -- the checks of torch.nn.RNNBase, same words --------------------------
 
@@ -573,7 +589,7 @@ class LSTM(_RNNBase):
 
     def _run(self, x, hx, batch_sizes):
         out, h, c = F._lstm(
-            x, hx, self._layer_weights(), self.num_layers, self.bidirectional, batch_sizes,
+            x, hx, self._layer_weights(batch_sizes is not None), self.num_layers, self.bidirectional, batch_sizes,
             self.dropout, self.training, self.coupled_gates,
         )
         return out, (h, c)
@@ -610,7 +626,7 @@ class GRU(_RNNBase):
 
     def _run(self, x, hx, batch_sizes):
         return F._gru(
-            x, hx, self._layer_weights(), self.num_layers, self.bidirectional, batch_sizes,
+            x, hx, self._layer_weights(batch_sizes is not None), self.num_layers, self.bidirectional, batch_sizes,
             self.dropout, self.training, self.reset_after,
         )
 
@@ -670,7 +686,7 @@ class RNN(_RNNBase):
 
     def _run(self, x, hx, batch_sizes):
         return F._rnn(
-            x, hx, self._layer_weights(), self.num_layers, self.bidirectional, batch_sizes,
+            x, hx, self._layer_weights(batch_sizes is not None), self.num_layers, self.bidirectional, batch_sizes,
             self.dropout, self.training, _rnn_nonlinearity(self.mode),
         )
 
@@ -957,7 +973,8 @@ def _take_over(new: nn.Module, module: nn.Module) -> None:
         if (key not in new.__dict__ and not hasattr(type(new), key) and not key.startswith("_flat_weight")
                 and key not in _VARIANT_FLAGS and key != "_script_weights"):
             new.__dict__[key] = value
-    new.train(module.training)
+    # Not train(), which would also set the mode of the children taken over.
+    new.training = module.training
 
 
 def convert(model: nn.Module) -> nn.Module:

@@ -299,6 +299,39 @@ def test_flatten_parameters_is_a_no_op():
     assert [p.data_ptr() for p in m.parameters()] == before
 
 
+def test_a_weight_swapped_then_init_flat_weights_runs_as_in_torch_nn():
+    """Code written for torch.nn replaces a weight and calls _init_flat_weights()
+    (torch.nn's rebuild of its weight list); the twin runs on the new weight."""
+    torch.manual_seed(0)
+    ref = nn.GRU(4, 8)
+    fused = fusedrnn.GRU.from_torch(ref)
+    x = torch.randn(3, 2, 4)
+    w = nn.Parameter(torch.randn(24, 8))
+    for m in (ref, fused):
+        del m.weight_hh_l0
+        m.register_parameter("weight_hh_l0", w)
+        assert m._init_flat_weights() is None
+    torch.testing.assert_close(fused(x)[0], ref(x)[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("how", ["convert", "from_torch", "to_torch"])
+def test_conversion_keeps_each_child_s_own_mode(how):
+    """The twin takes the module's training flag; a child module attached to it
+    keeps its own (train() would set the children's too)."""
+    m = nn.LSTM(3, 4) if how != "to_torch" else fusedrnn.LSTM(3, 4)
+    m.adapter = nn.Dropout(0.5)
+    m.adapter.eval()
+    twin = {"convert": fusedrnn.convert, "from_torch": fusedrnn.LSTM.from_torch,
+            "to_torch": lambda t: t.to_torch()}[how](m)
+    assert type(twin) is not type(m)
+    assert twin.training and not twin.adapter.training
+    m.eval()
+    m.adapter.train()
+    twin = {"convert": fusedrnn.convert, "from_torch": fusedrnn.LSTM.from_torch,
+            "to_torch": lambda t: t.to_torch()}[how](m)
+    assert not twin.training and twin.adapter.training
+
+
 @pytest.mark.parametrize("name,kw", CONFIGS, ids=IDS)
 def test_permute_hidden_matches_torch_nn(name, kw):
     ref = getattr(nn, name)(5, 4, **kw)

@@ -236,6 +236,26 @@ def test_device_mismatch_matches_torch_nn(case):
     assert_same_error(lambda: ref(x, hx), lambda: fused(x, hx))
 
 
+@pytest.mark.parametrize("name, kw, attr", [
+    ("LSTM", dict(num_layers=2), "bias_hh_l1"),
+    ("LSTM", dict(proj_size=2, bidirectional=True), "weight_hr_l0_reverse"),
+    ("GRU", dict(bias=False), "weight_hh_l0"),
+    ("RNN", {}, "bias_ih_l0"),
+])
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_a_weight_set_to_none_matches_torch_nn(name, kw, attr, packed):
+    """A module whose configuration has a weight, set to None: torch.nn's error,
+    not a forward without it."""
+    ref = getattr(nn, name)(3, 4, **kw)
+    fused = getattr(fusedrnn, name).from_torch(ref)
+    for m in (ref, fused):
+        setattr(m, attr, None)
+    x = torch.randn(5, 2, 3)
+    if packed:
+        x = pack_padded_sequence(x, torch.tensor([5, 3]))
+    assert_same_error(lambda: ref(x), lambda: fused(x))
+
+
 def test_lstm_hx_as_a_list_works_as_in_torch_nn():
     ref, fused = _pair("LSTM", 3, 4)
     x, h = torch.randn(5, 2, 3), torch.randn(1, 2, 4)
