@@ -441,6 +441,10 @@ class _RNNBase(nn.Module):
                     hx = (hx, self._zeros(input, max_batch_size, self.hidden_size))
         if lstm:
             _check_two_states(hx, "lstm")
+            if batch_sizes is not None:  # torch.nn.LSTM passes a packed call's states to ATen unchecked
+                for k, h in enumerate(hx):
+                    if h is None:
+                        raise TypeError(f"expected Tensor as element {k} in argument 2, but got NoneType")
         self.check_forward_args(input, hx, batch_sizes)
         self._check_hidden_devices(input, hx)
         if batch_sizes is None and input.size(0 if not self.batch_first else 1) == 0:

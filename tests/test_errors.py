@@ -256,6 +256,19 @@ def test_a_weight_set_to_none_matches_torch_nn(name, kw, attr, packed):
     assert_same_error(lambda: ref(x), lambda: fused(x))
 
 
+@pytest.mark.parametrize("missing", [0, 1])
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_lstm_state_none_matches_torch_nn(missing, packed):
+    ref = nn.LSTM(3, 4)
+    fused = fusedrnn.LSTM.from_torch(ref)
+    x = torch.randn(5, 2, 3)
+    if packed:
+        x = pack_padded_sequence(x, torch.tensor([5, 3]))
+    hx = [torch.zeros(1, 2, 4), torch.zeros(1, 2, 4)]
+    hx[missing] = None
+    assert_same_error(lambda: ref(x, tuple(hx)), lambda: fused(x, tuple(hx)))
+
+
 def test_lstm_hx_as_a_list_works_as_in_torch_nn():
     ref, fused = _pair("LSTM", 3, 4)
     x, h = torch.randn(5, 2, 3), torch.randn(1, 2, 4)
