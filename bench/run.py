@@ -385,7 +385,7 @@ def main(argv=None) -> int:
     if args.dry_run:
         for c in case_list:
             print(c.key())
-        print(f"{len(case_list)} rows")
+        print(f"{len(case_list)} row{'s' if len(case_list) != 1 else ''}")
         return 0
     if any(c.device == "cuda" for c in case_list) and not cuda:
         refuse(f"{sum(c.device == 'cuda' for c in case_list)} rows need CUDA, which this torch "

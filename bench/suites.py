@@ -235,9 +235,12 @@ def dedupe(cases: Iterable[Case]) -> List[Case]:
 
 
 def custom(axes: dict, cuda_available: bool) -> List[Case]:
-    """The cross product of the axes given on the command line, with defaults for the rest."""
+    """The cross product of the axes given on the command line, with defaults for the rest
+    (cell: lstm, or the families of the variants asked for where the LSTM has none of them)."""
     device = axes.get("device") or ["cuda" if cuda_available else "cpu"]
-    cells = axes.get("cell") or ["lstm"]
+    wanted = set(axes.get("variant") or ["plain"])
+    cells = axes.get("cell") or (["lstm"] if wanted & set(VARIANTS["lstm"])
+                                 else [f for f in VARIANTS if wanted & set(VARIANTS[f])] or ["lstm"])
     out = []
     for dev in device:
         threads = axes.get("threads") or ([1] if dev == "cuda" else cpu_threads())

@@ -190,6 +190,14 @@ def test_check_and_resume_take_the_record_s_options_they_are_not_given(tmp_path,
     assert "that run had budget_s = 0.02, this one 0.05" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("variants, cells", [(["reset_before"], {"gru"}), (["relu", "reset_before"], {"gru", "rnn"}),
+                                             (["peephole"], {"lstm"}), (["plain"], {"lstm"}), (None, {"lstm"})])
+def test_a_variant_without_a_cell_picks_the_cells_that_have_it(variants, cells):
+    rows = run.suites.custom({"variant": variants} if variants else {}, False)
+    assert rows and {c.cell for c in rows} == cells
+    assert {c.variant for c in rows} == set(variants or ["plain"])
+
+
 def test_a_time_limit_without_saving_says_nothing_was_saved(capsys):
     assert run.main(["--cell", "gru,rnn", *TINY, "--time-limit", "1e-6"]) == 3
     err = capsys.readouterr().err
