@@ -495,19 +495,6 @@ def _bad_sequence_calls():
     }
 
 
-@pytest.mark.parametrize("case", list(_bad_sequence_calls()))
-def test_sequence_reference_refuses_what_torch_nn_refuses(case):
-    """The oracle must not accept a call that the module under test would
-    refuse (a wrong state silently broadcast or ignored would hide the bug):
-    the same exception as torch.nn, in torch.nn's words."""
-    module, x, hx = _bad_sequence_calls()[case]
-    with pytest.raises(Exception) as nn_error:
-        module(x, hx)
-    with pytest.raises(nn_error.type) as ref_error:
-        reference.forward(module, x, hx)
-    assert str(ref_error.value) == str(nn_error.value)
-
-
 def _bad_cell_calls():
     x = torch.randn(N, C)
     return {
@@ -521,13 +508,17 @@ def _bad_cell_calls():
     }
 
 
-@pytest.mark.parametrize("case", list(_bad_cell_calls()))
-def test_cell_reference_refuses_what_torch_nn_refuses(case):
-    module, x, hx = _bad_cell_calls()[case]
+@pytest.mark.parametrize("kind, case", [("sequence", c) for c in _bad_sequence_calls()]
+                         + [("cell", c) for c in _bad_cell_calls()])
+def test_reference_refuses_what_torch_nn_refuses(kind, case):
+    """The oracle must not accept a call that the module under test would
+    refuse (a wrong state silently broadcast or ignored would hide the bug):
+    the same exception as torch.nn, in torch.nn's words."""
+    module, x, hx = (_bad_sequence_calls() if kind == "sequence" else _bad_cell_calls())[case]
     with pytest.raises(Exception) as nn_error:
         module(x, hx)
     with pytest.raises(nn_error.type) as ref_error:
-        reference.cell_forward(module, x, hx)
+        (reference.forward if kind == "sequence" else reference.cell_forward)(module, x, hx)
     assert str(ref_error.value) == str(nn_error.value)
 
 
