@@ -347,6 +347,35 @@ def test_sequence_matches_torch_nn(name, packed, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("path", ["standard", "persistent", "cell"])
+def test_relu_drops_an_infinite_gradient_at_an_inactive_unit(path, dtype, monkeypatch):
+    """Where relu's output is 0 its backward gives 0 whatever comes down (an
+    infinite or NaN gradient from sqrt or log of the output): as torch.nn."""
+    torch.manual_seed(0)
+    cell = path == "cell"
+    if not cell:
+        monkeypatch.setenv("FUSEDRNN_CUDA_PATH", path)
+    ref = (nn.RNNCell(C, H, nonlinearity="relu") if cell else nn.RNN(C, H, nonlinearity="relu")).to(DEVICE, dtype)
+    ours = fusedrnn.convert(copy.deepcopy(ref))
+    x = _randn(*((N, C) if cell else (T, N, C)), gen=_seeded(), dtype=dtype)
+    y = ref(x) if cell else ref(x)[0]
+    inactive = y == 0
+    assert inactive.any() and (y > 0).any()
+    dy = _randn(*y.shape, gen=_seeded(1), dtype=dtype)
+    dy[inactive] = float("inf")
+    dy[inactive & (inactive.cumsum(-1) == 2)] = float("nan")
+    grads = {}
+    for name, m in (("ref", ref), ("ours", ours)):
+        xi = x.clone().requires_grad_()
+        out = m(xi) if cell else m(xi)[0]
+        grads[name] = dict(zip(["input", *(n for n, _ in m.named_parameters())],
+                               torch.autograd.grad(out, [xi, *m.parameters()], dy)))
+    for name, want in grads["ref"].items():
+        assert torch.isfinite(want).all(), name
+        _assert_close(name, grads["ours"][name], want, NN_REL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("name", list(NN_CELLS))
 def test_cell_matches_torch_nn(name, dtype):
     torch.manual_seed(0)

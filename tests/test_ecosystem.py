@@ -483,6 +483,22 @@ def test_every_compiled_instruction_set_matches(isa):
 
 
 @pytest.mark.parametrize("isa", LOWER_ISAS)
+def test_every_compiled_instruction_set_saturates_as_torch(isa):
+    """Each instruction set's own exp and tanh at the ends of the float range
+    (huge, infinite and subnormal-making pre-activations) and relu's backward at
+    an infinite gradient: the edge tests of test_reliability, run under it."""
+    env = dict(os.environ, ATEN_CPU_CAPABILITY=isa.lower(), PYTHONPATH=str(ROOT))
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(ROOT / "tests" / "test_reliability.py"),
+         "-k", "huge_preactivations or subnormal or inactive_unit or saturated or relu_passes", "-c", "/dev/null",
+         "--rootdir", str(ROOT / "tests")],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    print(r.stdout[-3000:], r.stderr[-2000:])
+    assert r.returncode == 0 and re.search(r"\b[1-9][0-9]* passed", r.stdout) and "failed" not in r.stdout
+
+
+@pytest.mark.parametrize("isa", LOWER_ISAS)
 def test_every_compiled_instruction_set_rounds_bfloat16_as_torch(isa):
     # The kernels of a bfloat16 call store and load its output and saved gates
     # in bfloat16 with each instruction set's own conversion: the bit-for-bit

@@ -227,6 +227,28 @@ def test_huge_preactivations_saturate_as_in_nn(mode, dtype):
     torch.testing.assert_close(got, want)
 
 
+def test_gates_closed_to_a_subnormal_or_zero_as_in_nn():
+    """sigmoid(x) = 1 / (1 + e^-x) is a subnormal for x in [-88.7, -87.3] and 0
+    below, where e^-x overflows, as torch's: it shows against a cell state of
+    1e38 (c' = f c + i g with i = f = sigmoid(x)). The tolerance is the
+    granularity of the subnormals there (at -88.5, 2^-149 is 0.05% of the gate)."""
+    ref = nn.LSTMCell(1, 1)
+    with torch.no_grad():
+        ref.weight_ih.copy_(torch.tensor([[1.0], [1.0], [0.0], [0.0]]))
+        ref.weight_hh.zero_()
+        ref.bias_ih.copy_(torch.tensor([0.0, 0.0, 1.0, 30.0]))
+        ref.bias_hh.zero_()
+    fused = fusedrnn.LSTMCell.from_torch(ref)
+    x = torch.tensor([-1e30, -200, -98, -90, -88.8, -88.5, -88, -87.5, -87, -60, 0, 60, 89, 100, 1e30])[:, None]
+    hx = (torch.zeros(len(x), 1), torch.full((len(x), 1), 1e38))
+    with torch.no_grad():
+        (h_want, c_want), (h_got, c_got) = ref(x, hx), fused(x, hx)
+    print(torch.cat([x, c_want, c_got], 1))
+    assert (c_want[:5] == 0).all() and (c_want[5:] > 0.1).all()
+    torch.testing.assert_close(c_got, c_want, rtol=1e-2, atol=0)
+    torch.testing.assert_close(h_got, h_want, rtol=1e-2, atol=0)
+
+
 @pytest.mark.parametrize("mode,variant", CELLS)
 def test_nan_stays_in_its_sequence(mode, variant):
     torch.manual_seed(0)
@@ -262,6 +284,36 @@ def test_relu_passes_the_gradient_through_nan_as_nn_does(mode, dtype):
     assert torch.isfinite(want[0][0]).all() and want[0][0].abs().sum() > 0
     for w, g in zip(want, got):
         torch.testing.assert_close(g, w, equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("mode", ["RNN", "RNNCell"])
+def test_relu_drops_an_infinite_gradient_at_an_inactive_unit_as_nn_does(mode, dtype):
+    """Where relu's output is 0 its backward gives 0 whatever comes down, an
+    infinite or NaN gradient too (a loss with sqrt or log of the output sends
+    inf there): selected, not multiplied by a 0/1 mask, which would give NaN
+    and spread it to every gradient."""
+    torch.manual_seed(0)
+    ref = getattr(nn, mode)(3, 8, nonlinearity="relu").to(dtype)
+    fused = getattr(fusedrnn, mode).from_torch(ref)
+    cell = mode.endswith("Cell")
+    x = torch.randn((4, 3) if cell else (5, 4, 3), dtype=dtype)
+    y = ref(x) if cell else ref(x)[0]
+    inactive = y == 0
+    assert inactive.any() and (y > 0).any()
+    dy = torch.randn_like(y)
+    dy[inactive] = float("inf")
+    dy[inactive & (inactive.cumsum(-1) == 2)] = float("nan")
+    grads = []
+    for m in (ref, fused):
+        xi = x.clone().requires_grad_()
+        y = m(xi) if cell else m(xi)[0]
+        grads.append(torch.autograd.grad(y, [xi, *m.parameters()], dy))
+    want, got = grads
+    for w, g in zip(want, got):
+        assert torch.isfinite(w).all() and torch.isfinite(g).all()
+        if dtype != torch.bfloat16:  # bfloat16: the products round differently from torch.nn's
+            torch.testing.assert_close(g, w)
 
 
 @pytest.mark.parametrize("mode,variant", CELLS)

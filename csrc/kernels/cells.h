@@ -27,9 +27,10 @@ struct CellMath<float> {
   static FRNN_HD float tanh(float x) { return ::tanhf(x); }
   // NaN-propagating like torch.relu.
   static FRNN_HD float relu(float x) { return x > 0.0f ? x : (x != x ? x : 0.0f); }
-  // 0 where y <= 0, else 1 (y is the relu output): a NaN passes the gradient,
-  // as torch's threshold_backward has it.
-  static FRNN_HD float relu_grad(float y) { return y <= 0.0f ? 0.0f : 1.0f; }
+  // dy where y > 0 or y is NaN (y is the relu output), else 0: selected, not
+  // multiplied by a 0/1 mask, so an infinite or NaN dy at an inactive unit
+  // gives 0, as torch's threshold_backward has it.
+  static FRNN_HD float relu_backward(float dy, float y) { return y <= 0.0f ? 0.0f : dy; }
 };
 
 template <>
@@ -37,7 +38,7 @@ struct CellMath<double> {
   static FRNN_HD double sigmoid(double x) { return 1.0 / (1.0 + ::exp(-x)); }
   static FRNN_HD double tanh(double x) { return ::tanh(x); }
   static FRNN_HD double relu(double x) { return x > 0.0 ? x : (x != x ? x : 0.0); }
-  static FRNN_HD double relu_grad(double y) { return y <= 0.0 ? 0.0 : 1.0; }
+  static FRNN_HD double relu_backward(double dy, double y) { return y <= 0.0 ? 0.0 : dy; }
 };
 
 // ---------------------------------------------------------------- Elman RNN
@@ -52,7 +53,7 @@ FRNN_HD V rnn_forward(const V& p) {
 template <bool kRelu, typename V>
 FRNN_HD V rnn_backward(const V& dh, const V& h_new) {
   using M = CellMath<V>;
-  return kRelu ? dh * M::relu_grad(h_new) : dh * (V(1) - h_new * h_new);
+  return kRelu ? M::relu_backward(dh, h_new) : dh * (V(1) - h_new * h_new);
 }
 
 // --------------------------------------------------------------------- LSTM

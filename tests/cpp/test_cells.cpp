@@ -24,7 +24,7 @@ struct CellMath<long double> {
   static long double sigmoid(long double x) { return 1.0L / (1.0L + std::exp(-x)); }
   static long double tanh(long double x) { return std::tanh(x); }
   static long double relu(long double x) { return x > 0 ? x : (x != x ? x : 0.0L); }
-  static long double relu_grad(long double y) { return y <= 0 ? 0.0L : 1.0L; }
+  static long double relu_backward(long double dy, long double y) { return y <= 0 ? 0.0L : dy; }
 };
 }  // namespace fusedrnn
 
@@ -108,17 +108,30 @@ void test_activations() {
           forward_tol<S>());
     check(t + " tanh(" + std::to_string(p) + ")", M::tanh(x), std::tanh(xw), forward_tol<S>());
     check(t + " relu(" + std::to_string(p) + ")", M::relu(x), xw > 0 ? xw : W(0), 0);
-    check(t + " relu_grad(" + std::to_string(p) + ")", M::relu_grad(M::relu(x)), xw > 0 ? 1 : 0, 0);
+    check(t + " relu_backward(2, relu(" + std::to_string(p) + "))", M::relu_backward(S(2), M::relu(x)),
+          xw > 0 ? 2 : 0, 0);
+    const S inf = std::numeric_limits<S>::infinity();
+    ++g_checks;
+    if (M::relu_backward(inf, M::relu(x)) != (xw > 0 ? inf : S(0))) {
+      ++g_failures;
+      std::printf("FAIL %s relu_backward(inf, relu(%g)) is not %s\n", t.c_str(), p, xw > 0 ? "inf" : "0");
+    }
   }
   // torch.relu propagates NaN, and its backward (threshold_backward) zeroes the
-  // gradient only where the output is <= 0: at a NaN it passes.
+  // gradient only where the output is <= 0 (an infinite or NaN one too): at a
+  // NaN output it passes.
   const S nan = std::numeric_limits<S>::quiet_NaN();
   ++g_checks;
   if (!std::isnan(M::relu(nan))) {
     ++g_failures;
     std::printf("FAIL %s relu(NaN) is not NaN\n", t.c_str());
   }
-  check(t + " relu_grad(NaN)", M::relu_grad(nan), 1, 0);
+  check(t + " relu_backward(2, NaN)", M::relu_backward(S(2), nan), 2, 0);
+  ++g_checks;
+  if (M::relu_backward(nan, S(0)) != S(0)) {
+    ++g_failures;
+    std::printf("FAIL %s relu_backward(NaN, 0) is not 0\n", t.c_str());
+  }
 }
 
 // --------------------------------------------------------------------- RNN

@@ -27,8 +27,7 @@ constexpr __mmask16 kAllLanes = 0xFFFF;
 // instruction set. min and max return b where either is NaN.
 struct FloatOps {
   using R = __m512;
-  // scale(a, n) = a * 2^n for any integral n (scalef saturates to 0 and inf).
-  static constexpr bool kScalesAnyExponent = true;
+  // scale(a, n) = a * 2^n for integral n (scalef saturates to 0 and inf).
   static R set1(float v) { return _mm512_set1_ps(v); }
   static R add(R a, R b) { return _mm512_add_ps(a, b); }
   static R sub(R a, R b) { return _mm512_sub_ps(a, b); }
@@ -48,9 +47,10 @@ struct FloatOps {
 #elif defined(CPU_CAPABILITY_AVX2)
 struct FloatOps {
   using R = __m256;
-  // scale(a, n) = a * 2^n for integral n with 2^n a normal float (built in the
-  // exponent field).
-  static constexpr bool kScalesAnyExponent = false;
+  // scale(a, n) = a * 2^n for integral |n| <= 252, as a * 2^h * 2^(n-h) with
+  // h = n/2: each factor is a normal float built in the exponent field, the
+  // first product is exact for a near 1, and the second rounds once, into the
+  // subnormals, to 0 or to inf, as scalef does.
   static R set1(float v) { return _mm256_set1_ps(v); }
   static R add(R a, R b) { return _mm256_add_ps(a, b); }
   static R sub(R a, R b) { return _mm256_sub_ps(a, b); }
@@ -64,9 +64,13 @@ struct FloatOps {
   static R bit_and(R a, R b) { return _mm256_and_ps(a, b); }
   static R round(R a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
   static R scale(R a, R n) {
-    const __m256i e =
-        _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(a, _mm256_castsi256_ps(e));
+    const __m256i ni = _mm256_cvtps_epi32(n);
+    const __m256i h = _mm256_srai_epi32(ni, 1);
+    return _mm256_mul_ps(_mm256_mul_ps(a, pow2(h)), pow2(_mm256_sub_epi32(ni, h)));
+  }
+  // 2^k for integral -126 <= k <= 127.
+  static R pow2(__m256i k) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(k, _mm256_set1_epi32(127)), 23));
   }
 };
 #endif
@@ -89,20 +93,19 @@ FRNN_ALWAYS_INLINE inline void reduce_ln2(FloatOps::R x, float k, FloatOps::R& n
 // 1.2e-7 relative) and a scaling by 2^n. 2.2 ns per 16 lanes on Zen 5 against
 // 3.1 for Sleef's out-of-line expf; the LSTM pointwise pass went from 31 to 24 ns
 // per 16 elements. x is clamped first: the reduction holds only for moderate x
-// (at |x| = 1e15 n ln2 no longer cancels x and r is garbage). With scalef
-// (AVX-512) the clamp is [-104, 89], beyond which e^x rounds to 0 or overflows,
-// so results keep their accuracy over the float range, subnormals included;
-// otherwise it is where 2^n is a normal float. The clamps keep NaN (operand
-// order of min/max), so NaN in gives NaN out; -inf gives 0, +inf gives +inf
-// (AVX-512) or FLT_MAX (AVX2).
+// (at |x| = 1e15 n ln2 no longer cancels x and r is garbage). The clamp is
+// [-104, 89], beyond which e^x rounds to 0 or overflows, so results keep their
+// accuracy over the float range, subnormals included (sigmoid(x) = 1 / (1 +
+// e^-x) is a subnormal for x in [-88.7, -87.3] and 0 below, where e^-x
+// overflows, as torch's). The clamps keep
+// NaN (operand order of min/max), so NaN in gives NaN out; -inf gives 0, +inf
+// gives +inf.
 template <typename V>
 FRNN_ALWAYS_INLINE inline V exp_float(const V& x) {
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
   using O = FloatOps;
   // Constant first, so that a NaN x is returned.
-  const O::R xv = O::kScalesAnyExponent
-                      ? O::max(O::set1(-104.f), O::min(O::set1(89.f), x))
-                      : O::max(O::set1(-87.3365447505531f), O::min(O::set1(88.3762626647949f), x));
+  const O::R xv = O::max(O::set1(-104.f), O::min(O::set1(89.f), x));
   O::R n, r;
   reduce_ln2(xv, 1.f, n, r);
   O::R p = O::fmadd(O::set1(1.f / 720), r, O::set1(1.f / 120));
@@ -162,7 +165,7 @@ struct CellMath<at::vec::Vectorized<S>> {
     else return x.tanh();
   }
   static V relu(const V& x) { return at::vec::maximum(x, V(S(0))); }
-  static V relu_grad(const V& y) { return V(S(1)) - y.le(V(S(0))); }
+  static V relu_backward(const V& dy, const V& y) { return V::blendv(dy, V(S(0)), y <= V(S(0))); }
 };
 
 }  // namespace fusedrnn
