@@ -43,6 +43,7 @@ struct FloatOps {
     return _mm512_maskz_roundscale_ps(kAllLanes, a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   }
   static R scale(R a, R n) { return _mm512_maskz_scalef_ps(kAllLanes, a, n); }
+  static R scale_normal(R a, R n) { return scale(a, n); }
 };
 #elif defined(CPU_CAPABILITY_AVX2)
 struct FloatOps {
@@ -68,6 +69,8 @@ struct FloatOps {
     const __m256i h = _mm256_srai_epi32(ni, 1);
     return _mm256_mul_ps(_mm256_mul_ps(a, pow2(h)), pow2(_mm256_sub_epi32(ni, h)));
   }
+  // scale(a, n) for integral n with 2^n a normal float, in one step.
+  static R scale_normal(R a, R n) { return _mm256_mul_ps(a, pow2(_mm256_cvtps_epi32(n))); }
   // 2^k for integral -126 <= k <= 127.
   static R pow2(__m256i k) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(k, _mm256_set1_epi32(127)), 23));
@@ -142,7 +145,7 @@ FRNN_ALWAYS_INLINE inline V tanh_float(const V& x) {
   p = O::fmadd(p, r, O::set1(1.f / 6));
   p = O::fmadd(p, r, O::set1(0.5f));
   p = O::fmadd(p, O::mul(r, r), r);
-  const O::R two_n = O::scale(O::set1(1.f), n);
+  const O::R two_n = O::scale_normal(O::set1(1.f), n);
   const O::R m = O::fmadd(two_n, p, O::sub(two_n, O::set1(1.f)));
   const O::R y = O::div(m, O::add(m, O::set1(2.f)));
   return V(O::bit_or(y, O::bit_and(xv, O::set1(-0.f))));
