@@ -37,8 +37,9 @@ _NAME = {"LSTM": "LSTM", "GRU": "GRU", "RNN_TANH": "RNN", "RNN_RELU": "RNN"}
 
 
 def _packed_batch(batch_sizes: Tensor):
-    """batch_sizes[0]; under torch.compile an operator, so the graph does not
-    break on a data-dependent value."""
+    """batch_sizes[0]; under torch.compile an operator returning a data-dependent
+    size, which fullgraph=True (or capture_dynamic_output_shape_ops) keeps in the
+    graph and Dynamo's default breaks the graph at."""
     if torch.compiler.is_compiling():
         return ops.packed_batch_size(batch_sizes)
     return int(batch_sizes[0])

@@ -168,6 +168,8 @@ def layer(
         new = step(rows[t], *active)
         state = tuple(torch.cat([n, s[b:]]) if b < s.shape[0] else n for n, s in zip(new, state))
         outs[t] = new[0]
+    if not outs:  # no steps: an empty output of a step's shape, and the state as it came
+        return (state[0].unsqueeze(0) if batch_sizes is None else state[0])[:0], state
     y = torch.stack(outs) if batch_sizes is None else torch.cat(outs)
     return y, state
 

@@ -333,6 +333,20 @@ def _cells():
 def _backward_call(op, **bad):
     """A valid backward call of `op` (from a real forward), with `bad` replacing arguments."""
     x, h0 = torch.randn(T, N, C), torch.zeros(N, H)
+    if op in ("gru_cell", "rnn_cell"):
+        G = 3 if op == "gru_cell" else 1
+        w_ih, w_hh = torch.randn(G * H, C), torch.randn(G * H, H)
+        x1 = x[0]
+        if op == "gru_cell":
+            h, gates, states = ops.gru_cell_forward(x1, h0, w_ih, w_hh, None, None, True, True)
+            extra = dict(h=h, gates=gates, states=states, reset_after=True)
+        else:
+            h = ops.rnn_cell_forward(x1, h0, w_ih, w_hh, None, None, False)
+            extra = dict(h=h, relu=False)
+        a = dict(grad_h=torch.ones_like(h), input=x1, hx=h0, w_ih=w_ih, w_hh=w_hh, b_ih=None, b_hh=None, **extra,
+                 need_input_grad=True, need_weight_grads=True)
+        a.update(bad)
+        return lambda: getattr(ops, f"{op}_backward")(*a.values())
     if op == "lstm":
         w_ih, w_hh = torch.randn(4 * H, C), torch.randn(4 * H, H)
         c0 = torch.zeros(N, H)
@@ -446,6 +460,26 @@ BAD_CALLS = [
     ("gru_cell hx on meta", cells["gru_cell"](h=torch.zeros(N, H, device="meta")), ["gru_cell_forward", "hx", "meta"]),
     ("lstm_backward input on meta", _backward_call("lstm", input=torch.randn(T, N, C, device="meta")),
      ["lstm_backward", "meta"]),
+    ("rnn_cell_backward grad_h batch", _backward_call("rnn_cell", grad_h=torch.ones(N + 1, H)),
+     ["rnn_cell_backward: grad_h must have shape [2, 4], got [3, 4]"]),
+    ("gru_cell_backward h shape", _backward_call("gru_cell", h=torch.ones(N, H + 1)),
+     ["gru_cell_backward: h must have shape [2, 4], got [2, 5]"]),
+    ("lstm_cell_backward 3-D input", _backward_call("lstm_cell", input=torch.randn(1, N, C)),
+     ["lstm_cell_backward: input must have 2 dimensions [N, C], got 3 (shape [1, 2, 3])"]),
+    ("rnn_cell_backward 1-D grad_h", _backward_call("rnn_cell", grad_h=torch.ones(H)),
+     ["rnn_cell_backward: grad_h must have 2 dimensions [N, H], got 1 (shape [4])"]),
+    ("gru_cell_backward 3-D h", _backward_call("gru_cell", h=torch.ones(1, N, H)),
+     ["gru_cell_backward: h must have 2 dimensions [N, H], got 3"]),
+    ("lstm_cell cx None", cells["lstm_cell"](c=None), ["lstm_cell_forward: cx is required (got None)"]),
+    ("gru_cell hx None", cells["gru_cell"](h=None), ["gru_cell_forward: hx is required (got None)"]),
+    ("rnn_cell input None", cells["rnn_cell"](x=None), ["rnn_cell_forward: input is required (got None)"]),
+    ("lstm c0 None", lambda: ops.lstm_forward(torch.randn(T, N, C), None, torch.zeros(N, H), None,
+                                             torch.randn(4 * H, C), torch.randn(4 * H, H), None, None, None, None,
+                                             False, False, False), ["lstm_forward: c0 is required (got None)"]),
+    ("gru_backward states None", _backward_call("gru", states=None), ["gru_backward: states is required (got None)"]),
+    ("rnn_backward output None", _backward_call("rnn", output=None), ["rnn_backward: output is required (got None)"]),
+    ("lstm_cell_backward grad_h None", _backward_call("lstm_cell", grad_h=None),
+     ["lstm_cell_backward: grad_h is required (got None)"]),
 ]
 
 

@@ -445,3 +445,42 @@ def test_operators_called_directly_refuse_tangents(how, op):
                     step(fwAD.make_dual(x, torch.ones_like(x)))
                 else:
                     step(x, fwAD.make_dual(w_hh, torch.ones_like(w_hh)))
+
+
+@pytest.mark.parametrize("cell", ["lstm_proj", "gru", "rnn"])
+def test_transforms_of_an_empty_sequence_pass_the_state_through(cell):
+    """Zero steps through fusedrnn.functional: the final state is the initial one
+    (h_n = h0: a first derivative of 1, a second of 0) and the output is empty, in
+    every transform, as in the fused forward and its first-order backward."""
+    import fusedrnn.functional as FF
+
+    torch.manual_seed(0)
+    G = {"lstm_proj": 4, "gru": 3, "rnn": 1}[cell]
+    Hout = P if cell == "lstm_proj" else H
+    w = (torch.randn(G * H, C, dtype=F64), torch.randn(G * H, Hout, dtype=F64))
+    x = torch.randn(0, N, C, dtype=F64)
+    c0 = torch.randn(1, N, H, dtype=F64)
+    w_hr = torch.randn(P, H, dtype=F64)
+
+    def run(x, h0):
+        if cell == "lstm_proj":
+            y, h, _ = FF.lstm(x, (h0, c0), [(*w, None, None, None, w_hr)], 1)
+        else:
+            y, h = getattr(FF, cell)(x, h0, [w], 1)
+        return y, h
+
+    h0 = torch.randn(1, N, Hout, dtype=F64, requires_grad=True)
+    y, h = run(x, h0)
+    assert y.shape == (0, N, Hout) and torch.equal(h, h0)
+    (g,) = torch.autograd.grad(run(x, h0)[1].pow(2).sum(), h0, create_graph=True)
+    assert_close("d h_n^2 / d h0", g, 2 * h0, **TIGHT)
+    (gg,) = torch.autograd.grad(g.sum(), h0)
+    assert_close("second derivative", gg, torch.full_like(h0, 2.0), **TIGHT)
+    v = torch.randn_like(h0)
+    out, tangent = torch.func.jvp(lambda h: run(x, h)[1], (h0.detach(),), (v,))
+    assert torch.equal(out, h0.detach()) and torch.equal(tangent, v)
+    with fwAD.dual_level():
+        _, dual = run(x, fwAD.make_dual(h0.detach(), v))
+        assert torch.equal(fwAD.unpack_dual(dual).tangent, v)
+    ys, hs = torch.func.vmap(lambda xx: run(xx, h0.detach()))(torch.randn(2, 0, N, C, dtype=F64))
+    assert ys.shape == (2, 0, N, Hout) and torch.equal(hs, h0.detach().expand(2, -1, -1, -1))

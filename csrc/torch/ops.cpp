@@ -43,16 +43,22 @@ GradInputs grads(const Tensor& grad_output, const OptTensor& grad_h_n, const Opt
 }
 
 // A cell step is a sequence of one step: [N, C] is seen as [1, N, C], once
-// input and the states are checked to be 2-D, so that the messages speak of the
-// cell operator's own arguments.
+// its arguments are checked to be 2-D, so that the messages speak of the cell
+// operator's own arguments.
+void check_step_arg(const Tensor& t, const char* name, const char* dims, const char* op) {
+  TORCH_CHECK(t.defined(), op, ": ", name, " is required (got None)");
+  TORCH_CHECK(t.dim() == 2, op, ": ", name, " must have 2 dimensions ", dims, ", got ", t.dim(),
+              " (shape ", t.sizes(), ")");
+}
 Tensor step_view(const Tensor& x, const Tensor& hx, const char* op) {
-  TORCH_CHECK(x.dim() == 2, op, ": input must have 2 dimensions [N, C], got ", x.dim(),
-              " (shape ", x.sizes(), ")");
-  TORCH_CHECK(hx.dim() == 2, op, ": hx must have 2 dimensions [N, H], got ", hx.dim(),
-              " (shape ", hx.sizes(), ")");
+  check_step_arg(x, "input", "[N, C]", op);
+  check_step_arg(hx, "hx", "[N, H]", op);
   return x.unsqueeze(0);
 }
-Tensor step_view(const Tensor& x) { return x.unsqueeze(0); }
+Tensor step_view(const Tensor& t, const char* name, const char* dims, const char* op) {
+  check_step_arg(t, name, dims, op);
+  return t.unsqueeze(0);
+}
 LayerInputs as_step(LayerInputs in) {
   in.step = true;
   return in;
@@ -106,12 +112,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_
     const Tensor& cx, const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih,
     const OptTensor& b_hh, const OptTensor& w_ch, const Tensor& h, const Tensor& c,
     const Tensor& gates, bool coupled, bool need_input_grad, bool need_weight_grads) {
+  const char* op = "fusedrnn::lstm_cell_backward";
+  const Tensor x = step_view(input, hx, op);
+  const Tensor dh = step_view(grad_h, "grad_h", "[N, H]", op);
+  const Tensor h1 = step_view(h, "h", "[N, H]", op);
   const auto r = layer_backward(
-      as_step(inputs(lstm_config(w_ch, std::nullopt, coupled), step_view(input), std::nullopt,
-                     hx, cx, w_ih, w_hh, b_ih, b_hh, w_ch, std::nullopt, false)),
-      grads(step_view(grad_h), std::nullopt, grad_c, step_view(h), gates, c,
-            at::empty({0}, input.options()), need_input_grad, need_weight_grads),
-      "fusedrnn::lstm_cell_backward");
+      as_step(inputs(lstm_config(w_ch, std::nullopt, coupled), x, std::nullopt, hx, cx, w_ih,
+                     w_hh, b_ih, b_hh, w_ch, std::nullopt, false)),
+      grads(dh, std::nullopt, grad_c, h1, gates, c, at::empty({0}, input.options()),
+            need_input_grad, need_weight_grads),
+      op);
   return {r.grad_input.numel() > 0 ? r.grad_input.squeeze(0) : r.grad_input,
           r.grad_h0, r.grad_c0, r.grad_w_ih, r.grad_w_hh, r.grad_b_ih, r.grad_b_hh, r.grad_w_ch};
 }
@@ -161,12 +171,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_cell_backward(
     const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh, const Tensor& h,
     const Tensor& gates, const Tensor& states, bool reset_after, bool need_input_grad,
     bool need_weight_grads) {
+  const char* op = "fusedrnn::gru_cell_backward";
+  const Tensor x = step_view(input, hx, op);
+  const Tensor dh = step_view(grad_h, "grad_h", "[N, H]", op);
+  const Tensor h1 = step_view(h, "h", "[N, H]", op);
   const auto r = layer_backward(
-      as_step(inputs(gru_config(reset_after), step_view(input), std::nullopt, hx, std::nullopt,
-                     w_ih, w_hh, b_ih, b_hh, std::nullopt, std::nullopt, false)),
-      grads(step_view(grad_h), std::nullopt, std::nullopt, step_view(h), gates, states,
-            at::empty({0}, input.options()), need_input_grad, need_weight_grads),
-      "fusedrnn::gru_cell_backward");
+      as_step(inputs(gru_config(reset_after), x, std::nullopt, hx, std::nullopt, w_ih, w_hh,
+                     b_ih, b_hh, std::nullopt, std::nullopt, false)),
+      grads(dh, std::nullopt, std::nullopt, h1, gates, states, at::empty({0}, input.options()),
+            need_input_grad, need_weight_grads),
+      op);
   return {r.grad_input.numel() > 0 ? r.grad_input.squeeze(0) : r.grad_input,
           r.grad_h0, r.grad_w_ih, r.grad_w_hh, r.grad_b_ih, r.grad_b_hh};
 }
@@ -215,13 +229,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_cell_backward(
     const Tensor& grad_h, const Tensor& input, const Tensor& hx, const Tensor& w_ih,
     const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh, const Tensor& h, bool relu,
     bool need_input_grad, bool need_weight_grads) {
+  const char* op = "fusedrnn::rnn_cell_backward";
+  const Tensor x = step_view(input, hx, op);
+  const Tensor dh = step_view(grad_h, "grad_h", "[N, H]", op);
+  const Tensor h1 = step_view(h, "h", "[N, H]", op);
   const Tensor none = at::empty({0}, input.options());
   const auto r = layer_backward(
-      as_step(inputs(rnn_config(relu), step_view(input), std::nullopt, hx, std::nullopt, w_ih,
-                     w_hh, b_ih, b_hh, std::nullopt, std::nullopt, false)),
-      grads(step_view(grad_h), std::nullopt, std::nullopt, step_view(h), none, none, none,
-            need_input_grad, need_weight_grads),
-      "fusedrnn::rnn_cell_backward");
+      as_step(inputs(rnn_config(relu), x, std::nullopt, hx, std::nullopt, w_ih, w_hh, b_ih,
+                     b_hh, std::nullopt, std::nullopt, false)),
+      grads(dh, std::nullopt, std::nullopt, h1, none, none, none, need_input_grad,
+            need_weight_grads),
+      op);
   return {r.grad_input.numel() > 0 ? r.grad_input.squeeze(0) : r.grad_input,
           r.grad_h0, r.grad_w_ih, r.grad_w_hh, r.grad_b_ih, r.grad_b_hh};
 }

@@ -16,6 +16,7 @@ std::string shape_str(const Tensor& t) { return c10::str(t.sizes()); }
 #define FRNN_CHECK(cond, ...) TORCH_CHECK((cond), op, ": ", __VA_ARGS__)
 
 void check_same(const Tensor& t, const char* name, const Tensor& input, const char* op) {
+  FRNN_CHECK(t.defined(), name, " is required (got None)");
   FRNN_CHECK(t.scalar_type() == input.scalar_type(), name, " must have the dtype of input (",
              input.scalar_type(), "), got ", t.scalar_type());
   FRNN_CHECK(t.device() == input.device(), name, " is on ", t.device(), " but input is on ",
@@ -47,6 +48,7 @@ at::ScalarType compute_dtype(at::ScalarType t) {
 LayerGeometry check_layer(const LayerInputs& in, const char* op) {
   LayerGeometry g;
   const Tensor& x = in.input;
+  FRNN_CHECK(x.defined(), "input is required (got None)");
   const auto dt = x.scalar_type();
   FRNN_CHECK(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16,
              "input must be float32, float64, float16 or bfloat16, got ", dt);
@@ -150,20 +152,28 @@ namespace {
 
 // The output and the gradients of the outputs of D directions (1 or 2):
 // grad_output and output [.., D P], grad_h_n [N, P] and grad_c_n [N, H], with a
-// leading dimension of 2 for two directions.
+// leading dimension of 2 for two directions. For a cell step, grad_h and h
+// [N, H], seen as one step [1, N, H].
 void check_output_grads(const Tensor& x, const LayerGeometry& g, int64_t D,
                         const Tensor& grad_output, const Tensor& output,
-                        const OptTensor& grad_h_n, const OptTensor& grad_c_n, const char* op) {
+                        const OptTensor& grad_h_n, const OptTensor& grad_c_n, bool step,
+                        const char* op) {
   const auto shape = [&](std::vector<int64_t> s) {
     if (D == 2) s.insert(s.begin(), 2);
     return s;
   };
   const std::vector<int64_t> out_shape = g.packed ? std::vector<int64_t>{g.R, D * g.P}
                                                   : std::vector<int64_t>{g.T, g.N, D * g.P};
-  check_same(grad_output, "grad_output", x, op);
-  check_shape(grad_output, "grad_output", out_shape, op);
-  check_same(output, "output", x, op);
-  check_shape(output, "output", out_shape, op);
+  for (const auto& [t, name] : {std::pair<const Tensor&, const char*>{grad_output, step ? "grad_h" : "grad_output"},
+                                std::pair<const Tensor&, const char*>{output, step ? "h" : "output"}}) {
+    check_same(t, name, x, op);
+    if (step) {
+      FRNN_CHECK(t.sizes().slice(1) == at::IntArrayRef(out_shape).slice(1), name, " must have shape ",
+                 at::IntArrayRef(out_shape).slice(1), ", got ", t.sizes().slice(1));
+    } else {
+      check_shape(t, name, out_shape, op);
+    }
+  }
   if (grad_h_n.has_value()) {
     check_same(*grad_h_n, "grad_h_n", x, op);
     check_shape(*grad_h_n, "grad_h_n", shape({g.N, g.P}), op);
@@ -179,7 +189,7 @@ void check_output_grads(const Tensor& x, const LayerGeometry& g, int64_t D,
 void check_grads(const LayerInputs& in, const LayerGeometry& g, const GradInputs& gi,
                  const char* op) {
   const Tensor& x = in.input;
-  check_output_grads(x, g, 1, gi.grad_output, gi.output, gi.grad_h_n, gi.grad_c_n, op);
+  check_output_grads(x, g, 1, gi.grad_output, gi.output, gi.grad_h_n, gi.grad_c_n, in.step, op);
   const int64_t gate_cols = cpu::saved_gate_cols(in.cell, g.H);
   if (gate_cols > 0) {
     check_same(gi.saved.gates, "gates", x, op);
@@ -448,7 +458,7 @@ BidirectionalGradResult layer_backward_bidirectional(const LayerInputs& fwd,
   const LayerGeometry g_reverse = check_layer(d.in[1], d.names[1].c_str());
   check_same_widths(g, g_reverse, op);
   const Tensor& x = fwd.input;
-  check_output_grads(x, g, 2, gi.grad_output, gi.output, gi.grad_h_n, gi.grad_c_n, op);
+  check_output_grads(x, g, 2, gi.grad_output, gi.output, gi.grad_h_n, gi.grad_c_n, false, op);
   const auto row = [](const OptTensor& t, int i) {
     return t.has_value() ? OptTensor(t->select(0, i)) : std::nullopt;
   };
