@@ -1046,6 +1046,21 @@ def test_persistent_units_per_block_refusal(monkeypatch):
         m(_randn(2, 300, C, gen=_seeded()))
 
 
+def test_persistent_units_per_block_refusal_names_the_batch_sized_buffers(monkeypatch):
+    """256 units a block asked for a layer of 9: the weights are small, the
+    buffers of batch x gates x 256 units are what do not fit; the same layer runs
+    at a small batch."""
+    monkeypatch.setenv("FUSEDRNN_CUDA_PATH", "persistent")
+    monkeypatch.setenv("FUSEDRNN_PERSISTENT_GRID", "256")
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    m = fusedrnn.GRU(5, 9).to(DEVICE)
+    m(_randn(3, 8, 5, gen=_seeded()))
+    with pytest.raises(RuntimeError, match="the weights and the batch-sized buffers of the units per block that "
+                                           "FUSEDRNN_PERSISTENT_GRID asks for do not fit in a block's shared memory "
+                                           "at this batch"):
+        m(_randn(3, 64, 5, gen=_seeded()))
+
+
 @pytest.mark.parametrize("path", ["persistent", "standard"])
 @pytest.mark.parametrize("value", ["two", "3", "512", "0", "-4", "16x"])
 def test_grid_variable_is_checked(value, path, monkeypatch):

@@ -1015,8 +1015,9 @@ cudaError_t plan_persistent(Kernel kernel, int64_t N, int64_t H, int w_rows_per_
       plan.why = why_not == kTooManyOutputs
                      ? "the units per block that FUSEDRNN_PERSISTENT_GRID asks for give the "
                        "CUDA-core product more than its 2048 outputs at this batch"
-                     : "the weights of the units per block that FUSEDRNN_PERSISTENT_GRID asks for "
-                       "do not fit in a block's shared memory";
+                     : "the weights and the batch-sized buffers of the units per block that "
+                       "FUSEDRNN_PERSISTENT_GRID asks for do not fit in a block's shared memory "
+                       "at this batch";
       return cudaSuccess;
     }
     int64_t per_sm = 0;
