@@ -100,9 +100,8 @@ FRNN_ALWAYS_INLINE inline void reduce_ln2(FloatOps::R x, float k, FloatOps::R& n
 // [-104, 89], beyond which e^x rounds to 0 or overflows, so results keep their
 // accuracy over the float range, subnormals included (sigmoid(x) = 1 / (1 +
 // e^-x) is a subnormal for x in [-88.7, -87.3] and 0 below, where e^-x
-// overflows, as torch's). The clamps keep
-// NaN (operand order of min/max), so NaN in gives NaN out; -inf gives 0, +inf
-// gives +inf.
+// overflows, as torch's). The clamps keep NaN (operand order of min/max), so
+// NaN in gives NaN out; -inf gives 0, +inf gives +inf.
 template <typename V>
 FRNN_ALWAYS_INLINE inline V exp_float(const V& x) {
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
