@@ -198,6 +198,17 @@ def test_a_variant_without_a_cell_picks_the_cells_that_have_it(variants, cells):
     assert {c.variant for c in rows} == set(variants or ["plain"])
 
 
+def test_the_baselines_a_row_has_are_those_it_builds():
+    """cases.applicable (what --baselines is checked against) and cases.build (what a
+    row measures) state one rule twice: every cell and variant, sequence and step."""
+    rows = run.suites.custom({"cell": list(run.suites.CELLS), "variant": ["plain", "peephole", "reset_before", "relu"],
+                              "T": [2], "N": [1], "H": [4], "mode": ["inference"], "threads": [1]}, False)
+    assert {c.cell for c in rows} == set(run.suites.CELLS) and {c.has_nn_twin for c in rows} == {True, False}
+    for case in rows:
+        built = {c.name for c in run.cases_mod.build(case).candidates} - {"fused"}
+        assert run.cases_mod.applicable(case) - {"nn"} == built, case.key()
+
+
 def test_a_time_limit_without_saving_says_nothing_was_saved(capsys):
     assert run.main(["--cell", "gru,rnn", *TINY, "--time-limit", "1e-6"]) == 3
     err = capsys.readouterr().err
