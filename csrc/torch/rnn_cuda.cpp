@@ -311,17 +311,23 @@ bool take_persistent(const LayerInputs& in, const LayerGeometry& g, bool trainin
   return true;
 }
 
-// The sequence layout with its per-step arrays in device memory (padded: none).
+// The sequence layout with its per-step arrays in device memory (padded: none):
+// both arrays in one copy from pinned memory, queued on the current stream
+// without a host synchronisation (the caching host allocator keeps the pinned
+// block until the copy has run).
 struct DeviceSeq {
-  Tensor sizes, offsets;
+  Tensor arrays;
   SeqLayout seq;
   DeviceSeq(const LayerGeometry& g, bool reverse, const at::Device& device) : seq(g.layout(reverse)) {
     if (seq.batch_sizes == nullptr) return;
-    const auto host = at::TensorOptions().dtype(at::kLong);
-    sizes = at::from_blob(const_cast<int64_t*>(seq.batch_sizes), {g.T}, host).to(device);
-    offsets = at::from_blob(const_cast<int64_t*>(seq.offsets), {g.T + 1}, host).to(device);
-    seq.batch_sizes = sizes.data_ptr<int64_t>();
-    seq.offsets = offsets.data_ptr<int64_t>();
+    Tensor host = at::empty({2 * g.T + 1},
+                            at::TensorOptions().dtype(at::kLong).pinned_memory(device.is_cuda()));
+    int64_t* h = host.data_ptr<int64_t>();
+    std::memcpy(h, seq.batch_sizes, sizeof(int64_t) * g.T);
+    std::memcpy(h + g.T, seq.offsets, sizeof(int64_t) * (g.T + 1));
+    arrays = host.to(device, at::kLong, /*non_blocking=*/true);
+    seq.batch_sizes = arrays.data_ptr<int64_t>();
+    seq.offsets = seq.batch_sizes + g.T;
   }
 };
 
