@@ -9,6 +9,8 @@ export MAX_JOBS ?= $(JOBS)
 
 SOURCES := $(shell find csrc -name '*.h' -o -name '*.cpp' -o -name '*.cu' -o -name '*.cuh') setup.py
 STAMP := build/.fusedrnn-built
+# A step's wall time, printed at its end whatever its result (prefix of a recipe line).
+TIMED = t0=$$(date +%s); trap 'echo "make $@: $$(( $$(date +%s) - t0 )) s"' EXIT;
 
 .PHONY: all deps build bench test test-steps pytest ctest cuda-check cuda-emulate cuda-emulate-sanitize gpu-check gpu-session sanitize sanitize-ci clean
 
@@ -17,12 +19,12 @@ all: build
 deps: build/.deps
 build/.deps: tools/ensure_deps.py
 	@mkdir -p build
-	$(PYTHON) tools/ensure_deps.py
+	@$(TIMED) $(PYTHON) tools/ensure_deps.py
 	@touch $@
 
 build: $(STAMP)
 $(STAMP): build/.deps $(SOURCES)
-	$(PYTHON) setup.py -q build_ext --inplace
+	@$(TIMED) $(PYTHON) setup.py -q build_ext --inplace
 	@touch $@
 
 bench: build
@@ -38,10 +40,10 @@ test:
 test-steps: pytest ctest cuda-check cuda-emulate sanitize-ci
 
 pytest: build
-	$(PYTHON) -m pytest -q $(PYTEST_ARGS)
+	@$(TIMED) $(PYTHON) -m pytest -q $(PYTEST_ARGS)
 
 ctest: build/.deps
-	@if command -v cmake >/dev/null 2>&1 && [ -f CMakeLists.txt ]; then \
+	@$(TIMED) if command -v cmake >/dev/null 2>&1 && [ -f CMakeLists.txt ]; then \
 	  cmake -S . -B build/cmake -DCMAKE_BUILD_TYPE=Release -DFUSEDRNN_CUDA_CHECK=OFF >/dev/null && \
 	  cmake --build build/cmake -j $(JOBS) && \
 	  ctest --test-dir build/cmake --output-on-failure; \
@@ -50,13 +52,13 @@ ctest: build/.deps
 # Every CUDA kernel compiled for sm_80 and sm_90 with nvcc (no GPU needed), the
 # register and spill report, and a syntax check of the CUDA host code.
 cuda-check: build/.deps
-	tools/cuda_compile_check.sh
+	@$(TIMED) tools/cuda_compile_check.sh
 
 # The CUDA host code and kernels built for the CPU and run by tests/test_cuda.py
 # (step kernels: every block and thread in turn; persistent kernels: every
 # thread a fiber, with real barriers): the logic and indexing, without a GPU.
 cuda-emulate: build/.deps
-	tools/cuda_emulate.sh $(PYTEST_ARGS)
+	@$(TIMED) tools/cuda_emulate.sh $(PYTEST_ARGS)
 
 # The same under ASan + UBSan (accesses out of bounds, misaligned loads). It doubles the
 # emulated tests' time, and make test took 1058 to 1159 s on 2 cores with it in place of
@@ -95,5 +97,5 @@ sanitize: build/.deps
 # The 10,000-step sequence is left to `make sanitize`: under ASan it took 50 of
 # the 124 s, nearly all in the Python reference it is checked against.
 sanitize-ci: build/.deps
-	tools/sanitize.sh tests/test_reliability.py tests/test_gradcheck.py tests/test_bidirectional.py \
+	@$(TIMED) tools/sanitize.sh tests/test_reliability.py tests/test_gradcheck.py tests/test_bidirectional.py \
 	  --deselect tests/test_reliability.py::test_long_sequence_matches_reference_in_memory_proportional_to_T
