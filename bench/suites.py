@@ -155,7 +155,7 @@ def quick(device: str) -> List[Case]:
 
 def cpu() -> List[Case]:
     """The CPU suite: every cell and variant over a grid of shapes, layers, directions
-    and thread counts (tens of minutes on 2 cores)."""
+    and thread counts (about 17-18 minutes on 2 cores)."""
     thr = tuple(cpu_threads())
     modes = ("inference", "training")
     shapes = [(100, 1, 64, 64), (100, 16, 256, 256), (100, 64, 512, 512), (25, 128, 256, 256), (400, 8, 128, 128)]
@@ -201,7 +201,7 @@ SUITES = {
              "GPU: LSTM/GRU/RNN at those shapes (fp32) and at (1024,16,768), (100,64,512), (25,128,1024) "
              "(bf16; LSTM also fp32), LSTM variants, a T sweep.",
     "cpu": "every cell and variant over five shapes, 1/2 layers and directions, T sweeps, 1 and all threads, "
-           "forward and backward separately (tens of minutes on 2 cores)",
+           "forward and backward separately (about 17-18 minutes on 2 cores)",
     "gpu": "each cell in fp16/bf16/fp32, inference and training, at (1024,16,768), (100,64,512), "
            "(25,128,1024), 1-2 layers, 1-2 directions, vs cuDNN and a loop of nn cells; plus T sweeps (needs CUDA)",
     "full": "cpu + gpu (where CUDA is present) + forward/backward for every cell + bf16 on CPU",

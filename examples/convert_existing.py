@@ -4,13 +4,16 @@ An ordinary model built with torch.nn.LSTM and nn.GRUCell is trained for a
 few steps, then `fusedrnn.convert` swaps its recurrent modules in place (the
 parameters, and the optimizer built before, carry over). `fusedrnn.testing`
 checks the converted modules against the reference; the script then times a
-training step before and after.
+training step of the model before and after, in alternation, and prints the
+median of each (a rough figure on a busy machine: bench/run.py measures with
+its spread and the load).
 
     python examples/convert_existing.py
 """
 
 import argparse
 import copy
+import statistics
 import time
 
 import torch
@@ -46,18 +49,28 @@ def train_step(model, opt, x, y):
     return loss.item()
 
 
-def time_steps(model, opt, x, y, n):
-    train_step(model, opt, x, y)
+def time_step(model, opt, x, y):
     t0 = time.perf_counter()
-    for _ in range(n):
-        train_step(model, opt, x, y)
-    return (time.perf_counter() - t0) / n
+    train_step(model, opt, x, y)
+    return time.perf_counter() - t0
+
+
+def median_steps(models, x, y, rounds):
+    """Median time of a training step of each model, timed in alternation."""
+    opts = [torch.optim.SGD(m.parameters(), lr=0.0) for m in models]
+    for m, o in zip(models, opts):
+        train_step(m, o, x, y)
+    times = [[] for _ in models]
+    for _ in range(rounds):
+        for m, o, t in zip(models, opts, times):
+            t.append(time_step(m, o, x, y))
+    return [statistics.median(t) for t in times]
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--timed", type=int, default=10)
+    p.add_argument("--timed", type=int, default=10, help="timed rounds (one step of each model a round)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
@@ -71,7 +84,6 @@ def main(argv=None):
     print(f"trained torch.nn model, loss {loss:.3f}")
 
     reference_copy = copy.deepcopy(model)
-    t_nn = time_steps(reference_copy, torch.optim.SGD(reference_copy.parameters(), lr=0.0), x, y, args.timed)
 
     fusedrnn.convert(model)  # in place; `opt` still holds the same parameters
     print("converted:", type(model.encoder).__name__, type(model.refine).__name__)
@@ -84,9 +96,9 @@ def main(argv=None):
     loss = train_step(model, opt, x, y)
     print(f"one more step with the optimizer built before the conversion: loss {loss:.3f}")
 
-    t_fused = time_steps(model, torch.optim.SGD(model.parameters(), lr=0.0), x, y, args.timed)
-    print(f"training step: torch.nn {t_nn * 1e3:.1f} ms, fusedrnn {t_fused * 1e3:.1f} ms "
-          f"({t_nn / t_fused:.2f}x) on {torch.get_num_threads()} threads")
+    t_nn, t_fused = median_steps([reference_copy, model], x, y, args.timed)
+    print(f"training step (median of {args.timed}, in alternation): torch.nn {t_nn * 1e3:.1f} ms, "
+          f"fusedrnn {t_fused * 1e3:.1f} ms ({t_nn / t_fused:.2f}x) on {torch.get_num_threads()} threads")
     return same
 
 
