@@ -598,6 +598,39 @@ def test_cell_with_input_size_zero_matches_torch_nn(kind, n, pack, monkeypatch):
     assert_all_close(results[0], results[1], **TIGHT)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=["f64", "f32", "bf16"])
+@pytest.mark.parametrize("shape", ["batched", "unbatched", "hx_none"])
+@pytest.mark.parametrize("kind", list(ALL_CELLS))
+def test_cell_with_hidden_size_zero_matches_torch_nn(kind, shape, dtype):
+    # nn's cells accept hidden_size=0 and return empty states: no unit depends on
+    # the input, so its gradient is zero; the parameters are empty. The variants
+    # (no torch.nn counterpart) are held to the reference.
+    name, kw = ALL_CELLS[kind]
+    torch.manual_seed(0)
+    fused = getattr(fusedrnn, name)(C, 0, **kw).to(dtype)
+    runs = [(fused, fused)]
+    if kind in NN_CELLS:
+        ref = getattr(nn, name)(C, 0, **kw).to(dtype)
+        ref.load_state_dict(fused.state_dict(), strict=True)
+        runs.append((ref, ref))
+    else:
+        runs.append((lambda x, hx: fusedrnn.reference.cell_forward(fused, x, hx), fused))
+    lstm = name == "LSTMCell"
+    batch = () if shape == "unbatched" else (N,)
+    results = []
+    for call, owner in runs:
+        x = torch.randn(*batch, C, dtype=dtype, requires_grad=True)
+        states = [] if shape == "hx_none" else [
+            torch.zeros(*batch, 0, dtype=dtype, requires_grad=True) for _ in range(2 if lstm else 1)]
+        out = call(x, (tuple(states) if lstm else states[0]) if states else None)
+        out = out if lstm else (out,)
+        assert all(t.shape == (*batch, 0) and t.dtype == dtype for t in out)
+        grads = torch.autograd.grad(sum(t.sum() for t in out) + x.sum(), [x, *states, *owner.parameters()])
+        results.append({f"grad{i}": g for i, g in enumerate(grads)})
+    assert results[0]["grad0"].eq(1).all()
+    assert_all_close(results[0], results[1], **TIGHT)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
 @pytest.mark.parametrize("kind", list(ALL_CELLS))
 def test_low_precision_cell_matches_reference(kind, dtype):

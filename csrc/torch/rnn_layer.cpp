@@ -71,8 +71,10 @@ LayerGeometry check_layer(const LayerInputs& in, const char* op) {
   FRNN_CHECK(in.w_ih.dim() == 2, "w_ih must be 2-D [G*H, C], got shape ", shape_str(in.w_ih));
   FRNN_CHECK(in.w_hh.dim() == 2, "w_hh must be 2-D [G*H, P], got shape ", shape_str(in.w_hh));
   const int64_t GH = in.w_ih.size(0);
-  FRNN_CHECK(GH > 0 && GH % g.G == 0, "w_ih must have a positive multiple of ", g.G,
-             " rows (", g.G, " gate blocks), got shape ", shape_str(in.w_ih));
+  // A cell may have no units (as torch.nn's cells may); a layer may not.
+  FRNN_CHECK((GH > 0 || in.step) && GH % g.G == 0, "w_ih must have a ",
+             in.step ? "" : "positive ", "multiple of ", g.G, " rows (", g.G,
+             " gate blocks), got shape ", shape_str(in.w_ih));
   g.H = GH / g.G;
   check_shape(in.w_ih, "w_ih", {GH, g.C}, op);
   if (in.w_hr.has_value()) {
@@ -301,7 +303,7 @@ PreparedForward prepare_forward(const LayerInputs& in0, bool training, const cha
 }
 
 void run_prepared(PreparedForward& p, bool training, const char* op) {
-  if (p.g.R == 0) {  // no step or no row: the state passes through
+  if (p.g.R == 0 || p.g.H == 0) {  // no step, no row or no unit: the state passes through
     p.out.h_n.copy_(p.in.h0);
     if (p.in.cell.kind == CellKind::kLstm) p.out.c_n.copy_(*p.in.c0);
     return;
@@ -352,7 +354,7 @@ PreparedBackward prepare_backward(const LayerInputs& in0, const LayerGeometry& g
 
 void run_prepared(PreparedBackward& p, const char* op) {
   GradResult& out = p.out;
-  if (p.g.R == 0) {
+  if (p.g.R == 0 || p.g.H == 0) {
     // Nothing ran: the states passed through, the parameters had no effect.
     const GradInputs& gi = p.gi;
     out.grad_h0 = gi.grad_h_n.has_value() ? gi.grad_h_n->clone() : at::zeros_like(p.in.h0);
