@@ -5,6 +5,8 @@
 # ptxas report. Fails on any compile error, and when a hot kernel spills: every
 # *_kernel here runs once per time step, so a spill there is a bug to explain
 # (and to list in HOT_SPILL_OK below with the reason, if it is ever accepted).
+# Fails too when a persistent kernel's PTX loads through the non-coherent
+# read-only path (ld.global.nc, ldu): its blocks exchange data within a launch.
 # Then the host side of the CUDA build, csrc/torch/rnn_cuda.cpp, is syntax-checked
 # against the installed torch (tools/check_cuda_host.sh --quick), which works with
 # a CPU-only torch. Without nvcc it says so and succeeds.
@@ -108,6 +110,43 @@ if bad:
         print(f"cuda-check: hot kernel {r[1]} spills on {r[2]}: {r[5]} bytes stored, {r[6]} loaded")
     sys.exit("cuda-check: spills in hot kernels (see above)")
 print("cuda-check: no spills")
+
+# The persistent kernels exchange h, dG and dh between blocks inside a launch,
+# each read after the grid barrier's acquire: a load of those through the
+# non-coherent read-only path (ld.global.nc, ldu; what __ldg or a const
+# __restrict__ pointer may give) could see a stale L1 line on a GPU, which the
+# emulation, without caches, cannot show. No persistent kernel, and no function
+# left out of line, may use one.
+header = re.compile(r"^(?:\.(?:visible|weak|extern)\s+)*\.(entry|func)\b[^\n]*", re.M)
+noncoherent = re.compile(r"\b(?:ld\.global\.nc|ldu\.global)\b")
+checked = {}
+offenders = []
+for path in sorted(glob.glob(os.path.join(logdir, "*.ptx"))):
+    stem, arch = os.path.basename(path).split(".")[:2]
+    if stem not in sources or arch.split("_")[-1] not in archs:
+        continue
+    text = open(path, errors="replace").read()
+    heads = list(header.finditer(text))
+    for i, h in enumerate(heads):
+        names = re.findall(r"([A-Za-z_$][\w$]*)\s*\(", h.group(0))
+        name = names[-1] if names else "?"
+        persistent = h.group(1) == "entry" and "persistent" in name
+        if h.group(1) == "entry" and not persistent:
+            continue
+        checked[arch] = checked.get(arch, 0) + persistent
+        body = text[h.end():heads[i + 1].start() if i + 1 < len(heads) else len(text)]
+        n = len(noncoherent.findall(body))
+        if n:
+            offenders.append((stem, arch, name, n))
+missing = [a for a in archs if not checked.get(f"compute_{a}")]
+if missing:
+    sys.exit(f"cuda-check: no persistent kernel found in the PTX of compute_{', compute_'.join(missing)}")
+for stem, arch, name, n in offenders:
+    print(f"cuda-check: {stem}.cu ({arch}) {name}: {n} non-coherent loads")
+if offenders:
+    sys.exit("cuda-check: non-coherent loads in the persistent kernels (see above)")
+print(f"cuda-check: no non-coherent loads in the persistent kernels "
+      f"({', '.join(f'{v} on {k}' for k, v in sorted(checked.items()))})")
 PY
 
 if "$PYTHON" -c "import torch" >/dev/null 2>&1; then
