@@ -617,9 +617,10 @@ def test_cell_with_hidden_size_zero_matches_torch_nn(kind, shape, dtype):
         runs.append((lambda x, hx: fusedrnn.reference.cell_forward(fused, x, hx), fused))
     lstm = name == "LSTMCell"
     batch = () if shape == "unbatched" else (N,)
+    x0 = torch.randn(*batch, C, dtype=dtype)
     results = []
     for call, owner in runs:
-        x = torch.randn(*batch, C, dtype=dtype, requires_grad=True)
+        x = x0.clone().requires_grad_()
         states = [] if shape == "hx_none" else [
             torch.zeros(*batch, 0, dtype=dtype, requires_grad=True) for _ in range(2 if lstm else 1)]
         out = call(x, (tuple(states) if lstm else states[0]) if states else None)
