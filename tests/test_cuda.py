@@ -1426,3 +1426,82 @@ def test_auto_runs_the_standard_path_where_the_plan_declines(monkeypatch):
     want = _run(m, x, None)
     monkeypatch.setenv("FUSEDRNN_CUDA_PATH", "auto")
     _compare_runs(_run(m, x, None), want, 1e-6)
+
+
+# FRNN_EMUL_COOP_BLOCKS=n makes the emulated device a context that runs at most n
+# blocks at once while it reports 16 multiprocessors (an MPS client given a share
+# of them): a cooperative launch of more blocks fails as the driver's does, with
+# cudaErrorCooperativeLaunchTooLarge. No real device can be made to do that.
+context_smaller_than_device = pytest.mark.skipif(
+    not EMULATION, reason="the context smaller than its device is the emulation's (FRNN_EMUL_COOP_BLOCKS)")
+
+
+@context_smaller_than_device
+@pytest.mark.parametrize("chunked", [False, True], ids=["one-launch", "launch-per-step"])
+@pytest.mark.parametrize("variant", ["lstm_peephole_coupled", "gru_reset_before", "rnn_relu"])
+def test_auto_runs_the_standard_path_where_the_device_refuses_the_launch(variant, chunked, monkeypatch):
+    """Every persistent launch refused for its size: auto runs each layer, forward
+    and backward, on the standard path (the same bits as FUSEDRNN_CUDA_PATH=standard,
+    no persistent launch recorded), and a later launch on the same thread reports
+    no stale error. Forced, the refusal is an error that says why. Where the
+    context holds the plan's blocks, auto still takes the persistent path."""
+    from fusedrnn import _C
+    if chunked:
+        monkeypatch.setenv("FUSEDRNN_CUDA_GX_CHUNK_BYTES", "1")  # one step of Gx a chunk
+    cls, kwargs = SEQ_VARIANTS[variant]
+    m = _make(cls, kwargs, torch.float32, num_layers=2, bidirectional=True)
+    assert _pays(m, AUTO_T, N, torch.float32)
+    x = _randn(AUTO_T, N, C, gen=_seeded())
+    hx = _random_hx(m, N, _seeded(1), torch.float32)
+    monkeypatch.setenv("FUSEDRNN_CUDA_PATH", "standard")
+    standard = _run(m, x, hx)
+    monkeypatch.setenv("FUSEDRNN_CUDA_PATH", "persistent")
+    persistent = _run(m, x, hx)
+    monkeypatch.setenv("FUSEDRNN_PERSISTENT_TRACE", "1")
+    _C._persistent_traces()
+
+    monkeypatch.setenv("FUSEDRNN_CUDA_PATH", "auto")
+    monkeypatch.setenv("FRNN_EMUL_COOP_BLOCKS", "0")
+    got = _run(m, x, hx)
+    assert _C._persistent_traces()["records"] == []
+    for name in standard:
+        assert torch.equal(got[name], standard[name]), f"{name}: auto is not the standard path here"
+
+    monkeypatch.setenv("FUSEDRNN_CUDA_PATH", "persistent")
+    with pytest.raises(RuntimeError, match=r"FUSEDRNN_CUDA_PATH=persistent, but the device does not run the 1 "
+                                           r"blocks of [a-z]+_persistent_forward_kernel at once "
+                                           r"\(cudaErrorCooperativeLaunchTooLarge\): this context has fewer "
+                                           r"multiprocessors than the device reports"):
+        m(x, hx)
+
+    monkeypatch.setenv("FUSEDRNN_CUDA_PATH", "auto")
+    monkeypatch.setenv("FRNN_EMUL_COOP_BLOCKS", "1")
+    got = _run(m, x, hx)
+    records = _C._persistent_traces()["records"]
+    assert records and all(r["blocks"] == 1 for r in records)
+    for name in persistent:
+        assert torch.equal(got[name], persistent[name]), f"{name}: auto is not the persistent path here"
+
+
+@context_smaller_than_device
+def test_refused_launch_warns_once():
+    """The fall back to the standard path is said once a process (torch's warning
+    of a custom operator: on stderr), naming the kernel and why."""
+    import subprocess
+    import sys
+    script = (
+        "import torch, fusedrnn\n"
+        "assert fusedrnn.backend_info()['cpu_isa'] == 'CUDA-EMULATION'\n"
+        "m = fusedrnn.GRU(6, 10, num_layers=2)\n"
+        "x = torch.randn(20, 5, 6)\n"
+        "for _ in range(3):\n"
+        "    m(x)[0].sum().backward()\n"
+    )
+    env = dict(os.environ, FUSEDRNN_CUDA_PATH="auto", FRNN_EMUL_COOP_BLOCKS="0")
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    warning = ("Warning: fusedrnn: the device does not run the 1 blocks of gru_persistent_forward_kernel at once "
+               "(cudaErrorCooperativeLaunchTooLarge): this context has fewer multiprocessors than the device "
+               "reports; such layers run on the standard path")
+    assert run.stderr.count(warning) == 1, run.stderr
+    assert run.stderr.count("Warning:") == 1, run.stderr

@@ -130,7 +130,7 @@ void check_launch(cudaError_t err, const char* kernel) {
 
 // Gx = X W_ih^T (no bias: the kernels add both biases in the compute type)
 // chunk by chunk of steps; chunk(c, gx) for each, gx pointing at the chunk's
-// first row of Gx [c.rows, GH].
+// first row of Gx [c.rows, GH], until one returns false.
 template <typename S, typename ChunkFn>
 void forward_chunks(const LayerInputs& in, const LayerGeometry& g, int64_t GH,
                     const ChunkFn& chunk) {
@@ -144,7 +144,7 @@ void forward_chunks(const LayerInputs& in, const LayerGeometry& g, int64_t GH,
     const Chunk c = next_chunk(seq, s0, max_rows);
     Tensor gx_rows = gx.narrow(0, 0, c.rows);
     at::mm_out(gx_rows, x.narrow(0, c.row0, c.rows), w_ih_t);
-    chunk(c, static_cast<const S*>(gx.data_ptr()));
+    if (!chunk(c, static_cast<const S*>(gx.data_ptr()))) return;
     s0 = c.s1;
   }
 }
@@ -159,6 +159,7 @@ void forward_steps(const LayerInputs& in, const LayerGeometry& g, int64_t GH, co
       const StepInfo st = seq.step(s);
       step(st, gx + (st.offset - c.row0) * GH);
     }
+    return true;
   });
 }
 
@@ -354,9 +355,32 @@ bool persistent_plan(const LayerInputs& in, const LayerGeometry& g, bool trainin
   return false;
 }
 
+// Whether the device refused a persistent kernel's launch for its size
+// (cudaErrorCooperativeLaunchTooLarge, which the launch leaves as the last
+// error: taken here): the plan counted on more blocks at once than the context
+// runs, as where it has fewer multiprocessors than the device reports (an MPS
+// client given a share of them). Nothing ran. Under auto the layer goes to the
+// standard path, with a warning once; forced, it is an error.
+bool refused_for_size(cudaError_t err, const fc::PersistentPlan& plan, const char* kernel) {
+  if (err != cudaErrorCooperativeLaunchTooLarge) return false;
+  const cudaError_t taken = fc::take_last_error();
+  if (taken != err) check_launch(taken, kernel);
+  TORCH_CHECK(requested_path() != PathChoice::kPersistent,
+              "fusedrnn: FUSEDRNN_CUDA_PATH=persistent, but the device does not run the ",
+              plan.blocks, " blocks of ", kernel,
+              " at once (cudaErrorCooperativeLaunchTooLarge): this context has fewer "
+              "multiprocessors than the device reports");
+  TORCH_WARN_ONCE("fusedrnn: the device does not run the ", plan.blocks, " blocks of ", kernel,
+                  " at once (cudaErrorCooperativeLaunchTooLarge): this context has fewer "
+                  "multiprocessors than the device reports; such layers run on the standard "
+                  "path");
+  return true;
+}
+
 // The persistent forward of a layer: a.base set up by the caller (row-0
 // pointers); runs one launch per chunk of steps of Gx. h_n [N, H] gets each
-// row's last h'. False, having run nothing, when the plan declines the layer.
+// row's last h'. False, having run nothing, when the plan declines the layer or
+// the device refuses its first launch (refused_for_size).
 template <typename S, typename P, typename PlanFn, typename LaunchFn>
 bool persistent_forward(const LayerInputs& in, const LayerGeometry& g, bool training, int64_t GH,
                         fc::PersistentArgs<S, P>& a, const Tensor& h_n, const PlanFn& plan_fn,
@@ -373,22 +397,29 @@ bool persistent_forward(const LayerInputs& in, const LayerGeometry& g, bool trai
   a.h_n = mptr<S>(h_n);
   fc::PersistentPlan plan;
   if (!persistent_plan<S>(in, g, training, a, plan_fn, kernel, plan)) return false;
+  bool refused = false;
   forward_chunks<S>(in, g, GH, [&](const Chunk& c, const S* gx) {
     a.s0 = c.s0;
     a.s1 = c.s1;
     a.gx = gx;
     a.gx_row0 = c.row0;
     std::optional<TraceEntry> trace = begin_trace(a, plan, kernel, in.reverse, in.input.device());
-    check_launch(launch_fn(a, plan, stream), kernel);
+    const cudaError_t err = launch_fn(a, plan, stream);
+    if (c.s0 == 0 && refused_for_size(err, plan, kernel)) {
+      refused = true;
+      return false;
+    }
+    check_launch(err, kernel);
     keep_trace(trace);
+    return true;
   });
-  return true;
+  return !refused;
 }
 
 // The persistent backward time loop of a layer: one launch over all steps;
 // dh_state [N, H] holds dL/dh_n on entry and dL/dh0 (the recurrent part, and the
 // direct part for GRU) on exit. False, having run nothing, when the plan
-// declines the layer.
+// declines the layer or the device refuses its launch (refused_for_size).
 template <typename S, typename P, typename PlanFn, typename LaunchFn>
 bool persistent_backward(const LayerInputs& in, const LayerGeometry& g,
                          fc::PersistentArgs<S, P>& a, const Tensor& dh_state,
@@ -403,7 +434,9 @@ bool persistent_backward(const LayerInputs& in, const LayerGeometry& g,
   fc::PersistentPlan plan;
   if (!persistent_plan<S>(in, g, true, a, plan_fn, kernel, plan)) return false;
   std::optional<TraceEntry> trace = begin_trace(a, plan, kernel, in.reverse, in.input.device());
-  check_launch(launch_fn(a, plan, stream), kernel);
+  const cudaError_t err = launch_fn(a, plan, stream);
+  if (refused_for_size(err, plan, kernel)) return false;
+  check_launch(err, kernel);
   keep_trace(trace);
   return true;
 }

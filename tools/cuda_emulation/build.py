@@ -23,8 +23,8 @@ LAUNCH = "kernel<<<shape.grid, shape.block, 0, stream>>>(p);"
 EMULATED = "::frnn_emul::launch(shape.grid, shape.block, [&] { kernel(p); });"
 COOP_LAUNCH = ("return cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), "
                "dim3(plan.blocks), dim3(kPersistentThreads), params, plan.smem, stream);")
-COOP_EMULATED = ("(void)params; if (plan.smem > static_cast<size_t>(::frnn_emul::dynamic_smem_limit("
-                 "reinterpret_cast<const void*>(kernel)))) return cudaErrorInvalidValue; "
+COOP_EMULATED = ("(void)params; if (const cudaError_t refused = ::frnn_emul::cooperative_refusal("
+                 "plan.blocks, plan.smem, reinterpret_cast<const void*>(kernel))) return refused; "
                  "::frnn_emul::launch_cooperative(dim3(plan.blocks), "
                  "dim3(kPersistentThreads), plan.smem, [&] { kernel(a); }); return cudaSuccess;")
 

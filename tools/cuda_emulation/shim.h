@@ -36,7 +36,11 @@
 //
 // The emulated device: compute capability 9.0, 16 multiprocessors, 227 KiB of
 // shared memory per block, one resident block per multiprocessor for every
-// persistent kernel.
+// persistent kernel. FRNN_EMUL_COOP_BLOCKS=n makes it a context that runs at
+// most n blocks at once while the device still reports 16 multiprocessors (as
+// an MPS client given a share of them): a cooperative launch of more blocks
+// fails with cudaErrorCooperativeLaunchTooLarge, as the driver's does. A failed
+// call leaves its error for cudaGetLastError, which returns and clears it.
 #pragma once
 
 #define __global__
@@ -157,7 +161,19 @@ void launch(dim3 grid, dim3 block, const F& body) {
   }
 }
 
-inline cudaError_t last_error() { return cudaSuccess; }
+// The last error of a runtime call on this thread (cudaGetLastError).
+inline thread_local cudaError_t pending_error = cudaSuccess;
+
+inline cudaError_t failed(cudaError_t e) {
+  pending_error = e;
+  return e;
+}
+
+inline cudaError_t last_error() {
+  const cudaError_t e = pending_error;
+  pending_error = cudaSuccess;
+  return e;
+}
 
 enum Wait { kRunnable, kWarpBarrier, kBlockBarrier, kGridBarrier, kDone };
 
@@ -456,7 +472,7 @@ inline int dynamic_smem_limit(const void* f) {
 
 inline cudaError_t func_set_attribute(const void* f, cudaFuncAttribute a, int v) {
   if (a == cudaFuncAttributeMaxDynamicSharedMemorySize) {
-    if (v < 0 || v > 227 * 1024) return cudaErrorInvalidValue;
+    if (v < 0 || v > 227 * 1024) return failed(cudaErrorInvalidValue);
     dynamic_smem_limits()[f] = v;
   }
   return cudaSuccess;
@@ -468,6 +484,19 @@ inline cudaError_t func_get_attributes(cudaFuncAttributes* a, const void* f) {
   a->binaryVersion = 90;
   a->maxDynamicSharedSizeBytes = dynamic_smem_limit(f);
   return cudaSuccess;
+}
+
+// Why the device would refuse a cooperative launch of `blocks` blocks of kernel
+// f with smem bytes of dynamic shared memory (the error, also left for
+// cudaGetLastError), or cudaSuccess.
+inline cudaError_t cooperative_refusal(int blocks, size_t smem, const void* f) {
+  if (smem > static_cast<size_t>(dynamic_smem_limit(f))) return failed(cudaErrorInvalidValue);
+  const char* v = std::getenv("FRNN_EMUL_COOP_BLOCKS");
+  if (v == nullptr || v[0] == '\0') return cudaSuccess;
+  char* end = nullptr;
+  const long most = std::strtol(v, &end, 10);
+  if (*end != '\0' || most < 0) fail("FRNN_EMUL_COOP_BLOCKS must be a non-negative integer");
+  return blocks > most ? failed(cudaErrorCooperativeLaunchTooLarge) : cudaSuccess;
 }
 
 inline cudaError_t occupancy(int* blocks, const void*, int, size_t) {

@@ -41,4 +41,6 @@ cudaError_t stream_is_capturing(cudaStream_t stream, bool& capturing) {
 
 cudaError_t device_synchronize() { return cudaDeviceSynchronize(); }
 
+cudaError_t take_last_error() { return cudaGetLastError(); }
+
 }  // namespace fusedrnn::cuda

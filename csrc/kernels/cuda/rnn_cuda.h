@@ -392,6 +392,9 @@ cudaError_t stream_is_capturing(cudaStream_t stream, bool& capturing);
 // Waits for all work on the current device (the step traces, before they are read).
 cudaError_t device_synchronize();
 
+// cudaGetLastError(): the last error of a runtime call on this thread, which it clears.
+cudaError_t take_last_error();
+
 // `steps` step barriers of the persistent kernels in one cooperative launch of
 // `blocks` blocks (barrier_probe.cu), and the most blocks such a launch can have.
 cudaError_t grid_barrier_probe_launch(int blocks, int64_t steps, cudaStream_t stream);
