@@ -38,9 +38,10 @@ def _tracing() -> bool:
 
 
 def _needs_grad(*tensors) -> bool:
-    # A trace keeps the flag as a constant: it is taken saving, so that the
-    # traced module trains and its check run (under no_grad) gives the same graph.
-    if _tracing():
+    # A trace or an exported program keeps the flag as a constant: it is taken
+    # saving, so that what was captured under no_grad (the trace's check run, an
+    # export for inference) still trains and compiles in grad mode, as torch.nn's does.
+    if _tracing() or torch.compiler.is_exporting():
         return True
     if not torch.is_grad_enabled():
         return False

@@ -161,6 +161,61 @@ def test_jit_trace_matches_eager_and_trains(name):
         torch.testing.assert_close(g, p.grad, rtol=0, atol=0)
 
 
+def _grads_by_name(module, x, run=None):
+    """The gradients of the input and of each parameter (by name) of module of
+    the sum of the first output of run (the module itself by default)."""
+    x = x.clone().requires_grad_()
+    module.zero_grad()
+    _first((module if run is None else run)(x)).sum().backward()
+    return {"input": x.grad, **{n: p.grad for n, p in module.named_parameters()}}
+
+
+@pytest.mark.parametrize("name", ALL_MODULES)
+def test_program_exported_under_no_grad_trains_and_compiles(name):
+    # An export for inference (under no_grad) holds the operators' flags as
+    # constants; torch.nn's exported program still trains, and so must this one:
+    # the eager module's gradients, directly and through torch.compile.
+    m, x = _module_and_input(name)
+    with torch.no_grad():
+        program = torch.export.export(m, (x,)).module()
+    want = _grads_by_name(m, x)
+    got = _grads_by_name(program, x)
+    assert got.keys() == want.keys()
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=0, atol=0, msg=key)
+    torch._dynamo.reset()
+    compiled = _grads_by_name(program, x, torch.compile(program, backend="aot_eager"))
+    for key in want:
+        torch.testing.assert_close(compiled[key], want[key], rtol=0, atol=0, msg=key)
+
+
+class _Packing(nn.Module):
+    """Packs its padded batch (unsorted lengths) and runs the RNN without h0."""
+
+    def __init__(self, rnn):
+        super().__init__()
+        self.rnn = rnn
+
+    def forward(self, x, lengths):
+        y, h = self.rnn(torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False))
+        return torch.nn.utils.rnn.pad_packed_sequence(y, total_length=x.size(0))[0], h
+
+
+@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN"])
+def test_jit_trace_of_packing_model_runs_at_every_batch_size(name):
+    # The zero initial states take their batch from batch_sizes in the trace, as
+    # torch.nn's do; the oracle is the eager model at each batch size.
+    torch.manual_seed(0)
+    model = _Packing(getattr(fusedrnn, name)(6, 8, bidirectional=True))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TracerWarning, and trace is deprecated in torch 2.13
+        traced = torch.jit.trace(model, (torch.randn(7, 3, 6), torch.tensor([7, 2, 5])), check_trace=False)
+    for lengths in ([4, 6], [7, 1, 3, 7, 2], [5]):
+        x = torch.randn(7, len(lengths), 6)
+        got, want = traced(x, torch.tensor(lengths)), model(x, torch.tensor(lengths))
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
 class _LeafTracer(torch.fx.Tracer):
     """The Tracer subclass the README gives for torch.fx.symbolic_trace."""
 
