@@ -1247,7 +1247,9 @@ def test_persistent_tf32_where_allowed(variant, persistent, monkeypatch):
     """float32 with torch.backends.cuda.matmul.allow_tf32: the product in TF32 on
     tensor cores, so the result changes, and stays within twice the error of the
     reference computed wholly in float16 (TF32's 10-bit mantissa, here only in
-    the products) for outputs and every gradient."""
+    the products) for outputs and every gradient. The same bits where TF32 is
+    allowed through torch.backends.cuda.matmul.fp32_precision instead (torch's
+    newer API, whose state the legacy getter refuses to read)."""
     cls, kwargs = SEQ_VARIANTS[variant]
     torch.manual_seed(0)
     m = cls(C, 40, **kwargs).to(DEVICE)
@@ -1255,10 +1257,15 @@ def test_persistent_tf32_where_allowed(variant, persistent, monkeypatch):
     x = _randn(T, 17, C, gen=gen)
     hx = _random_hx(m, 17, gen, torch.float32)
     exact = _run(m, x, hx)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
-    got = _run(m, x, hx)
-    monkeypatch.undo()
-    monkeypatch.setenv("FUSEDRNN_CUDA_PATH", "persistent")
+    with monkeypatch.context() as mp:
+        mp.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+        got = _run(m, x, hx)
+    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):
+        with monkeypatch.context() as mp:
+            mp.setattr(torch.backends.cuda.matmul, "fp32_precision", "tf32")
+            new_api = _run(m, x, hx)
+        for name in got:
+            assert torch.equal(new_api[name], got[name]), f"{name}: fp32_precision='tf32' is not allow_tf32"
     ref64 = _run(_Reference(m, torch.float64), x, hx)
     ref16 = _run(_Reference(m, torch.float16), x, hx)
     assert any(not torch.equal(got[k], exact[k]) for k in exact), "allow_tf32 changed nothing"

@@ -62,6 +62,34 @@ namespace fc = fusedrnn::cuda;
 // chunks with it; a chunk always holds at least one step).
 constexpr int64_t kGxChunkBytes = int64_t{64} << 20;
 
+// Whether float32 products may use TF32, as ATen decides it for its own cuBLAS
+// GEMMs: torch.backends.cuda.matmul.fp32_precision (which allow_tf32 and
+// set_float32_matmul_precision also set), unless a NoTF32Guard is active. Where
+// this torch has the per-backend precision API it is read there (its legacy
+// getter raises once the new API alone was used); str2backend is looked up
+// unqualified with a dependent argument, so that a torch without that API takes
+// the legacy getter instead of failing to compile.
+namespace tf32_lookup {
+using namespace at;
+
+template <typename S>
+auto matmul_tf32(const S& backend, const S& op, int)
+    -> decltype(globalContext().float32Precision(str2backend(backend), str2op(op)), bool()) {
+  using Precision = decltype(globalContext().float32Precision(str2backend(backend), str2op(op)));
+  return globalContext().float32Precision(str2backend(backend), str2op(op)) == Precision::TF32;
+}
+
+template <typename S>
+bool matmul_tf32(const S&, const S&, long) {
+  return globalContext().allowTF32CuBLAS();
+}
+}  // namespace tf32_lookup
+
+bool cublas_allows_tf32() {
+  return !at::NoTF32Guard::should_disable_tf32() &&
+         tf32_lookup::matmul_tf32(std::string("cuda"), std::string("matmul"), 0);
+}
+
 // The first `rows` rows of a state buffer for one step: the buffer itself when
 // every row is active (a padded batch, every step), so that a step of the time
 // loop makes no view there.
@@ -340,7 +368,7 @@ struct DeviceSeq {
 template <typename S, typename Args, typename PlanFn>
 bool persistent_plan(const LayerInputs& in, const LayerGeometry& g, bool training, Args& a,
                      const PlanFn& plan_fn, const char* kernel, fc::PersistentPlan& plan) {
-  a.tf32 = at::globalContext().allowTF32CuBLAS();
+  a.tf32 = cublas_allows_tf32();
   a.grid = requested_grid();
   a.stage = requested_stage();
   check_launch(plan_fn(a, plan), kernel);
