@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from typing import Dict, List
 
 import pytest
@@ -1199,6 +1200,24 @@ def test_switch_variables_are_checked(path, variable, monkeypatch):
     m = fusedrnn.GRU(C, H).to(DEVICE)
     with pytest.raises(RuntimeError, match=f"{variable} must be '0' or '1', got 'yes'"):
         m(_randn(T, N, C, gen=_seeded()))
+
+
+@pytest.mark.parametrize("value", ["0", "-4", " 3", "3 ", "+3", "3k", "9223372036854775808"])
+@pytest.mark.parametrize("path", ["standard", "persistent"])
+def test_chunk_variable_is_checked(path, value, monkeypatch):
+    """Only a plain decimal count of bytes that fits in 64 bits: no sign, space or
+    suffix, and no overflow taken as the largest value; the largest is taken (one
+    chunk, as by default here: the same computation)."""
+    monkeypatch.setenv("FUSEDRNN_CUDA_PATH", path)
+    m = fusedrnn.GRU(C, H).to(DEVICE)
+    x = _randn(T, N, C, gen=_seeded())
+    want = m(x)[0]
+    monkeypatch.setenv("FUSEDRNN_CUDA_GX_CHUNK_BYTES", value)
+    with pytest.raises(RuntimeError, match=f"FUSEDRNN_CUDA_GX_CHUNK_BYTES must be a positive integer below "
+                                           rf"2\^63, got '{re.escape(value)}'"):
+        m(x)
+    monkeypatch.setenv("FUSEDRNN_CUDA_GX_CHUNK_BYTES", "9223372036854775807")
+    torch.testing.assert_close(m(x)[0], want, rtol=0, atol=0)
 
 
 @real_gpu

@@ -37,6 +37,7 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
@@ -105,9 +106,11 @@ int64_t gx_chunk_bytes() {
   const char* v = std::getenv("FUSEDRNN_CUDA_GX_CHUNK_BYTES");
   if (v == nullptr || v[0] == '\0') return kGxChunkBytes;
   char* end = nullptr;
+  errno = 0;
   const long long n = std::strtoll(v, &end, 10);
-  TORCH_CHECK(end != v && *end == '\0' && n > 0,
-              "FUSEDRNN_CUDA_GX_CHUNK_BYTES must be a positive integer, got '", v, "'");
+  TORCH_CHECK(v[0] >= '0' && v[0] <= '9' && *end == '\0' && errno == 0 && n > 0,
+              "FUSEDRNN_CUDA_GX_CHUNK_BYTES must be a positive integer below 2^63, got '",
+              v, "'");
   return static_cast<int64_t>(n);
 }
 
