@@ -37,11 +37,19 @@ def _tracing() -> bool:
     return torch._C._is_tracing()
 
 
+def _exporting() -> bool:
+    """Whether torch.export is capturing the caller: the flag that
+    torch.compiler.is_exporting (torch 2.7 on) returns, read directly, since
+    Dynamo before torch 2.14 answers that function with True under torch.compile
+    too (pytorch#176347), where the flag itself is False."""
+    return getattr(torch.compiler, "_is_exporting_flag", False)
+
+
 def _needs_grad(*tensors) -> bool:
     # A trace or an exported program keeps the flag as a constant: it is taken
     # saving, so that what was captured under no_grad (the trace's check run, an
     # export for inference) still trains and compiles in grad mode, as torch.nn's does.
-    if _tracing() or torch.compiler.is_exporting():
+    if _tracing() or _exporting():
         return True
     if not torch.is_grad_enabled():
         return False

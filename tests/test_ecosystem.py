@@ -189,6 +189,26 @@ def test_program_exported_under_no_grad_trains_and_compiles(name):
         torch.testing.assert_close(compiled[key], want[key], rtol=0, atol=0, msg=key)
 
 
+@pytest.mark.parametrize("name", ["LSTM", "GRUCell"])
+def test_compiled_inference_takes_the_operator_that_saves_nothing(name):
+    # Only an export is taken saving under no_grad; torch.compile specialises on
+    # grad mode, so its no_grad graph keeps the operator that saves nothing.
+    m, x = _module_and_input(name)
+    flags = []
+
+    def backend(gm, example_inputs):
+        flags.extend(n.args[-1] for n in gm.graph.nodes
+                     if n.op == "call_function" and str(n.target).startswith("fusedrnn."))
+        return gm
+
+    torch._dynamo.reset()
+    with torch.no_grad():
+        got = torch.compile(m, backend=backend, fullgraph=True)(x)
+        want = m(x)
+    assert flags == [False]
+    torch.testing.assert_close(_first(got), _first(want), rtol=0, atol=0)
+
+
 class _Packing(nn.Module):
     """Packs its padded batch (unsorted lengths) and runs the RNN without h0."""
 
