@@ -1455,9 +1455,10 @@ def test_auto_runs_the_standard_path_where_the_plan_declines(monkeypatch):
 
 
 # FRNN_EMUL_COOP_BLOCKS=n makes the emulated device a context that runs at most n
-# blocks at once while it reports 16 multiprocessors (an MPS client given a share
-# of them): a cooperative launch of more blocks fails as the driver's does, with
-# cudaErrorCooperativeLaunchTooLarge. No real device can be made to do that.
+# blocks at once while it reports 16 multiprocessors: a cooperative launch of
+# more blocks fails as the driver's does, with cudaErrorCooperativeLaunchTooLarge.
+# A real device refuses only beyond the limit the plan reads, so it cannot be
+# made to do that.
 context_smaller_than_device = pytest.mark.skipif(
     not EMULATION, reason="the context smaller than its device is the emulation's (FRNN_EMUL_COOP_BLOCKS)")
 
@@ -1494,10 +1495,10 @@ def test_auto_runs_the_standard_path_where_the_device_refuses_the_launch(variant
         assert torch.equal(got[name], standard[name]), f"{name}: auto is not the standard path here"
 
     monkeypatch.setenv("FUSEDRNN_CUDA_PATH", "persistent")
-    with pytest.raises(RuntimeError, match=r"FUSEDRNN_CUDA_PATH=persistent, but the device does not run the 1 "
-                                           r"blocks of [a-z]+_persistent_forward_kernel at once "
-                                           r"\(cudaErrorCooperativeLaunchTooLarge\): this context has fewer "
-                                           r"multiprocessors than the device reports"):
+    with pytest.raises(RuntimeError, match=r"FUSEDRNN_CUDA_PATH=persistent, but the device refused the cooperative "
+                                           r"launch of 1 blocks of [a-z]+_persistent_forward_kernel "
+                                           r"\(cudaErrorCooperativeLaunchTooLarge\): it runs fewer at once than the "
+                                           r"plan counted from its multiprocessor count and the kernel's occupancy"):
         m(x, hx)
 
     monkeypatch.setenv("FUSEDRNN_CUDA_PATH", "auto")
@@ -1526,8 +1527,40 @@ def test_refused_launch_warns_once():
     env = dict(os.environ, FUSEDRNN_CUDA_PATH="auto", FRNN_EMUL_COOP_BLOCKS="0")
     run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
-    warning = ("Warning: fusedrnn: the device does not run the 1 blocks of gru_persistent_forward_kernel at once "
-               "(cudaErrorCooperativeLaunchTooLarge): this context has fewer multiprocessors than the device "
-               "reports; such layers run on the standard path")
+    warning = ("Warning: fusedrnn: the device refused the cooperative launch of 1 blocks of "
+               "gru_persistent_forward_kernel (cudaErrorCooperativeLaunchTooLarge): it runs fewer at once than the "
+               "plan counted from its multiprocessor count and the kernel's occupancy; such layers run on the "
+               "standard path")
     assert run.stderr.count(warning) == 1, run.stderr
-    assert run.stderr.count("Warning:") == 1, run.stderr
+    assert run.stderr.count("fusedrnn: the device refused") == 1, run.stderr
+
+
+@context_smaller_than_device
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("variant", ["lstm_peephole_coupled", "gru", "gru_reset_before", "rnn_relu"])
+def test_backward_refused_after_a_persistent_forward(variant, dtype, monkeypatch):
+    """A persistent forward whose backward launch is refused: the standard
+    backward takes the persistent forward's saved tensors, the same bits as that
+    forward followed by FUSEDRNN_CUDA_PATH=standard's backward."""
+    cls, kwargs = SEQ_VARIANTS[variant]
+    m = _make(cls, kwargs, dtype, num_layers=2)
+    assert _pays(m, AUTO_T, N, dtype)
+    x = _randn(AUTO_T, N, C, gen=_seeded(), dtype=dtype)
+    cot = _randn(AUTO_T, N, m.hidden_size, gen=_seeded(2), dtype=dtype)
+
+    def grads(backward_env):
+        for p in m.parameters():
+            p.grad = None
+        xin = x.clone().requires_grad_()
+        monkeypatch.setenv("FUSEDRNN_CUDA_PATH", "auto")
+        monkeypatch.delenv("FRNN_EMUL_COOP_BLOCKS", raising=False)
+        out = m(xin)[0]
+        for name, value in backward_env.items():
+            monkeypatch.setenv(name, value)
+        out.backward(cot)
+        return [xin.grad] + [p.grad for p in m.parameters()]
+
+    want = grads({"FUSEDRNN_CUDA_PATH": "standard"})
+    got = grads({"FRNN_EMUL_COOP_BLOCKS": "0"})
+    for k, (a, b) in enumerate(zip(got, want)):
+        assert torch.equal(a, b), f"gradient {k} differs"

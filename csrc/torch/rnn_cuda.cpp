@@ -65,11 +65,12 @@ constexpr int64_t kGxChunkBytes = int64_t{64} << 20;
 
 // Whether float32 products may use TF32, as ATen decides it for its own cuBLAS
 // GEMMs: torch.backends.cuda.matmul.fp32_precision (which allow_tf32 and
-// set_float32_matmul_precision also set), unless a NoTF32Guard is active. Where
-// this torch has the per-backend precision API it is read there (its legacy
-// getter raises once the new API alone was used); str2backend is looked up
-// unqualified with a dependent argument, so that a torch without that API takes
-// the legacy getter instead of failing to compile.
+// set_float32_matmul_precision also set), unless a NoTF32Guard is active. The
+// per-backend precision is read where this torch has it (its legacy getter
+// raises once the new API alone was used): as enums (str2backend, str2op), or
+// as strings (torch 2.9); else the legacy getter. The overloads rank in that
+// order (int, long, ellipsis), and the lookups are dependent, so that a torch
+// without an API drops its overload instead of failing to compile.
 namespace tf32_lookup {
 using namespace at;
 
@@ -81,7 +82,13 @@ auto matmul_tf32(const S& backend, const S& op, int)
 }
 
 template <typename S>
-bool matmul_tf32(const S&, const S&, long) {
+auto matmul_tf32(const S& backend, const S& op, long)
+    -> decltype(globalContext().float32Precision(backend, op) == S("tf32"), bool()) {
+  return globalContext().float32Precision(backend, op) == S("tf32");
+}
+
+template <typename S>
+bool matmul_tf32(const S&, const S&, ...) {
   return globalContext().allowTF32CuBLAS();
 }
 }  // namespace tf32_lookup
@@ -388,23 +395,25 @@ bool persistent_plan(const LayerInputs& in, const LayerGeometry& g, bool trainin
 
 // Whether the device refused a persistent kernel's launch for its size
 // (cudaErrorCooperativeLaunchTooLarge, which the launch leaves as the last
-// error: taken here): the plan counted on more blocks at once than the context
-// runs, as where it has fewer multiprocessors than the device reports (an MPS
-// client given a share of them). Nothing ran. Under auto the layer goes to the
-// standard path, with a warning once; forced, it is an error.
+// error: taken here): it runs fewer blocks at once than the plan counted from
+// its multiprocessor count and the kernel's occupancy, as the runtime defines
+// that limit, so this should not happen; it is the safety net where a context
+// runs fewer. Nothing ran. Under auto the layer goes to the standard path, with
+// a warning once; forced, it is an error.
 bool refused_for_size(cudaError_t err, const fc::PersistentPlan& plan, const char* kernel) {
   if (err != cudaErrorCooperativeLaunchTooLarge) return false;
   const cudaError_t taken = fc::take_last_error();
   if (taken != err) check_launch(taken, kernel);
   TORCH_CHECK(requested_path() != PathChoice::kPersistent,
-              "fusedrnn: FUSEDRNN_CUDA_PATH=persistent, but the device does not run the ",
-              plan.blocks, " blocks of ", kernel,
-              " at once (cudaErrorCooperativeLaunchTooLarge): this context has fewer "
-              "multiprocessors than the device reports");
-  TORCH_WARN_ONCE("fusedrnn: the device does not run the ", plan.blocks, " blocks of ", kernel,
-                  " at once (cudaErrorCooperativeLaunchTooLarge): this context has fewer "
-                  "multiprocessors than the device reports; such layers run on the standard "
-                  "path");
+              "fusedrnn: FUSEDRNN_CUDA_PATH=persistent, but the device refused the "
+              "cooperative launch of ", plan.blocks, " blocks of ", kernel,
+              " (cudaErrorCooperativeLaunchTooLarge): it runs fewer at once than the plan "
+              "counted from its multiprocessor count and the kernel's occupancy");
+  TORCH_WARN_ONCE("fusedrnn: the device refused the cooperative launch of ", plan.blocks,
+                  " blocks of ", kernel,
+                  " (cudaErrorCooperativeLaunchTooLarge): it runs fewer at once than the plan "
+                  "counted from its multiprocessor count and the kernel's occupancy; such layers "
+                  "run on the standard path");
   return true;
 }
 

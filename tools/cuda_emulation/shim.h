@@ -37,9 +37,9 @@
 // The emulated device: compute capability 9.0, 16 multiprocessors, 227 KiB of
 // shared memory per block, one resident block per multiprocessor for every
 // persistent kernel. FRNN_EMUL_COOP_BLOCKS=n makes it a context that runs at
-// most n blocks at once while the device still reports 16 multiprocessors (as
-// an MPS client given a share of them): a cooperative launch of more blocks
-// fails with cudaErrorCooperativeLaunchTooLarge, as the driver's does. A failed
+// most n blocks at once while the device still reports 16 multiprocessors: a
+// cooperative launch of more blocks fails with
+// cudaErrorCooperativeLaunchTooLarge, as the driver's does. A failed
 // call leaves its error for cudaGetLastError, which returns and clears it.
 #pragma once
 
