@@ -483,6 +483,20 @@ def _cpu_flags():
     return set()
 
 
+def test_tile_switch_is_refused_where_the_kernels_cannot_take_tiles():
+    # Kernels without AVX-512 (ATEN_CPU_CAPABILITY=default) take no bfloat16
+    # products at all: asked for the tiles, they say so, as FUSEDRNN_CPU_AMX=always does.
+    script = ("import torch, fusedrnn\n"
+              "assert fusedrnn.backend_info()['cpu_isa'] == 'DEFAULT'\n"
+              "fusedrnn.LSTM(3, 4).to(torch.bfloat16)(torch.randn(2, 1, 3, dtype=torch.bfloat16))\n")
+    env = dict(os.environ, ATEN_CPU_CAPABILITY="default", FUSEDRNN_CPU_AMX_TILES="always", PYTHONPATH=str(ROOT))
+    env.pop("FUSEDRNN_CPU_AMX", None)
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0
+    assert ("FUSEDRNN_CPU_AMX_TILES=always, but this CPU, its OS or the kernels' instruction set (DEFAULT) "
+            "cannot run AMX tiles") in run.stderr, run.stderr
+
+
 def test_bfloat16_products_follow_the_switch_and_the_machine(monkeypatch):
     monkeypatch.delenv("FUSEDRNN_CPU_AMX", raising=False)
     monkeypatch.delenv("FUSEDRNN_CPU_AMX_TILES", raising=False)
@@ -500,8 +514,9 @@ def test_bfloat16_products_follow_the_switch_and_the_machine(monkeypatch):
     assert products() == ("avx512-bf16" if dot else "float32")
     lstm(x)
     monkeypatch.setenv("FUSEDRNN_CPU_AMX_TILES", "always")
-    if dot and not tiles:
-        with pytest.raises(RuntimeError, match="FUSEDRNN_CPU_AMX_TILES=always, but this CPU or its OS has no AMX"):
+    if not tiles:
+        with pytest.raises(RuntimeError, match=r"FUSEDRNN_CPU_AMX_TILES=always, but this CPU, its OS or the "
+                                               r"kernels' instruction set \(\w+\) cannot run AMX tiles"):
             lstm(x)
     else:
         lstm(x)

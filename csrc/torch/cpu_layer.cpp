@@ -138,15 +138,12 @@ cpu::amx::Engine bf16_engine(bool strict = true) {
       break;
     default: break;
   }
+  const Switch tiles = env_switch("FUSEDRNN_CPU_AMX_TILES");
+  TORCH_CHECK(!strict || tiles != Switch::kAlways || best == Engine::kTiles,
+              "FUSEDRNN_CPU_AMX_TILES=always, but this CPU, its OS or the kernels' instruction set (",
+              cpu::active_isa(), ") cannot run AMX tiles");
   if (best == Engine::kNone) return best;
-  switch (env_switch("FUSEDRNN_CPU_AMX_TILES")) {
-    case Switch::kNever: return Engine::kDot;
-    case Switch::kAlways:
-      TORCH_CHECK(!strict || best == Engine::kTiles, "FUSEDRNN_CPU_AMX_TILES=always, but this "
-                  "CPU or its OS has no AMX tiles");
-      return best;
-    default: return best;
-  }
+  return tiles == Switch::kNever ? Engine::kDot : best;
 }
 
 // For a bfloat16 call: whether its products run in bfloat16, on the engine
