@@ -397,7 +397,7 @@ class _RNNBase(nn.Module):
             input, batch_sizes, sorted_indices, unsorted_indices = input
             # A trace takes the zero states' batch from the tensor, as torch.nn's does,
             # so that it runs at every batch size.
-            max_batch_size = batch_sizes[0] if torch.jit.is_tracing() else _packed_batch(batch_sizes)
+            max_batch_size = batch_sizes[0] if F._tracing() else _packed_batch(batch_sizes)
             if hx is None:
                 hx = self._zeros(input, max_batch_size, real_hidden_size)
                 if lstm:

@@ -495,7 +495,7 @@ inline cudaError_t cooperative_refusal(int blocks, size_t smem, const void* f) {
   if (v == nullptr || v[0] == '\0') return cudaSuccess;
   char* end = nullptr;
   const long most = std::strtol(v, &end, 10);
-  if (*end != '\0' || most < 0) fail("FRNN_EMUL_COOP_BLOCKS must be a non-negative integer");
+  if (v[0] < '0' || v[0] > '9' || *end != '\0') fail("FRNN_EMUL_COOP_BLOCKS must be a non-negative integer");
   return blocks > most ? failed(cudaErrorCooperativeLaunchTooLarge) : cudaSuccess;
 }
 
