@@ -512,6 +512,34 @@ def test_bfloat16_cell_call_split_over_two_threads(kind):
     assert_matches_reference(cell, *cell_build(**{k: v.to(torch.bfloat16) for k, v in leaves.items()}))
 
 
+@pytest.mark.skipif(_bf16_products() not in BF16_ENGINES,
+                    reason="this CPU (or build) has neither AMX-BF16 nor AVX512-BF16 products")
+@pytest.mark.parametrize("pack", ["auto", "never"])
+@pytest.mark.parametrize("n", [1, 5, 13, 27])
+@pytest.mark.parametrize("kind", list(ALL_CELLS))
+def test_bfloat16_cell_backward_reads_weights_in_place(kind, n, pack, monkeypatch):
+    # The backward's products through W_ih and W_hh (dG W) of a bfloat16 call
+    # that serves few rows read the weights in place (dot products on pairs of
+    # W's rows, 32 columns at a time): by the rule at 1 and 5 rows, at every
+    # size with FUSEDRNN_CPU_PACK=never. The rows go in runs of at most 12 (13
+    # rows: 7 + 6, 27: 3 x 9); K = G * H runs in chunks of 32 rows of W, odd
+    # for the RNN (23) and GRU (69: the last chunk's last row paired with
+    # zeros) cells and the GRU's blocks of dX (46 and 23); C = 37 and H = 23
+    # leave the strips of 32 columns partial. On each engine, against the
+    # reference; at 13 rows also with C = 200 and H = 264, whose dX splits
+    # into column tiles on two threads: bit for bit the one-thread result.
+    monkeypatch.setenv("FUSEDRNN_CPU_PACK", pack)
+    name, kw = ALL_CELLS[kind]
+    for _ in _each_bf16_engine(monkeypatch):
+        for c, h in [(37, 23)] + ([(200, 264)] if n == 13 and pack == "never" else []):
+            torch.manual_seed(0)
+            cell = getattr(fusedrnn, name)(c, h, **kw).to(torch.bfloat16)
+            leaves = cell_leaves(name == "LSTMCell", n, True, c, h)
+            one, two = _on_one_and_two_threads(cell, cell_build, leaves, cell=True)
+            assert_all_close(two, one)
+            assert_matches_reference(cell, *cell_build(**{k: v.to(torch.bfloat16) for k, v in leaves.items()}))
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("n", list(range(1, 21)))
 @pytest.mark.parametrize("kind", list(NN_CELLS))

@@ -116,6 +116,14 @@ void gemm_nt(int64_t M, int64_t N, int64_t K, const bf16* a, int64_t lda, const 
              int64_t ldw, float* c, int64_t ldc, const float* bias, int64_t j0, int64_t j1);
 
 // Column tiles [j0, j1) of C[M, N] (=, or += with accumulate) = A[M, K] (float32,
+// row stride lda, rounded to bfloat16) W[K, N] on the dot engine's
+// instructions, W (bfloat16, row stride ldw) read in place: the backward
+// through a weight that serves few rows in all (a cell call), where packing W
+// would cost more than the products save.
+void gemm_nn(int64_t M, int64_t N, int64_t K, const float* a, int64_t lda, const bf16* w,
+             int64_t ldw, float* c, int64_t ldc, bool accumulate, int64_t j0, int64_t j1);
+
+// Column tiles [j0, j1) of C[M, N] (=, or += with accumulate) = A[M, K] (float32,
 // row stride lda, rounded to bfloat16) times W packed with stride tile_size(K).
 // Calls begin() and end() itself.
 void gemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t lda, const bf16* w, float* c,

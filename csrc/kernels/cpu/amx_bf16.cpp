@@ -470,6 +470,108 @@ void gemm_nt(int64_t M, int64_t N, int64_t K, const bf16* a, int64_t lda, const 
 
 namespace {
 
+// gemm_nn takes K in chunks of this many rows of W, every strip of columns of
+// the chunk in turn, so that the rows' streams (one each) stay few.
+constexpr int64_t kNnChunkK = 32;
+// Prefetch distance of gemm_nn, in strips (of 32 columns) ahead on the same rows.
+constexpr int64_t kNnPrefetchStrips = 4;
+
+// Rows [0, MB) of a strip of 32 columns of C (+)= A W over rows [k0, k0 + kk)
+// of W, A staged in bfloat16 (row stride lda, zero past K). Each pair of W's
+// rows is interleaved into the two vectors of 16 column pairs that vdpbf16ps
+// takes; each row of A broadcasts its pair. cm: the strip's columns that exist.
+template <int MB>
+inline void dot_nn_strip(const bf16* a, int64_t lda, const bf16* w, int64_t ldw, int64_t K,
+                         int64_t k0, int64_t kk, __mmask32 cm, float* c, int64_t ldc,
+                         bool load_c, bool prefetch) {
+  static_assert(2 * MB + 6 <= 32, "accumulators, rows of W and indices fit the 32 registers");
+  alignas(64) static constexpr int16_t kLo[32] = {0, 32, 1, 33, 2,  34, 3,  35, 4,  36, 5,
+                                                  37, 6, 38, 7, 39, 8,  40, 9,  41, 10, 42,
+                                                  11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
+  alignas(64) static constexpr int16_t kHi[32] = {16, 48, 17, 49, 18, 50, 19, 51, 20, 52, 21,
+                                                  53, 22, 54, 23, 55, 24, 56, 25, 57, 26, 58,
+                                                  27, 59, 28, 60, 29, 61, 30, 62, 31, 63};
+  const __m512i lo = _mm512_load_si512(kLo), hi = _mm512_load_si512(kHi);
+  const __mmask16 m0 = static_cast<__mmask16>(cm), m1 = static_cast<__mmask16>(cm >> 16);
+  __m512 acc[MB][2];
+  for (int i = 0; i < MB; ++i) {
+    acc[i][0] = load_c ? _mm512_maskz_loadu_ps(m0, c + i * ldc) : _mm512_setzero_ps();
+    acc[i][1] = load_c ? _mm512_maskz_loadu_ps(m1, c + i * ldc + 16) : _mm512_setzero_ps();
+  }
+  const auto pair = [&](int64_t k, __m512i r1) __attribute__((always_inline)) {
+    const __m512i r0 = _mm512_maskz_loadu_epi16(cm, w + k * ldw);
+    const __m512bh v0 = reinterpret_cast<__m512bh>(_mm512_permutex2var_epi16(r0, lo, r1));
+    const __m512bh v1 = reinterpret_cast<__m512bh>(_mm512_permutex2var_epi16(r0, hi, r1));
+    for (int i = 0; i < MB; ++i) {
+      int32_t ap;
+      std::memcpy(&ap, a + i * lda + k, sizeof(ap));
+      const __m512bh av = reinterpret_cast<__m512bh>(_mm512_set1_epi32(ap));
+      acc[i][0] = _mm512_dpbf16_ps(acc[i][0], av, v0);
+      acc[i][1] = _mm512_dpbf16_ps(acc[i][1], av, v1);
+    }
+  };
+  const int64_t whole = k0 + (kk & ~int64_t{1});
+  for (int64_t k = k0; k < whole; k += 2) {
+    if (prefetch) {
+      _mm_prefetch(reinterpret_cast<const char*>(w + k * ldw + 32 * kNnPrefetchStrips), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(w + (k + 1) * ldw + 32 * kNnPrefetchStrips),
+                   _MM_HINT_T0);
+    }
+    pair(k, _mm512_maskz_loadu_epi16(cm, w + (k + 1) * ldw));
+  }
+  if (whole < k0 + kk) pair(whole, _mm512_setzero_si512());  // row K - 1, paired with zeros
+  for (int i = 0; i < MB; ++i) {
+    _mm512_mask_storeu_ps(c + i * ldc, m0, acc[i][0]);
+    _mm512_mask_storeu_ps(c + i * ldc + 16, m1, acc[i][1]);
+  }
+}
+
+template <int R, int RMAX>
+inline void dot_nn_rows(int n, const bf16* a, int64_t lda, const bf16* w, int64_t ldw, int64_t K,
+                        int64_t k0, int64_t kk, __mmask32 cm, float* c, int64_t ldc, bool load_c,
+                        bool prefetch) {
+  if constexpr (R < RMAX) {
+    if (n != R)
+      return dot_nn_rows<R + 1, RMAX>(n, a, lda, w, ldw, K, k0, kk, cm, c, ldc, load_c, prefetch);
+  }
+  dot_nn_strip<R>(a, lda, w, ldw, K, k0, kk, cm, c, ldc, load_c, prefetch);
+}
+
+}  // namespace
+
+// Per chunk of K and strip of 32 columns, the rows of A in as few runs of at
+// most 12 as there can be, of even sizes; the strip's rows of W come from
+// memory for the first run (prefetched) and from L1 for the others.
+void gemm_nn(int64_t M, int64_t N, int64_t K, const float* a, int64_t lda, const bf16* w,
+             int64_t ldw, float* c, int64_t ldc, bool accumulate, int64_t j0, int64_t j1) {
+  constexpr int RB = 12;
+  const int64_t n1 = std::min<int64_t>(N, j1 * kTileCols);
+  if (M <= 0 || j0 * kTileCols >= n1) return;
+  const int64_t nrb = (M + kTileRows - 1) / kTileRows, width = k_blocks(K) * kTileK;
+  bf16* st = staging(K, nrb);
+  for (int64_t i = 0; i < nrb; ++i)
+    stage(a + i * kTileRows * lda, lda, std::min<int64_t>(kTileRows, M - i * kTileRows), K,
+          st + i * block_size(K));
+  const int runs = static_cast<int>((M + RB - 1) / RB);
+  for (int64_t k0 = 0; k0 < K; k0 += kNnChunkK) {
+    const int64_t kk = std::min<int64_t>(kNnChunkK, K - k0);
+    const bool load_c = accumulate || k0 > 0;
+    for (int64_t s = j0 * kTileCols; s < n1; s += 2 * kTileCols) {
+      const int64_t n = std::min<int64_t>(2 * kTileCols, n1 - s);
+      const __mmask32 cm = n >= 32 ? ~__mmask32{0} : static_cast<__mmask32>((1u << n) - 1u);
+      const bool prefetch = s + 32 * kNnPrefetchStrips < n1;
+      for (int64_t k = 0, r = 0; k < runs; ++k) {
+        const int nr = static_cast<int>(M / runs + (k < M % runs ? 1 : 0));
+        dot_nn_rows<1, RB>(nr, st + r * width, width, w + s, ldw, K, k0, kk, cm, c + r * ldc + s,
+                           ldc, load_c, prefetch && k == 0);
+        r += nr;
+      }
+    }
+  }
+}
+
+namespace {
+
 // Column tiles [j0, j1) of C = A W (+ bias, or + C with accumulate). All of A
 // is staged first, so that each group of column tiles is read from memory once
 // and serves every block of rows from L1.
@@ -663,6 +765,10 @@ void gemm(int64_t, int64_t, int64_t, const float*, int64_t, const bf16*, float*,
 }
 void gemm_nt(int64_t, int64_t, int64_t, const bf16*, int64_t, const bf16*, int64_t, float*,
              int64_t, const float*, int64_t, int64_t) {
+  std::abort();
+}
+void gemm_nn(int64_t, int64_t, int64_t, const float*, int64_t, const bf16*, int64_t, float*,
+             int64_t, bool, int64_t, int64_t) {
   std::abort();
 }
 void pack_kn(const float*, int64_t, int64_t, int64_t, bf16*, int64_t, int64_t, int64_t) {

@@ -168,6 +168,33 @@ inline bool dot_in_place(PackPolicy policy, int64_t uses, int64_t weight_elems) 
   return uses <= most || (uses <= most_large && weight_elems >= kDotInPlaceLargeWeight);
 }
 
+// The backward through a bfloat16 weight W [K, N] (C = dG W, dG rounded to
+// bfloat16) on AMX or the dot engine: read in place with dot products
+// (amx::gemm_nn) where it serves few rows in all, or packed into column tiles
+// (amx::pack_kn, then amx::gemm), which moves every element once more than the
+// products read it and, for a weight beyond L2, runs at memory speed. In place
+// up to kNnInPlaceMaxUses rows, kNnInPlaceMaxUsesLarge for a weight of
+// kDotInPlaceLargeWeight elements or more, kNnInPlaceMaxUsesHuge from
+// kNnInPlaceHugeWeight. Measured on cell calls' backward (Intel Xeon with AMX,
+// L2 2 MB; LSTMCell and GRUCell, C = H, bfloat16, median in place / packed, 1
+// thread and 2): H=256 N=1 0.52-0.69, N=8 0.56-0.92, N=16 0.84-1.30, N=32
+// 1.17-1.58; H=1024 N=8 0.44-0.64, N=16 0.79-0.93, N=32 1.15-1.48; H=2048 N=32
+// 0.30-0.85, N=64 1.06-1.07 (1 thread). FUSEDRNN_CPU_PACK never and always
+// force either, as for dot_in_place.
+constexpr int64_t kNnInPlaceMaxUses = 8;
+constexpr int64_t kNnInPlaceMaxUsesLarge = 16;
+constexpr int64_t kNnInPlaceMaxUsesHuge = 32;
+constexpr int64_t kNnInPlaceHugeWeight = int64_t{1} << 23;
+
+inline bool nn_in_place(PackPolicy policy, int64_t uses, int64_t weight_elems) {
+  if (amx::in_use() == amx::Engine::kNone || policy == PackPolicy::kAlways) return false;
+  if (policy == PackPolicy::kNever) return true;
+  const int64_t most = weight_elems >= kNnInPlaceHugeWeight     ? kNnInPlaceMaxUsesHuge
+                       : weight_elems >= kDotInPlaceLargeWeight ? kNnInPlaceMaxUsesLarge
+                                                                : kNnInPlaceMaxUses;
+  return uses <= most;
+}
+
 // A row-major weight (backward through it) read by one product per step is
 // packed once for the pass when the pass has more steps than this.
 constexpr int64_t kPackSteps = 4;
@@ -260,7 +287,8 @@ struct WeightT {
 
 // C = A * W for W [K, N] row-major (backward through a weight): packed once when
 // used over many steps, read in place otherwise; or with `amx` (kAmxCapable<S>),
-// packed as AMX column tiles for row-major A.
+// packed as AMX column tiles for row-major A, or for a weight that serves few
+// rows in all (`uses`, nn_in_place), read in place in bfloat16 (amx::gemm_nn).
 template <typename S>
 struct WeightN {
   // Columns of C per panel of product().
@@ -270,19 +298,24 @@ struct WeightN {
   S* packed = nullptr;
   BlasGemm<S> blas = nullptr;
   amx::bf16* tiles = nullptr;
-  const amx::bf16* wb = nullptr;  // W in bfloat16, for the AMX tiles
+  const amx::bf16* wb = nullptr;  // W in bfloat16: packed into tiles, or read in place
+  // With wb, panels per task: one task per thread (set by prepare()), so that
+  // each stages its rows of A once and reads W in runs of many columns.
+  mutable int64_t group = 1;
 
   void plan(Arena& arena, PackPolicy policy, const S* w_, int64_t K_, int64_t N_, int64_t steps,
-            BlasGemm<S> blas_ = nullptr, bool amx = false, const amx::bf16* wb_ = nullptr) {
+            BlasGemm<S> blas_ = nullptr, bool amx = false, const amx::bf16* wb_ = nullptr,
+            int64_t uses = 0) {
     w = w_;
-    wb = wb_;
     K = K_;
     N = N_;
     blas = blas_;
     if (kAmxCapable<S> && amx && wb_) {
       static_assert(kPanel % amx::kTileCols == 0 || !kAmxCapable<S>, "panels of whole tiles");
+      wb = wb_;
       blas = nullptr;
-      tiles = arena.take<amx::bf16>(amx::col_tiles(N) * amx::tile_size(K));
+      if (!nn_in_place(policy, uses, K * N))
+        tiles = arena.take<amx::bf16>(amx::col_tiles(N) * amx::tile_size(K));
       return;
     }
     if (!blas &&
@@ -291,6 +324,7 @@ struct WeightN {
   }
   void prepare(const Parallel& par) const {
     if (packed) pack_weight<S>(w, K, N, packed, par);
+    if (wb) group = ceil_div<int64_t>(panels(), std::max(par.max_threads, 1));
     if constexpr (kAmxCapable<S>) {
       if (tiles)
         par(amx::col_tiles(N), grain_for_moves(K * amx::kTileCols), [&](int64_t jb, int64_t je) {
@@ -304,13 +338,14 @@ struct WeightN {
   }
   int64_t tasks(int64_t M) const {
     if (blas) return M > 0 ? 1 : 0;
-    if (tiles) return M > 0 ? panels() : 0;
+    if (wb) return M > 0 ? ceil_div<int64_t>(panels(), group) : 0;
     return product(M, MatA<S>{}, nullptr, 0, false).tasks();
   }
   // C (+)= A W, task of tasks(M); A with unit column stride.
   void run(int64_t M, const MatA<S>& A, S* c, int64_t ldc, bool accumulate, int64_t task) const {
-    if (tiles)
-      run_panels(M, A, c, ldc, accumulate, task, task + 1);
+    if (wb)
+      run_panels(M, A, c, ldc, accumulate, task * group,
+                 std::min<int64_t>(panels(), (task + 1) * group));
     else if (blas)
       blas(false, false, M, N, K, A.ptr, A.rs, w, N, c, ldc, accumulate, nullptr);
     else
@@ -321,11 +356,10 @@ struct WeightN {
                   int64_t p1) const {
     if (blas) return run(M, A, c, ldc, accumulate, 0);
     if constexpr (kAmxCapable<S>) {
-      if (tiles) {
-        constexpr int64_t TP = kPanel / amx::kTileCols;
-        return amx::gemm(M, N, K, A.ptr, A.rs, tiles, c, ldc, accumulate, p0 * TP,
-                         std::min<int64_t>(amx::col_tiles(N), p1 * TP));
-      }
+      constexpr int64_t TP = kPanel / amx::kTileCols;
+      const int64_t j0 = p0 * TP, j1 = std::min<int64_t>(amx::col_tiles(N), p1 * TP);
+      if (tiles) return amx::gemm(M, N, K, A.ptr, A.rs, tiles, c, ldc, accumulate, j0, j1);
+      if (wb) return amx::gemm_nn(M, N, K, A.ptr, A.rs, wb, N, c, ldc, accumulate, j0, j1);
     }
     const PanelGemm<S> g = product(M, A, c, ldc, accumulate);
     for (int64_t p = p0; p < p1; ++p) g.run_panel(p);
@@ -1132,11 +1166,11 @@ void bptt_by_panels(const SeqLayout& seq, const WeightN<S>& whh, const S* dG, in
   constexpr int64_t L = Vec<S>::size();
   constexpr int64_t NR = WeightN<S>::kPanel;
   const int64_t H = whh.N;
-  // On AMX tiles, a task per thread, so that each stages dG once per step for
-  // all its panels.
-  const int64_t per = whh.blas    ? whh.panels()
-                      : whh.tiles ? ceil_div<int64_t>(whh.panels(), std::max(threads, 1))
-                                  : 1;
+  // On AMX, a task per thread, so that each stages dG once per step for all its
+  // panels.
+  const int64_t per = whh.blas ? whh.panels()
+                      : whh.wb ? ceil_div<int64_t>(whh.panels(), std::max(threads, 1))
+                               : 1;
   const int64_t tasks = ceil_div<int64_t>(whh.panels(), per);
   sched.backward_steps(seq);
   sched.run(
@@ -1165,10 +1199,13 @@ struct GateBlock {
 };
 
 // With a.amx, dX takes its products from AMX tiles: the block's rows of W_ih
-// packed into `tiles` (dx_tiles()), then tasks of kAmxTaskRows rows.
+// packed into `tiles` (dx_tiles()), then tasks of kAmxTaskRows rows; or, where
+// W_ih serves few rows (nn_in_place; tiles null), from W_ih read in place, tasks
+// of column tiles.
 template <typename S>
 amx::bf16* dx_tiles(Arena& arena, const SeqBackwardArgs<S>& a, int64_t max_block) {
   if (!(kAmxCapable<S> && a.amx && a.dx)) return nullptr;
+  if (nn_in_place(a.pack, total_rows(a.seq), max_block * a.C)) return nullptr;
   return arena.take<amx::bf16>(amx::col_tiles(a.C) * amx::tile_size(max_block));
 }
 
@@ -1182,6 +1219,14 @@ void input_side_grads(const SeqBackwardArgs<S>& a, const S* dG, int64_t ldg, con
   for (int b = 0; b < nblocks; ++b) {
     const GateBlock& g = blocks[b];
     if constexpr (kAmxCapable<S>) {
+      if (a.dx && a.amx && !tiles) {
+        par(amx::col_tiles(a.C), grain_for(R * g.n * amx::kTileCols), [&](int64_t jb, int64_t je) {
+          amx::gemm_nn(R, a.C, g.n, dG + g.col, ldg, a.w_ih_bf16 + g.wrow * a.C, a.C, a.dx, a.C,
+                       b > 0, jb, je);
+        });
+        if (a.db_ih) std::memcpy(a.db_ih + g.wrow, dsum + g.col, g.n * sizeof(S));
+        continue;
+      }
       if (a.dx && tiles) {
         const int64_t ts = amx::tile_size(g.n), nj = amx::col_tiles(a.C);
         par(nj, grain_for_moves(g.n * amx::kTileCols), [&](int64_t jb, int64_t je) {
@@ -1693,7 +1738,7 @@ void lstm_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel
   bias_sums.plan(arena, dsum, GH);
   if (kPeephole && a.dw_ch) peephole_sums.plan(arena, a.dw_ch, (G - 1) * H);
   WeightN<S> whh;
-  whh.plan(arena, a.pack, a.w_hh, GH, P, seq.T, blas, a.amx, a.w_hh_bf16);
+  whh.plan(arena, a.pack, a.w_hh, GH, P, seq.T, blas, a.amx, a.w_hh_bf16, R);
   WeightN<S> whr;
   if (proj) whr.plan(arena, a.pack, a.w_hr, P, H, seq.T, blas);
   S* dh_state = a.dh0;  // dh and dc flow back in place, from dh_n and dc_n
@@ -2023,7 +2068,7 @@ void gru_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel&
   StepSums<S> bias_sums;
   bias_sums.plan(arena, dsum, ldg);
   WeightN<S> whh;
-  whh.plan(arena, a.pack, a.w_hh, 3 * H, H, seq.T, blas, a.amx, a.w_hh_bf16);
+  whh.plan(arena, a.pack, a.w_hh, 3 * H, H, seq.T, blas, a.amx, a.w_hh_bf16, R);
   S* dh_state = a.dh0;  // dh flows back in place, from dh_n
   const S** hrows = wants_dw_hh(a) && seq.T > 1 ? arena.take<const S*>(R) : nullptr;
   S* scratch = arena.take<S>(gemm_scratch_size<S>(max_of(a.C, H, 4 * H)));
@@ -2108,9 +2153,9 @@ void gru_reset_before_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena,
   StepSums<S> bias_sums;
   bias_sums.plan(arena, dsum, GH);
   WeightN<S> wrz, wn;
-  wrz.plan(arena, a.pack, a.w_hh, 2 * H, H, seq.T, blas, a.amx, a.w_hh_bf16);
+  wrz.plan(arena, a.pack, a.w_hh, 2 * H, H, seq.T, blas, a.amx, a.w_hh_bf16, R);
   wn.plan(arena, a.pack, a.w_hh ? a.w_hh + 2 * H * H : nullptr, H, H, seq.T, blas, a.amx,
-          a.w_hh_bf16 ? a.w_hh_bf16 + 2 * H * H : nullptr);
+          a.w_hh_bf16 ? a.w_hh_bf16 + 2 * H * H : nullptr, R);
   S* dh_state = a.dh0;  // dh flows back in place, from dh_n
   S* drh = arena.take<S>(N * H);
   const S** hrows = wants_dw_hh(a) && seq.T > 1 ? arena.take<const S*>(R) : nullptr;
@@ -2280,7 +2325,7 @@ void rnn_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel&
   StepSums<S> bias_sums;
   bias_sums.plan(arena, dsum, H);
   WeightN<S> whh;
-  whh.plan(arena, a.pack, a.w_hh, H, H, seq.T, blas, a.amx, a.w_hh_bf16);
+  whh.plan(arena, a.pack, a.w_hh, H, H, seq.T, blas, a.amx, a.w_hh_bf16, R);
   S* dh_state = a.dh0;  // dh flows back in place, from dh_n
   const S** hrows = wants_dw_hh(a) && seq.T > 1 ? arena.take<const S*>(R) : nullptr;
   S* scratch = arena.take<S>(gemm_scratch_size<S>(max_of(a.C, H)));
