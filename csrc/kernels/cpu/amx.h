@@ -108,10 +108,12 @@ void gemm(int64_t M, int64_t N, int64_t K, const bf16* a, int64_t lda, const bf1
           int64_t ldc, const float* bias, int64_t j0, int64_t j1);
 
 // Column tiles [j0, j1) of C[M, N] (row stride ldc) = A[M, K] W[N, K]^T + bias
-// (bias [N] or null) on the dot engine's instructions, A (row stride lda) and W
-// (row stride ldw) in bfloat16 read in place: for a weight that serves few rows
-// in all (a cell call, a short sequence), where packing W would cost more than
-// the products save.
+// (bias [N] or null), A (row stride lda) and W (row stride ldw) in bfloat16,
+// W read in place: for a weight that serves few rows in all (a cell call, a
+// short sequence), where packing W would cost more than the products save. On
+// the dot engine, dot products along K; on tiles, C^T = W A^T, W's rows loaded
+// as the tiles' A operand (none past its n rows or K columns) and A^T staged;
+// it calls begin() and end() itself.
 void gemm_nt(int64_t M, int64_t N, int64_t K, const bf16* a, int64_t lda, const bf16* w,
              int64_t ldw, float* c, int64_t ldc, const float* bias, int64_t j0, int64_t j1);
 

@@ -297,10 +297,14 @@ void pack(const bf16* w, int64_t rows, int64_t K, int64_t ldw, bf16* dst, int64_
   }
 }
 
-bf16* staging(int64_t K, int64_t blocks) {
+namespace {
+
+// A buffer of at least `need` bfloat16 on this thread, kept between calls,
+// one for each kSlot.
+template <int kSlot>
+bf16* thread_buffer(int64_t need) {
   thread_local std::unique_ptr<bf16, FreeAligned> buf;
   thread_local int64_t size = 0;
-  const int64_t need = block_size(K) * blocks;
   if (need > size) {
     buf.reset(static_cast<bf16*>(std::aligned_alloc(64, need * sizeof(bf16))));
     if (!buf) std::abort();
@@ -308,6 +312,10 @@ bf16* staging(int64_t K, int64_t blocks) {
   }
   return buf.get();
 }
+
+}  // namespace
+
+bf16* staging(int64_t K, int64_t blocks) { return thread_buffer<0>(block_size(K) * blocks); }
 
 void stage(const float* src, int64_t ld, int64_t rows, int64_t K, bf16* dst, int64_t ldd) {
   const int64_t width = k_blocks(K) * kTileK;
@@ -444,14 +452,12 @@ inline void dot_nt_rows(int64_t K, int64_t n, const bf16* a, int64_t lda, const 
                         bias ? bias + j : nullptr);
 }
 
-}  // namespace
-
 // Per 16 columns (16 rows of W, read from L1 by every group of rows): groups
 // of 4 rows against 4 rows of W (8 loads for 16 vdpbf16ps), then a pair of rows
 // against 8, then a row against 16 (17 loads, the rate of a single row with
 // packed W too).
-void gemm_nt(int64_t M, int64_t N, int64_t K, const bf16* a, int64_t lda, const bf16* w,
-             int64_t ldw, float* c, int64_t ldc, const float* bias, int64_t j0, int64_t j1) {
+void gemm_nt_dot(int64_t M, int64_t N, int64_t K, const bf16* a, int64_t lda, const bf16* w,
+                 int64_t ldw, float* c, int64_t ldc, const float* bias, int64_t j0, int64_t j1) {
   for (int64_t jt = j0; jt < j1; ++jt) {
     const int64_t c0 = jt * kTileCols, n = std::min<int64_t>(kTileCols, N - c0);
     if (n <= 0) break;
@@ -466,6 +472,135 @@ void gemm_nt(int64_t M, int64_t N, int64_t K, const bf16* a, int64_t lda, const 
     }
     if (i < M) dot_nt_rows<1, 16>(K, n, a + i * lda, lda, wj, ldw, c + i * ldc + c0, ldc, bj);
   }
+}
+
+// The tiles' B operand for C^T = W A^T: block i of 16 rows of A (rows below
+// M, zero past M and past K), K block k at dst + (i * kb + k) * kTileElems,
+// pair p's row of 16 columns m = A[m][2p], A[m][2p + 1]: the 16 x 16 transpose
+// of the block's 32-bit pairs.
+void stage_pairs_t(const bf16* a, int64_t lda, int64_t M, int64_t K, bf16* dst) {
+  const int64_t kb = k_blocks(K), nrb = (M + kTileRows - 1) / kTileRows;
+  for (int64_t i = 0; i < nrb; ++i) {
+    const int64_t rows = std::min<int64_t>(kTileRows, M - i * kTileRows);
+    for (int64_t k = 0; k < kb; ++k) {
+      const int64_t k0 = k * kTileK, n = std::min<int64_t>(kTileK, K - k0);
+      const __mmask32 m = n >= 32 ? ~__mmask32{0} : static_cast<__mmask32>((1u << n) - 1u);
+      __m512 r[16];
+      for (int c = 0; c < 16; ++c)
+        r[c] = c < rows ? _mm512_castsi512_ps(_mm512_maskz_loadu_epi16(
+                              m, a + (i * kTileRows + c) * lda + k0))
+                        : _mm512_setzero_ps();
+      transpose16(r);
+      bf16* t = dst + (i * kb + k) * kTileElems;
+      for (int p = 0; p < 16; ++p) _mm512_storeu_ps(t + p * 2 * kTileCols, r[p]);
+    }
+  }
+}
+
+// The A operand: 16 rows of W from row r0 (n of them below N) and K block k,
+// loaded in place where the block holds 16 rows and 32 columns of W, else from
+// a copy in `pad` (zero past K and past the n rows), so that no load reads past
+// W's rows.
+inline void load_w_tile(int tile_a, const bf16* w, int64_t ldw, int64_t K, int64_t n, int64_t k,
+                        bf16* pad) {
+  const int64_t k0 = k * kTileK;
+  if (n == kTileRows && k0 + kTileK <= K) {
+    if (tile_a == 0) _tile_loadd(0, w + k0, ldw * static_cast<int64_t>(sizeof(bf16)));
+    else _tile_loadd(3, w + k0, ldw * static_cast<int64_t>(sizeof(bf16)));
+    return;
+  }
+  const int64_t kk = std::min<int64_t>(kTileK, K - k0);
+  const __mmask32 m = kk >= 32 ? ~__mmask32{0} : static_cast<__mmask32>((1u << kk) - 1u);
+  for (int r = 0; r < kTileRows; ++r)
+    _mm512_storeu_si512(pad + r * kTileK,
+                        r < n ? _mm512_maskz_loadu_epi16(m, w + r * ldw + k0)
+                              : _mm512_setzero_si512());
+  if (tile_a == 0) _tile_loadd(0, pad, kTileK * static_cast<int64_t>(sizeof(bf16)));
+  else _tile_loadd(3, pad, kTileK * static_cast<int64_t>(sizeof(bf16)));
+}
+
+// Columns [c0, c0 + n) of rows [r0, r0 + rows) of C from the 16 x 16 result
+// tile `res` (16 units of W by 16 rows of A): transposed, + bias.
+inline void store_t(const float* res, float* c, int64_t ldc, int64_t rows, int64_t n,
+                    const float* bias) {
+  __m512 r[16];
+  for (int u = 0; u < 16; ++u) r[u] = _mm512_load_ps(res + u * kTileCols);
+  transpose16(r);
+  const __mmask16 m = static_cast<__mmask16>((1u << n) - 1u);
+  const __m512 bv = bias ? _mm512_maskz_loadu_ps(m, bias) : _mm512_setzero_ps();
+  for (int64_t i = 0; i < rows; ++i) _mm512_mask_storeu_ps(c + i * ldc, m, _mm512_add_ps(r[i], bv));
+}
+
+// On tiles, C^T = W A^T: W's rows are the A operand, loaded from W in place,
+// so that W is read once from memory (the hardware prefetchers follow its
+// rows: software prefetches a few K blocks ahead made it slower, LSTMCell
+// H=2048 W_hh at 1 to 32 rows); A^T is staged (stage_pairs_t) as the B operand. Two groups of 16
+// columns of C (32 rows of W) against one or two blocks of 16 rows of A at a
+// time, into the four result tiles; the rows of W come from L2 for the
+// further blocks of A.
+void gemm_nt_tiles(int64_t M, int64_t N, int64_t K, const bf16* a, int64_t lda, const bf16* w,
+                   int64_t ldw, float* c, int64_t ldc, const float* bias, int64_t j0,
+                   int64_t j1) {
+  const int64_t kb = k_blocks(K), nrb = (M + kTileRows - 1) / kTileRows;
+  j1 = std::min<int64_t>(j1, col_tiles(N));
+  if (M <= 0 || j0 >= j1) return;
+  // B's blocks, then two padded blocks of W, in a buffer of its own: A may be
+  // a block staged by the caller.
+  bf16* bt = thread_buffer<1>((nrb * kb + 2) * kTileElems);
+  stage_pairs_t(a, lda, M, K, bt);
+  bf16* pad[2] = {bt + nrb * kb * kTileElems, bt + (nrb * kb + 1) * kTileElems};
+  alignas(64) float out[kMaxTiles * kTileRows * kTileCols];
+  begin();
+  for (int64_t jg = j0; jg < j1; jg += 2) {
+    const int ng = static_cast<int>(std::min<int64_t>(2, j1 - jg));
+    int64_t n[2];
+    for (int g = 0; g < 2; ++g)
+      n[g] = g < ng ? std::min<int64_t>(kTileCols, N - (jg + g) * kTileCols) : 0;
+    const bf16* wg[2] = {w + jg * kTileCols * ldw, w + (jg + 1) * kTileCols * ldw};
+    for (int64_t i = 0; i < nrb; i += 2) {
+      const int nb = static_cast<int>(std::min<int64_t>(2, nrb - i));
+      _tile_zero(4);
+      _tile_zero(5);
+      _tile_zero(6);
+      _tile_zero(7);
+      for (int64_t k = 0; k < kb; ++k) {
+        const bf16* b0 = bt + (i * kb + k) * kTileElems;
+        _tile_loadd(1, b0, 64);
+        if (nb > 1) _tile_loadd(2, b0 + kb * kTileElems, 64);
+        load_w_tile(0, wg[0], ldw, K, n[0], k, pad[0]);
+        _tile_dpbf16ps(4, 0, 1);
+        if (nb > 1) _tile_dpbf16ps(6, 0, 2);
+        if (ng > 1) {
+          load_w_tile(1, wg[1], ldw, K, n[1], k, pad[1]);
+          _tile_dpbf16ps(5, 3, 1);
+          if (nb > 1) _tile_dpbf16ps(7, 3, 2);
+        }
+      }
+      _tile_stored(4, out, 64);
+      _tile_stored(5, out + 256, 64);
+      _tile_stored(6, out + 512, 64);
+      _tile_stored(7, out + 768, 64);
+      for (int b = 0; b < nb; ++b) {
+        const int64_t r0 = (i + b) * kTileRows, rows = std::min<int64_t>(kTileRows, M - r0);
+        for (int g = 0; g < ng; ++g) {
+          const int64_t c0 = (jg + g) * kTileCols;
+          store_t(out + (2 * b + g) * 256, c + r0 * ldc + c0, ldc, rows, n[g],
+                  bias ? bias + c0 : nullptr);
+        }
+      }
+    }
+  }
+  end();
+}
+
+}  // namespace
+
+// On tiles: gemm_nt_tiles; on the dot engine: gemm_nt_dot.
+void gemm_nt(int64_t M, int64_t N, int64_t K, const bf16* a, int64_t lda, const bf16* w,
+             int64_t ldw, float* c, int64_t ldc, const float* bias, int64_t j0, int64_t j1) {
+  if (g_engine.load(std::memory_order_relaxed) == Engine::kTiles)
+    return gemm_nt_tiles(M, N, K, a, lda, w, ldw, c, ldc, bias, j0, j1);
+  gemm_nt_dot(M, N, K, a, lda, w, ldw, c, ldc, bias, j0, j1);
 }
 
 namespace {

@@ -130,8 +130,8 @@ inline bool worth_packing(PackPolicy policy, int64_t uses, int64_t K) {
   return policy == PackPolicy::kAlways || (policy == PackPolicy::kAuto && uses * kPackReuse > K);
 }
 
-// On the dot engine, a bfloat16 weight W [n, K] that serves few rows in all (a
-// cell call, a short sequence of a few rows) is read in place (amx::gemm_nt):
+// A bfloat16 weight W [n, K] that serves few rows in all (a cell call, a short
+// sequence of a few rows) is read in place (amx::gemm_nt). On the dot engine:
 // packing it into tiles moves every element once more than the products read
 // it, which a product that reads W in place, at about 150 G multiply-adds/s
 // against the tiles' 270, repays only over many rows. The more so for a
@@ -148,24 +148,34 @@ constexpr int64_t kDotInPlaceMaxUses = 8;
 constexpr int64_t kDotInPlaceMaxUsesLarge = 64;
 constexpr int64_t kDotInPlaceLargeWeight = int64_t{1} << 21;
 
-// On AMX tiles, whose products run several times faster than the dot
-// products, only up to kTileInPlaceMaxUses rows, or kTileInPlaceMaxUsesLarge
-// for a weight of kDotInPlaceLargeWeight elements or more. Measured on cell
-// calls (Intel Xeon with AMX, L2 2 MB, 1 thread, bfloat16 inference, paired,
-// in place / packed): H=256 LSTMCell N=1 0.43, N=2 0.52, N=4 0.90, GRUCell
-// N=1 0.51, N=2 0.69, N=4 1.05; H=1024 LSTMCell N=4 0.57, N=8 0.98, N=16
-// 1.78, GRUCell N=4 0.58, N=16 1.76. LSTMCell H=256 training N=1 0.89.
-constexpr int64_t kTileInPlaceMaxUses = 2;
-constexpr int64_t kTileInPlaceMaxUsesLarge = 4;
+// On AMX tiles, where gemm_nt loads W's rows in place as the tiles' A operand
+// (so a weight of any size is read once, at memory speed), up to
+// kTileInPlaceMaxUses rows, kTileInPlaceMaxUsesLarge for a weight of
+// kDotInPlaceLargeWeight elements or more, kTileInPlaceMaxUsesHuge from
+// kInPlaceHugeWeight. Measured (Intel Xeon with AMX, L2 2 MB, 1 thread,
+// bfloat16, median of 30 (10 at H=2048), better of two runs, in place /
+// packed): cell calls, inference, LSTMCell and GRUCell, C = H: H=256 N=1
+// 0.39-0.55, N=8 0.54-0.68, N=16 0.74-0.80, N=32 0.63-0.97, N=64 1.15-1.44;
+// H=1024 N=16 0.62-0.63, N=32 0.80-0.87, N=64 1.11-1.35; H=2048 N=32
+// 0.46-0.56, N=64 0.62-0.90; LSTMCell training H=256 N=16 1.01, N=32 0.90,
+// H=1024 N=16 0.76, N=32 0.94. LSTM sequences, H=256 inference, N x T: 1 x 8
+// 0.67, 4 x 4 0.80, 8 x 2 0.52, 4 x 8 0.94, 16 x 2 0.61, 8 x 4 1.28, 16 x 4
+// 1.28.
+constexpr int64_t kTileInPlaceMaxUses = 16;
+constexpr int64_t kTileInPlaceMaxUsesLarge = 32;
+constexpr int64_t kTileInPlaceMaxUsesHuge = 64;
+constexpr int64_t kInPlaceHugeWeight = int64_t{1} << 23;
 
 inline bool dot_in_place(PackPolicy policy, int64_t uses, int64_t weight_elems) {
   const amx::Engine engine = amx::in_use();
   if (engine == amx::Engine::kNone || policy == PackPolicy::kAlways) return false;
   if (policy == PackPolicy::kNever) return true;
-  const bool tiles = engine == amx::Engine::kTiles;
-  const int64_t most = tiles ? kTileInPlaceMaxUses : kDotInPlaceMaxUses;
-  const int64_t most_large = tiles ? kTileInPlaceMaxUsesLarge : kDotInPlaceMaxUsesLarge;
-  return uses <= most || (uses <= most_large && weight_elems >= kDotInPlaceLargeWeight);
+  if (engine == amx::Engine::kTiles)
+    return uses <= (weight_elems >= kInPlaceHugeWeight       ? kTileInPlaceMaxUsesHuge
+                    : weight_elems >= kDotInPlaceLargeWeight ? kTileInPlaceMaxUsesLarge
+                                                             : kTileInPlaceMaxUses);
+  return uses <= kDotInPlaceMaxUses ||
+         (uses <= kDotInPlaceMaxUsesLarge && weight_elems >= kDotInPlaceLargeWeight);
 }
 
 // The backward through a bfloat16 weight W [K, N] (C = dG W, dG rounded to
@@ -175,7 +185,7 @@ inline bool dot_in_place(PackPolicy policy, int64_t uses, int64_t weight_elems) 
 // products read it and, for a weight beyond L2, runs at memory speed. In place
 // up to kNnInPlaceMaxUses rows, kNnInPlaceMaxUsesLarge for a weight of
 // kDotInPlaceLargeWeight elements or more, kNnInPlaceMaxUsesHuge from
-// kNnInPlaceHugeWeight. Measured on cell calls' backward (Intel Xeon with AMX,
+// kInPlaceHugeWeight. Measured on cell calls' backward (Intel Xeon with AMX,
 // L2 2 MB; LSTMCell and GRUCell, C = H, bfloat16, median in place / packed, 1
 // thread and 2): H=256 N=1 0.52-0.69, N=8 0.56-0.92, N=16 0.84-1.30, N=32
 // 1.17-1.58; H=1024 N=8 0.44-0.64, N=16 0.79-0.93, N=32 1.15-1.48; H=2048 N=32
@@ -184,12 +194,11 @@ inline bool dot_in_place(PackPolicy policy, int64_t uses, int64_t weight_elems) 
 constexpr int64_t kNnInPlaceMaxUses = 8;
 constexpr int64_t kNnInPlaceMaxUsesLarge = 16;
 constexpr int64_t kNnInPlaceMaxUsesHuge = 32;
-constexpr int64_t kNnInPlaceHugeWeight = int64_t{1} << 23;
 
 inline bool nn_in_place(PackPolicy policy, int64_t uses, int64_t weight_elems) {
   if (amx::in_use() == amx::Engine::kNone || policy == PackPolicy::kAlways) return false;
   if (policy == PackPolicy::kNever) return true;
-  const int64_t most = weight_elems >= kNnInPlaceHugeWeight     ? kNnInPlaceMaxUsesHuge
+  const int64_t most = weight_elems >= kInPlaceHugeWeight       ? kNnInPlaceMaxUsesHuge
                        : weight_elems >= kDotInPlaceLargeWeight ? kNnInPlaceMaxUsesLarge
                                                                 : kNnInPlaceMaxUses;
   return uses <= most;
@@ -365,7 +374,17 @@ struct WeightN {
     for (int64_t p = p0; p < p1; ++p) g.run_panel(p);
   }
   int64_t panels() const { return ceil_div<int64_t>(N, kPanel); }
+  // Whether W is read in place in bfloat16 (nn_in_place).
+  bool in_place() const { return wb != nullptr && tiles == nullptr; }
 };
+
+// The weight elements a single step's backward reads in place, for
+// backward_threads: all its weights (step_fma and input_fma over its N rows)
+// where the recurrent one is read so, else 0.
+template <typename S>
+int64_t in_place_weights(const WeightN<S>& w, int64_t N, int64_t step_fma, int64_t input_fma) {
+  return w.in_place() && N > 0 ? (step_fma + input_fma) / N : 0;
+}
 
 // The recurrent product of the forward step, h W^T for the G gate blocks of
 // W [G*H, K], handed to the cell's epilogue in registers: fused with the packed
@@ -675,14 +694,31 @@ constexpr int64_t kMinCallAmxFmaForThreads = int64_t{1} << 26;
 // 0.94 and GRUCell N=16 (6M) 0.84, 0.93, but RNNCell N=64 (8M) 1.62 in
 // inference and N=16 (2M) 1.05, 1.29.
 constexpr int64_t kMinCallDotFmaForThreads = int64_t{1} << 24;
+// On tiles with the weights read in place (dot_in_place, nn_in_place) a call
+// runs at about the memory's speed over its weights, whatever its rows, and a
+// second thread reads half of them: it takes one from kMinCallInPlaceWeights
+// weight elements, or from kMinCallInPlaceFma multiply-adds. Measured on 2
+// cores (Intel Xeon with AMX), median two threads' time over one thread's,
+// LSTMCell and GRUCell, C = H, inference and training: H=512 (1.5-2 M weights)
+// N=1 0.44-0.76, N=16 0.46-0.75; H=1024 and 2048 0.46-0.86; H=256 N=16 (6-8 M
+// multiply-adds) 0.63-0.83, but N=1 0.59-1.13 (LSTMCell training and GRUCell
+// inference faster, GRUCell training slower); H=128 N=16 (1.6-2 M) 0.96-1.41.
+constexpr int64_t kMinCallInPlaceWeights = int64_t{1} << 20;
+constexpr int64_t kMinCallInPlaceFma = int64_t{1} << 22;
 
 // A pass that takes its products from the BLAS (`blas` not null) runs on the
 // calling thread: the BLAS brings its own threads.
+// in_place_weights: the weight elements a single step reads in place (on
+// tiles), or 0.
 template <typename S>
 inline int threads_for(const Parallel& par, BlasGemm<S> blas, int64_t step_fma, int64_t steps,
-                       bool amx = false) {
+                       bool amx = false, int64_t in_place_weights = 0) {
   if (blas) return 1;
   const amx::Engine engine = amx ? amx::in_use() : amx::Engine::kNone;
+  if (steps == 1 && engine == amx::Engine::kTiles && in_place_weights > 0)
+    return in_place_weights >= kMinCallInPlaceWeights || step_fma >= kMinCallInPlaceFma
+               ? par.max_threads
+               : 1;
   const int64_t min_fma = steps > 1                        ? kMinStepFmaForThreads
                           : engine == amx::Engine::kTiles ? kMinCallAmxFmaForThreads
                           : engine == amx::Engine::kDot   ? kMinCallDotFmaForThreads
@@ -695,9 +731,11 @@ inline int threads_for(const Parallel& par, BlasGemm<S> blas, int64_t step_fma, 
 // does for the forward.
 template <typename S>
 inline int backward_threads(const Parallel& par, BlasGemm<S> blas, int64_t H, int64_t step_fma,
-                            int64_t steps, bool amx, int64_t input_fma) {
+                            int64_t steps, bool amx, int64_t input_fma,
+                            int64_t in_place_weights = 0) {
   if (bptt_on_one_thread(steps, H, step_fma)) return 1;
-  return threads_for(par, blas, step_fma + (steps == 1 ? input_fma : 0), steps, amx);
+  return threads_for(par, blas, step_fma + (steps == 1 ? input_fma : 0), steps, amx,
+                     in_place_weights);
 }
 
 // The threads of a forward pass whose steps run the recurrent products `recs`
@@ -715,7 +753,8 @@ int step_threads(const Parallel& par, BlasGemm<S> blas, int64_t steps, int64_t r
   const bool amx = ((recs.tiles != nullptr) || ...);
   const bool bf16 = ((recs.wb != nullptr) || ...);  // on tiles, or in place on the dot engine
   const int64_t fma = (recs.fma_per_step(rows) + ...) + (steps == 1 ? input_fma : 0);
-  int threads = threads_for(par, blas, fma, steps, bf16);
+  const int64_t in_place = bf16 && !amx ? fma / std::max<int64_t>(rows, 1) : 0;
+  int threads = threads_for(par, blas, fma, steps, bf16, in_place);
   if (!amx)
     threads = static_cast<int>(std::clamp<int64_t>(std::max({recs.tasks(rows)...}), 1, threads));
   else if (((recs.wxb != nullptr) || ...))
@@ -1881,7 +1920,10 @@ void lstm_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel
   if (products.chunked) {
     products.run(a, [&](std::atomic<int64_t>* done) { bptt(1, done); }, dG, GH, dsum, &wg, 1, par);
   } else {
-    bptt(backward_threads(par, blas, H, step_fma, seq.T, a.amx, N * a.C * GH), nullptr);
+    const int64_t input_fma = N * a.C * GH;
+    bptt(backward_threads(par, blas, H, step_fma, seq.T, a.amx, input_fma,
+                          in_place_weights(whh, N, step_fma, input_fma)),
+         nullptr);
     input_side_grads(a, dG, GH, dsum, &all, 1, scratch, blas, par, xtiles);
     weight_grads(a, dG, GH, &wg, 1, scratch, blas, par, wtiles);
   }
@@ -2129,7 +2171,10 @@ void gru_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel&
   if (products.chunked) {
     products.run(a, [&](std::atomic<int64_t>* done) { bptt(1, done); }, dG, ldg, dsum, wg, 3, par);
   } else {
-    bptt(backward_threads(par, blas, H, step_fma, seq.T, a.amx, N * a.C * 3 * H), nullptr);
+    const int64_t input_fma = N * a.C * 3 * H;
+    bptt(backward_threads(par, blas, H, step_fma, seq.T, a.amx, input_fma,
+                          in_place_weights(whh, N, step_fma, input_fma)),
+         nullptr);
     input_side_grads(a, dG, ldg, dsum, blocks, 2, scratch, blas, par, xtiles);
     weight_grads(a, dG, ldg, wg, 3, scratch, blas, par, wtiles);
   }
@@ -2250,7 +2295,10 @@ void gru_reset_before_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena,
   if (products.chunked) {
     products.run(a, [&](std::atomic<int64_t>* done) { bptt(1, done); }, dG, GH, dsum, wg, 2, par);
   } else {
-    bptt(backward_threads(par, blas, H, step_fma, seq.T, a.amx, N * a.C * GH), nullptr);
+    const int64_t input_fma = N * a.C * GH;
+    bptt(backward_threads(par, blas, H, step_fma, seq.T, a.amx, input_fma,
+                          in_place_weights(wrz, N, step_fma, input_fma)),
+         nullptr);
     input_side_grads(a, dG, GH, dsum, &all, 1, scratch, blas, par, xtiles);
     weight_grads(a, dG, GH, wg, 2, scratch, blas, par, wtiles);
   }
@@ -2363,7 +2411,10 @@ void rnn_backward_seq(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel&
   if (products.chunked) {
     products.run(a, [&](std::atomic<int64_t>* done) { bptt(1, done); }, dG, H, dsum, &wg, 1, par);
   } else {
-    bptt(backward_threads(par, blas, H, step_fma, seq.T, a.amx, N * a.C * H), nullptr);
+    const int64_t input_fma = N * a.C * H;
+    bptt(backward_threads(par, blas, H, step_fma, seq.T, a.amx, input_fma,
+                          in_place_weights(whh, N, step_fma, input_fma)),
+         nullptr);
     input_side_grads(a, dG, H, dsum, &all, 1, scratch, blas, par, xtiles);
     weight_grads(a, dG, H, &wg, 1, scratch, blas, par, wtiles);
   }
