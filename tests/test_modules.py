@@ -502,8 +502,12 @@ def test_bfloat16_cell_call_split_over_two_threads(kind):
     # tiles. Without those products (this CPU or build) the call runs the
     # float32 kernels, which split every cell here (2^20). Bit for bit the
     # one-thread result, and the reference's.
+    _check_bfloat16_cell_on_one_and_two_threads(kind, 70, 200, 264)
+
+
+def _check_bfloat16_cell_on_one_and_two_threads(kind, n, c, h):
+    # Two threads give the one-thread result bit for bit, and the reference's.
     name, kw = ALL_CELLS[kind]
-    n, c, h = 70, 200, 264
     torch.manual_seed(0)
     cell = getattr(fusedrnn, name)(c, h, **kw).to(torch.bfloat16)
     leaves = cell_leaves(name == "LSTMCell", n, True, c, h)
@@ -529,15 +533,9 @@ def test_bfloat16_cell_backward_reads_weights_in_place(kind, n, pack, monkeypatc
     # reference; at 13 rows also with C = 200 and H = 264, whose dX splits
     # into column tiles on two threads: bit for bit the one-thread result.
     monkeypatch.setenv("FUSEDRNN_CPU_PACK", pack)
-    name, kw = ALL_CELLS[kind]
     for _ in _each_bf16_engine(monkeypatch):
         for c, h in [(37, 23)] + ([(200, 264)] if n == 13 and pack == "never" else []):
-            torch.manual_seed(0)
-            cell = getattr(fusedrnn, name)(c, h, **kw).to(torch.bfloat16)
-            leaves = cell_leaves(name == "LSTMCell", n, True, c, h)
-            one, two = _on_one_and_two_threads(cell, cell_build, leaves, cell=True)
-            assert_all_close(two, one)
-            assert_matches_reference(cell, *cell_build(**{k: v.to(torch.bfloat16) for k, v in leaves.items()}))
+            _check_bfloat16_cell_on_one_and_two_threads(kind, n, c, h)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
