@@ -474,30 +474,7 @@ void gemm_nt_dot(int64_t M, int64_t N, int64_t K, const bf16* a, int64_t lda, co
   }
 }
 
-// The tiles' B operand for C^T = W A^T: block i of 16 rows of A (rows below
-// M, zero past M and past K), K block k at dst + (i * kb + k) * kTileElems,
-// pair p's row of 16 columns m = A[m][2p], A[m][2p + 1]: the 16 x 16 transpose
-// of the block's 32-bit pairs.
-void stage_pairs_t(const bf16* a, int64_t lda, int64_t M, int64_t K, bf16* dst) {
-  const int64_t kb = k_blocks(K), nrb = (M + kTileRows - 1) / kTileRows;
-  for (int64_t i = 0; i < nrb; ++i) {
-    const int64_t rows = std::min<int64_t>(kTileRows, M - i * kTileRows);
-    for (int64_t k = 0; k < kb; ++k) {
-      const int64_t k0 = k * kTileK, n = std::min<int64_t>(kTileK, K - k0);
-      const __mmask32 m = n >= 32 ? ~__mmask32{0} : static_cast<__mmask32>((1u << n) - 1u);
-      __m512 r[16];
-      for (int c = 0; c < 16; ++c)
-        r[c] = c < rows ? _mm512_castsi512_ps(_mm512_maskz_loadu_epi16(
-                              m, a + (i * kTileRows + c) * lda + k0))
-                        : _mm512_setzero_ps();
-      transpose16(r);
-      bf16* t = dst + (i * kb + k) * kTileElems;
-      for (int p = 0; p < 16; ++p) _mm512_storeu_ps(t + p * 2 * kTileCols, r[p]);
-    }
-  }
-}
-
-// The A operand: 16 rows of W from row r0 (n of them below N) and K block k,
+// The A operand: 16 rows of W from w (the first n of them W's) and K block k,
 // loaded in place where the block holds 16 rows and 32 columns of W, else from
 // a copy in `pad` (zero past K and past the n rows), so that no load reads past
 // W's rows.
@@ -519,8 +496,8 @@ inline void load_w_tile(int tile_a, const bf16* w, int64_t ldw, int64_t K, int64
   else _tile_loadd(3, pad, kTileK * static_cast<int64_t>(sizeof(bf16)));
 }
 
-// Columns [c0, c0 + n) of rows [r0, r0 + rows) of C from the 16 x 16 result
-// tile `res` (16 units of W by 16 rows of A): transposed, + bias.
+// The first n columns of `rows` rows of C from the 16 x 16 result tile `res`
+// (16 rows of W by 16 rows of A): transposed, + bias.
 inline void store_t(const float* res, float* c, int64_t ldc, int64_t rows, int64_t n,
                     const float* bias) {
   __m512 r[16];
@@ -534,10 +511,11 @@ inline void store_t(const float* res, float* c, int64_t ldc, int64_t rows, int64
 // On tiles, C^T = W A^T: W's rows are the A operand, loaded from W in place,
 // so that W is read once from memory (the hardware prefetchers follow its
 // rows: software prefetches a few K blocks ahead made it slower, LSTMCell
-// H=2048 W_hh at 1 to 32 rows); A^T is staged (stage_pairs_t) as the B operand. Two groups of 16
-// columns of C (32 rows of W) against one or two blocks of 16 rows of A at a
-// time, into the four result tiles; the rows of W come from L2 for the
-// further blocks of A.
+// H=2048 W_hh at 1 to 32 rows). A^T is the B operand: A packed as W is for
+// the tiles (pack(), the 16 x 16 transpose of each block's k-pairs). Two
+// groups of 16 columns of C (32 rows of W) against one or two blocks of 16
+// rows of A at a time, into the four result tiles; the rows of W come from L2
+// for the further blocks of A.
 void gemm_nt_tiles(int64_t M, int64_t N, int64_t K, const bf16* a, int64_t lda, const bf16* w,
                    int64_t ldw, float* c, int64_t ldc, const float* bias, int64_t j0,
                    int64_t j1) {
@@ -547,7 +525,7 @@ void gemm_nt_tiles(int64_t M, int64_t N, int64_t K, const bf16* a, int64_t lda, 
   // B's blocks, then two padded blocks of W, in a buffer of its own: A may be
   // a block staged by the caller.
   bf16* bt = thread_buffer<1>((nrb * kb + 2) * kTileElems);
-  stage_pairs_t(a, lda, M, K, bt);
+  pack(a, M, K, lda, bt, tile_size(K), 0, nrb);
   bf16* pad[2] = {bt + nrb * kb * kTileElems, bt + (nrb * kb + 1) * kTileElems};
   alignas(64) float out[kMaxTiles * kTileRows * kTileCols];
   begin();
@@ -608,7 +586,9 @@ namespace {
 // gemm_nn takes K in chunks of this many rows of W, every strip of columns of
 // the chunk in turn, so that the rows' streams (one each) stay few.
 constexpr int64_t kNnChunkK = 32;
-// Prefetch distance of gemm_nn, in strips (of 32 columns) ahead on the same rows.
+// Prefetch distance of gemm_nn, in strips (of 32 columns) ahead on the same
+// rows: without, 1.1-1.7 times the time (W beyond L2, 1 to 16 rows of A; the
+// rows of W are as many streams as the chunk has rows).
 constexpr int64_t kNnPrefetchStrips = 4;
 
 // Rows [0, MB) of a strip of 32 columns of C (+)= A W over rows [k0, k0 + kk)
@@ -675,7 +655,7 @@ inline void dot_nn_rows(int n, const bf16* a, int64_t lda, const bf16* w, int64_
 }  // namespace
 
 // Per chunk of K and strip of 32 columns, the rows of A in as few runs of at
-// most 12 as there can be, of even sizes; the strip's rows of W come from
+// most 12 as there can be, of sizes that differ by one at most; the strip's rows of W come from
 // memory for the first run (prefetched) and from L1 for the others.
 void gemm_nn(int64_t M, int64_t N, int64_t K, const float* a, int64_t lda, const bf16* w,
              int64_t ldw, float* c, int64_t ldc, bool accumulate, int64_t j0, int64_t j1) {

@@ -136,23 +136,26 @@ inline bool worth_packing(PackPolicy policy, int64_t uses, int64_t K) {
 // it, which a product that reads W in place, at about 150 G multiply-adds/s
 // against the tiles' 270, repays only over many rows. The more so for a
 // weight that does not stay in L2, whose packing runs at memory speed: at
-// most kDotInPlaceMaxUses rows, or kDotInPlaceMaxUsesLarge for a weight of
-// kDotInPlaceLargeWeight elements or more. Measured on cell calls (AMD EPYC
+// most 8 rows, or 64 for a weight of kInPlaceLargeWeight elements or more
+// (kDotInPlaceMaxUses). Measured on cell calls (AMD EPYC
 // Zen 5, L2 1 MB, 1 thread, bfloat16, per call in place / packed): H=256
 // GRUCell and LSTMCell N=1 0.53, N=4 0.73, N=8 0.85-0.90, N=12 1.00-1.02, N=16
 // 1.09-1.12; H=512 (W_hh 0.8-1 M elements) N=16 0.92-0.97, N=32 1.07; H=1024
 // (3-4 M) N=16 0.42-0.63, N=32 0.69-0.85, N=64 0.88-0.94. FUSEDRNN_CPU_PACK=
 // never reads every such weight in place (so that the tests cover the path with
 // any rows and steps), always packs them.
-constexpr int64_t kDotInPlaceMaxUses = 8;
-constexpr int64_t kDotInPlaceMaxUsesLarge = 64;
-constexpr int64_t kDotInPlaceLargeWeight = int64_t{1} << 21;
+//
+// A rule of reading in place: the most rows in all, by the weight's size, below
+// kInPlaceLargeWeight elements, below kInPlaceHugeWeight, and from it.
+constexpr int64_t kInPlaceLargeWeight = int64_t{1} << 21;
+constexpr int64_t kInPlaceHugeWeight = int64_t{1} << 23;
+using InPlaceRule = int64_t[3];
+constexpr InPlaceRule kDotInPlaceMaxUses = {8, 64, 64};
 
 // On AMX tiles, where gemm_nt loads W's rows in place as the tiles' A operand
-// (so a weight of any size is read once, at memory speed), up to
-// kTileInPlaceMaxUses rows, kTileInPlaceMaxUsesLarge for a weight of
-// kDotInPlaceLargeWeight elements or more, kTileInPlaceMaxUsesHuge from
-// kInPlaceHugeWeight. Measured (Intel Xeon with AMX, L2 2 MB, 1 thread,
+// (so a weight of any size is read once, at memory speed), up to 16 rows, 32
+// for a weight of kInPlaceLargeWeight elements or more, 64 from
+// kInPlaceHugeWeight (kTileInPlaceMaxUses). Measured (Intel Xeon with AMX, L2 2 MB, 1 thread,
 // bfloat16, median of 30 (10 at H=2048), better of two runs, in place /
 // packed): cell calls, inference, LSTMCell and GRUCell, C = H: H=256 N=1
 // 0.39-0.55, N=8 0.54-0.68, N=16 0.74-0.80, N=32 0.63-0.97, N=64 1.15-1.44;
@@ -161,21 +164,24 @@ constexpr int64_t kDotInPlaceLargeWeight = int64_t{1} << 21;
 // H=1024 N=16 0.76, N=32 0.94. LSTM sequences, H=256 inference, N x T: 1 x 8
 // 0.67, 4 x 4 0.80, 8 x 2 0.52, 4 x 8 0.94, 16 x 2 0.61, 8 x 4 1.28, 16 x 4
 // 1.28.
-constexpr int64_t kTileInPlaceMaxUses = 16;
-constexpr int64_t kTileInPlaceMaxUsesLarge = 32;
-constexpr int64_t kTileInPlaceMaxUsesHuge = 64;
-constexpr int64_t kInPlaceHugeWeight = int64_t{1} << 23;
+constexpr InPlaceRule kTileInPlaceMaxUses = {16, 32, 64};
+
+// Whether a bfloat16 weight serving `uses` rows in all is read in place by
+// `rule`: never without bfloat16 products; FUSEDRNN_CPU_PACK never and always
+// force either.
+inline bool reads_in_place(PackPolicy policy, int64_t uses, int64_t weight_elems,
+                           const InPlaceRule& rule) {
+  if (amx::in_use() == amx::Engine::kNone || policy == PackPolicy::kAlways) return false;
+  if (policy == PackPolicy::kNever) return true;
+  return uses <= rule[weight_elems >= kInPlaceHugeWeight    ? 2
+                      : weight_elems >= kInPlaceLargeWeight ? 1
+                                                            : 0];
+}
 
 inline bool dot_in_place(PackPolicy policy, int64_t uses, int64_t weight_elems) {
-  const amx::Engine engine = amx::in_use();
-  if (engine == amx::Engine::kNone || policy == PackPolicy::kAlways) return false;
-  if (policy == PackPolicy::kNever) return true;
-  if (engine == amx::Engine::kTiles)
-    return uses <= (weight_elems >= kInPlaceHugeWeight       ? kTileInPlaceMaxUsesHuge
-                    : weight_elems >= kDotInPlaceLargeWeight ? kTileInPlaceMaxUsesLarge
-                                                             : kTileInPlaceMaxUses);
-  return uses <= kDotInPlaceMaxUses ||
-         (uses <= kDotInPlaceMaxUsesLarge && weight_elems >= kDotInPlaceLargeWeight);
+  return reads_in_place(policy, uses, weight_elems,
+                        amx::in_use() == amx::Engine::kTiles ? kTileInPlaceMaxUses
+                                                             : kDotInPlaceMaxUses);
 }
 
 // The backward through a bfloat16 weight W [K, N] (C = dG W, dG rounded to
@@ -183,25 +189,16 @@ inline bool dot_in_place(PackPolicy policy, int64_t uses, int64_t weight_elems) 
 // (amx::gemm_nn) where it serves few rows in all, or packed into column tiles
 // (amx::pack_kn, then amx::gemm), which moves every element once more than the
 // products read it and, for a weight beyond L2, runs at memory speed. In place
-// up to kNnInPlaceMaxUses rows, kNnInPlaceMaxUsesLarge for a weight of
-// kDotInPlaceLargeWeight elements or more, kNnInPlaceMaxUsesHuge from
-// kInPlaceHugeWeight. Measured on cell calls' backward (Intel Xeon with AMX,
+// up to 8 rows, 16 for a weight of kInPlaceLargeWeight elements or more, 32
+// from kInPlaceHugeWeight (kNnInPlaceMaxUses). Measured on cell calls' backward (Intel Xeon with AMX,
 // L2 2 MB; LSTMCell and GRUCell, C = H, bfloat16, median in place / packed, 1
 // thread and 2): H=256 N=1 0.52-0.69, N=8 0.56-0.92, N=16 0.84-1.30, N=32
 // 1.17-1.58; H=1024 N=8 0.44-0.64, N=16 0.79-0.93, N=32 1.15-1.48; H=2048 N=32
-// 0.30-0.85, N=64 1.06-1.07 (1 thread). FUSEDRNN_CPU_PACK never and always
-// force either, as for dot_in_place.
-constexpr int64_t kNnInPlaceMaxUses = 8;
-constexpr int64_t kNnInPlaceMaxUsesLarge = 16;
-constexpr int64_t kNnInPlaceMaxUsesHuge = 32;
+// 0.30-0.85, N=64 1.06-1.07 (1 thread).
+constexpr InPlaceRule kNnInPlaceMaxUses = {8, 16, 32};
 
 inline bool nn_in_place(PackPolicy policy, int64_t uses, int64_t weight_elems) {
-  if (amx::in_use() == amx::Engine::kNone || policy == PackPolicy::kAlways) return false;
-  if (policy == PackPolicy::kNever) return true;
-  const int64_t most = weight_elems >= kInPlaceHugeWeight       ? kNnInPlaceMaxUsesHuge
-                       : weight_elems >= kDotInPlaceLargeWeight ? kNnInPlaceMaxUsesLarge
-                                                                : kNnInPlaceMaxUses;
-  return uses <= most;
+  return reads_in_place(policy, uses, weight_elems, kNnInPlaceMaxUses);
 }
 
 // A row-major weight (backward through it) read by one product per step is
