@@ -113,9 +113,18 @@ void gemm(int64_t M, int64_t N, int64_t K, const bf16* a, int64_t lda, const bf1
 // short sequence), where packing W would cost more than the products save. On
 // the dot engine, dot products along K; on tiles, C^T = W A^T, W's rows loaded
 // as the tiles' A operand (none past its n rows or K columns) and A^T staged;
-// it calls begin() and end() itself.
+// it calls begin() and end() itself. at: A as nt_operand() lays it out, or
+// null for the tiles to lay it out on this thread.
 void gemm_nt(int64_t M, int64_t N, int64_t K, const bf16* a, int64_t lda, const bf16* w,
-             int64_t ldw, float* c, int64_t ldc, const float* bias, int64_t j0, int64_t j1);
+             int64_t ldw, float* c, int64_t ldc, const float* bias, int64_t j0, int64_t j1,
+             const bf16* at = nullptr);
+
+// A [M, K] (row stride lda) laid out once as gemm_nt's tiles take it (A^T,
+// pack()'s layout), for the products that share it: the gates of a step, the
+// column groups of a call. nt_operand_size() bfloat16 elements, none on the dot
+// engine, which reads A as it is. Block b of 16 rows starts at b * tile_size(K).
+int64_t nt_operand_size(int64_t M, int64_t K);
+void nt_operand(const bf16* a, int64_t M, int64_t K, int64_t lda, bf16* dst);
 
 // Column tiles [j0, j1) of C[M, N] (=, or += with accumulate) = A[M, K] (float32,
 // row stride lda, rounded to bfloat16) W[K, N] on the dot engine's

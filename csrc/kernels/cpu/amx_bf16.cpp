@@ -518,15 +518,17 @@ inline void store_t(const float* res, float* c, int64_t ldc, int64_t rows, int64
 // for the further blocks of A.
 void gemm_nt_tiles(int64_t M, int64_t N, int64_t K, const bf16* a, int64_t lda, const bf16* w,
                    int64_t ldw, float* c, int64_t ldc, const float* bias, int64_t j0,
-                   int64_t j1) {
+                   int64_t j1, const bf16* at) {
   const int64_t kb = k_blocks(K), nrb = (M + kTileRows - 1) / kTileRows;
   j1 = std::min<int64_t>(j1, col_tiles(N));
   if (M <= 0 || j0 >= j1) return;
-  // B's blocks, then two padded blocks of W, in a buffer of its own: A may be
-  // a block staged by the caller.
-  bf16* bt = thread_buffer<1>((nrb * kb + 2) * kTileElems);
-  pack(a, M, K, lda, bt, tile_size(K), 0, nrb);
-  bf16* pad[2] = {bt + nrb * kb * kTileElems, bt + (nrb * kb + 1) * kTileElems};
+  // Two padded blocks of W, after B's blocks where this lays them out, in a
+  // buffer of its own: A may be a block staged by the caller.
+  const int64_t own = at ? 0 : nrb * kb;
+  bf16* buf = thread_buffer<1>((own + 2) * kTileElems);
+  if (!at) pack(a, M, K, lda, buf, tile_size(K), 0, nrb);
+  const bf16* bt = at ? at : buf;
+  bf16* pad[2] = {buf + own * kTileElems, buf + (own + 1) * kTileElems};
   alignas(64) float out[kMaxTiles * kTileRows * kTileCols];
   begin();
   for (int64_t jg = j0; jg < j1; jg += 2) {
@@ -575,10 +577,21 @@ void gemm_nt_tiles(int64_t M, int64_t N, int64_t K, const bf16* a, int64_t lda, 
 
 // On tiles: gemm_nt_tiles; on the dot engine: gemm_nt_dot.
 void gemm_nt(int64_t M, int64_t N, int64_t K, const bf16* a, int64_t lda, const bf16* w,
-             int64_t ldw, float* c, int64_t ldc, const float* bias, int64_t j0, int64_t j1) {
+             int64_t ldw, float* c, int64_t ldc, const float* bias, int64_t j0, int64_t j1,
+             const bf16* at) {
   if (g_engine.load(std::memory_order_relaxed) == Engine::kTiles)
-    return gemm_nt_tiles(M, N, K, a, lda, w, ldw, c, ldc, bias, j0, j1);
+    return gemm_nt_tiles(M, N, K, a, lda, w, ldw, c, ldc, bias, j0, j1, at);
   gemm_nt_dot(M, N, K, a, lda, w, ldw, c, ldc, bias, j0, j1);
+}
+
+int64_t nt_operand_size(int64_t M, int64_t K) {
+  return g_engine.load(std::memory_order_relaxed) == Engine::kTiles
+             ? (M + kTileRows - 1) / kTileRows * tile_size(K)
+             : 0;
+}
+
+void nt_operand(const bf16* a, int64_t M, int64_t K, int64_t lda, bf16* dst) {
+  pack(a, M, K, lda, dst, tile_size(K), 0, (M + kTileRows - 1) / kTileRows);
 }
 
 namespace {
@@ -879,9 +892,11 @@ void gemm(int64_t, int64_t, int64_t, const float*, int64_t, const bf16*, float*,
   std::abort();
 }
 void gemm_nt(int64_t, int64_t, int64_t, const bf16*, int64_t, const bf16*, int64_t, float*,
-             int64_t, const float*, int64_t, int64_t) {
+             int64_t, const float*, int64_t, int64_t, const bf16*) {
   std::abort();
 }
+int64_t nt_operand_size(int64_t, int64_t) { return 0; }
+void nt_operand(const bf16*, int64_t, int64_t, int64_t, bf16*) { std::abort(); }
 void gemm_nn(int64_t, int64_t, int64_t, const float*, int64_t, const bf16*, int64_t, float*,
              int64_t, bool, int64_t, int64_t) {
   std::abort();

@@ -538,14 +538,18 @@ struct Recurrent {
       const int64_t u0 = p0 * U * L, u1 = std::min<int64_t>(H, p1 * U * L);
       if constexpr (kAmxCapable<S>) {
         if (wb) {
-          // h rounded to bfloat16 as staged blocks' rows, W_hh read in place.
+          // h rounded to bfloat16 as staged blocks' rows, W_hh read in place;
+          // on tiles, h laid out once (after the blocks) for all G gates.
           const int64_t TR = amx::kTileRows, nrb = ceil_div(rows, TR), bs = amx::block_size(K);
-          amx::bf16* st = amx::staging(K, nrb);
+          const int64_t nts = amx::nt_operand_size(rows, K);
+          amx::bf16* st = amx::staging(K, nrb + ceil_div(nts, bs));
           for (int64_t i = 0; i < nrb; ++i)
             amx::stage(a + i * TR * lda, lda, std::min(TR, rows - i * TR), K, st + i * bs);
+          amx::bf16* at = nts ? st + nrb * bs : nullptr;
+          if (at) amx::nt_operand(st, rows, K, bs / TR, at);
           for (int g = 0; g < G; ++g)
             amx::gemm_nt(rows, u1 - u0, K, st, bs / TR, wb + (g * H + u0) * K, K,
-                         gh + g * H + u0, GH, nullptr, 0, amx::col_tiles(u1 - u0));
+                         gh + g * H + u0, GH, nullptr, 0, amx::col_tiles(u1 - u0), at);
         }
       }
       if (!wb)
@@ -931,6 +935,10 @@ struct InputProjection {
   const amx::bf16* wb = nullptr;
   amx::bf16* tiles = nullptr;  // W_ih packed (amx.h)
   bool in_place = false;       // W_ih read in place on the dot engine (dot_in_place)
+  // In place on tiles: all rows of x laid out once (amx::nt_operand) for the
+  // tasks, which would otherwise each lay out their block of rows again.
+  amx::bf16* xt = nullptr;
+  int64_t xt_rows = 0;
   S* bias = nullptr;  // [GH], folded biases
   S* gx = nullptr;    // [max_rows, GH]
 
@@ -954,6 +962,11 @@ struct InputProjection {
       in_place = !joined && dot_in_place(a.pack, total_rows(seq), GH * C);
       if (!joined && !in_place)
         tiles = arena.take<amx::bf16>(amx::col_tiles(GH) * amx::tile_size(C));
+      const int64_t nts = in_place ? amx::nt_operand_size(total_rows(seq), C) : 0;
+      if (nts) {
+        xt = arena.take<amx::bf16>(nts);
+        xt_rows = total_rows(seq);
+      }
     } else {
       w.plan(arena, a.pack, a.w_ih, GH, C, total_rows(seq), blas);
       if (w.packs && GH > H) order = arena.take<int64_t>(panels());
@@ -1017,6 +1030,14 @@ struct InputProjection {
   }
   int64_t panels() const { return ceil_div<int64_t>(GH, PanelGemm<S>::NR); }
   void prepare(const Parallel& par) const {
+    if (xt) {
+      const int64_t R = xt_rows, ts = amx::tile_size(C);
+      par(ceil_div<int64_t>(R, amx::kTileRows), grain_for_moves(C * amx::kTileRows),
+          [&](int64_t b0, int64_t b1) {
+            const int64_t r0 = b0 * amx::kTileRows;
+            amx::nt_operand(xb + r0 * C, std::min(R, b1 * amx::kTileRows) - r0, C, C, xt + b0 * ts);
+          });
+    }
     if (joined || in_place) return;
     if (order) order_panels(par.max_threads > 1);
     if (!tiles) return w.prepare(par);
@@ -1072,8 +1093,12 @@ struct InputProjection {
                                     : amx::col_tiles(GH);
       const int64_t m = std::min<int64_t>(kAmxTaskRows, rows - r0);
       const amx::bf16* xr = xb + (row0 + r0) * C;
-      if (in_place)
-        amx::gemm_nt(m, GH, C, xr, C, wb, C, gx + r0 * GH, GH, bias, j0, j1);
+      if (in_place) {
+        const int64_t g0 = row0 + r0;
+        const amx::bf16* at =
+            xt && g0 % amx::kTileRows == 0 ? xt + g0 / amx::kTileRows * amx::tile_size(C) : nullptr;
+        amx::gemm_nt(m, GH, C, xr, C, wb, C, gx + r0 * GH, GH, bias, j0, j1, at);
+      }
       else
         amx::gemm(m, GH, C, xr, C, tiles, gx + r0 * GH, GH, bias, j0, j1);
     }
