@@ -189,13 +189,13 @@ inline bool dot_in_place(PackPolicy policy, int64_t uses, int64_t weight_elems) 
 // (amx::gemm_nn) where it serves few rows in all, or packed into column tiles
 // (amx::pack_kn, then amx::gemm), which moves every element once more than the
 // products read it and, for a weight beyond L2, runs at memory speed. In place
-// up to 8 rows, 16 for a weight of kInPlaceLargeWeight elements or more, 32
-// from kInPlaceHugeWeight (kNnInPlaceMaxUses). Measured on cell calls' backward (Intel Xeon with AMX,
+// up to 8 rows, and 16 for a weight of kInPlaceLargeWeight elements or more
+// (kNnInPlaceMaxUses). Measured on cell calls' backward (Intel Xeon with AMX,
 // L2 2 MB; LSTMCell and GRUCell, C = H, bfloat16, median in place / packed, 1
-// thread and 2): H=256 N=1 0.52-0.69, N=8 0.56-0.92, N=16 0.84-1.30, N=32
-// 1.17-1.58; H=1024 N=8 0.44-0.64, N=16 0.79-0.93, N=32 1.15-1.48; H=2048 N=32
-// 0.30-0.85, N=64 1.06-1.07 (1 thread).
-constexpr InPlaceRule kNnInPlaceMaxUses = {8, 16, 32};
+// thread and 2): H=256 N=1 0.52-0.69, N=4 0.92, N=8 0.56-1.03, N=16 0.84-1.34,
+// N=32 1.17-1.58; H=1024 N=8 0.44-0.89, N=12 0.99, N=16 0.78-1.04, N=24 1.15, N=32
+// 1.15-1.65; H=2048 N=16 0.95-0.97, N=24 1.02-1.03, N=32 1.12-1.18, N=64 1.53.
+constexpr InPlaceRule kNnInPlaceMaxUses = {8, 16, 16};
 
 inline bool nn_in_place(PackPolicy policy, int64_t uses, int64_t weight_elems) {
   return reads_in_place(policy, uses, weight_elems, kNnInPlaceMaxUses);
