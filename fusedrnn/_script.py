@@ -112,8 +112,8 @@ def stack(mode: str, x: Tensor, batch_sizes: Optional[Tensor], h0: Tensor, c0: O
                     x, batch_sizes, h0[k], w_ih, w_hh, b_ih, b_hh, mode == "RNN_RELU", False
                 )
             h_n.append(h)
-        if dropout > 0 and train and layer < num_layers - 1:
-            x = torch.nn.functional.dropout(x, dropout, True)
+        if dropout != 0 and train and layer < num_layers - 1:
+            x = torch.dropout(x, dropout, True)
     return x, torch.stack(h_n), torch.stack(c_n) if c0 is not None else None
 
 

@@ -19,7 +19,6 @@ import sys
 from typing import List, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from . import _composite, _onnx, reference
@@ -111,8 +110,10 @@ def _stack(run_layer, input: Tensor, num_layers: int, bidirectional: bool, dropo
         else:
             outs = [run_layer(x, layer, d) for d in range(D)]
             x = outs[0] if D == 1 else torch.cat(outs, dim=-1)
-        if dropout > 0 and train and layer < num_layers - 1:
-            x = F.dropout(x, p=dropout, training=True)
+        if dropout != 0 and train and layer < num_layers - 1:
+            # ATen's dropout, as torch.nn's stacks call it: a probability set out
+            # of range after construction gets torch.nn's RuntimeError.
+            x = torch.dropout(x, dropout, True)
     return x
 
 

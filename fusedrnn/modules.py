@@ -45,10 +45,18 @@ def _packed_batch(batch_sizes: Tensor):
     return int(batch_sizes[0])
 
 
+def _flag(name: str, value) -> bool:
+    """A variant switch, checked as torch.nn checks ``bias`` and ``batch_first``:
+    a None or a string would otherwise select a variant silently."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} should be of type bool, got: {type(value).__name__}")
+    return value
+
+
 def _permute(hx, permutation):
     if permutation is None:
         return hx
-    if isinstance(hx, tuple):
+    if isinstance(hx, (tuple, list)):
         return tuple(h.index_select(1, permutation) for h in hx)
     return hx.index_select(1, permutation)
 
@@ -104,9 +112,9 @@ class _RNNBase(nn.Module):
         self.dropout = float(dropout)
         self.bidirectional = bidirectional
         self.proj_size = proj_size
-        self.peephole = bool(peephole)
-        self.coupled_gates = bool(coupled_gates)
-        self.reset_after = bool(reset_after)
+        self.peephole = _flag("peephole", peephole)
+        self.coupled_gates = _flag("coupled_gates", coupled_gates)
+        self.reset_after = _flag("reset_after", reset_after)
         num_directions = 2 if bidirectional else 1
 
         if not isinstance(dropout, numbers.Number) or not 0 <= dropout <= 1 or isinstance(dropout, bool):
@@ -154,6 +162,7 @@ class _RNNBase(nn.Module):
         real_hidden_size = proj_size if proj_size > 0 else hidden_size
         self._flat_weights_names: List[str] = []
         self._all_weights: List[List[str]] = []
+        self._structure = self._structure_now()
         for layer in range(num_layers):
             for direction in range(num_directions):
                 layer_input_size = input_size if layer == 0 else real_hidden_size * num_directions
@@ -262,6 +271,25 @@ class _RNNBase(nn.Module):
         ``permutation``, as torch.nn's ``permute_hidden``."""
         return _permute(hx, permutation)
 
+    def _structure_now(self):
+        """The attributes that decide which weights the module has, and their shapes."""
+        return (self.num_layers, self.bidirectional, self.bias, self.proj_size, self.peephole, self.coupled_gates)
+
+    def _check_structure(self) -> None:
+        """A module whose num_layers, bidirectional, bias, proj_size, peephole or
+        coupled_gates were set after construction does not have the weights they
+        describe: a clear error, where torch.nn raises one of its own or runs on
+        what its weight list holds."""
+        built = self.__dict__.get("_structure")
+        now = self._structure_now()
+        if built is not None and now != built:
+            names = ("num_layers", "bidirectional", "bias", "proj_size", "peephole", "coupled_gates")
+            changed = ", ".join(f"{n}={b!r} (now {c!r})" for n, b, c in zip(names, built, now) if b != c)
+            raise RuntimeError(
+                f"{type(self).__name__}: its weights were made for {changed}; these attributes cannot change "
+                "after construction, build a new module instead"
+            )
+
     def _layer_weights(self, packed: bool = False):
         """Per layer and direction: (w_ih, w_hh, b_ih, b_hh[, w_ch, w_hr]).
 
@@ -270,6 +298,7 @@ class _RNNBase(nn.Module):
         configuration has them), as torch.nn reads its list: a lookup of an
         absent name costs an AttributeError raised and caught in
         Module.__getattr__, about 1.3 us a name."""
+        self._check_structure()
         get = self._weight_getter()
         lstm = self.mode == "LSTM"
         out = []
@@ -797,8 +826,8 @@ class LSTMCell(_CellBase):
     _torch_class = nn.LSTMCell
 
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *, peephole=False, coupled_gates=False):
-        self.peephole = bool(peephole)
-        self.coupled_gates = bool(coupled_gates)
+        self.peephole = _flag("peephole", peephole)
+        self.coupled_gates = _flag("coupled_gates", coupled_gates)
         super().__init__(
             input_size, hidden_size, bias, 3 if coupled_gates else 4, device, dtype,
             peephole_chunks=(2 if coupled_gates else 3) if peephole else 0,
@@ -856,7 +885,7 @@ class GRUCell(_CellBase):
     _torch_class = nn.GRUCell
 
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *, reset_after=True):
-        self.reset_after = bool(reset_after)
+        self.reset_after = _flag("reset_after", reset_after)
         super().__init__(input_size, hidden_size, bias, 3, device, dtype)
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:

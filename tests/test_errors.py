@@ -276,6 +276,75 @@ def test_lstm_hx_as_a_list_works_as_in_torch_nn():
         torch.testing.assert_close(b, a)
 
 
+def test_lstm_hx_as_a_list_with_an_unsorted_packed_sequence_works_as_in_torch_nn():
+    """The states of an unsorted PackedSequence are permuted into its sorted
+    order and back: a list (h0, c0) as well as a tuple."""
+    from torch.nn.utils.rnn import pack_sequence
+
+    ref, fused = _pair("LSTM", 3, 4)
+    x = pack_sequence([torch.randn(2, 3), torch.randn(4, 3), torch.randn(3, 3)], enforce_sorted=False)
+    hx = [torch.randn(1, 3, 4), torch.randn(1, 3, 4)]
+    (want_out, want_hc), (got_out, got_hc) = ref(x, hx), fused(x, hx)
+    torch.testing.assert_close(got_out.data, want_out.data)
+    for a, b in zip(want_hc, got_hc):
+        torch.testing.assert_close(b, a)
+    perm = torch.tensor([2, 0, 1])
+    for a, b in zip(ref.permute_hidden(hx, perm), fused.permute_hidden(hx, perm)):
+        assert torch.equal(b, a)
+
+
+@pytest.mark.parametrize("p", [-0.5, 1.5])
+@pytest.mark.parametrize("name", SEQ)
+def test_dropout_set_out_of_range_after_construction_matches_torch_nn(name, p):
+    """torch.nn checks the probability where it applies dropout, between the
+    layers of a stack in training; in eval mode it runs."""
+    ref, fused = _pair(name, 3, 4, num_layers=2)
+    ref.dropout = fused.dropout = p
+    x = torch.randn(5, 2, 3)
+    assert_same_error(lambda: ref(x), lambda: fused(x))
+    ref.eval()
+    fused.eval()
+    torch.testing.assert_close(fused(x)[0], ref(x)[0])
+
+
+@pytest.mark.parametrize("attr,value", [("num_layers", 3), ("num_layers", 1), ("bias", False),
+                                        ("bidirectional", True), ("proj_size", 2), ("peephole", True),
+                                        ("coupled_gates", True)])
+def test_structure_set_after_construction_is_refused(attr, value):
+    """The attributes that decide which weights a module has cannot change
+    after it is built: torch.nn raises its own errors for some and runs on its
+    weight list for others; fusedrnn refuses them all by name."""
+    m = fusedrnn.LSTM(3, 4, num_layers=2)
+    before = getattr(m, attr)
+    setattr(m, attr, value)
+    with pytest.raises(RuntimeError) as info:
+        m(torch.randn(5, 2, 3))
+    assert str(info.value) == (f"LSTM: its weights were made for {attr}={before!r} (now {value!r}); these "
+                               "attributes cannot change after construction, build a new module instead")
+
+
+def test_reset_after_may_change_after_construction():
+    """Both GRU variants have the same weights: switching one module between
+    them runs the other equations (checked against the reference)."""
+    m = fusedrnn.GRU(3, 4, num_layers=2)
+    x = torch.randn(5, 2, 3)
+    m.reset_after = False
+    want = fusedrnn.reference.forward(m, x)[0]
+    torch.testing.assert_close(m(x)[0], want)
+
+
+@pytest.mark.parametrize("name,flag", [("LSTM", "peephole"), ("LSTM", "coupled_gates"), ("GRU", "reset_after"),
+                                       ("LSTMCell", "peephole"), ("LSTMCell", "coupled_gates"),
+                                       ("GRUCell", "reset_after")])
+@pytest.mark.parametrize("value", [None, "False", 1])
+def test_variant_flags_must_be_bool(name, flag, value):
+    """As torch.nn checks bias and batch_first: a None or a string would
+    otherwise select a variant silently."""
+    with pytest.raises(TypeError) as info:
+        getattr(fusedrnn, name)(3, 4, **{flag: value})
+    assert str(info.value) == f"{flag} should be of type bool, got: {type(value).__name__}"
+
+
 def test_rnn_cell_bad_nonlinearity_matches_torch_nn():
     ref, fused = _pair("RNNCell", 4, 8)
     ref.nonlinearity = fused.nonlinearity = "gelu"
