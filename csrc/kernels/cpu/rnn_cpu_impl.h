@@ -154,12 +154,14 @@ constexpr InPlaceRule kDotInPlaceMaxUses = {8, 64, 64};
 
 // On AMX tiles, where gemm_nt loads W's rows in place as the tiles' A operand
 // (so a weight of any size is read once, at memory speed), up to 32 rows, 64
-// from kInPlaceHugeWeight (kTileInPlaceMaxUses). Measured with the operand A
+// from kInPlaceLargeWeight (kTileInPlaceMaxUses). Measured with the operand A
 // laid out once for the products that share it (amx::nt_operand; 1 thread,
 // then 2): LSTMCell H=256 N=32 0.83-0.87, 0.73; GRUCell 0.90; RNNCell 1.02;
 // LSTMCell H=512 N=32 0.85; LSTM sequences N x T 8 x 4 0.79, 0.95, GRU 16 x 2
-// 0.73; LSTMCell H=256 N=64 1.09, H=1024 N=64 1.03, N=128 1.39, H=2048 N=64
-// 0.73, N=128 1.25. Before, when each product laid out A again (Intel Xeon with AMX, L2 2 MB, 1 thread,
+// 0.73; LSTMCell H=256 N=64 1.09, H=512 N=64 1.03; H=1024 N=64 0.98-1.03,
+// 0.99, GRUCell 0.90, RNNCell H=2048 (4 M elements) N=64 0.79, 0.80, LSTM
+// 16 x 4 0.90; LSTMCell H=1024 N=128 1.39, H=2048 N=64 0.73, N=128 1.25.
+// Before, when each product laid out A again (Intel Xeon with AMX, L2 2 MB, 1 thread,
 // bfloat16, median of 30 (10 at H=2048), better of two runs, in place /
 // packed): cell calls, inference, LSTMCell and GRUCell, C = H: H=256 N=1
 // 0.39-0.55, N=8 0.54-0.68, N=16 0.74-0.80, N=32 0.63-0.97, N=64 1.15-1.44;
@@ -168,7 +170,7 @@ constexpr InPlaceRule kDotInPlaceMaxUses = {8, 64, 64};
 // H=1024 N=16 0.76, N=32 0.94. LSTM sequences, H=256 inference, N x T: 1 x 8
 // 0.67, 4 x 4 0.80, 8 x 2 0.52, 4 x 8 0.94, 16 x 2 0.61, 8 x 4 1.28, 16 x 4
 // 1.28.
-constexpr InPlaceRule kTileInPlaceMaxUses = {32, 32, 64};
+constexpr InPlaceRule kTileInPlaceMaxUses = {32, 64, 64};
 
 // Whether a bfloat16 weight serving `uses` rows in all is read in place by
 // `rule`: never without bfloat16 products; FUSEDRNN_CPU_PACK never and always
