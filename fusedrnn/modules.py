@@ -775,7 +775,7 @@ class _CellBase(nn.Module):
             raise RuntimeError(f"input has inconsistent input_size: got {input.size(1)} expected {self.input_size}")
         w_dtype = self.weight_ih.dtype
         if input.dtype != w_dtype and not torch.is_autocast_enabled(input.device.type):
-            raise RuntimeError(_product_dtypes_error(input.dtype, w_dtype))
+            raise RuntimeError(_product_dtypes_error(input.dtype, w_dtype, self.bias_ih is not None))
         for i, h in enumerate(hx):
             if input.size(0) != h.size(0):
                 raise RuntimeError(f"Input batch size {input.size(0)} doesn't match hidden{i} batch size {h.size(0)}")
@@ -784,7 +784,7 @@ class _CellBase(nn.Module):
                     f"hidden{i} has inconsistent hidden_size: got {h.size(1)}, expected {self.hidden_size}"
                 )
         if hx[0].dtype != w_dtype and not torch.is_autocast_enabled(input.device.type):  # ATen: in hx W_hh^T
-            raise RuntimeError(_product_dtypes_error(hx[0].dtype, w_dtype))
+            raise RuntimeError(_product_dtypes_error(hx[0].dtype, w_dtype, self.bias_hh is not None))
 
     @classmethod
     def from_torch(cls, module: nn.Module):
@@ -807,8 +807,21 @@ class _CellBase(nn.Module):
         return m
 
 
-def _product_dtypes_error(a, b) -> str:
+def _product_dtypes_error(a, b, bias: bool = True) -> str:
+    """ATen's words for a product of two dtypes: addmm's where the cell has biases, mm's
+    (its C++ type names) where it has none."""
+    if not bias:
+        return f"expected m1 and m2 to have the same dtype, but got: {_cpp_type_name(a)} != {_cpp_type_name(b)}"
     return f"mat1 and mat2 must have the same dtype, but got {_dtype_name(a)} and {_dtype_name(b)}"
+
+
+def _cpp_type_name(dtype) -> str:
+    return {
+        torch.float32: "float", torch.float64: "double", torch.float16: "c10::Half", torch.bfloat16: "c10::BFloat16",
+        torch.int64: "long int", torch.int32: "int", torch.int16: "short int", torch.int8: "signed char",
+        torch.uint8: "unsigned char", torch.bool: "bool", torch.complex64: "c10::complex<float>",
+        torch.complex128: "c10::complex<double>",
+    }.get(dtype, str(dtype).replace("torch.", ""))
 
 
 def _dtype_name(dtype) -> str:

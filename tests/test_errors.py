@@ -114,14 +114,26 @@ def test_hx_dtype_mismatch_is_a_clear_error(name):
         fused(x, hx)
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.int64], ids=["f64", "f16", "i64"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32,
+                                   torch.complex64], ids=["f64", "f16", "bf16", "i64", "i32", "c64"])
 @pytest.mark.parametrize("name", ["LSTMCell", "GRUCell", "RNNCell"])
-def test_cell_hx_dtype_mismatch_matches_torch_nn(name, dtype):
-    ref, fused = _pair(name, 4, 8)
+def test_cell_hx_dtype_mismatch_matches_torch_nn(name, dtype, bias):
+    """ATen words a dtype mismatch as addmm does with biases, as mm does without."""
+    ref, fused = _pair(name, 4, 8, bias=bias)
     x = torch.randn(3, 4)
     h = torch.zeros(3, 8, dtype=dtype)
     hx = (h, torch.zeros(3, 8)) if name == "LSTMCell" else h
     assert_same_error(lambda: ref(x, hx), lambda: fused(x, hx))
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.int64], ids=["f64", "f16", "i64"])
+@pytest.mark.parametrize("name", ["LSTMCell", "GRUCell", "RNNCell"])
+def test_cell_input_dtype_mismatch_matches_torch_nn(name, dtype, bias):
+    ref, fused = _pair(name, 4, 8, bias=bias)
+    x = torch.ones(3, 4, dtype=dtype)
+    assert_same_error(lambda: ref(x), lambda: fused(x))
 
 
 def test_lstm_projection_hx_errors_match_torch_nn():
