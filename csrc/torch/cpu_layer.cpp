@@ -186,9 +186,12 @@ void aten_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const S* a, in
 // torch.nn's oneDNN path, which keeps a scratchpad per thread, has none. Blocks up
 // to kMaxCachedScratch are kept; larger ones (in huge pages, see aligned_block)
 // and a call made while the thread's block is in use get their own. The bound
-// holds the backward of a cell with wide weights, which packs both of them: at
-// 64 MiB, bfloat16 LSTMCell(2048)'s 67 MB came back zeroed on every call (N=64,
-// 1 thread, Intel Xeon: 74.7 ms a backward call, 68.0 with the block kept).
+// holds the backward of a cell with wide weights, which packs both of them:
+// bfloat16 LSTMCell(2048) packs 67 MB, which under a bound of 64 MiB came back
+// zeroed on every call (N=64, 1 thread, Intel Xeon: 74.7 ms a backward call,
+// 68.0 with the block kept), and float32 LSTMCell(2048) at N=128 more than 128
+// MiB (147-149 ms a backward call kept, 157-159 under a bound of 128 MiB). So
+// each thread that calls the operators keeps up to 256 MiB.
 constexpr size_t kMaxCachedScratch = size_t{256} << 20;
 
 struct ScratchCache {

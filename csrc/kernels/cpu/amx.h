@@ -113,8 +113,9 @@ void gemm(int64_t M, int64_t N, int64_t K, const bf16* a, int64_t lda, const bf1
 // short sequence), where packing W would cost more than the products save. On
 // the dot engine, dot products along K; on tiles, C^T = W A^T, W's rows loaded
 // as the tiles' A operand (none past its n rows or K columns) and A^T staged;
-// it calls begin() and end() itself. at: A as nt_operand() lays it out, or
-// null for the tiles to lay it out on this thread.
+// it calls begin() and end() itself. at: A as nt_operand() lays it out (its
+// ceil(M / 16) blocks), or null for the tiles to lay it out on this thread; the
+// dot engine reads A and ignores at.
 void gemm_nt(int64_t M, int64_t N, int64_t K, const bf16* a, int64_t lda, const bf16* w,
              int64_t ldw, float* c, int64_t ldc, const float* bias, int64_t j0, int64_t j1,
              const bf16* at = nullptr);

@@ -146,31 +146,24 @@ inline bool worth_packing(PackPolicy policy, int64_t uses, int64_t K) {
 // any rows and steps), always packs them.
 //
 // A rule of reading in place: the most rows in all, by the weight's size, below
-// kInPlaceLargeWeight elements, below kInPlaceHugeWeight, and from it.
+// kInPlaceLargeWeight elements and from it.
 constexpr int64_t kInPlaceLargeWeight = int64_t{1} << 21;
-constexpr int64_t kInPlaceHugeWeight = int64_t{1} << 23;
-using InPlaceRule = int64_t[3];
-constexpr InPlaceRule kDotInPlaceMaxUses = {8, 64, 64};
+using InPlaceRule = int64_t[2];
+constexpr InPlaceRule kDotInPlaceMaxUses = {8, 64};
 
 // On AMX tiles, where gemm_nt loads W's rows in place as the tiles' A operand
 // (so a weight of any size is read once, at memory speed), up to 32 rows, 64
-// from kInPlaceLargeWeight (kTileInPlaceMaxUses). Measured with the operand A
-// laid out once for the products that share it (amx::nt_operand; 1 thread,
-// then 2): LSTMCell H=256 N=32 0.83-0.87, 0.73; GRUCell 0.90; RNNCell 1.02;
-// LSTMCell H=512 N=32 0.85; LSTM sequences N x T 8 x 4 0.79, 0.95, GRU 16 x 2
-// 0.73; LSTMCell H=256 N=64 1.09, H=512 N=64 1.03; H=1024 N=64 0.98-1.03,
-// 0.99, GRUCell 0.90, RNNCell H=2048 (4 M elements) N=64 0.79, 0.80, LSTM
-// 16 x 4 0.90; LSTMCell H=1024 N=128 1.39, H=2048 N=64 0.73, N=128 1.25.
-// Before, when each product laid out A again (Intel Xeon with AMX, L2 2 MB, 1 thread,
-// bfloat16, median of 30 (10 at H=2048), better of two runs, in place /
-// packed): cell calls, inference, LSTMCell and GRUCell, C = H: H=256 N=1
-// 0.39-0.55, N=8 0.54-0.68, N=16 0.74-0.80, N=32 0.63-0.97, N=64 1.15-1.44;
-// H=1024 N=16 0.62-0.63, N=32 0.80-0.87, N=64 1.11-1.35; H=2048 N=32
-// 0.46-0.56, N=64 0.62-0.90; LSTMCell training H=256 N=16 1.01, N=32 0.90,
-// H=1024 N=16 0.76, N=32 0.94. LSTM sequences, H=256 inference, N x T: 1 x 8
-// 0.67, 4 x 4 0.80, 8 x 2 0.52, 4 x 8 0.94, 16 x 2 0.61, 8 x 4 1.28, 16 x 4
-// 1.28.
-constexpr InPlaceRule kTileInPlaceMaxUses = {32, 64, 64};
+// from kInPlaceLargeWeight (kTileInPlaceMaxUses). Measured on the Intel Xeon
+// (AMX, L2 2 MB; bfloat16 inference, C = H; median of 15 paired rounds, in
+// place / packed, 1 thread, then 2 where given), with the operand A laid out
+// once for the products that share it (amx::nt_operand): LSTMCell H=256 N=16
+// 0.66, N=32 0.83-0.87, 0.73, N=64 1.09; GRUCell H=256 N=32 0.90; RNNCell 1.02;
+// LSTMCell H=512 N=32 0.85, N=64 1.03; H=1024 N=32 0.73, N=64 0.98-1.03, 0.99,
+// N=128 1.39; GRUCell H=1024 N=64 0.90; RNNCell H=2048 (4 M elements) N=48
+// 0.73, N=64 0.79, 0.80; LSTMCell H=2048 N=64 0.73, N=128 1.25. LSTM
+// sequences, N x T: H=256 8 x 4 0.79, 0.95; H=1024 16 x 4 0.90; GRU H=256 16 x
+// 2 0.73.
+constexpr InPlaceRule kTileInPlaceMaxUses = {32, 64};
 
 // Whether a bfloat16 weight serving `uses` rows in all is read in place by
 // `rule`: never without bfloat16 products; FUSEDRNN_CPU_PACK never and always
@@ -179,9 +172,7 @@ inline bool reads_in_place(PackPolicy policy, int64_t uses, int64_t weight_elems
                            const InPlaceRule& rule) {
   if (amx::in_use() == amx::Engine::kNone || policy == PackPolicy::kAlways) return false;
   if (policy == PackPolicy::kNever) return true;
-  return uses <= rule[weight_elems >= kInPlaceHugeWeight    ? 2
-                      : weight_elems >= kInPlaceLargeWeight ? 1
-                                                            : 0];
+  return uses <= rule[weight_elems >= kInPlaceLargeWeight ? 1 : 0];
 }
 
 inline bool dot_in_place(PackPolicy policy, int64_t uses, int64_t weight_elems) {
@@ -201,7 +192,7 @@ inline bool dot_in_place(PackPolicy policy, int64_t uses, int64_t weight_elems) 
 // thread and 2): H=256 N=1 0.52-0.69, N=4 0.92, N=8 0.56-1.03, N=16 0.84-1.34,
 // N=32 1.17-1.58; H=1024 N=8 0.44-0.89, N=12 0.99, N=16 0.78-1.04, N=24 1.15, N=32
 // 1.15-1.65; H=2048 N=16 0.95-0.97, N=24 1.02-1.03, N=32 1.12-1.18, N=64 1.53.
-constexpr InPlaceRule kNnInPlaceMaxUses = {8, 16, 16};
+constexpr InPlaceRule kNnInPlaceMaxUses = {8, 16};
 
 inline bool nn_in_place(PackPolicy policy, int64_t uses, int64_t weight_elems) {
   return reads_in_place(policy, uses, weight_elems, kNnInPlaceMaxUses);
@@ -1104,9 +1095,9 @@ struct InputProjection {
         const amx::bf16* at =
             xt && g0 % amx::kTileRows == 0 ? xt + g0 / amx::kTileRows * amx::tile_size(C) : nullptr;
         amx::gemm_nt(m, GH, C, xr, C, wb, C, gx + r0 * GH, GH, bias, j0, j1, at);
-      }
-      else
+      } else {
         amx::gemm(m, GH, C, xr, C, tiles, gx + r0 * GH, GH, bias, j0, j1);
+      }
     }
   }
   // What the epilogue adds to the recurrent sums of global row r, in the chunk
