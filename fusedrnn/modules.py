@@ -275,6 +275,13 @@ class _RNNBase(nn.Module):
         """The attributes that decide which weights the module has, and their shapes."""
         return (self.num_layers, self.bidirectional, self.bias, self.proj_size, self.peephole, self.coupled_gates)
 
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        # A module pickled without the record: its attributes as unpickled are
+        # those its weights were made for.
+        if "_structure" not in self.__dict__:
+            self._structure = self._structure_now()
+
     def _check_structure(self) -> None:
         """A module whose num_layers, bidirectional, bias, proj_size, peephole or
         coupled_gates were set after construction does not have the weights they
@@ -502,6 +509,7 @@ class _RNNBase(nn.Module):
         """Called by torch.jit.script before it compiles the module: the compiled
         forward reads the weights from a list, as torch.nn's does (TorchScript
         reads no attribute by a computed name), which this takes now."""
+        self._check_structure()
         weights = self._flat_weights
         missing = [n for n, w in zip(self._flat_weights_names, weights) if not isinstance(w, Tensor)]
         if missing:
@@ -1018,9 +1026,10 @@ def _take_over(new: nn.Module, module: nn.Module) -> None:
         # Not what the class defines (forward, the compiled call of
         # Module.compile(): methods of the old module), nor the weight lists of
         # torch.nn's RNNBase (_flat_weights*) and of torch.jit.script
-        # (_script_weights): the twin reads the weights by name.
+        # (_script_weights): the twin reads the weights by name; nor the
+        # structure a fusedrnn module checks its attributes against.
         if (key not in new.__dict__ and not hasattr(type(new), key) and not key.startswith("_flat_weight")
-                and key not in _VARIANT_FLAGS and key != "_script_weights"):
+                and key not in _VARIANT_FLAGS and key not in ("_script_weights", "_structure")):
             new.__dict__[key] = value
     # Not train(), which would also set the mode of the children taken over.
     new.training = module.training

@@ -309,30 +309,69 @@ def test_lstm_hx_as_a_list_with_an_unsorted_packed_sequence_works_as_in_torch_nn
 @pytest.mark.parametrize("name", SEQ)
 def test_dropout_set_out_of_range_after_construction_matches_torch_nn(name, p):
     """torch.nn checks the probability where it applies dropout, between the
-    layers of a stack in training; in eval mode it runs."""
+    layers of a stack in training; in eval mode it runs. Scripted, the stack
+    raises the same words."""
+    from helpers import script, script_holder
+
     ref, fused = _pair(name, 3, 4, num_layers=2)
     ref.dropout = fused.dropout = p
     x = torch.randn(5, 2, 3)
     assert_same_error(lambda: ref(x), lambda: fused(x))
+    with pytest.raises(RuntimeError, match=f"dropout probability has to be between 0 and 1, but got {p}"):
+        script(script_holder(fused, False))(x)
     ref.eval()
     fused.eval()
     torch.testing.assert_close(fused(x)[0], ref(x)[0])
 
 
-@pytest.mark.parametrize("attr,value", [("num_layers", 3), ("num_layers", 1), ("bias", False),
-                                        ("bidirectional", True), ("proj_size", 2), ("peephole", True),
-                                        ("coupled_gates", True)])
-def test_structure_set_after_construction_is_refused(attr, value):
+STRUCTURE_CHANGES = [("LSTM", "num_layers", 3), ("LSTM", "num_layers", 1), ("LSTM", "bias", False),
+                     ("LSTM", "bidirectional", True), ("LSTM", "proj_size", 2), ("LSTM", "peephole", True),
+                     ("LSTM", "coupled_gates", True), ("GRU", "num_layers", 1), ("GRU", "bias", False),
+                     ("RNN", "bidirectional", True), ("RNN", "num_layers", 3)]
+
+
+@pytest.mark.parametrize("scripted", [False, True], ids=["eager", "script"])
+@pytest.mark.parametrize("name,attr,value", STRUCTURE_CHANGES, ids=[f"{n}-{a}-{v}" for n, a, v in STRUCTURE_CHANGES])
+def test_structure_set_after_construction_is_refused(name, attr, value, scripted):
     """The attributes that decide which weights a module has cannot change
     after it is built: torch.nn raises its own errors for some and runs on its
-    weight list for others; fusedrnn refuses them all by name."""
-    m = fusedrnn.LSTM(3, 4, num_layers=2)
+    weight list for others; fusedrnn refuses them all by name, when called and
+    when scripted."""
+    from helpers import script, script_holder
+
+    m = getattr(fusedrnn, name)(3, 4, num_layers=2)
     before = getattr(m, attr)
     setattr(m, attr, value)
     with pytest.raises(RuntimeError) as info:
-        m(torch.randn(5, 2, 3))
-    assert str(info.value) == (f"LSTM: its weights were made for {attr}={before!r} (now {value!r}); these "
+        if scripted:
+            script(script_holder(m, False))
+        else:
+            m(torch.randn(5, 2, 3))
+    assert str(info.value) == (f"{name}: its weights were made for {attr}={before!r} (now {value!r}); these "
                                "attributes cannot change after construction, build a new module instead")
+
+
+def test_structure_check_survives_pickling_and_stays_out_of_torch_twins():
+    """A module saved and loaded keeps the record its attributes are checked
+    against; its torch.nn twin does not take the record over."""
+    import io
+
+    m = fusedrnn.LSTM(3, 4, num_layers=2)
+    buf = io.BytesIO()
+    torch.save(m, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    loaded.num_layers = 1
+    with pytest.raises(RuntimeError, match="its weights were made for num_layers=2"):
+        loaded(torch.randn(5, 2, 3))
+    state = dict(m.__dict__)
+    del state["_structure"]
+    old = fusedrnn.LSTM.__new__(fusedrnn.LSTM)
+    old.__setstate__(state)
+    old.bias = False
+    with pytest.raises(RuntimeError, match="its weights were made for bias=True"):
+        old(torch.randn(5, 2, 3))
+    assert "_structure" not in m.to_torch().__dict__
 
 
 def test_reset_after_may_change_after_construction():
