@@ -816,29 +816,26 @@ class _CellBase(nn.Module):
 
 
 def _product_dtypes_error(a, b, bias: bool = True) -> str:
-    """ATen's words for a product of two dtypes: addmm's where the cell has biases, mm's
-    (its C++ type names) where it has none."""
+    """ATen's words for a product of two dtypes: addmm's (its scalar type names)
+    where the cell has biases, mm's (its C++ type names) where it has none."""
     if not bias:
-        return f"expected m1 and m2 to have the same dtype, but got: {_cpp_type_name(a)} != {_cpp_type_name(b)}"
+        return f"expected m1 and m2 to have the same dtype, but got: {_dtype_name(a, True)} != {_dtype_name(b, True)}"
     return f"mat1 and mat2 must have the same dtype, but got {_dtype_name(a)} and {_dtype_name(b)}"
 
 
-def _cpp_type_name(dtype) -> str:
-    return {
-        torch.float32: "float", torch.float64: "double", torch.float16: "c10::Half", torch.bfloat16: "c10::BFloat16",
-        torch.int64: "long int", torch.int32: "int", torch.int16: "short int", torch.int8: "signed char",
-        torch.uint8: "unsigned char", torch.bool: "bool", torch.complex64: "c10::complex<float>",
-        torch.complex128: "c10::complex<double>",
-    }.get(dtype, str(dtype).replace("torch.", ""))
+# dtype: (ATen's scalar type name, its C++ type name).
+_DTYPE_NAMES = {
+    torch.float32: ("Float", "float"), torch.float64: ("Double", "double"), torch.float16: ("Half", "c10::Half"),
+    torch.bfloat16: ("BFloat16", "c10::BFloat16"), torch.int64: ("Long", "long int"), torch.int32: ("Int", "int"),
+    torch.int16: ("Short", "short int"), torch.int8: ("Char", "signed char"), torch.uint8: ("Byte", "unsigned char"),
+    torch.bool: ("Bool", "bool"), torch.complex64: ("ComplexFloat", "c10::complex<float>"),
+    torch.complex128: ("ComplexDouble", "c10::complex<double>"),
+}
 
 
-def _dtype_name(dtype) -> str:
-    return {
-        torch.float32: "Float", torch.float64: "Double", torch.float16: "Half", torch.bfloat16: "BFloat16",
-        torch.int64: "Long", torch.int32: "Int", torch.int16: "Short", torch.int8: "Char",
-        torch.uint8: "Byte", torch.bool: "Bool", torch.complex64: "ComplexFloat",
-        torch.complex128: "ComplexDouble",
-    }.get(dtype, str(dtype).replace("torch.", ""))
+def _dtype_name(dtype, cpp: bool = False) -> str:
+    names = _DTYPE_NAMES.get(dtype)
+    return names[cpp] if names else str(dtype).replace("torch.", "")
 
 
 class LSTMCell(_CellBase):
