@@ -221,16 +221,43 @@ constexpr int64_t kBlasMinRows = 32;
 constexpr int64_t kBlasMinRowsThreaded = 48;
 constexpr int64_t kBlasMinK = 128;
 
+// The backward of a single step whose weights (W_ih and W_hh) hold at least
+// kBlasBackwardMinWeights elements, more than L2 holds in float32, takes the
+// BLAS from any rows: its weight gradients dG^T x and dG^T h are products over
+// as few as one row, which write a whole weight each, and dG W_ih and dG W_hh
+// read one. Smaller weights keep the rule of the forward: in T=10 cell loops
+// (training, BLAS / own, paired, 1 thread) GRUCell H=256 N=1 took 1.11,
+// RNNCell 1.05, LSTMCell H=128 N=4 1.11, where LSTMCell H=1024 N=1 took 0.77
+// (also with glibc's thresholds fixed). Single calls' backward
+// (float32, separate process per shape with glibc's thresholds fixed, median of
+// 30, 1 thread, then 2), BLAS / own GEMMs in ms: LSTMCell H=1024 N=1 4.99 /
+// 9.60, 2.68 / 5.17; N=16 8.25 / 14.73, 3.66 / 8.46; N=32 11.14 / 22.92;
+// GRUCell H=1024 N=4 1.95 / 2.12 (2 threads); RNNCell H=2048 N=16 7.90 /
+// 12.72, 3.62 / 6.61; LSTMCell H=512 N=4 0.99 / 1.30, 0.57 / 0.71; N=16 1.67 /
+// 2.21, 0.88 / 1.18; H=256 N=1 0.28 / 0.31, 0.19 / 0.22; N=16 0.38 / 0.38 (2
+// threads); H=128 N=16 0.17 / 0.19; GRUCell H=256 N=1 0.22 / 0.23; RNNCell
+// H=256 N=4 0.11 / 0.10.
+template <typename S>
+int64_t blas_min_rows(const SeqForwardArgs<S>&, const Parallel& par) {
+  return par.max_threads > 1 ? kBlasMinRowsThreaded : kBlasMinRows;
+}
+constexpr int64_t kBlasBackwardMinWeights = int64_t{1} << 20;
+template <typename S>
+int64_t blas_min_rows(const SeqBackwardArgs<S>& a, const Parallel& par) {
+  const int64_t G = num_gates(a.cell.kind, a.cell.coupled);
+  if (G * a.H * (a.C + a.P) >= kBlasBackwardMinWeights) return 1;
+  return par.max_threads > 1 ? kBlasMinRowsThreaded : kBlasMinRows;
+}
+
 // The BLAS a pass uses for its products, or null: its own GEMMs. The BLAS runs
 // on the calling thread (with its own threads), so a pass that uses it runs its
 // phases on that thread alone (threads_for).
 template <typename Args>
 auto blas_for(const Args& a, const Parallel& par) -> decltype(a.blas) {
   if (a.blas == nullptr || a.seq.T != 1) return nullptr;
-  const int64_t min_rows = par.max_threads > 1 ? kBlasMinRowsThreaded : kBlasMinRows;
   const bool use = a.blas_policy == BlasPolicy::kAlways ||
                    (a.blas_policy == BlasPolicy::kAuto && a.pack == PackPolicy::kAuto &&
-                    a.seq.N >= min_rows && a.P >= kBlasMinK);
+                    a.seq.N >= blas_min_rows(a, par) && a.P >= kBlasMinK);
   return use ? a.blas : nullptr;
 }
 
