@@ -237,16 +237,18 @@ constexpr int64_t kBlasMinK = 128;
 // 2.21, 0.88 / 1.18; H=256 N=1 0.28 / 0.31, 0.19 / 0.22; N=16 0.38 / 0.38 (2
 // threads); H=128 N=16 0.17 / 0.19; GRUCell H=256 N=1 0.22 / 0.23; RNNCell
 // H=256 N=4 0.11 / 0.10.
-template <typename S>
-int64_t blas_min_rows(const SeqForwardArgs<S>&, const Parallel& par) {
+constexpr int64_t kBlasBackwardMinWeights = int64_t{1} << 20;
+inline int64_t blas_min_rows(const Parallel& par) {
   return par.max_threads > 1 ? kBlasMinRowsThreaded : kBlasMinRows;
 }
-constexpr int64_t kBlasBackwardMinWeights = int64_t{1} << 20;
+template <typename S>
+int64_t blas_min_rows(const SeqForwardArgs<S>&, const Parallel& par) {
+  return blas_min_rows(par);
+}
 template <typename S>
 int64_t blas_min_rows(const SeqBackwardArgs<S>& a, const Parallel& par) {
   const int64_t G = num_gates(a.cell.kind, a.cell.coupled);
-  if (G * a.H * (a.C + a.P) >= kBlasBackwardMinWeights) return 1;
-  return par.max_threads > 1 ? kBlasMinRowsThreaded : kBlasMinRows;
+  return G * a.H * (a.C + a.P) >= kBlasBackwardMinWeights ? 1 : blas_min_rows(par);
 }
 
 // The BLAS a pass uses for its products, or null: its own GEMMs. The BLAS runs
