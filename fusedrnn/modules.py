@@ -13,7 +13,6 @@ import copy
 import functools
 import math
 import numbers
-import operator
 import warnings
 from typing import Any, List, Optional, Tuple, overload
 
@@ -52,11 +51,6 @@ def _flag(name: str, value) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} should be of type bool, got: {type(value).__name__}")
     return value
-
-
-# The attributes of a stacked module that decide which weights it has.
-_STRUCTURE = ("num_layers", "bidirectional", "bias", "proj_size", "peephole", "coupled_gates")
-_structure_of = operator.attrgetter(*_STRUCTURE)
 
 
 def _permute(hx, permutation):
@@ -279,7 +273,7 @@ class _RNNBase(nn.Module):
 
     def _structure_now(self):
         """The attributes that decide which weights the module has, and their shapes."""
-        return _structure_of(self)
+        return (self.num_layers, self.bidirectional, self.bias, self.proj_size, self.peephole, self.coupled_gates)
 
     def __setstate__(self, state):
         super().__setstate__(state)
@@ -293,9 +287,11 @@ class _RNNBase(nn.Module):
         coupled_gates were set after construction does not have the weights they
         describe: a clear error, where torch.nn raises one of its own or runs on
         what its weight list holds."""
-        built, now = self._structure, self._structure_now()
-        if now != built:
-            changed = ", ".join(f"{n}={b!r} (now {c!r})" for n, b, c in zip(_STRUCTURE, built, now) if b != c)
+        built = self.__dict__.get("_structure")
+        now = self._structure_now()
+        if built is not None and now != built:
+            names = ("num_layers", "bidirectional", "bias", "proj_size", "peephole", "coupled_gates")
+            changed = ", ".join(f"{n}={b!r} (now {c!r})" for n, b, c in zip(names, built, now) if b != c)
             raise RuntimeError(
                 f"{type(self).__name__}: its weights were made for {changed}; these attributes cannot change "
                 "after construction, build a new module instead"
