@@ -53,6 +53,11 @@ def _flag(name: str, value) -> bool:
     return value
 
 
+# The attributes of a stacked module that decide which weights it has, in the
+# order of _RNNBase._structure_now.
+_STRUCTURE = ("num_layers", "bidirectional", "bias", "proj_size", "peephole", "coupled_gates")
+
+
 def _permute(hx, permutation):
     if permutation is None:
         return hx
@@ -290,8 +295,7 @@ class _RNNBase(nn.Module):
         built = self.__dict__.get("_structure")
         now = self._structure_now()
         if built is not None and now != built:
-            names = ("num_layers", "bidirectional", "bias", "proj_size", "peephole", "coupled_gates")
-            changed = ", ".join(f"{n}={b!r} (now {c!r})" for n, b, c in zip(names, built, now) if b != c)
+            changed = ", ".join(f"{n}={b!r} (now {c!r})" for n, b, c in zip(_STRUCTURE, built, now) if b != c)
             raise RuntimeError(
                 f"{type(self).__name__}: its weights were made for {changed}; these attributes cannot change "
                 "after construction, build a new module instead"

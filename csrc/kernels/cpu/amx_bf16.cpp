@@ -526,7 +526,7 @@ void gemm_nt_tiles(int64_t M, int64_t N, int64_t K, const bf16* a, int64_t lda, 
   // buffer of its own: A may be a block staged by the caller.
   const int64_t own = at ? 0 : nrb * kb;
   bf16* buf = thread_buffer<1>((own + 2) * kTileElems);
-  if (!at) pack(a, M, K, lda, buf, tile_size(K), 0, nrb);
+  if (!at) nt_operand(a, M, K, lda, buf);
   const bf16* bt = at ? at : buf;
   bf16* pad[2] = {buf + own * kTileElems, buf + (own + 1) * kTileElems};
   alignas(64) float out[kMaxTiles * kTileRows * kTileCols];

@@ -960,7 +960,7 @@ struct InputProjection {
   const amx::bf16* xb = nullptr;
   const amx::bf16* wb = nullptr;
   amx::bf16* tiles = nullptr;  // W_ih packed (amx.h)
-  bool in_place = false;       // W_ih read in place on the dot engine (dot_in_place)
+  bool in_place = false;       // W_ih read in place, on tiles or the dot engine (dot_in_place)
   // In place on tiles: all rows of x laid out once (amx::nt_operand) for the
   // tasks, which would otherwise each lay out their block of rows again.
   amx::bf16* xt = nullptr;
