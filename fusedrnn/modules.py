@@ -86,6 +86,10 @@ class _FlatWeights(list):
 class _RNNBase(nn.Module):
     """Shared parts of LSTM, GRU and RNN, following torch.nn.RNNBase."""
 
+    # Constants of the compiled module, as torch.nn.RNNBase's: TorchScript then
+    # refuses to set them on it, since its weights were made for these values.
+    __constants__ = ["mode", "input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
+                     "bidirectional", "proj_size", "peephole", "coupled_gates", "reset_after"]
     __jit_unused_properties__ = ["all_weights", "_flat_weights"]
 
     def __init__(
@@ -744,6 +748,8 @@ class RNN(_RNNBase):
 class _CellBase(nn.Module):
     """Shared parts of the cells, following torch.nn.RNNCellBase."""
 
+    __constants__ = ["input_size", "hidden_size", "bias"]
+
     def __init__(self, input_size, hidden_size, bias, num_chunks, device=None, dtype=None, peephole_chunks=0):
         factory_kwargs = {"device": device, "dtype": dtype}
         super().__init__()
@@ -846,6 +852,7 @@ class LSTMCell(_CellBase):
     """Drop-in for torch.nn.LSTMCell, with ``peephole`` and ``coupled_gates``."""
 
     _torch_class = nn.LSTMCell
+    __constants__ = _CellBase.__constants__ + ["peephole", "coupled_gates"]
 
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *, peephole=False, coupled_gates=False):
         self.peephole = _flag("peephole", peephole)
@@ -905,6 +912,7 @@ class GRUCell(_CellBase):
     """Drop-in for torch.nn.GRUCell; ``reset_after=False`` is Cho et al. 2014."""
 
     _torch_class = nn.GRUCell
+    __constants__ = _CellBase.__constants__ + ["reset_after"]
 
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *, reset_after=True):
         self.reset_after = _flag("reset_after", reset_after)

@@ -136,6 +136,55 @@ def test_scripted_cell_errors_are_torch_nns(name, case):
     assert _error(ours, x, hx) == _error(theirs, x, hx)
 
 
+def _set_error(module, name, value):
+    try:
+        setattr(module, name, value)
+    except RuntimeError as e:
+        return str(e)
+    return None
+
+
+@pytest.mark.parametrize("name, attribute, value", [
+    (name, attribute, value)
+    for name in ("LSTM", "GRU", "RNN")
+    for attribute, value in [("input_size", C + 1), ("hidden_size", H + 1), ("num_layers", 2), ("bias", False),
+                             ("batch_first", True), ("dropout", 0.5), ("bidirectional", True)]
+] + [("LSTM", "proj_size", P)])
+def test_scripted_module_refuses_a_new_structure_as_torch_nns(name, attribute, value):
+    # The oracle: torch.nn's scripted module, whose attributes are constants.
+    ours = script(holder(getattr(fusedrnn, name)(C, H), packed=False))
+    theirs = script(holder(getattr(nn, name)(C, H), packed=False))
+    want = _set_error(theirs.m, attribute, value)
+    assert want is not None and f"Can't set constant '{attribute}'" in want
+    assert _set_error(ours.m, attribute, value) == want
+
+
+@pytest.mark.parametrize("name, kwargs, attribute", [
+    ("LSTM", {}, "peephole"), ("LSTM", {}, "coupled_gates"), ("GRU", {}, "reset_after"),
+    ("LSTMCell", {}, "peephole"), ("LSTMCell", {}, "coupled_gates"), ("GRUCell", {}, "reset_after"),
+])
+def test_scripted_variant_flags_cannot_change(name, kwargs, attribute):
+    m = getattr(fusedrnn, name)(C, H, **kwargs)
+    compiled = script(holder(m, packed=False) if "Cell" not in name else m)
+    target = compiled if "Cell" in name else compiled.m
+    before = getattr(m, attribute)
+    assert _set_error(target, attribute, not before) == (
+        f"Can't set constant '{attribute}' which has value:{before}")
+    x = torch.randn(N, C) if "Cell" in name else torch.randn(T, N, C)
+    torch.testing.assert_close(compiled(x), m(x))
+
+
+@pytest.mark.parametrize("name, attribute, value", [
+    (name, attribute, value) for name in ("LSTMCell", "GRUCell", "RNNCell")
+    for attribute, value in [("input_size", C + 1), ("hidden_size", H + 1), ("bias", False)]
+])
+def test_scripted_cell_refuses_a_new_structure_as_torch_nns(name, attribute, value):
+    ours, theirs = script(getattr(fusedrnn, name)(C, H)), script(getattr(nn, name)(C, H))
+    want = _set_error(theirs, attribute, value)
+    assert want is not None and f"Can't set constant '{attribute}'" in want
+    assert _set_error(ours, attribute, value) == want
+
+
 class Tagger(nn.Module):
     """A model of the kind people script: an embedding, a two-layer
     bidirectional LSTM with dropout, a GRU cell and a linear head."""
