@@ -133,7 +133,7 @@ def forward(mode: str, input: Tensor, batch_sizes: Optional[Tensor], sorted_indi
             weights: List[Tensor], input_size: int, hidden_size: int, proj_size: int, num_layers: int,
             bias: bool, batch_first: bool, dropout: float, training: bool, bidirectional: bool, peephole: bool,
             coupled: bool, reset_after: bool) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
-    """A stacked module's forward (fusedrnn.modules._RNNBase._forward) on its
+    """A stacked module's forward (fusedrnn.modules.RNNBase._forward) on its
     input (the data of a PackedSequence with its batch_sizes and indices) and
     initial states (both or neither of an LSTM's): (output, h_n, c_n or None)."""
     lstm = mode == "LSTM"

@@ -54,7 +54,7 @@ def _flag(name: str, value) -> bool:
 
 
 # The attributes of a stacked module that decide which weights it has, in the
-# order of _RNNBase._structure_now.
+# order of RNNBase._structure_now.
 _STRUCTURE = ("num_layers", "bidirectional", "bias", "proj_size", "peephole", "coupled_gates")
 
 
@@ -83,7 +83,7 @@ class _FlatWeights(list):
         self._module._flat_weights = list(self)
 
 
-class _RNNBase(nn.Module):
+class RNNBase(nn.Module):
     """Shared parts of LSTM, GRU and RNN, following torch.nn.RNNBase."""
 
     # Constants of the compiled module, as torch.nn.RNNBase's: TorchScript then
@@ -580,7 +580,7 @@ class _RNNBase(nn.Module):
         return m
 
 
-class LSTM(_RNNBase):
+class LSTM(RNNBase):
     """Drop-in for torch.nn.LSTM, with ``peephole`` and ``coupled_gates`` variants.
 
     ``LSTM(input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
@@ -647,7 +647,7 @@ class LSTM(_RNNBase):
         return out, (h, c)
 
 
-class GRU(_RNNBase):
+class GRU(RNNBase):
     """Drop-in for torch.nn.GRU; ``reset_after=False`` selects Cho et al. 2014's
     placement of the reset gate (before the recurrent product)."""
 
@@ -697,7 +697,7 @@ def _check_two_states(hx, op: str) -> None:
         raise RuntimeError(f"{op} expects two hidden states")
 
 
-class RNN(_RNNBase):
+class RNN(RNNBase):
     """Drop-in for torch.nn.RNN (``nonlinearity='tanh'`` or ``'relu'``)."""
 
     _torch_class = nn.RNN

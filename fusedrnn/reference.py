@@ -194,7 +194,7 @@ def _module_config(module) -> str:
                           ("RNNCELL", (nn.RNNCell, modules.RNNCell))):
         if isinstance(module, classes):
             return mode
-    if isinstance(module, (nn.RNNBase, modules._RNNBase)):
+    if isinstance(module, (nn.RNNBase, modules.RNNBase)):
         return module.mode
     raise TypeError(
         "expected a recurrent module of fusedrnn or torch.nn (LSTM, GRU, RNN or one of their cells), "

@@ -55,6 +55,13 @@ CTOR_CASES = [
     ("GRU", (4, 8), dict(num_layers=-1)),
     ("RNN", (4, 8), dict(nonlinearity="sigmoid")),
     ("RNN", (4, 8), dict(proj_size=2)),
+    # A misspelt keyword: Python's words, which name the class whose __init__ refused it.
+    ("LSTM", (4, 8), dict(batchfirst=True)),
+    ("GRU", (4, 8), dict(batchfirst=True)),
+    ("RNN", (4, 8), dict(batchfirst=True)),
+    ("LSTMCell", (4, 8), dict(batchfirst=True)),
+    ("GRUCell", (4, 8), dict(batchfirst=True)),
+    ("RNNCell", (4, 8), dict(batchfirst=True)),
 ]
 
 
