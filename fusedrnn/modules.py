@@ -53,6 +53,13 @@ def _flag(name: str, value) -> bool:
     return value
 
 
+def _variants(**flags):
+    """The variant flags (name: (value, default)) that differ from their
+    defaults, as keywords for RNNBase.__init__: a call with too many positional
+    arguments then gets torch.nn's words, which count no keyword-only ones."""
+    return {name: value for name, (value, default) in flags.items() if value is not default}
+
+
 # The attributes of a stacked module that decide which weights it has, in the
 # order of RNNBase._structure_now.
 _STRUCTURE = ("num_layers", "bidirectional", "bias", "proj_size", "peephole", "coupled_gates")
@@ -594,7 +601,8 @@ class LSTM(RNNBase):
     _torch_class = nn.LSTM
 
     def __init__(self, *args, peephole: bool = False, coupled_gates: bool = False, **kwargs):
-        super().__init__("LSTM", *args, peephole=peephole, coupled_gates=coupled_gates, **kwargs)
+        super().__init__("LSTM", *args, **_variants(peephole=(peephole, False), coupled_gates=(coupled_gates, False)),
+                         **kwargs)
 
     def get_expected_cell_size(self, input: Tensor, batch_sizes: Optional[Tensor]) -> Tuple[int, int, int]:
         if batch_sizes is not None:
@@ -656,7 +664,7 @@ class GRU(RNNBase):
     def __init__(self, *args, reset_after: bool = True, **kwargs):
         if "proj_size" in kwargs:
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
-        super().__init__("GRU", *args, reset_after=reset_after, **kwargs)
+        super().__init__("GRU", *args, **_variants(reset_after=(reset_after, True)), **kwargs)
 
     @overload
     @torch._jit_internal._overload_method

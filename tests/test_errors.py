@@ -62,10 +62,14 @@ CTOR_CASES = [
     ("LSTMCell", (4, 8), dict(batchfirst=True)),
     ("GRUCell", (4, 8), dict(batchfirst=True)),
     ("RNNCell", (4, 8), dict(batchfirst=True)),
+    # One positional argument too many.
+    ("LSTM", (4, 8, 1, True, False, 0.0, False, 0, None, None, 5), {}),
+    ("GRU", (4, 8, 1, True, False, 0.0, False, 0, None, None, 5), {}),
+    ("LSTMCell", (4, 8, True, None, None, 5), {}),
 ]
 
 
-@pytest.mark.parametrize("name,args,kwargs", CTOR_CASES, ids=[f"{c[0]}-{c[2]}-{c[1][1]}" for c in CTOR_CASES])
+@pytest.mark.parametrize("name,args,kwargs", CTOR_CASES, ids=[f"{c[0]}-{c[2]}-{c[1][1]}-{len(c[1])}" for c in CTOR_CASES])
 def test_constructor_errors_match_torch_nn(name, args, kwargs):
     assert_same_error(lambda: getattr(nn, name)(*args, **kwargs), lambda: getattr(fusedrnn, name)(*args, **kwargs))
 
