@@ -65,10 +65,12 @@ def _variants(**flags):
 _STRUCTURE = ("num_layers", "bidirectional", "bias", "proj_size", "peephole", "coupled_gates")
 
 
-def _permute(hx, permutation):
+def _permute(hx, permutation, lstm: bool):
+    """hx's batch reordered, as torch.nn's permute_hidden: an LSTM's (h, c) as
+    a tuple or list, GRU's and RNN's one tensor (anything else fails as there)."""
     if permutation is None:
         return hx
-    if isinstance(hx, (tuple, list)):
+    if lstm and isinstance(hx, (tuple, list)):
         return tuple(h.index_select(1, permutation) for h in hx)
     return hx.index_select(1, permutation)
 
@@ -285,7 +287,7 @@ class RNNBase(nn.Module):
     def permute_hidden(self, hx, permutation: Optional[Tensor]):
         """hx (a tensor, or LSTM's (h, c)) with its batch dimension reordered by
         ``permutation``, as torch.nn's ``permute_hidden``."""
-        return _permute(hx, permutation)
+        return _permute(hx, permutation, self.mode == "LSTM")
 
     def _structure_now(self):
         """The attributes that decide which weights the module has, and their shapes."""
@@ -454,7 +456,7 @@ class RNNBase(nn.Module):
                 if lstm:
                     hx = (hx, self._zeros(input, max_batch_size, self.hidden_size))
             else:
-                hx = _permute(hx, sorted_indices)
+                hx = _permute(hx, sorted_indices, lstm)
             is_batched = True
         else:
             batch_sizes = None
@@ -511,7 +513,7 @@ class RNNBase(nn.Module):
 
         if isinstance(orig_input, PackedSequence):
             return PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices), _permute(
-                hidden, unsorted_indices
+                hidden, unsorted_indices, lstm
             )
         if not is_batched:
             output = output.squeeze(0 if self.batch_first else 1)

@@ -316,6 +316,19 @@ def test_lstm_hx_as_a_list_with_an_unsorted_packed_sequence_works_as_in_torch_nn
         assert torch.equal(b, a)
 
 
+@pytest.mark.parametrize("kind", [tuple, list])
+@pytest.mark.parametrize("name", ["GRU", "RNN"])
+def test_two_states_for_a_one_state_module_with_an_unsorted_packed_sequence_match_torch_nn(name, kind):
+    from torch.nn.utils.rnn import pack_sequence
+
+    ref, fused = _pair(name, 3, 4)
+    x = pack_sequence([torch.randn(2, 3), torch.randn(4, 3), torch.randn(3, 3)], enforce_sorted=False)
+    hx = kind([torch.randn(1, 3, 4), torch.randn(1, 3, 4)])
+    assert_same_error(lambda: ref(x, hx), lambda: fused(x, hx))
+    assert_same_error(lambda: ref.permute_hidden(hx, torch.tensor([2, 0, 1])),
+                      lambda: fused.permute_hidden(hx, torch.tensor([2, 0, 1])))
+
+
 @pytest.mark.parametrize("p", [-0.5, 1.5])
 @pytest.mark.parametrize("name", SEQ)
 def test_dropout_set_out_of_range_after_construction_matches_torch_nn(name, p):
