@@ -88,31 +88,21 @@ void pack_recurrent(const S* w, int64_t H, int64_t K, S* dst, const Parallel& pa
 
 // ------------------------------------------------------------ fused step
 
-// acc[v] = sum_k a[k] * wp[k*NV + v] for MR rows, then epi(row, panel, acc[row]).
-// Over a chunk of K: the sums start from part (unless first) and, unless last, are
-// stored back there instead of going to the epilogue, so that chunking K does not
-// change them. With kPf, pf_lines lines from pf on are prefetched on the way
-// (fma_rows), in a copy of its own.
+// acc[v] = sum_k a[k] * wp[k*NV + v] over all of K for MR rows, then
+// epi(row, panel, acc[row]). With kPf, pf_lines lines from pf on are prefetched
+// on the way (fma_rows), in a copy of its own.
 template <typename S, int MR, int NV, bool kPf, typename Epi>
 FRNN_ALWAYS_INLINE inline void recurrent_tile(int64_t K, const S* a, int64_t lda, const S* wp,
-                                              int64_t row0, int64_t panel, const Epi& epi, S* part,
-                                              bool first, bool last, const char* pf,
-                                              int64_t pf_lines) {
+                                              int64_t row0, int64_t panel, const Epi& epi,
+                                              const char* pf, int64_t pf_lines) {
   using V = Vec<S>;
   constexpr int L = V::size();
   V acc[MR][NV];
 #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) acc[i][v] = first ? V(S(0)) : V::loadu(part + (i * NV + v) * L);
+    for (int v = 0; v < NV; ++v) acc[i][v] = V(S(0));
   fma_rows<S, MR, NV, false, kPf>(acc, K, a, lda, 1, wp, NV * L, NV * L, pf, pf_lines);
-  if (!last) {
-#pragma GCC unroll 8
-    for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 8
-      for (int v = 0; v < NV; ++v) acc[i][v].store(part + (i * NV + v) * L);
-    return;
-  }
   for (int i = 0; i < MR; ++i) epi(row0 + i, panel, acc[i]);
 }
 
@@ -514,6 +504,12 @@ struct Recurrent {
     run_packed<true>(rows, a, lda, epi, task);
   }
   // The fused product with the packed weight, task: a panel and a block of rows.
+  // Each row tile takes all of K in one pass, from L2 where the panel does not
+  // fit L1: the panel in chunks of K that stay in L1 from one row tile to the
+  // next (16-32 KiB, their sums kept between chunks) was 1-8% slower on the AMD
+  // EPYC Zen 4 (L1 32 KiB, L2 1 MiB; 1 and 2 threads, inference and training,
+  // LSTM, GRU and RNN at N=16-128 and H=256-1024, paired builds, 2026-12-07)
+  // and no faster on the Intel Xeon (README). The sums are the same either way.
   template <bool kFar, typename Epi>
   FRNN_ALWAYS_INLINE void run_packed(int64_t rows, const S* a, int64_t lda, const Epi& epi,
                                      int64_t task) const {
@@ -522,23 +518,14 @@ struct Recurrent {
     const int64_t r0 = (task % nrb) * kRowBlock;
     const int64_t r1 = std::min<int64_t>(rows, r0 + kRowBlock);
     const S* wpp = packed + p * K * NV * L;
-    const int64_t kstep = k_chunk<S, MR>(K, NV * L, r1 - r0);
-    // The block's sums between chunks of K (kRowBlock rows of NV vectors); with a
-    // single chunk (one row tile) it is not touched.
-    alignas(64) S part[kRowBlock * NV * L];
-    for (int64_t k0 = 0; k0 < K; k0 += kstep) {
-      const int64_t kk = std::min<int64_t>(kstep, K - k0);
-      const PrefetchNext pf =
-          kFar ? PrefetchNext::after_chunk<MR>(wpp, k0, kk, kstep, K, NV * L, K * NV * L, p,
-                                               panels(), r1 - r0)
-               : PrefetchNext();
-      for_row_tiles<MR>(r1 - r0, [&](auto R, int64_t i) FRNN_ALWAYS_INLINE {
-        recurrent_tile<S, decltype(R)::value, NV, kFar>(kk, a + (r0 + i) * lda + k0, lda,
-                                                        wpp + k0 * NV * L, r0 + i, p, epi,
-                                                        part + i * NV * L, k0 == 0, k0 + kk >= K,
-                                                        pf.at(i / MR), pf.count(i / MR));
-      });
-    }
+    const PrefetchNext pf =
+        kFar ? PrefetchNext::after_chunk<MR>(wpp, 0, K, K, K, NV * L, K * NV * L, p, panels(),
+                                             r1 - r0)
+             : PrefetchNext();
+    for_row_tiles<MR>(r1 - r0, [&](auto R, int64_t i) FRNN_ALWAYS_INLINE {
+      recurrent_tile<S, decltype(R)::value, NV, kFar>(K, a + (r0 + i) * lda, lda, wpp, r0 + i, p,
+                                                      epi, pf.at(i / MR), pf.count(i / MR));
+    });
   }
 
   // x: the step's rows of the input [rows, C], where the input product is joined.
