@@ -161,6 +161,40 @@ def test_variant_matches_reference(variant, shape, packed, dtype):
 
 SEQ_ALL = seq_variants(P)
 
+# Wide enough that each step's product with the packed W_hh has several chunks
+# of K: 128 rows of K a chunk for the LSTM's and RNN's panels (float32 and
+# float64), 170 for the GRU's (three gates), so K = H = 300 (and P = 200 with a
+# projection) takes two or three; 13 rows are three row tiles (6 + 6 + 1).
+K_CHUNKS_DIMS = dict(T=4, N=13, C=7, H=300, P=200)
+K_CHUNKS_LENGTHS = [4, 3, 4, 1, 2, 4, 4, 3, 2, 1, 4, 4, 2]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("packed", [False, True], ids=["strided", "packed"])
+@pytest.mark.parametrize("variant", list(SEQ_ALL))
+def test_recurrent_product_in_chunks_of_k_or_all_at_once(variant, packed, dtype, monkeypatch):
+    # Each step's product with the packed W_hh takes K in chunks that stay in
+    # L1 from one row tile to the next, its sums kept between chunks
+    # (FUSEDRNN_CPU_K_CHUNKS=always; auto where L1 holds more than a chunk), or
+    # all of K at once (never; auto where a chunk fills L1): the same sums, so
+    # the same bits in every output and gradient, and the reference's values.
+    d = K_CHUNKS_DIMS
+    mode, vkw = seq_variants(d["P"])[variant]
+    torch.manual_seed(0)
+    m = getattr(fusedrnn, mode)(d["C"], d["H"], **vkw).to(dtype)
+    leaves = seq_leaves(m, d["T"], d["N"], d["C"], non_contiguous=not packed)
+    build = seq_builder(m, d["C"], lengths=K_CHUNKS_LENGTHS if packed else None, non_contiguous=not packed)
+    monkeypatch.setenv("FUSEDRNN_CPU_PACK", "always")
+    got = {}
+    for chunks in ("always", "never"):
+        monkeypatch.setenv("FUSEDRNN_CPU_K_CHUNKS", chunks)
+        got[chunks] = run(m, build, leaves)
+    assert got["always"].keys() == got["never"].keys()
+    for name, value in got["always"].items():
+        assert torch.equal(value, got["never"][name]), name
+    _assert_matches_reference(m, build, leaves, dtype, got=got["never"] if dtype == torch.float64 else None)
+
+
 
 @pytest.mark.parametrize("packed", [False, True], ids=["strided", "packed"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])

@@ -20,6 +20,10 @@
 #include <optional>
 #include <vector>
 
+#if defined(__unix__) || defined(__APPLE__)
+#include <unistd.h>
+#endif
+
 #if defined(__x86_64__)
 #include <cpuid.h>
 #endif
@@ -95,6 +99,32 @@ bool cpu_is_intel() {
 #else
   return false;
 #endif
+}
+
+// Whether each step's product with the packed W_hh takes K in chunks of 32 KiB
+// of panel (kL1PanelBytes in gemm.h) that stay in L1 from one row tile to the
+// next (SeqForwardArgs::k_chunks): where L1 holds more than a chunk (48 KiB on
+// Intel since Ice Lake), or its size is unknown. On the Intel Xeon the chunks
+// took an LSTM step at N=16 H=256 from 58 to 52 us (ARCHITECTURE.md). Where a
+// chunk fills L1 (32 KiB, AMD EPYC Zen 4) all of K at once was faster: 1-9%
+// over LSTM, GRU and RNN forwards at N=16-128, H=256-1024, 1 and 2 threads
+// (paired builds, 2026-12-07); chunks of 16 KiB there were 2-4% slower still.
+// FUSEDRNN_CPU_K_CHUNKS=always|never forces either (tests, benchmarks).
+bool k_chunks() {
+  constexpr long kChunkBytes = 32 << 10;
+  static const bool roomy = [] {
+#if defined(_SC_LEVEL1_DCACHE_SIZE)
+    const long l1 = sysconf(_SC_LEVEL1_DCACHE_SIZE);
+    return l1 <= 0 || l1 > kChunkBytes;
+#else
+    return true;
+#endif
+  }();
+  switch (env_switch("FUSEDRNN_CPU_K_CHUNKS")) {
+    case Switch::kAlways: return true;
+    case Switch::kNever: return false;
+    default: return roomy;
+  }
 }
 
 // When a single step takes its products from torch's BLAS (the kernels decide
@@ -298,6 +328,7 @@ void forward_typed(const LayerInputs& in, const LayerGeometry& g, bool training,
   cpu::SeqForwardArgs<S> a{};
   a.cell = in.cell;
   a.pack = pack_policy();
+  a.k_chunks = k_chunks();
   a.blas_policy = amx ? cpu::BlasPolicy::kNever : blas_policy();
   a.blas = &aten_gemm<S>;
   a.training = training;

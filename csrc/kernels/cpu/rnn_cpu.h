@@ -93,6 +93,10 @@ template <typename S>
 struct SeqForwardArgs {
   CellConfig cell;
   PackPolicy pack;
+  // Whether each step's product with the packed W_hh takes K in chunks that
+  // stay in L1 from one row tile to the next (Recurrent::run_packed), or all of
+  // K at once; the same sums either way.
+  bool k_chunks;
   BlasPolicy blas_policy;
   BlasGemm<S> blas;
   bool training;  // save what backward needs

@@ -88,21 +88,31 @@ void pack_recurrent(const S* w, int64_t H, int64_t K, S* dst, const Parallel& pa
 
 // ------------------------------------------------------------ fused step
 
-// acc[v] = sum_k a[k] * wp[k*NV + v] over all of K for MR rows, then
-// epi(row, panel, acc[row]). With kPf, pf_lines lines from pf on are prefetched
-// on the way (fma_rows), in a copy of its own.
+// acc[v] = sum_k a[k] * wp[k*NV + v] for MR rows, then epi(row, panel, acc[row]).
+// Over a chunk of K: the sums start from part (unless first) and, unless last, are
+// stored back there instead of going to the epilogue, so that chunking K does not
+// change them. With kPf, pf_lines lines from pf on are prefetched on the way
+// (fma_rows), in a copy of its own.
 template <typename S, int MR, int NV, bool kPf, typename Epi>
 FRNN_ALWAYS_INLINE inline void recurrent_tile(int64_t K, const S* a, int64_t lda, const S* wp,
-                                              int64_t row0, int64_t panel, const Epi& epi,
-                                              const char* pf, int64_t pf_lines) {
+                                              int64_t row0, int64_t panel, const Epi& epi, S* part,
+                                              bool first, bool last, const char* pf,
+                                              int64_t pf_lines) {
   using V = Vec<S>;
   constexpr int L = V::size();
   V acc[MR][NV];
 #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) acc[i][v] = V(S(0));
+    for (int v = 0; v < NV; ++v) acc[i][v] = first ? V(S(0)) : V::loadu(part + (i * NV + v) * L);
   fma_rows<S, MR, NV, false, kPf>(acc, K, a, lda, 1, wp, NV * L, NV * L, pf, pf_lines);
+  if (!last) {
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) acc[i][v].store(part + (i * NV + v) * L);
+    return;
+  }
   for (int i = 0; i < MR; ++i) epi(row0 + i, panel, acc[i]);
 }
 
@@ -418,6 +428,8 @@ struct Recurrent {
   S* packed = nullptr;
   S* gh = nullptr;
   BlasGemm<S> blas = nullptr;
+  // Whether the packed product takes K in chunks (run_packed; SeqForwardArgs).
+  bool k_chunks = true;
   // On AMX: W in bfloat16 (wb), packed as the column tiles of each gate's units,
   // tile (unit block j, gate g) at (j * G + g) * amx::tile_size(kt()), or read
   // in place (tiles null, dot_in_place) with the in-place tasks. A task
@@ -504,12 +516,9 @@ struct Recurrent {
     run_packed<true>(rows, a, lda, epi, task);
   }
   // The fused product with the packed weight, task: a panel and a block of rows.
-  // Each row tile takes all of K in one pass, from L2 where the panel does not
-  // fit L1: the panel in chunks of K that stay in L1 from one row tile to the
-  // next (16-32 KiB, their sums kept between chunks) was 1-8% slower on the AMD
-  // EPYC Zen 4 (L1 32 KiB, L2 1 MiB; 1 and 2 threads, inference and training,
-  // LSTM, GRU and RNN at N=16-128 and H=256-1024, paired builds, 2026-12-07)
-  // and no faster on the Intel Xeon (README). The sums are the same either way.
+  // With k_chunks the row tiles take K in chunks that stay in L1 from one tile
+  // to the next (k_chunk), their sums kept between chunks; without, each tile
+  // takes all of K in one pass. The sums are the same either way.
   template <bool kFar, typename Epi>
   FRNN_ALWAYS_INLINE void run_packed(int64_t rows, const S* a, int64_t lda, const Epi& epi,
                                      int64_t task) const {
@@ -518,14 +527,23 @@ struct Recurrent {
     const int64_t r0 = (task % nrb) * kRowBlock;
     const int64_t r1 = std::min<int64_t>(rows, r0 + kRowBlock);
     const S* wpp = packed + p * K * NV * L;
-    const PrefetchNext pf =
-        kFar ? PrefetchNext::after_chunk<MR>(wpp, 0, K, K, K, NV * L, K * NV * L, p, panels(),
-                                             r1 - r0)
-             : PrefetchNext();
-    for_row_tiles<MR>(r1 - r0, [&](auto R, int64_t i) FRNN_ALWAYS_INLINE {
-      recurrent_tile<S, decltype(R)::value, NV, kFar>(K, a + (r0 + i) * lda, lda, wpp, r0 + i, p,
-                                                      epi, pf.at(i / MR), pf.count(i / MR));
-    });
+    const int64_t kstep = k_chunks ? k_chunk<S, MR>(K, NV * L, r1 - r0) : K;
+    // The block's sums between chunks of K (kRowBlock rows of NV vectors); with a
+    // single chunk (one row tile) it is not touched.
+    alignas(64) S part[kRowBlock * NV * L];
+    for (int64_t k0 = 0; k0 < K; k0 += kstep) {
+      const int64_t kk = std::min<int64_t>(kstep, K - k0);
+      const PrefetchNext pf =
+          kFar ? PrefetchNext::after_chunk<MR>(wpp, k0, kk, kstep, K, NV * L, K * NV * L, p,
+                                               panels(), r1 - r0)
+               : PrefetchNext();
+      for_row_tiles<MR>(r1 - r0, [&](auto R, int64_t i) FRNN_ALWAYS_INLINE {
+        recurrent_tile<S, decltype(R)::value, NV, kFar>(kk, a + (r0 + i) * lda + k0, lda,
+                                                        wpp + k0 * NV * L, r0 + i, p, epi,
+                                                        part + i * NV * L, k0 == 0, k0 + kk >= K,
+                                                        pf.at(i / MR), pf.count(i / MR));
+      });
+    }
   }
 
   // x: the step's rows of the input [rows, C], where the input product is joined.
@@ -1712,6 +1730,7 @@ void lstm_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& 
   xproj.plan(arena, a, GH, blas, join);
   Recurrent<S, G, U> rec;
   rec.plan(arena, a.pack, a.w_hh, H, P, N, R, blas, a.w_hh_bf16, join ? a.w_ih_bf16 : nullptr, a.C);
+  rec.k_chunks = a.k_chunks;
   WeightT<S> whr;
   if (proj) whr.plan(arena, a.pack, a.w_hr, P, H, R, blas);
   HiddenState<S> hs;
@@ -1984,6 +2003,7 @@ void gru_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& p
   xproj.plan(arena, a, GH, blas);
   Recurrent<S, G, U> rec;
   rec.plan(arena, a.pack, a.w_hh, H, H, N, total_rows(seq), blas, a.w_hh_bf16);
+  rec.k_chunks = a.k_chunks;
   S* b_hn = arena.take<S>(H);
   HiddenState<S> hs;
   hs.plan(arena, seq, H);
@@ -2054,9 +2074,11 @@ void gru_reset_before_forward_seq(const SeqForwardArgs<S>& a, Arena& arena,
   xproj.plan(arena, a, GH, blas);
   Recurrent<S, 2, U1> rec_rz;
   rec_rz.plan(arena, a.pack, a.w_hh, H, H, N, total_rows(seq), blas, a.w_hh_bf16);
+  rec_rz.k_chunks = a.k_chunks;
   Recurrent<S, 1, U2> rec_n;
   rec_n.plan(arena, a.pack, a.w_hh ? a.w_hh + 2 * H * H : nullptr, H, H, N, total_rows(seq), blas,
              a.w_hh_bf16 ? a.w_hh_bf16 + 2 * H * H : nullptr);
+  rec_n.k_chunks = a.k_chunks;
   HiddenState<S> hs;
   hs.plan(arena, seq, H);
   // z lives in the saved gates when they are S, in scratch otherwise (the n
@@ -2357,6 +2379,7 @@ void rnn_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& p
   Recurrent<S, 1, U> rec;
   rec.plan(arena, a.pack, a.w_hh, H, H, N, total_rows(seq), blas, a.w_hh_bf16,
            join ? a.w_ih_bf16 : nullptr, a.C);
+  rec.k_chunks = a.k_chunks;
   HiddenState<S> hs;
   hs.plan(arena, seq, H);
   Schedule sched;
