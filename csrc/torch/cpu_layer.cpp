@@ -106,9 +106,10 @@ bool cpu_is_intel() {
 // next (SeqForwardArgs::k_chunks): where L1 holds more than a chunk (48 KiB on
 // Intel since Ice Lake), or its size is unknown. On the Intel Xeon the chunks
 // took an LSTM step at N=16 H=256 from 58 to 52 us (ARCHITECTURE.md). Where a
-// chunk fills L1 (32 KiB, AMD EPYC Zen 4) all of K at once was faster: 1-9%
-// over LSTM, GRU and RNN forwards at N=16-128, H=256-1024, 1 and 2 threads
-// (paired builds, 2026-12-07); chunks of 16 KiB there were 2-4% slower still.
+// chunk fills L1 (32 KiB, AMD EPYC Zen 4) all of K at once was faster: 4% in
+// the median of 16 LSTM, GRU and RNN forwards at N=16-128, H=256-1024, 1 and 2
+// threads, up to 9%, two within 1% (paired builds, 2026-12-07); chunks of
+// 16 KiB there were 2-4% slower than 32.
 // FUSEDRNN_CPU_K_CHUNKS=always|never forces either (tests, benchmarks).
 bool k_chunks() {
   constexpr long kChunkBytes = 32 << 10;
