@@ -20,10 +20,6 @@
 #include <optional>
 #include <vector>
 
-#if defined(__unix__) || defined(__APPLE__)
-#include <unistd.h>
-#endif
-
 #if defined(__x86_64__)
 #include <cpuid.h>
 #endif
@@ -65,25 +61,27 @@ Switch env_switch(const char* name) {
   TORCH_CHECK(false, name, " must be auto, always or never, got '", v, "'");
 }
 
+// A kernel policy (kAuto, kAlways, kNever) from the environment variable `name`.
+template <typename Policy>
+Policy env_policy(const char* name) {
+  switch (env_switch(name)) {
+    case Switch::kAlways: return Policy::kAlways;
+    case Switch::kNever: return Policy::kNever;
+    default: return Policy::kAuto;
+  }
+}
+
 // FUSEDRNN_CPU_PACK=always|never forces one GEMM path (for tests and benchmarks);
 // unset or auto lets the kernels decide by reuse.
 cpu::PackPolicy pack_policy() {
-  switch (env_switch("FUSEDRNN_CPU_PACK")) {
-    case Switch::kAlways: return cpu::PackPolicy::kAlways;
-    case Switch::kNever: return cpu::PackPolicy::kNever;
-    default: return cpu::PackPolicy::kAuto;
-  }
+  return env_policy<cpu::PackPolicy>("FUSEDRNN_CPU_PACK");
 }
 
 // FUSEDRNN_CPU_OVERLAP=always|never: a backward's products beside its BPTT
 // wherever they can run so, or never (tests, benchmarks); unset or auto where
 // the BPTT runs on one thread anyway (cpu::OverlapPolicy).
 cpu::OverlapPolicy overlap_policy() {
-  switch (env_switch("FUSEDRNN_CPU_OVERLAP")) {
-    case Switch::kAlways: return cpu::OverlapPolicy::kAlways;
-    case Switch::kNever: return cpu::OverlapPolicy::kNever;
-    default: return cpu::OverlapPolicy::kAuto;
-  }
+  return env_policy<cpu::OverlapPolicy>("FUSEDRNN_CPU_OVERLAP");
 }
 
 bool cpu_is_intel() {
@@ -101,31 +99,11 @@ bool cpu_is_intel() {
 #endif
 }
 
-// Whether each step's product with the packed W_hh takes K in chunks of 32 KiB
-// of panel (kL1PanelBytes in gemm.h) that stay in L1 from one row tile to the
-// next (SeqForwardArgs::k_chunks): where L1 holds more than a chunk (48 KiB on
-// Intel since Ice Lake), or its size is unknown. On the Intel Xeon the chunks
-// took an LSTM step at N=16 H=256 from 58 to 52 us (ARCHITECTURE.md). Where a
-// chunk fills L1 (32 KiB, AMD EPYC Zen 4) all of K at once was faster: 4% in
-// the median of 16 LSTM, GRU and RNN forwards at N=16-128, H=256-1024, 1 and 2
-// threads, up to 9%, two within 1% (paired builds, 2026-12-07); chunks of
-// 16 KiB there were 2-4% slower than 32.
-// FUSEDRNN_CPU_K_CHUNKS=always|never forces either (tests, benchmarks).
-bool k_chunks() {
-  constexpr long kChunkBytes = 32 << 10;
-  static const bool roomy = [] {
-#if defined(_SC_LEVEL1_DCACHE_SIZE)
-    const long l1 = sysconf(_SC_LEVEL1_DCACHE_SIZE);
-    return l1 <= 0 || l1 > kChunkBytes;
-#else
-    return true;
-#endif
-  }();
-  switch (env_switch("FUSEDRNN_CPU_K_CHUNKS")) {
-    case Switch::kAlways: return true;
-    case Switch::kNever: return false;
-    default: return roomy;
-  }
+// FUSEDRNN_CPU_K_CHUNKS=always|never: each step's recurrent product in chunks
+// of K that stay in L1, or all of K at once (tests, benchmarks); unset or auto
+// by the size of L1 (cpu::KChunkPolicy).
+cpu::KChunkPolicy k_chunk_policy() {
+  return env_policy<cpu::KChunkPolicy>("FUSEDRNN_CPU_K_CHUNKS");
 }
 
 // When a single step takes its products from torch's BLAS (the kernels decide
@@ -135,11 +113,8 @@ bool k_chunks() {
 // FUSEDRNN_CPU_BLAS=always|never forces either (tests, benchmarks).
 cpu::BlasPolicy blas_policy() {
   static const bool fast = at::hasMKL() && cpu_is_intel();
-  switch (env_switch("FUSEDRNN_CPU_BLAS")) {
-    case Switch::kAlways: return cpu::BlasPolicy::kAlways;
-    case Switch::kNever: return cpu::BlasPolicy::kNever;
-    default: return fast ? cpu::BlasPolicy::kAuto : cpu::BlasPolicy::kNever;
-  }
+  const auto policy = env_policy<cpu::BlasPolicy>("FUSEDRNN_CPU_BLAS");
+  return policy == cpu::BlasPolicy::kAuto && !fast ? cpu::BlasPolicy::kNever : policy;
 }
 
 // Whether bfloat16 layers run their products in bfloat16 (amx.h: on AMX tiles,
@@ -329,7 +304,7 @@ void forward_typed(const LayerInputs& in, const LayerGeometry& g, bool training,
   cpu::SeqForwardArgs<S> a{};
   a.cell = in.cell;
   a.pack = pack_policy();
-  a.k_chunks = k_chunks();
+  a.k_chunks = k_chunk_policy();
   a.blas_policy = amx ? cpu::BlasPolicy::kNever : blas_policy();
   a.blas = &aten_gemm<S>;
   a.training = training;

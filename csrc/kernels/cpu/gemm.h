@@ -17,6 +17,10 @@
 
 #include <ATen/cpu/vec/functional.h>
 
+#if defined(__unix__) || defined(__APPLE__)
+#include <unistd.h>
+#endif
+
 #include "../common.h"
 #include "parallel.h"
 #include "vec_math.h"
@@ -50,9 +54,28 @@ constexpr int kGemmNV = kVecRegs >= 32 ? 4 : 2;
 // K is processed in blocks of kKC so that a packed panel of B (kKC x NR) stays in L2.
 constexpr int64_t kKC = 512;
 // A task's row tiles all pass over the same panel of B; taken in chunks of K of at
-// most this many bytes, the panel stays in L1 (32 KiB on Zen 5, 48 on Intel since
-// Ice Lake) from one row tile to the next instead of streaming from L2 for each.
+// most this many bytes, the panel stays in L1 (48 KiB on Intel since Ice Lake and
+// on AMD Zen 5) from one row tile to the next instead of streaming from L2 for each.
 constexpr int64_t kL1PanelBytes = int64_t{32} << 10;
+
+// Whether L1 holds more than a chunk of kL1PanelBytes, or its size is unknown:
+// where it does not, a step's recurrent product takes all of K at once
+// (KChunkPolicy::kAuto). On the Intel Xeon the chunks took an LSTM step at N=16
+// H=256 from 58 to 52 us (ARCHITECTURE.md). Where a chunk fills L1 (32 KiB, AMD
+// Zen 4) all of K at once was faster: 4% in the median of 16 LSTM, GRU and RNN
+// forwards at N=16-128, H=256-1024, 1 and 2 threads, up to 9%, two within 1%
+// (paired builds, 2026-12-07); chunks of 16 KiB there were 2-4% slower than 32.
+inline bool l1_holds_chunk() {
+  static const bool roomy = [] {
+#if defined(_SC_LEVEL1_DCACHE_SIZE)
+    const long l1 = sysconf(_SC_LEVEL1_DCACHE_SIZE);
+    return l1 <= 0 || l1 > kL1PanelBytes;
+#else
+    return true;
+#endif
+  }();
+  return roomy;
+}
 // The most products one chain of FMAs sums in the general GEMM before adding
 // into C, whatever the rows (one row tile, which k_chunk leaves whole, too). At
 // 512, a weight gradient of a few rows (H=1) summed its T*N rows in chains of

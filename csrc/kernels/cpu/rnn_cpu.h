@@ -37,6 +37,12 @@ struct CellConfig {
 // reused enough to pay for it). The others exist so tests cover both paths.
 enum class PackPolicy : int { kAuto = 0, kAlways = 1, kNever = 2 };
 
+// Whether each step's product with the packed W_hh takes K in chunks that stay
+// in L1 from one row tile to the next, or all of K at once; the same sums
+// either way. kAuto: chunks where L1 holds more than one (gemm.h,
+// l1_holds_chunk). The others exist for tests and benchmarks.
+enum class KChunkPolicy : int { kAuto = 0, kAlways = 1, kNever = 2 };
+
 // Whether a backward runs its products (dX, the weight gradients) beside its
 // BPTT (rnn_cpu_impl.h, BackwardProducts): kAuto where the BPTT runs on one
 // thread anyway; kAlways wherever the products can (the BPTT then on one
@@ -93,10 +99,7 @@ template <typename S>
 struct SeqForwardArgs {
   CellConfig cell;
   PackPolicy pack;
-  // Whether each step's product with the packed W_hh takes K in chunks that
-  // stay in L1 from one row tile to the next (Recurrent::run_packed), or all of
-  // K at once; the same sums either way.
-  bool k_chunks;
+  KChunkPolicy k_chunks;
   BlasPolicy blas_policy;
   BlasGemm<S> blas;
   bool training;  // save what backward needs

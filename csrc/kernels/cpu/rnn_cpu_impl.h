@@ -428,7 +428,7 @@ struct Recurrent {
   S* packed = nullptr;
   S* gh = nullptr;
   BlasGemm<S> blas = nullptr;
-  // Whether the packed product takes K in chunks (run_packed; SeqForwardArgs).
+  // Whether the packed product takes K in chunks (run_packed, KChunkPolicy).
   bool k_chunks = true;
   // On AMX: W in bfloat16 (wb), packed as the column tiles of each gate's units,
   // tile (unit block j, gate g) at (j * G + g) * amx::tile_size(kt()), or read
@@ -446,13 +446,15 @@ struct Recurrent {
 
   // wb_ (with kAmxCapable<S>) puts the product on AMX tiles; wxb_ ([G*H, C_])
   // joins the input product to it (run() then takes each step's x).
-  void plan(Arena& arena, PackPolicy policy, const S* w_, int64_t H_, int64_t K_, int64_t N,
-            int64_t uses, BlasGemm<S> blas_ = nullptr, const amx::bf16* wb_ = nullptr,
-            const amx::bf16* wxb_ = nullptr, int64_t C_ = 0) {
+  void plan(Arena& arena, PackPolicy policy, KChunkPolicy chunks, const S* w_, int64_t H_,
+            int64_t K_, int64_t N, int64_t uses, BlasGemm<S> blas_ = nullptr,
+            const amx::bf16* wb_ = nullptr, const amx::bf16* wxb_ = nullptr, int64_t C_ = 0) {
     w = w_;
     H = H_;
     K = K_;
     blas = blas_;
+    k_chunks = chunks == KChunkPolicy::kAlways ||
+               (chunks == KChunkPolicy::kAuto && l1_holds_chunk());
     if (kAmxCapable<S> && wb_) {
       static_assert(NV <= amx::kMaxTiles, "one AMX product per panel");
       wb = wb_;
@@ -1729,8 +1731,8 @@ void lstm_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& 
   const bool join = InputProjection<S>::joins(a, GH, par);
   xproj.plan(arena, a, GH, blas, join);
   Recurrent<S, G, U> rec;
-  rec.plan(arena, a.pack, a.w_hh, H, P, N, R, blas, a.w_hh_bf16, join ? a.w_ih_bf16 : nullptr, a.C);
-  rec.k_chunks = a.k_chunks;
+  rec.plan(arena, a.pack, a.k_chunks, a.w_hh, H, P, N, R, blas, a.w_hh_bf16,
+           join ? a.w_ih_bf16 : nullptr, a.C);
   WeightT<S> whr;
   if (proj) whr.plan(arena, a.pack, a.w_hr, P, H, R, blas);
   HiddenState<S> hs;
@@ -2002,8 +2004,7 @@ void gru_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& p
   InputProjection<S> xproj;
   xproj.plan(arena, a, GH, blas);
   Recurrent<S, G, U> rec;
-  rec.plan(arena, a.pack, a.w_hh, H, H, N, total_rows(seq), blas, a.w_hh_bf16);
-  rec.k_chunks = a.k_chunks;
+  rec.plan(arena, a.pack, a.k_chunks, a.w_hh, H, H, N, total_rows(seq), blas, a.w_hh_bf16);
   S* b_hn = arena.take<S>(H);
   HiddenState<S> hs;
   hs.plan(arena, seq, H);
@@ -2073,12 +2074,10 @@ void gru_reset_before_forward_seq(const SeqForwardArgs<S>& a, Arena& arena,
   InputProjection<S> xproj;
   xproj.plan(arena, a, GH, blas);
   Recurrent<S, 2, U1> rec_rz;
-  rec_rz.plan(arena, a.pack, a.w_hh, H, H, N, total_rows(seq), blas, a.w_hh_bf16);
-  rec_rz.k_chunks = a.k_chunks;
+  rec_rz.plan(arena, a.pack, a.k_chunks, a.w_hh, H, H, N, total_rows(seq), blas, a.w_hh_bf16);
   Recurrent<S, 1, U2> rec_n;
-  rec_n.plan(arena, a.pack, a.w_hh ? a.w_hh + 2 * H * H : nullptr, H, H, N, total_rows(seq), blas,
-             a.w_hh_bf16 ? a.w_hh_bf16 + 2 * H * H : nullptr);
-  rec_n.k_chunks = a.k_chunks;
+  rec_n.plan(arena, a.pack, a.k_chunks, a.w_hh ? a.w_hh + 2 * H * H : nullptr, H, H, N,
+             total_rows(seq), blas, a.w_hh_bf16 ? a.w_hh_bf16 + 2 * H * H : nullptr);
   HiddenState<S> hs;
   hs.plan(arena, seq, H);
   // z lives in the saved gates when they are S, in scratch otherwise (the n
@@ -2377,9 +2376,8 @@ void rnn_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& p
   const bool join = InputProjection<S>::joins(a, H, par);
   xproj.plan(arena, a, H, blas, join);
   Recurrent<S, 1, U> rec;
-  rec.plan(arena, a.pack, a.w_hh, H, H, N, total_rows(seq), blas, a.w_hh_bf16,
+  rec.plan(arena, a.pack, a.k_chunks, a.w_hh, H, H, N, total_rows(seq), blas, a.w_hh_bf16,
            join ? a.w_ih_bf16 : nullptr, a.C);
-  rec.k_chunks = a.k_chunks;
   HiddenState<S> hs;
   hs.plan(arena, seq, H);
   Schedule sched;
