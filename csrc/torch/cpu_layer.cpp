@@ -280,10 +280,19 @@ void rows_of(const Tensor& t, const S*& f, const uint16_t*& b) {
   else f = ptr<S>(t);
 }
 
-// The operands of the products, x, W_ih and W_hh: S, or with `amx` the
-// bfloat16 tensors themselves.
+// What a forward and a backward read alike: the cell, the GEMM policies, the
+// layout and sizes, and the layer's inputs; the operands of the products, x,
+// W_ih and W_hh, in S, or with `amx` the bfloat16 tensors themselves.
 template <typename S, template <typename> class Args>
-void set_product_operands(Args<S>& a, const LayerInputs& in, bool amx) {
+void set_layer_args(Args<S>& a, const LayerInputs& in, const LayerGeometry& g, bool amx) {
+  a.cell = in.cell;
+  a.pack = pack_policy();
+  a.blas_policy = amx ? cpu::BlasPolicy::kNever : blas_policy();
+  a.blas = &aten_gemm<S>;
+  a.seq = g.layout(in.reverse);
+  a.C = g.C;
+  a.H = g.H;
+  a.P = g.P;
   if (amx) {
     a.x_bf16 = bf16_bits(in.input);
     a.w_ih_bf16 = bf16_bits(in.w_ih);
@@ -293,6 +302,11 @@ void set_product_operands(Args<S>& a, const LayerInputs& in, bool amx) {
     a.w_ih = ptr<S>(in.w_ih);
     a.w_hh = ptr<S>(in.w_hh);
   }
+  a.h0 = ptr<S>(in.h0);
+  a.c0 = ptr<S>(in.c0);
+  a.b_hh = ptr<S>(in.b_hh);
+  a.w_ch = ptr<S>(in.w_ch);
+  a.w_hr = ptr<S>(in.w_hr);
 }
 
 // With `amx`, the products read in.input, in.w_ih and in.w_hh in bfloat16 (the
@@ -302,23 +316,10 @@ template <typename S>
 void forward_typed(const LayerInputs& in, const LayerGeometry& g, bool training,
                    ForwardResult& out, bool amx = false) {
   cpu::SeqForwardArgs<S> a{};
-  a.cell = in.cell;
-  a.pack = pack_policy();
+  set_layer_args(a, in, g, amx);
   a.k_chunks = k_chunk_policy();
-  a.blas_policy = amx ? cpu::BlasPolicy::kNever : blas_policy();
-  a.blas = &aten_gemm<S>;
   a.training = training;
-  a.seq = g.layout(in.reverse);
-  a.C = g.C;
-  a.H = g.H;
-  a.P = g.P;
-  set_product_operands(a, in, amx);
-  a.h0 = ptr<S>(in.h0);
-  a.c0 = ptr<S>(in.c0);
   a.b_ih = ptr<S>(in.b_ih);
-  a.b_hh = ptr<S>(in.b_hh);
-  a.w_ch = ptr<S>(in.w_ch);
-  a.w_hr = ptr<S>(in.w_hr);
   rows_of(out.output, a.y, a.y_bf16);
   a.h_n = mut<S>(out.h_n);
   a.c_n = mut<S>(out.c_n);
@@ -340,22 +341,9 @@ template <typename S>
 void backward_typed(const LayerInputs& in, const LayerGeometry& g, const GradInputs& gi,
                     GradResult& out, bool amx = false, const GradResult* dw16 = nullptr) {
   cpu::SeqBackwardArgs<S> a{};
-  a.cell = in.cell;
-  a.pack = pack_policy();
+  set_layer_args(a, in, g, amx);
   a.overlap = overlap_policy();
   a.amx = amx;
-  a.blas_policy = amx ? cpu::BlasPolicy::kNever : blas_policy();
-  a.blas = &aten_gemm<S>;
-  a.seq = g.layout(in.reverse);
-  a.C = g.C;
-  a.H = g.H;
-  a.P = g.P;
-  set_product_operands(a, in, amx);
-  a.h0 = ptr<S>(in.h0);
-  a.c0 = ptr<S>(in.c0);
-  a.b_hh = ptr<S>(in.b_hh);
-  a.w_ch = ptr<S>(in.w_ch);
-  a.w_hr = ptr<S>(in.w_hr);
   a.y = ptr<S>(gi.output);
   rows_of(gi.saved.gates, a.gates, a.gates_bf16);
   rows_of(gi.saved.states, a.states, a.states_bf16);
