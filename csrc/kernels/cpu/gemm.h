@@ -76,6 +76,7 @@ inline bool l1_holds_chunk() {
   }();
   return roomy;
 }
+
 // The most products one chain of FMAs sums in the general GEMM before adding
 // into C, whatever the rows (one row tile, which k_chunk leaves whole, too). At
 // 512, a weight gradient of a few rows (H=1) summed its T*N rows in chains of
