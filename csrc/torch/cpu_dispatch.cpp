@@ -16,7 +16,9 @@
   void seq_backward_isa(const SeqBackwardArgs<S>&, Arena&, const Parallel&);           \
   }
 
+#ifdef FUSEDRNN_CPU_DEFAULT
 FUSEDRNN_DECLARE_ISA(DEFAULT)
+#endif
 #ifdef FUSEDRNN_CPU_AVX2
 FUSEDRNN_DECLARE_ISA(AVX2)
 #endif
@@ -27,9 +29,11 @@ FUSEDRNN_DECLARE_ISA(AVX512)
 namespace fusedrnn::cpu {
 namespace {
 
-enum class Isa { kDefault, kAvx2, kAvx512 };
+enum class Isa { kNone, kDefault, kAvx2, kAvx512 };
 
-// ATen's choice (it honours ATEN_CPU_CAPABILITY), limited to what was compiled.
+// ATen's choice (it honours ATEN_CPU_CAPABILITY), limited to what was compiled:
+// a full build has the baseline, a build of chosen instruction sets
+// (FUSEDRNN_CPU_ISAS, the sanitizer's) may have nothing this CPU runs.
 Isa pick_isa() {
   static const Isa isa = [] {
     const std::string cap = at::get_cpu_capability();
@@ -39,9 +43,19 @@ Isa pick_isa() {
 #ifdef FUSEDRNN_CPU_AVX2
     if (cap == "AVX2" || cap == "AVX512") return Isa::kAvx2;
 #endif
+#ifdef FUSEDRNN_CPU_DEFAULT
     return Isa::kDefault;
+#else
+    return Isa::kNone;
+#endif
   }();
   return isa;
+}
+
+[[noreturn]] void no_kernels() {
+  TORCH_CHECK(false, "fusedrnn was built with CPU kernels for ", compiled_isas(),
+              " only (FUSEDRNN_CPU_ISAS), none of which runs at this CPU capability (",
+              at::get_cpu_capability(), "); rebuild without FUSEDRNN_CPU_ISAS");
 }
 
 }  // namespace
@@ -55,7 +69,10 @@ void seq_forward(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& par) 
 #ifdef FUSEDRNN_CPU_AVX2
     case Isa::kAvx2: return AVX2::seq_forward_isa<S>(a, arena, par);
 #endif
-    default: return DEFAULT::seq_forward_isa<S>(a, arena, par);
+#ifdef FUSEDRNN_CPU_DEFAULT
+    case Isa::kDefault: return DEFAULT::seq_forward_isa<S>(a, arena, par);
+#endif
+    default: no_kernels();
   }
 }
 
@@ -68,7 +85,10 @@ void seq_backward(const SeqBackwardArgs<S>& a, Arena& arena, const Parallel& par
 #ifdef FUSEDRNN_CPU_AVX2
     case Isa::kAvx2: return AVX2::seq_backward_isa<S>(a, arena, par);
 #endif
-    default: return DEFAULT::seq_backward_isa<S>(a, arena, par);
+#ifdef FUSEDRNN_CPU_DEFAULT
+    case Isa::kDefault: return DEFAULT::seq_backward_isa<S>(a, arena, par);
+#endif
+    default: no_kernels();
   }
 }
 
@@ -81,19 +101,26 @@ const char* active_isa() {
   switch (pick_isa()) {
     case Isa::kAvx512: return "AVX512";
     case Isa::kAvx2: return "AVX2";
-    default: return "DEFAULT";
+    case Isa::kDefault: return "DEFAULT";
+    default: return "NONE";
   }
 }
 
 const char* compiled_isas() {
-  return "DEFAULT"
+  static const std::string names = [] {
+    std::string n;
+#ifdef FUSEDRNN_CPU_DEFAULT
+    n += ",DEFAULT";
+#endif
 #ifdef FUSEDRNN_CPU_AVX2
-         ",AVX2"
+    n += ",AVX2";
 #endif
 #ifdef FUSEDRNN_CPU_AVX512
-         ",AVX512"
+    n += ",AVX512";
 #endif
-      ;
+    return n.empty() ? n : n.substr(1);
+  }();
+  return names.c_str();
 }
 
 }  // namespace fusedrnn::cpu
