@@ -33,11 +33,13 @@ bench: build
 # The steps run beside each other (JOBS at once, each one's output printed whole when it
 # ends, every step run even when one fails): on 2 cores the one-core test runs then share
 # the machine with the compiles (fresh clones, Intel Xeon with 2 vCPUs: 1017, 1032 and
-# 1038 s, against 1199 s one after the other).
+# 1038 s, against 1199 s one after the other). Make starts them in the order listed as
+# slots free up: the longest first (the emulation, then the CUDA compile check), the
+# build beside the emulation so that pytest can follow, the short ones last.
 test:
 	@$(MAKE) --no-print-directory -j$(JOBS) --keep-going --output-sync=target test-steps
 
-test-steps: pytest ctest cuda-check cuda-emulate sanitize-ci
+test-steps: build cuda-emulate cuda-check pytest sanitize-ci ctest
 
 pytest: build
 	@$(TIMED) $(PYTHON) -m pytest -q $(PYTEST_ARGS)
