@@ -69,8 +69,10 @@ def prepare(out: Path) -> list:
 def main():
     out, pkg = Path(sys.argv[1]).resolve(), Path(sys.argv[2]).resolve()
     sources = prepare(out)
-    # FUSEDRNN_SANITIZE (e.g. address,undefined): the build instrumented as setup.py's is;
-    # the reports' line tables without the full debug information.
+    # FUSEDRNN_SANITIZE (e.g. address,undefined): the build instrumented as setup.py's is,
+    # the reports' line tables without the full debug information, but at -O1 (setup.py's
+    # at -O0): the emulation runs every thread of a kernel in turn, and -O0 was not
+    # measured here.
     san = os.environ.get("FUSEDRNN_SANITIZE")
     san = [f"-fsanitize={san}", "-fno-omit-frame-pointer", "-g1", "-O1"] if san else []
     os.chdir(out)  # away from the project's pyproject.toml and its package discovery
