@@ -33,13 +33,11 @@ bench: build
 # The steps run beside each other (JOBS at once, each one's output printed whole when it
 # ends, every step run even when one fails): on 2 cores the one-core test runs then share
 # the machine with the compiles (fresh clones, Intel Xeon with 2 vCPUs: 1017, 1032 and
-# 1038 s, against 1199 s one after the other). Make starts them in the order listed as
-# slots free up, the emulation (the longest) beside the build, the short ones last (fresh
-# clones, AMD EPYC Zen 4 with 2 vCPUs, 2026-12-07: 1036 s, against 1074 s with pytest first).
+# 1038 s, against 1199 s one after the other).
 test:
 	@$(MAKE) --no-print-directory -j$(JOBS) --keep-going --output-sync=target test-steps
 
-test-steps: build cuda-emulate cuda-check pytest sanitize-ci ctest
+test-steps: pytest ctest cuda-check cuda-emulate sanitize-ci
 
 pytest: build
 	@$(TIMED) $(PYTHON) -m pytest -q $(PYTEST_ARGS)
