@@ -36,22 +36,23 @@ def write(path: Path, text: str) -> None:
         path.write_text(text)
 
 
+def emulated(name: str, text: str) -> str:
+    """The text of csrc file `name` in the emulation: its launches replaced."""
+    for file, launch, replacement in (("cuda_utils.cuh", LAUNCH, EMULATED),
+                                      ("persistent.cuh", COOP_LAUNCH, COOP_EMULATED)):
+        if name == file:
+            if text.count(launch) != 1:
+                sys.exit(f"cuda_emulation: expected exactly one '{launch}' in {file}")
+            text = text.replace(launch, replacement)
+    return text
+
+
 def prepare(out: Path) -> list:
     src = out / "src"
     for f in (ROOT / "csrc").rglob("*"):
         if f.is_file() and f.suffix in (".h", ".cuh", ".cpp"):
-            write(src / f.relative_to(ROOT), f.read_text())
+            write(src / f.relative_to(ROOT), emulated(f.name, f.read_text()))
     cuda = src / "csrc" / "kernels" / "cuda"
-    utils = cuda / "cuda_utils.cuh"
-    text = utils.read_text()
-    if text.count(LAUNCH) != 1:
-        sys.exit(f"cuda_emulation: expected exactly one '{LAUNCH}' in cuda_utils.cuh")
-    write(utils, text.replace(LAUNCH, EMULATED))
-    persistent = cuda / "persistent.cuh"
-    text = persistent.read_text()
-    if text.count(COOP_LAUNCH) != 1:
-        sys.exit(f"cuda_emulation: expected exactly one '{COOP_LAUNCH}' in persistent.cuh")
-    write(persistent, text.replace(COOP_LAUNCH, COOP_EMULATED))
     write(cuda / "shim.h", (HERE / "shim.h").read_text())
     sources = []
     for cu in sorted((ROOT / "csrc" / "kernels" / "cuda").glob("*.cu")):
