@@ -61,8 +61,8 @@ cuda-emulate: build/.deps
 	@$(TIMED) tools/cuda_emulate.sh $(PYTEST_ARGS)
 
 # The same under ASan + UBSan (accesses out of bounds, misaligned loads). Its tests take
-# about 4 times as long as the plain ones (305 s against 78 s on a Zen 4 core) and its
-# build about 3 times, so it is part of make sanitize, not of make test.
+# about 3 times as long as the plain ones (245 s against 75 s on a Zen 4 core), and so
+# does its build, so it is part of make sanitize, not of make test.
 cuda-emulate-sanitize: build/.deps
 	FUSEDRNN_SANITIZE=address,undefined tools/cuda_emulate.sh $(PYTEST_ARGS)
 

@@ -53,6 +53,9 @@ def prepare(out: Path) -> list:
         if f.is_file() and f.suffix in (".h", ".cuh", ".cpp"):
             write(src / f.relative_to(ROOT), emulated(f.name, f.read_text()))
     cuda = src / "csrc" / "kernels" / "cuda"
+    for file, replacement in (("cuda_utils.cuh", EMULATED), ("persistent.cuh", COOP_EMULATED)):
+        if not (cuda / file).exists() or replacement not in (cuda / file).read_text():
+            sys.exit(f"cuda_emulation: csrc/kernels/cuda/{file} with its launch is not there")
     write(cuda / "shim.h", (HERE / "shim.h").read_text())
     sources = []
     for cu in sorted((ROOT / "csrc" / "kernels" / "cuda").glob("*.cu")):

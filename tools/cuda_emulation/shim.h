@@ -204,14 +204,12 @@ inline void asan_unpoison(void*, size_t) {}
 #endif
 
 #if defined(__x86_64__)
-extern "C" void frnn_emul_switch(void** save_sp, void* load_sp);
-asm(R"(
-  .pushsection .text.frnn_emul_switch,"axG",@progbits,frnn_emul_switch,comdat
-  .globl frnn_emul_switch
-  .hidden frnn_emul_switch
-  .type frnn_emul_switch,@function
-  .p2align 4
-frnn_emul_switch:
+// Saves this context's registers and stack pointer at *save_sp (rdi) and
+// continues the one saved at load_sp (rsi). Naked (so never inlined), with
+// inline linkage: one definition however many files include this, LTO included.
+[[gnu::naked]] inline void switch_stacks([[maybe_unused]] void** save_sp,
+                                        [[maybe_unused]] void* load_sp) {
+  asm(R"(
   pushq %rbp
   pushq %rbx
   pushq %r12
@@ -233,9 +231,16 @@ frnn_emul_switch:
   popq %rbx
   popq %rbp
   ret
-  .size frnn_emul_switch, .-frnn_emul_switch
-  .popsection
 )");
+}
+
+// Whether this thread runs with a shadow stack (CET), which a switch of stacks
+// in user space would have to switch too: rdsspq is a no-op where it is off.
+inline bool shadow_stack_on() {
+  uint64_t ssp = 0;
+  asm volatile("rdsspq %0" : "+r"(ssp));
+  return ssp != 0;
+}
 
 class Context {
  public:
@@ -243,6 +248,9 @@ class Context {
   // [stack, stack + size), with this thread's MXCSR and x87 control word;
   // entry must call entered() first, and never return.
   void start(char* stack, size_t size, void (*entry)()) {
+    if (shadow_stack_on())
+      fail("this process runs with a shadow stack (CET), which the fibers' switch does not "
+           "switch; run the emulation with GLIBC_TUNABLES=glibc.cpu.x86_shstk=off");
     bottom_ = stack;
     size_ = size;
     uint32_t control[2] = {0, 0};
@@ -262,7 +270,7 @@ class Context {
   // context is never switched to again.
   void switch_to(Context& next, bool for_good = false) {
     asan_start_switch(for_good ? nullptr : &fake_stack_, next.bottom_, next.size_);
-    frnn_emul_switch(&sp_, next.sp_);
+    switch_stacks(&sp_, next.sp_);
     asan_finish_switch(fake_stack_, nullptr, nullptr);
   }
 
