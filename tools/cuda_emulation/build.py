@@ -36,26 +36,30 @@ def write(path: Path, text: str) -> None:
         path.write_text(text)
 
 
+# The csrc files whose launch the emulation replaces: name -> (launch, replacement).
+REPLACED = {"cuda_utils.cuh": (LAUNCH, EMULATED), "persistent.cuh": (COOP_LAUNCH, COOP_EMULATED)}
+
+
 def emulated(name: str, text: str) -> str:
-    """The text of csrc file `name` in the emulation: its launches replaced."""
-    for file, launch, replacement in (("cuda_utils.cuh", LAUNCH, EMULATED),
-                                      ("persistent.cuh", COOP_LAUNCH, COOP_EMULATED)):
-        if name == file:
-            if text.count(launch) != 1:
-                sys.exit(f"cuda_emulation: expected exactly one '{launch}' in {file}")
-            text = text.replace(launch, replacement)
-    return text
+    """The text of csrc file `name` in the emulation: its launch replaced."""
+    if name not in REPLACED:
+        return text
+    launch, replacement = REPLACED[name]
+    if text.count(launch) != 1:
+        sys.exit(f"cuda_emulation: expected exactly one '{launch}' in {name}")
+    return text.replace(launch, replacement)
 
 
 def prepare(out: Path) -> list:
     src = out / "src"
+    copied = set()
     for f in (ROOT / "csrc").rglob("*"):
         if f.is_file() and f.suffix in (".h", ".cuh", ".cpp"):
             write(src / f.relative_to(ROOT), emulated(f.name, f.read_text()))
+            copied.add(f.name)
+    if set(REPLACED) - copied:
+        sys.exit(f"cuda_emulation: csrc lacks {sorted(set(REPLACED) - copied)}, whose launches it replaces")
     cuda = src / "csrc" / "kernels" / "cuda"
-    for file, replacement in (("cuda_utils.cuh", EMULATED), ("persistent.cuh", COOP_EMULATED)):
-        if not (cuda / file).exists() or replacement not in (cuda / file).read_text():
-            sys.exit(f"cuda_emulation: csrc/kernels/cuda/{file} with its launch is not there")
     write(cuda / "shim.h", (HERE / "shim.h").read_text())
     sources = []
     for cu in sorted((ROOT / "csrc" / "kernels" / "cuda").glob("*.cu")):
