@@ -39,6 +39,10 @@ Engine best();
 // best() allows. in_use() says which.
 void use(Engine e);
 Engine in_use();
+// Whether this core issues a 512-bit vdpbf16ps once a cycle, on 256-bit
+// datapaths (AMD Zen 4, family 19h), half the rate of cores with 512-bit ones
+// (Zen 5): there the dot products of a few rows keep up with those of more.
+bool dot_half_rate();
 
 constexpr int64_t k_blocks(int64_t K) { return (K + kTileK - 1) / kTileK; }
 constexpr int64_t col_tiles(int64_t rows) { return (rows + kTileCols - 1) / kTileCols; }

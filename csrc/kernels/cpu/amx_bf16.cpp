@@ -275,6 +275,22 @@ void use(Engine e) {
 
 Engine in_use() { return g_engine.load(std::memory_order_relaxed); }
 
+bool dot_half_rate() {
+  static const bool half = [] {
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    if (!__get_cpuid(0, &a, &b, &c, &d)) return false;
+    char vendor[13];
+    std::memcpy(vendor, &b, 4);
+    std::memcpy(vendor + 4, &d, 4);
+    std::memcpy(vendor + 8, &c, 4);
+    vendor[12] = '\0';
+    if (std::strcmp(vendor, "AuthenticAMD") != 0 || !__get_cpuid(1, &a, &b, &c, &d)) return false;
+    const unsigned base = a >> 8 & 0xf, family = base == 0xf ? base + (a >> 20 & 0xff) : base;
+    return family == 0x19 && best() != Engine::kNone;
+  }();
+  return half;
+}
+
 // A block of a tile is the 16 x 16 transpose of 32-bit words (k-pairs): row c
 // of W's 16 rows, words 0..15 of the block, becomes column c.
 void pack(const bf16* w, int64_t rows, int64_t K, int64_t ldw, bf16* dst, int64_t stride,
@@ -878,6 +894,7 @@ void use(Engine e) {
   if (e != Engine::kNone) std::abort();
 }
 Engine in_use() { return Engine::kNone; }
+bool dot_half_rate() { return false; }
 void pack(const bf16*, int64_t, int64_t, int64_t, bf16*, int64_t, int64_t, int64_t) { std::abort(); }
 bf16* staging(int64_t, int64_t) { std::abort(); }
 void stage(const float*, int64_t, int64_t, int64_t, bf16*, int64_t) { std::abort(); }

@@ -1031,20 +1031,28 @@ struct InputProjection {
   // joined weight is at most kJoinTileBytesPerRow a row of the step, and one of
   // kJoinTileRows rows or more joins whatever the weight.
   // Not where a gate's units fill their 16-wide tiles less well than the GEMM's
-  // columns do: the joined product pads each gate's H to a multiple of 16 over C
-  // as well, and more than H/16 of padding (LSTM H=40: 48 a gate, 20% more work
-  // over C) would cost more than the join saved at H=256 (about 8%). Nor, on the
-  // dot engine, below a block of 16 rows a step, where the step's products, a few
-  // rows against each vector of W, run far below the rate of the GEMM over all
-  // steps' rows (T=50, one thread, joined against apart: LSTM C=1024 H=256 N=1
-  // 1.37 ms against 0.53, N=4 1.48 against 1.22, N=8 0.96-1.08 of the time over
-  // LSTM and RNN shapes; N=24 and 40 joined 1.02-1.14x faster). Nor where W_ih is
-  // read in place (dot_in_place): a few rows in all. Nor on the float32 products,
-  // where the separate GEMM runs at the rate of the steps' products: [W_ih | W_hh]
-  // joined on the packed panels (Intel Xeon, T=100, inference, paired, joined
-  // over apart) was LSTM C=H=256 N=16 1.09 at 1 thread and 0.93 at 2, N=64 1.00,
-  // C=H=128 N=16 1.00, RNN C=H=256 N=16 1.00.
+  // columns do: the joined product pads each gate's H to a multiple of 16 over C as
+  // well, and more than H/16 of padding (LSTM H=40: 48 a gate, 20% more work over C)
+  // would cost more than the join saved at H=256 (about 8%). Nor, on the dot engine,
+  // below a block of 16 rows a step, where the step's products, a few rows against
+  // each vector of W, run far below the rate of the GEMM over all steps' rows
+  // (Zen 5, T=50, one thread, joined against apart: LSTM C=1024 H=256 N=1 1.37 ms
+  // against 0.53, N=4 1.48 against 1.22, N=8 0.96-1.08 of the time over LSTM and RNN
+  // shapes; N=24 and 40 joined 1.02-1.14x faster); but from 8 rows where the core
+  // issues a 512-bit vdpbf16ps once a cycle, half the Zen 5's rate
+  // (amx::dot_half_rate: Zen 4), and runs of 4 rows keep up with the GEMM's (Zen 4,
+  // paired, joined over apart, T=100 C=H=256 unless given, 1 thread: LSTM inference
+  // N=8 0.91, N=10 H=128 0.94, N=12 0.96, training 0.98, RNN inference 0.96,
+  // training 0.99; T=50: C=1024 1.00, H=512 0.94; T=30 C=H=1024 1.00, and 0.93 at 2
+  // threads; N=8 0.93 at 2; below 8 rows, one shape each, N=6 0.94 and N=4 0.98, so
+  // the rule does not go below 8). Nor where W_ih is read in place (dot_in_place): a
+  // few rows in all. Nor on the float32 products, where the separate GEMM runs at
+  // the rate of the steps' products: [W_ih | W_hh] joined on the packed panels
+  // (Intel Xeon, T=100, inference, paired, joined over apart) was LSTM C=H=256 N=16
+  // 1.09 at 1 thread and 0.93 at 2, N=64 1.00, C=H=128 N=16 1.00, RNN C=H=256 N=16
+  // 1.00.
   static constexpr int64_t kJoinTileMinRows = 8;
+  static constexpr int64_t kJoinDotHalfRateMinRows = 8;
   static constexpr int64_t kJoinTileRows = 32;
   static constexpr int64_t kJoinTileBytesPerRow = int64_t{128} << 10;
   static bool joins(const SeqForwardArgs<S>& a, int64_t GH, const Parallel& par) {
@@ -1052,7 +1060,9 @@ struct InputProjection {
     const amx::Engine engine = amx::in_use();
     if (engine == amx::Engine::kNone ||
         amx::col_tiles(a.H) * amx::kTileCols * 16 > a.H * 17 ||
-        a.seq.N < (engine == amx::Engine::kDot ? amx::kTileRows : kJoinTileMinRows) ||
+        a.seq.N < (engine != amx::Engine::kDot ? kJoinTileMinRows
+                   : amx::dot_half_rate() ? kJoinDotHalfRateMinRows
+                                          : amx::kTileRows) ||
         dot_in_place(a.pack, total_rows(a.seq), GH * a.C))
       return false;
     const int64_t joined = (a.C + a.P) * GH;
