@@ -286,10 +286,11 @@ def test_amx_bfloat16_matches_reference(variant, packed, shape, monkeypatch):
     # (K = 45 + 48, both parts partial), with steps of 37 rows (a pair of
     # blocks and 5 rows, fewer when packed: the dot products multiply only a
     # block's own rows), and the RNN's 48 units 3 tiles of its 4-tile panel
-    # (the fourth not multiplied). "joined-few" has 10 rows a step, which join
-    # on the dot products where they run at half rate (AMD Zen 4) and on tiles,
-    # and run apart on the dot products elsewhere. On both engines, "in-place" reads every
-    # forward weight in place (FUSEDRNN_CPU_PACK=never): the input projection
+    # (the fourth not multiplied). "joined-few" has 10 rows a step (fewer when
+    # packed), which join on the dot products where they run at half rate (AMD
+    # Zen 4) and on tiles, and run apart on the dot products elsewhere. On both
+    # engines, "in-place" reads every forward weight in place
+    # (FUSEDRNN_CPU_PACK=never): the input projection
     # over chunks of up to 70 rows (groups of 4 rows, then 2), each step's
     # recurrent product over its rows; "few-rows" has 6 rows in all, which read
     # in place by the rule. Both directions, two layers. On

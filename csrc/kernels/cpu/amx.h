@@ -40,8 +40,11 @@ Engine best();
 void use(Engine e);
 Engine in_use();
 // Whether this core issues a 512-bit vdpbf16ps once a cycle, on 256-bit
-// datapaths (AMD Zen 4, family 19h), half the rate of cores with 512-bit ones
-// (Zen 5): there the dot products of a few rows keep up with those of more.
+// datapaths, half the rate of cores with 512-bit ones (Zen 5): there the dot
+// products of a few rows keep up with those of more. Read as AMD family 19h
+// with the dot engine: Zen 4 (Zen 3 shares the family without AVX512-BF16).
+// Zen 5's parts with 256-bit datapaths (family 1Ah too) are not told apart and
+// keep the rule of the 512-bit ones.
 bool dot_half_rate();
 
 constexpr int64_t k_blocks(int64_t K) { return (K + kTileK - 1) / kTileK; }

@@ -1042,7 +1042,7 @@ struct InputProjection {
   // issues a 512-bit vdpbf16ps once a cycle, half the Zen 5's rate
   // (amx::dot_half_rate: Zen 4), and runs of 4 rows keep up with the GEMM's (Zen 4,
   // paired, joined over apart, T=100 C=H=256 unless given, 1 thread: LSTM inference
-  // N=8 0.91, N=10 H=128 0.94, N=12 0.96, training 0.98, RNN inference 0.96,
+  // N=8 0.91, N=10 H=128 0.94, N=12 0.96, N=8 training 0.98, RNN N=8 inference 0.96,
   // training 0.99; T=50: C=1024 1.00, H=512 0.94; T=30 C=H=1024 1.00, and 0.93 at 2
   // threads; N=8 0.93 at 2; below 8 rows, one shape each, N=6 0.94 and N=4 0.98, so
   // the rule does not go below 8). Nor where W_ih is read in place (dot_in_place): a
