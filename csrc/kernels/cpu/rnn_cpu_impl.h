@@ -1038,21 +1038,21 @@ struct InputProjection {
   // each vector of W, run far below the rate of the GEMM over all steps' rows
   // (Zen 5, T=50, one thread, joined against apart: LSTM C=1024 H=256 N=1 1.37 ms
   // against 0.53, N=4 1.48 against 1.22, N=8 0.96-1.08 of the time over LSTM and RNN
-  // shapes; N=24 and 40 joined 1.02-1.14x faster); but from 8 rows where the core
+  // shapes; N=24 and 40 joined 1.02-1.14x faster); but from 4 rows where the core
   // issues a 512-bit vdpbf16ps once a cycle, half the Zen 5's rate
   // (amx::dot_half_rate: Zen 4), and runs of 4 rows keep up with the GEMM's (Zen 4,
   // paired, joined over apart, T=100 C=H=256 unless given, 1 thread: LSTM inference
   // N=8 0.91, N=10 H=128 0.94, N=12 0.96, N=8 training 0.98, RNN N=8 inference 0.96,
   // training 0.99; T=50: C=1024 1.00, H=512 0.94; T=30 C=H=1024 1.00, and 0.93 at 2
-  // threads; N=8 0.93 at 2; below 8 rows, one shape each, N=6 0.94 and N=4 0.98, so
-  // the rule does not go below 8). Nor where W_ih is read in place (dot_in_place): a
-  // few rows in all. Nor on the float32 products, where the separate GEMM runs at
-  // the rate of the steps' products: [W_ih | W_hh] joined on the packed panels
-  // (Intel Xeon, T=100, inference, paired, joined over apart) was LSTM C=H=256 N=16
-  // 1.09 at 1 thread and 0.93 at 2, N=64 1.00, C=H=128 N=16 1.00, RNN C=H=256 N=16
-  // 1.00.
+  // threads; N=8 0.93 at 2; N=6 LSTM inference 0.93, training 0.97, RNN 0.95; N=4
+  // LSTM inference 0.95 (0.89 at 2 threads), training 1.01, RNN 0.98, T=50 C=1024
+  // 0.99; but N=2 1.08). Nor where W_ih is read in place (dot_in_place): a few rows
+  // in all. Nor on the float32 products, where the separate GEMM runs at the rate of
+  // the steps' products: [W_ih | W_hh] joined on the packed panels (Intel Xeon,
+  // T=100, inference, paired, joined over apart) was LSTM C=H=256 N=16 1.09 at 1
+  // thread and 0.93 at 2, N=64 1.00, C=H=128 N=16 1.00, RNN C=H=256 N=16 1.00.
   static constexpr int64_t kJoinTileMinRows = 8;
-  static constexpr int64_t kJoinDotHalfRateMinRows = 8;
+  static constexpr int64_t kJoinDotHalfRateMinRows = 4;
   static constexpr int64_t kJoinTileRows = 32;
   static constexpr int64_t kJoinTileBytesPerRow = int64_t{128} << 10;
   static bool joins(const SeqForwardArgs<S>& a, int64_t GH, const Parallel& par) {
