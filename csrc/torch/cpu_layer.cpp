@@ -20,11 +20,8 @@
 #include <optional>
 #include <vector>
 
-#if defined(__x86_64__)
-#include <cpuid.h>
-#endif
-
 #include "../kernels/cpu/amx.h"
+#include "../kernels/cpu/cpu_vendor.h"
 #include "cpu_memory.h"
 #include "rnn_layer.h"
 
@@ -84,20 +81,7 @@ cpu::OverlapPolicy overlap_policy() {
   return env_policy<cpu::OverlapPolicy>("FUSEDRNN_CPU_OVERLAP");
 }
 
-bool cpu_is_intel() {
-#if defined(__x86_64__)
-  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
-  if (__get_cpuid(0, &eax, &ebx, &ecx, &edx) == 0) return false;
-  char vendor[13];
-  std::memcpy(vendor, &ebx, 4);
-  std::memcpy(vendor + 4, &edx, 4);
-  std::memcpy(vendor + 8, &ecx, 4);
-  vendor[12] = '\0';
-  return std::strcmp(vendor, "GenuineIntel") == 0;
-#else
-  return false;
-#endif
-}
+bool cpu_is_intel() { return cpu::cpu_vendor_is("GenuineIntel"); }
 
 // FUSEDRNN_CPU_K_CHUNKS=always|never: each step's recurrent product in chunks
 // of K that stay in L1, or all of K at once (tests, benchmarks); unset or auto
