@@ -39,6 +39,11 @@ struct Parallel {
   void (*run)(int64_t n, int64_t grain, const void* ctx, Body body);
   int max_threads;
 
+  // The same, on at most `threads` threads. Always inlined, as Arena::take.
+  FRNN_ALWAYS_INLINE Parallel at_most(int threads) const {
+    return Parallel{run, threads < max_threads ? threads : max_threads};
+  }
+
   template <typename F>
   void operator()(int64_t n, int64_t grain, const F& f) const {
     if (n <= 0) return;

@@ -780,7 +780,15 @@ inline int backward_threads(const Parallel& par, BlasGemm<S> blas, int64_t H, in
 // against 1 thread's 0.52, T=100, AMD Zen 5). AMX products split into that many
 // tasks; at most one a panel where they are all the pass runs (the input
 // product joined), so that a single panel (LSTM C=512 H=16 N=32 on the dot
-// products, 0.61 ms on 2 threads, 0.58 on 1) keeps one thread.
+// products, 0.61 ms on 2 threads, 0.58 on 1) keeps one thread. The pass packs
+// its weights on these threads too (Parallel::at_most): a call whose steps run
+// on one thread opens no parallel region at all. Packing on two threads instead
+// opened one a call, which woke the other thread and left half the packed
+// weight in that core's cache (bfloat16 cells stepping on one thread, Zen 4, 2
+// threads, 100 calls, paired in one process, packed on the steps' thread over
+// packed on both: RNNCell H=256 N=16 0.73-0.91, N=64 0.94-0.95, GRUCell N=16
+// 0.89-0.93, training 0.97-1.13, LSTMCell N=16 0.96-1.00, training 0.96-1.04;
+// and no more processes at 2.4 times the time, which 2 of 8 took before).
 template <typename S, typename... Rec>
 int step_threads(const Parallel& par, BlasGemm<S> blas, int64_t steps, int64_t rows,
                  int64_t input_fma, Rec&... recs) {
@@ -1753,10 +1761,12 @@ void lstm_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& 
   sched.plan(arena, Schedule::max_forward(seq, parts));
   if (arena.sizing()) return;
 
-  xproj.prepare(par);
+  const int threads = step_threads(par, blas, seq.T, N, xproj.fma(N), rec);
+  const Parallel prep = par.at_most(threads);
+  xproj.prepare(prep);
   fold_bias(xproj.bias, a.b_ih, a.b_hh, 0, GH);
-  rec.prepare(par);
-  if (proj) whr.prepare(par);
+  rec.prepare(prep);
+  if (proj) whr.prepare(prep);
   hs.init(a.h0, a.h_n);
   std::memcpy(c_state, a.c0, N * H * sizeof(S));
 
@@ -1821,7 +1831,7 @@ void lstm_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& 
         };
         rec.run(st.rows, hs.prev(s), P, epi, task, xproj.step_x(st.offset));
       },
-      step_threads(par, blas, seq.T, N, xproj.fma(N), rec), par);
+      threads, par);
   hs.finish(seq, output_rows(a, 0));
 }
 
@@ -2022,12 +2032,14 @@ void gru_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& p
   sched.plan(arena, Schedule::max_forward(seq, 1));
   if (arena.sizing()) return;
 
-  xproj.prepare(par);
+  const int threads = step_threads(par, blas, seq.T, N, xproj.fma(N), rec);
+  const Parallel prep = par.at_most(threads);
+  xproj.prepare(prep);
   // r and z take both biases in Gx; n takes b_in there and b_hn inside r*(...).
   fold_bias(xproj.bias, a.b_ih, a.b_hh, 0, 2 * H);
   fold_bias(xproj.bias, a.b_ih, static_cast<const S*>(nullptr), 2 * H, 3 * H);
   fold_bias(b_hn, a.b_hh ? a.b_hh + 2 * H : nullptr, static_cast<const S*>(nullptr), 0, H);
-  rec.prepare(par);
+  rec.prepare(prep);
   hs.init(a.h0, a.h_n);
 
   sched.forward(seq, xproj.max_rows, 1);
@@ -2064,7 +2076,7 @@ void gru_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& p
         };
         rec.run(st.rows, hp, H, epi, task);
       },
-      step_threads(par, blas, seq.T, N, xproj.fma(N), rec), par);
+      threads, par);
   hs.finish(seq, output_rows(a, 0));
 }
 
@@ -2099,10 +2111,12 @@ void gru_reset_before_forward_seq(const SeqForwardArgs<S>& a, Arena& arena,
   sched.plan(arena, Schedule::max_forward(seq, 2));
   if (arena.sizing()) return;
 
-  xproj.prepare(par);
+  const int threads = step_threads(par, blas, seq.T, N, xproj.fma(N), rec_rz, rec_n);
+  const Parallel prep = par.at_most(threads);
+  xproj.prepare(prep);
   fold_bias(xproj.bias, a.b_ih, a.b_hh, 0, GH);  // b_hn is outside r*(.) here
-  rec_rz.prepare(par);
-  rec_n.prepare(par);
+  rec_rz.prepare(prep);
+  rec_n.prepare(prep);
   hs.init(a.h0, a.h_n);
 
   sched.forward(seq, xproj.max_rows, 2);
@@ -2158,7 +2172,7 @@ void gru_reset_before_forward_seq(const SeqForwardArgs<S>& a, Arena& arena,
         };
         rec_n.run(st.rows, rh, H, epi_n, task);
       },
-      step_threads(par, blas, seq.T, N, xproj.fma(N), rec_rz, rec_n), par);
+      threads, par);
   hs.finish(seq, output_rows(a, 0));
 }
 
@@ -2394,9 +2408,11 @@ void rnn_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& p
   sched.plan(arena, Schedule::max_forward(seq, 1));
   if (arena.sizing()) return;
 
-  xproj.prepare(par);
+  const int threads = step_threads(par, blas, seq.T, N, xproj.fma(N), rec);
+  const Parallel prep = par.at_most(threads);
+  xproj.prepare(prep);
   fold_bias(xproj.bias, a.b_ih, a.b_hh, 0, H);
-  rec.prepare(par);
+  rec.prepare(prep);
   hs.init(a.h0, a.h_n);
 
   sched.forward(seq, xproj.max_rows, 1);
@@ -2423,7 +2439,7 @@ void rnn_forward_seq(const SeqForwardArgs<S>& a, Arena& arena, const Parallel& p
         };
         rec.run(st.rows, hs.prev(s), H, epi, task, xproj.step_x(st.offset));
       },
-      step_threads(par, blas, seq.T, N, xproj.fma(N), rec), par);
+      threads, par);
   hs.finish(seq, output_rows(a, 0));
 }
 
