@@ -533,9 +533,10 @@ def test_cell_call_split_over_two_threads(kind, dtype, monkeypatch):
 @pytest.mark.parametrize("kind", list(ALL_CELLS))
 def test_bfloat16_cell_call_split_over_two_threads(kind):
     # bfloat16 products (AMX tiles or the dot products) take a second thread
-    # from 2^24 multiply-adds a call (2^26 on tiles), input and recurrent
-    # products counted: 70 rows, C = 200 and H = 264 (16.5 tiles a gate) put
-    # the LSTM and GRU cells above it, forward and backward, the RNN cell below.
+    # from 2^24 multiply-adds a call (2^26 on tiles, 2^22 where the dot
+    # products run at half rate, Zen 4), input and recurrent products counted:
+    # 70 rows, C = 200 and H = 264 (16.5 tiles a gate) put the LSTM and GRU
+    # cells above it, forward and backward, the RNN cell below (above on Zen 4).
     # The input projection's one block of rows splits into groups of column
     # tiles. Without those products (this CPU or build) the call runs the
     # float32 kernels, which split every cell here (2^20). Bit for bit the

@@ -728,6 +728,19 @@ constexpr int64_t kMinCallAmxFmaForThreads = int64_t{1} << 26;
 // 0.94 and GRUCell N=16 (6M) 0.84, 0.93, but RNNCell N=64 (8M) 1.62 in
 // inference and N=16 (2M) 1.05, 1.29.
 constexpr int64_t kMinCallDotFmaForThreads = int64_t{1} << 24;
+// On a core that issues vdpbf16ps at half the Zen 5's rate (amx::dot_half_rate:
+// Zen 4) the same products take twice as long, and a second thread pays from
+// 2^22. Paired in one process on 2 cores (AMD EPYC Zen 4, 100 calls, bfloat16),
+// two threads' time over one thread's, inference unless given: LSTMCell H=256
+// N=8 (4M) 0.69-0.71, training 0.86, N=16 (8M) 0.80-0.83, training 0.89; H=128
+// N=32 (4M) 0.73, training 0.85; GRUCell H=256 N=16 (6M) 0.73-0.96, training
+// 0.89; H=128 N=64 (6M) 0.91-1.00; RNNCell H=256 N=64 (8M) 0.75-0.83, training
+// 0.94; H=512 N=16 (8M) 0.71; H=128 N=128 (4M) 0.92, training 1.03. Below it,
+// some gain (LSTMCell H=128 N=8 and N=16, 1-2M, 0.82-0.85; GRUCell H=256 N=8,
+// 3M, 0.79; RNNCell H=256 N=16, 2M, 0.84-0.90) and some lose much (GRUCell
+// H=128 N=16 and N=32, 1.5-3M, 1.6-1.75; RNNCell H=128 N=32, 1M, 1.14; LSTMCell
+// H=64 N=16 1.10-1.28).
+constexpr int64_t kMinCallDotHalfRateFmaForThreads = int64_t{1} << 22;
 // On tiles with the weights read in place (dot_in_place, nn_in_place) a call
 // runs at about the memory's speed over its weights, whatever its rows, and a
 // second thread reads half of them: it takes one from kMinCallInPlaceWeights
@@ -755,7 +768,7 @@ inline int threads_for(const Parallel& par, BlasGemm<S> blas, int64_t step_fma, 
                : 1;
   const int64_t min_fma = steps > 1                        ? kMinStepFmaForThreads
                           : engine == amx::Engine::kTiles ? kMinCallAmxFmaForThreads
-                          : engine == amx::Engine::kDot   ? kMinCallDotFmaForThreads
+                          : engine == amx::Engine::kDot   ? (amx::dot_half_rate() ? kMinCallDotHalfRateFmaForThreads : kMinCallDotFmaForThreads)
                                                           : kMinCallFmaForThreads;
   return step_fma >= min_fma ? par.max_threads : 1;
 }
