@@ -766,9 +766,11 @@ inline int threads_for(const Parallel& par, BlasGemm<S> blas, int64_t step_fma, 
     return in_place_weights >= kMinCallInPlaceWeights || step_fma >= kMinCallInPlaceFma
                ? par.max_threads
                : 1;
+  const int64_t min_dot_fma =
+      amx::dot_half_rate() ? kMinCallDotHalfRateFmaForThreads : kMinCallDotFmaForThreads;
   const int64_t min_fma = steps > 1                        ? kMinStepFmaForThreads
                           : engine == amx::Engine::kTiles ? kMinCallAmxFmaForThreads
-                          : engine == amx::Engine::kDot   ? (amx::dot_half_rate() ? kMinCallDotHalfRateFmaForThreads : kMinCallDotFmaForThreads)
+                          : engine == amx::Engine::kDot   ? min_dot_fma
                                                           : kMinCallFmaForThreads;
   return step_fma >= min_fma ? par.max_threads : 1;
 }
@@ -793,15 +795,20 @@ inline int backward_threads(const Parallel& par, BlasGemm<S> blas, int64_t H, in
 // against 1 thread's 0.52, T=100, AMD Zen 5). AMX products split into that many
 // tasks; at most one a panel where they are all the pass runs (the input
 // product joined), so that a single panel (LSTM C=512 H=16 N=32 on the dot
-// products, 0.61 ms on 2 threads, 0.58 on 1) keeps one thread. The pass packs
-// its weights on these threads too (Parallel::at_most): a call whose steps run
-// on one thread opens no parallel region at all. Packing on two threads instead
-// opened one a call, which woke the other thread and left half the packed
-// weight in that core's cache (bfloat16 cells stepping on one thread, Zen 4, 2
-// threads, 100 calls, paired in one process, packed on the steps' thread over
-// packed on both: RNNCell H=256 N=16 0.73-0.91, N=64 0.94-0.95, GRUCell N=16
-// 0.89-0.93, training 0.97-1.13, LSTMCell N=16 0.96-1.00, training 0.96-1.04;
-// and no more processes at 2.4 times the time, which 2 of 8 took before).
+// products, 0.61 ms on 2 threads, 0.58 on 1) keeps one thread. A forward
+// packs its weights on these threads too (Parallel::at_most), so that a call
+// whose steps run on one thread opens no parallel region: packing on both
+// threads opens one a call, wakes the other thread and leaves half the packed
+// weight in its cache. Measured on bfloat16 cells stepping on one thread (Zen 4
+// under a call threshold of 2^24; 2 threads, 100 calls, paired in one process,
+// packed on the steps' thread over packed on both): RNNCell H=256 N=16
+// 0.73-0.91, N=64 0.94-0.95, GRUCell N=16 0.89-0.93, training 0.97-1.13,
+// LSTMCell N=16 0.96-1.00, training 0.96-1.04; packed on both, 2 of 8 processes
+// of the LSTMCell's N=16 inference took 2.4 times the time of the others. A
+// backward prepares and runs its products after the BPTT on all threads even
+// where its BPTT takes one: capped to the BPTT's threads, cell training took
+// 1.02-1.24 of the time (LSTMCell N=16 1.11-1.24, RNNCell N=64 1.08-1.09, N=16
+// 1.02-1.05, GRUCell H=128 N=8 in float32 1.04).
 template <typename S, typename... Rec>
 int step_threads(const Parallel& par, BlasGemm<S> blas, int64_t steps, int64_t rows,
                  int64_t input_fma, Rec&... recs) {
